@@ -1,0 +1,43 @@
+# `make demo` and `make test` set up .venv/ on first use (CPU build of torch where there is no GPU).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+TORCH  ?= torch==2.13.0
+# Where no local CPU wheel is configured for pip, e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "torch already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install "$(TORCH)"; \
+	else \
+		echo "no GPU: installing the CPU build of torch"; \
+		$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
+	fi
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/seqgen pretrain --config configs/text_lm/demo.yaml
+	@for prompt in "ROMEO:" "First Citizen:" "KING HENRY:"; do \
+		echo "--- sample: $$prompt"; \
+		$(VENV)/bin/seqgen generate --ckpt runs/demo --prompt "$$prompt" \
+			--max-new-tokens 80 --temperature 0.8 --top-k 50 --seed 1; \
+	done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check seqgen tasks tests benchmarks
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,103 @@
+"""Train the Shakespeare recipe within a wall-clock budget; report validation bits per byte.
+
+    python benchmarks/lm_shakespeare.py --data ../shared/data/tinyshakespeare/input.txt \
+        --budget-seconds 120 --report runs/bench/lm_120.json
+
+Trains on the first 90% of the text and validates on the last 10% (cut at a line start).
+The budget covers training only; the tokenizer is trained before it and the final validation
+runs after it. Extra arguments after `--` override the recipe (e.g. `-- --model.n_layer 6`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from seqgen.cli import load_config
+from seqgen.pretrain import PretrainConfig, run
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "text_lm" / "shakespeare.yaml"
+TARGETS = {120: 2.45, 600: 2.25}  # val bpb to reach within that many seconds (issue #2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="Tiny Shakespeare input.txt")
+    parser.add_argument("--budget-seconds", type=float, default=120.0)
+    parser.add_argument("--report", help="write the results as JSON here")
+    parser.add_argument("--out", help="keep the run (checkpoint in OUT/final) here")
+    parser.add_argument("--config", default=str(RECIPE), help="recipe (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, after --")
+    args = parser.parse_args()
+    if not Path(args.data).is_file():
+        parser.error(f"{args.data}: no such file")
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = args.out or tmp
+        cfg = load_config(
+            PretrainConfig,
+            [
+                "--config",
+                args.config,
+                "--data.source",
+                args.data,
+                "--data.val_fraction",
+                "0.1",
+                "--data.cache_dir",
+                str(Path(tmp) / "cache"),
+                "--train.max_steps",
+                "-1",
+                "--train.max_time",
+                str(args.budget_seconds),
+                "--train.val_every_n_steps",
+                "1000000",  # validate once, after the budget
+                "--train.progress_bar",
+                "false",
+                "--out_dir",
+                out_dir,
+                *args.overrides,
+            ],
+        )
+        result = run(cfg)
+    target = TARGETS.get(int(args.budget_seconds))
+    report = {
+        "val_bpb": result["val_bpb"],
+        "val_loss": result["val_loss"],
+        "tokens_per_second": result["tokens_per_second"],
+        "wall_seconds": result["wall_seconds"],
+        "train_seconds": result["train_seconds"],
+        "params": result["params"],
+        "steps": result["steps"],
+        "train_tokens": result["train_tokens"],
+        "budget_seconds": args.budget_seconds,
+        "target_val_bpb": target,
+        "model": {k: getattr(cfg.model, k) for k in ("n_layer", "n_head", "n_embd", "block_size")},
+        "vocab_size": result["vocab_size"],
+        "precision": cfg.train.precision,
+        "overrides": args.overrides,
+    }
+    print(f"\n{'metric':<20}{'value':>14}")
+    for key in (
+        "val_bpb",
+        "target_val_bpb",
+        "tokens_per_second",
+        "train_seconds",
+        "wall_seconds",
+        "steps",
+        "params",
+        "vocab_size",
+    ):
+        value = report[key]
+        print(
+            f"{key:<20}{value:>14,.3f}" if isinstance(value, float) else f"{key:<20}{value!s:>14}"
+        )
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

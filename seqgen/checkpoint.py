@@ -1,0 +1,237 @@
+"""Self-contained checkpoints: one directory that holds everything needed to use or resume.
+
+    model.safetensors   weights, GPT-2 names (a tied lm_head is stored once, as wte)
+    config.json         format version, task, model config, training step and options
+    tokenizer.json      tokenizer kind and special tokens (+ its files, e.g. tokenizer.model)
+    training_state.pt   optimizer, scheduler and loop state for resuming (tensors and plain
+                        Python values only, read with torch.load(weights_only=True))
+
+Loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from seqgen.config import ModelConfig
+from seqgen.errors import CheckpointError, ConfigError
+from seqgen.model import GPT
+from seqgen.tokenizer import Tokenizer, load_tokenizer
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.pt"
+META_KEY = "seqgen"  # where the LightningModule puts config.json's content in Lightning's dict
+MODULE_PREFIX = "model."  # the LightningModule holds the GPT as `self.model`
+
+
+@dataclass
+class Checkpoint:
+    model: GPT
+    tokenizer: Tokenizer
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Save a state dict; tensors sharing storage with an earlier one (tied weights) are dropped."""
+    seen: set[tuple[int, int]] = set()
+    unique = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            unique[name] = tensor.detach().contiguous().cpu()
+    save_file(unique, str(path), metadata={"format": "pt"})
+
+
+def write_checkpoint(
+    directory: str | Path,
+    weights: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically: a crash leaves the previous one intact."""
+    directory = Path(directory)
+    if "task" not in meta or "model" not in meta:
+        raise ValueError("checkpoint metadata needs 'task' and 'model'")
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(weights, tmp / WEIGHTS_FILE)
+    tokenizer.save(tmp)
+    (tmp / CONFIG_FILE).write_text(
+        json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n"
+    )
+    if training_state is not None:
+        torch.save(training_state, tmp / STATE_FILE)
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def save_model(
+    directory: str | Path, model: GPT, tokenizer: Tokenizer, task: str, **meta: Any
+) -> Path:
+    """Save a model for inference or fine-tuning (no training state)."""
+    return write_checkpoint(
+        directory,
+        model.state_dict(),
+        tokenizer,
+        {"task": task, "model": model.config.to_dict(), **meta},
+    )
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a seqgen checkpoint (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt ({err})") from None
+    if not isinstance(meta, dict) or not {"task", "model", "format_version"} <= set(meta):
+        raise CheckpointError(f"{path}: corrupt (needs format_version, task and model)")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {meta['format_version']} is newer than this seqgen reads "
+            f"({FORMAT_VERSION}); upgrade seqgen"
+        )
+    return meta
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: corrupt weights ({err})") from None
+
+
+def load_weights_into(model: GPT, weights: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Strict load, except that a tied lm_head may be absent (it is the wte tensor)."""
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{source}: weights do not fit the model config ({err})") from None
+    missing = set(result.missing_keys) - {"lm_head.weight"}
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: weights do not match the model config "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(result.unexpected_keys)[:5]})"
+        )
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory, given it, a run directory (its `final`) or a run's checkpoints."""
+    path = Path(path).expanduser()
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if (path / "final" / CONFIG_FILE).is_file():
+        return path / "final"
+    latest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    if latest is not None:
+        return latest
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    raise CheckpointError(f"{path}: not a seqgen checkpoint or run directory (no {CONFIG_FILE})")
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint with the highest training step in `directory`, if any."""
+    if not directory.is_dir():
+        return None
+    found = []
+    for candidate in directory.iterdir():
+        if (candidate / CONFIG_FILE).is_file() and not candidate.name.endswith(
+            (".partial", ".old")
+        ):
+            found.append((read_meta(candidate).get("step", -1), candidate.name, candidate))
+    return max(found)[2] if found else None
+
+
+def load(path: str | Path, task: str | None = None, map_location: str = "cpu") -> Checkpoint:
+    """Load a checkpoint's model (eval mode) and tokenizer; `task` checks what it was made for."""
+    directory = resolve(path)
+    meta = read_meta(directory)
+    if task is not None and meta["task"] != task:
+        raise CheckpointError(
+            f"{directory} was trained for task {meta['task']!r}, not {task!r}; "
+            f"pass --task {meta['task']} or another checkpoint"
+        )
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from None
+    model = GPT(config)
+    load_weights_into(model, read_weights(directory), directory / WEIGHTS_FILE)
+    model.to(map_location).eval()
+    return Checkpoint(model, load_tokenizer(directory), meta, directory)
+
+
+class SeqgenCheckpointIO(CheckpointIO):
+    """Lightning checkpoints in seqgen's directory format, so `trainer.fit(ckpt_path=...)` and
+    ModelCheckpoint read and write self-contained, unpickle-free checkpoints."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        rest = dict(checkpoint)
+        state = rest.pop("state_dict")
+        meta = rest.pop(META_KEY)
+        weights = {
+            k[len(MODULE_PREFIX) :]: v for k, v in state.items() if k.startswith(MODULE_PREFIX)
+        }
+        write_checkpoint(
+            path, weights, self.tokenizer, {**meta, "step": rest.get("global_step", 0)}, rest
+        )
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        directory = Path(path)
+        meta = read_meta(directory)
+        state_path = directory / STATE_FILE
+        if not state_path.is_file():
+            raise CheckpointError(
+                f"{directory}: no {STATE_FILE}; it can be fine-tuned but not resumed"
+            )
+        try:
+            checkpoint = torch.load(state_path, map_location=map_location, weights_only=True)
+        except Exception as err:  # torch raises several types for damaged or unsafe files
+            raise CheckpointError(
+                f"{state_path}: corrupt or unsafe training state ({err})"
+            ) from None
+        weights = read_weights(directory)
+        if "lm_head.weight" not in weights and "transformer.wte.weight" in weights:
+            weights["lm_head.weight"] = weights["transformer.wte.weight"]
+        checkpoint["state_dict"] = {MODULE_PREFIX + k: v for k, v in weights.items()}
+        checkpoint[META_KEY] = meta
+        return checkpoint
+
+    def remove_checkpoint(self, path: Any) -> None:
+        shutil.rmtree(path, ignore_errors=True)

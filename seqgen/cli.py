@@ -1,0 +1,220 @@
+"""`seqgen` command line. Each command has its own parser; config-driven commands use
+jsonargparse, so every config key can be set as `--section.key value` after `--config FILE`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+
+from seqgen.errors import SeqgenError
+
+log = logging.getLogger("seqgen")
+
+
+def load_config(config_class: type, argv: Sequence[str], prog: str = "seqgen"):
+    """A config dataclass from `--config FILE` and `--section.key value` arguments."""
+    return _parse(_config_parser(prog, config_class.__doc__, config_class), argv, config_class)[1]
+
+
+def _config_parser(prog: str, description: str, config_class: type):
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(
+        prog=prog, description=description, exit_on_error=False, default_meta=False
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
+    parser.add_class_arguments(config_class, as_group=False)
+    return parser
+
+
+def _parse(parser, argv: Sequence[str], config_class: type):
+    """Parse and build the config dataclass; errors name the offending key (and file)."""
+    try:
+        namespace = parser.parse_args(list(argv))
+    except argparse.ArgumentError as err:
+        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+        where = f" (config: {', '.join(files)})" if files else ""
+        raise SeqgenError(f"{str(err).strip()}{where}") from None
+    built = parser.instantiate(namespace)
+    try:
+        return namespace, config_class(**{f.name: built[f.name] for f in fields(config_class)})
+    except TypeError as err:
+        raise SeqgenError(str(err)) from None
+
+
+def cmd_pretrain(argv: Sequence[str]) -> int:
+    from seqgen.pretrain import PretrainConfig, run
+
+    parser = _config_parser("seqgen pretrain", PretrainConfig.__doc__, PretrainConfig)
+    parser.add_argument(
+        "--report",
+        type=str | None,
+        default=None,
+        help="Write a JSON report (val_loss, val_bpb, tokens_per_second, ...).",
+    )
+    namespace, cfg = _parse(parser, argv, PretrainConfig)
+    report = run(cfg, namespace.report)
+    _print_table("pretrain", {k: v for k, v in report.items()})
+    return 0
+
+
+def cmd_tokenizer(argv: Sequence[str]) -> int:
+    from seqgen.train_tokenizer import TokenizerTrainConfig, run
+
+    if not argv or argv[0] not in ("train", "-h", "--help"):
+        raise SeqgenError("usage: seqgen tokenizer train [--help] --data.source PATH --out DIR")
+    if argv[0] != "train":
+        print("usage: seqgen tokenizer train [--help] --data.source PATH --out DIR ...")
+        return 0
+    parser = _config_parser(
+        "seqgen tokenizer train", TokenizerTrainConfig.__doc__, TokenizerTrainConfig
+    )
+    _, cfg = _parse(parser, argv[1:], TokenizerTrainConfig)
+    tokenizer = run(cfg)
+    print(f"wrote {cfg.out} ({tokenizer.vocab_size} tokens)")
+    return 0
+
+
+def cmd_generate(argv: Sequence[str]) -> int:
+    from seqgen import checkpoint
+    from seqgen.generate import generate
+    from seqgen.tasks import get_task
+
+    parser = argparse.ArgumentParser(
+        prog="seqgen generate", description="Sample from a checkpoint."
+    )
+    parser.add_argument("--ckpt", required=True, help="Checkpoint or run directory.")
+    parser.add_argument("--prompt", default="", help="Text to continue (default: a new document).")
+    parser.add_argument("--task", default=None, help="Expected task (default: the checkpoint's).")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy.")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    loaded = checkpoint.load(args.ckpt, task=args.task)
+    task = get_task(loaded.task)
+    prompt_ids = task.prompt(args.prompt, loaded.tokenizer)
+    stream = _TextStream(lambda ids: task.decode(ids, loaded.tokenizer))
+    sys.stdout.write(args.prompt)
+    try:
+        generate(
+            loaded.model,
+            prompt_ids,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_id=loaded.tokenizer.eos_id,
+            seed=args.seed,
+            on_token=stream.push,
+        )
+    except ValueError as err:
+        raise SeqgenError(str(err)) from None
+    stream.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+class _TextStream:
+    """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode, self.ids, self.printed = decode, [], 0
+
+    def push(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[self.printed :])
+            sys.stdout.flush()
+            self.printed = len(text)
+
+    def flush(self) -> None:
+        sys.stdout.write(self.decode(self.ids)[self.printed :])
+
+
+def cmd_info(argv: Sequence[str]) -> int:
+    from seqgen import checkpoint
+    from seqgen.config import PRESETS, ModelConfig
+    from seqgen.model import GPT
+
+    parser = argparse.ArgumentParser(prog="seqgen info", description="Parameter tally of a model.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="Checkpoint or run directory.")
+    source.add_argument("--model", choices=sorted(PRESETS), help="Model preset.")
+    args = parser.parse_args(argv)
+    if args.ckpt:
+        config = ModelConfig.from_dict(checkpoint.read_meta(checkpoint.resolve(args.ckpt))["model"])
+    else:
+        config = ModelConfig.from_preset(args.model)
+    rows = parameter_tally(GPT(config))
+    print(json.dumps(config.to_dict()))
+    width = max(len(name) for name, _ in rows)
+    for name, count in rows:
+        print(f"{name:<{width}}  {count:>14,}")
+    return 0
+
+
+def parameter_tally(model) -> list[tuple[str, int]]:
+    """Parameters by component, as the GPT-2 illustrations count them (tied head once)."""
+    t = model.transformer
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    rows = [("token embedding (wte, tied lm_head)", count(t.wte))]
+    if "wpe" in t:
+        rows.append(("position embedding (wpe)", count(t.wpe)))
+    for i, block in enumerate(t.h):
+        rows.append((f"block {i} attention (c_attn, c_proj)", count(block.attn)))
+        rows.append((f"block {i} MLP (c_fc, c_proj)", count(block.mlp)))
+        rows.append((f"block {i} LayerNorms (ln_1, ln_2)", count(block.ln_1) + count(block.ln_2)))
+    rows.append(("final LayerNorm (ln_f)", count(t.ln_f)))
+    rows.append(("total", model.num_params()))
+    return rows
+
+
+def _print_table(title: str, values: dict) -> None:
+    print(f"\n{title}")
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        shown = (
+            f"{value:,.4f}"
+            if isinstance(value, float)
+            else (f"{value:,}" if isinstance(value, int) else str(value))
+        )
+        print(f"  {key:<{width}}  {shown}")
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "pretrain": (cmd_pretrain, "train a language model on a text corpus"),
+    "generate": (cmd_generate, "sample from a checkpoint"),
+    "info": (cmd_info, "parameter tally of a checkpoint or preset"),
+    "tokenizer": (cmd_tokenizer, "train a SentencePiece tokenizer (seqgen tokenizer train)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
+        print(f"usage: seqgen <command> [--help] ...\n\ncommands:\n{lines}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    logging.basicConfig(level=os.environ.get("SEQGEN_LOG", "INFO"), format="%(message)s")
+    command, _ = COMMANDS[argv[0]]
+    try:
+        return command(argv[1:])
+    except SeqgenError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

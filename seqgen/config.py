@@ -1,0 +1,167 @@
+"""Typed configs for the model and for training. Field docstrings become CLI help."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from seqgen.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only transformer. The defaults are GPT-2 small (124M)."""
+
+    vocab_size: int = 50257
+    """Vocabulary size. `seqgen pretrain` sets it from the tokenizer."""
+    block_size: int = 1024
+    """Context length in tokens."""
+    n_layer: int = 12
+    """Number of transformer blocks."""
+    n_head: int = 12
+    """Attention heads per block."""
+    n_embd: int = 768
+    """Embedding (residual stream) width."""
+    dropout: float = 0.0
+    """Dropout on attention weights, residual branches and embeddings."""
+    bias: bool = True
+    """Biases in Linear and LayerNorm layers, as GPT-2."""
+    pos_embedding: Literal["learned", "sinusoidal"] = "learned"
+    """Position encoding: learned `wpe` (GPT-2) or fixed sinusoids (no parameters)."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.pos_embedding not in ("learned", "sinusoidal"):
+            raise ConfigError(
+                f"model.pos_embedding must be 'learned' or 'sinusoidal', got {self.pos_embedding!r}"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset (see `PRESETS`), with any field overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# GPT-2 sizes from the paper's released checkpoints; `tiny` and `small` fit a 2-core CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=512),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=2048),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning Trainer."""
+
+    max_steps: int = 1000
+    """Optimizer steps to train for (-1: until `max_time` or `max_epochs`)."""
+    max_time: str | None = None
+    """Wall-clock budget, DD:HH:MM:SS or a suffix of it (02:00 = 120 s); training stops when it
+    is spent, and the learning-rate schedule decays over it."""
+    max_epochs: int | None = None
+    """Passes over the training data; None means no limit (then max_steps or max_time decides)."""
+    batch_size: int = 32
+    """Sequences per micro-batch."""
+    accumulate_grad_batches: int = 1
+    """Micro-batches per optimizer step."""
+    learning_rate: float = 1e-3
+    """Peak learning rate (after warmup)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine decay, as a fraction of the peak."""
+    warmup_steps: int = 100
+    """Linear warmup steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to 2-D weights only (not biases, LayerNorm, nothing 1-D)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float | None = 1.0
+    """Clip the gradient norm to this value (None: no clipping)."""
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    """Numeric precision; bf16-mixed autocasts on CPU too (fast on CPUs with AMX)."""
+    val_every_n_steps: int = 250
+    """Validate every N optimizer steps (and always at the end)."""
+    val_batches: int | None = None
+    """Cap on validation batches per check (None: the whole validation set)."""
+    checkpoint_every_n_steps: int = 500
+    """Save a resumable checkpoint every N optimizer steps (and always at the end)."""
+    log_every_n_steps: int = 10
+    """Write train metrics to the CSV log every N steps."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu, ..."""
+    devices: int | str = "auto"
+    """Lightning devices: a count, a list as a string, or auto."""
+    strategy: str = "auto"
+    """Lightning strategy: auto, ddp, fsdp, deepspeed, ..."""
+    num_nodes: int = 1
+    """Machines for multi-node training."""
+    num_threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"train.max_steps must be positive or -1, got {self.max_steps}")
+        if self.max_steps == -1 and self.max_time is None and self.max_epochs is None:
+            raise ConfigError("train.max_steps is -1: set train.max_time or train.max_epochs")
+        for name in (
+            "batch_size",
+            "accumulate_grad_batches",
+            "val_every_n_steps",
+            "checkpoint_every_n_steps",
+            "log_every_n_steps",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a DD:HH:MM:SS (or HH:MM:SS, MM:SS, SS) duration, as Lightning's max_time."""
+    parts = text.split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values or len(values) > 4 or any(v < 0 for v in values):
+        raise ConfigError(f"train.max_time must look like DD:HH:MM:SS, got {text!r}")
+    seconds = 0.0
+    for value, unit in zip(reversed(values), (1, 60, 3600, 86400), strict=False):
+        seconds += value * unit
+    return seconds

@@ -1,0 +1,99 @@
+"""Import Hugging Face GPT-2 weights (`GPT2LMHeadModel`, or its saved folder) into a GPT.
+
+HF's GPT-2 stores c_attn/c_proj/c_fc as Conv1D, whose weight is the transpose of nn.Linear's;
+the names are otherwise ours. The folder form needs no `transformers` install.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from seqgen.checkpoint import load_weights_into
+from seqgen.config import ModelConfig
+from seqgen.errors import CheckpointError
+from seqgen.model import GPT
+
+CONV1D_SUFFIXES = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
+GELU_TANH = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig from a GPT2Config (as a dict, e.g. a config.json)."""
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in GELU_TANH:
+        raise CheckpointError(f"activation {activation!r} is not GPT-2's tanh GELU")
+    n_embd = hf.get("n_embd", 768)
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise CheckpointError(f"n_inner={hf['n_inner']} is not 4 x n_embd; not a GPT-2 MLP")
+    return ModelConfig(
+        vocab_size=hf.get("vocab_size", 50257),
+        block_size=hf.get("n_positions", 1024),
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=n_embd,
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        dropout=0.0,
+        bias=True,
+    )
+
+
+def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF GPT-2 names and layouts to ours: `transformer.` prefix, Linear (not Conv1D) weights."""
+    state = {}
+    for name, tensor in hf_state.items():
+        if name.endswith(SKIPPED_SUFFIXES):
+            continue
+        if not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name  # a bare GPT2Model's state dict
+        if name.endswith(CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        state[name] = tensor.contiguous()
+    return state
+
+
+def from_hf(source: Any) -> GPT:
+    """A GPT with the weights of an HF `GPT2LMHeadModel`/`GPT2Model` or of a saved folder
+    (`config.json` + `model.safetensors`, or `pytorch_model.bin` read with weights_only)."""
+    if isinstance(source, (str, Path)):
+        config, hf_state = _read_folder(Path(source))
+    else:
+        config, hf_state = config_from_hf(source.config.to_dict()), source.state_dict()
+    model = GPT(config)
+    load_weights_into(
+        model,
+        convert_state_dict(hf_state),
+        source if isinstance(source, (str, Path)) else type(source).__name__,
+    )
+    return model.eval()
+
+
+def _read_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    try:
+        config = config_from_hf(json.loads(config_path.read_text()))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: corrupt ({err})") from None
+    if (folder / "model.safetensors").is_file():
+        try:
+            return config, load_file(str(folder / "model.safetensors"))
+        except SafetensorError as err:
+            raise CheckpointError(f"{folder / 'model.safetensors'}: corrupt ({err})") from None
+    if (folder / "pytorch_model.bin").is_file():
+        return config, torch.load(
+            folder / "pytorch_model.bin", map_location="cpu", weights_only=True
+        )
+    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")

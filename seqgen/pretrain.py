@@ -1,0 +1,196 @@
+"""Pretrain a language model on a text corpus: tokenizer, packed data, training, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from seqgen import checkpoint as ckpt
+from seqgen.config import ModelConfig, TrainConfig, parse_duration
+from seqgen.data import (
+    DataConfig,
+    TextDataModule,
+    cached_tokens,
+    load_text_splits,
+    tokenizer_fingerprint,
+)
+from seqgen.errors import CheckpointError
+from seqgen.module import LMModule
+from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig, load_tokenizer
+
+log = logging.getLogger("seqgen")
+TASK = "text"
+
+
+@dataclass
+class PretrainConfig:
+    """Pretrain a GPT language model on a text corpus."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("small"))
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/pretrain"
+    """Run directory: checkpoints/, final/ (the finished model) and logs/."""
+    seed: int = 1337
+    """Seed for initialisation and data order."""
+    resume: str | None = None
+    """Resume training: `last` (the newest checkpoint in out_dir) or a checkpoint directory."""
+
+
+class _DropChatter(logging.Filter):
+    """Hide Lightning's advertising and restated defaults; keep everything else it says."""
+
+    NOISE = ("Tip: For seamless", "was configured so", "`isinstance(treespec, LeafSpec)`")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def quiet_lightning() -> None:
+    # Lightning logs through child loggers into handlers on these two: filter at the handlers
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropChatter) for f in handler.filters):
+                handler.addFilter(_DropChatter())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Training windows are drawn at random offsets: after a resume a fresh draw is as good as
+    # the interrupted one, so the sampler's position is deliberately not saved.
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+
+
+def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer) -> pl.Trainer:
+    """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget."""
+    quiet_lightning()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    checkpoints = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step-{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.checkpoint_every_n_steps,
+        save_top_k=1,  # with no monitored metric: keep the newest only
+        save_on_train_epoch_end=False,
+    )
+    checkpoints.FILE_EXTENSION = ""  # a checkpoint is a directory
+    return pl.Trainer(
+        max_steps=cfg.max_steps,
+        max_time=timedelta(seconds=parse_duration(cfg.max_time)) if cfg.max_time else None,
+        max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
+        precision=cfg.precision,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.grad_clip,
+        val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.val_batches if cfg.val_batches is not None else 1.0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.log_every_n_steps,
+        logger=CSVLogger(out_dir, name="logs"),  # logs/version_N: a resumed run adds a version
+        callbacks=[checkpoints],
+        plugins=[ckpt.SeqgenCheckpointIO(tokenizer)],
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        default_root_dir=out_dir,
+    )
+
+
+def resume_point(cfg: PretrainConfig, out_dir: Path) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "last":
+        latest = ckpt.latest_checkpoint(out_dir / "checkpoints")
+        final = out_dir / "final"
+        candidates = [
+            p for p in (latest, final) if p is not None and (p / ckpt.CONFIG_FILE).is_file()
+        ]
+        if not candidates:
+            raise CheckpointError(f"nothing to resume in {out_dir} (no checkpoints/ or final/)")
+        return max(candidates, key=lambda p: ckpt.read_meta(p).get("step", -1))
+    return ckpt.resolve(cfg.resume)
+
+
+def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
+    """Train, save `out_dir/final`, validate; returns (and optionally writes) the report."""
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    out_dir = Path(cfg.out_dir)
+    resume_from = resume_point(cfg, out_dir)
+    model_config = cfg.model
+    if resume_from is not None:
+        meta = ckpt.read_meta(resume_from)
+        if meta["task"] != TASK:
+            raise CheckpointError(
+                f"{resume_from} was trained for task {meta['task']!r}, not {TASK!r}"
+            )
+        tokenizer = load_tokenizer(resume_from)
+        model_config = ModelConfig.from_dict(meta["model"])
+        log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
+    train_docs, val_docs, data_key = load_text_splits(cfg.data)
+    if resume_from is None:
+        if cfg.tokenizer.path:
+            tokenizer = load_tokenizer(cfg.tokenizer.path)
+        else:
+            tokenizer = SentencePieceTokenizer.train(train_docs, cfg.tokenizer)
+        model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size})
+    key = tokenizer_fingerprint(tokenizer) + data_key
+    train_ids = cached_tokens(train_docs, tokenizer, f"{key}-train", cfg.data.cache_dir)
+    val_ids = cached_tokens(val_docs, tokenizer, f"{key}-val", cfg.data.cache_dir)
+    datamodule = TextDataModule(
+        train_ids,
+        val_ids,
+        model_config.block_size,
+        cfg.train.batch_size,
+        tokenizer.pad_id,
+        cfg.data.num_workers,
+    )
+    module = LMModule(
+        model_config,
+        cfg.train,
+        task=TASK,
+        token_bytes=tokenizer.token_byte_lengths(),
+        meta={"pretrain_config": _jsonable(replace(cfg, model=model_config))},
+    )
+    trainer = build_trainer(cfg.train, out_dir, tokenizer)
+    fit_started = time.perf_counter()
+    trainer.fit(module, datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    fit_seconds = time.perf_counter() - fit_started
+    trainer.save_checkpoint(out_dir / "final", weights_only=False)
+    metrics = trainer.validate(module, datamodule, verbose=False)[0]
+    report = {
+        "val_loss": metrics["val_loss"],
+        "val_bpb": metrics.get("val_bpb", math.nan),
+        "train_tokens": module.train_tokens,
+        "tokens_per_second": module.tokens_this_fit / fit_seconds,
+        "steps": trainer.global_step,
+        "wall_seconds": time.perf_counter() - started,
+        "train_seconds": fit_seconds,
+        "params": module.model.num_params(),
+        "vocab_size": tokenizer.vocab_size,
+        "train_corpus_tokens": len(train_ids),
+        "val_corpus_tokens": len(val_ids),
+        "checkpoint": str(out_dir / "final"),
+    }
+    if report_path and trainer.is_global_zero:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _jsonable(cfg: PretrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))

@@ -1,0 +1,253 @@
+"""Tokenizers: a small protocol, and a SentencePiece implementation that round-trips any text.
+
+A tokenizer is saved inside every checkpoint as `tokenizer.json` (its kind and special tokens)
+plus whatever files its kind needs (`tokenizer.model` for SentencePiece).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import sentencepiece as spm
+
+from seqgen.errors import CheckpointError, ConfigError, DataError
+
+META_FILE = "tokenizer.json"
+SP_MODEL_FILE = "tokenizer.model"
+# SentencePiece writes spaces as this character; a literal one in the text is sent as bytes.
+SP_SPACE = "\u2581"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str: ...
+    def special_id(self, token: str) -> int: ...
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]: ...
+    def token_byte_lengths(self) -> list[int]: ...
+    def save(self, directory: Path) -> None: ...
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece tokenizer training."""
+
+    vocab_size: int = 2048
+    """Vocabulary size, including 4 reserved ids and 256 byte-fallback pieces."""
+    model_type: Literal["bpe", "unigram", "char"] = "bpe"
+    """SentencePiece algorithm."""
+    special_tokens: list[str] = field(default_factory=list)
+    """Extra special tokens, appended after the trained pieces."""
+    max_sentences: int = 2_000_000
+    """Lines sampled from the corpus to train on (SentencePiece's input_sentence_size)."""
+    split_digits: bool = True
+    """Split numbers into single digits."""
+    path: str | None = None
+    """Use this trained tokenizer (a checkpoint or tokenizer directory) instead of training one."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 261 and self.model_type != "char":
+            raise ConfigError(
+                f"tokenizer.vocab_size must be at least 261 (4 reserved + 256 bytes + 1), "
+                f"got {self.vocab_size}"
+            )
+
+
+class SentencePieceTokenizer:
+    """SentencePiece with byte fallback: every UTF-8 string encodes, and decodes back exactly.
+
+    Ids: 0 <unk> (never produced), 1 <s> (bos), 2 </s> (eos), 3 <pad>, then 256 byte pieces and
+    the learned pieces; special tokens added later get the ids after those, never renumbering.
+    """
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes, special_tokens: Sequence[str] = ()) -> None:
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.bos_id, self.eos_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
+        self._space_bytes = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in SP_SPACE.encode()]
+        self.special_tokens: list[str] = []
+        self._piece_bytes = [self._sp_piece_bytes(i) for i in range(self.sp.vocab_size())]
+        self.add_special_tokens(special_tokens)
+
+    def _sp_piece_bytes(self, i: int) -> bytes:
+        if self.sp.is_byte(i):
+            return bytes([int(self.sp.id_to_piece(i)[3:5], 16)])
+        if self.sp.is_control(i) or self.sp.is_unknown(i):
+            return b""
+        return self.sp.id_to_piece(i).replace(SP_SPACE, " ").encode()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._piece_bytes)
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Append special tokens not present yet; returns the ids of all `tokens`."""
+        for token in tokens:
+            if not token:
+                raise ConfigError("a special token must be a non-empty string")
+            if token not in self.special_tokens:
+                self.special_tokens.append(token)
+                self._piece_bytes.append(b"")
+        return [self.special_id(t) for t in tokens]
+
+    def special_id(self, token: str) -> int:
+        builtin = {"<s>": self.bos_id, "</s>": self.eos_id, "<pad>": self.pad_id}
+        if token in builtin:
+            return builtin[token]
+        if token not in self.special_tokens:
+            raise KeyError(f"{token!r} is not a special token of this tokenizer")
+        return self.sp.vocab_size() + self.special_tokens.index(token)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in the text are encoded as plain text."""
+        ids: list[int] = []
+        for n, part in enumerate(text.split(SP_SPACE)):
+            if n:
+                ids.extend(self._space_bytes)
+            if part:
+                ids.extend(self.sp.encode(part))
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of `ids`; invalid UTF-8 byte runs (from sampling) become U+FFFD."""
+        out = bytearray()
+        first_special = self.sp.vocab_size()
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
+            if not skip_special:
+                if i >= first_special:
+                    out += self.special_tokens[i - first_special].encode()
+                elif self.sp.is_control(i):
+                    out += self.sp.id_to_piece(i).encode()
+            out += self._piece_bytes[i]
+        return out.decode("utf-8", errors="replace")
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes each id stands for (0 for specials): sums to len(decode(ids).encode())."""
+        return [len(b) for b in self._piece_bytes]
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SP_MODEL_FILE).write_bytes(self.model_proto)
+        meta = {"kind": self.kind, "special_tokens": self.special_tokens}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> SentencePieceTokenizer:
+        meta = _read_meta(directory)
+        model_path = directory / SP_MODEL_FILE
+        if not model_path.is_file():
+            raise CheckpointError(f"{model_path}: missing SentencePiece model")
+        try:
+            return cls(model_path.read_bytes(), meta.get("special_tokens", []))
+        except RuntimeError as err:
+            raise CheckpointError(f"{model_path}: not a valid SentencePiece model ({err})") from err
+
+    @classmethod
+    def train(cls, texts: Iterable[str], config: TokenizerConfig) -> SentencePieceTokenizer:
+        """Train on an iterable of documents (each split into lines for SentencePiece)."""
+        model = io.BytesIO()
+        counter = _CountingLines(texts)
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(counter),
+                model_writer=model,
+                vocab_size=config.vocab_size,
+                model_type=config.model_type,
+                byte_fallback=True,
+                character_coverage=0.9995,
+                # identity normalisation and no added/removed spaces: decode(encode(t)) == t
+                normalization_rule_name="identity",
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                allow_whitespace_only_pieces=True,
+                split_digits=config.split_digits,
+                input_sentence_size=config.max_sentences,
+                shuffle_input_sentence=True,
+                max_sentence_length=1 << 14,
+                unk_id=0,
+                bos_id=1,
+                eos_id=2,
+                pad_id=3,
+                minloglevel=2,
+                num_threads=2,
+            )
+        except RuntimeError as err:
+            if counter.lines == 0:
+                raise DataError("cannot train a tokenizer on an empty corpus") from err
+            needed = re.search(r"required_chars\. \d+ vs (\d+)", str(err))
+            hint = (
+                f"raise tokenizer.vocab_size to at least {needed.group(1)} (the corpus has "
+                "that many distinct characters and reserved pieces)"
+                if needed
+                else "lower tokenizer.vocab_size or add text"
+            )
+            raise DataError(
+                f"SentencePiece could not train a {config.vocab_size}-piece vocabulary on "
+                f"{counter.lines} lines: {hint} ({str(err).splitlines()[0]})"
+            ) from None
+        return cls(model.getvalue(), config.special_tokens)
+
+
+class _CountingLines:
+    """Yields the non-empty lines of the documents and counts them, for error messages."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.texts = texts
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.texts:
+            for line in re.split(r"\r?\n", text):
+                if line.strip():
+                    self.lines += 1
+                    yield line
+
+
+TOKENIZER_KINDS: dict[str, type] = {SentencePieceTokenizer.kind: SentencePieceTokenizer}
+
+
+def register_tokenizer(cls: type) -> type:
+    """Make a tokenizer kind loadable from checkpoints (tasks register theirs, e.g. music)."""
+    TOKENIZER_KINDS[cls.kind] = cls
+    return cls
+
+
+def _read_meta(directory: Path) -> dict:
+    path = directory / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (not a seqgen checkpoint or tokenizer directory)")
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt tokenizer metadata ({err})") from err
+    if not isinstance(meta, dict) or "kind" not in meta:
+        raise CheckpointError(f"{path}: corrupt tokenizer metadata (no 'kind')")
+    return meta
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load the tokenizer saved in a checkpoint or tokenizer directory."""
+    directory = Path(directory)
+    kind = _read_meta(directory)["kind"]
+    if kind not in TOKENIZER_KINDS:
+        raise CheckpointError(
+            f"{directory / META_FILE}: unknown tokenizer kind {kind!r} "
+            f"(known: {', '.join(sorted(TOKENIZER_KINDS))}); is the task's package installed?"
+        )
+    return TOKENIZER_KINDS[kind].load(directory)

@@ -1,0 +1,55 @@
+"""Shared fixtures. Tests never touch the network or the user's cache."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("SEQGEN_LOG", "WARNING")
+
+WORDS = (
+    "the king queen crown sword castle river night morning speaks walks rides gold silver old "
+    "young brave quiet storm garden letter friend enemy honour song"
+).split()
+
+
+def make_corpus(n_lines: int = 600, seed: int = 0) -> str:
+    """Deterministic verse-like text: enough structure for a tiny model to learn."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_lines):
+        if i % 8 == 0:
+            lines.append(f"{rng.choice(WORDS).upper()}:")
+        lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + ".")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    return make_corpus()
+
+
+@pytest.fixture
+def corpus_file(tmp_path, corpus_text):
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus_text)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Token caches go to the test's own directory, never ~/.cache."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer():
+    from seqgen.tokenizer import SentencePieceTokenizer, TokenizerConfig
+
+    return SentencePieceTokenizer.train([make_corpus()], TokenizerConfig(vocab_size=320))

@@ -1,0 +1,258 @@
+"""End to end through the CLI: pretrain -> checkpoint -> resume -> generate, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from seqgen.cli import main
+
+TINY = [
+    "--model.n_layer",
+    "1",
+    "--model.n_head",
+    "2",
+    "--model.n_embd",
+    "32",
+    "--model.block_size",
+    "32",
+    "--tokenizer.vocab_size",
+    "320",
+    "--train.batch_size",
+    "8",
+    "--train.warmup_steps",
+    "2",
+    "--train.learning_rate",
+    "3e-3",
+    "--train.val_every_n_steps",
+    "10",
+    "--train.checkpoint_every_n_steps",
+    "10",
+    "--train.progress_bar",
+    "false",
+]
+
+
+def pretrain(corpus, out, *extra):
+    report = out.parent / f"{out.name}-report.json"
+    code = main(
+        [
+            "pretrain",
+            "--data.source",
+            str(corpus),
+            "--out_dir",
+            str(out),
+            "--report",
+            str(report),
+            *TINY,
+            *extra,
+        ]
+    )
+    assert code == 0
+    return json.loads(report.read_text())
+
+
+def test_pretrain_resume_generate_info(corpus_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = pretrain(corpus_file, out, "--train.max_steps", "20")
+    for key in (
+        "val_loss",
+        "val_bpb",
+        "train_tokens",
+        "tokens_per_second",
+        "steps",
+        "wall_seconds",
+        "params",
+    ):
+        assert key in first
+    assert first["steps"] == 20 and first["train_tokens"] == 20 * 8 * 32
+    assert 0 < first["val_bpb"] < 8
+    assert (out / "final" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "step-0000020" / "training_state.pt").is_file()
+    assert list((out / "logs").glob("version_*/metrics.csv"))
+
+    resumed = pretrain(corpus_file, out, "--train.max_steps", "60", "--resume", "last")
+    assert resumed["steps"] == 60
+    assert resumed["train_tokens"] == 60 * 8 * 32  # counts carry over the resume
+    assert resumed["val_loss"] < first["val_loss"]
+    meta = json.loads((out / "final" / "config.json").read_text())
+    assert meta["task"] == "text" and meta["step"] == 60
+    assert meta["model"]["vocab_size"] == 320
+
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(out),
+                "--prompt",
+                "THE KING:",
+                "--seed",
+                "1",
+                "--max-new-tokens",
+                "12",
+            ]
+        )
+        == 0
+    )
+    first_sample = capsys.readouterr().out
+    assert first_sample.startswith("THE KING:") and len(first_sample) > len("THE KING:\n")
+    main(
+        [
+            "generate",
+            "--ckpt",
+            str(out),
+            "--prompt",
+            "THE KING:",
+            "--seed",
+            "1",
+            "--max-new-tokens",
+            "12",
+        ]
+    )
+    assert capsys.readouterr().out == first_sample  # seeded: reproducible
+
+    assert main(["info", "--ckpt", str(out)]) == 0
+    assert "total" in capsys.readouterr().out
+
+
+def test_config_file_and_overrides(corpus_file, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  n_layer: 2\ntrain:\n  max_steps: 3\n")
+    report = pretrain(
+        corpus_file, tmp_path / "run", "--config", str(config), "--model.n_layer", "1"
+    )
+    assert report["steps"] == 3
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "seqgen.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    result = run_cli(
+        "pretrain",
+        "--data.source",
+        str(tmp_path / "missing.txt"),
+        "--out_dir",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing.txt'}: no such file"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def expect_error(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    return err
+
+
+def test_bad_input_messages(tmp_path, capsys, sp_tokenizer, corpus_file):
+    out = tmp_path / "out"
+    base = ["pretrain", "--out_dir", str(out), *TINY]
+    (tmp_path / "empty.txt").write_text("\n \n")
+    expect_error(capsys, [*base, "--data.source", str(tmp_path / "empty.txt")], "corpus is empty")
+    (tmp_path / "bad.txt").write_bytes(b"good line\nbad \xff byte")
+    expect_error(
+        capsys,
+        [*base, "--data.source", str(tmp_path / "bad.txt")],
+        "bad.txt: not UTF-8 text (byte offset 14, line 2",
+    )
+    sp_tokenizer.save(tmp_path / "tok")
+    (tmp_path / "small.txt").write_text("the king\n")
+    expect_error(
+        capsys,
+        [
+            *base,
+            "--data.source",
+            str(tmp_path / "small.txt"),
+            "--tokenizer.path",
+            str(tmp_path / "tok"),
+        ],
+        "fewer than one block",
+    )
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  n_layr: 2\n")
+    err = expect_error(capsys, [*base, "--config", str(config)], "n_layr")
+    assert str(config) in err
+    expect_error(capsys, [*base, "--model.n_layer", "many"], "model.n_layer")
+    expect_error(capsys, [*base, "--model.n_embd", "33"], "divisible")
+    assert not out.exists()  # nothing written by any failed run
+
+
+def test_checkpoint_errors_through_cli(corpus_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain(corpus_file, out, "--train.max_steps", "2")
+    expect_error(
+        capsys,
+        ["generate", "--ckpt", str(out), "--task", "music"],
+        "trained for task 'text', not 'music'",
+    )
+    meta = json.loads((out / "final" / "config.json").read_text())
+    meta["task"] = "music"
+    (out / "final" / "config.json").write_text(json.dumps(meta))
+    expect_error(
+        capsys,
+        [
+            "pretrain",
+            "--data.source",
+            str(corpus_file),
+            "--out_dir",
+            str(out),
+            "--resume",
+            str(out / "final"),
+            *TINY,
+        ],
+        "trained for task 'music'",
+    )
+    (out / "final" / "model.safetensors").write_bytes(b"\x00" * 10)
+    expect_error(capsys, ["generate", "--ckpt", str(out / "final")], "corrupt weights")
+    expect_error(capsys, ["generate", "--ckpt", str(tmp_path / "nope")], "no such checkpoint")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["pretrain", "--help"],
+        ["generate", "--help"],
+        ["info", "--help"],
+        ["tokenizer", "train", "--help"],
+    ],
+)
+def test_help(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--data.source",
+                str(corpus_file),
+                "--tokenizer.vocab_size",
+                "320",
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "tok" / "tokenizer.model").is_file()
+    assert main(["info", "--model", "gpt2"]) == 0
+    assert "124,439,808" in capsys.readouterr().out

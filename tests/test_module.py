@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from seqgen.config import ModelConfig, TrainConfig
+from seqgen.data import IGNORE_INDEX
+from seqgen.module import LMModule, masked_nll, sequence_loss
+
+
+def make_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[1, 3:] = IGNORE_INDEX
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+    return logits, {"targets": targets, "loss_mask": loss_mask}
+
+
+def test_loss_averages_over_the_mask_only():
+    logits, batch = make_batch()
+    nll = masked_nll(logits, batch["targets"])
+    assert nll[1, 3:].eq(0).all()
+    loss, _ = sequence_loss(logits, batch)
+    picked = batch["loss_mask"].bool() & (batch["targets"] != IGNORE_INDEX)
+    reference = torch.nn.functional.cross_entropy(logits[picked], batch["targets"][picked])
+    assert torch.allclose(loss, reference)
+    loss.backward()
+    assert logits.grad[0, :2].abs().sum() == 0  # context positions get no gradient
+    assert logits.grad[1, 3:].abs().sum() == 0  # neither does padding
+    assert logits.grad[0, 2:].abs().sum() > 0
+
+
+def test_auxiliary_lm_weight_adds_the_whole_sequence_loss():
+    logits, batch = make_batch()
+    target_only, _ = sequence_loss(logits, batch)
+    with_lm, _ = sequence_loss(logits, batch, lm_weight=0.5)
+    scored = batch["targets"] != IGNORE_INDEX
+    full = torch.nn.functional.cross_entropy(logits[scored], batch["targets"][scored])
+    assert torch.allclose(with_lm, target_only + 0.5 * full)
+
+
+def module(**train) -> LMModule:
+    config = ModelConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    return LMModule(config, TrainConfig(**train), token_bytes=[1] * 16)
+
+
+def test_weight_decay_only_on_matrices():
+    optimizer = module(weight_decay=0.3).configure_optimizers()["optimizer"]
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.3 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"])
+    assert all(p.dim() == 1 for p in plain["params"])
+
+
+def test_warmup_then_cosine_to_min_lr(monkeypatch):
+    m = module(warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    monkeypatch.setattr(LMModule, "budget_spent", lambda self, step: (step - 10) / 100)
+    factors = [m.lr_factor(s) for s in range(111)]
+    assert factors[0] < factors[5] < factors[9] < 1.0
+    assert math.isclose(factors[10], 1.0)
+    assert math.isclose(factors[60], 0.55, rel_tol=1e-6)
+    assert math.isclose(factors[110], 0.1)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+
+
+def test_budget_spent_with_no_trainer_is_zero():
+    assert module().budget_spent(50) == 0.0
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "warmup_steps"])
+def test_bad_train_values(field):
+    from seqgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: -1})
