@@ -65,6 +65,7 @@ def main() -> int:
     report = {
         "val_bpb": result["val_bpb"],
         "val_loss": result["val_loss"],
+        "train_loss": result["train_loss"],
         "tokens_per_second": result["tokens_per_second"],
         "wall_seconds": result["wall_seconds"],
         "train_seconds": result["train_seconds"],
@@ -82,6 +83,8 @@ def main() -> int:
     for key in (
         "val_bpb",
         "target_val_bpb",
+        "val_loss",
+        "train_loss",
         "tokens_per_second",
         "train_seconds",
         "wall_seconds",

@@ -82,9 +82,7 @@ def cmd_tokenizer(argv: Sequence[str]) -> int:
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
-    from seqgen import checkpoint
-    from seqgen.generate import generate
-    from seqgen.tasks import get_task
+    from seqgen.inference import load
 
     parser = argparse.ArgumentParser(
         prog="seqgen generate", description="Sample from a checkpoint."
@@ -93,51 +91,49 @@ def cmd_generate(argv: Sequence[str]) -> int:
     parser.add_argument("--prompt", default="", help="Text to continue (default: a new document).")
     parser.add_argument("--task", default=None, help="Expected task (default: the checkpoint's).")
     parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy.")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=1, help="Samples, as one batch.")
+    parser.add_argument("--beams", type=int, default=1, help="Beam search with N beams.")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="For beam search.")
+    parser.add_argument("--stop", action="append", default=[], help="Stop string (repeatable).")
+    parser.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Print text as it is produced (default: on for one sample).",
+    )
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
     args = parser.parse_args(argv)
-    loaded = checkpoint.load(args.ckpt, task=args.task)
-    task = get_task(loaded.task)
-    prompt_ids = task.prompt(args.prompt, loaded.tokenizer)
-    stream = _TextStream(lambda ids: task.decode(ids, loaded.tokenizer))
-    sys.stdout.write(args.prompt)
+    generator = load(args.ckpt, task=args.task, precision=args.precision)
+    options = dict(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, num_beams=args.beams,
+        length_penalty=args.length_penalty, stop=args.stop,
+    )  # fmt: skip
     try:
-        generate(
-            loaded.model,
-            prompt_ids,
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            eos_id=loaded.tokenizer.eos_id,
-            seed=args.seed,
-            on_token=stream.push,
-        )
+        if args.stream is not False and args.num_samples == 1:
+            sys.stdout.write(args.prompt)
+            for piece in generator.stream(args.prompt, **options):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return 0
+        if args.stream:
+            raise SeqgenError("--stream prints one sample; drop --num-samples or use --no-stream")
+        outputs = generator.generate(args.prompt, num_samples=args.num_samples, **options)
     except ValueError as err:
         raise SeqgenError(str(err)) from None
-    stream.flush()
-    sys.stdout.write("\n")
+    for n, text in enumerate(outputs if args.num_samples > 1 else [outputs]):
+        if args.num_samples > 1:
+            print(f"--- sample {n + 1}")
+        print(args.prompt + text)
     return 0
-
-
-class _TextStream:
-    """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self.decode, self.ids, self.printed = decode, [], 0
-
-    def push(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.decode(self.ids)
-        if not text.endswith("\ufffd"):
-            sys.stdout.write(text[self.printed :])
-            sys.stdout.flush()
-            self.printed = len(text)
-
-    def flush(self) -> None:
-        sys.stdout.write(self.decode(self.ids)[self.printed :])
 
 
 def cmd_info(argv: Sequence[str]) -> int:

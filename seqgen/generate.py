@@ -1,80 +1,339 @@
-"""Autoregressive sampling from a GPT."""
+"""Generation for every task: KV-cached sampling and beam search, batched, streamed, and
+unbounded in length (a sliding window re-prefills the most recent tokens past the context).
+
+Shapes: B rows (prompts, samples or beams), V vocabulary size.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from seqgen.model import GPT
+from seqgen.model import GPT, KVCache
+
+NEG_INF = float("-inf")
 
 
-def validate_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+@dataclass
+class Settings:
+    """Generation options, accepted as keyword arguments by `generate` and `stream`."""
+
+    max_new_tokens: int = 100
+    """Most new tokens per row."""
+    min_new_tokens: int = 0
+    """eos cannot end a row before this many new tokens."""
+    temperature: float = 1.0
+    """0 is greedy decoding; otherwise the logits are divided by it and sampled."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens only (0 or None: all)."""
+    top_p: float | None = None
+    """Sample from the smallest set of most likely tokens whose probability reaches top_p."""
+    repetition_penalty: float = 1.0
+    """CTRL's penalty: > 1 discourages tokens already in the row (prompt included)."""
+    eos_id: int | Sequence[int] | None = None
+    """Id(s) that end a row; never part of the output."""
+    stop: Sequence[Sequence[int]] = ()
+    """Id sequences that end a row when generated; cut from the output."""
+    stop_fn: Callable[[list[int]], bool] | None = None
+    """Called with a row's new ids after each token; True ends the row (e.g. a stop string)."""
+    num_beams: int = 1
+    """Beam search with this many beams when > 1 (ignores temperature, top-k and top-p)."""
+    length_penalty: float = 1.0
+    """Beam hypotheses are ranked by log-probability sum / length ** length_penalty."""
+    early_stopping: bool = False
+    """Beam search ends once num_beams hypotheses are finished, instead of when no running
+    beam can still beat them."""
+    window_keep: int | None = None
+    """Past the context, re-prefill the last window_keep tokens (default: 3/4 of block_size)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens < 0 or self.min_new_tokens < 0:
+            raise ValueError("max_new_tokens and min_new_tokens must be >= 0")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens ({self.min_new_tokens}) > max_new_tokens ({self.max_new_tokens})"
+            )
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        self.stop = tuple(tuple(s) for s in self.stop)
+        if any(len(s) == 0 for s in self.stop):
+            raise ValueError("stop sequences must not be empty")
+        self.eos_ids = (self.eos_id,) if isinstance(self.eos_id, int) else tuple(self.eos_id or ())
+
+
+def generate(
+    model: GPT,
+    prompt_ids: Sequence[int] | Sequence[Sequence[int]],
+    max_new_tokens: int = 100,
+    *,
+    seed: int | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    **options,
+) -> list[int] | list[list[int]]:
+    """Continue one prompt (a list of ids) or a batch of prompts (a list of lists).
+
+    Returns the new ids only (a list, or one list per prompt), without eos or a matched stop
+    sequence. Each row of a batch stops on its own; a batch returns what separate calls would.
+
+    Args:
+        seed: seeds this call's own torch.Generator, so a seeded call is reproducible.
+        on_token: called as (row, id) for each new id as it is produced.
+        **options: see `Settings` (temperature, top_k, top_p, num_beams, eos_id, stop, ...).
+    """
+    batched = len(prompt_ids) > 0 and not isinstance(prompt_ids[0], int)
+    prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
+    settings = _settings(model, prompts, max_new_tokens, options)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for row, token in _events(model, prompts, settings, seed, outputs):
+        if on_token is not None:
+            on_token(row, token)
+    return outputs if batched else outputs[0]
+
+
+def stream(
+    model: GPT, prompt_ids: Sequence[int], max_new_tokens: int = 100, *,
+    seed: int | None = None, **options,
+) -> Iterator[int]:  # fmt: skip
+    """Yield the new ids of one prompt as they are produced; options as for `generate`.
+
+    With beam search the ids come at the end, once the best hypothesis is known.
+    """
+    prompts = [list(prompt_ids)]
+    settings = _settings(model, prompts, max_new_tokens, options)  # raises before the first id
+    return (token for _, token in _events(model, prompts, settings, seed, [[]]))
+
+
+def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options) -> Settings:
+    settings = Settings(max_new_tokens=max_new_tokens, **options)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("a prompt is empty: start it with at least one id (e.g. bos or eos)")
+    vocab = model.config.vocab_size
+    if any(not isinstance(i, int) or not 0 <= i < vocab for p in prompts for i in p):
+        raise ValueError(f"a prompt holds something other than an id below {vocab}")
+    block = model.config.block_size
+    if settings.window_keep is not None and not 0 < settings.window_keep < block:
+        raise ValueError(f"window_keep must be in (0, {block}), got {settings.window_keep}")
+    return settings
+
+
+def _events(model, prompts, settings, seed, outputs) -> Iterator[tuple[int, int]]:
+    """(row, id) for each new id, appending each row's ids to outputs[row]."""
+    with torch.inference_mode():
+        if settings.num_beams > 1:
+            for row, prompt in enumerate(prompts):
+                outputs[row].extend(_beam_search(model, prompt, settings))
+                yield from ((row, token) for token in outputs[row])
+        else:
+            yield from _sample(model, prompts, settings, _generator(model, seed), outputs)
+
+
+def _generator(model: GPT, seed: int | None) -> torch.Generator:
+    generator = torch.Generator(device=next(model.parameters()).device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
+
+
+class _Rows:
+    """Left-padded rows sharing one KV cache, each with its own positions."""
+
+    def __init__(self, model: GPT, longest_prompt: int, settings: Settings) -> None:
+        self.model = model
+        block = model.config.block_size
+        self.keep = settings.window_keep or max(1, block - block // 4)
+        self.cache_len = min(block, longest_prompt + settings.max_new_tokens)
+        self.device = next(model.parameters()).device
+
+    def prefill(self, sequences: list[list[int]]) -> torch.Tensor:
+        """A fresh cache from the last tokens of each sequence; returns (B, V) next logits."""
+        limit = self.cache_len if max(map(len, sequences)) <= self.cache_len else self.keep
+        windows = [s[-limit:] for s in sequences]
+        width = max(map(len, windows))
+        ids = torch.zeros(len(windows), width, dtype=torch.long)
+        self.real = torch.zeros(len(windows), self.cache_len, dtype=torch.bool)  # not padding
+        for row, window in enumerate(windows):
+            ids[row, width - len(window) :] = torch.tensor(window)
+            self.real[row, width - len(window) : width] = True
+        self.real = self.real.to(self.device)
+        self.padded = not bool(self.real[:, :width].all())
+        positions = (self.real[:, :width].long().cumsum(1) - 1).clamp(min=0)  # (B, width)
+        self.next_pos = positions[:, -1:] + 1  # (B, 1)
+        dtype = next(self.model.parameters()).dtype
+        self.cache = KVCache(self.model.config, len(windows), self.cache_len, self.device, dtype)
+        return self._forward(ids.to(self.device), positions)
+
+    def step(self, tokens: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
+        """Feed one id per row, (B,); re-prefill the window when the cache is full."""
+        if self.cache.length == self.cache.max_len:
+            return self.prefill(sequences)
+        self.real[:, self.cache.length] = True
+        logits = self._forward(tokens[:, None].to(self.device), self.next_pos)
+        self.next_pos = self.next_pos + 1
+        return logits
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        mask = self.real[:, : self.cache.length + ids.shape[1]] if self.padded else None
+        return self.model(ids, positions, self.cache, mask, last_only=True)[:, -1].float()
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep (and repeat) the rows in `index`: the surviving beams."""
+        self.cache.select(index)
+        self.real, self.next_pos = self.real[index], self.next_pos[index]
+
+
+def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings, n_new: int):
+    """Repetition penalty and min_new_tokens, on (B, V) logits."""
+    if seen is not None:
+        p = settings.repetition_penalty
+        logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+    if n_new < settings.min_new_tokens and settings.eos_ids:
+        logits[:, list(settings.eos_ids)] = NEG_INF
+    return logits
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, V)."""
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.masked_fill(logits < kth, NEG_INF)
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens ranked above it already reach top_p (the best always stays)
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), NEG_INF)
     return logits
 
 
-@torch.inference_mode()
-def generate(
-    model: GPT,
-    prompt_ids: list[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
-    seed: int | None = None,
-    on_token: Callable[[int], None] | None = None,
-) -> list[int]:
-    """Sample up to `max_new_tokens` ids after `prompt_ids`; returns only the new ids.
+def _ends_row(new: list[int], settings: Settings) -> bool:
+    """Whether `new` ends with a stop sequence (cut off here) or stop_fn says to stop."""
+    for sequence in settings.stop:
+        if tuple(new[-len(sequence) :]) == sequence:
+            del new[-len(sequence) :]
+            return True
+    return settings.stop_fn is not None and settings.stop_fn(new)
 
-    temperature 0 is greedy decoding. Past the context length the oldest tokens are dropped.
-    `on_token` is called with each id as it is produced (for streaming output).
-    """
-    validate_sampling(temperature, top_k, top_p)
-    if not prompt_ids:
-        raise ValueError("the prompt is empty: pass at least one id (e.g. the bos or eos id)")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -model.config.block_size :])[:, -1, :].float()  # (1, V)
-        if temperature == 0:
-            next_id = logits.argmax(dim=-1, keepdim=True)
+
+def _sample(model, prompts, settings, generator, outputs) -> Iterator[tuple[int, int]]:
+    rows = _Rows(model, max(map(len, prompts)), settings)
+    sequences = [list(p) for p in prompts]
+    running = [True] * len(prompts)
+    seen = None
+    if settings.repetition_penalty != 1.0:
+        seen = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            seen[row, prompt] = True
+        seen = seen.to(rows.device)
+    logits = rows.prefill(sequences) if settings.max_new_tokens else None
+    for step in range(settings.max_new_tokens):
+        logits = _adjust(logits, seen, settings, step)
+        if settings.temperature == 0:
+            tokens = logits.argmax(dim=-1)
         else:
-            logits = filter_logits(logits / temperature, top_k, top_p)
-            next_id = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
-        token = int(next_id)
-        if token == eos_id:
+            logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
+            tokens = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+        for row, token in enumerate(tokens.tolist()):
+            if not running[row]:
+                continue
+            if token in settings.eos_ids:
+                running[row] = False
+                continue
+            outputs[row].append(token)
+            sequences[row].append(token)
+            if seen is not None:
+                seen[row, token] = True
+            yield row, token
+            if _ends_row(outputs[row], settings):
+                running[row] = False
+        if not any(running) or step == settings.max_new_tokens - 1:
             break
-        new.append(token)
-        if on_token is not None:
-            on_token(token)
-        ids = torch.cat([ids, next_id], dim=1)
-    return new
+        logits = rows.step(tokens, sequences)
+
+
+def _beam_search(model: GPT, prompt: list[int], settings: Settings) -> list[int]:
+    """The best hypothesis of a beam search over one prompt."""
+    k = settings.num_beams
+    rows = _Rows(model, len(prompt), settings)
+    logits = rows.prefill([prompt])
+    beams: list[list[int]] = [[]]  # the live hypotheses (new ids), one cache row each
+    scores = torch.zeros(1, device=logits.device)  # their log-probability sums
+    finished: list[tuple[float, list[int]]] = []
+
+    def normalised(total: float, length: int) -> float:
+        return total / max(length, 1) ** settings.length_penalty
+
+    for step in range(settings.max_new_tokens):
+        seen = None
+        if settings.repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            for b, beam in enumerate(beams):
+                seen[b, prompt + beam] = True
+        logprobs = F.log_softmax(_adjust(logits, seen, settings, step), dim=-1)
+        candidates = (scores[:, None] + logprobs).flatten()
+        vocab = logprobs.shape[1]
+        chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)
+        for rank, (score, index) in enumerate(_ranked(candidates, 2 * k)):
+            if score == NEG_INF:
+                break
+            parent, token = divmod(index, vocab)
+            if token in settings.eos_ids:
+                if rank < k:  # an eos outside the top k would not have been chosen
+                    finished.append((normalised(score, len(beams[parent]) + 1), beams[parent]))
+                continue
+            hypothesis = beams[parent] + [token]
+            if _ends_row(hypothesis, settings):
+                finished.append((normalised(score, len(hypothesis)), hypothesis))
+                continue
+            chosen.append((score, parent, hypothesis))
+            if len(chosen) == k:
+                break
+        beams = [hypothesis for _, _, hypothesis in chosen]
+        scores = torch.tensor([score for score, _, _ in chosen], device=logits.device)
+        if not chosen or step == settings.max_new_tokens - 1:
+            break
+        if _beams_done(finished, scores.max().item(), step + 1, settings):
+            beams, scores = [], scores[:0]  # none of the running beams can win any more
+            break
+        rows.select(torch.tensor([parent for _, parent, _ in chosen], device=logits.device))
+        tokens = torch.tensor([hypothesis[-1] for hypothesis in beams], device=logits.device)
+        logits = rows.step(tokens, [prompt + beam for beam in beams])
+    finished += [(normalised(s, len(b)), b) for s, b in zip(scores.tolist(), beams, strict=True)]
+    return max(finished, key=lambda item: item[0])[1] if finished else []
+
+
+def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]:
+    """(score, index) from best to worst: the top `first` cheaply, the rest only if needed."""
+    top = candidates.topk(min(first, candidates.numel()))
+    yield from zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    if candidates.numel() > first:
+        done = set(top.indices.tolist())  # ties may order differently in the full sort
+        ordered = candidates.sort(descending=True)
+        for score, index in zip(ordered.values.tolist(), ordered.indices.tolist(), strict=True):
+            if index not in done:
+                yield score, index
+
+
+def _beams_done(finished, best_running: float, length: int, settings: Settings) -> bool:
+    """Whether no running beam can still beat the worst of the best num_beams finished."""
+    if len(finished) < settings.num_beams:
+        return False
+    if settings.early_stopping:
+        return True
+    worst = sorted(score for score, _ in finished)[-settings.num_beams]
+    # log-probability sums only fall; with a positive length penalty the longest possible
+    # hypothesis divides by the most, so that bounds what a running beam can still reach
+    reach = settings.max_new_tokens if settings.length_penalty > 0 else length
+    return best_running / max(reach, 1) ** settings.length_penalty <= worst

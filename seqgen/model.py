@@ -15,6 +15,28 @@ from torch import nn
 from seqgen.config import ModelConfig
 
 
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions: (B, nh, L, hs) each.
+
+    `length` positions are filled. Beam search reorders the batch with `select`.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
+                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def select(self, batch_index: torch.Tensor) -> None:
+        """Keep (and repeat) the batch rows in `batch_index`, e.g. surviving beams."""
+        self.k, self.v = self.k[:, batch_index], self.v[:, batch_index]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -25,17 +47,48 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """mask: (B, 1, T, S) True = may attend, or None for plain causal attention."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs), S = start + T
+            v = cache.v[layer, :, :, : start + T]
+        weights = None
+        if need_weights:  # the manual path, only to return the attention weights
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, S)
+            allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
+            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            y = weights @ v
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None and T > 1 and k.size(2) == T,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y)), weights
+
+
+def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """(T, S) True where query i (at absolute position S - T + i) may see key j."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
 class MLP(nn.Module):
@@ -60,9 +113,13 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
+        layer: int = 0, need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        attended, weights = self.attn(self.ln_1(x), mask, cache, layer, need_weights)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), weights
 
 
 def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
@@ -119,20 +176,61 @@ class GPT(nn.Module):
         """Parameter count, the tied head counted once (parameters() already deduplicates)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (B, T, V) for token ids idx (B, T), T <= block_size."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        padding_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Next-token logits (B, T, V) for token ids idx (B, T).
+
+        Args:
+            input_pos: (B, T) or (T,) positions of the tokens; default: after the cache's.
+            cache: keys/values of earlier positions; the new ones are appended to it.
+            padding_mask: (B, S) over all S = cache.length + T positions, False at padding
+                (left-padded batches), which no token attends to.
+            last_only: return logits for the last position only, (B, 1, V).
+        """
+        logits, _ = self._run(idx, input_pos, cache, padding_mask, last_only, need_weights=False)
+        return logits
+
+    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every layer, each (B, nh, T, T), through the manual path."""
+        _, maps = self._run(idx, None, None, None, True, need_weights=True)
+        return maps
+
+    def _run(self, idx, input_pos, cache, padding_mask, last_only, need_weights):
         B, T = idx.shape
-        if self.config.block_size < T:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {start + T} exceeds block_size {self.config.block_size}"
+            )
+        if input_pos is None:
+            input_pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
+            x = x + self.transformer.wpe(input_pos)  # positions (T,) or (B, T) broadcast
         else:
-            x = x + self.sinusoids[:T].to(x.dtype)
+            x = x + self.sinusoids[input_pos].to(x.dtype)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        mask = None
+        if padding_mask is not None:
+            # causal and not padding; a padding query may see itself, so no row is all False
+            mask = causal_mask(T, start + T, idx.device) & padding_mask[:, None, None, :]
+            mask |= F.pad(torch.eye(T, dtype=torch.bool, device=idx.device), (start, 0))
+        elif start > 0 and T > 1:
+            mask = causal_mask(T, start + T, idx.device)
+        maps = []
+        for layer, block in enumerate(self.transformer.h):
+            x, weights = block(x, mask, cache, layer, need_weights)
+            maps.append(weights)
+        if cache is not None:
+            cache.length = start + T
+        x = self.transformer.ln_f(x[:, -1:] if last_only else x)
+        return self.lm_head(x), maps
 
     def resize_vocab(self, new_size: int) -> None:
         """Append embedding rows (initialised to the mean embedding); existing ids keep theirs."""

@@ -172,8 +172,10 @@ def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - fit_started
     trainer.save_checkpoint(out_dir / "final", weights_only=False)
     metrics = trainer.validate(module, datamodule, verbose=False)[0]
+    train_loss = trainer.callback_metrics.get("train_loss")
     report = {
         "val_loss": metrics["val_loss"],
+        "train_loss": float(train_loss) if train_loss is not None else math.nan,
         "val_bpb": metrics.get("val_bpb", math.nan),
         "train_tokens": module.train_tokens,
         "tokens_per_second": module.tokens_this_fit / fit_seconds,

@@ -5,33 +5,21 @@ import subprocess
 import sys
 
 import pytest
+from helpers import TINY_MODEL, flags
 
 from seqgen.cli import main
 
-TINY = [
-    "--model.n_layer",
-    "1",
-    "--model.n_head",
-    "2",
-    "--model.n_embd",
-    "32",
-    "--model.block_size",
-    "32",
-    "--tokenizer.vocab_size",
-    "320",
-    "--train.batch_size",
-    "8",
-    "--train.warmup_steps",
-    "2",
-    "--train.learning_rate",
-    "3e-3",
-    "--train.val_every_n_steps",
-    "10",
-    "--train.checkpoint_every_n_steps",
-    "10",
-    "--train.progress_bar",
-    "false",
-]
+TINY = flags(
+    {
+        **TINY_MODEL,
+        "train.batch_size": 8,
+        "train.warmup_steps": 2,
+        "train.learning_rate": 3e-3,
+        "train.val_every_n_steps": 10,
+        "train.checkpoint_every_n_steps": 10,
+        "train.progress_bar": "false",
+    }
+)
 
 
 def pretrain(corpus, out, *extra):
@@ -81,37 +69,11 @@ def test_pretrain_resume_generate_info(corpus_file, tmp_path, capsys):
     assert meta["model"]["vocab_size"] == 320
 
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "generate",
-                "--ckpt",
-                str(out),
-                "--prompt",
-                "THE KING:",
-                "--seed",
-                "1",
-                "--max-new-tokens",
-                "12",
-            ]
-        )
-        == 0
-    )
+    sample = ["generate", "--ckpt", str(out), "--prompt", "THE KING:", "--seed", "1"]
+    assert main([*sample, "--max-new-tokens", "12"]) == 0
     first_sample = capsys.readouterr().out
     assert first_sample.startswith("THE KING:") and len(first_sample) > len("THE KING:\n")
-    main(
-        [
-            "generate",
-            "--ckpt",
-            str(out),
-            "--prompt",
-            "THE KING:",
-            "--seed",
-            "1",
-            "--max-new-tokens",
-            "12",
-        ]
-    )
+    main([*sample, "--max-new-tokens", "12"])
     assert capsys.readouterr().out == first_sample  # seeded: reproducible
 
     assert main(["info", "--ckpt", str(out)]) == 0
@@ -256,3 +218,45 @@ def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
     assert (tmp_path / "tok" / "tokenizer.model").is_file()
     assert main(["info", "--model", "gpt2"]) == 0
     assert "124,439,808" in capsys.readouterr().out
+
+
+def test_bf16_mixed_and_gradient_accumulation(corpus_file, tmp_path):
+    extra = ["--train.precision", "bf16-mixed", "--train.accumulate_grad_batches", "2"]
+    report = pretrain(corpus_file, tmp_path / "bf16", "--train.max_steps", "4", *extra)
+    assert report["steps"] == 4
+    assert report["train_tokens"] == 4 * 2 * 8 * 32  # two micro-batches per optimizer step
+
+
+def test_wall_clock_budget_stops_training(corpus_file, tmp_path):
+    timed = ["--train.max_steps", "-1", "--train.max_time", "3"]
+    report = pretrain(corpus_file, tmp_path / "timed", *timed)
+    assert report["steps"] > 0 and report["train_seconds"] < 30
+
+
+@pytest.fixture
+def random_ckpt(tmp_path, sp_tokenizer):
+    import torch
+
+    import seqgen
+
+    torch.manual_seed(0)
+    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=32, n_layer=1,
+                                n_head=2, n_embd=32)  # fmt: skip
+    return seqgen.save_model(tmp_path / "ckpt", seqgen.GPT(config), sp_tokenizer, "text")
+
+
+def test_generate_options(random_ckpt, capsys):
+    base = ["generate", "--ckpt", str(random_ckpt), "--prompt", "the", "--max-new-tokens", "8"]
+    assert main([*base, "--num-samples", "3", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("--- sample")] == [
+        "--- sample 1", "--- sample 2", "--- sample 3"
+    ]  # fmt: skip
+    assert main([*base, "--beams", "3", "--no-stream"]) == 0
+    beam = capsys.readouterr().out
+    assert main([*base, "--beams", "3"]) == 0
+    assert capsys.readouterr().out == beam  # streamed or not, the same text
+    assert main([*base, "--temperature", "0", "--precision", "bf16", "--stop", "e"]) == 0
+    assert "e" not in capsys.readouterr().out.removeprefix("the")
+    expect_error(capsys, [*base, "--top-p", "2"], "top_p must be in (0, 1]")
+    expect_error(capsys, [*base, "--num-samples", "2", "--stream"], "--stream prints one sample")

@@ -106,3 +106,13 @@ def test_resize_vocab_appends_rows_and_keeps_old_ids():
     assert model.lm_head.weight is model.transformer.wte.weight
     with pytest.raises(ValueError, match="shrink"):
         model.resize_vocab(10)
+
+
+def test_public_api_exports_resolve():
+    import seqgen
+
+    for name in seqgen.__all__:
+        assert getattr(seqgen, name) is not None
+    assert seqgen.load is seqgen.inference.load
+    with pytest.raises(AttributeError):
+        seqgen.nothing_here  # noqa: B018

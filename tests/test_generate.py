@@ -1,62 +1,203 @@
+import itertools
+
 import pytest
 import torch
 
 from seqgen.config import ModelConfig
-from seqgen.generate import filter_logits, generate
-from seqgen.model import GPT
+from seqgen.generate import filter_logits, generate, stream
+from seqgen.model import GPT, KVCache
+
+SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
+SUCCESSOR |= {t: t + 1 for t in range(10, 24)} | {24: 10}  # cycle 10..24
+SUCCESSOR |= {t: t + 1 for t in range(25, 39)} | {39: 25}  # cycle 25..39
 
 
 @pytest.fixture(scope="module")
 def model():
+    """A tiny GPT trained to follow SUCCESSOR, so its greedy outputs are varied and known."""
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=32)).eval()
+    model = GPT(ModelConfig(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=32))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        starts = torch.randint(0, 40, (32,)).tolist()
+        rows = []
+        for token in starts:
+            row = [token]
+            while len(row) < 13:
+                row.append(SUCCESSOR[row[-1]])
+            rows.append(row)
+        batch = torch.tensor(rows)
+        loss = torch.nn.functional.cross_entropy(
+            model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
 
 
-def test_greedy_is_argmax_of_full_recompute(model):
-    prompt = [1, 5, 7]
-    out = generate(model, prompt, 20, temperature=0)  # runs past block_size: sliding window
-    ids = list(prompt)
-    for token in out:
-        with torch.no_grad():
-            expected = model(torch.tensor([ids[-12:]]))[0, -1].argmax().item()
-        assert token == expected
+def first_new_at(sequence, index):
+    """A token whose first occurrence in `sequence` is at `index` or later, and where."""
+    for i in range(index, len(sequence)):
+        if sequence[i] not in sequence[:i]:
+            return sequence[i], i
+    raise AssertionError(f"no new token from index {index} in {sequence}")
+
+
+def next_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids[-model.config.block_size :]]))[0, -1]
+
+
+def reference_greedy(model, prompt, n, keep=None):
+    """Full recompute each step, with the same sliding-window policy as the engine."""
+    block = model.config.block_size
+    keep = keep or block - block // 4
+    ids, start = list(prompt), max(0, len(prompt) - block)
+    if len(prompt) > block:
+        start = len(prompt) - keep
+    out = []
+    for _ in range(n):
+        if len(ids) - start > block:
+            start = len(ids) - keep
+        token = next_logits(model, ids[start:]).argmax().item()
+        out.append(token)
         ids.append(token)
-    assert len(out) == 20
+    return out
+
+
+def test_kv_cache_equals_full_recompute_at_every_step(model):
+    x = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(model.config, 3, 12, x.device, torch.float32)
+        steps = [model(x[:, :4], cache=cache)]
+        steps += [model(x[:, t : t + 1], cache=cache) for t in range(4, 12)]
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+
+
+def test_left_padding_mask_and_positions_match_unpadded(model):
+    short, long = [5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]
+    padded = torch.tensor([[0] * 5 + short, long])
+    real = torch.tensor([[False] * 5 + [True] * 3, [True] * 8])
+    positions = (real.long().cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(padded, positions, KVCache(model.config, 2, 8, "cpu", torch.float32), real)
+    assert (out[0, 5:] - model(torch.tensor([short]))[0]).abs().max() < 1e-5
+    assert (out[1] - model(torch.tensor([long]))[0]).abs().max() < 1e-5
+
+
+def test_greedy_is_argmax_and_slides_past_the_context(model):
+    prompt = [1, 5, 7]
+    assert generate(model, prompt, 30, temperature=0) == reference_greedy(model, prompt, 30)
+    long_prompt = list(range(1, 20))  # longer than block_size
+    expected = reference_greedy(model, long_prompt, 10)
+    assert generate(model, long_prompt, 10, temperature=0) == expected
+    assert generate(model, prompt, 30, temperature=0, window_keep=4) == reference_greedy(
+        model, prompt, 30, keep=4
+    )
+
+
+def test_batch_equals_separate_calls(model):
+    prompts = [[1], [2, 3, 4, 5, 6], [7, 8, 9]]
+    eos, at = first_new_at(generate(model, prompts[0], 20, temperature=0), 2)
+    separate = [generate(model, p, 20, temperature=0, eos_id=eos) for p in prompts]
+    assert generate(model, prompts, 20, temperature=0, eos_id=eos) == separate
+    assert len(separate[0]) == at and any(len(s) > at for s in separate[1:])
 
 
 def test_seeded_sampling_repeats(model):
-    a = generate(model, [1], 15, temperature=1.0, seed=3)
-    b = generate(model, [1], 15, temperature=1.0, seed=3)
-    c = generate(model, [1], 15, temperature=1.0, seed=4)
-    assert a == b and a != c
+    a = generate(model, [1], 15, temperature=5.0, seed=3)
+    assert a == generate(model, [1], 15, temperature=5.0, seed=3)
+    assert a != generate(model, [1], 15, temperature=5.0, seed=4)
 
 
 def test_top_k_and_top_p_exclude_tokens():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     assert torch.isinf(filter_logits(logits, 2, None)[0, 2:]).all()
     assert not torch.isinf(filter_logits(logits, 2, None)[0, :2]).any()
-    probs = torch.softmax(logits, -1)[0]  # 0.64, 0.24, 0.09, ...
-    kept = ~torch.isinf(filter_logits(logits, None, 0.8)[0])
+    kept = ~torch.isinf(filter_logits(logits, None, 0.8)[0])  # probs .64 .24 .09 ...
     assert kept.tolist() == [True, True, False, False, False]
-    assert probs[:2].sum() >= 0.8
     kept = ~torch.isinf(filter_logits(logits, None, 0.1)[0])
     assert kept.tolist() == [True, False, False, False, False]
 
 
-def test_sampled_tokens_respect_top_k(model):
+@pytest.mark.parametrize("kwargs", [dict(top_k=3), dict(top_p=0.3), dict(top_k=5, top_p=0.5)])
+def test_sampled_tokens_stay_inside_the_filter(model, kwargs):
     prompt = [3, 4]
-    with torch.no_grad():
-        allowed = set(model(torch.tensor([prompt]))[0, -1].topk(3).indices.tolist())
-    for seed in range(20):
-        assert generate(model, prompt, 1, top_k=3, seed=seed)[0] in allowed
+    allowed = ~torch.isinf(filter_logits(next_logits(model, prompt)[None], kwargs.get("top_k"),
+                                         kwargs.get("top_p"))[0])  # fmt: skip
+    draws = {generate(model, prompt, 1, seed=s, **kwargs)[0] for s in range(40)}
+    assert all(allowed[t] for t in draws)
 
 
-def test_eos_stops_and_streaming_callback(model):
-    first = generate(model, [1], 1, temperature=0)[0]
-    assert generate(model, [1], 10, temperature=0, eos_id=first) == []
+def test_eos_min_tokens_and_stop_sequences(model):
+    greedy = generate(model, [1], 12, temperature=0)
+    assert generate(model, [1], 12, temperature=0, eos_id=greedy[0]) == []
+    forced = generate(model, [1], 12, temperature=0, eos_id=greedy[0], min_new_tokens=3)
+    assert len(forced) >= 3 and greedy[0] not in forced[:3]
+    token, at = first_new_at(greedy, 3)
+    assert generate(model, [1], 12, temperature=0, stop=[[token]]) == greedy[:at]
+    stop = greedy[at - 1 : at + 1]
+    assert generate(model, [1], 12, temperature=0, stop=[stop]) == greedy[: at - 1]
+    assert generate(model, [1], 12, temperature=0, stop_fn=lambda ids: len(ids) == 4) == greedy[:4]
+
+
+def test_repetition_penalty_discourages_repeats(model):
+    plain = generate(model, [1], 30, temperature=0)
+    penalised = generate(model, [1], 30, temperature=0, repetition_penalty=1e6)
+    assert len(set(plain)) < len(plain)  # the plain greedy run repeats itself
+    assert len(set(penalised)) == len(penalised) and 1 not in penalised
+
+
+def test_beam_one_equals_greedy(model):
+    greedy = generate(model, [2, 9], 15, temperature=0)
+    assert generate(model, [2, 9], 15, num_beams=1, temperature=0) == greedy
+    # the beam-search code path itself, with a beam that can hold only one hypothesis
+    from seqgen.generate import Settings, _beam_search
+
+    assert _beam_search(model, [2, 9], Settings(max_new_tokens=15, num_beams=1)) == greedy
+    eos, _ = first_new_at(greedy, 4)
+    one_beam = Settings(max_new_tokens=15, num_beams=1, eos_id=eos, length_penalty=0.0)
+    assert _beam_search(model, [2, 9], one_beam) == generate(model, [2, 9], 15, temperature=0,
+                                                              eos_id=eos)  # fmt: skip
+
+
+def sequence_logprob(model, prompt, new):
+    ids, total = list(prompt), 0.0
+    for token in new:
+        total += torch.log_softmax(next_logits(model, ids), -1)[token].item()
+        ids.append(token)
+    return total
+
+
+def test_wide_beam_search_is_exact_on_a_tiny_problem():
+    torch.manual_seed(1)
+    small = GPT(ModelConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    best = max(itertools.product(range(5), repeat=3),
+               key=lambda seq: sequence_logprob(small, [0], seq))  # fmt: skip
+    found = generate(small, [0], 3, num_beams=25, length_penalty=0.0)
+    assert tuple(found) == best
+    narrow = generate(small, [0], 3, num_beams=2, length_penalty=0.0)
+    greedy = generate(small, [0], 3, temperature=0)
+    assert sequence_logprob(small, [0], narrow) >= sequence_logprob(small, [0], greedy) - 1e-6
+
+
+def test_beam_search_handles_eos_and_batches(model):
+    eos, _ = first_new_at(generate(model, [1], 12, temperature=0), 2)
+    out = generate(model, [[1], [4, 5]], 12, num_beams=3, eos_id=eos)
+    assert len(out) == 2 and all(eos not in o for o in out)
+    assert out[0] == generate(model, [1], 12, num_beams=3, eos_id=eos)
+    early = generate(model, [1], 12, num_beams=3, eos_id=eos, early_stopping=True)
+    assert eos not in early
+
+
+def test_stream_and_callback_match_generate(model):
+    expected = generate(model, [1, 2], 20, temperature=1.0, seed=5)
+    assert list(stream(model, [1, 2], 20, temperature=1.0, seed=5)) == expected
     seen = []
-    out = generate(model, [1], 5, temperature=0, on_token=seen.append)
-    assert seen == out
+    generate(model, [[1, 2], [3]], 5, temperature=0, on_token=lambda r, t: seen.append((r, t)))
+    assert [t for r, t in seen if r == 1] == generate(model, [3], 5, temperature=0)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +207,11 @@ def test_eos_stops_and_streaming_callback(model):
         (dict(top_k=-2), "top_k"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),
+        (dict(num_beams=0), "num_beams"),
+        (dict(min_new_tokens=5), "min_new_tokens"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(stop=[[]]), "stop"),
+        (dict(window_keep=12), "window_keep"),
     ],
 )
 def test_invalid_settings_raise(model, kwargs, message):
@@ -73,6 +219,42 @@ def test_invalid_settings_raise(model, kwargs, message):
         generate(model, [1], 3, **kwargs)
 
 
-def test_empty_prompt_raises(model):
+def test_bad_prompts_raise(model):
     with pytest.raises(ValueError, match="prompt is empty"):
         generate(model, [], 3)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        generate(model, [[1], []], 3)
+    with pytest.raises(ValueError, match="below 40"):
+        generate(model, [1, 40], 3)
+    with pytest.raises(ValueError, match="temperature"):
+        stream(model, [1], 3, temperature=-1)  # raised at the call, not at the first id
+
+
+def test_attention_maps_are_causal_distributions(model):
+    x = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(2))
+    maps = model.attention_maps(x)
+    assert len(maps) == 2 and maps[0].shape == (2, 2, 10, 10)
+    for weights in maps:
+        assert torch.allclose(weights.sum(-1), torch.ones(2, 2, 10))
+        assert weights.triu(diagonal=1).abs().max() == 0
+    # the manual path computes what SDPA computes
+    with torch.no_grad():
+        manual, _ = model._run(x, None, None, None, False, need_weights=True)
+        assert (manual - model(x)).abs().max() < 1e-5
+
+
+def test_packed_cpu_linears_give_the_same_outputs(model):
+    import copy
+
+    from seqgen.cpu import PackedLinear, pack_linears
+
+    packed = copy.deepcopy(model)
+    if not pack_linears(packed):
+        pytest.skip("this torch build has no oneDNN packed linear")
+    assert isinstance(packed.lm_head, PackedLinear)
+    x = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (packed(x) - model(x)).abs().max() < 1e-4
+    assert generate(packed, [[1], [12, 13]], 20, temperature=0) == generate(
+        model, [[1], [12, 13]], 20, temperature=0
+    )

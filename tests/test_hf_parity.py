@@ -58,3 +58,13 @@ def test_bad_folder_errors(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         from_hf(tmp_path)
+
+
+def test_export_round_trip(hf_model):
+    from seqgen.interop.hf import hf_config, to_hf_state_dict
+
+    model = from_hf(hf_model)
+    exported = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(model.config)))
+    missing, unexpected = exported.load_state_dict(to_hf_state_dict(model), strict=False)
+    assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing)
+    assert max_diff(exported.eval(), model) < 1e-4

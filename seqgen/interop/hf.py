@@ -97,3 +97,24 @@ def _read_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             folder / "pytorch_model.bin", map_location="cpu", weights_only=True
         )
     raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def hf_config(config: ModelConfig) -> dict[str, Any]:
+    """GPT2Config keyword arguments for a GPT-2-shaped ModelConfig."""
+    if not config.bias or config.pos_embedding != "learned":
+        raise ValueError("only GPT-2-shaped models (biases, learned positions) export to HF")
+    return dict(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.layer_norm_eps,
+        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights in HF GPT2LMHeadModel's names and Conv1D layouts (the inverse of import)."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith(CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        state[name] = tensor.contiguous()
+    return state

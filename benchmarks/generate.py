@@ -1,0 +1,174 @@
+"""Decoding speed of a randomly initialised gpt2-shaped model (124M), side by side:
+seqgen (KV cache) vs Hugging Face `generate` on the same weights, vs a no-cache loop,
+bf16 vs fp32, batch 8 vs batch 1, and the fraction of the memory-bandwidth bound.
+
+    python benchmarks/generate.py --report runs/bench/generate.json
+
+Batch-1 greedy decoding of `--new-tokens` tokens after a `--prompt-tokens` prompt, fp32,
+unless the row says otherwise. seqgen rows use the oneDNN-packed Linear weights that
+`seqgen.load` and `seqgen generate` use on CPU (seqgen/cpu.py); one row shows plain nn.Linear.
+Each figure is the median of `--repeats` timed runs after
+one warm-up run. The no-cache loop at 512 new tokens would take many minutes, so it is timed
+at `--no-cache-samples` context lengths spread over the run and integrated (trapezoid rule);
+`--exact-no-cache` times the whole loop instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seqgen.config import ModelConfig
+from seqgen.cpu import pack_linears
+from seqgen.generate import generate
+from seqgen.interop.hf import hf_config, to_hf_state_dict
+from seqgen.model import GPT
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of fn() over `repeats` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def read_bandwidth(gigabytes: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second for summing a buffer far larger than the caches."""
+    buffer = torch.ones(int(gigabytes * 2**30 / 4), dtype=torch.float32)
+    seconds = min(timed(lambda: buffer.sum(), 1) for _ in range(repeats))
+    return buffer.numel() * 4 / seconds
+
+
+@torch.inference_mode()
+def no_cache_seconds(
+    model: GPT, prompt: list[int], new_tokens: int, samples: int, exact: bool
+) -> float:
+    """Seconds for a greedy loop that recomputes the whole sequence at every step."""
+    if exact:
+
+        def loop() -> None:
+            ids = torch.tensor([prompt])
+            for _ in range(new_tokens):
+                next_id = model(ids)[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, next_id], dim=1)
+
+        return timed(loop, 1)
+    lengths = [len(prompt) + round(i * (new_tokens - 1) / (samples - 1)) for i in range(samples)]
+    per_step = []
+    for length in lengths:
+        ids = torch.randint(0, model.config.vocab_size, (1, length))
+        per_step.append(timed(lambda ids=ids: model(ids)[:, -1].argmax(-1), 2))
+    # integrate the per-step time over every context length the loop passes through
+    total = sum(
+        (per_step[i] + per_step[i + 1]) / 2 * (lengths[i + 1] - lengths[i])
+        for i in range(len(lengths) - 1)
+    )
+    return total + per_step[-1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--no-cache-tokens", type=int, default=512)
+    parser.add_argument("--no-cache-samples", type=int, default=5)
+    parser.add_argument("--exact-no-cache", action="store_true")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--report", help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("gpt2")).eval()
+    prompt = torch.randint(0, 50257, (args.prompt_tokens,)).tolist()
+    n = args.new_tokens
+
+    plain = model
+    model = copy.deepcopy(plain)
+    if not pack_linears(model):
+        print("oneDNN packed linear unavailable: seqgen rows use plain nn.Linear", file=sys.stderr)
+
+    def ours(m=model, batch=1, new=n):
+        prompts = [prompt] * batch if batch > 1 else prompt
+        generate(m, prompts, new, temperature=0)
+
+    bandwidth_before = read_bandwidth()  # measured before and after: the machine's varies
+    rows = {}
+    rows["seqgen fp32, KV cache"] = n / timed(ours, args.repeats)
+    rows["seqgen fp32, KV cache, plain nn.Linear"] = n / timed(lambda: ours(m=plain), args.repeats)
+    try:
+        import transformers
+
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(model.config)))
+        hf.load_state_dict(to_hf_state_dict(plain), strict=False)
+        hf.eval()
+        hf_ids = torch.tensor([prompt])
+
+        def theirs():
+            with torch.inference_mode():
+                hf.generate(hf_ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            eos_token_id=None, pad_token_id=0, use_cache=True)  # fmt: skip
+
+        rows["transformers fp32, generate()"] = n / timed(theirs, args.repeats)
+    except ImportError:
+        print("transformers is not installed: skipping the Hugging Face row", file=sys.stderr)
+    m = args.no_cache_tokens
+    rows[f"seqgen fp32, KV cache, {m} new"] = m / timed(lambda: ours(new=m), 1)
+    rows[f"no-cache loop fp32, {m} new"] = m / no_cache_seconds(
+        model, prompt, m, args.no_cache_samples, args.exact_no_cache
+    )
+    bf16 = copy.deepcopy(plain).to(torch.bfloat16)
+    pack_linears(bf16)
+    rows["seqgen bf16, KV cache"] = n / timed(lambda: ours(m=bf16), args.repeats)
+    rows[f"seqgen fp32, KV cache, batch {args.batch}"] = (
+        args.batch * n / timed(lambda: ours(batch=args.batch), args.repeats)
+    )
+    # the higher reading makes the reported fraction of the bound the conservative one
+    bandwidth = max(bandwidth_before, read_bandwidth())
+    weight_bytes = plain.num_params() * 4
+    report = {
+        "tokens_per_second": rows["seqgen fp32, KV cache"],
+        "speedup_vs_hf": rows["seqgen fp32, KV cache"] / rows["transformers fp32, generate()"]
+        if "transformers fp32, generate()" in rows else None,
+        "speedup_vs_no_cache": rows[f"seqgen fp32, KV cache, {m} new"]
+        / rows[f"no-cache loop fp32, {m} new"],
+        "speedup_bf16_vs_fp32": rows["seqgen bf16, KV cache"] / rows["seqgen fp32, KV cache"],
+        "bandwidth_fraction": weight_bytes * rows["seqgen fp32, KV cache"] / bandwidth,
+        "batch_tokens_per_second": rows[f"seqgen fp32, KV cache, batch {args.batch}"],
+        "read_bandwidth_gb_s": bandwidth / 1e9,
+        "weight_bytes": weight_bytes,
+        "no_cache_estimated": not args.exact_no_cache,
+        "rows_tokens_per_second": rows,
+        "settings": vars(args) | {"torch_threads": torch.get_num_threads()},
+    }  # fmt: skip
+    base = rows["seqgen fp32, KV cache"]
+    print(f"\n{'decoder (batch 1 greedy unless noted)':<44}{'tokens/s':>10}{'vs seqgen':>11}")
+    for name, value in rows.items():
+        print(f"{name:<44}{value:>10.1f}{value / base:>10.2f}x")
+    print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; fp32 weights {weight_bytes / 1e6:.0f} MB; "
+          f"bandwidth bound {bandwidth / weight_bytes:.1f} tokens/s; "
+          f"seqgen reaches {report['bandwidth_fraction']:.0%} of it")  # fmt: skip
+    for key in ("speedup_vs_hf", "speedup_vs_no_cache", "speedup_bf16_vs_fp32"):
+        if report[key] is not None:
+            print(f"{key}: {report[key]:.2f}")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""A checkpoint ready to generate: `seqgen.load("runs/demo").generate("ROMEO:")`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from seqgen import checkpoint
+from seqgen.cpu import pack_linears
+from seqgen.generate import generate, stream
+from seqgen.tasks import get_task
+
+PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
+
+
+class Generator:
+    """A loaded model with its tokenizer and task: prompts in, decoded outputs out.
+
+    Attributes:
+        model: the GPT, in eval mode, for inference only (on CPU its Linear weights are
+            packed for speed, see `seqgen.cpu`; pass pack=False to keep nn.Linear).
+        tokenizer: the checkpoint's tokenizer.
+        task: the task adapter that builds prompt ids and decodes outputs.
+        meta: the checkpoint's config.json.
+    """
+
+    def __init__(self, loaded: checkpoint.Checkpoint, precision: Literal["32", "bf16"] = "32",
+                 pack: bool = True) -> None:  # fmt: skip
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.model = loaded.model.to(PRECISIONS[precision])
+        self.packed = pack and pack_linears(self.model)
+        self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
+        self.task = get_task(loaded.task)
+
+    def prompt_ids(self, prompt: Any) -> list[int]:
+        return self.task.prompt(prompt, self.tokenizer)
+
+    def generate(self, prompt: Any = "", *, num_samples: int = 1, stop: Sequence[str] = (),
+                 **options) -> Any:  # fmt: skip
+        """Decoded continuation(s) of `prompt`: one output, or a list when num_samples > 1.
+
+        Args:
+            num_samples: independent samples of the same prompt, generated as one batch.
+            stop: strings that end the output (cut from it), for text tasks.
+            **options: generation settings of `seqgen.generate` (temperature, top_k, ...).
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        ids = self.prompt_ids(prompt)
+        options = self._options(stop, options)
+        if num_samples == 1:
+            return self._decode(generate(self.model, ids, **options), stop)
+        outputs = generate(self.model, [ids] * num_samples, **options)
+        return [self._decode(out, stop) for out in outputs]
+
+    def stream(self, prompt: Any = "", *, stop: Sequence[str] = (), **options) -> Iterator[str]:
+        """Text pieces as they are produced (for text tasks); joined they equal `generate`."""
+        tokens = stream(self.model, self.prompt_ids(prompt), **self._options(stop, options))
+        return _text_pieces(tokens, lambda ids: self.task.decode(ids, self.tokenizer), stop)
+
+    def _options(self, stop: Sequence[str], options: dict) -> dict:
+        options = {"eos_id": self.tokenizer.eos_id, **options}
+        if stop:
+            if any(not s for s in stop):
+                raise ValueError("stop strings must not be empty")
+            options["stop_fn"] = lambda ids: any(s in self.task.decode(ids, self.tokenizer)
+                                                 for s in stop)  # fmt: skip
+        return options
+
+    def _decode(self, ids: list[int], stop: Sequence[str]) -> Any:
+        output = self.task.decode(ids, self.tokenizer)
+        return _cut_at_stop(output, stop) if stop else output
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+def _text_pieces(tokens: Iterator[int], decode, stop: Sequence[str]) -> Iterator[str]:
+    """Yield decoded text as ids arrive, holding back an incomplete UTF-8 character and any
+    tail that could be the start of a stop string."""
+    ids: list[int] = []
+    shown = 0
+    text = ""
+    for token in tokens:
+        ids.append(token)
+        text = _cut_at_stop(decode(ids), stop)
+        safe = len(text.rstrip("\ufffd"))
+        for s in stop:
+            for n in range(min(len(s) - 1, safe), 0, -1):
+                if text[:safe].endswith(s[:n]):
+                    safe = min(safe, len(text[:safe]) - n)
+                    break
+        if safe > shown:
+            yield text[shown:safe]
+            shown = safe
+    if len(text) > shown:
+        yield text[shown:]
+
+
+def load(path: str | Path, task: str | None = None, precision: Literal["32", "bf16"] = "32",
+         device: str = "cpu", pack: bool = True) -> Generator:  # fmt: skip
+    """Load a checkpoint (or a run directory's final/) for generation."""
+    return Generator(checkpoint.load(path, task=task, map_location=device), precision, pack)

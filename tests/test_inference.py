@@ -1,0 +1,69 @@
+"""The high-level API: seqgen.load(ckpt).generate / .stream through the checkpoint's task."""
+
+import pytest
+import torch
+
+import seqgen
+from seqgen.config import ModelConfig
+from seqgen.cpu import PackedLinear
+from seqgen.model import GPT
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, sp_tokenizer):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=32, n_layer=1,
+                            n_head=2, n_embd=32))  # fmt: skip
+    with torch.no_grad():  # larger weights than a fresh init: more varied text
+        model.transformer.wte.weight.normal_(0.0, 0.3)
+    return seqgen.save_model(tmp_path_factory.mktemp("ckpt") / "final", model, sp_tokenizer, "text")
+
+
+def test_generate_decodes_text_and_repeats_with_a_seed(ckpt):
+    generator = seqgen.load(ckpt)
+    text = generator.generate("the king", max_new_tokens=20, seed=1)
+    assert isinstance(text, str) and text
+    assert generator.generate("the king", max_new_tokens=20, seed=1) == text
+    samples = generator.generate("the king", max_new_tokens=20, seed=1, num_samples=3)
+    assert len(samples) == 3 and all(isinstance(s, str) for s in samples)
+    assert len(set(samples)) > 1
+
+
+def test_stop_strings_cut_the_output(ckpt):
+    generator = seqgen.load(ckpt)
+    sampling = dict(max_new_tokens=40, min_new_tokens=40, seed=2, temperature=1.5)
+    full = generator.generate("", **sampling)
+    assert len(full) > 10
+    stop = full[6:8]
+    cut = generator.generate("", **sampling, stop=[stop])
+    assert cut == full[: full.find(stop)] and stop not in cut
+    pieces = list(generator.stream("", **sampling, stop=[stop]))
+    assert "".join(pieces) == cut
+    with pytest.raises(ValueError, match="stop strings"):
+        generator.generate("", stop=[""])
+
+
+def test_stream_pieces_join_to_generate(ckpt):
+    generator = seqgen.load(ckpt)
+    expected = generator.generate("queen", max_new_tokens=30, seed=3)
+    pieces = list(generator.stream("queen", max_new_tokens=30, seed=3))
+    assert "".join(pieces) == expected and len(pieces) > 1
+    beams = generator.generate("queen", max_new_tokens=10, num_beams=3)
+    assert "".join(generator.stream("queen", max_new_tokens=10, num_beams=3)) == beams
+
+
+def test_precision_and_packing(ckpt):
+    packed = seqgen.load(ckpt)
+    plain = seqgen.load(ckpt, pack=False)
+    assert isinstance(plain.model.lm_head, torch.nn.Linear)
+    if packed.packed:
+        assert isinstance(packed.model.lm_head, PackedLinear)
+    greedy = dict(max_new_tokens=15, temperature=0)
+    assert packed.generate("the", **greedy) == plain.generate("the", **greedy)
+    bf16 = seqgen.load(ckpt, precision="bf16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert isinstance(bf16.generate("the", **greedy), str)
+    with pytest.raises(ValueError, match="precision"):
+        seqgen.load(ckpt, precision="fp8")
+    with pytest.raises(seqgen.CheckpointError, match="not 'music'"):
+        seqgen.load(ckpt, task="music")
