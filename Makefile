@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/seqgen pretrain --config configs/text_lm/demo.yaml
-	@for prompt in "ROMEO:" "First Citizen:" "KING HENRY:"; do \
-		echo "--- sample: $$prompt"; \
+	@seed=0; for prompt in "ROMEO:" "First Citizen:" "KING HENRY:"; do \
+		seed=$$((seed + 1)); echo "--- sample: $$prompt"; \
 		$(VENV)/bin/seqgen generate --ckpt runs/demo --prompt "$$prompt" \
-			--max-new-tokens 80 --temperature 0.8 --top-k 50 --seed 1; \
+			--max-new-tokens 80 --temperature 0.8 --top-k 50 --seed $$seed; \
 	done
 
 lint: $(STAMP)

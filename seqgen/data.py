@@ -173,6 +173,8 @@ def split_tail(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
     for i, doc in enumerate(docs):
         if seen + len(doc) > cut:
             at = doc.rfind("\n", 0, cut - seen) + 1  # start of the line holding the cut
+            if at == 0 and i == 0:  # one long first line: cut inside it, not before the corpus
+                at = cut
             head, tail = doc[:at], doc[at:]
             return docs[:i] + ([head] if head else []), [tail] + docs[i + 1 :]
         seen += len(doc)

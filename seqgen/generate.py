@@ -91,6 +91,8 @@ def generate(
         on_token: called as (row, id) for each new id as it is produced.
         **options: see `Settings` (temperature, top_k, top_p, num_beams, eos_id, stop, ...).
     """
+    if hasattr(prompt_ids, "tolist"):  # a torch tensor or numpy array, (T,) or (B, T)
+        prompt_ids = prompt_ids.tolist()
     batched = len(prompt_ids) > 0 and not isinstance(prompt_ids[0], int)
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
     settings = _settings(model, prompts, max_new_tokens, options)

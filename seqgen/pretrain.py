@@ -60,11 +60,16 @@ class _DropChatter(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    # Lightning logs through child loggers into handlers on these two: filter at the handlers
-    for name in ("pytorch_lightning", "lightning_fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, _DropChatter) for f in handler.filters):
-                handler.addFilter(_DropChatter())
+    # Lightning's rank-zero messages come from one of these loggers (which one depends on
+    # import order); a filter on the emitting logger applies whatever handlers print it.
+    for name in (
+        "pytorch_lightning.utilities.rank_zero",
+        "lightning_fabric.utilities.rank_zero",
+        "lightning_utilities.core.rank_zero",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropChatter) for f in logger.filters):
+            logger.addFilter(_DropChatter())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # Training windows are drawn at random offsets: after a resume a fresh draw is as good as
     # the interrupted one, so the sampler's position is deliberately not saved.
@@ -140,6 +145,10 @@ def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
             )
         tokenizer = load_tokenizer(resume_from)
         model_config = ModelConfig.from_dict(meta["model"])
+        asked = {**asdict(cfg.model), "vocab_size": model_config.vocab_size}
+        if asked != asdict(model_config):
+            log.warning("resuming: the model config comes from %s; the given one is ignored",
+                        resume_from)  # fmt: skip
         log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
     train_docs, val_docs, data_key = load_text_splits(cfg.data)
     if resume_from is None:
@@ -171,8 +180,8 @@ def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
     trainer.fit(module, datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - fit_started
     trainer.save_checkpoint(out_dir / "final", weights_only=False)
+    train_loss = trainer.callback_metrics.get("train_loss")  # validate() resets the metrics
     metrics = trainer.validate(module, datamodule, verbose=False)[0]
-    train_loss = trainer.callback_metrics.get("train_loss")
     report = {
         "val_loss": metrics["val_loss"],
         "train_loss": float(train_loss) if train_loss is not None else math.nan,

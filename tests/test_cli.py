@@ -56,6 +56,7 @@ def test_pretrain_resume_generate_info(corpus_file, tmp_path, capsys):
         assert key in first
     assert first["steps"] == 20 and first["train_tokens"] == 20 * 8 * 32
     assert 0 < first["val_bpb"] < 8
+    assert 0 < first["train_loss"] < 10  # read before validate() resets the metrics
     assert (out / "final" / "model.safetensors").is_file()
     assert (out / "checkpoints" / "step-0000020" / "training_state.pt").is_file()
     assert list((out / "logs").glob("version_*/metrics.csv"))

@@ -96,6 +96,11 @@ def test_split_tail_cuts_at_a_line_and_keeps_everything():
         split_tail(docs, 1.5)
 
 
+def test_split_tail_without_newlines_cuts_inside_the_line():
+    train, val = split_tail(["x" * 100], 0.1)
+    assert train == ["x" * 90] and val == ["x" * 10]
+
+
 def test_tokenize_packs_documents_with_eos(sp_tokenizer):
     ids = tokenize_documents(["the king", "", "queen"], sp_tokenizer)
     expected = [*sp_tokenizer.encode("the king"), 2, *sp_tokenizer.encode("queen"), 2]

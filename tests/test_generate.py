@@ -106,6 +106,12 @@ def test_batch_equals_separate_calls(model):
     assert len(separate[0]) == at and any(len(s) > at for s in separate[1:])
 
 
+def test_tensor_prompts(model):
+    expected = generate(model, [[1, 2], [3, 4]], 5, temperature=0)
+    assert generate(model, torch.tensor([[1, 2], [3, 4]]), 5, temperature=0) == expected
+    assert generate(model, torch.tensor([1, 2]), 5, temperature=0) == expected[0]
+
+
 def test_seeded_sampling_repeats(model):
     a = generate(model, [1], 15, temperature=5.0, seed=3)
     assert a == generate(model, [1], 15, temperature=5.0, seed=3)
