@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from common import write_report
 
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
@@ -164,9 +163,7 @@ def main() -> int:
     for key in ("speedup_vs_hf", "speedup_vs_no_cache", "speedup_bf16_vs_fp32"):
         if report[key] is not None:
             print(f"{key}: {report[key]:.2f}")
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.report, report)
     return 0
 
 

@@ -11,10 +11,11 @@ runs after it. Extra arguments after `--` override the recipe (e.g. `-- --model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
+
+from common import write_report
 
 from seqgen.cli import load_config
 from seqgen.pretrain import PretrainConfig, run
@@ -112,9 +113,7 @@ def main() -> int:
         print(
             f"{key:<20}{value:>14,.3f}" if isinstance(value, float) else f"{key:<20}{value!s:>14}"
         )
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.report, report)
     return 0
 
 

@@ -82,7 +82,7 @@ class LMModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = sequence_loss(self.model(batch["input_ids"]), batch, self.lm_weight)
-        self.train_tokens += batch["input_ids"].numel()
+        self.train_tokens += batch["input_ids"].numel() * self.trainer.world_size  # all ranks
         self.log("train_loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         self.log("train_tokens", float(self.train_tokens))

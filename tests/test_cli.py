@@ -261,3 +261,16 @@ def test_generate_options(random_ckpt, capsys):
     assert "e" not in capsys.readouterr().out.removeprefix("the")
     expect_error(capsys, [*base, "--top-p", "2"], "top_p must be in (0, 1]")
     expect_error(capsys, [*base, "--num-samples", "2", "--stream"], "--stream prints one sample")
+
+
+def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):
+    """Lightning strategies pass straight through: two gloo processes, one checkpoint."""
+    report = tmp_path / "ddp.json"
+    ddp = flags({"train.accelerator": "cpu", "train.devices": 2, "train.strategy": "ddp"})
+    argv = ["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "ddp"),
+            "--report", str(report), *TINY, "--train.max_steps", "4", *ddp]  # fmt: skip
+    result = run_cli(*argv)
+    assert result.returncode == 0, result.stderr[-2000:]
+    values = json.loads(report.read_text())
+    assert values["steps"] == 4 and values["train_tokens"] == 2 * 4 * 8 * 32  # both ranks
+    assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
