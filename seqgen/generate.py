@@ -130,14 +130,24 @@ def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options
 
 
 def _events(model, prompts, settings, seed, outputs) -> Iterator[tuple[int, int]]:
-    """(row, id) for each new id, appending each row's ids to outputs[row]."""
-    with torch.inference_mode():
-        if settings.num_beams > 1:
-            for row, prompt in enumerate(prompts):
+    """(row, id) for each new id, appending each row's ids to outputs[row].
+
+    Inference mode is entered for each step only, never held across a yield, so the code that
+    consumes the ids (a streaming loop) runs in the caller's own grad mode.
+    """
+    if settings.num_beams > 1:
+        for row, prompt in enumerate(prompts):
+            with torch.inference_mode():
                 outputs[row].extend(_beam_search(model, prompt, settings))
-                yield from ((row, token) for token in outputs[row])
-        else:
-            yield from _sample(model, prompts, settings, _generator(model, seed), outputs)
+            yield from ((row, token) for token in outputs[row])
+        return
+    steps = _sample(model, prompts, settings, _generator(model, seed), outputs)
+    while True:
+        with torch.inference_mode():
+            event = next(steps, None)
+        if event is None:
+            return
+        yield event
 
 
 def _generator(model: GPT, seed: int | None) -> torch.Generator:

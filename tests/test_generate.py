@@ -198,6 +198,11 @@ def test_beam_search_handles_eos_and_batches(model):
     assert eos not in early
 
 
+def test_streaming_leaves_the_callers_grad_mode_alone(model):
+    for _ in stream(model, [1, 2], 3, temperature=0):
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
 def test_stream_and_callback_match_generate(model):
     expected = generate(model, [1, 2], 20, temperature=1.0, seed=5)
     assert list(stream(model, [1, 2], 20, temperature=1.0, seed=5)) == expected
