@@ -91,11 +91,9 @@ def _text_pieces(tokens: Iterator[int], decode, stop: Sequence[str]) -> Iterator
         ids.append(token)
         text = _cut_at_stop(decode(ids), stop)
         safe = len(text.rstrip("\ufffd"))
-        for s in stop:
-            for n in range(min(len(s) - 1, safe), 0, -1):
-                if text[:safe].endswith(s[:n]):
-                    safe = min(safe, len(text[:safe]) - n)
-                    break
+        visible = text[:safe]
+        safe -= max((n for s in stop for n in range(1, len(s)) if visible.endswith(s[:n])),
+                    default=0)  # fmt: skip
         if safe > shown:
             yield text[shown:safe]
             shown = safe

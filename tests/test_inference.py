@@ -67,3 +67,15 @@ def test_precision_and_packing(ckpt):
         seqgen.load(ckpt, precision="fp8")
     with pytest.raises(seqgen.CheckpointError, match="not 'music'"):
         seqgen.load(ckpt, task="music")
+
+
+def test_stream_holds_back_a_possible_stop_string_start():
+    from seqgen.inference import _text_pieces
+
+    def pieces(chars, stop):
+        return list(_text_pieces(iter(map(ord, chars)), lambda ids: "".join(map(chr, ids)), stop))
+
+    assert pieces("xaby", ["ab"]) == ["x"]  # "a" is held, then "ab" stops the text
+    assert pieces("xacy", ["ab"]) == ["x", "ac", "y"]  # "a" is released once it cannot match
+    # "ab" is held (it may start "abd"); then "bc" completes a stop: the text is "xa"
+    assert pieces("xabc", ["abd", "bc"]) == ["x", "a"]
