@@ -64,6 +64,116 @@ def cmd_pretrain(argv: Sequence[str]) -> int:
     return 0
 
 
+def _option_value(argv: Sequence[str], name: str) -> str | None:
+    """The value of `--name X` or `--name=X` in argv (the last one wins), if present."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _task_of(argv: Sequence[str]) -> str | None:
+    """The task named by --task, or by `task:` in the --config file(s)."""
+    task = _option_value(argv, "--task")
+    if task is not None:
+        return task
+    import yaml
+
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config":
+            try:
+                values = yaml.safe_load(open(argv[i + 1]))  # noqa: SIM115
+            except (OSError, yaml.YAMLError) as err:
+                raise SeqgenError(f"{argv[i + 1]}: cannot read the config ({err})") from None
+            if isinstance(values, dict) and values.get("task"):
+                task = str(values["task"])
+    return task
+
+
+def _tasks_help(command: str) -> str:
+    from seqgen.tasks import available_tasks
+
+    names = ", ".join(sorted(available_tasks()))
+    return f"usage: seqgen {command} --task NAME [--help] ...\n\ntasks: {names}"
+
+
+def parse_finetune(argv: Sequence[str]):
+    """(namespace, FinetuneConfig, the task's data config) from finetune arguments; None
+    when only the list of tasks was asked for."""
+    from seqgen.finetune import FinetuneConfig
+    from seqgen.tasks import get_task
+
+    argv = ["--init_from" if a == "--from" else a for a in argv]
+    argv = ["--init_from=" + a[7:] if a.startswith("--from=") else a for a in argv]
+    name = _task_of(argv)
+    if name is None:
+        if any(a in ("-h", "--help") for a in argv):
+            print(_tasks_help("finetune"))
+            return None
+        raise SeqgenError("set the task: --task NAME (or `task:` in the config)\n"
+                          + _tasks_help("finetune"))  # fmt: skip
+    task = get_task(name)
+    if task.data_config is None:
+        raise SeqgenError(f"task {name!r} has no fine-tuning data; train it with seqgen pretrain")
+    parser = _config_parser("seqgen finetune", FinetuneConfig.__doc__, FinetuneConfig)
+    parser.add_class_arguments(task.data_config, nested_key="data")
+    parser.add_argument(
+        "--report", type=str | None, default=None,
+        help="Write a JSON report (val_loss, tokens_per_second, truncation counts, ...).",
+    )  # fmt: skip
+    namespace, cfg = _parse(parser, argv, FinetuneConfig)
+    return namespace, cfg, parser.instantiate(namespace)["data"]
+
+
+def cmd_finetune(argv: Sequence[str]) -> int:
+    from seqgen.finetune import run
+
+    parsed = parse_finetune(argv)
+    if parsed is None:
+        return 0
+    namespace, cfg, data = parsed
+    report = run(cfg, data, namespace.report)
+    _print_table("finetune", report)
+    return 0
+
+
+def cmd_evaluate(argv: Sequence[str]) -> int:
+    from seqgen.tasks import get_task
+
+    name = _task_of(argv)
+    if name is None:
+        ckpt = _option_value(argv, "--ckpt")
+        if ckpt is not None:
+            from seqgen import checkpoint
+
+            name = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
+        elif any(a in ("-h", "--help") for a in argv):
+            print(_tasks_help("evaluate"))
+            return 0
+        else:
+            raise SeqgenError("set the task: --task NAME\n" + _tasks_help("evaluate"))
+    task = get_task(name)
+    if not hasattr(task, "evaluate"):
+        raise SeqgenError(f"task {name!r} has no evaluation")
+    task.evaluate(list(argv))  # the task's parser accepts --task too
+    return 0
+
+
+def cmd_data(argv: Sequence[str]) -> int:
+    from seqgen.tasks import data_builders
+
+    builders = data_builders()
+    if not argv or argv[0] not in builders:
+        print(f"usage: seqgen data BUILDER [--help] ...\n\nbuilders: {', '.join(builders)}")
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SeqgenError(f"unknown data builder {argv[0]!r}")
+        return 0
+    return builders[argv[0]](list(argv[1:]))
+
+
 def cmd_tokenizer(argv: Sequence[str]) -> int:
     from seqgen.train_tokenizer import TokenizerTrainConfig, run
 
@@ -90,15 +200,17 @@ def cmd_generate(argv: Sequence[str]) -> int:
     parser.add_argument("--ckpt", required=True, help="Checkpoint or run directory.")
     parser.add_argument("--prompt", default="", help="Text to continue (default: a new document).")
     parser.add_argument("--task", default=None, help="Expected task (default: the checkpoint's).")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="Default: the task's.")
     parser.add_argument("--min-new-tokens", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy.")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy (default: the task's, 0.8 for text).")  # fmt: skip
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=1, help="Samples, as one batch.")
-    parser.add_argument("--beams", type=int, default=1, help="Beam search with N beams.")
+    parser.add_argument("--beams", type=int, default=None,
+                        help="Beam search with N beams (default: the task's).")  # fmt: skip
     parser.add_argument("--length-penalty", type=float, default=1.0, help="For beam search.")
     parser.add_argument("--stop", action="append", default=[], help="Stop string (repeatable).")
     parser.add_argument(
@@ -110,15 +222,19 @@ def cmd_generate(argv: Sequence[str]) -> int:
     parser.add_argument("--precision", choices=["32", "bf16"], default="32")
     args = parser.parse_args(argv)
     generator = load(args.ckpt, task=args.task, precision=args.precision)
-    options = dict(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, seed=args.seed, num_beams=args.beams,
-        length_penalty=args.length_penalty, stop=args.stop,
-    )  # fmt: skip
+    given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                 num_beams=args.beams)  # fmt: skip
+    options = {
+        **dict(min_new_tokens=args.min_new_tokens, top_k=args.top_k, top_p=args.top_p,
+               repetition_penalty=args.repetition_penalty, seed=args.seed,
+               length_penalty=args.length_penalty, stop=args.stop),
+        **generator.task.generation_defaults,
+        **{k: v for k, v in given.items() if v is not None},
+    }  # fmt: skip
+    echo = args.prompt if generator.task.continues_prompt else ""
     try:
         if args.stream is not False and args.num_samples == 1:
-            sys.stdout.write(args.prompt)
+            sys.stdout.write(echo)
             for piece in generator.stream(args.prompt, **options):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -132,7 +248,7 @@ def cmd_generate(argv: Sequence[str]) -> int:
     for n, text in enumerate(outputs if args.num_samples > 1 else [outputs]):
         if args.num_samples > 1:
             print(f"--- sample {n + 1}")
-        print(args.prompt + text)
+        print(echo + text)
     return 0
 
 
@@ -188,7 +304,10 @@ def _print_table(title: str, values: dict) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "pretrain": (cmd_pretrain, "train a language model on a text corpus"),
+    "finetune": (cmd_finetune, "fine-tune a checkpoint on a task, or train one from scratch"),
+    "evaluate": (cmd_evaluate, "score a checkpoint or a system's outputs on a task"),
     "generate": (cmd_generate, "sample from a checkpoint"),
+    "data": (cmd_data, "build a task's dataset (e.g. seqgen data wikisum)"),
     "info": (cmd_info, "parameter tally of a checkpoint or preset"),
     "tokenizer": (cmd_tokenizer, "train a SentencePiece tokenizer (seqgen tokenizer train)"),
 }

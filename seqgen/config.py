@@ -103,6 +103,9 @@ class TrainConfig:
     """AdamW beta1."""
     beta2: float = 0.95
     """AdamW beta2."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training loss (0: off; 0.1 is usual for translation). Validation
+    always reports the plain negative log-likelihood."""
     grad_clip: float | None = 1.0
     """Clip the gradient norm to this value (None: no clipping)."""
     precision: Literal["32-true", "bf16-mixed"] = "32-true"
@@ -148,6 +151,10 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
         if self.max_time is not None:
             parse_duration(self.max_time)
 

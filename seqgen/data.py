@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -78,13 +79,13 @@ def read_documents(source: str, config: DataConfig, split: str) -> tuple[list[st
         docs.extend(
             _read_jsonl(file, config.text_field)
             if file.suffix in JSONL_SUFFIXES
-            else [_read_text(file)]
+            else [read_text_file(file)]
         )
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     return docs, _hash(stats)
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -96,22 +97,26 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    docs = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    """("file:line", parsed row) for each non-empty line of a JSONL file."""
+    # split on newlines only: JSON strings may hold U+2028, which splitlines() would cut at
+    for number, line in enumerate(read_text_file(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield f"{path}:{number}", json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    docs = []
+    for where, row in read_jsonl(path):
         if not isinstance(row, dict) or field not in row:
             keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(
-                f"{path}:{number}: no field {field!r} (has: {keys}); set data.text_field"
-            )
+            raise DataError(f"{where}: no field {field!r} (has: {keys}); set data.text_field")
         if not isinstance(row[field], str):
-            raise DataError(f"{path}:{number}: field {field!r} is not a string")
+            raise DataError(f"{where}: field {field!r} is not a string")
         docs.append(row[field])
     return docs
 
@@ -120,23 +125,29 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
-def _read_hf(source: str, config: DataConfig, split: str) -> tuple[list[str], str]:
+def load_hf_dataset(source: str, hf_config: str | None, split: str):
+    """One split of a `save_to_disk` directory or a Hugging Face dataset (offline: from the
+    local cache), with errors that say which and why."""
     import datasets
 
     try:
-        if Path(source).is_dir():
-            loaded = datasets.load_from_disk(source)
-            dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        else:
-            dataset = datasets.load_dataset(source, config.hf_config, split=split)
+        if Path(source).expanduser().is_dir():
+            loaded = datasets.load_from_disk(str(Path(source).expanduser()))
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return datasets.load_dataset(source, hf_config, split=split)
     except KeyError:
         raise DataError(f"{source}: no split {split!r}") from None
     except Exception as err:  # datasets raises many types; all mean "could not load"
+        first_line = str(err).splitlines()[0] if str(err) else ""
         raise DataError(
             f"{source}: not a local file, and loading it as a Hugging Face dataset failed "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline, "
-            "a hub dataset loads only from the local cache."
+            f"({type(err).__name__}: {first_line}). Offline, a hub dataset loads only from "
+            "the local cache."
         ) from None
+
+
+def _read_hf(source: str, config: DataConfig, split: str) -> tuple[list[str], str]:
+    dataset = load_hf_dataset(source, config.hf_config, split)
     if config.text_field not in dataset.column_names:
         raise DataError(
             f"{source} [{split}]: no column {config.text_field!r} "

@@ -33,6 +33,9 @@ class Settings:
     """Sample from the smallest set of most likely tokens whose probability reaches top_p."""
     repetition_penalty: float = 1.0
     """CTRL's penalty: > 1 discourages tokens already in the row (prompt included)."""
+    no_repeat_ngram_size: int = 0
+    """Never generate an n-gram of this size twice in a row's new ids (0: off). The prompt
+    is not counted, so an answer may still copy from it (e.g. a summary from its article)."""
     eos_id: int | Sequence[int] | None = None
     """Id(s) that end a row; never part of the output."""
     stop: Sequence[Sequence[int]] = ()
@@ -64,6 +67,8 @@ class Settings:
             raise ValueError(
                 f"min_new_tokens ({self.min_new_tokens}) > max_new_tokens ({self.max_new_tokens})"
             )
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
         self.stop = tuple(tuple(s) for s in self.stop)
@@ -206,14 +211,30 @@ class _Rows:
         self.real, self.next_pos = self.real[index], self.next_pos[index]
 
 
-def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings, n_new: int):
-    """Repetition penalty and min_new_tokens, on (B, V) logits."""
+def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings, n_new: int,
+            new_ids: list[list[int]]):  # fmt: skip
+    """Repetition penalty, repeated n-grams and min_new_tokens, on (B, V) logits; new_ids[b]
+    are row b's generated ids so far."""
     if seen is not None:
         p = settings.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+    if settings.no_repeat_ngram_size:
+        logits = logits.clone()
+        for row, ids in enumerate(new_ids):
+            banned = repeated_ngram_ends(ids, settings.no_repeat_ngram_size)
+            if banned:
+                logits[row, banned] = NEG_INF
     if n_new < settings.min_new_tokens and settings.eos_ids:
         logits[:, list(settings.eos_ids)] = NEG_INF
     return logits
+
+
+def repeated_ngram_ends(ids: list[int], n: int) -> list[int]:
+    """The ids that would complete an n-gram already in `ids`."""
+    if len(ids) < n - 1:
+        return []
+    prefix = ids[len(ids) - n + 1 :] if n > 1 else []
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -251,7 +272,7 @@ def _sample(model, prompts, settings, generator, outputs) -> Iterator[tuple[int,
         seen = seen.to(rows.device)
     logits = rows.prefill(sequences) if settings.max_new_tokens else None
     for step in range(settings.max_new_tokens):
-        logits = _adjust(logits, seen, settings, step)
+        logits = _adjust(logits, seen, settings, step, outputs)
         if settings.temperature == 0:
             tokens = logits.argmax(dim=-1)
         else:
@@ -293,7 +314,7 @@ def _beam_search(model: GPT, prompt: list[int], settings: Settings) -> list[int]
             seen = torch.zeros_like(logits, dtype=torch.bool)
             for b, beam in enumerate(beams):
                 seen[b, prompt + beam] = True
-        logprobs = F.log_softmax(_adjust(logits, seen, settings, step), dim=-1)
+        logprobs = F.log_softmax(_adjust(logits, seen, settings, step, beams), dim=-1)
         candidates = (scores[:, None] + logprobs).flatten()
         vocab = logprobs.shape[1]
         chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ class Generator:
         self.packed = pack and pack_linears(self.model)
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
         self.task = get_task(loaded.task)
+        self.task.configure(self.meta.get("task_options", {}), self.model.config.block_size)
 
     def prompt_ids(self, prompt: Any) -> list[int]:
         return self.task.prompt(prompt, self.tokenizer)
@@ -51,19 +52,54 @@ class Generator:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         ids = self.prompt_ids(prompt)
-        options = self._options(stop, options)
+        options = self._options(stop, options, ids)
         if num_samples == 1:
             return self._decode(generate(self.model, ids, **options), stop)
         outputs = generate(self.model, [ids] * num_samples, **options)
         return [self._decode(out, stop) for out in outputs]
 
+    def generate_many(
+        self,
+        prompts: Sequence[Any],
+        *,
+        batch_size: int = 32,
+        on_done: Callable[[int], None] | None = None,
+        **options,
+    ) -> list[Any]:
+        """Decoded outputs for many inputs, in order: batches of similar prompt length (one
+        prompt at a time under beam search). `on_done(n)` reports progress.
+
+        `max_new_tokens` may be a function of a prompt's ids (e.g. proportional to its length).
+        """
+        ids = [self.prompt_ids(p) for p in prompts]
+        budget = options.pop("max_new_tokens", 100)
+        limit = budget if callable(budget) else (lambda _: budget)
+        options = self._options((), options)
+        size = 1 if options.get("num_beams", 1) > 1 else batch_size
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        outputs: list[Any] = [None] * len(ids)
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            new = generate(self.model, [ids[i] for i in rows],
+                           max_new_tokens=max(limit(ids[i]) for i in rows), **options)  # fmt: skip
+            for i, out in zip(rows, new, strict=True):
+                outputs[i] = self.task.decode(out[: limit(ids[i])], self.tokenizer)
+            if on_done is not None:
+                on_done(len(rows))
+        return outputs
+
     def stream(self, prompt: Any = "", *, stop: Sequence[str] = (), **options) -> Iterator[str]:
         """Text pieces as they are produced (for text tasks); joined they equal `generate`."""
-        tokens = stream(self.model, self.prompt_ids(prompt), **self._options(stop, options))
+        ids = self.prompt_ids(prompt)
+        tokens = stream(self.model, ids, **self._options(stop, options, ids))
         return _text_pieces(tokens, lambda ids: self.task.decode(ids, self.tokenizer), stop)
 
-    def _options(self, stop: Sequence[str], options: dict) -> dict:
+    def _options(self, stop: Sequence[str], options: dict, ids: list[int] | None = None) -> dict:
         options = {"eos_id": self.tokenizer.eos_id, **options}
+        if ids is not None and not self.task.continues_prompt:
+            # an answer (a translation, a summary) must see its whole prompt: no sliding window
+            room = max(1, self.model.config.block_size - len(ids))
+            options["max_new_tokens"] = min(options.get("max_new_tokens", 100), room)
         if stop:
             if any(not s for s in stop):
                 raise ValueError("stop strings must not be empty")

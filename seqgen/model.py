@@ -232,6 +232,15 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         return self.lm_head(x), maps
 
+    def set_dropout(self, p: float) -> None:
+        """Change every dropout probability (e.g. for fine-tuning a checkpoint)."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, CausalSelfAttention):
+                module.dropout = p
+
     def resize_vocab(self, new_size: int) -> None:
         """Append embedding rows (initialised to the mean embedding); existing ids keep theirs."""
         old = self.transformer.wte.weight

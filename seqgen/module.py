@@ -17,22 +17,32 @@ from seqgen.data import IGNORE_INDEX
 from seqgen.model import GPT
 
 
-def masked_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood (B, T) in fp32; 0 where targets == IGNORE_INDEX."""
+def masked_nll(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Per-token negative log-likelihood (B, T) in fp32; 0 where targets == IGNORE_INDEX.
+    With label_smoothing, the cross-entropy against the smoothed target distribution."""
     nll = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        logits.flatten(0, 1).float(),
+        targets.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+        label_smoothing=label_smoothing,
     )
     return nll.view_as(targets)
 
 
 def sequence_loss(
-    logits: torch.Tensor, batch: dict[str, torch.Tensor], lm_weight: float = 0.0
+    logits: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    lm_weight: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, per-token nll). The loss averages the nll over `loss_mask` (1 = a target token;
     every non-ignored token when absent), plus `lm_weight` x the nll over all tokens (GPT-1's
     auxiliary language-modelling loss)."""
     targets = batch["targets"]
-    nll = masked_nll(logits, targets)
+    nll = masked_nll(logits, targets, label_smoothing)
     scored = (targets != IGNORE_INDEX).float()
     mask = batch["loss_mask"].float() * scored if "loss_mask" in batch else scored
     loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
@@ -81,7 +91,8 @@ class LMModule(pl.LightningModule):
     # ------------------------------------------------------------ training
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = sequence_loss(self.model(batch["input_ids"]), batch, self.lm_weight)
+        logits = self.model(batch["input_ids"])
+        loss, _ = sequence_loss(logits, batch, self.lm_weight, self.train_config.label_smoothing)
         self.train_tokens += batch["input_ids"].numel() * self.trainer.world_size  # all ranks
         self.log("train_loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])

@@ -76,8 +76,12 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
-def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer) -> pl.Trainer:
-    """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget."""
+def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
+                  use_distributed_sampler: bool = True) -> pl.Trainer:  # fmt: skip
+    """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget.
+
+    Pass use_distributed_sampler=False when the train loader shards itself across ranks.
+    """
     quiet_lightning()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -112,13 +116,15 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer) -> pl.T
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
         default_root_dir=out_dir,
+        use_distributed_sampler=use_distributed_sampler,
     )
 
 
-def resume_point(cfg: PretrainConfig, out_dir: Path) -> Path | None:
-    if cfg.resume is None:
+def resume_point(resume: str | None, out_dir: Path) -> Path | None:
+    """The checkpoint that `resume` (None, `last` or a path) names for a run in out_dir."""
+    if resume is None:
         return None
-    if cfg.resume == "last":
+    if resume == "last":
         latest = ckpt.latest_checkpoint(out_dir / "checkpoints")
         final = out_dir / "final"
         candidates = [
@@ -127,7 +133,7 @@ def resume_point(cfg: PretrainConfig, out_dir: Path) -> Path | None:
         if not candidates:
             raise CheckpointError(f"nothing to resume in {out_dir} (no checkpoints/ or final/)")
         return max(candidates, key=lambda p: ckpt.read_meta(p).get("step", -1))
-    return ckpt.resolve(cfg.resume)
+    return ckpt.resolve(resume)
 
 
 def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
-    resume_from = resume_point(cfg, out_dir)
+    resume_from = resume_point(cfg.resume, out_dir)
     model_config = cfg.model
     if resume_from is not None:
         meta = ckpt.read_meta(resume_from)
@@ -173,35 +179,52 @@ def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
         cfg.train,
         task=TASK,
         token_bytes=tokenizer.token_byte_lengths(),
-        meta={"pretrain_config": _jsonable(replace(cfg, model=model_config))},
+        meta={"pretrain_config": jsonable(replace(cfg, model=model_config))},
     )
     trainer = build_trainer(cfg.train, out_dir, tokenizer)
+    report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
+    report.update(
+        wall_seconds=time.perf_counter() - started,
+        vocab_size=tokenizer.vocab_size,
+        train_corpus_tokens=len(train_ids),
+        val_corpus_tokens=len(val_ids),
+    )
+    write_report(report_path, report, trainer)
+    return report
+
+
+def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.LightningDataModule,
+                     out_dir: Path, resume_from: Path | None) -> dict[str, Any]:  # fmt: skip
+    """Fit (resuming when asked), save `out_dir/final`, validate: the report fields that every
+    training workflow shares."""
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - fit_started
     trainer.save_checkpoint(out_dir / "final", weights_only=False)
     train_loss = trainer.callback_metrics.get("train_loss")  # validate() resets the metrics
     metrics = trainer.validate(module, datamodule, verbose=False)[0]
-    report = {
-        "val_loss": metrics["val_loss"],
-        "train_loss": float(train_loss) if train_loss is not None else math.nan,
-        "val_bpb": metrics.get("val_bpb", math.nan),
+    report = {"val_loss": metrics["val_loss"],
+              "train_loss": float(train_loss) if train_loss is not None else math.nan}  # fmt: skip
+    if "val_bpb" in metrics:
+        report["val_bpb"] = metrics["val_bpb"]
+    return {
+        **report,
         "train_tokens": module.train_tokens,
         "tokens_per_second": module.tokens_this_fit / fit_seconds,
         "steps": trainer.global_step,
-        "wall_seconds": time.perf_counter() - started,
         "train_seconds": fit_seconds,
         "params": module.model.num_params(),
-        "vocab_size": tokenizer.vocab_size,
-        "train_corpus_tokens": len(train_ids),
-        "val_corpus_tokens": len(val_ids),
         "checkpoint": str(out_dir / "final"),
     }
-    if report_path and trainer.is_global_zero:
-        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
-def _jsonable(cfg: PretrainConfig) -> dict[str, Any]:
+def write_report(path: str | None, report: dict[str, Any], trainer: pl.Trainer) -> None:
+    """Write the JSON report (from the first process only under distributed training)."""
+    if path and trainer.is_global_zero:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def jsonable(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (stored in checkpoints)."""
     return json.loads(json.dumps(asdict(cfg), default=str))

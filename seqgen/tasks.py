@@ -6,18 +6,63 @@ party's) declares `[project.entry-points."seqgen.tasks"] name = "module:Class"`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from seqgen.errors import ConfigError
-from seqgen.tokenizer import Tokenizer
+from seqgen.examples import Example
+from seqgen.tokenizer import Tokenizer, TokenizerConfig
 
 ENTRY_POINT_GROUP = "seqgen.tasks"
 
 
 class Task(Protocol):
+    """A domain adapter: raw examples <-> token sequences with a loss mask, prompts, outputs.
+
+    Fine-tuning (`seqgen finetune`) uses `data_config`, `special_tokens`, `load`,
+    `build_tokenizer` and `encode`; generation uses `configure`, `prompt` and `decode`. The
+    options a task needs at inference (e.g. the target language) travel in the checkpoint as
+    `options(data)`.
+    """
+
     name: str
-    special_tokens: tuple[str, ...]
+    data_config: type | None
+    """The dataclass of the task's data options (`data.*` in a fine-tuning config)."""
+    stats: dict[str, int]
+    """Counts from loading and encoding (skipped lines, truncated examples), for reports."""
+    lm_weight: float
+    """Default weight of the auxiliary LM loss over the whole sequence (GPT-1: 0.5)."""
+    continues_prompt: bool
+    """Whether outputs continue the prompt (text: the CLI prints both) or answer it."""
+    generation_defaults: dict[str, Any]
+    """Generation settings for `seqgen generate` unless given (e.g. beam search)."""
+    data_builders: dict[str, Callable[[list[str]], int]]
+    """Dataset builders run as `seqgen data NAME ...` (argv in, exit code out)."""
+
+    def special_tokens(self, data: Any) -> list[str]:
+        """Tokens the task adds to the vocabulary (appended; existing ids never change)."""
+        ...
+
+    def load(self, data: Any, split: str) -> list[dict]:
+        """Raw examples of `split` ("train" or "val")."""
+        ...
+
+    def build_tokenizer(self, examples: list[dict], config: TokenizerConfig) -> Tokenizer:
+        """A tokenizer for training from scratch, e.g. SentencePiece on the examples' text."""
+        ...
+
+    def encode(self, example: dict, tokenizer: Tokenizer, max_len: int) -> Example:
+        """The training sequence (at most max_len ids) and its loss mask."""
+        ...
+
+    def options(self, data: Any) -> dict[str, Any]:
+        """JSON-able settings stored in the checkpoint and given back to `configure`."""
+        ...
+
+    def configure(self, options: dict[str, Any], block_size: int) -> None:
+        """Restore a checkpoint's settings (and its model's context) before prompting."""
+        ...
 
     def prompt(self, source: Any, tokenizer: Tokenizer) -> list[int]:
         """Conditioning ids for generation from a user's input (text, a MIDI file, ...)."""
@@ -38,3 +83,11 @@ def get_task(name: str) -> Task:
         known = ", ".join(sorted(tasks)) or "none (is seqgen installed with `pip install -e .`?)"
         raise ConfigError(f"unknown task {name!r}; installed tasks: {known}")
     return tasks[name].load()()
+
+
+def data_builders() -> dict[str, Callable[[list[str]], int]]:
+    """Every installed task's dataset builders, by name."""
+    found: dict[str, Callable[[list[str]], int]] = {}
+    for name in sorted(available_tasks()):
+        found.update(get_task(name).data_builders)
+    return found

@@ -13,3 +13,33 @@ TINY_MODEL = {
     "model.block_size": 32,
     "tokenizer.vocab_size": 320,
 }
+
+# A toy language pair: word-for-word translation through a fixed dictionary.
+LEXICON = {
+    "the": "der", "king": "koenig", "queen": "koenigin", "rides": "reitet", "walks": "geht",
+    "sings": "singt", "old": "alte", "young": "junge", "brave": "tapfere", "quiet": "stille",
+    "castle": "burg", "river": "fluss", "garden": "garten", "to": "zum", "friend": "freund",
+}  # fmt: skip
+
+
+def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """n (english, toy-german) sentence pairs, deterministic for a seed."""
+    import random
+
+    rng = random.Random(seed)
+    words = sorted(LEXICON)
+    pairs = []
+    for _ in range(n):
+        sentence = [rng.choice(words) for _ in range(rng.randint(3, 6))]
+        english = " ".join(sentence).capitalize() + "."
+        german = " ".join(LEXICON[w] for w in sentence).capitalize() + "."
+        pairs.append((english, german))
+    return pairs
+
+
+def write_parallel(directory, name: str, pairs, src: str = "en", tgt: str = "de"):
+    """Aligned files directory/name.src and directory/name.tgt; returns the prefix path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.{src}").write_text("".join(s + "\n" for s, _ in pairs))
+    (directory / f"{name}.{tgt}").write_text("".join(t + "\n" for _, t in pairs))
+    return directory / name

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from seqgen.config import ModelConfig
-from seqgen.generate import filter_logits, generate, stream
+from seqgen.generate import filter_logits, generate, repeated_ngram_ends, stream
 from seqgen.model import GPT, KVCache
 
 SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
@@ -156,6 +156,27 @@ def test_repetition_penalty_discourages_repeats(model):
     assert len(set(penalised)) == len(penalised) and 1 not in penalised
 
 
+def bigrams(ids):
+    return [tuple(ids[i : i + 2]) for i in range(len(ids) - 1)]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_no_repeat_ngram_size_blocks_repeated_ngrams_in_new_ids(model, num_beams):
+    plain = generate(model, [1], 30, temperature=0, num_beams=num_beams)
+    assert len(set(bigrams(plain))) < len(bigrams(plain))  # the cycle repeats bigrams
+    blocked = generate(model, [1], 30, temperature=0, num_beams=num_beams,
+                       no_repeat_ngram_size=2)  # fmt: skip
+    assert len(blocked) == 30 and len(set(bigrams(blocked))) == len(bigrams(blocked))
+    assert blocked[:5] == plain[:5]  # nothing changes before a repeat would happen
+
+
+def test_repeated_ngram_ends():
+    assert repeated_ngram_ends([5, 6, 7, 5, 6], 3) == [7]
+    assert repeated_ngram_ends([5, 6, 5], 2) == [6]
+    assert sorted(repeated_ngram_ends([4, 4, 5], 1)) == [4, 4, 5]
+    assert repeated_ngram_ends([5], 3) == []
+
+
 def test_beam_one_equals_greedy(model):
     greedy = generate(model, [2, 9], 15, temperature=0)
     assert generate(model, [2, 9], 15, num_beams=1, temperature=0) == greedy
@@ -223,6 +244,7 @@ def test_stream_and_callback_match_generate(model):
         (dict(repetition_penalty=0), "repetition_penalty"),
         (dict(stop=[[]]), "stop"),
         (dict(window_keep=12), "window_keep"),
+        (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
     ],
 )
 def test_invalid_settings_raise(model, kwargs, message):

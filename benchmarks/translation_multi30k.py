@@ -1,0 +1,139 @@
+"""Multi30k en->de end to end: pretrain a language model on the training text (optional),
+fine-tune the translation recipe, translate test_2016_flickr with beam search, and report
+sacreBLEU (cased, 13a) and chrF.
+
+    python benchmarks/translation_multi30k.py --data ../shared/data/multi30k \
+        --budget-seconds 1800 --compare-scratch --report runs/bench/mt.json --out runs/bench/mt
+
+The budget is training time in all: pretraining plus fine-tuning. Tokenizer training, data
+encoding and evaluation run outside it. `--compare-scratch` also trains the recipe from
+scratch for the whole budget (`bleu_scratch`), which measures what pretraining brings at
+an equal budget. Extra arguments after `--` override the fine-tuning recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from common import write_report
+
+from seqgen.cli import main as seqgen
+from tasks.translation_eval import main as evaluate
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "translation" / "multi30k.yaml"
+TARGET_BLEU = 30.0  # within 30 minutes of training on a 2-core CPU (issue #4)
+
+
+def run(argv: list[str], report: Path) -> dict:
+    if seqgen([*argv, "--report", str(report)]) != 0:
+        raise SystemExit(f"seqgen {argv[0]} failed")
+    return json.loads(report.read_text())
+
+
+def pretrain(data: Path, recipe: dict, seconds: float, work: Path) -> dict:
+    """A language model on both sides of the training pairs, shaped like the recipe's model."""
+    text = work / "train.en-de.txt"
+    text.write_text((data / "train.en").read_text() + (data / "train.de").read_text())
+    train = recipe.get("train", {})
+    model = [f"--model.{key}={value}" for key, value in recipe.get("model", {}).items()]
+    argv = ["pretrain", "--data.source", str(text), "--data.val_fraction", "0.02", *model,
+            f"--tokenizer.vocab_size={recipe['tokenizer']['vocab_size']}",
+            "--train.max_steps=-1", f"--train.max_time={seconds}", "--train.batch_size=16",
+            f"--train.learning_rate={train.get('learning_rate', 1e-3)}",
+            f"--train.precision={train.get('precision', '32-true')}",
+            "--train.val_every_n_steps=1000000", "--train.progress_bar=false",
+            "--out_dir", str(work / "pretrain")]  # fmt: skip
+    return run(argv, work / "pretrain.json")
+
+
+def finetune(data: Path, config: str, init: str, seconds: float, out: Path, extra: list[str]):
+    argv = ["finetune", "--config", config, "--from", init,
+            "--data.train", str(data / "train"), "--data.val", str(data / "val"),
+            "--train.max_steps=-1", f"--train.max_time={seconds}",
+            "--train.progress_bar=false", "--out_dir", str(out), *extra]  # fmt: skip
+    return run(argv, out.with_suffix(".json"))
+
+
+def score(data: Path, split: str, ckpt: Path, beams: int, work: Path) -> dict:
+    report = work / f"{ckpt.name}-{split}.json"
+    evaluate(["--ckpt", str(ckpt), "--source", str(data / f"{split}.en"),
+              "--reference", str(data / f"{split}.de"), "--beams", str(beams),
+              "--output", str(report.with_suffix(".de")), "--report", str(report)])  # fmt: skip
+    return json.loads(report.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="multi30k folder (train/val/test .en/.de)")
+    parser.add_argument("--budget-seconds", type=float, default=1800.0)
+    parser.add_argument("--pretrain-fraction", type=float, default=0.0,
+                        help="budget share spent pretraining an LM first (0: none)")  # fmt: skip
+    parser.add_argument("--compare-scratch", action="store_true",
+                        help="also train from scratch for the budget (bleu_scratch)")  # fmt: skip
+    parser.add_argument("--split", default="test_2016_flickr", help="evaluation split")
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--config", default=str(RECIPE), help="recipe (default: %(default)s)")
+    parser.add_argument("--report", help="write the results as JSON here")
+    parser.add_argument("--out", help="keep the runs here (the final model in OUT/final)")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, after --")
+    args = parser.parse_args()
+    data = Path(args.data)
+    for name in ("train.en", "train.de", "val.en", "val.de", f"{args.split}.en"):
+        if not (data / name).is_file():
+            parser.error(f"{data / name}: no such file")
+    if not 0.0 <= args.pretrain_fraction < 1.0:
+        parser.error("--pretrain-fraction must be in [0, 1)")
+    recipe = yaml.safe_load(Path(args.config).read_text())
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        report: dict = {"budget_seconds": args.budget_seconds, "beams": args.beams,
+                        "split": args.split, "config": args.config,
+                        "overrides": args.overrides}  # fmt: skip
+        init, pretrain_seconds = "none", 0.0
+        if args.pretrain_fraction > 0:
+            pre = pretrain(data, recipe, args.budget_seconds * args.pretrain_fraction, work)
+            init, pretrain_seconds = pre["checkpoint"], pre["train_seconds"]
+            report["pretrain"] = pre
+        remaining = args.budget_seconds - pretrain_seconds
+        tuned = finetune(data, args.config, init, remaining, work / "recipe", args.overrides)
+        (work / "recipe" / "final").rename(work / "final")  # the model: OUT/final
+        scores = score(data, args.split, work / "final", args.beams, work)
+        report.update(
+            bleu=scores["bleu"], chrf=scores["chrf"], bleu_signature=scores["bleu_signature"],
+            chrf_signature=scores["chrf_signature"],
+            train_seconds=pretrain_seconds + tuned["train_seconds"],
+            pretrain_seconds=pretrain_seconds, finetune_seconds=tuned["train_seconds"],
+            finetune=tuned, decode_seconds=scores["decode_seconds"],
+        )  # fmt: skip
+        rows = [("recipe" + (" (pretrained)" if init != "none" else ""), scores, tuned)]
+        if init == "none":
+            report.update(bleu_scratch=scores["bleu"], chrf_scratch=scores["chrf"])
+        if args.compare_scratch and init != "none":
+            scratch = finetune(data, args.config, "none", args.budget_seconds,
+                               work / "scratch", args.overrides)  # fmt: skip
+            scratch_scores = score(data, args.split, work / "scratch", args.beams, work)
+            report.update(bleu_scratch=scratch_scores["bleu"], chrf_scratch=scratch_scores["chrf"],
+                          scratch=scratch)  # fmt: skip
+            rows.append(("from scratch", scratch_scores, scratch))
+    report["wall_seconds"] = time.perf_counter() - started
+    print(f"\nMulti30k en->de, {args.split}, beam {args.beams}, "
+          f"{args.budget_seconds:.0f} s of training (target: BLEU >= {TARGET_BLEU})")  # fmt: skip
+    print("| run | BLEU | chrF | train s | tokens/s | epochs |\n|---|---|---|---|---|---|")
+    for name, s, t in rows:
+        seconds = t["train_seconds"] + (pretrain_seconds if "pretrained" in name else 0)
+        print(f"| {name} | {s['bleu']:.2f} | {s['chrf']:.2f} | {seconds:.0f} | "
+              f"{t['tokens_per_second']:,.0f} | {t['epochs']:.1f} |")  # fmt: skip
+    print(report["bleu_signature"])
+    write_report(args.report, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

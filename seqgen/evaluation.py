@@ -1,0 +1,35 @@
+"""What every `seqgen evaluate --task T` shares: a checkpoint to generate with or a system's
+outputs to score, decoding options, and the JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def evaluation_parser(task: str, description: str, outputs: str, outputs_help: str
+                      ) -> argparse.ArgumentParser:  # fmt: skip
+    """A parser with --ckpt or `outputs` (one of them required), --beams, --length-penalty,
+    --precision, --limit and --report; the task adds its data and metric options."""
+    parser = argparse.ArgumentParser(prog=f"seqgen evaluate --task {task}",
+                                     description=description)  # fmt: skip
+    parser.add_argument("--task", default=task, help=argparse.SUPPRESS)
+    system = parser.add_mutually_exclusive_group(required=True)
+    system.add_argument("--ckpt", help="Checkpoint or run directory to generate with.")
+    system.add_argument(outputs, help=outputs_help)
+    parser.add_argument("--beams", type=int, default=4, help="Beam size (1 = greedy, batched).")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="Beams rank by log-probability / length ** this.")  # fmt: skip
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N examples.")
+    parser.add_argument("--report", help="Write the scores as JSON here.")
+    return parser
+
+
+def write_json(path: str | Path | None, data: Any) -> None:
+    """Write indented JSON to `path` (its folder created), if a path is given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

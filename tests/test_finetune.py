@@ -1,0 +1,169 @@
+"""Fine-tuning through the shared core: batching by length, a tiny model memorising a few
+translation pairs, and the CLI end to end (pretrain -> finetune -> evaluate -> generate)."""
+
+import json
+
+import pytest
+from helpers import TINY_MODEL, flags, make_pairs, write_parallel
+
+from seqgen import checkpoint
+from seqgen.cli import main
+from seqgen.config import ModelConfig, TrainConfig
+from seqgen.examples import LengthGroupedBatches
+from seqgen.finetune import FinetuneConfig, run
+from seqgen.inference import load
+from seqgen.model import GPT
+from tasks.translation import TranslationData
+
+TRAIN = {"train.batch_size": 8, "train.warmup_steps": 2, "train.learning_rate": 3e-3,
+         "train.val_every_n_steps": 10, "train.checkpoint_every_n_steps": 10,
+         "train.progress_bar": "false"}  # fmt: skip
+
+
+def test_length_grouped_batches_cover_every_example_once_per_epoch():
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    sampler = LengthGroupedBatches(lengths, batch_size=16, seed=3, group_batches=10)
+    first, second = list(sampler), list(sampler)
+    for epoch in (first, second):
+        assert sorted(i for batch in epoch for i in batch) == list(range(1000))
+        spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch)
+        assert spread / len(epoch) < 15  # similar lengths together (random batches: ~90)
+    assert first != second  # a new order each epoch
+    shards = [list(LengthGroupedBatches(lengths, 16, 3, 10, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(first) // 2
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert len(seen) == len(set(seen))  # ranks never share an example
+
+
+def test_tiny_model_memorises_pairs_and_translates_them_greedily(sp_tokenizer, tmp_path):
+    pairs = make_pairs(6, seed=1)
+    prefix = write_parallel(tmp_path / "data", "train", pairs)
+    config = ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2,
+                         n_embd=64)  # fmt: skip
+    checkpoint.save_model(tmp_path / "pretrained", GPT(config), sp_tokenizer, task="text")
+    cfg = FinetuneConfig(
+        task="translation",
+        init_from=str(tmp_path / "pretrained"),
+        train=TrainConfig(
+            max_steps=250,
+            batch_size=6,
+            learning_rate=3e-3,
+            warmup_steps=10,
+            val_every_n_steps=250,
+            progress_bar=False,
+        ),  # fmt: skip
+        lm_weight=0.0,
+        out_dir=str(tmp_path / "run"),
+    )
+    report = run(cfg, TranslationData(train=str(prefix), val=str(prefix)))
+    assert report["vocab_size"] == sp_tokenizer.vocab_size + 2
+    assert report["val_loss"] < 0.05
+    generator = load(tmp_path / "run")
+    for source, target in pairs:
+        assert generator.generate(source, temperature=0.0, max_new_tokens=80) == target
+    translated = generator.generate_many([s for s, _ in pairs], max_new_tokens=80,
+                                         num_beams=3, temperature=0.0)  # fmt: skip
+    assert translated == [t for _, t in pairs]
+
+
+@pytest.fixture
+def parallel(tmp_path):
+    data = tmp_path / "data"
+    write_parallel(data, "train", make_pairs(64, seed=0))
+    write_parallel(data, "val", make_pairs(8, seed=1))
+    return data
+
+
+def finetune(*args):
+    return main(["finetune", "--task", "translation", *flags(TRAIN), *args])
+
+
+def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path, capsys):
+    pre = tmp_path / "pre"
+    assert main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(pre),
+                 "--train.max_steps", "5", *flags({**TRAIN, **TINY_MODEL})]) == 0  # fmt: skip
+    run_dir, report = tmp_path / "mt", tmp_path / "ft.json"
+    assert finetune("--from", str(pre), "--data.train", str(parallel / "train"),
+                    "--data.val", str(parallel / "val"), "--train.max_steps", "12",
+                    "--out_dir", str(run_dir), "--report", str(report)) == 0  # fmt: skip
+    ft = json.loads(report.read_text())
+    assert ft["steps"] == 12 and ft["train_examples"] == 64
+    assert ft["init_from"] == str(pre / "final")
+    meta = checkpoint.read_meta(run_dir / "final")
+    assert meta["task"] == "translation" and meta["task_options"]["target_lang"] == "de"
+    capsys.readouterr()
+
+    scores, output = tmp_path / "scores.json", tmp_path / "hyp.de"
+    assert main(["evaluate", "--task", "translation", "--ckpt", str(run_dir),
+                 "--source", str(parallel / "val.en"), "--reference", str(parallel / "val.de"),
+                 "--beams", "2", "--max-new-tokens", "12", "--output", str(output),
+                 "--report", str(scores)]) == 0  # fmt: skip
+    result = json.loads(scores.read_text())
+    assert result["sentences"] == 8 and 0 <= result["bleu"] <= 100
+    assert "| BLEU |" in capsys.readouterr().out
+    assert len(output.read_text().splitlines()) == 8
+    # scoring the written file without a model gives the same numbers
+    rescored = ["evaluate", "--task", "translation", "--hypotheses", str(output),
+                "--reference", str(parallel / "val.de"), "--report", str(scores)]  # fmt: skip
+    assert main(rescored) == 0
+    assert json.loads(scores.read_text())["bleu"] == pytest.approx(result["bleu"])
+
+    translate = ["generate", "--task", "translation", "--ckpt", str(run_dir), "--prompt",
+                 "The king rides.", "--temperature", "0", "--max-new-tokens", "8"]  # fmt: skip
+    assert main(translate) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed and not printed.startswith("The king rides.")  # the answer, not an echo
+
+
+def test_cli_from_scratch_with_a_config_file(parallel, tmp_path):
+    config = tmp_path / "mt.yaml"
+    config.write_text(f"task: translation\ninit_from: none\ndata:\n  train: {parallel / 'train'}\n"
+                      f"  val: {parallel / 'val'}\n")  # fmt: skip
+    report = tmp_path / "r.json"
+    assert main(["finetune", "--config", str(config), *flags({**TRAIN, **TINY_MODEL}),
+                 "--train.max_steps", "3", "--out_dir", str(tmp_path / "run"),
+                 "--report", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["init_from"] == "none"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.train", "X"], "set --from CKPT"),
+        (["--from", "none", "--data.train", "{data}/nope"], "no such file"),
+        (["--from", "none", "--data.train", "{data}/train", "--data.val", "{data}/bad"],
+         "bad.en has 2 lines, {data}/bad.de has 1"),
+        (["--from", "{data}", "--data.train", "{data}/train", "--data.val", "{data}/val"],
+         "not a seqgen checkpoint"),
+        (["--from", "none", "--data.trian", "x"], "trian"),
+    ],
+)  # fmt: skip
+def test_cli_errors_name_the_problem(parallel, tmp_path, capsys, args, message):
+    (parallel / "bad.en").write_text("a\nb\n")
+    (parallel / "bad.de").write_text("x\n")
+    args = [a.replace("{data}", str(parallel)) for a in args]
+    assert finetune(*args, "--out_dir", str(tmp_path / "run")) == 2
+    assert message.replace("{data}", str(parallel)) in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_task_errors(capsys):
+    assert main(["finetune", "--from", "none"]) == 2
+    assert "set the task" in capsys.readouterr().err
+    assert main(["finetune", "--task", "text", "--from", "none"]) == 2
+    assert "seqgen pretrain" in capsys.readouterr().err
+    assert main(["finetune", "--task", "nope"]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_cli_resume_a_finetuning_run(parallel, tmp_path):
+    run_dir, report = tmp_path / "run", tmp_path / "r.json"
+    common = ["--data.train", str(parallel / "train"), "--data.val", str(parallel / "val"),
+              *flags(TINY_MODEL), "--out_dir", str(run_dir), "--report", str(report)]  # fmt: skip
+    assert finetune("--from", "none", "--train.max_steps", "10", *common) == 0
+    first = json.loads(report.read_text())
+    assert finetune("--resume", "last", "--train.max_steps", "16", *common) == 0
+    resumed = json.loads(report.read_text())
+    assert resumed["steps"] == 16 and resumed["vocab_size"] == first["vocab_size"]
+    assert resumed["train_tokens"] > first["train_tokens"]
+    assert resumed["init_from"] == "none"  # provenance survives the resume
