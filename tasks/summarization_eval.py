@@ -1,0 +1,151 @@
+"""`seqgen evaluate --task summarization`: summarize a dataset with a checkpoint, or read any
+system's predictions, and score them with ROUGE-1/2/L/Lsum (95% bootstrap intervals) beside
+an extractive baseline (the first N words of each document, N = mean reference length)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from seqgen.data import read_jsonl
+from seqgen.errors import DataError
+from seqgen.evaluation import evaluation_parser, write_json
+from tasks.rouge import bootstrap, lead_words, length_stats, markdown_table, score_documents
+from tasks.summarization import SummarizationData, read_examples
+
+
+def parser() -> argparse.ArgumentParser:
+    p = evaluation_parser(
+        "summarization",
+        "Score summaries with ROUGE (with 95% bootstrap intervals) beside a first-N-words "
+        "baseline: a checkpoint's (--ckpt) or any system's (--predictions).",
+        "--predictions",
+        "JSONL of {id, prediction} to score.",
+    )
+    p.add_argument("--data", required=True, help="Documents and references: .jsonl or dataset.")
+    p.add_argument("--split", default="validation", help="Dataset split (not for .jsonl).")
+    p.add_argument("--document-field", default=None, help="Default: the checkpoint's, or body.")
+    p.add_argument("--summary-field", default=None, help="Default: the checkpoint's, or lead.")
+    p.add_argument("--id-field", default=None, help="Default: the checkpoint's, or id.")
+    p.add_argument("--prediction-field", default="prediction", help="Field in --predictions.")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="Longest summary (default: the task's max_summary_tokens).")  # fmt: skip
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=3)
+    p.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (with --beams 1).")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="Sampling and bootstrap seed.")
+    p.add_argument("--baseline-words", type=int, default=None,
+                   help="Baseline length (default: mean reference length in words).")  # fmt: skip
+    p.add_argument("--bootstrap-samples", type=int, default=1000)
+    p.add_argument("--output", help="Write predictions with per-document scores (JSONL) here.")
+    return p
+
+
+def read_predictions(path: Path, field: str, ids: list[str]) -> list[str]:
+    """Predictions in the order of `ids`; every id exactly once, nothing else."""
+    found: dict[str, str] = {}
+    for where, row in read_jsonl(path):
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get(field), str):
+            raise DataError(f"{where}: needs 'id' and a string {field!r}")
+        if str(row["id"]) in found:
+            raise DataError(f"{where}: duplicate id {row['id']!r}")
+        found[str(row["id"])] = row[field]
+    missing = [i for i in ids if i not in found]
+    extra = [i for i in found if i not in set(ids)]
+    if missing or extra:
+        raise DataError(f"{path}: {len(found)} predictions for {len(ids)} documents; "
+                        f"missing ids: {missing[:5]}, unknown ids: {extra[:5]}")  # fmt: skip
+    return [found[i] for i in ids]
+
+
+def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str], float]:
+    from seqgen.inference import load
+
+    generator = load(args.ckpt, task="summarization", precision=args.precision)
+    limit = args.max_new_tokens or generator.task.settings.max_summary_tokens
+    done, started = 0, time.perf_counter()
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        print(f"\rsummarized {done}/{len(examples)}", end="", file=sys.stderr)
+
+    outputs = generator.generate_many(
+        [{"document": e["document"], "title": e["title"]} for e in examples],
+        batch_size=8, on_done=progress, max_new_tokens=limit, min_new_tokens=args.min_new_tokens,
+        num_beams=args.beams, length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size, temperature=args.temperature,
+        top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    print(file=sys.stderr)
+    return outputs, time.perf_counter() - started
+
+
+def data_fields(args: argparse.Namespace) -> SummarizationData:
+    options: dict[str, Any] = {}
+    if args.ckpt:
+        from seqgen import checkpoint
+
+        options = checkpoint.read_meta(checkpoint.resolve(args.ckpt)).get("task_options", {})
+    chosen = {"document_field": args.document_field, "summary_field": args.summary_field,
+              "id_field": args.id_field}  # fmt: skip
+    for key, value in chosen.items():
+        if value is not None:
+            options[key] = value
+    known = {k: v for k, v in options.items() if k in SummarizationData.__dataclass_fields__}
+    return SummarizationData(**known)
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    args = parser().parse_args(argv)
+    examples = read_examples(args.data, data_fields(args), args.split)[: args.limit]
+    if not examples:
+        raise DataError(f"{args.data}: no documents")
+    ids = [e["id"] for e in examples]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{args.data}: document ids are not unique")
+    references = [e["summary"] for e in examples]
+    seconds = None
+    if args.ckpt:
+        predictions, seconds = summarize(args, examples)
+    else:
+        predictions = read_predictions(Path(args.predictions), args.prediction_field, ids)
+    n_words = args.baseline_words or round(statistics.fmean(len(r.split()) for r in references))
+    baseline = [lead_words(e["document"], n_words) for e in examples]
+    per_doc = score_documents(predictions, references)
+    systems = {
+        "model" if args.ckpt else "predictions": per_doc,
+        f"first {n_words} words": score_documents(baseline, references),
+    }
+    texts = dict(zip(systems, (predictions, baseline), strict=True))
+    results = {
+        name: {"scores": bootstrap(scores, args.bootstrap_samples, args.seed),
+               "lengths": length_stats(texts[name])}
+        for name, scores in systems.items()
+    }  # fmt: skip
+    report = {
+        "documents": len(examples), "system": results[next(iter(systems))],
+        "baseline": results[f"first {n_words} words"], "baseline_words": n_words,
+        "reference_lengths": length_stats(references), "rouge": "rouge-score, Porter stemmer, "
+        "Lsum over sentences split by tasks.rouge.split_sentences; F1/precision/recall in %",
+    }  # fmt: skip
+    if seconds is not None:
+        report.update(decode_seconds=seconds, beams=args.beams, checkpoint=args.ckpt)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"id": i, "prediction": p, "scores": s}
+                for i, p, s in zip(ids, predictions, per_doc, strict=True)]  # fmt: skip
+        Path(args.output).write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        )
+    write_json(args.report, report)
+    print(markdown_table(results))
+    print(f"\n{len(examples)} documents; references {report['reference_lengths']['mean_words']:.0f}"
+          " words on average; F1 in %, 95% bootstrap intervals in brackets")  # fmt: skip
+    return report

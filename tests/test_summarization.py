@@ -1,0 +1,268 @@
+"""Summarization: the WikiText builder, body selection and truncation, the loss mask, ROUGE
+equal to rouge-score's with sound intervals, and evaluation of predictions end to end."""
+
+import json
+
+import pytest
+from helpers import TINY_MODEL, flags
+from rouge_score import rouge_scorer
+
+from seqgen.cli import main
+from seqgen.errors import DataError
+from tasks.rouge import bootstrap, lead_words, score_documents, split_sentences
+from tasks.summarization import (
+    SUMMARIZE,
+    SummarizationData,
+    SummarizationTask,
+    rank_paragraphs,
+)
+from tasks.wikisum import build
+
+# WikiText's layout: every line is padded with spaces, blank lines are a single space
+WIKITEXT_LINES = [
+    "= First Article =",
+    "",
+    "The first article 's lead says what it is about in enough words to pass the filter .",
+    "It has a second lead paragraph too .",
+    "",
+    "= = History = =",
+    "",
+    "The history section is the body of the first article .",
+    "' Note : G ' ' = Goals ; A = ' ' Assists '",
+    "= Pts =",
+    "",
+    "= = = Later years = = =",
+    "",
+    "A subsection, also body .",
+    "",
+    "= Stub Article =",
+    "",
+    "Only a lead , no sections at all .",
+    "",
+    "= Short Lead =",
+    "",
+    "Tiny .",
+    "",
+    "= = Section = =",
+    "",
+    "A body that exists .",
+    "",
+]
+WIKITEXT = "\n".join(f" {line} " if line else " " for line in WIKITEXT_LINES) + "\n"
+
+
+def test_wikisum_builder_splits_lead_and_body_and_counts_drops():
+    rows, dropped = build(WIKITEXT, "train", min_lead_words=5, min_body_words=3)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["title"] == "First Article" and row["id"] == "train-0000"
+    assert row["lead"].split("\n") == [
+        "The first article 's lead says what it is about in enough words to pass the filter .",
+        "It has a second lead paragraph too .",
+    ]
+    # the table rows that look like headings stay in the body; real headings are removed
+    assert row["body"].split("\n") == [
+        "The history section is the body of the first article .",
+        "' Note : G ' ' = Goals ; A = ' ' Assists '",
+        "= Pts =",
+        "A subsection, also body .",
+    ]
+    assert row["lead_words"] == len(row["lead"].split())
+    assert dropped == {"no sections (no body)": 1, "lead under 5 words": 1}
+
+
+def test_wikisum_cli_writes_split_files(tmp_path, capsys):
+    source = tmp_path / "wiki.train.tokens"
+    source.write_text(WIKITEXT)
+    args = ["data", "wikisum", "--input", str(source), "--out", str(tmp_path / "out"),
+            "--min-lead-words", "5", "--min-body-words", "3"]  # fmt: skip
+    assert main(args) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert [r["title"] for r in rows] == ["First Article"]
+    assert "dropped: 1 lead under 5 words, 1 no sections (no body)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- sequences
+
+
+@pytest.fixture
+def tokenizer(sp_tokenizer):
+    from seqgen.tokenizer import SentencePieceTokenizer
+
+    tok = SentencePieceTokenizer(sp_tokenizer.model_proto)
+    tok.add_special_tokens([SUMMARIZE])
+    return tok
+
+
+ARTICLE = {
+    "id": "a",
+    "title": "The river castle",
+    "document": "the king walks\nthe queen sings in the garden\nthe river castle is old\nsilver",
+    "summary": "the castle by the river",
+}
+
+
+def test_tfidf_ranks_paragraphs_by_similarity_to_the_title():
+    paragraphs = ARTICLE["document"].split("\n")
+    assert rank_paragraphs(ARTICLE["title"], paragraphs)[0] == 2
+    assert rank_paragraphs("unrelated words", paragraphs) == [0, 1, 2, 3]  # ties: in order
+
+
+def test_loss_mask_covers_exactly_the_summary_and_eos(tokenizer):
+    task = SummarizationTask()
+    task.settings = SummarizationData()
+    example = task.encode(ARTICLE, tokenizer, max_len=200)
+    summary = tokenizer.encode(ARTICLE["summary"])
+    body = tokenizer.encode(ARTICLE["document"])
+    assert example.ids == [tokenizer.bos_id, *body, tokenizer.special_id(SUMMARIZE), *summary,
+                           tokenizer.eos_id]  # fmt: skip
+    assert example.loss_mask == [0] * (len(body) + 2) + [1] * (len(summary) + 1)
+    assert example.truncated == 0
+
+
+@pytest.mark.parametrize("selection", ["first", "tfidf"])
+def test_body_is_cut_to_the_room_the_summary_leaves(tokenizer, selection):
+    task = SummarizationTask()
+    task.settings = SummarizationData(body_selection=selection, max_summary_tokens=8)
+    summary = tokenizer.encode(ARTICLE["summary"])
+    assert len(summary) > 8
+    river = tokenizer.encode("\nthe river castle is old")
+    max_len = 3 + 8 + len(river)  # room for exactly one paragraph (with its newline)
+    example = task.encode(ARTICLE, tokenizer, max_len)
+    assert len(example.ids) == max_len and sum(example.loss_mask) == 9
+    body = example.ids[1 : 1 + len(river)]
+    paragraphs = ARTICLE["document"].split("\n")
+    if selection == "tfidf":
+        assert body == river  # the paragraph that matches the title
+    else:
+        assert body == tokenizer.encode(ARTICLE["document"])[: len(river)]
+    all_body = sum(len(tokenizer.encode(("\n" if i else "") + p)) for i, p in enumerate(paragraphs))
+    assert example.truncated == all_body - len(river) + len(summary) - 8
+
+
+def test_tfidf_keeps_the_chosen_paragraphs_in_their_original_order(tokenizer):
+    task = SummarizationTask()
+    task.settings = SummarizationData(body_selection="tfidf")
+    example = {**ARTICLE, "title": "silver river castle garden"}
+    room = len(tokenizer.encode("\nthe river castle is old")) + len(tokenizer.encode("\nsilver"))
+    body, _ = task.select_body(example, tokenizer, room)
+    assert tokenizer.decode(body) == "\nthe river castle is old\nsilver"
+
+
+# ---------------------------------------------------------------- ROUGE
+
+
+def test_rouge_equals_rouge_score_and_a_hand_count():
+    reference = "The cat sat on the mat. It was happy."
+    prediction = "The cat sat. The cats were happy!"
+    ours = score_documents([prediction], [reference])[0]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
+                                      use_stemmer=True)  # fmt: skip
+    theirs = scorer.score("The cat sat on the mat.\nIt was happy.",
+                          "The cat sat.\nThe cats were happy!")  # fmt: skip
+    for rouge_type, score in theirs.items():
+        assert ours[rouge_type]["fmeasure"] == pytest.approx(100 * score.fmeasure)
+        assert ours[rouge_type]["precision"] == pytest.approx(100 * score.precision)
+    # by hand: stemmed unigrams; the/cat/sat/happy match 5 of 7 predicted and 5 of 9 reference
+    assert ours["rouge1"]["precision"] == pytest.approx(100 * 5 / 7)
+    assert ours["rouge1"]["recall"] == pytest.approx(100 * 5 / 9)
+
+
+def test_sentence_splitting_and_lead_words():
+    text = 'Dr. Smith arrived at 3.5 pm. He left! "Why?" she asked.\nNew paragraph'
+    assert split_sentences(text) == ["Dr.", "Smith arrived at 3.5 pm.", "He left!",
+                                     "\"Why?\" she asked.", "New paragraph"]  # fmt: skip
+    assert lead_words("a b\nc d e\nf", 4) == "a b\nc d"
+
+
+def test_bootstrap_intervals_contain_the_mean_and_are_deterministic():
+    docs = score_documents(["the cat", "a dog ran", "birds sing", "the cat sat"],
+                           ["the cat sat", "the dog ran", "birds fly high", "a mat"])  # fmt: skip
+    first, second = bootstrap(docs, 500, seed=1), bootstrap(docs, 500, seed=1)
+    assert first == second
+    for rouge_type in first.values():
+        for s in rouge_type.values():
+            assert s["low"] <= s["mean"] <= s["high"] and s["low"] <= s["mid"] <= s["high"]
+    assert first["rouge1"]["fmeasure"]["low"] < first["rouge1"]["fmeasure"]["high"]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rows = [{"id": f"d{i}", "title": "t", "body": f"word{i} body text here\nmore body {i}",
+             "lead": f"word{i} body summary"} for i in range(6)]  # fmt: skip
+    path = tmp_path / "valid.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def evaluate_predictions(tmp_path, data, predictions, *extra):
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    report = tmp_path / "r.json"
+    code = main(["evaluate", "--task", "summarization", "--predictions", str(pred),
+                 "--data", str(data), "--report", str(report), "--bootstrap-samples", "200",
+                 *extra])  # fmt: skip
+    return code, report
+
+
+def test_evaluate_a_predictions_file(dataset, tmp_path, capsys):
+    data, rows = dataset
+    predictions = [{"id": r["id"], "prediction": r["lead"]} for r in reversed(rows)]
+    output = tmp_path / "scored.jsonl"
+    code, report = evaluate_predictions(tmp_path, data, predictions, "--output", str(output))
+    assert code == 0
+    result = json.loads(report.read_text())
+    assert result["documents"] == 6 and result["baseline_words"] == 3
+    assert result["system"]["scores"]["rougeLsum"]["fmeasure"]["mid"] == pytest.approx(100)
+    baseline = result["baseline"]["scores"]["rouge1"]["fmeasure"]["mean"]
+    assert baseline == pytest.approx(100 * 2 / 3)  # "wordN body text" vs "wordN body summary"
+    scored = [json.loads(x) for x in output.read_text().splitlines()]
+    assert [s["id"] for s in scored] == [r["id"] for r in rows]  # in the data's order
+    assert scored[0]["scores"]["rouge1"]["fmeasure"] == pytest.approx(100)
+    assert "| predictions |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p[:-1], "missing ids: ['d5']"),
+        (lambda p: p + [{"id": "zz", "prediction": "x"}], "unknown ids: ['zz']"),
+        (lambda p: p + [p[0]], "duplicate id 'd0'"),
+        (lambda p: [{"id": "d0", "summary": "x"}] + p[1:], "needs 'id' and a string 'prediction'"),
+    ],
+)
+def test_mismatched_predictions_are_errors(dataset, tmp_path, capsys, change, message):
+    data, rows = dataset
+    predictions = change([{"id": r["id"], "prediction": r["lead"]} for r in rows])
+    code, report = evaluate_predictions(tmp_path, data, predictions)
+    assert code == 2 and message in capsys.readouterr().err and not report.exists()
+
+
+def test_missing_fields_name_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"body": "x", "lead": "y"}\n{"document": "x", "summary": "y"}\n')
+    task = SummarizationTask()
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: needs fields 'body' and 'lead'"):
+        task.load(SummarizationData(train=str(path)), "train")
+
+
+def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
+    data, _ = dataset
+    run_dir = tmp_path / "run"
+    args = ["finetune", "--task", "summarization", "--from", "none", "--data.train", str(data),
+            "--data.val", str(data), "--data.body_selection", "tfidf",
+            *flags({**TINY_MODEL, "tokenizer.vocab_size": 290, "train.max_steps": 4,
+                    "train.batch_size": 3, "train.progress_bar": "false"}),
+            "--out_dir", str(run_dir)]  # fmt: skip
+    assert main(args) == 0
+    report, output = tmp_path / "r.json", tmp_path / "p.jsonl"
+    assert main(["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--beams", "2",
+                 "--max-new-tokens", "6", "--bootstrap-samples", "50", "--report", str(report),
+                 "--output", str(output)]) == 0  # fmt: skip
+    result = json.loads(report.read_text())
+    assert result["documents"] == 6 and result["beams"] == 2
+    assert len(output.read_text().splitlines()) == 6
+    assert "| model |" in capsys.readouterr().out
