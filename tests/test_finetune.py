@@ -2,6 +2,8 @@
 translation pairs, and the CLI end to end (pretrain -> finetune -> evaluate -> generate)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from helpers import TINY_MODEL, flags, make_pairs, write_parallel
@@ -167,3 +169,18 @@ def test_cli_resume_a_finetuning_run(parallel, tmp_path):
     assert resumed["steps"] == 16 and resumed["vocab_size"] == first["vocab_size"]
     assert resumed["train_tokens"] > first["train_tokens"]
     assert resumed["init_from"] == "none"  # provenance survives the resume
+
+
+def test_finetune_under_ddp_shards_batches_across_two_processes(parallel, tmp_path):
+    report = tmp_path / "ddp.json"
+    argv = ["finetune", "--task", "translation", "--from", "none", "--data.train",
+            str(parallel / "train"), "--data.val", str(parallel / "val"),
+            *flags({**TRAIN, **TINY_MODEL, "train.max_steps": 4, "train.accelerator": "cpu",
+                    "train.devices": 2, "train.strategy": "ddp"}),
+            "--out_dir", str(tmp_path / "ddp"), "--report", str(report)]  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "seqgen.cli", *argv], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    values = json.loads(report.read_text())
+    assert values["steps"] == 4 and values["epochs"] == 4 * 8 * 2 / 64  # both ranks' batches
+    assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
