@@ -1,10 +1,11 @@
 """Every recipe in configs/ parses (unknown keys fail) and runs a few steps with tiny overrides,
-its data pointed at a small fixture."""
+its data pointed at a small fixture of its task."""
 
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import TINY_MODEL, flags, make_pairs, write_parallel
 
 from seqgen.cli import load_config, main, parse_finetune
@@ -34,8 +35,16 @@ def translation_data(tmp_path, corpus_file):
     return ["--data.train", str(train), "--data.val", str(val), "--from", "none"]
 
 
-# configs/<folder>/ -> (command, fixture data flags)
-WORKFLOWS = {"text_lm": ("pretrain", text_data), "translation": ("finetune", translation_data)}
+def summarization_data(tmp_path, corpus_file):
+    rows = [{"id": str(i), "title": "t", "body": f"the king rides {i}\nthe queen sings",
+             "lead": f"a king {i}"} for i in range(12)]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["--data.train", str(path), "--data.val", str(path), "--from", "none"]
+
+
+# a recipe with `task:` fine-tunes that task; one without pretrains a language model
+DATA = {"text": text_data, "translation": translation_data, "summarization": summarization_data}
 
 
 def test_recipes_exist():
@@ -44,10 +53,10 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_recipe_parses_and_smoke_runs(recipe, corpus_file, tmp_path):
-    folder = recipe.relative_to(CONFIGS).parts[0]
-    assert folder in WORKFLOWS, f"{recipe}: no workflow registered for configs/{folder}/"
-    command, data_flags = WORKFLOWS[folder]
-    data = data_flags(tmp_path, corpus_file)
+    task = (yaml.safe_load(recipe.read_text()) or {}).get("task", "text")
+    assert task in DATA, f"{recipe}: no fixture data for task {task!r} in this test"
+    command = "pretrain" if task == "text" else "finetune"
+    data = DATA[task](tmp_path, corpus_file)
     if command == "pretrain":
         full = load_config(PretrainConfig, ["--config", str(recipe), *data])
     else:
