@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 
 from seqgen.errors import SeqgenError
 
@@ -198,7 +199,10 @@ def cmd_generate(argv: Sequence[str]) -> int:
         prog="seqgen generate", description="Sample from a checkpoint."
     )
     parser.add_argument("--ckpt", required=True, help="Checkpoint or run directory.")
-    parser.add_argument("--prompt", default="", help="Text to continue (default: a new document).")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="",
+                        help="Text to continue, translate, summarize (default: none).")  # fmt: skip
+    prompt.add_argument("--prompt-file", help="Read the prompt from this UTF-8 file.")
     parser.add_argument("--task", default=None, help="Expected task (default: the checkpoint's).")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="Default: the task's.")
     parser.add_argument("--min-new-tokens", type=int, default=0)
@@ -207,6 +211,8 @@ def cmd_generate(argv: Sequence[str]) -> int:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help="Never repeat an n-gram of new tokens (default: task).")  # fmt: skip
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=1, help="Samples, as one batch.")
     parser.add_argument("--beams", type=int, default=None,
@@ -222,8 +228,14 @@ def cmd_generate(argv: Sequence[str]) -> int:
     parser.add_argument("--precision", choices=["32", "bf16"], default="32")
     args = parser.parse_args(argv)
     generator = load(args.ckpt, task=args.task, precision=args.precision)
+    if args.prompt_file:
+        from seqgen.data import read_text_file
+
+        if not Path(args.prompt_file).is_file():
+            raise SeqgenError(f"{args.prompt_file}: no such file")
+        args.prompt = read_text_file(Path(args.prompt_file))
     given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                 num_beams=args.beams)  # fmt: skip
+                 num_beams=args.beams, no_repeat_ngram_size=args.no_repeat_ngram_size)  # fmt: skip
     options = {
         **dict(min_new_tokens=args.min_new_tokens, top_k=args.top_k, top_p=args.top_p,
                repetition_penalty=args.repetition_penalty, seed=args.seed,

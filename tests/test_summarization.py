@@ -266,3 +266,9 @@ def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
     assert result["documents"] == 6 and result["beams"] == 2
     assert len(output.read_text().splitlines()) == 6
     assert "| model |" in capsys.readouterr().out
+    article = tmp_path / "article.txt"
+    article.write_text("the king rides to the river\nthe queen sings")
+    assert main(["generate", "--ckpt", str(run_dir), "--prompt-file", str(article),
+                 "--max-new-tokens", "5", "--no-repeat-ngram-size", "2"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "the queen sings" not in printed  # the summary alone, not the article
