@@ -26,8 +26,10 @@ class ModelConfig:
     """Dropout on attention weights, residual branches and embeddings."""
     bias: bool = True
     """Biases in Linear and LayerNorm layers, as GPT-2."""
-    pos_embedding: Literal["learned", "sinusoidal"] = "learned"
-    """Position encoding: learned `wpe` (GPT-2) or fixed sinusoids (no parameters)."""
+    pos_embedding: Literal["learned", "sinusoidal", "relative"] = "learned"
+    """Position encoding: learned `wpe` (GPT-2), fixed sinusoids (no parameters), or relative
+    (Music Transformer: a learned embedding per distance and head in every attention layer,
+    no absolute positions)."""
     layer_norm_eps: float = 1e-5
     """LayerNorm epsilon."""
 
@@ -41,9 +43,10 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.pos_embedding not in ("learned", "sinusoidal"):
+        if self.pos_embedding not in ("learned", "sinusoidal", "relative"):
             raise ConfigError(
-                f"model.pos_embedding must be 'learned' or 'sinusoidal', got {self.pos_embedding!r}"
+                "model.pos_embedding must be 'learned', 'sinusoidal' or 'relative', "
+                f"got {self.pos_embedding!r}"
             )
 
     @classmethod

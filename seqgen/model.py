@@ -46,6 +46,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.pos_embedding == "relative":
+            # Music Transformer's E_r: row block_size - 1 - d embeds distance d, per head
+            head_size = config.n_embd // config.n_head
+            self.rel = nn.Parameter(0.02 * torch.randn(config.n_head, config.block_size, head_size))
 
     def forward(
         self,
@@ -68,10 +72,18 @@ class CausalSelfAttention(nn.Module):
             k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs), S = start + T
             v = cache.v[layer, :, :, : start + T]
         weights = None
+        if hasattr(self, "rel"):  # relative logits go in as an additive mask
+            allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
+            bias = relative_logits(q, self.rel, k.size(2)) / math.sqrt(k.size(-1))
+            mask = bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
         if need_weights:  # the manual path, only to return the attention weights
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, S)
-            allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
-            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            if mask is None or mask.dtype == torch.bool:
+                allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            else:
+                scores = scores + mask
+            weights = torch.softmax(scores, dim=-1)
             y = weights @ v
         else:
             y = F.scaled_dot_product_attention(
@@ -84,6 +96,22 @@ class CausalSelfAttention(nn.Module):
             )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), weights
+
+
+def relative_logits(q: torch.Tensor, rel: torch.Tensor, S: int) -> torch.Tensor:
+    """Music Transformer's relative attention logits, with its memory-efficient "skewing".
+
+    q: (B, nh, T, hs), the queries of the last T of S positions; rel: (nh, L, hs), row
+    L - 1 - d embedding distance d. Returns (B, nh, T, S) whose [i, j] is q_i . E(d) with d
+    the distance from key j to query i, wherever the query may see the key (elsewhere it is
+    garbage, to be masked). Only Q E_r^T is formed, (B, nh, T, S), never the (T, S, hs)
+    embeddings of every pair: pad one column on the left, flatten, drop T entries, reshape.
+    """
+    B, nh, T, _ = q.shape
+    e = rel[:, rel.size(1) - S :]  # (nh, S, hs), distances S - 1 ... 0
+    qe = q @ e.transpose(-2, -1).to(q.dtype)  # (B, nh, T, S): [i, m] = q_i . E(S - 1 - m)
+    flat = F.pad(qe, (1, 0)).view(B, nh, T * (S + 1))
+    return flat[..., T:].reshape(B, nh, T, S)  # [i, j] = qe[i, j + T - 1 - i]
 
 
 def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
@@ -148,7 +176,7 @@ class GPT(nn.Module):
         )
         if config.pos_embedding == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:
+        elif config.pos_embedding == "sinusoidal":
             # not persistent: derived from the config, so never stored in a checkpoint
             self.register_buffer(
                 "sinusoids",
@@ -213,8 +241,9 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(input_pos)  # positions (T,) or (B, T) broadcast
-        else:
+        elif hasattr(self, "sinusoids"):
             x = x + self.sinusoids[input_pos].to(x.dtype)
+        # relative positions live in the attention layers
         x = self.transformer.drop(x)
         mask = None
         if padding_mask is not None:
