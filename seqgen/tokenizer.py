@@ -246,8 +246,17 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     directory = Path(directory)
     kind = _read_meta(directory)["kind"]
     if kind not in TOKENIZER_KINDS:
+        _import_tasks()  # a task module registers its tokenizer kind when imported
+    if kind not in TOKENIZER_KINDS:
         raise CheckpointError(
             f"{directory / META_FILE}: unknown tokenizer kind {kind!r} "
             f"(known: {', '.join(sorted(TOKENIZER_KINDS))}); is the task's package installed?"
         )
     return TOKENIZER_KINDS[kind].load(directory)
+
+
+def _import_tasks() -> None:
+    from seqgen.tasks import available_tasks
+
+    for entry_point in available_tasks().values():
+        entry_point.load()

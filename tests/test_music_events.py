@@ -191,3 +191,19 @@ def test_midi_round_trip_through_a_file(midi_file, tmp_path):
     path = tmp_path / "out.mid"
     decoded.write(str(path))
     assert encode_midi(path).tolist() == events.tolist()
+
+
+def test_performance_tokenizer_round_trips_and_saves(tmp_path):
+    from seqgen.tokenizer import load_tokenizer
+    from tasks.music.tokenizer import PerformanceTokenizer
+
+    tokenizer = PerformanceTokenizer(["<continue>"])
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (388, 389, 390)
+    assert tokenizer.special_id("<continue>") == 391 and tokenizer.vocab_size == 392
+    ids = [375, 60, 305, 188, 389]
+    text = tokenizer.decode(ids, skip_special=False)
+    assert text == "VELOCITY_20 NOTE_ON_60 TIME_SHIFT_50 NOTE_OFF_60 <s>"
+    assert tokenizer.encode(text) == ids and tokenizer.decode(ids) == text[: -len(" <s>")]
+    tokenizer.save(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.vocab_size == 392 and loaded.special_id("<continue>") == 391

@@ -1,0 +1,91 @@
+"""The performance vocabulary as a seqgen tokenizer: the 388 event ids, then pad, bos, eos
+(and any special tokens a task appends). Its text form names the events, for reading."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from seqgen.errors import CheckpointError, ConfigError
+from seqgen.tokenizer import META_FILE, register_tokenizer
+from tasks.music.events import NOTE_OFF, NOTE_ON, NUM_EVENTS, TIME_SHIFT, VELOCITY
+
+BUILTIN_SPECIALS = ("<pad>", "<s>", "</s>")
+
+
+def event_name(i: int) -> str:
+    if NOTE_ON <= i < NOTE_OFF:
+        return f"NOTE_ON_{i}"
+    if NOTE_OFF <= i < NOTE_OFF + 128:
+        return f"NOTE_OFF_{i - NOTE_OFF}"
+    if TIME_SHIFT < i <= TIME_SHIFT + 100:
+        return f"TIME_SHIFT_{i - TIME_SHIFT}"
+    return f"VELOCITY_{i - VELOCITY}"
+
+
+@register_tokenizer
+class PerformanceTokenizer:
+    """Ids 0-387 are performance events; 388 <pad>, 389 <s> (bos), 390 </s> (eos)."""
+
+    kind = "performance"
+
+    def __init__(self, special_tokens: Sequence[str] = ()) -> None:
+        self.pad_id, self.bos_id, self.eos_id = NUM_EVENTS, NUM_EVENTS + 1, NUM_EVENTS + 2
+        self.special_tokens: list[str] = list(BUILTIN_SPECIALS)
+        self.add_special_tokens(special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return NUM_EVENTS + len(self.special_tokens)
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+        for token in tokens:
+            if not token:
+                raise ConfigError("a special token must be a non-empty string")
+            if token not in self.special_tokens:
+                self.special_tokens.append(token)
+        return [self.special_id(t) for t in tokens]
+
+    def special_id(self, token: str) -> int:
+        if token not in self.special_tokens:
+            raise KeyError(f"{token!r} is not a special token of this tokenizer")
+        return NUM_EVENTS + self.special_tokens.index(token)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of event names separated by spaces (the inverse of `decode`)."""
+        names = {event_name(i): i for i in range(NUM_EVENTS)}
+        names.update({t: self.special_id(t) for t in self.special_tokens})
+        try:
+            return [names[word] for word in text.split()]
+        except KeyError as err:
+            raise ValueError(f"not a performance event: {err.args[0]!r}") from None
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        words = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
+            if i < NUM_EVENTS:
+                words.append(event_name(i))
+            elif not skip_special:
+                words.append(self.special_tokens[i - NUM_EVENTS])
+        return " ".join(words)
+
+    def token_byte_lengths(self) -> list[int]:
+        return [0] * self.vocab_size  # not text: no bits per byte
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        extra = self.special_tokens[len(BUILTIN_SPECIALS) :]
+        meta = {"kind": self.kind, "events": NUM_EVENTS, "special_tokens": extra}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> PerformanceTokenizer:
+        meta = json.loads((directory / META_FILE).read_text())
+        if meta.get("events") != NUM_EVENTS:
+            raise CheckpointError(f"{directory / META_FILE}: {meta.get('events')} events; "
+                                  f"the performance vocabulary has {NUM_EVENTS}")  # fmt: skip
+        return cls(meta.get("special_tokens", []))
