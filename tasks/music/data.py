@@ -1,0 +1,185 @@
+"""MIDI corpora for the music task: `.mid`/`.midi` files found recursively (or named in a
+.txt list, or a Hugging Face dataset of MIDI bytes), parsed once with symusic into quantised
+notes by `datasets.map` in several processes, and cached. A file that cannot be read, or has
+no notes, is skipped and reported with its reason; it never stops the run.
+
+Training draws windows of the context length from `<bos> events <eos>` streams; with
+augmentation each draw first transposes the performance (up to +-3 semitones; notes pushed
+out of 0-127 are dropped) and stretches its time (x0.95-1.05), then encodes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from seqgen.data import IGNORE_INDEX
+from seqgen.errors import DataError
+from tasks.music.events import Notes, encode_notes, quantize
+
+MIDI_SUFFIXES = {".mid", ".midi"}
+ENCODING_VERSION = 1  # bump when the encoding changes: cached corpora are rebuilt
+
+
+def find_midi(source: str) -> list[Path]:
+    """MIDI files under a directory (recursive), a single file, or those listed in a .txt."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MIDI_SUFFIXES
+        )
+    elif path.is_file() and path.suffix.lower() in MIDI_SUFFIXES:
+        files = [path]
+    elif path.is_file() and path.suffix == ".txt":
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        files = [(path.parent / line).resolve() for line in lines]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{path}: {len(missing)} listed files do not exist, e.g. {missing[0]}")
+    else:
+        raise DataError(f"{path}: not a MIDI file, a directory of them, or a .txt list of them")
+    if not files:
+        raise DataError(f"{path}: no .mid or .midi files")
+    return files
+
+
+def _encode_batch(batch: dict[str, list]) -> dict[str, list]:
+    """datasets.map worker: MIDI paths (or bytes) -> quantised note arrays, or an error."""
+    import symusic
+
+    from tasks.music.midi import notes_from_symusic
+
+    out: dict[str, list] = {k: [] for k in ("pitch", "start", "end", "velocity", "error")}
+    sources = batch["path"] if "path" in batch else batch["midi"]
+    for source in sources:
+        notes, error = Notes.empty(), ""
+        try:
+            score = (
+                symusic.Score(source)
+                if isinstance(source, str)
+                else symusic.Score.from_midi(source)
+            )
+            notes = quantize(notes_from_symusic(score)).sorted()
+            if len(notes) == 0:
+                error = "no notes (empty, or drums only)"
+        except Exception as err:  # symusic raises several types for damaged files
+            detail = str(err).splitlines()[0][:200] if str(err) else ""
+            error = f"unreadable MIDI ({type(err).__name__}: {detail})"
+        for key in ("pitch", "start", "end", "velocity"):
+            out[key].append(getattr(notes, key).astype(np.int32))
+        out["error"].append(error)
+    return out
+
+
+def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
+                midi_column: str = "midi", split: str = "train"
+                ) -> tuple[list[Notes], dict[str, Any]]:  # fmt: skip
+    """The performances of `source` as quantised notes, and a report of what was skipped."""
+    import datasets
+
+    path = Path(source).expanduser()
+    if (
+        path.exists()
+        and not (path / "dataset_info.json").is_file()
+        and not (path / "dataset_dict.json").is_file()
+    ):
+        files = find_midi(source)
+        names = [str(f) for f in files]
+        key = [(n, os.path.getsize(n), os.stat(n).st_mtime_ns) for n in names]
+        table = datasets.Dataset.from_dict({"path": names})
+    else:
+        from seqgen.data import load_hf_dataset
+
+        table = load_hf_dataset(source, None, split)
+        if midi_column not in table.column_names:
+            columns = ", ".join(table.column_names)
+            raise DataError(f"{source}: no column {midi_column!r} of MIDI bytes (has: {columns})")
+        table = table.select_columns([midi_column]).rename_column(midi_column, "midi")
+        names = [f"{source} [{split}] row {i}" for i in range(len(table))]
+        key = [source, split, table._fingerprint]
+    digest = hashlib.sha256(json.dumps([ENCODING_VERSION, key]).encode()).hexdigest()[:24]
+    directory = Path(cache_dir or Path.home() / ".cache" / "seqgen" / "midi").expanduser()
+    cached = directory / digest
+    if (cached / "dataset_info.json").is_file():
+        encoded = datasets.load_from_disk(str(cached))
+    else:
+        procs = min(num_proc, max(1, len(table) // 8))  # a process pays off from ~8 files
+        encoded = table.map(_encode_batch, batched=True, batch_size=8,
+                            num_proc=procs if procs > 1 else None,
+                            remove_columns=table.column_names, desc="encoding MIDI")  # fmt: skip
+        tmp = directory / f"{digest}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        encoded.save_to_disk(str(tmp))
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+        encoded = datasets.load_from_disk(str(cached))
+    performances, skipped = [], []
+    for name, row in zip(names, encoded.with_format("numpy"), strict=True):
+        if row["error"]:
+            skipped.append({"file": name, "reason": str(row["error"])})
+            continue
+        performances.append(
+            Notes(*(np.asarray(row[k], np.int64) for k in ("pitch", "start", "end", "velocity")))
+        )
+    report = {"files": len(names), "encoded": len(performances), "skipped": skipped,
+              "notes": int(sum(len(p) for p in performances)),
+              "seconds": float(sum(p.end.max() for p in performances) / 100)}  # fmt: skip
+    return performances, report
+
+
+def augment(notes: Notes, semitones: int, stretch: float) -> Notes:
+    """Transpose (dropping notes pushed out of 0-127) and stretch time, in 10 ms steps."""
+    pitch = notes.pitch + semitones
+    keep = (pitch >= 0) & (pitch < 128)
+    start = np.floor(notes.start[keep] * stretch + 0.5).astype(np.int64)
+    end = np.maximum(np.floor(notes.end[keep] * stretch + 0.5).astype(np.int64), start + 1)
+    return Notes(pitch[keep], start, end, notes.velocity[keep])
+
+
+class PerformanceWindows(Dataset):
+    """Random windows of block_size + 1 ids from `<bos> events <eos>` of the performances,
+    a performance drawn in proportion to its length; augmented on every draw if asked."""
+
+    def __init__(self, performances: list[Notes], block_size: int, bos_id: int, eos_id: int,
+                 pad_id: int, augment: bool = True, transpose: int = 3,
+                 stretch: tuple[float, float] = (0.95, 1.05)) -> None:  # fmt: skip
+        if not performances:
+            raise DataError("no performances to train on")
+        self.performances, self.block_size = performances, block_size
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.augment, self.transpose, self.stretch = augment, transpose, stretch
+        self.lengths = np.array([len(encode_notes(p)) + 2 for p in performances])
+        self.weights = torch.tensor(self.lengths, dtype=torch.float64)
+
+    def __len__(self) -> int:
+        """Draws per epoch: about as many windows as fit in the corpus side by side."""
+        return max(1, int(self.lengths.sum()) // self.block_size)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        notes = self.performances[int(torch.multinomial(self.weights, 1))]
+        if self.augment:
+            semitones = int(torch.randint(-self.transpose, self.transpose + 1, ()))
+            low, high = self.stretch
+            notes = augment(notes, semitones, low + (high - low) * float(torch.rand(())))
+        ids = np.concatenate([[self.bos_id], encode_notes(notes), [self.eos_id]])
+        n = self.block_size + 1
+        offset = int(torch.randint(0, max(1, len(ids) - n + 1), ()))
+        window = torch.from_numpy(ids[offset : offset + n].astype(np.int64))
+        inputs = torch.full((self.block_size,), self.pad_id, dtype=torch.long)
+        targets = torch.full((self.block_size,), IGNORE_INDEX, dtype=torch.long)
+        inputs[: len(window) - 1], targets[: len(window) - 1] = window[:-1], window[1:]
+        return {"input_ids": inputs, "targets": targets}
+
+
+def event_stream(performances: list[Notes], bos_id: int, eos_id: int) -> np.ndarray:
+    """All performances as one id stream, each `<bos> events <eos>` (for validation)."""
+    parts = [np.concatenate([[bos_id], encode_notes(p), [eos_id]]) for p in performances]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)

@@ -1,0 +1,102 @@
+"""Music corpora: unreadable and empty files are reported, not fatal; encoding is cached;
+augmentation stays in its ranges; training windows have the context's shape."""
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+
+from seqgen.data import IGNORE_INDEX
+from seqgen.errors import DataError
+from tasks.music.data import PerformanceWindows, augment, event_stream, find_midi, load_corpus
+from tasks.music.events import Notes, decode_events, encode_notes
+
+
+def write_midi(path, pitches, seconds=0.25):
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(0)
+    for n, pitch in enumerate(pitches):
+        piano.notes.append(pretty_midi.Note(80, pitch, n * seconds, (n + 1) * seconds))
+    midi.instruments.append(piano)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.write(str(path))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "midi"
+    write_midi(root / "a.mid", [60, 62, 64, 65, 67] * 8)
+    write_midi(root / "sub" / "b.MIDI", [48, 50, 52] * 10)
+    write_midi(root / "empty.mid", [])
+    (root / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    (root / "notes.txt").write_text("not midi")
+    return root
+
+
+def test_unreadable_and_empty_files_are_skipped_with_reasons(corpus, tmp_path):
+    performances, report = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))
+    assert report["files"] == 4 and report["encoded"] == 2 and len(performances) == 2
+    reasons = {r["file"].rsplit("/", 1)[-1]: r["reason"] for r in report["skipped"]}
+    assert reasons["empty.mid"].startswith("no notes")
+    assert reasons["broken.mid"].startswith("unreadable MIDI")
+    assert report["notes"] == 40 + 30 and report["seconds"] == pytest.approx(10.0 + 7.5)
+    again, _ = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))  # from the cache
+    assert [p.pitch.tolist() for p in again] == [p.pitch.tolist() for p in performances]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_finding_files(corpus, tmp_path):
+    assert [p.name for p in find_midi(str(corpus))] == [
+        "a.mid",
+        "broken.mid",
+        "empty.mid",
+        "b.MIDI",
+    ]
+    listing = corpus / "list.txt"
+    listing.write_text("a.mid\nsub/b.MIDI\n")
+    assert [p.name for p in find_midi(str(listing))] == ["a.mid", "b.MIDI"]
+    listing.write_text("a.mid\nmissing.mid\n")
+    with pytest.raises(DataError, match="1 listed files do not exist"):
+        find_midi(str(listing))
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match="no .mid or .midi files"):
+        find_midi(str(tmp_path / "nothing"))
+
+
+def test_augmentation_ranges():
+    notes = Notes(np.array([0, 2, 60, 126, 127]), np.array([0, 10, 20, 30, 40]),
+                  np.array([10, 20, 30, 40, 41]), np.array([80] * 5))  # fmt: skip
+    up = augment(notes, 3, 1.0)
+    assert up.pitch.tolist() == [3, 5, 63]  # 126 and 127 leave the range and are dropped
+    down = augment(notes, -3, 1.0)
+    assert down.pitch.tolist() == [57, 123, 124]
+    for stretch in (0.95, 1.05):
+        stretched = augment(notes, 0, stretch)
+        assert (np.abs(stretched.start - notes.start * stretch) <= 0.5 + 1e-9).all()
+        assert (stretched.end > stretched.start).all()  # a note never vanishes
+    assert augment(notes, 0, 1.05).start[-1] == 42
+
+
+def test_windows_are_augmented_draws_of_the_context_length():
+    torch.manual_seed(0)
+    notes = Notes(np.arange(40, 80), np.arange(0, 400, 10), np.arange(5, 405, 10),
+                  np.full(40, 90))  # fmt: skip
+    windows = PerformanceWindows([notes], block_size=32, bos_id=389, eos_id=390, pad_id=388)
+    plain = encode_notes(notes)
+    assert len(windows) == (len(plain) + 2) // 32
+    seen_pitches = set()
+    for i in range(40):
+        item = windows[i]
+        assert item["input_ids"].shape == item["targets"].shape == (32,)
+        assert torch.equal(item["input_ids"][1:], item["targets"][:-1])
+        decoded = decode_events(item["input_ids"].numpy())
+        seen_pitches.update(decoded.pitch.tolist())
+    assert min(seen_pitches) < 40 or max(seen_pitches) > 79  # transposed at least once
+    assert min(seen_pitches) >= 37 and max(seen_pitches) <= 82
+    short = PerformanceWindows([notes], block_size=512, bos_id=389, eos_id=390, pad_id=388,
+                               augment=False)[0]  # fmt: skip
+    n = len(plain) + 1  # bos + events + eos, minus one for the shift
+    assert short["input_ids"][0] == 389 and short["targets"][n - 1] == 390
+    assert (short["targets"][n:] == IGNORE_INDEX).all() and (short["input_ids"][n:] == 388).all()
+    stream = event_stream([notes, notes], 389, 390)
+    assert len(stream) == 2 * (len(plain) + 2) and stream[0] == 389 and stream[-1] == 390
