@@ -74,7 +74,8 @@ def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str]
     def progress(n: int) -> None:
         nonlocal done
         done += n
-        print(f"\rsummarized {done}/{len(examples)}", end="", file=sys.stderr)
+        if sys.stderr.isatty() or done == len(examples):
+            print(f"\rsummarized {done}/{len(examples)}", end="", file=sys.stderr)
 
     outputs = generator.generate_many(
         [{"document": e["document"], "title": e["title"]} for e in examples],

@@ -1,0 +1,119 @@
+"""WikiSum-style summarization on WikiText-2 articles: pretrain a language model on the
+training articles' text, fine-tune it to write the lead from the body, and score ROUGE on
+valid; then the same fine-tuning budget from scratch, and the first-100-words baseline.
+
+    python benchmarks/summarization_wikisum.py --data ../shared/data/wikisum_wt2 \
+        --budget-seconds 3600 --report runs/bench/sum.json --out runs/bench/sum
+
+The budget is training time in all for the pretrained run (pretraining + fine-tuning); the
+scratch run fine-tunes for the same time as the pretrained run does. Tokenizer training,
+encoding and evaluation run outside it. Extra arguments after `--` override the
+fine-tuning recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from common import write_report
+
+from seqgen.cli import main as seqgen
+from tasks.summarization_eval import main as evaluate
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "summarization"
+BASELINE_WORDS = 100
+REPORTED = ("rouge1", "rouge2", "rougeLsum")
+
+
+def run(argv: list[str], report: Path) -> dict:
+    if seqgen([*argv, "--report", str(report)]) != 0:
+        raise SystemExit(f"seqgen {argv[0]} failed")
+    return json.loads(report.read_text())
+
+
+def article_text(data: Path, work: Path) -> Path:
+    """The training articles as plain text (lead, then body), one document per article."""
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines() if line]
+    path = work / "articles.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{r['title']}\n{r['lead']}\n{r['body']}"}) + "\n"
+                            for r in rows))  # fmt: skip
+    return path
+
+
+def f1(scores: dict) -> dict:
+    return {t: {k: scores[t]["fmeasure"][k] for k in ("mid", "low", "high")} for t in REPORTED}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="folder with train.jsonl and valid.jsonl")
+    parser.add_argument("--budget-seconds", type=float, default=3600.0)
+    parser.add_argument("--pretrain-fraction", type=float, default=0.5,
+                        help="share of the budget spent pretraining")  # fmt: skip
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--pretrain-config", default=str(RECIPES / "wikitext_pretrain.yaml"))
+    parser.add_argument("--config", default=str(RECIPES / "wikisum.yaml"))
+    parser.add_argument("--report", help="write the results as JSON here")
+    parser.add_argument("--out", help="keep the runs here (the pretrained model in OUT/final)")
+    parser.add_argument("overrides", nargs="*", help="fine-tuning recipe overrides, after --")
+    args = parser.parse_args()
+    data = Path(args.data)
+    for name in ("train.jsonl", "valid.jsonl"):
+        if not (data / name).is_file():
+            parser.error(f"{data / name}: no such file")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        pre = run(["pretrain", "--config", args.pretrain_config,
+                   "--data.source", str(article_text(data, work)), "--data.val_fraction", "0.05",
+                   "--train.max_steps=-1",
+                   f"--train.max_time={args.budget_seconds * args.pretrain_fraction}",
+                   "--train.progress_bar=false", "--out_dir", str(work / "pretrain")],
+                  work / "pretrain.json")  # fmt: skip
+        finetune_seconds = args.budget_seconds - pre["train_seconds"]
+        common = ["finetune", "--config", args.config, "--data.train", str(data / "train.jsonl"),
+                  "--data.val", str(data / "valid.jsonl"), "--train.max_steps=-1",
+                  f"--train.max_time={finetune_seconds}", "--train.progress_bar=false"]  # fmt: skip
+        runs = {
+            "pretrained": run([*common, "--from", pre["checkpoint"], "--out_dir",
+                               str(work / "pretrained"), *args.overrides],
+                              work / "pretrained.json"),
+            "scratch": run([*common, "--from", "none", "--out_dir", str(work / "scratch"),
+                            *args.overrides], work / "scratch.json"),
+        }  # fmt: skip
+        (work / "pretrained" / "final").rename(work / "final")
+        scores = {}
+        for name, ckpt in (("pretrained", work / "final"), ("scratch", work / "scratch")):
+            scores[name] = evaluate([
+                "--ckpt", str(ckpt), "--data", str(data / "valid.jsonl"),
+                "--beams", str(args.beams), "--baseline-words", str(BASELINE_WORDS),
+                "--output", str(work / f"{name}.pred.jsonl"),
+                "--report", str(work / f"{name}.rouge.json"),
+            ])  # fmt: skip
+    report = {
+        "pretrained": f1(scores["pretrained"]["system"]["scores"]),
+        "scratch": f1(scores["scratch"]["system"]["scores"]),
+        "baseline": f1(scores["pretrained"]["baseline"]["scores"]),
+        "baseline_words": BASELINE_WORDS,
+        "pretrain_seconds": pre["train_seconds"],
+        "finetune_seconds": {name: r["train_seconds"] for name, r in runs.items()},
+        "summary_words": {n: s["system"]["lengths"]["mean_words"] for n, s in scores.items()},
+        "pretrain": pre, "finetune": runs, "wall_seconds": time.perf_counter() - started,
+        "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,
+    }  # fmt: skip
+    print(f"\nWikiSum (WikiText-2) valid, {len(scores)} systems + baseline, F1 % [95% CI]")
+    print("| system | " + " | ".join(REPORTED) + " |\n|---|---|---|---|")
+    for name in ("pretrained", "scratch", "baseline"):
+        cells = [f"{v['mid']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for v in report[name].values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    write_report(args.report, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
