@@ -72,6 +72,10 @@ class Task(Protocol):
         """The output object (text, MIDI) of generated ids."""
         ...
 
+    def evaluate(self, argv: list[str]) -> dict[str, Any]:
+        """`seqgen evaluate --task NAME ...`: parse the arguments, score, print, return a report."""
+        ...
+
 
 def available_tasks() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}

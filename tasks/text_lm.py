@@ -34,3 +34,8 @@ class TextLMTask:
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids)
+
+    def evaluate(self, argv: list[str]) -> dict[str, Any]:
+        from tasks.text_eval import main
+
+        return main(argv)

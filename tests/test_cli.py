@@ -274,3 +274,19 @@ def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):
     values = json.loads(report.read_text())
     assert values["steps"] == 4 and values["train_tokens"] == 2 * 4 * 8 * 32  # both ranks
     assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
+
+
+def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_text, tmp_path):
+    from seqgen.data import split_tail
+
+    out = tmp_path / "run"
+    trained = pretrain(corpus_file, out, "--train.max_steps", "10")
+    _, val_docs = split_tail([corpus_text], 0.1)  # the pretraining's validation text
+    held_out = tmp_path / "val.txt"
+    held_out.write_text("".join(val_docs))
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--ckpt", str(out), "--data", str(held_out), "--report",
+                 str(report)]) == 0  # fmt: skip
+    scores = json.loads(report.read_text())
+    assert scores["bits_per_byte"] == pytest.approx(trained["val_bpb"], rel=1e-4)
+    assert scores["nll_per_token"] == pytest.approx(trained["val_loss"], rel=1e-4)
