@@ -95,12 +95,7 @@ class SentencePieceTokenizer:
 
     def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
         """Append special tokens not present yet; returns the ids of all `tokens`."""
-        for token in tokens:
-            if not token:
-                raise ConfigError("a special token must be a non-empty string")
-            if token not in self.special_tokens:
-                self.special_tokens.append(token)
-                self._piece_bytes.append(b"")
+        self._piece_bytes += [b""] * len(append_new(self.special_tokens, tokens))
         return [self.special_id(t) for t in tokens]
 
     def special_id(self, token: str) -> int:
@@ -217,6 +212,18 @@ class _CountingLines:
                 if line.strip():
                     self.lines += 1
                     yield line
+
+
+def append_new(special_tokens: list[str], tokens: Sequence[str]) -> list[str]:
+    """Append the tokens not in `special_tokens` yet, in order; returns those appended."""
+    added = []
+    for token in tokens:
+        if not token:
+            raise ConfigError("a special token must be a non-empty string")
+        if token not in special_tokens:
+            special_tokens.append(token)
+            added.append(token)
+    return added
 
 
 TOKENIZER_KINDS: dict[str, type] = {SentencePieceTokenizer.kind: SentencePieceTokenizer}

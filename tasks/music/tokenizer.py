@@ -7,8 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from seqgen.errors import CheckpointError, ConfigError
-from seqgen.tokenizer import META_FILE, register_tokenizer
+from seqgen.errors import CheckpointError
+from seqgen.tokenizer import META_FILE, append_new, register_tokenizer
 from tasks.music.events import NOTE_OFF, NOTE_ON, NUM_EVENTS, TIME_SHIFT, VELOCITY
 
 BUILTIN_SPECIALS = ("<pad>", "<s>", "</s>")
@@ -40,11 +40,7 @@ class PerformanceTokenizer:
         return NUM_EVENTS + len(self.special_tokens)
 
     def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
-        for token in tokens:
-            if not token:
-                raise ConfigError("a special token must be a non-empty string")
-            if token not in self.special_tokens:
-                self.special_tokens.append(token)
+        append_new(self.special_tokens, tokens)
         return [self.special_id(t) for t in tokens]
 
     def special_id(self, token: str) -> int:
