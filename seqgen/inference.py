@@ -73,7 +73,8 @@ class Generator:
         """
         ids = [self.prompt_ids(p) for p in prompts]
         budget = options.pop("max_new_tokens", 100)
-        limit = budget if callable(budget) else (lambda _: budget)
+        wanted = budget if callable(budget) else (lambda _: budget)
+        limit = lambda prompt: min(wanted(prompt), self._room(prompt))  # noqa: E731
         options = self._options((), options)
         size = 1 if options.get("num_beams", 1) > 1 else batch_size
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -96,16 +97,22 @@ class Generator:
 
     def _options(self, stop: Sequence[str], options: dict, ids: list[int] | None = None) -> dict:
         options = {"eos_id": self.tokenizer.eos_id, **options}
-        if ids is not None and not self.task.continues_prompt:
-            # an answer (a translation, a summary) must see its whole prompt: no sliding window
-            room = max(1, self.model.config.block_size - len(ids))
-            options["max_new_tokens"] = min(options.get("max_new_tokens", 100), room)
+        if ids is not None:
+            options["max_new_tokens"] = min(options.get("max_new_tokens", 100), self._room(ids))
         if stop:
             if any(not s for s in stop):
                 raise ValueError("stop strings must not be empty")
             options["stop_fn"] = lambda ids: any(s in self.task.decode(ids, self.tokenizer)
                                                  for s in stop)  # fmt: skip
         return options
+
+    def _room(self, ids: list[int]) -> float:
+        """Most new tokens for a prompt: unbounded where outputs continue it (a sliding window
+        goes past the context); an answer (a translation, a summary) must see its whole
+        prompt, so it stops at the end of the context."""
+        if self.task.continues_prompt:
+            return float("inf")
+        return max(1, self.model.config.block_size - len(ids))
 
     def _decode(self, ids: list[int], stop: Sequence[str]) -> Any:
         output = self.task.decode(ids, self.tokenizer)

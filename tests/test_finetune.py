@@ -110,6 +110,15 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
     assert main(rescored) == 0
     assert json.loads(scores.read_text())["bleu"] == pytest.approx(result["bleu"])
 
+    # an answer never runs past the context (that would slide its source out of view)
+    generator = load(run_dir)
+    lengths = []
+    generator.task.decode = lambda ids, tokenizer: lengths.append(len(ids)) or ""
+    sources = (parallel / "val.en").read_text().splitlines()
+    generator.generate_many(sources, max_new_tokens=1000, temperature=0.0, eos_id=())
+    block = generator.model.config.block_size
+    assert sorted(lengths) == sorted(block - len(generator.prompt_ids(s)) for s in sources)
+
     translate = ["generate", "--task", "translation", "--ckpt", str(run_dir), "--prompt",
                  "The king rides.", "--temperature", "0", "--max-new-tokens", "8"]  # fmt: skip
     assert main(translate) == 0
