@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +35,21 @@ def write_json(path: str | Path | None, data: Any) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+class Progress:
+    """An `on_done(n)` callback for `Generator.generate_many`: a running count with the rate
+    on a terminal, the final count only in a log."""
+
+    def __init__(self, verb: str, total: int) -> None:
+        self.verb, self.total, self.done = verb, total, 0
+        self.started = time.perf_counter()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if sys.stderr.isatty() or self.done == self.total:
+            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+            print(f"\r{self.verb} {self.done}/{self.total} ({rate:.1f}/s)", end="",
+                  file=sys.stderr)  # fmt: skip
+            if self.done == self.total:
+                print(file=sys.stderr)

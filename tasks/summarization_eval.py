@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from seqgen.data import read_jsonl
 from seqgen.errors import DataError
-from seqgen.evaluation import evaluation_parser, write_json
+from seqgen.evaluation import Progress, evaluation_parser, write_json
 from tasks.rouge import bootstrap, lead_words, length_stats, markdown_table, score_documents
 from tasks.summarization import SummarizationData, read_examples
 
@@ -69,22 +68,15 @@ def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str]
 
     generator = load(args.ckpt, task="summarization", precision=args.precision)
     limit = args.max_new_tokens or generator.task.settings.max_summary_tokens
-    done, started = 0, time.perf_counter()
-
-    def progress(n: int) -> None:
-        nonlocal done
-        done += n
-        if sys.stderr.isatty() or done == len(examples):
-            print(f"\rsummarized {done}/{len(examples)}", end="", file=sys.stderr)
-
+    started = time.perf_counter()
     outputs = generator.generate_many(
         [{"document": e["document"], "title": e["title"]} for e in examples],
-        batch_size=8, on_done=progress, max_new_tokens=limit, min_new_tokens=args.min_new_tokens,
+        batch_size=8, on_done=Progress("summarized", len(examples)), max_new_tokens=limit,
+        min_new_tokens=args.min_new_tokens,
         num_beams=args.beams, length_penalty=args.length_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed,
     )  # fmt: skip
-    print(file=sys.stderr)
     return outputs, time.perf_counter() - started
 
 

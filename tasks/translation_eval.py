@@ -5,7 +5,6 @@ each with its signature. `--hypotheses FILE` scores any system's output without 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 
 from seqgen.errors import DataError
-from seqgen.evaluation import evaluation_parser, write_json
+from seqgen.evaluation import Progress, evaluation_parser, write_json
 from tasks.translation import read_lines
 
 
@@ -41,25 +40,13 @@ def translate(ckpt: str, sources: list[str], args: argparse.Namespace) -> list[s
     from seqgen.inference import load
 
     generator = load(ckpt, task="translation", precision=args.precision)
-    block = generator.model.config.block_size
 
-    def budget(prompt_ids: list[int]) -> int:
-        wanted = args.max_new_tokens or 2 * len(prompt_ids) + 10
-        return max(1, min(wanted, block - len(prompt_ids)))
-
-    done, started = 0, time.perf_counter()
-
-    def progress(n: int) -> None:
-        nonlocal done
-        done += n
-        if sys.stderr.isatty() or done == len(sources):
-            rate = done / (time.perf_counter() - started)
-            print(f"\rtranslated {done}/{len(sources)} ({rate:.1f}/s)", end="", file=sys.stderr)
-            if done == len(sources):
-                print(file=sys.stderr)
+    def budget(prompt_ids: list[int]) -> int:  # the generator caps it at the context's end
+        return args.max_new_tokens or 2 * len(prompt_ids) + 10
 
     return generator.generate_many(
-        sources, batch_size=args.batch_size, on_done=progress, max_new_tokens=budget,
+        sources, batch_size=args.batch_size, on_done=Progress("translated", len(sources)),
+        max_new_tokens=budget,
         num_beams=args.beams, length_penalty=args.length_penalty, temperature=0.0,
     )  # fmt: skip
 
