@@ -86,7 +86,7 @@ def _task_of(argv: Sequence[str]) -> str | None:
     for i, arg in enumerate(argv[:-1]):
         if arg == "--config":
             try:
-                values = yaml.safe_load(open(argv[i + 1]))  # noqa: SIM115
+                values = yaml.safe_load(Path(argv[i + 1]).read_text())
             except (OSError, yaml.YAMLError) as err:
                 raise SeqgenError(f"{argv[i + 1]}: cannot read the config ({err})") from None
             if isinstance(values, dict) and values.get("task"):

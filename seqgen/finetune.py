@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig, TrainConfig
-from seqgen.errors import CheckpointError, ConfigError, DataError
+from seqgen.errors import CheckpointError, ConfigError
 from seqgen.examples import Example, ExampleDataModule
 from seqgen.model import GPT
 from seqgen.module import LMModule
@@ -100,11 +100,11 @@ def run(cfg: FinetuneConfig, data: Any, report_path: str | None = None) -> dict[
                  vocab_before, tokenizer.vocab_size - 1)  # fmt: skip
     if cfg.dropout is not None:
         model.set_dropout(cfg.dropout)
+    # encode as inference will prompt: with the settings stored in the checkpoint
+    task.configure(task.options(data), model.config.block_size)
     max_len = model.config.block_size + 1  # inputs and targets are the sequence shifted by one
     train = encode_all(task, train_raw, tokenizer, max_len, "train")
     val = encode_all(task, val_raw, tokenizer, max_len, "val")
-    if not train or not val:
-        raise DataError(f"no {'training' if not train else 'validation'} examples")
     lm_weight = task.lm_weight if cfg.lm_weight is None else cfg.lm_weight
     module = LMModule(
         model.config,

@@ -61,7 +61,8 @@ class Task(Protocol):
         ...
 
     def configure(self, options: dict[str, Any], block_size: int) -> None:
-        """Restore a checkpoint's settings (and its model's context) before prompting."""
+        """Apply the settings of `options` and the model's context: before encoding training
+        examples, and before prompting from a checkpoint."""
         ...
 
     def prompt(self, source: Any, tokenizer: Tokenizer) -> list[int]:

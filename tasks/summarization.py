@@ -79,7 +79,6 @@ class SummarizationTask:
         return {key: getattr(data, key) for key in keys}
 
     def load(self, data: SummarizationData, split: str) -> list[dict[str, str]]:
-        self.settings = data
         source = data.train if split == "train" else data.val
         if source is None and split == "val" and data.train and not Path(data.train).is_file():
             source = data.train  # a dataset's validation split
