@@ -61,7 +61,7 @@ class DataConfig:
 def read_documents(source: str, config: DataConfig, split: str) -> tuple[list[str], str]:
     """The documents of `source` and a fingerprint that changes when they change."""
     path = Path(source).expanduser()
-    if path.is_dir() and _is_saved_dataset(path):
+    if path.is_dir() and is_saved_dataset(path):
         return _read_hf(str(path), config, split)
     if path.is_dir():
         suffixes = TEXT_SUFFIXES | JSONL_SUFFIXES
@@ -121,7 +121,8 @@ def _read_jsonl(path: Path, field: str) -> list[str]:
     return docs
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: Path) -> bool:
+    """Whether `path` is a folder written by `datasets` save_to_disk."""
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 

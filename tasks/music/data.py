@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from seqgen.data import IGNORE_INDEX
+from seqgen.data import IGNORE_INDEX, is_saved_dataset
 from seqgen.errors import DataError
 from tasks.music.events import Notes, encode_notes, quantize
 
@@ -86,11 +86,7 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
     import datasets
 
     path = Path(source).expanduser()
-    if (
-        path.exists()
-        and not (path / "dataset_info.json").is_file()
-        and not (path / "dataset_dict.json").is_file()
-    ):
+    if path.exists() and not is_saved_dataset(path):
         files = find_midi(source)
         names = [str(f) for f in files]
         key = [(n, os.path.getsize(n), os.stat(n).st_mtime_ns) for n in names]
@@ -108,7 +104,7 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
     digest = hashlib.sha256(json.dumps([ENCODING_VERSION, key]).encode()).hexdigest()[:24]
     directory = Path(cache_dir or Path.home() / ".cache" / "seqgen" / "midi").expanduser()
     cached = directory / digest
-    if (cached / "dataset_info.json").is_file():
+    if is_saved_dataset(cached):
         encoded = datasets.load_from_disk(str(cached))
     else:
         procs = min(num_proc, max(1, len(table) // 8))  # a process pays off from ~8 files
