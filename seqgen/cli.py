@@ -50,8 +50,17 @@ def _parse(parser, argv: Sequence[str], config_class: type):
 
 
 def cmd_pretrain(argv: Sequence[str]) -> int:
-    from seqgen.pretrain import PretrainConfig, run
+    from seqgen.pretrain import TASK, PretrainConfig, run
 
+    task = _task_of(argv)
+    if task is not None and task != TASK:
+        # a task's own corpus (e.g. MIDI files): training from scratch is fine-tuning from
+        # nothing, with the task's data options
+        if any(a in ("--from", "--init_from") or a.startswith(("--from=", "--init_from="))
+               for a in argv):  # fmt: skip
+            raise SeqgenError("seqgen pretrain trains from scratch; to start from a checkpoint "
+                              "use seqgen finetune --from CKPT")  # fmt: skip
+        return cmd_finetune([*argv, "--init_from=none"], command="pretrain")
     parser = _config_parser("seqgen pretrain", PretrainConfig.__doc__, PretrainConfig)
     parser.add_argument(
         "--report",
@@ -129,7 +138,7 @@ def parse_finetune(argv: Sequence[str]):
     return namespace, cfg, parser.instantiate(namespace)["data"]
 
 
-def cmd_finetune(argv: Sequence[str]) -> int:
+def cmd_finetune(argv: Sequence[str], command: str = "finetune") -> int:
     from seqgen.finetune import run
 
     parsed = parse_finetune(argv)
@@ -137,7 +146,7 @@ def cmd_finetune(argv: Sequence[str]) -> int:
         return 0
     namespace, cfg, data = parsed
     report = run(cfg, data, namespace.report)
-    _print_table("finetune", report)
+    _print_table(command, report)
     return 0
 
 
@@ -192,7 +201,16 @@ def cmd_tokenizer(argv: Sequence[str]) -> int:
 
 def cmd_generate(argv: Sequence[str]) -> int:
     from seqgen.inference import load
+    from seqgen.tasks import get_task
 
+    ckpt = _option_value(argv, "--ckpt")
+    name = _option_value(argv, "--task")
+    if name is None and ckpt is not None:
+        from seqgen import checkpoint
+
+        name = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
+    if name is not None and hasattr(get_task(name), "generate_cli"):
+        return get_task(name).generate_cli(list(argv))  # its own inputs and outputs (MIDI)
     parser = argparse.ArgumentParser(
         prog="seqgen generate", description="Sample from a checkpoint."
     )
@@ -313,7 +331,7 @@ def _print_table(title: str, values: dict) -> None:
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "pretrain": (cmd_pretrain, "train a language model on a text corpus"),
+    "pretrain": (cmd_pretrain, "train from scratch: a text LM, or a task's corpus (--task music)"),
     "finetune": (cmd_finetune, "fine-tune a checkpoint on a task, or train one from scratch"),
     "evaluate": (cmd_evaluate, "score a checkpoint or a system's outputs on a task"),
     "generate": (cmd_generate, "sample from a checkpoint"),

@@ -287,28 +287,18 @@ class SequentialWindows(Dataset):
         return {"input_ids": inputs, "targets": targets}
 
 
-class TextDataModule(pl.LightningDataModule):
-    """Packed token streams for language modelling; see `prepare_text_corpus`."""
+class WindowDataModule(pl.LightningDataModule):
+    """Training windows drawn at random start offsets, and fixed validation windows.
 
-    def __init__(
-        self,
-        train_ids: np.ndarray,
-        val_ids: np.ndarray,
-        block_size: int,
-        batch_size: int,
-        pad_id: int,
-        num_workers: int = 0,
-    ) -> None:
+    `train_set[i]` is the window starting at offset i (it has `block_size`, and one item per
+    offset); an epoch draws as many windows as fit in the stream side by side. Lightning
+    shards the draws across distributed ranks.
+    """
+
+    def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int,
+                 num_workers: int = 0) -> None:  # fmt: skip
         super().__init__()
-        if len(train_ids) < block_size + 1:
-            raise DataError(
-                f"the training corpus has {len(train_ids)} tokens, fewer than one block "
-                f"({block_size} + 1); add text or lower model.block_size"
-            )
-        if len(val_ids) < 2:
-            raise DataError(f"the validation text has {len(val_ids)} tokens; it needs at least 2")
-        self.train_set = RandomWindows(train_ids, block_size)
-        self.val_set = SequentialWindows(val_ids, block_size, pad_id)
+        self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def train_dataloader(self) -> DataLoader:
@@ -328,3 +318,27 @@ class TextDataModule(pl.LightningDataModule):
         return DataLoader(
             self.val_set, self.batch_size, shuffle=False, num_workers=self.num_workers
         )
+
+
+class TextDataModule(WindowDataModule):
+    """Packed token streams for language modelling; see `prepare_text_corpus`."""
+
+    def __init__(
+        self,
+        train_ids: np.ndarray,
+        val_ids: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        pad_id: int,
+        num_workers: int = 0,
+    ) -> None:
+        if len(train_ids) < block_size + 1:
+            raise DataError(
+                f"the training corpus has {len(train_ids)} tokens, fewer than one block "
+                f"({block_size} + 1); add text or lower model.block_size"
+            )
+        if len(val_ids) < 2:
+            raise DataError(f"the validation text has {len(val_ids)} tokens; it needs at least 2")
+        train_set = RandomWindows(train_ids, block_size)
+        val_set = SequentialWindows(val_ids, block_size, pad_id)
+        super().__init__(train_set, val_set, batch_size, num_workers)

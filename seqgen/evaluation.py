@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 
 def evaluation_parser(task: str, description: str, outputs: str, outputs_help: str
                       ) -> argparse.ArgumentParser:  # fmt: skip
@@ -53,3 +56,23 @@ class Progress:
                   file=sys.stderr)  # fmt: skip
             if self.done == self.total:
                 print(file=sys.stderr)
+
+
+def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8
+               ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Every token of a stream after the first scored once, in non-overlapping windows of the
+    model's context (as training validates): (targets, their NLL in nats), both (N,)."""
+    from seqgen.data import IGNORE_INDEX, SequentialWindows
+    from seqgen.module import masked_nll
+
+    windows = SequentialWindows(ids, model.config.block_size, pad_id)
+    targets, nll = [], []
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            batch = [windows[i] for i in range(start, min(start + batch_size, len(windows)))]
+            inputs = torch.stack([b["input_ids"] for b in batch])
+            wanted = torch.stack([b["targets"] for b in batch])
+            scored = wanted != IGNORE_INDEX
+            targets.append(wanted[scored])
+            nll.append(masked_nll(model(inputs), wanted)[scored].double())
+    return torch.cat(targets), torch.cat(nll)

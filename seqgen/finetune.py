@@ -102,9 +102,8 @@ def run(cfg: FinetuneConfig, data: Any, report_path: str | None = None) -> dict[
         model.set_dropout(cfg.dropout)
     # encode as inference will prompt: with the settings stored in the checkpoint
     task.configure(task.options(data), model.config.block_size)
-    max_len = model.config.block_size + 1  # inputs and targets are the sequence shifted by one
-    train = encode_all(task, train_raw, tokenizer, max_len, "train")
-    val = encode_all(task, val_raw, tokenizer, max_len, "val")
+    data_module, sizes = training_data(task, train_raw, val_raw, tokenizer, model.config.block_size,
+                                       cfg)  # fmt: skip
     lm_weight = task.lm_weight if cfg.lm_weight is None else cfg.lm_weight
     module = LMModule(
         model.config,
@@ -118,23 +117,43 @@ def run(cfg: FinetuneConfig, data: Any, report_path: str | None = None) -> dict[
         },
         model=model,
     )
-    datamodule = ExampleDataModule(train, val, cfg.train.batch_size, tokenizer.pad_id, cfg.seed,
-                                   rank_aware=True)  # fmt: skip
-    trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=False)
-    report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
-    examples_seen = (trainer.global_step * cfg.train.batch_size
-                     * cfg.train.accumulate_grad_batches * trainer.world_size)  # fmt: skip
+    rank_aware = isinstance(data_module, ExampleDataModule)  # it shards batches itself
+    trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=not rank_aware)
+    report = fit_and_validate(trainer, module, data_module, out_dir, resume_from)
+    draws = (trainer.global_step * cfg.train.batch_size
+             * cfg.train.accumulate_grad_batches * trainer.world_size)  # fmt: skip
     report.update(
-        epochs=examples_seen / len(train),
+        epochs=draws / sizes.pop("epoch_size"),
         wall_seconds=time.perf_counter() - started,
         vocab_size=tokenizer.vocab_size,
-        train_examples=len(train),
-        val_examples=len(val),
-        train_truncated=sum(1 for e in train if e.truncated),
-        val_truncated=sum(1 for e in val if e.truncated),
-        train_truncated_tokens=sum(e.truncated for e in train),
+        **sizes,
         init_from=started_from,
         data_stats=dict(task.stats),
     )
     write_report(report_path, report, trainer)
     return report
+
+
+def training_data(
+    task: Task, train_raw: list, val_raw: list, tokenizer, block_size: int, cfg: FinetuneConfig
+) -> tuple[pl.LightningDataModule, dict[str, int]]:
+    """The task's own windows (its `datamodule` hook), or its encoded examples; with the
+    sizes for the report (`epoch_size`: training draws per epoch)."""
+    if hasattr(task, "datamodule"):
+        module = task.datamodule(train_raw, val_raw, tokenizer, block_size, cfg.train.batch_size)
+        epoch_size = max(1, len(module.train_set) // block_size)
+        return module, {"epoch_size": epoch_size, "train_examples": len(train_raw),
+                        "val_examples": len(val_raw)}  # fmt: skip
+    max_len = block_size + 1  # inputs and targets are the sequence shifted by one
+    train = encode_all(task, train_raw, tokenizer, max_len, "train")
+    val = encode_all(task, val_raw, tokenizer, max_len, "val")
+    module = ExampleDataModule(train, val, cfg.train.batch_size, tokenizer.pad_id, cfg.seed,
+                               rank_aware=True)  # fmt: skip
+    return module, {
+        "epoch_size": len(train),
+        "train_examples": len(train),
+        "val_examples": len(val),
+        "train_truncated": sum(1 for e in train if e.truncated),
+        "val_truncated": sum(1 for e in val if e.truncated),
+        "train_truncated_tokens": sum(e.truncated for e in train),
+    }

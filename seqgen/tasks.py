@@ -24,6 +24,13 @@ class Task(Protocol):
     `build_tokenizer` and `encode`; generation uses `configure`, `prompt` and `decode`. The
     options a task needs at inference (e.g. the target language) travel in the checkpoint as
     `options(data)`.
+
+    Two optional hooks (a task without them gets the shared behaviour):
+        `datamodule(train, val, tokenizer, block_size, batch_size)` returns a
+            `seqgen.data.WindowDataModule` of windows the task draws itself (music: augmented
+            draws from whole performances) instead of training on `encode`d examples.
+        `generate_cli(argv)` runs `seqgen generate` for checkpoints of the task, when its
+            inputs and outputs are not text (music reads and writes MIDI files).
     """
 
     name: str

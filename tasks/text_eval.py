@@ -10,16 +10,9 @@ from typing import Any
 
 import torch
 
-from seqgen.data import (
-    IGNORE_INDEX,
-    DataConfig,
-    SequentialWindows,
-    read_documents,
-    tokenize_documents,
-)
+from seqgen.data import DataConfig, read_documents, tokenize_documents
 from seqgen.errors import DataError
-from seqgen.evaluation import write_json
-from seqgen.module import masked_nll
+from seqgen.evaluation import stream_nll, write_json
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -45,20 +38,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     ids = tokenize_documents(docs, tokenizer)
     if len(ids) < 2:
         raise DataError(f"{args.data}: fewer than 2 tokens to score")
-    windows = SequentialWindows(ids, model.config.block_size, tokenizer.pad_id)
-    token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64)
-    nats = tokens = num_bytes = 0.0
     started = time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, len(windows), args.batch_size):
-            batch = [windows[i] for i in range(start, min(start + args.batch_size, len(windows)))]
-            inputs = torch.stack([b["input_ids"] for b in batch])
-            targets = torch.stack([b["targets"] for b in batch])
-            nll = masked_nll(model(inputs), targets)
-            scored = targets != IGNORE_INDEX
-            nats += nll[scored].double().sum().item()
-            tokens += scored.sum().item()
-            num_bytes += token_bytes[targets[scored]].sum().item()
+    targets, nll = stream_nll(model, ids, tokenizer.pad_id, args.batch_size)
+    token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64)
+    nats, tokens = nll.sum().item(), len(targets)
+    num_bytes = token_bytes[targets].sum().item()
     report = {
         "nll_per_token": nats / tokens,
         "perplexity": math.exp(nats / tokens),
