@@ -1,5 +1,7 @@
 """Helpers shared by the tests (pytest puts this folder on sys.path)."""
 
+import pretty_midi
+
 
 def flags(values: dict) -> list[str]:
     """{"model.n_layer": 1} -> ["--model.n_layer", "1"]"""
@@ -43,3 +45,18 @@ def write_parallel(directory, name: str, pairs, src: str = "en", tgt: str = "de"
     (directory / f"{name}.{src}").write_text("".join(s + "\n" for s, _ in pairs))
     (directory / f"{name}.{tgt}").write_text("".join(t + "\n" for _, t in pairs))
     return directory / name
+
+
+def write_song(path, shift: int, notes: int = 48) -> None:
+    """Arpeggios with a held bass note, velocities changing: a small but musical file."""
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(0)
+    for n in range(notes):
+        start = n * 0.25
+        pitch = [60, 64, 67, 72][n % 4] + shift
+        piano.notes.append(pretty_midi.Note(60 + 20 * (n % 3), pitch, start, start + 0.2))
+        if n % 8 == 0:
+            piano.notes.append(pretty_midi.Note(70, 36 + shift, start, start + 1.9))
+    midi.instruments.append(piano)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.write(str(path))

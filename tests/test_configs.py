@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_MODEL, flags, make_pairs, write_parallel
+from helpers import TINY_MODEL, flags, make_pairs, write_parallel, write_song
 
 from seqgen.cli import load_config, main, parse_finetune
 from seqgen.pretrain import PretrainConfig
@@ -31,8 +31,7 @@ def text_data(tmp_path, corpus_file):
 def translation_data(tmp_path, corpus_file):
     train = write_parallel(tmp_path / "pairs", "train", make_pairs(40))
     val = write_parallel(tmp_path / "pairs", "val", make_pairs(8, seed=1))
-    # a recipe may start from a pretrained run; the smoke test starts from scratch
-    return ["--data.train", str(train), "--data.val", str(val), "--from", "none"]
+    return ["--data.train", str(train), "--data.val", str(val)]
 
 
 def summarization_data(tmp_path, corpus_file):
@@ -40,11 +39,21 @@ def summarization_data(tmp_path, corpus_file):
              "lead": f"a king {i}"} for i in range(12)]  # fmt: skip
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return ["--data.train", str(path), "--data.val", str(path), "--from", "none"]
+    return ["--data.train", str(path), "--data.val", str(path)]
 
 
-# a recipe with `task:` fine-tunes that task; one without pretrains a language model
-DATA = {"text": text_data, "translation": translation_data, "summarization": summarization_data}
+def music_data(tmp_path, corpus_file):
+    for k in range(3):
+        write_song(tmp_path / "midi" / f"{k}.mid", shift=k, notes=24)
+    write_song(tmp_path / "held_out.mid", shift=5, notes=24)
+    return ["--data.train", str(tmp_path / "midi"), "--data.val", str(tmp_path / "held_out.mid"),
+            "--data.cache_dir", str(tmp_path / "cache")]  # fmt: skip
+
+
+# a recipe without `task:` pretrains a language model; a task's recipe with `init_from`
+# fine-tunes (the smoke test starts from scratch instead), one without pretrains the task
+DATA = {"text": text_data, "translation": translation_data, "summarization": summarization_data,
+        "music": music_data}  # fmt: skip
 
 
 def test_recipes_exist():
@@ -53,14 +62,17 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_recipe_parses_and_smoke_runs(recipe, corpus_file, tmp_path):
-    task = (yaml.safe_load(recipe.read_text()) or {}).get("task", "text")
+    values = yaml.safe_load(recipe.read_text()) or {}
+    task = values.get("task", "text")
     assert task in DATA, f"{recipe}: no fixture data for task {task!r} in this test"
-    command = "pretrain" if task == "text" else "finetune"
+    command = "finetune" if "init_from" in values else "pretrain"
     data = DATA[task](tmp_path, corpus_file)
-    if command == "pretrain":
+    if command == "finetune":
+        data += ["--from", "none"]
+    if task == "text":
         full = load_config(PretrainConfig, ["--config", str(recipe), *data])
     else:
-        _, full, _ = parse_finetune(["--config", str(recipe), *data])
+        _, full, _ = parse_finetune(["--config", str(recipe), *data, "--from", "none"])
     assert full.model.n_embd % full.model.n_head == 0
     report = tmp_path / "report.json"
     argv = [command, "--config", str(recipe), *data, *SHRINK,

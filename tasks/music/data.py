@@ -141,8 +141,13 @@ def augment(notes: Notes, semitones: int, stretch: float) -> Notes:
 
 
 class PerformanceWindows(Dataset):
-    """Random windows of block_size + 1 ids from `<bos> events <eos>` of the performances,
-    a performance drawn in proportion to its length; augmented on every draw if asked."""
+    """Windows of block_size + 1 ids from `<bos> events <eos>` of the performances.
+
+    Item i lies at offset i of the streams laid end to end, so a sampler over the items
+    draws a performance in proportion to its length (and shards draws across ranks). The
+    window starts at the same relative place among the performance's possible starts; with
+    augmentation the performance is first transposed and stretched, afresh on every draw.
+    """
 
     def __init__(self, performances: list[Notes], block_size: int, bos_id: int, eos_id: int,
                  pad_id: int, augment: bool = True, transpose: int = 3,
@@ -152,22 +157,23 @@ class PerformanceWindows(Dataset):
         self.performances, self.block_size = performances, block_size
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.augment, self.transpose, self.stretch = augment, transpose, stretch
-        self.lengths = np.array([len(encode_notes(p)) + 2 for p in performances])
-        self.weights = torch.tensor(self.lengths, dtype=torch.float64)
+        lengths = np.array([len(encode_notes(p)) + 2 for p in performances])
+        self.starts = np.concatenate([[0], np.cumsum(lengths)])
 
     def __len__(self) -> int:
-        """Draws per epoch: about as many windows as fit in the corpus side by side."""
-        return max(1, int(self.lengths.sum()) // self.block_size)
+        return int(self.starts[-1])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        notes = self.performances[int(torch.multinomial(self.weights, 1))]
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        place = (i - self.starts[k]) / (self.starts[k + 1] - self.starts[k])  # in [0, 1)
+        notes = self.performances[k]
         if self.augment:
             semitones = int(torch.randint(-self.transpose, self.transpose + 1, ()))
             low, high = self.stretch
             notes = augment(notes, semitones, low + (high - low) * float(torch.rand(())))
         ids = np.concatenate([[self.bos_id], encode_notes(notes), [self.eos_id]])
         n = self.block_size + 1
-        offset = int(torch.randint(0, max(1, len(ids) - n + 1), ()))
+        offset = int(place * max(1, len(ids) - n + 1))
         window = torch.from_numpy(ids[offset : offset + n].astype(np.int64))
         inputs = torch.full((self.block_size,), self.pad_id, dtype=torch.long)
         targets = torch.full((self.block_size,), IGNORE_INDEX, dtype=torch.long)

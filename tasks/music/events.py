@@ -192,3 +192,25 @@ def decode_events(ids, max_note_steps: int | None = None) -> Notes:
         end = np.minimum(end, start + max_note_steps)
     keep = end > start
     return Notes(pitch[keep], start[keep], end[keep], vel[keep]).sorted()
+
+
+def event_steps(ids) -> np.ndarray:
+    """The time (in steps) of each event: the TIME_SHIFTs up to and including it."""
+    ids = np.asarray(ids, dtype=np.int64)
+    shift = np.where((ids > TIME_SHIFT) & (ids <= TIME_SHIFT + MAX_SHIFT), ids - TIME_SHIFT, 0)
+    return np.cumsum(shift)
+
+
+def time_shifts(steps: int) -> list[int]:
+    """TIME_SHIFT ids that move time on by `steps` (longest first)."""
+    full, rest = divmod(max(0, steps), MAX_SHIFT)
+    return [TIME_SHIFT + MAX_SHIFT] * full + ([TIME_SHIFT + rest] if rest else [])
+
+
+def cut_events(ids, steps: int) -> np.ndarray:
+    """The events before time `steps`, then TIME_SHIFTs to end exactly there: the opening of
+    a performance as a prompt. Notes still sounding at the cut stay open."""
+    ids = np.asarray(ids, dtype=np.int64)
+    head = ids[event_steps(ids) < steps]  # times never decrease: a prefix
+    now = int(event_steps(head)[-1]) if len(head) else 0
+    return np.concatenate([head, np.array(time_shifts(steps - now), dtype=np.int64)])

@@ -1,0 +1,270 @@
+"""The music task end to end through the CLI: pretrain on MIDI files, continue a MIDI prompt
+into a MIDI file (and a piano roll), evaluate likelihood and statistics, fine-tune."""
+
+import json
+import re
+
+import numpy as np
+import pretty_midi
+import pytest
+from helpers import flags, write_song
+
+from seqgen.cli import main
+from tasks.music.events import (
+    NOTE_OFF,
+    TIME_SHIFT,
+    cut_events,
+    decode_events,
+    encode_notes,
+    event_steps,
+)
+from tasks.music.midi import notes_from_pretty_midi
+from tasks.music.task import MusicTask
+
+TINY = flags(
+    {
+        "model.n_layer": 1,
+        "model.n_head": 2,
+        "model.n_embd": 32,
+        "model.block_size": 64,
+        "model.pos_embedding": "relative",
+        "train.batch_size": 8,
+        "train.max_steps": 12,
+        "train.learning_rate": 3e-3,
+        "train.warmup_steps": 2,
+        "train.val_every_n_steps": 6,
+        "train.checkpoint_every_n_steps": 6,
+        "train.progress_bar": "false",
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("music")
+    for k in range(5):
+        write_song(root / "songs" / f"{k:02d}.mid", shift=k)
+    (root / "songs" / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    cache = root / "cache"
+    code = main(
+        [
+            "pretrain",
+            "--task",
+            "music",
+            "--data.train",
+            str(root / "songs"),
+            "--data.cache_dir",
+            str(cache),
+            *TINY,
+            "--out_dir",
+            str(root / "run"),
+            "--report",
+            str(root / "report.json"),
+        ]
+    )
+    assert code == 0
+    return root, json.loads((root / "report.json").read_text())
+
+
+def test_pretrain_on_midi_files(trained):
+    root, report = trained
+    assert report["steps"] == 12 and report["vocab_size"] == 391  # 388 events + pad/bos/eos
+    stats = report["data_stats"]
+    assert stats["train_files"] == 6 and stats["train_skipped"] == 1
+    assert stats["train_skipped_files"][0]["file"].endswith("broken.mid")
+    assert (stats["train_performances"], stats["val_performances"]) == (4, 1)  # last file held out
+    meta = json.loads((root / "run" / "final" / "config.json").read_text())
+    assert meta["task"] == "music" and meta["model"]["pos_embedding"] == "relative"
+
+
+def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):
+    root, _ = trained
+    prompt = root / "songs" / "00.mid"
+    out, roll = tmp_path / "out.mid", tmp_path / "roll.png"
+    code = main(
+        [
+            "generate",
+            "--ckpt",
+            str(root / "run"),
+            "--prompt",
+            str(prompt),
+            "--prompt-seconds",
+            "3",
+            "--seconds",
+            "4",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--piano-roll",
+            str(roll),
+        ]
+    )
+    assert code == 0
+    said = capsys.readouterr().out
+    assert "3.0 s of prompt" in said
+    assert float(re.search(r"\+ ([\d.]+) s generated", said).group(1)) >= 4.0
+    given = notes_from_pretty_midi(pretty_midi.PrettyMIDI(str(prompt)))
+    made = notes_from_pretty_midi(pretty_midi.PrettyMIDI(str(out)))
+    # every prompt note that starts before 3 s is there, at its time, pitch and velocity bin;
+    # those that ended before 3 s end as they did (the model decides when the rest end)
+    before = given.start < 3 - 1e-9
+    ours = made.start < 3 - 1e-9
+
+    def key(n, m):
+        return sorted(
+            zip(np.round(n.start[m], 2), n.pitch[m], (n.velocity[m] - 1) // 4, strict=True)
+        )
+
+    assert key(given, before) == key(made, ours)
+    ended = before & (given.end < 3 - 1e-9)
+    made_ended = ours & (made.end < 3 - 1e-9)
+    assert sorted(np.round(given.end[ended], 2)) == sorted(np.round(made.end[made_ended], 2))
+    assert roll.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unconditional_generation_slides_past_the_context(trained, tmp_path, capsys):
+    root, _ = trained
+    out = tmp_path / "free.mid"
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(root / "run"),
+                "--max-new-tokens",
+                "150",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "0.0 s of prompt" in capsys.readouterr().out
+    pretty_midi.PrettyMIDI(str(out))  # a valid file (150 events > the 64-event context)
+
+
+def test_generation_errors(trained, tmp_path, capsys):
+    root, _ = trained
+    run = str(root / "run")
+    cases = [
+        (["--prompt", str(tmp_path / "missing.mid")], "missing.mid: no such MIDI file"),
+        (["--prompt-seconds", "2"], "--prompt-seconds needs --prompt"),
+        (["--seconds", "0"], "--seconds must be > 0"),
+    ]
+    try:
+        import fluidsynth  # noqa: F401
+    except ImportError:
+        cases.append((["--wav", str(tmp_path / "a.wav")], "--wav needs FluidSynth"))
+    for extra, message in cases:
+        assert main(["generate", "--ckpt", run, "--out", str(tmp_path / "x.mid"), *extra]) != 0
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x.mid").exists()  # failed before generating anything
+
+
+def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path):
+    root, report = trained
+    held_out = root / "songs" / "04.mid"  # the held-out performance (last in name order)
+    code = main(
+        [
+            "evaluate",
+            "--ckpt",
+            str(root / "run"),
+            "--data",
+            str(held_out),
+            "--cache-dir",
+            str(root / "cache"),
+            "--report",
+            str(tmp_path / "nll.json"),
+        ]
+    )
+    assert code == 0
+    nll = json.loads((tmp_path / "nll.json").read_text())["likelihood"]
+    assert nll["nll_per_event"] == pytest.approx(report["val_loss"], rel=1e-4)
+    assert nll["music_seconds"] == pytest.approx(11.95)  # the last release
+    assert nll["nll_per_second"] == pytest.approx(nll["nll_per_event"] * nll["events"] / 11.95)
+    write_song(tmp_path / "high" / "a.mid", shift=1)  # other pitch classes than song 00
+    songs = root / "songs"
+
+    def overlap(generated, reference):
+        out = tmp_path / "stats.json"
+        argv = ["evaluate", "--task", "music", "--generated", str(generated),
+                "--reference", str(reference), "--cache-dir", str(root / "cache"),
+                "--report", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        return json.loads(out.read_text())["statistics"]["overlap"]
+
+    same = overlap(songs / "00.mid", songs / "00.mid")
+    assert same == pytest.approx({"pitch_class": 1, "velocity": 1, "note_density": 1, "ioi": 1})
+    moved = overlap(tmp_path / "high", songs / "00.mid")
+    assert moved["pitch_class"] == pytest.approx(0.0)  # C E G vs C# F G#: nothing shared
+    assert moved["ioi"] == pytest.approx(1.0) and moved["velocity"] == pytest.approx(1.0)
+
+
+def test_finetune_keeps_the_vocabulary(trained, tmp_path):
+    root, _ = trained
+    for k in range(3):
+        write_song(tmp_path / "other" / f"{k}.mid", shift=-k, notes=32)
+    report = tmp_path / "ft.json"
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "music",
+            "--from",
+            str(root / "run"),
+            "--data.train",
+            str(tmp_path / "other"),
+            "--data.cache_dir",
+            str(tmp_path / "c"),
+            "--train.max_steps",
+            "4",
+            "--train.batch_size",
+            "4",
+            "--train.progress_bar",
+            "false",
+            "--out_dir",
+            str(tmp_path / "ft"),
+            "--report",
+            str(report),
+        ]
+    )
+    assert code == 0
+    result = json.loads(report.read_text())
+    assert result["vocab_size"] == 391 and result["init_from"].endswith("final")
+
+
+def test_pretrain_with_a_task_refuses_a_start_checkpoint(trained, capsys):
+    root, _ = trained
+    assert main(["pretrain", "--task", "music", "--from", str(root / "run")]) != 0
+    assert "seqgen finetune --from" in capsys.readouterr().err
+
+
+def test_cut_events_keeps_the_opening_and_lands_on_the_cut():
+    task = MusicTask()
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(0)
+    piano.notes += [
+        pretty_midi.Note(80, 60, 0.0, 0.5),
+        pretty_midi.Note(80, 64, 0.4, 2.5),
+        pretty_midi.Note(80, 67, 1.5, 1.7),
+    ]
+    midi.instruments.append(piano)
+    events = np.array(task.prompt(midi, _tokenizer())[1:])
+    head = cut_events(events, 150)  # 1.5 s: the note at exactly 1.5 s is left out
+    assert event_steps(head)[-1] == 150 and head[-1] == TIME_SHIFT + 100  # from 0.5 s on
+    assert NOTE_OFF + 64 not in head  # still sounding at the cut: left open
+    notes = decode_events(head)
+    assert notes.pitch.tolist() == [60, 64] and notes.end.tolist() == [50, 150]
+    long_gap = cut_events(encode_notes(decode_events(events)), 1000)
+    assert event_steps(long_gap)[-1] == 1000  # the last release at 2.5 s, then 7.5 s of rest
+    assert list(long_gap[-8:]) == [TIME_SHIFT + 100] * 7 + [TIME_SHIFT + 50]
+    assert len(cut_events(events, 0)) == 0
+
+
+def _tokenizer():
+    from tasks.music.tokenizer import PerformanceTokenizer
+
+    return PerformanceTokenizer()
