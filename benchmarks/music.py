@@ -1,0 +1,242 @@
+"""Music task benchmark: (a) MIDI -> event encoding speed against miditok's MIDILike and a
+naive pure-Python event loop; (b) peak memory of one relative-attention layer (forward and
+backward) with the skewing trick against the naive O(L^2 D) gather; (c) held-out NLL per
+event after training on POP909 for equal budgets with absolute and relative positions.
+
+    pip install -e .[bench]       # miditok, for (a)
+    python benchmarks/music.py --data ../shared/data/pop909 --budget-seconds 600 \
+        --report runs/bench/music.json --out runs/bench/music
+
+(b) runs each variant in its own process and reads the growth of its peak resident memory
+(bf16 by default: the naive variant needs several times L^2 D numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import write_report
+
+from seqgen.cli import main as seqgen
+from seqgen.config import ModelConfig
+from seqgen.model import CausalSelfAttention, causal_mask
+from tasks.music.data import find_midi
+from tasks.music.events import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, encode_notes, quantize
+from tasks.music.midi import notes_from_symusic
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "music" / "pop909.yaml"
+
+
+# ---------------------------------------------------------------- (a) encoding
+
+
+def naive_events(notes) -> list[int]:
+    """The same events as `encode_notes`, one Python loop over sorted note on/off events."""
+    items = []
+    for p, s, e, v in zip(notes.pitch.tolist(), notes.start.tolist(), notes.end.tolist(),
+                          notes.velocity.tolist(), strict=True):  # fmt: skip
+        items.append((e, 0, p, 0))
+        items.append((s, 1, p, (v - 1) // 4 + 1))
+    items.sort()
+    out, now, last_bin = [], 0, None
+    for step, is_on, pitch, bin_ in items:
+        while step - now > 100:
+            out.append(TIME_SHIFT + 100)
+            now += 100
+        if step > now:
+            out.append(TIME_SHIFT + step - now)
+            now = step
+        if is_on and bin_ != last_bin:
+            out.append(VELOCITY + bin_)
+            last_bin = bin_
+        out.append(NOTE_ON + pitch if is_on else NOTE_OFF + pitch)
+    return out
+
+
+def encoding(files: list[Path]) -> dict:
+    import symusic
+
+    def ours(path):
+        return encode_notes(quantize(notes_from_symusic(symusic.Score(str(path)))))
+
+    def naive(path):
+        return naive_events(quantize(notes_from_symusic(symusic.Score(str(path)))))
+
+    encoders = {"seqgen (symusic + numpy)": ours, "naive Python loop (symusic parse)": naive}
+    try:
+        import miditok
+
+        midilike = miditok.MIDILike(
+            miditok.TokenizerConfig(num_velocities=32, use_sustain_pedals=True)
+        )
+
+        def with_miditok(path):
+            sequences = midilike.encode(path)
+            return [i for s in (sequences if isinstance(sequences, list) else [sequences])
+                    for i in s.ids]  # fmt: skip
+
+        encoders["miditok MIDILike"] = with_miditok
+    except ImportError:
+        print("miditok is not installed (pip install -e .[bench]): skipping it", file=sys.stderr)
+    for path in files[:20]:  # both of our encoders give the same events
+        assert ours(path).tolist() == naive(path), path
+    results = {}
+    for name, encode in encoders.items():
+        encode(files[0])  # warm up (imports, tables)
+        started = time.perf_counter()
+        events = sum(len(encode(path)) for path in files)
+        seconds = time.perf_counter() - started
+        results[name] = {"files_per_second": len(files) / seconds,
+                         "events_per_second": events / seconds, "seconds": seconds,
+                         "events": events}  # fmt: skip
+    return results
+
+
+# ---------------------------------------------------------------- (b) memory
+
+
+def naive_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Relative attention that gathers the embedding of every (query, key) pair."""
+    B, T, C = x.shape
+    q, k, v = attn.c_attn(x).split(C, dim=2)
+    q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
+    distance = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).clamp(min=0)
+    pairs = attn.rel[:, attn.rel.size(1) - 1 - distance]  # (nh, T, T, hs): O(L^2 D)
+    scores = q @ k.transpose(-2, -1) + torch.einsum("bhtd,htsd->bhts", q, pairs)
+    scores = (scores / math.sqrt(k.size(-1))).masked_fill(~causal_mask(T, T, x.device), -math.inf)
+    y = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
+    return attn.c_proj(y)
+
+
+def memory_probe(variant: str, length: int, width: int, heads: int, dtype: str) -> dict:
+    """Peak resident memory growth (bytes) of one forward + backward, in this process."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=8, block_size=length, n_layer=1, n_head=heads,
+                         n_embd=width, pos_embedding="relative")  # fmt: skip
+    attn = CausalSelfAttention(config).to(getattr(torch, dtype))
+    x = torch.randn(1, length, width, dtype=getattr(torch, dtype), requires_grad=True)
+    forward = (lambda: attn(x)[0]) if variant == "skewing" else (lambda: naive_attention(attn, x))
+    with open("/proc/self/statm") as statm:
+        before = int(statm.read().split()[1]) * resource.getpagesize()
+    started = time.perf_counter()
+    forward().float().square().mean().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_bytes": peak - before, "seconds": time.perf_counter() - started}
+
+
+def memory(length: int, width: int, heads: int, dtype: str) -> dict:
+    results = {}
+    for variant in ("skewing", "naive"):
+        done = subprocess.run(
+            [sys.executable, __file__, "--memory-probe", variant, "--length", str(length),
+             "--width", str(width), "--heads", str(heads), "--dtype", dtype],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"memory probe {variant} failed:\n{done.stderr[-2000:]}")
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+# ---------------------------------------------------------------- (c) training
+
+
+def train(data: str, position: str, seconds: float, work: Path, extra: list[str]) -> dict:
+    report = work / f"{position}.json"
+    argv = ["pretrain", "--config", str(RECIPE), "--data.train", data,
+            "--data.cache_dir", str(work / "cache"), f"--model.pos_embedding={position}",
+            f"--train.max_time={seconds}", "--train.progress_bar=false",
+            "--out_dir", str(work / position), "--report", str(report), *extra]  # fmt: skip
+    if seqgen(argv) != 0:
+        raise SystemExit(f"training with {position} positions failed")
+    return json.loads(report.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="POP909 (or any MIDI folder)")
+    parser.add_argument("--encode-files", type=int, default=200, help="files timed in (a)")
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--budget-seconds", type=float, default=600.0, help="per model in (c)")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["encode", "memory", "train"], help="leave out a part")  # fmt: skip
+    parser.add_argument("--report")
+    parser.add_argument("--out", help="keep the runs here, the better model as OUT/final")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="recipe overrides for (c), after --")
+    args = parser.parse_args()
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe, args.length, args.width, args.heads,
+                                      args.dtype)))  # fmt: skip
+        return 0
+    if not args.data and not set(args.skip) >= {"encode", "train"}:
+        parser.error("--data is needed for encoding (a) and training (c)")
+    report: dict = {}
+    if "encode" not in args.skip:
+        files = find_midi(args.data)[: args.encode_files]
+        speed = encoding(files)
+        report["encoding"] = speed
+        print(f"\n(a) encoding {len(files)} files of {args.data}")
+        print("| encoder | files/s | events/s |\n|---|---|---|")
+        for name, row in speed.items():
+            print(f"| {name} | {row['files_per_second']:.1f} | {row['events_per_second']:,.0f} |")
+        ours = speed["seqgen (symusic + numpy)"]["files_per_second"]
+        if "miditok MIDILike" in speed:
+            theirs = speed["miditok MIDILike"]["files_per_second"]
+            report["encode_speedup_vs_miditok"] = ours / theirs
+        report["encode_speedup_vs_naive"] = (
+            ours / speed["naive Python loop (symusic parse)"]["files_per_second"]
+        )
+    if "memory" not in args.skip:
+        peaks = memory(args.length, args.width, args.heads, args.dtype)
+        report["memory"] = {**peaks, "length": args.length, "width": args.width,
+                            "heads": args.heads, "dtype": args.dtype}  # fmt: skip
+        ratio = peaks["skewing"]["peak_bytes"] / peaks["naive"]["peak_bytes"]
+        report["relative_memory_ratio"] = ratio
+        print(f"\n(b) one relative-attention layer, forward + backward, L={args.length} "
+              f"D={args.width} {args.heads} heads, {args.dtype}")  # fmt: skip
+        print("| variant | peak MiB | seconds |\n|---|---|---|")
+        for name, row in peaks.items():
+            print(f"| {name} | {row['peak_bytes'] / 2**20:,.0f} | {row['seconds']:.2f} |")
+        print(f"ratio (skewing / naive): {report['relative_memory_ratio']:.4f}")
+    if "train" not in args.skip:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(args.out or tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            runs = {position: train(args.data, position, args.budget_seconds, work, args.overrides)
+                    for position in ("learned", "relative")}  # fmt: skip
+            best = min(runs, key=lambda p: runs[p]["val_loss"])
+            if args.out:
+                final = work / "final"
+                if final.exists():
+                    raise SystemExit(f"{final} exists; choose another --out")
+                (work / best / "final").rename(final)
+        report.update(nll_per_event_absolute=runs["learned"]["val_loss"],
+                      nll_per_event_relative=runs["relative"]["val_loss"], better=best,
+                      training={p: {k: r[k] for k in ("val_loss", "steps", "train_tokens",
+                                                      "tokens_per_second", "train_seconds",
+                                                      "params", "epochs")}
+                                for p, r in runs.items()})  # fmt: skip
+        print(f"\n(c) held-out NLL per event after {args.budget_seconds:.0f} s of training each")
+        print("| positions | NLL/event | steps | tokens/s |\n|---|---|---|---|")
+        for name, row in report["training"].items():
+            print(f"| {name} | {row['val_loss']:.4f} | {row['steps']} | "
+                  f"{row['tokens_per_second']:,.0f} |")  # fmt: skip
+    write_report(args.report, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
