@@ -70,8 +70,9 @@ def test_pretrain_on_midi_files(trained):
     root, report = trained
     assert report["steps"] == 12 and report["vocab_size"] == 391  # 388 events + pad/bos/eos
     stats = report["data_stats"]
-    assert stats["train_files"] == 6 and stats["train_skipped"] == 1
-    assert stats["train_skipped_files"][0]["file"].endswith("broken.mid")
+    assert stats["files"] == 6 and stats["skipped"] == 1
+    assert stats["skipped_files"][0]["file"].endswith("broken.mid")
+    assert stats["skipped_files"][0]["reason"].startswith("unreadable MIDI")
     assert (stats["train_performances"], stats["val_performances"]) == (4, 1)  # last file held out
     meta = json.loads((root / "run" / "final" / "config.json").read_text())
     assert meta["task"] == "music" and meta["model"]["pos_embedding"] == "relative"

@@ -100,7 +100,10 @@ def main(argv: list[str]) -> int:
     events = np.zeros(0, dtype=np.int64)
     if args.prompt:
         events = np.asarray(generator.prompt_ids(read_midi(args.prompt))[1:], dtype=np.int64)
-        if args.prompt_seconds is not None:
+        if len(events) == 0:
+            print(f"warning: {args.prompt} has no notes (drums only?): generating from "
+                  "nothing", file=sys.stderr)  # fmt: skip
+        elif args.prompt_seconds is not None:
             events = cut_events(events, round(args.prompt_seconds * STEPS_PER_SECOND))
     prompt_steps = int(event_steps(events)[-1]) if len(events) else 0
     seconds = args.seconds if args.max_new_tokens is None and args.seconds else 20.0

@@ -92,26 +92,22 @@ class MusicTask:
     def load(self, data: MusicData, split: str) -> list[Notes]:
         held_out = split == "val" and data.val is not None
         source = data.val if held_out else data.train
+        dataset_split = data.val_split if held_out else data.train_split
         performances, report = load_corpus(
-            source,
-            data.cache_dir,
-            data.num_proc,
-            data.midi_column,
-            data.val_split if held_out else data.train_split,
+            source, data.cache_dir, data.num_proc, data.midi_column, dataset_split
         )
-        for skipped in report["skipped"]:
-            log.warning("skipped %s: %s", skipped["file"], skipped["reason"])
+        if split == "train" or held_out:  # each corpus reported once
+            prefix = "val_" if held_out else ""
+            for skipped in report["skipped"]:
+                log.warning("skipped %s: %s", skipped["file"], skipped["reason"])
+            self.stats.update({f"{prefix}files": report["files"],
+                               f"{prefix}skipped": len(report["skipped"]),
+                               f"{prefix}skipped_files": report["skipped"]})  # fmt: skip
         if data.val is None:
             performances = self._split(performances, data, split)
-        self.stats.update(
-            {
-                f"{split}_files": report["files"],
-                f"{split}_skipped": len(report["skipped"]),
-                f"{split}_performances": len(performances),
-                f"{split}_seconds": round(sum(p.end.max() for p in performances) / 100),
-                f"{split}_skipped_files": report["skipped"],
-            }
-        )
+        seconds = sum(int(p.end.max()) for p in performances) / 100
+        self.stats.update({f"{split}_performances": len(performances),
+                           f"{split}_hours": round(seconds / 3600, 3)})  # fmt: skip
         return performances
 
     @staticmethod
