@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--pretrain-fraction", type=float, default=0.5,
                         help="share of the budget spent pretraining")  # fmt: skip
     parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--min-new-tokens", type=int, default=0)
+    parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--pretrain-config", default=str(RECIPES / "wikitext_pretrain.yaml"))
     parser.add_argument("--config", default=str(RECIPES / "wikisum.yaml"))
     parser.add_argument("--report", help="write the results as JSON here")
@@ -92,6 +94,8 @@ def main() -> int:
             scores[name] = evaluate([
                 "--ckpt", str(ckpt), "--data", str(data / "valid.jsonl"),
                 "--beams", str(args.beams), "--baseline-words", str(BASELINE_WORDS),
+                "--min-new-tokens", str(args.min_new_tokens),
+                "--length-penalty", str(args.length_penalty),
                 "--output", str(work / f"{name}.pred.jsonl"),
                 "--report", str(work / f"{name}.rouge.json"),
             ])  # fmt: skip
@@ -105,6 +109,8 @@ def main() -> int:
         "summary_words": {n: s["system"]["lengths"]["mean_words"] for n, s in scores.items()},
         "pretrain": pre, "finetune": runs, "wall_seconds": time.perf_counter() - started,
         "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,
+        "decoding": {"beams": args.beams, "min_new_tokens": args.min_new_tokens,
+                     "length_penalty": args.length_penalty},
     }  # fmt: skip
     print(f"\nWikiSum (WikiText-2) valid, {len(scores)} systems + baseline, F1 % [95% CI]")
     print("| system | " + " | ".join(REPORTED) + " |\n|---|---|---|---|")
