@@ -80,6 +80,8 @@ def test_sustain_pedal_holds_released_notes_until_lift_or_restrike():
     never_lifted = sustain(notes((60, 0.0, 0.2, 80), (62, 0.0, 0.9, 80)), np.array([0.1]),
                            np.array([127]))  # fmt: skip
     assert never_lifted.end.tolist() == [0.9, 0.9]
+    never_pressed = sustain(played, np.array([0.1, 0.5]), np.array([0, 30]))  # e.g. POP909
+    assert never_pressed.end.tolist() == played.end.tolist()
 
 
 def test_same_pitch_restrike_round_trips():

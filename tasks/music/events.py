@@ -83,6 +83,8 @@ def sustain(notes: Notes, pedal_times: np.ndarray, pedal_values: np.ndarray) -> 
     if len(edges) % 2:  # never lifted: held notes end with the performance
         edges = np.append(edges, max(float(np.max(notes.end)), float(times[-1])))
     presses, lifts = edges[0::2], edges[1::2]
+    if len(presses) == 0:  # pedal messages, but never pressed down
+        return notes
     k = np.searchsorted(presses, notes.end, side="right") - 1  # last press at or before release
     held = (k >= 0) & (notes.end < lifts[np.maximum(k, 0)])
     if not held.any():
