@@ -204,13 +204,12 @@ def cmd_generate(argv: Sequence[str]) -> int:
     from seqgen.tasks import get_task
 
     ckpt = _option_value(argv, "--ckpt")
-    name = _option_value(argv, "--task")
-    if name is None and ckpt is not None:
+    if ckpt is not None and not any(a in ("-h", "--help") for a in argv):
         from seqgen import checkpoint
 
-        name = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
-    if name is not None and hasattr(get_task(name), "generate_cli"):
-        return get_task(name).generate_cli(list(argv))  # its own inputs and outputs (MIDI)
+        task = get_task(checkpoint.read_meta(checkpoint.resolve(ckpt))["task"])
+        if hasattr(task, "generate_cli"):  # its own inputs and outputs (MIDI files)
+            return task.generate_cli(list(argv))
     parser = argparse.ArgumentParser(
         prog="seqgen generate", description="Sample from a checkpoint."
     )

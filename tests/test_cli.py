@@ -177,7 +177,8 @@ def test_checkpoint_errors_through_cli(corpus_file, tmp_path, capsys):
         "trained for task 'music'",
     )
     (out / "final" / "model.safetensors").write_bytes(b"\x00" * 10)
-    expect_error(capsys, ["generate", "--ckpt", str(out / "final")], "corrupt weights")
+    music = ["generate", "--ckpt", str(out / "final"), "--out", str(tmp_path / "x.mid")]
+    expect_error(capsys, music, "corrupt weights")  # through the music task's generate
     expect_error(capsys, ["generate", "--ckpt", str(tmp_path / "nope")], "no such checkpoint")
 
 
