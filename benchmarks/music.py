@@ -62,6 +62,14 @@ def naive_events(notes) -> list[int]:
     return out
 
 
+def timed(encode, inputs: list) -> dict:
+    started = time.perf_counter()
+    events = sum(len(encode(x)) for x in inputs)
+    seconds = time.perf_counter() - started
+    return {"files_per_second": len(inputs) / seconds, "events_per_second": events / seconds,
+            "seconds": seconds, "events": events}  # fmt: skip
+
+
 def encoding(files: list[Path]) -> dict:
     import symusic
 
@@ -92,21 +100,11 @@ def encoding(files: list[Path]) -> dict:
     results = {}
     for name, encode in encoders.items():
         encode(files[0])  # warm up (imports, tables)
-        started = time.perf_counter()
-        events = sum(len(encode(path)) for path in files)
-        seconds = time.perf_counter() - started
-        results[name] = {"files_per_second": len(files) / seconds,
-                         "events_per_second": events / seconds, "seconds": seconds,
-                         "events": events}  # fmt: skip
+        results[name] = timed(encode, files)
     # the event writing alone, from notes parsed beforehand: numpy against the Python loop
     parsed = [quantize(notes_from_symusic(symusic.Score(str(path)))) for path in files]
-    for name, encode in (("seqgen events only", encode_notes), ("naive events only", naive_events)):
-        started = time.perf_counter()
-        events = sum(len(encode(notes)) for notes in parsed)
-        seconds = time.perf_counter() - started
-        results[name] = {"files_per_second": len(files) / seconds,
-                         "events_per_second": events / seconds, "seconds": seconds,
-                         "events": events}  # fmt: skip
+    results["seqgen events only"] = timed(encode_notes, parsed)
+    results["naive events only"] = timed(naive_events, parsed)
     return results
 
 
