@@ -269,3 +269,18 @@ def _tokenizer():
     from tasks.music.tokenizer import PerformanceTokenizer
 
     return PerformanceTokenizer()
+
+
+def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
+    pytest.importorskip("fluidsynth")
+    import wave
+
+    root, _ = trained
+    out, audio = tmp_path / "w.mid", tmp_path / "w.wav"
+    argv = ["generate", "--ckpt", str(root / "run"), "--prompt", str(root / "songs" / "00.mid"),
+            "--prompt-seconds", "2", "--seconds", "2", "--seed", "0", "--out", str(out),
+            "--wav", str(audio), "--sample-rate", "16000"]  # fmt: skip
+    assert main(argv) == 0
+    with wave.open(str(audio)) as rendered:
+        assert rendered.getframerate() == 16000 and rendered.getsampwidth() == 2
+        assert rendered.getnframes() / 16000 >= pretty_midi.PrettyMIDI(str(out)).get_end_time()
