@@ -203,15 +203,20 @@ def cmd_generate(argv: Sequence[str]) -> int:
     from seqgen.inference import load
     from seqgen.tasks import get_task
 
-    ckpt = _option_value(argv, "--ckpt")
-    if ckpt is not None and not any(a in ("-h", "--help") for a in argv):
+    ckpt, asked = _option_value(argv, "--ckpt"), _option_value(argv, "--task")
+    if any(a in ("-h", "--help") for a in argv):
+        owner = asked  # `--task music --help` shows that task's options
+    elif ckpt is not None:
         from seqgen import checkpoint
 
-        task = get_task(checkpoint.read_meta(checkpoint.resolve(ckpt))["task"])
-        if hasattr(task, "generate_cli"):  # its own inputs and outputs (MIDI files)
-            return task.generate_cli(list(argv))
+        owner = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
+    else:
+        owner = None
+    if owner is not None and hasattr(get_task(owner), "generate_cli"):
+        return get_task(owner).generate_cli(list(argv))  # its own inputs and outputs (MIDI)
     parser = argparse.ArgumentParser(
-        prog="seqgen generate", description="Sample from a checkpoint."
+        prog="seqgen generate",
+        description="Sample from a checkpoint (music: see seqgen generate --task music --help).",
     )
     parser.add_argument("--ckpt", required=True, help="Checkpoint or run directory.")
     prompt = parser.add_mutually_exclusive_group()

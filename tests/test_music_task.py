@@ -284,3 +284,9 @@ def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
     with wave.open(str(audio)) as rendered:
         assert rendered.getframerate() == 16000 and rendered.getsampwidth() == 2
         assert rendered.getnframes() / 16000 >= pretty_midi.PrettyMIDI(str(out)).get_end_time()
+
+
+def test_generate_help_for_music(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--task", "music", "--help"])
+    assert done.value.code == 0 and "--prompt-seconds" in capsys.readouterr().out
