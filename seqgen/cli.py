@@ -212,8 +212,9 @@ def cmd_generate(argv: Sequence[str]) -> int:
         owner = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
     else:
         owner = None
-    if owner is not None and hasattr(get_task(owner), "generate_cli"):
-        return get_task(owner).generate_cli(list(argv))  # its own inputs and outputs (MIDI)
+    task = get_task(owner) if owner is not None else None
+    if hasattr(task, "generate_cli"):  # its own inputs and outputs (MIDI files)
+        return task.generate_cli(list(argv))
     parser = argparse.ArgumentParser(
         prog="seqgen generate",
         description="Sample from a checkpoint (music: see seqgen generate --task music --help).",

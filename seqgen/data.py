@@ -279,12 +279,19 @@ class SequentialWindows(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = i * self.block_size
-        window = torch.from_numpy(self.ids[start : start + self.block_size + 1].astype(np.int64))
-        inputs = torch.full((self.block_size,), self.pad_id, dtype=torch.long)
-        targets = torch.full((self.block_size,), IGNORE_INDEX, dtype=torch.long)
-        inputs[: len(window) - 1] = window[:-1]
-        targets[: len(window) - 1] = window[1:]
-        return {"input_ids": inputs, "targets": targets}
+        return padded_window(self.ids[start : start + self.block_size + 1], self.block_size,
+                             self.pad_id)  # fmt: skip
+
+
+def padded_window(ids: np.ndarray, block_size: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Inputs and targets of up to block_size + 1 ids, padded to block_size; the padding is
+    ignored by the loss."""
+    window = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    inputs = torch.full((block_size,), pad_id, dtype=torch.long)
+    targets = torch.full((block_size,), IGNORE_INDEX, dtype=torch.long)
+    inputs[: len(window) - 1] = window[:-1]
+    targets[: len(window) - 1] = window[1:]
+    return {"input_ids": inputs, "targets": targets}
 
 
 class WindowDataModule(pl.LightningDataModule):
@@ -301,10 +308,13 @@ class WindowDataModule(pl.LightningDataModule):
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.num_workers = batch_size, num_workers
 
+    @property
+    def draws_per_epoch(self) -> int:
+        """As many windows as fit in the stream side by side (drawn without replacement)."""
+        return max(1, len(self.train_set) // self.train_set.block_size)
+
     def train_dataloader(self) -> DataLoader:
-        # an "epoch" draws as many windows as fit in the stream side by side, without replacement
-        samples = max(1, len(self.train_set) // self.train_set.block_size)
-        sampler = RandomSampler(self.train_set, num_samples=samples)
+        sampler = RandomSampler(self.train_set, num_samples=self.draws_per_epoch)
         return DataLoader(
             self.train_set,
             self.batch_size,

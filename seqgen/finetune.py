@@ -141,8 +141,7 @@ def training_data(
     sizes for the report (`epoch_size`: training draws per epoch)."""
     if hasattr(task, "datamodule"):
         module = task.datamodule(train_raw, val_raw, tokenizer, block_size, cfg.train.batch_size)
-        epoch_size = max(1, len(module.train_set) // block_size)
-        return module, {"epoch_size": epoch_size, "train_examples": len(train_raw),
+        return module, {"epoch_size": module.draws_per_epoch, "train_examples": len(train_raw),
                         "val_examples": len(val_raw)}  # fmt: skip
     max_len = block_size + 1  # inputs and targets are the sequence shifted by one
     train = encode_all(task, train_raw, tokenizer, max_len, "train")

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from seqgen.data import IGNORE_INDEX, is_saved_dataset
+from seqgen.data import is_saved_dataset, padded_window
 from seqgen.errors import DataError
-from tasks.music.events import Notes, encode_notes, quantize
+from tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 ENCODING_VERSION = 1  # bump when the encoding changes: cached corpora are rebuilt
@@ -127,8 +127,13 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
         )
     report = {"files": len(names), "encoded": len(performances), "skipped": skipped,
               "notes": int(sum(len(p) for p in performances)),
-              "seconds": float(sum(p.end.max() for p in performances) / 100)}  # fmt: skip
+              "seconds": total_seconds(performances)}  # fmt: skip
     return performances, report
+
+
+def total_seconds(performances: list[Notes]) -> float:
+    """Length of the performances in seconds, each to its last release."""
+    return sum(int(p.end.max()) for p in performances if len(p)) / STEPS_PER_SECOND
 
 
 def augment(notes: Notes, semitones: int, stretch: float) -> Notes:
@@ -174,11 +179,7 @@ class PerformanceWindows(Dataset):
         ids = np.concatenate([[self.bos_id], encode_notes(notes), [self.eos_id]])
         n = self.block_size + 1
         offset = int(place * max(1, len(ids) - n + 1))
-        window = torch.from_numpy(ids[offset : offset + n].astype(np.int64))
-        inputs = torch.full((self.block_size,), self.pad_id, dtype=torch.long)
-        targets = torch.full((self.block_size,), IGNORE_INDEX, dtype=torch.long)
-        inputs[: len(window) - 1], targets[: len(window) - 1] = window[:-1], window[1:]
-        return {"input_ids": inputs, "targets": targets}
+        return padded_window(ids[offset : offset + n], self.block_size, self.pad_id)
 
 
 def event_stream(performances: list[Notes], bos_id: int, eos_id: int) -> np.ndarray:

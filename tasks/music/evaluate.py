@@ -14,7 +14,7 @@ import numpy as np
 
 from seqgen.errors import DataError, SeqgenError
 from seqgen.evaluation import stream_nll, write_json
-from tasks.music.data import event_stream, load_corpus
+from tasks.music.data import event_stream, load_corpus, total_seconds
 from tasks.music.events import STEPS_PER_SECOND, Notes, velocity_bin
 
 DENSITY_WINDOW = 5 * STEPS_PER_SECOND  # note density is counted in 5-second windows
@@ -58,7 +58,7 @@ def likelihood(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     _, nll = stream_nll(generator.model, stream, tokenizer.pad_id, args.batch_size)
     nats = nll.sum().item()
-    seconds = sum(int(p.end.max()) for p in performances) / STEPS_PER_SECOND
+    seconds = total_seconds(performances)
     return {
         "nll_per_event": nats / len(nll),
         "perplexity": math.exp(nats / len(nll)),
@@ -93,7 +93,7 @@ def features(performances: list[Notes]) -> dict[str, np.ndarray]:
 
 
 def summary(performances: list[Notes]) -> dict[str, float]:
-    seconds = sum(int(p.end.max()) for p in performances) / STEPS_PER_SECOND
+    seconds = total_seconds(performances)
     notes = sum(len(p) for p in performances)
     return {
         "files": len(performances),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from seqgen.errors import SeqgenError
-from tasks.music.events import STEPS_PER_SECOND, TIME_SHIFT, cut_events, event_steps
+from tasks.music.events import MAX_SHIFT, STEPS_PER_SECOND, TIME_SHIFT, cut_events, event_steps
 from tasks.music.midi import decode_midi
 
 EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck without time
@@ -63,7 +63,7 @@ class Clock:
 
     def __call__(self, new: list[int]) -> bool:
         for token in new[self.seen :]:
-            if TIME_SHIFT < token <= TIME_SHIFT + 100:
+            if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT:
                 self.elapsed += token - TIME_SHIFT
         self.seen = len(new)
         return self.elapsed >= self.steps
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
         elif args.prompt_seconds is not None:
             events = cut_events(events, round(args.prompt_seconds * STEPS_PER_SECOND))
     prompt_steps = int(event_steps(events)[-1]) if len(events) else 0
-    seconds = args.seconds if args.max_new_tokens is None and args.seconds else 20.0
+    seconds = args.seconds or 20.0  # unused when --max-new-tokens is given
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.max_new_tokens is not None:
         limit = args.max_new_tokens

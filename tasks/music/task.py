@@ -24,7 +24,7 @@ import pretty_midi
 from seqgen.data import SequentialWindows, WindowDataModule
 from seqgen.errors import ConfigError, DataError
 from seqgen.tokenizer import Tokenizer, TokenizerConfig
-from tasks.music.data import PerformanceWindows, event_stream, load_corpus
+from tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
 from tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
 from tasks.music.midi import decode_midi, notes_from_pretty_midi
 from tasks.music.tokenizer import PerformanceTokenizer
@@ -83,6 +83,7 @@ class MusicTask:
     def __init__(self) -> None:
         self.settings = MusicData()
         self.stats: dict[str, Any] = {}
+        self._corpora: dict[tuple, tuple[list[Notes], dict[str, Any]]] = {}
 
     # ------------------------------------------------------------ training
 
@@ -93,9 +94,11 @@ class MusicTask:
         held_out = split == "val" and data.val is not None
         source = data.val if held_out else data.train
         dataset_split = data.val_split if held_out else data.train_split
-        performances, report = load_corpus(
-            source, data.cache_dir, data.num_proc, data.midi_column, dataset_split
-        )
+        key = (source, data.cache_dir, data.midi_column, dataset_split)
+        if key not in self._corpora:  # the train and val splits of one corpus: parsed once
+            self._corpora[key] = load_corpus(source, data.cache_dir, data.num_proc,
+                                             data.midi_column, dataset_split)  # fmt: skip
+        performances, report = self._corpora[key]
         if split == "train" or held_out:  # each corpus reported once
             prefix = "val_" if held_out else ""
             for skipped in report["skipped"]:
@@ -105,9 +108,8 @@ class MusicTask:
                                f"{prefix}skipped_files": report["skipped"]})  # fmt: skip
         if data.val is None:
             performances = self._split(performances, data, split)
-        seconds = sum(int(p.end.max()) for p in performances) / 100
-        self.stats.update({f"{split}_performances": len(performances),
-                           f"{split}_hours": round(seconds / 3600, 3)})  # fmt: skip
+        hours = round(total_seconds(performances) / 3600, 3)
+        self.stats.update({f"{split}_performances": len(performances), f"{split}_hours": hours})
         return performances
 
     @staticmethod
