@@ -57,6 +57,7 @@ def main() -> int:
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=3)
     parser.add_argument("--pretrain-config", default=str(RECIPES / "wikitext_pretrain.yaml"))
     parser.add_argument("--config", default=str(RECIPES / "wikisum.yaml"))
     parser.add_argument("--report", help="write the results as JSON here")
@@ -96,6 +97,7 @@ def main() -> int:
                 "--beams", str(args.beams), "--baseline-words", str(BASELINE_WORDS),
                 "--min-new-tokens", str(args.min_new_tokens),
                 "--length-penalty", str(args.length_penalty),
+                "--no-repeat-ngram-size", str(args.no_repeat_ngram_size),
                 "--output", str(work / f"{name}.pred.jsonl"),
                 "--report", str(work / f"{name}.rouge.json"),
             ])  # fmt: skip
@@ -110,7 +112,8 @@ def main() -> int:
         "pretrain": pre, "finetune": runs, "wall_seconds": time.perf_counter() - started,
         "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,
         "decoding": {"beams": args.beams, "min_new_tokens": args.min_new_tokens,
-                     "length_penalty": args.length_penalty},
+                     "length_penalty": args.length_penalty,
+                     "no_repeat_ngram_size": args.no_repeat_ngram_size},
     }  # fmt: skip
     print(f"\nWikiSum (WikiText-2) valid, {len(scores)} systems + baseline, F1 % [95% CI]")
     print("| system | " + " | ".join(REPORTED) + " |\n|---|---|---|---|")

@@ -22,6 +22,9 @@ META_FILE = "tokenizer.json"
 SP_MODEL_FILE = "tokenizer.model"
 # SentencePiece writes spaces as this character; a literal one in the text is sent as bytes.
 SP_SPACE = "\u2581"
+# Pieces of ids 0-3. Id 0 is SentencePiece's unknown piece, which byte fallback never
+# produces; its name is not "<unk>", so that a corpus's literal "<unk>" can be a user symbol.
+RESERVED_PIECES = ("<reserved-unk>", "<s>", "</s>", "<pad>")
 
 
 @runtime_checkable
@@ -44,7 +47,7 @@ class TokenizerConfig:
     """SentencePiece tokenizer training."""
 
     vocab_size: int = 2048
-    """Vocabulary size, including 4 reserved ids and 256 byte-fallback pieces."""
+    """Vocabulary size, including 4 reserved ids, the user symbols and 256 byte pieces."""
     model_type: Literal["bpe", "unigram", "char"] = "bpe"
     """SentencePiece algorithm."""
     special_tokens: list[str] = field(default_factory=list)
@@ -53,22 +56,36 @@ class TokenizerConfig:
     """Lines sampled from the corpus to train on (SentencePiece's input_sentence_size)."""
     split_digits: bool = True
     """Split numbers into single digits."""
+    user_symbols: list[str] = field(default_factory=list)
+    """Strings always kept as one piece, e.g. WikiText's `<unk>`, which is otherwise spelled
+    out byte by byte. They stay ordinary text: encoded where they occur, decoded as written."""
     path: str | None = None
     """Use this trained tokenizer (a checkpoint or tokenizer directory) instead of training one."""
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 261 and self.model_type != "char":
+        smallest = 4 + len(self.user_symbols) + 256 + 1
+        if self.vocab_size < smallest and self.model_type != "char":
             raise ConfigError(
-                f"tokenizer.vocab_size must be at least 261 (4 reserved + 256 bytes + 1), "
-                f"got {self.vocab_size}"
+                f"tokenizer.vocab_size must be at least {smallest} (4 reserved + "
+                f"{len(self.user_symbols)} user symbols + 256 bytes + 1), got {self.vocab_size}"
             )
+        for symbol in self.user_symbols:
+            if not isinstance(symbol, str) or not symbol or SP_SPACE in symbol:
+                raise ConfigError(f"tokenizer.user_symbols: {symbol!r} must be a non-empty "
+                                  "string without U+2581")  # fmt: skip
+            if symbol in RESERVED_PIECES:
+                raise ConfigError(f"tokenizer.user_symbols: {symbol!r} is reserved "
+                                  f"({', '.join(RESERVED_PIECES)})")  # fmt: skip
+        if len(set(self.user_symbols)) != len(self.user_symbols):
+            raise ConfigError("tokenizer.user_symbols has duplicates")
 
 
 class SentencePieceTokenizer:
     """SentencePiece with byte fallback: every UTF-8 string encodes, and decodes back exactly.
 
-    Ids: 0 <unk> (never produced), 1 <s> (bos), 2 </s> (eos), 3 <pad>, then 256 byte pieces and
-    the learned pieces; special tokens added later get the ids after those, never renumbering.
+    Ids: 0 unknown (never produced), 1 <s> (bos), 2 </s> (eos), 3 <pad>, then the user symbols,
+    256 byte pieces and the learned pieces; special tokens added later get the ids after
+    those, never renumbering.
     """
 
     kind = "sentencepiece"
@@ -175,6 +192,8 @@ class SentencePieceTokenizer:
                 input_sentence_size=config.max_sentences,
                 shuffle_input_sentence=True,
                 max_sentence_length=1 << 14,
+                user_defined_symbols=config.user_symbols,
+                unk_piece=RESERVED_PIECES[0],
                 unk_id=0,
                 bos_id=1,
                 eos_id=2,

@@ -1,5 +1,5 @@
 """Summarization as in "Generating Wikipedia by Summarizing Long Sequences": the model reads
-`<bos> body <summarize>` and writes `lead <eos>`; the loss covers the lead and eos (plus an
+`<bos> body <summarize> title` and writes `lead <eos>`; the loss covers the lead and eos (plus an
 optional auxiliary LM loss). Bodies are far longer than the context: the body is cut to the
 room the summary leaves, either from its start or, WikiSum's extractive stage, keeping the
 paragraphs most similar (tf-idf) to the title, in their original order.
@@ -21,6 +21,7 @@ from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
 from tasks import wikisum
 
 SUMMARIZE = "<summarize>"
+MAX_HEADING_TOKENS = 32
 WORD = re.compile(r"\w+")
 
 
@@ -37,7 +38,7 @@ class SummarizationData:
     summary_field: str = "lead"
     """Field holding the summary (lead, summary, highlights, ...)."""
     title_field: str | None = "title"
-    """Field holding the title (used by body_selection tfidf); None if there is none."""
+    """Field holding the title (for title_heading and body_selection tfidf); None if none."""
     id_field: str | None = "id"
     """Field holding a document id (kept in evaluation outputs); None to number them."""
     hf_config: str | None = None
@@ -52,6 +53,10 @@ class SummarizationData:
     body_selection: Literal["first", "tfidf"] = "first"
     """How the body is cut to fit: its beginning (first), or its paragraphs ranked by tf-idf
     similarity to the title, kept best first until full, in original order (tfidf)."""
+    title_heading: bool = True
+    """Put the title (when there is one) after <summarize> as the summary's heading, as it
+    heads an article: a lead opens with its subject, and a model pretrained on articles has
+    seen titles followed by their leads."""
 
 
 class SummarizationTask:
@@ -75,7 +80,7 @@ class SummarizationTask:
 
     def options(self, data: SummarizationData) -> dict[str, Any]:
         keys = ("document_field", "summary_field", "title_field", "id_field",
-                "max_summary_tokens", "body_selection")  # fmt: skip
+                "max_summary_tokens", "body_selection", "title_heading")  # fmt: skip
         return {key: getattr(data, key) for key in keys}
 
     def load(self, data: SummarizationData, split: str) -> list[dict[str, str]]:
@@ -99,12 +104,21 @@ class SummarizationTask:
     def encode(self, example: dict, tokenizer: Tokenizer, max_len: int) -> Example:
         summary = tokenizer.encode(example["summary"])
         keep = min(len(summary), self.settings.max_summary_tokens, max_len // 2)
-        room = max_len - 3 - keep  # bos, <summarize>, eos
-        body, body_cut = self.select_body(example, tokenizer, room)
-        prompt = [tokenizer.bos_id, *body, tokenizer.special_id(SUMMARIZE)]
+        prompt, prompt_cut = self.layout(example, tokenizer, max_len - 1 - keep)  # 1: eos
         answer = [*summary[:keep], tokenizer.eos_id]
-        truncated = body_cut + len(summary) - keep
+        truncated = prompt_cut + len(summary) - keep
         return Example(prompt + answer, [0] * len(prompt) + [1] * len(answer), truncated)
+
+    def layout(self, example: dict, tokenizer: Tokenizer, room: int) -> tuple[list[int], int]:
+        """`<bos> body <summarize> [title \n]` in at most `room` ids, and how many body and
+        title ids were left out."""
+        heading: list[int] = []
+        if self.settings.title_heading and example.get("title"):
+            heading = tokenizer.encode(f"{example['title']}\n")
+        kept_heading = heading[: min(MAX_HEADING_TOKENS, room // 4)]
+        body, body_cut = self.select_body(example, tokenizer, room - 2 - len(kept_heading))
+        prompt = [tokenizer.bos_id, *body, tokenizer.special_id(SUMMARIZE), *kept_heading]
+        return prompt, body_cut + len(heading) - len(kept_heading)
 
     def select_body(self, example: dict, tokenizer: Tokenizer, room: int) -> tuple[list[int], int]:
         """Body ids that fit in `room`, and how many body ids were left out."""
@@ -127,6 +141,7 @@ class SummarizationTask:
 
     def configure(self, options: dict[str, Any], block_size: int) -> None:
         known = {k: v for k, v in options.items() if k in SummarizationData.__dataclass_fields__}
+        known.setdefault("title_heading", False)  # checkpoints older than the option lack it
         self.settings = SummarizationData(**known)
         self.block_size = block_size
 
@@ -135,8 +150,7 @@ class SummarizationTask:
         example = source if isinstance(source, dict) else {"document": source}
         block = self.block_size or 1024
         keep = min(self.settings.max_summary_tokens, block // 2)
-        body, _ = self.select_body(example, tokenizer, block - 3 - keep)
-        return [tokenizer.bos_id, *body, tokenizer.special_id(SUMMARIZE)]
+        return self.layout(example, tokenizer, block - 1 - keep)[0]
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids).strip()

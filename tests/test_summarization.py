@@ -108,22 +108,46 @@ def test_tfidf_ranks_paragraphs_by_similarity_to_the_title():
     assert rank_paragraphs("unrelated words", paragraphs) == [0, 1, 2, 3]  # ties: in order
 
 
-def test_loss_mask_covers_exactly_the_summary_and_eos(tokenizer):
+@pytest.mark.parametrize("title_heading", [True, False])
+def test_loss_mask_covers_exactly_the_summary_and_eos(tokenizer, title_heading):
     task = SummarizationTask()
-    task.settings = SummarizationData()
+    task.settings = SummarizationData(title_heading=title_heading)
     example = task.encode(ARTICLE, tokenizer, max_len=200)
     summary = tokenizer.encode(ARTICLE["summary"])
     body = tokenizer.encode(ARTICLE["document"])
-    assert example.ids == [tokenizer.bos_id, *body, tokenizer.special_id(SUMMARIZE), *summary,
-                           tokenizer.eos_id]  # fmt: skip
-    assert example.loss_mask == [0] * (len(body) + 2) + [1] * (len(summary) + 1)
+    heading = tokenizer.encode("The river castle\n") if title_heading else []
+    prompt = [tokenizer.bos_id, *body, tokenizer.special_id(SUMMARIZE), *heading]
+    assert example.ids == [*prompt, *summary, tokenizer.eos_id]
+    assert example.loss_mask == [0] * len(prompt) + [1] * (len(summary) + 1)
     assert example.truncated == 0
+    # generation sees exactly the prompt that training saw
+    task.configure(task.options(task.settings), block_size=200)
+    assert task.prompt(ARTICLE, tokenizer) == prompt
+
+
+def test_heading_is_cut_to_a_quarter_of_the_room_and_counted(tokenizer):
+    task = SummarizationTask()
+    task.settings = SummarizationData(max_summary_tokens=8)
+    long_title = {**ARTICLE, "title": "the river castle " * 20}
+    heading = tokenizer.encode(long_title["title"] + "\n")
+    example = task.encode(long_title, tokenizer, max_len=80)
+    start = example.ids.index(tokenizer.special_id(SUMMARIZE)) + 1
+    kept = example.loss_mask.index(1) - start
+    assert kept == (80 - 9) // 4 and example.ids[start : start + kept] == heading[:kept]
+    assert len(example.ids) == 80
+
+
+def test_checkpoints_without_the_heading_option_keep_their_layout(tokenizer):
+    task = SummarizationTask()
+    task.configure({"max_summary_tokens": 8}, block_size=100)  # saved before title_heading
+    assert task.prompt(ARTICLE, tokenizer)[-1] == tokenizer.special_id(SUMMARIZE)
 
 
 @pytest.mark.parametrize("selection", ["first", "tfidf"])
 def test_body_is_cut_to_the_room_the_summary_leaves(tokenizer, selection):
     task = SummarizationTask()
-    task.settings = SummarizationData(body_selection=selection, max_summary_tokens=8)
+    task.settings = SummarizationData(body_selection=selection, max_summary_tokens=8,
+                                      title_heading=False)  # fmt: skip
     summary = tokenizer.encode(ARTICLE["summary"])
     assert len(summary) > 8
     river = tokenizer.encode("\nthe river castle is old")

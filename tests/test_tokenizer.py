@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqgen.errors import CheckpointError, DataError
+from seqgen.errors import CheckpointError, ConfigError, DataError
 from seqgen.tokenizer import (
     SentencePieceTokenizer,
     TokenizerConfig,
@@ -81,3 +81,30 @@ def test_training_errors():
     many_chars = "".join(chr(0x4E00 + i) for i in range(400))
     with pytest.raises(DataError, match="raise tokenizer.vocab_size to at least"):
         SentencePieceTokenizer.train([many_chars], TokenizerConfig(vocab_size=300))
+
+
+def test_user_symbols_are_single_pieces_and_round_trip(corpus_text):
+    corpus = corpus_text.replace(" the ", " the <unk> ")
+    plain = SentencePieceTokenizer.train([corpus], TokenizerConfig(vocab_size=320))
+    config = TokenizerConfig(vocab_size=321, user_symbols=["<unk>"])
+    tok = SentencePieceTokenizer.train([corpus], config)
+    symbol = tok.sp.piece_to_id("<unk>")
+    assert symbol == 4 and tok.sp.piece_to_id("<0x00>") == 5  # after the reserved ids
+    text = "the <unk> king <unk><unk> and <un k>"
+    ids = tok.encode(text)
+    assert ids.count(symbol) == 3 and tok.decode(ids) == text
+    assert tok.token_byte_lengths()[symbol] == 5
+    assert len(ids) < len(plain.encode(text))
+    assert 0 not in ids and tok.decode([0]) == ""  # the reserved unknown piece stays unused
+
+
+@pytest.mark.parametrize(
+    ("symbols", "message"),
+    [(["<s>"], "reserved"), (["x", "x"], "duplicates"), ([""], "non-empty"),
+     (["a\u2581b"], "U\\+2581")],
+)  # fmt: skip
+def test_user_symbol_errors(symbols, message):
+    with pytest.raises(ConfigError, match=message):
+        TokenizerConfig(vocab_size=400, user_symbols=symbols)
+    with pytest.raises(ConfigError, match="at least 262"):
+        TokenizerConfig(vocab_size=261, user_symbols=["<unk>"])
