@@ -103,11 +103,15 @@ class SummarizationTask:
 
     def encode(self, example: dict, tokenizer: Tokenizer, max_len: int) -> Example:
         summary = tokenizer.encode(example["summary"])
-        keep = min(len(summary), self.settings.max_summary_tokens, max_len // 2)
+        keep = min(len(summary), self.summary_budget(max_len))
         prompt, prompt_cut = self.layout(example, tokenizer, max_len - 1 - keep)  # 1: eos
         answer = [*summary[:keep], tokenizer.eos_id]
         truncated = prompt_cut + len(summary) - keep
         return Example(prompt + answer, [0] * len(prompt) + [1] * len(answer), truncated)
+
+    def summary_budget(self, max_len: int) -> int:
+        """Most summary ids in a sequence of `max_len` ids (the context + 1)."""
+        return min(self.settings.max_summary_tokens, max_len // 2)
 
     def layout(self, example: dict, tokenizer: Tokenizer, room: int) -> tuple[list[int], int]:
         """`<bos> body <summarize> [title \n]` in at most `room` ids, and how many body and
@@ -148,9 +152,8 @@ class SummarizationTask:
     def prompt(self, source: str | dict, tokenizer: Tokenizer) -> list[int]:
         """Prompt ids for a document (a string, or a dict with `document` and `title`)."""
         example = source if isinstance(source, dict) else {"document": source}
-        block = self.block_size or 1024
-        keep = min(self.settings.max_summary_tokens, block // 2)
-        return self.layout(example, tokenizer, block - 1 - keep)[0]
+        max_len = (self.block_size or 1024) + 1  # as in training: the context + 1
+        return self.layout(example, tokenizer, max_len - 1 - self.summary_budget(max_len))[0]
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids).strip()

@@ -125,6 +125,16 @@ def test_loss_mask_covers_exactly_the_summary_and_eos(tokenizer, title_heading):
     assert task.prompt(ARTICLE, tokenizer) == prompt
 
 
+def test_generation_prompt_equals_training_prompt_when_the_body_is_cut(tokenizer):
+    task = SummarizationTask()
+    task.settings = SummarizationData(max_summary_tokens=8)
+    task.configure(task.options(task.settings), block_size=40)
+    article = {**ARTICLE, "document": ARTICLE["document"] * 5}
+    example = task.encode(article, tokenizer, max_len=41)  # block_size + 1, as fine-tuning
+    assert example.truncated > 0 and len(example.ids) == 41
+    assert task.prompt(article, tokenizer) == example.ids[: example.loss_mask.index(1)]
+
+
 def test_heading_is_cut_to_a_quarter_of_the_room_and_counted(tokenizer):
     task = SummarizationTask()
     task.settings = SummarizationData(max_summary_tokens=8)
