@@ -6,7 +6,9 @@ valid; then the same fine-tuning budget from scratch, and the first-100-words ba
         --budget-seconds 3600 --report runs/bench/sum.json --out runs/bench/sum
 
 The budget is training time in all for the pretrained run (pretraining + fine-tuning); the
-scratch run fine-tunes for the same time as the pretrained run does. Tokenizer training,
+scratch run fine-tunes for the same time as the pretrained run does. Both fine-tunings keep
+their step of lowest loss on a dev set held out of train (never valid), and that checkpoint
+is scored. Tokenizer training,
 encoding and evaluation run outside it. Extra arguments after `--` override the
 fine-tuning recipe.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -35,13 +38,22 @@ def run(argv: list[str], report: Path) -> dict:
     return json.loads(report.read_text())
 
 
-def article_text(data: Path, work: Path) -> Path:
-    """The training articles as plain text (lead, then body), one document per article."""
-    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines() if line]
-    path = work / "articles.jsonl"
-    path.write_text("".join(json.dumps({"text": f"{r['title']}\n{r['lead']}\n{r['body']}"}) + "\n"
-                            for r in rows))  # fmt: skip
-    return path
+def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, Path]:
+    """Training articles for pretraining text (title, lead, body: one document each) and
+    fine-tuning, and a dev set drawn from train that neither sees: the fine-tuning runs pick
+    their best step on it, so valid stays unseen until the final scores."""
+    lines = [line for line in (data / "train.jsonl").read_text().splitlines() if line]
+    if not 0 < dev_articles < len(lines):
+        raise SystemExit(f"--dev-articles must be in [1, {len(lines) - 1}], got {dev_articles}")
+    chosen = set(random.Random(0).sample(range(len(lines)), dev_articles))
+    train = [line for i, line in enumerate(lines) if i not in chosen]
+    paths = work / "articles.jsonl", work / "train.jsonl", work / "dev.jsonl"
+    rows = [json.loads(line) for line in train]
+    paths[0].write_text("".join(json.dumps({"text": f"{r['title']}\n{r['lead']}\n{r['body']}"})
+                                + "\n" for r in rows))  # fmt: skip
+    paths[1].write_text("\n".join(train) + "\n")
+    paths[2].write_text("\n".join(lines[i] for i in sorted(chosen)) + "\n")
+    return paths
 
 
 def f1(scores: dict) -> dict:
@@ -54,6 +66,8 @@ def main() -> int:
     parser.add_argument("--budget-seconds", type=float, default=3600.0)
     parser.add_argument("--pretrain-fraction", type=float, default=0.5,
                         help="share of the budget spent pretraining")  # fmt: skip
+    parser.add_argument("--dev-articles", type=int, default=30,
+                        help="training articles held out to pick the fine-tuned step")  # fmt: skip
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--length-penalty", type=float, default=1.0)
@@ -72,16 +86,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        articles, train, dev = split_train(data, work, args.dev_articles)
         pre = run(["pretrain", "--config", args.pretrain_config,
-                   "--data.source", str(article_text(data, work)), "--data.val_fraction", "0.05",
+                   "--data.source", str(articles), "--data.val_fraction", "0.05",
                    "--train.max_steps=-1",
                    f"--train.max_time={args.budget_seconds * args.pretrain_fraction}",
                    "--train.progress_bar=false", "--out_dir", str(work / "pretrain")],
                   work / "pretrain.json")  # fmt: skip
         finetune_seconds = args.budget_seconds - pre["train_seconds"]
-        common = ["finetune", "--config", args.config, "--data.train", str(data / "train.jsonl"),
-                  "--data.val", str(data / "valid.jsonl"), "--train.max_steps=-1",
-                  f"--train.max_time={finetune_seconds}", "--train.progress_bar=false"]  # fmt: skip
+        common = ["finetune", "--config", args.config, "--data.train", str(train),
+                  "--data.val", str(dev), "--train.max_steps=-1", "--train.keep_best=true",
+                  "--train.val_every_n_steps=50", f"--train.max_time={finetune_seconds}",
+                  "--train.progress_bar=false"]  # fmt: skip
         runs = {
             "pretrained": run([*common, "--from", pre["checkpoint"], "--out_dir",
                                str(work / "pretrained"), *args.overrides],
@@ -89,9 +105,9 @@ def main() -> int:
             "scratch": run([*common, "--from", "none", "--out_dir", str(work / "scratch"),
                             *args.overrides], work / "scratch.json"),
         }  # fmt: skip
-        (work / "pretrained" / "final").rename(work / "final")
+        (work / "pretrained" / "best").rename(work / "final")
         scores = {}
-        for name, ckpt in (("pretrained", work / "final"), ("scratch", work / "scratch")):
+        for name, ckpt in (("pretrained", work / "final"), ("scratch", work / "scratch" / "best")):
             scores[name] = evaluate([
                 "--ckpt", str(ckpt), "--data", str(data / "valid.jsonl"),
                 "--beams", str(args.beams), "--baseline-words", str(BASELINE_WORDS),
@@ -108,6 +124,7 @@ def main() -> int:
         "baseline_words": BASELINE_WORDS,
         "pretrain_seconds": pre["train_seconds"],
         "finetune_seconds": {name: r["train_seconds"] for name, r in runs.items()},
+        "best_step": {name: r["best_step"] for name, r in runs.items()},
         "summary_words": {n: s["system"]["lengths"]["mean_words"] for n, s in scores.items()},
         "pretrain": pre, "finetune": runs, "wall_seconds": time.perf_counter() - started,
         "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,

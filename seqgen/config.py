@@ -119,6 +119,9 @@ class TrainConfig:
     """Cap on validation batches per check (None: the whole validation set)."""
     checkpoint_every_n_steps: int = 500
     """Save a resumable checkpoint every N optimizer steps (and always at the end)."""
+    keep_best: bool = False
+    """Also keep the checkpoint with the lowest val_loss so far as out_dir/best (a fine-tuning
+    on little data overfits, and its last step is then not its best)."""
     log_every_n_steps: int = 10
     """Write train metrics to the CSV log every N steps."""
     accelerator: str = "auto"

@@ -32,6 +32,7 @@ from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig,
 
 log = logging.getLogger("seqgen")
 TASK = "text"
+BEST = "best"  # out_dir/best: the lowest val_loss, with train.keep_best
 
 
 @dataclass
@@ -74,6 +75,8 @@ def quiet_lightning() -> None:
     # Training windows are drawn at random offsets: after a resume a fresh draw is as good as
     # the interrupted one, so the sampler's position is deliberately not saved.
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+    # A run directory holds more than checkpoints (logs/, final/, best/ with train.keep_best).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
@@ -94,6 +97,13 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         save_on_train_epoch_end=False,
     )
     checkpoints.FILE_EXTENSION = ""  # a checkpoint is a directory
+    callbacks = [checkpoints]
+    if cfg.keep_best:
+        best = ModelCheckpoint(dirpath=out_dir, filename=BEST, monitor="val_loss", mode="min",
+                               save_top_k=1, save_on_train_epoch_end=False,
+                               enable_version_counter=False)  # fmt: skip
+        best.FILE_EXTENSION = ""
+        callbacks.append(best)
     return pl.Trainer(
         max_steps=cfg.max_steps,
         max_time=timedelta(seconds=parse_duration(cfg.max_time)) if cfg.max_time else None,
@@ -107,7 +117,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=CSVLogger(out_dir, name="logs"),  # logs/version_N: a resumed run adds a version
-        callbacks=[checkpoints],
+        callbacks=callbacks,
         plugins=[ckpt.SeqgenCheckpointIO(tokenizer)],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
@@ -207,6 +217,11 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
               "train_loss": float(train_loss) if train_loss is not None else math.nan}  # fmt: skip
     if "val_bpb" in metrics:
         report["val_bpb"] = metrics["val_bpb"]
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val_loss"), None)
+    if best is not None and best.best_model_path:
+        report.update(best_val_loss=float(best.best_model_score),
+                      best_step=ckpt.read_meta(out_dir / BEST).get("step"),
+                      best_checkpoint=str(out_dir / BEST))  # fmt: skip
     return {
         **report,
         "train_tokens": module.train_tokens,

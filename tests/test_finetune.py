@@ -1,6 +1,7 @@
 """Fine-tuning through the shared core: batching by length, a tiny model memorising a few
 translation pairs, and the CLI end to end (pretrain -> finetune -> evaluate -> generate)."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -193,3 +194,24 @@ def test_finetune_under_ddp_shards_batches_across_two_processes(parallel, tmp_pa
     values = json.loads(report.read_text())
     assert values["steps"] == 4 and values["epochs"] == 4 * 8 * 2 / 64  # both ranks' batches
     assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
+
+
+def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss(parallel, tmp_path):
+    run_dir, report = tmp_path / "run", tmp_path / "r.json"
+    # 8 training pairs, 60 steps: the model memorises them and its val loss turns up
+    assert finetune("--from", "none", "--data.train", str(parallel / "val"),
+                    "--data.val", str(parallel / "train"), *flags(TINY_MODEL),
+                    "--train.max_steps", "60", "--train.learning_rate", "3e-2",
+                    "--train.keep_best", "true", "--out_dir", str(run_dir),
+                    "--report", str(report)) == 0  # fmt: skip
+    result = json.loads(report.read_text())
+    rows = list(csv.DictReader((run_dir / "logs" / "version_0" / "metrics.csv").open()))
+    during_fit = [r for r in rows if r["val_loss"]][:-1]  # the last: trainer.validate at the end
+    logged = {int(r["step"]) + 1: float(r["val_loss"]) for r in during_fit}
+    assert sorted(logged) == [10, 20, 30, 40, 50, 60]
+    best_step = min(logged, key=logged.get)
+    assert best_step < 60  # not simply the last
+    assert result["best_step"] == best_step == checkpoint.read_meta(run_dir / "best")["step"]
+    assert result["best_val_loss"] == pytest.approx(logged[best_step])
+    assert result["best_checkpoint"] == str(run_dir / "best")
+    assert load(run_dir / "best").generate("The king rides.", max_new_tokens=3) is not None
