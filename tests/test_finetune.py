@@ -196,18 +196,22 @@ def test_finetune_under_ddp_shards_batches_across_two_processes(parallel, tmp_pa
     assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
 
 
-def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss(parallel, tmp_path):
+def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss_across_a_resume(
+    parallel, tmp_path
+):
     run_dir, report = tmp_path / "run", tmp_path / "r.json"
-    # 8 training pairs, 60 steps: the model memorises them and its val loss turns up
-    assert finetune("--from", "none", "--data.train", str(parallel / "val"),
-                    "--data.val", str(parallel / "train"), *flags(TINY_MODEL),
-                    "--train.max_steps", "60", "--train.learning_rate", "3e-2",
-                    "--train.keep_best", "true", "--out_dir", str(run_dir),
-                    "--report", str(report)) == 0  # fmt: skip
+    # 8 training pairs: the model memorises them and its val loss soon turns up
+    common = ["--data.train", str(parallel / "val"), "--data.val", str(parallel / "train"),
+              *flags(TINY_MODEL), "--train.learning_rate", "3e-2", "--train.keep_best", "true",
+              "--out_dir", str(run_dir), "--report", str(report)]  # fmt: skip
+    assert finetune("--from", "none", "--train.max_steps", "30", *common) == 0
+    assert finetune("--resume", "last", "--train.max_steps", "60", *common) == 0
     result = json.loads(report.read_text())
-    rows = list(csv.DictReader((run_dir / "logs" / "version_0" / "metrics.csv").open()))
-    during_fit = [r for r in rows if r["val_loss"]][:-1]  # the last: trainer.validate at the end
-    logged = {int(r["step"]) + 1: float(r["val_loss"]) for r in during_fit}
+    logged = {}
+    for version in ("version_0", "version_1"):
+        rows = list(csv.DictReader((run_dir / "logs" / version / "metrics.csv").open()))
+        during_fit = [r for r in rows if r["val_loss"]][:-1]  # the last: the final validate
+        logged |= {int(r["step"]) + 1: float(r["val_loss"]) for r in during_fit}
     assert sorted(logged) == [10, 20, 30, 40, 50, 60]
     best_step = min(logged, key=logged.get)
     assert best_step < 60  # not simply the last
