@@ -8,9 +8,10 @@ valid; then the same fine-tuning budget from scratch, and the first-100-words ba
 The budget is training time in all for the pretrained run (pretraining + fine-tuning); the
 scratch run fine-tunes for the same time as the pretrained run does. Both fine-tunings keep
 their step of lowest loss on a dev set held out of train (never valid), and that checkpoint
-is scored. Tokenizer training,
-encoding and evaluation run outside it. Extra arguments after `--` override the
-fine-tuning recipe.
+is scored. Besides each system's own interval, the report gives the pretrained-minus-scratch
+difference with a paired bootstrap interval (the same resampled documents for both).
+Tokenizer training, encoding and evaluation run outside the budget. Extra arguments after
+`--` override the fine-tuning recipe.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from common import write_report
 
 from seqgen.cli import main as seqgen
+from tasks.rouge import paired_difference
 from tasks.summarization_eval import main as evaluate
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "summarization"
@@ -117,10 +119,15 @@ def main() -> int:
                 "--output", str(work / f"{name}.pred.jsonl"),
                 "--report", str(work / f"{name}.rouge.json"),
             ])  # fmt: skip
+        per_document = {name: [json.loads(line)["scores"] for line in
+                               (work / f"{name}.pred.jsonl").read_text().splitlines()]
+                        for name in scores}  # fmt: skip
+    difference = paired_difference(per_document["pretrained"], per_document["scratch"])
     report = {
         "pretrained": f1(scores["pretrained"]["system"]["scores"]),
         "scratch": f1(scores["scratch"]["system"]["scores"]),
         "baseline": f1(scores["pretrained"]["baseline"]["scores"]),
+        "pretrained_minus_scratch": {t: difference[t] for t in REPORTED},
         "baseline_words": BASELINE_WORDS,
         "pretrain_seconds": pre["train_seconds"],
         "finetune_seconds": {name: r["train_seconds"] for name, r in runs.items()},
@@ -137,6 +144,9 @@ def main() -> int:
     for name in ("pretrained", "scratch", "baseline"):
         cells = [f"{v['mid']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for v in report[name].values()]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    cells = [f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
+             for v in report["pretrained_minus_scratch"].values()]  # fmt: skip
+    print("| pretrained - scratch (paired) | " + " | ".join(cells) + " |")
     write_report(args.report, report)
     return 0
 

@@ -62,6 +62,24 @@ def bootstrap(per_document: list[dict[str, Any]], samples: int = 1000, seed: int
     return result
 
 
+def paired_difference(
+    first: list[dict[str, Any]], second: list[dict[str, Any]], samples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """F1 of `first` minus F1 of `second` (per-document scores of two systems on the same
+    documents) as {type: {low, mid, high, mean}}, resampling documents for both at once.
+
+    Tighter than comparing two systems' own intervals: how hard each document is cancels out.
+    A difference whose interval lies above 0 is significant at the 5% level (two-sided).
+    """
+    if len(first) != len(second):
+        raise ValueError(
+            f"{len(first)} documents scored for one system, {len(second)} for the other"
+        )
+    differences = [{t: {p: a[t][p] - b[t][p] for p in PARTS} for t in ROUGE_TYPES}
+                   for a, b in zip(first, second, strict=True)]  # fmt: skip
+    return {t: s["fmeasure"] for t, s in bootstrap(differences, samples, seed).items()}
+
+
 def length_stats(texts: list[str]) -> dict[str, float]:
     words = [len(t.split()) for t in texts]
     return {"mean_words": statistics.fmean(words), "median_words": statistics.median(words),

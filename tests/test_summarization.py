@@ -9,7 +9,15 @@ from rouge_score import rouge_scorer
 
 from seqgen.cli import main
 from seqgen.errors import DataError
-from tasks.rouge import bootstrap, lead_words, score_documents, split_sentences
+from tasks.rouge import (
+    PARTS,
+    ROUGE_TYPES,
+    bootstrap,
+    lead_words,
+    paired_difference,
+    score_documents,
+    split_sentences,
+)
 from tasks.summarization import (
     SUMMARIZE,
     SummarizationData,
@@ -218,6 +226,26 @@ def test_bootstrap_intervals_contain_the_mean_and_are_deterministic():
         for s in rouge_type.values():
             assert s["low"] <= s["mean"] <= s["high"] and s["low"] <= s["mid"] <= s["high"]
     assert first["rouge1"]["fmeasure"]["low"] < first["rouge1"]["fmeasure"]["high"]
+
+
+def test_paired_difference_sees_a_small_uniform_gain_that_the_intervals_hide():
+    def docs(values):
+        return [{t: {p: v for p in PARTS} for t in ROUGE_TYPES} for v in values]
+
+    hardness = [5.0, 40.0, 12.0, 70.0, 25.0, 55.0, 8.0, 33.0]  # documents differ a lot
+    worse, better = docs(hardness), docs([v + 2.0 for v in hardness])
+    own = [bootstrap(s, 500, seed=1)["rouge2"]["fmeasure"] for s in (better, worse)]
+    assert own[0]["low"] < own[1]["high"]  # the systems' own intervals overlap
+    diff = paired_difference(better, worse, 500, seed=1)
+    for bound in ("low", "mid", "high", "mean"):
+        assert diff["rouge2"][bound] == pytest.approx(2.0)  # every resample: the same gain
+    mixed = paired_difference(docs([v + (3.0 if i % 2 else -1.0) for i, v in enumerate(hardness)]),
+                              worse, 500, seed=1)  # fmt: skip
+    assert mixed["rougeLsum"]["mean"] == pytest.approx(1.0)
+    assert mixed["rougeLsum"]["low"] < 1.0 < mixed["rougeLsum"]["high"]
+    assert paired_difference(worse, better)["rouge1"]["mean"] == pytest.approx(-2.0)
+    with pytest.raises(ValueError, match="8 documents scored for one system, 7"):
+        paired_difference(better, worse[:7])
 
 
 # ---------------------------------------------------------------- evaluation
