@@ -14,7 +14,14 @@ from typing import Any
 from seqgen.data import read_jsonl
 from seqgen.errors import DataError
 from seqgen.evaluation import Progress, evaluation_parser, write_json
-from tasks.rouge import bootstrap, lead_words, length_stats, markdown_table, score_documents
+from tasks.rouge import (
+    bootstrap,
+    lead_words,
+    length_stats,
+    markdown_table,
+    paired_difference,
+    score_documents,
+)
 from tasks.summarization import SummarizationData, read_examples
 
 
@@ -43,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
                    help="Baseline length (default: mean reference length in words).")  # fmt: skip
     p.add_argument("--bootstrap-samples", type=int, default=1000)
     p.add_argument("--output", help="Write predictions with per-document scores (JSONL) here.")
+    p.add_argument("--compare", metavar="PREDICTIONS",
+                   help="Another system's JSONL {id, prediction}: report this system minus it, "
+                        "with a paired bootstrap interval (the same documents resampled for "
+                        "both), which is tighter than comparing two intervals.")  # fmt: skip
     return p
 
 
@@ -104,6 +115,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     if len(set(ids)) != len(ids):
         raise DataError(f"{args.data}: document ids are not unique")
     references = [e["summary"] for e in examples]
+    compared = None  # read first: a bad file fails before any generation
+    if args.compare:
+        compared = read_predictions(Path(args.compare), args.prediction_field, ids)
     seconds = None
     if args.ckpt:
         predictions, seconds = summarize(args, examples)
@@ -128,6 +142,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         "reference_lengths": length_stats(references), "rouge": "rouge-score, Porter stemmer, "
         "Lsum over sentences split by tasks.rouge.split_sentences; F1/precision/recall in %",
     }  # fmt: skip
+    if compared is not None:
+        difference = paired_difference(per_doc, score_documents(compared, references),
+                                       args.bootstrap_samples, args.seed)  # fmt: skip
+        report["compared"] = {"predictions": args.compare, "difference": difference}
     if seconds is not None:
         report.update(decode_seconds=seconds, beams=args.beams, checkpoint=args.ckpt)
     if args.output:
@@ -139,6 +157,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         )
     write_json(args.report, report)
     print(markdown_table(results))
+    if compared is not None:
+        cells = [f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                 for d in difference.values()]  # fmt: skip
+        print(f"| minus {Path(args.compare).name} (paired) | " + " | ".join(cells) + " | |")
     print(f"\n{len(examples)} documents; references {report['reference_lengths']['mean_words']:.0f}"
           " words on average; F1 in %, 95% bootstrap intervals in brackets")  # fmt: skip
     return report

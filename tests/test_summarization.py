@@ -287,6 +287,24 @@ def test_evaluate_a_predictions_file(dataset, tmp_path, capsys):
     assert "| predictions |" in capsys.readouterr().out
 
 
+def test_compare_two_systems_with_a_paired_difference(dataset, tmp_path, capsys):
+    data, rows = dataset
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"id": r["id"], "prediction": r["lead"].split()[0]}) + "\n"
+                             for r in rows))  # fmt: skip
+    predictions = [{"id": r["id"], "prediction": r["lead"]} for r in rows]
+    code, report = evaluate_predictions(tmp_path, data, predictions, "--compare", str(other))
+    assert code == 0
+    result = json.loads(report.read_text())
+    assert result["compared"]["predictions"] == str(other)
+    gap = result["compared"]["difference"]["rouge1"]  # 100 vs "wordN": F1 of 1 word in 3 = 50
+    assert gap["mean"] == pytest.approx(50) and gap["low"] == pytest.approx(50)
+    assert "| minus other.jsonl (paired) | +50.00 [+50.00, +50.00]" in capsys.readouterr().out
+    other.write_text(json.dumps({"id": "d0", "prediction": "x"}) + "\n")
+    code, _ = evaluate_predictions(tmp_path, data, predictions, "--compare", str(other))
+    assert code == 2 and "other.jsonl: 1 predictions for 6 documents" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
