@@ -218,7 +218,10 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
     if "val_bpb" in metrics:
         report["val_bpb"] = metrics["val_bpb"]
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val_loss"), None)
-    if best is not None and best.best_model_path:
+    if best is not None and not best.best_model_path:
+        log.warning("train.keep_best: no validation ran during training (val_every_n_steps > "
+                    "steps), so there is no %s/%s", out_dir, BEST)  # fmt: skip
+    elif best is not None:
         report.update(best_val_loss=float(best.best_model_score),
                       best_step=ckpt.read_meta(out_dir / BEST).get("step"),
                       best_checkpoint=str(out_dir / BEST))  # fmt: skip

@@ -219,3 +219,14 @@ def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss_across_a_resume
     assert result["best_val_loss"] == pytest.approx(logged[best_step])
     assert result["best_checkpoint"] == str(run_dir / "best")
     assert load(run_dir / "best").generate("The king rides.", max_new_tokens=3) is not None
+
+
+def test_keep_best_without_a_validation_says_so(parallel, tmp_path, caplog):
+    report = tmp_path / "r.json"
+    assert finetune("--from", "none", "--data.train", str(parallel / "train"),
+                    "--data.val", str(parallel / "val"), *flags(TINY_MODEL),
+                    "--train.max_steps", "4", "--train.keep_best", "true",
+                    "--out_dir", str(tmp_path / "run"), "--report", str(report)) == 0  # fmt: skip
+    assert "no validation ran during training" in caplog.text
+    assert not (tmp_path / "run" / "best").exists()
+    assert "best_step" not in json.loads(report.read_text())
