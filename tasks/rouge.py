@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,13 +31,20 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def score_documents(predictions: list[str], references: list[str]) -> list[dict[str, Any]]:
-    """Per document: {rouge_type: {precision, recall, fmeasure}} in percent."""
+def score_documents(predictions: list[str], references: list[str], ignore: Sequence[str] = ()
+                    ) -> list[dict[str, Any]]:  # fmt: skip
+    """Per document: {rouge_type: {precision, recall, fmeasure}} in percent.
+
+    `ignore`: strings removed from both sides first, such as WikiText's `<unk>`, which stands
+    for a different rare word each time yet would match itself (as the word "unk").
+    """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     scores = []
     for prediction, reference in zip(predictions, references, strict=True):
+        for text in ignore:
+            prediction, reference = prediction.replace(text, " "), reference.replace(text, " ")
         # one sentence per line: rougeLsum takes the union LCS over those lines
         result = scorer.score("\n".join(split_sentences(reference)),
                               "\n".join(split_sentences(prediction)))  # fmt: skip

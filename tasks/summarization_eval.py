@@ -50,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
                    help="Baseline length (default: mean reference length in words).")  # fmt: skip
     p.add_argument("--bootstrap-samples", type=int, default=1000)
     p.add_argument("--output", help="Write predictions with per-document scores (JSONL) here.")
+    p.add_argument("--ignore", action="append", default=[], metavar="TEXT",
+                   help="Remove TEXT from every summary and reference before scoring "
+                        "(repeatable), e.g. WikiText's <unk>: it stands for a different rare "
+                        "word each time, yet would match itself.")  # fmt: skip
     p.add_argument("--compare", metavar="PREDICTIONS",
                    help="Another system's JSONL {id, prediction}: report this system minus it, "
                         "with a paired bootstrap interval (the same documents resampled for "
@@ -125,10 +129,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         predictions = read_predictions(Path(args.predictions), args.prediction_field, ids)
     n_words = args.baseline_words or round(statistics.fmean(len(r.split()) for r in references))
     baseline = [lead_words(e["document"], n_words) for e in examples]
-    per_doc = score_documents(predictions, references)
+    per_doc = score_documents(predictions, references, args.ignore)
     systems = {
         "model" if args.ckpt else "predictions": per_doc,
-        f"first {n_words} words": score_documents(baseline, references),
+        f"first {n_words} words": score_documents(baseline, references, args.ignore),
     }
     texts = dict(zip(systems, (predictions, baseline), strict=True))
     results = {
@@ -141,9 +145,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         "baseline": results[f"first {n_words} words"], "baseline_words": n_words,
         "reference_lengths": length_stats(references), "rouge": "rouge-score, Porter stemmer, "
         "Lsum over sentences split by tasks.rouge.split_sentences; F1/precision/recall in %",
+        "ignored": args.ignore,
     }  # fmt: skip
     if compared is not None:
-        difference = paired_difference(per_doc, score_documents(compared, references),
+        difference = paired_difference(per_doc, score_documents(compared, references, args.ignore),
                                        args.bootstrap_samples, args.seed)  # fmt: skip
         report["compared"] = {"predictions": args.compare, "difference": difference}
     if seconds is not None:

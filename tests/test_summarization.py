@@ -210,6 +210,15 @@ def test_rouge_equals_rouge_score_and_a_hand_count():
     assert ours["rouge1"]["recall"] == pytest.approx(100 * 5 / 9)
 
 
+def test_ignored_placeholders_do_not_match_themselves():
+    reference, prediction = "<unk> founded the <unk> in 1901 .", "<unk> <unk> <unk> the city ."
+    counted = score_documents([prediction], [reference])[0]["rouge1"]
+    assert counted["precision"] == pytest.approx(100 * 3 / 5)  # unk, unk, the (of 5 words)
+    ignored = score_documents([prediction], [reference], ignore=["<unk>"])[0]
+    plain = score_documents(["the city ."], ["founded the in 1901 ."])[0]
+    assert ignored == plain and ignored["rouge1"]["precision"] == pytest.approx(50)
+
+
 def test_sentence_splitting_and_lead_words():
     text = 'Dr. Smith arrived at 3.5 pm. He left! "Why?" she asked.\nNew paragraph'
     assert split_sentences(text) == ["Dr.", "Smith arrived at 3.5 pm.", "He left!",
@@ -285,6 +294,11 @@ def test_evaluate_a_predictions_file(dataset, tmp_path, capsys):
     assert [s["id"] for s in scored] == [r["id"] for r in rows]  # in the data's order
     assert scored[0]["scores"]["rouge1"]["fmeasure"] == pytest.approx(100)
     assert "| predictions |" in capsys.readouterr().out
+    code, report = evaluate_predictions(tmp_path, data, predictions, "--ignore", "summary")
+    result = json.loads(report.read_text())
+    assert result["ignored"] == ["summary"]
+    baseline = result["baseline"]["scores"]["rouge1"]["fmeasure"]["mean"]
+    assert baseline == pytest.approx(80)  # "wordN body text" vs "wordN body": P 2/3, R 1
 
 
 def test_compare_two_systems_with_a_paired_difference(dataset, tmp_path, capsys):
@@ -297,6 +311,7 @@ def test_compare_two_systems_with_a_paired_difference(dataset, tmp_path, capsys)
     assert code == 0
     result = json.loads(report.read_text())
     assert result["compared"]["predictions"] == str(other)
+    assert result["ignored"] == []
     gap = result["compared"]["difference"]["rouge1"]  # 100 vs "wordN": F1 of 1 word in 3 = 50
     assert gap["mean"] == pytest.approx(50) and gap["low"] == pytest.approx(50)
     assert "| minus other.jsonl (paired) | +50.00 [+50.00, +50.00]" in capsys.readouterr().out
