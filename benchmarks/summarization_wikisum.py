@@ -30,7 +30,6 @@ from pathlib import Path
 from common import write_report
 
 from seqgen.cli import main as seqgen
-from tasks.rouge import paired_difference
 from tasks.summarization_eval import main as evaluate
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "summarization"
@@ -48,8 +47,8 @@ def run(argv: list[str], report: Path) -> dict:
 
 def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, Path]:
     """Training articles for pretraining text (title, lead, body: one document each) and
-    fine-tuning, and a dev set drawn from train that neither sees: the fine-tuning runs pick
-    their best step on it, so valid stays unseen until the final scores."""
+    fine-tuning, and a dev set drawn from train that neither sees: the fine-tuning runs
+    validate on it, so valid stays unseen until the final scores."""
     lines = [line for line in (data / "train.jsonl").read_text().splitlines() if line]
     if not 0 < dev_articles < len(lines):
         raise SystemExit(f"--dev-articles must be in [1, {len(lines) - 1}], got {dev_articles}")
@@ -75,7 +74,7 @@ def main() -> int:
     parser.add_argument("--pretrain-fraction", type=float, default=0.5,
                         help="share of the budget spent pretraining")  # fmt: skip
     parser.add_argument("--dev-articles", type=int, default=30,
-                        help="training articles held out to pick the fine-tuned step")  # fmt: skip
+                        help="training articles held out as the fine-tunings' dev set")  # fmt: skip
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--length-penalty", type=float, default=1.0)
@@ -114,8 +113,9 @@ def main() -> int:
                             *args.overrides], work / "scratch.json"),
         }  # fmt: skip
         (work / "pretrained" / "final").rename(work / "final")
-        scores = {}
-        for name, ckpt in (("pretrained", work / "final"), ("scratch", work / "scratch" / "final")):
+        scores, compare = {}, []
+        # scratch first: the pretrained evaluation then compares itself with scratch's output
+        for name, ckpt in (("scratch", work / "scratch" / "final"), ("pretrained", work / "final")):
             scores[name] = evaluate([
                 "--ckpt", str(ckpt), "--data", str(data / "valid.jsonl"),
                 "--beams", str(args.beams), "--baseline-words", str(BASELINE_WORDS),
@@ -124,12 +124,10 @@ def main() -> int:
                 "--no-repeat-ngram-size", str(args.no_repeat_ngram_size),
                 *(f"--ignore={text}" for text in IGNORED),
                 "--output", str(work / f"{name}.pred.jsonl"),
-                "--report", str(work / f"{name}.rouge.json"),
+                "--report", str(work / f"{name}.rouge.json"), *compare,
             ])  # fmt: skip
-        per_document = {name: [json.loads(line)["scores"] for line in
-                               (work / f"{name}.pred.jsonl").read_text().splitlines()]
-                        for name in scores}  # fmt: skip
-    difference = paired_difference(per_document["pretrained"], per_document["scratch"])
+            compare = ["--compare", str(work / f"{name}.pred.jsonl")]
+    difference = scores["pretrained"]["compared"]["difference"]
     report = {
         "pretrained": f1(scores["pretrained"]["system"]["scores"]),
         "scratch": f1(scores["scratch"]["system"]["scores"]),

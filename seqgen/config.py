@@ -121,7 +121,7 @@ class TrainConfig:
     """Save a resumable checkpoint every N optimizer steps (and always at the end)."""
     keep_best: bool = False
     """Also keep the checkpoint with the lowest val_loss so far as out_dir/best (a fine-tuning
-    on little data overfits, and its last step is then not its best)."""
+    on little data overfits, and its last step is then not its lowest-loss one)."""
     log_every_n_steps: int = 10
     """Write train metrics to the CSV log every N steps."""
     accelerator: str = "auto"
