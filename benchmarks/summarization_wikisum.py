@@ -15,7 +15,12 @@ interval, the report gives the pretrained-minus-scratch difference with a paired
 interval (the same resampled documents for both).
 ROUGE ignores WikiText's `<unk>`, which would otherwise match itself across different words.
 Tokenizer training, encoding and evaluation run outside the budget. Extra arguments after
-`--` override the fine-tuning recipe.
+`--` override the fine-tuning recipe. `--rescore DIR` scores a kept run (an earlier `--out`)
+again with other decoding settings, without training, e.g. minimum Bayes risk decoding:
+
+    python benchmarks/summarization_wikisum.py --data ../shared/data/wikisum_wt2 \
+        --rescore runs/bench/sum --out runs/bench/sum_mbr --beams 1 --temperature 0.7 \
+        --top-p 0.9 --no-repeat-ngram-size 4 --min-new-tokens 256 --mbr-samples 16
 """
 
 from __future__ import annotations
@@ -63,6 +68,41 @@ def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, 
     return paths
 
 
+def train(args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
+    """Pretrain, then fine-tune from the pretrained model and from scratch; the reports."""
+    articles, train, dev = split_train(Path(args.data), work, args.dev_articles)
+    pre = run(["pretrain", "--config", args.pretrain_config,
+               "--data.source", str(articles), "--data.val_fraction", "0.05",
+               "--train.max_steps=-1",
+               f"--train.max_time={args.budget_seconds * args.pretrain_fraction}",
+               "--train.progress_bar=false", "--out_dir", str(work / "pretrain")],
+              work / "pretrain.json")  # fmt: skip
+    finetune_seconds = args.budget_seconds - pre["train_seconds"]
+    common = ["finetune", "--config", args.config, "--data.train", str(train),
+              "--data.val", str(dev), "--train.max_steps=-1", "--train.keep_best=true",
+              "--train.val_every_n_steps=50", f"--train.max_time={finetune_seconds}",
+              "--train.progress_bar=false"]  # fmt: skip
+    runs = {
+        "pretrained": run([*common, "--from", pre["checkpoint"], "--out_dir",
+                           str(work / "pretrained"), *args.overrides], work / "pretrained.json"),
+        "scratch": run([*common, "--from", "none", "--out_dir", str(work / "scratch"),
+                        *args.overrides], work / "scratch.json"),
+    }  # fmt: skip
+    (work / "pretrained" / "final").rename(work / "final")
+    return pre, runs
+
+
+def kept_runs(work: Path) -> tuple[dict, dict]:
+    """The training reports of a run kept with --out, checked to have both final models."""
+    needed = [work / n for n in ("pretrain.json", "pretrained.json", "scratch.json",
+                                 "final", "scratch/final")]  # fmt: skip
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        raise SystemExit(f"--rescore {work}: not a kept run, missing {', '.join(missing)}")
+    pre = json.loads((work / "pretrain.json").read_text())
+    return pre, {n: json.loads((work / f"{n}.json").read_text()) for n in ("pretrained", "scratch")}
+
+
 def f1(scores: dict) -> dict:
     return {t: {k: scores[t]["fmeasure"][k] for k in ("mid", "low", "high")} for t in REPORTED}
 
@@ -79,6 +119,13 @@ def main() -> int:
     parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--no-repeat-ngram-size", type=int, default=3)
+    parser.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (--beams 1)")
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--mbr-samples", type=int, default=1,
+                        help="minimum Bayes risk over this many samples per document")  # fmt: skip
+    parser.add_argument("--rescore", metavar="DIR",
+                        help="score the runs kept in DIR (an earlier --out) without training; "
+                             "the new predictions go to --out (default DIR)")  # fmt: skip
     parser.add_argument("--pretrain-config", default=str(RECIPES / "wikitext_pretrain.yaml"))
     parser.add_argument("--config", default=str(RECIPES / "wikisum.yaml"))
     parser.add_argument("--report", help="write the results as JSON here")
@@ -91,28 +138,15 @@ def main() -> int:
             parser.error(f"{data / name}: no such file")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.out or tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        articles, train, dev = split_train(data, work, args.dev_articles)
-        pre = run(["pretrain", "--config", args.pretrain_config,
-                   "--data.source", str(articles), "--data.val_fraction", "0.05",
-                   "--train.max_steps=-1",
-                   f"--train.max_time={args.budget_seconds * args.pretrain_fraction}",
-                   "--train.progress_bar=false", "--out_dir", str(work / "pretrain")],
-                  work / "pretrain.json")  # fmt: skip
-        finetune_seconds = args.budget_seconds - pre["train_seconds"]
-        common = ["finetune", "--config", args.config, "--data.train", str(train),
-                  "--data.val", str(dev), "--train.max_steps=-1", "--train.keep_best=true",
-                  "--train.val_every_n_steps=50", f"--train.max_time={finetune_seconds}",
-                  "--train.progress_bar=false"]  # fmt: skip
-        runs = {
-            "pretrained": run([*common, "--from", pre["checkpoint"], "--out_dir",
-                               str(work / "pretrained"), *args.overrides],
-                              work / "pretrained.json"),
-            "scratch": run([*common, "--from", "none", "--out_dir", str(work / "scratch"),
-                            *args.overrides], work / "scratch.json"),
-        }  # fmt: skip
-        (work / "pretrained" / "final").rename(work / "final")
+        if args.rescore:
+            work = Path(args.rescore)
+            pre, runs = kept_runs(work)
+        else:
+            work = Path(args.out or tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            pre, runs = train(args, work)
+        out = Path(args.out or work)
+        out.mkdir(parents=True, exist_ok=True)
         scores, compare = {}, []
         # scratch first: the pretrained evaluation then compares itself with scratch's output
         for name, ckpt in (("scratch", work / "scratch" / "final"), ("pretrained", work / "final")):
@@ -122,11 +156,13 @@ def main() -> int:
                 "--min-new-tokens", str(args.min_new_tokens),
                 "--length-penalty", str(args.length_penalty),
                 "--no-repeat-ngram-size", str(args.no_repeat_ngram_size),
+                "--temperature", str(args.temperature), "--mbr-samples", str(args.mbr_samples),
+                *(["--top-p", str(args.top_p)] if args.top_p is not None else []),
                 *(f"--ignore={text}" for text in IGNORED),
-                "--output", str(work / f"{name}.pred.jsonl"),
-                "--report", str(work / f"{name}.rouge.json"), *compare,
+                "--output", str(out / f"{name}.pred.jsonl"),
+                "--report", str(out / f"{name}.rouge.json"), *compare,
             ])  # fmt: skip
-            compare = ["--compare", str(work / f"{name}.pred.jsonl")]
+            compare = ["--compare", str(out / f"{name}.pred.jsonl")]
     difference = scores["pretrained"]["compared"]["difference"]
     report = {
         "pretrained": f1(scores["pretrained"]["system"]["scores"]),
@@ -142,7 +178,10 @@ def main() -> int:
         "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,
         "decoding": {"beams": args.beams, "min_new_tokens": args.min_new_tokens,
                      "length_penalty": args.length_penalty,
-                     "no_repeat_ngram_size": args.no_repeat_ngram_size},
+                     "no_repeat_ngram_size": args.no_repeat_ngram_size,
+                     "temperature": args.temperature, "top_p": args.top_p,
+                     "mbr_samples": args.mbr_samples},
+        "rescored": args.rescore,
     }  # fmt: skip
     print(f"\nWikiSum (WikiText-2) valid, {len(scores)} systems + baseline, F1 % [95% CI]")
     print("| system | " + " | ".join(REPORTED) + " |\n|---|---|---|---|")

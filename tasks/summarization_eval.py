@@ -20,6 +20,7 @@ from tasks.rouge import (
     length_stats,
     markdown_table,
     paired_difference,
+    rouge_similarity,
     score_documents,
 )
 from tasks.summarization import SummarizationData, read_examples
@@ -45,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repeat-ngram-size", type=int, default=3)
     p.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (with --beams 1).")
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--mbr-samples", type=int, default=1, metavar="N",
+                   help="Minimum Bayes risk decoding: sample N summaries per document (with "
+                        "--temperature > 0, --beams 1) and keep the one with the highest "
+                        "ROUGE-2 + ROUGE-Lsum F1 against the other samples (--ignore applies); "
+                        "costs N sampled generations per document.")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="Sampling and bootstrap seed.")
     p.add_argument("--baseline-words", type=int, default=None,
                    help="Baseline length (default: mean reference length in words).")  # fmt: skip
@@ -82,16 +88,23 @@ def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str]
     from seqgen.inference import load
 
     generator = load(args.ckpt, task="summarization", precision=args.precision)
-    limit = args.max_new_tokens or generator.task.settings.max_summary_tokens
-    started = time.perf_counter()
-    outputs = generator.generate_many(
-        [{"document": e["document"], "title": e["title"]} for e in examples],
-        batch_size=8, on_done=Progress("summarized", len(examples)), max_new_tokens=limit,
-        min_new_tokens=args.min_new_tokens,
-        num_beams=args.beams, length_penalty=args.length_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed,
+    documents = [{"document": e["document"], "title": e["title"]} for e in examples]
+    settings = dict(
+        max_new_tokens=args.max_new_tokens or generator.task.settings.max_summary_tokens,
+        min_new_tokens=args.min_new_tokens, num_beams=args.beams,
+        length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=8,
     )  # fmt: skip
+    started = time.perf_counter()
+    if args.mbr_samples > 1:
+        outputs = generator.generate_mbr(
+            documents, samples=args.mbr_samples, similarity=rouge_similarity(args.ignore),
+            on_done=Progress("sampled", len(documents) * args.mbr_samples), **settings,
+        )  # fmt: skip
+    else:
+        outputs = generator.generate_many(
+            documents, on_done=Progress("summarized", len(documents)), **settings
+        )
     return outputs, time.perf_counter() - started
 
 
@@ -111,7 +124,12 @@ def data_fields(args: argparse.Namespace) -> SummarizationData:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.mbr_samples < 1:
+        cli.error(f"--mbr-samples must be >= 1, got {args.mbr_samples}")
+    if args.mbr_samples > 1 and (not args.ckpt or args.temperature <= 0 or args.beams != 1):
+        cli.error("--mbr-samples N > 1 samples from --ckpt: give --temperature > 0 and --beams 1")
     examples = read_examples(args.data, data_fields(args), args.split)[: args.limit]
     if not examples:
         raise DataError(f"{args.data}: no documents")
@@ -152,7 +170,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                                        args.bootstrap_samples, args.seed)  # fmt: skip
         report["compared"] = {"predictions": args.compare, "difference": difference}
     if seconds is not None:
-        report.update(decode_seconds=seconds, beams=args.beams, checkpoint=args.ckpt)
+        report.update(decode_seconds=seconds, beams=args.beams, checkpoint=args.ckpt,
+                      mbr_samples=args.mbr_samples)  # fmt: skip
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         rows = [{"id": i, "prediction": p, "scores": s}

@@ -69,6 +69,38 @@ def test_precision_and_packing(ckpt):
         seqgen.load(ckpt, task="music")
 
 
+def test_consensus_picks_the_candidate_closest_to_the_others_first_on_ties():
+    from seqgen.inference import consensus
+
+    def overlap(text, other):
+        return len(set(text.split()) & set(other.split()))
+
+    # totals: 2+3+0, 2+2+0, 3+2+0, 0 -> candidates 0 and 2 tie, the first wins
+    assert consensus(["a b c", "a b d", "a b c e", "z"], overlap) == 0
+    assert consensus(["z", "a b c", "a b d", "a b c e"], overlap) == 1
+    assert consensus(["only"], overlap) == 0
+
+
+def test_mbr_keeps_each_prompts_best_sample(ckpt):
+    generator = seqgen.load(ckpt)
+    prompts, sampling = ["the king", "queen"], dict(max_new_tokens=12, temperature=1.5, seed=4)
+    # similarity = the output's own length: the consensus is the group's longest sample
+    chosen = generator.generate_mbr(prompts, samples=3, similarity=lambda a, b: len(a),
+                                    **sampling)  # fmt: skip
+    drawn = generator.generate_many([p for p in prompts for _ in range(3)], **sampling)
+    groups = [drawn[:3], drawn[3:]]
+    assert len(set(drawn)) > 2  # the samples differ, so the choice matters
+    assert chosen == [max(group, key=len) for group in groups]
+    done = []
+    generator.generate_mbr(prompts, samples=3, similarity=lambda a, b: 0.0, on_done=done.append,
+                           **sampling)  # fmt: skip
+    assert sum(done) == 6
+    for bad, message in [({"samples": 1}, "at least 2"), ({"temperature": 0.0}, "temperature"),
+                         ({"num_beams": 2}, "num_beams")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            generator.generate_mbr(prompts, **{"samples": 3, "similarity": len, **sampling, **bad})
+
+
 def test_stream_holds_back_a_possible_stop_string_start():
     from seqgen.inference import _text_pieces
 

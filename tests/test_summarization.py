@@ -15,6 +15,7 @@ from tasks.rouge import (
     bootstrap,
     lead_words,
     paired_difference,
+    rouge_similarity,
     score_documents,
     split_sentences,
 )
@@ -219,6 +220,19 @@ def test_ignored_placeholders_do_not_match_themselves():
     assert ignored == plain and ignored["rouge1"]["precision"] == pytest.approx(50)
 
 
+def test_mbr_similarity_is_rouge2_plus_lsum_f1_without_placeholders():
+    summary = "The cat sat. The cats were <unk> happy!"
+    other = "The cat sat on the mat. It was happy."
+    similarity = rouge_similarity(ignore=["<unk>"])
+    scores = score_documents([summary], [other], ["<unk>"])[0]
+    expected = (scores["rouge2"]["fmeasure"] + scores["rougeLsum"]["fmeasure"]) / 100
+    assert similarity(summary, other) == pytest.approx(expected)
+    assert similarity(summary, other) == pytest.approx(expected)  # cached texts, same value
+    assert similarity(summary, summary) == pytest.approx(2.0)
+    assert rouge_similarity()("<unk> <unk> x", "<unk> <unk> y") > 0  # counted unless ignored
+    assert rouge_similarity(["<unk>"])("<unk> <unk> x", "<unk> <unk> y") == 0
+
+
 def test_sentence_splitting_and_lead_words():
     text = 'Dr. Smith arrived at 3.5 pm. He left! "Why?" she asked.\nNew paragraph'
     assert split_sentences(text) == ["Dr.", "Smith arrived at 3.5 pm.", "He left!",
@@ -361,6 +375,15 @@ def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
     assert result["documents"] == 6 and result["beams"] == 2
     assert len(output.read_text().splitlines()) == 6
     assert "| model |" in capsys.readouterr().out
+    mbr = ["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--max-new-tokens", "6",
+           "--bootstrap-samples", "50", "--mbr-samples", "3", "--temperature", "1.0"]  # fmt: skip
+    with pytest.raises(SystemExit):  # beam search (the default, 4 beams) draws no samples
+        main(mbr)
+    assert "--temperature > 0 and --beams 1" in capsys.readouterr().err
+    assert main([*mbr, "--beams", "1", "--report", str(report), "--output", str(output)]) == 0
+    assert json.loads(report.read_text())["mbr_samples"] == 3
+    assert len(output.read_text().splitlines()) == 6
+    capsys.readouterr()
     article = tmp_path / "article.txt"
     article.write_text("the king rides to the river\nthe queen sings")
     assert main(["generate", "--ckpt", str(run_dir), "--prompt-file", str(article),
