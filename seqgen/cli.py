@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from seqgen.errors import SeqgenError
 
@@ -236,6 +237,10 @@ def cmd_generate(argv: Sequence[str]) -> int:
                         help="Never repeat an n-gram of new tokens (default: task).")  # fmt: skip
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=1, help="Samples, as one batch.")
+    parser.add_argument("--mbr-samples", type=int, default=1, metavar="N",
+                        help="Minimum Bayes risk: sample N outputs (with --beams 1 and "
+                             "--temperature > 0) and print their consensus, by the task's "
+                             "similarity (summarization: ROUGE-2 + ROUGE-Lsum F1).")  # fmt: skip
     parser.add_argument("--beams", type=int, default=None,
                         help="Beam search with N beams (default: the task's).")  # fmt: skip
     parser.add_argument("--length-penalty", type=float, default=1.0, help="For beam search.")
@@ -265,6 +270,8 @@ def cmd_generate(argv: Sequence[str]) -> int:
         **{k: v for k, v in given.items() if v is not None},
     }  # fmt: skip
     echo = args.prompt if generator.task.continues_prompt else ""
+    if args.mbr_samples != 1:
+        return _generate_mbr(generator, args, options, echo)
     try:
         if args.stream is not False and args.num_samples == 1:
             sys.stdout.write(echo)
@@ -282,6 +289,22 @@ def cmd_generate(argv: Sequence[str]) -> int:
         if args.num_samples > 1:
             print(f"--- sample {n + 1}")
         print(echo + text)
+    return 0
+
+
+def _generate_mbr(generator: Any, args: argparse.Namespace, options: dict, echo: str) -> int:
+    """`seqgen generate --mbr-samples N`: print the consensus of N samples."""
+    task = generator.task
+    if not hasattr(task, "mbr_similarity"):
+        raise SeqgenError(f"--mbr-samples: the {task.name} task has no similarity to choose by")
+    if args.mbr_samples < 2 or args.num_samples != 1 or args.stream or args.stop:
+        raise SeqgenError("--mbr-samples N needs N >= 2, and no --num-samples, --stream, --stop")
+    if options.get("num_beams", 1) > 1 or not options.get("temperature", 1.0) > 0:
+        raise SeqgenError("--mbr-samples draws samples: give --beams 1 and --temperature > 0")
+    options.pop("stop", None)
+    output = generator.generate_mbr([args.prompt], samples=args.mbr_samples,
+                                    similarity=task.mbr_similarity(), **options)[0]  # fmt: skip
+    print(echo + output)
     return 0
 
 

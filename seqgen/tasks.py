@@ -25,12 +25,14 @@ class Task(Protocol):
     options a task needs at inference (e.g. the target language) travel in the checkpoint as
     `options(data)`.
 
-    Two optional hooks (a task without them gets the shared behaviour):
+    Three optional hooks (a task without them gets the shared behaviour):
         `datamodule(train, val, tokenizer, block_size, batch_size)` returns a
             `seqgen.data.WindowDataModule` of windows the task draws itself (music: augmented
             draws from whole performances) instead of training on `encode`d examples.
         `generate_cli(argv)` runs `seqgen generate` for checkpoints of the task, when its
             inputs and outputs are not text (music reads and writes MIDI files).
+        `mbr_similarity()` returns `similarity(output, other)` for minimum Bayes risk
+            decoding (`seqgen generate --mbr-samples N`), e.g. ROUGE for summaries.
     """
 
     name: str

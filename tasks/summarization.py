@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -162,6 +163,13 @@ class SummarizationTask:
         from tasks.summarization_eval import main
 
         return main(argv)
+
+    def mbr_similarity(self) -> Callable[[str, str], float]:
+        """ROUGE-2 + ROUGE-Lsum F1 between two summaries: the consensus is the likely best
+        by the metric summaries are judged by."""
+        from tasks.rouge import rouge_similarity
+
+        return rouge_similarity()
 
 
 def rank_paragraphs(title: str, paragraphs: list[str]) -> list[int]:

@@ -262,6 +262,7 @@ def test_generate_options(random_ckpt, capsys):
     assert "e" not in capsys.readouterr().out.removeprefix("the")
     expect_error(capsys, [*base, "--top-p", "2"], "top_p must be in (0, 1]")
     expect_error(capsys, [*base, "--num-samples", "2", "--stream"], "--stream prints one sample")
+    expect_error(capsys, [*base, "--mbr-samples", "2"], "text task has no similarity")
 
 
 def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):

@@ -390,3 +390,12 @@ def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
                  "--max-new-tokens", "5", "--no-repeat-ngram-size", "2"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "the queen sings" not in printed  # the summary alone, not the article
+    mbr = ["generate", "--ckpt", str(run_dir), "--prompt-file", str(article),
+           "--max-new-tokens", "5", "--mbr-samples", "3", "--seed", "0"]  # fmt: skip
+    assert main(mbr) == 2  # the task's defaults: beam search, temperature 0
+    assert "give --beams 1 and --temperature > 0" in capsys.readouterr().err
+    assert main([*mbr, "--beams", "1", "--temperature", "1.0"]) == 0
+    consensus = capsys.readouterr().out
+    assert consensus.strip() and "the queen sings" not in consensus
+    assert main([*mbr, "--beams", "1", "--temperature", "1.0"]) == 0
+    assert capsys.readouterr().out == consensus  # seeded: the same samples, the same choice
