@@ -33,6 +33,31 @@ def evaluation_parser(task: str, description: str, outputs: str, outputs_help: s
     return parser
 
 
+def add_sampling_options(parser: argparse.ArgumentParser, utility: str,
+                         seed_help: str = "Sampling seed.") -> None:  # fmt: skip
+    """--temperature, --top-p, --mbr-samples and --seed; `utility` names the similarity that
+    minimum Bayes risk decoding picks the consensus by (the task's `mbr_similarity`)."""
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="> 0 samples (with --beams 1).")  # fmt: skip
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--mbr-samples", type=int, default=1, metavar="N",
+                        help="Minimum Bayes risk decoding: sample N outputs per input (with "
+                             "--temperature > 0, --beams 1) and keep the one with the highest "
+                             f"{utility} against the other samples; costs N sampled "
+                             "generations per input.")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error for sampling options that cannot work together."""
+    for flag in ("mbr_samples", "batch_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.mbr_samples > 1 and (not args.ckpt or args.temperature <= 0 or args.beams != 1):
+        parser.error("--mbr-samples N > 1 samples from --ckpt: give --temperature > 0 and "
+                     "--beams 1")  # fmt: skip
+
+
 def write_json(path: str | Path | None, data: Any) -> None:
     """Write indented JSON to `path` (its folder created), if a path is given."""
     if path:

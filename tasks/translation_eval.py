@@ -12,7 +12,13 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 
 from seqgen.errors import DataError
-from seqgen.evaluation import Progress, evaluation_parser, write_json
+from seqgen.evaluation import (
+    Progress,
+    add_sampling_options,
+    check_sampling,
+    evaluation_parser,
+    write_json,
+)
 from tasks.translation import read_lines
 
 
@@ -44,11 +50,17 @@ def translate(ckpt: str, sources: list[str], args: argparse.Namespace) -> list[s
     def budget(prompt_ids: list[int]) -> int:  # the generator caps it at the context's end
         return args.max_new_tokens or 2 * len(prompt_ids) + 10
 
+    settings = dict(max_new_tokens=budget, num_beams=args.beams, batch_size=args.batch_size,
+                    length_penalty=args.length_penalty, temperature=args.temperature,
+                    top_p=args.top_p, seed=args.seed)  # fmt: skip
+    if args.mbr_samples > 1:
+        return generator.generate_mbr(
+            sources, samples=args.mbr_samples, similarity=generator.task.mbr_similarity(),
+            on_done=Progress("sampled", len(sources) * args.mbr_samples), **settings,
+        )  # fmt: skip
     return generator.generate_many(
-        sources, batch_size=args.batch_size, on_done=Progress("translated", len(sources)),
-        max_new_tokens=budget,
-        num_beams=args.beams, length_penalty=args.length_penalty, temperature=0.0,
-    )  # fmt: skip
+        sources, on_done=Progress("translated", len(sources)), **settings
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,15 +75,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="Reference translations, one per line.")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="Longest translation in tokens (default: 2 x prompt + 10).")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=64, help="Sentences per greedy batch.")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="Sentences (or MBR samples) decoded together without beams.")  # fmt: skip
+    add_sampling_options(p, "sentence chrF")
     p.add_argument("--output", help="Write the translations here, one per line.")
     return p
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.beams < 1:
         raise DataError(f"--beams must be >= 1, got {args.beams}")
+    check_sampling(cli, args)
     references = read_lines(Path(args.reference))
     if args.ckpt:
         if not args.source:
@@ -83,6 +99,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         sources, references = sources[: args.limit], references[: args.limit]
         started = time.perf_counter()
         hypotheses = translate(args.ckpt, sources, args)
+        # one line each for every reader (\r, \x1e, U+2028... also end lines for some)
+        hypotheses = [" ".join(h.splitlines()) for h in hypotheses]
         seconds = time.perf_counter() - started
     else:
         hypotheses = read_lines(Path(args.hypotheses))
@@ -94,10 +112,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     report = score(hypotheses, references)
     if seconds is not None:
         report.update(decode_seconds=seconds, sentences_per_second=len(sources) / seconds,
-                      beams=args.beams, checkpoint=args.ckpt)  # fmt: skip
+                      beams=args.beams, checkpoint=args.ckpt, temperature=args.temperature,
+                      top_p=args.top_p, mbr_samples=args.mbr_samples, seed=args.seed)  # fmt: skip
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))
+        Path(args.output).write_text("".join(h + "\n" for h in hypotheses))
     write_json(args.report, report)
     print("| metric | score |\n|---|---|")
     print(f"| BLEU | {report['bleu']:.2f} |\n| chrF | {report['chrf']:.2f} |")

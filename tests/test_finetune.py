@@ -110,6 +110,16 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
                 "--reference", str(parallel / "val.de"), "--report", str(scores)]  # fmt: skip
     assert main(rescored) == 0
     assert json.loads(scores.read_text())["bleu"] == pytest.approx(result["bleu"])
+    # minimum Bayes risk decoding: the chrF consensus of sampled translations
+    mbr = ["evaluate", "--task", "translation", "--ckpt", str(run_dir), "--source",
+           str(parallel / "val.en"), "--reference", str(parallel / "val.de"),
+           "--max-new-tokens", "12", "--mbr-samples", "3", "--temperature", "1.0"]  # fmt: skip
+    with pytest.raises(SystemExit):  # beam search (the default, 4 beams) draws no samples
+        main(mbr)
+    assert "--temperature > 0 and --beams 1" in capsys.readouterr().err
+    assert main([*mbr, "--beams", "1", "--output", str(output), "--report", str(scores)]) == 0
+    assert json.loads(scores.read_text())["mbr_samples"] == 3
+    assert len(output.read_text().splitlines()) == 8
 
     # an answer never runs past the context (that would slide its source out of view)
     generator = load(run_dir)

@@ -171,3 +171,13 @@ def test_bleu_and_chrf_of_a_hand_checked_case():
     assert 0 < one_off["chrf"] < 100
     with pytest.raises(DataError, match="2 hypotheses but 1 references"):
         score(["a", "b"], ["a"])
+
+
+def test_mbr_similarity_is_sentence_chrf():
+    similarity = TranslationTask().mbr_similarity()
+    output = "Ein Mann in einem blauen Hemd putzt ein Fenster ."
+    close = "Ein Mann mit blauem Hemd putzt die Fenster ."
+    far = "Zwei Hunde spielen im Schnee ."
+    assert similarity(output, output) == pytest.approx(100.0)
+    assert score([output], [close])["chrf"] == pytest.approx(similarity(output, close))
+    assert similarity(output, close) > similarity(output, far) >= 0
