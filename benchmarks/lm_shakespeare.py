@@ -92,7 +92,7 @@ def main() -> int:
         "target_val_bpb": target,
         "model": {k: getattr(cfg.model, k) for k in ("n_layer", "n_head", "n_embd", "block_size")},
         "vocab_size": result["vocab_size"],
-        "precision": cfg.train.precision,
+        "precision": result["precision"],
         "dropout": cfg.model.dropout,
         "overrides": args.overrides,
     }

@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig, TrainConfig, parse_duration
+from seqgen.cpu import native_bf16
 from seqgen.data import (
     DataConfig,
     TextDataModule,
@@ -79,6 +80,21 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
+def resolve_precision(cfg: TrainConfig) -> str:
+    """The Lightning precision for cfg.precision on this machine: `auto` becomes bf16-mixed
+    where bf16 is computed in hardware (a GPU with bf16, a CPU with AMX or AVX512-BF16)."""
+    on_gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not on_gpu)
+    fast_bf16 = torch.cuda.is_bf16_supported() if on_gpu else on_cpu and native_bf16()
+    if cfg.precision == "auto":
+        return "bf16-mixed" if fast_bf16 else "32-true"
+    if cfg.precision == "bf16-mixed" and on_cpu and not fast_bf16:
+        log.warning("train.precision bf16-mixed: this CPU has no bf16 hardware (AMX or "
+                    "AVX512-BF16), so training runs many times slower than 32-true; "
+                    "train.precision auto picks the faster one")  # fmt: skip
+    return cfg.precision
+
+
 def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
                   use_distributed_sampler: bool = True) -> pl.Trainer:  # fmt: skip
     """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget.
@@ -108,7 +124,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         max_steps=cfg.max_steps,
         max_time=timedelta(seconds=parse_duration(cfg.max_time)) if cfg.max_time else None,
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
-        precision=cfg.precision,
+        precision=resolve_precision(cfg),
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.grad_clip,
         val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
@@ -232,6 +248,7 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
         "steps": trainer.global_step,
         "train_seconds": fit_seconds,
         "params": module.model.num_params(),
+        "precision": trainer.precision,
         "checkpoint": str(out_dir / "final"),
     }
 

@@ -8,6 +8,7 @@ import pytest
 from helpers import TINY_MODEL, flags
 
 from seqgen.cli import main
+from seqgen.cpu import native_bf16
 
 TINY = flags(
     {
@@ -225,8 +226,34 @@ def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
 def test_bf16_mixed_and_gradient_accumulation(corpus_file, tmp_path):
     extra = ["--train.precision", "bf16-mixed", "--train.accumulate_grad_batches", "2"]
     report = pretrain(corpus_file, tmp_path / "bf16", "--train.max_steps", "4", *extra)
-    assert report["steps"] == 4
+    assert report["steps"] == 4 and report["precision"] == "bf16-mixed"
     assert report["train_tokens"] == 4 * 2 * 8 * 32  # two micro-batches per optimizer step
+    auto = pretrain(corpus_file, tmp_path / "auto", "--train.max_steps", "1",
+                    "--train.precision", "auto")  # fmt: skip
+    assert auto["precision"] == ("bf16-mixed" if native_bf16() else "32-true")
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, caplog):
+    import torch
+
+    from seqgen import pretrain as pretrain_module
+    from seqgen.config import TrainConfig
+    from seqgen.pretrain import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, expected in [(True, "bf16-mixed"), (False, "32-true")]:
+        monkeypatch.setattr(pretrain_module, "native_bf16", lambda native=native: native)
+        assert resolve_precision(TrainConfig(precision="auto")) == expected
+    assert resolve_precision(TrainConfig(precision="32-true")) == "32-true"
+    with caplog.at_level("WARNING", logger="seqgen"):  # asked for, so kept, but said slow
+        assert resolve_precision(TrainConfig(precision="bf16-mixed")) == "bf16-mixed"
+    assert "no bf16 hardware" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for gpu_bf16, expected in [(True, "bf16-mixed"), (False, "32-true")]:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, b=gpu_bf16, **k: b)
+        assert resolve_precision(TrainConfig(precision="auto")) == expected
+    # a run pinned to the CPU asks the CPU, not the GPU beside it
+    assert resolve_precision(TrainConfig(precision="auto", accelerator="cpu")) == "32-true"
 
 
 def test_wall_clock_budget_stops_training(corpus_file, tmp_path):
