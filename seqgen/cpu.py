@@ -41,7 +41,7 @@ def packing_available(model: nn.Module) -> bool:
         and parameter.device.type == "cpu"
         and (
             parameter.dtype == torch.float32
-            # oneDNN packs bf16 only where the CPU has native bf16 (AVX512-BF16 or AVX-NE-CONVERT)
+            # oneDNN packs bf16 only on AVX512 (BW/VL/DQ) or AVX-NE-CONVERT CPUs; AVX2 crashes
             or (parameter.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
         )
         and torch.backends.mkldnn.is_available()

@@ -39,7 +39,9 @@ def add_sampling_options(parser: argparse.ArgumentParser, utility: str,
     minimum Bayes risk decoding picks the consensus by (the task's `mbr_similarity`)."""
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="> 0 samples (with --beams 1).")  # fmt: skip
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="Sample from the smallest set of most likely tokens whose "
+                             "probability reaches P.")  # fmt: skip
     parser.add_argument("--mbr-samples", type=int, default=1, metavar="N",
                         help="Minimum Bayes risk decoding: sample N outputs per input (with "
                              "--temperature > 0, --beams 1) and keep the one with the highest "
