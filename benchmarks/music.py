@@ -29,9 +29,16 @@ from common import write_report
 from seqgen.cli import main as seqgen
 from seqgen.config import ModelConfig
 from seqgen.model import CausalSelfAttention, causal_mask
-from tasks.music.data import find_midi
-from tasks.music.events import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, encode_notes, quantize
-from tasks.music.midi import notes_from_symusic
+from seqgen_tasks.music.data import find_midi
+from seqgen_tasks.music.events import (
+    NOTE_OFF,
+    NOTE_ON,
+    TIME_SHIFT,
+    VELOCITY,
+    encode_notes,
+    quantize,
+)
+from seqgen_tasks.music.midi import notes_from_symusic
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "music" / "pop909.yaml"
 

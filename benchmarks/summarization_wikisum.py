@@ -39,7 +39,7 @@ from pathlib import Path
 from common import write_report
 
 from seqgen.cli import main as seqgen
-from tasks.summarization_eval import main as evaluate
+from seqgen_tasks.summarization.evaluate import main as evaluate
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "summarization"
 BASELINE_WORDS = 100

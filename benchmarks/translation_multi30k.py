@@ -23,7 +23,7 @@ import yaml
 from common import write_report
 
 from seqgen.cli import main as seqgen
-from tasks.translation_eval import main as evaluate
+from seqgen_tasks.translation.evaluate import main as evaluate
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "translation" / "multi30k.yaml"
 TARGET_BLEU = 30.0  # within 30 minutes of training on a 2-core CPU (issue #4)

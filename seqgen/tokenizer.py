@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -245,13 +246,24 @@ def append_new(special_tokens: list[str], tokens: Sequence[str]) -> list[str]:
     return added
 
 
-TOKENIZER_KINDS: dict[str, type] = {SentencePieceTokenizer.kind: SentencePieceTokenizer}
+TOKENIZER_GROUP = "seqgen.tokenizers"  # entry points: kind name -> tokenizer class
 
 
-def register_tokenizer(cls: type) -> type:
-    """Make a tokenizer kind loadable from checkpoints (tasks register theirs, e.g. music)."""
-    TOKENIZER_KINDS[cls.kind] = cls
-    return cls
+def tokenizer_class(kind: str, where: Path) -> type:
+    """The class of a tokenizer kind: the core's SentencePiece, or a `seqgen.tokenizers` entry
+    point (only that kind's module is imported, so a broken package breaks only its own)."""
+    if kind == SentencePieceTokenizer.kind:
+        return SentencePieceTokenizer
+    found = {ep.name: ep for ep in entry_points(group=TOKENIZER_GROUP)}
+    if kind not in found:
+        known = ", ".join(sorted({SentencePieceTokenizer.kind, *found}))
+        raise CheckpointError(f"{where}: unknown tokenizer kind {kind!r} (known: {known}); is "
+                              "the package that defines it installed?")  # fmt: skip
+    try:
+        return found[kind].load()
+    except Exception as err:  # a third party's import error, whatever its type
+        raise CheckpointError(f"{where}: tokenizer kind {kind!r} ({found[kind].value}) failed "
+                              f"to load: {type(err).__name__}: {err}") from err  # fmt: skip
 
 
 def _read_meta(directory: Path) -> dict:
@@ -271,18 +283,4 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load the tokenizer saved in a checkpoint or tokenizer directory."""
     directory = Path(directory)
     kind = _read_meta(directory)["kind"]
-    if kind not in TOKENIZER_KINDS:
-        _import_tasks()  # a task module registers its tokenizer kind when imported
-    if kind not in TOKENIZER_KINDS:
-        raise CheckpointError(
-            f"{directory / META_FILE}: unknown tokenizer kind {kind!r} "
-            f"(known: {', '.join(sorted(TOKENIZER_KINDS))}); is the task's package installed?"
-        )
-    return TOKENIZER_KINDS[kind].load(directory)
-
-
-def _import_tasks() -> None:
-    from seqgen.tasks import available_tasks
-
-    for entry_point in available_tasks().values():
-        entry_point.load()
+    return tokenizer_class(kind, directory / META_FILE).load(directory)

@@ -16,7 +16,7 @@ from seqgen.examples import LengthGroupedBatches
 from seqgen.finetune import FinetuneConfig, run
 from seqgen.inference import load
 from seqgen.model import GPT
-from tasks.translation import TranslationData
+from seqgen_tasks.translation.task import TranslationData
 
 TRAIN = {"train.batch_size": 8, "train.warmup_steps": 2, "train.learning_rate": 3e-3,
          "train.val_every_n_steps": 10, "train.checkpoint_every_n_steps": 10,

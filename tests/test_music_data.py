@@ -8,8 +8,14 @@ import torch
 
 from seqgen.data import IGNORE_INDEX
 from seqgen.errors import DataError
-from tasks.music.data import PerformanceWindows, augment, event_stream, find_midi, load_corpus
-from tasks.music.events import Notes, decode_events, encode_notes
+from seqgen_tasks.music.data import (
+    PerformanceWindows,
+    augment,
+    event_stream,
+    find_midi,
+    load_corpus,
+)
+from seqgen_tasks.music.events import Notes, decode_events, encode_notes
 
 
 def write_midi(path, pitches, seconds=0.25):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.music.events import (
+from seqgen_tasks.music.events import (
     Notes,
     canonical_notes,
     decode_events,
@@ -15,7 +15,7 @@ from tasks.music.events import (
     quantize,
     sustain,
 )
-from tasks.music.midi import decode_midi, encode_midi, notes_from_pretty_midi
+from seqgen_tasks.music.midi import decode_midi, encode_midi, notes_from_pretty_midi
 
 ON, OFF = 0, 128
 
@@ -197,7 +197,7 @@ def test_midi_round_trip_through_a_file(midi_file, tmp_path):
 
 def test_performance_tokenizer_round_trips_and_saves(tmp_path):
     from seqgen.tokenizer import load_tokenizer
-    from tasks.music.tokenizer import PerformanceTokenizer
+    from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
     tokenizer = PerformanceTokenizer(["<continue>"])
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (388, 389, 390)

@@ -10,7 +10,7 @@ import pytest
 from helpers import flags, write_song
 
 from seqgen.cli import main
-from tasks.music.events import (
+from seqgen_tasks.music.events import (
     NOTE_OFF,
     TIME_SHIFT,
     cut_events,
@@ -18,8 +18,8 @@ from tasks.music.events import (
     encode_notes,
     event_steps,
 )
-from tasks.music.midi import notes_from_pretty_midi
-from tasks.music.task import MusicTask
+from seqgen_tasks.music.midi import notes_from_pretty_midi
+from seqgen_tasks.music.task import MusicTask
 
 TINY = flags(
     {
@@ -266,7 +266,7 @@ def test_cut_events_keeps_the_opening_and_lands_on_the_cut():
 
 
 def _tokenizer():
-    from tasks.music.tokenizer import PerformanceTokenizer
+    from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
     return PerformanceTokenizer()
 

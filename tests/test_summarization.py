@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 
 from seqgen.cli import main
 from seqgen.errors import DataError
-from tasks.rouge import (
+from seqgen_tasks.summarization.rouge import (
     PARTS,
     ROUGE_TYPES,
     bootstrap,
@@ -19,13 +19,13 @@ from tasks.rouge import (
     score_documents,
     split_sentences,
 )
-from tasks.summarization import (
+from seqgen_tasks.summarization.task import (
     SUMMARIZE,
     SummarizationData,
     SummarizationTask,
     rank_paragraphs,
 )
-from tasks.wikisum import build
+from seqgen_tasks.summarization.wikisum import build
 
 # WikiText's layout: every line is padded with spaces, blank lines are a single space
 WIKITEXT_LINES = [

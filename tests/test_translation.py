@@ -11,8 +11,8 @@ from seqgen import checkpoint
 from seqgen.errors import DataError
 from seqgen.examples import pad_batch
 from seqgen.model import GPT
-from tasks.translation import DELIMITER, TranslationData, TranslationTask, language_tag
-from tasks.translation_eval import score
+from seqgen_tasks.translation.evaluate import score
+from seqgen_tasks.translation.task import DELIMITER, TranslationData, TranslationTask, language_tag
 
 
 def load_pairs(tmp_path, data: TranslationData, split="train"):

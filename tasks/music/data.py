@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from seqgen.data import is_saved_dataset, padded_window
 from seqgen.errors import DataError
-from tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
+from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 ENCODING_VERSION = 1  # bump when the encoding changes: cached corpora are rebuilt
@@ -55,7 +55,7 @@ def _encode_batch(batch: dict[str, list]) -> dict[str, list]:
     """datasets.map worker: MIDI paths (or bytes) -> quantised note arrays, or an error."""
     import symusic
 
-    from tasks.music.midi import notes_from_symusic
+    from seqgen_tasks.music.midi import notes_from_symusic
 
     out: dict[str, list] = {k: [] for k in ("pitch", "start", "end", "velocity", "error")}
     sources = batch["path"] if "path" in batch else batch["midi"]

@@ -14,8 +14,8 @@ import numpy as np
 
 from seqgen.errors import DataError, SeqgenError
 from seqgen.evaluation import stream_nll, write_json
-from tasks.music.data import event_stream, load_corpus, total_seconds
-from tasks.music.events import STEPS_PER_SECOND, Notes, velocity_bin
+from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
+from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, velocity_bin
 
 DENSITY_WINDOW = 5 * STEPS_PER_SECOND  # note density is counted in 5-second windows
 DENSITY_BINS = np.append(np.arange(0.0, 40.5, 0.5), np.inf)  # onsets per second

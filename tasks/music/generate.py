@@ -11,8 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from seqgen.errors import SeqgenError
-from tasks.music.events import MAX_SHIFT, STEPS_PER_SECOND, TIME_SHIFT, cut_events, event_steps
-from tasks.music.midi import decode_midi
+from seqgen_tasks.music.events import (
+    MAX_SHIFT,
+    STEPS_PER_SECOND,
+    TIME_SHIFT,
+    cut_events,
+    event_steps,
+)
+from seqgen_tasks.music.midi import decode_midi
 
 EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck without time
 
@@ -94,7 +100,7 @@ def main(argv: list[str]) -> int:
         if value is not None and value <= 0:
             raise SeqgenError(f"{name} must be > 0, got {value}")
     from seqgen.inference import load
-    from tasks.music.task import read_midi
+    from seqgen_tasks.music.task import read_midi
 
     generator = load(args.ckpt, task="music", precision=args.precision)
     events = np.zeros(0, dtype=np.int64)
@@ -144,7 +150,7 @@ def main(argv: list[str]) -> int:
         f"generated ({len(new)} events in {took:.1f} s, {len(new) / max(took, 1e-9):.0f}/s)"
     )
     if args.piano_roll:
-        from tasks.music.plot import piano_roll
+        from seqgen_tasks.music.plot import piano_roll
 
         piano_roll(midi, prompt_steps / STEPS_PER_SECOND, args.piano_roll)
         print(f"wrote {args.piano_roll}")

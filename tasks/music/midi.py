@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-from tasks.music.events import (
+from seqgen_tasks.music.events import (
     SUSTAIN_CC,
     Notes,
     decode_events,

@@ -6,7 +6,7 @@ language, continued from a user's MIDI prompt into a MIDI file.
         --out out.mid --piano-roll out.png
     seqgen evaluate --ckpt runs/pop909 --data held_out_midi/
 
-Training draws augmented windows from whole performances (`tasks.music.data`), so the task
+Training draws augmented windows from whole performances (`seqgen_tasks.music.data`), so the task
 brings its own data module instead of encoding fixed examples.
 """
 
@@ -24,10 +24,10 @@ import pretty_midi
 from seqgen.data import SequentialWindows, WindowDataModule
 from seqgen.errors import ConfigError, DataError
 from seqgen.tokenizer import Tokenizer, TokenizerConfig
-from tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
-from tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
-from tasks.music.midi import decode_midi, notes_from_pretty_midi
-from tasks.music.tokenizer import PerformanceTokenizer
+from seqgen_tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
+from seqgen_tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
+from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi
+from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
 log = logging.getLogger("seqgen")
 
@@ -185,12 +185,12 @@ class MusicTask:
         return decode_midi(ids)
 
     def evaluate(self, argv: list[str]) -> dict[str, Any]:
-        from tasks.music.evaluate import main
+        from seqgen_tasks.music.evaluate import main
 
         return main(argv)
 
     def generate_cli(self, argv: list[str]) -> int:
-        from tasks.music.generate import main
+        from seqgen_tasks.music.generate import main
 
         return main(argv)
 

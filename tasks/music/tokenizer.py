@@ -1,5 +1,6 @@
 """The performance vocabulary as a seqgen tokenizer: the 388 event ids, then pad, bos, eos
-(and any special tokens a task appends). Its text form names the events, for reading."""
+(and any special tokens a task appends). Its text form names the events, for reading.
+Checkpoints find it by its kind, `performance`, through the `seqgen.tokenizers` entry point."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seqgen.errors import CheckpointError
-from seqgen.tokenizer import META_FILE, append_new, register_tokenizer
-from tasks.music.events import NOTE_OFF, NOTE_ON, NUM_EVENTS, TIME_SHIFT, VELOCITY
+from seqgen.tokenizer import META_FILE, append_new
+from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, NUM_EVENTS, TIME_SHIFT, VELOCITY
 
 BUILTIN_SPECIALS = ("<pad>", "<s>", "</s>")
 
@@ -24,7 +25,6 @@ def event_name(i: int) -> str:
     return f"VELOCITY_{i - VELOCITY}"
 
 
-@register_tokenizer
 class PerformanceTokenizer:
     """Ids 0-387 are performance events; 388 <pad>, 389 <s> (bos), 390 </s> (eos)."""
 

@@ -20,7 +20,7 @@ from seqgen.evaluation import (
     evaluation_parser,
     write_json,
 )
-from tasks.rouge import (
+from seqgen_tasks.summarization.rouge import (
     bootstrap,
     lead_words,
     length_stats,
@@ -29,7 +29,7 @@ from tasks.rouge import (
     rouge_similarity,
     score_documents,
 )
-from tasks.summarization import SummarizationData, read_examples
+from seqgen_tasks.summarization.task import SummarizationData, read_examples
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,7 +164,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         "documents": len(examples), "system": results[next(iter(systems))],
         "baseline": results[f"first {n_words} words"], "baseline_words": n_words,
         "reference_lengths": length_stats(references), "rouge": "rouge-score, Porter stemmer, "
-        "Lsum over sentences split by tasks.rouge.split_sentences; F1/precision/recall in %",
+        "Lsum over sentences split by seqgen_tasks.summarization.rouge.split_sentences; "
+        "F1/precision/recall in %",
         "ignored": args.ignore,
     }  # fmt: skip
     if compared is not None:

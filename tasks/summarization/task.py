@@ -19,7 +19,7 @@ from seqgen.data import load_hf_dataset, read_jsonl
 from seqgen.errors import DataError
 from seqgen.examples import Example
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
-from tasks import wikisum
+from seqgen_tasks.summarization import wikisum
 
 SUMMARIZE = "<summarize>"
 MAX_HEADING_TOKENS = 32
@@ -160,14 +160,14 @@ class SummarizationTask:
         return tokenizer.decode(ids).strip()
 
     def evaluate(self, argv: list[str]) -> dict[str, Any]:
-        from tasks.summarization_eval import main
+        from seqgen_tasks.summarization.evaluate import main
 
         return main(argv)
 
     def mbr_similarity(self) -> Callable[[str, str], float]:
         """ROUGE-2 + ROUGE-Lsum F1 between two summaries: the consensus is the likely best
         by the metric summaries are judged by."""
-        from tasks.rouge import rouge_similarity
+        from seqgen_tasks.summarization.rouge import rouge_similarity
 
         return rouge_similarity()
 

@@ -11,7 +11,7 @@ from typing import Any
 from seqgen.tokenizer import Tokenizer
 
 
-class TextLMTask:
+class TextTask:
     name = "text"
     data_config = None
     lm_weight = 0.0
@@ -36,6 +36,6 @@ class TextLMTask:
         return tokenizer.decode(ids)
 
     def evaluate(self, argv: list[str]) -> dict[str, Any]:
-        from tasks.text_eval import main
+        from seqgen_tasks.text.evaluate import main
 
         return main(argv)

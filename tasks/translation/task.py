@@ -134,7 +134,7 @@ class TranslationTask:
         return tokenizer.decode(ids).strip()
 
     def evaluate(self, argv: list[str]) -> dict[str, Any]:
-        from tasks.translation_eval import main
+        from seqgen_tasks.translation.evaluate import main
 
         return main(argv)
 
