@@ -26,7 +26,7 @@ from common import write_report
 
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
-from seqgen.generate import generate
+from seqgen.engine import generate
 from seqgen.interop.hf import hf_config, to_hf_state_dict
 from seqgen.model import GPT
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from common import write_report
 
-from seqgen.cli import load_config
-from seqgen.pretrain import PretrainConfig, run
+from seqgen.cli import parse_run
+from seqgen.train import run
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "text_lm" / "shakespeare.yaml"
 # Under ~5 minutes the model sees Tiny Shakespeare about 5 times, too few to overfit, and
@@ -51,8 +51,8 @@ def main() -> int:
         parser.error(f"{args.data}: no such file")
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out or tmp
-        cfg = load_config(
-            PretrainConfig,
+        cfg, _ = parse_run(
+            "pretrain",
             [
                 "--config",
                 args.config,

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,7 @@ from seqgen.errors import SeqgenError
 log = logging.getLogger("seqgen")
 
 
-def load_config(config_class: type, argv: Sequence[str], prog: str = "seqgen"):
-    """A config dataclass from `--config FILE` and `--section.key value` arguments."""
-    return _parse(_config_parser(prog, config_class.__doc__, config_class), argv, config_class)[1]
-
-
-def _config_parser(prog: str, description: str, config_class: type):
+def _config_parser(prog: str, description: str, config_class: type, skip: set[str] = frozenset()):
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -31,7 +27,7 @@ def _config_parser(prog: str, description: str, config_class: type):
         prog=prog, description=description, exit_on_error=False, default_meta=False
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
-    parser.add_class_arguments(config_class, as_group=False)
+    parser.add_class_arguments(config_class, as_group=False, skip=set(skip))
     return parser
 
 
@@ -45,33 +41,60 @@ def _parse(parser, argv: Sequence[str], config_class: type):
         raise SeqgenError(f"{str(err).strip()}{where}") from None
     built = parser.instantiate(namespace)
     try:
-        return namespace, config_class(**{f.name: built[f.name] for f in fields(config_class)})
+        return namespace, config_class(**{f.name: built[f.name] for f in fields(config_class)
+                                          if f.name in built})  # fmt: skip
     except TypeError as err:
         raise SeqgenError(str(err)) from None
 
 
-def cmd_pretrain(argv: Sequence[str]) -> int:
-    from seqgen.pretrain import TASK, PretrainConfig, run
+# What differs between the two training commands: their defaults, nothing else.
+RUN_DEFAULTS = {
+    "pretrain": {"task": "text", "init_from": "none", "out_dir": "runs/pretrain"},
+    "finetune": {"out_dir": "runs/finetune"},
+}
 
-    task = _task_of(argv)
-    if task is not None and task != TASK:
-        # a task's own corpus (e.g. MIDI files): training from scratch is fine-tuning from
-        # nothing, with the task's data options
-        if any(a in ("--from", "--init_from") or a.startswith(("--from=", "--init_from="))
-               for a in argv):  # fmt: skip
-            raise SeqgenError("seqgen pretrain trains from scratch; to start from a checkpoint "
-                              "use seqgen finetune --from CKPT")  # fmt: skip
-        return cmd_finetune([*argv, "--init_from=none"], command="pretrain")
-    parser = _config_parser("seqgen pretrain", PretrainConfig.__doc__, PretrainConfig)
-    parser.add_argument(
-        "--report",
-        type=str | None,
-        default=None,
-        help="Write a JSON report (val_loss, val_bpb, tokens_per_second, ...).",
-    )
-    namespace, cfg = _parse(parser, argv, PretrainConfig)
-    report = run(cfg, namespace.report)
-    _print_table("pretrain", {k: v for k, v in report.items()})
+
+def parse_run(command: str, argv: Sequence[str]):
+    """(RunConfig, report path) from `seqgen pretrain|finetune` arguments: the run's keys,
+    the task's `data.*` keys and --report; None when only the list of tasks was asked for."""
+    from seqgen.tasks import task_class
+    from seqgen.train import FROM_SCRATCH, RunConfig
+
+    argv = ["--init_from" if a == "--from" else a for a in argv]
+    argv = ["--init_from=" + a[7:] if a.startswith("--from=") else a for a in argv]
+    defaults = RUN_DEFAULTS[command]
+    name = _task_of(argv) or defaults.get("task")
+    if name is None:
+        if any(a in ("-h", "--help") for a in argv):
+            print(_tasks_help(command))
+            return None
+        raise SeqgenError("set the task: --task NAME (or `task:` in the config)\n"
+                          + _tasks_help(command))  # fmt: skip
+    init_from = _option_value(argv, "--init_from")
+    if command == "pretrain" and init_from not in (None, FROM_SCRATCH):
+        raise SeqgenError("seqgen pretrain trains from scratch; to start from a checkpoint "
+                          "use seqgen finetune --from CKPT")  # fmt: skip
+    task = task_class(name)
+    parser = _config_parser(f"seqgen {command}", RunConfig.__doc__, RunConfig, skip={"data"})
+    parser.add_class_arguments(task.data_config, nested_key="data")
+    parser.add_argument("--report", type=str | None, default=None,
+                        help="Write a JSON report (val_loss, tokens_per_second, ...).")  # fmt: skip
+    parser.set_defaults({**defaults, "task": name})
+    namespace, cfg = _parse(parser, argv, RunConfig)
+    if command == "pretrain" and cfg.init_from not in (None, FROM_SCRATCH):
+        raise SeqgenError(f"seqgen pretrain trains from scratch, but the config sets "
+                          f"init_from: {cfg.init_from}; use seqgen finetune")  # fmt: skip
+    return cfg, namespace.report
+
+
+def cmd_train(command: str, argv: Sequence[str]) -> int:
+    from seqgen.train import run
+
+    parsed = parse_run(command, argv)
+    if parsed is None:
+        return 0
+    cfg, report_path = parsed
+    _print_table(command, run(cfg, report_path))
     return 0
 
 
@@ -111,62 +134,29 @@ def _tasks_help(command: str) -> str:
     return f"usage: seqgen {command} --task NAME [--help] ...\n\ntasks: {names}"
 
 
-def parse_finetune(argv: Sequence[str]):
-    """(namespace, FinetuneConfig, the task's data config) from finetune arguments; None
-    when only the list of tasks was asked for."""
-    from seqgen.finetune import FinetuneConfig
-    from seqgen.tasks import get_task
-
-    argv = ["--init_from" if a == "--from" else a for a in argv]
-    argv = ["--init_from=" + a[7:] if a.startswith("--from=") else a for a in argv]
+def _task_named(argv: Sequence[str]) -> str | None:
+    """The task of --task, or else of the checkpoint that --ckpt names."""
     name = _task_of(argv)
-    if name is None:
-        if any(a in ("-h", "--help") for a in argv):
-            print(_tasks_help("finetune"))
-            return None
-        raise SeqgenError("set the task: --task NAME (or `task:` in the config)\n"
-                          + _tasks_help("finetune"))  # fmt: skip
-    task = get_task(name)
-    if task.data_config is None:
-        raise SeqgenError(f"task {name!r} has no fine-tuning data; train it with seqgen pretrain")
-    parser = _config_parser("seqgen finetune", FinetuneConfig.__doc__, FinetuneConfig)
-    parser.add_class_arguments(task.data_config, nested_key="data")
-    parser.add_argument(
-        "--report", type=str | None, default=None,
-        help="Write a JSON report (val_loss, tokens_per_second, truncation counts, ...).",
-    )  # fmt: skip
-    namespace, cfg = _parse(parser, argv, FinetuneConfig)
-    return namespace, cfg, parser.instantiate(namespace)["data"]
+    ckpt = _option_value(argv, "--ckpt")
+    if name is None and ckpt is not None:
+        from seqgen import checkpoint
 
-
-def cmd_finetune(argv: Sequence[str], command: str = "finetune") -> int:
-    from seqgen.finetune import run
-
-    parsed = parse_finetune(argv)
-    if parsed is None:
-        return 0
-    namespace, cfg, data = parsed
-    report = run(cfg, data, namespace.report)
-    _print_table(command, report)
-    return 0
+        name = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
+    return name
 
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
-    from seqgen.tasks import get_task
+    from seqgen.tasks import Evaluates, task_class
 
-    name = _task_of(argv)
+    name = _task_named(argv)
     if name is None:
-        ckpt = _option_value(argv, "--ckpt")
-        if ckpt is not None:
-            from seqgen import checkpoint
-
-            name = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
-        elif any(a in ("-h", "--help") for a in argv):
+        if any(a in ("-h", "--help") for a in argv):
             print(_tasks_help("evaluate"))
             return 0
-        else:
-            raise SeqgenError("set the task: --task NAME\n" + _tasks_help("evaluate"))
-    task = get_task(name)
+        raise SeqgenError("set the task: --task NAME\n" + _tasks_help("evaluate"))
+    task = task_class(name)
+    if not issubclass(task, Evaluates):
+        raise SeqgenError(f"the {name} task has no evaluation")
     task.evaluate(list(argv))  # the task's parser accepts --task too
     return 0
 
@@ -184,16 +174,19 @@ def cmd_data(argv: Sequence[str]) -> int:
 
 
 def cmd_tokenizer(argv: Sequence[str]) -> int:
+    from seqgen.tasks import task_class
     from seqgen.train_tokenizer import TokenizerTrainConfig, run
 
+    usage = "usage: seqgen tokenizer train [--help] [--task NAME] --data.source PATH --out DIR"
     if not argv or argv[0] not in ("train", "-h", "--help"):
-        raise SeqgenError("usage: seqgen tokenizer train [--help] --data.source PATH --out DIR")
+        raise SeqgenError(usage)
     if argv[0] != "train":
-        print("usage: seqgen tokenizer train [--help] --data.source PATH --out DIR ...")
+        print(usage)
         return 0
-    parser = _config_parser(
-        "seqgen tokenizer train", TokenizerTrainConfig.__doc__, TokenizerTrainConfig
-    )
+    name = _task_of(argv[1:]) or TokenizerTrainConfig.task
+    parser = _config_parser("seqgen tokenizer train", TokenizerTrainConfig.__doc__,
+                            TokenizerTrainConfig, skip={"data"})  # fmt: skip
+    parser.add_class_arguments(task_class(name).data_config, nested_key="data")
     _, cfg = _parse(parser, argv[1:], TokenizerTrainConfig)
     tokenizer = run(cfg)
     print(f"wrote {cfg.out} ({tokenizer.vocab_size} tokens)")
@@ -202,7 +195,7 @@ def cmd_tokenizer(argv: Sequence[str]) -> int:
 
 def cmd_generate(argv: Sequence[str]) -> int:
     from seqgen.inference import load
-    from seqgen.tasks import get_task
+    from seqgen.tasks import GeneratesFiles, task_class
 
     ckpt, asked = _option_value(argv, "--ckpt"), _option_value(argv, "--task")
     if any(a in ("-h", "--help") for a in argv):
@@ -213,8 +206,8 @@ def cmd_generate(argv: Sequence[str]) -> int:
         owner = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
     else:
         owner = None
-    task = get_task(owner) if owner is not None else None
-    if hasattr(task, "generate_cli"):  # its own inputs and outputs (MIDI files)
+    task = task_class(owner) if owner is not None else None
+    if task is not None and issubclass(task, GeneratesFiles):  # its own inputs and outputs
         return task.generate_cli(list(argv))
     parser = argparse.ArgumentParser(
         prog="seqgen generate",
@@ -294,8 +287,10 @@ def cmd_generate(argv: Sequence[str]) -> int:
 
 def _generate_mbr(generator: Any, args: argparse.Namespace, options: dict, echo: str) -> int:
     """`seqgen generate --mbr-samples N`: print the consensus of N samples."""
+    from seqgen.tasks import HasMBR
+
     task = generator.task
-    if not hasattr(task, "mbr_similarity"):
+    if not isinstance(task, HasMBR):
         raise SeqgenError(f"--mbr-samples: the {task.name} task has no similarity to choose by")
     if args.mbr_samples < 2 or args.num_samples != 1 or args.stream or args.stop:
         raise SeqgenError("--mbr-samples N needs N >= 2, and no --num-samples, --stream, --stop")
@@ -359,8 +354,10 @@ def _print_table(title: str, values: dict) -> None:
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "pretrain": (cmd_pretrain, "train from scratch: a text LM, or a task's corpus (--task music)"),
-    "finetune": (cmd_finetune, "fine-tune a checkpoint on a task, or train one from scratch"),
+    "pretrain": (partial(cmd_train, "pretrain"),
+                 "train from scratch: a text LM, or a task's corpus (--task music)"),
+    "finetune": (partial(cmd_train, "finetune"),
+                 "fine-tune a checkpoint on a task, or train one from scratch"),
     "evaluate": (cmd_evaluate, "score a checkpoint or a system's outputs on a task"),
     "generate": (cmd_generate, "sample from a checkpoint"),
     "data": (cmd_data, "build a task's dataset (e.g. seqgen data wikisum)"),
@@ -371,9 +368,14 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        from seqgen import __version__
+
+        print(f"seqgen {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
-        print(f"usage: seqgen <command> [--help] ...\n\ncommands:\n{lines}")
+        print(f"usage: seqgen <command> [--help] ... | seqgen --version\n\ncommands:\n{lines}")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

@@ -10,8 +10,8 @@ import torch
 
 from seqgen import checkpoint
 from seqgen.cpu import pack_linears
-from seqgen.generate import generate, stream
-from seqgen.tasks import get_task
+from seqgen.engine import generate, stream
+from seqgen.tasks import task_class
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
 
@@ -34,8 +34,8 @@ class Generator:
         self.model = loaded.model.to(PRECISIONS[precision])
         self.packed = pack and pack_linears(self.model)
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
-        self.task = get_task(loaded.task)
-        self.task.configure(self.meta.get("task_options", {}), self.model.config.block_size)
+        self.task = task_class(loaded.task).from_options(self.meta.get("task_options", {}),
+                                                         self.model.config.block_size)
 
     def prompt_ids(self, prompt: Any) -> list[int]:
         return self.task.prompt(prompt, self.tokenizer)

@@ -1,107 +1,250 @@
-"""The task interface and its registry, found through the `seqgen.tasks` entry points.
+"""The task contract and its registry, found through the `seqgen.tasks` entry points.
 
-The core never imports task adapters: a package (this repository's `tasks`, or a third
+A task turns a domain (text, sentence pairs, articles, MIDI) into token sequences and back.
+The core never imports task adapters: a package (seqgen's own `seqgen_tasks`, or a third
 party's) declares `[project.entry-points."seqgen.tasks"] name = "module:Class"`.
+
+Data flows one way: `load` (raw splits) -> `build_tokenizer` (from scratch only) ->
+`training_data` (examples or windows; the core batches and trains) ... `prompt` (a user's
+input to ids) -> the generation engine -> `decode` (ids to text, MIDI, ...).
+
+A task object is configured once, when it is made: from its data options and the model's
+context (`Task(data, block_size)`) to train, or from what a checkpoint stored
+(`Task.from_options`) to generate. Nothing needs calling in a particular order.
+Optional capabilities are small base classes (`Evaluates`, `HasMBR`, `BuildsDatasets`,
+`GeneratesFiles`) that the core checks with isinstance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from importlib.metadata import entry_points
-from typing import Any, Protocol
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from seqgen.errors import ConfigError
-from seqgen.examples import Example
-from seqgen.tokenizer import Tokenizer, TokenizerConfig
 
+if TYPE_CHECKING:  # the registry is read by `seqgen --help`, which must not load torch
+    from torch.utils.data import Dataset
+
+    from seqgen.examples import Example
+    from seqgen.tokenizer import Tokenizer, TokenizerConfig
+
+log = logging.getLogger("seqgen")
 ENTRY_POINT_GROUP = "seqgen.tasks"
 
 
-class Task(Protocol):
-    """A domain adapter: raw examples <-> token sequences with a loss mask, prompts, outputs.
+@dataclass
+class Splits:
+    """A task's raw training and validation data (documents, pairs, performances)."""
 
-    Fine-tuning (`seqgen finetune`) uses `data_config`, `special_tokens`, `load`,
-    `build_tokenizer` and `encode`; generation uses `configure`, `prompt` and `decode`. The
-    options a task needs at inference (e.g. the target language) travel in the checkpoint as
-    `options(data)`.
+    train: Sequence[Any]
+    val: Sequence[Any]
+    fingerprint: str | None = None
+    """Changes when the data changes (for caches of its encoded form), if the task knows one."""
 
-    Three optional hooks (a task without them gets the shared behaviour):
-        `datamodule(train, val, tokenizer, block_size, batch_size)` returns a
-            `seqgen.data.WindowDataModule` of windows the task draws itself (music: augmented
-            draws from whole performances) instead of training on `encode`d examples.
-        `generate_cli(argv)` runs `seqgen generate` for checkpoints of the task, when its
-            inputs and outputs are not text (music reads and writes MIDI files).
-        `mbr_similarity()` returns `similarity(output, other)` for minimum Bayes risk
-            decoding (`seqgen generate --mbr-samples N`), e.g. ROUGE for summaries.
+
+@dataclass
+class Examples:
+    """Training data as separate sequences with loss masks, batched by similar length."""
+
+    train: list[Example]
+    val: list[Example]
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass
+class Windows:
+    """Training data as windows of the context drawn from long streams (text, music).
+
+    `train[i]` is a window starting at offset i (it has `block_size`); an epoch draws as
+    many windows as fit side by side. `val` is a fixed set of windows.
     """
 
-    name: str
-    data_config: type | None
-    """The dataclass of the task's data options (`data.*` in a fine-tuning config)."""
-    stats: dict[str, int]
-    """Counts from loading and encoding (skipped lines, truncated examples), for reports."""
-    lm_weight: float
-    """Default weight of the auxiliary LM loss over the whole sequence (GPT-1: 0.5)."""
-    continues_prompt: bool
-    """Whether outputs continue the prompt (text: the CLI prints both) or answer it."""
-    generation_defaults: dict[str, Any]
-    """Generation settings for `seqgen generate` unless given (e.g. beam search)."""
-    data_builders: dict[str, Callable[[list[str]], int]]
-    """Dataset builders run as `seqgen data NAME ...` (argv in, exit code out)."""
+    train: Dataset
+    val: Dataset
+    num_workers: int = 0
+    """DataLoader worker processes (e.g. for augmentation drawn afresh on every window)."""
 
-    def special_tokens(self, data: Any) -> list[str]:
+
+def known_options(config_class: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `values` that are fields of the dataclass `config_class`."""
+    names = {f.name for f in fields(config_class)}
+    return {key: value for key, value in values.items() if key in names}
+
+
+class Task(ABC):
+    """A domain adapter. Subclasses set the class attributes and implement the five methods.
+
+    Attributes:
+        name: the task's registry name (stored in checkpoints).
+        data_config: the dataclass of its `data.*` options; its field docstrings are the
+            CLI help.
+        stored_options: the `data_config` fields that inference needs (e.g. the target
+            language); stored in checkpoints and given back by `from_options`.
+        option_defaults: values for stored options that an older checkpoint lacks.
+        lm_weight: default weight of the auxiliary LM loss over the whole sequence (GPT-1).
+        continues_prompt: whether outputs continue the prompt (text) or answer it.
+        generation_defaults: generation settings unless given (e.g. beam search).
+        data: the task's data options; block_size: the model's context; stats: counts from
+            loading and encoding (skipped lines, truncated examples) for the training report.
+    """
+
+    name: ClassVar[str]
+    data_config: ClassVar[type]
+    stored_options: ClassVar[tuple[str, ...]] = ()
+    option_defaults: ClassVar[dict[str, Any]] = {}
+    lm_weight: ClassVar[float] = 0.0
+    continues_prompt: ClassVar[bool] = False
+    generation_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, data: Any = None, block_size: int = 1024) -> None:
+        self.data = self.data_config() if data is None else data
+        if not isinstance(self.data, self.data_config):
+            raise ConfigError(f"task {self.name!r} takes data options of type "
+                              f"{self.data_config.__name__}, not {type(data).__name__}")
+        self.block_size = block_size
+        self.stats: dict[str, Any] = {}
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], block_size: int) -> Task:
+        """The task as a checkpoint stored it (`options()`), for the model's context."""
+        values = {**cls.option_defaults, **options}
+        stored = {key: values[key] for key in cls.stored_options if key in values}
+        return cls(cls.data_config(**stored), block_size)
+
+    def options(self) -> dict[str, Any]:
+        """JSON-able settings stored in the checkpoint, given back to `from_options`."""
+        return {key: getattr(self.data, key) for key in self.stored_options}
+
+    def special_tokens(self) -> list[str]:
         """Tokens the task adds to the vocabulary (appended; existing ids never change)."""
-        ...
+        return []
 
-    def load(self, data: Any, split: str) -> list[dict]:
-        """Raw examples of `split` ("train" or "val")."""
-        ...
+    @abstractmethod
+    def load(self) -> Splits:
+        """The raw training and validation data named by `self.data`."""
 
-    def build_tokenizer(self, examples: list[dict], config: TokenizerConfig) -> Tokenizer:
-        """A tokenizer for training from scratch, e.g. SentencePiece on the examples' text."""
-        ...
+    @abstractmethod
+    def build_tokenizer(self, splits: Splits, config: TokenizerConfig) -> Tokenizer:
+        """A tokenizer for training from scratch, e.g. SentencePiece on the training text."""
 
-    def encode(self, example: dict, tokenizer: Tokenizer, max_len: int) -> Example:
-        """The training sequence (at most max_len ids) and its loss mask."""
-        ...
+    @abstractmethod
+    def training_data(self, splits: Splits, tokenizer: Tokenizer) -> Examples | Windows:
+        """The sequences the model trains and validates on (at most block_size + 1 ids)."""
 
-    def options(self, data: Any) -> dict[str, Any]:
-        """JSON-able settings stored in the checkpoint and given back to `configure`."""
-        ...
-
-    def configure(self, options: dict[str, Any], block_size: int) -> None:
-        """Apply the settings of `options` and the model's context: before encoding training
-        examples, and before prompting from a checkpoint."""
-        ...
-
+    @abstractmethod
     def prompt(self, source: Any, tokenizer: Tokenizer) -> list[int]:
         """Conditioning ids for generation from a user's input (text, a MIDI file, ...)."""
-        ...
 
+    @abstractmethod
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> Any:
         """The output object (text, MIDI) of generated ids."""
-        ...
-
-    def evaluate(self, argv: list[str]) -> dict[str, Any]:
-        """`seqgen evaluate --task NAME ...`: parse the arguments, score, print, return a report."""
-        ...
 
 
-def available_tasks() -> dict[str, Any]:
+class ExampleTask(Task):
+    """A task whose data are separate examples, each encoded into one training sequence."""
+
+    @abstractmethod
+    def load_split(self, split: str) -> list[Any]:
+        """The raw examples of `split` ("train" or "val")."""
+
+    def load(self) -> Splits:
+        return Splits(self.load_split("train"), self.load_split("val"))
+
+    @abstractmethod
+    def encode(self, example: Any, tokenizer: Tokenizer, max_len: int) -> Example:
+        """The training sequence (at most max_len ids) and its loss mask."""
+
+    def training_data(self, splits: Splits, tokenizer: Tokenizer) -> Examples:
+        max_len = self.block_size + 1  # inputs and targets are the sequence shifted by one
+        encoded = {}
+        for split, raw in (("train", splits.train), ("val", splits.val)):
+            examples = [self.encode(example, tokenizer, max_len) for example in raw]
+            truncated = [e.truncated for e in examples if e.truncated]
+            if truncated:
+                log.info("%s: %d of %d examples truncated to %d tokens", split, len(truncated),
+                         len(examples), max_len)  # fmt: skip
+            self.stats.update({f"{split}_truncated": len(truncated),
+                               f"{split}_truncated_tokens": sum(truncated)})  # fmt: skip
+            encoded[split] = examples
+        return Examples(encoded["train"], encoded["val"])
+
+
+# ---------------------------------------------------------------- optional capabilities
+
+
+class Evaluates(ABC):
+    """`seqgen evaluate --task NAME`: scores a checkpoint or a system's outputs."""
+
+    @classmethod
+    @abstractmethod
+    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
+        """Parse the arguments, score, print a table, return the report."""
+
+
+class HasMBR(ABC):
+    """Minimum Bayes risk decoding (`--mbr-samples N`) by a task-specific similarity."""
+
+    @abstractmethod
+    def mbr_similarity(self) -> Callable[[Any, Any], float]:
+        """`similarity(output, other)`, higher for closer outputs (e.g. ROUGE)."""
+
+
+class BuildsDatasets(ABC):
+    """Dataset builders run as `seqgen data NAME ...` (argv in, exit code out)."""
+
+    data_builders: ClassVar[dict[str, Callable[[list[str]], int]]]
+
+
+class GeneratesFiles(ABC):
+    """A task whose inputs and outputs are files, not text (music reads and writes MIDI):
+    `seqgen generate` on its checkpoints runs the task's own command."""
+
+    @classmethod
+    @abstractmethod
+    def generate_cli(cls, argv: list[str]) -> int:
+        """`seqgen generate` for checkpoints of the task (argv in, exit code out)."""
+
+
+# ---------------------------------------------------------------- registry
+
+
+def available_tasks() -> dict[str, EntryPoint]:
+    """The installed tasks by name (nothing is imported)."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def get_task(name: str) -> Task:
+def task_class(name: str) -> type[Task]:
+    """The installed task `name`; only its own module is imported."""
     tasks = available_tasks()
     if name not in tasks:
         known = ", ".join(sorted(tasks)) or "none (is seqgen installed with `pip install -e .`?)"
         raise ConfigError(f"unknown task {name!r}; installed tasks: {known}")
-    return tasks[name].load()()
+    try:
+        cls = tasks[name].load()
+    except Exception as err:  # a third party's import error, whatever its type
+        raise ConfigError(f"task {name!r} ({tasks[name].value}) failed to load: "
+                          f"{type(err).__name__}: {err}") from err  # fmt: skip
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task {name!r} ({tasks[name].value}) is not a seqgen.tasks.Task")
+    return cls
 
 
 def data_builders() -> dict[str, Callable[[list[str]], int]]:
-    """Every installed task's dataset builders, by name."""
+    """Every installed task's dataset builders, by name (a task that fails to load is
+    skipped with a warning: it must not hide the others)."""
     found: dict[str, Callable[[list[str]], int]] = {}
     for name in sorted(available_tasks()):
-        found.update(get_task(name).data_builders)
+        try:
+            cls = task_class(name)
+        except ConfigError as err:
+            log.warning("%s", err)
+            continue
+        if issubclass(cls, BuildsDatasets):
+            found.update(cls.data_builders)
     return found
+

@@ -1,29 +1,32 @@
-"""Train a SentencePiece tokenizer on a corpus (`seqgen tokenizer train`)."""
+"""Train a task's tokenizer on its training data (`seqgen tokenizer train`), to share one
+between runs (`--tokenizer.path DIR`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from seqgen.data import DataConfig, read_documents
-from seqgen.errors import DataError
-from seqgen.tokenizer import SentencePieceTokenizer, TokenizerConfig
+from seqgen.tasks import task_class
+from seqgen.tokenizer import Tokenizer, TokenizerConfig
 
 
 @dataclass
 class TokenizerTrainConfig:
-    """Train a SentencePiece tokenizer on a corpus and save it to a directory."""
+    """Train a tokenizer on a task's training data (text: a corpus) and save it to a directory.
+    The task's data options are the `data.*` keys."""
 
-    data: DataConfig = field(default_factory=DataConfig)
+    task: str = "text"
+    """The task whose training data the tokenizer learns from."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: Any = None
+    """The task's data options (its `data_config` dataclass)."""
     out: str = "tokenizer"
-    """Directory to write tokenizer.model and tokenizer.json to (pass it as tokenizer.path)."""
+    """Directory to write the tokenizer to (pass it as tokenizer.path)."""
 
 
-def run(cfg: TokenizerTrainConfig) -> SentencePieceTokenizer:
-    if not cfg.data.source:
-        raise DataError("no corpus: set --data.source")
-    docs, _ = read_documents(cfg.data.source, cfg.data, cfg.data.train_split)
-    tokenizer = SentencePieceTokenizer.train(docs, cfg.tokenizer)
+def run(cfg: TokenizerTrainConfig) -> Tokenizer:
+    task = task_class(cfg.task)(cfg.data)
+    tokenizer = task.build_tokenizer(task.load(), cfg.tokenizer)
     tokenizer.save(Path(cfg.out))
     return tokenizer

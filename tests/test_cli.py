@@ -236,13 +236,13 @@ def test_bf16_mixed_and_gradient_accumulation(corpus_file, tmp_path):
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, caplog):
     import torch
 
-    from seqgen import pretrain as pretrain_module
+    from seqgen import train as train_module
     from seqgen.config import TrainConfig
-    from seqgen.pretrain import resolve_precision
+    from seqgen.train import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native, expected in [(True, "bf16-mixed"), (False, "32-true")]:
-        monkeypatch.setattr(pretrain_module, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(train_module, "native_bf16", lambda native=native: native)
         assert resolve_precision(TrainConfig(precision="auto")) == expected
     assert resolve_precision(TrainConfig(precision="32-true")) == "32-true"
     with caplog.at_level("WARNING", logger="seqgen"):  # asked for, so kept, but said slow
@@ -306,7 +306,7 @@ def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):
 
 
 def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_text, tmp_path):
-    from seqgen.data import split_tail
+    from seqgen_tasks.text.corpus import split_tail
 
     out = tmp_path / "run"
     trained = pretrain(corpus_file, out, "--train.max_steps", "10")

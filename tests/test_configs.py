@@ -8,8 +8,7 @@ import pytest
 import yaml
 from helpers import TINY_MODEL, flags, make_pairs, write_parallel, write_song
 
-from seqgen.cli import load_config, main, parse_finetune
-from seqgen.pretrain import PretrainConfig
+from seqgen.cli import main, parse_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.rglob("*.yaml"))
@@ -69,10 +68,8 @@ def test_recipe_parses_and_smoke_runs(recipe, corpus_file, tmp_path):
     data = DATA[task](tmp_path, corpus_file)
     if command == "finetune":
         data += ["--from", "none"]
-    if task == "text":
-        full = load_config(PretrainConfig, ["--config", str(recipe), *data])
-    else:
-        _, full, _ = parse_finetune(["--config", str(recipe), *data, "--from", "none"])
+    full, _ = parse_run(command, ["--config", str(recipe), *data])
+    assert full.task == task and full.init_from == "none"
     assert full.model.n_embd % full.model.n_head == 0
     report = tmp_path / "report.json"
     argv = [command, "--config", str(recipe), *data, *SHRINK,

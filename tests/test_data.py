@@ -5,19 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from seqgen.data import (
-    IGNORE_INDEX,
-    DataConfig,
-    RandomWindows,
-    SequentialWindows,
-    TextDataModule,
+from seqgen.config import TrainConfig
+from seqgen.data import IGNORE_INDEX, RandomWindows, SequentialWindows
+from seqgen.errors import DataError
+from seqgen.tasks import Splits
+from seqgen.train import RunConfig, build_datamodule
+from seqgen_tasks.text.corpus import (
+    TextData,
     cached_tokens,
     load_text_splits,
     read_documents,
     split_tail,
     tokenize_documents,
 )
-from seqgen.errors import DataError
+from seqgen_tasks.text.task import TextTask
 
 
 def test_text_jsonl_and_directory_sources(tmp_path):
@@ -25,7 +26,7 @@ def test_text_jsonl_and_directory_sources(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.jsonl").write_text('{"body": "second"}\n\n{"body": "third"}\n')
     (tmp_path / "ignored.bin").write_bytes(b"\xff")
-    config = DataConfig(text_field="body")
+    config = TextData(text_field="body")
     docs, fingerprint = read_documents(str(tmp_path), config, "train")
     assert docs == ["first document\n", "second", "third"]
     (tmp_path / "a.txt").write_text("changed\n")
@@ -36,7 +37,7 @@ def test_non_utf8_reports_file_and_byte_offset(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("line one\ncaf\u00e9".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.txt: not UTF-8 text \(byte offset 12, line 2"):
-        read_documents(str(path), DataConfig(), "train")
+        read_documents(str(path), TextData(), "train")
 
 
 @pytest.mark.parametrize(
@@ -51,23 +52,23 @@ def test_bad_jsonl_rows_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "rows.jsonl"
     path.write_text(content)
     with pytest.raises(DataError, match=message):
-        read_documents(str(path), DataConfig(), "train")
+        read_documents(str(path), TextData(), "train")
 
 
 def test_missing_and_empty_corpora(tmp_path):
     with pytest.raises(DataError, match="no such file"):
-        load_text_splits(DataConfig(source=str(tmp_path / "nope.txt")))
+        load_text_splits(TextData(source=str(tmp_path / "nope.txt")))
     (tmp_path / "empty.txt").write_text(" \n\n")
     with pytest.raises(DataError, match="empty"):
-        load_text_splits(DataConfig(source=str(tmp_path / "empty.txt")))
+        load_text_splits(TextData(source=str(tmp_path / "empty.txt")))
     with pytest.raises(DataError, match="set data.source"):
-        load_text_splits(DataConfig())
+        load_text_splits(TextData())
 
 
 def test_hub_name_fails_fast_offline():
     started = time.perf_counter()
     with pytest.raises(DataError, match="Hugging Face dataset failed"):
-        read_documents("no-such-user/no-such-dataset", DataConfig(), "train")
+        read_documents("no-such-user/no-such-dataset", TextData(), "train")
     assert time.perf_counter() - started < 20
 
 
@@ -79,11 +80,11 @@ def test_saved_hf_dataset_directory(tmp_path):
         validation=datasets.Dataset.from_dict({"text": ["delta"]}),
     )
     dd.save_to_disk(str(tmp_path / "ds"))
-    config = DataConfig(source=str(tmp_path / "ds"), val_split="validation")
+    config = TextData(source=str(tmp_path / "ds"), val_split="validation")
     train, val, _ = load_text_splits(config)
     assert train == ["alpha beta", "gamma"] and val == ["delta"]
     with pytest.raises(DataError, match="no column 'body'"):
-        read_documents(str(tmp_path / "ds"), DataConfig(text_field="body"), "train")
+        read_documents(str(tmp_path / "ds"), TextData(text_field="body"), "train")
 
 
 def test_split_tail_cuts_at_a_line_and_keeps_everything():
@@ -109,7 +110,7 @@ def test_tokenize_packs_documents_with_eos(sp_tokenizer):
 
 def test_long_documents_are_chunked_without_changing_ids(sp_tokenizer, monkeypatch, corpus_text):
     whole = tokenize_documents([corpus_text], sp_tokenizer)
-    monkeypatch.setattr("seqgen.data.CHUNK_CHARS", 1000)
+    monkeypatch.setattr("seqgen_tasks.text.corpus.CHUNK_CHARS", 1000)
     assert np.array_equal(tokenize_documents([corpus_text], sp_tokenizer), whole)
 
 
@@ -138,10 +139,13 @@ def test_windows_shift_targets_and_cover_validation_once():
     assert last["input_ids"][-1].item() == 3
 
 
-def test_datamodule_rejects_corpus_smaller_than_a_block():
+def test_text_task_rejects_corpus_smaller_than_a_block(sp_tokenizer, tmp_path):
+    task = TextTask(TextData(cache_dir=str(tmp_path)), block_size=16)
     with pytest.raises(DataError, match="fewer than one block"):
-        TextDataModule(np.arange(10), np.arange(10), block_size=16, batch_size=2, pad_id=3)
-    module = TextDataModule(np.arange(100), np.arange(10), block_size=16, batch_size=2, pad_id=3)
+        task.training_data(Splits(["the king"], ["the queen"]), sp_tokenizer)
+    data = task.training_data(Splits(["the king rides to the castle. " * 20], ["the queen"]),
+                              sp_tokenizer)  # fmt: skip
+    module = build_datamodule(data, RunConfig(train=TrainConfig(batch_size=2)), sp_tokenizer.pad_id)
     batch = next(iter(module.train_dataloader()))
     assert batch["input_ids"].shape == (2, 16)
     assert torch.equal(batch["targets"][:, :-1], batch["input_ids"][:, 1:])
@@ -151,7 +155,7 @@ def test_jsonl_round_trip_through_splits(tmp_path):
     rows = [{"text": f"document number {i}\nwith two lines"} for i in range(20)]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     train, val, _ = load_text_splits(
-        DataConfig(source=str(tmp_path / "c.jsonl"), val_fraction=0.25)
+        TextData(source=str(tmp_path / "c.jsonl"), val_fraction=0.25)
     )
     assert "".join(train + val) == "".join(r["text"] for r in rows)
     assert 0.2 < sum(map(len, val)) / sum(map(len, train + val)) <= 0.3

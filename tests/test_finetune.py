@@ -13,10 +13,10 @@ from seqgen import checkpoint
 from seqgen.cli import main
 from seqgen.config import ModelConfig, TrainConfig
 from seqgen.examples import LengthGroupedBatches
-from seqgen.finetune import FinetuneConfig, run
 from seqgen.inference import load
 from seqgen.model import GPT
-from seqgen_tasks.translation.task import TranslationData
+from seqgen.train import RunConfig, run
+from seqgen_tasks.translation.data import TranslationData
 
 TRAIN = {"train.batch_size": 8, "train.warmup_steps": 2, "train.learning_rate": 3e-3,
          "train.val_every_n_steps": 10, "train.checkpoint_every_n_steps": 10,
@@ -44,7 +44,7 @@ def test_tiny_model_memorises_pairs_and_translates_them_greedily(sp_tokenizer, t
     config = ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2,
                          n_embd=64)  # fmt: skip
     checkpoint.save_model(tmp_path / "pretrained", GPT(config), sp_tokenizer, task="text")
-    cfg = FinetuneConfig(
+    cfg = RunConfig(
         task="translation",
         init_from=str(tmp_path / "pretrained"),
         train=TrainConfig(
@@ -55,10 +55,11 @@ def test_tiny_model_memorises_pairs_and_translates_them_greedily(sp_tokenizer, t
             val_every_n_steps=250,
             progress_bar=False,
         ),  # fmt: skip
+        data=TranslationData(train=str(prefix), val=str(prefix)),
         lm_weight=0.0,
         out_dir=str(tmp_path / "run"),
     )
-    report = run(cfg, TranslationData(train=str(prefix), val=str(prefix)))
+    report = run(cfg)
     assert report["vocab_size"] == sp_tokenizer.vocab_size + 2
     assert report["val_loss"] < 0.05
     generator = load(tmp_path / "run")
@@ -172,8 +173,8 @@ def test_cli_errors_name_the_problem(parallel, tmp_path, capsys, args, message):
 def test_cli_task_errors(capsys):
     assert main(["finetune", "--from", "none"]) == 2
     assert "set the task" in capsys.readouterr().err
-    assert main(["finetune", "--task", "text", "--from", "none"]) == 2
-    assert "seqgen pretrain" in capsys.readouterr().err
+    assert main(["finetune", "--task", "text", "--from", "none"]) == 2  # an ordinary task
+    assert "set data.source" in capsys.readouterr().err
     assert main(["finetune", "--task", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
 

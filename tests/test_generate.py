@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from seqgen.config import ModelConfig
-from seqgen.generate import filter_logits, generate, repeated_ngram_ends, stream
+from seqgen.engine import filter_logits, generate, repeated_ngram_ends, stream
 from seqgen.model import GPT, KVCache
 
 SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
@@ -181,7 +181,7 @@ def test_beam_one_equals_greedy(model):
     greedy = generate(model, [2, 9], 15, temperature=0)
     assert generate(model, [2, 9], 15, num_beams=1, temperature=0) == greedy
     # the beam-search code path itself, with a beam that can hold only one hypothesis
-    from seqgen.generate import Settings, _beam_search
+    from seqgen.engine import Settings, _beam_search
 
     assert _beam_search(model, [2, 9], Settings(max_new_tokens=15, num_beams=1)) == greedy
     eos, _ = first_new_at(greedy, 4)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from seqgen.config import ModelConfig
-from seqgen.generate import generate
+from seqgen.engine import generate
 from seqgen.model import GPT, causal_mask, relative_logits
 
 

@@ -9,6 +9,7 @@ from rouge_score import rouge_scorer
 
 from seqgen.cli import main
 from seqgen.errors import DataError
+from seqgen_tasks.summarization.data import SummarizationData
 from seqgen_tasks.summarization.rouge import (
     PARTS,
     ROUGE_TYPES,
@@ -19,12 +20,7 @@ from seqgen_tasks.summarization.rouge import (
     score_documents,
     split_sentences,
 )
-from seqgen_tasks.summarization.task import (
-    SUMMARIZE,
-    SummarizationData,
-    SummarizationTask,
-    rank_paragraphs,
-)
+from seqgen_tasks.summarization.task import SUMMARIZE, SummarizationTask, rank_paragraphs
 from seqgen_tasks.summarization.wikisum import build
 
 # WikiText's layout: every line is padded with spaces, blank lines are a single space
@@ -119,8 +115,7 @@ def test_tfidf_ranks_paragraphs_by_similarity_to_the_title():
 
 @pytest.mark.parametrize("title_heading", [True, False])
 def test_loss_mask_covers_exactly_the_summary_and_eos(tokenizer, title_heading):
-    task = SummarizationTask()
-    task.settings = SummarizationData(title_heading=title_heading)
+    task = SummarizationTask(SummarizationData(title_heading=title_heading), block_size=199)
     example = task.encode(ARTICLE, tokenizer, max_len=200)
     summary = tokenizer.encode(ARTICLE["summary"])
     body = tokenizer.encode(ARTICLE["document"])
@@ -130,23 +125,21 @@ def test_loss_mask_covers_exactly_the_summary_and_eos(tokenizer, title_heading):
     assert example.loss_mask == [0] * len(prompt) + [1] * (len(summary) + 1)
     assert example.truncated == 0
     # generation sees exactly the prompt that training saw
-    task.configure(task.options(task.settings), block_size=200)
-    assert task.prompt(ARTICLE, tokenizer) == prompt
+    stored = SummarizationTask.from_options(task.options(), block_size=199)
+    assert stored.prompt(ARTICLE, tokenizer) == prompt
 
 
 def test_generation_prompt_equals_training_prompt_when_the_body_is_cut(tokenizer):
-    task = SummarizationTask()
-    task.settings = SummarizationData(max_summary_tokens=8)
-    task.configure(task.options(task.settings), block_size=40)
+    trained = SummarizationTask(SummarizationData(max_summary_tokens=8), block_size=40)
+    task = SummarizationTask.from_options(trained.options(), block_size=40)
     article = {**ARTICLE, "document": ARTICLE["document"] * 5}
-    example = task.encode(article, tokenizer, max_len=41)  # block_size + 1, as fine-tuning
+    example = trained.encode(article, tokenizer, max_len=41)  # block_size + 1, as fine-tuning
     assert example.truncated > 0 and len(example.ids) == 41
     assert task.prompt(article, tokenizer) == example.ids[: example.loss_mask.index(1)]
 
 
 def test_heading_is_cut_to_a_quarter_of_the_room_and_counted(tokenizer):
-    task = SummarizationTask()
-    task.settings = SummarizationData(max_summary_tokens=8)
+    task = SummarizationTask(SummarizationData(max_summary_tokens=8))
     long_title = {**ARTICLE, "title": "the river castle " * 20}
     heading = tokenizer.encode(long_title["title"] + "\n")
     example = task.encode(long_title, tokenizer, max_len=80)
@@ -157,16 +150,15 @@ def test_heading_is_cut_to_a_quarter_of_the_room_and_counted(tokenizer):
 
 
 def test_checkpoints_without_the_heading_option_keep_their_layout(tokenizer):
-    task = SummarizationTask()
-    task.configure({"max_summary_tokens": 8}, block_size=100)  # saved before title_heading
+    task = SummarizationTask.from_options({"max_summary_tokens": 8}, block_size=100)  # saved
+    # before title_heading existed
     assert task.prompt(ARTICLE, tokenizer)[-1] == tokenizer.special_id(SUMMARIZE)
 
 
 @pytest.mark.parametrize("selection", ["first", "tfidf"])
 def test_body_is_cut_to_the_room_the_summary_leaves(tokenizer, selection):
-    task = SummarizationTask()
-    task.settings = SummarizationData(body_selection=selection, max_summary_tokens=8,
-                                      title_heading=False)  # fmt: skip
+    task = SummarizationTask(SummarizationData(body_selection=selection, max_summary_tokens=8,
+                                               title_heading=False))  # fmt: skip
     summary = tokenizer.encode(ARTICLE["summary"])
     assert len(summary) > 8
     river = tokenizer.encode("\nthe river castle is old")
@@ -184,8 +176,7 @@ def test_body_is_cut_to_the_room_the_summary_leaves(tokenizer, selection):
 
 
 def test_tfidf_keeps_the_chosen_paragraphs_in_their_original_order(tokenizer):
-    task = SummarizationTask()
-    task.settings = SummarizationData(body_selection="tfidf")
+    task = SummarizationTask(SummarizationData(body_selection="tfidf"))
     example = {**ARTICLE, "title": "silver river castle garden"}
     room = len(tokenizer.encode("\nthe river castle is old")) + len(tokenizer.encode("\nsilver"))
     body, _ = task.select_body(example, tokenizer, room)
@@ -353,9 +344,9 @@ def test_mismatched_predictions_are_errors(dataset, tmp_path, capsys, change, me
 def test_missing_fields_name_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"body": "x", "lead": "y"}\n{"document": "x", "summary": "y"}\n')
-    task = SummarizationTask()
+    task = SummarizationTask(SummarizationData(train=str(path)))
     with pytest.raises(DataError, match=r"bad\.jsonl:2: needs fields 'body' and 'lead'"):
-        task.load(SummarizationData(train=str(path)), "train")
+        task.load_split("train")
 
 
 def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):

@@ -11,12 +11,13 @@ from seqgen import checkpoint
 from seqgen.errors import DataError
 from seqgen.examples import pad_batch
 from seqgen.model import GPT
+from seqgen_tasks.translation.data import TranslationData
 from seqgen_tasks.translation.evaluate import score
-from seqgen_tasks.translation.task import DELIMITER, TranslationData, TranslationTask, language_tag
+from seqgen_tasks.translation.task import DELIMITER, TranslationTask, language_tag
 
 
 def load_pairs(tmp_path, data: TranslationData, split="train"):
-    return TranslationTask().load(data, split)
+    return TranslationTask(data).load_split(split)
 
 
 # ---------------------------------------------------------------- data
@@ -25,8 +26,8 @@ def load_pairs(tmp_path, data: TranslationData, split="train"):
 def test_aligned_files_skip_empty_lines_with_a_count(tmp_path):
     (tmp_path / "train.en").write_text("A man.\n\nTwo dogs.\r\nA cat.\n")
     (tmp_path / "train.de").write_text("Ein Mann.\nLeer.\nZwei Hunde.\r\n\n")
-    task = TranslationTask()
-    pairs = task.load(TranslationData(train=str(tmp_path / "train")), "train")
+    task = TranslationTask(TranslationData(train=str(tmp_path / "train")))
+    pairs = task.load_split("train")
     assert [(p["source"], p["target"]) for p in pairs] == [("A man.", "Ein Mann."),
                                                           ("Two dogs.", "Zwei Hunde.")]  # fmt: skip
     assert task.stats["train_skipped_empty"] == 2 and task.stats["train_pairs"] == 2
@@ -81,10 +82,9 @@ def test_saved_hugging_face_dataset_with_translation_dicts(tmp_path):
     rows = [{"translation": {"de": "Hallo.", "en": "Hello."}}] * 3
     split = datasets.Dataset.from_list(rows)
     datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(tmp_path / "wmt")
-    task = TranslationTask()
-    data = TranslationData(train=str(tmp_path / "wmt"))
-    assert task.load(data, "val")[0]["target"] == "Hallo."
-    assert len(task.load(data, "train")) == 3
+    task = TranslationTask(TranslationData(train=str(tmp_path / "wmt")))
+    splits = task.load()
+    assert splits.val[0]["target"] == "Hallo." and len(splits.train) == 3
 
 
 def test_files_need_an_explicit_validation_set(tmp_path):
@@ -101,7 +101,7 @@ def tokenizer(sp_tokenizer):
     from seqgen.tokenizer import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer(sp_tokenizer.model_proto)
-    tok.add_special_tokens(TranslationTask().special_tokens(TranslationData()))
+    tok.add_special_tokens(TranslationTask().special_tokens())
     return tok
 
 
@@ -144,7 +144,7 @@ def test_special_tokens_extend_a_pretrained_vocabulary(sp_tokenizer, tmp_path):
     before_ids, old_size = tok.encode(text), tok.vocab_size
     model = GPT(ModelConfig(vocab_size=old_size, block_size=16, n_layer=1, n_head=2, n_embd=32))
     old_rows = model.transformer.wte.weight.detach().clone()
-    new_ids = tok.add_special_tokens(TranslationTask().special_tokens(TranslationData()))
+    new_ids = tok.add_special_tokens(TranslationTask().special_tokens())
     model.resize_vocab(tok.vocab_size)
     assert new_ids == [old_size, old_size + 1] and tok.encode(text) == before_ids
     weight = model.transformer.wte.weight.detach()

@@ -18,7 +18,7 @@ from seqgen_tasks.music.events import (
     cut_events,
     event_steps,
 )
-from seqgen_tasks.music.midi import decode_midi
+from seqgen_tasks.music.midi import decode_midi, read_midi
 
 EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck without time
 
@@ -100,7 +100,6 @@ def main(argv: list[str]) -> int:
         if value is not None and value <= 0:
             raise SeqgenError(f"{name} must be > 0, got {value}")
     from seqgen.inference import load
-    from seqgen_tasks.music.task import read_midi
 
     generator = load(args.ckpt, task="music", precision=args.precision)
     events = np.zeros(0, dtype=np.int64)
@@ -123,7 +122,7 @@ def main(argv: list[str]) -> int:
     options.update(max_new_tokens=limit, min_new_tokens=limit)
     started = time.perf_counter()
     try:
-        from seqgen.generate import generate
+        from seqgen.engine import generate
 
         ids = [generator.tokenizer.bos_id, *events.tolist()]
         new = generate(generator.model, ids, eos_id=generator.tokenizer.eos_id, **options)

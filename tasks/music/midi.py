@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
+from seqgen.errors import DataError
 from seqgen_tasks.music.events import (
     SUSTAIN_CC,
     Notes,
@@ -107,3 +108,14 @@ def decode_midi(ids, program: int = 0, max_note_seconds: float | None = None
     ]
     midi.instruments.append(piano)
     return midi
+
+
+def read_midi(path: str | Path) -> pretty_midi.PrettyMIDI:
+    """A MIDI file as PrettyMIDI; a missing or unreadable file is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such MIDI file")
+    try:
+        return pretty_midi.PrettyMIDI(str(path))
+    except Exception as err:  # mido and pretty_midi raise many types for damaged files
+        raise DataError(f"{path}: not a readable MIDI file ({type(err).__name__}: {err})") from None

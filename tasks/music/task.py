@@ -6,8 +6,7 @@ language, continued from a user's MIDI prompt into a MIDI file.
         --out out.mid --piano-roll out.png
     seqgen evaluate --ckpt runs/pop909 --data held_out_midi/
 
-Training draws augmented windows from whole performances (`seqgen_tasks.music.data`), so the task
-brings its own data module instead of encoding fixed examples.
+Training draws augmented windows from whole performances (`seqgen_tasks.music.data`).
 """
 
 from __future__ import annotations
@@ -15,18 +14,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pretty_midi
 
-from seqgen.data import SequentialWindows, WindowDataModule
+from seqgen.data import SequentialWindows
 from seqgen.errors import ConfigError, DataError
+from seqgen.tasks import Evaluates, GeneratesFiles, Splits, Task, Windows
 from seqgen.tokenizer import Tokenizer, TokenizerConfig
 from seqgen_tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
-from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi
+from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi, read_midi
 from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
 log = logging.getLogger("seqgen")
@@ -72,72 +71,59 @@ class MusicData:
             raise ConfigError(f"data.max_stretch must be in [0, 0.5), got {self.max_stretch}")
 
 
-class MusicTask:
+class MusicTask(Task, Evaluates, GeneratesFiles):
     name = "music"
     data_config = MusicData
-    lm_weight = 0.0  # every event is a target already
+    stored_options = ("augment", "max_transpose", "max_stretch", "num_workers")
     continues_prompt = True
-    generation_defaults = {"temperature": 1.0, "max_new_tokens": 2000}
-    data_builders: dict = {}
-
-    def __init__(self) -> None:
-        self.settings = MusicData()
-        self.stats: dict[str, Any] = {}
-        self._corpora: dict[tuple, tuple[list[Notes], dict[str, Any]]] = {}
+    generation_defaults: ClassVar[dict[str, Any]] = {"temperature": 1.0, "max_new_tokens": 2000}
 
     # ------------------------------------------------------------ training
 
-    def special_tokens(self, data: MusicData) -> list[str]:
-        return []
-
-    def load(self, data: MusicData, split: str) -> list[Notes]:
-        held_out = split == "val" and data.val is not None
-        source = data.val if held_out else data.train
-        dataset_split = data.val_split if held_out else data.train_split
-        key = (source, data.cache_dir, data.midi_column, dataset_split)
-        if key not in self._corpora:  # the train and val splits of one corpus: parsed once
-            self._corpora[key] = load_corpus(source, data.cache_dir, data.num_proc,
-                                             data.midi_column, dataset_split)  # fmt: skip
-        performances, report = self._corpora[key]
-        if split == "train" or held_out:  # each corpus reported once
-            prefix = "val_" if held_out else ""
-            for skipped in report["skipped"]:
-                log.warning("skipped %s: %s", skipped["file"], skipped["reason"])
-            self.stats.update({f"{prefix}files": report["files"],
-                               f"{prefix}skipped": len(report["skipped"]),
-                               f"{prefix}skipped_files": report["skipped"]})  # fmt: skip
+    def load(self) -> Splits:
+        """The performances of data.train and data.val (or the last val_fraction of
+        data.train, in file-name order); each corpus is parsed once and cached."""
+        data = self.data
+        performances = self._corpus(data.train, data.train_split, "")
         if data.val is None:
-            performances = self._split(performances, data, split)
-        hours = round(total_seconds(performances) / 3600, 3)
-        self.stats.update({f"{split}_performances": len(performances), f"{split}_hours": hours})
+            train, val = self._hold_out(performances)
+        else:
+            train, val = performances, self._corpus(data.val, data.val_split, "val_")
+        for split, chosen in (("train", train), ("val", val)):
+            hours = round(total_seconds(chosen) / 3600, 3)
+            self.stats.update({f"{split}_performances": len(chosen), f"{split}_hours": hours})
+        return Splits(train, val)
+
+    def _corpus(self, source: str, split: str, prefix: str) -> list[Notes]:
+        data = self.data
+        performances, report = load_corpus(source, data.cache_dir, data.num_proc,
+                                           data.midi_column, split)  # fmt: skip
+        for skipped in report["skipped"]:
+            log.warning("skipped %s: %s", skipped["file"], skipped["reason"])
+        self.stats.update({f"{prefix}files": report["files"],
+                           f"{prefix}skipped": len(report["skipped"]),
+                           f"{prefix}skipped_files": report["skipped"]})  # fmt: skip
         return performances
 
-    @staticmethod
-    def _split(performances: list[Notes], data: MusicData, split: str) -> list[Notes]:
+    def _hold_out(self, performances: list[Notes]) -> tuple[list[Notes], list[Notes]]:
         if len(performances) < 2:
             raise DataError(
-                f"{data.train}: {len(performances)} usable performance(s); holding "
+                f"{self.data.train}: {len(performances)} usable performance(s); holding "
                 "some out for validation needs 2 or more (or set data.val)"
             )
-        held = max(1, math.ceil(len(performances) * data.val_fraction))
+        held = max(1, math.ceil(len(performances) * self.data.val_fraction))
         held = min(held, len(performances) - 1)
-        return performances[-held:] if split == "val" else performances[:-held]
+        return performances[:-held], performances[-held:]
 
-    def build_tokenizer(self, examples: list, config: TokenizerConfig) -> Tokenizer:
+    def build_tokenizer(self, splits: Splits, config: TokenizerConfig) -> Tokenizer:
         return PerformanceTokenizer()
 
-    def datamodule(
-        self,
-        train: list[Notes],
-        val: list[Notes],
-        tokenizer: Tokenizer,
-        block_size: int,
-        batch_size: int,
-    ) -> WindowDataModule:
-        s = self.settings
+    def training_data(self, splits: Splits, tokenizer: Tokenizer) -> Windows:
+        """Augmented windows drawn from whole performances; validation never augmented."""
+        s = self.data
         windows = PerformanceWindows(
-            train,
-            block_size,
+            splits.train,
+            self.block_size,
             tokenizer.bos_id,
             tokenizer.eos_id,
             tokenizer.pad_id,
@@ -145,23 +131,11 @@ class MusicTask:
             transpose=s.max_transpose,
             stretch=(1 - s.max_stretch, 1 + s.max_stretch),
         )
-        stream = event_stream(val, tokenizer.bos_id, tokenizer.eos_id)
+        stream = event_stream(splits.val, tokenizer.bos_id, tokenizer.eos_id)
         if len(stream) < 2:
             raise DataError("the validation performances have no events")
-        held_out = SequentialWindows(stream, block_size, tokenizer.pad_id)
-        return WindowDataModule(windows, held_out, batch_size, s.num_workers)
-
-    def options(self, data: MusicData) -> dict[str, Any]:
-        return {
-            "augment": data.augment,
-            "max_transpose": data.max_transpose,
-            "max_stretch": data.max_stretch,
-            "num_workers": data.num_workers,
-        }
-
-    def configure(self, options: dict[str, Any], block_size: int) -> None:
-        known = {k: v for k, v in options.items() if k in MusicData.__dataclass_fields__}
-        self.settings = MusicData(**known)
+        held_out = SequentialWindows(stream, self.block_size, tokenizer.pad_id)
+        return Windows(windows, held_out, s.num_workers)
 
     # ------------------------------------------------------------ inference
 
@@ -184,23 +158,15 @@ class MusicTask:
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> pretty_midi.PrettyMIDI:
         return decode_midi(ids)
 
-    def evaluate(self, argv: list[str]) -> dict[str, Any]:
+    @classmethod
+    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
         from seqgen_tasks.music.evaluate import main
 
         return main(argv)
 
-    def generate_cli(self, argv: list[str]) -> int:
+    @classmethod
+    def generate_cli(cls, argv: list[str]) -> int:
         from seqgen_tasks.music.generate import main
 
         return main(argv)
 
-
-def read_midi(path: str | Path) -> pretty_midi.PrettyMIDI:
-    """A MIDI file as PrettyMIDI; a missing or unreadable file is a DataError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such MIDI file")
-    try:
-        return pretty_midi.PrettyMIDI(str(path))
-    except Exception as err:  # mido and pretty_midi raise many types for damaged files
-        raise DataError(f"{path}: not a readable MIDI file ({type(err).__name__}: {err})") from None

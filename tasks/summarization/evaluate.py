@@ -20,6 +20,8 @@ from seqgen.evaluation import (
     evaluation_parser,
     write_json,
 )
+from seqgen.tasks import known_options
+from seqgen_tasks.summarization.data import SummarizationData, read_examples
 from seqgen_tasks.summarization.rouge import (
     bootstrap,
     lead_words,
@@ -29,7 +31,6 @@ from seqgen_tasks.summarization.rouge import (
     rouge_similarity,
     score_documents,
 )
-from seqgen_tasks.summarization.task import SummarizationData, read_examples
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,7 +95,7 @@ def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str]
     generator = load(args.ckpt, task="summarization", precision=args.precision)
     documents = [{"document": e["document"], "title": e["title"]} for e in examples]
     settings = dict(
-        max_new_tokens=args.max_new_tokens or generator.task.settings.max_summary_tokens,
+        max_new_tokens=args.max_new_tokens or generator.task.data.max_summary_tokens,
         min_new_tokens=args.min_new_tokens, num_beams=args.beams,
         length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -124,8 +125,7 @@ def data_fields(args: argparse.Namespace) -> SummarizationData:
     for key, value in chosen.items():
         if value is not None:
             options[key] = value
-    known = {k: v for k, v in options.items() if k in SummarizationData.__dataclass_fields__}
-    return SummarizationData(**known)
+    return SummarizationData(**known_options(SummarizationData, options))
 
 
 def main(argv: list[str]) -> dict[str, Any]:

@@ -11,80 +11,39 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
-from seqgen.data import load_hf_dataset, read_jsonl
 from seqgen.errors import DataError
 from seqgen.examples import Example
+from seqgen.tasks import BuildsDatasets, Evaluates, ExampleTask, HasMBR, Splits
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
 from seqgen_tasks.summarization import wikisum
+from seqgen_tasks.summarization.data import SummarizationData, read_examples
 
 SUMMARIZE = "<summarize>"
 MAX_HEADING_TOKENS = 32
 WORD = re.compile(r"\w+")
 
 
-@dataclass
-class SummarizationData:
-    """Document/summary pairs for summarization."""
-
-    train: str | None = None
-    """Training pairs: a .jsonl file, a `save_to_disk` directory or a Hugging Face dataset."""
-    val: str | None = None
-    """Validation pairs, in the same forms (default for a dataset: its `val_split`)."""
-    document_field: str = "body"
-    """Field holding the document (body, document, article, ...)."""
-    summary_field: str = "lead"
-    """Field holding the summary (lead, summary, highlights, ...)."""
-    title_field: str | None = "title"
-    """Field holding the title (for title_heading and body_selection tfidf); None if none."""
-    id_field: str | None = "id"
-    """Field holding a document id (kept in evaluation outputs); None to number them."""
-    hf_config: str | None = None
-    """Hugging Face dataset configuration (e.g. 3.0.0 for cnn_dailymail)."""
-    train_split: str = "train"
-    """Hugging Face split to train on."""
-    val_split: str = "validation"
-    """Hugging Face split to validate on when `val` is not set."""
-    max_summary_tokens: int = 256
-    """Longest summary in a sequence (longer ones are cut and counted); the body gets the
-    rest of the context."""
-    body_selection: Literal["first", "tfidf"] = "first"
-    """How the body is cut to fit: its beginning (first), or its paragraphs ranked by tf-idf
-    similarity to the title, kept best first until full, in original order (tfidf)."""
-    title_heading: bool = True
-    """Put the title (when there is one) after <summarize> as the summary's heading, as it
-    heads an article: a lead opens with its subject, and a model pretrained on articles has
-    seen titles followed by their leads."""
-
-
-class SummarizationTask:
+class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
     name = "summarization"
     data_config = SummarizationData
-    lm_weight = 0.0
-    continues_prompt = False
-    data_builders = {"wikisum": wikisum.main}
-    generation_defaults = {"temperature": 0.0, "num_beams": 4, "no_repeat_ngram_size": 3,
-                           "max_new_tokens": 256}  # fmt: skip
-
-    def __init__(self) -> None:
-        self.settings = SummarizationData()
-        self.block_size: int | None = None
-        self.stats: dict[str, int] = {}
+    stored_options = ("document_field", "summary_field", "title_field", "id_field",
+                      "max_summary_tokens", "body_selection", "title_heading")  # fmt: skip
+    option_defaults: ClassVar[dict[str, Any]] = {"title_heading": False}  # older checkpoints
+    data_builders: ClassVar[dict[str, Callable[[list[str]], int]]] = {"wikisum": wikisum.main}
+    generation_defaults: ClassVar[dict[str, Any]] = {
+        "temperature": 0.0, "num_beams": 4, "no_repeat_ngram_size": 3, "max_new_tokens": 256,
+    }  # fmt: skip
 
     # ------------------------------------------------------------ fine-tuning
 
-    def special_tokens(self, data: SummarizationData) -> list[str]:
+    def special_tokens(self) -> list[str]:
         return [SUMMARIZE]
 
-    def options(self, data: SummarizationData) -> dict[str, Any]:
-        keys = ("document_field", "summary_field", "title_field", "id_field",
-                "max_summary_tokens", "body_selection", "title_heading")  # fmt: skip
-        return {key: getattr(data, key) for key in keys}
-
-    def load(self, data: SummarizationData, split: str) -> list[dict[str, str]]:
+    def load_split(self, split: str) -> list[dict[str, str]]:
+        data = self.data
         source = data.train if split == "train" else data.val
         if source is None and split == "val" and data.train and not Path(data.train).is_file():
             source = data.train  # a dataset's validation split
@@ -98,8 +57,8 @@ class SummarizationTask:
         self.stats[f"{split}_examples"] = len(examples)
         return examples
 
-    def build_tokenizer(self, examples: list[dict], config: TokenizerConfig) -> Tokenizer:
-        texts = (f"{e['document']}\n{e['summary']}" for e in examples)
+    def build_tokenizer(self, splits: Splits, config: TokenizerConfig) -> Tokenizer:
+        texts = (f"{e['document']}\n{e['summary']}" for e in splits.train)
         return SentencePieceTokenizer.train(texts, config)
 
     def encode(self, example: dict, tokenizer: Tokenizer, max_len: int) -> Example:
@@ -112,13 +71,13 @@ class SummarizationTask:
 
     def summary_budget(self, max_len: int) -> int:
         """Most summary ids in a sequence of `max_len` ids (the context + 1)."""
-        return min(self.settings.max_summary_tokens, max_len // 2)
+        return min(self.data.max_summary_tokens, max_len // 2)
 
     def layout(self, example: dict, tokenizer: Tokenizer, room: int) -> tuple[list[int], int]:
         """`<bos> body <summarize> [title \n]` in at most `room` ids, and how many body and
         title ids were left out."""
         heading: list[int] = []
-        if self.settings.title_heading and example.get("title"):
+        if self.data.title_heading and example.get("title"):
             heading = tokenizer.encode(f"{example['title']}\n")
         kept_heading = heading[: min(MAX_HEADING_TOKENS, room // 4)]
         body, body_cut = self.select_body(example, tokenizer, room - 2 - len(kept_heading))
@@ -128,7 +87,7 @@ class SummarizationTask:
     def select_body(self, example: dict, tokenizer: Tokenizer, room: int) -> tuple[list[int], int]:
         """Body ids that fit in `room`, and how many body ids were left out."""
         paragraphs = [p for p in example["document"].split("\n") if p.strip()]
-        if self.settings.body_selection == "tfidf" and example.get("title"):
+        if self.data.body_selection == "tfidf" and example.get("title"):
             ranked = rank_paragraphs(example["title"], paragraphs)
         else:
             ranked = list(range(len(paragraphs)))
@@ -144,22 +103,17 @@ class SummarizationTask:
 
     # ------------------------------------------------------------ inference
 
-    def configure(self, options: dict[str, Any], block_size: int) -> None:
-        known = {k: v for k, v in options.items() if k in SummarizationData.__dataclass_fields__}
-        known.setdefault("title_heading", False)  # checkpoints older than the option lack it
-        self.settings = SummarizationData(**known)
-        self.block_size = block_size
-
     def prompt(self, source: str | dict, tokenizer: Tokenizer) -> list[int]:
         """Prompt ids for a document (a string, or a dict with `document` and `title`)."""
         example = source if isinstance(source, dict) else {"document": source}
-        max_len = (self.block_size or 1024) + 1  # as in training: the context + 1
+        max_len = self.block_size + 1  # as in training: the context + 1
         return self.layout(example, tokenizer, max_len - 1 - self.summary_budget(max_len))[0]
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids).strip()
 
-    def evaluate(self, argv: list[str]) -> dict[str, Any]:
+    @classmethod
+    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
         from seqgen_tasks.summarization.evaluate import main
 
         return main(argv)
@@ -189,33 +143,3 @@ def rank_paragraphs(title: str, paragraphs: list[str]) -> list[int]:
     return sorted(range(len(paragraphs)), key=lambda i: (-scores[i], i))
 
 
-# ---------------------------------------------------------------- reading
-
-
-def read_examples(source: str, data: SummarizationData, hf_split: str) -> list[dict[str, str]]:
-    path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix != ".jsonl":
-            raise DataError(f"{path}: summarization data is .jsonl (one JSON object per line)")
-        rows = list(read_jsonl(path))
-    elif source.startswith((".", "/", "~")) and not path.is_dir():
-        raise DataError(f"{path}: no such file")
-    else:
-        dataset = load_hf_dataset(source, data.hf_config, hf_split)
-        rows = [(f"{source} [{hf_split}] row {i}", row) for i, row in enumerate(dataset)]
-    return [_example(row, data, where, n) for n, (where, row) in enumerate(rows)]
-
-
-def _example(row: Any, data: SummarizationData, where: str, n: int) -> dict[str, str]:
-    fields = [data.document_field, data.summary_field]
-    if not isinstance(row, dict) or any(f not in row for f in fields):
-        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-        raise DataError(f"{where}: needs fields {fields[0]!r} and {fields[1]!r} (has: {keys}); "
-                        "set data.document_field / data.summary_field")  # fmt: skip
-    for f in fields:
-        if not isinstance(row[f], str):
-            raise DataError(f"{where}: field {f!r} is not a string")
-    title = row.get(data.title_field, "") if data.title_field else ""
-    ident = row.get(data.id_field) if data.id_field else None
-    return {"id": str(ident if ident is not None else n), "title": str(title or ""),
-            "document": row[fields[0]], "summary": row[fields[1]]}  # fmt: skip

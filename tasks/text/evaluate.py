@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from seqgen.data import DataConfig, read_documents, tokenize_documents
 from seqgen.errors import DataError
 from seqgen.evaluation import stream_nll, write_json
+from seqgen_tasks.text.corpus import TextData, read_documents, tokenize_documents
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     generator = load(args.ckpt, task="text", precision=args.precision)
     model, tokenizer = generator.model, generator.tokenizer
-    docs, _ = read_documents(args.data, DataConfig(text_field=args.text_field), args.split)
+    docs, _ = read_documents(args.data, TextData(text_field=args.text_field), args.split)
     ids = tokenize_documents(docs, tokenizer)
     if len(ids) < 2:
         raise DataError(f"{args.data}: fewer than 2 tokens to score")

@@ -19,7 +19,7 @@ from seqgen.evaluation import (
     evaluation_parser,
     write_json,
 )
-from seqgen_tasks.translation.task import read_lines
+from seqgen_tasks.translation.data import read_lines
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Pretrain a language model on a text corpus: tokenizer, packed data, training, report."""
+"""The one training workflow of every task: `seqgen pretrain` (from scratch) and `seqgen finetune`
+(from a checkpoint) are this code with different defaults.
+
+    task.load() -> tokenizer (the checkpoint's, or built by the task) -> task.training_data()
+    -> data module -> LMModule + Lightning Trainer -> out_dir/final + a report
+"""
 
 from __future__ import annotations
 
@@ -20,31 +25,40 @@ from pytorch_lightning.loggers import CSVLogger
 from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig, TrainConfig, parse_duration
 from seqgen.cpu import native_bf16
-from seqgen.data import (
-    DataConfig,
-    TextDataModule,
-    cached_tokens,
-    load_text_splits,
-    tokenizer_fingerprint,
-)
-from seqgen.errors import CheckpointError
+from seqgen.data import WindowDataModule
+from seqgen.errors import CheckpointError, ConfigError
+from seqgen.examples import ExampleDataModule
+from seqgen.model import GPT
 from seqgen.module import LMModule
-from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig, load_tokenizer
+from seqgen.tasks import Examples, Task, Windows, task_class
+from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
 
 log = logging.getLogger("seqgen")
-TASK = "text"
 BEST = "best"  # out_dir/best: the lowest val_loss, with train.keep_best
+FROM_SCRATCH = "none"
 
 
 @dataclass
-class PretrainConfig:
-    """Pretrain a GPT language model on a text corpus."""
+class RunConfig:
+    """Train a model for a task, from scratch or from a checkpoint. The task's data options
+    are the `data.*` keys (see `seqgen finetune --task NAME --help`)."""
 
+    task: str | None = None
+    """The task to train (its name, e.g. text, translation, music)."""
+    init_from: str | None = None
+    """Checkpoint or run directory to start from (`--from`), or `none` to train from scratch."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("small"))
-    data: DataConfig = field(default_factory=DataConfig)
+    """The model, when training from scratch (a checkpoint brings its own)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """The tokenizer built on the task's training data, when training from scratch."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    out_dir: str = "runs/pretrain"
+    data: Any = None
+    """The task's data options (its `data_config` dataclass; None: its defaults)."""
+    lm_weight: float | None = None
+    """Auxiliary LM loss weight over the whole sequence (None: the task's default; 0: off)."""
+    dropout: float | None = None
+    """Dropout while training (None: the checkpoint's, or model.dropout from scratch)."""
+    out_dir: str = "runs/train"
     """Run directory: checkpoints/, final/ (the finished model) and logs/."""
     seed: int = 1337
     """Seed for initialisation and data order."""
@@ -162,61 +176,105 @@ def resume_point(resume: str | None, out_dir: Path) -> Path | None:
     return ckpt.resolve(resume)
 
 
-def run(cfg: PretrainConfig, report_path: str | None = None) -> dict[str, Any]:
+def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     """Train, save `out_dir/final`, validate; returns (and optionally writes) the report."""
     started = time.perf_counter()
+    if cfg.task is None:
+        raise ConfigError("set the task: --task NAME (or `task:` in the config)")
+    if cfg.init_from is None and cfg.resume is None:
+        raise ConfigError(f"set --from CKPT (a checkpoint or run directory), or --from "
+                          f"{FROM_SCRATCH} to train from scratch")  # fmt: skip
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
     resume_from = resume_point(cfg.resume, out_dir)
-    model_config = cfg.model
-    if resume_from is not None:
-        meta = ckpt.read_meta(resume_from)
-        if meta["task"] != TASK:
-            raise CheckpointError(
-                f"{resume_from} was trained for task {meta['task']!r}, not {TASK!r}"
-            )
-        tokenizer = load_tokenizer(resume_from)
-        model_config = ModelConfig.from_dict(meta["model"])
-        asked = {**asdict(cfg.model), "vocab_size": model_config.vocab_size}
-        if asked != asdict(model_config):
-            log.warning("resuming: the model config comes from %s; the given one is ignored",
-                        resume_from)  # fmt: skip
-        log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
-    train_docs, val_docs, data_key = load_text_splits(cfg.data)
-    if resume_from is None:
-        if cfg.tokenizer.path:
-            tokenizer = load_tokenizer(cfg.tokenizer.path)
-        else:
-            tokenizer = SentencePieceTokenizer.train(train_docs, cfg.tokenizer)
-        model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size})
-    key = tokenizer_fingerprint(tokenizer) + data_key
-    train_ids = cached_tokens(train_docs, tokenizer, f"{key}-train", cfg.data.cache_dir)
-    val_ids = cached_tokens(val_docs, tokenizer, f"{key}-val", cfg.data.cache_dir)
-    datamodule = TextDataModule(
-        train_ids,
-        val_ids,
-        model_config.block_size,
-        cfg.train.batch_size,
-        tokenizer.pad_id,
-        cfg.data.num_workers,
-    )
+    init_from = None if cfg.init_from in (None, FROM_SCRATCH) else ckpt.resolve(cfg.init_from)
+    start = resume_from or init_from
+    meta = ckpt.read_meta(start) if start is not None else None
+    block_size = meta["model"]["block_size"] if meta else cfg.model.block_size
+    task = task_class(cfg.task)(cfg.data, block_size)
+    if resume_from is not None and meta["task"] != task.name:
+        raise CheckpointError(f"{resume_from} was trained for task {meta['task']!r}, "
+                              f"not {task.name!r}")  # fmt: skip
+    splits = task.load()
+    model, tokenizer, started_from = starting_model(cfg, task, splits, resume_from, init_from)
+    vocab_before = tokenizer.vocab_size
+    tokenizer.add_special_tokens(task.special_tokens())
+    model.resize_vocab(tokenizer.vocab_size)
+    if tokenizer.vocab_size > vocab_before:
+        log.info("added %d special tokens (ids %d-%d)", tokenizer.vocab_size - vocab_before,
+                 vocab_before, tokenizer.vocab_size - 1)  # fmt: skip
+    if cfg.dropout is not None:
+        model.set_dropout(cfg.dropout)
+    training_data = task.training_data(splits, tokenizer)
+    datamodule = build_datamodule(training_data, cfg, tokenizer.pad_id)
+    token_bytes = tokenizer.token_byte_lengths()
     module = LMModule(
-        model_config,
+        model.config,
         cfg.train,
-        task=TASK,
-        token_bytes=tokenizer.token_byte_lengths(),
-        meta={"pretrain_config": jsonable(replace(cfg, model=model_config))},
+        task=task.name,
+        token_bytes=token_bytes if any(token_bytes) else None,  # no bits per byte for events
+        lm_weight=task.lm_weight if cfg.lm_weight is None else cfg.lm_weight,
+        meta={"task_options": task.options(), "init_from": started_from,
+              "run_config": jsonable(replace(cfg, model=model.config))},  # fmt: skip
+        model=model,
     )
-    trainer = build_trainer(cfg.train, out_dir, tokenizer)
+    # an ExampleDataModule shards its batches across ranks itself
+    rank_aware = isinstance(training_data, Examples)
+    trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=not rank_aware)
     report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
+    draws = (trainer.global_step * cfg.train.batch_size
+             * cfg.train.accumulate_grad_batches * trainer.world_size)  # fmt: skip
+    epoch_size = (len(training_data.train) if rank_aware
+                  else datamodule.draws_per_epoch)  # fmt: skip
     report.update(
+        epochs=draws / epoch_size,
         wall_seconds=time.perf_counter() - started,
         vocab_size=tokenizer.vocab_size,
-        train_corpus_tokens=len(train_ids),
-        val_corpus_tokens=len(val_ids),
+        train_examples=len(splits.train),
+        val_examples=len(splits.val),
+        init_from=started_from,
+        data_stats=dict(task.stats),
     )
     write_report(report_path, report, trainer)
     return report
+
+
+def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
+                   init_from: Path | None) -> tuple[GPT, Tokenizer, str]:  # fmt: skip
+    """The model and tokenizer training starts from, and where they came from: a run to
+    resume (Lightning restores its weights), a checkpoint, or new ones."""
+    if resume_from is not None:
+        meta = ckpt.read_meta(resume_from)
+        model_config = ModelConfig.from_dict(meta["model"])
+        asked = {**asdict(cfg.model), "vocab_size": model_config.vocab_size}
+        if cfg.init_from in (None, FROM_SCRATCH) and asked != asdict(model_config):
+            log.warning("resuming: the model config comes from %s; the given one is ignored",
+                        resume_from)  # fmt: skip
+        log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
+        return (GPT(model_config), load_tokenizer(resume_from),
+                meta.get("init_from", str(resume_from)))  # fmt: skip
+    if init_from is not None:
+        loaded = ckpt.load(init_from)
+        log.info("starting from %s (task %s, step %s)", loaded.path, loaded.task,
+                 loaded.meta.get("step"))  # fmt: skip
+        return loaded.model.train(), loaded.tokenizer, str(loaded.path)
+    if cfg.tokenizer.path:
+        tokenizer = load_tokenizer(cfg.tokenizer.path)
+    else:
+        tokenizer = task.build_tokenizer(splits, cfg.tokenizer)
+    model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size})
+    return GPT(model_config), tokenizer, FROM_SCRATCH
+
+
+def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int
+                     ) -> pl.LightningDataModule:  # fmt: skip
+    """Batches of the task's training data: examples of similar length, or drawn windows."""
+    if isinstance(data, Examples):
+        return ExampleDataModule(data.train, data.val, cfg.train.batch_size, pad_id, cfg.seed,
+                                 data.num_workers, rank_aware=True)  # fmt: skip
+    if isinstance(data, Windows):
+        return WindowDataModule(data.train, data.val, cfg.train.batch_size, data.num_workers)
+    raise TypeError(f"training_data must return Examples or Windows, not {type(data).__name__}")
 
 
 def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.LightningDataModule,
