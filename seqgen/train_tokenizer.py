@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seqgen.tasks import task_class
+from seqgen.tasks import ExampleTask, Splits, task_class
 from seqgen.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -27,6 +27,8 @@ class TokenizerTrainConfig:
 
 def run(cfg: TokenizerTrainConfig) -> Tokenizer:
     task = task_class(cfg.task)(cfg.data)
-    tokenizer = task.build_tokenizer(task.load(), cfg.tokenizer)
+    # the training split only: a task of examples need not name validation data for this
+    splits = Splits(task.load_split("train"), []) if isinstance(task, ExampleTask) else task.load()
+    tokenizer = task.build_tokenizer(splits, cfg.tokenizer)
     tokenizer.save(Path(cfg.out))
     return tokenizer

@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TINY_MODEL, flags
+from helpers import TINY_MODEL, flags, make_pairs, write_parallel
 
 from seqgen.cli import main
 from seqgen.cpu import native_bf16
+from seqgen.tokenizer import load_tokenizer
 
 TINY = flags(
     {
@@ -219,6 +220,10 @@ def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "tok" / "tokenizer.model").is_file()
+    pairs = write_parallel(tmp_path / "pairs", "train", make_pairs(40))  # any task's training data
+    assert main(["tokenizer", "train", "--task", "translation", "--data.train", str(pairs),
+                 "--tokenizer.vocab_size", "320", "--out", str(tmp_path / "mt_tok")]) == 0
+    assert load_tokenizer(tmp_path / "mt_tok").encode("der koenig") != []
     assert main(["info", "--model", "gpt2"]) == 0
     assert "124,439,808" in capsys.readouterr().out
 
