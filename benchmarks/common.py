@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from seqgen.evaluation import write_json as write_report  # one JSON writer for every report
 
-
-def write_report(path: str | None, report: dict) -> None:
-    """Write the results as indented JSON to `path` (its folder created), if a path is given."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+__all__ = ["write_report"]

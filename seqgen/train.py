@@ -27,6 +27,7 @@ from seqgen.config import ModelConfig, TrainConfig, parse_duration
 from seqgen.cpu import native_bf16
 from seqgen.data import WindowDataModule
 from seqgen.errors import CheckpointError, ConfigError
+from seqgen.evaluation import write_json
 from seqgen.examples import ExampleDataModule
 from seqgen.model import GPT
 from seqgen.module import LMModule
@@ -313,9 +314,8 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
 
 def write_report(path: str | None, report: dict[str, Any], trainer: pl.Trainer) -> None:
     """Write the JSON report (from the first process only under distributed training)."""
-    if path and trainer.is_global_zero:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    if trainer.is_global_zero:
+        write_json(path, report)
 
 
 def jsonable(cfg: Any) -> dict[str, Any]:
