@@ -70,10 +70,6 @@ def parse_run(command: str, argv: Sequence[str]):
             return None
         raise SeqgenError("set the task: --task NAME (or `task:` in the config)\n"
                           + _tasks_help(command))  # fmt: skip
-    init_from = _option_value(argv, "--init_from")
-    if command == "pretrain" and init_from not in (None, FROM_SCRATCH):
-        raise SeqgenError("seqgen pretrain trains from scratch; to start from a checkpoint "
-                          "use seqgen finetune --from CKPT")  # fmt: skip
     task = task_class(name)
     parser = _config_parser(f"seqgen {command}", RunConfig.__doc__, RunConfig, skip={"data"})
     parser.add_class_arguments(task.data_config, nested_key="data")
@@ -81,9 +77,9 @@ def parse_run(command: str, argv: Sequence[str]):
                         help="Write a JSON report (val_loss, tokens_per_second, ...).")  # fmt: skip
     parser.set_defaults({**defaults, "task": name})
     namespace, cfg = _parse(parser, argv, RunConfig)
-    if command == "pretrain" and cfg.init_from not in (None, FROM_SCRATCH):
-        raise SeqgenError(f"seqgen pretrain trains from scratch, but the config sets "
-                          f"init_from: {cfg.init_from}; use seqgen finetune")  # fmt: skip
+    if command == "pretrain" and cfg.init_from not in (None, FROM_SCRATCH):  # --from or config
+        raise SeqgenError(f"seqgen pretrain trains from scratch (init_from: {cfg.init_from}); "
+                          "to start from a checkpoint use seqgen finetune --from CKPT")  # fmt: skip
     return cfg, namespace.report
 
 
@@ -134,15 +130,19 @@ def _tasks_help(command: str) -> str:
     return f"usage: seqgen {command} --task NAME [--help] ...\n\ntasks: {names}"
 
 
+def _checkpoint_task(argv: Sequence[str]) -> str | None:
+    """The task of the checkpoint that --ckpt names, if any."""
+    ckpt = _option_value(argv, "--ckpt")
+    if ckpt is None:
+        return None
+    from seqgen import checkpoint
+
+    return checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
+
+
 def _task_named(argv: Sequence[str]) -> str | None:
     """The task of --task, or else of the checkpoint that --ckpt names."""
-    name = _task_of(argv)
-    ckpt = _option_value(argv, "--ckpt")
-    if name is None and ckpt is not None:
-        from seqgen import checkpoint
-
-        name = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
-    return name
+    return _task_of(argv) or _checkpoint_task(argv)
 
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
@@ -197,15 +197,10 @@ def cmd_generate(argv: Sequence[str]) -> int:
     from seqgen.inference import load
     from seqgen.tasks import GeneratesFiles, task_class
 
-    ckpt, asked = _option_value(argv, "--ckpt"), _option_value(argv, "--task")
     if any(a in ("-h", "--help") for a in argv):
-        owner = asked  # `--task music --help` shows that task's options
-    elif ckpt is not None:
-        from seqgen import checkpoint
-
-        owner = checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
+        owner = _option_value(argv, "--task")  # `--task music --help` shows its options
     else:
-        owner = None
+        owner = _checkpoint_task(argv)
     task = task_class(owner) if owner is not None else None
     if task is not None and issubclass(task, GeneratesFiles):  # its own inputs and outputs
         return task.generate_cli(list(argv))

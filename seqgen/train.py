@@ -197,7 +197,8 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         raise CheckpointError(f"{resume_from} was trained for task {meta['task']!r}, "
                               f"not {task.name!r}")  # fmt: skip
     splits = task.load()
-    model, tokenizer, started_from = starting_model(cfg, task, splits, resume_from, init_from)
+    model, tokenizer, started_from = starting_model(cfg, task, splits, resume_from, init_from,
+                                                    meta)  # fmt: skip
     vocab_before = tokenizer.vocab_size
     tokenizer.add_special_tokens(task.special_tokens())
     model.resize_vocab(tokenizer.vocab_size)
@@ -241,11 +242,12 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
 
 
 def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
-                   init_from: Path | None) -> tuple[GPT, Tokenizer, str]:  # fmt: skip
+                   init_from: Path | None, meta: dict[str, Any] | None
+                   ) -> tuple[GPT, Tokenizer, str]:  # fmt: skip
     """The model and tokenizer training starts from, and where they came from: a run to
-    resume (Lightning restores its weights), a checkpoint, or new ones."""
+    resume (Lightning restores its weights), a checkpoint, or new ones. `meta` is the
+    config.json of the checkpoint to resume or start from."""
     if resume_from is not None:
-        meta = ckpt.read_meta(resume_from)
         model_config = ModelConfig.from_dict(meta["model"])
         asked = {**asdict(cfg.model), "vocab_size": model_config.vocab_size}
         if cfg.init_from in (None, FROM_SCRATCH) and asked != asdict(model_config):
