@@ -30,7 +30,7 @@ demo: $(STAMP)
 	@seed=0; for prompt in "ROMEO:" "First Citizen:" "KING HENRY:"; do \
 		seed=$$((seed + 1)); echo "--- sample: $$prompt"; \
 		$(VENV)/bin/seqgen generate --ckpt runs/demo --prompt "$$prompt" \
-			--max-new-tokens 80 --temperature 0.8 --top-k 50 --seed $$seed; \
+			--max_new_tokens 80 --temperature 0.8 --top_k 50 --seed $$seed; \
 	done
 
 lint: $(STAMP)

@@ -87,9 +87,9 @@ def train(args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
               "--train.val_every_n_steps=50", f"--train.max_time={finetune_seconds}",
               "--train.progress_bar=false"]  # fmt: skip
     runs = {
-        "pretrained": run([*common, "--from", pre["checkpoint"], "--out_dir",
+        "pretrained": run([*common, "--init_from", pre["checkpoint"], "--out_dir",
                            str(work / "pretrained"), *args.overrides], work / "pretrained.json"),
-        "scratch": run([*common, "--from", "none", "--out_dir", str(work / "scratch"),
+        "scratch": run([*common, "--init_from", "none", "--out_dir", str(work / "scratch"),
                         *args.overrides], work / "scratch.json"),
     }  # fmt: skip
     (work / "pretrained" / "final").rename(work / "final")
@@ -161,13 +161,13 @@ def main() -> int:
         for name, ckpt in (("scratch", work / "scratch" / "final"), ("pretrained", work / "final")):
             scores[name] = evaluate([
                 "--ckpt", str(ckpt), "--data", str(data / "valid.jsonl"),
-                "--beams", str(args.beams), "--baseline-words", str(BASELINE_WORDS),
-                "--min-new-tokens", str(args.min_new_tokens),
-                "--length-penalty", str(args.length_penalty),
-                "--no-repeat-ngram-size", str(args.no_repeat_ngram_size),
-                "--temperature", str(args.temperature), "--mbr-samples", str(args.mbr_samples),
-                "--seed", str(args.seed), "--batch-size", str(args.batch_size),
-                *(["--top-p", str(args.top_p)] if args.top_p is not None else []),
+                "--num_beams", str(args.beams), "--baseline_words", str(BASELINE_WORDS),
+                "--min_new_tokens", str(args.min_new_tokens),
+                "--length_penalty", str(args.length_penalty),
+                "--no_repeat_ngram_size", str(args.no_repeat_ngram_size),
+                "--temperature", str(args.temperature), "--mbr_samples", str(args.mbr_samples),
+                "--seed", str(args.seed), "--batch_size", str(args.batch_size),
+                *(["--top_p", str(args.top_p)] if args.top_p is not None else []),
                 *(f"--ignore={text}" for text in IGNORED),
                 "--output", str(out / f"{name}.pred.jsonl"),
                 "--report", str(out / f"{name}.rouge.json"), *compare,

@@ -55,7 +55,7 @@ def pretrain(data: Path, recipe: dict, seconds: float, work: Path) -> dict:
 
 
 def finetune(data: Path, config: str, init: str, seconds: float, out: Path, extra: list[str]):
-    argv = ["finetune", "--config", config, "--from", init,
+    argv = ["finetune", "--config", config, "--init_from", init,
             "--data.train", str(data / "train"), "--data.val", str(data / "val"),
             "--train.max_steps=-1", f"--train.max_time={seconds}",
             "--train.progress_bar=false", "--out_dir", str(out), *extra]  # fmt: skip
@@ -65,7 +65,7 @@ def finetune(data: Path, config: str, init: str, seconds: float, out: Path, extr
 def score(data: Path, split: str, ckpt: Path, beams: int, work: Path) -> dict:
     report = work / f"{ckpt.name}-{split}.json"
     evaluate(["--ckpt", str(ckpt), "--source", str(data / f"{split}.en"),
-              "--reference", str(data / f"{split}.de"), "--beams", str(beams),
+              "--reference", str(data / f"{split}.de"), "--num_beams", str(beams),
               "--output", str(report.with_suffix(".de")), "--report", str(report)])  # fmt: skip
     return json.loads(report.read_text())
 

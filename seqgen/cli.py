@@ -1,15 +1,22 @@
-"""`seqgen` command line. Each command has its own parser; config-driven commands use
-jsonargparse, so every config key can be set as `--section.key value` after `--config FILE`."""
+"""`seqgen` command line: one grammar for every command.
+
+Each command's flags are the fields of typed dataclasses (jsonargparse), spelled with
+underscores as the fields are (`--max_new_tokens`), with the fields' docstrings as help, and
+`--config FILE` for YAML. Generation options are `seqgen.engine.GenerationOptions`, shared
+by `generate` and every evaluation, with the task's own defaults. Old spellings (dashes,
+`--beams`, `--from`, `--no-stream`) still work for one release, with a warning.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,8 +25,12 @@ from seqgen.errors import SeqgenError
 
 log = logging.getLogger("seqgen")
 
+RENAMED = {"beams": "num_beams", "from": "init_from"}  # old flag -> field, for one release
 
-def _config_parser(prog: str, description: str, config_class: type, skip: set[str] = frozenset()):
+
+def _config_parser(prog: str, description: str | None, *config_classes: type,
+                   skip: set[str] = frozenset()):  # fmt: skip
+    """A parser whose flags are the fields of `config_classes` (flat), and --config."""
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -27,24 +38,135 @@ def _config_parser(prog: str, description: str, config_class: type, skip: set[st
         prog=prog, description=description, exit_on_error=False, default_meta=False
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
-    parser.add_class_arguments(config_class, as_group=False, skip=set(skip))
+    seen: set[str] = set()
+    for config_class in config_classes:
+        names = {f.name for f in fields(config_class)} - set(skip)
+        if names & seen:
+            raise SeqgenError(f"{prog}: {config_class.__name__} repeats options "
+                              f"{', '.join(sorted(names & seen))}")  # fmt: skip
+        seen |= names
+        parser.add_class_arguments(config_class, as_group=False,
+                                   skip=set(skip) | (seen - names))  # fmt: skip
     return parser
 
 
-def _parse(parser, argv: Sequence[str], config_class: type):
-    """Parse and build the config dataclass; errors name the offending key (and file)."""
+def _flags(*config_classes: type) -> dict[str, Any]:
+    """The type of each top-level field of the classes, by name."""
+    found: dict[str, Any] = {}
+    for config_class in config_classes:
+        hints = typing.get_type_hints(config_class)
+        found.update({f.name: hints[f.name] for f in fields(config_class)})
+    return found
+
+
+def _kind(hint: Any) -> str | None:
+    """"bool" or "list" for flags that take no value or repeat, else None."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    if args == [bool]:
+        return "bool"
+    if typing.get_origin(args[0]) is list:
+        return "list"
+    return None
+
+
+def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
+    """The grammar's conveniences and the old spellings, rewritten into jsonargparse's.
+
+    A bool flag alone means true (`--stream`); a list flag repeats (`--stop a --stop b`) or
+    takes several values (`--input a b`). An old spelling (`--max-new-tokens`, `--beams`,
+    `--from`, `--no-stream`) is rewritten with a warning on stderr.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        new = RENAMED.get(name, name.replace("-", "_"))
+        negated = new.startswith("no_") and _kind(flags.get(new[3:])) == "bool"
+        if negated:
+            new = new[3:]
+        if new != name and new in flags:
+            shown = f"--{new} false" if negated else f"--{new}"
+            print(f"warning: --{name} is deprecated and goes in the next release; use {shown}",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            new = name
+        kind = _kind(flags.get(new))
+        if negated:
+            out.append(f"--{new}=false")
+        elif kind == "bool" and not eq and (i == len(argv) or argv[i].startswith("--")):
+            out.append(f"--{new}=true")
+        elif kind == "list" and not (eq and value.startswith("[")):
+            values = [value] if eq else []
+            while not eq and i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            if values and values[0].startswith("["):
+                out += [f"--{new}", *values]
+            else:
+                out += [a for v in values for a in (f"--{new}+", v)] or [f"--{new}"]
+        else:
+            out.append(f"--{new}{eq}{value}")
+    return out
+
+
+def _parse(parser, argv: Sequence[str]):
+    """Parse and instantiate; errors name the offending key (and the config file)."""
     try:
-        namespace = parser.parse_args(list(argv))
+        return parser.instantiate(parser.parse_args(list(argv)))
     except argparse.ArgumentError as err:
         files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
         where = f" (config: {', '.join(files)})" if files else ""
         raise SeqgenError(f"{str(err).strip()}{where}") from None
-    built = parser.instantiate(namespace)
+
+
+def _build(config_class: type, values: Any):
+    """`config_class` from the parsed values of its fields; its checks become errors."""
     try:
-        return namespace, config_class(**{f.name: built[f.name] for f in fields(config_class)
-                                          if f.name in built})  # fmt: skip
-    except TypeError as err:
+        return config_class(**{f.name: values[f.name] for f in fields(config_class)
+                               if f.name in values})  # fmt: skip
+    except (TypeError, ValueError) as err:
         raise SeqgenError(str(err)) from None
+
+
+def _given(argv: Sequence[str], key: str) -> str | None:
+    """The value of `--key` on the command line (the last one wins), else of `key:` in the
+    --config file(s)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{key}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    if value is not None:
+        return value
+    import yaml
+
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config":
+            try:
+                values = yaml.safe_load(Path(argv[i + 1]).read_text())
+            except (OSError, yaml.YAMLError) as err:
+                raise SeqgenError(f"{argv[i + 1]}: cannot read the config ({err})") from None
+            if isinstance(values, dict) and values.get(key) is not None:
+                value = str(values[key])
+    return value
+
+
+def _tasks_help(command: str) -> str:
+    from seqgen.tasks import available_tasks
+
+    names = ", ".join(sorted(available_tasks()))
+    return f"usage: seqgen {command} --task NAME [--help] ...\n\ntasks: {names}"
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
 
 
 # What differs between the two training commands: their defaults, nothing else.
@@ -60,12 +182,11 @@ def parse_run(command: str, argv: Sequence[str]):
     from seqgen.tasks import task_class
     from seqgen.train import FROM_SCRATCH, RunConfig
 
-    argv = ["--init_from" if a == "--from" else a for a in argv]
-    argv = ["--init_from=" + a[7:] if a.startswith("--from=") else a for a in argv]
+    argv = normalize(argv, _flags(RunConfig))
     defaults = RUN_DEFAULTS[command]
-    name = _task_of(argv) or defaults.get("task")
+    name = _given(argv, "task") or defaults.get("task")
     if name is None:
-        if any(a in ("-h", "--help") for a in argv):
+        if _wants_help(argv):
             print(_tasks_help(command))
             return None
         raise SeqgenError("set the task: --task NAME (or `task:` in the config)\n"
@@ -76,11 +197,14 @@ def parse_run(command: str, argv: Sequence[str]):
     parser.add_argument("--report", type=str | None, default=None,
                         help="Write a JSON report (val_loss, tokens_per_second, ...).")  # fmt: skip
     parser.set_defaults({**defaults, "task": name})
-    namespace, cfg = _parse(parser, argv, RunConfig)
-    if command == "pretrain" and cfg.init_from not in (None, FROM_SCRATCH):  # --from or config
-        raise SeqgenError(f"seqgen pretrain trains from scratch (init_from: {cfg.init_from}); "
-                          "to start from a checkpoint use seqgen finetune --from CKPT")  # fmt: skip
-    return cfg, namespace.report
+    values = _parse(parser, argv)
+    cfg = _build(RunConfig, values)
+    if command == "pretrain" and cfg.init_from not in (None, FROM_SCRATCH):  # flag or config
+        raise SeqgenError(
+            f"seqgen pretrain trains from scratch (init_from: {cfg.init_from}); to start from "
+            "a checkpoint use seqgen finetune --init_from CKPT"
+        )
+    return cfg, values["report"]
 
 
 def cmd_train(command: str, argv: Sequence[str]) -> int:
@@ -94,70 +218,68 @@ def cmd_train(command: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def _option_value(argv: Sequence[str], name: str) -> str | None:
-    """The value of `--name X` or `--name=X` in argv (the last one wins), if present."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
+def _task_for(argv: Sequence[str], command: str):
+    """The task that --task names, or else the task of --ckpt's checkpoint, as an object
+    (configured as the checkpoint was), or None when neither is given."""
+    from seqgen.tasks import task_class
+
+    name, ckpt = _given(argv, "task"), _given(argv, "ckpt")
+    if ckpt is not None and not _wants_help(argv):
+        from seqgen import checkpoint
+        from seqgen.inference import checkpoint_task
+
+        task = checkpoint_task(checkpoint.read_meta(checkpoint.resolve(ckpt)))
+        if name is None or name == task.name:
+            return task
+    return None if name is None else task_class(name)()
 
 
-def _task_of(argv: Sequence[str]) -> str | None:
-    """The task named by --task, or by `task:` in the --config file(s)."""
-    task = _option_value(argv, "--task")
-    if task is not None:
-        return task
-    import yaml
+def _generation_defaults(parser, task, config_class: type) -> None:
+    """The task's generation defaults as the parser's, for the fields the command has."""
+    from seqgen.tasks import known_options
 
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--config":
-            try:
-                values = yaml.safe_load(Path(argv[i + 1]).read_text())
-            except (OSError, yaml.YAMLError) as err:
-                raise SeqgenError(f"{argv[i + 1]}: cannot read the config ({err})") from None
-            if isinstance(values, dict) and values.get("task"):
-                task = str(values["task"])
-    return task
-
-
-def _tasks_help(command: str) -> str:
-    from seqgen.tasks import available_tasks
-
-    names = ", ".join(sorted(available_tasks()))
-    return f"usage: seqgen {command} --task NAME [--help] ...\n\ntasks: {names}"
-
-
-def _checkpoint_task(argv: Sequence[str]) -> str | None:
-    """The task of the checkpoint that --ckpt names, if any."""
-    ckpt = _option_value(argv, "--ckpt")
-    if ckpt is None:
-        return None
-    from seqgen import checkpoint
-
-    return checkpoint.read_meta(checkpoint.resolve(ckpt))["task"]
-
-
-def _task_named(argv: Sequence[str]) -> str | None:
-    """The task of --task, or else of the checkpoint that --ckpt names."""
-    return _task_of(argv) or _checkpoint_task(argv)
+    parser.set_defaults(known_options(config_class, task.generation_defaults()))
 
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
-    from seqgen.tasks import Evaluates, task_class
+    from seqgen.tasks import Evaluates
 
-    name = _task_named(argv)
-    if name is None:
-        if any(a in ("-h", "--help") for a in argv):
+    task = _task_for(argv, "evaluate")
+    if task is None:
+        if _wants_help(argv):
             print(_tasks_help("evaluate"))
             return 0
-        raise SeqgenError("set the task: --task NAME\n" + _tasks_help("evaluate"))
-    task = task_class(name)
-    if not issubclass(task, Evaluates):
-        raise SeqgenError(f"the {name} task has no evaluation")
-    task.evaluate(list(argv))  # the task's parser accepts --task too
+        raise SeqgenError("set the task: --task NAME (or --ckpt CKPT)\n"
+                          + _tasks_help("evaluate"))  # fmt: skip
+    if not isinstance(task, Evaluates):
+        raise SeqgenError(f"the {task.name} task has no evaluation")
+    config_class = task.eval_config
+    argv = normalize(argv, _flags(config_class))
+    parser = _config_parser(f"seqgen evaluate --task {task.name}", config_class.__doc__,
+                            config_class)  # fmt: skip
+    parser.add_argument("--task", type=str | None, default=None,
+                        help="The task (default: the checkpoint's).")  # fmt: skip
+    _generation_defaults(parser, task, config_class)
+    task.evaluate(_build(config_class, _parse(parser, argv)))
+    return 0
+
+
+def cmd_generate(argv: Sequence[str]) -> int:
+    from seqgen.sample import GenerateConfig, run
+    from seqgen.tasks import GeneratesFiles
+
+    task = _task_for(argv, "generate")
+    classes: list[type] = [GenerateConfig]
+    if isinstance(task, GeneratesFiles):
+        classes.append(task.generate_options)
+    argv = normalize(argv, _flags(*classes))
+    shown = f" --task {task.name}" if task is not None and _wants_help(argv) else ""
+    parser = _config_parser(f"seqgen generate{shown}", GenerateConfig.__doc__, *classes)
+    if task is not None:
+        _generation_defaults(parser, task, GenerateConfig)
+    values = _parse(parser, argv)
+    configs = [_build(config_class, values) for config_class in classes]
+    run(configs[0], configs[1] if len(configs) > 1 else None)
     return 0
 
 
@@ -170,7 +292,11 @@ def cmd_data(argv: Sequence[str]) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             raise SeqgenError(f"unknown data builder {argv[0]!r}")
         return 0
-    return builders[argv[0]](list(argv[1:]))
+    builder = builders[argv[0]]
+    parser = _config_parser(f"seqgen data {argv[0]}", builder.config.__doc__, builder.config)
+    values = _parse(parser, normalize(argv[1:], _flags(builder.config)))
+    builder.build(_build(builder.config, values))
+    return 0
 
 
 def cmd_tokenizer(argv: Sequence[str]) -> int:
@@ -183,135 +309,47 @@ def cmd_tokenizer(argv: Sequence[str]) -> int:
     if argv[0] != "train":
         print(usage)
         return 0
-    name = _task_of(argv[1:]) or TokenizerTrainConfig.task
+    argv = normalize(argv[1:], _flags(TokenizerTrainConfig))
+    name = _given(argv, "task") or TokenizerTrainConfig.task
     parser = _config_parser("seqgen tokenizer train", TokenizerTrainConfig.__doc__,
                             TokenizerTrainConfig, skip={"data"})  # fmt: skip
     parser.add_class_arguments(task_class(name).data_config, nested_key="data")
-    _, cfg = _parse(parser, argv[1:], TokenizerTrainConfig)
+    cfg = _build(TokenizerTrainConfig, _parse(parser, argv))
     tokenizer = run(cfg)
     print(f"wrote {cfg.out} ({tokenizer.vocab_size} tokens)")
     return 0
 
 
-def cmd_generate(argv: Sequence[str]) -> int:
-    from seqgen.inference import load
-    from seqgen.tasks import GeneratesFiles, task_class
+@dataclass(kw_only=True)
+class InfoConfig:
+    """Parameter tally of a checkpoint or a model preset, by component."""
 
-    if any(a in ("-h", "--help") for a in argv):
-        owner = _option_value(argv, "--task")  # `--task music --help` shows its options
-    else:
-        owner = _checkpoint_task(argv)
-    task = task_class(owner) if owner is not None else None
-    if task is not None and issubclass(task, GeneratesFiles):  # its own inputs and outputs
-        return task.generate_cli(list(argv))
-    parser = argparse.ArgumentParser(
-        prog="seqgen generate",
-        description="Sample from a checkpoint (music: see seqgen generate --task music --help).",
-    )
-    parser.add_argument("--ckpt", required=True, help="Checkpoint or run directory.")
-    prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default="",
-                        help="Text to continue, translate, summarize (default: none).")  # fmt: skip
-    prompt.add_argument("--prompt-file", help="Read the prompt from this UTF-8 file.")
-    parser.add_argument("--task", default=None, help="Expected task (default: the checkpoint's).")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="Default: the task's.")
-    parser.add_argument("--min-new-tokens", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="0 = greedy (default: the task's, 0.8 for text).")  # fmt: skip
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
-                        help="Never repeat an n-gram of new tokens (default: task).")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--num-samples", type=int, default=1, help="Samples, as one batch.")
-    parser.add_argument("--mbr-samples", type=int, default=1, metavar="N",
-                        help="Minimum Bayes risk: sample N outputs (with --beams 1 and "
-                             "--temperature > 0) and print their consensus, by the task's "
-                             "similarity (summarization: ROUGE-2 + ROUGE-Lsum F1).")  # fmt: skip
-    parser.add_argument("--beams", type=int, default=None,
-                        help="Beam search with N beams (default: the task's).")  # fmt: skip
-    parser.add_argument("--length-penalty", type=float, default=1.0, help="For beam search.")
-    parser.add_argument("--stop", action="append", default=[], help="Stop string (repeatable).")
-    parser.add_argument(
-        "--stream",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Print text as it is produced (default: on for one sample).",
-    )
-    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
-    args = parser.parse_args(argv)
-    generator = load(args.ckpt, task=args.task, precision=args.precision)
-    if args.prompt_file:
-        from seqgen.data import read_text_file
+    ckpt: str | None = None
+    """Checkpoint or run directory."""
+    model: str | None = None
+    """Model preset (e.g. gpt2, gpt2-medium, small)."""
 
-        if not Path(args.prompt_file).is_file():
-            raise SeqgenError(f"{args.prompt_file}: no such file")
-        args.prompt = read_text_file(Path(args.prompt_file))
-    given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                 num_beams=args.beams, no_repeat_ngram_size=args.no_repeat_ngram_size)  # fmt: skip
-    options = {
-        **dict(min_new_tokens=args.min_new_tokens, top_k=args.top_k, top_p=args.top_p,
-               repetition_penalty=args.repetition_penalty, seed=args.seed,
-               length_penalty=args.length_penalty, stop=args.stop),
-        **generator.task.generation_defaults,
-        **{k: v for k, v in given.items() if v is not None},
-    }  # fmt: skip
-    echo = args.prompt if generator.task.continues_prompt else ""
-    if args.mbr_samples != 1:
-        return _generate_mbr(generator, args, options, echo)
-    try:
-        if args.stream is not False and args.num_samples == 1:
-            sys.stdout.write(echo)
-            for piece in generator.stream(args.prompt, **options):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            return 0
-        if args.stream:
-            raise SeqgenError("--stream prints one sample; drop --num-samples or use --no-stream")
-        outputs = generator.generate(args.prompt, num_samples=args.num_samples, **options)
-    except ValueError as err:
-        raise SeqgenError(str(err)) from None
-    for n, text in enumerate(outputs if args.num_samples > 1 else [outputs]):
-        if args.num_samples > 1:
-            print(f"--- sample {n + 1}")
-        print(echo + text)
-    return 0
-
-
-def _generate_mbr(generator: Any, args: argparse.Namespace, options: dict, echo: str) -> int:
-    """`seqgen generate --mbr-samples N`: print the consensus of N samples."""
-    from seqgen.tasks import HasMBR
-
-    task = generator.task
-    if not isinstance(task, HasMBR):
-        raise SeqgenError(f"--mbr-samples: the {task.name} task has no similarity to choose by")
-    if args.mbr_samples < 2 or args.num_samples != 1 or args.stream or args.stop:
-        raise SeqgenError("--mbr-samples N needs N >= 2, and no --num-samples, --stream, --stop")
-    if options.get("num_beams", 1) > 1 or not options.get("temperature", 1.0) > 0:
-        raise SeqgenError("--mbr-samples draws samples: give --beams 1 and --temperature > 0")
-    options.pop("stop", None)
-    output = generator.generate_mbr([args.prompt], samples=args.mbr_samples,
-                                    similarity=task.mbr_similarity(), **options)[0]  # fmt: skip
-    print(echo + output)
-    return 0
+    def __post_init__(self) -> None:
+        if (self.ckpt is None) == (self.model is None):
+            raise ValueError("give ckpt or model, not both")
 
 
 def cmd_info(argv: Sequence[str]) -> int:
+    import json
+
     from seqgen import checkpoint
     from seqgen.config import PRESETS, ModelConfig
     from seqgen.model import GPT
 
-    parser = argparse.ArgumentParser(prog="seqgen info", description="Parameter tally of a model.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="Checkpoint or run directory.")
-    source.add_argument("--model", choices=sorted(PRESETS), help="Model preset.")
-    args = parser.parse_args(argv)
+    parser = _config_parser("seqgen info", InfoConfig.__doc__, InfoConfig)
+    args = _build(InfoConfig, _parse(parser, normalize(argv, _flags(InfoConfig))))
     if args.ckpt:
         config = ModelConfig.from_dict(checkpoint.read_meta(checkpoint.resolve(args.ckpt))["model"])
-    else:
+    elif args.model in PRESETS:
         config = ModelConfig.from_preset(args.model)
+    else:
+        raise SeqgenError(f"unknown model preset {args.model!r}; presets: "
+                          f"{', '.join(sorted(PRESETS))}")  # fmt: skip
     rows = parameter_tally(GPT(config))
     print(json.dumps(config.to_dict()))
     width = max(len(name) for name, _ in rows)

@@ -7,7 +7,8 @@ Shapes: B rows (prompts, samples or beams), V vocabulary size.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +18,15 @@ from seqgen.model import GPT, KVCache
 NEG_INF = float("-inf")
 
 
-@dataclass
-class Settings:
-    """Generation options, accepted as keyword arguments by `generate` and `stream`."""
+@dataclass(kw_only=True)
+class GenerationOptions:
+    """What a user chooses about decoding. These fields are the flags of `seqgen generate` and
+    of every evaluation that generates, with these docstrings as their help."""
 
     max_new_tokens: int = 100
-    """Most new tokens per row."""
+    """Most new tokens per output."""
     min_new_tokens: int = 0
-    """eos cannot end a row before this many new tokens."""
+    """The end-of-sequence token cannot end an output before this many new tokens."""
     temperature: float = 1.0
     """0 is greedy decoding; otherwise the logits are divided by it and sampled."""
     top_k: int | None = None
@@ -34,23 +36,15 @@ class Settings:
     repetition_penalty: float = 1.0
     """CTRL's penalty: > 1 discourages tokens already in the row (prompt included)."""
     no_repeat_ngram_size: int = 0
-    """Never generate an n-gram of this size twice in a row's new ids (0: off). The prompt
-    is not counted, so an answer may still copy from it (e.g. a summary from its article)."""
-    eos_id: int | Sequence[int] | None = None
-    """Id(s) that end a row; never part of the output."""
-    stop: Sequence[Sequence[int]] = ()
-    """Id sequences that end a row when generated; cut from the output."""
-    stop_fn: Callable[[list[int]], bool] | None = None
-    """Called with a row's new ids after each token; True ends the row (e.g. a stop string)."""
+    """Never generate an n-gram of this size twice in an output (0: off). The prompt is not
+    counted, so an answer may still copy from it (e.g. a summary from its article)."""
     num_beams: int = 1
-    """Beam search with this many beams when > 1 (ignores temperature, top-k and top-p)."""
+    """Beam search with this many beams when > 1 (ignores temperature, top_k and top_p)."""
     length_penalty: float = 1.0
     """Beam hypotheses are ranked by log-probability sum / length ** length_penalty."""
     early_stopping: bool = False
     """Beam search ends once num_beams hypotheses are finished, instead of when no running
     beam can still beat them."""
-    window_keep: int | None = None
-    """Past the context, re-prefill the last window_keep tokens (default: 3/4 of block_size)."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -71,6 +65,28 @@ class Settings:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+
+    def generation_options(self) -> dict[str, Any]:
+        """The `GenerationOptions` fields of this object (a subclass adds its own)."""
+        return {f.name: getattr(self, f.name) for f in fields(GenerationOptions)}
+
+
+@dataclass(kw_only=True)
+class Settings(GenerationOptions):
+    """Generation options, accepted as keyword arguments by `generate` and `stream`: the
+    user's `GenerationOptions` and what the program sets."""
+
+    eos_id: int | Sequence[int] | None = None
+    """Id(s) that end a row; never part of the output."""
+    stop: Sequence[Sequence[int]] = ()
+    """Id sequences that end a row when generated; cut from the output."""
+    stop_fn: Callable[[list[int]], bool] | None = None
+    """Called with a row's new ids after each token; True ends the row (e.g. a stop string)."""
+    window_keep: int | None = None
+    """Past the context, re-prefill the last window_keep tokens (default: 3/4 of block_size)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.stop = tuple(tuple(s) for s in self.stop)
         if any(len(s) == 0 for s in self.stop):
             raise ValueError("stop sequences must not be empty")

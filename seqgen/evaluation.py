@@ -3,61 +3,63 @@ outputs to score, decoding options, and the JSON report."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-
-def evaluation_parser(task: str, description: str, outputs: str, outputs_help: str
-                      ) -> argparse.ArgumentParser:  # fmt: skip
-    """A parser with --ckpt or `outputs` (one of them required), --beams, --length-penalty,
-    --precision, --limit and --report; the task adds its data and metric options."""
-    parser = argparse.ArgumentParser(prog=f"seqgen evaluate --task {task}",
-                                     description=description)  # fmt: skip
-    parser.add_argument("--task", default=task, help=argparse.SUPPRESS)
-    system = parser.add_mutually_exclusive_group(required=True)
-    system.add_argument("--ckpt", help="Checkpoint or run directory to generate with.")
-    system.add_argument(outputs, help=outputs_help)
-    parser.add_argument("--beams", type=int, default=4, help="Beam size (1 = greedy, batched).")
-    parser.add_argument("--length-penalty", type=float, default=1.0,
-                        help="Beams rank by log-probability / length ** this.")  # fmt: skip
-    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
-    parser.add_argument("--limit", type=int, default=None, help="Only the first N examples.")
-    parser.add_argument("--report", help="Write the scores as JSON here.")
-    return parser
+from seqgen.engine import GenerationOptions
 
 
-def add_sampling_options(parser: argparse.ArgumentParser, utility: str,
-                         seed_help: str = "Sampling seed.") -> None:  # fmt: skip
-    """--temperature, --top-p, --mbr-samples and --seed; `utility` names the similarity that
-    minimum Bayes risk decoding picks the consensus by (the task's `mbr_similarity`)."""
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="> 0 samples (with --beams 1).")  # fmt: skip
-    parser.add_argument("--top-p", type=float, default=None, metavar="P",
-                        help="Sample from the smallest set of most likely tokens whose "
-                             "probability reaches P.")  # fmt: skip
-    parser.add_argument("--mbr-samples", type=int, default=1, metavar="N",
-                        help="Minimum Bayes risk decoding: sample N outputs per input (with "
-                             "--temperature > 0, --beams 1) and keep the one with the highest "
-                             f"{utility} against the other samples; costs N sampled "
-                             "generations per input.")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+@dataclass(kw_only=True)
+class EvalConfig:
+    """What every `seqgen evaluate --task T` takes; a task's config adds its data and
+    metric options."""
+
+    ckpt: str | None = None
+    """Checkpoint or run directory to score or generate with."""
+    precision: Literal["32", "bf16"] = "32"
+    """Precision of the weights: bf16 is faster where the CPU multiplies bf16 in hardware."""
+    batch_size: int = 8
+    """Sequences scored (or outputs decoded without beams) together."""
+    report: str | None = None
+    """Write the scores as JSON here."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Exit with a usage error for sampling options that cannot work together."""
-    for flag in ("mbr_samples", "batch_size"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.mbr_samples > 1 and (not args.ckpt or args.temperature <= 0 or args.beams != 1):
-        parser.error("--mbr-samples N > 1 samples from --ckpt: give --temperature > 0 and "
-                     "--beams 1")  # fmt: skip
+@dataclass(kw_only=True)
+class DecodingEval(EvalConfig, GenerationOptions):
+    """An evaluation that generates with a checkpoint (or scores a system's outputs): the
+    generation options, a seed, minimum Bayes risk decoding and a limit."""
+
+    seed: int = 0
+    """Seed of sampling (and of bootstrap resampling, where the task uses it)."""
+    mbr_samples: int = 1
+    """Minimum Bayes risk decoding: sample N outputs per input (with temperature > 0 and
+    num_beams 1) and keep the one most similar to the others by the task's similarity;
+    costs N sampled generations per input."""
+    limit: int | None = None
+    """Only the first N examples."""
+
+    def __post_init__(self) -> None:
+        EvalConfig.__post_init__(self)
+        GenerationOptions.__post_init__(self)
+        if self.mbr_samples < 1:
+            raise ValueError(f"mbr_samples must be >= 1, got {self.mbr_samples}")
+        if self.mbr_samples > 1 and (not self.ckpt or self.temperature <= 0
+                                     or self.num_beams != 1):  # fmt: skip
+            raise ValueError("mbr_samples > 1 draws samples from ckpt: give temperature > 0 "
+                             "and num_beams 1")  # fmt: skip
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
 def write_json(path: str | Path | None, data: Any) -> None:

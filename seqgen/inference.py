@@ -9,9 +9,10 @@ from typing import Any, Literal
 import torch
 
 from seqgen import checkpoint
+from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.engine import generate, stream
-from seqgen.tasks import task_class
+from seqgen.tasks import Task, task_class
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
 
@@ -34,8 +35,7 @@ class Generator:
         self.model = loaded.model.to(PRECISIONS[precision])
         self.packed = pack and pack_linears(self.model)
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
-        self.task = task_class(loaded.task).from_options(self.meta.get("task_options", {}),
-                                                         self.model.config.block_size)
+        self.task = checkpoint_task(self.meta)
 
     def prompt_ids(self, prompt: Any) -> list[int]:
         return self.task.prompt(prompt, self.tokenizer)
@@ -47,7 +47,8 @@ class Generator:
         Args:
             num_samples: independent samples of the same prompt, generated as one batch.
             stop: strings that end the output (cut from it), for text tasks.
-            **options: generation settings of `seqgen.generate` (temperature, top_k, ...).
+            **options: generation settings of `seqgen.generate` (temperature, top_k, ...);
+                the task's `generation_defaults()` fill in what is not given.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -57,6 +58,11 @@ class Generator:
             return self._decode(generate(self.model, ids, **options), stop)
         outputs = generate(self.model, [ids] * num_samples, **options)
         return [self._decode(out, stop) for out in outputs]
+
+    def continue_ids(self, ids: list[int], **options) -> list[int]:
+        """The new ids after prompt `ids`, not decoded (for outputs that are more than the
+        new ids, such as a MIDI file of prompt and continuation); options as for `generate`."""
+        return generate(self.model, ids, **self._options((), options, ids))
 
     def generate_many(
         self,
@@ -72,10 +78,10 @@ class Generator:
         `max_new_tokens` may be a function of a prompt's ids (e.g. proportional to its length).
         """
         ids = [self.prompt_ids(p) for p in prompts]
+        options = self._options((), options)
         budget = options.pop("max_new_tokens", 100)
         wanted = budget if callable(budget) else (lambda _: budget)
         limit = lambda prompt: min(wanted(prompt), self._room(prompt))  # noqa: E731
-        options = self._options((), options)
         size = 1 if options.get("num_beams", 1) > 1 else batch_size
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         outputs: list[Any] = [None] * len(ids)
@@ -114,6 +120,7 @@ class Generator:
         """
         if samples < 2:
             raise ValueError(f"MBR needs at least 2 samples per prompt, got {samples}")
+        options = self._defaults(options)
         if options.get("temperature", 1.0) <= 0 or options.get("num_beams", 1) > 1:
             raise ValueError("MBR draws samples: set temperature > 0 and num_beams 1")
         repeated = [prompt for prompt in prompts for _ in range(samples)]
@@ -127,8 +134,11 @@ class Generator:
         tokens = stream(self.model, ids, **self._options(stop, options, ids))
         return _text_pieces(tokens, lambda ids: self.task.decode(ids, self.tokenizer), stop)
 
+    def _defaults(self, options: dict) -> dict:
+        return {**self.task.generation_defaults(), **options}
+
     def _options(self, stop: Sequence[str], options: dict, ids: list[int] | None = None) -> dict:
-        options = {"eos_id": self.tokenizer.eos_id, **options}
+        options = {"eos_id": self.tokenizer.eos_id, **self._defaults(options)}
         if ids is not None:
             options["max_new_tokens"] = min(options.get("max_new_tokens", 100), self._room(ids))
         if stop:
@@ -182,6 +192,13 @@ def _text_pieces(tokens: Iterator[int], decode, stop: Sequence[str]) -> Iterator
             shown = safe
     if len(text) > shown:
         yield text[shown:]
+
+
+def checkpoint_task(meta: dict[str, Any]) -> Task:
+    """The task of a checkpoint's config.json, configured as it was trained (no weights
+    are read)."""
+    block_size = ModelConfig.from_dict(meta["model"]).block_size
+    return task_class(meta["task"]).from_options(meta.get("task_options", {}), block_size)
 
 
 def load(path: str | Path, task: str | None = None, precision: Literal["32", "bf16"] = "32",

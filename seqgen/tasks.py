@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from seqgen.errors import ConfigError
 
 if TYPE_CHECKING:  # the registry is read by `seqgen --help`, which must not load torch
+    from pathlib import Path
+
     from torch.utils.data import Dataset
 
     from seqgen.examples import Example
@@ -88,7 +90,6 @@ class Task(ABC):
         option_defaults: values for stored options that an older checkpoint lacks.
         lm_weight: default weight of the auxiliary LM loss over the whole sequence (GPT-1).
         continues_prompt: whether outputs continue the prompt (text) or answer it.
-        generation_defaults: generation settings unless given (e.g. beam search).
         data: the task's data options; block_size: the model's context; stats: counts from
             loading and encoding (skipped lines, truncated examples) for the training report.
     """
@@ -99,7 +100,6 @@ class Task(ABC):
     option_defaults: ClassVar[dict[str, Any]] = {}
     lm_weight: ClassVar[float] = 0.0
     continues_prompt: ClassVar[bool] = False
-    generation_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, data: Any = None, block_size: int = 1024) -> None:
         self.data = self.data_config() if data is None else data
@@ -119,6 +119,12 @@ class Task(ABC):
     def options(self) -> dict[str, Any]:
         """JSON-able settings stored in the checkpoint, given back to `from_options`."""
         return {key: getattr(self.data, key) for key in self.stored_options}
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """Generation options this task decodes with unless told otherwise (e.g. beam search
+        for translation): the defaults of `seqgen generate`, of evaluation and of
+        `Generator`."""
+        return {}
 
     def special_tokens(self) -> list[str]:
         """Tokens the task adds to the vocabulary (appended; existing ids never change)."""
@@ -178,36 +184,73 @@ class ExampleTask(Task):
 
 
 class Evaluates(ABC):
-    """`seqgen evaluate --task NAME`: scores a checkpoint or a system's outputs."""
+    """`seqgen evaluate --task NAME`: scores a checkpoint or a system's outputs.
+
+    `eval_config` is a dataclass (usually a `seqgen.evaluation.EvalConfig`); its fields are
+    the command's flags and its field docstrings their help.
+    """
+
+    eval_config: ClassVar[type]
+
+    @staticmethod
+    @abstractmethod
+    def evaluate(config: Any) -> dict[str, Any]:
+        """Score, print a table, return the report."""
 
     @classmethod
-    @abstractmethod
-    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
-        """Parse the arguments, score, print a table, return the report."""
+    def eval_options(cls, **values: Any) -> Any:
+        """An `eval_config` with the task's generation defaults under `values` (as
+        `seqgen evaluate` builds it), for evaluating from Python."""
+        defaults = known_options(cls.eval_config, cls().generation_defaults())
+        return cls.eval_config(**{**defaults, **values})
 
 
 class HasMBR(ABC):
-    """Minimum Bayes risk decoding (`--mbr-samples N`) by a task-specific similarity."""
+    """Minimum Bayes risk decoding (`--mbr_samples N`) by a task-specific similarity."""
 
     @abstractmethod
     def mbr_similarity(self) -> Callable[[Any, Any], float]:
         """`similarity(output, other)`, higher for closer outputs (e.g. ROUGE)."""
 
 
-class BuildsDatasets(ABC):
-    """Dataset builders run as `seqgen data NAME ...` (argv in, exit code out)."""
+@dataclass(frozen=True)
+class DatasetBuilder:
+    """`seqgen data NAME`: `build(config)` writes a dataset; `config` is a dataclass whose
+    fields are the command's flags (its docstring is the command's description)."""
 
-    data_builders: ClassVar[dict[str, Callable[[list[str]], int]]]
+    config: type
+    build: Callable[[Any], None]
+
+
+class BuildsDatasets(ABC):
+    """A task with dataset builders, run as `seqgen data NAME ...`."""
+
+    data_builders: ClassVar[dict[str, DatasetBuilder]]
 
 
 class GeneratesFiles(ABC):
-    """A task whose inputs and outputs are files, not text (music reads and writes MIDI):
-    `seqgen generate` on its checkpoints runs the task's own command."""
+    """A task whose outputs are files (music: MIDI), with generation options of its own.
 
-    @classmethod
+    `seqgen generate` adds the fields of the dataclass `generate_options` to its flags and
+    runs the shared `Generator`: prompt ids from `prompt`, then `prepare`, generation,
+    and `write`.
+    """
+
+    generate_options: ClassVar[type]
+
     @abstractmethod
-    def generate_cli(cls, argv: list[str]) -> int:
-        """`seqgen generate` for checkpoints of the task (argv in, exit code out)."""
+    def prepare(self, ids: list[int], options: Any, settings: dict[str, Any]
+                ) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+        """The prompt ids and the generation settings that `options` change (e.g. the
+        prompt cut to its first seconds, a stop once enough music is generated), given the
+        `settings` chosen so far; raises ValueError for options that cannot work, before
+        anything is generated."""
+
+    @abstractmethod
+    def write(self, ids: list[int], new: list[int], tokenizer: Tokenizer, options: Any,
+              path: Path) -> list[str]:  # fmt: skip
+        """Write the output (the prompt `ids`, then the `new` ids) to `path`, and whatever
+        else `options` ask for; return a line for each file written."""
 
 
 # ---------------------------------------------------------------- registry
@@ -234,10 +277,10 @@ def task_class(name: str) -> type[Task]:
     return cls
 
 
-def data_builders() -> dict[str, Callable[[list[str]], int]]:
+def data_builders() -> dict[str, DatasetBuilder]:
     """Every installed task's dataset builders, by name (a task that fails to load is
     skipped with a warning: it must not hide the others)."""
-    found: dict[str, Callable[[list[str]], int]] = {}
+    found: dict[str, DatasetBuilder] = {}
     for name in sorted(available_tasks()):
         try:
             cls = task_class(name)

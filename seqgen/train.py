@@ -47,7 +47,7 @@ class RunConfig:
     task: str | None = None
     """The task to train (its name, e.g. text, translation, music)."""
     init_from: str | None = None
-    """Checkpoint or run directory to start from (`--from`), or `none` to train from scratch."""
+    """Checkpoint or run directory to start from, or `none` to train from scratch."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("small"))
     """The model, when training from scratch (a checkpoint brings its own)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -13,15 +13,19 @@ import pytest
 import tomllib
 
 import seqgen
+from seqgen.engine import GenerationOptions
 from seqgen.errors import CheckpointError, ConfigError
+from seqgen.sample import GenerateConfig
 from seqgen.tasks import (
     BuildsDatasets,
+    DatasetBuilder,
     Evaluates,
     GeneratesFiles,
     HasMBR,
     Task,
     available_tasks,
     data_builders,
+    known_options,
     task_class,
 )
 
@@ -45,6 +49,15 @@ def test_every_task_satisfies_the_contract(name):
         if issubclass(cls, capability):
             assert not inspect.isabstract(cls)
     assert issubclass(cls, Evaluates)  # all four of seqgen's tasks have an evaluation
+    assert dataclasses.is_dataclass(cls.eval_config)
+    assert known_options(cls.eval_config, task.generation_defaults()) == (
+        task.generation_defaults() if issubclass(cls.eval_config, GenerationOptions) else {}
+    )
+    if issubclass(cls, GeneratesFiles):  # its flags join seqgen generate's, none twice
+        own = {f.name for f in dataclasses.fields(cls.generate_options)}
+        assert not own & {f.name for f in dataclasses.fields(GenerateConfig)}
+    for builder in getattr(cls, "data_builders", {}).values():
+        assert isinstance(builder, DatasetBuilder) and dataclasses.is_dataclass(builder.config)
 
 
 def test_a_task_refuses_data_options_of_another_task():

@@ -73,10 +73,10 @@ def test_pretrain_resume_generate_info(corpus_file, tmp_path, capsys):
 
     capsys.readouterr()
     sample = ["generate", "--ckpt", str(out), "--prompt", "THE KING:", "--seed", "1"]
-    assert main([*sample, "--max-new-tokens", "12"]) == 0
+    assert main([*sample, "--max_new_tokens", "12"]) == 0
     first_sample = capsys.readouterr().out
     assert first_sample.startswith("THE KING:") and len(first_sample) > len("THE KING:\n")
-    main([*sample, "--max-new-tokens", "12"])
+    main([*sample, "--max_new_tokens", "12"])
     assert capsys.readouterr().out == first_sample  # seeded: reproducible
 
     assert main(["info", "--ckpt", str(out)]) == 0
@@ -280,21 +280,21 @@ def random_ckpt(tmp_path, sp_tokenizer):
 
 
 def test_generate_options(random_ckpt, capsys):
-    base = ["generate", "--ckpt", str(random_ckpt), "--prompt", "the", "--max-new-tokens", "8"]
-    assert main([*base, "--num-samples", "3", "--seed", "1"]) == 0
+    base = ["generate", "--ckpt", str(random_ckpt), "--prompt", "the", "--max_new_tokens", "8"]
+    assert main([*base, "--num_samples", "3", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("--- sample")] == [
         "--- sample 1", "--- sample 2", "--- sample 3"
     ]  # fmt: skip
-    assert main([*base, "--beams", "3", "--no-stream"]) == 0
+    assert main([*base, "--num_beams", "3", "--stream", "false"]) == 0
     beam = capsys.readouterr().out
-    assert main([*base, "--beams", "3"]) == 0
+    assert main([*base, "--num_beams", "3"]) == 0
     assert capsys.readouterr().out == beam  # streamed or not, the same text
     assert main([*base, "--temperature", "0", "--precision", "bf16", "--stop", "e"]) == 0
     assert "e" not in capsys.readouterr().out.removeprefix("the")
-    expect_error(capsys, [*base, "--top-p", "2"], "top_p must be in (0, 1]")
-    expect_error(capsys, [*base, "--num-samples", "2", "--stream"], "--stream prints one sample")
-    expect_error(capsys, [*base, "--mbr-samples", "2"], "text task has no similarity")
+    expect_error(capsys, [*base, "--top_p", "2"], "top_p must be in (0, 1]")
+    expect_error(capsys, [*base, "--num_samples", "2", "--stream"], "stream prints one sample")
+    expect_error(capsys, [*base, "--mbr_samples", "2"], "text task has no similarity")
 
 
 def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):
@@ -324,3 +324,85 @@ def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_te
     scores = json.loads(report.read_text())
     assert scores["bits_per_byte"] == pytest.approx(trained["val_bpb"], rel=1e-4)
     assert scores["nll_per_token"] == pytest.approx(trained["val_loss"], rel=1e-4)
+
+
+# ---------------------------------------------------------------- one grammar
+
+
+def test_normalize_rewrites_conveniences_and_old_spellings(capsys):
+    from seqgen.cli import _flags, normalize
+    from seqgen.sample import GenerateConfig
+    from seqgen.train import RunConfig
+
+    generate = _flags(GenerateConfig)
+    assert normalize(["--stream", "--stop", "a", "--stop=b", "--seed", "1"], generate) == [
+        "--stream=true", "--stop+", "a", "--stop+", "b", "--seed", "1"
+    ]  # fmt: skip
+    assert normalize(["--stream", "false", "--stop", "[a, b]"], generate) == [
+        "--stream", "false", "--stop", "[a, b]"
+    ]  # fmt: skip
+    assert capsys.readouterr().err == ""  # the grammar's own forms: no warning
+    assert normalize(["--max-new-tokens=5", "--beams", "2", "--no-stream"], generate) == [
+        "--max_new_tokens=5", "--num_beams", "2", "--stream=false"
+    ]  # fmt: skip
+    assert normalize(["--from", "none"], _flags(RunConfig)) == ["--init_from", "none"]
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        "warning: --max-new-tokens is deprecated and goes in the next release; use "
+        "--max_new_tokens",
+        "warning: --beams is deprecated and goes in the next release; use --num_beams",
+        "warning: --no-stream is deprecated and goes in the next release; use --stream false",
+        "warning: --from is deprecated and goes in the next release; use --init_from",
+    ]
+    assert normalize(["--unknown-flag", "1"], generate) == ["--unknown-flag", "1"]  # left to fail
+
+
+def test_old_spellings_give_the_same_output(random_ckpt, capsys):
+    base = ["generate", "--ckpt", str(random_ckpt), "--prompt", "the"]
+    new = ["--max_new_tokens", "8", "--top_k", "5", "--num_samples", "2", "--seed", "3"]
+    old = ["--max-new-tokens", "8", "--top-k", "5", "--num-samples", "2", "--seed", "3"]
+    assert main([*base, *new]) == 0
+    expected = capsys.readouterr()
+    assert main([*base, *old]) == 0
+    found = capsys.readouterr()
+    assert found.out == expected.out and expected.err == ""
+    assert found.err.count("is deprecated") == 3 and "use --top_k" in found.err
+    assert main([*base, "--beams", "2", "--no-stream", "--max-new-tokens", "6"]) == 0
+    old_beams = capsys.readouterr().out
+    assert main([*base, "--num_beams", "2", "--stream", "false", "--max_new_tokens", "6"]) == 0
+    assert capsys.readouterr().out == old_beams
+    expect_error(capsys, [*base, "--max-new-tokenz", "3"], "max-new-tokenz")  # still checked
+
+
+def test_generation_options_are_declared_once_with_the_tasks_defaults(capsys):
+    import dataclasses
+
+    from seqgen.engine import GenerationOptions
+
+    helps = {}
+    commands = ("generate translation", "evaluate translation", "evaluate summarization",
+                "generate music")  # fmt: skip
+    for command in commands:
+        name, task = command.split()
+        with pytest.raises(SystemExit):
+            main([name, "--task", task, "--help"])
+        helps[f"{name} --task {task}"] = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(GenerationOptions):
+        for text in helps.values():
+            assert f"--{field.name} " in text and "-" not in field.name
+    assert "Beam search with this many beams when > 1" in helps["generate --task translation"]
+    for name in ("generate --task translation", "evaluate --task translation"):
+        assert "(type: int, default: 4)" in helps[name].split("--num_beams NUM_BEAMS Beam")[1][:200]
+    assert "--prompt_seconds" in helps["generate --task music"]
+    assert "--prompt_seconds" not in helps["generate --task translation"]
+
+
+def test_evaluate_config_in_python_takes_the_tasks_defaults(tmp_path):
+    from seqgen.tasks import task_class
+
+    translation = task_class("translation")
+    config = translation.eval_options(reference="ref.de", hypotheses="hyp.de")
+    assert (config.num_beams, config.temperature) == (4, 0.0)
+    assert translation.eval_options(reference="r", hypotheses="h", num_beams=2).num_beams == 2
+    with pytest.raises(ValueError, match="give ckpt"):
+        translation.eval_options(reference="r")

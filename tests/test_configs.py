@@ -67,7 +67,7 @@ def test_recipe_parses_and_smoke_runs(recipe, corpus_file, tmp_path):
     command = "finetune" if "init_from" in values else "pretrain"
     data = DATA[task](tmp_path, corpus_file)
     if command == "finetune":
-        data += ["--from", "none"]
+        data += ["--init_from", "none"]
     full, _ = parse_run(command, ["--config", str(recipe), *data])
     assert full.task == task and full.init_from == "none"
     assert full.model.n_embd % full.model.n_head == 0

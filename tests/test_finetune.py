@@ -87,7 +87,7 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
     assert main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(pre),
                  "--train.max_steps", "5", *flags({**TRAIN, **TINY_MODEL})]) == 0  # fmt: skip
     run_dir, report = tmp_path / "mt", tmp_path / "ft.json"
-    assert finetune("--from", str(pre), "--data.train", str(parallel / "train"),
+    assert finetune("--init_from", str(pre), "--data.train", str(parallel / "train"),
                     "--data.val", str(parallel / "val"), "--train.max_steps", "12",
                     "--out_dir", str(run_dir), "--report", str(report)) == 0  # fmt: skip
     ft = json.loads(report.read_text())
@@ -100,7 +100,7 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
     scores, output = tmp_path / "scores.json", tmp_path / "hyp.de"
     assert main(["evaluate", "--task", "translation", "--ckpt", str(run_dir),
                  "--source", str(parallel / "val.en"), "--reference", str(parallel / "val.de"),
-                 "--beams", "2", "--max-new-tokens", "12", "--output", str(output),
+                 "--num_beams", "2", "--max_new_tokens", "12", "--output", str(output),
                  "--report", str(scores)]) == 0  # fmt: skip
     result = json.loads(scores.read_text())
     assert result["sentences"] == 8 and 0 <= result["bleu"] <= 100
@@ -114,11 +114,10 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
     # minimum Bayes risk decoding: the chrF consensus of sampled translations
     mbr = ["evaluate", "--task", "translation", "--ckpt", str(run_dir), "--source",
            str(parallel / "val.en"), "--reference", str(parallel / "val.de"),
-           "--max-new-tokens", "12", "--mbr-samples", "3", "--temperature", "1.0"]  # fmt: skip
-    with pytest.raises(SystemExit):  # beam search (the default, 4 beams) draws no samples
-        main(mbr)
-    assert "--temperature > 0 and --beams 1" in capsys.readouterr().err
-    assert main([*mbr, "--beams", "1", "--output", str(output), "--report", str(scores)]) == 0
+           "--max_new_tokens", "12", "--mbr_samples", "3", "--temperature", "1.0"]  # fmt: skip
+    assert main(mbr) == 2  # beam search (the default, 4 beams) draws no samples
+    assert "give temperature > 0 and num_beams 1" in capsys.readouterr().err
+    assert main([*mbr, "--num_beams", "1", "--output", str(output), "--report", str(scores)]) == 0
     assert json.loads(scores.read_text())["mbr_samples"] == 3
     assert len(output.read_text().splitlines()) == 8
 
@@ -132,7 +131,7 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
     assert sorted(lengths) == sorted(block - len(generator.prompt_ids(s)) for s in sources)
 
     translate = ["generate", "--task", "translation", "--ckpt", str(run_dir), "--prompt",
-                 "The king rides.", "--temperature", "0", "--max-new-tokens", "8"]  # fmt: skip
+                 "The king rides.", "--temperature", "0", "--max_new_tokens", "8"]  # fmt: skip
     assert main(translate) == 0
     printed = capsys.readouterr().out.strip()
     assert printed and not printed.startswith("The king rides.")  # the answer, not an echo
@@ -153,12 +152,12 @@ def test_cli_from_scratch_with_a_config_file(parallel, tmp_path):
     "args, message",
     [
         (["--data.train", "X"], "set --from CKPT"),
-        (["--from", "none", "--data.train", "{data}/nope"], "no such file"),
-        (["--from", "none", "--data.train", "{data}/train", "--data.val", "{data}/bad"],
+        (["--init_from", "none", "--data.train", "{data}/nope"], "no such file"),
+        (["--init_from", "none", "--data.train", "{data}/train", "--data.val", "{data}/bad"],
          "bad.en has 2 lines, {data}/bad.de has 1"),
-        (["--from", "{data}", "--data.train", "{data}/train", "--data.val", "{data}/val"],
+        (["--init_from", "{data}", "--data.train", "{data}/train", "--data.val", "{data}/val"],
          "not a seqgen checkpoint"),
-        (["--from", "none", "--data.trian", "x"], "trian"),
+        (["--init_from", "none", "--data.trian", "x"], "trian"),
     ],
 )  # fmt: skip
 def test_cli_errors_name_the_problem(parallel, tmp_path, capsys, args, message):
@@ -171,9 +170,9 @@ def test_cli_errors_name_the_problem(parallel, tmp_path, capsys, args, message):
 
 
 def test_cli_task_errors(capsys):
-    assert main(["finetune", "--from", "none"]) == 2
+    assert main(["finetune", "--init_from", "none"]) == 2
     assert "set the task" in capsys.readouterr().err
-    assert main(["finetune", "--task", "text", "--from", "none"]) == 2  # an ordinary task
+    assert main(["finetune", "--task", "text", "--init_from", "none"]) == 2  # an ordinary task
     assert "set data.source" in capsys.readouterr().err
     assert main(["finetune", "--task", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
@@ -183,7 +182,7 @@ def test_cli_resume_a_finetuning_run(parallel, tmp_path):
     run_dir, report = tmp_path / "run", tmp_path / "r.json"
     common = ["--data.train", str(parallel / "train"), "--data.val", str(parallel / "val"),
               *flags(TINY_MODEL), "--out_dir", str(run_dir), "--report", str(report)]  # fmt: skip
-    assert finetune("--from", "none", "--train.max_steps", "10", *common) == 0
+    assert finetune("--init_from", "none", "--train.max_steps", "10", *common) == 0
     first = json.loads(report.read_text())
     assert finetune("--resume", "last", "--train.max_steps", "16", *common) == 0
     resumed = json.loads(report.read_text())
@@ -194,7 +193,7 @@ def test_cli_resume_a_finetuning_run(parallel, tmp_path):
 
 def test_finetune_under_ddp_shards_batches_across_two_processes(parallel, tmp_path):
     report = tmp_path / "ddp.json"
-    argv = ["finetune", "--task", "translation", "--from", "none", "--data.train",
+    argv = ["finetune", "--task", "translation", "--init_from", "none", "--data.train",
             str(parallel / "train"), "--data.val", str(parallel / "val"),
             *flags({**TRAIN, **TINY_MODEL, "train.max_steps": 4, "train.accelerator": "cpu",
                     "train.devices": 2, "train.strategy": "ddp"}),
@@ -215,7 +214,7 @@ def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss_across_a_resume
     common = ["--data.train", str(parallel / "val"), "--data.val", str(parallel / "train"),
               *flags(TINY_MODEL), "--train.learning_rate", "3e-2", "--train.keep_best", "true",
               "--out_dir", str(run_dir), "--report", str(report)]  # fmt: skip
-    assert finetune("--from", "none", "--train.max_steps", "30", *common) == 0
+    assert finetune("--init_from", "none", "--train.max_steps", "30", *common) == 0
     assert finetune("--resume", "last", "--train.max_steps", "60", *common) == 0
     result = json.loads(report.read_text())
     logged = {}
@@ -234,7 +233,7 @@ def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss_across_a_resume
 
 def test_keep_best_without_a_validation_says_so(parallel, tmp_path, caplog):
     report = tmp_path / "r.json"
-    assert finetune("--from", "none", "--data.train", str(parallel / "train"),
+    assert finetune("--init_from", "none", "--data.train", str(parallel / "train"),
                     "--data.val", str(parallel / "val"), *flags(TINY_MODEL),
                     "--train.max_steps", "4", "--train.keep_best", "true",
                     "--out_dir", str(tmp_path / "run"), "--report", str(report)) == 0  # fmt: skip

@@ -89,7 +89,7 @@ def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):
             str(root / "run"),
             "--prompt",
             str(prompt),
-            "--prompt-seconds",
+            "--prompt_seconds",
             "3",
             "--seconds",
             "4",
@@ -97,7 +97,7 @@ def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):
             "0",
             "--out",
             str(out),
-            "--piano-roll",
+            "--piano_roll",
             str(roll),
         ]
     )
@@ -133,7 +133,7 @@ def test_unconditional_generation_slides_past_the_context(trained, tmp_path, cap
                 "generate",
                 "--ckpt",
                 str(root / "run"),
-                "--max-new-tokens",
+                "--max_new_tokens",
                 "150",
                 "--seed",
                 "1",
@@ -152,13 +152,13 @@ def test_generation_errors(trained, tmp_path, capsys):
     run = str(root / "run")
     cases = [
         (["--prompt", str(tmp_path / "missing.mid")], "missing.mid: no such MIDI file"),
-        (["--prompt-seconds", "2"], "--prompt-seconds needs --prompt"),
-        (["--seconds", "0"], "--seconds must be > 0"),
+        (["--prompt_seconds", "2"], "prompt_seconds needs a prompt"),
+        (["--seconds", "0"], "seconds must be > 0"),
     ]
     try:
         import fluidsynth  # noqa: F401
     except ImportError:
-        cases.append((["--wav", str(tmp_path / "a.wav")], "--wav needs FluidSynth"))
+        cases.append((["--wav", str(tmp_path / "a.wav")], "wav needs FluidSynth"))
     for extra, message in cases:
         assert main(["generate", "--ckpt", run, "--out", str(tmp_path / "x.mid"), *extra]) != 0
         assert message in capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path):
             str(root / "run"),
             "--data",
             str(held_out),
-            "--cache-dir",
+            "--cache_dir",
             str(root / "cache"),
             "--report",
             str(tmp_path / "nll.json"),
@@ -192,7 +192,7 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path):
     def overlap(generated, reference):
         out = tmp_path / "stats.json"
         argv = ["evaluate", "--task", "music", "--generated", str(generated),
-                "--reference", str(reference), "--cache-dir", str(root / "cache"),
+                "--reference", str(reference), "--cache_dir", str(root / "cache"),
                 "--report", str(out)]  # fmt: skip
         assert main(argv) == 0
         return json.loads(out.read_text())["statistics"]["overlap"]
@@ -214,7 +214,7 @@ def test_finetune_keeps_the_vocabulary(trained, tmp_path):
             "finetune",
             "--task",
             "music",
-            "--from",
+            "--init_from",
             str(root / "run"),
             "--data.train",
             str(tmp_path / "other"),
@@ -239,8 +239,8 @@ def test_finetune_keeps_the_vocabulary(trained, tmp_path):
 
 def test_pretrain_with_a_task_refuses_a_start_checkpoint(trained, capsys):
     root, _ = trained
-    assert main(["pretrain", "--task", "music", "--from", str(root / "run")]) != 0
-    assert "seqgen finetune --from" in capsys.readouterr().err
+    assert main(["pretrain", "--task", "music", "--init_from", str(root / "run")]) != 0
+    assert "seqgen finetune --init_from" in capsys.readouterr().err
 
 
 def test_cut_events_keeps_the_opening_and_lands_on_the_cut():
@@ -278,8 +278,8 @@ def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
     root, _ = trained
     out, audio = tmp_path / "w.mid", tmp_path / "w.wav"
     argv = ["generate", "--ckpt", str(root / "run"), "--prompt", str(root / "songs" / "00.mid"),
-            "--prompt-seconds", "2", "--seconds", "2", "--seed", "0", "--out", str(out),
-            "--wav", str(audio), "--sample-rate", "16000"]  # fmt: skip
+            "--prompt_seconds", "2", "--seconds", "2", "--seed", "0", "--out", str(out),
+            "--wav", str(audio), "--sample_rate", "16000"]  # fmt: skip
     assert main(argv) == 0
     with wave.open(str(audio)) as rendered:
         assert rendered.getframerate() == 16000 and rendered.getsampwidth() == 2
@@ -289,4 +289,4 @@ def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
 def test_generate_help_for_music(capsys):
     with pytest.raises(SystemExit) as done:
         main(["generate", "--task", "music", "--help"])
-    assert done.value.code == 0 and "--prompt-seconds" in capsys.readouterr().out
+    assert done.value.code == 0 and "--prompt_seconds" in capsys.readouterr().out

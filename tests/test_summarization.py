@@ -80,7 +80,7 @@ def test_wikisum_cli_writes_split_files(tmp_path, capsys):
     source = tmp_path / "wiki.train.tokens"
     source.write_text(WIKITEXT)
     args = ["data", "wikisum", "--input", str(source), "--out", str(tmp_path / "out"),
-            "--min-lead-words", "5", "--min-body-words", "3"]  # fmt: skip
+            "--min_lead_words", "5", "--min_body_words", "3"]  # fmt: skip
     assert main(args) == 0
     rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert [r["title"] for r in rows] == ["First Article"]
@@ -279,7 +279,7 @@ def evaluate_predictions(tmp_path, data, predictions, *extra):
     pred.write_text("".join(json.dumps(p) + "\n" for p in predictions))
     report = tmp_path / "r.json"
     code = main(["evaluate", "--task", "summarization", "--predictions", str(pred),
-                 "--data", str(data), "--report", str(report), "--bootstrap-samples", "200",
+                 "--data", str(data), "--report", str(report), "--bootstrap_samples", "200",
                  *extra])  # fmt: skip
     return code, report
 
@@ -352,45 +352,43 @@ def test_missing_fields_name_the_line(tmp_path):
 def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
     data, _ = dataset
     run_dir = tmp_path / "run"
-    args = ["finetune", "--task", "summarization", "--from", "none", "--data.train", str(data),
+    args = ["finetune", "--task", "summarization", "--init_from", "none", "--data.train", str(data),
             "--data.val", str(data), "--data.body_selection", "tfidf",
             *flags({**TINY_MODEL, "tokenizer.vocab_size": 290, "train.max_steps": 4,
                     "train.batch_size": 3, "train.progress_bar": "false"}),
             "--out_dir", str(run_dir)]  # fmt: skip
     assert main(args) == 0
     report, output = tmp_path / "r.json", tmp_path / "p.jsonl"
-    assert main(["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--beams", "2",
-                 "--max-new-tokens", "6", "--bootstrap-samples", "50", "--report", str(report),
+    assert main(["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--num_beams", "2",
+                 "--max_new_tokens", "6", "--bootstrap_samples", "50", "--report", str(report),
                  "--output", str(output)]) == 0  # fmt: skip
     result = json.loads(report.read_text())
     assert result["documents"] == 6 and result["beams"] == 2
     assert len(output.read_text().splitlines()) == 6
     assert "| model |" in capsys.readouterr().out
-    mbr = ["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--max-new-tokens", "6",
-           "--bootstrap-samples", "50", "--mbr-samples", "3", "--temperature", "1.0"]  # fmt: skip
-    with pytest.raises(SystemExit):  # beam search (the default, 4 beams) draws no samples
-        main(mbr)
-    assert "--temperature > 0 and --beams 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([*mbr, "--beams", "1", "--batch-size", "0"])
-    assert "--batch-size must be >= 1" in capsys.readouterr().err
-    assert main([*mbr, "--beams", "1", "--batch-size", "4", "--report", str(report),
+    mbr = ["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--max_new_tokens", "6",
+           "--bootstrap_samples", "50", "--mbr_samples", "3", "--temperature", "1.0"]  # fmt: skip
+    assert main(mbr) == 2  # beam search (the default, 4 beams) draws no samples
+    assert "give temperature > 0 and num_beams 1" in capsys.readouterr().err
+    assert main([*mbr, "--num_beams", "1", "--batch_size", "0"]) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err
+    assert main([*mbr, "--num_beams", "1", "--batch_size", "4", "--report", str(report),
                  "--output", str(output)]) == 0  # fmt: skip
     assert json.loads(report.read_text())["mbr_samples"] == 3
     assert len(output.read_text().splitlines()) == 6
     capsys.readouterr()
     article = tmp_path / "article.txt"
     article.write_text("the king rides to the river\nthe queen sings")
-    assert main(["generate", "--ckpt", str(run_dir), "--prompt-file", str(article),
-                 "--max-new-tokens", "5", "--no-repeat-ngram-size", "2"]) == 0  # fmt: skip
+    assert main(["generate", "--ckpt", str(run_dir), "--prompt_file", str(article),
+                 "--max_new_tokens", "5", "--no_repeat_ngram_size", "2"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "the queen sings" not in printed  # the summary alone, not the article
-    mbr = ["generate", "--ckpt", str(run_dir), "--prompt-file", str(article),
-           "--max-new-tokens", "5", "--mbr-samples", "3", "--seed", "0"]  # fmt: skip
+    mbr = ["generate", "--ckpt", str(run_dir), "--prompt_file", str(article),
+           "--max_new_tokens", "5", "--mbr_samples", "3", "--seed", "0"]  # fmt: skip
     assert main(mbr) == 2  # the task's defaults: beam search, temperature 0
-    assert "give --beams 1 and --temperature > 0" in capsys.readouterr().err
-    assert main([*mbr, "--beams", "1", "--temperature", "1.0"]) == 0
+    assert "give temperature > 0 and num_beams 1" in capsys.readouterr().err
+    assert main([*mbr, "--num_beams", "1", "--temperature", "1.0"]) == 0
     consensus = capsys.readouterr().out
     assert consensus.strip() and "the queen sings" not in consensus
-    assert main([*mbr, "--beams", "1", "--temperature", "1.0"]) == 0
+    assert main([*mbr, "--num_beams", "1", "--temperature", "1.0"]) == 0
     assert capsys.readouterr().out == consensus  # seeded: the same samples, the same choice

@@ -5,15 +5,15 @@ inter-onset-interval distributions (1 = identical, 0 = disjoint)."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from seqgen.errors import DataError, SeqgenError
-from seqgen.evaluation import stream_nll, write_json
+from seqgen.errors import DataError
+from seqgen.evaluation import EvalConfig, stream_nll, write_json
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, velocity_bin
 
@@ -23,23 +23,35 @@ IOI_BINS = np.append(np.geomspace(0.01, 4.0, 41), np.inf)  # seconds, log-spaced
 IOI_BINS[0] = 0.0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seqgen evaluate --task music", description=__doc__)
-    p.add_argument("--task", default="music", help=argparse.SUPPRESS)
-    p.add_argument("--ckpt", help="Checkpoint to score on --data (NLL per event and second).")
-    p.add_argument("--data", help="Held-out MIDI: a directory, file, .txt list or dataset.")
-    p.add_argument("--split", default="test", help="Dataset split of --data (datasets only).")
-    p.add_argument("--generated", help="Generated MIDI to compare with --reference.")
-    p.add_argument("--reference", help="Reference MIDI (e.g. the held-out set).")
-    p.add_argument("--midi-column", default="midi", help="Column of MIDI bytes in datasets.")
-    p.add_argument("--cache-dir", default=None, help="Encoded-MIDI cache (default: ~/.cache).")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--precision", choices=["32", "bf16"], default="32")
-    p.add_argument("--report", help="Write the results as JSON here.")
-    return p
+@dataclass(kw_only=True)
+class MusicEval(EvalConfig):
+    """A checkpoint's negative log-likelihood on held-out MIDI (ckpt with data), and/or the
+    statistics of generated MIDI against a reference set (generated with reference)."""
+
+    data: str | None = None
+    """Held-out MIDI to score ckpt on: a directory, a file, a .txt list or a dataset."""
+    split: str = "test"
+    """Dataset split of data (datasets only)."""
+    generated: str | None = None
+    """Generated MIDI to compare with reference."""
+    reference: str | None = None
+    """Reference MIDI (e.g. the held-out set)."""
+    midi_column: str = "midi"
+    """Column of MIDI bytes in datasets."""
+    cache_dir: str | None = None
+    """Encoded-MIDI cache (default: ~/.cache/seqgen/midi)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.ckpt) != bool(self.data) or bool(self.generated) != bool(self.reference):
+            raise ValueError("give ckpt with data (likelihood), and/or generated with reference "
+                             "(statistics)")  # fmt: skip
+        if not (self.ckpt or self.generated):
+            raise ValueError("nothing to evaluate: give ckpt and data, or generated and "
+                             "reference")  # fmt: skip
 
 
-def corpus(source: str, args: argparse.Namespace, split: str = "train") -> tuple[list[Notes], dict]:
+def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Notes], dict]:
     performances, report = load_corpus(
         source, args.cache_dir, midi_column=args.midi_column, split=split
     )
@@ -48,7 +60,7 @@ def corpus(source: str, args: argparse.Namespace, split: str = "train") -> tuple
     return performances, report
 
 
-def likelihood(args: argparse.Namespace) -> dict[str, Any]:
+def likelihood(args: MusicEval) -> dict[str, Any]:
     from seqgen.inference import load
 
     generator = load(args.ckpt, task="music", precision=args.precision)
@@ -104,7 +116,7 @@ def summary(performances: list[Notes]) -> dict[str, float]:
     }
 
 
-def compare(args: argparse.Namespace) -> dict[str, Any]:
+def compare(args: MusicEval) -> dict[str, Any]:
     generated, _ = corpus(args.generated, args)
     reference, _ = corpus(args.reference, args)
     ours, theirs = features(generated), features(reference)
@@ -117,16 +129,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    args = parser().parse_args(argv)
-    if bool(args.ckpt) != bool(args.data) or bool(args.generated) != bool(args.reference):
-        raise SeqgenError(
-            "give --ckpt with --data (likelihood), and/or --generated with --reference (statistics)"
-        )
-    if not (args.ckpt or args.generated):
-        raise SeqgenError(
-            "nothing to evaluate: give --ckpt and --data, or --generated and --reference"
-        )
+def evaluate(args: MusicEval) -> dict[str, Any]:
     report: dict[str, Any] = {}
     print("| metric | value |\n|---|---|")
     if args.ckpt:

@@ -1,16 +1,19 @@
 """`seqgen generate` for music checkpoints: continue a MIDI prompt (or start from nothing)
-and write a MIDI file whose opening is the prompt; optionally a piano roll and audio."""
+and write a MIDI file whose opening is the prompt; optionally a piano roll and audio.
+
+The shared `Generator` does the decoding; this module adds the music options (seconds of
+prompt and of output, note length, piano roll, audio) as the `GeneratesFiles` capability."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from seqgen.errors import SeqgenError
+from seqgen.tokenizer import Tokenizer
 from seqgen_tasks.music.events import (
     MAX_SHIFT,
     STEPS_PER_SECOND,
@@ -18,47 +21,38 @@ from seqgen_tasks.music.events import (
     cut_events,
     event_steps,
 )
-from seqgen_tasks.music.midi import decode_midi, read_midi
+from seqgen_tasks.music.midi import decode_midi
 
+log = logging.getLogger("seqgen")
 EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck without time
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="seqgen generate --task music",
-        description="Continue a MIDI prompt with a music checkpoint and write a MIDI file.",
-    )
-    p.add_argument("--task", default="music", help=argparse.SUPPRESS)
-    p.add_argument("--ckpt", required=True, help="Checkpoint or run directory.")
-    p.add_argument("--prompt", help="MIDI file to continue (default: start from nothing).")
-    p.add_argument(
-        "--prompt-seconds",
-        type=float,
-        default=None,
-        help="Use only the prompt's first S seconds (notes sounding then stay "
-        "open for the model to end); the continuation starts at S.",
-    )
-    p.add_argument("--out", required=True, help="MIDI file to write (prompt + continuation).")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument(
-        "--seconds", type=float, default=None, help="Seconds of music to add (default: 20)."
-    )
-    length.add_argument("--max-new-tokens", type=int, default=None, help="Events to add.")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy.")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--max-note-seconds",
-        type=float,
-        default=None,
-        help="Cut notes longer than this, e.g. ones the model never ends (default: keep).",
-    )
-    p.add_argument("--piano-roll", help="Write a piano roll of prompt and continuation (.png).")
-    p.add_argument("--wav", help="Render audio with FluidSynth (needs pyfluidsynth).")
-    p.add_argument("--sample-rate", type=int, default=44100, help="Of --wav.")
-    p.add_argument("--precision", choices=["32", "bf16"], default="32")
-    return p
+@dataclass(kw_only=True)
+class MusicGenerate:
+    """Music options of `seqgen generate` (the prompt is a MIDI file, --out the MIDI written)."""
+
+    prompt_seconds: float | None = None
+    """Use only the prompt's first S seconds (notes sounding then stay open for the model to
+    end); the continuation starts at S."""
+    seconds: float | None = None
+    """Seconds of music to add; generation runs until then, with up to 200 events per second
+    asked or max_new_tokens, whichever is more (default: max_new_tokens events)."""
+    max_note_seconds: float | None = None
+    """Cut notes longer than this, e.g. ones the model never ends (default: keep)."""
+    piano_roll: str | None = None
+    """Write a piano roll of prompt and continuation here (.png)."""
+    wav: str | None = None
+    """Render audio here with FluidSynth (needs pyfluidsynth and the FluidSynth library)."""
+    sample_rate: int = 44100
+    """Sample rate of the audio."""
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_seconds", "seconds", "max_note_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
 
 
 class Clock:
@@ -79,84 +73,56 @@ def check_fluidsynth() -> None:
     try:
         import fluidsynth  # noqa: F401  (pretty_midi renders through it)
     except ImportError:
-        raise SeqgenError(
-            "--wav needs FluidSynth: `pip install pyfluidsynth` and the "
-            "FluidSynth library (e.g. `apt install fluidsynth`); the MIDI file "
-            "plays in any synthesizer meanwhile"
+        raise ValueError(
+            "wav needs FluidSynth: `pip install pyfluidsynth` and the FluidSynth library "
+            "(e.g. `apt install fluidsynth`); the MIDI file plays in any synthesizer meanwhile"
         ) from None
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    if args.wav:
+def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any]
+            ) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+    """The prompt cut to `prompt_seconds`, and a length in seconds or events: the piece may
+    not end before the length asked for (end-of-sequence is never sampled)."""
+    if options.wav:
         check_fluidsynth()  # before generating: never fail after the work is done
-    if args.prompt_seconds is not None and not args.prompt:
-        raise SeqgenError("--prompt-seconds needs --prompt")
-    for value, name in (
-        (args.seconds, "--seconds"),
-        (args.prompt_seconds, "--prompt-seconds"),
-        (args.max_new_tokens, "--max-new-tokens"),
-    ):
-        if value is not None and value <= 0:
-            raise SeqgenError(f"{name} must be > 0, got {value}")
-    from seqgen.inference import load
-
-    generator = load(args.ckpt, task="music", precision=args.precision)
-    events = np.zeros(0, dtype=np.int64)
-    if args.prompt:
-        events = np.asarray(generator.prompt_ids(read_midi(args.prompt))[1:], dtype=np.int64)
+    events = np.asarray(ids[1:], dtype=np.int64)  # after <bos>
+    if options.prompt_seconds is not None:
         if len(events) == 0:
-            print(f"warning: {args.prompt} has no notes (drums only?): generating from "
-                  "nothing", file=sys.stderr)  # fmt: skip
-        elif args.prompt_seconds is not None:
-            events = cut_events(events, round(args.prompt_seconds * STEPS_PER_SECOND))
-    prompt_steps = int(event_steps(events)[-1]) if len(events) else 0
-    seconds = args.seconds or 20.0  # unused when --max-new-tokens is given
-    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if args.max_new_tokens is not None:
-        limit = args.max_new_tokens
-    else:
-        limit = max(1000, round(seconds * EVENTS_PER_SECOND_CAP))
-        options["stop_fn"] = Clock(round(seconds * STEPS_PER_SECOND))
-    # the piece may not end before the length asked for: eos is never sampled
-    options.update(max_new_tokens=limit, min_new_tokens=limit)
-    started = time.perf_counter()
-    try:
-        from seqgen.engine import generate
+            raise ValueError("prompt_seconds needs a prompt with notes")
+        events = cut_events(events, round(options.prompt_seconds * STEPS_PER_SECOND))
+    limit = settings["max_new_tokens"]
+    extra: dict[str, Any] = {}
+    if options.seconds is not None:
+        limit = max(limit, round(options.seconds * EVENTS_PER_SECOND_CAP))
+        extra["stop_fn"] = Clock(round(options.seconds * STEPS_PER_SECOND))
+    return [ids[0], *events.tolist()], {**extra, "max_new_tokens": limit, "min_new_tokens": limit}
 
-        ids = [generator.tokenizer.bos_id, *events.tolist()]
-        new = generate(generator.model, ids, eos_id=generator.tokenizer.eos_id, **options)
-    except ValueError as err:
-        raise SeqgenError(str(err)) from None
-    took = time.perf_counter() - started
-    new = [t for t in new if t < generator.tokenizer.pad_id]  # events only
-    midi = decode_midi(
-        np.concatenate([events, np.asarray(new, dtype=np.int64)]),
-        max_note_seconds=args.max_note_seconds,
-    )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    midi.write(str(out))
+
+def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGenerate,
+          path: Path) -> list[str]:  # fmt: skip
+    """The prompt and its continuation as one MIDI file (and a piano roll, audio)."""
+    events = ids[1:]
+    new = [t for t in new if t < tokenizer.pad_id]  # events only
+    midi = decode_midi(np.asarray(events + new, dtype=np.int64),
+                       max_note_seconds=options.max_note_seconds)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.write(str(path))
+    prompt_seconds = (int(event_steps(events)[-1]) if events else 0) / STEPS_PER_SECOND
     added = (int(event_steps(new)[-1]) if new else 0) / STEPS_PER_SECOND
-    if args.max_new_tokens is None and added < seconds:
-        print(
-            f"warning: stopped at {limit} events with {added:.1f} s of music (the model "
-            "rarely moves time on)",
-            file=sys.stderr,
-        )
-    print(
-        f"wrote {out}: {prompt_steps / STEPS_PER_SECOND:.1f} s of prompt + {added:.1f} s "
-        f"generated ({len(new)} events in {took:.1f} s, {len(new) / max(took, 1e-9):.0f}/s)"
-    )
-    if args.piano_roll:
+    if options.seconds is not None and added < options.seconds:
+        log.warning("warning: stopped at %d events with %.1f s of music (the model rarely "
+                    "moves time on)", len(new), added)  # fmt: skip
+    lines = [f"wrote {path}: {prompt_seconds:.1f} s of prompt + {added:.1f} s generated "
+             f"({len(new)} events)"]  # fmt: skip
+    if options.piano_roll:
         from seqgen_tasks.music.plot import piano_roll
 
-        piano_roll(midi, prompt_steps / STEPS_PER_SECOND, args.piano_roll)
-        print(f"wrote {args.piano_roll}")
-    if args.wav:
-        write_wav(midi, args.wav, args.sample_rate)
-        print(f"wrote {args.wav}")
-    return 0
+        piano_roll(midi, prompt_seconds, options.piano_roll)
+        lines.append(f"wrote {options.piano_roll}")
+    if options.wav:
+        write_wav(midi, options.wav, options.sample_rate)
+        lines.append(f"wrote {options.wav}")
+    return lines
 
 
 def write_wav(midi, path: str, sample_rate: int) -> None:

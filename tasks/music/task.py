@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pretty_midi
@@ -23,6 +23,8 @@ from seqgen.data import SequentialWindows
 from seqgen.errors import ConfigError, DataError
 from seqgen.tasks import Evaluates, GeneratesFiles, Splits, Task, Windows
 from seqgen.tokenizer import Tokenizer, TokenizerConfig
+from seqgen_tasks.music import evaluate as evaluation
+from seqgen_tasks.music import generate as generation
 from seqgen_tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
 from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi, read_midi
@@ -76,7 +78,14 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
     data_config = MusicData
     stored_options = ("augment", "max_transpose", "max_stretch", "num_workers")
     continues_prompt = True
-    generation_defaults: ClassVar[dict[str, Any]] = {"temperature": 1.0, "max_new_tokens": 2000}
+    eval_config = evaluation.MusicEval
+    evaluate = staticmethod(evaluation.evaluate)
+    generate_options = generation.MusicGenerate
+    prepare = staticmethod(generation.prepare)
+    write = staticmethod(generation.write)
+
+    def generation_defaults(self) -> dict[str, Any]:
+        return {"temperature": 1.0, "max_new_tokens": 2000}
 
     # ------------------------------------------------------------ training
 
@@ -153,20 +162,10 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
         else:
             midi = source if isinstance(source, pretty_midi.PrettyMIDI) else read_midi(source)
             events = encode_notes(quantize(notes_from_pretty_midi(midi)))
+            if len(events) == 0:
+                log.warning("warning: %s has no notes (drums only?): starting from nothing",
+                            source if isinstance(source, str) else "the prompt")  # fmt: skip
         return [tokenizer.bos_id, *events.tolist()]
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> pretty_midi.PrettyMIDI:
         return decode_midi(ids)
-
-    @classmethod
-    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
-        from seqgen_tasks.music.evaluate import main
-
-        return main(argv)
-
-    @classmethod
-    def generate_cli(cls, argv: list[str]) -> int:
-        from seqgen_tasks.music.generate import main
-
-        return main(argv)
-

@@ -4,22 +4,16 @@ an extractive baseline (the first N words of each document, N = mean reference l
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from seqgen.data import read_jsonl
 from seqgen.errors import DataError
-from seqgen.evaluation import (
-    Progress,
-    add_sampling_options,
-    check_sampling,
-    evaluation_parser,
-    write_json,
-)
+from seqgen.evaluation import DecodingEval, Progress, write_json
 from seqgen.tasks import known_options
 from seqgen_tasks.summarization.data import SummarizationData, read_examples
 from seqgen_tasks.summarization.rouge import (
@@ -33,43 +27,50 @@ from seqgen_tasks.summarization.rouge import (
 )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = evaluation_parser(
-        "summarization",
-        "Score summaries with ROUGE (with 95% bootstrap intervals) beside a first-N-words "
-        "baseline: a checkpoint's (--ckpt) or any system's (--predictions).",
-        "--predictions",
-        "JSONL of {id, prediction} to score.",
-    )
-    p.add_argument("--data", required=True, help="Documents and references: .jsonl or dataset.")
-    p.add_argument("--split", default="validation", help="Dataset split (not for .jsonl).")
-    p.add_argument("--document-field", default=None, help="Default: the checkpoint's, or body.")
-    p.add_argument("--summary-field", default=None, help="Default: the checkpoint's, or lead.")
-    p.add_argument("--id-field", default=None, help="Default: the checkpoint's, or id.")
-    p.add_argument("--prediction-field", default="prediction", help="Field in --predictions.")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="Longest summary (default: the task's max_summary_tokens).")  # fmt: skip
-    p.add_argument("--min-new-tokens", type=int, default=0)
-    p.add_argument("--no-repeat-ngram-size", type=int, default=3)
-    add_sampling_options(p, "ROUGE-2 + ROUGE-Lsum F1 (--ignore applies)",
-                         "Sampling and bootstrap seed.")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="Documents (or MBR samples) decoded together without beams; 32 samples "
-                        "ran 1.4x faster than 8 on a 2-core CPU. Another size draws other "
-                        "samples for the same seed.")  # fmt: skip
-    p.add_argument("--baseline-words", type=int, default=None,
-                   help="Baseline length (default: mean reference length in words).")  # fmt: skip
-    p.add_argument("--bootstrap-samples", type=int, default=1000)
-    p.add_argument("--output", help="Write predictions with per-document scores (JSONL) here.")
-    p.add_argument("--ignore", action="append", default=[], metavar="TEXT",
-                   help="Remove TEXT from every summary and reference before scoring "
-                        "(repeatable), e.g. WikiText's <unk>: it stands for a different rare "
-                        "word each time, yet would match itself.")  # fmt: skip
-    p.add_argument("--compare", metavar="PREDICTIONS",
-                   help="Another system's JSONL {id, prediction}: report this system minus it, "
-                        "with a paired bootstrap interval (the same documents resampled for "
-                        "both), which is tighter than comparing two intervals.")  # fmt: skip
-    return p
+@dataclass(kw_only=True)
+class SummarizationEval(DecodingEval):
+    """Score summaries with ROUGE (95% bootstrap intervals) beside a first-N-words baseline:
+    a checkpoint's (--ckpt, beam search by default) or any system's (--predictions).
+    Minimum Bayes risk decoding picks by ROUGE-2 + ROUGE-Lsum F1 (--ignore applies)."""
+
+    data: str
+    """Documents and references: .jsonl or a dataset."""
+    predictions: str | None = None
+    """JSONL of {id, prediction} to score instead of a checkpoint's output."""
+    split: str = "validation"
+    """Dataset split (not for .jsonl)."""
+    document_field: str | None = None
+    """Field of the documents (default: the checkpoint's, or body)."""
+    summary_field: str | None = None
+    """Field of the references (default: the checkpoint's, or lead)."""
+    id_field: str | None = None
+    """Field of the document ids (default: the checkpoint's, or id)."""
+    prediction_field: str = "prediction"
+    """Field of the summaries in predictions and compare files."""
+    batch_size: int = 8
+    """Documents (or MBR samples) decoded together without beams; 32 samples ran 1.4x faster
+    than 8 on a 2-core CPU. Another size draws other samples for the same seed."""
+    baseline_words: int | None = None
+    """Baseline length (default: mean reference length in words)."""
+    bootstrap_samples: int = 1000
+    """Resamples of the documents for the 95% intervals."""
+    output: str | None = None
+    """Write predictions with per-document scores (JSONL) here."""
+    ignore: list[str] = field(default_factory=list)
+    """Remove these strings from every summary and reference before scoring, e.g.
+    WikiText's <unk>: it stands for a different rare word each time, yet would match
+    itself."""
+    compare: str | None = None
+    """Another system's JSONL {id, prediction}: report this system minus it, with a paired
+    bootstrap interval (the same documents resampled for both), which is tighter than
+    comparing two intervals."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.ckpt is None) == (self.predictions is None):
+            raise ValueError("give ckpt or predictions, not both")
+        if self.bootstrap_samples < 1:
+            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
 
 
 def read_predictions(path: Path, field: str, ids: list[str]) -> list[str]:
@@ -89,18 +90,12 @@ def read_predictions(path: Path, field: str, ids: list[str]) -> list[str]:
     return [found[i] for i in ids]
 
 
-def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str], float]:
+def summarize(args: SummarizationEval, examples: list[dict]) -> tuple[list[str], float]:
     from seqgen.inference import load
 
     generator = load(args.ckpt, task="summarization", precision=args.precision)
     documents = [{"document": e["document"], "title": e["title"]} for e in examples]
-    settings = dict(
-        max_new_tokens=args.max_new_tokens or generator.task.data.max_summary_tokens,
-        min_new_tokens=args.min_new_tokens, num_beams=args.beams,
-        length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        batch_size=args.batch_size,
-    )  # fmt: skip
+    settings = dict(args.generation_options(), seed=args.seed, batch_size=args.batch_size)
     started = time.perf_counter()
     if args.mbr_samples > 1:
         outputs = generator.generate_mbr(
@@ -114,7 +109,7 @@ def summarize(args: argparse.Namespace, examples: list[dict]) -> tuple[list[str]
     return outputs, time.perf_counter() - started
 
 
-def data_fields(args: argparse.Namespace) -> SummarizationData:
+def data_fields(args: SummarizationEval) -> SummarizationData:
     options: dict[str, Any] = {}
     if args.ckpt:
         from seqgen import checkpoint
@@ -128,10 +123,7 @@ def data_fields(args: argparse.Namespace) -> SummarizationData:
     return SummarizationData(**known_options(SummarizationData, options))
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    cli = parser()
-    args = cli.parse_args(argv)
-    check_sampling(cli, args)
+def evaluate(args: SummarizationEval) -> dict[str, Any]:
     examples = read_examples(args.data, data_fields(args), args.split)[: args.limit]
     if not examples:
         raise DataError(f"{args.data}: no documents")
@@ -173,7 +165,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                                        args.bootstrap_samples, args.seed)  # fmt: skip
         report["compared"] = {"predictions": args.compare, "difference": difference}
     if seconds is not None:
-        report.update(decode_seconds=seconds, beams=args.beams, checkpoint=args.ckpt,
+        report.update(decode_seconds=seconds, beams=args.num_beams, checkpoint=args.ckpt,
                       mbr_samples=args.mbr_samples)  # fmt: skip
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

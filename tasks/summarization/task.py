@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 from seqgen.errors import DataError
 from seqgen.examples import Example
-from seqgen.tasks import BuildsDatasets, Evaluates, ExampleTask, HasMBR, Splits
+from seqgen.tasks import BuildsDatasets, DatasetBuilder, Evaluates, ExampleTask, HasMBR, Splits
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
+from seqgen_tasks.summarization import evaluate as evaluation
 from seqgen_tasks.summarization import wikisum
 from seqgen_tasks.summarization.data import SummarizationData, read_examples
 
@@ -32,10 +33,16 @@ class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
     stored_options = ("document_field", "summary_field", "title_field", "id_field",
                       "max_summary_tokens", "body_selection", "title_heading")  # fmt: skip
     option_defaults: ClassVar[dict[str, Any]] = {"title_heading": False}  # older checkpoints
-    data_builders: ClassVar[dict[str, Callable[[list[str]], int]]] = {"wikisum": wikisum.main}
-    generation_defaults: ClassVar[dict[str, Any]] = {
-        "temperature": 0.0, "num_beams": 4, "no_repeat_ngram_size": 3, "max_new_tokens": 256,
-    }  # fmt: skip
+    data_builders: ClassVar[dict[str, DatasetBuilder]] = {
+        "wikisum": DatasetBuilder(wikisum.WikisumConfig, wikisum.build_splits)
+    }
+    eval_config = evaluation.SummarizationEval
+    evaluate = staticmethod(evaluation.evaluate)
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """Beam search without repeated trigrams, up to the summary length trained on."""
+        return {"temperature": 0.0, "num_beams": 4, "no_repeat_ngram_size": 3,
+                "max_new_tokens": self.data.max_summary_tokens}  # fmt: skip
 
     # ------------------------------------------------------------ fine-tuning
 
@@ -111,12 +118,6 @@ class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids).strip()
-
-    @classmethod
-    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
-        from seqgen_tasks.summarization.evaluate import main
-
-        return main(argv)
 
     def mbr_similarity(self) -> Callable[[str, str], float]:
         """ROUGE-2 + ROUGE-Lsum F1 between two summaries: the consensus is the likely best

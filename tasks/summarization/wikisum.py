@@ -9,7 +9,6 @@ stay text.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections import Counter
@@ -90,22 +89,22 @@ def split_name(path: Path) -> str:
     return parts[1] if len(parts) == 3 and parts[0] == "wiki" else path.stem
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="seqgen data wikisum",
-        description="Turn WikiText-style files into body -> lead summarization pairs "
-        "(OUT/<split>.jsonl with id, title, lead, body, lead_words, body_words).",
-    )
-    parser.add_argument(
-        "--input",
-        nargs="+",
-        required=True,
-        help="WikiText files (wiki.train.tokens, wiki.valid.raw, ...).",
-    )
-    parser.add_argument("--out", required=True, help="Output directory.")
-    parser.add_argument("--min-lead-words", type=int, default=30)
-    parser.add_argument("--min-body-words", type=int, default=100)
-    args = parser.parse_args(argv)
+@dataclass(kw_only=True)
+class WikisumConfig:
+    """Turn WikiText-style files into body -> lead summarization pairs (OUT/<split>.jsonl
+    with id, title, lead, body, lead_words, body_words)."""
+
+    input: list[str]
+    """WikiText files (wiki.train.tokens, wiki.valid.raw, ...); each becomes a split."""
+    out: str
+    """Output directory."""
+    min_lead_words: int = 30
+    """Drop articles whose lead is shorter."""
+    min_body_words: int = 100
+    """Drop articles whose body is shorter."""
+
+
+def build_splits(args: WikisumConfig) -> None:
     out = Path(args.out)
     splits = [split_name(Path(f)) for f in args.input]
     if len(set(splits)) != len(splits):
@@ -123,4 +122,3 @@ def main(argv: list[str]) -> int:
         target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
         print(f"{target}: {len(rows)} articles from {path} (dropped: {reasons})")
-    return 0

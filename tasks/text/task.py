@@ -3,7 +3,7 @@ id, trained on windows of the context; sampled from a text prompt."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from seqgen.data import RandomWindows, SequentialWindows
 from seqgen.errors import DataError
 from seqgen.tasks import Evaluates, Splits, Task, Windows
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
+from seqgen_tasks.text import evaluate as evaluation
 from seqgen_tasks.text.corpus import (
     TextData,
     cached_tokens,
@@ -24,7 +25,11 @@ class TextTask(Task, Evaluates):
     name = "text"
     data_config = TextData
     continues_prompt = True
-    generation_defaults: ClassVar[dict[str, Any]] = {"temperature": 0.8, "max_new_tokens": 200}
+    eval_config = evaluation.TextEval
+    evaluate = staticmethod(evaluation.evaluate)
+
+    def generation_defaults(self) -> dict[str, Any]:
+        return {"temperature": 0.8, "max_new_tokens": 200}
 
     def load(self) -> Splits:
         train, val, fingerprint = load_text_splits(self.data)
@@ -64,9 +69,3 @@ class TextTask(Task, Evaluates):
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids)
-
-    @classmethod
-    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
-        from seqgen_tasks.text.evaluate import main
-
-        return main(argv)

@@ -1,29 +1,25 @@
 """`seqgen evaluate --task translation`: translate a source file (beam search by default) and
 score the output against references with sacreBLEU: BLEU (cased, 13a tokenization) and chrF,
-each with its signature. `--hypotheses FILE` scores any system's output without a model."""
+each with its signature. `--hypotheses FILE` scores any system's output without a model.
+
+Translations longer than twice their prompt plus 10 tokens are cut there (a runaway)."""
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sacrebleu.metrics import BLEU, CHRF
-
 from seqgen.errors import DataError
-from seqgen.evaluation import (
-    Progress,
-    add_sampling_options,
-    check_sampling,
-    evaluation_parser,
-    write_json,
-)
+from seqgen.evaluation import DecodingEval, Progress, write_json
 from seqgen_tasks.translation.data import read_lines
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
     """Corpus BLEU and chrF of hypotheses against one reference each."""
+    from sacrebleu.metrics import BLEU, CHRF  # imported when scoring, not with the task
+
     if len(hypotheses) != len(references):
         raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     bleu, chrf = BLEU(), CHRF()
@@ -42,82 +38,84 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
     }
 
 
-def translate(ckpt: str, sources: list[str], args: argparse.Namespace) -> list[str]:
+@dataclass(kw_only=True)
+class TranslationEval(DecodingEval):
+    """Translate a source file with a checkpoint (--ckpt, beam search by default) or read any
+    system's translations (--hypotheses), and score them against references with sacreBLEU:
+    BLEU (cased, 13a tokenization) and chrF, each with its signature. Minimum Bayes risk
+    decoding picks by sentence chrF."""
+
+    reference: str
+    """Reference translations, one per line."""
+    source: str | None = None
+    """Source sentences, one per line (with ckpt)."""
+    hypotheses: str | None = None
+    """Score this file (one translation per line) instead of a checkpoint's output."""
+    output: str | None = None
+    """Write the translations here, one per line."""
+    batch_size: int = 64
+    """Sentences (or MBR samples) decoded together without beams."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.ckpt is None) == (self.hypotheses is None):
+            raise ValueError("give ckpt (with source) or hypotheses, not both")
+        if self.ckpt and not self.source:
+            raise ValueError("ckpt needs source (the sentences to translate)")
+
+
+def translate(config: TranslationEval, sources: list[str]) -> list[str]:
     from seqgen.inference import load
 
-    generator = load(ckpt, task="translation", precision=args.precision)
+    generator = load(config.ckpt, task="translation", precision=config.precision)
+    options = config.generation_options()
+    longest = options.pop("max_new_tokens")
 
     def budget(prompt_ids: list[int]) -> int:  # the generator caps it at the context's end
-        return args.max_new_tokens or 2 * len(prompt_ids) + 10
+        return min(longest, 2 * len(prompt_ids) + 10)
 
-    settings = dict(max_new_tokens=budget, num_beams=args.beams, batch_size=args.batch_size,
-                    length_penalty=args.length_penalty, temperature=args.temperature,
-                    top_p=args.top_p, seed=args.seed)  # fmt: skip
-    if args.mbr_samples > 1:
+    settings = dict(options, max_new_tokens=budget, batch_size=config.batch_size,
+                    seed=config.seed)  # fmt: skip
+    if config.mbr_samples > 1:
         return generator.generate_mbr(
-            sources, samples=args.mbr_samples, similarity=generator.task.mbr_similarity(),
-            on_done=Progress("sampled", len(sources) * args.mbr_samples), **settings,
+            sources, samples=config.mbr_samples, similarity=generator.task.mbr_similarity(),
+            on_done=Progress("sampled", len(sources) * config.mbr_samples), **settings,
         )  # fmt: skip
     return generator.generate_many(
         sources, on_done=Progress("translated", len(sources)), **settings
     )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = evaluation_parser(
-        "translation",
-        "Translate a source file and score it (sacreBLEU BLEU and chrF), or score a "
-        "hypotheses file.",
-        "--hypotheses",
-        "Score this file (one translation per line).",
-    )
-    p.add_argument("--source", help="Source sentences, one per line (with --ckpt).")
-    p.add_argument("--reference", required=True, help="Reference translations, one per line.")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="Longest translation in tokens (default: 2 x prompt + 10).")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="Sentences (or MBR samples) decoded together without beams.")  # fmt: skip
-    add_sampling_options(p, "sentence chrF")
-    p.add_argument("--output", help="Write the translations here, one per line.")
-    return p
-
-
-def main(argv: list[str]) -> dict[str, Any]:
-    cli = parser()
-    args = cli.parse_args(argv)
-    if args.beams < 1:
-        raise DataError(f"--beams must be >= 1, got {args.beams}")
-    check_sampling(cli, args)
-    references = read_lines(Path(args.reference))
-    if args.ckpt:
-        if not args.source:
-            raise DataError("--ckpt needs --source (the sentences to translate)")
-        sources = read_lines(Path(args.source))
+def evaluate(config: TranslationEval) -> dict[str, Any]:
+    references = read_lines(Path(config.reference))
+    if config.ckpt:
+        sources = read_lines(Path(config.source))
         if len(sources) != len(references):
-            raise DataError(f"{args.source} has {len(sources)} lines, {args.reference} has "
-                            f"{len(references)}")  # fmt: skip
-        sources, references = sources[: args.limit], references[: args.limit]
+            raise DataError(f"{config.source} has {len(sources)} lines, {config.reference} "
+                            f"has {len(references)}")  # fmt: skip
+        sources, references = sources[: config.limit], references[: config.limit]
         started = time.perf_counter()
-        hypotheses = translate(args.ckpt, sources, args)
+        hypotheses = translate(config, sources)
         # one line each for every reader (\r, \x1e, U+2028... also end lines for some)
         hypotheses = [" ".join(h.splitlines()) for h in hypotheses]
         seconds = time.perf_counter() - started
     else:
-        hypotheses = read_lines(Path(args.hypotheses))
+        hypotheses = read_lines(Path(config.hypotheses))
         if len(hypotheses) != len(references):
-            raise DataError(f"{args.hypotheses} has {len(hypotheses)} lines, {args.reference} "
-                            f"has {len(references)}")  # fmt: skip
-        hypotheses, references = hypotheses[: args.limit], references[: args.limit]
+            raise DataError(f"{config.hypotheses} has {len(hypotheses)} lines, "
+                            f"{config.reference} has {len(references)}")  # fmt: skip
+        hypotheses, references = hypotheses[: config.limit], references[: config.limit]
         seconds = None
     report = score(hypotheses, references)
     if seconds is not None:
         report.update(decode_seconds=seconds, sentences_per_second=len(sources) / seconds,
-                      beams=args.beams, checkpoint=args.ckpt, temperature=args.temperature,
-                      top_p=args.top_p, mbr_samples=args.mbr_samples, seed=args.seed)  # fmt: skip
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text("".join(h + "\n" for h in hypotheses))
-    write_json(args.report, report)
+                      beams=config.num_beams, checkpoint=config.ckpt,
+                      temperature=config.temperature, top_p=config.top_p,
+                      mbr_samples=config.mbr_samples, seed=config.seed)  # fmt: skip
+    if config.output:
+        Path(config.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.output).write_text("".join(h + "\n" for h in hypotheses))
+    write_json(config.report, report)
     print("| metric | score |\n|---|---|")
     print(f"| BLEU | {report['bleu']:.2f} |\n| chrF | {report['chrf']:.2f} |")
     print(f"\n{report['bleu_signature']}\n{report['chrf_signature']}")

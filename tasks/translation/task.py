@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from seqgen.errors import DataError
 from seqgen.examples import Example
 from seqgen.tasks import Evaluates, ExampleTask, HasMBR, Splits
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
+from seqgen_tasks.translation import evaluate as evaluation
 from seqgen_tasks.translation.data import Pair, TranslationData, file_like, read_pairs
 
 log = logging.getLogger("seqgen")
@@ -29,8 +30,11 @@ class TranslationTask(ExampleTask, Evaluates, HasMBR):
     data_config = TranslationData
     stored_options = ("source_lang", "target_lang")
     lm_weight = 0.5  # GPT-1's auxiliary LM weight
-    generation_defaults: ClassVar[dict[str, Any]] = {"temperature": 0.0, "num_beams": 4,
-                                                     "max_new_tokens": 100}  # fmt: skip
+    eval_config = evaluation.TranslationEval
+    evaluate = staticmethod(evaluation.evaluate)
+
+    def generation_defaults(self) -> dict[str, Any]:
+        return {"temperature": 0.0, "num_beams": 4, "max_new_tokens": 100}
 
     # ------------------------------------------------------------ fine-tuning
 
@@ -88,12 +92,6 @@ class TranslationTask(ExampleTask, Evaluates, HasMBR):
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids).strip()
-
-    @classmethod
-    def evaluate(cls, argv: list[str]) -> dict[str, Any]:
-        from seqgen_tasks.translation.evaluate import main
-
-        return main(argv)
 
     def mbr_similarity(self) -> Callable[[str, str], float]:
         """Sentence chrF (0 to 100) of a translation against another: unlike sentence BLEU,

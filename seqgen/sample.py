@@ -1,0 +1,138 @@
+"""`seqgen generate`: sample from a checkpoint, as nanoGPT's sample.py does, for every task.
+
+Text tasks print (or stream) their output; a task whose outputs are files (music) writes
+`--out` through its `GeneratesFiles` hooks. Both go through the same `Generator`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from seqgen.engine import GenerationOptions
+from seqgen.errors import SeqgenError
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(GenerationOptions):
+    """Sample from a checkpoint: continue a text, translate, summarize, or continue a MIDI
+    file. Options default to the checkpoint's task (e.g. beam search for translation); a
+    task's own options show with `--task NAME --help` (music: --seconds, --piano_roll)."""
+
+    ckpt: str
+    """Checkpoint or run directory."""
+    prompt: str = ""
+    """The input: text to continue, translate or summarize; for music, a MIDI file
+    (default: none, start from nothing)."""
+    prompt_file: str | None = None
+    """Read the text prompt from this UTF-8 file."""
+    task: str | None = None
+    """The task the checkpoint must be for (default: the checkpoint's own)."""
+    out: str | None = None
+    """Write the output to this file instead of printing it (music: the MIDI file)."""
+    num_samples: int = 1
+    """Independent samples of the prompt, generated as one batch."""
+    mbr_samples: int = 1
+    """Minimum Bayes risk: sample N outputs (with num_beams 1 and temperature > 0) and keep
+    their consensus by the task's similarity (summarization: ROUGE-2 + ROUGE-Lsum F1)."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end the output (repeat the flag for several)."""
+    stream: bool | None = None
+    """Print text as it is produced (default: on for one printed sample)."""
+    seed: int | None = None
+    """Seed of the sampling (default: a random one)."""
+    precision: Literal["32", "bf16"] = "32"
+    """Precision of the weights: bf16 is faster where the CPU multiplies bf16 in hardware."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prompt and self.prompt_file:
+            raise ValueError("give prompt or prompt_file, not both")
+        if self.num_samples < 1 or self.mbr_samples < 1:
+            raise ValueError("num_samples and mbr_samples must be >= 1")
+        if self.stream and (self.num_samples > 1 or self.out):
+            raise ValueError("stream prints one sample: drop num_samples and out, or stream")
+        if self.mbr_samples > 1:
+            if self.num_samples > 1 or self.stream or self.stop:
+                raise ValueError("mbr_samples N keeps one consensus: no num_samples, stream, stop")
+            if self.num_beams > 1 or not self.temperature > 0:
+                raise ValueError("mbr_samples > 1 draws samples: give temperature > 0 and "
+                                 "num_beams 1")
+
+
+def run(config: GenerateConfig, file_options: Any = None) -> None:
+    """Generate as `config` says; `file_options` are the task's own generate options (for a
+    task whose outputs are files)."""
+    from seqgen.inference import load
+    from seqgen.tasks import GeneratesFiles, HasMBR
+
+    generator = load(config.ckpt, task=config.task, precision=config.precision)
+    task = generator.task
+    prompt: Any = config.prompt
+    if config.prompt_file:
+        from seqgen.data import read_text_file
+
+        if not Path(config.prompt_file).is_file():
+            raise SeqgenError(f"{config.prompt_file}: no such file")
+        prompt = read_text_file(Path(config.prompt_file))
+    options = {**config.generation_options(), "seed": config.seed}
+    try:
+        if isinstance(task, GeneratesFiles):
+            return _write_file(generator, config, prompt, options, file_options)
+        if config.mbr_samples > 1:
+            if not isinstance(task, HasMBR):
+                raise SeqgenError(f"mbr_samples: the {task.name} task has no similarity to "
+                                  "choose by")  # fmt: skip
+            outputs = generator.generate_mbr([prompt], samples=config.mbr_samples,
+                                             similarity=task.mbr_similarity(), **options)[0]
+        elif config.stream is not False and config.num_samples == 1 and not config.out:
+            return _stream(generator, prompt, config.stop, options)
+        else:
+            outputs = generator.generate(prompt, num_samples=config.num_samples,
+                                         stop=config.stop, **options)  # fmt: skip
+    except ValueError as err:
+        raise SeqgenError(str(err)) from None
+    echo = prompt if task.continues_prompt else ""
+    outputs = outputs if config.num_samples > 1 else [outputs]
+    if len(outputs) == 1:
+        text = echo + outputs[0] + "\n"
+    else:
+        text = "".join(f"--- sample {n + 1}\n{echo}{output}\n" for n, output in enumerate(outputs))
+    if config.out:
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.out).write_text(text)
+        print(f"wrote {config.out}")
+    else:
+        sys.stdout.write(text)
+
+
+def _stream(generator, prompt: str, stop: list[str], options: dict[str, Any]) -> None:
+    sys.stdout.write(prompt if generator.task.continues_prompt else "")
+    for piece in generator.stream(prompt, stop=stop, **options):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[str, Any],
+                file_options: Any) -> None:  # fmt: skip
+    task = generator.task
+    if not config.out:
+        raise SeqgenError(f"the {task.name} task writes a file: give --out FILE")
+    if config.num_samples > 1 or config.mbr_samples > 1 or config.stop or config.stream:
+        raise SeqgenError(f"the {task.name} task writes one file: no num_samples, "
+                          "mbr_samples, stop or stream")  # fmt: skip
+    if file_options is None:
+        file_options = task.generate_options()
+    ids = generator.prompt_ids(prompt or None)
+    ids, changed = task.prepare(ids, file_options, {**task.generation_defaults(), **options})
+    started = time.perf_counter()
+    new = generator.continue_ids(ids, **{**options, **changed})
+    took = time.perf_counter() - started
+    print(f"generated {len(new)} tokens in {took:.1f} s ({len(new) / max(took, 1e-9):.0f}/s)",
+          file=sys.stderr)  # fmt: skip
+    for line in task.write(ids, new, generator.tokenizer, file_options, Path(config.out)):
+        print(line)
