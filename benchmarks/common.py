@@ -1,7 +1,102 @@
-"""Shared by the benchmark scripts (run as `python benchmarks/NAME.py`, so importable)."""
+"""What every benchmark shares: the machine it ran on (in every report), its arguments, its
+report, and typed calls into seqgen: training through the CLI's own parser (`parse_run`)
+and evaluation through the task's typed config, so a renamed option fails at once (and in
+the benchmarks' smoke tests), not after a long run.
+
+Run a benchmark from the repository root as `python -m benchmarks.NAME ...`.
+"""
 
 from __future__ import annotations
 
-from seqgen.evaluation import write_json as write_report  # one JSON writer for every report
+import argparse
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["write_report"]
+from seqgen.evaluation import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "configs"
+VECTOR_PREFIXES = ("sse4", "avx", "amx", "fma", "f16c")
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model and its vector extensions, cores and torch: figures from two machines
+    never compare, so every report says which one it came from."""
+    import torch
+
+    from seqgen.cpu import native_bf16
+
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = value.split()
+                break
+    except OSError:  # not Linux: the model name from platform only
+        pass
+    return {
+        "cpu": model,
+        "vector_extensions": sorted(f for f in flags if f.startswith(VECTOR_PREFIXES)),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_report(path: str | Path | None, report: dict[str, Any]) -> dict[str, Any]:
+    """The report with the machine added, written as JSON to `path` (if given)."""
+    report = {**report, "machine": machine()}
+    write_json(path, report)
+    return report
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse as seqgen's commands do: flags with underscores; the old dashed spellings
+    still work for one release, with a warning."""
+    import sys
+
+    from seqgen.cli import normalize
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = {action.dest: None for action in parser._actions}
+    return parser.parse_args(normalize(argv, known))
+
+
+def train(command: str, argv: Sequence[str]) -> dict[str, Any]:
+    """`seqgen pretrain|finetune` with these arguments, parsed into the typed RunConfig by
+    the CLI's own parser; the training report."""
+    from seqgen.cli import parse_run
+    from seqgen.train import run
+
+    config, _ = parse_run(command, argv)
+    return run(config)
+
+
+def evaluate(task: str, **values: Any) -> dict[str, Any]:
+    """`seqgen evaluate --task TASK` with the task's typed config (its generation defaults
+    under `values`); the evaluation report."""
+    from seqgen.tasks import task_class
+
+    cls = task_class(task)
+    return cls.evaluate(cls.eval_options(**values))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats with 2 decimals (4 below 10), ints with thousands."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.2f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

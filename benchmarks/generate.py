@@ -2,15 +2,15 @@
 seqgen (KV cache) vs Hugging Face `generate` on the same weights, vs a no-cache loop,
 bf16 vs fp32, batch 8 vs batch 1, and the fraction of the memory-bandwidth bound.
 
-    python benchmarks/generate.py --report runs/bench/generate.json
+    python -m benchmarks.generate --report runs/bench/generate.json
 
-Batch-1 greedy decoding of `--new-tokens` tokens after a `--prompt-tokens` prompt, fp32,
+Batch-1 greedy decoding of `--new_tokens` tokens after a `--prompt_tokens` prompt, fp32,
 unless the row says otherwise. seqgen rows use the oneDNN-packed Linear weights that
 `seqgen.load` and `seqgen generate` use on CPU (seqgen/cpu.py); one row shows plain nn.Linear.
 Each figure is the median of `--repeats` timed runs after
 one warm-up run. The no-cache loop at 512 new tokens would take many minutes, so it is timed
-at `--no-cache-samples` context lengths spread over the run and integrated (trapezoid rule);
-`--exact-no-cache` times the whole loop instead.
+at `--no_cache_samples` context lengths spread over the run and integrated (trapezoid rule);
+`--exact_no_cache` times the whole loop instead. `--model` picks another preset's shape.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import torch
-from common import write_report
 
-from seqgen.config import ModelConfig
+from benchmarks.common import parse_args, write_report
+from seqgen.config import PRESETS, ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.engine import generate
 from seqgen.interop.hf import hf_config, to_hf_state_dict
@@ -76,23 +77,24 @@ def no_cache_seconds(
     return total + per_step[-1]
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--no-cache-tokens", type=int, default=512)
-    parser.add_argument("--no-cache-samples", type=int, default=5)
-    parser.add_argument("--exact-no-cache", action="store_true")
+    parser.add_argument("--model", default="gpt2", choices=sorted(PRESETS), help="model shape")
+    parser.add_argument("--prompt_tokens", type=int, default=32)
+    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--no_cache_tokens", type=int, default=512)
+    parser.add_argument("--no_cache_samples", type=int, default=5)
+    parser.add_argument("--exact_no_cache", action="store_true")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--report", help="write the results as JSON here")
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_preset("gpt2")).eval()
-    prompt = torch.randint(0, 50257, (args.prompt_tokens,)).tolist()
+    model = GPT(ModelConfig.from_preset(args.model)).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (args.prompt_tokens,)).tolist()
     n = args.new_tokens
 
     plain = model

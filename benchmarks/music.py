@@ -4,7 +4,7 @@ backward) with the skewing trick against the naive O(L^2 D) gather; (c) held-out
 event after training on POP909 for equal budgets with absolute and relative positions.
 
     pip install -e .[bench]       # miditok, for (a)
-    python benchmarks/music.py --data ../shared/data/pop909 --budget-seconds 600 \
+    python -m benchmarks.music --data ../shared/data/pop909 --budget_seconds 600 \
         --report runs/bench/music.json --out runs/bench/music
 
 (b) runs each variant in its own process and reads the growth of its peak resident memory
@@ -21,12 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from common import write_report
 
-from seqgen.cli import main as seqgen
+from benchmarks.common import RECIPES, ROOT, parse_args, train, write_report
 from seqgen.config import ModelConfig
 from seqgen.model import CausalSelfAttention, causal_mask
 from seqgen_tasks.music.data import find_midi
@@ -40,7 +40,7 @@ from seqgen_tasks.music.events import (
 )
 from seqgen_tasks.music.midi import notes_from_symusic
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "music" / "pop909.yaml"
+RECIPE = RECIPES / "music" / "pop909.yaml"
 
 
 # ---------------------------------------------------------------- (a) encoding
@@ -151,9 +151,10 @@ def memory(length: int, width: int, heads: int, dtype: str) -> dict:
     results = {}
     for variant in ("skewing", "naive"):
         done = subprocess.run(
-            [sys.executable, __file__, "--memory-probe", variant, "--length", str(length),
-             "--width", str(width), "--heads", str(heads), "--dtype", dtype],
-            capture_output=True, text=True,
+            [sys.executable, "-m", "benchmarks.music", "--memory_probe", variant,
+             "--length", str(length), "--width", str(width), "--heads", str(heads),
+             "--dtype", dtype],
+            capture_output=True, text=True, cwd=ROOT,
         )  # fmt: skip
         if done.returncode != 0:
             raise SystemExit(f"memory probe {variant} failed:\n{done.stderr[-2000:]}")
@@ -164,33 +165,32 @@ def memory(length: int, width: int, heads: int, dtype: str) -> dict:
 # ---------------------------------------------------------------- (c) training
 
 
-def train(data: str, position: str, seconds: float, work: Path, extra: list[str]) -> dict:
-    report = work / f"{position}.json"
-    argv = ["pretrain", "--config", str(RECIPE), "--data.train", data,
-            "--data.cache_dir", str(work / "cache"), f"--model.pos_embedding={position}",
-            f"--train.max_time={seconds}", "--train.progress_bar=false",
-            "--out_dir", str(work / position), "--report", str(report), *extra]  # fmt: skip
-    if seqgen(argv) != 0:
-        raise SystemExit(f"training with {position} positions failed")
-    return json.loads(report.read_text())
+def train_positions(data: str, config: str, position: str, seconds: float, work: Path,
+                    extra: list[str]) -> dict:  # fmt: skip
+    return train("pretrain", [
+        "--config", config, "--data.train", data, "--data.cache_dir", str(work / "cache"),
+        f"--model.pos_embedding={position}", f"--train.max_time={seconds}",
+        "--train.progress_bar=false", "--out_dir", str(work / position), *extra,
+    ])  # fmt: skip
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="POP909 (or any MIDI folder)")
-    parser.add_argument("--encode-files", type=int, default=200, help="files timed in (a)")
+    parser.add_argument("--encode_files", type=int, default=200, help="files timed in (a)")
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--budget-seconds", type=float, default=600.0, help="per model in (c)")
+    parser.add_argument("--budget_seconds", type=float, default=600.0, help="per model in (c)")
+    parser.add_argument("--config", default=str(RECIPE), help="recipe of (c): %(default)s")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["encode", "memory", "train"], help="leave out a part")  # fmt: skip
     parser.add_argument("--report")
     parser.add_argument("--out", help="keep the runs here, the better model as OUT/final")
-    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--memory_probe", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="recipe overrides for (c), after --")
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.length, args.width, args.heads,
                                       args.dtype)))  # fmt: skip
@@ -233,7 +233,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.out or tmp)
             work.mkdir(parents=True, exist_ok=True)
-            runs = {position: train(args.data, position, args.budget_seconds, work, args.overrides)
+            runs = {position: train_positions(args.data, args.config, position,
+                                              args.budget_seconds, work, args.overrides)
                     for position in ("learned", "relative")}  # fmt: skip
             best = min(runs, key=lambda p: runs[p]["val_loss"])
             if args.out:

@@ -2,8 +2,8 @@
 training articles' text, fine-tune it to write the lead from the body, and score ROUGE on
 valid; then the same fine-tuning budget from scratch, and the first-100-words baseline.
 
-    python benchmarks/summarization_wikisum.py --data ../shared/data/wikisum_wt2 \
-        --budget-seconds 3600 --report runs/bench/sum.json --out runs/bench/sum
+    python -m benchmarks.summarization_wikisum --data ../shared/data/wikisum_wt2 \
+        --budget_seconds 3600 --report runs/bench/sum.json --out runs/bench/sum
 
 The budget is training time in all for the pretrained run (pretraining + fine-tuning); the
 scratch run fine-tunes for the same time as the pretrained run does. By default 95% of the
@@ -18,13 +18,13 @@ Tokenizer training, encoding and evaluation run outside the budget. Extra argume
 `--` override the fine-tuning recipe. Decoding defaults to minimum Bayes risk over 16
 samples (temperature 0.7, top-p 0.9, 4-gram ban, at least 256 new tokens), chosen on the
 dev set, where it scored best for the scratch model and near best for the pretrained one;
-`--mbr-samples 1 --temperature 0 --beams 4 --no-repeat-ngram-size 3` decodes by beam search.
+`--mbr_samples 1 --temperature 0 --num_beams 4 --no_repeat_ngram_size 3` decodes by beam search.
 `--rescore DIR` scores a kept run (an earlier `--out`) again with other decoding settings,
 without training:
 
-    python benchmarks/summarization_wikisum.py --data ../shared/data/wikisum_wt2 \
-        --rescore runs/bench/sum --out runs/bench/sum_beam --mbr-samples 1 --temperature 0 \
-        --beams 4 --no-repeat-ngram-size 3
+    python -m benchmarks.summarization_wikisum --data ../shared/data/wikisum_wt2 \
+        --rescore runs/bench/sum --out runs/bench/sum_beam --mbr_samples 1 --temperature 0 \
+        --num_beams 4 --no_repeat_ngram_size 3
 """
 
 from __future__ import annotations
@@ -34,24 +34,25 @@ import json
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from common import write_report
+from benchmarks.common import RECIPES, evaluate, parse_args, train, write_report
+from seqgen.evaluation import write_json
 
-from seqgen.cli import main as seqgen
-from seqgen_tasks.summarization.evaluate import main as evaluate
-
-RECIPES = Path(__file__).resolve().parents[1] / "configs" / "summarization"
 BASELINE_WORDS = 100
 REPORTED = ("rouge1", "rouge2", "rougeLsum")
+DECODING = ("num_beams", "min_new_tokens", "length_penalty", "no_repeat_ngram_size",
+            "temperature", "top_p", "mbr_samples", "batch_size")  # flags passed to evaluation
 # WikiText writes every rare word as <unk>: a placeholder, not a word, so it never scores
 IGNORED = ("<unk>",)
 
 
-def run(argv: list[str], report: Path) -> dict:
-    if seqgen([*argv, "--report", str(report)]) != 0:
-        raise SystemExit(f"seqgen {argv[0]} failed")
-    return json.loads(report.read_text())
+def run(command: str, argv: list[str], report: Path) -> dict:
+    """Train, keeping the report beside the run (`--rescore` reads it back)."""
+    result = train(command, argv)
+    write_json(report, result)
+    return result
 
 
 def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, Path]:
@@ -60,7 +61,7 @@ def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, 
     validate on it, so valid stays unseen until the final scores."""
     lines = [line for line in (data / "train.jsonl").read_text().splitlines() if line]
     if not 0 < dev_articles < len(lines):
-        raise SystemExit(f"--dev-articles must be in [1, {len(lines) - 1}], got {dev_articles}")
+        raise SystemExit(f"--dev_articles must be in [1, {len(lines) - 1}], got {dev_articles}")
     chosen = set(random.Random(0).sample(range(len(lines)), dev_articles))
     train = [line for i, line in enumerate(lines) if i not in chosen]
     paths = work / "articles.jsonl", work / "train.jsonl", work / "dev.jsonl"
@@ -72,26 +73,24 @@ def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, 
     return paths
 
 
-def train(args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
+def train_all(args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
     """Pretrain, then fine-tune from the pretrained model and from scratch; the reports."""
     articles, train, dev = split_train(Path(args.data), work, args.dev_articles)
-    pre = run(["pretrain", "--config", args.pretrain_config,
+    pre = run("pretrain", ["--config", args.pretrain_config,
                "--data.source", str(articles), "--data.val_fraction", "0.05",
                "--train.max_steps=-1",
                f"--train.max_time={args.budget_seconds * args.pretrain_fraction}",
                "--train.progress_bar=false", "--out_dir", str(work / "pretrain")],
               work / "pretrain.json")  # fmt: skip
     finetune_seconds = args.budget_seconds - pre["train_seconds"]
-    common = ["finetune", "--config", args.config, "--data.train", str(train),
+    common = ["--config", args.config, "--data.train", str(train),
               "--data.val", str(dev), "--train.max_steps=-1", "--train.keep_best=true",
               "--train.val_every_n_steps=50", f"--train.max_time={finetune_seconds}",
               "--train.progress_bar=false"]  # fmt: skip
-    runs = {
-        "pretrained": run([*common, "--init_from", pre["checkpoint"], "--out_dir",
-                           str(work / "pretrained"), *args.overrides], work / "pretrained.json"),
-        "scratch": run([*common, "--init_from", "none", "--out_dir", str(work / "scratch"),
-                        *args.overrides], work / "scratch.json"),
-    }  # fmt: skip
+    starts = {"pretrained": pre["checkpoint"], "scratch": "none"}
+    runs = {name: run("finetune", [*common, "--init_from", start, "--out_dir", str(work / name),
+                                   *args.overrides], work / f"{name}.json")
+            for name, start in starts.items()}  # fmt: skip
     (work / "pretrained" / "final").rename(work / "final")
     return pre, runs
 
@@ -111,36 +110,37 @@ def f1(scores: dict) -> dict:
     return {t: {k: scores[t]["fmeasure"][k] for k in ("mid", "low", "high")} for t in REPORTED}
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder with train.jsonl and valid.jsonl")
-    parser.add_argument("--budget-seconds", type=float, default=3600.0)
-    parser.add_argument("--pretrain-fraction", type=float, default=0.95,
+    parser.add_argument("--budget_seconds", type=float, default=3600.0)
+    parser.add_argument("--pretrain_fraction", type=float, default=0.95,
                         help="share of the budget spent pretraining")  # fmt: skip
-    parser.add_argument("--dev-articles", type=int, default=30,
+    parser.add_argument("--dev_articles", type=int, default=30,
                         help="training articles held out as the fine-tunings' dev set")  # fmt: skip
-    parser.add_argument("--beams", type=int, default=1)
-    parser.add_argument("--min-new-tokens", type=int, default=256)
-    parser.add_argument("--length-penalty", type=float, default=1.0)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=4)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--min_new_tokens", type=int, default=256)
+    parser.add_argument("--length_penalty", type=float, default=1.0)
+    parser.add_argument("--no_repeat_ngram_size", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=0.7,
-                        help="> 0 samples (--beams 1); 0: greedy or beam search")  # fmt: skip
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--mbr-samples", type=int, default=16,
+                        help="> 0 samples (--num_beams 1); 0: greedy or beam search")  # fmt: skip
+    parser.add_argument("--top_p", type=float, default=0.9)
+    parser.add_argument("--mbr_samples", type=int, default=16,
                         help="minimum Bayes risk over this many samples per document "
                              "(1: a single sample, or beam search at temperature 0)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=32,
+    parser.add_argument("--batch_size", type=int, default=32,
                         help="documents or samples decoded together")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
     parser.add_argument("--rescore", metavar="DIR",
                         help="score the runs kept in DIR (an earlier --out) without training; "
                              "the new predictions go to --out (default DIR)")  # fmt: skip
-    parser.add_argument("--pretrain-config", default=str(RECIPES / "wikitext_pretrain.yaml"))
-    parser.add_argument("--config", default=str(RECIPES / "wikisum.yaml"))
+    parser.add_argument("--pretrain_config",
+                        default=str(RECIPES / "summarization" / "wikitext_pretrain.yaml"))
+    parser.add_argument("--config", default=str(RECIPES / "summarization" / "wikisum.yaml"))
     parser.add_argument("--report", help="write the results as JSON here")
     parser.add_argument("--out", help="keep the runs here (the pretrained model in OUT/final)")
     parser.add_argument("overrides", nargs="*", help="fine-tuning recipe overrides, after --")
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
     data = Path(args.data)
     for name in ("train.jsonl", "valid.jsonl"):
         if not (data / name).is_file():
@@ -153,26 +153,19 @@ def main() -> int:
         else:
             work = Path(args.out or tmp)
             work.mkdir(parents=True, exist_ok=True)
-            pre, runs = train(args, work)
+            pre, runs = train_all(args, work)
         out = Path(args.out or work)
         out.mkdir(parents=True, exist_ok=True)
-        scores, compare = {}, []
+        scores, compare = {}, None
         # scratch first: the pretrained evaluation then compares itself with scratch's output
         for name, ckpt in (("scratch", work / "scratch" / "final"), ("pretrained", work / "final")):
-            scores[name] = evaluate([
-                "--ckpt", str(ckpt), "--data", str(data / "valid.jsonl"),
-                "--num_beams", str(args.beams), "--baseline_words", str(BASELINE_WORDS),
-                "--min_new_tokens", str(args.min_new_tokens),
-                "--length_penalty", str(args.length_penalty),
-                "--no_repeat_ngram_size", str(args.no_repeat_ngram_size),
-                "--temperature", str(args.temperature), "--mbr_samples", str(args.mbr_samples),
-                "--seed", str(args.seed), "--batch_size", str(args.batch_size),
-                *(["--top_p", str(args.top_p)] if args.top_p is not None else []),
-                *(f"--ignore={text}" for text in IGNORED),
-                "--output", str(out / f"{name}.pred.jsonl"),
-                "--report", str(out / f"{name}.rouge.json"), *compare,
-            ])  # fmt: skip
-            compare = ["--compare", str(out / f"{name}.pred.jsonl")]
+            scores[name] = evaluate(
+                "summarization", ckpt=str(ckpt), data=str(data / "valid.jsonl"),
+                baseline_words=BASELINE_WORDS, ignore=list(IGNORED), seed=args.seed,
+                output=str(out / f"{name}.pred.jsonl"), report=str(out / f"{name}.rouge.json"),
+                compare=compare, **{key: getattr(args, key) for key in DECODING},
+            )  # fmt: skip
+            compare = str(out / f"{name}.pred.jsonl")
     difference = scores["pretrained"]["compared"]["difference"]
     report = {
         "pretrained": f1(scores["pretrained"]["system"]["scores"]),
@@ -186,12 +179,7 @@ def main() -> int:
         "summary_words": {n: s["system"]["lengths"]["mean_words"] for n, s in scores.items()},
         "pretrain": pre, "finetune": runs, "wall_seconds": time.perf_counter() - started,
         "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,
-        "decoding": {"beams": args.beams, "min_new_tokens": args.min_new_tokens,
-                     "length_penalty": args.length_penalty,
-                     "no_repeat_ngram_size": args.no_repeat_ngram_size,
-                     "temperature": args.temperature, "top_p": args.top_p,
-                     "mbr_samples": args.mbr_samples, "seed": args.seed,
-                     "batch_size": args.batch_size},
+        "decoding": {key: getattr(args, key) for key in (*DECODING, "seed")},
         "rescored": args.rescore,
     }  # fmt: skip
     print(f"\nWikiSum (WikiText-2) valid, {len(scores)} systems + baseline, F1 % [95% CI]")

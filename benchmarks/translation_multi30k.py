@@ -2,11 +2,11 @@
 fine-tune the translation recipe, translate test_2016_flickr with beam search, and report
 sacreBLEU (cased, 13a) and chrF.
 
-    python benchmarks/translation_multi30k.py --data ../shared/data/multi30k \
-        --budget-seconds 1800 --compare-scratch --report runs/bench/mt.json --out runs/bench/mt
+    python -m benchmarks.translation_multi30k --data ../shared/data/multi30k \
+        --budget_seconds 1800 --compare_scratch --report runs/bench/mt.json --out runs/bench/mt
 
 The budget is training time in all: pretraining plus fine-tuning. Tokenizer training, data
-encoding and evaluation run outside it. `--compare-scratch` also trains the recipe from
+encoding and evaluation run outside it. `--compare_scratch` also trains the recipe from
 scratch for the whole budget (`bleu_scratch`), which measures what pretraining brings at
 an equal budget. Extra arguments after `--` override the fine-tuning recipe.
 """
@@ -14,89 +14,79 @@ an equal budget. Extra arguments after `--` override the fine-tuning recipe.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from common import write_report
 
-from seqgen.cli import main as seqgen
-from seqgen_tasks.translation.evaluate import main as evaluate
+from benchmarks.common import RECIPES, evaluate, parse_args, train, write_report
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "translation" / "multi30k.yaml"
+RECIPE = RECIPES / "translation" / "multi30k.yaml"
 TARGET_BLEU = 30.0  # within 30 minutes of training on a 2-core CPU (issue #4)
 # Measured at 1800 s: 6 minutes of LM pretraining on both sides of the training pairs, then
 # 24 minutes of fine-tuning, gave 35.65 BLEU; 30 minutes from scratch gave 30.80.
 PRETRAIN_FRACTION = 0.2
 
 
-def run(argv: list[str], report: Path) -> dict:
-    if seqgen([*argv, "--report", str(report)]) != 0:
-        raise SystemExit(f"seqgen {argv[0]} failed")
-    return json.loads(report.read_text())
-
-
 def pretrain(data: Path, recipe: dict, seconds: float, work: Path) -> dict:
     """A language model on both sides of the training pairs, shaped like the recipe's model."""
     text = work / "train.en-de.txt"
     text.write_text((data / "train.en").read_text() + (data / "train.de").read_text())
-    train = recipe.get("train", {})
+    settings = recipe.get("train", {})
     model = [f"--model.{key}={value}" for key, value in recipe.get("model", {}).items()]
-    argv = ["pretrain", "--data.source", str(text), "--data.val_fraction", "0.02", *model,
+    argv = ["--data.source", str(text), "--data.val_fraction", "0.02", *model,
             f"--tokenizer.vocab_size={recipe['tokenizer']['vocab_size']}",
             "--train.max_steps=-1", f"--train.max_time={seconds}", "--train.batch_size=16",
-            f"--train.learning_rate={train.get('learning_rate', 1e-3)}",
-            f"--train.precision={train.get('precision', '32-true')}",
+            f"--train.learning_rate={settings.get('learning_rate', 1e-3)}",
+            f"--train.precision={settings.get('precision', '32-true')}",
             "--train.val_every_n_steps=1000000", "--train.progress_bar=false",
             "--out_dir", str(work / "pretrain")]  # fmt: skip
-    return run(argv, work / "pretrain.json")
+    return train("pretrain", argv)
 
 
 def finetune(data: Path, config: str, init: str, seconds: float, out: Path, extra: list[str]):
-    argv = ["finetune", "--config", config, "--init_from", init,
+    argv = ["--config", config, "--init_from", init,
             "--data.train", str(data / "train"), "--data.val", str(data / "val"),
             "--train.max_steps=-1", f"--train.max_time={seconds}",
             "--train.progress_bar=false", "--out_dir", str(out), *extra]  # fmt: skip
-    return run(argv, out.with_suffix(".json"))
+    return train("finetune", argv)
 
 
 def score(data: Path, split: str, ckpt: Path, beams: int, work: Path) -> dict:
-    report = work / f"{ckpt.name}-{split}.json"
-    evaluate(["--ckpt", str(ckpt), "--source", str(data / f"{split}.en"),
-              "--reference", str(data / f"{split}.de"), "--num_beams", str(beams),
-              "--output", str(report.with_suffix(".de")), "--report", str(report)])  # fmt: skip
-    return json.loads(report.read_text())
+    return evaluate("translation", ckpt=str(ckpt), source=str(data / f"{split}.en"),
+                    reference=str(data / f"{split}.de"), num_beams=beams,
+                    output=str(work / f"{ckpt.name}-{split}.de"))  # fmt: skip
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="multi30k folder (train/val/test .en/.de)")
-    parser.add_argument("--budget-seconds", type=float, default=1800.0)
-    parser.add_argument("--pretrain-fraction", type=float, default=PRETRAIN_FRACTION,
+    parser.add_argument("--budget_seconds", type=float, default=1800.0)
+    parser.add_argument("--pretrain_fraction", type=float, default=PRETRAIN_FRACTION,
                         help="budget share spent pretraining an LM first (0: none)")  # fmt: skip
-    parser.add_argument("--compare-scratch", action="store_true",
+    parser.add_argument("--compare_scratch", action="store_true",
                         help="also train from scratch for the budget (bleu_scratch)")  # fmt: skip
     parser.add_argument("--split", default="test_2016_flickr", help="evaluation split")
-    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--config", default=str(RECIPE), help="recipe (default: %(default)s)")
     parser.add_argument("--report", help="write the results as JSON here")
     parser.add_argument("--out", help="keep the runs here (the final model in OUT/final)")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, after --")
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
     data = Path(args.data)
     for name in ("train.en", "train.de", "val.en", "val.de", f"{args.split}.en"):
         if not (data / name).is_file():
             parser.error(f"{data / name}: no such file")
     if not 0.0 <= args.pretrain_fraction < 1.0:
-        parser.error("--pretrain-fraction must be in [0, 1)")
+        parser.error("--pretrain_fraction must be in [0, 1)")
     recipe = yaml.safe_load(Path(args.config).read_text())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        report: dict = {"budget_seconds": args.budget_seconds, "beams": args.beams,
+        report: dict = {"budget_seconds": args.budget_seconds, "beams": args.num_beams,
                         "split": args.split, "config": args.config,
                         "overrides": args.overrides}  # fmt: skip
         init, pretrain_seconds = "none", 0.0
@@ -107,7 +97,7 @@ def main() -> int:
         remaining = args.budget_seconds - pretrain_seconds
         tuned = finetune(data, args.config, init, remaining, work / "recipe", args.overrides)
         (work / "recipe" / "final").rename(work / "final")  # the model: OUT/final
-        scores = score(data, args.split, work / "final", args.beams, work)
+        scores = score(data, args.split, work / "final", args.num_beams, work)
         report.update(
             bleu=scores["bleu"], chrf=scores["chrf"], bleu_signature=scores["bleu_signature"],
             chrf_signature=scores["chrf_signature"],
@@ -121,12 +111,12 @@ def main() -> int:
         if args.compare_scratch and init != "none":
             scratch = finetune(data, args.config, "none", args.budget_seconds,
                                work / "scratch", args.overrides)  # fmt: skip
-            scratch_scores = score(data, args.split, work / "scratch", args.beams, work)
+            scratch_scores = score(data, args.split, work / "scratch", args.num_beams, work)
             report.update(bleu_scratch=scratch_scores["bleu"], chrf_scratch=scratch_scores["chrf"],
                           scratch=scratch)  # fmt: skip
             rows.append(("from scratch", scratch_scores, scratch))
     report["wall_seconds"] = time.perf_counter() - started
-    print(f"\nMulti30k en->de, {args.split}, beam {args.beams}, "
+    print(f"\nMulti30k en->de, {args.split}, beam {args.num_beams}, "
           f"{args.budget_seconds:.0f} s of training (target: BLEU >= {TARGET_BLEU})")  # fmt: skip
     print("| run | BLEU | chrF | train s | tokens/s | epochs |\n|---|---|---|---|---|---|")
     for name, s, t in rows:

@@ -82,7 +82,9 @@ def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
     while i < len(argv):
         arg = argv[i]
         i += 1
-        if not arg.startswith("--") or arg == "--":
+        if arg == "--":  # what follows is passed on untouched
+            return out + list(argv[i - 1 :])
+        if not arg.startswith("--"):
             out.append(arg)
             continue
         name, eq, value = arg[2:].partition("=")
@@ -375,15 +377,18 @@ def parameter_tally(model) -> list[tuple[str, int]]:
 
 
 def _print_table(title: str, values: dict) -> None:
+    def shown(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{key} {shown(v)}" for key, v in value.items())
+        if isinstance(value, float):
+            return f"{value:,.4f}"
+        is_count = isinstance(value, int) and not isinstance(value, bool)
+        return f"{value:,}" if is_count else str(value)
+
     print(f"\n{title}")
     width = max(len(k) for k in values)
     for key, value in values.items():
-        shown = (
-            f"{value:,.4f}"
-            if isinstance(value, float)
-            else (f"{value:,}" if isinstance(value, int) else str(value))
-        )
-        print(f"  {key:<{width}}  {shown}")
+        print(f"  {key:<{width}}  {shown(value)}")
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {

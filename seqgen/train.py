@@ -232,6 +232,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         epochs=draws / epoch_size,
         wall_seconds=time.perf_counter() - started,
         vocab_size=tokenizer.vocab_size,
+        model=model.config.to_dict(),
         train_examples=len(splits.train),
         val_examples=len(splits.val),
         init_from=started_from,

@@ -1,0 +1,138 @@
+"""Every benchmark runs end to end in seconds on tiny data and a tiny model, through the real
+recipes (shrunk), so a renamed option or report field breaks here, not after an hour."""
+
+import json
+
+import pytest
+import yaml
+from conftest import make_corpus
+from helpers import make_pairs, write_parallel, write_song
+
+from benchmarks import generate, lm_shakespeare, music, summarization_wikisum
+from benchmarks import translation_multi30k as translation
+from benchmarks.common import RECIPES
+
+TINY = {"model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0},
+        "tokenizer": {"vocab_size": 400}}  # fmt: skip
+TINY_TRAIN = {"batch_size": 4, "warmup_steps": 2, "precision": "32-true",
+              "val_every_n_steps": 1000, "checkpoint_every_n_steps": 1000}  # fmt: skip
+
+
+def shrunk(recipe: str, tmp_path, **changes) -> str:
+    """The repository's recipe with a tiny model and short training, as a new YAML file."""
+    values = yaml.safe_load((RECIPES / recipe).read_text())
+    for section, updates in {**TINY, "train": TINY_TRAIN, **changes}.items():
+        values[section] = {**values.get(section, {}), **updates}
+    path = tmp_path / recipe.replace("/", "_")
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def report_of(path):
+    report = json.loads(path.read_text())
+    machine = report["machine"]
+    assert machine["cpu"] and isinstance(machine["vector_extensions"], list)
+    assert machine["cores"] >= 1 and machine["torch"]
+    return report
+
+
+def test_lm_shakespeare(tmp_path, corpus_file, capsys):
+    out = tmp_path / "lm.json"
+    assert lm_shakespeare.main(["--data", str(corpus_file), "--budget_seconds", "2", "--report",
+                                str(out), "--", "--model.n_layer", "1", "--model.n_head", "2",
+                                "--model.n_embd", "32", "--model.block_size", "32",
+                                "--tokenizer.vocab_size", "400",
+                                "--train.batch_size", "4"]) == 0  # fmt: skip
+    report = report_of(out)
+    assert 0 < report["val_bpb"] < 10 and report["steps"] > 0
+    assert report["model"]["n_layer"] == 1 and report["dropout"] == 0.0  # under 5 min: none
+    assert "| val_bpb |" in capsys.readouterr().out
+
+
+def test_translation_multi30k(tmp_path, capsys):
+    data = tmp_path / "multi30k"
+    pairs = make_pairs(240)
+    for split, chosen in (("train", pairs[:200]), ("val", pairs[200:220]),
+                          ("test_2016_flickr", pairs[220:])):  # fmt: skip
+        write_parallel(data, split, chosen)
+    recipe = shrunk("translation/multi30k.yaml", tmp_path)
+    out = tmp_path / "mt.json"
+    assert translation.main(["--data", str(data), "--budget_seconds", "4", "--config", recipe,
+                             "--num_beams", "2", "--compare_scratch", "--report", str(out),
+                             "--out", str(tmp_path / "runs")]) == 0  # fmt: skip
+    report = report_of(out)
+    assert 0 <= report["bleu"] <= 100 and 0 <= report["bleu_scratch"] <= 100
+    assert report["beams"] == 2 and report["pretrain"]["steps"] > 0
+    assert (tmp_path / "runs" / "final" / "model.safetensors").is_file()
+    assert len((tmp_path / "runs" / "final-test_2016_flickr.de").read_text().splitlines()) == 20
+    assert "| from scratch |" in capsys.readouterr().out
+
+
+def articles(n: int, seed: int):
+    words = make_corpus(n * 12, seed).split()
+    return [{"id": f"a{i}", "title": " ".join(words[i * 40 : i * 40 + 2]),
+             "lead": " ".join(words[i * 40 + 2 : i * 40 + 14]),
+             "body": " ".join(words[i * 40 + 14 : i * 40 + 40])} for i in range(n)]  # fmt: skip
+
+
+def test_summarization_wikisum(tmp_path, capsys):
+    data = tmp_path / "wikisum"
+    data.mkdir()
+    for split, rows in (("train", articles(12, 0)), ("valid", articles(3, 1))):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pretrain = shrunk("summarization/wikitext_pretrain.yaml", tmp_path)
+    finetune = shrunk("summarization/wikisum.yaml", tmp_path, data={"max_summary_tokens": 16},
+                      train={**TINY_TRAIN, "max_steps": 3})  # fmt: skip
+    out = tmp_path / "sum.json"
+    common = ["--data", str(data), "--dev_articles", "2", "--mbr_samples", "2",
+              "--min_new_tokens", "2", "--batch_size", "4"]  # fmt: skip
+    assert summarization_wikisum.main([
+        *common, "--budget_seconds", "4", "--pretrain_config", pretrain, "--config", finetune,
+        "--report", str(out), "--out", str(tmp_path / "runs"),
+    ]) == 0  # fmt: skip
+    report = report_of(out)
+    for system in ("pretrained", "scratch", "baseline"):
+        assert 0 <= report[system]["rougeLsum"]["mid"] <= 100
+    assert report["decoding"]["mbr_samples"] == 2
+    assert "rougeLsum" in report["pretrained_minus_scratch"]
+    # a kept run scored again with other decoding, without training
+    again = tmp_path / "again.json"
+    assert summarization_wikisum.main([
+        *common[:2], "--rescore", str(tmp_path / "runs"), "--out", str(tmp_path / "beam"),
+        "--mbr_samples", "1", "--temperature", "0", "--num_beams", "2", "--min_new_tokens", "2",
+        "--report", str(again),
+    ]) == 0  # fmt: skip
+    assert report_of(again)["rescored"] == str(tmp_path / "runs")
+    assert "| pretrained - scratch (paired) |" in capsys.readouterr().out
+
+
+def test_music(tmp_path, capsys):
+    songs = tmp_path / "songs"
+    for i in range(4):
+        write_song(songs / f"{i:02d}.mid", shift=i)
+    recipe = shrunk("music/pop909.yaml", tmp_path, data={"num_proc": 1})
+    out = tmp_path / "music.json"
+    assert music.main(["--data", str(songs), "--encode_files", "4", "--length", "32",
+                       "--width", "16", "--heads", "2", "--dtype", "float32",
+                       "--budget_seconds", "1.5", "--config", recipe,
+                       "--report", str(out)]) == 0  # fmt: skip
+    report = report_of(out)
+    assert report["encode_speedup_vs_naive"] > 0
+    assert report["memory"]["skewing"]["peak_bytes"] > 0
+    assert report["better"] in ("learned", "relative") and report["nll_per_event_relative"] > 0
+
+
+def test_generate(tmp_path, capsys):
+    out = tmp_path / "generate.json"
+    assert generate.main(["--model", "tiny", "--prompt_tokens", "4", "--new_tokens", "4",
+                          "--no_cache_tokens", "4", "--no_cache_samples", "2", "--repeats", "1",
+                          "--batch", "2", "--report", str(out)]) == 0  # fmt: skip
+    report = report_of(out)
+    assert report["tokens_per_second"] > 0 and report["bandwidth_fraction"] > 0
+    assert "seqgen fp32, KV cache" in capsys.readouterr().out
+
+
+def test_old_flag_spellings_still_work_with_a_warning(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # parsed (then --help exits): the old spelling is known
+        generate.main(["--new-tokens", "4", "--help"])
+    assert "use --new_tokens" in capsys.readouterr().err
