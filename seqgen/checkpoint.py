@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from seqgen.config import ModelConfig
 from seqgen.errors import CheckpointError, ConfigError
+from seqgen.files import atomic_directory
 from seqgen.model import GPT
 from seqgen.tokenizer import Tokenizer, load_tokenizer
 
@@ -70,22 +71,14 @@ def write_checkpoint(
     directory = Path(directory)
     if "task" not in meta or "model" not in meta:
         raise ValueError("checkpoint metadata needs 'task' and 'model'")
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(weights, tmp / WEIGHTS_FILE)
-    tokenizer.save(tmp)
-    (tmp / CONFIG_FILE).write_text(
-        json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n"
-    )
-    if training_state is not None:
-        torch.save(training_state, tmp / STATE_FILE)
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(directory) as partial:
+        save_weights(weights, partial / WEIGHTS_FILE)
+        tokenizer.save(partial)
+        (partial / CONFIG_FILE).write_text(
+            json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n"
+        )
+        if training_state is not None:
+            torch.save(training_state, partial / STATE_FILE)
     return directory
 
 

@@ -8,7 +8,7 @@ in non-overlapping windows, so every validation token is scored exactly once.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,15 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 def is_saved_dataset(path: Path) -> bool:
     """Whether `path` is a folder written by `datasets` save_to_disk."""
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def missing_local_path(source: str, suffixes: Collection[str] = ()) -> bool:
+    """Whether `source` names a local file or folder that does not exist: it starts like a
+    path (`.`, `/`, `~`) or ends in one of `suffixes`. Such a source is an error to report
+    at once, never a Hugging Face dataset name to look up (offline, that retries for ~25 s)."""
+    path = Path(source).expanduser()
+    looks_local = source.startswith((".", "/", "~")) or path.suffix.lower() in suffixes
+    return looks_local and not path.exists()
 
 
 def load_hf_dataset(source: str, hf_config: str | None, split: str):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from seqgen.engine import GenerationOptions
+from seqgen.files import atomic_file
 
 
 @dataclass(kw_only=True)
@@ -63,10 +64,10 @@ class DecodingEval(EvalConfig, GenerationOptions):
 
 
 def write_json(path: str | Path | None, data: Any) -> None:
-    """Write indented JSON to `path` (its folder created), if a path is given."""
+    """Write indented JSON to `path` (its folder created, whole or not at all), if given."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        with atomic_file(path) as partial:
+            partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 class Progress:

@@ -159,3 +159,68 @@ def test_jsonl_round_trip_through_splits(tmp_path):
     )
     assert "".join(train + val) == "".join(r["text"] for r in rows)
     assert 0.2 < sum(map(len, val)) / sum(map(len, train + val)) <= 0.3
+
+
+# ---------------------------------------------------------------- writing whole or not at all
+
+
+def test_atomic_directory_and_file_keep_the_old_version_when_writing_fails(tmp_path):
+    from seqgen.files import atomic_directory, atomic_file
+
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as partial:
+        (partial / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_directory(target) as partial:
+        (partial / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_directory(target) as partial:
+        (partial / "b.txt").write_text("second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no .partial, no .old
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+
+    report = tmp_path / "r" / "report.json"
+    with atomic_file(report) as partial:
+        partial.write_text("{}")
+    with pytest.raises(RuntimeError), atomic_file(report) as partial:
+        partial.write_text("{half")
+        raise RuntimeError("killed")
+    assert report.read_text() == "{}" and [p.name for p in report.parent.iterdir()] == [
+        "report.json"
+    ]
+
+
+def read_source(task: str, source: str):
+    """The task's own reader of a training source."""
+    from seqgen_tasks.music.data import load_corpus
+    from seqgen_tasks.summarization.data import SummarizationData, read_examples
+    from seqgen_tasks.text.corpus import TextData, read_documents
+    from seqgen_tasks.translation.data import TranslationData, read_pairs
+
+    readers = {
+        "text": lambda: read_documents(source, TextData(), "train"),
+        "translation": lambda: read_pairs(source, TranslationData(), "train"),
+        "summarization": lambda: read_examples(source, SummarizationData(), "train"),
+        "music": lambda: load_corpus(source),
+    }
+    return readers[task]()
+
+
+@pytest.mark.parametrize("task", ["text", "translation", "summarization", "music"])
+@pytest.mark.parametrize("name", ["./missing", "{tmp}/missing", "missing{suffix}"])
+def test_a_missing_local_path_is_an_error_not_a_hub_lookup(task, name, tmp_path, monkeypatch):
+    import seqgen.data
+    from seqgen.data import missing_local_path
+
+    def hub(*args):
+        raise AssertionError("looked the name up on the hub")
+
+    monkeypatch.setattr(seqgen.data, "load_hf_dataset", hub)
+    for module in ("text.corpus", "translation.data", "summarization.data"):
+        monkeypatch.setattr(f"seqgen_tasks.{module}.load_hf_dataset", hub)
+    suffix = ".mid" if task == "music" else ".jsonl"
+    source = name.format(tmp=tmp_path, suffix=suffix)
+    assert missing_local_path(source, {suffix})
+    with pytest.raises(DataError, match="no such file"):
+        read_source(task, source)
+    assert not missing_local_path("user/dataset") and not missing_local_path(str(tmp_path))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from seqgen.data import is_saved_dataset, padded_window
+from seqgen.data import is_saved_dataset, missing_local_path, padded_window
 from seqgen.errors import DataError
+from seqgen.files import atomic_directory
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
 
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -86,6 +86,8 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
     import datasets
 
     path = Path(source).expanduser()
+    if missing_local_path(source, MIDI_SUFFIXES | {".txt"}):
+        raise DataError(f"{path}: no such file or directory")
     if path.exists() and not is_saved_dataset(path):
         files = find_midi(source)
         names = [str(f) for f in files]
@@ -111,11 +113,8 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
         encoded = table.map(_encode_batch, batched=True, batch_size=8,
                             num_proc=procs if procs > 1 else None,
                             remove_columns=table.column_names, desc="encoding MIDI")  # fmt: skip
-        tmp = directory / f"{digest}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        encoded.save_to_disk(str(tmp))
-        shutil.rmtree(cached, ignore_errors=True)
-        tmp.rename(cached)
+        with atomic_directory(cached) as partial:
+            encoded.save_to_disk(str(partial))
         encoded = datasets.load_from_disk(str(cached))
     performances, skipped = [], []
     for name, row in zip(names, encoded.with_format("numpy"), strict=True):

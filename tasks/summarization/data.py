@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from seqgen.data import load_hf_dataset, read_jsonl
+from seqgen.data import load_hf_dataset, missing_local_path, read_jsonl
 from seqgen.errors import DataError
 
 
@@ -51,7 +51,7 @@ def read_examples(source: str, data: SummarizationData, hf_split: str) -> list[d
         if path.suffix != ".jsonl":
             raise DataError(f"{path}: summarization data is .jsonl (one JSON object per line)")
         rows = list(read_jsonl(path))
-    elif source.startswith((".", "/", "~")) and not path.is_dir():
+    elif missing_local_path(source, {".jsonl"}):
         raise DataError(f"{path}: no such file")
     else:
         dataset = load_hf_dataset(source, data.hf_config, hf_split)

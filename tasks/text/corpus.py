@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,8 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from seqgen.data import is_saved_dataset, load_hf_dataset, read_jsonl, read_text_file
+from seqgen.data import (
+    is_saved_dataset,
+    load_hf_dataset,
+    missing_local_path,
+    read_jsonl,
+    read_text_file,
+)
 from seqgen.errors import DataError
+from seqgen.files import atomic_file
 from seqgen.tokenizer import Tokenizer
 
 TEXT_SUFFIXES = {".txt", ".text", ".tokens", ".md", ".raw"}
@@ -61,7 +67,7 @@ def read_documents(source: str, config: TextData, split: str) -> tuple[list[str]
             raise DataError(f"{path}: no text files ({', '.join(sorted(suffixes))})")
     elif path.is_file():
         files = [path]
-    elif path.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES or source.startswith((".", "/", "~")):
+    elif missing_local_path(source, TEXT_SUFFIXES | JSONL_SUFFIXES):
         raise DataError(f"{path}: no such file")
     else:
         return _read_hf(source, config, split)
@@ -169,10 +175,8 @@ def cached_tokens(
         except (ValueError, OSError):
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, not trusted
     ids = tokenize_documents(docs, tokenizer)
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-        np.save(tmp, ids)
-    os.replace(tmp.name, path)
+    with atomic_file(path) as partial, partial.open("wb") as out:
+        np.save(out, ids)
     return ids
 
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqgen.data import load_hf_dataset, read_jsonl, read_text_file
+from seqgen.data import load_hf_dataset, missing_local_path, read_jsonl, read_text_file
 from seqgen.errors import DataError
+
+PAIR_SUFFIXES = {".jsonl", ".tsv", ".tab"}  # one file of pairs (aligned files end in languages)
 
 
 @dataclass
@@ -53,12 +55,12 @@ def read_pairs(source: str, data: TranslationData, hf_split: str) -> tuple[list[
         return _aligned_files(src_file, tgt_file)
     if path.is_file() and path.suffix == ".jsonl":
         return _jsonl(path, data.source_lang, data.target_lang)
-    if path.is_file() and path.suffix in (".tsv", ".tab"):
+    if path.is_file() and path.suffix in PAIR_SUFFIXES - {".jsonl"}:
         return _tsv(path, data.source_lang, data.target_lang)
     if path.is_file():
         raise DataError(f"{path}: unknown pair format (use .jsonl, .tsv, or aligned "
                         f"{path}.{data.source_lang} / .{data.target_lang} files)")  # fmt: skip
-    if source.startswith((".", "/", "~")) and not path.is_dir():
+    if missing_local_path(source, PAIR_SUFFIXES):
         raise DataError(f"{path}: no such file, and no {src_file.name} / {tgt_file.name} beside it")
     return _hf(source, data, hf_split)
 
