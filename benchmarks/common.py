@@ -63,7 +63,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     still work for one release, with a warning."""
     import sys
 
-    from seqgen.cli import normalize
+    from seqgen.arguments import normalize
 
     argv = list(sys.argv[1:] if argv is None else argv)
     known = {action.dest: None for action in parser._actions}

@@ -1,163 +1,20 @@
-"""`seqgen` command line: one grammar for every command.
-
-Each command's flags are the fields of typed dataclasses (jsonargparse), spelled with
-underscores as the fields are (`--max_new_tokens`), with the fields' docstrings as help, and
-`--config FILE` for YAML. Generation options are `seqgen.engine.GenerationOptions`, shared
-by `generate` and every evaluation, with the task's own defaults. Old spellings (dashes,
-`--beams`, `--from`, `--no-stream`) still work for one release, with a warning.
+"""`seqgen` command line: the commands, each built from its typed config dataclasses in the
+one grammar of `seqgen.arguments`. Generation options are `seqgen.engine.GenerationOptions`,
+shared by `generate` and every evaluation, with the task's own defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
-import types
-import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+from seqgen.arguments import build, config_parser, flags_of, given, normalize, parse
 from seqgen.errors import SeqgenError
-
-log = logging.getLogger("seqgen")
-
-RENAMED = {"beams": "num_beams", "from": "init_from"}  # old flag -> field, for one release
-
-
-def _config_parser(prog: str, description: str | None, *config_classes: type,
-                   skip: set[str] = frozenset()):  # fmt: skip
-    """A parser whose flags are the fields of `config_classes` (flat), and --config."""
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(
-        prog=prog, description=description, exit_on_error=False, default_meta=False
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
-    seen: set[str] = set()
-    for config_class in config_classes:
-        names = {f.name for f in fields(config_class)} - set(skip)
-        if names & seen:
-            raise SeqgenError(f"{prog}: {config_class.__name__} repeats options "
-                              f"{', '.join(sorted(names & seen))}")  # fmt: skip
-        seen |= names
-        parser.add_class_arguments(config_class, as_group=False,
-                                   skip=set(skip) | (seen - names))  # fmt: skip
-    return parser
-
-
-def _flags(*config_classes: type) -> dict[str, Any]:
-    """The type of each top-level field of the classes, by name."""
-    found: dict[str, Any] = {}
-    for config_class in config_classes:
-        hints = typing.get_type_hints(config_class)
-        found.update({f.name: hints[f.name] for f in fields(config_class)})
-    return found
-
-
-def _kind(hint: Any) -> str | None:
-    """"bool" or "list" for flags that take no value or repeat, else None."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
-    if args == [bool]:
-        return "bool"
-    if typing.get_origin(args[0]) is list:
-        return "list"
-    return None
-
-
-def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
-    """The grammar's conveniences and the old spellings, rewritten into jsonargparse's.
-
-    A bool flag alone means true (`--stream`); a list flag repeats (`--stop a --stop b`) or
-    takes several values (`--input a b`). An old spelling (`--max-new-tokens`, `--beams`,
-    `--from`, `--no-stream`) is rewritten with a warning on stderr.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg == "--":  # what follows is passed on untouched
-            return out + list(argv[i - 1 :])
-        if not arg.startswith("--"):
-            out.append(arg)
-            continue
-        name, eq, value = arg[2:].partition("=")
-        new = RENAMED.get(name, name.replace("-", "_"))
-        negated = new.startswith("no_") and _kind(flags.get(new[3:])) == "bool"
-        if negated:
-            new = new[3:]
-        if new != name and new in flags:
-            shown = f"--{new} false" if negated else f"--{new}"
-            print(f"warning: --{name} is deprecated and goes in the next release; use {shown}",
-                  file=sys.stderr)  # fmt: skip
-        else:
-            new = name
-        kind = _kind(flags.get(new))
-        if negated:
-            out.append(f"--{new}=false")
-        elif kind == "bool" and not eq and (i == len(argv) or argv[i].startswith("--")):
-            out.append(f"--{new}=true")
-        elif kind == "list" and not (eq and value.startswith("[")):
-            values = [value] if eq else []
-            while not eq and i < len(argv) and not argv[i].startswith("--"):
-                values.append(argv[i])
-                i += 1
-            if values and values[0].startswith("["):
-                out += [f"--{new}", *values]
-            else:
-                out += [a for v in values for a in (f"--{new}+", v)] or [f"--{new}"]
-        else:
-            out.append(f"--{new}{eq}{value}")
-    return out
-
-
-def _parse(parser, argv: Sequence[str]):
-    """Parse and instantiate; errors name the offending key (and the config file)."""
-    try:
-        return parser.instantiate(parser.parse_args(list(argv)))
-    except argparse.ArgumentError as err:
-        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-        where = f" (config: {', '.join(files)})" if files else ""
-        raise SeqgenError(f"{str(err).strip()}{where}") from None
-
-
-def _build(config_class: type, values: Any):
-    """`config_class` from the parsed values of its fields; its checks become errors."""
-    try:
-        return config_class(**{f.name: values[f.name] for f in fields(config_class)
-                               if f.name in values})  # fmt: skip
-    except (TypeError, ValueError) as err:
-        raise SeqgenError(str(err)) from None
-
-
-def _given(argv: Sequence[str], key: str) -> str | None:
-    """The value of `--key` on the command line (the last one wins), else of `key:` in the
-    --config file(s)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == f"--{key}" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(f"--{key}="):
-            value = arg.split("=", 1)[1]
-    if value is not None:
-        return value
-    import yaml
-
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--config":
-            try:
-                values = yaml.safe_load(Path(argv[i + 1]).read_text())
-            except (OSError, yaml.YAMLError) as err:
-                raise SeqgenError(f"{argv[i + 1]}: cannot read the config ({err})") from None
-            if isinstance(values, dict) and values.get(key) is not None:
-                value = str(values[key])
-    return value
 
 
 def _tasks_help(command: str) -> str:
@@ -184,9 +41,9 @@ def parse_run(command: str, argv: Sequence[str]):
     from seqgen.tasks import task_class
     from seqgen.train import FROM_SCRATCH, RunConfig
 
-    argv = normalize(argv, _flags(RunConfig))
+    argv = normalize(argv, flags_of(RunConfig))
     defaults = RUN_DEFAULTS[command]
-    name = _given(argv, "task") or defaults.get("task")
+    name = given(argv, "task") or defaults.get("task")
     if name is None:
         if _wants_help(argv):
             print(_tasks_help(command))
@@ -194,13 +51,13 @@ def parse_run(command: str, argv: Sequence[str]):
         raise SeqgenError("set the task: --task NAME (or `task:` in the config)\n"
                           + _tasks_help(command))  # fmt: skip
     task = task_class(name)
-    parser = _config_parser(f"seqgen {command}", RunConfig.__doc__, RunConfig, skip={"data"})
+    parser = config_parser(f"seqgen {command}", RunConfig.__doc__, RunConfig, skip={"data"})
     parser.add_class_arguments(task.data_config, nested_key="data")
     parser.add_argument("--report", type=str | None, default=None,
                         help="Write a JSON report (val_loss, tokens_per_second, ...).")  # fmt: skip
     parser.set_defaults({**defaults, "task": name})
-    values = _parse(parser, argv)
-    cfg = _build(RunConfig, values)
+    values = parse(parser, argv)
+    cfg = build(RunConfig, values)
     if command == "pretrain" and cfg.init_from not in (None, FROM_SCRATCH):  # flag or config
         raise SeqgenError(
             f"seqgen pretrain trains from scratch (init_from: {cfg.init_from}); to start from "
@@ -225,7 +82,7 @@ def _task_for(argv: Sequence[str], command: str):
     (configured as the checkpoint was), or None when neither is given."""
     from seqgen.tasks import task_class
 
-    name, ckpt = _given(argv, "task"), _given(argv, "ckpt")
+    name, ckpt = given(argv, "task"), given(argv, "ckpt")
     if ckpt is not None and not _wants_help(argv):
         from seqgen import checkpoint
         from seqgen.inference import checkpoint_task
@@ -256,13 +113,13 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     if not isinstance(task, Evaluates):
         raise SeqgenError(f"the {task.name} task has no evaluation")
     config_class = task.eval_config
-    argv = normalize(argv, _flags(config_class))
-    parser = _config_parser(f"seqgen evaluate --task {task.name}", config_class.__doc__,
+    argv = normalize(argv, flags_of(config_class))
+    parser = config_parser(f"seqgen evaluate --task {task.name}", config_class.__doc__,
                             config_class)  # fmt: skip
     parser.add_argument("--task", type=str | None, default=None,
                         help="The task (default: the checkpoint's).")  # fmt: skip
     _generation_defaults(parser, task, config_class)
-    task.evaluate(_build(config_class, _parse(parser, argv)))
+    task.evaluate(build(config_class, parse(parser, argv)))
     return 0
 
 
@@ -274,13 +131,13 @@ def cmd_generate(argv: Sequence[str]) -> int:
     classes: list[type] = [GenerateConfig]
     if isinstance(task, GeneratesFiles):
         classes.append(task.generate_options)
-    argv = normalize(argv, _flags(*classes))
+    argv = normalize(argv, flags_of(*classes))
     shown = f" --task {task.name}" if task is not None and _wants_help(argv) else ""
-    parser = _config_parser(f"seqgen generate{shown}", GenerateConfig.__doc__, *classes)
+    parser = config_parser(f"seqgen generate{shown}", GenerateConfig.__doc__, *classes)
     if task is not None:
         _generation_defaults(parser, task, GenerateConfig)
-    values = _parse(parser, argv)
-    configs = [_build(config_class, values) for config_class in classes]
+    values = parse(parser, argv)
+    configs = [build(config_class, values) for config_class in classes]
     run(configs[0], configs[1] if len(configs) > 1 else None)
     return 0
 
@@ -295,9 +152,9 @@ def cmd_data(argv: Sequence[str]) -> int:
             raise SeqgenError(f"unknown data builder {argv[0]!r}")
         return 0
     builder = builders[argv[0]]
-    parser = _config_parser(f"seqgen data {argv[0]}", builder.config.__doc__, builder.config)
-    values = _parse(parser, normalize(argv[1:], _flags(builder.config)))
-    builder.build(_build(builder.config, values))
+    parser = config_parser(f"seqgen data {argv[0]}", builder.config.__doc__, builder.config)
+    values = parse(parser, normalize(argv[1:], flags_of(builder.config)))
+    builder.build(build(builder.config, values))
     return 0
 
 
@@ -311,12 +168,12 @@ def cmd_tokenizer(argv: Sequence[str]) -> int:
     if argv[0] != "train":
         print(usage)
         return 0
-    argv = normalize(argv[1:], _flags(TokenizerTrainConfig))
-    name = _given(argv, "task") or TokenizerTrainConfig.task
-    parser = _config_parser("seqgen tokenizer train", TokenizerTrainConfig.__doc__,
+    argv = normalize(argv[1:], flags_of(TokenizerTrainConfig))
+    name = given(argv, "task") or TokenizerTrainConfig.task
+    parser = config_parser("seqgen tokenizer train", TokenizerTrainConfig.__doc__,
                             TokenizerTrainConfig, skip={"data"})  # fmt: skip
     parser.add_class_arguments(task_class(name).data_config, nested_key="data")
-    cfg = _build(TokenizerTrainConfig, _parse(parser, argv))
+    cfg = build(TokenizerTrainConfig, parse(parser, argv))
     tokenizer = run(cfg)
     print(f"wrote {cfg.out} ({tokenizer.vocab_size} tokens)")
     return 0
@@ -343,8 +200,8 @@ def cmd_info(argv: Sequence[str]) -> int:
     from seqgen.config import PRESETS, ModelConfig
     from seqgen.model import GPT
 
-    parser = _config_parser("seqgen info", InfoConfig.__doc__, InfoConfig)
-    args = _build(InfoConfig, _parse(parser, normalize(argv, _flags(InfoConfig))))
+    parser = config_parser("seqgen info", InfoConfig.__doc__, InfoConfig)
+    args = build(InfoConfig, parse(parser, normalize(argv, flags_of(InfoConfig))))
     if args.ckpt:
         config = ModelConfig.from_dict(checkpoint.read_meta(checkpoint.resolve(args.ckpt))["model"])
     elif args.model in PRESETS:
@@ -381,7 +238,7 @@ def _print_table(title: str, values: dict) -> None:
         if isinstance(value, dict):
             return ", ".join(f"{key} {shown(v)}" for key, v in value.items())
         if isinstance(value, float):
-            return f"{value:,.4f}"
+            return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:,.4f}"
         is_count = isinstance(value, int) and not isinstance(value, bool)
         return f"{value:,}" if is_count else str(value)
 

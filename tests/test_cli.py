@@ -330,11 +330,11 @@ def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_te
 
 
 def test_normalize_rewrites_conveniences_and_old_spellings(capsys):
-    from seqgen.cli import _flags, normalize
+    from seqgen.arguments import flags_of, normalize
     from seqgen.sample import GenerateConfig
     from seqgen.train import RunConfig
 
-    generate = _flags(GenerateConfig)
+    generate = flags_of(GenerateConfig)
     assert normalize(["--stream", "--stop", "a", "--stop=b", "--seed", "1"], generate) == [
         "--stream=true", "--stop+", "a", "--stop+", "b", "--seed", "1"
     ]  # fmt: skip
@@ -345,7 +345,7 @@ def test_normalize_rewrites_conveniences_and_old_spellings(capsys):
     assert normalize(["--max-new-tokens=5", "--beams", "2", "--no-stream"], generate) == [
         "--max_new_tokens=5", "--num_beams", "2", "--stream=false"
     ]  # fmt: skip
-    assert normalize(["--from", "none"], _flags(RunConfig)) == ["--init_from", "none"]
+    assert normalize(["--from", "none"], flags_of(RunConfig)) == ["--init_from", "none"]
     warnings = capsys.readouterr().err.splitlines()
     assert warnings == [
         "warning: --max-new-tokens is deprecated and goes in the next release; use "

@@ -1,0 +1,155 @@
+"""The one argument grammar of seqgen's commands (and its benchmarks).
+
+A command's flags are the fields of typed dataclasses (jsonargparse), spelled with
+underscores as the fields are (`--max_new_tokens`), with the fields' docstrings as help,
+and `--config FILE` for YAML. A bool flag alone means true; a list flag repeats. Old
+spellings (dashes, `--beams`, `--from`, `--no-stream`) still work for one release, with a
+warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from seqgen.errors import SeqgenError
+
+RENAMED = {"beams": "num_beams", "from": "init_from"}  # old flag -> field, for one release
+
+
+def config_parser(prog: str, description: str | None, *config_classes: type,
+                  skip: set[str] = frozenset()):  # fmt: skip
+    """A parser whose flags are the fields of `config_classes` (flat), and --config."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(
+        prog=prog, description=description, exit_on_error=False, default_meta=False
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file.")
+    seen: set[str] = set()
+    for config_class in config_classes:
+        names = {f.name for f in fields(config_class)} - set(skip)
+        if names & seen:
+            raise SeqgenError(f"{prog}: {config_class.__name__} repeats options "
+                              f"{', '.join(sorted(names & seen))}")  # fmt: skip
+        seen |= names
+        parser.add_class_arguments(config_class, as_group=False,
+                                   skip=set(skip) | (seen - names))  # fmt: skip
+    return parser
+
+
+def flags_of(*config_classes: type) -> dict[str, Any]:
+    """The type of each top-level field of the classes, by name."""
+    found: dict[str, Any] = {}
+    for config_class in config_classes:
+        hints = typing.get_type_hints(config_class)
+        found.update({f.name: hints[f.name] for f in fields(config_class)})
+    return found
+
+
+def _kind(hint: Any) -> str | None:
+    """"bool" or "list" for flags that take no value or repeat, else None."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    if args == [bool]:
+        return "bool"
+    if typing.get_origin(args[0]) is list:
+        return "list"
+    return None
+
+
+def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
+    """The grammar's conveniences and the old spellings, rewritten into jsonargparse's.
+
+    A bool flag alone means true (`--stream`); a list flag repeats (`--stop a --stop b`) or
+    takes several values (`--input a b`). An old spelling (`--max-new-tokens`, `--beams`,
+    `--from`, `--no-stream`) is rewritten with a warning on stderr.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":  # what follows is passed on untouched
+            return out + list(argv[i - 1 :])
+        if not arg.startswith("--"):
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        new = RENAMED.get(name, name.replace("-", "_"))
+        negated = new.startswith("no_") and _kind(flags.get(new[3:])) == "bool"
+        if negated:
+            new = new[3:]
+        if new != name and new in flags:
+            shown = f"--{new} false" if negated else f"--{new}"
+            print(f"warning: --{name} is deprecated and goes in the next release; use {shown}",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            new = name
+        kind = _kind(flags.get(new))
+        if negated:
+            out.append(f"--{new}=false")
+        elif kind == "bool" and not eq and (i == len(argv) or argv[i].startswith("--")):
+            out.append(f"--{new}=true")
+        elif kind == "list" and not (eq and value.startswith("[")):
+            values = [value] if eq else []
+            while not eq and i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            if values and values[0].startswith("["):
+                out += [f"--{new}", *values]
+            else:
+                out += [a for v in values for a in (f"--{new}+", v)] or [f"--{new}"]
+        else:
+            out.append(f"--{new}{eq}{value}")
+    return out
+
+
+def parse(parser, argv: Sequence[str]):
+    """Parse and instantiate; errors name the offending key (and the config file)."""
+    try:
+        return parser.instantiate(parser.parse_args(list(argv)))
+    except argparse.ArgumentError as err:
+        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+        where = f" (config: {', '.join(files)})" if files else ""
+        raise SeqgenError(f"{str(err).strip()}{where}") from None
+
+
+def build(config_class: type, values: Any):
+    """`config_class` from the parsed values of its fields; its checks become errors."""
+    try:
+        return config_class(**{f.name: values[f.name] for f in fields(config_class)
+                               if f.name in values})  # fmt: skip
+    except (TypeError, ValueError) as err:
+        raise SeqgenError(str(err)) from None
+
+
+def given(argv: Sequence[str], key: str) -> str | None:
+    """The value of `--key` on the command line (the last one wins), else of `key:` in the
+    --config file(s)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{key}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    if value is not None:
+        return value
+    import yaml
+
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config":
+            try:
+                values = yaml.safe_load(Path(argv[i + 1]).read_text())
+            except (OSError, yaml.YAMLError) as err:
+                raise SeqgenError(f"{argv[i + 1]}: cannot read the config ({err})") from None
+            if isinstance(values, dict) and values.get(key) is not None:
+                value = str(values[key])
+    return value
