@@ -29,19 +29,22 @@ def machine() -> dict[str, Any]:
 
     from seqgen.cpu import native_bf16
 
-    model, flags = platform.processor() or platform.machine(), []
+    model, flags, ids = platform.processor() or platform.machine(), [], {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                model = value
+            elif key in ("cpu family", "model", "stepping"):
+                ids[key] = value  # a generic model name ("Intel Xeon Processor") hides these
+            elif key == "flags":
                 flags = value.split()
                 break
     except OSError:  # not Linux: the model name from platform only
         pass
     return {
         "cpu": model,
+        "cpu_id": ", ".join(f"{key} {value}" for key, value in ids.items()),
         "vector_extensions": sorted(f for f in flags if f.startswith(VECTOR_PREFIXES)),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
