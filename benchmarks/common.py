@@ -86,10 +86,10 @@ def train(command: str, argv: Sequence[str]) -> dict[str, Any]:
 def evaluate(task: str, **values: Any) -> dict[str, Any]:
     """`seqgen evaluate --task TASK` with the task's typed config (its generation defaults
     under `values`); the evaluation report."""
+    from seqgen.evaluation import eval_options
     from seqgen.tasks import task_class
 
-    cls = task_class(task)
-    return cls.evaluate(cls.eval_options(**values))
+    return task_class(task).evaluate(eval_options(task, **values))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -63,6 +63,24 @@ class DecodingEval(EvalConfig, GenerationOptions):
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
+def eval_options(task: str, **values: Any) -> Any:
+    """The eval config of `task` as `seqgen evaluate` builds it: the task's generation
+    defaults (as the checkpoint `ckpt` configures the task, if given) under `values`."""
+    from seqgen.tasks import Evaluates, known_options, task_class
+
+    cls = task_class(task)
+    if not issubclass(cls, Evaluates):
+        raise ValueError(f"the {task} task has no evaluation")
+    instance = cls()
+    if values.get("ckpt"):
+        from seqgen import checkpoint
+        from seqgen.inference import checkpoint_task
+
+        instance = checkpoint_task(checkpoint.read_meta(checkpoint.resolve(values["ckpt"])))
+    defaults = known_options(cls.eval_config, instance.generation_defaults())
+    return cls.eval_config(**{**defaults, **values})
+
+
 def write_json(path: str | Path | None, data: Any) -> None:
     """Write indented JSON to `path` (its folder created, whole or not at all), if given."""
     if path:

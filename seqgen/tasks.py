@@ -187,7 +187,8 @@ class Evaluates(ABC):
     """`seqgen evaluate --task NAME`: scores a checkpoint or a system's outputs.
 
     `eval_config` is a dataclass (usually a `seqgen.evaluation.EvalConfig`); its fields are
-    the command's flags and its field docstrings their help.
+    the command's flags and its field docstrings their help. From Python,
+    `seqgen.evaluation.eval_options` builds one with the task's generation defaults.
     """
 
     eval_config: ClassVar[type]
@@ -196,13 +197,6 @@ class Evaluates(ABC):
     @abstractmethod
     def evaluate(config: Any) -> dict[str, Any]:
         """Score, print a table, return the report."""
-
-    @classmethod
-    def eval_options(cls, **values: Any) -> Any:
-        """An `eval_config` with the task's generation defaults under `values` (as
-        `seqgen evaluate` builds it), for evaluating from Python."""
-        defaults = known_options(cls.eval_config, cls().generation_defaults())
-        return cls.eval_config(**{**defaults, **values})
 
 
 class HasMBR(ABC):

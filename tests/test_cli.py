@@ -398,11 +398,10 @@ def test_generation_options_are_declared_once_with_the_tasks_defaults(capsys):
 
 
 def test_evaluate_config_in_python_takes_the_tasks_defaults(tmp_path):
-    from seqgen.tasks import task_class
+    from seqgen.evaluation import eval_options
 
-    translation = task_class("translation")
-    config = translation.eval_options(reference="ref.de", hypotheses="hyp.de")
+    config = eval_options("translation", reference="ref.de", hypotheses="hyp.de")
     assert (config.num_beams, config.temperature) == (4, 0.0)
-    assert translation.eval_options(reference="r", hypotheses="h", num_beams=2).num_beams == 2
+    assert eval_options("translation", reference="r", hypotheses="h", num_beams=2).num_beams == 2
     with pytest.raises(ValueError, match="give ckpt"):
-        translation.eval_options(reference="r")
+        eval_options("translation", reference="r")

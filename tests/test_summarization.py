@@ -9,6 +9,7 @@ from rouge_score import rouge_scorer
 
 from seqgen.cli import main
 from seqgen.errors import DataError
+from seqgen.evaluation import eval_options
 from seqgen_tasks.summarization.data import SummarizationData
 from seqgen_tasks.summarization.rouge import (
     PARTS,
@@ -354,10 +355,14 @@ def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["finetune", "--task", "summarization", "--init_from", "none", "--data.train", str(data),
             "--data.val", str(data), "--data.body_selection", "tfidf",
+            "--data.max_summary_tokens", "12",
             *flags({**TINY_MODEL, "tokenizer.vocab_size": 290, "train.max_steps": 4,
                     "train.batch_size": 3, "train.progress_bar": "false"}),
             "--out_dir", str(run_dir)]  # fmt: skip
     assert main(args) == 0
+    # the defaults of its evaluation: beam search, up to the summary length it trained on
+    config = eval_options("summarization", ckpt=str(run_dir), data=str(data))
+    assert (config.num_beams, config.no_repeat_ngram_size, config.max_new_tokens) == (4, 3, 12)
     report, output = tmp_path / "r.json", tmp_path / "p.jsonl"
     assert main(["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--num_beams", "2",
                  "--max_new_tokens", "6", "--bootstrap_samples", "50", "--report", str(report),
