@@ -84,10 +84,9 @@ def _task_for(argv: Sequence[str], command: str):
 
     name, ckpt = given(argv, "task"), given(argv, "ckpt")
     if ckpt is not None and not _wants_help(argv):
-        from seqgen import checkpoint
-        from seqgen.inference import checkpoint_task
+        from seqgen.inference import task_of
 
-        task = checkpoint_task(checkpoint.read_meta(checkpoint.resolve(ckpt)))
+        task = task_of(ckpt)
         if name is None or name == task.name:
             return task
     return None if name is None else task_class(name)()

@@ -73,10 +73,9 @@ def eval_options(task: str, **values: Any) -> Any:
         raise ValueError(f"the {task} task has no evaluation")
     instance = cls()
     if values.get("ckpt"):
-        from seqgen import checkpoint
-        from seqgen.inference import checkpoint_task
+        from seqgen.inference import task_of
 
-        instance = checkpoint_task(checkpoint.read_meta(checkpoint.resolve(values["ckpt"])))
+        instance = task_of(values["ckpt"])
     defaults = known_options(cls.eval_config, instance.generation_defaults())
     return cls.eval_config(**{**defaults, **values})
 

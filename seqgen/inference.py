@@ -201,6 +201,11 @@ def checkpoint_task(meta: dict[str, Any]) -> Task:
     return task_class(meta["task"]).from_options(meta.get("task_options", {}), block_size)
 
 
+def task_of(path: str | Path) -> Task:
+    """The task of a checkpoint (or run directory), configured as it was trained."""
+    return checkpoint_task(checkpoint.read_meta(checkpoint.resolve(path)))
+
+
 def load(path: str | Path, task: str | None = None, precision: Literal["32", "bf16"] = "32",
          device: str = "cpu", pack: bool = True) -> Generator:  # fmt: skip
     """Load a checkpoint (or a run directory's final/) for generation."""
