@@ -71,6 +71,10 @@ def write_checkpoint(
     directory = Path(directory)
     if "task" not in meta or "model" not in meta:
         raise ValueError("checkpoint metadata needs 'task' and 'model'")
+    bad = non_finite(weights)
+    if bad:
+        raise CheckpointError(f"refusing to write {directory}: {bad} hold NaN or infinite "
+                              "values (a diverged model is never saved)")  # fmt: skip
     with atomic_directory(directory) as partial:
         save_weights(weights, partial / WEIGHTS_FILE)
         tokenizer.save(partial)
@@ -112,14 +116,28 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
+def non_finite(weights: dict[str, torch.Tensor]) -> str | None:
+    """The names of the tensors holding NaN or infinite values, if any (None if none)."""
+    bad = [name for name, tensor in weights.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]  # fmt: skip
+    if not bad:
+        return None
+    return bad[0] + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
+
+
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt weights ({err})") from None
+    bad = non_finite(weights)
+    if bad:
+        raise CheckpointError(f"{path}: {bad} hold NaN or infinite values (saved from a "
+                              "diverged run?); this checkpoint cannot be used")  # fmt: skip
+    return weights
 
 
 def load_weights_into(model: GPT, weights: dict[str, torch.Tensor], source: Path | str) -> None:

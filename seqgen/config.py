@@ -111,6 +111,9 @@ class TrainConfig:
     always reports the plain negative log-likelihood."""
     grad_clip: float | None = 1.0
     """Clip the gradient norm to this value (None: no clipping)."""
+    max_bad_steps: int = 0
+    """Steps with a NaN or infinite loss or gradient that are skipped (never applied) before
+    training stops as diverged; 0 stops at the first. The last finite checkpoint is kept."""
     precision: Literal["auto", "32-true", "bf16-mixed"] = "32-true"
     """Numeric precision. bf16-mixed autocasts on CPU too: fast where the CPU multiplies bf16
     in hardware (AMX, AVX512-BF16), 36x slower than 32-true where it does not (AVX2,
@@ -121,6 +124,8 @@ class TrainConfig:
     """Cap on validation batches per check (None: the whole validation set)."""
     checkpoint_every_n_steps: int = 500
     """Save a resumable checkpoint every N optimizer steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """Resumable checkpoints kept in out_dir/checkpoints, the newest (at least 1)."""
     keep_best: bool = False
     """Also keep the checkpoint with the lowest val_loss so far as out_dir/best (a fine-tuning
     on little data overfits, and its last step is then not its lowest-loss one)."""
@@ -163,8 +168,43 @@ class TrainConfig:
             raise ConfigError(
                 f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
             )
-        if self.max_time is not None:
-            parse_duration(self.max_time)
+        if self.max_time is not None and parse_duration(self.max_time) <= 0:
+            raise ConfigError(f"train.max_time must be longer than 0, got {self.max_time!r}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"train.max_epochs must be >= 1 or None, got {self.max_epochs}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ConfigError(f"train.val_batches must be >= 1 or None (all), got "
+                              f"{self.val_batches}")  # fmt: skip
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"train.grad_clip must be > 0 or None (off), got {self.grad_clip}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 or None, got {self.num_threads}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        for name, least in (("weight_decay", 0), ("max_bad_steps", 0), ("keep_checkpoints", 1),
+                            ("num_nodes", 1)):  # fmt: skip
+            if getattr(self, name) < least:
+                raise ConfigError(f"train.{name} must be >= {least}, got {getattr(self, name)}")
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"train.accelerator must be one of {', '.join(ACCELERATORS)}, "
+                              f"got {self.accelerator!r}")  # fmt: skip
+        if not _valid_devices(self.devices):
+            raise ConfigError("train.devices must be auto, a count (-1: all) or a list like "
+                              f"'0,1', got {self.devices!r}")  # fmt: skip
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _valid_devices(devices: int | str) -> bool:
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    text = str(devices).strip().strip("[]")
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return text == "auto" or (bool(parts) and all(p.lstrip("-").isdigit() for p in parts))
 
 
 def parse_duration(text: str) -> float:

@@ -15,3 +15,7 @@ class DataError(SeqgenError):
 
 class CheckpointError(SeqgenError):
     """A checkpoint that is missing, corrupt, or made for another task."""
+
+
+class TrainingDiverged(SeqgenError):
+    """The loss or the gradients became NaN or infinite."""

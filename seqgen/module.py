@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,10 +13,13 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import Timer
 
-from seqgen.checkpoint import META_KEY
+from seqgen.checkpoint import META_KEY, latest_checkpoint
 from seqgen.config import ModelConfig, TrainConfig, parse_duration
 from seqgen.data import IGNORE_INDEX
+from seqgen.errors import TrainingDiverged
 from seqgen.model import GPT
+
+log = logging.getLogger("seqgen")
 
 
 def masked_nll(
@@ -82,6 +87,7 @@ class LMModule(pl.LightningModule):
             persistent=False,
         )
         self.train_tokens = 0
+        self.bad_steps = 0  # steps skipped for a non-finite loss or gradient
         self._fit_started, self._fit_start_tokens = 0.0, 0
         self._val_sums: torch.Tensor | None = None
 
@@ -90,14 +96,48 @@ class LMModule(pl.LightningModule):
 
     # ------------------------------------------------------------ training
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int
+                      ) -> torch.Tensor | None:  # fmt: skip
         logits = self.model(batch["input_ids"])
         loss, _ = sequence_loss(logits, batch, self.lm_weight, self.train_config.label_smoothing)
         self.train_tokens += batch["input_ids"].numel() * self.trainer.world_size  # all ranks
+        if not torch.isfinite(loss):
+            self._bad_step(f"the loss is {loss.item()}")
+            return None  # Lightning then skips this step's backward and update
         self.log("train_loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         self.log("train_tokens", float(self.train_tokens))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A NaN or infinite gradient is never applied: without gradients AdamW leaves every
+        weight (and its moments) as it was."""
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]  # fmt: skip
+        if not params:
+            return
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+        if not torch.isfinite(norm):
+            self._bad_step(f"the gradient norm is {norm.item()}")
+            for p in params:
+                p.grad = None
+
+    def _bad_step(self, reason: str) -> None:
+        """Skip a step that would make the weights non-finite; stop when too many were."""
+        self.bad_steps += 1
+        cfg, step = self.train_config, self.trainer.global_step
+        if self.bad_steps > cfg.max_bad_steps:
+            lr = self.optimizers().param_groups[0]["lr"]
+            latest = latest_checkpoint(Path(self.trainer.default_root_dir) / "checkpoints")
+            kept = f"{latest} holds the last finite weights" if latest else "none was saved"
+            raise TrainingDiverged(
+                f"training diverged at step {step}: {reason}. Nothing from this step on was "
+                f"applied or saved ({kept}). Lower train.learning_rate (the rate was "
+                f"{lr:.3g}), lengthen train.warmup_steps, or use train.precision 32-true; "
+                "train.max_bad_steps N skips up to N such steps instead of stopping"
+            )
+        log.warning("step %d: %s; the step is skipped (%d of train.max_bad_steps %d)", step,
+                    reason, self.bad_steps, cfg.max_bad_steps)  # fmt: skip
 
     def on_fit_start(self) -> None:
         self._fit_started, self._fit_start_tokens = time.perf_counter(), self.train_tokens

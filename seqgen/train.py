@@ -124,7 +124,9 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         filename="step-{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=cfg.checkpoint_every_n_steps,
-        save_top_k=1,  # with no monitored metric: keep the newest only
+        save_top_k=cfg.keep_checkpoints,  # the newest ones
+        monitor="step",
+        mode="max",
         save_on_train_epoch_end=False,
     )
     checkpoints.FILE_EXTENSION = ""  # a checkpoint is a directory
@@ -308,6 +310,7 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
         "train_tokens": module.train_tokens,
         "tokens_per_second": module.tokens_this_fit / fit_seconds,
         "steps": trainer.global_step,
+        "skipped_steps": module.bad_steps,
         "train_seconds": fit_seconds,
         "params": module.model.num_params(),
         "precision": trainer.precision,

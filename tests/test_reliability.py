@@ -1,0 +1,94 @@
+"""Never lose a trained model, never save a broken one: a diverging run stops (or skips its bad
+steps) and keeps its last finite checkpoint; NaN weights are neither written nor loaded."""
+
+import json
+
+import pytest
+import torch
+from helpers import TINY_MODEL, flags
+
+import seqgen
+from seqgen.checkpoint import latest_checkpoint, read_weights, save_weights
+from seqgen.cli import main
+from seqgen.errors import CheckpointError
+from seqgen.model import GPT
+
+RUN = flags({**TINY_MODEL, "train.batch_size": 8, "train.max_steps": 20,
+             "train.warmup_steps": 2, "train.checkpoint_every_n_steps": 5,
+             "train.val_every_n_steps": 100, "train.progress_bar": "false"})  # fmt: skip
+
+
+def break_training(monkeypatch, from_step: int, until_step: int = 10**9, where: str = "loss"):
+    """Training forward passes from_step..until_step-1 give a NaN loss, or a finite loss
+    whose gradient is NaN (where="gradient")."""
+    forward, calls = GPT.forward, {"n": 0}
+
+    def broken(self, idx, *args, **kwargs):
+        logits = forward(self, idx, *args, **kwargs)
+        if not self.training:
+            return logits
+        step, calls["n"] = calls["n"], calls["n"] + 1
+        if not from_step <= step < until_step:
+            return logits
+        if where == "loss":
+            return logits * float("nan")
+        # 0 * sqrt(x) at x = 0: the value stays finite, its gradient is 0 * inf = NaN
+        return logits + 0 * torch.sqrt((logits * 0).sum())
+
+    monkeypatch.setattr(GPT, "forward", broken)
+
+
+def pretrain(corpus, out, *extra):
+    report = out.parent / f"{out.name}.json"
+    code = main(["pretrain", "--data.source", str(corpus), "--out_dir", str(out),
+                 "--report", str(report), *RUN, *extra])  # fmt: skip
+    return code, (json.loads(report.read_text()) if report.is_file() else None)
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(
+    where, corpus_file, tmp_path, monkeypatch, capsys
+):
+    break_training(monkeypatch, from_step=12, where=where)
+    code, report = pretrain(corpus_file, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert code == 2 and report is None  # no report of a broken run
+    reason = "the loss is nan" if where == "loss" else "the gradient norm is nan"
+    assert f"error: training diverged at step 12: {reason}" in err
+    latest = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert latest.name == "step-0000010" and f"{latest} holds the last finite weights" in err
+    read_weights(latest)  # finite, usable
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_bad_steps_can_be_skipped(corpus_file, tmp_path, monkeypatch, caplog):
+    break_training(monkeypatch, from_step=12, until_step=14)
+    code, report = pretrain(corpus_file, tmp_path / "run", "--train.max_bad_steps", "2")
+    assert code == 0 and report["steps"] == 20 and report["skipped_steps"] == 2
+    assert caplog.text.count("the step is skipped") == 2
+    weights = read_weights(tmp_path / "run" / "final")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_only_the_newest_checkpoints_are_kept(corpus_file, tmp_path):
+    code, _ = pretrain(corpus_file, tmp_path / "run", "--train.keep_checkpoints", "2")
+    assert code == 0
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step-0000015", "step-0000020"]
+
+
+def test_nan_weights_are_never_written_nor_loaded(tmp_path, sp_tokenizer):
+    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
+                                n_head=2, n_embd=16)  # fmt: skip
+    model = GPT(config)
+    good = seqgen.save_model(tmp_path / "good", model, sp_tokenizer, "text")
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="refusing to write .*attn.c_attn.weight hold NaN"):
+        seqgen.save_model(tmp_path / "bad", model, sp_tokenizer, "text")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+    weights = read_weights(good)  # a hand-made (or older, unchecked) file with an infinity
+    weights["transformer.ln_f.weight"][0] = float("inf")
+    save_weights(weights, good / "model.safetensors")
+    with pytest.raises(CheckpointError, match="ln_f.weight hold NaN or infinite values"):
+        seqgen.load(good)
