@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/seqgen pretrain --config configs/text_lm/demo.yaml
+	$(VENV)/bin/seqgen pretrain --config configs/text_lm/demo.yaml --overwrite true
 	@seed=0; for prompt in "ROMEO:" "First Citizen:" "KING HENRY:"; do \
 		seed=$$((seed + 1)); echo "--- sample: $$prompt"; \
 		$(VENV)/bin/seqgen generate --ckpt runs/demo --prompt "$$prompt" \

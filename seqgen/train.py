@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ class RunConfig:
     """Seed for initialisation and data order."""
     resume: str | None = None
     """Resume training: `last` (the newest checkpoint in out_dir) or a checkpoint directory."""
+    overwrite: bool = False
+    """Delete the previous run in out_dir (its checkpoints/, final/, best/, logs/) before
+    training; without it, a new run in the directory of an old one is an error."""
 
 
 class _DropChatter(logging.Filter):
@@ -179,20 +183,70 @@ def resume_point(resume: str | None, out_dir: Path) -> Path | None:
     return ckpt.resolve(resume)
 
 
+RUN_PARTS = ("checkpoints", "final", BEST, "logs")  # what a run writes in its out_dir
+
+
+def previous_run(out_dir: Path, init_from: Path | None, resume_from: Path | None,
+                 overwrite: bool) -> list[Path]:  # fmt: skip
+    """What an earlier run left in out_dir, to remove with --overwrite (checked before any
+    work: a new run never mixes with an old one's checkpoints, nor replaces its source)."""
+    if init_from is not None and out_dir.resolve() in (init_from.resolve(),
+                                                        *init_from.resolve().parents):
+        raise ConfigError(f"--init_from {init_from} is inside --out_dir {out_dir}: the run "
+                          "would replace the model it starts from; choose another --out_dir")
+    parts = [out_dir / name for name in RUN_PARTS]
+    found = [p for p in parts if p.is_dir() and any(p.iterdir())]
+    if resume_from is not None or not found:
+        return []
+    if not overwrite:
+        names = ", ".join(f"{p.name}/" for p in found)
+        raise ConfigError(f"{out_dir} holds a previous run ({names}): resume it with --resume "
+                          "last, choose another --out_dir, or give --overwrite true to delete "
+                          "it first")  # fmt: skip
+    return [p for p in parts if p.exists()]
+
+
+def check_model_settings(cfg: RunConfig, meta: dict[str, Any], start: Path,
+                         resuming: bool) -> None:  # fmt: skip
+    """A checkpoint brings its own model: model settings given that differ from it are an
+    error when resuming a run trained from scratch (they made its model), and named in a
+    warning otherwise."""
+    stored, given = ModelConfig.from_dict(meta["model"]), cfg.model
+    if given == RunConfig().model:  # no model settings given
+        return
+    skip = {"vocab_size"} | ({"dropout"} if cfg.dropout is not None else set())
+    names = [f.name for f in fields(ModelConfig) if f.name not in skip]
+    differs = [f"model.{name} {getattr(given, name)!r} given, {getattr(stored, name)!r} in the "
+               "checkpoint" for name in names if getattr(given, name) != getattr(stored, name)]
+    if not differs:
+        return
+    if resuming and cfg.init_from in (None, FROM_SCRATCH):  # the run's model came from cfg
+        raise ConfigError(f"resuming {start}: {'; '.join(differs)}; resume with the settings "
+                          "the run was started with")  # fmt: skip
+    log.warning("starting from %s, which brings its own model: %s (--dropout P sets its "
+                "dropout)", start, "; ".join(differs))  # fmt: skip
+
+
 def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     """Train, save `out_dir/final`, validate; returns (and optionally writes) the report."""
     started = time.perf_counter()
     if cfg.task is None:
         raise ConfigError("set the task: --task NAME (or `task:` in the config)")
     if cfg.init_from is None and cfg.resume is None:
-        raise ConfigError(f"set --from CKPT (a checkpoint or run directory), or --from "
-                          f"{FROM_SCRATCH} to train from scratch")  # fmt: skip
+        raise ConfigError(f"set --init_from CKPT (a checkpoint or run directory), or "
+                          f"--init_from {FROM_SCRATCH} to train from scratch")  # fmt: skip
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
     resume_from = resume_point(cfg.resume, out_dir)
     init_from = None if cfg.init_from in (None, FROM_SCRATCH) else ckpt.resolve(cfg.init_from)
+    previous = previous_run(out_dir, init_from, resume_from, cfg.overwrite)
     start = resume_from or init_from
     meta = ckpt.read_meta(start) if start is not None else None
+    if meta is not None:
+        check_model_settings(cfg, meta, start, resuming=resume_from is not None)
+    if 0 < cfg.train.max_steps <= cfg.train.warmup_steps:
+        log.warning("train.max_steps (%d) <= train.warmup_steps (%d): the learning rate never "
+                    "leaves its warm-up", cfg.train.max_steps, cfg.train.warmup_steps)  # fmt: skip
     block_size = meta["model"]["block_size"] if meta else cfg.model.block_size
     task = task_class(cfg.task)(cfg.data, block_size)
     if resume_from is not None and meta["task"] != task.name:
@@ -222,6 +276,9 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
               "run_config": jsonable(replace(cfg, model=model.config))},  # fmt: skip
         model=model,
     )
+    for path in previous:  # --overwrite: removed only now that everything else is ready
+        log.warning("--overwrite: removing %s", path)
+        shutil.rmtree(path)
     # an ExampleDataModule shards its batches across ranks itself
     rank_aware = isinstance(training_data, Examples)
     trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=not rank_aware)
@@ -252,10 +309,6 @@ def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
     config.json of the checkpoint to resume or start from."""
     if resume_from is not None:
         model_config = ModelConfig.from_dict(meta["model"])
-        asked = {**asdict(cfg.model), "vocab_size": model_config.vocab_size}
-        if cfg.init_from in (None, FROM_SCRATCH) and asked != asdict(model_config):
-            log.warning("resuming: the model config comes from %s; the given one is ignored",
-                        resume_from)  # fmt: skip
         log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
         return (GPT(model_config), load_tokenizer(resume_from),
                 meta.get("init_from", str(resume_from)))  # fmt: skip

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seqgen.checkpoint import CONFIG_FILE
+from seqgen.errors import ConfigError
 from seqgen.tasks import ExampleTask, Splits, task_class
 from seqgen.tokenizer import Tokenizer, TokenizerConfig
 
@@ -26,6 +28,9 @@ class TokenizerTrainConfig:
 
 
 def run(cfg: TokenizerTrainConfig) -> Tokenizer:
+    if (Path(cfg.out) / CONFIG_FILE).is_file():
+        raise ConfigError(f"{cfg.out} is a checkpoint: a new tokenizer there would not match "
+                          "its model; write it to another --out")  # fmt: skip
     task = task_class(cfg.task)(cfg.data)
     # the training split only: a task of examples need not name validation data for this
     splits = Splits(task.load_split("train"), []) if isinstance(task, ExampleTask) else task.load()

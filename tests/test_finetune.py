@@ -151,7 +151,7 @@ def test_cli_from_scratch_with_a_config_file(parallel, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--data.train", "X"], "set --from CKPT"),
+        (["--data.train", "X"], "set --init_from CKPT"),
         (["--init_from", "none", "--data.train", "{data}/nope"], "no such file"),
         (["--init_from", "none", "--data.train", "{data}/train", "--data.val", "{data}/bad"],
          "bad.en has 2 lines, {data}/bad.de has 1"),

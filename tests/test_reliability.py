@@ -92,3 +92,61 @@ def test_nan_weights_are_never_written_nor_loaded(tmp_path, sp_tokenizer):
     save_weights(weights, good / "model.safetensors")
     with pytest.raises(CheckpointError, match="ln_f.weight hold NaN or infinite values"):
         seqgen.load(good)
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def test_a_new_run_never_mixes_with_an_old_one(corpus_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain(corpus_file, run)[0] == 0
+    weights = (run / "final" / "model.safetensors").read_bytes()
+    code, _ = pretrain(corpus_file, run, "--train.max_steps", "10")
+    assert code == 2
+    assert (f"{run} holds a previous run (checkpoints/, final/, logs/): resume it with "
+            "--resume last") in capsys.readouterr().err  # fmt: skip
+    assert (run / "final" / "model.safetensors").read_bytes() == weights  # untouched
+    # --overwrite removes the old run, but only once the new one is ready to train
+    code, _ = pretrain(tmp_path / "missing.txt", run, "--overwrite", "true")
+    assert code == 2 and (run / "final" / "model.safetensors").read_bytes() == weights
+    code, report = pretrain(corpus_file, run, "--train.max_steps", "10", "--overwrite", "true")
+    assert code == 0 and report["steps"] == 10
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000005",
+                                                                       "step-0000010"]
+    assert len(list((run / "logs").iterdir())) == 1  # no stale step-20 to resume from
+    code, report = pretrain(corpus_file, run, "--train.max_steps", "15", "--resume", "last")
+    assert code == 0 and report["steps"] == 15
+
+
+def test_a_run_never_replaces_its_source_model(corpus_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain(corpus_file, run)[0] == 0
+    weights = (run / "final" / "model.safetensors").read_bytes()
+    for out in (run, run / "final"):
+        assert main(["finetune", "--task", "text", "--init_from", str(run), "--out_dir", str(out),
+                     "--data.source", str(corpus_file), "--overwrite", "true"]) == 2  # fmt: skip
+        assert "is inside --out_dir" in capsys.readouterr().err
+    assert main(["tokenizer", "train", "--data.source", str(corpus_file),
+                 "--out", str(run / "final")]) == 2  # fmt: skip
+    assert "is a checkpoint" in capsys.readouterr().err
+    assert (run / "final" / "model.safetensors").read_bytes() == weights
+
+
+def test_model_settings_a_checkpoint_overrides_are_named(corpus_file, tmp_path, capsys, caplog):
+    run = tmp_path / "run"
+    assert pretrain(corpus_file, run, "--train.max_steps", "10")[0] == 0
+    wider = ["--model.n_embd", "64"]
+    code, _ = pretrain(corpus_file, run, "--train.max_steps", "15", "--resume", "last", *wider)
+    assert code == 2
+    assert "model.n_embd 64 given, 32 in the checkpoint; resume with the settings" in (
+        capsys.readouterr().err)  # fmt: skip
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", "--task", "text", "--init_from", str(run), "--data.source",
+                 str(corpus_file), "--out_dir", str(tuned), *RUN, *wider]) == 0  # fmt: skip
+    assert "which brings its own model: model.n_embd 64 given, 32 in the checkpoint" in caplog.text
+
+
+def test_a_budget_inside_the_warmup_is_a_warning(corpus_file, tmp_path, caplog):
+    code, _ = pretrain(corpus_file, tmp_path / "run", "--train.max_steps", "5",
+                       "--train.warmup_steps", "8")  # fmt: skip
+    assert code == 0 and "the learning rate never leaves its warm-up" in caplog.text
