@@ -114,12 +114,35 @@ def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
 
 def parse(parser, argv: Sequence[str]):
     """Parse and instantiate; errors name the offending key (and the config file)."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    sections = {action.dest.split(".")[0] for action in parser._actions if "." in action.dest}
+    for file in files:
+        check_sections(file, sections)
     try:
         return parser.instantiate(parser.parse_args(list(argv)))
     except argparse.ArgumentError as err:
-        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
         where = f" (config: {', '.join(files)})" if files else ""
         raise SeqgenError(f"{str(err).strip()}{where}") from None
+
+
+def check_sections(file: str, sections: set[str]) -> None:
+    """A config file is a mapping, and each of its sections (model:, train:, data:, ...)
+    a mapping of settings: anything else is an error naming the file and the key."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(file).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise SeqgenError(f"{file}: cannot read the config ({err})") from None
+    if values is None:
+        raise SeqgenError(f"{file}: the config is empty")
+    if not isinstance(values, dict):
+        raise SeqgenError(f"{file}: a config maps keys to values (key: value lines), not a "
+                          f"{type(values).__name__}")  # fmt: skip
+    for key in sorted(sections & set(values)):
+        if not isinstance(values[key], dict):
+            raise SeqgenError(f"{file}: `{key}:` is a section of settings (indented key: value "
+                              f"lines), got {values[key]!r}")  # fmt: skip
 
 
 def build(config_class: type, values: Any):

@@ -108,12 +108,33 @@ def read_meta(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt ({err})") from None
     if not isinstance(meta, dict) or not {"task", "model", "format_version"} <= set(meta):
         raise CheckpointError(f"{path}: corrupt (needs format_version, task and model)")
+    for key, kind, text in META_FIELDS:
+        if key in meta and not (isinstance(meta[key], kind) and not isinstance(meta[key], bool)):
+            raise CheckpointError(f"{path}: {key!r} must be {text}, got {meta[key]!r}")
     if meta["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format version {meta['format_version']} is newer than this seqgen reads "
             f"({FORMAT_VERSION}); upgrade seqgen"
         )
+    if not meta["task"] or meta.get("step", 0) < 0:
+        raise CheckpointError(f"{path}: 'task' must name a task and 'step' be >= 0")
+    try:
+        ModelConfig.from_dict(meta["model"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     return meta
+
+
+# config.json's own fields (a hand-edited file is checked before anything uses it)
+META_FIELDS = (
+    ("format_version", int, "an integer"),
+    ("task", str, "a task name"),
+    ("model", dict, "an object of model settings"),
+    ("step", int, "an integer"),
+    ("train_tokens", int, "an integer"),
+    ("task_options", dict, "an object"),
+    ("init_from", str, "a path"),
+)
 
 
 def non_finite(weights: dict[str, torch.Tensor]) -> str | None:

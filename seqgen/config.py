@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from seqgen.errors import ConfigError
+
+
+def check_types(config: Any, section: str) -> None:
+    """Every field holds a value of its declared type (2.5 is not an int, "2" is not one,
+    and neither is True): configs also come from hand-edited JSON and YAML."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if not _matches(value, hint):
+            raise ConfigError(f"{section}.{f.name} must be {_describe(hint)}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arm) for arm in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # containers and Any: checked where they are used
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 @dataclass
@@ -34,6 +74,7 @@ class ModelConfig:
     """LayerNorm epsilon."""
 
     def __post_init__(self) -> None:
+        check_types(self, "model")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
@@ -145,6 +186,7 @@ class TrainConfig:
     """Show Lightning's progress bar."""
 
     def __post_init__(self) -> None:
+        check_types(self, "train")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"train.max_steps must be positive or -1, got {self.max_steps}")
         if self.max_steps == -1 and self.max_time is None and self.max_epochs is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from seqgen.config import check_types
 from seqgen.errors import ConfigError
 
 if TYPE_CHECKING:  # the registry is read by `seqgen --help`, which must not load torch
@@ -114,7 +115,12 @@ class Task(ABC):
         """The task as a checkpoint stored it (`options()`), for the model's context."""
         values = {**cls.option_defaults, **options}
         stored = {key: values[key] for key in cls.stored_options if key in values}
-        return cls(cls.data_config(**stored), block_size)
+        data = cls.data_config(**stored)
+        try:
+            check_types(data, "task_options")
+        except ConfigError as err:
+            raise ConfigError(f"the checkpoint's {err}") from None
+        return cls(data, block_size)
 
     def options(self) -> dict[str, Any]:
         """JSON-able settings stored in the checkpoint, given back to `from_options`."""

@@ -150,3 +150,91 @@ def test_a_budget_inside_the_warmup_is_a_warning(corpus_file, tmp_path, caplog):
     code, _ = pretrain(corpus_file, tmp_path / "run", "--train.max_steps", "5",
                        "--train.warmup_steps", "8")  # fmt: skip
     assert code == 0 and "the learning rate never leaves its warm-up" in caplog.text
+
+
+# ---------------------------------------------------------------- hostile checkpoint configs
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": {"n_layer": 2.5}}, "model.n_layer must be int, got 2.5"),
+        ({"model": {"n_head": "2"}}, "model.n_head must be int, got '2'"),
+        ({"model": {"bias": 1}}, "model.bias must be bool, got 1"),
+        ({"model": {"pos_embedding": "rotary"}}, "model.pos_embedding must be one of"),
+        ({"model": {"n_layers": 2}}, "unknown model config key(s): n_layers"),
+        ({"model": 5}, "'model' must be an object of model settings, got 5"),
+        ({"format_version": "1"}, "'format_version' must be an integer, got '1'"),
+        ({"format_version": 99}, "format version 99 is newer than this seqgen reads"),
+        ({"task": ["text"]}, "'task' must be a task name, got ['text']"),
+        ({"task": ""}, "'task' must name a task"),
+        ({"task": "nope"}, "unknown task 'nope'"),
+        ({"step": "forty"}, "'step' must be an integer, got 'forty'"),
+        ({"step": -3}, "'step' be >= 0"),
+        ({"task_options": []}, "'task_options' must be an object, got []"),
+    ],
+)
+def test_a_hand_edited_config_json_is_one_clear_error(change, message, tmp_path, sp_tokenizer,
+                                                      capsys):  # fmt: skip
+    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
+                                n_head=2, n_embd=16)  # fmt: skip
+    path = seqgen.save_model(tmp_path / "ckpt", GPT(config), sp_tokenizer, "text", step=3)
+    meta = json.loads((path / "config.json").read_text())
+    for key, value in change.items():
+        meta[key] = {**meta[key], **value} if isinstance(value, dict) and key == "model" else value
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(seqgen.SeqgenError) as err:
+        seqgen.load(path)
+    assert message in str(err.value)
+    commands = [["generate", "--ckpt", str(path), "--prompt", "the"]]
+    if "unknown task" not in message:  # info tallies the model alone
+        commands.append(["info", "--ckpt", str(path)])
+    for command in commands:
+        assert main(command) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_hand_edited_task_options_are_one_clear_error(tmp_path, sp_tokenizer):
+    from seqgen.tasks import task_class
+
+    with pytest.raises(seqgen.ConfigError, match="task_options.target_lang must be str, got 5"):
+        task_class("translation").from_options({"target_lang": 5}, block_size=32)
+
+
+# ---------------------------------------------------------------- configs checked at the edge
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "flags_given", "message"),
+    [
+        ("train: null\n", [], "`train:` is a section of settings"),
+        ("model: 5\n", [], "`model:` is a section of settings (indented key: value lines), got 5"),
+        ("data: [1, 2]\n", [], "`data:` is a section of settings"),
+        ("- a\n- b\n", [], "a config maps keys to values (key: value lines), not a list"),
+        ("train:\n  max_steps: forty\n", [], 'Parser key "train.max_steps"'),
+        ("", ["--train.val_batches", "0"], "train.val_batches must be >= 1"),
+        ("", ["--train.val_batches", "-2"], "train.val_batches must be >= 1"),
+        ("", ["--train.accelerator", "foo"], "train.accelerator must be one of auto, cpu"),
+        ("", ["--train.num_threads", "-1"], "train.num_threads must be >= 1"),
+        ("", ["--train.max_time", "0", "--train.warmup_steps", "0"], "train.max_time must be "
+                                                                      "longer than 0"),
+        ("", ["--train.grad_clip", "-1"], "train.grad_clip must be > 0 or None"),
+        ("", ["--train.devices", "two"], "train.devices must be auto, a count"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(yaml_text, flags_given, message, corpus_file,
+                                           tmp_path, capsys):  # fmt: skip
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text or "# only a comment\n")
+    code, _ = pretrain(corpus_file, tmp_path / "run", *flags_given,
+                       *(["--config", str(config)] if yaml_text else []))  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and not (tmp_path / "run").exists(), err
+    assert "Traceback" not in err
+
+
+def test_an_empty_config_file_is_named(corpus_file, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("# only a comment\n")
+    assert pretrain(corpus_file, tmp_path / "run", "--config", str(config))[0] == 2
+    assert f"{config}: the config is empty" in capsys.readouterr().err
