@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seqgen.errors import DataError
 
@@ -87,8 +87,49 @@ def load_hf_dataset(source: str, hf_config: str | None, split: str):
 # ---------------------------------------------------------------- datasets
 
 
+class EpochSampler(Sampler):
+    """`num_samples` distinct offsets of a window dataset per epoch, each with a seed for the
+    draw's own randomness (augmentation): both are functions of (seed, epoch) alone, so a run
+    resumed mid-epoch continues exactly where it stopped once `skip` (the draws already
+    trained on) is set. Yields (offset, seed) keys."""
+
+    def __init__(self, size: int, num_samples: int, seed: int) -> None:
+        self.size, self.num_samples, self.seed = size, num_samples, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(state))
+        order = torch.randperm(self.size, generator=generator)[: self.num_samples].tolist()
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
+        start, self.skip = self.skip, 0
+        self.epoch += 1
+        yield from zip(order[start:], seeds[start:], strict=True)
+
+
+def resume_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained on) where `fit` starts: (0, 0) for a new run,
+    where the checkpoint stopped for a resumed one."""
+    if trainer is None:
+        return 0, 0
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    epoch = trainer.current_epoch
+    return (epoch + 1, 0) if done >= batches_per_epoch else (epoch, done)
+
+
+def window_offset(key: int | tuple[int, int]) -> int:
+    """The offset of a window dataset's key: an offset, or (offset, seed of the draw)."""
+    return key[0] if isinstance(key, tuple) else key
+
+
 class RandomWindows(Dataset):
-    """Item i: the window of block_size + 1 tokens starting at offset i."""
+    """Item i (or (i, seed)): the window of block_size + 1 tokens starting at offset i."""
 
     def __init__(self, ids: np.ndarray, block_size: int) -> None:
         self.ids, self.block_size = ids, block_size
@@ -96,7 +137,8 @@ class RandomWindows(Dataset):
     def __len__(self) -> int:
         return len(self.ids) - self.block_size
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i = window_offset(key)
         window = torch.from_numpy(self.ids[i : i + self.block_size + 1].astype(np.int64))
         return {"input_ids": window[:-1], "targets": window[1:]}
 
@@ -136,10 +178,10 @@ class WindowDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int,
-                 num_workers: int = 0) -> None:  # fmt: skip
+                 num_workers: int = 0, seed: int = 0) -> None:  # fmt: skip
         super().__init__()
         self.train_set, self.val_set = train_set, val_set
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     @property
     def draws_per_epoch(self) -> int:
@@ -147,7 +189,10 @@ class WindowDataModule(pl.LightningDataModule):
         return max(1, len(self.train_set) // self.train_set.block_size)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = RandomSampler(self.train_set, num_samples=self.draws_per_epoch)
+        sampler = EpochSampler(len(self.train_set), self.draws_per_epoch, self.seed)
+        batches = -(-self.draws_per_epoch // self.batch_size)
+        sampler.epoch, done = resume_position(self.trainer, batches)
+        sampler.skip = done * self.batch_size
         return DataLoader(
             self.train_set,
             self.batch_size,
@@ -155,11 +200,11 @@ class WindowDataModule(pl.LightningDataModule):
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # worker seeds never draw from the global RNG
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val_set, self.batch_size, shuffle=False, num_workers=self.num_workers
-        )
+        return DataLoader(self.val_set, self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, generator=torch.Generator())  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from seqgen.data import IGNORE_INDEX
+from seqgen.data import IGNORE_INDEX, resume_position
 from seqgen.errors import DataError
 
 
@@ -75,6 +75,10 @@ class LengthGroupedBatches(Sampler[list[int]]):
         self.lengths, self.batch_size = list(lengths), batch_size
         self.seed, self.group_batches, self.epoch = seed, group_batches, 0
         self.rank, self.world_size = rank, world_size
+        self.skip = 0  # batches of the epoch already trained on (a resumed run)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size) // self.world_size
@@ -82,6 +86,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
         self.epoch += 1
+        done, self.skip = self.skip, 0
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         group = self.batch_size * self.group_batches
@@ -92,7 +97,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
             batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
         rng.shuffle(batches)
         # every rank draws the same permutation (same seed) and takes its own share of it
-        yield from batches[self.rank :: self.world_size][: len(self)]
+        yield from batches[self.rank :: self.world_size][: len(self)][done:]
 
 
 class ExampleDataModule(pl.LightningDataModule):
@@ -122,12 +127,15 @@ class ExampleDataModule(pl.LightningDataModule):
         shard = {}
         if self.rank_aware and self.trainer is not None:
             shard = {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
+        batches = LengthGroupedBatches(lengths, self.batch_size, self.seed, **shard)
+        batches.epoch, batches.skip = resume_position(self.trainer, len(batches))
         return DataLoader(
             self.train_set,
-            batch_sampler=LengthGroupedBatches(lengths, self.batch_size, self.seed, **shard),
+            batch_sampler=batches,
             collate_fn=self._collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # worker seeds never draw from the global RNG
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -135,5 +143,5 @@ class ExampleDataModule(pl.LightningDataModule):
         ordered = sorted(self.val_set.examples, key=lambda e: len(e.ids))
         return DataLoader(
             ExampleDataset(ordered), self.batch_size, shuffle=False, collate_fn=self._collate,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers, generator=torch.Generator(),
         )  # fmt: skip

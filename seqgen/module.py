@@ -20,6 +20,7 @@ from seqgen.errors import TrainingDiverged
 from seqgen.model import GPT
 
 log = logging.getLogger("seqgen")
+RNG_KEY = "torch_rng_state"
 
 
 def masked_nll(
@@ -231,6 +232,10 @@ class LMModule(pl.LightningModule):
             "train_tokens": self.train_tokens,
             **self.meta,
         }
+        # the random state after this step: a resumed run draws the same dropout masks
+        checkpoint[RNG_KEY] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.train_tokens = int(checkpoint.get(META_KEY, {}).get("train_tokens", 0))
+        if RNG_KEY in checkpoint:  # absent from checkpoints of older versions
+            torch.set_rng_state(checkpoint[RNG_KEY])

@@ -92,8 +92,8 @@ def quiet_lightning() -> None:
         if not any(isinstance(f, _DropChatter) for f in logger.filters):
             logger.addFilter(_DropChatter())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # Training windows are drawn at random offsets: after a resume a fresh draw is as good as
-    # the interrupted one, so the sampler's position is deliberately not saved.
+    # The samplers restart a resumed epoch where it stopped (seqgen.data.resume_position), which
+    # Lightning cannot see: its warning does not apply.
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # A run directory holds more than checkpoints (logs/, final/, best/ with train.keep_best).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -332,7 +332,8 @@ def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int
         return ExampleDataModule(data.train, data.val, cfg.train.batch_size, pad_id, cfg.seed,
                                  data.num_workers, rank_aware=True)  # fmt: skip
     if isinstance(data, Windows):
-        return WindowDataModule(data.train, data.val, cfg.train.batch_size, data.num_workers)
+        return WindowDataModule(data.train, data.val, cfg.train.batch_size, data.num_workers,
+                                cfg.seed)  # fmt: skip
     raise TypeError(f"training_data must return Examples or Windows, not {type(data).__name__}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from seqgen.data import is_saved_dataset, missing_local_path, padded_window
+from seqgen.data import is_saved_dataset, missing_local_path, padded_window, window_offset
 from seqgen.errors import DataError
 from seqgen.files import atomic_directory
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
@@ -150,7 +150,8 @@ class PerformanceWindows(Dataset):
     Item i lies at offset i of the streams laid end to end, so a sampler over the items
     draws a performance in proportion to its length (and shards draws across ranks). The
     window starts at the same relative place among the performance's possible starts; with
-    augmentation the performance is first transposed and stretched, afresh on every draw.
+    augmentation the performance is first transposed and stretched, afresh on every draw
+    (item (i, seed) draws the augmentation from the seed that the sampler gives each draw).
     """
 
     def __init__(self, performances: list[Notes], block_size: int, bos_id: int, eos_id: int,
@@ -167,14 +168,16 @@ class PerformanceWindows(Dataset):
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i = window_offset(key)
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
         place = (i - self.starts[k]) / (self.starts[k + 1] - self.starts[k])  # in [0, 1)
         notes = self.performances[k]
-        if self.augment:
-            semitones = int(torch.randint(-self.transpose, self.transpose + 1, ()))
+        if self.augment:  # the draw's seed (from the sampler), else the offset
+            rng = np.random.default_rng(key[1] if isinstance(key, tuple) else i)
+            semitones = int(rng.integers(-self.transpose, self.transpose + 1))
             low, high = self.stretch
-            notes = augment(notes, semitones, low + (high - low) * float(torch.rand(())))
+            notes = augment(notes, semitones, low + (high - low) * float(rng.random()))
         ids = np.concatenate([[self.bos_id], encode_notes(notes), [self.eos_id]])
         n = self.block_size + 1
         offset = int(place * max(1, len(ids) - n + 1))
