@@ -190,6 +190,19 @@ def resolve(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: not a seqgen checkpoint or run directory (no {CONFIG_FILE})")
 
 
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Keep the `keep` newest checkpoints in `directory`, and no torn `.partial` or `.old`
+    copies: a run resumed after a crash prunes what the crashed process left."""
+    if not directory.is_dir():
+        return
+    for torn in [*directory.glob("*.partial"), *directory.glob("*.old")]:
+        shutil.rmtree(torn, ignore_errors=True)
+    found = sorted((read_meta(c).get("step", -1), c.name, c) for c in directory.iterdir()
+                   if (c / CONFIG_FILE).is_file())  # fmt: skip
+    for _, _, old in found[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     """The checkpoint with the highest training step in `directory`, if any."""
     if not directory.is_dir():

@@ -15,6 +15,7 @@ from typing import Any
 
 from seqgen.arguments import build, config_parser, flags_of, given, normalize, parse
 from seqgen.errors import SeqgenError
+from seqgen.files import check_writable
 
 
 def _tasks_help(command: str) -> str:
@@ -58,6 +59,10 @@ def parse_run(command: str, argv: Sequence[str]):
     parser.set_defaults({**defaults, "task": name})
     values = parse(parser, argv)
     cfg = build(RunConfig, values)
+    try:
+        check_writable(values["report"], "--report")
+    except ValueError as err:
+        raise SeqgenError(str(err)) from None
     if command == "pretrain" and cfg.init_from not in (None, FROM_SCRATCH):  # flag or config
         raise SeqgenError(
             f"seqgen pretrain trains from scratch (init_from: {cfg.init_from}); to start from "

@@ -55,11 +55,18 @@ def is_saved_dataset(path: Path) -> bool:
 
 
 def missing_local_path(source: str, suffixes: Collection[str] = ()) -> bool:
-    """Whether `source` names a local file or folder that does not exist: it starts like a
-    path (`.`, `/`, `~`) or ends in one of `suffixes`. Such a source is an error to report
-    at once, never a Hugging Face dataset name to look up (offline, that retries for ~25 s)."""
+    """Whether `source` names a local file or folder that does not exist. A hub dataset is
+    `name` or `owner/name`; anything else is local: a path starting with `.`, `/` or `~`,
+    ending in one of `suffixes`, with more than one `/`, or inside a folder that exists here
+    (`data/missing` beside a `data/` folder). Such a source is an error to report at once,
+    never a name to look up on the hub (without a network that retries for ~30 s)."""
     path = Path(source).expanduser()
-    looks_local = source.startswith((".", "/", "~")) or path.suffix.lower() in suffixes
+    looks_local = (
+        source.startswith((".", "/", "~"))
+        or path.suffix.lower() in suffixes
+        or source.strip("/").count("/") > 1
+        or (len(path.parts) > 1 and path.parent.is_dir())
+    )
     return looks_local and not path.exists()
 
 

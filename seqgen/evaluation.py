@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from seqgen.engine import GenerationOptions
-from seqgen.files import atomic_file
+from seqgen.files import atomic_file, check_writable
 
 
 @dataclass(kw_only=True)
@@ -34,6 +34,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_writable(self.report, "report")
 
 
 @dataclass(kw_only=True)

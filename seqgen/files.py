@@ -46,3 +46,18 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | None, what: str) -> None:
+    """Raise ValueError, before any work, if `path` cannot become a file: it is a directory,
+    or a file stands where its folder would be."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path}: {parent} is a file, not a folder")
+            return

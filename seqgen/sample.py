@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from seqgen.engine import GenerationOptions
 from seqgen.errors import SeqgenError
+from seqgen.files import check_writable
 
 
 @dataclass(kw_only=True)
@@ -49,6 +50,7 @@ class GenerateConfig(GenerationOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_writable(self.out, "out")
         if self.prompt and self.prompt_file:
             raise ValueError("give prompt or prompt_file, not both")
         if self.num_samples < 1 or self.mbr_samples < 1:
@@ -110,8 +112,9 @@ def run(config: GenerateConfig, file_options: Any = None) -> None:
 
 
 def _stream(generator, prompt: str, stop: list[str], options: dict[str, Any]) -> None:
+    pieces = generator.stream(prompt, stop=stop, **options)  # checks the options first
     sys.stdout.write(prompt if generator.task.continues_prompt else "")
-    for piece in generator.stream(prompt, stop=stop, **options):
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

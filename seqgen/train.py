@@ -344,6 +344,8 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - fit_started
+    if trainer.is_global_zero:
+        ckpt.prune_checkpoints(out_dir / "checkpoints", module.train_config.keep_checkpoints)
     trainer.save_checkpoint(out_dir / "final", weights_only=False)
     train_loss = trainer.callback_metrics.get("train_loss")  # validate() resets the metrics
     metrics = trainer.validate(module, datamodule, verbose=False)[0]

@@ -207,7 +207,8 @@ def read_source(task: str, source: str):
 
 
 @pytest.mark.parametrize("task", ["text", "translation", "summarization", "music"])
-@pytest.mark.parametrize("name", ["./missing", "{tmp}/missing", "missing{suffix}"])
+@pytest.mark.parametrize("name", ["./missing", "{tmp}/missing", "missing{suffix}",
+                                  "a/b/missing", "{here}/missing"])
 def test_a_missing_local_path_is_an_error_not_a_hub_lookup(task, name, tmp_path, monkeypatch):
     import seqgen.data
     from seqgen.data import missing_local_path
@@ -219,8 +220,11 @@ def test_a_missing_local_path_is_an_error_not_a_hub_lookup(task, name, tmp_path,
     for module in ("text.corpus", "translation.data", "summarization.data"):
         monkeypatch.setattr(f"seqgen_tasks.{module}.load_hf_dataset", hub)
     suffix = ".mid" if task == "music" else ".jsonl"
-    source = name.format(tmp=tmp_path, suffix=suffix)
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)  # `data/missing`: a folder here holds it, not the hub
+    source = name.format(tmp=tmp_path, suffix=suffix, here="data")
     assert missing_local_path(source, {suffix})
     with pytest.raises(DataError, match="no such file"):
         read_source(task, source)
     assert not missing_local_path("user/dataset") and not missing_local_path(str(tmp_path))
+    assert not missing_local_path("wikitext")

@@ -238,3 +238,51 @@ def test_an_empty_config_file_is_named(corpus_file, tmp_path, capsys):
     config.write_text("# only a comment\n")
     assert pretrain(corpus_file, tmp_path / "run", "--config", str(config))[0] == 2
     assert f"{config}: the config is empty" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- smaller ones
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, sp_tokenizer, capsys, monkeypatch):
+    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
+                                n_head=2, n_embd=16)  # fmt: skip
+    ckpt = seqgen.save_model(tmp_path / "ckpt", GPT(config), sp_tokenizer, "text")
+    calls = []
+    monkeypatch.setattr("seqgen.inference.load", lambda *a, **k: calls.append(a))
+    (tmp_path / "a_file").write_text("x")
+    for out, message in ((tmp_path, "is a directory"), (tmp_path / "a_file" / "x.txt",
+                                                        "is a file, not a folder")):  # fmt: skip
+        assert main(["generate", "--ckpt", str(ckpt), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["evaluate", "--task", "translation", "--hypotheses", "h", "--reference", "r",
+                 "--report", str(tmp_path)]) == 2  # fmt: skip
+    assert "report" in capsys.readouterr().err and not calls  # nothing loaded, nothing generated
+
+
+def test_empty_reference_files_are_named(tmp_path, capsys):
+    (tmp_path / "hyp.de").write_text("")
+    (tmp_path / "ref.de").write_text("")
+    assert main(["evaluate", "--task", "translation", "--hypotheses", str(tmp_path / "hyp.de"),
+                 "--reference", str(tmp_path / "ref.de")]) == 2  # fmt: skip
+    assert "ref.de: no lines to score against" in capsys.readouterr().err
+
+
+def test_a_bad_option_prints_nothing_before_its_error(tmp_path, sp_tokenizer, capsys):
+    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
+                                n_head=2, n_embd=16)  # fmt: skip
+    ckpt = seqgen.save_model(tmp_path / "ckpt", GPT(config), sp_tokenizer, "text")
+    assert main(["generate", "--ckpt", str(ckpt), "--prompt", "the king",
+                 "--stop", "x", "--window_keep_oops", "3"]) == 2  # fmt: skip
+    assert main(["generate", "--ckpt", str(ckpt), "--prompt", "the king", "--stop", ""]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "stop strings must not be empty" in captured.err
+
+
+def test_a_resumed_run_prunes_what_the_crashed_one_left(corpus_file, tmp_path):
+    run = tmp_path / "run"
+    assert pretrain(corpus_file, run, "--train.max_steps", "10")[0] == 0
+    torn = run / "checkpoints" / "step-0000015.partial"
+    torn.mkdir()  # a crash during a write
+    code, _ = pretrain(corpus_file, run, "--resume", "last", "--train.keep_checkpoints", "1")
+    assert code == 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000020"]

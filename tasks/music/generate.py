@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from seqgen.files import check_writable
 from seqgen.tokenizer import Tokenizer
 from seqgen_tasks.music.events import (
     MAX_SHIFT,
@@ -53,6 +54,8 @@ class MusicGenerate:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+        check_writable(self.piano_roll, "piano_roll")
+        check_writable(self.wav, "wav")
 
 
 class Clock:

@@ -14,6 +14,7 @@ from typing import Any
 from seqgen.data import read_jsonl
 from seqgen.errors import DataError
 from seqgen.evaluation import DecodingEval, Progress, write_json
+from seqgen.files import check_writable
 from seqgen.tasks import known_options
 from seqgen_tasks.summarization.data import SummarizationData, read_examples
 from seqgen_tasks.summarization.rouge import (
@@ -71,6 +72,7 @@ class SummarizationEval(DecodingEval):
             raise ValueError("give ckpt or predictions, not both")
         if self.bootstrap_samples < 1:
             raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
+        check_writable(self.output, "output")
 
 
 def read_predictions(path: Path, field: str, ids: list[str]) -> list[str]:

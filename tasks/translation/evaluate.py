@@ -13,6 +13,7 @@ from typing import Any
 
 from seqgen.errors import DataError
 from seqgen.evaluation import DecodingEval, Progress, write_json
+from seqgen.files import check_writable
 from seqgen_tasks.translation.data import read_lines
 
 
@@ -62,6 +63,7 @@ class TranslationEval(DecodingEval):
             raise ValueError("give ckpt (with source) or hypotheses, not both")
         if self.ckpt and not self.source:
             raise ValueError("ckpt needs source (the sentences to translate)")
+        check_writable(self.output, "output")
 
 
 def translate(config: TranslationEval, sources: list[str]) -> list[str]:
@@ -88,6 +90,8 @@ def translate(config: TranslationEval, sources: list[str]) -> list[str]:
 
 def evaluate(config: TranslationEval) -> dict[str, Any]:
     references = read_lines(Path(config.reference))
+    if not references:
+        raise DataError(f"{config.reference}: no lines to score against")
     if config.ckpt:
         sources = read_lines(Path(config.source))
         if len(sources) != len(references):
