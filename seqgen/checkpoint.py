@@ -268,8 +268,9 @@ class SeqgenCheckpointIO(CheckpointIO):
         try:
             checkpoint = torch.load(state_path, map_location=map_location, weights_only=True)
         except Exception as err:  # torch raises several types for damaged or unsafe files
+            first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
             raise CheckpointError(
-                f"{state_path}: corrupt or unsafe training state ({err})"
+                f"{state_path}: corrupt or unsafe training state ({first_line})"
             ) from None
         weights = read_weights(directory)
         if "lm_head.weight" not in weights and "transformer.wte.weight" in weights:

@@ -342,7 +342,13 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
     """Fit (resuming when asked), save `out_dir/final`, validate: the report fields that every
     training workflow shares."""
     fit_started = time.perf_counter()
-    trainer.fit(module, datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    try:
+        trainer.fit(module, datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    except BaseException:
+        logs = Path(trainer.logger.log_dir) if trainer.logger else None
+        if logs is not None and logs.is_dir() and not any(logs.iterdir()):
+            logs.rmdir()  # a run that failed before logging anything leaves no trace
+        raise
     fit_seconds = time.perf_counter() - fit_started
     if trainer.is_global_zero:
         ckpt.prune_checkpoints(out_dir / "checkpoints", module.train_config.keep_checkpoints)

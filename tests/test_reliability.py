@@ -286,3 +286,16 @@ def test_a_resumed_run_prunes_what_the_crashed_one_left(corpus_file, tmp_path):
     code, _ = pretrain(corpus_file, run, "--resume", "last", "--train.keep_checkpoints", "1")
     assert code == 0
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000020"]
+
+
+def test_a_failed_resume_is_one_line_and_leaves_no_trace(corpus_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain(corpus_file, run, "--train.max_steps", "10")[0] == 0
+    for state in run.glob("*/**/training_state.pt"):
+        state.write_bytes(b"not a torch file")
+    code, _ = pretrain(corpus_file, run, "--resume", "last")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "corrupt or unsafe training state" in err[-1]
+    assert err[-1].startswith("error: ") and [p.name for p in (run / "logs").iterdir()] == [
+        "version_0"
+    ]
