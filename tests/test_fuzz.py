@@ -1,5 +1,5 @@
 """Fuzzing the readers of user input: whatever the bytes, each gives a result or a
-SeqgenError naming the file, never another exception (a few hundred examples each)."""
+SeqgenError naming the file, never another exception (300 examples each)."""
 
 import io
 import json
@@ -17,7 +17,7 @@ from seqgen_tasks.music.midi import read_midi
 from seqgen_tasks.summarization.data import SummarizationData, read_examples
 from seqgen_tasks.translation.data import TranslationData, read_pairs
 
-FUZZ = settings(max_examples=200, deadline=None,
+FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 
 
