@@ -3,6 +3,7 @@ checkpoint) and resumed with --resume last ends with the weights of an uninterru
 the same seed, for packed text windows, length-grouped example batches and augmented music
 windows, with dropout on, mid-epoch and at an epoch's end."""
 
+import os
 import subprocess
 import sys
 
@@ -50,9 +51,10 @@ SETTINGS = flags({**TINY_MODEL, "model.dropout": 0.1, "train.batch_size": 4,
 
 
 def train(argv, kill_at=0, where="none"):
-    done = subprocess.run([sys.executable, "-c", CHILD, str(kill_at), where, *argv],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    return done
+    fixed_threads = {**os.environ, "OMP_DYNAMIC": "false", "MKL_DYNAMIC": "false"}
+    return subprocess.run([sys.executable, "-c", CHILD, str(kill_at), where, *argv],
+                          capture_output=True, text=True, timeout=300,
+                          env=fixed_threads)  # fmt: skip
 
 
 def task_argv(task, tmp_path, corpus_file):
@@ -89,5 +91,8 @@ def test_a_killed_run_resumes_to_the_same_weights(task, kill_at, where, tmp_path
     expected, found = read_weights(tmp_path / "whole" / "final"), read_weights(killed / "final")
     assert expected.keys() == found.keys()
     worst = max((expected[k] - found[k]).abs().max().item() for k in expected)
-    assert worst <= 1e-6, f"weights differ by up to {worst}"
+    # Equal bit for bit in every run on the development machine; under load, threaded
+    # float32 kernels may round differently once (1.5e-6 seen). A resume that loses the data
+    # position or the random state differs by 2e-3 or more.
+    assert worst <= 1e-5, f"weights differ by up to {worst}"
     assert not list((killed / "checkpoints").glob("*.partial"))  # the torn write is gone
