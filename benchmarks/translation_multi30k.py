@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (work / "recipe" / "final").rename(work / "final")  # the model: OUT/final
         scores = score(data, args.split, work / "final", args.num_beams, work)
         report.update(
-            bleu=scores["bleu"], chrf=scores["chrf"], bleu_signature=scores["bleu_signature"],
+            bleu=scores["bleu"], chrf=scores["chrf"], bleu_ci=scores["bleu_ci"],
+            chrf_ci=scores["chrf_ci"], bleu_signature=scores["bleu_signature"],
             chrf_signature=scores["chrf_signature"],
             train_seconds=pretrain_seconds + tuned["train_seconds"],
             pretrain_seconds=pretrain_seconds, finetune_seconds=tuned["train_seconds"],

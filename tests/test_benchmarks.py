@@ -62,6 +62,7 @@ def test_translation_multi30k(tmp_path, capsys):
                              "--out", str(tmp_path / "runs")]) == 0  # fmt: skip
     report = report_of(out)
     assert 0 <= report["bleu"] <= 100 and 0 <= report["bleu_scratch"] <= 100
+    assert report["bleu_ci"][0] <= report["bleu"] <= report["bleu_ci"][1]
     assert report["beams"] == 2 and report["pretrain"]["steps"] > 0
     assert (tmp_path / "runs" / "final" / "model.safetensors").is_file()
     assert len((tmp_path / "runs" / "final-test_2016_flickr.de").read_text().splitlines()) == 20

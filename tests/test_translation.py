@@ -173,6 +173,53 @@ def test_bleu_and_chrf_of_a_hand_checked_case():
         score(["a", "b"], ["a"])
 
 
+def corpus(n: int = 120) -> tuple[list[str], list[str], list[str]]:
+    """References, a system right on 80% of sentences, and one right on 60% of them."""
+    references = [f"der mann {i} fährt rad nach hause ." for i in range(n)]
+    wrong = [f"ein hund {i} spielt im garten ." for i in range(n)]
+    good = [r if i % 5 else w for i, (r, w) in enumerate(zip(references, wrong, strict=True))]
+    worse = [r if i % 5 > 1 else w for i, (r, w) in enumerate(zip(references, wrong,
+                                                                  strict=True))]  # fmt: skip
+    return references, good, worse
+
+
+def test_bleu_and_chrf_have_bootstrap_intervals_and_paired_differences():
+    references, good, worse = corpus()
+    report = score(good, references, bootstrap_samples=300, seed=1, compared=worse)
+    for metric in ("bleu", "chrf"):
+        low, high = report[f"{metric}_ci"]
+        assert low < report[metric] < high and high - low < 20
+        difference = report["compare"][metric]
+        expected = report[metric] - score(worse, references)[metric]
+        assert difference["mid"] == pytest.approx(expected) and difference["mid"] > 0
+        assert 0 < difference["low"] < difference["mid"] < difference["high"]
+    again = score(good, references, bootstrap_samples=300, seed=1, compared=worse)
+    assert again == report  # seeded
+    same = score(good, references, bootstrap_samples=50, compared=good)["compare"]["bleu"]
+    assert same == {"mid": 0.0, "low": 0.0, "high": 0.0}
+    perfect = score(references, references, bootstrap_samples=50)
+    assert perfect["bleu_ci"] == pytest.approx([100.0, 100.0])
+
+
+def test_evaluate_compares_two_systems_from_the_command_line(tmp_path, capsys):
+    from seqgen.cli import main
+
+    references, good, worse = corpus()
+    for name, lines in (("ref.de", references), ("good.de", good), ("worse.de", worse)):
+        (tmp_path / name).write_text("".join(line + "\n" for line in lines))
+    report = tmp_path / "r.json"
+    base = ["evaluate", "--task", "translation", "--hypotheses", str(tmp_path / "good.de"),
+            "--reference", str(tmp_path / "ref.de")]  # fmt: skip
+    assert main([*base, "--compare", str(tmp_path / "worse.de"), "--report", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert set(result["compare"]) == {"bleu", "chrf"} and len(result["bleu_ci"]) == 2
+    shown = capsys.readouterr().out
+    assert "| good.de | " in shown and "| minus worse.de (paired) | +" in shown
+    (tmp_path / "short.de").write_text("one line\n")
+    assert main([*base, "--compare", str(tmp_path / "short.de")]) == 2
+    assert "short.de has 1 lines, " in capsys.readouterr().err
+
+
 def test_mbr_similarity_is_sentence_chrf():
     similarity = TranslationTask().mbr_similarity()
     output = "Ein Mann in einem blauen Hemd putzt ein Fenster ."

@@ -11,14 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from seqgen.errors import DataError
 from seqgen.evaluation import DecodingEval, Progress, write_json
 from seqgen.files import check_writable
 from seqgen_tasks.translation.data import read_lines
 
 
-def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
-    """Corpus BLEU and chrF of hypotheses against one reference each."""
+def score(hypotheses: list[str], references: list[str], bootstrap_samples: int = 1000,
+          seed: int = 0, compared: list[str] | None = None) -> dict[str, Any]:
+    """Corpus BLEU and chrF against one reference each, with 95% bootstrap intervals
+    (`bleu_ci`, `chrf_ci`: [low, high]) and, for `compared` (another system's output for
+    the same sentences), this system minus it with a paired bootstrap interval."""
     from sacrebleu.metrics import BLEU, CHRF  # imported when scoring, not with the task
 
     if len(hypotheses) != len(references):
@@ -26,7 +31,7 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
     bleu, chrf = BLEU(), CHRF()
     b = bleu.corpus_score(hypotheses, [references])
     c = chrf.corpus_score(hypotheses, [references])
-    return {
+    report: dict[str, Any] = {
         "bleu": b.score,
         "chrf": c.score,
         "bleu_precisions": b.precisions,
@@ -36,7 +41,34 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
         "sentences": len(hypotheses),
+        "bootstrap_samples": bootstrap_samples,
     }
+    # the same resampled sentences for every score, so differences are paired
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(hypotheses), size=(bootstrap_samples, len(hypotheses)))
+    for name, metric in (("bleu", bleu), ("chrf", chrf)):
+        ours = resampled(metric, hypotheses, references, rows)
+        report[f"{name}_ci"] = interval(ours)
+        if compared is not None:
+            theirs = resampled(metric, compared, references, rows)
+            actual = report[name] - metric.corpus_score(compared, [references]).score
+            low, high = interval(ours - theirs)
+            report.setdefault("compare", {})[name] = {"mid": actual, "low": low, "high": high}
+    return report
+
+
+def resampled(metric: Any, hypotheses: list[str], references: list[str],
+              rows: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The corpus score of each resample of the sentences (rows of indices), from
+    sacreBLEU's own sufficient statistics, as its --confidence and paired tests do."""
+    stats = np.array(metric._extract_corpus_statistics(hypotheses, [references]), dtype=np.float64)
+    return np.array([metric._compute_score_from_stats(stats[row].sum(0)).score for row in rows])
+
+
+def interval(scores: np.ndarray) -> list[float]:
+    """The central 95% of bootstrap scores, [low, high]."""
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 @dataclass(kw_only=True)
@@ -54,6 +86,11 @@ class TranslationEval(DecodingEval):
     """Score this file (one translation per line) instead of a checkpoint's output."""
     output: str | None = None
     """Write the translations here, one per line."""
+    compare: str | None = None
+    """Another system's translations of the same sentences (one per line): report this
+    system minus it with a paired bootstrap interval, tighter than comparing two intervals."""
+    bootstrap_samples: int = 1000
+    """Resamples of the sentences for the 95% intervals."""
     batch_size: int = 64
     """Sentences (or MBR samples) decoded together without beams."""
 
@@ -63,6 +100,8 @@ class TranslationEval(DecodingEval):
             raise ValueError("give ckpt (with source) or hypotheses, not both")
         if self.ckpt and not self.source:
             raise ValueError("ckpt needs source (the sentences to translate)")
+        if self.bootstrap_samples < 1:
+            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
         check_writable(self.output, "output")
 
 
@@ -92,6 +131,13 @@ def evaluate(config: TranslationEval) -> dict[str, Any]:
     references = read_lines(Path(config.reference))
     if not references:
         raise DataError(f"{config.reference}: no lines to score against")
+    compared = None  # read first: a bad file fails before any translation
+    if config.compare:
+        compared = read_lines(Path(config.compare))
+        if len(compared) != len(references):
+            raise DataError(f"{config.compare} has {len(compared)} lines, {config.reference} "
+                            f"has {len(references)}")  # fmt: skip
+        compared = compared[: config.limit]
     if config.ckpt:
         sources = read_lines(Path(config.source))
         if len(sources) != len(references):
@@ -110,7 +156,7 @@ def evaluate(config: TranslationEval) -> dict[str, Any]:
                             f"{config.reference} has {len(references)}")  # fmt: skip
         hypotheses, references = hypotheses[: config.limit], references[: config.limit]
         seconds = None
-    report = score(hypotheses, references)
+    report = score(hypotheses, references, config.bootstrap_samples, config.seed, compared)
     if seconds is not None:
         report.update(decode_seconds=seconds, sentences_per_second=len(sources) / seconds,
                       beams=config.num_beams, checkpoint=config.ckpt,
@@ -120,7 +166,15 @@ def evaluate(config: TranslationEval) -> dict[str, Any]:
         Path(config.output).parent.mkdir(parents=True, exist_ok=True)
         Path(config.output).write_text("".join(h + "\n" for h in hypotheses))
     write_json(config.report, report)
-    print("| metric | score |\n|---|---|")
-    print(f"| BLEU | {report['bleu']:.2f} |\n| chrF | {report['chrf']:.2f} |")
-    print(f"\n{report['bleu_signature']}\n{report['chrf_signature']}")
+    print("| system | BLEU | chrF |\n|---|---|---|")
+    cells = [f"{report[m]:.2f} [{report[m + '_ci'][0]:.2f}, {report[m + '_ci'][1]:.2f}]"
+             for m in ("bleu", "chrf")]  # fmt: skip
+    print(f"| {'model' if config.ckpt else Path(config.hypotheses).name} | " + " | ".join(cells)
+          + " |")  # fmt: skip
+    if "compare" in report:
+        cells = [f"{d['mid']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                 for d in report["compare"].values()]  # fmt: skip
+        print(f"| minus {Path(config.compare).name} (paired) | " + " | ".join(cells) + " |")
+    print(f"\n{len(hypotheses)} sentences; 95% bootstrap intervals in brackets\n"
+          f"{report['bleu_signature']}\n{report['chrf_signature']}")
     return report
