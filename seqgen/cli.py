@@ -198,26 +198,37 @@ class InfoConfig:
 
 
 def cmd_info(argv: Sequence[str]) -> int:
-    import json
-
     from seqgen import checkpoint
     from seqgen.config import PRESETS, ModelConfig
     from seqgen.model import GPT
+    from seqgen.tokenizer import load_tokenizer
 
     parser = config_parser("seqgen info", InfoConfig.__doc__, InfoConfig)
     args = build(InfoConfig, parse(parser, normalize(argv, flags_of(InfoConfig))))
     if args.ckpt:
-        config = ModelConfig.from_dict(checkpoint.read_meta(checkpoint.resolve(args.ckpt))["model"])
+        path = checkpoint.resolve(args.ckpt)
+        meta = checkpoint.read_meta(path)
+        config = ModelConfig.from_dict(meta["model"])
+        tokenizer = load_tokenizer(path)
+        _print_table(str(path), {
+            "task": meta["task"], "task options": meta.get("task_options", {}),
+            "step": meta.get("step", "unknown"),
+            "tokens trained": meta.get("train_tokens", "unknown"),
+            "started from": meta.get("init_from", "unknown"),
+            "tokenizer": f"{tokenizer.kind}, {tokenizer.vocab_size:,} tokens",
+            "format version": meta["format_version"],
+        })  # fmt: skip
     elif args.model in PRESETS:
         config = ModelConfig.from_preset(args.model)
     else:
         raise SeqgenError(f"unknown model preset {args.model!r}; presets: "
                           f"{', '.join(sorted(PRESETS))}")  # fmt: skip
+    _print_table("model", config.to_dict())
     rows = parameter_tally(GPT(config))
-    print(json.dumps(config.to_dict()))
     width = max(len(name) for name, _ in rows)
+    print("\nparameters")
     for name, count in rows:
-        print(f"{name:<{width}}  {count:>14,}")
+        print(f"  {name:<{width}}  {count:>14,}")
     return 0
 
 
@@ -240,7 +251,7 @@ def parameter_tally(model) -> list[tuple[str, int]]:
 def _print_table(title: str, values: dict) -> None:
     def shown(value: Any) -> str:
         if isinstance(value, dict):
-            return ", ".join(f"{key} {shown(v)}" for key, v in value.items())
+            return ", ".join(f"{key} {shown(v)}" for key, v in value.items()) or "none"
         if isinstance(value, float):
             return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:,.4f}"
         is_count = isinstance(value, int) and not isinstance(value, bool)
@@ -286,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SeqgenError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `seqgen ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -80,7 +80,11 @@ def test_pretrain_resume_generate_info(corpus_file, tmp_path, capsys):
     assert capsys.readouterr().out == first_sample  # seeded: reproducible
 
     assert main(["info", "--ckpt", str(out)]) == 0
-    assert "total" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    for line in ("  task            text", "  step            60", "  tokens trained  15,360",
+                 "  tokenizer       sentencepiece, 320 tokens", "  n_layer         1"):  # fmt: skip
+        assert line in info, info
+    assert "total" in info
 
 
 def test_config_file_and_overrides(corpus_file, tmp_path):
@@ -405,3 +409,12 @@ def test_evaluate_config_in_python_takes_the_tasks_defaults(tmp_path):
     assert eval_options("translation", reference="r", hypotheses="h", num_beams=2).num_beams == 2
     with pytest.raises(ValueError, match="give ckpt"):
         eval_options("translation", reference="r")
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`seqgen info ... | head`: the pipe closes before seqgen writes."""
+    process = subprocess.Popen([sys.executable, "-m", "seqgen.cli", "info", "--model", "tiny"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
