@@ -183,7 +183,10 @@ class TrainConfig:
     num_threads: int | None = None
     """torch CPU threads (None: torch's default)."""
     progress_bar: bool = True
-    """Show Lightning's progress bar."""
+    """Show progress: a live bar in a terminal, plain lines (step, loss, tokens/s, elapsed,
+    ETA) when the output is a file or a pipe."""
+    progress_every_seconds: float = 15.0
+    """Seconds between progress lines in a file or pipe (the first comes after step 1)."""
 
     def __post_init__(self) -> None:
         check_types(self, "train")
@@ -219,6 +222,9 @@ class TrainConfig:
                               f"{self.val_batches}")  # fmt: skip
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"train.grad_clip must be > 0 or None (off), got {self.grad_clip}")
+        if not self.progress_every_seconds > 0:
+            raise ConfigError(f"train.progress_every_seconds must be > 0, got "
+                              f"{self.progress_every_seconds}")  # fmt: skip
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or None, got {self.num_threads}")
         for name in ("beta1", "beta2"):

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -32,6 +33,7 @@ from seqgen.evaluation import write_json
 from seqgen.examples import ExampleDataModule
 from seqgen.model import GPT
 from seqgen.module import LMModule
+from seqgen.progress import ProgressLines
 from seqgen.tasks import Examples, Task, Windows, task_class
 from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
 
@@ -141,6 +143,9 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
                                enable_version_counter=False)  # fmt: skip
         best.FILE_EXTENSION = ""
         callbacks.append(best)
+    live_bar = cfg.progress_bar and sys.stderr.isatty()
+    if cfg.progress_bar and not live_bar:  # a file or a pipe: a bar there shows only at the end
+        callbacks.append(ProgressLines(cfg.progress_every_seconds))
     return pl.Trainer(
         max_steps=cfg.max_steps,
         max_time=timedelta(seconds=parse_duration(cfg.max_time)) if cfg.max_time else None,
@@ -156,7 +161,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         logger=CSVLogger(out_dir, name="logs"),  # logs/version_N: a resumed run adds a version
         callbacks=callbacks,
         plugins=[ckpt.SeqgenCheckpointIO(tokenizer)],
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=live_bar,
         enable_model_summary=False,
         accelerator=cfg.accelerator,
         devices=cfg.devices,

@@ -1,6 +1,7 @@
 """End to end through the CLI: pretrain -> checkpoint -> resume -> generate, and bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -418,3 +419,25 @@ def test_a_reader_that_leaves_early_is_no_error():
     process.stdout.close()  # the reader is gone before the first line
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
+
+
+def test_progress_lines_in_a_pipe_continue_their_counts_after_a_resume(corpus_file, tmp_path):
+    """Output to a file or a pipe gets plain progress lines, the first after step 1."""
+    base = ["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "run"),
+            *flags({**TINY_MODEL, "train.batch_size": 8, "train.val_every_n_steps": 20,
+                    "train.progress_every_seconds": 0.01})]  # fmt: skip
+    def run_cli(*args):  # with progress shown (the tests' SEQGEN_LOG hides it)
+        return subprocess.run([sys.executable, "-m", "seqgen.cli", *args], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "SEQGEN_LOG": "INFO"})
+
+    first = run_cli(*base, "--train.max_steps", "40")
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = [line for line in first.stderr.splitlines() if line.startswith("step ")]
+    assert lines[0].startswith("step 1/40 (2%)  train_loss ") and "ETA " in lines[0]
+    assert len(lines) > 5 and any(line.startswith("step 20  val_loss ") for line in lines)
+    assert lines[-2].startswith("step 40/40 (100%)") and lines[-2].endswith("(done)")
+    assert "Epoch" not in first.stderr and "v_num" not in first.stderr  # no bar in a pipe
+    resumed = run_cli(*base, "--train.max_steps", "60", "--resume", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = [line for line in resumed.stderr.splitlines() if line.startswith("step ")]
+    assert lines[0].startswith("step 41/60 (68%)")
