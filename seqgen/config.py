@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from seqgen.errors import ConfigError
@@ -171,7 +171,11 @@ class TrainConfig:
     """Also keep the checkpoint with the lowest val_loss so far as out_dir/best (a fine-tuning
     on little data overfits, and its last step is then not its lowest-loss one)."""
     log_every_n_steps: int = 10
-    """Write train metrics to the CSV log every N steps."""
+    """Write train metrics to the logs every N steps."""
+    logger: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
+    """Where metrics go, one or several: csv (out_dir/logs/version_N/metrics.csv),
+    tensorboard (out_dir/logs/tensorboard, one curve across resumes; needs tensorboard),
+    wandb (needs wandb; WANDB_MODE=offline works without a network)."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu, ..."""
     devices: int | str = "auto"
@@ -222,6 +226,10 @@ class TrainConfig:
                               f"{self.val_batches}")  # fmt: skip
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"train.grad_clip must be > 0 or None (off), got {self.grad_clip}")
+        unknown = [name for name in self.logger if name not in LOGGERS]
+        if unknown or len(set(self.logger)) != len(self.logger):
+            raise ConfigError(f"train.logger must list each of {', '.join(LOGGERS)} at most "
+                              f"once, got {self.logger}")  # fmt: skip
         if not self.progress_every_seconds > 0:
             raise ConfigError(f"train.progress_every_seconds must be > 0, got "
                               f"{self.progress_every_seconds}")  # fmt: skip
@@ -243,6 +251,7 @@ class TrainConfig:
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+LOGGERS = ("csv", "tensorboard", "wandb")
 
 
 def _valid_devices(devices: int | str) -> bool:

@@ -11,34 +11,27 @@ import json
 import logging
 import math
 import shutil
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from seqgen import checkpoint as ckpt
-from seqgen.config import ModelConfig, TrainConfig, parse_duration
-from seqgen.cpu import native_bf16
+from seqgen.config import ModelConfig, TrainConfig
 from seqgen.data import WindowDataModule
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.evaluation import write_json
 from seqgen.examples import ExampleDataModule
 from seqgen.model import GPT
 from seqgen.module import LMModule
-from seqgen.progress import ProgressLines
 from seqgen.tasks import Examples, Task, Windows, task_class
 from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
+from seqgen.trainer import BEST, build_trainer
 
 log = logging.getLogger("seqgen")
-BEST = "best"  # out_dir/best: the lowest val_loss, with train.keep_best
 FROM_SCRATCH = "none"
 
 
@@ -71,105 +64,6 @@ class RunConfig:
     overwrite: bool = False
     """Delete the previous run in out_dir (its checkpoints/, final/, best/, logs/) before
     training; without it, a new run in the directory of an old one is an error."""
-
-
-class _DropChatter(logging.Filter):
-    """Hide Lightning's advertising and restated defaults; keep everything else it says."""
-
-    NOISE = ("Tip: For seamless", "was configured so", "`isinstance(treespec, LeafSpec)`")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in self.NOISE)
-
-
-def quiet_lightning() -> None:
-    # Lightning's rank-zero messages come from one of these loggers (which one depends on
-    # import order); a filter on the emitting logger applies whatever handlers print it.
-    for name in (
-        "pytorch_lightning.utilities.rank_zero",
-        "lightning_fabric.utilities.rank_zero",
-        "lightning_utilities.core.rank_zero",
-    ):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropChatter) for f in logger.filters):
-            logger.addFilter(_DropChatter())
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # The samplers restart a resumed epoch where it stopped (seqgen.data.resume_position), which
-    # Lightning cannot see: its warning does not apply.
-    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
-    # A run directory holds more than checkpoints (logs/, final/, best/ with train.keep_best).
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-
-
-def resolve_precision(cfg: TrainConfig) -> str:
-    """The Lightning precision for cfg.precision on this machine: `auto` becomes bf16-mixed
-    where bf16 is computed in hardware (a GPU with bf16, a CPU with AMX or AVX512-BF16)."""
-    on_gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not on_gpu)
-    fast_bf16 = torch.cuda.is_bf16_supported() if on_gpu else on_cpu and native_bf16()
-    if cfg.precision == "auto":
-        return "bf16-mixed" if fast_bf16 else "32-true"
-    if cfg.precision == "bf16-mixed" and on_cpu and not fast_bf16:
-        log.warning("train.precision bf16-mixed: this CPU has no bf16 hardware (AMX or "
-                    "AVX512-BF16), so training runs many times slower than 32-true; "
-                    "train.precision auto picks the faster one")  # fmt: skip
-    return cfg.precision
-
-
-def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
-                  use_distributed_sampler: bool = True) -> pl.Trainer:  # fmt: skip
-    """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget.
-
-    Pass use_distributed_sampler=False when the train loader shards itself across ranks.
-    """
-    quiet_lightning()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    checkpoints = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
-        filename="step-{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=cfg.checkpoint_every_n_steps,
-        save_top_k=cfg.keep_checkpoints,  # the newest ones
-        monitor="step",
-        mode="max",
-        save_on_train_epoch_end=False,
-    )
-    checkpoints.FILE_EXTENSION = ""  # a checkpoint is a directory
-    callbacks = [checkpoints]
-    if cfg.keep_best:
-        best = ModelCheckpoint(dirpath=out_dir, filename=BEST, monitor="val_loss", mode="min",
-                               save_top_k=1, save_on_train_epoch_end=False,
-                               enable_version_counter=False)  # fmt: skip
-        best.FILE_EXTENSION = ""
-        callbacks.append(best)
-    live_bar = cfg.progress_bar and sys.stderr.isatty()
-    if cfg.progress_bar and not live_bar:  # a file or a pipe: a bar there shows only at the end
-        callbacks.append(ProgressLines(cfg.progress_every_seconds))
-    return pl.Trainer(
-        max_steps=cfg.max_steps,
-        max_time=timedelta(seconds=parse_duration(cfg.max_time)) if cfg.max_time else None,
-        max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
-        precision=resolve_precision(cfg),
-        accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=cfg.grad_clip,
-        val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
-        check_val_every_n_epoch=None,
-        limit_val_batches=cfg.val_batches if cfg.val_batches is not None else 1.0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=cfg.log_every_n_steps,
-        logger=CSVLogger(out_dir, name="logs"),  # logs/version_N: a resumed run adds a version
-        callbacks=callbacks,
-        plugins=[ckpt.SeqgenCheckpointIO(tokenizer)],
-        enable_progress_bar=live_bar,
-        enable_model_summary=False,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        num_nodes=cfg.num_nodes,
-        default_root_dir=out_dir,
-        use_distributed_sampler=use_distributed_sampler,
-    )
 
 
 def resume_point(resume: str | None, out_dir: Path) -> Path | None:
@@ -350,9 +244,11 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
     try:
         trainer.fit(module, datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except BaseException:
-        logs = Path(trainer.logger.log_dir) if trainer.logger else None
-        if logs is not None and logs.is_dir() and not any(logs.iterdir()):
-            logs.rmdir()  # a run that failed before logging anything leaves no trace
+        for logger in trainer.loggers:  # a fit that failed before logging leaves no trace
+            if isinstance(logger, CSVLogger):
+                logs = Path(logger.log_dir)
+                if logs.is_dir() and not any(logs.iterdir()):
+                    logs.rmdir()
         raise
     fit_seconds = time.perf_counter() - fit_started
     if trainer.is_global_zero:

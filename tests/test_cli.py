@@ -246,13 +246,13 @@ def test_bf16_mixed_and_gradient_accumulation(corpus_file, tmp_path):
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, caplog):
     import torch
 
-    from seqgen import train as train_module
+    from seqgen import trainer as trainer_module
     from seqgen.config import TrainConfig
-    from seqgen.train import resolve_precision
+    from seqgen.trainer import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native, expected in [(True, "bf16-mixed"), (False, "32-true")]:
-        monkeypatch.setattr(train_module, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(trainer_module, "native_bf16", lambda native=native: native)
         assert resolve_precision(TrainConfig(precision="auto")) == expected
     assert resolve_precision(TrainConfig(precision="32-true")) == "32-true"
     with caplog.at_level("WARNING", logger="seqgen"):  # asked for, so kept, but said slow
@@ -441,3 +441,37 @@ def test_progress_lines_in_a_pipe_continue_their_counts_after_a_resume(corpus_fi
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     lines = [line for line in resumed.stderr.splitlines() if line.startswith("step ")]
     assert lines[0].startswith("step 41/60 (68%)")
+
+
+def test_tensorboard_curves_continue_across_a_resume(corpus_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    loggers = ["--train.logger", "[csv, tensorboard]", "--train.val_every_n_steps", "10",
+               "--train.log_every_n_steps", "5"]  # fmt: skip
+    assert pretrain(corpus_file, run, "--train.max_steps", "20", *loggers)["steps"] == 20
+    assert pretrain(corpus_file, run, "--train.max_steps", "40", "--resume", "last",
+                    *loggers)["steps"] == 40  # fmt: skip
+    events = EventAccumulator(str(run / "logs" / "tensorboard"))
+    events.Reload()
+    val_steps = {event.step for event in events.Scalars("val_loss")}
+    assert {9, 19, 29, 39} <= val_steps  # each check (Lightning logs at the step index)
+    train_steps = [event.step for event in events.Scalars("train_loss")]
+    assert min(train_steps) < 20 < max(train_steps)  # one curve, before and after the resume
+    assert list((run / "logs").glob("version_*/metrics.csv"))  # CSV beside it
+
+
+def test_a_logger_that_is_not_installed_is_named(corpus_file, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_wandb(name, *args, **kwargs):
+        if name == "wandb" or name.startswith("wandb."):
+            raise ModuleNotFoundError("No module named 'wandb'", name="wandb")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_wandb)
+    code = main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "r"),
+                 *TINY, "--train.logger", "[wandb]"])  # fmt: skip
+    assert code == 2 and "train.logger wandb: `pip install wandb` first" in capsys.readouterr().err
