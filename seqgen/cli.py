@@ -232,6 +232,15 @@ def cmd_info(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_plot(argv: Sequence[str]) -> int:
+    from seqgen.plot import PlotConfig, plot
+
+    parser = config_parser("seqgen plot", PlotConfig.__doc__, PlotConfig)
+    config = build(PlotConfig, parse(parser, normalize(argv, flags_of(PlotConfig))))
+    print(f"wrote {config.out} ({', '.join(plot(config))} of {len(config.run)} run(s))")
+    return 0
+
+
 def parameter_tally(model) -> list[tuple[str, int]]:
     """Parameters by component, as the GPT-2 illustrations count them (tied head once)."""
     t = model.transformer
@@ -271,7 +280,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "evaluate": (cmd_evaluate, "score a checkpoint or a system's outputs on a task"),
     "generate": (cmd_generate, "sample from a checkpoint"),
     "data": (cmd_data, "build a task's dataset (e.g. seqgen data wikisum)"),
-    "info": (cmd_info, "parameter tally of a checkpoint or preset"),
+    "info": (cmd_info, "what a checkpoint is: task, step, tokenizer, model, parameters"),
+    "plot": (cmd_plot, "loss curves of one or several runs (seqgen plot --run A --run B)"),
     "tokenizer": (cmd_tokenizer, "train a SentencePiece tokenizer (seqgen tokenizer train)"),
 }
 

@@ -475,3 +475,27 @@ def test_a_logger_that_is_not_installed_is_named(corpus_file, tmp_path, capsys, 
     code = main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "r"),
                  *TINY, "--train.logger", "[wandb]"])  # fmt: skip
     assert code == 2 and "train.logger wandb: `pip install wandb` first" in capsys.readouterr().err
+
+
+def test_plot_overlays_the_curves_of_several_runs(corpus_file, tmp_path, capsys):
+    import matplotlib.image
+
+    from seqgen.plot import read_curves
+
+    for name, steps in (("a", "20"), ("b", "30")):
+        pretrain(corpus_file, tmp_path / name, "--train.max_steps", steps,
+                 "--train.log_every_n_steps", "5")  # fmt: skip
+    pretrain(corpus_file, tmp_path / "a", "--train.max_steps", "40", "--resume", "last",
+             "--train.log_every_n_steps", "5")  # fmt: skip
+    curves = read_curves(tmp_path / "a")  # the resumed run is one curve
+    assert [step for step, _ in curves["val_loss"]][-1] == 40  # the final validation
+    assert min(s for s, _ in curves["train_loss"]) < 20 < max(s for s, _ in curves["train_loss"])
+    out = tmp_path / "curves.png"
+    assert main(["plot", "--run", str(tmp_path / "a"), "--run", str(tmp_path / "b"),
+                 "--out", str(out), "--smooth", "2"]) == 0  # fmt: skip
+    assert "train_loss, val_loss, val_bpb of 2 run(s)" in capsys.readouterr().out
+    height, width, _ = matplotlib.image.imread(out).shape
+    assert width > 2 * height  # two panels: loss, and bits per byte
+    (tmp_path / "empty").mkdir()
+    assert main(["plot", "--run", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "no logs/version_*/metrics.csv" in capsys.readouterr().err
