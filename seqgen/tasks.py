@@ -178,8 +178,8 @@ class ExampleTask(Task):
             examples = [self.encode(example, tokenizer, max_len) for example in raw]
             truncated = [e.truncated for e in examples if e.truncated]
             if truncated:
-                log.info("%s: %d of %d examples truncated to %d tokens", split, len(truncated),
-                         len(examples), max_len)  # fmt: skip
+                log.info("%s: %d of %d examples cut to fit the %d-token context", split,
+                         len(truncated), len(examples), self.block_size)  # fmt: skip
             self.stats.update({f"{split}_truncated": len(truncated),
                                f"{split}_truncated_tokens": sum(truncated)})  # fmt: skip
             encoded[split] = examples

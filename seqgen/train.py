@@ -157,9 +157,11 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     vocab_before = tokenizer.vocab_size
     tokenizer.add_special_tokens(task.special_tokens())
     model.resize_vocab(tokenizer.vocab_size)
-    if tokenizer.vocab_size > vocab_before:
-        log.info("added %d special tokens (ids %d-%d)", tokenizer.vocab_size - vocab_before,
-                 vocab_before, tokenizer.vocab_size - 1)  # fmt: skip
+    added = tokenizer.vocab_size - vocab_before
+    if added:
+        last = vocab_before + added - 1
+        ids = f"id {last}" if added == 1 else f"ids {vocab_before}-{last}"
+        log.info("added %d special token%s (%s)", added, "s" if added > 1 else "", ids)
     if cfg.dropout is not None:
         model.set_dropout(cfg.dropout)
     training_data = task.training_data(splits, tokenizer)

@@ -82,7 +82,9 @@ def finetune(*args):
     return main(["finetune", "--task", "translation", *flags(TRAIN), *args])
 
 
-def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path, capsys):
+def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path, capsys,
+                                                 caplog):  # fmt: skip
+    caplog.set_level("INFO", logger="seqgen")
     pre = tmp_path / "pre"
     assert main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(pre),
                  "--train.max_steps", "5", *flags({**TRAIN, **TINY_MODEL})]) == 0  # fmt: skip
@@ -92,6 +94,7 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
                     "--out_dir", str(run_dir), "--report", str(report)) == 0  # fmt: skip
     ft = json.loads(report.read_text())
     assert ft["steps"] == 12 and ft["train_examples"] == 64
+    assert "added 2 special tokens (ids 320-321)" in caplog.text  # <delim>, <2de>
     assert ft["init_from"] == str(pre / "final")
     meta = checkpoint.read_meta(run_dir / "final")
     assert meta["task"] == "translation" and meta["task_options"]["target_lang"] == "de"

@@ -350,7 +350,8 @@ def test_missing_fields_name_the_line(tmp_path):
         task.load_split("train")
 
 
-def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
+def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="seqgen")
     data, _ = dataset
     run_dir = tmp_path / "run"
     args = ["finetune", "--task", "summarization", "--init_from", "none", "--data.train", str(data),
@@ -360,6 +361,7 @@ def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys):
                     "train.batch_size": 3, "train.progress_bar": "false"}),
             "--out_dir", str(run_dir)]  # fmt: skip
     assert main(args) == 0
+    assert "added 1 special token (id 290)" in caplog.text  # <summarize>
     # the defaults of its evaluation: beam search, up to the summary length it trained on
     config = eval_options("summarization", ckpt=str(run_dir), data=str(data))
     assert (config.num_beams, config.no_repeat_ngram_size, config.max_new_tokens) == (4, 3, 12)
