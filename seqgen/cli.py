@@ -82,7 +82,7 @@ def cmd_train(command: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def _task_for(argv: Sequence[str], command: str):
+def _task_for(argv: Sequence[str]):
     """The task that --task names, or else the task of --ckpt's checkpoint, as an object
     (configured as the checkpoint was), or None when neither is given."""
     from seqgen.tasks import task_class
@@ -107,7 +107,7 @@ def _generation_defaults(parser, task, config_class: type) -> None:
 def cmd_evaluate(argv: Sequence[str]) -> int:
     from seqgen.tasks import Evaluates
 
-    task = _task_for(argv, "evaluate")
+    task = _task_for(argv)
     if task is None:
         if _wants_help(argv):
             print(_tasks_help("evaluate"))
@@ -131,7 +131,7 @@ def cmd_generate(argv: Sequence[str]) -> int:
     from seqgen.sample import GenerateConfig, run
     from seqgen.tasks import GeneratesFiles
 
-    task = _task_for(argv, "generate")
+    task = _task_for(argv)
     classes: list[type] = [GenerateConfig]
     if isinstance(task, GeneratesFiles):
         classes.append(task.generate_options)

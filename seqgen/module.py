@@ -111,17 +111,20 @@ class LMModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """A NaN or infinite gradient is never applied: without gradients AdamW leaves every
-        weight (and its moments) as it was."""
+        """Clip the gradient norm to train.grad_clip, from the one norm that also guards the
+        step: a NaN or infinite gradient is never applied (without gradients AdamW leaves every
+        weight, and its moments, as they were)."""
         params = [p for group in optimizer.param_groups for p in group["params"]
                   if p.grad is not None]  # fmt: skip
         if not params:
             return
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if not torch.isfinite(norm):
             self._bad_step(f"the gradient norm is {norm.item()}")
             for p in params:
                 p.grad = None
+        elif self.train_config.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.train_config.grad_clip, norm)
 
     def _bad_step(self, reason: str) -> None:
         """Skip a step that would make the weights non-finite; stop when too many were."""

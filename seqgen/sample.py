@@ -131,7 +131,7 @@ def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[st
     if file_options is None:
         file_options = task.generate_options()
     ids = generator.prompt_ids(prompt or None)
-    ids, changed = task.prepare(ids, file_options, {**task.generation_defaults(), **options})
+    ids, changed = task.prepare(ids, file_options, options)  # every generation option is set
     started = time.perf_counter()
     new = generator.continue_ids(ids, **{**options, **changed})
     took = time.perf_counter() - started

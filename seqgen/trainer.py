@@ -105,7 +105,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
         precision=resolve_precision(cfg),
         accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=cfg.grad_clip,
+        gradient_clip_val=None,  # LMModule.on_before_optimizer_step clips, from its own norm
         val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.val_batches if cfg.val_batches is not None else 1.0,

@@ -74,3 +74,17 @@ def test_bad_train_values(field):
 
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: -1})
+
+
+@pytest.mark.parametrize("grad_clip", [0.5, None])
+def test_the_gradient_norm_is_clipped_to_grad_clip(grad_clip):
+    config = ModelConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    module = LMModule(config, TrainConfig(grad_clip=grad_clip))
+    optimizer = torch.optim.AdamW(module.parameters())
+    for p in module.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    before = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()])
+    module.on_before_optimizer_step(optimizer)
+    after = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()])
+    expected = before if grad_clip is None else torch.tensor(grad_clip)
+    assert after.item() == pytest.approx(expected.item(), rel=1e-5)
