@@ -1,10 +1,10 @@
 """Self-contained checkpoints: one directory that holds everything needed to use or resume.
 
-    model.safetensors   weights, GPT-2 names (a tied lm_head is stored once, as wte)
-    config.json         format version, task, model config, training step and options
-    tokenizer.json      tokenizer kind and special tokens (+ its files, e.g. tokenizer.model)
-    training_state.pt   optimizer, scheduler and loop state for resuming (tensors and plain
-                        Python values only, read with torch.load(weights_only=True))
+    model.safetensors      weights, GPT-2 names (a tied lm_head is stored once, as wte)
+    config.json            format version, task, model config, training step and options
+    seqgen_tokenizer.json  tokenizer kind and special tokens (+ its files, e.g. tokenizer.model)
+    training_state.pt      optimizer, scheduler and loop state for resuming (tensors and plain
+                           Python values only, read with torch.load(weights_only=True))
 
 Loading never unpickles arbitrary objects.
 """

@@ -241,6 +241,36 @@ def cmd_plot(argv: Sequence[str]) -> int:
     return 0
 
 
+def _quiet_transformers() -> None:
+    """transformers' own bars and notices (shards written, weights loaded) say nothing here."""
+    from seqgen.interop.hf_checkpoint import require_transformers
+
+    transformers = require_transformers()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def cmd_export(argv: Sequence[str]) -> int:
+    from seqgen.interop.hf_checkpoint import ExportConfig, export_hf
+
+    parser = config_parser("seqgen export", ExportConfig.__doc__, ExportConfig)
+    config = build(ExportConfig, parse(parser, normalize(argv, flags_of(ExportConfig))))
+    _quiet_transformers()
+    files = export_hf(config)
+    print(f"wrote {config.out} ({', '.join(files)})")
+    return 0
+
+
+def cmd_import(argv: Sequence[str]) -> int:
+    from seqgen.interop.hf_checkpoint import ImportConfig, import_hf
+
+    parser = config_parser("seqgen import", ImportConfig.__doc__, ImportConfig)
+    config = build(ImportConfig, parse(parser, normalize(argv, flags_of(ImportConfig))))
+    _quiet_transformers()
+    print(f"wrote {import_hf(config)}")
+    return 0
+
+
 def parameter_tally(model) -> list[tuple[str, int]]:
     """Parameters by component, as the GPT-2 illustrations count them (tied head once)."""
     t = model.transformer
@@ -282,6 +312,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "data": (cmd_data, "build a task's dataset (e.g. seqgen data wikisum)"),
     "info": (cmd_info, "what a checkpoint is: task, step, tokenizer, model, parameters"),
     "plot": (cmd_plot, "loss curves of one or several runs (seqgen plot --run A --run B)"),
+    "export": (cmd_export, "write a checkpoint as a Hugging Face model folder (--format hf)"),
+    "import": (cmd_import, "turn a Hugging Face GPT-2 folder into a checkpoint (--hf DIR)"),
     "tokenizer": (cmd_tokenizer, "train a SentencePiece tokenizer (seqgen tokenizer train)"),
 }
 

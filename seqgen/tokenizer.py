@@ -1,7 +1,9 @@
 """Tokenizers: a small protocol, and a SentencePiece implementation that round-trips any text.
 
-A tokenizer is saved inside every checkpoint as `tokenizer.json` (its kind and special tokens)
-plus whatever files its kind needs (`tokenizer.model` for SentencePiece).
+A tokenizer is saved inside every checkpoint as `seqgen_tokenizer.json` (its kind and special
+tokens) plus whatever files its kind needs (`tokenizer.model` for SentencePiece). The name is
+not Hugging Face's `tokenizer.json`, which is another format; checkpoints written before the
+rename, with seqgen's file under that name, still load.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sentencepiece as spm
 
 from seqgen.errors import CheckpointError, ConfigError, DataError
 
-META_FILE = "tokenizer.json"
+META_FILE = "seqgen_tokenizer.json"
+LEGACY_META_FILE = "tokenizer.json"  # seqgen 0.1 checkpoints; now Hugging Face's name
 SP_MODEL_FILE = "tokenizer.model"
 # SentencePiece writes spaces as this character; a literal one in the text is sent as bytes.
 SP_SPACE = "\u2581"
@@ -41,6 +44,10 @@ class Tokenizer(Protocol):
     def add_special_tokens(self, tokens: Sequence[str]) -> list[int]: ...
     def token_byte_lengths(self) -> list[int]: ...
     def save(self, directory: Path) -> None: ...
+
+
+# A tokenizer kind may also define `to_hf(self) -> tokenizers.Tokenizer`: its Hugging Face
+# equivalent, which `seqgen export --format hf` writes so that AutoTokenizer loads the export.
 
 
 @dataclass
@@ -154,6 +161,10 @@ class SentencePieceTokenizer:
         """UTF-8 bytes each id stands for (0 for specials): sums to len(decode(ids).encode())."""
         return [len(b) for b in self._piece_bytes]
 
+    def to_hf(self):
+        """The same tokenizer as a Hugging Face `tokenizers.Tokenizer` (needs `tokenizers`)."""
+        return sentencepiece_to_hf(self)
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SP_MODEL_FILE).write_bytes(self.model_proto)
@@ -162,7 +173,7 @@ class SentencePieceTokenizer:
 
     @classmethod
     def load(cls, directory: Path) -> SentencePieceTokenizer:
-        meta = _read_meta(directory)
+        meta = read_tokenizer_meta(directory)
         model_path = directory / SP_MODEL_FILE
         if not model_path.is_file():
             raise CheckpointError(f"{model_path}: missing SentencePiece model")
@@ -219,6 +230,68 @@ class SentencePieceTokenizer:
         return cls(model.getvalue(), config.special_tokens)
 
 
+# SentencePiece's ModelProto piece types and model types
+SP_NORMAL, SP_USER_DEFINED = 1, 4
+SP_UNIGRAM, SP_BPE, SP_CHAR = 1, 2, 4
+
+
+def sentencepiece_to_hf(tokenizer: SentencePieceTokenizer):
+    """The HF equivalent of a seqgen SentencePiece tokenizer: same ids, same pieces.
+
+    SentencePiece's settings in seqgen (identity normalisation, no dummy prefix, byte
+    fallback) map to: spaces written as U+2581, the BPE or unigram model with byte fallback,
+    user symbols and special tokens as added tokens. One difference: a literal U+2581 in the
+    text reads as a space here, where seqgen spells it out in bytes.
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # needs protobuf
+        from tokenizers import AddedToken, Regex, decoders, models, normalizers
+        from tokenizers import Tokenizer as HFTokenizerObject
+    except ImportError as err:
+        raise ImportError(f"a Hugging Face tokenizer needs transformers and protobuf ({err}): "
+                          "pip install 'seqgen[hf]'") from None  # fmt: skip
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tokenizer.model_proto)
+    pieces = list(proto.pieces)
+    model_type = proto.trainer_spec.model_type
+    if model_type == SP_UNIGRAM:
+        model = models.Unigram([(p.piece, p.score) for p in pieces], unk_id=0, byte_fallback=True)
+    elif model_type in (SP_BPE, SP_CHAR):
+        normal = {p.piece: (p.score, i) for i, p in enumerate(pieces) if p.type == SP_NORMAL}
+        ranked = sorted(
+            (-score, i, piece[:cut], piece[cut:])
+            for piece, (score, i) in normal.items()
+            for cut in range(1, len(piece))
+            if piece[:cut] in normal and piece[cut:] in normal
+        )  # SentencePiece merges the pair that makes the highest-scoring piece first
+        model = models.BPE(
+            vocab={p.piece: i for i, p in enumerate(pieces)},
+            merges=[(left, right) for *_, left, right in ranked],
+            unk_token=RESERVED_PIECES[0],
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    else:
+        raise ValueError(f"SentencePiece model type {model_type} has no HF equivalent")
+    hf = HFTokenizerObject(model)
+    hf.normalizer = normalizers.Replace(Regex(" "), SP_SPACE)
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace(SP_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    user = [p.piece for p in pieces if p.type == SP_USER_DEFINED]
+    hf.add_tokens([AddedToken(s, special=False, normalized=False) for s in user])
+    builtin = [RESERVED_PIECES[0], *(tokenizer.sp.id_to_piece(i) for i in
+               (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id))]  # fmt: skip
+    hf.add_special_tokens([AddedToken(s, special=True, normalized=False)
+                           for s in builtin + tokenizer.special_tokens])  # fmt: skip
+    for token in tokenizer.special_tokens:  # appended after the pieces, as in seqgen
+        if hf.token_to_id(token) != tokenizer.special_id(token):
+            raise AssertionError(f"{token}: id {hf.token_to_id(token)} in the HF tokenizer, "
+                                 f"{tokenizer.special_id(token)} in seqgen's")  # fmt: skip
+    return hf
+
+
 class _CountingLines:
     """Yields the non-empty lines of the documents and counts them, for error messages."""
 
@@ -266,14 +339,22 @@ def tokenizer_class(kind: str, where: Path) -> type:
                               f"to load: {type(err).__name__}: {err}") from err  # fmt: skip
 
 
-def _read_meta(directory: Path) -> dict:
+def read_tokenizer_meta(directory: Path) -> dict:
+    """The tokenizer metadata of a checkpoint or tokenizer directory (its `kind` and what that
+    kind stores), from `seqgen_tokenizer.json` or a seqgen 0.1 `tokenizer.json`."""
     path = directory / META_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing (not a seqgen checkpoint or tokenizer directory)")
+        path = directory / LEGACY_META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory / META_FILE}: missing (not a seqgen checkpoint or "
+                              "tokenizer directory)")  # fmt: skip
     try:
         meta = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: corrupt tokenizer metadata ({err})") from err
+    if isinstance(meta, dict) and "kind" not in meta and "model" in meta:
+        raise CheckpointError(f"{path} is a Hugging Face tokenizer, not seqgen's; convert the "
+                              "folder with `seqgen import --hf DIR --out CKPT`")  # fmt: skip
     if not isinstance(meta, dict) or "kind" not in meta:
         raise CheckpointError(f"{path}: corrupt tokenizer metadata (no 'kind')")
     return meta
@@ -282,5 +363,5 @@ def _read_meta(directory: Path) -> dict:
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load the tokenizer saved in a checkpoint or tokenizer directory."""
     directory = Path(directory)
-    kind = _read_meta(directory)["kind"]
+    kind = read_tokenizer_meta(directory)["kind"]
     return tokenizer_class(kind, directory / META_FILE).load(directory)

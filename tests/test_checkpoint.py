@@ -27,7 +27,7 @@ def test_round_trip_is_exact_and_self_contained(saved):
     assert sorted(p.name for p in path.iterdir()) == [
         "config.json",
         "model.safetensors",
-        "tokenizer.json",
+        "seqgen_tokenizer.json",
         "tokenizer.model",
     ]
     weights = load_file(str(path / "model.safetensors"))

@@ -70,8 +70,17 @@ def test_load_errors(tmp_path, sp_tokenizer):
     (tmp_path / "tokenizer.model").write_bytes(b"not a model")
     with pytest.raises(CheckpointError, match="not a valid SentencePiece model"):
         load_tokenizer(tmp_path)
-    (tmp_path / "tokenizer.json").write_text('{"kind": "klingon"}')
+    (tmp_path / "seqgen_tokenizer.json").write_text('{"kind": "klingon"}')
     with pytest.raises(CheckpointError, match="unknown tokenizer kind 'klingon'"):
+        load_tokenizer(tmp_path)
+
+
+def test_seqgen_0_1_file_name_still_loads_and_hf_file_is_named(tmp_path, sp_tokenizer):
+    sp_tokenizer.save(tmp_path)
+    (tmp_path / "seqgen_tokenizer.json").rename(tmp_path / "tokenizer.json")  # 0.1's name
+    assert load_tokenizer(tmp_path).encode("the king") == sp_tokenizer.encode("the king")
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"}}')
+    with pytest.raises(CheckpointError, match="Hugging Face tokenizer.*seqgen import --hf"):
         load_tokenizer(tmp_path)
 
 

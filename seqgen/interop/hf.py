@@ -1,7 +1,9 @@
-"""Import Hugging Face GPT-2 weights (`GPT2LMHeadModel`, or its saved folder) into a GPT.
+"""Hugging Face GPT-2 and seqgen: weights both ways, and whole checkpoints both ways
+(`seqgen export --format hf`, `seqgen import --hf`).
 
 HF's GPT-2 stores c_attn/c_proj/c_fc as Conv1D, whose weight is the transpose of nn.Linear's;
-the names are otherwise ours. The folder form needs no `transformers` install.
+the names are otherwise ours. Reading a folder's weights needs no `transformers` install;
+exporting and importing a checkpoint do (`pip install transformers`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def from_hf(source: Any) -> GPT:
     """A GPT with the weights of an HF `GPT2LMHeadModel`/`GPT2Model` or of a saved folder
     (`config.json` + `model.safetensors`, or `pytorch_model.bin` read with weights_only)."""
     if isinstance(source, (str, Path)):
-        config, hf_state = _read_folder(Path(source))
+        hf_config_dict, hf_state = _read_folder(Path(source))
+        config = config_from_hf(hf_config_dict)
     else:
         config, hf_state = config_from_hf(source.config.to_dict()), source.state_dict()
     model = GPT(config)
@@ -79,14 +82,25 @@ def from_hf(source: Any) -> GPT:
     return model.eval()
 
 
-def _read_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    """An HF model folder's config.json, as a dict."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder)")
     try:
-        config = config_from_hf(json.loads(config_path.read_text()))
-    except json.JSONDecodeError as err:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{config_path}: corrupt ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: corrupt (not a JSON object)")
+    if config.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{config_path}: model_type {config['model_type']!r}; only "
+                              "GPT-2 models convert to seqgen")  # fmt: skip
+    return config
+
+
+def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    config = read_hf_config(folder)
     if (folder / "model.safetensors").is_file():
         try:
             return config, load_file(str(folder / "model.safetensors"))

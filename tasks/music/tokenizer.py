@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seqgen.errors import CheckpointError
-from seqgen.tokenizer import META_FILE, append_new
+from seqgen.tokenizer import META_FILE, append_new, read_tokenizer_meta
 from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, NUM_EVENTS, TIME_SHIFT, VELOCITY
 
 BUILTIN_SPECIALS = ("<pad>", "<s>", "</s>")
@@ -72,6 +72,18 @@ class PerformanceTokenizer:
     def token_byte_lengths(self) -> list[int]:
         return [0] * self.vocab_size  # not text: no bits per byte
 
+    def to_hf(self):
+        """The vocabulary as a Hugging Face word-level tokenizer over event names (needs
+        `tokenizers`): `tok("NOTE_ON_60 TIME_SHIFT_10").input_ids` are the event ids."""
+        from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+        vocab = {event_name(i): i for i in range(NUM_EVENTS)}
+        vocab.update({t: self.special_id(t) for t in self.special_tokens})
+        hf = Tokenizer(models.WordLevel(vocab))  # no unknown token: a wrong name is an error
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        hf.add_special_tokens([AddedToken(t, special=True) for t in self.special_tokens])
+        return hf
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         extra = self.special_tokens[len(BUILTIN_SPECIALS) :]
@@ -80,8 +92,8 @@ class PerformanceTokenizer:
 
     @classmethod
     def load(cls, directory: Path) -> PerformanceTokenizer:
-        meta = json.loads((directory / META_FILE).read_text())
+        meta = read_tokenizer_meta(directory)
         if meta.get("events") != NUM_EVENTS:
-            raise CheckpointError(f"{directory / META_FILE}: {meta.get('events')} events; "
+            raise CheckpointError(f"{directory}: the tokenizer has {meta.get('events')} events; "
                                   f"the performance vocabulary has {NUM_EVENTS}")  # fmt: skip
         return cls(meta.get("special_tokens", []))
