@@ -241,6 +241,27 @@ def cmd_plot(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_attention(argv: Sequence[str]) -> int:
+    from seqgen.attention import AttentionConfig, draw
+
+    parser = config_parser("seqgen attention", AttentionConfig.__doc__, AttentionConfig)
+    config = build(AttentionConfig, parse(parser, normalize(argv, flags_of(AttentionConfig))))
+    try:
+        drawn = draw(config)
+    except ValueError as err:
+        raise SeqgenError(str(err)) from None
+    layers = sorted({layer for layer, _ in drawn})
+    heads = sorted({head for _, head in drawn})
+    print(f"wrote {config.out} ({_spans('layer', layers)}, {_spans('head', heads)})")
+    return 0
+
+
+def _spans(name: str, values: list[int]) -> str:
+    if len(values) == 1:
+        return f"{name} {values[0]}"
+    return f"{name}s {values[0]}-{values[-1]}"
+
+
 def _quiet_transformers() -> None:
     """transformers' own bars and notices (shards written, weights loaded) say nothing here."""
     from seqgen.interop.hf_checkpoint import require_transformers
@@ -312,6 +333,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "data": (cmd_data, "build a task's dataset (e.g. seqgen data wikisum)"),
     "info": (cmd_info, "what a checkpoint is: task, step, tokenizer, model, parameters"),
     "plot": (cmd_plot, "loss curves of one or several runs (seqgen plot --run A --run B)"),
+    "attention": (cmd_attention, "attention heat maps of a checkpoint on a prompt"),
     "export": (cmd_export, "write a checkpoint as a Hugging Face model folder (--format hf)"),
     "import": (cmd_import, "turn a Hugging Face GPT-2 folder into a checkpoint (--hf DIR)"),
     "tokenizer": (cmd_tokenizer, "train a SentencePiece tokenizer (seqgen tokenizer train)"),

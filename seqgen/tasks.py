@@ -136,6 +136,19 @@ class Task(ABC):
         """Tokens the task adds to the vocabulary (appended; existing ids never change)."""
         return []
 
+    def token_label(self, token: int, tokenizer: Tokenizer) -> str:
+        """A token as attention maps name it: its text, spaces as `·`, line breaks as `\\n`
+        (a task whose tokens are not text names them its own way)."""
+        text = tokenizer.decode([token], skip_special=False)
+        if not text or "\ufffd" in text:  # part of a UTF-8 character
+            return f"#{token}"
+        return text.replace(" ", "·").replace("\n", "\\n").replace("\t", "\\t")
+
+    def segment_starts(self, ids: list[int], tokenizer: Tokenizer) -> list[int]:
+        """Positions where a new part of a sequence starts (e.g. a translation's target after
+        its source), marked in attention maps."""
+        return []
+
     @abstractmethod
     def load(self) -> Splits:
         """The raw training and validation data named by `self.data`."""

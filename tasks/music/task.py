@@ -28,7 +28,7 @@ from seqgen_tasks.music import generate as generation
 from seqgen_tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
 from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi, read_midi
-from seqgen_tasks.music.tokenizer import PerformanceTokenizer
+from seqgen_tasks.music.tokenizer import PerformanceTokenizer, readable_event
 
 log = logging.getLogger("seqgen")
 
@@ -169,3 +169,8 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> pretty_midi.PrettyMIDI:
         return decode_midi(ids)
+
+    def token_label(self, token: int, tokenizer: Tokenizer) -> str:
+        if token < NUM_EVENTS:
+            return readable_event(token)
+        return tokenizer.decode([token], skip_special=False)

@@ -8,9 +8,19 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pretty_midi
+
 from seqgen.errors import CheckpointError
 from seqgen.tokenizer import META_FILE, append_new, read_tokenizer_meta
-from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, NUM_EVENTS, TIME_SHIFT, VELOCITY
+from seqgen_tasks.music.events import (
+    NOTE_OFF,
+    NOTE_ON,
+    NUM_EVENTS,
+    STEPS_PER_SECOND,
+    TIME_SHIFT,
+    VELOCITY,
+    bin_velocity,
+)
 
 BUILTIN_SPECIALS = ("<pad>", "<s>", "</s>")
 
@@ -23,6 +33,16 @@ def event_name(i: int) -> str:
     if TIME_SHIFT < i <= TIME_SHIFT + 100:
         return f"TIME_SHIFT_{i - TIME_SHIFT}"
     return f"VELOCITY_{i - VELOCITY}"
+
+
+def readable_event(i: int) -> str:
+    """An event as a person reads it: `ON C4`, `OFF C4`, `SHIFT 120ms`, `VEL 65`."""
+    if NOTE_ON <= i < NOTE_OFF + 128:
+        kind = "ON" if i < NOTE_OFF else "OFF"
+        return f"{kind} {pretty_midi.note_number_to_name(i % 128)}"
+    if TIME_SHIFT < i <= TIME_SHIFT + 100:
+        return f"SHIFT {(i - TIME_SHIFT) * 1000 // STEPS_PER_SECOND}ms"
+    return f"VEL {int(bin_velocity(i - VELOCITY))}"
 
 
 class PerformanceTokenizer:

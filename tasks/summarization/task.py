@@ -119,6 +119,10 @@ class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids).strip()
 
+    def segment_starts(self, ids: list[int], tokenizer: Tokenizer) -> list[int]:
+        """The summary (after its heading) starts after the summarize token."""
+        return [i + 1 for i, t in enumerate(ids) if t == tokenizer.special_id(SUMMARIZE)]
+
     def mbr_similarity(self) -> Callable[[str, str], float]:
         """ROUGE-2 + ROUGE-Lsum F1 between two summaries: the consensus is the likely best
         by the metric summaries are judged by."""

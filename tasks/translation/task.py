@@ -93,6 +93,11 @@ class TranslationTask(ExampleTask, Evaluates, HasMBR):
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> str:
         return tokenizer.decode(ids).strip()
 
+    def segment_starts(self, ids: list[int], tokenizer: Tokenizer) -> list[int]:
+        """The source after the language tag, the target after the delimiter."""
+        marks = (language_tag(self.data.target_lang), DELIMITER)
+        return [i + 1 for i, t in enumerate(ids) if t in {tokenizer.special_id(m) for m in marks}]
+
     def mbr_similarity(self) -> Callable[[str, str], float]:
         """Sentence chrF (0 to 100) of a translation against another: unlike sentence BLEU,
         it is rarely 0 for short sentences that share words but no 4-gram, so the samples'
