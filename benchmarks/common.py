@@ -92,14 +92,3 @@ def evaluate(task: str, **values: Any) -> dict[str, Any]:
     return task_class(task).evaluate(eval_options(task, **values))
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table; floats with 2 decimals (4 below 10), ints with thousands."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.2f}"
-        return f"{value:,}" if isinstance(value, int) else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

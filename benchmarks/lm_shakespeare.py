@@ -16,7 +16,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import RECIPES, markdown_table, parse_args, train, write_report
+from benchmarks.common import RECIPES, parse_args, train, write_report
+from seqgen.tables import markdown_table
 
 RECIPE = RECIPES / "text_lm" / "shakespeare.yaml"
 # Under ~5 minutes the model sees Tiny Shakespeare about 5 times, too few to overfit, and

@@ -29,6 +29,7 @@ import torch
 from benchmarks.common import RECIPES, ROOT, parse_args, train, write_report
 from seqgen.config import ModelConfig
 from seqgen.model import CausalSelfAttention, causal_mask
+from seqgen.tables import markdown_table
 from seqgen_tasks.music.data import find_midi
 from seqgen_tasks.music.events import (
     NOTE_OFF,
@@ -203,9 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         speed = encoding(files)
         report["encoding"] = speed
         print(f"\n(a) encoding {len(files)} files of {args.data}")
-        print("| encoder | files/s | events/s |\n|---|---|---|")
-        for name, row in speed.items():
-            print(f"| {name} | {row['files_per_second']:.1f} | {row['events_per_second']:,.0f} |")
+        rows = [(name, f"{row['files_per_second']:.1f}", round(row["events_per_second"]))
+                for name, row in speed.items()]  # fmt: skip
+        print(markdown_table(["encoder", "files/s", "events/s"], rows))
         ours = speed["seqgen (symusic + numpy)"]["files_per_second"]
         if "miditok MIDILike" in speed:
             theirs = speed["miditok MIDILike"]["files_per_second"]
@@ -225,9 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["relative_memory_ratio"] = ratio
         print(f"\n(b) one relative-attention layer, forward + backward, L={args.length} "
               f"D={args.width} {args.heads} heads, {args.dtype}")  # fmt: skip
-        print("| variant | peak MiB | seconds |\n|---|---|---|")
-        for name, row in peaks.items():
-            print(f"| {name} | {row['peak_bytes'] / 2**20:,.0f} | {row['seconds']:.2f} |")
+        print(markdown_table(["variant", "peak MiB", "seconds"],
+                             [(name, round(row["peak_bytes"] / 2**20), f"{row['seconds']:.2f}")
+                              for name, row in peaks.items()]))  # fmt: skip
         print(f"ratio (skewing / naive): {report['relative_memory_ratio']:.4f}")
     if "train" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
@@ -249,10 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                       "params", "epochs")}
                                 for p, r in runs.items()})  # fmt: skip
         print(f"\n(c) held-out NLL per event after {args.budget_seconds:.0f} s of training each")
-        print("| positions | NLL/event | steps | tokens/s |\n|---|---|---|---|")
-        for name, row in report["training"].items():
-            print(f"| {name} | {row['val_loss']:.4f} | {row['steps']} | "
-                  f"{row['tokens_per_second']:,.0f} |")  # fmt: skip
+        print(markdown_table(["positions", "NLL/event", "steps", "tokens/s"],
+                             [(name, row["val_loss"], row["steps"], round(row["tokens_per_second"]))
+                              for name, row in report["training"].items()]))  # fmt: skip
     write_report(args.report, report)
     return 0
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from benchmarks.common import RECIPES, evaluate, parse_args, train, write_report
 from seqgen.evaluation import write_json
+from seqgen.tables import markdown_table
 
 BASELINE_WORDS = 100
 REPORTED = ("rouge1", "rouge2", "rougeLsum")
@@ -183,13 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rescored": args.rescore,
     }  # fmt: skip
     print(f"\nWikiSum (WikiText-2) valid, {len(scores)} systems + baseline, F1 % [95% CI]")
-    print("| system | " + " | ".join(REPORTED) + " |\n|---|---|---|---|")
-    for name in ("pretrained", "scratch", "baseline"):
-        cells = [f"{v['mid']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for v in report[name].values()]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    cells = [f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
-             for v in report["pretrained_minus_scratch"].values()]  # fmt: skip
-    print("| pretrained - scratch (paired) | " + " | ".join(cells) + " |")
+    rows = [(name, *(f"{v['mid']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
+                     for v in report[name].values()))
+            for name in ("pretrained", "scratch", "baseline")]  # fmt: skip
+    rows.append(("pretrained - scratch (paired)",
+                 *(f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
+                   for v in report["pretrained_minus_scratch"].values())))  # fmt: skip
+    print(markdown_table(["system", *REPORTED], rows))
     write_report(args.report, report)
     return 0
 

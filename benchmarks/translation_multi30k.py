@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import RECIPES, evaluate, parse_args, train, write_report
+from seqgen.tables import markdown_table
 
 RECIPE = RECIPES / "translation" / "multi30k.yaml"
 TARGET_BLEU = 30.0  # within 30 minutes of training on a 2-core CPU (issue #4)
@@ -119,11 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["wall_seconds"] = time.perf_counter() - started
     print(f"\nMulti30k en->de, {args.split}, beam {args.num_beams}, "
           f"{args.budget_seconds:.0f} s of training (target: BLEU >= {TARGET_BLEU})")  # fmt: skip
-    print("| run | BLEU | chrF | train s | tokens/s | epochs |\n|---|---|---|---|---|---|")
-    for name, s, t in rows:
-        seconds = t["train_seconds"] + (pretrain_seconds if "pretrained" in name else 0)
-        print(f"| {name} | {s['bleu']:.2f} | {s['chrf']:.2f} | {seconds:.0f} | "
-              f"{t['tokens_per_second']:,.0f} | {t['epochs']:.1f} |")  # fmt: skip
+    print(markdown_table(
+        ["run", "BLEU", "chrF", "train s", "tokens/s", "epochs"],
+        [(name, f"{s['bleu']:.2f}", f"{s['chrf']:.2f}",
+          round(t["train_seconds"] + (pretrain_seconds if "pretrained" in name else 0)),
+          round(t["tokens_per_second"]), f"{t['epochs']:.1f}") for name, s, t in rows],
+    ))  # fmt: skip
     print(report["bleu_signature"])
     write_report(args.report, report)
     return 0

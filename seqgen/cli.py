@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from seqgen.arguments import build, config_parser, flags_of, given, normalize, parse
 from seqgen.errors import SeqgenError
@@ -309,18 +308,9 @@ def parameter_tally(model) -> list[tuple[str, int]]:
 
 
 def _print_table(title: str, values: dict) -> None:
-    def shown(value: Any) -> str:
-        if isinstance(value, dict):
-            return ", ".join(f"{key} {shown(v)}" for key, v in value.items()) or "none"
-        if isinstance(value, float):
-            return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:,.4f}"
-        is_count = isinstance(value, int) and not isinstance(value, bool)
-        return f"{value:,}" if is_count else str(value)
+    from seqgen.tables import key_value_table
 
-    print(f"\n{title}")
-    width = max(len(k) for k in values)
-    for key, value in values.items():
-        print(f"  {key:<{width}}  {shown(value)}")
+    print("\n" + key_value_table(title, values))
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {

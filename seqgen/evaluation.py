@@ -4,8 +4,6 @@ outputs to score, decoding options, and the JSON report."""
 from __future__ import annotations
 
 import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +13,7 @@ import torch
 
 from seqgen.engine import GenerationOptions
 from seqgen.files import atomic_file, check_writable
+from seqgen.progress import Progress
 
 
 @dataclass(kw_only=True)
@@ -88,24 +87,6 @@ def write_json(path: str | Path | None, data: Any) -> None:
             partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-class Progress:
-    """An `on_done(n)` callback for `Generator.generate_many`: a running count with the rate
-    on a terminal, the final count only in a log."""
-
-    def __init__(self, verb: str, total: int) -> None:
-        self.verb, self.total, self.done = verb, total, 0
-        self.started = time.perf_counter()
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if sys.stderr.isatty() or self.done == self.total:
-            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
-            print(f"\r{self.verb} {self.done}/{self.total} ({rate:.1f}/s)", end="",
-                  file=sys.stderr)  # fmt: skip
-            if self.done == self.total:
-                print(file=sys.stderr)
-
-
 def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8
                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Every token of a stream after the first scored once, in non-overlapping windows of the
@@ -114,6 +95,7 @@ def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8
     from seqgen.module import masked_nll
 
     windows = SequentialWindows(ids, model.config.block_size, pad_id)
+    progress = Progress("scored", len(windows), "windows")
     targets, nll = [], []
     with torch.inference_mode():
         for start in range(0, len(windows), batch_size):
@@ -123,4 +105,5 @@ def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8
             scored = wanted != IGNORE_INDEX
             targets.append(wanted[scored])
             nll.append(masked_nll(model(inputs), wanted)[scored].double())
+            progress(len(batch))
     return torch.cat(targets), torch.cat(nll)

@@ -1,72 +1,116 @@
-"""Training progress as plain lines, for output that is a file or a pipe (a live bar is
-drawn only at the end there): the first step at once, then every few seconds, each
-validation, and the end."""
+"""Progress of long work, visible wherever the output goes: in a terminal a live line (or
+Lightning's bar, for training), in a file or a pipe plain log lines, the first at once, then
+every few seconds, and at the end. `Progress` reports any work that counts items (documents
+tokenized, sentences translated, windows scored, tokens generated); training has its own,
+`seqgen.trainer.ProgressLines`.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
-
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, Timer
 
 log = logging.getLogger("seqgen")
+
+
+QUIET_SECONDS = 1.0  # work shorter than this shows no progress
+EVERY_SECONDS = 15.0  # between lines in a file or a pipe
+REDRAW_SECONDS = 0.2  # between redraws of a terminal line
 
 
 def clock(seconds: float) -> str:
     return str(timedelta(seconds=round(max(seconds, 0.0))))
 
 
-class ProgressLines(Callback):
-    """`step 120/1,000 (12%)  train_loss 3.412  24,510 tokens/s  elapsed 0:00:40  ETA 0:04:53`
-    after the first step of a fit, then every `every_seconds`; counts continue after a
-    resume."""
+def amount(value: float) -> str:
+    """1,234 / 56.7k / 8.9M: counts as a person reads them in a progress line."""
+    if value >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    if value >= 1e5:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
-    def __init__(self, every_seconds: float) -> None:
+
+class Progress:
+    """`translated 120/1,000 sentences (12%)  9.8/s  elapsed 0:00:12  ETA 0:01:30`.
+
+    Call it with the number of items just finished (it is an `on_done` callback for
+    `Generator.generate_many`), or `set` the amount done; `finish` ends it (reaching `total`
+    does too). Work that ends within a second shows nothing. With `at_most`, `total` is a
+    bound that work may stop short of (no percentage or ETA then).
+    """
+
+    def __init__(self, verb: str, total: float | None = None, unit: str = "", *,
+                 at_most: bool = False, every_seconds: float = EVERY_SECONDS) -> None:  # fmt: skip
+        self.verb, self.total, self.unit, self.at_most = verb, total, unit, at_most
         self.every_seconds = every_seconds
-        self.started = self.last = 0.0
-        self.first_step = 0
+        self.live = sys.stderr.isatty()
+        self.done = 0.0
+        self.started = time.monotonic()
+        self.shown = 0.0  # when the last line was written (0: never)
+        self.finished = False
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started, self.last, self.first_step = time.monotonic(), 0.0, trainer.global_step
+    def __call__(self, n: float = 1) -> None:
+        self.set(self.done + n)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+    def set(self, done: float) -> None:
+        self.done = done
         now = time.monotonic()
-        first = self.last == 0.0 and trainer.global_step > self.first_step
-        if first or (self.last and now - self.last >= self.every_seconds):
-            self.last = now
-            log.info("%s", self.line(trainer, now))
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if self.total is not None and done >= self.total and not self.at_most:
+            self.finish()
             return
-        shown = [f"{key} {float(trainer.callback_metrics[key]):.4f}"
-                 for key in ("val_loss", "val_bpb") if key in trainer.callback_metrics]  # fmt: skip
-        log.info("step %s  %s", f"{trainer.global_step:,}", "  ".join(shown))
+        wait = REDRAW_SECONDS if self.live else self.every_seconds
+        if now - self.started >= QUIET_SECONDS and (not self.shown or now - self.shown >= wait):
+            self.shown = now
+            self._write(self.line(now))
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log.info("%s (done)", self.line(trainer, time.monotonic()))
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        now = time.monotonic()
+        if self.shown or now - self.started >= QUIET_SECONDS:
+            self._write(self.line(now) + ("" if self.live else " (done)"), end=True)
 
-    def line(self, trainer: pl.Trainer, now: float) -> str:
-        step, total = trainer.global_step, trainer.max_steps
-        parts = [f"step {step:,}" + (f"/{total:,} ({step / total:.0%})" if total > 0 else "")]
-        metrics = trainer.callback_metrics
-        if "train_loss" in metrics:
-            parts.append(f"train_loss {float(metrics['train_loss']):.4f}")
-        if "tokens_per_second" in metrics:
-            parts.append(f"{float(metrics['tokens_per_second']):,.0f} tokens/s")
+    def line(self, now: float) -> str:
+        count = amount(self.done)
+        if self.total is not None:
+            count += f"/{amount(self.total)}" if not self.at_most else ""
+        parts = [f"{self.verb} {count}" + (f" {self.unit}" if self.unit else "")]
+        if self.total and self.at_most:
+            parts[0] += f" (at most {amount(self.total)})"
+        elif self.total:
+            parts[0] += f" ({min(self.done / self.total, 1.0):.0%})"
         elapsed = now - self.started
+        if elapsed > 0 and self.done:
+            parts.append(f"{amount(self.done / elapsed)}/s")
         parts.append(f"elapsed {clock(elapsed)}")
-        remaining = []
-        done = step - self.first_step
-        if total > 0 and done > 0:
-            remaining.append((total - step) * elapsed / done)
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is not None and timer.time_remaining("train") is not None:
-            remaining.append(timer.time_remaining("train"))
-        if remaining:
-            parts.append(f"ETA {clock(min(remaining))}")
+        if self.total and not self.at_most and 0 < self.done < self.total:
+            parts.append(f"ETA {clock((self.total - self.done) * elapsed / self.done)}")
         return "  ".join(parts)
+
+    def _write(self, text: str, end: bool = False) -> None:
+        if self.live:
+            print(f"\r\033[K{text}", end="\n" if end else "", file=sys.stderr, flush=True)
+        else:
+            log.info("%s", text)
+
+
+@contextmanager
+def dataset_bars() -> Iterator[None]:
+    """Hugging Face datasets' own progress bars only in a terminal: in a file each redraw is
+    a line of noise (seqgen logs what it does there instead)."""
+    from datasets.utils import logging as datasets_logging
+
+    was_enabled = datasets_logging.is_progress_bar_enabled()
+    if not sys.stderr.isatty():
+        datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_logging.enable_progress_bar()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from seqgen.engine import GenerationOptions
 from seqgen.errors import SeqgenError
 from seqgen.files import check_writable
+from seqgen.progress import Progress
 
 
 @dataclass(kw_only=True)
@@ -111,6 +113,19 @@ def run(config: GenerateConfig, file_options: Any = None) -> None:
         sys.stdout.write(text)
 
 
+class _Reporting:
+    """A stop_fn that reports the tokens generated so far (a minute of music takes a while)
+    and asks the task's own stop_fn, if any (then `most` is only a bound)."""
+
+    def __init__(self, stop_fn: Callable[[list[int]], bool] | None, most: int) -> None:
+        self.stop_fn = stop_fn
+        self.progress = Progress("generated", most, "tokens", at_most=stop_fn is not None)
+
+    def __call__(self, new: list[int]) -> bool:
+        self.progress.set(len(new))
+        return self.stop_fn is not None and self.stop_fn(new)
+
+
 def _stream(generator, prompt: str, stop: list[str], options: dict[str, Any]) -> None:
     pieces = generator.stream(prompt, stop=stop, **options)  # checks the options first
     sys.stdout.write(prompt if generator.task.continues_prompt else "")
@@ -132,8 +147,11 @@ def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[st
         file_options = task.generate_options()
     ids = generator.prompt_ids(prompt or None)
     ids, changed = task.prepare(ids, file_options, options)  # every generation option is set
+    settings = {**options, **changed}
+    settings["stop_fn"] = _Reporting(settings.get("stop_fn"), settings["max_new_tokens"])
     started = time.perf_counter()
-    new = generator.continue_ids(ids, **{**options, **changed})
+    new = generator.continue_ids(ids, **settings)
+    settings["stop_fn"].progress.finish()
     took = time.perf_counter() - started
     print(f"generated {len(new)} tokens in {took:.1f} s ({len(new) / max(took, 1e-9):.0f}/s)",
           file=sys.stderr)  # fmt: skip

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -20,7 +22,9 @@ from typing import Literal, Protocol, runtime_checkable
 import sentencepiece as spm
 
 from seqgen.errors import CheckpointError, ConfigError, DataError
+from seqgen.progress import Progress
 
+log = logging.getLogger("seqgen")
 META_FILE = "seqgen_tokenizer.json"
 LEGACY_META_FILE = "tokenizer.json"  # seqgen 0.1 checkpoints; now Hugging Face's name
 SP_MODEL_FILE = "tokenizer.model"
@@ -187,6 +191,9 @@ class SentencePieceTokenizer:
         """Train on an iterable of documents (each split into lines for SentencePiece)."""
         model = io.BytesIO()
         counter = _CountingLines(texts)
+        started = time.monotonic()
+        log.info("training a %s tokenizer of %s pieces (SentencePiece) on the training text",
+                 config.model_type, f"{config.vocab_size:,}")  # fmt: skip
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(counter),
@@ -227,6 +234,8 @@ class SentencePieceTokenizer:
                 f"SentencePiece could not train a {config.vocab_size}-piece vocabulary on "
                 f"{counter.lines} lines: {hint} ({str(err).splitlines()[0]})"
             ) from None
+        log.info("trained the tokenizer on %s lines in %.1f s", f"{counter.lines:,}",
+                 time.monotonic() - started)  # fmt: skip
         return cls(model.getvalue(), config.special_tokens)
 
 
@@ -293,18 +302,22 @@ def sentencepiece_to_hf(tokenizer: SentencePieceTokenizer):
 
 
 class _CountingLines:
-    """Yields the non-empty lines of the documents and counts them, for error messages."""
+    """Yields the non-empty lines of the documents and counts them, for error messages and
+    progress (SentencePiece reads them all, then trains without reporting)."""
 
     def __init__(self, texts: Iterable[str]) -> None:
         self.texts = texts
         self.lines = 0
 
     def __iter__(self) -> Iterator[str]:
+        progress = Progress("read", unit="lines for the tokenizer")
         for text in self.texts:
             for line in re.split(r"\r?\n", text):
                 if line.strip():
                     self.lines += 1
+                    progress()
                     yield line
+        progress.finish()
 
 
 def append_new(special_tokens: list[str], tokens: Sequence[str]) -> list[str]:

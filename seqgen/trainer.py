@@ -1,25 +1,28 @@
 """The Lightning Trainer for every task: seqgen checkpoints, the configured loggers and
-budget, progress lines where no terminal shows a bar, and Lightning's noise filtered."""
+budget, progress lines where no terminal shows a bar (in a file or a pipe Lightning draws
+its bar only at the end), and Lightning's noise filtered."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import sys
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import TrainConfig, parse_duration
 from seqgen.cpu import native_bf16
 from seqgen.errors import ConfigError
-from seqgen.progress import ProgressLines
+from seqgen.progress import clock
 from seqgen.tokenizer import Tokenizer
 
 log = logging.getLogger("seqgen")
@@ -52,6 +55,11 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # A run directory holds more than checkpoints (logs/, final/, best/ with train.keep_best).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Lightning logs every log_every_n_steps optimizer steps across epochs, so an epoch
+    # shorter than that still logs: the warning does not apply to a step-budgeted run.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    # A step with a non-finite loss returns None on purpose (the divergence guard says so).
+    warnings.filterwarnings("ignore", message=r"`training_step` returned `None`.*")
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
@@ -148,3 +156,56 @@ def build_loggers(names: list[str], out_dir: Path) -> list[Logger]:
         except ModuleNotFoundError as err:  # the package is named as the logger
             raise ConfigError(f"train.logger {name}: `pip install {name}` first ({err})") from None
     return loggers
+
+
+class ProgressLines(Callback):
+    """`step 120/1,000 (12%)  train_loss 3.412  24,510 tokens/s  elapsed 0:00:40  ETA 0:04:53`
+    after the first step of a fit, then every `every_seconds`; counts continue after a
+    resume."""
+
+    def __init__(self, every_seconds: float) -> None:
+        self.every_seconds = every_seconds
+        self.started = self.last = 0.0
+        self.first_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started, self.last, self.first_step = time.monotonic(), 0.0, trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        now = time.monotonic()
+        first = self.last == 0.0 and trainer.global_step > self.first_step
+        if first or (self.last and now - self.last >= self.every_seconds):
+            self.last = now
+            log.info("%s", self.line(trainer, now))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        shown = [f"{key} {float(trainer.callback_metrics[key]):.4f}"
+                 for key in ("val_loss", "val_bpb") if key in trainer.callback_metrics]  # fmt: skip
+        log.info("step %s  %s", f"{trainer.global_step:,}", "  ".join(shown))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log.info("%s (done)", self.line(trainer, time.monotonic(), final=True))
+
+    def line(self, trainer: pl.Trainer, now: float, final: bool = False) -> str:
+        step, total = trainer.global_step, trainer.max_steps
+        parts = [f"step {step:,}" + (f"/{total:,} ({step / total:.0%})" if total > 0 else "")]
+        metrics = trainer.callback_metrics
+        if "train_loss" in metrics:
+            parts.append(f"train_loss {float(metrics['train_loss']):.4f}")
+        if "tokens_per_second" in metrics:
+            parts.append(f"{float(metrics['tokens_per_second']):,.0f} tokens/s")
+        elapsed = now - self.started
+        parts.append(f"elapsed {clock(elapsed)}")
+        remaining = []
+        done = step - self.first_step
+        if total > 0 and done > 0:
+            remaining.append((total - step) * elapsed / done)
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and timer.time_remaining("train") is not None:
+            remaining.append(timer.time_remaining("train"))
+        if remaining and not final:
+            parts.append(f"ETA {clock(min(remaining))}")
+        return "  ".join(parts)

@@ -436,6 +436,7 @@ def test_progress_lines_in_a_pipe_continue_their_counts_after_a_resume(corpus_fi
     assert lines[0].startswith("step 1/40 (2%)  train_loss ") and "ETA " in lines[0]
     assert len(lines) > 5 and any(line.startswith("step 20  val_loss ") for line in lines)
     assert lines[-2].startswith("step 40/40 (100%)") and lines[-2].endswith("(done)")
+    assert "ETA" not in lines[-2]
     assert "Epoch" not in first.stderr and "v_num" not in first.stderr  # no bar in a pipe
     resumed = run_cli(*base, "--train.max_steps", "60", "--resume", "last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,10 @@ from torch.utils.data import Dataset
 from seqgen.data import is_saved_dataset, missing_local_path, padded_window, window_offset
 from seqgen.errors import DataError
 from seqgen.files import atomic_directory
+from seqgen.progress import dataset_bars
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
+
+log = logging.getLogger("seqgen")
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 ENCODING_VERSION = 1  # bump when the encoding changes: cached corpora are rebuilt
@@ -106,15 +111,18 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
     digest = hashlib.sha256(json.dumps([ENCODING_VERSION, key]).encode()).hexdigest()[:24]
     directory = Path(cache_dir or Path.home() / ".cache" / "seqgen" / "midi").expanduser()
     cached = directory / digest
-    if is_saved_dataset(cached):
-        encoded = datasets.load_from_disk(str(cached))
-    else:
-        procs = min(num_proc, max(1, len(table) // 8))  # a process pays off from ~8 files
-        encoded = table.map(_encode_batch, batched=True, batch_size=8,
-                            num_proc=procs if procs > 1 else None,
-                            remove_columns=table.column_names, desc="encoding MIDI")  # fmt: skip
-        with atomic_directory(cached) as partial:
-            encoded.save_to_disk(str(partial))
+    with dataset_bars():
+        if not is_saved_dataset(cached):
+            procs = min(num_proc, max(1, len(table) // 8))  # a process pays off from ~8 files
+            started = time.monotonic()
+            log.info("encoding %s MIDI files of %s (%d process%s; cached for next time)",
+                     f"{len(table):,}", source, procs, "es" if procs > 1 else "")  # fmt: skip
+            encoded = table.map(_encode_batch, batched=True, batch_size=8, desc="encoding MIDI",
+                                num_proc=procs if procs > 1 else None,
+                                remove_columns=table.column_names)  # fmt: skip
+            with atomic_directory(cached) as partial:
+                encoded.save_to_disk(str(partial))
+            log.info("encoded %s files in %.1f s", f"{len(table):,}", time.monotonic() - started)
         encoded = datasets.load_from_disk(str(cached))
     performances, skipped = [], []
     for name, row in zip(names, encoded.with_format("numpy"), strict=True):

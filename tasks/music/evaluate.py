@@ -14,6 +14,7 @@ import numpy as np
 
 from seqgen.errors import DataError
 from seqgen.evaluation import EvalConfig, stream_nll, write_json
+from seqgen.tables import markdown_table
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, velocity_bin
 
@@ -131,16 +132,17 @@ def compare(args: MusicEval) -> dict[str, Any]:
 
 def evaluate(args: MusicEval) -> dict[str, Any]:
     report: dict[str, Any] = {}
-    print("| metric | value |\n|---|---|")
+    rows: list[tuple[str, str]] = []  # printed once everything is computed
     if args.ckpt:
         report["likelihood"] = likelihood(args)
-        for key in ("nll_per_event", "perplexity", "nll_per_second"):
-            print(f"| {key} | {report['likelihood'][key]:.4f} |")
+        rows += [(key, f"{report['likelihood'][key]:.4f}")
+                 for key in ("nll_per_event", "perplexity", "nll_per_second")]  # fmt: skip
     if args.generated:
         report["statistics"] = compare(args)
-        for key, value in report["statistics"]["overlap"].items():
-            print(f"| overlap: {key} | {value:.3f} |")
-        print(f"| overlap: mean | {report['statistics']['mean_overlap']:.3f} |")
+        rows += [(f"overlap: {key}", f"{value:.3f}")
+                 for key, value in report["statistics"]["overlap"].items()]  # fmt: skip
+        rows.append(("overlap: mean", f"{report['statistics']['mean_overlap']:.3f}"))
+    print(markdown_table(["metric", "value"], rows))
     if args.ckpt:
         found = report["likelihood"]
         print(

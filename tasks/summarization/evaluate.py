@@ -13,18 +13,21 @@ from typing import Any
 
 from seqgen.data import read_jsonl
 from seqgen.errors import DataError
-from seqgen.evaluation import DecodingEval, Progress, write_json
+from seqgen.evaluation import DecodingEval, write_json
 from seqgen.files import check_writable
+from seqgen.progress import Progress
+from seqgen.tables import markdown_table
 from seqgen.tasks import known_options
 from seqgen_tasks.summarization.data import SummarizationData, read_examples
 from seqgen_tasks.summarization.rouge import (
+    TABLE_HEADER,
     bootstrap,
     lead_words,
     length_stats,
-    markdown_table,
     paired_difference,
     rouge_similarity,
     score_documents,
+    table_rows,
 )
 
 
@@ -102,11 +105,11 @@ def summarize(args: SummarizationEval, examples: list[dict]) -> tuple[list[str],
     if args.mbr_samples > 1:
         outputs = generator.generate_mbr(
             documents, samples=args.mbr_samples, similarity=rouge_similarity(args.ignore),
-            on_done=Progress("sampled", len(documents) * args.mbr_samples), **settings,
+            on_done=Progress("sampled", len(documents) * args.mbr_samples, "summaries"), **settings,
         )  # fmt: skip
     else:
         outputs = generator.generate_many(
-            documents, on_done=Progress("summarized", len(documents)), **settings
+            documents, on_done=Progress("summarized", len(documents), "articles"), **settings
         )
     return outputs, time.perf_counter() - started
 
@@ -177,11 +180,12 @@ def evaluate(args: SummarizationEval) -> dict[str, Any]:
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         )
     write_json(args.report, report)
-    print(markdown_table(results))
+    rows = table_rows(results)
     if compared is not None:
-        cells = [f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-                 for d in difference.values()]  # fmt: skip
-        print(f"| minus {Path(args.compare).name} (paired) | " + " | ".join(cells) + " | |")
+        rows.append((f"minus {Path(args.compare).name} (paired)",
+                     *(f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                       for d in difference.values()), ""))  # fmt: skip
+    print(markdown_table(TABLE_HEADER, rows))
     print(f"\n{len(examples)} documents; references {report['reference_lengths']['mean_words']:.0f}"
           " words on average; F1 in %, 95% bootstrap intervals in brackets")  # fmt: skip
     return report

@@ -132,16 +132,12 @@ def lead_words(document: str, n: int) -> str:
     return "\n".join(k for k in kept if k)
 
 
-def markdown_table(systems: dict[str, dict[str, Any]]) -> str:
-    """F1 with its 95% interval, per system, ROUGE types as columns."""
-    header = "| system | " + " | ".join(f"{t} F1" for t in ROUGE_TYPES) + " | words |"
-    lines = [header, "|---" * (len(ROUGE_TYPES) + 2) + "|"]
-    for name, result in systems.items():
-        cells = [
-            f"{s['mid']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
-            for s in (result["scores"][t]["fmeasure"] for t in ROUGE_TYPES)
-        ]
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {result['lengths']['mean_words']:.0f} |"
-        )
-    return "\n".join(lines)
+def table_rows(systems: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """F1 with its 95% interval per ROUGE type, and mean words, one row per system."""
+    return [(name, *(f"{s['mid']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
+                     for s in (result["scores"][t]["fmeasure"] for t in ROUGE_TYPES)),
+             f"{result['lengths']['mean_words']:.0f}")
+            for name, result in systems.items()]  # fmt: skip
+
+
+TABLE_HEADER = ("system", *(f"{t} F1" for t in ROUGE_TYPES), "words")

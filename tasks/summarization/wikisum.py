@@ -18,6 +18,8 @@ from pathlib import Path
 
 from seqgen.data import read_text_file
 from seqgen.errors import DataError
+from seqgen.files import atomic_file
+from seqgen.progress import Progress
 
 HEADING = re.compile(r" ?(=(?: =)*) (\S(?:.*\S)?) \1 ?")
 
@@ -60,7 +62,9 @@ def articles(text: str) -> Iterator[Article]:
 def build(text: str, split: str, min_lead_words: int, min_body_words: int):
     """(rows, dropped counts by reason) for one WikiText file."""
     rows, dropped = [], Counter()
+    progress = Progress(f"{split}: read", unit="articles")
     for n, article in enumerate(articles(text)):
+        progress()
         lead, body = "\n".join(article.lead), "\n".join(article.body)
         lead_words, body_words = len(lead.split()), len(body.split())
         if not article.body:
@@ -80,6 +84,7 @@ def build(text: str, split: str, min_lead_words: int, min_body_words: int):
                     "body_words": body_words,
                 }
             )
+    progress.finish()
     return rows, dropped
 
 
@@ -119,6 +124,7 @@ def build_splits(args: WikisumConfig) -> None:
             raise DataError(f"{path}: no articles (no ` = Title = ` lines between blank lines)")
         out.mkdir(parents=True, exist_ok=True)
         target = out / f"{split}.jsonl"
-        target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        with atomic_file(target) as partial:
+            partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
         print(f"{target}: {len(rows)} articles from {path} (dropped: {reasons})")

@@ -23,6 +23,7 @@ from seqgen.data import (
 )
 from seqgen.errors import DataError
 from seqgen.files import atomic_file
+from seqgen.progress import Progress
 from seqgen.tokenizer import Tokenizer
 
 TEXT_SUFFIXES = {".txt", ".text", ".tokens", ".md", ".raw"}
@@ -140,13 +141,17 @@ def split_tail(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
 def tokenize_documents(docs: list[str], tokenizer: Tokenizer) -> np.ndarray:
     """One stream: each document's ids followed by eos."""
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
-    parts = [np.asarray(ids, dtype=dtype) for ids in _encode_stream(docs, tokenizer)]
+    progress = Progress("tokenized", sum(len(doc) for doc in docs), "characters")
+    parts = [np.asarray(ids, dtype=dtype) for ids in _encode_stream(docs, tokenizer, progress)]
+    progress.finish()
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def _encode_stream(docs: list[str], tokenizer: Tokenizer) -> Iterator[list[int]]:
+def _encode_stream(docs: list[str], tokenizer: Tokenizer, progress: Progress
+                   ) -> Iterator[list[int]]:  # fmt: skip
     for doc in docs:
         if not doc.strip():
+            progress(len(doc))
             continue
         start = 0
         while start < len(doc):
@@ -159,6 +164,7 @@ def _encode_stream(docs: list[str], tokenizer: Tokenizer) -> Iterator[list[int]]
             if end <= start:
                 end = start + CHUNK_CHARS
             yield tokenizer.encode(doc[start:end])
+            progress(end - start)
             start = end
         yield [tokenizer.eos_id]
 

@@ -12,6 +12,7 @@ import torch
 
 from seqgen.errors import DataError
 from seqgen.evaluation import EvalConfig, stream_nll, write_json
+from seqgen.tables import markdown_table
 from seqgen_tasks.text.corpus import TextData, read_documents, tokenize_documents
 
 
@@ -56,8 +57,7 @@ def evaluate(config: TextEval) -> dict[str, Any]:
         "checkpoint": str(generator.path),
     }
     write_json(config.report, report)
-    print("| metric | value |\n|---|---|")
-    for key in ("nll_per_token", "perplexity", "bits_per_byte"):
-        print(f"| {key} | {report[key]:.4f} |")
+    shown = ("nll_per_token", "perplexity", "bits_per_byte")
+    print(markdown_table(["metric", "value"], [(key, report[key]) for key in shown]))
     print(f"\n{report['tokens']:,} tokens, {report['bytes']:,} bytes of {config.data}")
     return report

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from seqgen.errors import DataError
-from seqgen.evaluation import DecodingEval, Progress, write_json
+from seqgen.evaluation import DecodingEval, write_json
 from seqgen.files import check_writable
+from seqgen.progress import Progress
+from seqgen.tables import markdown_table
 from seqgen_tasks.translation.data import read_lines
 
 
@@ -120,10 +122,11 @@ def translate(config: TranslationEval, sources: list[str]) -> list[str]:
     if config.mbr_samples > 1:
         return generator.generate_mbr(
             sources, samples=config.mbr_samples, similarity=generator.task.mbr_similarity(),
-            on_done=Progress("sampled", len(sources) * config.mbr_samples), **settings,
+            on_done=Progress("sampled", len(sources) * config.mbr_samples, "translations"),
+            **settings,
         )  # fmt: skip
     return generator.generate_many(
-        sources, on_done=Progress("translated", len(sources)), **settings
+        sources, on_done=Progress("translated", len(sources), "sentences"), **settings
     )
 
 
@@ -166,15 +169,14 @@ def evaluate(config: TranslationEval) -> dict[str, Any]:
         Path(config.output).parent.mkdir(parents=True, exist_ok=True)
         Path(config.output).write_text("".join(h + "\n" for h in hypotheses))
     write_json(config.report, report)
-    print("| system | BLEU | chrF |\n|---|---|---|")
-    cells = [f"{report[m]:.2f} [{report[m + '_ci'][0]:.2f}, {report[m + '_ci'][1]:.2f}]"
-             for m in ("bleu", "chrf")]  # fmt: skip
-    print(f"| {'model' if config.ckpt else Path(config.hypotheses).name} | " + " | ".join(cells)
-          + " |")  # fmt: skip
+    rows = [("model" if config.ckpt else Path(config.hypotheses).name,
+             *(f"{report[m]:.2f} [{report[m + '_ci'][0]:.2f}, {report[m + '_ci'][1]:.2f}]"
+               for m in ("bleu", "chrf")))]  # fmt: skip
     if "compare" in report:
-        cells = [f"{d['mid']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-                 for d in report["compare"].values()]  # fmt: skip
-        print(f"| minus {Path(config.compare).name} (paired) | " + " | ".join(cells) + " |")
+        rows.append((f"minus {Path(config.compare).name} (paired)",
+                     *(f"{d['mid']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                       for d in report["compare"].values())))  # fmt: skip
+    print(markdown_table(["system", "BLEU", "chrF"], rows))
     print(f"\n{len(hypotheses)} sentences; 95% bootstrap intervals in brackets\n"
           f"{report['bleu_signature']}\n{report['chrf_signature']}")
     return report
