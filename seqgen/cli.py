@@ -83,15 +83,21 @@ def cmd_train(command: str, argv: Sequence[str]) -> int:
 
 def _task_for(argv: Sequence[str]):
     """The task that --task names, or else the task of --ckpt's checkpoint, as an object
-    (configured as the checkpoint was), or None when neither is given."""
+    (configured as the checkpoint was), or None when neither is given. Help after a
+    checkpoint that cannot be read is the general help."""
     from seqgen.tasks import task_class
 
     name, ckpt = given(argv, "task"), given(argv, "ckpt")
-    if ckpt is not None and not _wants_help(argv):
+    if ckpt is not None:
         from seqgen.inference import task_of
 
-        task = task_of(ckpt)
-        if name is None or name == task.name:
+        try:
+            task = task_of(ckpt)
+        except SeqgenError:
+            if not _wants_help(argv):
+                raise
+            task = None
+        if task is not None and (name is None or name == task.name):
             return task
     return None if name is None else task_class(name)()
 

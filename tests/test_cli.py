@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import TINY_MODEL, flags, make_pairs, write_parallel
@@ -206,6 +208,32 @@ def test_help(argv, capsys):
         code = exit_.code
     assert code == 0
     assert "usage" in capsys.readouterr().out
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v1"
+EVERY_COMMAND = [
+    "pretrain", "finetune --task translation", "finetune --task summarization",
+    "pretrain --task music", "evaluate --task text", "evaluate --task translation",
+    "evaluate --task summarization", "evaluate --task music", "generate",
+    f"generate --ckpt {FIXTURES / 'music'}", "info", "plot", "attention", "export", "import",
+    "data wikisum", "tokenizer train",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND)
+def test_every_option_has_help_text(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0
+    entries = re.split(r"\n(?=  -)", capsys.readouterr().out)
+    options = [" ".join(e.split()) for e in entries if re.match(r"  --\w", e)]
+    assert len(options) > 3
+    # an option without a docstring shows only "(type: ..., default: ...)"
+    no_help = re.compile(r"--[\w.]+( [A-Z_.]+| \{[^}]*\})? \((required, )?type:")
+    bare = [o.split()[0] for o in options if no_help.match(o)]
+    assert not bare, f"options without help: {bare}"
+    if "music" in command and "generate" in command:
+        assert "--prompt_seconds" in " ".join(options)  # the task's own options
 
 
 def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
