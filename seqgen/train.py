@@ -29,7 +29,7 @@ from seqgen.model import GPT
 from seqgen.module import LMModule
 from seqgen.tasks import Examples, Task, Windows, task_class
 from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
-from seqgen.trainer import BEST, build_trainer
+from seqgen.trainer import BEST, build_trainer, finish_loggers
 
 log = logging.getLogger("seqgen")
 FROM_SCRATCH = "none"
@@ -183,7 +183,10 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     # an ExampleDataModule shards its batches across ranks itself
     rank_aware = isinstance(training_data, Examples)
     trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=not rank_aware)
-    report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
+    try:
+        report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
+    finally:
+        finish_loggers(trainer)
     draws = (trainer.global_step * cfg.train.batch_size
              * cfg.train.accumulate_grad_batches * trainer.world_size)  # fmt: skip
     epoch_size = (len(training_data.train) if rank_aware

@@ -158,6 +158,15 @@ def build_loggers(names: list[str], out_dir: Path) -> list[Logger]:
     return loggers
 
 
+def finish_loggers(trainer: pl.Trainer) -> None:
+    """End the loggers' runs: Lightning leaves a W&B run open, and the next training in
+    this process (another out_dir) would log into it."""
+    if any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
+        wandb = sys.modules.get("wandb")  # imported by the logger's run, if one started
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
+
+
 class ProgressLines(Callback):
     """`step 120/1,000 (12%)  train_loss 3.412  24,510 tokens/s  elapsed 0:00:40  ETA 0:04:53`
     after the first step of a fit, then every `every_seconds`; counts continue after a

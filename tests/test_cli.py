@@ -491,19 +491,36 @@ def test_tensorboard_curves_continue_across_a_resume(corpus_file, tmp_path):
 
 
 def test_a_logger_that_is_not_installed_is_named(corpus_file, tmp_path, capsys, monkeypatch):
-    import builtins
+    import pytorch_lightning.loggers.wandb as lightning_wandb
 
-    real_import = builtins.__import__
+    class Missing:  # Lightning's requirement check where wandb is not installed
+        def __bool__(self) -> bool:
+            return False
 
-    def without_wandb(name, *args, **kwargs):
-        if name == "wandb" or name.startswith("wandb."):
-            raise ModuleNotFoundError("No module named 'wandb'", name="wandb")
-        return real_import(name, *args, **kwargs)
+        def __str__(self) -> str:
+            return "Requirement 'wandb>=0.12.10' not met. No module named 'wandb'"
 
-    monkeypatch.setattr(builtins, "__import__", without_wandb)
+    monkeypatch.setattr(lightning_wandb, "_WANDB_AVAILABLE", Missing())
     code = main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "r"),
                  *TINY, "--train.logger", "[wandb]"])  # fmt: skip
     assert code == 2 and "train.logger wandb: `pip install wandb` first" in capsys.readouterr().err
+
+
+def test_wandb_offline_logs_one_run_across_a_resume(corpus_file, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="W&B is optional: pip install wandb to test it")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    logger = ["--train.logger", "[wandb]", "--train.val_every_n_steps", "10",
+              "--train.log_every_n_steps", "5"]  # fmt: skip
+    assert pretrain(corpus_file, run, "--train.max_steps", "20", *logger)["steps"] == 20
+    assert pretrain(corpus_file, run, "--train.max_steps", "30", "--resume", "last",
+                    *logger)["steps"] == 30  # fmt: skip
+    records = sorted((run / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(records) == 2 and len({r.name for r in records}) == 1  # one run id: resumed
+    for record in records:  # the metrics' names are in the run's history records
+        data = record.read_bytes()
+        assert b"train_loss" in data and b"val_loss" in data
 
 
 def test_plot_overlays_the_curves_of_several_runs(corpus_file, tmp_path, capsys):
