@@ -267,6 +267,20 @@ def _spans(name: str, values: list[int]) -> str:
     return f"{name}s {values[0]}-{values[-1]}"
 
 
+def cmd_serve(argv: Sequence[str]) -> int:
+    from seqgen.serve import ServeConfig
+
+    parser = config_parser("seqgen serve", ServeConfig.__doc__, ServeConfig)
+    config = build(ServeConfig, parse(parser, normalize(argv, flags_of(ServeConfig))))
+    try:
+        from seqgen.serve_app import serve
+    except ImportError as err:
+        raise SeqgenError(f"seqgen serve needs FastAPI and uvicorn: pip install 'seqgen[serve]' "
+                          f"({err})") from None  # fmt: skip
+    serve(config)
+    return 0
+
+
 def _quiet_transformers() -> None:
     """transformers' own bars and notices (shards written, weights loaded) say nothing here."""
     from seqgen.interop.hf_checkpoint import require_transformers
@@ -330,6 +344,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "info": (cmd_info, "what a checkpoint is: task, step, tokenizer, model, parameters"),
     "plot": (cmd_plot, "loss curves of one or several runs (seqgen plot --run A --run B)"),
     "attention": (cmd_attention, "attention heat maps of a checkpoint on a prompt"),
+    "serve": (cmd_serve, "serve a checkpoint over HTTP, with a page to try it (--port 8000)"),
     "export": (cmd_export, "write a checkpoint as a Hugging Face model folder (--format hf)"),
     "import": (cmd_import, "turn a Hugging Face GPT-2 folder into a checkpoint (--hf DIR)"),
     "tokenizer": (cmd_tokenizer, "train a SentencePiece tokenizer (seqgen tokenizer train)"),

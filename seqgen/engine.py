@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from seqgen.config import check_types
 from seqgen.model import GPT, KVCache
 
 NEG_INF = float("-inf")
@@ -47,6 +48,7 @@ class GenerationOptions:
     beam can still beat them."""
 
     def __post_init__(self) -> None:
+        check_types(self, "options")  # values also come from JSON (seqgen serve) and Python
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:

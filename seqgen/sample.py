@@ -6,6 +6,7 @@ Text tasks print (or stream) their output; a task whose outputs are files (music
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from seqgen.engine import GenerationOptions
 from seqgen.errors import SeqgenError
 from seqgen.files import check_writable
 from seqgen.progress import Progress
+
+log = logging.getLogger("seqgen")
 
 
 @dataclass(kw_only=True)
@@ -145,15 +148,28 @@ def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[st
                           "mbr_samples, stop or stream")  # fmt: skip
     if file_options is None:
         file_options = task.generate_options()
+    for line in generate_file(generator, prompt, options, file_options, Path(config.out)):
+        print(line)
+
+
+def generate_file(generator, prompt: Any, options: dict[str, Any], file_options: Any,
+                  path: Path, most: int | None = None) -> list[str]:  # fmt: skip
+    """A task's file output (and what `file_options` add) for a prompt: the task prepares the
+    prompt and settings, the shared Generator continues it, the task writes; returns a line
+    per file written. Raises ValueError for options that cannot work (or would take more
+    than `most` tokens), before generating."""
+    task = generator.task
     ids = generator.prompt_ids(prompt or None)
     ids, changed = task.prepare(ids, file_options, options)  # every generation option is set
     settings = {**options, **changed}
+    if most is not None and settings["max_new_tokens"] > most:
+        raise ValueError(f"this output may take up to {settings['max_new_tokens']:,} tokens; "
+                         f"this server allows {most:,} (ask for less)")  # fmt: skip
     settings["stop_fn"] = _Reporting(settings.get("stop_fn"), settings["max_new_tokens"])
     started = time.perf_counter()
     new = generator.continue_ids(ids, **settings)
     settings["stop_fn"].progress.finish()
     took = time.perf_counter() - started
-    print(f"generated {len(new)} tokens in {took:.1f} s ({len(new) / max(took, 1e-9):.0f}/s)",
-          file=sys.stderr)  # fmt: skip
-    for line in task.write(ids, new, generator.tokenizer, file_options, Path(config.out)):
-        print(line)
+    log.info("generated %d tokens in %.1f s (%.0f/s)", len(new), took,
+             len(new) / max(took, 1e-9))  # fmt: skip
+    return task.write(ids, new, generator.tokenizer, file_options, path)

@@ -250,6 +250,11 @@ class GeneratesFiles(ABC):
     """
 
     generate_options: ClassVar[type]
+    output_suffix: ClassVar[str] = ""
+    """The output file's suffix (e.g. `.mid`), for outputs that a program names itself."""
+    extra_files: ClassVar[dict[str, str]] = {}
+    """Fields of `generate_options` that name extra files to write, with their suffix (music:
+    `piano_roll` .png, `wav` .wav): `seqgen serve` fills them with paths of its own."""
 
     @abstractmethod
     def prepare(self, ids: list[int], options: Any, settings: dict[str, Any]

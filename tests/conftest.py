@@ -53,3 +53,22 @@ def sp_tokenizer():
     from seqgen.tokenizer import SentencePieceTokenizer, TokenizerConfig
 
     return SentencePieceTokenizer.train([make_corpus()], TokenizerConfig(vocab_size=320))
+
+
+@pytest.fixture(scope="session")
+def text_ckpt(tmp_path_factory, sp_tokenizer):
+    """A text checkpoint of a random 2-layer model whose greedy outputs vary (its logits
+    are spread: no near ties), saved at step 7 after 900 tokens."""
+    import torch
+
+    from seqgen import checkpoint
+    from seqgen.config import ModelConfig
+    from seqgen.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=64, n_layer=2,
+                            n_head=2, n_embd=32))  # fmt: skip
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(20)
+    path = tmp_path_factory.mktemp("ck") / "text"
+    return checkpoint.save_model(path, model, sp_tokenizer, "text", step=7, train_tokens=900)

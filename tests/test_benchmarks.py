@@ -2,6 +2,7 @@
 recipes (shrunk), so a renamed option or report field breaks here, not after an hour."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from conftest import make_corpus
 from helpers import make_pairs, write_parallel, write_song
 
 from benchmarks import generate, lm_shakespeare, music, summarization_wikisum
+from benchmarks import serve as serve_benchmark
 from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
 
@@ -137,3 +139,16 @@ def test_old_flag_spellings_still_work_with_a_warning(tmp_path, capsys):
     with pytest.raises(SystemExit):  # parsed (then --help exits): the old spelling is known
         generate.main(["--new-tokens", "4", "--help"])
     assert "use --new_tokens" in capsys.readouterr().err
+
+
+def test_serve(tmp_path, capsys):
+    pytest.importorskip("fastapi", reason="seqgen serve needs pip install 'seqgen[serve]'")
+    out = tmp_path / "serve.json"
+    ckpt = str(Path(__file__).parent / "fixtures" / "checkpoints_v1" / "text")
+    assert serve_benchmark.main(["--ckpt", ckpt, "--clients", "4", "--requests", "12",
+                                 "--new_tokens", "8", "--report", str(out)]) == 0  # fmt: skip
+    report = report_of(out)
+    assert report["errors"] == 0 and report["batched_speedup"] > 0
+    assert report["modes"]["one at a time"]["mean_batch"] == 1.0
+    assert report["modes"]["batched"]["requests"] == 12
+    assert "| batched " in capsys.readouterr().out

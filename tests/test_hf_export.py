@@ -19,17 +19,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v1"
 PROMPT = "the king speaks"
 
 
-@pytest.fixture(scope="module")
-def text_ckpt(tmp_path_factory, sp_tokenizer):
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=64, n_layer=2,
-                            n_head=2, n_embd=32))  # fmt: skip
-    with torch.no_grad():
-        model.transformer.wte.weight.mul_(20)  # spread the logits: no near ties in greedy
-    path = tmp_path_factory.mktemp("ck") / "text"
-    return checkpoint.save_model(path, model, sp_tokenizer, "text", step=7, train_tokens=900)
-
-
 def export(ckpt, out, *extra) -> None:
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out), *extra]) == 0
 

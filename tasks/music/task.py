@@ -81,6 +81,8 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
     eval_config = evaluation.MusicEval
     evaluate = staticmethod(evaluation.evaluate)
     generate_options = generation.MusicGenerate
+    output_suffix = ".mid"
+    extra_files = {"piano_roll": ".png", "wav": ".wav"}
     prepare = staticmethod(generation.prepare)
     write = staticmethod(generation.write)
 

@@ -1,0 +1,258 @@
+"""`seqgen serve` for real: a uvicorn server on a free loopback port, real HTTP requests
+(text, streaming, batching, translation, a MIDI upload, every kind of bad input), and the
+page driven by the system's chromium where one is installed."""
+
+import base64
+import io
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import seqgen
+from tests.helpers import write_song
+
+pytest.importorskip("fastapi", reason="seqgen serve needs pip install 'seqgen[serve]'")
+uvicorn = pytest.importorskip("uvicorn")
+
+from seqgen.serve import ServeConfig  # noqa: E402
+from seqgen.serve_app import BackgroundServer  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v1"
+
+
+def start_server(ckpt, **settings) -> BackgroundServer:
+    return BackgroundServer(seqgen.load(ckpt), ServeConfig(ckpt=str(ckpt), **settings))
+
+
+def request(url: str, body: bytes | None = None, content_type: str = "application/json"):
+    """(status, decoded JSON or text) of a GET (no body) or POST."""
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": content_type})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            status, raw, kind = response.status, response.read(), response.headers["content-type"]
+    except urllib.error.HTTPError as err:
+        status, raw, kind = err.code, err.read(), err.headers["content-type"]
+    return status, (json.loads(raw) if "json" in (kind or "") else raw.decode())
+
+
+def post(server: BackgroundServer, prompt="", **options):
+    body = json.dumps({"prompt": prompt, "options": options}).encode()
+    return request(server.url + "/generate", body)
+
+
+@pytest.fixture(scope="module")
+def text_server(text_ckpt):
+    server = start_server(text_ckpt, max_prompt_chars=200, max_new_tokens=400)
+    yield server
+    server.close()
+
+
+def test_health_info_and_page(text_server):
+    assert request(text_server.url + "/health") == (200, {"status": "ok", "waiting": 0})
+    status, info = request(text_server.url + "/info")
+    assert status == 200 and info["task"] == "text" and info["step"] == 7
+    assert info["model"]["n_layer"] == 2 and info["generation_defaults"]["temperature"] == 0.8
+    status, html = request(text_server.url + "/")
+    assert status == 200 and "<form" in html
+    assert "http://" not in html and "https://" not in html  # nothing loaded from elsewhere
+    assert request(text_server.url + "/docs")[0] == 404  # no CDN-backed API docs page
+    assert request(text_server.url + "/../pyproject.toml")[0] == 404
+
+
+def test_generate_and_stream_equal_the_python_api(text_server, text_ckpt):
+    expected = seqgen.load(text_ckpt).generate("the king", temperature=0, max_new_tokens=20)
+    status, answer = post(text_server, "the king", temperature=0, max_new_tokens=20)
+    assert status == 200 and answer["output"] == expected and len(expected) > 5
+    streamed = {"temperature": 0, "max_new_tokens": 20, "stream": True}
+    body = json.dumps({"prompt": "the king", "options": streamed})
+    status, events = request(text_server.url + "/generate", body.encode())
+    pieces = [json.loads(line[6:])["text"] for line in events.splitlines()
+              if line.startswith("data: ") and "text" in line]  # fmt: skip
+    assert status == 200 and len(pieces) > 3 and "".join(pieces) == expected
+    assert events.rstrip().endswith("event: done\ndata: {}")
+    seeded = seqgen.load(text_ckpt).generate("the", max_new_tokens=15, seed=7)
+    assert post(text_server, "the", max_new_tokens=15, seed=7)[1]["output"] == seeded
+
+
+def test_concurrent_greedy_requests_are_batched_with_equal_outputs(text_server, text_ckpt):
+    prompts = [f"the {word} speaks" for word in ("king", "queen", "fool", "lord", "duke",
+                                                 "maid", "page", "knight")]  # fmt: skip
+    generator = seqgen.load(text_ckpt)
+    expected = [generator.generate(p, temperature=0, max_new_tokens=12) for p in prompts]
+    before = len(text_server.worker.batches)
+    with ThreadPoolExecutor(len(prompts) + 1) as pool:
+        slow = pool.submit(post, text_server, "x", temperature=0, max_new_tokens=400)
+        time.sleep(0.05)  # the worker is busy with it: the others queue up together
+        answers = list(pool.map(lambda p: post(text_server, p, temperature=0,
+                                               max_new_tokens=12), prompts))  # fmt: skip
+        assert slow.result()[0] == 200
+    assert [a[1]["output"] for a in answers] == expected
+    assert max(text_server.worker.batches[before:]) > 1  # decoded together
+
+
+BAD_REQUESTS = [
+    (b"not json", "application/json", 400, "body"),
+    (b"[1, 2]", "application/json", 422, "body"),
+    (b'{"prompt": "a", "colour": 1}', "application/json", 422, "colour"),
+    (b'{"prompt": 5}', "application/json", 422, "prompt"),
+    (json.dumps({"prompt": "a" * 201}).encode(), "application/json", 413, "prompt"),
+    (b'{"options": {"tempreature": 1}}', "application/json", 422, "options.tempreature"),
+    (b'{"options": {"temperature": "hot"}}', "application/json", 422, "options.temperature"),
+    (b'{"options": {"temperature": -1}}', "application/json", 422, "options.temperature"),
+    (b'{"options": {"top_p": 2}}', "application/json", 422, "options.top_p"),
+    (b'{"options": {"max_new_tokens": 401}}', "application/json", 422,
+     "options.max_new_tokens"),
+    (b'{"options": {"num_beams": 0}}', "application/json", 422, "options.num_beams"),
+    (b'{"options": {"seed": "x"}}', "application/json", 422, "options.seed"),
+    (b'{"options": {"stop": "x"}}', "application/json", 422, "options.stop"),
+    (b'{"options": {"stream": true, "num_beams": 2}}', "application/json", 422,
+     "options.stream"),
+    (b'{"options": []}', "application/json", 422, "options"),
+    (b"prompt=a", "text/plain", 415, "content-type"),
+    (b"--x\r\n\r\n--x--\r\n", "multipart/form-data; boundary=x", 415, "file"),
+    (b"x" * 20_000, "application/json", 413, "body"),  # over 4 bytes per prompt character
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "field"), BAD_REQUESTS)
+def test_bad_input_is_a_4xx_naming_the_field(text_server, body, content_type, status, field):
+    got, answer = request(text_server.url + "/generate", body, content_type)
+    assert (got, answer["field"]) == (status, field), answer
+    assert answer["error"] and "Traceback" not in answer["error"]
+
+
+def test_a_full_queue_answers_503(text_ckpt):
+    server = start_server(text_ckpt, max_queue=1, batch_size=1)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda n: post(server, "x", seed=n, max_new_tokens=300),
+                                    range(6)))  # fmt: skip
+        statuses = sorted(status for status, _ in answers)
+        assert statuses[0] == 200 and statuses[-1] == 503
+        busy = next(answer for status, answer in answers if status == 503)
+        assert busy["error"].startswith("busy:")
+    finally:
+        server.close()
+
+
+def test_translation(tmp_path):
+    server = start_server(FIXTURES / "translation")
+    try:
+        expected = seqgen.load(FIXTURES / "translation").generate("a man", max_new_tokens=10)
+        status, answer = post(server, "a man", max_new_tokens=10)
+        assert status == 200 and answer["output"] == expected
+        assert request(server.url + "/info")[1]["generation_defaults"]["num_beams"] == 4
+    finally:
+        server.close()
+
+
+def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, str]:
+    boundary = "seqgen-test-boundary"
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f"--{boundary}\r\n".encode())
+        if isinstance(value, tuple):
+            out.write(f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n'
+                      "Content-Type: audio/midi\r\n\r\n".encode())  # fmt: skip
+            out.write(value[1])
+        else:
+            out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode())
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_music_upload_returns_midi_and_piano_roll(tmp_path):
+    import pretty_midi
+
+    song = tmp_path / "song.mid"
+    write_song(song, shift=0)
+    server = start_server(FIXTURES / "music", max_upload_bytes=100_000, max_new_tokens=3000)
+    try:
+        info = request(server.url + "/info")[1]
+        assert info["prompt"] == "file" and "piano_roll" in info["extra_files"]
+        options = json.dumps({"prompt_seconds": 1.0, "seconds": 2.0, "piano_roll": True,
+                              "temperature": 0.9, "seed": 3})  # fmt: skip
+        body, kind = multipart({"file": ("song.mid", song.read_bytes()), "options": options})
+        status, answer = request(server.url + "/generate", body, kind)
+        assert status == 200, answer
+        assert answer["lines"][0].startswith("wrote continuation.mid: 1.0 s of prompt")
+        midi_bytes = base64.b64decode(answer["files"]["output"]["base64"])
+        midi = pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
+        assert midi.get_end_time() >= 2.5  # 1 s of prompt + at least 2 s generated
+        png = base64.b64decode(answer["files"]["piano_roll"]["base64"])
+        assert png.startswith(b"\x89PNG") and answer["files"]["piano_roll"]["media_type"] == (
+            "image/png")
+        again = request(server.url + "/generate", body, kind)[1]  # seeded: the same music
+        assert again["files"]["output"]["base64"] == answer["files"]["output"]["base64"]
+        bad = [
+            ({"file": ("x.mid", b"not a midi file"), "options": "{}"}, 422, "file"),
+            ({"file": ("x.mid", b"x" * 100_001)}, 413, "file"),
+            ({"file": ("s.mid", song.read_bytes()), "options": '{"seconds": -1}'}, 422,
+             "options.seconds"),
+            ({"file": ("s.mid", song.read_bytes()), "options": '{"piano_roll": "/etc/x"}'}, 422,
+             "options.piano_roll"),
+            ({"file": ("s.mid", song.read_bytes()), "options": '{"seconds": 60}'}, 422,
+             "options"),  # 60 s may take 12,000 events: over this server's 3,000
+            ({"options": "{nope"}, 400, "options"),
+        ]  # fmt: skip
+        for fields, expected_status, field in bad:
+            body, kind = multipart(fields)
+            status, answer = request(server.url + "/generate", body, kind)
+            assert (status, answer["field"]) == (expected_status, field), answer
+        status, answer = post(server, "a text prompt")
+        assert (status, answer["field"]) == (422, "prompt")
+        status, answer = post(server, "", seconds=1.0, seed=1)  # from nothing
+        assert status == 200 and answer["files"]["output"]["name"].endswith(".mid")
+    finally:
+        server.close()
+
+
+def chromium_driver():
+    """A headless chromium through Selenium, or a skip naming what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not browser or not driver_path:
+        pytest.skip("no system chromium and chromedriver (apt install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1000,900"):  # fmt: skip
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_the_page_in_a_real_browser(text_server, text_ckpt, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium_driver()
+    try:
+        driver.get(text_server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "text task" in d.find_element(By.ID, "meta").text)
+        expected = seqgen.load(text_ckpt).generate("the king", temperature=0, max_new_tokens=20)
+        prompt = driver.find_element(By.ID, "prompt")
+        prompt.send_keys("the king")
+        for field, value in (("temperature", "0"), ("max_new_tokens", "20")):
+            box = driver.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        driver.find_element(By.ID, "submit").click()  # streamed, as the page does by default
+        wait.until(lambda d: d.find_element(By.ID, "output").text.strip() == (
+            "the king" + expected).strip())
+        assert driver.find_element(By.ID, "error").text == ""
+        driver.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 5_000
+    finally:
+        driver.quit()
