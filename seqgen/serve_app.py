@@ -4,6 +4,7 @@ request parsing within the server's bounds, and JSON errors that name the field 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from seqgen.engine import GenerationOptions
 from seqgen.errors import SeqgenError
 from seqgen.serve import (
     RequestError,
@@ -111,6 +113,9 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
     task = generator.task
     files_task = isinstance(task, GeneratesFiles)
     extras = available_extras(generator)
+    option_names = {f.name for f in dataclasses.fields(GenerationOptions)}
+    if files_task:
+        option_names |= {f.name for f in dataclasses.fields(task.generate_options)}
     text_limit = config.max_prompt_chars * 4 + 16_384  # UTF-8 and the options around it
 
     @app.exception_handler(RequestError)
@@ -169,7 +174,12 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
             raise RequestError("send application/json (or multipart/form-data with a file)",
                                "content-type", 415)  # fmt: skip
         if files_task:
-            return await _file_request(prompt_bytes, raw)
+            result = await _file_request(prompt_bytes, raw)
+            output = result["files"]["output"]
+            if output["media_type"] in request.headers.get("accept", ""):  # the file itself
+                return Response(base64.b64decode(output["base64"]),
+                                media_type=output["media_type"])  # fmt: skip
+            return result
         options = check_options(raw, config, task)
         if options["stream"]:
             pieces: queue.Queue = queue.Queue()
@@ -253,8 +263,9 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
             return await asyncio.wrap_future(future)
         except RequestError:
             raise
-        except (ValueError, SeqgenError) as err:
-            raise RequestError(str(err), "options") from None
+        except (ValueError, SeqgenError) as err:  # options that cannot work together
+            raise RequestError(str(err), f"options.{field_named(str(err), option_names)}"
+                               .removesuffix(".options")) from None  # fmt: skip
 
     return app
 

@@ -192,6 +192,11 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
             "image/png")
         again = request(server.url + "/generate", body, kind)[1]  # seeded: the same music
         assert again["files"]["output"]["base64"] == answer["files"]["output"]["base64"]
+        headers = {"Content-Type": kind, "Accept": "audio/midi"}
+        raw = urllib.request.Request(server.url + "/generate", body, headers, method="POST")
+        with urllib.request.urlopen(raw, timeout=60) as response:  # the MIDI file itself
+            assert response.headers["content-type"] == "audio/midi"
+            assert response.read() == midi_bytes
         bad = [
             ({"file": ("x.mid", b"not a midi file"), "options": "{}"}, 422, "file"),
             ({"file": ("x.mid", b"x" * 100_001)}, 413, "file"),
@@ -207,6 +212,12 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
             body, kind = multipart(fields)
             status, answer = request(server.url + "/generate", body, kind)
             assert (status, answer["field"]) == (expected_status, field), answer
+        if "wav" not in info["extra_files"]:  # no FluidSynth here: audio cannot be asked for
+            body, kind = multipart({"file": ("s.mid", song.read_bytes()),
+                                    "options": '{"wav": true}'})  # fmt: skip
+            status, answer = request(server.url + "/generate", body, kind)
+            assert (status, answer["field"]) == (422, "options.wav")
+            assert "FluidSynth" in answer["error"]
         status, answer = post(server, "a text prompt")
         assert (status, answer["field"]) == (422, "prompt")
         status, answer = post(server, "", seconds=1.0, seed=1)  # from nothing
