@@ -242,9 +242,14 @@ def file_job(prompt_bytes: bytes | None, options: dict[str, Any], extras: dict[s
     return Job(run)
 
 
+# the registered types, whatever this system's mime.types says (e.g. audio/sp-midi)
+MEDIA_TYPES = {".mid": "audio/midi", ".midi": "audio/midi", ".png": "image/png",
+               ".wav": "audio/wav"}  # fmt: skip
+
+
 def _encoded(path: Path) -> dict[str, str]:
-    media = mimetypes.guess_type(path.name)[0] or (
-        "audio/midi" if path.suffix == ".mid" else "application/octet-stream"
+    media = MEDIA_TYPES.get(path.suffix.lower()) or (
+        mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     )
     return {"name": path.name, "media_type": media,
             "base64": base64.b64encode(path.read_bytes()).decode()}  # fmt: skip
