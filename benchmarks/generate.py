@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no_cache_samples", type=int, default=5)
     parser.add_argument("--exact_no_cache", action="store_true")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--beam_prompts", type=int, default=48,
+                        help="prompts of mixed lengths for the beam-4 rows")
+    parser.add_argument("--beam_new_tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--report", help="write the results as JSON here")
@@ -137,6 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows[f"seqgen fp32, KV cache, batch {args.batch}"] = (
         args.batch * n / timed(lambda: ours(batch=args.batch), args.repeats)
     )
+    beam_prompts = [torch.randint(0, model.config.vocab_size, (4 + (7 * i) % 37,)).tolist()
+                    for i in range(args.beam_prompts)]  # fmt: skip
+    beams = dict(num_beams=4, max_new_tokens=args.beam_new_tokens)
+    found: dict[str, list] = {}
+    one_seconds = timed(lambda: found.__setitem__(
+        "one", [generate(model, p, **beams) for p in beam_prompts]), 1)  # fmt: skip
+    batched_seconds = timed(lambda: found.__setitem__(
+        "batched", generate(model, beam_prompts, **beams)), 1)  # fmt: skip
+    if found["one"] != found["batched"]:
+        raise SystemExit("batched beam search differs from one prompt at a time")
+    rows[f"seqgen beam 4, {args.beam_prompts} prompts one at a time"] = (
+        args.beam_prompts * args.beam_new_tokens / one_seconds)
+    rows[f"seqgen beam 4, {args.beam_prompts} prompts batched"] = (
+        args.beam_prompts * args.beam_new_tokens / batched_seconds)
     # the higher reading makes the reported fraction of the bound the conservative one
     bandwidth = max(bandwidth_before, read_bandwidth())
     weight_bytes = plain.num_params() * 4
@@ -149,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speedup_bf16_vs_fp32": rows["seqgen bf16, KV cache"] / rows["seqgen fp32, KV cache"],
         "bandwidth_fraction": weight_bytes * rows["seqgen fp32, KV cache"] / bandwidth,
         "batch_tokens_per_second": rows[f"seqgen fp32, KV cache, batch {args.batch}"],
+        "beam_batched_speedup": one_seconds / batched_seconds,
+        "beam_sentences_per_second": args.beam_prompts / batched_seconds,
         "read_bandwidth_gb_s": bandwidth / 1e9,
         "weight_bytes": weight_bytes,
         "no_cache_estimated": not args.exact_no_cache,
@@ -162,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; fp32 weights {weight_bytes / 1e6:.0f} MB; "
           f"bandwidth bound {bandwidth / weight_bytes:.1f} tokens/s; "
           f"seqgen reaches {report['bandwidth_fraction']:.0%} of it")  # fmt: skip
-    for key in ("speedup_vs_hf", "speedup_vs_no_cache", "speedup_bf16_vs_fp32"):
+    for key in ("speedup_vs_hf", "speedup_vs_no_cache", "speedup_bf16_vs_fp32",
+                "beam_batched_speedup"):  # fmt: skip
         if report[key] is not None:
             print(f"{key}: {report[key]:.2f}")
     write_report(args.report, report)

@@ -98,7 +98,7 @@ class Settings(GenerationOptions):
 def generate(
     model: GPT,
     prompt_ids: Sequence[int] | Sequence[Sequence[int]],
-    max_new_tokens: int = 100,
+    max_new_tokens: int | Sequence[int] = 100,
     *,
     seed: int | None = None,
     on_token: Callable[[int, int], None] | None = None,
@@ -110,6 +110,7 @@ def generate(
     sequence. Each row of a batch stops on its own; a batch returns what separate calls would.
 
     Args:
+        max_new_tokens: most new ids, for every prompt or one number per prompt.
         seed: seeds this call's own torch.Generator, so a seeded call is reproducible.
         on_token: called as (row, id) for each new id as it is produced.
         **options: see `Settings` (temperature, top_k, top_p, num_beams, eos_id, stop, ...).
@@ -118,9 +119,10 @@ def generate(
         prompt_ids = prompt_ids.tolist()
     batched = len(prompt_ids) > 0 and not isinstance(prompt_ids[0], int)
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
-    settings = _settings(model, prompts, max_new_tokens, options)
+    limits = _limits(max_new_tokens, len(prompts))
+    settings = _settings(model, prompts, max(limits, default=0), options)
     outputs: list[list[int]] = [[] for _ in prompts]
-    for row, token in _events(model, prompts, settings, seed, outputs):
+    for row, token in _events(model, prompts, settings, seed, outputs, limits):
         if on_token is not None:
             on_token(row, token)
     return outputs if batched else outputs[0]
@@ -136,7 +138,18 @@ def stream(
     """
     prompts = [list(prompt_ids)]
     settings = _settings(model, prompts, max_new_tokens, options)  # raises before the first id
-    return (token for _, token in _events(model, prompts, settings, seed, [[]]))
+    limits = [settings.max_new_tokens]
+    return (token for _, token in _events(model, prompts, settings, seed, [[]], limits))
+
+
+def _limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    """max_new_tokens for each of `count` prompts."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * count
+    limits = [int(n) for n in max_new_tokens]
+    if len(limits) != count or any(n < 0 for n in limits):
+        raise ValueError(f"max_new_tokens: give {count} numbers >= 0, one per prompt")
+    return limits
 
 
 def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options) -> Settings:
@@ -152,25 +165,48 @@ def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options
     return settings
 
 
-def _events(model, prompts, settings, seed, outputs) -> Iterator[tuple[int, int]]:
-    """(row, id) for each new id, appending each row's ids to outputs[row].
+def _events(model, prompts, settings, seed, outputs, limits) -> Iterator[tuple[int, int]]:
+    """(row, id) for each new id, appending each row's ids to outputs[row] (at most
+    limits[row] of them).
 
     Inference mode is entered for each step only, never held across a yield, so the code that
     consumes the ids (a streaming loop) runs in the caller's own grad mode.
     """
     if settings.num_beams > 1:
-        for row, prompt in enumerate(prompts):
-            with torch.inference_mode():
-                outputs[row].extend(_beam_search(model, prompt, settings))
-            yield from ((row, token) for token in outputs[row])
+        found: list[list[int]] = [[] for _ in prompts]
+        with torch.inference_mode():
+            for group in _window_groups(prompts, limits, model.config.block_size):
+                best = _beam_search(model, [prompts[i] for i in group], settings,
+                                    [limits[i] for i in group])  # fmt: skip
+                for i, hypothesis in zip(group, best, strict=True):
+                    found[i] = hypothesis
+        for row, best in enumerate(found):
+            outputs[row].extend(best)
+            yield from ((row, token) for token in best)
         return
-    steps = _sample(model, prompts, settings, _generator(model, seed), outputs)
+    steps = _sample(model, prompts, settings, _generator(model, seed), outputs, limits)
     while True:
         with torch.inference_mode():
             event = next(steps, None)
         if event is None:
             return
         yield event
+
+
+def _window_groups(prompts: list[list[int]], limits: list[int], block: int) -> list[list[int]]:
+    """Prompts (by index) whose beams can share one cache without its window sliding: rows
+    are left-padded to the longest prompt, and a slide moves every row's window at once,
+    so a search would not be what it is alone. A prompt whose own window slides runs alone."""
+    remaining = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    groups = []
+    while remaining:
+        most = max(limits[i] for i in remaining)
+        group = [i for i in remaining if len(prompts[i]) + most <= block]
+        if not group:  # the longest need runs alone, and the rest may then fit
+            group = [max(remaining, key=lambda i: len(prompts[i]) + limits[i])]
+        groups.append(group)
+        remaining = [i for i in remaining if i not in set(group)]
+    return groups
 
 
 def _generator(model: GPT, seed: int | None) -> torch.Generator:
@@ -208,12 +244,15 @@ class _Rows:
         self.next_pos = positions[:, -1:] + 1  # (B, 1)
         dtype = next(self.model.parameters()).dtype
         self.cache = KVCache(self.model.config, len(windows), self.cache_len, self.device, dtype)
+        self.shared = width  # rows repeated by `select` share these first positions
         return self._forward(ids.to(self.device), positions)
 
     def step(self, tokens: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
         """Feed one id per row, (B,); re-prefill the window when the cache is full."""
         if self.cache.length == self.cache.max_len:
-            return self.prefill(sequences)
+            logits = self.prefill(sequences)
+            self.shared = 0  # every row's window is its own now
+            return logits
         self.real[:, self.cache.length] = True
         logits = self._forward(tokens[:, None].to(self.device), self.next_pos)
         self.next_pos = self.next_pos + 1
@@ -223,9 +262,10 @@ class _Rows:
         mask = self.real[:, : self.cache.length + ids.shape[1]] if self.padded else None
         return self.model(ids, positions, self.cache, mask, last_only=True)[:, -1].float()
 
-    def select(self, index: torch.Tensor) -> None:
-        """Keep (and repeat) the rows in `index`: the surviving beams."""
-        self.cache.select(index)
+    def select(self, index: torch.Tensor, holds_prefix: torch.Tensor | None = None) -> None:
+        """Keep (and repeat) the rows in `index`: the surviving beams. `holds_prefix` marks
+        the rows whose new source shares their prompt (a beam of the same prompt)."""
+        self.cache.select(index, self.shared, holds_prefix)
         self.real, self.next_pos = self.real[index], self.next_pos[index]
 
 
@@ -278,7 +318,7 @@ def _ends_row(new: list[int], settings: Settings) -> bool:
     return settings.stop_fn is not None and settings.stop_fn(new)
 
 
-def _sample(model, prompts, settings, generator, outputs) -> Iterator[tuple[int, int]]:
+def _sample(model, prompts, settings, generator, outputs, limits) -> Iterator[tuple[int, int]]:
     rows = _Rows(model, max(map(len, prompts)), settings)
     sequences = [list(p) for p in prompts]
     running = [True] * len(prompts)
@@ -307,33 +347,68 @@ def _sample(model, prompts, settings, generator, outputs) -> Iterator[tuple[int,
             if seen is not None:
                 seen[row, token] = True
             yield row, token
-            if _ends_row(outputs[row], settings):
+            if _ends_row(outputs[row], settings) or len(outputs[row]) >= limits[row]:
                 running[row] = False
         if not any(running) or step == settings.max_new_tokens - 1:
             break
         logits = rows.step(tokens, sequences)
 
 
-def _beam_search(model: GPT, prompt: list[int], settings: Settings) -> list[int]:
-    """The best hypothesis of a beam search over one prompt."""
-    k = settings.num_beams
-    rows = _Rows(model, len(prompt), settings)
-    logits = rows.prefill([prompt])
-    beams: list[list[int]] = [[]]  # the live hypotheses (new ids), one cache row each
-    scores = torch.zeros(1, device=logits.device)  # their log-probability sums
-    finished: list[tuple[float, list[int]]] = []
-
-    def normalised(total: float, length: int) -> float:
-        return total / max(length, 1) ** settings.length_penalty
-
+def _beam_search(model: GPT, prompts: list[list[int]], settings: Settings,
+                 limits: list[int]) -> list[list[int]]:  # fmt: skip
+    """The best hypothesis of a beam search over each prompt, all prompts' beams decoded
+    together as rows of one KV cache; each search is what it would be alone."""
+    rows = _Rows(model, max(map(len, prompts)), settings)
+    logits = rows.prefill(prompts)
+    searches = [_Search(prompt, limit, settings.length_penalty, logits.device)
+                for prompt, limit in zip(prompts, limits, strict=True)]  # fmt: skip
+    live = list(range(len(prompts)))  # the searches whose beams are the cache's rows, in order
+    owners = live  # the search of each cache row
     for step in range(settings.max_new_tokens):
+        keep, still, first = [], [], 0  # cache rows that continue; searches still running
+        for i in live:
+            width = len(searches[i].beams)
+            parents = []
+            if step < searches[i].limit:
+                parents = searches[i].advance(logits[first : first + width], step, settings)
+            keep += [first + parent for parent in parents]
+            still += [i] if parents else []
+            first += width
+        live = still
+        if not live:
+            break
+        new_owners = [i for i in live for _ in searches[i].beams]
+        same = [t < len(owners) and owners[t] == i for t, i in enumerate(new_owners)]
+        rows.select(torch.tensor(keep, device=logits.device), torch.tensor(same))
+        owners = new_owners
+        beams = [(searches[i].prompt, beam) for i in live for beam in searches[i].beams]
+        tokens = torch.tensor([beam[-1] for _, beam in beams], device=logits.device)
+        logits = rows.step(tokens, [prompt + beam for prompt, beam in beams])
+    return [search.best() for search in searches]
+
+
+class _Search:
+    """One prompt's beam search: its live beams (new ids; one cache row each), their
+    log-probability sums, and the finished hypotheses with their normalised scores."""
+
+    def __init__(self, prompt: list[int], limit: int, length_penalty: float,
+                 device: torch.device) -> None:  # fmt: skip
+        self.prompt, self.limit, self.length_penalty = prompt, limit, length_penalty
+        self.beams: list[list[int]] = [[]]
+        self.scores = torch.zeros(1, device=device)
+        self.finished: list[tuple[float, list[int]]] = []
+
+    def advance(self, logits: torch.Tensor, step: int, settings: Settings) -> list[int]:
+        """Choose the next beams from `logits` (one row per live beam, (n, V)); returns each
+        new beam's parent row, or nothing once the search is over."""
+        k = settings.num_beams
         seen = None
         if settings.repetition_penalty != 1.0:
             seen = torch.zeros_like(logits, dtype=torch.bool)
-            for b, beam in enumerate(beams):
-                seen[b, prompt + beam] = True
-        logprobs = F.log_softmax(_adjust(logits, seen, settings, step, beams), dim=-1)
-        candidates = (scores[:, None] + logprobs).flatten()
+            for b, beam in enumerate(self.beams):
+                seen[b, self.prompt + beam] = True
+        logprobs = F.log_softmax(_adjust(logits, seen, settings, step, self.beams), dim=-1)
+        candidates = (self.scores[:, None] + logprobs).flatten()
         vocab = logprobs.shape[1]
         chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)
         for rank, (score, index) in enumerate(_ranked(candidates, 2 * k)):
@@ -342,28 +417,33 @@ def _beam_search(model: GPT, prompt: list[int], settings: Settings) -> list[int]
             parent, token = divmod(index, vocab)
             if token in settings.eos_ids:
                 if rank < k:  # an eos outside the top k would not have been chosen
-                    finished.append((normalised(score, len(beams[parent]) + 1), beams[parent]))
+                    length = len(self.beams[parent]) + 1
+                    self.finished.append((self.normalised(score, length), self.beams[parent]))
                 continue
-            hypothesis = beams[parent] + [token]
+            hypothesis = self.beams[parent] + [token]
             if _ends_row(hypothesis, settings):
-                finished.append((normalised(score, len(hypothesis)), hypothesis))
+                self.finished.append((self.normalised(score, len(hypothesis)), hypothesis))
                 continue
             chosen.append((score, parent, hypothesis))
             if len(chosen) == k:
                 break
-        beams = [hypothesis for _, _, hypothesis in chosen]
-        scores = torch.tensor([score for score, _, _ in chosen], device=logits.device)
-        if not chosen or step == settings.max_new_tokens - 1:
-            break
-        if _beams_done(finished, scores.max().item(), step + 1, settings):
-            beams, scores = [], scores[:0]  # none of the running beams can win any more
-            break
-        rows.select(torch.tensor([parent for _, parent, _ in chosen], device=logits.device))
-        tokens = torch.tensor([hypothesis[-1] for hypothesis in beams], device=logits.device)
-        logits = rows.step(tokens, [prompt + beam for beam in beams])
-    finished += [(normalised(s, len(b)), b) for s, b in zip(scores.tolist(), beams, strict=True)]
-    return max(finished, key=lambda item: item[0])[1] if finished else []
+        self.beams = [hypothesis for _, _, hypothesis in chosen]
+        self.scores = torch.tensor([score for score, _, _ in chosen], device=logits.device)
+        if not chosen or step == self.limit - 1:
+            return []
+        if _beams_done(self.finished, self.scores.max().item(), step + 1, settings, self.limit):
+            self.beams, self.scores = [], self.scores[:0]  # no running beam can win any more
+            return []
+        return [parent for _, parent, _ in chosen]
 
+    def best(self) -> list[int]:
+        """The best finished or still running hypothesis (empty if there is none)."""
+        running = zip(self.scores.tolist(), self.beams, strict=True)
+        found = self.finished + [(self.normalised(s, len(b)), b) for s, b in running]
+        return max(found, key=lambda item: item[0])[1] if found else []
+
+    def normalised(self, total: float, length: int) -> float:
+        return total / max(length, 1) ** self.length_penalty
 
 def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]:
     """(score, index) from best to worst: the top `first` cheaply, the rest only if needed."""
@@ -377,7 +457,8 @@ def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]
                 yield score, index
 
 
-def _beams_done(finished, best_running: float, length: int, settings: Settings) -> bool:
+def _beams_done(finished, best_running: float, length: int, settings: Settings,
+                limit: int) -> bool:  # fmt: skip
     """Whether no running beam can still beat the worst of the best num_beams finished."""
     if len(finished) < settings.num_beams:
         return False
@@ -386,5 +467,5 @@ def _beams_done(finished, best_running: float, length: int, settings: Settings) 
     worst = sorted(score for score, _ in finished)[-settings.num_beams]
     # log-probability sums only fall; with a positive length penalty the longest possible
     # hypothesis divides by the most, so that bounds what a running beam can still reach
-    reach = settings.max_new_tokens if settings.length_penalty > 0 else length
+    reach = limit if settings.length_penalty > 0 else length
     return best_running / max(reach, 1) ** settings.length_penalty <= worst

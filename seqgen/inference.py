@@ -72,8 +72,9 @@ class Generator:
         on_done: Callable[[int], None] | None = None,
         **options,
     ) -> list[Any]:
-        """Decoded outputs for many inputs, in order: batches of similar prompt length (one
-        prompt at a time under beam search). `on_done(n)` reports progress.
+        """Decoded outputs for many inputs, in order: batches of `batch_size` prompts of
+        similar length (under beam search, each prompt's beams join its batch); each output
+        is what a call for its prompt alone gives. `on_done(n)` reports progress.
 
         `max_new_tokens` may be a function of a prompt's ids (e.g. proportional to its length).
         """
@@ -82,15 +83,14 @@ class Generator:
         budget = options.pop("max_new_tokens", 100)
         wanted = budget if callable(budget) else (lambda _: budget)
         limit = lambda prompt: min(wanted(prompt), self._room(prompt))  # noqa: E731
-        size = 1 if options.get("num_beams", 1) > 1 else batch_size
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         outputs: list[Any] = [None] * len(ids)
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
             new = generate(self.model, [ids[i] for i in rows],
-                           max_new_tokens=max(limit(ids[i]) for i in rows), **options)  # fmt: skip
+                           max_new_tokens=[limit(ids[i]) for i in rows], **options)  # fmt: skip
             for i, out in zip(rows, new, strict=True):
-                outputs[i] = self.task.decode(out[: limit(ids[i])], self.tokenizer)
+                outputs[i] = self.task.decode(out, self.tokenizer)
             if on_done is not None:
                 on_done(len(rows))
         return outputs

@@ -32,9 +32,37 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    def select(self, batch_index: torch.Tensor) -> None:
-        """Keep (and repeat) the batch rows in `batch_index`, e.g. surviving beams."""
-        self.k, self.v = self.k[:, batch_index], self.v[:, batch_index]
+    def select(self, batch_index: torch.Tensor, prefix: int = 0,
+               holds_prefix: torch.Tensor | None = None) -> None:  # fmt: skip
+        """Keep (and repeat) the batch rows in `batch_index`, e.g. surviving beams.
+
+        Rows marked in `holds_prefix` already hold their new source's first `prefix`
+        positions (beams of one prompt share it), so only the rest moves. A beam search
+        selects every step: only filled positions move, in place when the batch does not
+        grow, since copying whole caches dominated its time.
+        """
+        rows, n = batch_index.numel(), self.length
+        if rows > self.k.shape[1]:  # growing (a prompt's row becoming its beams): new buffers
+            self.k, self.v = (self._grown(t, batch_index) for t in (self.k, self.v))
+            return
+        if holds_prefix is None:
+            prefix, holds_prefix = 0, torch.zeros(rows, dtype=torch.bool)
+        moved = (~holds_prefix).nonzero()[:, 0].to(batch_index.device)
+        for name in ("k", "v"):
+            cache = getattr(self, name)
+            rest = cache[:, batch_index, :, prefix:n]  # a copy: read before anything is written
+            start = cache[:, batch_index[moved], :, :prefix] if len(moved) and prefix else None
+            cache = cache[:, :rows]
+            cache[:, :, :, prefix:n] = rest
+            if start is not None:
+                cache[:, moved, :, :prefix] = start
+            setattr(self, name, cache)
+
+    def _grown(self, cache: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        shape = (cache.shape[0], batch_index.numel(), *cache.shape[2:])
+        grown = torch.empty(shape, device=cache.device, dtype=cache.dtype)
+        grown[:, :, :, : self.length] = cache[:, batch_index, :, : self.length]
+        return grown
 
 
 class CausalSelfAttention(nn.Module):

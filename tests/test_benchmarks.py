@@ -129,9 +129,11 @@ def test_generate(tmp_path, capsys):
     out = tmp_path / "generate.json"
     assert generate.main(["--model", "tiny", "--prompt_tokens", "4", "--new_tokens", "4",
                           "--no_cache_tokens", "4", "--no_cache_samples", "2", "--repeats", "1",
-                          "--batch", "2", "--report", str(out)]) == 0  # fmt: skip
+                          "--batch", "2", "--beam_prompts", "6", "--beam_new_tokens", "4",
+                          "--report", str(out)]) == 0  # fmt: skip
     report = report_of(out)
     assert report["tokens_per_second"] > 0 and report["bandwidth_fraction"] > 0
+    assert report["beam_batched_speedup"] > 0
     assert "seqgen fp32, KV cache" in capsys.readouterr().out
 
 

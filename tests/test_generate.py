@@ -183,11 +183,13 @@ def test_beam_one_equals_greedy(model):
     # the beam-search code path itself, with a beam that can hold only one hypothesis
     from seqgen.engine import Settings, _beam_search
 
-    assert _beam_search(model, [2, 9], Settings(max_new_tokens=15, num_beams=1)) == greedy
+    def beam(settings):
+        return _beam_search(model, [[2, 9]], settings, [settings.max_new_tokens])[0]
+
+    assert beam(Settings(max_new_tokens=15, num_beams=1)) == greedy
     eos, _ = first_new_at(greedy, 4)
     one_beam = Settings(max_new_tokens=15, num_beams=1, eos_id=eos, length_penalty=0.0)
-    assert _beam_search(model, [2, 9], one_beam) == generate(model, [2, 9], 15, temperature=0,
-                                                              eos_id=eos)  # fmt: skip
+    assert beam(one_beam) == generate(model, [2, 9], 15, temperature=0, eos_id=eos)
 
 
 def sequence_logprob(model, prompt, new):
@@ -291,3 +293,44 @@ def test_packed_cpu_linears_give_the_same_outputs(model):
     assert generate(packed, [[1], [12, 13]], 20, temperature=0) == generate(
         model, [[1], [12, 13]], 20, temperature=0
     )
+
+
+def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
+    import random
+
+    torch.manual_seed(4)
+    small = GPT(ModelConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        small.transformer.wte.weight.mul_(8)  # spread logits: beams diverge
+    rng = random.Random(0)
+    prompts = [[rng.randrange(40) for _ in range(rng.randint(1, 14))] for _ in range(24)]
+    limits = [rng.randint(0, 30) for _ in prompts]  # some past the context: windows slide
+    for options in (dict(num_beams=3), dict(num_beams=4, eos_id=7, length_penalty=0.0),
+                    dict(num_beams=2, eos_id=[3, 5], repetition_penalty=1.3,
+                         no_repeat_ngram_size=2, early_stopping=True)):  # fmt: skip
+        batched = generate(small, prompts, limits, **options)
+        alone = [generate(small, p, n, **options) for p, n in zip(prompts, limits, strict=True)]
+        assert batched == alone, options
+        assert all(len(out) <= n for out, n in zip(batched, limits, strict=True))
+        assert sum(map(len, batched)) > 100
+
+
+def test_cache_select_moves_only_what_a_row_does_not_hold():
+    from seqgen.model import KVCache
+
+    config = ModelConfig(vocab_size=8, block_size=16, n_layer=2, n_head=2, n_embd=8)
+    cache = KVCache(config, 6, 16, torch.device("cpu"), torch.float32)
+    cache.k.normal_(), cache.v.normal_()
+    cache.length = 10
+    cache.k[:, 4, :, :4] = cache.k[:, 5, :, :4]  # row 4 holds row 5's first 4 positions
+    cache.v[:, 4, :, :4] = cache.v[:, 5, :, :4]
+    index = torch.tensor([1, 1, 0, 3, 5])  # a repeat, a swap, a drop, shifts
+    expected_k, expected_v = cache.k[:, index, :, :10].clone(), cache.v[:, index, :, :10].clone()
+    cache.k[:, 1:, :, 10:] = float("nan")  # never read: past the filled positions
+    cache.select(index, 4, torch.tensor([False, True, False, True, True]))
+    assert cache.k.shape[1] == 5
+    assert torch.equal(cache.k[:, :, :, :10], expected_k)
+    assert torch.equal(cache.v[:, :, :, :10], expected_v)
+    cache.select(torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4]))  # growing: new buffers
+    assert torch.equal(cache.k[:, 1, :, :10], expected_k[:, 0])
+    assert torch.equal(cache.k[:, 9, :, :10], expected_k[:, 4])
