@@ -1,27 +1,41 @@
 """Faster CPU decoding: nn.Linear weights pre-packed in oneDNN's blocked layout.
 
-Decoding multiplies every weight matrix by one vector per token, and PyTorch's default fp32
-matrix-vector product reads weights at about a third of this machine's memory bandwidth;
-oneDNN's packed layout reads them about twice as fast (see benchmarks/generate.py). Packing
-is for inference only: a packed model has no trainable Linear weights and an untied lm_head.
+Decoding multiplies every weight matrix by one vector per token. On some CPUs PyTorch's
+default fp32 matrix-vector product reads weights at about a third of the memory bandwidth and
+oneDNN's packed layout about twice as fast; on others (an Intel Xeon with AMX) the default is
+faster for one row and slower for several (see benchmarks/generate.py). So `pack_linears`
+times the model's own shapes at 1 and at 8 rows and packs where that pays, keeping the plain
+weight for single rows where only batches gain. Packing is for inference only: a packed
+model has no trainable Linear weights and an untied lm_head.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 from torch import nn
 
+TIMED_CALLS = 15  # per layout, after one warm-up call
+BATCH_ROWS = 8  # the rows of a batched decoding step that packing is timed at
+
 
 class PackedLinear(nn.Module):
-    """An nn.Linear for inference, its weight in oneDNN's packed layout."""
+    """An nn.Linear for inference, its weight in oneDNN's packed layout; with `plain_rows`,
+    inputs of at most that many rows use the plain weight (kept as well) instead."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, plain_rows: int = 0) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
         self.bias = None if linear.bias is None else linear.bias.detach()
+        self.plain_rows = plain_rows
+        self.weight = linear.weight.detach() if plain_rows else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None and x.numel() <= self.plain_rows * self.in_features:
+            return nn.functional.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
@@ -49,12 +63,38 @@ def packing_available(model: nn.Module) -> bool:
     )
 
 
-def pack_linears(model: nn.Module) -> bool:
-    """Replace every nn.Linear of `model` (in place) by a PackedLinear; False if unavailable."""
-    if not packing_available(model):
+def packing_pays(model: nn.Module, rows: int = 1) -> bool:
+    """Whether a decoding step of `rows` rows (the first block's Linears and the head, timed
+    on this machine) runs faster with packed weights than with plain nn.Linear."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    sample = linears[:4] + linears[-1:]  # a block's c_attn, c_proj, c_fc, c_proj; lm_head
+
+    def seconds(layers) -> float:
+        inputs = [torch.randn(rows, 1, layer.in_features, dtype=layer.weight.dtype)
+                  for layer in sample]  # fmt: skip
+        with torch.inference_mode():
+            for layer, x in zip(layers, inputs, strict=True):
+                layer(x)  # warm-up (first-call setup)
+            times = []
+            for _ in range(TIMED_CALLS):
+                started = time.perf_counter()
+                for layer, x in zip(layers, inputs, strict=True):
+                    layer(x)
+                times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    return seconds([PackedLinear(layer) for layer in sample]) < seconds(sample)
+
+
+def pack_linears(model: nn.Module, measure: bool = True) -> bool:
+    """Replace every nn.Linear of `model` (in place) by a PackedLinear where that is
+    available and, with `measure`, faster on this machine for batched steps (single rows
+    keep the plain weight where packing slows them); returns whether it did."""
+    if not packing_available(model) or (measure and not packing_pays(model, BATCH_ROWS)):
         return False
+    plain_rows = 1 if measure and not packing_pays(model, 1) else 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, PackedLinear(child))
+                setattr(module, name, PackedLinear(child, plain_rows))
     return True
