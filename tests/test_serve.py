@@ -267,3 +267,31 @@ def test_the_page_in_a_real_browser(text_server, text_ckpt, tmp_path):
         assert (tmp_path / "page.png").stat().st_size > 5_000
     finally:
         driver.quit()
+
+
+def test_the_page_translates_with_beam_search(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = start_server(FIXTURES / "translation")
+    driver = chromium_driver()
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "translation task" in d.find_element(By.ID, "meta").text)
+        stream = driver.find_element(By.ID, "stream")
+        assert not stream.is_selected() and not stream.is_enabled()  # beam 4: nothing to stream
+        expected = seqgen.load(FIXTURES / "translation").generate("a man", max_new_tokens=10)
+        assert expected.strip()  # the fixture's (tiny) model answers something
+        driver.find_element(By.ID, "prompt").send_keys("a man")
+        box = driver.find_element(By.ID, "max_new_tokens")
+        box.clear()
+        box.send_keys("10")
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "submit").is_enabled()
+                   and d.find_element(By.ID, "output").text != "generating...")  # fmt: skip
+        assert driver.find_element(By.ID, "error").text == ""
+        assert driver.find_element(By.ID, "output").text == expected.strip()
+    finally:
+        driver.quit()
+        server.close()
