@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from seqgen.config import ModelConfig
 from seqgen.errors import CheckpointError, ConfigError
-from seqgen.files import atomic_directory
+from seqgen.files import atomic_directory, read_json
 from seqgen.model import GPT
 from seqgen.tokenizer import Tokenizer, load_tokenizer
 
@@ -102,10 +102,7 @@ def read_meta(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a seqgen checkpoint (no {CONFIG_FILE})")
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt ({err})") from None
+    meta = read_json(path)
     if not isinstance(meta, dict) or not {"task", "model", "format_version"} <= set(meta):
         raise CheckpointError(f"{path}: corrupt (needs format_version, task and model)")
     for key, kind, text in META_FIELDS:

@@ -63,36 +63,46 @@ def packing_available(model: nn.Module) -> bool:
     )
 
 
-def packing_pays(model: nn.Module, rows: int = 1) -> bool:
-    """Whether a decoding step of `rows` rows (the first block's Linears and the head, timed
-    on this machine) runs faster with packed weights than with plain nn.Linear."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    sample = linears[:4] + linears[-1:]  # a block's c_attn, c_proj, c_fc, c_proj; lm_head
+class PackingTimer:
+    """Times a decoding step's products (the first block's Linears and the head) on this
+    machine, plain and packed; the sample is packed once for every `pays` asked."""
 
-    def seconds(layers) -> float:
+    def __init__(self, model: nn.Module) -> None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.plain = linears[:4] + linears[-1:]  # a block's c_attn, c_proj, c_fc, c_proj; head
+        self.packed = [PackedLinear(layer) for layer in self.plain]
+
+    def pays(self, rows: int = 1) -> bool:
+        """Whether a step of `rows` rows runs faster with packed weights than plain."""
         inputs = [torch.randn(rows, 1, layer.in_features, dtype=layer.weight.dtype)
-                  for layer in sample]  # fmt: skip
-        with torch.inference_mode():
-            for layer, x in zip(layers, inputs, strict=True):
-                layer(x)  # warm-up (first-call setup)
-            times = []
-            for _ in range(TIMED_CALLS):
-                started = time.perf_counter()
-                for layer, x in zip(layers, inputs, strict=True):
-                    layer(x)
-                times.append(time.perf_counter() - started)
-        return statistics.median(times)
+                  for layer in self.plain]  # fmt: skip
+        return _seconds(self.packed, inputs) < _seconds(self.plain, inputs)
 
-    return seconds([PackedLinear(layer) for layer in sample]) < seconds(sample)
+
+def _seconds(layers: list[nn.Module], inputs: list[torch.Tensor]) -> float:
+    """Median seconds of one call of every layer on its input, after a warm-up call."""
+    with torch.inference_mode():
+        for layer, x in zip(layers, inputs, strict=True):
+            layer(x)  # first-call setup
+        times = []
+        for _ in range(TIMED_CALLS):
+            started = time.perf_counter()
+            for layer, x in zip(layers, inputs, strict=True):
+                layer(x)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def pack_linears(model: nn.Module, measure: bool = True) -> bool:
     """Replace every nn.Linear of `model` (in place) by a PackedLinear where that is
     available and, with `measure`, faster on this machine for batched steps (single rows
     keep the plain weight where packing slows them); returns whether it did."""
-    if not packing_available(model) or (measure and not packing_pays(model, BATCH_ROWS)):
+    if not packing_available(model):
         return False
-    plain_rows = 1 if measure and not packing_pays(model, 1) else 0
+    timer = PackingTimer(model) if measure else None
+    if timer is not None and not timer.pays(BATCH_ROWS):
+        return False
+    plain_rows = 1 if timer is not None and not timer.pays(1) else 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):

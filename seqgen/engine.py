@@ -205,7 +205,8 @@ def _window_groups(prompts: list[list[int]], limits: list[int], block: int) -> l
         if not group:  # the longest need runs alone, and the rest may then fit
             group = [max(remaining, key=lambda i: len(prompts[i]) + limits[i])]
         groups.append(group)
-        remaining = [i for i in remaining if i not in set(group)]
+        taken = set(group)
+        remaining = [i for i in remaining if i not in taken]
     return groups
 
 
@@ -444,6 +445,7 @@ class _Search:
 
     def normalised(self, total: float, length: int) -> float:
         return total / max(length, 1) ** self.length_penalty
+
 
 def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]:
     """(score, index) from best to worst: the top `first` cheaply, the rest only if needed."""

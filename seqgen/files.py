@@ -3,12 +3,16 @@ version (or nothing), never half of one. Checkpoints, caches and reports all wri
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from seqgen.errors import CheckpointError
 
 
 @contextmanager
@@ -30,6 +34,15 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
         directory.rename(old)
     partial.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: Path, holds: str = "") -> Any:
+    """The JSON value in `path`, a file seqgen reads back (checkpoint metadata, a tokenizer's,
+    an HF config); a CheckpointError naming the file (and what it `holds`) if it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt{' ' + holds if holds else ''} ({err})") from None
 
 
 @contextmanager

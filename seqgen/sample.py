@@ -148,18 +148,18 @@ def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[st
                           "mbr_samples, stop or stream")  # fmt: skip
     if file_options is None:
         file_options = task.generate_options()
-    for line in generate_file(generator, prompt, options, file_options, Path(config.out)):
+    ids = generator.prompt_ids(prompt or None)
+    for line in generate_file(generator, ids, options, file_options, Path(config.out)):
         print(line)
 
 
-def generate_file(generator, prompt: Any, options: dict[str, Any], file_options: Any,
+def generate_file(generator, ids: list[int], options: dict[str, Any], file_options: Any,
                   path: Path, most: int | None = None) -> list[str]:  # fmt: skip
-    """A task's file output (and what `file_options` add) for a prompt: the task prepares the
-    prompt and settings, the shared Generator continues it, the task writes; returns a line
-    per file written. Raises ValueError for options that cannot work (or would take more
-    than `most` tokens), before generating."""
+    """A task's file output (and what `file_options` add) for the prompt `ids`: the task
+    prepares the prompt and settings, the shared Generator continues it, the task writes;
+    returns a line per file written. Raises ValueError for options that cannot work (or
+    would take more than `most` tokens), before generating."""
     task = generator.task
-    ids = generator.prompt_ids(prompt or None)
     ids, changed = task.prepare(ids, file_options, options)  # every generation option is set
     settings = {**options, **changed}
     if most is not None and settings["max_new_tokens"] > most:

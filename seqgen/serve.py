@@ -212,10 +212,10 @@ def stream_job(prompt: str, options: dict[str, Any], pieces: Any) -> Job:
     return Job(run)
 
 
-def file_job(prompt_bytes: bytes | None, options: dict[str, Any], extras: dict[str, Any],
-             task, most: int) -> Job:  # fmt: skip
-    """A file task's job (music: a MIDI prompt in, a MIDI continuation out, with its piano
-    roll and audio when asked): the files come back base64-encoded."""
+def file_job(ids: list[int], options: dict[str, Any], extras: dict[str, Any], task,
+             most: int) -> Job:  # fmt: skip
+    """A file task's job (music: the ids of a MIDI prompt in, a MIDI continuation out, with
+    its piano roll and audio when asked): the files come back base64-encoded."""
     from seqgen.sample import generate_file
 
     settings = {k: v for k, v in options.items() if k not in ("stop", "stream")}
@@ -223,17 +223,12 @@ def file_job(prompt_bytes: bytes | None, options: dict[str, Any], extras: dict[s
     def run(generator) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
             folder = Path(tmp)
-            prompt = None
-            if prompt_bytes is not None:
-                prompt = folder / f"prompt{task.output_suffix}"
-                prompt.write_bytes(prompt_bytes)
             wanted = {name: str(folder / f"{name}{suffix}")
                       for name, suffix in task.extra_files.items() if extras.get(name)}  # fmt: skip
             own = {k: v for k, v in extras.items() if k not in task.extra_files}
             file_options = task.generate_options(**own, **wanted)
             out = folder / f"continuation{task.output_suffix}"
-            lines = generate_file(generator, str(prompt) if prompt else None, settings,
-                                  file_options, out, most=most)  # fmt: skip
+            lines = generate_file(generator, ids, settings, file_options, out, most=most)
             found = {"output": out, **{name: Path(path) for name, path in wanted.items()}}
             shown = [line.replace(f"{folder}/", "") for line in lines]  # no server paths
             return {"files": {name: _encoded(path) for name, path in found.items()},

@@ -83,12 +83,17 @@ def available_extras(generator) -> list[str]:
     return found
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused past `limit` bytes before it is all read."""
+def _refuse_declared(request: Request, limit: int, field: str) -> None:
+    """A 413 before anything is read when the declared body is over `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {int(declared):,} bytes; this server accepts "
-                           f"{limit:,}", "body", 413)  # fmt: skip
+                           f"{limit:,}", field, 413)  # fmt: skip
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused past `limit` bytes before it is all read."""
+    _refuse_declared(request, limit, "body")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -203,7 +208,7 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
             raise RequestError("stream needs num_beams 1", "options.stream")
 
     async def _form(request: Request) -> tuple[bytes | None, Any]:
-        await _body_size_check(request)
+        _refuse_declared(request, config.max_upload_bytes + 65_536, "file")  # + the fields
         try:
             form = await request.form(max_files=1, max_fields=4,
                                       max_part_size=config.max_upload_bytes)  # fmt: skip
@@ -221,13 +226,6 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
             raise RequestError(f"options is not JSON ({err})", "options", 400) from None
         return prompt_bytes, raw
 
-    async def _body_size_check(request: Request) -> None:
-        declared = request.headers.get("content-length")
-        limit = config.max_upload_bytes + 65_536
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(f"request body of {int(declared):,} bytes; this server accepts "
-                               f"files up to {config.max_upload_bytes:,}", "file", 413)  # fmt: skip
-
     async def _file_request(prompt_bytes: bytes | None, raw: Any) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise RequestError("options must be a JSON object", "options")
@@ -243,17 +241,19 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
         except (TypeError, ValueError) as err:
             raise RequestError(str(err), f"options.{field_named(str(err), own)}") from None
         options = check_options({k: v for k, v in raw.items() if k not in own}, config, task)
-        if prompt_bytes is not None:
-            await asyncio.get_running_loop().run_in_executor(None, _check_prompt, prompt_bytes)
-        job = file_job(prompt_bytes, options, extras, task, config.max_new_tokens)
+        ids = await asyncio.get_running_loop().run_in_executor(None, _prompt_ids, prompt_bytes)
+        job = file_job(ids, options, extras, task, config.max_new_tokens)
         return await _answer(worker.submit(job))
 
-    def _check_prompt(prompt_bytes: bytes) -> None:
+    def _prompt_ids(prompt_bytes: bytes | None) -> list[int]:
+        """The prompt ids of an uploaded file, parsed once, here (no file: from nothing)."""
+        if prompt_bytes is None:
+            return generator.prompt_ids(None)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"prompt{task.output_suffix}"
             path.write_bytes(prompt_bytes)
             try:
-                task.prompt(str(path), generator.tokenizer)
+                return generator.prompt_ids(str(path))
             except Exception as err:  # a parser's own error type for a corrupt file
                 raise RequestError(f"not a readable {task.output_suffix or ''} file: {err}",
                                    "file") from None  # fmt: skip

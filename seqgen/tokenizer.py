@@ -22,6 +22,7 @@ from typing import Literal, Protocol, runtime_checkable
 import sentencepiece as spm
 
 from seqgen.errors import CheckpointError, ConfigError, DataError
+from seqgen.files import read_json
 from seqgen.progress import Progress
 
 log = logging.getLogger("seqgen")
@@ -361,10 +362,7 @@ def read_tokenizer_meta(directory: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory / META_FILE}: missing (not a seqgen checkpoint or "
                               "tokenizer directory)")  # fmt: skip
-    try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt tokenizer metadata ({err})") from err
+    meta = read_json(path, "tokenizer metadata")
     if isinstance(meta, dict) and "kind" not in meta and "model" in meta:
         raise CheckpointError(f"{path} is a Hugging Face tokenizer, not seqgen's; convert the "
                               "folder with `seqgen import --hf DIR --out CKPT`")  # fmt: skip

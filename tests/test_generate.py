@@ -343,10 +343,10 @@ def test_weights_are_packed_only_where_it_pays(model, monkeypatch):
 
     if not cpu.packing_available(model):
         pytest.skip("this torch build has no oneDNN packed linear")
-    assert cpu.packing_pays(model) in (True, False)  # timed on this machine
+    assert cpu.PackingTimer(model).pays() in (True, False)  # timed on this machine
     x = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(3))
     for batched, single in ((False, False), (True, True), (True, False)):
-        monkeypatch.setattr(cpu, "packing_pays", lambda _, rows=1, b=batched, s=single:
+        monkeypatch.setattr(cpu.PackingTimer, "pays", lambda _, rows=1, b=batched, s=single:
                             b if rows > 1 else s)  # fmt: skip
         candidate = copy.deepcopy(model)
         assert cpu.pack_linears(candidate) is batched

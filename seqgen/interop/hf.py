@@ -8,7 +8,6 @@ exporting and importing a checkpoint do (`pip install transformers`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from seqgen.checkpoint import load_weights_into
 from seqgen.config import ModelConfig
 from seqgen.errors import CheckpointError
+from seqgen.files import read_json
 from seqgen.model import GPT
 
 CONV1D_SUFFIXES = (
@@ -87,10 +87,7 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: no config.json (not a Hugging Face model folder)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{config_path}: corrupt ({err})") from None
+    config = read_json(config_path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: corrupt (not a JSON object)")
     if config.get("model_type", "gpt2") != "gpt2":

@@ -131,14 +131,13 @@ def _wrap(transformers, hf_tokenizer, tokenizer: Tokenizer, meta: dict[str, Any]
     """A PreTrainedTokenizerFast whose default special tokens build the task's prompt."""
     from tokenizers.processors import TemplateProcessing
 
+    name = hf_tokenizer.id_to_token
     before, after = prompt_template(meta, tokenizer)
     if before or after:
-        names = [(hf_tokenizer.id_to_token(i), i) for i in before + after]
-        words = lambda ids: [hf_tokenizer.id_to_token(i) for i in ids]  # noqa: E731
         hf_tokenizer.post_processor = TemplateProcessing(
-            single=[*words(before), "$A", *words(after)], special_tokens=list(dict(names).items())
+            single=[*map(name, before), "$A", *map(name, after)],
+            special_tokens=[(name(i), i) for i in dict.fromkeys(before + after)],
         )
-    name = hf_tokenizer.id_to_token
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=hf_tokenizer,
         bos_token=name(tokenizer.bos_id),

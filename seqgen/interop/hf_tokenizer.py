@@ -13,6 +13,7 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizerObject
 
 from seqgen.errors import CheckpointError
+from seqgen.files import read_json
 from seqgen.tokenizer import META_FILE, SP_SPACE, append_new, read_tokenizer_meta
 
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -106,7 +107,9 @@ class HuggingFaceTokenizer:
         """The tokenizer of an HF model folder (its `tokenizer.json`), with bos/eos/pad from
         the model's config.json ids or else tokenizer_config.json."""
         hf = read_hf_tokenizer(folder)
-        settings = _read_json(folder / "tokenizer_config.json") or {}
+        path = folder / "tokenizer_config.json"
+        settings = read_json(path) if path.is_file() else {}
+        settings = settings if isinstance(settings, dict) else {}
 
         def name(role: str) -> str | None:
             token_id = config.get(f"{role}_token_id")
@@ -131,13 +134,3 @@ def read_hf_tokenizer(directory: Path) -> HFTokenizerObject:
         return HFTokenizerObject.from_file(str(path))
     except Exception as err:  # the Rust library raises its own exception type
         raise CheckpointError(f"{path}: not a Hugging Face tokenizer ({err})") from None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt ({err})") from None
-    return value if isinstance(value, dict) else None
