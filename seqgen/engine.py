@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,6 +102,7 @@ def generate(
     max_new_tokens: int | Sequence[int] = 100,
     *,
     seed: int | None = None,
+    sample_ids: Sequence[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     **options,
 ) -> list[int] | list[list[int]]:
@@ -111,7 +113,11 @@ def generate(
 
     Args:
         max_new_tokens: most new ids, for every prompt or one number per prompt.
-        seed: seeds this call's own torch.Generator, so a seeded call is reproducible.
+        seed: seeds sampling, so a seeded call is reproducible. Each row draws from its own
+            random stream, fixed by the seed and the row's sample id, so what a row samples
+            does not depend on which rows share its batch.
+        sample_ids: each row's sample id (default 0, 1, ...): `generate_many` passes each
+            prompt's index, so a prompt samples the same whatever batch it lands in.
         on_token: called as (row, id) for each new id as it is produced.
         **options: see `Settings` (temperature, top_k, top_p, num_beams, eos_id, stop, ...).
     """
@@ -121,8 +127,11 @@ def generate(
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
     limits = _limits(max_new_tokens, len(prompts))
     settings = _settings(model, prompts, max(limits, default=0), options)
+    streams = _streams(seed, range(len(prompts)) if sample_ids is None else sample_ids)
+    if len(streams) != len(prompts):
+        raise ValueError(f"sample_ids: give {len(prompts)} ids, one per prompt")
     outputs: list[list[int]] = [[] for _ in prompts]
-    for row, token in _events(model, prompts, settings, seed, outputs, limits):
+    for row, token in _events(model, prompts, settings, streams, outputs, limits):
         if on_token is not None:
             on_token(row, token)
     return outputs if batched else outputs[0]
@@ -139,7 +148,8 @@ def stream(
     prompts = [list(prompt_ids)]
     settings = _settings(model, prompts, max_new_tokens, options)  # raises before the first id
     limits = [settings.max_new_tokens]
-    return (token for _, token in _events(model, prompts, settings, seed, [[]], limits))
+    events = _events(model, prompts, settings, _streams(seed, [0]), [[]], limits)
+    return (token for _, token in events)
 
 
 def _limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
@@ -165,7 +175,7 @@ def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options
     return settings
 
 
-def _events(model, prompts, settings, seed, outputs, limits) -> Iterator[tuple[int, int]]:
+def _events(model, prompts, settings, streams, outputs, limits) -> Iterator[tuple[int, int]]:
     """(row, id) for each new id, appending each row's ids to outputs[row] (at most
     limits[row] of them).
 
@@ -184,7 +194,7 @@ def _events(model, prompts, settings, seed, outputs, limits) -> Iterator[tuple[i
             outputs[row].extend(best)
             yield from ((row, token) for token in best)
         return
-    steps = _sample(model, prompts, settings, _generator(model, seed), outputs, limits)
+    steps = _sample(model, prompts, settings, streams, outputs, limits)
     while True:
         with torch.inference_mode():
             event = next(steps, None)
@@ -210,13 +220,10 @@ def _window_groups(prompts: list[list[int]], limits: list[int], block: int) -> l
     return groups
 
 
-def _generator(model: GPT, seed: int | None) -> torch.Generator:
-    generator = torch.Generator(device=next(model.parameters()).device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    return generator
+def _streams(seed: int | None, sample_ids: Sequence[int]) -> list[np.random.Generator]:
+    """One random stream per row, from the seed (a fresh one if None) and the row's id."""
+    base = seed % 2**64 if seed is not None else int(np.random.SeedSequence().entropy)
+    return [np.random.default_rng([base, int(i)]) for i in sample_ids]
 
 
 class _Rows:
@@ -269,20 +276,35 @@ class _Rows:
         self.cache.select(index, self.shared, holds_prefix)
         self.real, self.next_pos = self.real[index], self.next_pos[index]
 
+    def drop(self, finished: list[int]) -> torch.Tensor:
+        """Remove the rows (slots) in `finished`: the last running rows move into their slots,
+        one row's cache each, rather than every row shifting. Returns the new order, the old
+        slot of each remaining row, to index the caller's per-row state with."""
+        count = self.real.shape[0] - len(finished)
+        gone = set(finished)
+        order = list(range(count))
+        movers = [slot for slot in range(count, self.real.shape[0]) if slot not in gone]
+        for hole, mover in zip(sorted(s for s in gone if s < count), movers, strict=True):
+            order[hole] = mover
+        index = torch.tensor(order, device=self.device)
+        stays = index == torch.arange(count, device=self.device)
+        self.cache.select(index, self.cache.length, stays)  # moves whole rows of `index` only
+        self.real, self.next_pos = self.real[index], self.next_pos[index]
+        return index
+
 
 def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings, n_new: int,
-            new_ids: list[list[int]]):  # fmt: skip
-    """Repetition penalty, repeated n-grams and min_new_tokens, on (B, V) logits; new_ids[b]
-    are row b's generated ids so far."""
+            banned: list[list[int]] | None):  # fmt: skip
+    """Repetition penalty, repeated n-grams and min_new_tokens, on (B, V) logits; banned[b]
+    are the ids that would repeat an n-gram of row b."""
     if seen is not None:
         p = settings.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
-    if settings.no_repeat_ngram_size:
+    if banned is not None:
         logits = logits.clone()
-        for row, ids in enumerate(new_ids):
-            banned = repeated_ngram_ends(ids, settings.no_repeat_ngram_size)
-            if banned:
-                logits[row, banned] = NEG_INF
+        for row, ids in enumerate(banned):
+            if ids:
+                logits[row, ids] = NEG_INF
     if n_new < settings.min_new_tokens and settings.eos_ids:
         logits[:, list(settings.eos_ids)] = NEG_INF
     return logits
@@ -296,18 +318,65 @@ def repeated_ngram_ends(ids: list[int], n: int) -> list[int]:
     return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix]
 
 
+class _NgramIndex:
+    """`repeated_ngram_ends` of a growing row without rescanning it: each n-gram's last id
+    filed under its first n - 1 as the row grows (a sampled row only grows; beams branch, so
+    they rescan)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.ends: dict[tuple[int, ...], list[int]] = {}
+
+    def add(self, ids: list[int]) -> None:
+        """`ids` has just grown by one id."""
+        if len(ids) >= self.n:
+            self.ends.setdefault(tuple(ids[len(ids) - self.n : -1]), []).append(ids[-1])
+
+    def banned(self, ids: list[int]) -> list[int]:
+        return self.ends.get(tuple(ids[len(ids) - self.n + 1 :] if self.n > 1 else ()), [])
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, V)."""
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, NEG_INF)
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p (the best always stays)
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), NEG_INF)
+        logits = _nucleus(logits, top_p)
     return logits
+
+
+def _nucleus(logits: torch.Tensor, top_p: float, first: int = 256) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p (the best
+    always stays); -inf elsewhere. Each row's nucleus is searched among its `first` most
+    likely tokens, where it nearly always lies (sorting the whole vocabulary of every row
+    cost more than the rest of sampling); a row whose nucleus goes further is sorted."""
+    probs = torch.softmax(logits, dim=-1)
+    top = probs.topk(min(first, probs.shape[-1]), dim=-1)  # sorted, descending
+    drop = _outside(top.values, top_p)
+    dropped = torch.ones_like(logits, dtype=torch.bool).scatter(-1, top.indices, drop)
+    wide = (~drop[:, -1]).nonzero()[:, 0] if top.values.shape[-1] < probs.shape[-1] else []
+    if len(wide):
+        ordered = probs[wide].sort(dim=-1, descending=True)
+        dropped[wide] = dropped[wide].scatter(-1, ordered.indices,
+                                              _outside(ordered.values, top_p))  # fmt: skip
+    return logits.masked_fill(dropped, NEG_INF)
+
+
+def _outside(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
+    """For probabilities in descending order: whether the tokens ranked above each already
+    reach top_p."""
+    return ordered.cumsum(dim=-1) - ordered >= top_p
+
+
+def _draw(probs: torch.Tensor, streams: list[np.random.Generator]) -> torch.Tensor:
+    """One id per row of `probs` (B, V), by inverse transform sampling with row b's uniform
+    from streams[b] alone. Returns (B,)."""
+    uniforms = torch.tensor([1.0 - stream.random() for stream in streams],  # in (0, 1]
+                            dtype=torch.float64, device=probs.device)  # fmt: skip
+    cdf = probs.double().cumsum(dim=-1)
+    ids = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None])[:, 0]
+    return ids.clamp(max=probs.shape[-1] - 1)
 
 
 def _ends_row(new: list[int], settings: Settings) -> bool:
@@ -319,40 +388,49 @@ def _ends_row(new: list[int], settings: Settings) -> bool:
     return settings.stop_fn is not None and settings.stop_fn(new)
 
 
-def _sample(model, prompts, settings, generator, outputs, limits) -> Iterator[tuple[int, int]]:
+def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tuple[int, int]]:
+    """Sampled or greedy rows; a row that ends leaves the batch, so the rest run faster."""
     rows = _Rows(model, max(map(len, prompts)), settings)
     sequences = [list(p) for p in prompts]
-    running = [True] * len(prompts)
+    live = list(range(len(prompts)))  # the row of each cache slot
     seen = None
     if settings.repetition_penalty != 1.0:
         seen = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.bool)
         for row, prompt in enumerate(prompts):
             seen[row, prompt] = True
         seen = seen.to(rows.device)
+    bans = [_NgramIndex(settings.no_repeat_ngram_size) for _ in prompts]
     logits = rows.prefill(sequences) if settings.max_new_tokens else None
     for step in range(settings.max_new_tokens):
-        logits = _adjust(logits, seen, settings, step, outputs)
+        banned = None
+        if settings.no_repeat_ngram_size:
+            banned = [bans[row].banned(outputs[row]) for row in live]
+        logits = _adjust(logits, seen, settings, step, banned)
         if settings.temperature == 0:
             tokens = logits.argmax(dim=-1)
         else:
             logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
-            tokens = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
-        for row, token in enumerate(tokens.tolist()):
-            if not running[row]:
-                continue
-            if token in settings.eos_ids:
-                running[row] = False
+            tokens = _draw(torch.softmax(logits, -1), [streams[row] for row in live])
+        finished = []
+        for slot, (row, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
+            if token in settings.eos_ids or not limits[row]:
+                finished.append(slot)
                 continue
             outputs[row].append(token)
             sequences[row].append(token)
+            bans[row].add(outputs[row])
             if seen is not None:
-                seen[row, token] = True
+                seen[slot, token] = True
             yield row, token
             if _ends_row(outputs[row], settings) or len(outputs[row]) >= limits[row]:
-                running[row] = False
-        if not any(running) or step == settings.max_new_tokens - 1:
+                finished.append(slot)
+        if len(finished) == len(live) or step == settings.max_new_tokens - 1:
             break
-        logits = rows.step(tokens, sequences)
+        if finished:
+            order = rows.drop(finished)
+            live, tokens = [live[i] for i in order.tolist()], tokens[order]
+            seen = seen[order] if seen is not None else None
+        logits = rows.step(tokens, [sequences[row] for row in live])
 
 
 def _beam_search(model: GPT, prompts: list[list[int]], settings: Settings,
@@ -408,7 +486,11 @@ class _Search:
             seen = torch.zeros_like(logits, dtype=torch.bool)
             for b, beam in enumerate(self.beams):
                 seen[b, self.prompt + beam] = True
-        logprobs = F.log_softmax(_adjust(logits, seen, settings, step, self.beams), dim=-1)
+        banned = None
+        if settings.no_repeat_ngram_size:
+            banned = [repeated_ngram_ends(beam, settings.no_repeat_ngram_size)
+                      for beam in self.beams]  # fmt: skip
+        logprobs = F.log_softmax(_adjust(logits, seen, settings, step, banned), dim=-1)
         candidates = (self.scores[:, None] + logprobs).flatten()
         vocab = logprobs.shape[1]
         chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)

@@ -12,7 +12,7 @@ from seqgen import checkpoint
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.engine import generate, stream
-from seqgen.tasks import Task, task_class
+from seqgen.tasks import Similarity, Task, pairwise, task_class
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
 
@@ -74,7 +74,9 @@ class Generator:
     ) -> list[Any]:
         """Decoded outputs for many inputs, in order: batches of `batch_size` prompts of
         similar length (under beam search, each prompt's beams join its batch); each output
-        is what a call for its prompt alone gives. `on_done(n)` reports progress.
+        is what a call for its prompt alone gives, and a seeded call samples prompt i from
+        the same stream whatever the batch size (`generate`'s sample ids are the prompts'
+        indices). `on_done(n)` reports progress.
 
         `max_new_tokens` may be a function of a prompt's ids (e.g. proportional to its length).
         """
@@ -87,7 +89,7 @@ class Generator:
         outputs: list[Any] = [None] * len(ids)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            new = generate(self.model, [ids[i] for i in rows],
+            new = generate(self.model, [ids[i] for i in rows], sample_ids=rows,
                            max_new_tokens=[limit(ids[i]) for i in rows], **options)  # fmt: skip
             for i, out in zip(rows, new, strict=True):
                 outputs[i] = self.task.decode(out, self.tokenizer)
@@ -163,9 +165,11 @@ class Generator:
 
 def consensus(candidates: Sequence[Any], similarity: Callable[[Any, Any], float]) -> int:
     """Index of the candidate with the highest total similarity to the others (the first
-    on ties): the minimum Bayes risk choice when the candidates are samples."""
-    totals = [sum(similarity(c, other) for j, other in enumerate(candidates) if j != i)
-              for i, c in enumerate(candidates)]  # fmt: skip
+    on ties): the minimum Bayes risk choice when the candidates are samples. A `Similarity`
+    scores the whole group at once."""
+    scores = (similarity.matrix(candidates) if isinstance(similarity, Similarity)
+              else pairwise(similarity, candidates))  # fmt: skip
+    totals = [sum(row[j] for j in range(len(row)) if j != i) for i, row in enumerate(scores)]
     return max(range(len(candidates)), key=lambda i: (totals[i], -i))
 
 

@@ -12,7 +12,8 @@ A task object is configured once, when it is made: from its data options and the
 context (`Task(data, block_size)`) to train, or from what a checkpoint stored
 (`Task.from_options`) to generate. Nothing needs calling in a particular order.
 Optional capabilities are small base classes (`Evaluates`, `HasMBR`, `BuildsDatasets`,
-`GeneratesFiles`) that the core checks with isinstance.
+`GeneratesFiles`) that the core checks with isinstance; `Similarity` is an MBR utility
+that scores a group of samples at once.
 """
 
 from __future__ import annotations
@@ -223,7 +224,31 @@ class HasMBR(ABC):
 
     @abstractmethod
     def mbr_similarity(self) -> Callable[[Any, Any], float]:
-        """`similarity(output, other)`, higher for closer outputs (e.g. ROUGE)."""
+        """`similarity(output, other)`, higher for closer outputs (e.g. ROUGE); a
+        `Similarity` where a whole group of samples scores faster than pair by pair."""
+
+
+class Similarity(ABC):
+    """A minimum Bayes risk utility that can score a group of candidates at once: N samples
+    make N(N-1) pairs, so a subclass whose `matrix` computes each candidate's statistics once
+    (and the pairs as array operations) saves most of the work; it must return exactly what
+    calling it pair by pair returns, or the consensus could change."""
+
+    @abstractmethod
+    def __call__(self, output: Any, other: Any) -> float:
+        """The similarity of `output` to `other`, higher for closer outputs."""
+
+    def matrix(self, candidates: Sequence[Any]) -> list[list[float]]:
+        """`[i][j] = self(candidates[i], candidates[j])` for i != j (the diagonal is unused)."""
+        return pairwise(self, candidates)
+
+
+def pairwise(similarity: Callable[[Any, Any], float], candidates: Sequence[Any]
+             ) -> list[list[float]]:  # fmt: skip
+    """`[i][j] = similarity(candidates[i], candidates[j])`, one pair at a time; 0 on the
+    diagonal."""
+    return [[similarity(c, other) if i != j else 0.0 for j, other in enumerate(candidates)]
+            for i, c in enumerate(candidates)]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,20 @@
 """Helpers shared by the tests (pytest puts this folder on sys.path)."""
 
+from pathlib import Path
+
 import pretty_midi
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data (the real datasets beside the repository); the test skips
+    where it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
 
 
 def flags(values: dict) -> list[str]:

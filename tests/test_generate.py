@@ -118,6 +118,69 @@ def test_seeded_sampling_repeats(model):
     assert a != generate(model, [1], 15, temperature=5.0, seed=4)
 
 
+def test_a_row_samples_the_same_whatever_shares_its_batch(model):
+    prompts = [[1], [2, 3, 4, 5, 6], [7, 8, 9], [30], [11, 12]]
+    eos = 5  # some rows end early and leave the batch, moving others in the cache
+    sampled = dict(temperature=1.5, eos_id=eos, seed=7)
+    together = generate(model, prompts, 25, **sampled)
+    alone = [generate(model, p, 25, sample_ids=[i], **sampled) for i, p in enumerate(prompts)]
+    assert together == alone
+    assert len({len(row) for row in together}) > 2  # rows of different lengths
+    shuffled = generate(model, prompts[::-1], 25, sample_ids=[4, 3, 2, 1, 0], **sampled)
+    assert shuffled[::-1] == together
+    limits = [3, 25, 9, 0, 14]  # rows also end at their own length limits
+    cut = generate(model, prompts, limits, **sampled)
+    assert all(row == full[: len(row)] and len(row) <= n
+               for row, full, n in zip(cut, together, limits, strict=True))  # fmt: skip
+    with pytest.raises(ValueError, match="sample_ids"):
+        generate(model, prompts, 5, sample_ids=[0, 1], **sampled)
+
+
+def test_rows_leaving_the_batch_keep_greedy_outputs_and_their_penalties(model):
+    prompts = [[1], [2, 3], [12, 13, 14], [26], [9, 1, 2]]
+    options = dict(temperature=0, eos_id=[4, 15], repetition_penalty=1.3,
+                   no_repeat_ngram_size=2)  # fmt: skip
+    together = generate(model, prompts, 20, **options)
+    assert together == [generate(model, p, 20, **options) for p in prompts]
+    assert len({len(row) for row in together}) > 1
+
+
+def test_draws_follow_the_distribution_and_skip_impossible_tokens():
+    from seqgen.engine import _draw, _streams
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(4000, 1)
+    counts = torch.bincount(_draw(probs, _streams(0, range(4000))), minlength=6)
+    assert counts[[0, 2, 5]].sum() == 0
+    assert torch.allclose(counts.double() / 4000, probs[0].double(), atol=0.03)
+
+
+def test_nucleus_past_the_first_candidates_equals_a_full_sort():
+    from seqgen.engine import _nucleus
+
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.01, 1.0, 8.0):  # nearly flat (the nucleus holds most of 1,000 ids) to peaked
+        logits = scale * torch.randn(3, 1000, generator=generator)
+        for top_p in (0.1, 0.5, 0.95):
+            ordered, order = logits.sort(dim=-1, descending=True)
+            probs = torch.softmax(ordered, dim=-1)
+            drop = (probs.cumsum(-1) - probs >= top_p).scatter(-1, order, probs.cumsum(-1) -
+                                                              probs >= top_p)  # fmt: skip
+            assert torch.equal(torch.isinf(_nucleus(logits, top_p, first=16)), drop)
+
+
+def test_ngram_index_equals_a_rescan():
+    from seqgen.engine import _NgramIndex
+
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 4, (60,), generator=generator).tolist()
+    for n in (1, 2, 3, 4):
+        index, row = _NgramIndex(n), []
+        for token in ids:
+            assert sorted(index.banned(row)) == sorted(repeated_ngram_ends(row, n))
+            row.append(token)
+            index.add(row)
+
+
 def test_top_k_and_top_p_exclude_tokens():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     assert torch.isinf(filter_logits(logits, 2, None)[0, 2:]).all()

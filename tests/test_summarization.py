@@ -2,25 +2,29 @@
 equal to rouge-score's with sound intervals, and evaluation of predictions end to end."""
 
 import json
+import random
 import re
 
+import numpy as np
 import pytest
-from helpers import TINY_MODEL, flags
+from helpers import TINY_MODEL, flags, shared_file
 from rouge_score import rouge_scorer
 
 from seqgen.cli import main
 from seqgen.errors import DataError
 from seqgen.evaluation import eval_options
+from seqgen.tasks import pairwise
 from seqgen_tasks.summarization.data import SummarizationData
 from seqgen_tasks.summarization.rouge import (
     PARTS,
     ROUGE_TYPES,
+    RougeSimilarity,
     bootstrap,
     lead_words,
     paired_difference,
-    rouge_similarity,
     score_documents,
     split_sentences,
+    union_lcs,
 )
 from seqgen_tasks.summarization.task import SUMMARIZE, SummarizationTask, rank_paragraphs
 from seqgen_tasks.summarization.wikisum import build
@@ -216,14 +220,59 @@ def test_ignored_placeholders_do_not_match_themselves():
 def test_mbr_similarity_is_rouge2_plus_lsum_f1_without_placeholders():
     summary = "The cat sat. The cats were <unk> happy!"
     other = "The cat sat on the mat. It was happy."
-    similarity = rouge_similarity(ignore=["<unk>"])
+    similarity = RougeSimilarity(ignore=["<unk>"])
     scores = score_documents([summary], [other], ["<unk>"])[0]
     expected = (scores["rouge2"]["fmeasure"] + scores["rougeLsum"]["fmeasure"]) / 100
     assert similarity(summary, other) == pytest.approx(expected)
     assert similarity(summary, other) == pytest.approx(expected)  # cached texts, same value
     assert similarity(summary, summary) == pytest.approx(2.0)
-    assert rouge_similarity()("<unk> <unk> x", "<unk> <unk> y") > 0  # counted unless ignored
-    assert rouge_similarity(["<unk>"])("<unk> <unk> x", "<unk> <unk> y") == 0
+    assert RougeSimilarity()("<unk> <unk> x", "<unk> <unk> y") > 0  # counted unless ignored
+    assert RougeSimilarity(["<unk>"])("<unk> <unk> x", "<unk> <unk> y") == 0
+
+
+def _sample_texts(rng: random.Random, count: int) -> list[str]:
+    """Summaries as samples of one article look: a small shared vocabulary (so many tokens
+    match, repeatedly), sentences of 0 to 25 words, punctuation-only sentences, <unk>."""
+    words = ["the", "cat", "sat", "on", "mat", "running", "runs", "<unk>", "1901", "a", "of",
+             "city", "cities", "was", "and", "in"]  # fmt: skip
+    texts = []
+    for _ in range(count):
+        sentences = [" ".join(rng.choices(words, k=rng.randint(0, 25))).capitalize() + "."
+                     for _ in range(rng.randint(0, 6))]  # fmt: skip
+        texts.append(" ".join(sentences + rng.choice([[], ["!!"], ["Yes."]])))
+    return texts
+
+
+def test_rouge_matrix_equals_rouge_score_pair_by_pair():
+    # The consensus keeps the first of equal totals, so the group scores must equal
+    # rouge-score's exactly, not approximately
+    rng = random.Random(0)
+    for ignore in ((), ("<unk>",)):
+        similarity = RougeSimilarity(ignore)
+        for _ in range(6):
+            texts = _sample_texts(rng, rng.randint(2, 9)) + ["", "...", "The cat sat."]
+            assert similarity.matrix(texts) == pairwise(similarity, texts)
+    assert RougeSimilarity().matrix(["only one"]) == [[0.0]]
+
+
+def test_union_lcs_reads_out_the_lcs_rouge_score_reads():
+    rng = random.Random(1)
+    for _ in range(40):
+        reference = [rng.choices(range(5), k=rng.randint(0, 12)) for _ in range(rng.randint(1, 4))]
+        predictions = [[rng.choices(range(5), k=rng.randint(0, 12))
+                        for _ in range(rng.randint(0, 4))] for _ in range(3)]  # fmt: skip
+        marks = union_lcs(reference, predictions)
+        for k, prediction in enumerate(predictions):
+            for s, sentence in enumerate(reference):
+                expected = set().union(*(rouge_scorer.lcs_ind(sentence, c) for c in prediction))
+                assert set(np.flatnonzero(marks[k, s])) == expected
+
+
+def test_rouge_matrix_on_real_summaries():
+    valid = shared_file("wikisum_wt2", "valid.jsonl")
+    leads = [json.loads(line)["lead"] for line in valid.read_text().splitlines()[:16]]
+    similarity = RougeSimilarity(["<unk>"])
+    assert similarity.matrix(leads) == pairwise(similarity, leads)
 
 
 def test_sentence_splitting_and_lead_words():

@@ -21,11 +21,11 @@ from seqgen.tasks import known_options
 from seqgen_tasks.summarization.data import SummarizationData, read_examples
 from seqgen_tasks.summarization.rouge import (
     TABLE_HEADER,
+    RougeSimilarity,
     bootstrap,
     lead_words,
     length_stats,
     paired_difference,
-    rouge_similarity,
     score_documents,
     table_rows,
 )
@@ -53,7 +53,8 @@ class SummarizationEval(DecodingEval):
     """Field of the summaries in predictions and compare files."""
     batch_size: int = 8
     """Documents (or MBR samples) decoded together without beams; 32 samples ran 1.4x faster
-    than 8 on a 2-core CPU. Another size draws other samples for the same seed."""
+    than 8 on a 2-core CPU. The samples do not depend on it: each is drawn from its own
+    stream of the seed."""
     baseline_words: int | None = None
     """Baseline length (default: mean reference length in words)."""
     bootstrap_samples: int = 1000
@@ -104,7 +105,7 @@ def summarize(args: SummarizationEval, examples: list[dict]) -> tuple[list[str],
     started = time.perf_counter()
     if args.mbr_samples > 1:
         outputs = generator.generate_mbr(
-            documents, samples=args.mbr_samples, similarity=rouge_similarity(args.ignore),
+            documents, samples=args.mbr_samples, similarity=RougeSimilarity(args.ignore),
             on_done=Progress("sampled", len(documents) * args.mbr_samples, "summaries"), **settings,
         )  # fmt: skip
     else:

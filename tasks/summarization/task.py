@@ -126,9 +126,9 @@ class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
     def mbr_similarity(self) -> Callable[[str, str], float]:
         """ROUGE-2 + ROUGE-Lsum F1 between two summaries: the consensus is the likely best
         by the metric summaries are judged by."""
-        from seqgen_tasks.summarization.rouge import rouge_similarity
+        from seqgen_tasks.summarization.rouge import RougeSimilarity
 
-        return rouge_similarity()
+        return RougeSimilarity()
 
 
 def rank_paragraphs(title: str, paragraphs: list[str]) -> list[int]:
