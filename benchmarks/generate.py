@@ -11,6 +11,13 @@ Each figure is the median of `--repeats` timed runs after
 one warm-up run. The no-cache loop at 512 new tokens would take many minutes, so it is timed
 at `--no_cache_samples` context lengths spread over the run and integrated (trapezoid rule);
 `--exact_no_cache` times the whole loop instead. `--model` picks another preset's shape.
+
+The MBR rows decode as the WikiSum benchmark does: a randomly initialised model of its recipe's
+shape, `--mbr_prompts` prompts of 384 ids, 16 samples each at temperature 0.7 and top-p 0.9,
+4-gram ban, 256 new ids (its `--min_new_tokens`), the consensus by ROUGE-2 + ROUGE-Lsum over
+the samples written as words. One prompt at a time with rouge-score pair by pair (the
+straightforward path) against all prompts' samples batched and `RougeSimilarity.matrix`; both
+must choose the same samples.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import copy
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -28,8 +36,13 @@ from benchmarks.common import parse_args, write_report
 from seqgen.config import PRESETS, ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.engine import generate
+from seqgen.inference import consensus
 from seqgen.interop.hf import hf_config, to_hf_state_dict
 from seqgen.model import GPT
+from seqgen_tasks.summarization.rouge import RougeSimilarity
+
+MBR_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, block_size=768, vocab_size=4000)  # WikiSum's
+MBR_SAMPLING = dict(temperature=0.7, top_p=0.9, no_repeat_ngram_size=4, seed=0)
 
 
 def timed(fn, repeats: int) -> float:
@@ -77,6 +90,55 @@ def no_cache_seconds(
     return total + per_step[-1]
 
 
+def as_text(ids: list[int]) -> str:
+    """Ids as words of a 300-word vocabulary, a sentence ending after every 20th id on
+    average, so that samples share words and sentences as summaries of one article do."""
+    return " ".join(f"w{i % 300}" + ("." if i % 20 == 0 else "") for i in ids)
+
+
+@contextmanager
+def clocked(times: dict[str, float], key: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    times[key] += time.perf_counter() - started
+
+
+def mbr_timings(prompts: list[list[int]], samples: int, batch: int, new_tokens: int
+                ) -> dict[str, float]:  # fmt: skip
+    """Seconds of the straightforward and the batched MBR path (generation and consensus
+    apart); raises if they choose differently."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**MBR_SHAPE)).eval()
+    pack_linears(model)
+    sampling = dict(MBR_SAMPLING, max_new_tokens=new_tokens)
+    similarity = RougeSimilarity()
+    pair_by_pair = lambda a, b: similarity(a, b)  # noqa: E731  (a plain callable)
+    times = dict.fromkeys(("generate_one", "consensus_pairs", "generate_batched",
+                           "consensus_matrix"), 0.0)  # fmt: skip
+    chosen_one = []
+    for p, prompt in enumerate(prompts):
+        with clocked(times, "generate_one"):
+            outputs = generate(model, [prompt] * samples,
+                               sample_ids=range(p * samples, (p + 1) * samples), **sampling)
+        texts = [as_text(o) for o in outputs]
+        with clocked(times, "consensus_pairs"):
+            chosen_one.append(texts[consensus(texts, pair_by_pair)])
+    rows = [prompts[i // samples] for i in range(len(prompts) * samples)]
+    outputs = []
+    for start in range(0, len(rows), batch):
+        chunk = range(start, min(start + batch, len(rows)))
+        with clocked(times, "generate_batched"):
+            outputs += generate(model, [rows[i] for i in chunk], sample_ids=chunk, **sampling)
+    chosen = []
+    for start in range(0, len(outputs), samples):
+        texts = [as_text(o) for o in outputs[start : start + samples]]
+        with clocked(times, "consensus_matrix"):
+            chosen.append(texts[consensus(texts, similarity)])
+    if chosen != chosen_one:
+        raise SystemExit("batched MBR chose other samples than one prompt at a time")
+    return times
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2", choices=sorted(PRESETS), help="model shape")
@@ -89,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--beam_prompts", type=int, default=48,
                         help="prompts of mixed lengths for the beam-4 rows")
     parser.add_argument("--beam_new_tokens", type=int, default=24)
+    parser.add_argument("--mbr_prompts", type=int, default=4,
+                        help="prompts for the MBR rows (16 samples each, batched 32)")
+    parser.add_argument("--mbr_prompt_tokens", type=int, default=384)
+    parser.add_argument("--mbr_new_tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--report", help="write the results as JSON here")
@@ -157,6 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.beam_prompts * args.beam_new_tokens / one_seconds)
     rows[f"seqgen beam 4, {args.beam_prompts} prompts batched"] = (
         args.beam_prompts * args.beam_new_tokens / batched_seconds)
+    mbr_prompts = [torch.randint(0, MBR_SHAPE["vocab_size"], (args.mbr_prompt_tokens,)).tolist()
+                   for _ in range(args.mbr_prompts)]  # fmt: skip
+    mbr = mbr_timings(mbr_prompts, 16, 32, args.mbr_new_tokens)
+    mbr_one = mbr["generate_one"] + mbr["consensus_pairs"]
+    mbr_new = mbr["generate_batched"] + mbr["consensus_matrix"]
     # the higher reading makes the reported fraction of the bound the conservative one
     bandwidth = max(bandwidth_before, read_bandwidth())
     weight_bytes = plain.num_params() * 4
@@ -172,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "packed": chosen,
         "beam_batched_speedup": one_seconds / batched_seconds,
         "beam_sentences_per_second": args.beam_prompts / batched_seconds,
+        "mbr_speedup": mbr_one / mbr_new,
+        "mbr_consensus_speedup": mbr["consensus_pairs"] / mbr["consensus_matrix"],
+        "mbr_seconds": mbr,
         "read_bandwidth_gb_s": bandwidth / 1e9,
         "weight_bytes": weight_bytes,
         "no_cache_estimated": not args.exact_no_cache,
@@ -185,8 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; fp32 weights {weight_bytes / 1e6:.0f} MB; "
           f"bandwidth bound {bandwidth / weight_bytes:.1f} tokens/s; "
           f"seqgen reaches {report['bandwidth_fraction']:.0%} of it")  # fmt: skip
+    print(f"MBR, {args.mbr_prompts} prompts x 16 samples: one prompt at a time "
+          f"{mbr['generate_one']:.1f} s generating + {mbr['consensus_pairs']:.1f} s consensus "
+          f"(rouge-score pair by pair); batched {mbr['generate_batched']:.1f} s + "
+          f"{mbr['consensus_matrix']:.2f} s (RougeSimilarity.matrix); same choices")
     for key in ("speedup_vs_hf", "speedup_vs_no_cache", "speedup_bf16_vs_fp32",
-                "beam_batched_speedup"):  # fmt: skip
+                "beam_batched_speedup", "mbr_speedup", "mbr_consensus_speedup"):  # fmt: skip
         if report[key] is not None:
             print(f"{key}: {report[key]:.2f}")
     write_report(args.report, report)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from seqgen.config import check_types
-from seqgen.model import GPT, KVCache
+from seqgen.model import GPT, KVCache, SharedPrefix
 
 NEG_INF = float("-inf")
 
@@ -109,7 +109,8 @@ def generate(
     """Continue one prompt (a list of ids) or a batch of prompts (a list of lists).
 
     Returns the new ids only (a list, or one list per prompt), without eos or a matched stop
-    sequence. Each row of a batch stops on its own; a batch returns what separate calls would.
+    sequence. Each row of a batch stops on its own; a batch returns what separate calls would
+    (past the context, sampled rows slide their windows together, when the longest fills it).
 
     Args:
         max_new_tokens: most new ids, for every prompt or one number per prompt.
@@ -229,17 +230,48 @@ def _streams(seed: int | None, sample_ids: Sequence[int]) -> list[np.random.Gene
 class _Rows:
     """Left-padded rows sharing one KV cache, each with its own positions."""
 
-    def __init__(self, model: GPT, longest_prompt: int, settings: Settings) -> None:
+    def __init__(self, model: GPT, longest_prompt: int, settings: Settings,
+                 share_prompts: bool = False) -> None:  # fmt: skip
+        """share_prompts: rows of one prompt read it from a `SharedPrefix` (for sampling;
+        beams reorder rows every step, so each holds its own copy)."""
         self.model = model
+        self.share = share_prompts and model.config.pos_embedding != "relative"
         block = model.config.block_size
         self.keep = settings.window_keep or max(1, block - block // 4)
         self.cache_len = min(block, longest_prompt + settings.max_new_tokens)
         self.device = next(model.parameters()).device
 
     def prefill(self, sequences: list[list[int]]) -> torch.Tensor:
-        """A fresh cache from the last tokens of each sequence; returns (B, V) next logits."""
+        """A fresh cache from the last tokens of each sequence; returns (B, V) next logits.
+        Repeated windows (the samples of one prompt) are computed once, then shared or
+        copied."""
         limit = self.cache_len if max(map(len, sequences)) <= self.cache_len else self.keep
-        windows = [s[-limit:] for s in sequences]
+        windows = [tuple(s[-limit:]) for s in sequences]
+        unique = {window: i for i, window in enumerate(dict.fromkeys(windows))}
+        logits = self._prefill(list(unique))
+        if len(unique) < len(windows):
+            index = torch.tensor([unique[window] for window in windows], device=self.device)
+            if self.share:
+                self._share(index)
+            else:
+                self.select(index)
+            logits = logits[index]
+        return logits
+
+    def _share(self, index: torch.Tensor) -> None:
+        """The prefilled prompts become a shared prefix of rows `index` (each row's prompt);
+        the rows' own cache holds what follows, unpadded."""
+        width, prompts = self.cache.length, self.cache
+        mask = self.real[:, :width] if self.padded else None
+        prefix = SharedPrefix(prompts.k[:, :, :, :width], prompts.v[:, :, :, :width], index, mask)
+        own = self.cache_len - width
+        self.cache = KVCache(self.model.config, len(index), own, self.device, prompts.k.dtype,
+                             prefix)  # fmt: skip
+        self.real = torch.ones(len(index), own, dtype=torch.bool, device=self.device)
+        self.padded = False
+        self.next_pos = self.next_pos[index]
+
+    def _prefill(self, windows: list[tuple[int, ...]]) -> torch.Tensor:
         width = max(map(len, windows))
         ids = torch.zeros(len(windows), width, dtype=torch.long)
         self.real = torch.zeros(len(windows), self.cache_len, dtype=torch.bool)  # not padding
@@ -390,7 +422,7 @@ def _ends_row(new: list[int], settings: Settings) -> bool:
 
 def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tuple[int, int]]:
     """Sampled or greedy rows; a row that ends leaves the batch, so the rest run faster."""
-    rows = _Rows(model, max(map(len, prompts)), settings)
+    rows = _Rows(model, max(map(len, prompts)), settings, share_prompts=True)
     sequences = [list(p) for p in prompts]
     live = list(range(len(prompts)))  # the row of each cache slot
     seen = None

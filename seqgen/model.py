@@ -21,16 +21,22 @@ class KVCache:
     `length` positions are filled. Beam search reorders the batch with `select`.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
-                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device,
+                 dtype: torch.dtype, prefix: SharedPrefix | None = None) -> None:  # fmt: skip
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.prefix = prefix
 
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
+
+    @property
+    def offset(self) -> int:
+        """Positions before the rows' own: the shared prefix's."""
+        return self.prefix.length if self.prefix is not None else 0
 
     def select(self, batch_index: torch.Tensor, prefix: int = 0,
                holds_prefix: torch.Tensor | None = None) -> None:  # fmt: skip
@@ -42,6 +48,8 @@ class KVCache:
         grow, since copying whole caches dominated its time.
         """
         rows, n = batch_index.numel(), self.length
+        if self.prefix is not None:
+            self.prefix.regroup(self.prefix.group[batch_index])
         if rows > self.k.shape[1]:  # growing (a prompt's row becoming its beams): new buffers
             self.k, self.v = (self._grown(t, batch_index) for t in (self.k, self.v))
             return
@@ -63,6 +71,61 @@ class KVCache:
         grown = torch.empty(shape, device=cache.device, dtype=cache.dtype)
         grown[:, :, :, : self.length] = cache[:, batch_index, :, : self.length]
         return grown
+
+
+class SharedPrefix:
+    """Keys and values of prompts that several rows continue (the samples of one prompt),
+    held once instead of once per row: (n_layer, G, nh, P, hs) each, left-padded to P.
+    Attention reads a prompt's keys once per step for all its rows; 16 samples of a long
+    prompt otherwise read it 16 times, most of what a decode step reads.
+
+    Attributes:
+        group: (B,) the prompt of each row.
+        mask: (G, P) False at padding, or None.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
+                 mask: torch.Tensor | None) -> None:  # fmt: skip
+        self.k, self.v, self.mask = k, v, mask
+        self.regroup(group)
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[3]
+
+    def regroup(self, group: torch.Tensor) -> None:
+        """Set each row's prompt (rows left or moved)."""
+        self.group = group
+        self.members = [(g, (group == g).nonzero()[:, 0]) for g in group.unique().tolist()]
+
+
+def attend_with_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       prefix: SharedPrefix, layer: int, mask: torch.Tensor | None
+                       ) -> torch.Tensor:  # fmt: skip
+    """Attention of each row's queries (B, nh, T, hs) over its prompt in `prefix` and its own
+    keys and values (B, nh, S, hs), `mask` (B, 1, T, S) or None over its own. One softmax
+    over both; each prompt's keys and values are read once for all its rows."""
+    B, nh, T, hs = q.shape
+    scale = 1.0 / math.sqrt(hs)
+    if mask is None and T > 1:
+        mask = causal_mask(T, k.size(2), q.device)
+    own = (q @ k.transpose(-2, -1)).float() * scale  # (B, nh, T, S)
+    if mask is not None:
+        own = own.masked_fill(~mask, float("-inf"))
+    keys, values = prefix.k[layer], prefix.v[layer]  # (G, nh, P, hs)
+    P = keys.shape[2]
+    shared = own.new_empty(B, nh, T, P)
+    for g, rows in prefix.members:  # (nh, R * T, hs) @ (nh, hs, P) per prompt
+        scores = q[rows].transpose(0, 1).reshape(nh, -1, hs) @ keys[g].transpose(-2, -1)
+        shared[rows] = scores.float().view(nh, len(rows), T, P).transpose(0, 1) * scale
+    if prefix.mask is not None:
+        shared = shared.masked_fill(~prefix.mask[prefix.group][:, None, None, :], float("-inf"))
+    weights = torch.softmax(torch.cat([shared, own], dim=-1), dim=-1).to(q.dtype)
+    y = weights[..., P:] @ v  # (B, nh, T, hs)
+    for g, rows in prefix.members:
+        attended = weights[rows, :, :, :P].transpose(0, 1).reshape(nh, -1, P) @ values[g]
+        y[rows] += attended.view(nh, len(rows), T, hs).transpose(0, 1)
+    return y
 
 
 class CausalSelfAttention(nn.Module):
@@ -100,11 +163,16 @@ class CausalSelfAttention(nn.Module):
             k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs), S = start + T
             v = cache.v[layer, :, :, : start + T]
         weights = None
+        shared = cache.prefix if cache is not None else None
         if hasattr(self, "rel"):  # relative logits go in as an additive mask
+            if shared is not None:
+                raise ValueError("a shared prefix needs absolute positions")
             allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
             bias = relative_logits(q, self.rel, k.size(2)) / math.sqrt(k.size(-1))
             mask = bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
-        if need_weights:  # the manual path, only to return the attention weights
+        if shared is not None:
+            y = attend_with_prefix(q, k, v, shared, layer, mask)
+        elif need_weights:  # the manual path, only to return the attention weights
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, S)
             if mask is None or mask.dtype == torch.bool:
                 allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
@@ -260,12 +328,12 @@ class GPT(nn.Module):
     def _run(self, idx, input_pos, cache, padding_mask, last_only, need_weights):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence length {start + T} exceeds block_size {self.config.block_size}"
-            )
+        offset = cache.offset if cache is not None else 0  # a shared prefix's positions
+        if offset + start + T > self.config.block_size:
+            raise ValueError(f"sequence length {offset + start + T} exceeds block_size "
+                             f"{self.config.block_size}")  # fmt: skip
         if input_pos is None:
-            input_pos = torch.arange(start, start + T, device=idx.device)
+            input_pos = torch.arange(offset + start, offset + start + T, device=idx.device)
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(input_pos)  # positions (T,) or (B, T) broadcast

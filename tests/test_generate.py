@@ -119,16 +119,18 @@ def test_seeded_sampling_repeats(model):
 
 
 def test_a_row_samples_the_same_whatever_shares_its_batch(model):
-    prompts = [[1], [2, 3, 4, 5, 6], [7, 8, 9], [30], [11, 12]]
+    # repeated prompts (samples of one prompt) are prefilled once and copied
+    prompts = [[1], [2, 3, 4, 5, 6], [7, 8, 9], [30], [11, 12], [7, 8, 9], [7, 8, 9]]
     eos = 5  # some rows end early and leave the batch, moving others in the cache
     sampled = dict(temperature=1.5, eos_id=eos, seed=7)
     together = generate(model, prompts, 25, **sampled)
     alone = [generate(model, p, 25, sample_ids=[i], **sampled) for i, p in enumerate(prompts)]
     assert together == alone
     assert len({len(row) for row in together}) > 2  # rows of different lengths
-    shuffled = generate(model, prompts[::-1], 25, sample_ids=[4, 3, 2, 1, 0], **sampled)
+    assert together[2] != together[5] != together[6]  # each sample its own
+    shuffled = generate(model, prompts[::-1], 25, sample_ids=range(6, -1, -1), **sampled)
     assert shuffled[::-1] == together
-    limits = [3, 25, 9, 0, 14]  # rows also end at their own length limits
+    limits = [3, 25, 9, 0, 14, 25, 2]  # rows also end at their own length limits
     cut = generate(model, prompts, limits, **sampled)
     assert all(row == full[: len(row)] and len(row) <= n
                for row, full, n in zip(cut, together, limits, strict=True))  # fmt: skip
@@ -376,6 +378,55 @@ def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
         assert batched == alone, options
         assert all(len(out) <= n for out, n in zip(batched, limits, strict=True))
         assert sum(map(len, batched)) > 100
+
+
+def test_a_shared_prefix_gives_what_each_row_holding_its_prompt_gives():
+    from seqgen.model import SharedPrefix
+
+    torch.manual_seed(5)
+    config = ModelConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)
+    small = GPT(config).eval()
+    # prompts [3, 4, 5, 6, 7] and [9, 10], left-padded: the prefix has a padding mask
+    ids = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 0, 9, 10]])
+    real = torch.tensor([[True] * 5, [False] * 3 + [True] * 2])
+    group = torch.tensor([0, 1, 0, 0, 1])  # each row's prompt
+    positions = (real.long().cumsum(1) - 1).clamp(min=0)
+    new = torch.randint(0, 40, (5, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prompt_cache = KVCache(config, 2, 5, "cpu", torch.float32)
+        small(ids, positions, prompt_cache, real)
+        prefix = SharedPrefix(prompt_cache.k, prompt_cache.v, group, real)
+        shared = KVCache(config, 5, 10, "cpu", torch.float32, prefix)
+        rows = KVCache(config, 5, 15, "cpu", torch.float32)  # every row holding its prompt
+        small(ids[group], positions[group], rows, real[group])
+        row_real = torch.cat([real[group], torch.ones(5, 10, dtype=torch.bool)], dim=1)
+        after = positions[group][:, -1:] + 1
+        # two positions at once (causal among them), then one at a time; rows 1 and 3 leave
+        for start, width in ((0, 2), (2, 1), (3, 1), (4, 2)):
+            if start == 3:
+                keep = torch.tensor([0, 4, 2])
+                shared.select(keep, shared.length, torch.tensor([True, False, True]))
+                rows.select(keep)
+                new, after, row_real = new[keep], after[keep], row_real[keep]
+            step = new[:, start : start + width]
+            where = after + torch.arange(width)
+            got = small(step, where, shared)
+            expected = small(step, where, rows, row_real[:, : rows.length + width])
+            assert (got - expected).abs().max() < 1e-5
+            after = after + width
+    assert shared.prefix.group.tolist() == [0, 1, 0]
+    assert [(g, r.tolist()) for g, r in shared.prefix.members] == [(0, [0, 2]), (1, [1])]
+
+
+def test_relative_attention_copies_repeated_prompts_instead_of_sharing():
+    config = ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                         pos_embedding="relative")  # fmt: skip
+    torch.manual_seed(6)
+    relative = GPT(config).eval()
+    prompts = [[1, 2, 3], [1, 2, 3], [4]]
+    together = generate(relative, prompts, 8, temperature=0.8, seed=2)
+    assert together == [generate(relative, p, 8, temperature=0.8, seed=2, sample_ids=[i])
+                        for i, p in enumerate(prompts)]  # fmt: skip
 
 
 def test_cache_select_moves_only_what_a_row_does_not_hold():
