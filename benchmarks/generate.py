@@ -173,8 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pack_linears(packed, measure=False):
         print("oneDNN packed linear unavailable: seqgen rows use plain nn.Linear", file=sys.stderr)
 
+    others = [torch.randint(0, model.config.vocab_size, (args.prompt_tokens,)).tolist()
+              for _ in range(args.batch - 1)]  # fmt: skip
+
     def ours(m=model, batch=1, new=n):
-        prompts = [prompt] * batch if batch > 1 else prompt
+        # a batch of different prompts: copies of one would share its keys and values
+        prompts = [prompt, *others[: batch - 1]] if batch > 1 else prompt
         generate(m, prompts, new, temperature=0)
 
     bandwidth_before = read_bandwidth()  # measured before and after: the machine's varies

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mbr_samples", type=int, default=16,
                         help="minimum Bayes risk over this many samples per document "
                              "(1: a single sample, or beam search at temperature 0)")  # fmt: skip
-    parser.add_argument("--batch_size", type=int, default=32,
+    parser.add_argument("--batch_size", type=int, default=128,
                         help="documents or samples decoded together")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
     parser.add_argument("--rescore", metavar="DIR",

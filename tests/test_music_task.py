@@ -13,6 +13,7 @@ from seqgen.cli import main
 from seqgen_tasks.music.events import (
     NOTE_OFF,
     TIME_SHIFT,
+    Notes,
     cut_events,
     decode_events,
     encode_notes,
@@ -198,10 +199,50 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path):
         return json.loads(out.read_text())["statistics"]["overlap"]
 
     same = overlap(songs / "00.mid", songs / "00.mid")
-    assert same == pytest.approx({"pitch_class": 1, "velocity": 1, "note_density": 1, "ioi": 1})
+    assert same == pytest.approx({"pitch_class": 1, "velocity": 1, "note_density": 1, "ioi": 1,
+                                  "duration": 1, "polyphony": 1})  # fmt: skip
     moved = overlap(tmp_path / "high", songs / "00.mid")
     assert moved["pitch_class"] == pytest.approx(0.0)  # C E G vs C# F G#: nothing shared
     assert moved["ioi"] == pytest.approx(1.0) and moved["velocity"] == pytest.approx(1.0)
+    assert moved["duration"] == pytest.approx(1.0) and moved["polyphony"] == pytest.approx(1.0)
+
+
+def steps(*notes: tuple[int, float, float]) -> Notes:
+    """Notes from (pitch, start s, end s), in 10 ms steps."""
+    pitch, start, end = (np.array([n[i] for n in notes]) for i in range(3))
+    return Notes(pitch, np.round(start * 100).astype(int), np.round(end * 100).astype(int),
+                 np.full(len(notes), 64))  # fmt: skip
+
+
+def test_durations_polyphony_and_failures_are_counted_in_time():
+    from seqgen_tasks.music.evaluate import failures, features, sounding
+
+    chord = [(60 + k, 10.0, 11.0) for k in range(12)]  # 12 notes for 1 s: crowded
+    piece = steps((40, 0.0, 5.0), (50, 1.0, 2.0), *chord)  # silent from 5 s to 10 s
+    assert sounding(piece).tolist() == [1] * 100 + [2] * 100 + [1] * 300 + [0] * 500 + [12] * 100
+    found = features([piece])
+    assert found["polyphony"][[0, 1, 2, 12]] == pytest.approx([5 / 11, 4 / 11, 1 / 11, 1 / 11])
+    assert found["duration"].sum() == pytest.approx(1.0)
+    assert failures([piece]) == pytest.approx({
+        "long_notes_fraction": 1 / 14,  # the 5 s note
+        "silences_per_minute": 1 / (11 / 60),  # 5 s of silence in 11 s
+        "crowded_fraction": 1 / 11,
+    })  # fmt: skip
+    assert failures([piece], long_note_seconds=6, silence_seconds=5, crowded_notes=12) == {
+        "long_notes_fraction": 0.0, "silences_per_minute": 0.0, "crowded_fraction": 0.0}
+
+
+def test_notes_held_open_show_in_the_duration_overlap():
+    from seqgen_tasks.music.evaluate import failures, features
+
+    played = steps(*[(60 + n % 5, n * 0.5, n * 0.5 + 0.4) for n in range(40)])
+    held = steps(*[(60 + n % 5, n * 0.5, n * 0.5 + 12.0) for n in range(40)])  # never released
+    ours, theirs = features([held]), features([played])
+    overlap = {k: float(np.minimum(ours[k], theirs[k]).sum()) for k in ours}
+    assert overlap["ioi"] == pytest.approx(1.0) and overlap["pitch_class"] == pytest.approx(1.0)
+    assert overlap["duration"] == 0.0 and overlap["polyphony"] < 0.1
+    assert failures([held])["long_notes_fraction"] == 1.0
+    assert failures([played])["long_notes_fraction"] == 0.0
 
 
 def test_finetune_keeps_the_vocabulary(trained, tmp_path):
