@@ -1,7 +1,11 @@
 """Music task benchmark: (a) MIDI -> event encoding speed against miditok's MIDILike and a
 naive pure-Python event loop; (b) peak memory of one relative-attention layer (forward and
 backward) with the skewing trick against the naive O(L^2 D) gather; (c) held-out NLL per
-event after training on POP909 for equal budgets with absolute and relative positions.
+event after training on POP909 for equal budgets with absolute and relative positions;
+(d) continuations of the held-out performances by the better model of (c) (or
+`--continue_ckpt`): prompted with each one's first `--prompt_seconds`, it plays
+`--continue_seconds` on, compared with what the performer played next (overlap of six
+statistics with bootstrap intervals, long notes, the NLL of the real continuation).
 
     pip install -e .[bench]       # miditok, for (a)
     python -m benchmarks.music --data ../shared/data/pop909 --budget_seconds 600 \
@@ -25,11 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmarks.common import RECIPES, ROOT, parse_args, train, write_report
 from seqgen.config import ModelConfig
 from seqgen.model import CausalSelfAttention, causal_mask
 from seqgen.tables import markdown_table
+from seqgen.tasks import known_options
 from seqgen_tasks.music.data import find_midi
 from seqgen_tasks.music.events import (
     NOTE_OFF,
@@ -163,7 +169,40 @@ def memory(length: int, width: int, heads: int, dtype: str) -> dict:
     return results
 
 
+# ---------------------------------------------------------------- (d) continuations
+
+
+def continuation(ckpt: str, data: dict, prompt_seconds: float, seconds: float) -> dict:
+    """(d) on the performances that training on `data` (a recipe's data options) holds out."""
+    from seqgen.inference import load
+    from seqgen_tasks.music.continuation import continuations
+    from seqgen_tasks.music.task import MusicData
+
+    generator = load(ckpt)
+    task = type(generator.task)(MusicData(**known_options(MusicData, data)),
+                                generator.model.config.block_size)  # fmt: skip
+    held_out = task.load().val
+    found = continuations(generator, held_out, prompt_seconds, seconds)
+    print(f"\n(d) continuations of {found['performances']} held-out performances: "
+          f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({ckpt})")  # fmt: skip
+    rows = [(key, f"{value:.3f} [{low:.3f}, {high:.3f}]")
+            for (key, value), (low, high) in zip(found["overlap"].items(),
+                                                 found["overlap_interval"].values(), strict=True)]
+    print(markdown_table(["overlap with the real continuations", "value [95% CI]"], rows))
+    real, ours = found["failures"]["real"], found["failures"]["generated"]
+    print(markdown_table(["", "generated", "real"],
+                         [(key, f"{ours[key]:.3f}", f"{real[key]:.3f}") for key in ours]))
+    print(f"NLL per event of the real continuations: {found['nll_per_event_real']:.4f}")
+    return found
+
+
 # ---------------------------------------------------------------- (c) training
+
+
+def held_out_data(args: argparse.Namespace, work: Path) -> dict:
+    """The data options (c) trains with: the recipe's, on --data, with (c)'s cache."""
+    recipe = yaml.safe_load(Path(args.config).read_text()).get("data", {})
+    return {**recipe, "train": args.data, "cache_dir": str(work / "cache")}
 
 
 def train_positions(data: str, config: str, position: str, seconds: float, work: Path,
@@ -185,8 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--budget_seconds", type=float, default=600.0, help="per model in (c)")
     parser.add_argument("--config", default=str(RECIPE), help="recipe of (c): %(default)s")
+    parser.add_argument("--prompt_seconds", type=float, default=10.0, help="(d)")
+    parser.add_argument("--continue_seconds", type=float, default=30.0, help="(d)")
+    parser.add_argument("--continue_ckpt",
+                        help="(d) with this checkpoint (default: the better model of (c))")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["encode", "memory", "train"], help="leave out a part")  # fmt: skip
+                        choices=["encode", "memory", "train", "continue"],
+                        help="leave out a part")  # fmt: skip
     parser.add_argument("--report")
     parser.add_argument("--out", help="keep the runs here, the better model as OUT/final")
     parser.add_argument("--memory_probe", help=argparse.SUPPRESS)
@@ -196,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(memory_probe(args.memory_probe, args.length, args.width, args.heads,
                                       args.dtype)))  # fmt: skip
         return 0
-    if not args.data and not set(args.skip) >= {"encode", "train"}:
-        parser.error("--data is needed for encoding (a) and training (c)")
+    if not args.data and (not set(args.skip) >= {"encode", "train"} or args.continue_ckpt):
+        parser.error("--data is needed for encoding (a), training (c) and continuations (d)")
     report: dict = {}
     if "encode" not in args.skip:
         files = find_midi(args.data)[: args.encode_files]
@@ -238,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               args.budget_seconds, work, args.overrides)
                     for position in ("learned", "relative")}  # fmt: skip
             best = min(runs, key=lambda p: runs[p]["val_loss"])
+            if "continue" not in args.skip and not args.continue_ckpt:
+                report["continuation"] = continuation(
+                    str(work / best / "final"), held_out_data(args, work), args.prompt_seconds,
+                    args.continue_seconds)  # fmt: skip
             if args.out:
                 final = work / "final"
                 if final.exists():
@@ -253,6 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown_table(["positions", "NLL/event", "steps", "tokens/s"],
                              [(name, row["val_loss"], row["steps"], round(row["tokens_per_second"]))
                               for name, row in report["training"].items()]))  # fmt: skip
+    if "continue" not in args.skip and args.continue_ckpt:
+        with tempfile.TemporaryDirectory() as tmp:
+            report["continuation"] = continuation(
+                args.continue_ckpt, held_out_data(args, Path(args.out or tmp)),
+                args.prompt_seconds, args.continue_seconds)  # fmt: skip
+    if "continuation" in report:
+        found = report["continuation"]
+        found["long_notes_fraction"] = found["failures"]["generated"]["long_notes_fraction"]
+        report["reference"] = {
+            "long_notes_fraction": found["failures"]["real"]["long_notes_fraction"]}
     write_report(args.report, report)
     return 0
 

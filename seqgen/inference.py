@@ -59,9 +59,16 @@ class Generator:
         outputs = generate(self.model, [ids] * num_samples, **options)
         return [self._decode(out, stop) for out in outputs]
 
-    def continue_ids(self, ids: list[int], **options) -> list[int]:
-        """The new ids after prompt `ids`, not decoded (for outputs that are more than the
-        new ids, such as a MIDI file of prompt and continuation); options as for `generate`."""
+    def continue_ids(self, ids: list[int] | list[list[int]], **options
+                     ) -> list[int] | list[list[int]]:  # fmt: skip
+        """The new ids after prompt `ids` (or after each of a batch of prompts), not decoded,
+        for outputs that are more than the new ids, such as a MIDI file of prompt and
+        continuation; options as for `generate`."""
+        if ids and not isinstance(ids[0], int):
+            options = self._options((), options)
+            most = options.pop("max_new_tokens", 100)
+            limits = [min(most, self._room(prompt)) for prompt in ids]
+            return generate(self.model, ids, limits, **options)
         return generate(self.model, ids, **self._options((), options, ids))
 
     def generate_many(

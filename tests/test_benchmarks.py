@@ -117,12 +117,19 @@ def test_music(tmp_path, capsys):
     out = tmp_path / "music.json"
     assert music.main(["--data", str(songs), "--encode_files", "4", "--length", "32",
                        "--width", "16", "--heads", "2", "--dtype", "float32",
-                       "--budget_seconds", "1.5", "--config", recipe,
-                       "--report", str(out)]) == 0  # fmt: skip
+                       "--budget_seconds", "1.5", "--config", recipe, "--prompt_seconds", "3",
+                       "--continue_seconds", "4", "--report", str(out)]) == 0  # fmt: skip
     report = report_of(out)
     assert report["encode_speedup_vs_naive"] > 0
     assert report["memory"]["skewing"]["peak_bytes"] > 0
     assert report["better"] in ("learned", "relative") and report["nll_per_event_relative"] > 0
+    found = report["continuation"]  # the held-out song (the last of 4), continued
+    assert found["performances"] == 1 and 0 <= found["overlap"]["mean"] <= 1
+    assert set(found["overlap"]) == {"pitch_class", "velocity", "note_density", "ioi",
+                                     "duration", "polyphony", "mean"}  # fmt: skip
+    assert 0 <= found["long_notes_fraction"] <= 1
+    assert report["reference"]["long_notes_fraction"] == 0  # the song's notes last < 2 s
+    assert "(d) continuations of 1 held-out performances" in capsys.readouterr().out
 
 
 def test_generate(tmp_path, capsys):

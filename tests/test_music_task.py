@@ -215,7 +215,7 @@ def steps(*notes: tuple[int, float, float]) -> Notes:
 
 
 def test_durations_polyphony_and_failures_are_counted_in_time():
-    from seqgen_tasks.music.evaluate import failures, features, sounding
+    from seqgen_tasks.music.statistics import failures, features, sounding
 
     chord = [(60 + k, 10.0, 11.0) for k in range(12)]  # 12 notes for 1 s: crowded
     piece = steps((40, 0.0, 5.0), (50, 1.0, 2.0), *chord)  # silent from 5 s to 10 s
@@ -233,7 +233,7 @@ def test_durations_polyphony_and_failures_are_counted_in_time():
 
 
 def test_notes_held_open_show_in_the_duration_overlap():
-    from seqgen_tasks.music.evaluate import failures, features
+    from seqgen_tasks.music.statistics import failures, features
 
     played = steps(*[(60 + n % 5, n * 0.5, n * 0.5 + 0.4) for n in range(40)])
     held = steps(*[(60 + n % 5, n * 0.5, n * 0.5 + 12.0) for n in range(40)])  # never released
@@ -331,3 +331,67 @@ def test_generate_help_for_music(capsys):
     with pytest.raises(SystemExit) as done:
         main(["generate", "--task", "music", "--help"])
     assert done.value.code == 0 and "--prompt_seconds" in capsys.readouterr().out
+
+
+def test_a_real_continuation_follows_its_prompt_note_for_note(tmp_path):
+    from seqgen_tasks.music.continuation import events_after, window
+    from seqgen_tasks.music.events import canonical_notes, quantize
+
+    write_song(tmp_path / "song.mid", shift=0)
+    midi = pretty_midi.PrettyMIDI(str(tmp_path / "song.mid"))
+    notes = canonical_notes(quantize(notes_from_pretty_midi(midi)))
+    events = encode_notes(notes).astype(np.int64)
+    begin, end = 250, 700  # a cut inside held bass notes, and one before the song ends
+    prompt = cut_events(events, begin).tolist()
+    played = decode_events(prompt + events_after(events, begin, end))
+    # the prompt and the real continuation decode, over the window, to the song's notes
+    ours, theirs = window(played, begin, end).sorted(), window(notes, begin, end).sorted()
+    for field in ("pitch", "start", "end", "velocity"):
+        assert getattr(ours, field).tolist() == getattr(theirs, field).tolist()
+    assert theirs.start.min() == 0 and theirs.end.max() == end - begin
+    assert (theirs.end > theirs.start).all() and len(theirs) > 10
+
+
+def test_strided_nll_gives_each_event_half_a_context_at_least():
+    import torch
+
+    from seqgen.config import ModelConfig
+    from seqgen.model import GPT
+    from seqgen_tasks.music.continuation import strided_nll
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=30, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    ids = torch.randint(0, 30, (20,)).tolist()
+    total, count = strided_nll(model, ids, 3)
+    expected = 0.0
+    with torch.no_grad():
+        for t in range(3, 20):
+            context = ids[max(0, t - 8) : t]  # the most context a window could give
+            logits = model(torch.tensor([context]))[0, -1]
+            expected += torch.nn.functional.cross_entropy(logits[None], torch.tensor([ids[t]]))
+    assert count == 17
+    assert total >= 0 and abs(total - expected.item()) < 0.35 * count  # shorter contexts differ
+    short, _ = strided_nll(model, ids[:8], 3)  # all within one window: exact
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[:7]]))[0, 2:]
+    exact = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[3:8]), reduction="sum")
+    assert short == pytest.approx(exact.item(), rel=1e-5)
+
+
+def test_continuations_of_held_out_performances(trained, tmp_path):
+    root, _ = trained
+    out = tmp_path / "continuation.json"
+    argv = ["evaluate", "--task", "music", "--ckpt", str(root / "run"), "--data",
+            str(root / "songs" / "04.mid"), "--cache_dir", str(root / "cache"),
+            "--continue_seconds", "4", "--prompt_seconds", "3", "--bootstrap_samples", "20",
+            "--report", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    found = json.loads(out.read_text())["continuation"]
+    assert found["performances"] == 1 and found["too_short"] == 0
+    keys = {"pitch_class", "velocity", "note_density", "ioi", "duration", "polyphony", "mean"}
+    assert set(found["overlap"]) == keys and set(found["overlap_interval"]) == keys
+    assert all(0.0 <= v <= 1.0 for v in found["overlap"].values())
+    assert found["nll_per_event_real"] > 0 and found["events_generated"] > 0
+    assert set(found["failures"]["real"]) == {"long_notes_fraction", "silences_per_minute",
+                                              "crowded_fraction"}  # fmt: skip
+    assert main([*argv[:-2], "--continue_seconds", "60"]) == 2  # longer than the song

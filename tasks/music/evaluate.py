@@ -1,9 +1,7 @@
 """`seqgen evaluate --task music`: a checkpoint's negative log-likelihood on held-out MIDI
-(per event and per second of music), and/or statistics of generated MIDI against a
-reference set: the overlapping area of their pitch-class, velocity, note-density,
-inter-onset-interval, note-duration and polyphony distributions (1 = identical, 0 =
-disjoint), and plain failure counts (notes held too long, long silences, crowded chords),
-which a listener hears first and the distributions can hide."""
+(per event and per second of music) and, with --continue_seconds, its continuations of
+that MIDI against what was played (`continuation`); and/or statistics of generated MIDI
+against a reference set (`statistics`: the overlap of six histograms, failure counts)."""
 
 from __future__ import annotations
 
@@ -15,23 +13,18 @@ from typing import Any
 import numpy as np
 
 from seqgen.errors import DataError
-from seqgen.evaluation import EvalConfig, stream_nll, write_json
+from seqgen.evaluation import DecodingEval, stream_nll, write_json
 from seqgen.tables import markdown_table
+from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
-from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, velocity_bin
-
-DENSITY_WINDOW = 5 * STEPS_PER_SECOND  # note density is counted in 5-second windows
-DENSITY_BINS = np.append(np.arange(0.0, 40.5, 0.5), np.inf)  # onsets per second
-IOI_BINS = np.append(np.geomspace(0.01, 4.0, 41), np.inf)  # seconds, log-spaced
-IOI_BINS[0] = 0.0
-DURATION_BINS = np.append(np.geomspace(0.01, 16.0, 41), np.inf)  # seconds, log-spaced
-DURATION_BINS[0] = 0.0
-MAX_POLYPHONY = 20  # notes sounding at once; more share the last bin
+from seqgen_tasks.music.events import Notes
+from seqgen_tasks.music.statistics import failures, overlap
 
 
 @dataclass(kw_only=True)
-class MusicEval(EvalConfig):
-    """A checkpoint's negative log-likelihood on held-out MIDI (ckpt with data), and/or the
+class MusicEval(DecodingEval):
+    """A checkpoint's negative log-likelihood on held-out MIDI (ckpt with data), its
+    continuations of that MIDI against what was played (with continue_seconds), and/or the
     statistics of generated MIDI against a reference set (generated with reference)."""
 
     data: str | None = None
@@ -52,9 +45,23 @@ class MusicEval(EvalConfig):
     """Failure count: silences longer than this, between the first onset and last release."""
     crowded_notes: int = 10
     """Failure count: the fraction of time with more notes than this sounding."""
+    continue_seconds: float | None = None
+    """Prompt ckpt with the first prompt_seconds of each performance of data, let it play
+    this many seconds on, and compare with what was played next (statistics with bootstrap
+    intervals, and the NLL of the real continuation)."""
+    prompt_seconds: float = 10.0
+    """Seconds of each performance given as the prompt (with continue_seconds)."""
+    bootstrap_samples: int = 200
+    """Resamples of the performances for the continuations' 95% intervals."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.continue_seconds is not None and (not self.ckpt or self.continue_seconds <= 0
+                                                  or self.prompt_seconds <= 0):  # fmt: skip
+            raise ValueError("continue_seconds needs ckpt and data, and continue_seconds and "
+                             "prompt_seconds > 0")  # fmt: skip
+        if self.bootstrap_samples < 1:
+            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
         if self.long_note_seconds <= 0 or self.silence_seconds <= 0 or self.crowded_notes < 1:
             raise ValueError("long_note_seconds and silence_seconds must be > 0, crowded_notes "
                              ">= 1")  # fmt: skip
@@ -75,12 +82,9 @@ def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Not
     return performances, report
 
 
-def likelihood(args: MusicEval) -> dict[str, Any]:
-    from seqgen.inference import load
-
-    generator = load(args.ckpt, task="music", precision=args.precision)
+def likelihood(args: MusicEval, generator, performances: list[Notes], found: dict
+               ) -> dict[str, Any]:  # fmt: skip
     tokenizer = generator.tokenizer
-    performances, found = corpus(args.data, args, args.split)
     stream = event_stream(performances, tokenizer.bos_id, tokenizer.eos_id)
     started = time.perf_counter()
     _, nll = stream_nll(generator.model, stream, tokenizer.pad_id, args.batch_size)
@@ -99,64 +103,6 @@ def likelihood(args: MusicEval) -> dict[str, Any]:
     }
 
 
-def sounding(notes: Notes) -> np.ndarray:
-    """Notes sounding at each 10 ms step from the first onset to the last release."""
-    first = int(notes.start.min())
-    change = np.zeros(int(notes.end.max()) - first + 1, dtype=np.int64)
-    np.add.at(change, notes.start - first, 1)
-    np.add.at(change, notes.end - first, -1)
-    return np.cumsum(change)[:-1]
-
-
-def features(performances: list[Notes]) -> dict[str, np.ndarray]:
-    """Normalised histograms of a set of performances (notes in 10 ms steps); polyphony
-    (notes sounding at once, 0 = silence) is weighted by time."""
-    pitch = np.concatenate([p.pitch for p in performances])
-    velocity = np.concatenate([p.velocity for p in performances])
-    durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
-    density, ioi, polyphony = [], [], []
-    for p in performances:
-        onsets = np.unique(p.start)
-        ioi.append(np.diff(onsets) / STEPS_PER_SECOND)
-        windows = max(1, -(-int(p.end.max()) // DENSITY_WINDOW))
-        counts = np.bincount(p.start // DENSITY_WINDOW, minlength=windows)
-        density.append(counts / (DENSITY_WINDOW / STEPS_PER_SECOND))
-        polyphony.append(np.minimum(sounding(p), MAX_POLYPHONY))
-    raw = {
-        "pitch_class": np.bincount(pitch % 12, minlength=12),
-        "velocity": np.bincount(velocity_bin(velocity) - 1, minlength=32),
-        "note_density": np.histogram(np.concatenate(density), DENSITY_BINS)[0],
-        "ioi": np.histogram(np.concatenate(ioi), IOI_BINS)[0],
-        "duration": np.histogram(durations, DURATION_BINS)[0],
-        "polyphony": np.bincount(np.concatenate(polyphony), minlength=MAX_POLYPHONY + 1),
-    }
-    return {k: v / max(1, v.sum()) for k, v in raw.items()}
-
-
-def failures(performances: list[Notes], long_note_seconds: float = 4.0,
-             silence_seconds: float = 3.0, crowded_notes: int = 10
-             ) -> dict[str, float]:  # fmt: skip
-    """What a listener hears first: the fraction of notes longer than long_note_seconds,
-    silences longer than silence_seconds per minute of music, and the fraction of time with
-    more than crowded_notes sounding."""
-    durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
-    silences, crowded, steps = 0, 0, 0
-    for p in performances:
-        count = sounding(p)
-        silent = np.concatenate([[0], (count == 0).astype(np.int8), [0]])
-        edges = np.flatnonzero(np.diff(silent))  # starts and ends of silent stretches
-        lengths = (edges[1::2] - edges[::2]) / STEPS_PER_SECOND
-        silences += int((lengths > silence_seconds).sum())
-        crowded += int((count > crowded_notes).sum())
-        steps += len(count)
-    minutes = steps / STEPS_PER_SECOND / 60
-    return {
-        "long_notes_fraction": float((durations > long_note_seconds).mean()),
-        "silences_per_minute": silences / max(minutes, 1e-9),
-        "crowded_fraction": crowded / max(steps, 1),
-    }
-
-
 def summary(performances: list[Notes]) -> dict[str, float]:
     seconds = total_seconds(performances)
     notes = sum(len(p) for p in performances)
@@ -172,12 +118,12 @@ def summary(performances: list[Notes]) -> dict[str, float]:
 def compare(args: MusicEval) -> dict[str, Any]:
     generated, _ = corpus(args.generated, args)
     reference, _ = corpus(args.reference, args)
-    ours, theirs = features(generated), features(reference)
-    overlap = {k: float(np.minimum(ours[k], theirs[k]).sum()) for k in ours}
+    found = overlap(generated, reference)
+    mean = found.pop("mean")
     limits = (args.long_note_seconds, args.silence_seconds, args.crowded_notes)
     return {
-        "overlap": overlap,
-        "mean_overlap": float(np.mean(list(overlap.values()))),
+        "overlap": found,
+        "mean_overlap": mean,
         "failures": {"generated": failures(generated, *limits),
                      "reference": failures(reference, *limits)},  # fmt: skip
         "generated": summary(generated),
@@ -189,9 +135,31 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
     report: dict[str, Any] = {}
     rows: list[tuple[str, str]] = []  # printed once everything is computed
     if args.ckpt:
-        report["likelihood"] = likelihood(args)
+        from seqgen.inference import load
+
+        generator = load(args.ckpt, task="music", precision=args.precision)
+        performances, found = corpus(args.data, args, args.split)
+        performances = performances[: args.limit]
+        report["likelihood"] = likelihood(args, generator, performances, found)
         rows += [(key, f"{report['likelihood'][key]:.4f}")
                  for key in ("nll_per_event", "perplexity", "nll_per_second")]  # fmt: skip
+        if args.continue_seconds:
+            found = continuations(
+                generator, performances, args.prompt_seconds, args.continue_seconds, args.seed,
+                args.bootstrap_samples,
+                (args.long_note_seconds, args.silence_seconds, args.crowded_notes),
+                **args.generation_options())  # fmt: skip
+            report["continuation"] = found
+            rows += [(f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
+                     for (key, value), (low, high) in zip(found["overlap"].items(),
+                                                          found["overlap_interval"].values(),
+                                                          strict=True)]  # fmt: skip
+            rows += [(f"continuation {key} (generated / real)",
+                      f"{found['failures']['generated'][key]:.3f} / "
+                      f"{found['failures']['real'][key]:.3f}")
+                     for key in found["failures"]["generated"]]  # fmt: skip
+            rows.append(("NLL per event of the real continuation",
+                         f"{found['nll_per_event_real']:.4f}"))  # fmt: skip
     if args.generated:
         report["statistics"] = compare(args)
         rows += [(f"overlap: {key}", f"{value:.3f}")

@@ -59,17 +59,21 @@ class MusicGenerate:
 
 
 class Clock:
-    """A stop_fn: True once the new events have moved time on by `steps`."""
+    """A stop_fn for one generate call: True once a row's new events have moved time on by
+    `steps`. The engine passes each row its own list of new ids, so rows are told apart by
+    that list and a batch of prompts shares one clock."""
 
     def __init__(self, steps: int) -> None:
-        self.steps, self.elapsed, self.seen = steps, 0, 0
+        self.steps = steps
+        self.rows: dict[int, tuple[int, int]] = {}  # id(new) -> (elapsed steps, ids seen)
 
     def __call__(self, new: list[int]) -> bool:
-        for token in new[self.seen :]:
+        elapsed, seen = self.rows.get(id(new), (0, 0))
+        for token in new[seen:]:
             if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT:
-                self.elapsed += token - TIME_SHIFT
-        self.seen = len(new)
-        return self.elapsed >= self.steps
+                elapsed += token - TIME_SHIFT
+        self.rows[id(new)] = (elapsed, len(new))
+        return elapsed >= self.steps
 
 
 def check_fluidsynth() -> None:

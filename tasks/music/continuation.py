@@ -1,0 +1,136 @@
+"""Continuations of held-out performances: prompt a model with the first seconds of each,
+let it play on, and compare what it played with what the performer played next.
+
+The window compared is [prompt_seconds, prompt_seconds + seconds) of both, every note
+sounding in it clipped to it, so a note the model never releases counts as long as it is
+held there and the real notes are cut the same way. The statistics are the evaluation's
+(overlap of pitch-class, velocity, density, inter-onset, duration and polyphony
+histograms; failure counts), with 95% bootstrap intervals over the performances; the
+model's NLL of the real continuation after the same prompt says how likely it found what
+the performer did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqgen.errors import DataError
+from seqgen.progress import Progress
+from seqgen_tasks.music.events import (
+    MAX_SHIFT,
+    STEPS_PER_SECOND,
+    TIME_SHIFT,
+    Notes,
+    cut_events,
+    decode_events,
+    encode_notes,
+    event_steps,
+    time_shifts,
+)
+from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock
+from seqgen_tasks.music.statistics import failures, overlap
+
+
+def window(notes: Notes, start: int, end: int) -> Notes:
+    """The notes sounding in steps [start, end), clipped to it and moved to start at 0."""
+    keep = (notes.start < end) & (notes.end > start)
+    clip = lambda t: np.clip(t[keep], start, end) - start  # noqa: E731
+    return Notes(notes.pitch[keep], clip(notes.start), clip(notes.end), notes.velocity[keep])
+
+
+def events_after(events: np.ndarray, start: int, end: int) -> list[int]:
+    """The events at steps [start, end) as they follow a prompt cut at `start` by
+    `cut_events` (which already moved time on to `start`), then time moved on to `end`
+    (nothing happens before it), so notes still sounding there end there."""
+    steps = event_steps(events)
+    shift = (events > TIME_SHIFT) & (events <= TIME_SHIFT + MAX_SHIFT)
+    kept = ~shift & (steps >= start) & (steps < end)
+    out, now = [], start
+    for step, event in zip(steps[kept].tolist(), events[kept].tolist(), strict=True):
+        out += time_shifts(step - now)
+        now = step
+        out.append(event)
+    return out + time_shifts(end - now)
+
+
+def strided_nll(model, ids: list[int], first: int) -> tuple[float, int]:
+    """Summed NLL (nats) of ids[first:], each predicted with at least half the context of
+    the model before it (windows of block_size moving by half of it), and the count."""
+    block = model.config.block_size
+    stride = max(1, block // 2)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for begin in range(first, len(ids), stride):
+            end = min(begin + stride, len(ids))  # targets ids[begin:end]
+            start = max(0, end - 1 - block + 1)
+            inputs = torch.tensor([ids[start : end - 1]])
+            logits = model(inputs)[0, begin - 1 - start :].float()
+            targets = torch.tensor(ids[begin:end])
+            total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            count += end - begin
+    return total, count
+
+
+def continuations(generator, performances: list[Notes], prompt_seconds: float,
+                  seconds: float, seed: int = 0, bootstrap_samples: int = 200,
+                  failure_limits: tuple[float, float, int] = (4.0, 3.0, 10),
+                  **options) -> dict[str, Any]:  # fmt: skip
+    """Continue each performance long enough for `prompt_seconds + seconds` and compare.
+
+    Args:
+        generator: a loaded music checkpoint.
+        failure_limits: long note seconds, silence seconds and crowded notes of `failures`.
+        options: generation settings (temperature, top_p, ...).
+    """
+    begin = round(prompt_seconds * STEPS_PER_SECOND)
+    end = begin + round(seconds * STEPS_PER_SECOND)
+    usable = [p for p in performances if len(p) and int(p.end.max()) >= end]
+    if not usable:
+        raise DataError(f"no performance lasts {prompt_seconds + seconds:g} s (prompt_seconds + "
+                        "continue_seconds)")  # fmt: skip
+    bos = generator.tokenizer.bos_id
+    events = [encode_notes(p).astype(np.int64) for p in usable]
+    prompts = [[bos, *cut_events(e, begin).tolist()] for e in events]
+    most = round(seconds * EVENTS_PER_SECOND_CAP)  # the clock stops each row in time
+    progress = Progress("generated", round(len(usable) * seconds), "s of music")
+    played_steps = [0] * len(usable)
+
+    def moved_on(row: int, token: int) -> None:
+        if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT and played_steps[row] < end - begin:
+            step = min(token - TIME_SHIFT, end - begin - played_steps[row])
+            played_steps[row] += step
+            progress(step / STEPS_PER_SECOND)
+
+    new = generator.continue_ids(prompts, **{
+        **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
+        "stop_fn": Clock(end - begin), "on_token": moved_on})  # fmt: skip
+    played = [window(decode_events([*p[1:], *n]), begin, end)
+              for p, n in zip(prompts, new, strict=True)]  # fmt: skip
+    real = [window(p, begin, end) for p in usable]
+    nats, scored = 0.0, 0
+    for prompt, encoded in zip(prompts, events, strict=True):
+        total, count = strided_nll(generator.model, prompt + events_after(encoded, begin, end),
+                                   len(prompt))  # fmt: skip
+        nats, scored = nats + total, scored + count
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(usable), len(usable)) for _ in range(bootstrap_samples)]
+    resampled = [overlap([played[i] for i in d], [real[i] for i in d]) for d in draws]
+    found = overlap(played, real)
+    return {
+        "performances": len(usable),
+        "too_short": len(performances) - len(usable),
+        "prompt_seconds": prompt_seconds,
+        "seconds": seconds,
+        "overlap": found,
+        "overlap_interval": {k: [float(np.percentile([r[k] for r in resampled], 2.5)),
+                                 float(np.percentile([r[k] for r in resampled], 97.5))]
+                             for k in found},  # fmt: skip
+        "overlap_with_held_out": overlap(played, usable),
+        "failures": {"generated": failures(played, *failure_limits),
+                     "real": failures(real, *failure_limits)},  # fmt: skip
+        "nll_per_event_real": nats / max(scored, 1),
+        "events_generated": sum(map(len, new)),
+    }

@@ -1,0 +1,83 @@
+"""Statistics of piano performances that a listener hears: normalised histograms of
+pitch class, velocity, note density, inter-onset interval, note duration and polyphony, the
+overlap of two sets' histograms (1 = identical, 0 = disjoint), and plain failure counts
+(notes held too long, long silences, crowded chords). Notes are in 10 ms steps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, velocity_bin
+
+DENSITY_WINDOW = 5 * STEPS_PER_SECOND  # note density is counted in 5-second windows
+DENSITY_BINS = np.append(np.arange(0.0, 40.5, 0.5), np.inf)  # onsets per second
+IOI_BINS = np.append(np.geomspace(0.01, 4.0, 41), np.inf)  # seconds, log-spaced
+IOI_BINS[0] = 0.0
+DURATION_BINS = np.append(np.geomspace(0.01, 16.0, 41), np.inf)  # seconds, log-spaced
+DURATION_BINS[0] = 0.0
+MAX_POLYPHONY = 20  # notes sounding at once; more share the last bin
+
+
+def sounding(notes: Notes) -> np.ndarray:
+    """Notes sounding at each 10 ms step from the first onset to the last release."""
+    first = int(notes.start.min())
+    change = np.zeros(int(notes.end.max()) - first + 1, dtype=np.int64)
+    np.add.at(change, notes.start - first, 1)
+    np.add.at(change, notes.end - first, -1)
+    return np.cumsum(change)[:-1]
+
+
+def features(performances: list[Notes]) -> dict[str, np.ndarray]:
+    """Normalised histograms of a set of performances (notes in 10 ms steps); polyphony
+    (notes sounding at once, 0 = silence) is weighted by time."""
+    pitch = np.concatenate([p.pitch for p in performances])
+    velocity = np.concatenate([p.velocity for p in performances])
+    durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
+    density, ioi, polyphony = [], [], []
+    for p in performances:
+        onsets = np.unique(p.start)
+        ioi.append(np.diff(onsets) / STEPS_PER_SECOND)
+        windows = max(1, -(-int(p.end.max()) // DENSITY_WINDOW))
+        counts = np.bincount(p.start // DENSITY_WINDOW, minlength=windows)
+        density.append(counts / (DENSITY_WINDOW / STEPS_PER_SECOND))
+        polyphony.append(np.minimum(sounding(p), MAX_POLYPHONY))
+    raw = {
+        "pitch_class": np.bincount(pitch % 12, minlength=12),
+        "velocity": np.bincount(velocity_bin(velocity) - 1, minlength=32),
+        "note_density": np.histogram(np.concatenate(density), DENSITY_BINS)[0],
+        "ioi": np.histogram(np.concatenate(ioi), IOI_BINS)[0],
+        "duration": np.histogram(durations, DURATION_BINS)[0],
+        "polyphony": np.bincount(np.concatenate(polyphony), minlength=MAX_POLYPHONY + 1),
+    }
+    return {k: v / max(1, v.sum()) for k, v in raw.items()}
+
+
+def failures(performances: list[Notes], long_note_seconds: float = 4.0,
+             silence_seconds: float = 3.0, crowded_notes: int = 10
+             ) -> dict[str, float]:  # fmt: skip
+    """What a listener hears first: the fraction of notes longer than long_note_seconds,
+    silences longer than silence_seconds per minute of music, and the fraction of time with
+    more than crowded_notes sounding."""
+    durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
+    silences, crowded, steps = 0, 0, 0
+    for p in performances:
+        count = sounding(p)
+        silent = np.concatenate([[0], (count == 0).astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(silent))  # starts and ends of silent stretches
+        lengths = (edges[1::2] - edges[::2]) / STEPS_PER_SECOND
+        silences += int((lengths > silence_seconds).sum())
+        crowded += int((count > crowded_notes).sum())
+        steps += len(count)
+    minutes = steps / STEPS_PER_SECOND / 60
+    return {
+        "long_notes_fraction": float((durations > long_note_seconds).mean()),
+        "silences_per_minute": silences / max(minutes, 1e-9),
+        "crowded_fraction": crowded / max(steps, 1),
+    }
+
+
+def overlap(ours: list[Notes], theirs: list[Notes]) -> dict[str, float]:
+    """Overlap of each statistic's histogram (1 = identical), and their mean."""
+    a, b = features(ours), features(theirs)
+    found = {k: float(np.minimum(a[k], b[k]).sum()) for k in a}
+    return {**found, "mean": float(np.mean(list(found.values())))}
