@@ -230,6 +230,11 @@ def test_durations_polyphony_and_failures_are_counted_in_time():
     })  # fmt: skip
     assert failures([piece], long_note_seconds=6, silence_seconds=5, crowded_notes=12) == {
         "long_notes_fraction": 0.0, "silences_per_minute": 0.0, "crowded_fraction": 0.0}
+    silent = Notes.empty()  # a window in which nothing was played adds nothing
+    assert failures([piece, silent]) == failures([piece])
+    with_silent = features([silent, piece])
+    assert all(np.array_equal(with_silent[k], found[k]) for k in found)
+    assert failures([silent])["long_notes_fraction"] == 0.0
 
 
 def test_notes_held_open_show_in_the_duration_overlap():

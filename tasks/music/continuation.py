@@ -100,13 +100,13 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
 
     def moved_on(row: int, token: int) -> None:
         if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT and played_steps[row] < end - begin:
-            step = min(token - TIME_SHIFT, end - begin - played_steps[row])
-            played_steps[row] += step
-            progress(step / STEPS_PER_SECOND)
+            played_steps[row] = min(played_steps[row] + token - TIME_SHIFT, end - begin)
+            progress.set(sum(played_steps) / STEPS_PER_SECOND)
 
     new = generator.continue_ids(prompts, **{
         **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
         "stop_fn": Clock(end - begin), "on_token": moved_on})  # fmt: skip
+    progress.finish()  # a row that ran out of events stops short of its seconds
     played = [window(decode_events([*p[1:], *n]), begin, end)
               for p, n in zip(prompts, new, strict=True)]  # fmt: skip
     real = [window(p, begin, end) for p in usable]

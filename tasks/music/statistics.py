@@ -29,12 +29,15 @@ def sounding(notes: Notes) -> np.ndarray:
 
 def features(performances: list[Notes]) -> dict[str, np.ndarray]:
     """Normalised histograms of a set of performances (notes in 10 ms steps); polyphony
-    (notes sounding at once, 0 = silence) is weighted by time."""
+    (notes sounding at once, 0 = silence) is weighted by time. Empty performances add
+    nothing."""
     pitch = np.concatenate([p.pitch for p in performances])
     velocity = np.concatenate([p.velocity for p in performances])
     durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
     density, ioi, polyphony = [], [], []
     for p in performances:
+        if not len(p):  # e.g. a window of a continuation in which nothing was played
+            continue
         onsets = np.unique(p.start)
         ioi.append(np.diff(onsets) / STEPS_PER_SECOND)
         windows = max(1, -(-int(p.end.max()) // DENSITY_WINDOW))
@@ -60,7 +63,7 @@ def failures(performances: list[Notes], long_note_seconds: float = 4.0,
     more than crowded_notes sounding."""
     durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
     silences, crowded, steps = 0, 0, 0
-    for p in performances:
+    for p in (p for p in performances if len(p)):
         count = sounding(p)
         silent = np.concatenate([[0], (count == 0).astype(np.int8), [0]])
         edges = np.flatnonzero(np.diff(silent))  # starts and ends of silent stretches
@@ -70,7 +73,7 @@ def failures(performances: list[Notes], long_note_seconds: float = 4.0,
         steps += len(count)
     minutes = steps / STEPS_PER_SECOND / 60
     return {
-        "long_notes_fraction": float((durations > long_note_seconds).mean()),
+        "long_notes_fraction": int((durations > long_note_seconds).sum()) / max(len(durations), 1),
         "silences_per_minute": silences / max(minutes, 1e-9),
         "crowded_fraction": crowded / max(steps, 1),
     }
