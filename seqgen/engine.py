@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -74,6 +74,16 @@ class GenerationOptions:
         return {f.name: getattr(self, f.name) for f in fields(GenerationOptions)}
 
 
+class Constraint(Protocol):
+    """What a row may generate next, as its ids arrive (`Settings.constraint`)."""
+
+    def add(self, token: int) -> None:
+        """The row has generated `token`."""
+
+    def banned(self) -> list[int]:
+        """The ids the row may not take next."""
+
+
 @dataclass(kw_only=True)
 class Settings(GenerationOptions):
     """Generation options, accepted as keyword arguments by `generate` and `stream`: the
@@ -87,6 +97,9 @@ class Settings(GenerationOptions):
     """Called with a row's new ids after each token; True ends the row (e.g. a stop string)."""
     window_keep: int | None = None
     """Past the context, re-prefill the last window_keep tokens (default: 3/4 of block_size)."""
+    constraint: Callable[[list[int]], Constraint] | None = None
+    """Called with each row's prompt: the object it returns is told each new id and names
+    the ids the row may not take next (e.g. releasing a note that is not sounding)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -432,11 +445,13 @@ def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tupl
             seen[row, prompt] = True
         seen = seen.to(rows.device)
     bans = [_NgramIndex(settings.no_repeat_ngram_size) for _ in prompts]
+    rules = [settings.constraint(p) for p in prompts] if settings.constraint else None
     logits = rows.prefill(sequences) if settings.max_new_tokens else None
     for step in range(settings.max_new_tokens):
         banned = None
-        if settings.no_repeat_ngram_size:
-            banned = [bans[row].banned(outputs[row]) for row in live]
+        if settings.no_repeat_ngram_size or rules:
+            banned = [(bans[row].banned(outputs[row]) if settings.no_repeat_ngram_size else [])
+                      + (rules[row].banned() if rules else []) for row in live]  # fmt: skip
         logits = _adjust(logits, seen, settings, step, banned)
         if settings.temperature == 0:
             tokens = logits.argmax(dim=-1)
@@ -451,6 +466,8 @@ def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tupl
             outputs[row].append(token)
             sequences[row].append(token)
             bans[row].add(outputs[row])
+            if rules:
+                rules[row].add(token)
             if seen is not None:
                 seen[slot, token] = True
             yield row, token
@@ -519,9 +536,11 @@ class _Search:
             for b, beam in enumerate(self.beams):
                 seen[b, self.prompt + beam] = True
         banned = None
-        if settings.no_repeat_ngram_size:
-            banned = [repeated_ngram_ends(beam, settings.no_repeat_ngram_size)
-                      for beam in self.beams]  # fmt: skip
+        if settings.no_repeat_ngram_size or settings.constraint:
+            banned = [(repeated_ngram_ends(beam, settings.no_repeat_ngram_size)
+                       if settings.no_repeat_ngram_size else [])
+                      + (_replayed(settings.constraint, self.prompt, beam)
+                         if settings.constraint else []) for beam in self.beams]  # fmt: skip
         logprobs = F.log_softmax(_adjust(logits, seen, settings, step, banned), dim=-1)
         candidates = (self.scores[:, None] + logprobs).flatten()
         vocab = logprobs.shape[1]
@@ -559,6 +578,15 @@ class _Search:
 
     def normalised(self, total: float, length: int) -> float:
         return total / max(length, 1) ** self.length_penalty
+
+
+def _replayed(constraint: Callable[[list[int]], Constraint], prompt: list[int],
+              beam: list[int]) -> list[int]:  # fmt: skip
+    """A beam's banned ids: beams branch every step, so the constraint replays the beam."""
+    rule = constraint(prompt)
+    for token in beam:
+        rule.add(token)
+    return rule.banned()
 
 
 def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]:

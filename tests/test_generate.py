@@ -147,6 +147,31 @@ def test_rows_leaving_the_batch_keep_greedy_outputs_and_their_penalties(model):
     assert len({len(row) for row in together}) > 1
 
 
+class OddAfterEven:
+    """A constraint: after an even id, only odd ids (and the other way round)."""
+
+    def __init__(self, prompt):
+        self.last = prompt[-1]
+
+    def add(self, token):
+        self.last = token
+
+    def banned(self):
+        return list(range(self.last % 2, 40, 2))
+
+
+@pytest.mark.parametrize("options", [dict(temperature=2.0, seed=3, eos_id=5),
+                                     dict(num_beams=3), dict(temperature=0)])  # fmt: skip
+def test_a_constraint_bans_ids_as_each_row_grows(model, options):
+    prompts = [[1], [2, 3, 4], [12], [12]]
+    plain = generate(model, prompts, 16, **options)
+    ruled = generate(model, prompts, 16, constraint=OddAfterEven, **options)
+    for prompt, row in zip(prompts, ruled, strict=True):
+        ids = prompt[-1:] + row
+        assert all((a + b) % 2 == 1 for a, b in zip(ids, ids[1:], strict=False)), row
+    assert plain != ruled  # the successor cycles break the rule somewhere
+
+
 def test_draws_follow_the_distribution_and_skip_impossible_tokens():
     from seqgen.engine import _draw, _streams
 

@@ -19,6 +19,7 @@ from seqgen_tasks.music.events import (
     encode_notes,
     event_steps,
 )
+from seqgen_tasks.music.generate import SoundingNotes
 from seqgen_tasks.music.midi import notes_from_pretty_midi
 from seqgen_tasks.music.task import MusicTask
 
@@ -400,3 +401,30 @@ def test_continuations_of_held_out_performances(trained, tmp_path):
     assert set(found["failures"]["real"]) == {"long_notes_fraction", "silences_per_minute",
                                               "crowded_fraction"}  # fmt: skip
     assert main([*argv[:-2], "--continue_seconds", "60"]) == 2  # longer than the song
+
+
+def releases_of_silent_notes(prompt: list[int], new: list[int]) -> int:
+    sounding = SoundingNotes(prompt)
+    orphans = 0
+    for token in new:
+        orphans += NOTE_OFF <= token < NOTE_OFF + 128 and token in sounding.banned()
+        sounding.add(token)
+    return orphans
+
+
+def test_releases_are_sampled_only_for_sounding_notes(trained):
+    from seqgen.inference import load
+
+    sounding = SoundingNotes([60, 64, NOTE_OFF + 64, 60])  # 60 struck twice, 64 released
+    assert sounding.sounding[60] == 2 and sounding.sounding[64] == 0
+    assert NOTE_OFF + 64 in sounding.banned() and NOTE_OFF + 60 not in sounding.banned()
+    sounding.add(NOTE_OFF + 60), sounding.add(NOTE_OFF + 60)
+    assert NOTE_OFF + 60 in sounding.banned()
+    root, _ = trained
+    generator = load(root / "run")
+    prompt = [generator.tokenizer.bos_id, 60, 64, 67, TIME_SHIFT + 50]
+    options = dict(temperature=2.0, max_new_tokens=300, min_new_tokens=300, seed=1)
+    free = generator.continue_ids(prompt, **options)
+    ruled = generator.continue_ids(prompt, constraint=SoundingNotes, **options)
+    assert releases_of_silent_notes(prompt, free) > 0  # a tiny model releases at random
+    assert releases_of_silent_notes(prompt, ruled) == 0

@@ -30,7 +30,7 @@ from seqgen_tasks.music.events import (
     event_steps,
     time_shifts,
 )
-from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock
+from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock, SoundingNotes
 from seqgen_tasks.music.statistics import failures, overlap
 
 
@@ -77,12 +77,13 @@ def strided_nll(model, ids: list[int], first: int) -> tuple[float, int]:
 def continuations(generator, performances: list[Notes], prompt_seconds: float,
                   seconds: float, seed: int = 0, bootstrap_samples: int = 200,
                   failure_limits: tuple[float, float, int] = (4.0, 3.0, 10),
-                  **options) -> dict[str, Any]:  # fmt: skip
+                  release_sounding_only: bool = True, **options) -> dict[str, Any]:  # fmt: skip
     """Continue each performance long enough for `prompt_seconds + seconds` and compare.
 
     Args:
         generator: a loaded music checkpoint.
         failure_limits: long note seconds, silence seconds and crowded notes of `failures`.
+        release_sounding_only: sample NOTE_OFF only for sounding notes (`MusicGenerate`).
         options: generation settings (temperature, top_p, ...).
     """
     begin = round(prompt_seconds * STEPS_PER_SECOND)
@@ -105,7 +106,8 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
 
     new = generator.continue_ids(prompts, **{
         **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
-        "stop_fn": Clock(end - begin), "on_token": moved_on})  # fmt: skip
+        "stop_fn": Clock(end - begin), "on_token": moved_on,
+        "constraint": SoundingNotes if release_sounding_only else None})  # fmt: skip
     progress.finish()  # a row that ran out of events stops short of its seconds
     played = [window(decode_events([*p[1:], *n]), begin, end)
               for p, n in zip(prompts, new, strict=True)]  # fmt: skip
@@ -133,4 +135,5 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
                      "real": failures(real, *failure_limits)},  # fmt: skip
         "nll_per_event_real": nats / max(scored, 1),
         "events_generated": sum(map(len, new)),
+        "release_sounding_only": release_sounding_only,
     }

@@ -53,6 +53,8 @@ class MusicEval(DecodingEval):
     """Seconds of each performance given as the prompt (with continue_seconds)."""
     bootstrap_samples: int = 200
     """Resamples of the performances for the continuations' 95% intervals."""
+    release_sounding_only: bool = True
+    """Continuations sample NOTE_OFF only for sounding notes, as `seqgen generate` does."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,7 +150,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
                 generator, performances, args.prompt_seconds, args.continue_seconds, args.seed,
                 args.bootstrap_samples,
                 (args.long_note_seconds, args.silence_seconds, args.crowded_notes),
-                **args.generation_options())  # fmt: skip
+                args.release_sounding_only, **args.generation_options())  # fmt: skip
             report["continuation"] = found
             rows += [(f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
                      for (key, value), (low, high) in zip(found["overlap"].items(),
