@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -340,8 +341,8 @@ class _Rows:
 
 def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings, n_new: int,
             banned: list[list[int]] | None):  # fmt: skip
-    """Repetition penalty, repeated n-grams and min_new_tokens, on (B, V) logits; banned[b]
-    are the ids that would repeat an n-gram of row b."""
+    """Repetition penalty, banned ids (repeated n-grams, constraints) and min_new_tokens, on
+    (B, V) logits; banned[b] are the ids row b may not take."""
     if seen is not None:
         p = settings.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
@@ -355,30 +356,34 @@ def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings,
     return logits
 
 
-def repeated_ngram_ends(ids: list[int], n: int) -> list[int]:
-    """The ids that would complete an n-gram already in `ids`."""
-    if len(ids) < n - 1:
-        return []
-    prefix = ids[len(ids) - n + 1 :] if n > 1 else []
-    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix]
+class NgramBan:
+    """`no_repeat_ngram_size` as a `Constraint`: the ids that would complete an n-gram already
+    among the row's new ids (the prompt does not count). Each n-gram's last id is filed under
+    its first n - 1 as the row grows, so nothing is rescanned."""
 
-
-class _NgramIndex:
-    """`repeated_ngram_ends` of a growing row without rescanning it: each n-gram's last id
-    filed under its first n - 1 as the row grows (a sampled row only grows; beams branch, so
-    they rescan)."""
-
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, prompt: list[int]) -> None:
         self.n = n
+        self.ids: list[int] = []
         self.ends: dict[tuple[int, ...], list[int]] = {}
 
-    def add(self, ids: list[int]) -> None:
-        """`ids` has just grown by one id."""
-        if len(ids) >= self.n:
-            self.ends.setdefault(tuple(ids[len(ids) - self.n : -1]), []).append(ids[-1])
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        if len(self.ids) >= self.n:
+            self.ends.setdefault(tuple(self.ids[len(self.ids) - self.n : -1]), []).append(token)
 
-    def banned(self, ids: list[int]) -> list[int]:
-        return self.ends.get(tuple(ids[len(ids) - self.n + 1 :] if self.n > 1 else ()), [])
+    def banned(self) -> list[int]:
+        last = self.ids[len(self.ids) - self.n + 1 :] if self.n > 1 else []
+        return self.ends.get(tuple(last), [])
+
+
+def _constraints(settings: Settings) -> list[Callable[[list[int]], Constraint]]:
+    """What bans ids as a row grows: the n-gram ban and the caller's constraint."""
+    makers: list[Callable[[list[int]], Constraint]] = []
+    if settings.no_repeat_ngram_size:
+        makers.append(partial(NgramBan, settings.no_repeat_ngram_size))
+    if settings.constraint is not None:
+        makers.append(settings.constraint)
+    return makers
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -444,14 +449,13 @@ def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tupl
         for row, prompt in enumerate(prompts):
             seen[row, prompt] = True
         seen = seen.to(rows.device)
-    bans = [_NgramIndex(settings.no_repeat_ngram_size) for _ in prompts]
-    rules = [settings.constraint(p) for p in prompts] if settings.constraint else None
+    makers = _constraints(settings)
+    rules = [[make(prompt) for make in makers] for prompt in prompts]
     logits = rows.prefill(sequences) if settings.max_new_tokens else None
     for step in range(settings.max_new_tokens):
         banned = None
-        if settings.no_repeat_ngram_size or rules:
-            banned = [(bans[row].banned(outputs[row]) if settings.no_repeat_ngram_size else [])
-                      + (rules[row].banned() if rules else []) for row in live]  # fmt: skip
+        if makers:
+            banned = [[i for rule in rules[row] for i in rule.banned()] for row in live]
         logits = _adjust(logits, seen, settings, step, banned)
         if settings.temperature == 0:
             tokens = logits.argmax(dim=-1)
@@ -465,9 +469,8 @@ def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tupl
                 continue
             outputs[row].append(token)
             sequences[row].append(token)
-            bans[row].add(outputs[row])
-            if rules:
-                rules[row].add(token)
+            for rule in rules[row]:
+                rule.add(token)
             if seen is not None:
                 seen[slot, token] = True
             yield row, token
@@ -535,12 +538,11 @@ class _Search:
             seen = torch.zeros_like(logits, dtype=torch.bool)
             for b, beam in enumerate(self.beams):
                 seen[b, self.prompt + beam] = True
+        makers = _constraints(settings)
         banned = None
-        if settings.no_repeat_ngram_size or settings.constraint:
-            banned = [(repeated_ngram_ends(beam, settings.no_repeat_ngram_size)
-                       if settings.no_repeat_ngram_size else [])
-                      + (_replayed(settings.constraint, self.prompt, beam)
-                         if settings.constraint else []) for beam in self.beams]  # fmt: skip
+        if makers:
+            banned = [[i for make in makers for i in _replayed(make, self.prompt, beam)]
+                      for beam in self.beams]  # fmt: skip
         logprobs = F.log_softmax(_adjust(logits, seen, settings, step, banned), dim=-1)
         candidates = (self.scores[:, None] + logprobs).flatten()
         vocab = logprobs.shape[1]

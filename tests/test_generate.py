@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from seqgen.config import ModelConfig
-from seqgen.engine import filter_logits, generate, repeated_ngram_ends, stream
+from seqgen.engine import NgramBan, filter_logits, generate, stream
 from seqgen.model import GPT, KVCache
 
 SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
@@ -195,17 +195,31 @@ def test_nucleus_past_the_first_candidates_equals_a_full_sort():
             assert torch.equal(torch.isinf(_nucleus(logits, top_p, first=16)), drop)
 
 
-def test_ngram_index_equals_a_rescan():
-    from seqgen.engine import _NgramIndex
+def rescanned_ngram_ends(ids: list[int], n: int) -> list[int]:
+    """The ids that would complete an n-gram already in `ids`, by scanning them all."""
+    if len(ids) < n - 1:
+        return []
+    prefix = ids[len(ids) - n + 1 :] if n > 1 else []
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix]
 
+
+def repeated_ngram_ends(ids: list[int], n: int) -> list[int]:
+    """What the engine's n-gram ban says after the new ids `ids`."""
+    ban = NgramBan(n, prompt=[99])  # the prompt does not count
+    for token in ids:
+        ban.add(token)
+    return ban.banned()
+
+
+def test_ngram_ban_equals_a_rescan():
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 4, (60,), generator=generator).tolist()
     for n in (1, 2, 3, 4):
-        index, row = _NgramIndex(n), []
+        ban, row = NgramBan(n, prompt=[]), []
         for token in ids:
-            assert sorted(index.banned(row)) == sorted(repeated_ngram_ends(row, n))
+            assert sorted(ban.banned()) == sorted(rescanned_ngram_ends(row, n))
             row.append(token)
-            index.add(row)
+            ban.add(token)
 
 
 def test_top_k_and_top_p_exclude_tokens():
