@@ -66,8 +66,7 @@ class Generator:
         continuation; options as for `generate`."""
         if ids and not isinstance(ids[0], int):
             options = self._options((), options)
-            most = options.pop("max_new_tokens", 100)
-            limits = [min(most, self._room(prompt)) for prompt in ids]
+            limits = self._limits(ids, options.pop("max_new_tokens", 100))
             return generate(self.model, ids, limits, **options)
         return generate(self.model, ids, **self._options((), options, ids))
 
@@ -90,14 +89,13 @@ class Generator:
         ids = [self.prompt_ids(p) for p in prompts]
         options = self._options((), options)
         budget = options.pop("max_new_tokens", 100)
-        wanted = budget if callable(budget) else (lambda _: budget)
-        limit = lambda prompt: min(wanted(prompt), self._room(prompt))  # noqa: E731
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         outputs: list[Any] = [None] * len(ids)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            new = generate(self.model, [ids[i] for i in rows], sample_ids=rows,
-                           max_new_tokens=[limit(ids[i]) for i in rows], **options)  # fmt: skip
+            batch = [ids[i] for i in rows]
+            new = generate(self.model, batch, self._limits(batch, budget), sample_ids=rows,
+                           **options)  # fmt: skip
             for i, out in zip(rows, new, strict=True):
                 outputs[i] = self.task.decode(out, self.tokenizer)
             if on_done is not None:
@@ -156,6 +154,12 @@ class Generator:
             options["stop_fn"] = lambda ids: any(s in self.task.decode(ids, self.tokenizer)
                                                  for s in stop)  # fmt: skip
         return options
+
+    def _limits(self, prompts: list[list[int]], budget: int | Callable[[list[int]], int]
+                ) -> list[int]:  # fmt: skip
+        """max_new_tokens of each prompt: `budget` (or `budget(prompt ids)`), within its room."""
+        wanted = budget if callable(budget) else (lambda _: budget)
+        return [min(wanted(prompt), self._room(prompt)) for prompt in prompts]
 
     def _room(self, ids: list[int]) -> float:
         """Most new tokens for a prompt: unbounded where outputs continue it (a sliding window

@@ -428,3 +428,15 @@ def test_releases_are_sampled_only_for_sounding_notes(trained):
     ruled = generator.continue_ids(prompt, constraint=SoundingNotes, **options)
     assert releases_of_silent_notes(prompt, free) > 0  # a tiny model releases at random
     assert releases_of_silent_notes(prompt, ruled) == 0
+
+
+def test_a_clock_keeps_each_rows_time_and_reports_it():
+    from seqgen_tasks.music.generate import Clock
+
+    told = []
+    clock = Clock(100, on_time=told.append)
+    first, second = [TIME_SHIFT + 60], [60, TIME_SHIFT + 30]  # two rows, told apart
+    assert not clock(first) and not clock(second)
+    first += [64, TIME_SHIFT + 70]  # past the end: only 40 more steps count
+    assert clock(first) and not clock(second)
+    assert told == [60, 30, 40]

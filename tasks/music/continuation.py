@@ -97,17 +97,18 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
     prompts = [[bos, *cut_events(e, begin).tolist()] for e in events]
     most = round(seconds * EVENTS_PER_SECOND_CAP)  # the clock stops each row in time
     progress = Progress("generated", round(len(usable) * seconds), "s of music")
-    played_steps = [0] * len(usable)
+    played_steps = 0  # counted whole, so the seconds shown add up exactly
 
-    def moved_on(row: int, token: int) -> None:
-        if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT and played_steps[row] < end - begin:
-            played_steps[row] = min(played_steps[row] + token - TIME_SHIFT, end - begin)
-            progress.set(sum(played_steps) / STEPS_PER_SECOND)
+    def moved_on(steps: int) -> None:
+        nonlocal played_steps
+        played_steps += steps
+        progress.set(played_steps / STEPS_PER_SECOND)
 
+    clock = Clock(end - begin, on_time=moved_on)
     new = generator.continue_ids(prompts, **{
         **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
-        "stop_fn": Clock(end - begin), "on_token": moved_on,
-        "constraint": SoundingNotes if release_sounding_only else None})  # fmt: skip
+        "stop_fn": clock, "constraint": SoundingNotes if release_sounding_only else None,
+    })  # fmt: skip
     progress.finish()  # a row that ran out of events stops short of its seconds
     played = [window(decode_events([*p[1:], *n]), begin, end)
               for p, n in zip(prompts, new, strict=True)]  # fmt: skip

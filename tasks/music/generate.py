@@ -7,6 +7,7 @@ prompt and of output, note length, piano roll, audio) as the `GeneratesFiles` ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,18 +88,21 @@ class SoundingNotes:
 class Clock:
     """A stop_fn for one generate call: True once a row's new events have moved time on by
     `steps`. The engine passes each row its own list of new ids, so rows are told apart by
-    that list and a batch of prompts shares one clock."""
+    that list and a batch of prompts shares one clock. `on_time(steps)` is told how far a
+    row moved time on (counted up to `steps` per row), e.g. for progress."""
 
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
+    def __init__(self, steps: int, on_time: Callable[[int], None] | None = None) -> None:
+        self.steps, self.on_time = steps, on_time
         self.rows: dict[int, tuple[int, int]] = {}  # id(new) -> (elapsed steps, ids seen)
 
     def __call__(self, new: list[int]) -> bool:
-        elapsed, seen = self.rows.get(id(new), (0, 0))
-        for token in new[seen:]:
-            if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT:
-                elapsed += token - TIME_SHIFT
+        before, seen = self.rows.get(id(new), (0, 0))
+        elapsed = before + sum(token - TIME_SHIFT for token in new[seen:]
+                               if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT)  # fmt: skip
         self.rows[id(new)] = (elapsed, len(new))
+        moved = min(elapsed, self.steps) - min(before, self.steps)
+        if moved and self.on_time is not None:
+            self.on_time(moved)
         return elapsed >= self.steps
 
 
