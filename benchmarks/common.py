@@ -55,8 +55,11 @@ def machine() -> dict[str, Any]:
 
 
 def write_report(path: str | Path | None, report: dict[str, Any]) -> dict[str, Any]:
-    """The report with the machine added, written as JSON to `path` (if given)."""
-    report = {**report, "machine": machine()}
+    """The report with the machine added (`cpu`: its model and vector extensions in one
+    line; `machine`: the details), written as JSON to `path` (if given)."""
+    facts = machine()
+    cpu = f"{facts['cpu']} ({facts['cpu_id']}): {' '.join(facts['vector_extensions'])}"
+    report = {**report, "cpu": cpu, "machine": facts}
     write_json(path, report)
     return report
 

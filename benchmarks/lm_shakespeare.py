@@ -1,11 +1,15 @@
-"""Train the Shakespeare recipe within a wall-clock budget; report validation bits per byte.
+"""Train the Shakespeare recipe within a wall-clock budget, and nanoGPT's CPU recipe for the
+same training time on the same text, side by side in one run; report both validation bits
+per byte and tokens/s, and the two models' raw training steps at equal shape.
 
     python -m benchmarks.lm_shakespeare --data ../shared/data/tinyshakespeare/input.txt \
         --budget_seconds 120 --report runs/bench/lm_120.json
 
-Trains on the first 90% of the text and validates on the last 10% (cut at a line start).
-The budget covers training only; the tokenizer is trained before it and the final validation
-runs after it. Extra arguments after `--` override the recipe (e.g. `-- --model.n_layer 6`).
+seqgen trains on the first 90% of the text and validates on the last 10% (cut at a line
+start); nanoGPT (run from ../shared/anchors/nanoGPT, see benchmarks/nanogpt.py) splits at 90%
+of the characters and estimates its validation loss on 200 random batches. The budget covers
+training only: tokenizers, start-up and validation run outside it. Extra arguments after `--`
+override seqgen's recipe (e.g. `-- --model.n_layer 6`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks import nanogpt
 from benchmarks.common import RECIPES, parse_args, train, write_report
+from seqgen.cpu import native_bf16
 from seqgen.tables import markdown_table
 
 RECIPE = RECIPES / "text_lm" / "shakespeare.yaml"
@@ -44,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dropout", default="auto",
         help="model.dropout: a number, or auto (0 under 5 minutes, else the recipe's)",
     )  # fmt: skip
+    parser.add_argument("--nanogpt", default=str(nanogpt.ANCHOR),
+                        help="nanoGPT's files (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--nanogpt_eval_iters", type=int, default=200,
+                        help="batches of nanoGPT's validation estimate")  # fmt: skip
+    parser.add_argument("--skip", nargs="*", default=[], choices=["nanogpt", "raw_step"],
+                        help="parts not to run: nanoGPT's training, the raw-step timings")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, after --")
     args = parse_args(parser, argv)
     if not Path(args.data).is_file():
@@ -65,12 +77,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.update(budget_seconds=args.budget_seconds,
                   target_val_bpb=TARGETS.get(int(args.budget_seconds)),
                   dropout=result["model"]["dropout"], overrides=args.overrides)  # fmt: skip
-    shown = ("val_bpb", "target_val_bpb", "val_loss", "train_loss", "tokens_per_second",
-             "train_seconds", "wall_seconds", "steps", "params", "vocab_size")  # fmt: skip
+    shown = ["val_bpb", "target_val_bpb", "val_loss", "train_loss", "tokens_per_second",
+             "train_seconds", "wall_seconds", "steps", "params", "vocab_size", "precision"]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = None if {"nanogpt", "raw_step"} <= set(args.skip) else (
+            nanogpt.prepare(Path(args.nanogpt), Path(args.data), Path(tmp)))  # fmt: skip
+        if "nanogpt" not in args.skip:
+            theirs = nanogpt.train_for(copy, args.budget_seconds, args.nanogpt_eval_iters)
+            report.update(nanogpt=theirs, nanogpt_val_bpb=theirs["val_bpb"],
+                          nanogpt_tokens_per_second=theirs["tokens_per_second"],
+                          bpb_margin_vs_nanogpt=theirs["val_bpb"] - report["val_bpb"])  # fmt: skip
+            shown += ["nanogpt_val_bpb", "bpb_margin_vs_nanogpt", "nanogpt_tokens_per_second"]
+        if "raw_step" not in args.skip:
+            report.update(raw_step_report(nanogpt.load_model_module(copy), result))
+            shown += ["raw_step_tokens_per_second", "raw_step_ratio_vs_nanogpt",
+                      "raw_step_ratio_vs_nanogpt_10m", "raw_step_ratio_vs_nanogpt_10m_bf16"]
     print()
-    print(markdown_table(["metric", "value"], [(key, report[key]) for key in shown]))
+    print(markdown_table(["metric", "value"], [(key, report.get(key)) for key in shown]))
     write_report(args.report, report)
     return 0
+
+
+def raw_step_report(module, result: dict) -> dict:
+    """Raw training steps, seqgen vs nanoGPT: at the recipe's shape in the precision the
+    recipe trained in (beside the loop's tokens/s), and at the 10M shape in fp32 and, where the
+    CPU multiplies bf16 in hardware, in bf16 (elsewhere bf16 is emulated: minutes per step)."""
+    recipe = nanogpt.Shape.of(result["model"], result["train"]["batch_size"])
+    at_recipe = nanogpt.raw_steps(module, recipe, "bf16" if "bf16" in result["precision"]
+                                  else "fp32")  # fmt: skip
+    runs = {"recipe": at_recipe, "10m_fp32": nanogpt.raw_steps(module, nanogpt.SHAPE_10M, "fp32")}
+    if native_bf16():
+        runs["10m_bf16"] = nanogpt.raw_steps(module, nanogpt.SHAPE_10M, "bf16")
+    return {"raw_steps": runs,
+            "raw_step_tokens_per_second": at_recipe["seqgen_tokens_per_second"],
+            "raw_step_ratio_vs_nanogpt": at_recipe["ratio"],
+            "raw_step_ratio_vs_nanogpt_10m": runs["10m_fp32"]["ratio"],
+            "raw_step_ratio_vs_nanogpt_10m_bf16": runs.get("10m_bf16", {}).get("ratio")}
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         shutil.rmtree(path)
     # an ExampleDataModule shards its batches across ranks itself
     rank_aware = isinstance(training_data, Examples)
-    trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=not rank_aware)
+    trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=not rank_aware,
+                            model=model)  # fmt: skip
     try:
         report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
     finally:
@@ -196,6 +197,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         wall_seconds=time.perf_counter() - started,
         vocab_size=tokenizer.vocab_size,
         model=model.config.to_dict(),
+        train=jsonable(cfg.train),
         train_examples=len(splits.train),
         val_examples=len(splits.val),
         init_from=started_from,

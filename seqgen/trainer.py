@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import TrainConfig, parse_duration
-from seqgen.cpu import native_bf16
+from seqgen.cpu import native_bf16, training_step_seconds
 from seqgen.errors import ConfigError
 from seqgen.progress import clock
 from seqgen.tokenizer import Tokenizer
@@ -62,14 +62,23 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`training_step` returned `None`.*")
 
 
-def resolve_precision(cfg: TrainConfig) -> str:
-    """The Lightning precision for cfg.precision on this machine: `auto` becomes bf16-mixed
-    where bf16 is computed in hardware (a GPU with bf16, a CPU with AMX or AVX512-BF16)."""
+BF16_MIN_SPEEDUP = 1.1  # bf16 steps learn a little less each: it must be clearly faster
+
+
+def resolve_precision(cfg: TrainConfig, model: torch.nn.Module | None = None) -> str:
+    """The Lightning precision for cfg.precision on this machine. `auto` is bf16-mixed on a
+    GPU with bf16; on a CPU that multiplies bf16 in hardware (AMX or AVX512-BF16) it is
+    whichever of fp32 and bf16 autocast runs `model`'s training step faster, timed here on
+    its batch shape (bf16 must be BF16_MIN_SPEEDUP times faster); elsewhere 32-true."""
     on_gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not on_gpu)
     fast_bf16 = torch.cuda.is_bf16_supported() if on_gpu else on_cpu and native_bf16()
     if cfg.precision == "auto":
-        return "bf16-mixed" if fast_bf16 else "32-true"
+        if not fast_bf16:
+            return "32-true"
+        if on_gpu or model is None or not single_process(cfg):
+            return "bf16-mixed"  # processes timing apart might choose apart
+        return faster_precision(cfg, model)
     if cfg.precision == "bf16-mixed" and on_cpu and not fast_bf16:
         log.warning("train.precision bf16-mixed: this CPU has no bf16 hardware (AMX or "
                     "AVX512-BF16), so training runs many times slower than 32-true; "
@@ -77,11 +86,29 @@ def resolve_precision(cfg: TrainConfig) -> str:
     return cfg.precision
 
 
+def single_process(cfg: TrainConfig) -> bool:
+    return cfg.num_nodes == 1 and str(cfg.devices) in ("auto", "1")
+
+
+def faster_precision(cfg: TrainConfig, model: torch.nn.Module) -> str:
+    """32-true or bf16-mixed, whichever trains `model` faster on this CPU, by timing both."""
+    started = time.perf_counter()
+    seconds = training_step_seconds(model, cfg.batch_size, model.config.block_size)
+    fp32, bf16 = seconds["32-true"], seconds["bf16-mixed"]
+    chosen = "bf16-mixed" if fp32 >= BF16_MIN_SPEEDUP * bf16 else "32-true"
+    log.info("train.precision auto: %s (a training step in bf16 autocast takes %.3g s, in "
+             "fp32 %.3g s: %.2fx; timed in %.1f s)", chosen, bf16, fp32, fp32 / bf16,
+             time.perf_counter() - started)  # fmt: skip
+    return chosen
+
+
 def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
-                  use_distributed_sampler: bool = True) -> pl.Trainer:  # fmt: skip
+                  use_distributed_sampler: bool = True, model: torch.nn.Module | None = None
+                  ) -> pl.Trainer:  # fmt: skip
     """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget.
 
-    Pass use_distributed_sampler=False when the train loader shards itself across ranks.
+    Pass use_distributed_sampler=False when the train loader shards itself across ranks, and
+    the model to train so that `precision: auto` can time it.
     """
     quiet_lightning()
     if cfg.num_threads:
@@ -111,7 +138,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         max_steps=cfg.max_steps,
         max_time=timedelta(seconds=parse_duration(cfg.max_time)) if cfg.max_time else None,
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
-        precision=resolve_precision(cfg),
+        precision=resolve_precision(cfg, model),
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=None,  # LMModule.on_before_optimizer_step clips, from its own norm
         val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,

@@ -9,7 +9,7 @@ import yaml
 from conftest import make_corpus
 from helpers import make_pairs, write_parallel, write_song
 
-from benchmarks import generate, lm_shakespeare, music, summarization_wikisum
+from benchmarks import generate, lm_shakespeare, music, nanogpt, summarization_wikisum
 from benchmarks import serve as serve_benchmark
 from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
@@ -40,15 +40,36 @@ def report_of(path):
 
 def test_lm_shakespeare(tmp_path, corpus_file, capsys):
     out = tmp_path / "lm.json"
+    anchor = nanogpt.ANCHOR.is_dir()  # ../shared beside the repository (CI has it)
+    beside = ["--nanogpt_eval_iters", "2", "--skip", "raw_step"] if anchor else [
+        "--skip", "nanogpt", "raw_step"]  # fmt: skip
     assert lm_shakespeare.main(["--data", str(corpus_file), "--budget_seconds", "2", "--report",
-                                str(out), "--", "--model.n_layer", "1", "--model.n_head", "2",
-                                "--model.n_embd", "32", "--model.block_size", "32",
-                                "--tokenizer.vocab_size", "400",
+                                str(out), *beside, "--", "--model.n_layer", "1",
+                                "--model.n_head", "2", "--model.n_embd", "32",
+                                "--model.block_size", "32", "--tokenizer.vocab_size", "400",
                                 "--train.batch_size", "4"]) == 0  # fmt: skip
     report = report_of(out)
     assert 0 < report["val_bpb"] < 10 and report["steps"] > 0
     assert report["model"]["n_layer"] == 1 and report["dropout"] == 0.0  # under 5 min: none
     assert "| val_bpb " in capsys.readouterr().out
+    if anchor:  # nanoGPT's CPU recipe trained for the same 2 s on the same text
+        theirs = report["nanogpt"]
+        assert 0 < report["nanogpt_val_bpb"] == theirs["val_bpb"] < 10 and theirs["iters"] >= 2
+        assert 0.5 < theirs["train_seconds"] < 8 and report["nanogpt_tokens_per_second"] > 0
+        assert report["bpb_margin_vs_nanogpt"] == pytest.approx(
+            report["nanogpt_val_bpb"] - report["val_bpb"])
+
+
+@pytest.mark.skipif(not nanogpt.ANCHOR.is_dir(), reason="needs ../shared/anchors/nanoGPT")
+def test_raw_steps_of_seqgen_and_nanogpt_at_one_shape(tmp_path):
+    copy = nanogpt.prepare(nanogpt.ANCHOR, Path(__file__).parent / "conftest.py", tmp_path)
+    assert (copy / "data" / "shakespeare_char" / "train.bin").stat().st_size > 0
+    shape = nanogpt.Shape(n_layer=1, n_head=2, n_embd=32, vocab_size=64, batch_size=2,
+                          block_size=16)  # fmt: skip
+    timed = nanogpt.raw_steps(nanogpt.load_model_module(copy), shape, "fp32", steps=2, warmup=1)
+    assert timed["seqgen_seconds"] > 0 and timed["nanogpt_seconds"] > 0
+    assert timed["ratio"] == pytest.approx(timed["nanogpt_seconds"] / timed["seqgen_seconds"])
+    assert timed["seqgen_tokens_per_second"] == pytest.approx(32 / timed["seqgen_seconds"])
 
 
 def test_translation_multi30k(tmp_path, capsys):

@@ -93,8 +93,9 @@ def test_export_then_import_is_the_same_checkpoint(tmp_path):
         before, after = checkpoint.load(FIXTURES / name), checkpoint.load(tmp_path / name / "back")
         assert after.task == name and after.tokenizer.kind == before.tokenizer.kind
         assert after.meta.get("task_options") == before.meta.get("task_options")
-        for key in ("model", "step"):
-            assert after.meta[key] == before.meta[key]
+        assert after.meta["step"] == before.meta["step"]
+        # the same model config (an older checkpoint leaves out fields added since, at defaults)
+        assert after.model.config == before.model.config
         for key, tensor in before.model.state_dict().items():
             assert torch.equal(tensor, after.model.state_dict()[key]), key
 

@@ -68,3 +68,36 @@ def test_export_round_trip(hf_model):
     missing, unexpected = exported.load_state_dict(to_hf_state_dict(model), strict=False)
     assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing)
     assert max_diff(exported.eval(), model) < 1e-4
+
+
+def test_exact_gelu_models_import_and_export_as_such():
+    from dataclasses import replace
+
+    from seqgen.interop.hf import hf_config, to_hf_state_dict
+    from seqgen.model import GPT
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=101, n_positions=32, n_embd=48, n_layer=2,
+                                     n_head=4, activation_function="gelu")  # fmt: skip
+    hf_exact = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # GELU inputs of order 1, where the tanh approximation is off
+        for block in hf_exact.transformer.h:
+            block.mlp.c_fc.weight *= 40
+            block.mlp.c_proj.weight *= 40
+    model = from_hf(hf_exact)
+    assert model.config.activation == "gelu"
+    tanh = GPT(replace(model.config, activation="gelu_tanh")).eval()
+    tanh.load_state_dict(model.state_dict())
+    assert max_diff(hf_exact, model) < max_diff(hf_exact, tanh) / 100
+    exported_config = hf_config(model.config)
+    assert exported_config["activation_function"] == "gelu"
+    exported = transformers.GPT2LMHeadModel(transformers.GPT2Config(**exported_config)).eval()
+    exported.load_state_dict(to_hf_state_dict(model), strict=False)
+    assert max_diff(exported, model) == pytest.approx(0, abs=1e-3)
+
+
+def test_an_unknown_activation_is_named():
+    config = transformers.GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=1,
+                                     n_head=2, activation_function="relu")  # fmt: skip
+    with pytest.raises(CheckpointError, match="activation_function 'relu' is not one of"):
+        from_hf(transformers.GPT2LMHeadModel(config))

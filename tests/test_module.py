@@ -88,3 +88,28 @@ def test_the_gradient_norm_is_clipped_to_grad_clip(grad_clip):
     after = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()])
     expected = before if grad_clip is None else torch.tensor(grad_clip)
     assert after.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_timing_the_precisions_leaves_the_model_as_it_was():
+    from seqgen.cpu import training_step_seconds
+    from seqgen.model import GPT
+
+    model = GPT(ModelConfig.from_preset("tiny", dropout=0.1)).eval()
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    torch.manual_seed(5)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(5)
+    seconds = training_step_seconds(model, batch_size=4, length=32)
+    assert set(seconds) == {"32-true", "bf16-mixed"} and all(s > 0 for s in seconds.values())
+    assert torch.equal(torch.rand(3), expected_draw)  # dropout's draws did not move the stream
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
+
+
+def test_the_optimizer_is_adamw_with_decay_on_matrices_only():
+    module = LMModule(ModelConfig.from_preset("tiny"), TrainConfig(weight_decay=0.3))
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.3 and all(p.dim() == 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])

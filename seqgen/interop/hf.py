@@ -28,14 +28,18 @@ CONV1D_SUFFIXES = (
     "mlp.c_proj.weight",
 )
 SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
-GELU_TANH = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+# HF activation_function names of each of ours (the first is the one exported)
+ACTIVATIONS = {"gelu_tanh": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"), "gelu": ("gelu",)}
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """A ModelConfig from a GPT2Config (as a dict, e.g. a config.json)."""
-    activation = hf.get("activation_function", "gelu_new")
-    if activation not in GELU_TANH:
-        raise CheckpointError(f"activation {activation!r} is not GPT-2's tanh GELU")
+    hf_activation = hf.get("activation_function", "gelu_new")
+    activation = next((ours for ours, names in ACTIVATIONS.items() if hf_activation in names),
+                      None)  # fmt: skip
+    if activation is None:
+        known = ", ".join(name for names in ACTIVATIONS.values() for name in names)
+        raise CheckpointError(f"activation_function {hf_activation!r} is not one of {known}")
     n_embd = hf.get("n_embd", 768)
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise CheckpointError(f"n_inner={hf['n_inner']} is not 4 x n_embd; not a GPT-2 MLP")
@@ -48,6 +52,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         dropout=0.0,
         bias=True,
+        activation=activation,
     )
 
 
@@ -117,7 +122,8 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     return dict(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
         n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.layer_norm_eps,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        activation_function=ACTIVATIONS[config.activation][0], resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0,
     )  # fmt: skip
 
 

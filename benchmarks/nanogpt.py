@@ -1,0 +1,182 @@
+"""nanoGPT beside seqgen, in the same benchmark run: its own CPU recipe trained for a given
+wall time on the same text, and its model's raw training step against seqgen's at equal shape.
+
+nanoGPT's files come unmodified from ../shared/anchors/nanoGPT (MIT; see its README there);
+they are copied into a scratch directory and run from there, never imported by seqgen itself.
+Its training script has no wall-clock budget, so a short calibration run times its iterations
+and the real run gets the iteration count (and learning-rate schedule) that fills the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from benchmarks.common import ROOT
+
+ANCHOR = ROOT.parent / "shared" / "anchors" / "nanoGPT"
+# nanoGPT's README recipe for a CPU (Tiny Shakespeare, characters), all but the length
+CPU_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+              "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
+              "--n_head=4", "--n_embd=128", "--dropout=0.0"]  # fmt: skip
+CALIBRATION_ITERS = 60
+ITER_LINE = re.compile(r"^iter (\d+): loss [-\d.naif]+, time ([\d.]+)ms", re.MULTILINE)
+EVAL_LINE = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", re.MULTILINE)
+
+
+def prepare(anchor: Path, text: Path, workdir: Path) -> Path:
+    """A runnable copy of nanoGPT in workdir with `text` as its Shakespeare data (its
+    prepare.py splits it: first 90% of the characters train, the rest validation)."""
+    if not (anchor / "train.py").is_file():
+        raise FileNotFoundError(f"{anchor}: no nanoGPT train.py")
+    copy = workdir / "nanoGPT"
+    shutil.copytree(anchor, copy)
+    data = copy / "data" / "shakespeare_char"
+    shutil.copyfile(text, data / "input.txt")
+    subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    return copy
+
+
+def _train(copy: Path, iters: int, eval_iters: int) -> str:
+    args = [*CPU_RECIPE, f"--max_iters={iters}", f"--lr_decay_iters={iters}",
+            f"--eval_interval={iters}", f"--eval_iters={eval_iters}",
+            f"--out_dir={copy / 'out'}"]  # fmt: skip
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=copy, capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"nanoGPT train.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def train_for(copy: Path, seconds: float, eval_iters: int = 200) -> dict[str, Any]:
+    """Train nanoGPT's CPU recipe for about `seconds` of training steps; its validation loss
+    (its own estimate over `eval_iters` random batches) in bits per byte (its text is
+    ASCII, so a character is a byte) and its training tokens/s."""
+    calibration = _train(copy, CALIBRATION_ITERS, eval_iters=1)
+    step_ms = statistics.median(float(ms) for it, ms in ITER_LINE.findall(calibration)
+                                if 10 <= int(it) < CALIBRATION_ITERS)  # fmt: skip
+    iters = max(2, round(seconds * 1000 / step_ms))
+    log = _train(copy, iters, eval_iters)
+    # iteration 0 and the last also ran an evaluation: the others are training alone
+    times = [float(ms) / 1000 for it, ms in ITER_LINE.findall(log) if 0 < int(it) < iters]
+    evals = {int(step): float(val) for step, _, val in EVAL_LINE.findall(log)}
+    if iters not in evals:
+        raise RuntimeError(f"nanoGPT printed no evaluation at step {iters}:\n{log[-2000:]}")
+    train_seconds = sum(times) * (iters + 1) / max(len(times), 1)  # iters + 1 steps ran
+    tokens = (iters + 1) * 12 * 64  # batch_size x block_size of CPU_RECIPE
+    return {"val_loss": evals[iters], "val_bpb": evals[iters] / math.log(2), "iters": iters,
+            "train_seconds": train_seconds, "tokens_per_second": tokens / train_seconds,
+            "calibrated_step_ms": step_ms, "eval_iters": eval_iters}  # fmt: skip
+
+
+# ------------------------------------------------------------------ raw training steps
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int
+    batch_size: int
+    block_size: int
+    bias: bool = True
+    activation: str = "gelu"  # nanoGPT's GELU is the exact one
+
+    @classmethod
+    def of(cls, model: dict[str, Any], batch_size: int) -> Shape:
+        """The shape of a seqgen model config (as a dict) at this batch size."""
+        names = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias", "activation")
+        return cls(batch_size=batch_size, **{name: model[name] for name in names})
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.block_size
+
+
+SHAPE_10M = Shape(6, 6, 384, 2048, 16, 256)  # 10.9M parameters
+
+
+def load_model_module(copy: Path) -> ModuleType:
+    """nanoGPT's model.py, loaded from its copy under a name of its own."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", copy / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seqgen_step(shape: Shape):
+    from seqgen.config import ModelConfig, TrainConfig
+    from seqgen.module import LMModule, sequence_loss
+
+    config = ModelConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+                         vocab_size=shape.vocab_size, block_size=shape.block_size,
+                         bias=shape.bias, activation=shape.activation)  # fmt: skip
+    module = LMModule(config, TrainConfig(learning_rate=1e-4))
+    optimizer = module.configure_optimizers()["optimizer"]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss, _ = sequence_loss(module.model(x), {"targets": y})
+        loss.backward()
+        module.on_before_optimizer_step(optimizer)  # the gradient-norm guard and clipping
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _nanogpt_step(nanogpt: ModuleType, shape: Shape):
+    config = nanogpt.GPTConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+                               vocab_size=shape.vocab_size, block_size=shape.block_size,
+                               dropout=0.0, bias=shape.bias)  # fmt: skip
+    with contextlib.redirect_stdout(None):  # it prints its parameter count
+        model = nanogpt.GPT(config)
+        optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:  # as its train.py does on a CPU
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def raw_steps(nanogpt: ModuleType, shape: Shape, precision: str, steps: int = 15,
+              warmup: int = 3) -> dict[str, float]:  # fmt: skip
+    """Seconds per training step (forward, backward, clipping, AdamW) of seqgen's GPT and
+    nanoGPT's at one shape, fp32 or under bf16 autocast: the median of `steps` each after
+    `warmup`, taken in turns (one step of each) so that the machine's busy moments and
+    drifts hit both alike."""
+    torch.manual_seed(0)
+    x = torch.randint(shape.vocab_size, (shape.batch_size, shape.block_size))
+    y = torch.randint(shape.vocab_size, (shape.batch_size, shape.block_size))
+    contenders = {"seqgen": _seqgen_step(shape), "nanogpt": _nanogpt_step(nanogpt, shape)}
+    context = {"fp32": contextlib.nullcontext,
+               "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}[precision]  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for turn in range(warmup + steps):
+        for name, step in contenders.items():
+            started = time.perf_counter()
+            with context():
+                step(x, y)
+            if turn >= warmup:
+                times[name].append(time.perf_counter() - started)
+    seqgen, theirs = (statistics.median(times[name]) for name in ("seqgen", "nanogpt"))
+    return {"seqgen_seconds": seqgen, "nanogpt_seconds": theirs,
+            "ratio": theirs / seqgen,  # > 1: seqgen's step is faster
+            "seqgen_tokens_per_second": shape.tokens / seqgen}  # fmt: skip
