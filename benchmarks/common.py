@@ -9,9 +9,12 @@ Run a benchmark from the repository root as `python -m benchmarks.NAME ...`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +98,54 @@ def evaluate(task: str, **values: Any) -> dict[str, Any]:
     return task_class(task).evaluate(eval_options(task, **values))
 
 
+
+
+def precision_context(precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """fp32 (nothing) or bf16 autocast on the CPU."""
+    import torch
+
+    if precision == "bf16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext
+    raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+
+
+def seqgen_training_step(model_config, batch_size: int) -> Callable[[], None]:
+    """One training step of seqgen's GPT as `seqgen pretrain` takes it (forward, the masked
+    loss, backward, the gradient-norm guard and clipping, fused AdamW) on a fixed random
+    batch of `batch_size` x block_size."""
+    import torch
+
+    from seqgen.config import TrainConfig
+    from seqgen.module import LMModule, sequence_loss
+
+    module = LMModule(model_config, TrainConfig(learning_rate=1e-4))
+    optimizer = module.configure_optimizers()["optimizer"]
+    shape = (batch_size, model_config.block_size)
+    x, y = (torch.randint(model_config.vocab_size, shape) for _ in range(2))
+
+    def step() -> None:
+        loss, _ = sequence_loss(module.model(x), {"targets": y})
+        loss.backward()
+        module.on_before_optimizer_step(optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def seconds_in_turns(contenders: dict[str, Callable[[], None]], precision: str = "fp32",
+                     steps: int = 15, warmup: int = 3) -> dict[str, float]:  # fmt: skip
+    """Median seconds per call of each contender, taken in turns (one call of each, `warmup`
+    turns first) so that the machine's busy moments and drifts hit all alike."""
+    context = precision_context(precision)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for turn in range(warmup + steps):
+        for name, call in contenders.items():
+            started = time.perf_counter()
+            with context():
+                call()
+            if turn >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}

@@ -31,7 +31,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import RECIPES, ROOT, parse_args, train, write_report
+from benchmarks.common import (
+    RECIPES,
+    ROOT,
+    parse_args,
+    seconds_in_turns,
+    seqgen_training_step,
+    train,
+    write_report,
+)
 from seqgen.config import ModelConfig
 from seqgen.model import CausalSelfAttention, causal_mask
 from seqgen.tables import markdown_table
@@ -40,6 +48,7 @@ from seqgen_tasks.music.data import find_midi
 from seqgen_tasks.music.events import (
     NOTE_OFF,
     NOTE_ON,
+    NUM_EVENTS,
     TIME_SHIFT,
     VELOCITY,
     encode_notes,
@@ -199,6 +208,32 @@ def continuation(ckpt: str, data: dict, prompt_seconds: float, seconds: float) -
 # ---------------------------------------------------------------- (c) training
 
 
+def step_times(config: str) -> dict:
+    """Seconds per training step of the recipe's model with learned and with relative
+    positions, at its batch size, in the precision `precision: auto` picks for the learned
+    one on this machine (and in fp32 too, where that is bf16), taken in turns."""
+    from seqgen.config import TrainConfig
+    from seqgen.model import GPT
+    from seqgen.trainer import resolve_precision
+
+    recipe = yaml.safe_load(Path(config).read_text())
+    model = {**recipe["model"], "vocab_size": NUM_EVENTS + 4}  # + the task's special tokens
+    batch = recipe["train"]["batch_size"]
+    configs = {p: ModelConfig(**{**model, "pos_embedding": p}) for p in ("learned", "relative")}
+    train_config = TrainConfig(precision=recipe["train"].get("precision", "32-true"),
+                               batch_size=batch, accelerator="cpu")  # fmt: skip
+    chosen = resolve_precision(train_config, GPT(configs["learned"]))
+    precisions = ["bf16", "fp32"] if "bf16" in chosen else ["fp32"]
+    times = {}
+    for precision in precisions:
+        torch.manual_seed(0)
+        steps = {p: seqgen_training_step(c, batch) for p, c in configs.items()}
+        times[precision] = seconds_in_turns(steps, precision, steps=5, warmup=2)
+        times[precision]["ratio"] = times[precision]["relative"] / times[precision]["learned"]
+    return {"precision": precisions[0], "batch_size": batch, "seconds": times,
+            "relative_step_time_ratio": times[precisions[0]]["ratio"]}
+
+
 def held_out_data(args: argparse.Namespace, work: Path) -> dict:
     """The data options (c) trains with: the recipe's, on --data, with (c)'s cache."""
     recipe = yaml.safe_load(Path(args.config).read_text()).get("data", {})
@@ -229,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--continue_ckpt",
                         help="(d) with this checkpoint (default: the better model of (c))")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["encode", "memory", "train", "continue"],
+                        choices=["encode", "memory", "steps", "train", "continue"],
                         help="leave out a part")  # fmt: skip
     parser.add_argument("--report")
     parser.add_argument("--out", help="keep the runs here, the better model as OUT/final")
@@ -274,6 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              [(name, round(row["peak_bytes"] / 2**20), f"{row['seconds']:.2f}")
                               for name, row in peaks.items()]))  # fmt: skip
         print(f"ratio (skewing / naive): {report['relative_memory_ratio']:.4f}")
+    if "steps" not in args.skip:
+        found = step_times(args.config)
+        report.update(step_times=found, relative_step_time_ratio=found["relative_step_time_ratio"])
+        print(f"\n(c) a training step of {args.config}, batch {found['batch_size']}")
+        print(markdown_table(["precision", "learned s", "relative s", "relative / learned"],
+                             [(name, f"{row['learned']:.3f}", f"{row['relative']:.3f}",
+                               f"{row['ratio']:.2f}") for name, row in found["seconds"].items()]))
     if "train" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.out or tmp)

@@ -17,7 +17,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, seconds_in_turns, seqgen_training_step
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "nanoGPT"
 # nanoGPT's README recipe for a CPU (Tiny Shakespeare, characters), all but the length
@@ -118,27 +117,9 @@ def load_model_module(copy: Path) -> ModuleType:
     return module
 
 
-def _seqgen_step(shape: Shape):
-    from seqgen.config import ModelConfig, TrainConfig
-    from seqgen.module import LMModule, sequence_loss
-
-    config = ModelConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-                         vocab_size=shape.vocab_size, block_size=shape.block_size,
-                         bias=shape.bias, activation=shape.activation)  # fmt: skip
-    module = LMModule(config, TrainConfig(learning_rate=1e-4))
-    optimizer = module.configure_optimizers()["optimizer"]
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss, _ = sequence_loss(module.model(x), {"targets": y})
-        loss.backward()
-        module.on_before_optimizer_step(optimizer)  # the gradient-norm guard and clipping
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
 def _nanogpt_step(nanogpt: ModuleType, shape: Shape):
+    """A training step of nanoGPT's model as its train.py takes it on a CPU, on a fixed random
+    batch."""
     config = nanogpt.GPTConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
                                vocab_size=shape.vocab_size, block_size=shape.block_size,
                                dropout=0.0, bias=shape.bias)  # fmt: skip
@@ -146,7 +127,10 @@ def _nanogpt_step(nanogpt: ModuleType, shape: Shape):
         model = nanogpt.GPT(config)
         optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:  # as its train.py does on a CPU
+    x, y = (torch.randint(shape.vocab_size, (shape.batch_size, shape.block_size))
+            for _ in range(2))  # fmt: skip
+
+    def step() -> None:
         _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -159,24 +143,16 @@ def _nanogpt_step(nanogpt: ModuleType, shape: Shape):
 def raw_steps(nanogpt: ModuleType, shape: Shape, precision: str, steps: int = 15,
               warmup: int = 3) -> dict[str, float]:  # fmt: skip
     """Seconds per training step (forward, backward, clipping, AdamW) of seqgen's GPT and
-    nanoGPT's at one shape, fp32 or under bf16 autocast: the median of `steps` each after
-    `warmup`, taken in turns (one step of each) so that the machine's busy moments and
-    drifts hit both alike."""
+    nanoGPT's at one shape, fp32 or under bf16 autocast, taken in turns."""
+    from seqgen.config import ModelConfig
+
     torch.manual_seed(0)
-    x = torch.randint(shape.vocab_size, (shape.batch_size, shape.block_size))
-    y = torch.randint(shape.vocab_size, (shape.batch_size, shape.block_size))
-    contenders = {"seqgen": _seqgen_step(shape), "nanogpt": _nanogpt_step(nanogpt, shape)}
-    context = {"fp32": contextlib.nullcontext,
-               "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}[precision]  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for turn in range(warmup + steps):
-        for name, step in contenders.items():
-            started = time.perf_counter()
-            with context():
-                step(x, y)
-            if turn >= warmup:
-                times[name].append(time.perf_counter() - started)
-    seqgen, theirs = (statistics.median(times[name]) for name in ("seqgen", "nanogpt"))
-    return {"seqgen_seconds": seqgen, "nanogpt_seconds": theirs,
-            "ratio": theirs / seqgen,  # > 1: seqgen's step is faster
-            "seqgen_tokens_per_second": shape.tokens / seqgen}  # fmt: skip
+    config = ModelConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+                         vocab_size=shape.vocab_size, block_size=shape.block_size,
+                         bias=shape.bias, activation=shape.activation)  # fmt: skip
+    contenders = {"seqgen": seqgen_training_step(config, shape.batch_size),
+                  "nanogpt": _nanogpt_step(nanogpt, shape)}  # fmt: skip
+    seconds = seconds_in_turns(contenders, precision, steps, warmup)
+    return {"seqgen_seconds": seconds["seqgen"], "nanogpt_seconds": seconds["nanogpt"],
+            "ratio": seconds["nanogpt"] / seconds["seqgen"],  # > 1: seqgen's step is faster
+            "seqgen_tokens_per_second": shape.tokens / seconds["seqgen"]}  # fmt: skip

@@ -144,6 +144,8 @@ def test_music(tmp_path, capsys):
     assert report["encode_speedup_vs_naive"] > 0
     assert report["memory"]["skewing"]["peak_bytes"] > 0
     assert report["better"] in ("learned", "relative") and report["nll_per_event_relative"] > 0
+    steps = report["step_times"]["seconds"][report["step_times"]["precision"]]
+    assert report["relative_step_time_ratio"] == steps["relative"] / steps["learned"] > 0
     found = report["continuation"]  # the held-out song (the last of 4), continued
     assert found["performances"] == 1 and 0 <= found["overlap"]["mean"] <= 1
     assert set(found["overlap"]) == {"pitch_class", "velocity", "note_density", "ioi",

@@ -4,9 +4,11 @@ O(L^2 D) computation, and a relative model decodes with its KV cache exactly."""
 import pytest
 import torch
 
+from seqgen import relative
 from seqgen.config import ModelConfig
 from seqgen.engine import generate
-from seqgen.model import GPT, causal_mask, relative_logits
+from seqgen.model import GPT, causal_mask
+from seqgen.relative import RelativeAttention, relative_logits
 
 
 def naive_relative_logits(q, rel, S):
@@ -65,3 +67,64 @@ def test_relative_attention_learns_and_its_embeddings_get_gradients():
         optimizer.step()
     assert model.transformer.h[0].attn.rel.grad.abs().sum() > 0
     assert losses[-1] < 0.2 * losses[0]
+
+
+def generic_relative_attention(q, k, v, rel):
+    """The plain computation: relative logits as an additive mask of the full (T, T) scores."""
+    T = q.size(2)
+    bias = naive_relative_logits(q, rel, T) / q.size(-1) ** 0.5
+    mask = bias.masked_fill(~causal_mask(T, T, q.device), float("-inf"))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("T, block", [(23, 64), (23, 5), (64, 16), (150, 64)])
+def test_blockwise_relative_attention_equals_the_plain_computation(T, block, monkeypatch):
+    monkeypatch.setattr(relative, "BLOCK", block)  # one block, several, a ragged last one
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, T, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rel = torch.randn(3, T + 4, 8, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, T, 8, dtype=torch.float64)
+    fast = RelativeAttention.apply(q, k, v, rel[:, 4:], causal_mask(T, T, q.device))
+    plain = generic_relative_attention(q, k, v, rel[:, 4:])
+    assert torch.allclose(fast, plain, atol=1e-12)
+    ours = torch.autograd.grad(fast, (q, k, v, rel), grad)
+    theirs = torch.autograd.grad(plain, (q, k, v, rel), grad)
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert torch.allclose(mine, reference, atol=1e-10)
+
+
+def test_a_relative_model_trains_through_the_blockwise_path_as_through_the_mask(monkeypatch):
+    monkeypatch.setattr(relative, "BLOCK", 8)
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=16,
+                         pos_embedding="relative")  # fmt: skip
+    model = GPT(config).double()
+    ids = torch.randint(0, 30, (3, 27))
+    calls = []
+    monkeypatch.setattr(RelativeAttention, "apply", lambda *a, f=RelativeAttention.apply: (
+        calls.append(1), f(*a))[1])  # fmt: skip
+    fast = model(ids)
+    assert len(calls) == config.n_layer  # the training path is the blockwise one
+    fast_grads = torch.autograd.grad(fast.sum(), list(model.parameters()))
+    # an explicit all-True padding mask takes the generic path: the same numbers
+    plain = model(ids, padding_mask=torch.ones(3, 27, dtype=torch.bool))
+    assert len(calls) == config.n_layer and torch.allclose(fast, plain, atol=1e-10)
+    plain_grads = torch.autograd.grad(plain.sum(), list(model.parameters()))
+    for ours, theirs in zip(fast_grads, plain_grads, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-9)
+
+
+def test_blockwise_relative_attention_under_bf16_autocast():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=30, block_size=96, n_layer=1, n_head=2, n_embd=32,
+                         pos_embedding="relative")  # fmt: skip
+    model = GPT(config)
+    ids = torch.randint(0, 30, (2, 96))
+    reference = model(ids)
+    reference_grad = torch.autograd.grad(reference.sum(), model.transformer.h[0].attn.rel)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids)
+    grad = torch.autograd.grad(logits.float().sum(), model.transformer.h[0].attn.rel)[0]
+    assert grad.dtype == torch.float32  # the embedding's own dtype
+    assert (logits.float() - reference).abs().max() < 0.05 * reference.abs().max()
+    assert (grad - reference_grad).norm() < 0.05 * reference_grad.norm()
