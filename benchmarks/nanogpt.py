@@ -45,7 +45,11 @@ def prepare(anchor: Path, text: Path, workdir: Path) -> Path:
     shutil.copytree(anchor, copy)
     data = copy / "data" / "shakespeare_char"
     shutil.copyfile(text, data / "input.txt")
-    subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "prepare.py"], cwd=data, capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode:
+        hint = " (pip install -e .[bench])" if "requests" in done.stderr else ""
+        raise RuntimeError(f"nanoGPT's prepare.py failed{hint}:\n{done.stderr[-2000:]}")
     return copy
 
 
