@@ -9,11 +9,9 @@ Run a benchmark from the repository root as `python -m benchmarks.NAME ...`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,17 +96,8 @@ def evaluate(task: str, **values: Any) -> dict[str, Any]:
     return task_class(task).evaluate(eval_options(task, **values))
 
 
-
-
-def precision_context(precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """fp32 (nothing) or bf16 autocast on the CPU."""
-    import torch
-
-    if precision == "bf16":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext
-    raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+# the benchmarks' names of the training precisions, and Lightning's
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
 def seqgen_training_step(model_config, batch_size: int) -> Callable[[], None]:
@@ -137,15 +126,17 @@ def seqgen_training_step(model_config, batch_size: int) -> Callable[[], None]:
 
 def seconds_in_turns(contenders: dict[str, Callable[[], None]], precision: str = "fp32",
                      steps: int = 15, warmup: int = 3) -> dict[str, float]:  # fmt: skip
-    """Median seconds per call of each contender, taken in turns (one call of each, `warmup`
-    turns first) so that the machine's busy moments and drifts hit all alike."""
-    context = precision_context(precision)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for turn in range(warmup + steps):
-        for name, call in contenders.items():
-            started = time.perf_counter()
-            with context():
+    """Median seconds per call of each contender in `precision` (fp32, or bf16 autocast),
+    taken in turns (`seqgen.cpu.seconds_in_turns`)."""
+    from seqgen.cpu import autocast
+    from seqgen.cpu import seconds_in_turns as timed
+
+    def within(call: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with autocast(PRECISIONS[precision]):
                 call()
-            if turn >= warmup:
-                times[name].append(time.perf_counter() - started)
+
+        return run
+
+    times = timed({name: within(call) for name, call in contenders.items()}, steps, warmup)
     return {name: statistics.median(seconds) for name, seconds in times.items()}

@@ -54,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="nanoGPT's files (default: %(default)s)")  # fmt: skip
     parser.add_argument("--nanogpt_eval_iters", type=int, default=200,
                         help="batches of nanoGPT's validation estimate")  # fmt: skip
-    parser.add_argument("--skip", nargs="*", default=[], choices=["nanogpt", "raw_step"],
-                        help="parts not to run: nanoGPT's training, the raw-step timings")
+    parser.add_argument("--skip", action="append", default=[], choices=["nanogpt", "raw_step"],
+                        help="leave out a part: nanoGPT's training, the raw-step timings")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, after --")
     args = parse_args(parser, argv)
     if not Path(args.data).is_file():

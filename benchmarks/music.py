@@ -48,7 +48,6 @@ from seqgen_tasks.music.data import find_midi
 from seqgen_tasks.music.events import (
     NOTE_OFF,
     NOTE_ON,
-    NUM_EVENTS,
     TIME_SHIFT,
     VELOCITY,
     encode_notes,
@@ -215,9 +214,10 @@ def step_times(config: str) -> dict:
     from seqgen.config import TrainConfig
     from seqgen.model import GPT
     from seqgen.trainer import resolve_precision
+    from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
     recipe = yaml.safe_load(Path(config).read_text())
-    model = {**recipe["model"], "vocab_size": NUM_EVENTS + 4}  # + the task's special tokens
+    model = {**recipe["model"], "vocab_size": PerformanceTokenizer().vocab_size}
     batch = recipe["train"]["batch_size"]
     configs = {p: ModelConfig(**{**model, "pos_embedding": p}) for p in ("learned", "relative")}
     train_config = TrainConfig(precision=recipe["train"].get("precision", "32-true"),

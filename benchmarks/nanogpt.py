@@ -28,9 +28,10 @@ from benchmarks.common import ROOT, seconds_in_turns, seqgen_training_step
 
 ANCHOR = ROOT.parent / "shared" / "anchors" / "nanoGPT"
 # nanoGPT's README recipe for a CPU (Tiny Shakespeare, characters), all but the length
+BATCH_SIZE, BLOCK_SIZE = 12, 64
 CPU_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
-              "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
-              "--n_head=4", "--n_embd=128", "--dropout=0.0"]  # fmt: skip
+              "--log_interval=1", f"--block_size={BLOCK_SIZE}", f"--batch_size={BATCH_SIZE}",
+              "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]  # fmt: skip
 CALIBRATION_ITERS = 60
 ITER_LINE = re.compile(r"^iter (\d+): loss [-\d.naif]+, time ([\d.]+)ms", re.MULTILINE)
 EVAL_LINE = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", re.MULTILINE)
@@ -79,7 +80,7 @@ def train_for(copy: Path, seconds: float, eval_iters: int = 200) -> dict[str, An
     if iters not in evals:
         raise RuntimeError(f"nanoGPT printed no evaluation at step {iters}:\n{log[-2000:]}")
     train_seconds = sum(times) * (iters + 1) / max(len(times), 1)  # iters + 1 steps ran
-    tokens = (iters + 1) * 12 * 64  # batch_size x block_size of CPU_RECIPE
+    tokens = (iters + 1) * BATCH_SIZE * BLOCK_SIZE
     return {"val_loss": evals[iters], "val_bpb": evals[iters] / math.log(2), "iters": iters,
             "train_seconds": train_seconds, "tokens_per_second": tokens / train_seconds,
             "calibrated_step_ms": step_ms, "eval_iters": eval_iters}  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -84,21 +85,43 @@ class PackingTimer:
         """Whether a step of `rows` rows runs faster with packed weights than plain."""
         inputs = [torch.randn(rows, 1, layer.in_features, dtype=layer.weight.dtype)
                   for layer in self.plain]  # fmt: skip
-        return _seconds(self.packed, inputs) < _seconds(self.plain, inputs)
+
+        def step(layers: list[nn.Module]) -> Callable[[], None]:
+            def run() -> None:
+                for layer, x in zip(layers, inputs, strict=True):
+                    layer(x)
+
+            return run
+
+        with torch.inference_mode():
+            times = seconds_in_turns({"packed": step(self.packed), "plain": step(self.plain)},
+                                     TIMED_CALLS)  # fmt: skip
+        return statistics.median(times["packed"]) < statistics.median(times["plain"])
 
 
-def _seconds(layers: list[nn.Module], inputs: list[torch.Tensor]) -> float:
-    """Median seconds of one call of every layer on its input, after a warm-up call."""
-    with torch.inference_mode():
-        for layer, x in zip(layers, inputs, strict=True):
-            layer(x)  # first-call setup
-        times = []
-        for _ in range(TIMED_CALLS):
+def seconds_in_turns(calls: dict[str, Callable[[], object]], times: int,
+                     warmup: int = 1) -> dict[str, list[float]]:  # fmt: skip
+    """Seconds of each of `times` calls of every entry, after `warmup` calls of each, taken in
+    turns (one call of every entry, then the next round) so that a busy moment of the machine
+    slows all alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for turn in range(warmup + times):
+        for name, call in calls.items():
             started = time.perf_counter()
-            for layer, x in zip(layers, inputs, strict=True):
-                layer(x)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+            call()
+            if turn >= warmup:
+                seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """The context a training step runs in for a Lightning precision of the CPU: nothing for
+    32-true, bf16 autocast for bf16-mixed."""
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    raise ValueError(f"precision must be 32-true or bf16-mixed, got {precision!r}")
 
 
 def pack_linears(model: nn.Module, measure: bool = True) -> bool:
@@ -121,27 +144,26 @@ def pack_linears(model: nn.Module, measure: bool = True) -> bool:
 def training_step_seconds(model: nn.Module, batch_size: int, length: int) -> dict[str, float]:
     """Seconds of a forward and backward pass of `model` over a batch of `batch_size` x
     `length` tokens (cut to about PROBE_TOKENS), in fp32 and under bf16 autocast: the faster
-    of TIMED_STEPS each, interleaved so that a busy moment of the machine slows both alike.
-    The optimizer step is not timed (it is fp32 in both). The model is left as it was: no
-    weight changes, its gradients are dropped and the random state (dropout) is restored."""
+    of TIMED_STEPS each, taken in turns. The optimizer step is not timed (it is fp32 in both).
+    The model is left as it was: no weight changes, its gradients are dropped and the random
+    state (dropout) is restored."""
     rows = max(1, min(batch_size, PROBE_TOKENS // length))
     ids = torch.randint(model.config.vocab_size, (rows, length),
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
-    contexts = {"32-true": contextlib.nullcontext,
-                "bf16-mixed": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in contexts}
+
+    def step(precision: str) -> Callable[[], None]:
+        def run() -> None:
+            with autocast(precision):
+                logits = model(ids)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+            loss.backward()
+
+        return run
+
     was_training = model.training
     with torch.random.fork_rng(devices=[]):
         model.train()
-        for step in range(TIMED_STEPS + 1):
-            for name, context in contexts.items():
-                started = time.perf_counter()
-                with context():
-                    logits = model(ids)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
-                loss.backward()
-                if step:  # the first is a warm-up
-                    times[name].append(time.perf_counter() - started)
+        times = seconds_in_turns({p: step(p) for p in ("32-true", "bf16-mixed")}, TIMED_STEPS)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return {name: min(seconds) for name, seconds in times.items()}

@@ -42,7 +42,7 @@ def test_lm_shakespeare(tmp_path, corpus_file, capsys):
     out = tmp_path / "lm.json"
     anchor = nanogpt.ANCHOR.is_dir()  # ../shared beside the repository (CI has it)
     beside = ["--nanogpt_eval_iters", "2", "--skip", "raw_step"] if anchor else [
-        "--skip", "nanogpt", "raw_step"]  # fmt: skip
+        "--skip", "nanogpt", "--skip", "raw_step"]  # fmt: skip
     assert lm_shakespeare.main(["--data", str(corpus_file), "--budget_seconds", "2", "--report",
                                 str(out), *beside, "--", "--model.n_layer", "1",
                                 "--model.n_head", "2", "--model.n_embd", "32",

@@ -113,3 +113,13 @@ def test_the_optimizer_is_adamw_with_decay_on_matrices_only():
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.3 and all(p.dim() == 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+
+
+def test_timings_are_taken_in_turns_after_the_warm_up():
+    from seqgen.cpu import seconds_in_turns
+
+    order = []
+    times = seconds_in_turns({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                             times=3, warmup=2)  # fmt: skip
+    assert order == ["a", "b"] * 5  # one of each per turn, warm-up turns included
+    assert [len(t) for t in times.values()] == [3, 3] and all(s >= 0 for s in times["a"])
