@@ -1,11 +1,13 @@
 """Music task benchmark: (a) MIDI -> event encoding speed against miditok's MIDILike and a
 naive pure-Python event loop; (b) peak memory of one relative-attention layer (forward and
 backward) with the skewing trick against the naive O(L^2 D) gather; (c) held-out NLL per
-event after training on POP909 for equal budgets with absolute and relative positions;
-(d) continuations of the held-out performances by the better model of (c) (or
-`--continue_ckpt`): prompted with each one's first `--prompt_seconds`, it plays
-`--continue_seconds` on, compared with what the performer played next (overlap of six
-statistics with bootstrap intervals, long notes, the NLL of the real continuation).
+event after training on POP909 for equal budgets with absolute and relative positions,
+and with absolute positions but without the note state (`data.note_state false`: the model
+is not told which notes are sounding); (d) continuations of the held-out performances by the
+better model of (c) (or `--continue_ckpt`), and by the model without the note state:
+prompted with each one's first `--prompt_seconds`, it plays `--continue_seconds` on,
+compared with what the performer played next (overlap of six statistics with bootstrap
+intervals, long notes, the NLL of the real continuation).
 
     pip install -e .[bench]       # miditok, for (a)
     python -m benchmarks.music --data ../shared/data/pop909 --budget_seconds 600 \
@@ -56,6 +58,12 @@ from seqgen_tasks.music.events import (
 from seqgen_tasks.music.midi import notes_from_symusic
 
 RECIPE = RECIPES / "music" / "pop909.yaml"
+# (c)'s models: the recipe's options each, trained for the same time
+VARIANTS = {
+    "learned": ["--model.pos_embedding=learned"],
+    "relative": ["--model.pos_embedding=relative"],
+    "without_note_state": ["--model.pos_embedding=learned", "--data.note_state=false"],
+}
 
 
 # ---------------------------------------------------------------- (a) encoding
@@ -240,12 +248,12 @@ def held_out_data(args: argparse.Namespace, work: Path) -> dict:
     return {**recipe, "train": args.data, "cache_dir": str(work / "cache")}
 
 
-def train_positions(data: str, config: str, position: str, seconds: float, work: Path,
-                    extra: list[str]) -> dict:  # fmt: skip
+def train_variant(data: str, config: str, variant: str, seconds: float, work: Path,
+                  extra: list[str]) -> dict:  # fmt: skip
     return train("pretrain", [
         "--config", config, "--data.train", data, "--data.cache_dir", str(work / "cache"),
-        f"--model.pos_embedding={position}", f"--train.max_time={seconds}",
-        "--train.progress_bar=false", "--out_dir", str(work / position), *extra,
+        *VARIANTS[variant], f"--train.max_time={seconds}", "--train.progress_bar=false",
+        "--out_dir", str(work / variant), *extra,
     ])  # fmt: skip
 
 
@@ -264,8 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--continue_ckpt",
                         help="(d) with this checkpoint (default: the better model of (c))")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["encode", "memory", "steps", "train", "continue"],
-                        help="leave out a part")  # fmt: skip
+                        choices=["encode", "memory", "steps", "train", "baseline", "continue"],
+                        help="leave out a part (baseline: (c) and (d) without the note "
+                             "state)")  # fmt: skip
     parser.add_argument("--report")
     parser.add_argument("--out", help="keep the runs here, the better model as OUT/final")
     parser.add_argument("--memory_probe", help=argparse.SUPPRESS)
@@ -320,19 +329,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.out or tmp)
             work.mkdir(parents=True, exist_ok=True)
-            runs = {position: train_positions(args.data, args.config, position,
-                                              args.budget_seconds, work, args.overrides)
-                    for position in ("learned", "relative")}  # fmt: skip
-            best = min(runs, key=lambda p: runs[p]["val_loss"])
+            variants = [v for v in VARIANTS if v != "without_note_state"
+                        or "baseline" not in args.skip]  # fmt: skip
+            runs = {variant: train_variant(args.data, args.config, variant,
+                                           args.budget_seconds, work, args.overrides)
+                    for variant in variants}  # fmt: skip
+            best = min(("learned", "relative"), key=lambda p: runs[p]["val_loss"])
             if "continue" not in args.skip and not args.continue_ckpt:
                 report["continuation"] = continuation(
                     str(work / best / "final"), held_out_data(args, work), args.prompt_seconds,
                     args.continue_seconds)  # fmt: skip
+                if "without_note_state" in runs:
+                    report["continuation_without_note_state"] = continuation(
+                        str(work / "without_note_state" / "final"), held_out_data(args, work),
+                        args.prompt_seconds, args.continue_seconds)  # fmt: skip
             if args.out:
                 final = work / "final"
                 if final.exists():
                     raise SystemExit(f"{final} exists; choose another --out")
                 (work / best / "final").rename(final)
+        if "without_note_state" in runs:
+            report["nll_per_event_without_note_state"] = runs["without_note_state"]["val_loss"]
         report.update(nll_per_event_absolute=runs["learned"]["val_loss"],
                       nll_per_event_relative=runs["relative"]["val_loss"], better=best,
                       training={p: {k: r[k] for k in ("val_loss", "steps", "train_tokens",
@@ -340,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                       "params", "epochs")}
                                 for p, r in runs.items()})  # fmt: skip
         print(f"\n(c) held-out NLL per event after {args.budget_seconds:.0f} s of training each")
-        print(markdown_table(["positions", "NLL/event", "steps", "tokens/s"],
+        print(markdown_table(["model", "NLL/event", "steps", "tokens/s"],
                              [(name, row["val_loss"], row["steps"], round(row["tokens_per_second"]))
                               for name, row in report["training"].items()]))  # fmt: skip
     if "continue" not in args.skip and args.continue_ckpt:
@@ -348,11 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["continuation"] = continuation(
                 args.continue_ckpt, held_out_data(args, Path(args.out or tmp)),
                 args.prompt_seconds, args.continue_seconds)  # fmt: skip
-    if "continuation" in report:
-        found = report["continuation"]
-        found["long_notes_fraction"] = found["failures"]["generated"]["long_notes_fraction"]
-        report["reference"] = {
-            "long_notes_fraction": found["failures"]["real"]["long_notes_fraction"]}
+    for key in ("continuation", "continuation_without_note_state"):
+        if key in report:
+            found = report[key]
+            found["long_notes_fraction"] = found["failures"]["generated"]["long_notes_fraction"]
+            report["reference"] = {
+                "long_notes_fraction": found["failures"]["real"]["long_notes_fraction"]}
     write_report(args.report, report)
     return 0
 

@@ -89,7 +89,10 @@ def draw(config: AttentionConfig) -> list[tuple[int, int]]:
     ids = sequence(config, generator)
     window = ids[-model.config.block_size :]  # what the model sees at the last position
     with torch.no_grad():
-        maps = model.attention_maps(torch.tensor([window]))  # n_layer x (1, nh, T, T)
+        states = generator.states(ids)
+        if states is not None:
+            states = torch.from_numpy(states[-len(window) :]).float()[None]
+        maps = model.attention_maps(torch.tensor([window]), states)  # n_layer x (1, nh, T, T)
     first = max(0, len(window) - config.max_tokens)
     shown = window[first:]
     offset = len(ids) - len(shown)  # position in `ids` of the first one shown

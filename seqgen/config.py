@@ -75,12 +75,18 @@ class ModelConfig:
     activation: Literal["gelu_tanh", "gelu"] = "gelu_tanh"
     """MLP activation: GPT-2's tanh approximation of GELU, or the exact (erf) GELU, whose
     backward is cheaper: training steps 3-7% faster on CPU (measured at two model sizes)."""
+    state_size: int = 0
+    """Width of the token state the task computes from the ids so far (`seqgen.state`;
+    music: how many notes of each pitch are sounding), embedded and added to each token's
+    embedding. Set by the task; 0: none (GPT-2)."""
 
     def __post_init__(self) -> None:
         check_types(self, "model")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.state_size < 0:
+            raise ConfigError(f"model.state_size must be >= 0, got {self.state_size}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"

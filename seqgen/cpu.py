@@ -150,11 +150,13 @@ def training_step_seconds(model: nn.Module, batch_size: int, length: int) -> dic
     rows = max(1, min(batch_size, PROBE_TOKENS // length))
     ids = torch.randint(model.config.vocab_size, (rows, length),
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    size = model.config.state_size
+    state = torch.zeros(rows, length, size) if size else None  # its values cost nothing
 
     def step(precision: str) -> Callable[[], None]:
         def run() -> None:
             with autocast(precision):
-                logits = model(ids)
+                logits = model(ids, state=state)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
             loss.backward()
 

@@ -151,29 +151,43 @@ class RandomWindows(Dataset):
 
 
 class SequentialWindows(Dataset):
-    """Non-overlapping windows; the last one is padded, its padding ignored by the loss."""
+    """Non-overlapping windows; the last one is padded, its padding ignored by the loss.
+    `states`: (N, size) the token state after each id of the stream (`seqgen.state`), if
+    the model reads one."""
 
-    def __init__(self, ids: np.ndarray, block_size: int, pad_id: int) -> None:
+    def __init__(self, ids: np.ndarray, block_size: int, pad_id: int,
+                 states: np.ndarray | None = None) -> None:  # fmt: skip
+        if states is not None and len(states) != len(ids):
+            raise ValueError(f"{len(states)} token states for {len(ids)} ids")
         self.ids, self.block_size, self.pad_id = ids, block_size, pad_id
+        self.states = states
 
     def __len__(self) -> int:
         return -(-(len(self.ids) - 1) // self.block_size)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = i * self.block_size
-        return padded_window(self.ids[start : start + self.block_size + 1], self.block_size,
-                             self.pad_id)  # fmt: skip
+        end = start + self.block_size + 1
+        states = self.states[start : end - 1] if self.states is not None else None
+        return padded_window(self.ids[start:end], self.block_size, self.pad_id, states)
 
 
-def padded_window(ids: np.ndarray, block_size: int, pad_id: int) -> dict[str, torch.Tensor]:
+def padded_window(ids: np.ndarray, block_size: int, pad_id: int,
+                  states: np.ndarray | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Inputs and targets of up to block_size + 1 ids, padded to block_size; the padding is
-    ignored by the loss."""
+    ignored by the loss. With `states` (the token state after each input), also "state"
+    (block_size, size), zeros at the padding."""
     window = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     inputs = torch.full((block_size,), pad_id, dtype=torch.long)
     targets = torch.full((block_size,), IGNORE_INDEX, dtype=torch.long)
     inputs[: len(window) - 1] = window[:-1]
     targets[: len(window) - 1] = window[1:]
-    return {"input_ids": inputs, "targets": targets}
+    out = {"input_ids": inputs, "targets": targets}
+    if states is not None:
+        state = torch.zeros(block_size, states.shape[1], dtype=torch.float32)
+        state[: len(window) - 1] = torch.from_numpy(np.asarray(states[: len(window) - 1]))
+        out["state"] = state
+    return out
 
 
 class WindowDataModule(pl.LightningDataModule):

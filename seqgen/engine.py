@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from seqgen.config import check_types
 from seqgen.model import GPT, KVCache, SharedPrefix
+from seqgen.state import TokenState
 
 NEG_INF = float("-inf")
 
@@ -101,6 +102,8 @@ class Settings(GenerationOptions):
     constraint: Callable[[list[int]], Constraint] | None = None
     """Called with each row's prompt: the object it returns is told each new id and names
     the ids the row may not take next (e.g. releasing a note that is not sounding)."""
+    state: TokenState | None = None
+    """The task's token state, for a model that reads one (`ModelConfig.state_size`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -184,6 +187,10 @@ def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options
     vocab = model.config.vocab_size
     if any(not isinstance(i, int) or not 0 <= i < vocab for p in prompts for i in p):
         raise ValueError(f"a prompt holds something other than an id below {vocab}")
+    size = settings.state.size if settings.state is not None else 0
+    if size != model.config.state_size:
+        raise ValueError(f"the model reads a token state of size {model.config.state_size}, "
+                         f"the settings give one of size {size}")  # fmt: skip
     block = model.config.block_size
     if settings.window_keep is not None and not 0 < settings.window_keep < block:
         raise ValueError(f"window_keep must be in (0, {block}), got {settings.window_keep}")
@@ -254,17 +261,20 @@ class _Rows:
         self.keep = settings.window_keep or max(1, block - block // 4)
         self.cache_len = min(block, longest_prompt + settings.max_new_tokens)
         self.device = next(model.parameters()).device
+        self.state = settings.state
+        self.last_state: torch.Tensor | None = None  # (B, state size) after each row's last id
 
     def prefill(self, sequences: list[list[int]]) -> torch.Tensor:
         """A fresh cache from the last tokens of each sequence; returns (B, V) next logits.
         Repeated windows (the samples of one prompt) are computed once, then shared or
-        copied."""
+        copied. A token state comes from the whole sequence, so it outlives the window."""
         limit = self.cache_len if max(map(len, sequences)) <= self.cache_len else self.keep
-        windows = [tuple(s[-limit:]) for s in sequences]
-        unique = {window: i for i, window in enumerate(dict.fromkeys(windows))}
-        logits = self._prefill(list(unique))
-        if len(unique) < len(windows):
-            index = torch.tensor([unique[window] for window in windows], device=self.device)
+        # with a state, equal windows of different histories differ
+        keys = [tuple(s) if self.state is not None else tuple(s[-limit:]) for s in sequences]
+        unique = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        logits = self._prefill([key[-limit:] for key in unique], list(unique))
+        if len(unique) < len(keys):
+            index = torch.tensor([unique[key] for key in keys], device=self.device)
             if self.share:
                 self._share(index)
             else:
@@ -284,14 +294,25 @@ class _Rows:
         self.real = torch.ones(len(index), own, dtype=torch.bool, device=self.device)
         self.padded = False
         self.next_pos = self.next_pos[index]
+        if self.last_state is not None:
+            self.last_state = self.last_state[index]
 
-    def _prefill(self, windows: list[tuple[int, ...]]) -> torch.Tensor:
+    def _prefill(self, windows: list[tuple[int, ...]], sequences: list[tuple[int, ...]]
+                 ) -> torch.Tensor:  # fmt: skip
+        """A fresh cache of `windows`, each the end of its row's whole sequence."""
         width = max(map(len, windows))
         ids = torch.zeros(len(windows), width, dtype=torch.long)
         self.real = torch.zeros(len(windows), self.cache_len, dtype=torch.bool)  # not padding
+        states = None
+        if self.state is not None:
+            states = torch.zeros(len(windows), width, self.state.size)
         for row, window in enumerate(windows):
             ids[row, width - len(window) :] = torch.tensor(window)
             self.real[row, width - len(window) : width] = True
+            if states is not None:
+                sequence = np.asarray(sequences[row], dtype=np.int64)
+                after = self.state.window(sequence, len(sequence) - len(window))
+                states[row, width - len(window) :] = torch.from_numpy(after)
         self.real = self.real.to(self.device)
         self.padded = not bool(self.real[:, :width].all())
         positions = (self.real[:, :width].long().cumsum(1) - 1).clamp(min=0)  # (B, width)
@@ -299,7 +320,10 @@ class _Rows:
         dtype = next(self.model.parameters()).dtype
         self.cache = KVCache(self.model.config, len(windows), self.cache_len, self.device, dtype)
         self.shared = width  # rows repeated by `select` share these first positions
-        return self._forward(ids.to(self.device), positions)
+        if states is not None:
+            states = states.to(self.device)
+            self.last_state = states[:, -1]
+        return self._forward(ids.to(self.device), positions, states)
 
     def step(self, tokens: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
         """Feed one id per row, (B,); re-prefill the window when the cache is full."""
@@ -308,19 +332,31 @@ class _Rows:
             self.shared = 0  # every row's window is its own now
             return logits
         self.real[:, self.cache.length] = True
-        logits = self._forward(tokens[:, None].to(self.device), self.next_pos)
+        tokens = tokens.to(self.device)
+        state = None
+        if self.state is not None:
+            self.last_state = self.state.advance(self.last_state, tokens)
+            state = self.last_state[:, None]
+        logits = self._forward(tokens[:, None], self.next_pos, state)
         self.next_pos = self.next_pos + 1
         return logits
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor,
+                 state: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
         mask = self.real[:, : self.cache.length + ids.shape[1]] if self.padded else None
-        return self.model(ids, positions, self.cache, mask, last_only=True)[:, -1].float()
+        return self.model(ids, positions, self.cache, mask, last_only=True,
+                          state=state)[:, -1].float()  # fmt: skip
 
     def select(self, index: torch.Tensor, holds_prefix: torch.Tensor | None = None) -> None:
         """Keep (and repeat) the rows in `index`: the surviving beams. `holds_prefix` marks
         the rows whose new source shares their prompt (a beam of the same prompt)."""
         self.cache.select(index, self.shared, holds_prefix)
+        self._keep_rows(index)
+
+    def _keep_rows(self, index: torch.Tensor) -> None:
         self.real, self.next_pos = self.real[index], self.next_pos[index]
+        if self.last_state is not None:
+            self.last_state = self.last_state[index]
 
     def drop(self, finished: list[int]) -> torch.Tensor:
         """Remove the rows (slots) in `finished`: the last running rows move into their slots,
@@ -335,7 +371,7 @@ class _Rows:
         index = torch.tensor(order, device=self.device)
         stays = index == torch.arange(count, device=self.device)
         self.cache.select(index, self.cache.length, stays)  # moves whole rows of `index` only
-        self.real, self.next_pos = self.real[index], self.next_pos[index]
+        self._keep_rows(index)
         return index
 
 

@@ -6,12 +6,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from seqgen import checkpoint
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.engine import generate, stream
+from seqgen.errors import CheckpointError
 from seqgen.tasks import Similarity, Task, pairwise, task_class
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
@@ -36,6 +38,12 @@ class Generator:
         self.packed = pack and pack_linears(self.model)
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
         self.task = checkpoint_task(self.meta)
+        self.state = self.task.token_state()
+        size = self.state.size if self.state is not None else 0
+        if size != self.model.config.state_size:
+            raise CheckpointError(f"{self.path}: the model reads a token state of size "
+                                  f"{self.model.config.state_size}, its {self.task.name} task "
+                                  f"as configured gives {size}")  # fmt: skip
 
     def prompt_ids(self, prompt: Any) -> list[int]:
         return self.task.prompt(prompt, self.tokenizer)
@@ -145,7 +153,8 @@ class Generator:
         return {**self.task.generation_defaults(), **options}
 
     def _options(self, stop: Sequence[str], options: dict, ids: list[int] | None = None) -> dict:
-        options = {"eos_id": self.tokenizer.eos_id, **self._defaults(options)}
+        options = {"eos_id": self.tokenizer.eos_id, "state": self.state,
+                   **self._defaults(options)}  # fmt: skip
         if ids is not None:
             options["max_new_tokens"] = min(options.get("max_new_tokens", 100), self._room(ids))
         if stop:
@@ -168,6 +177,13 @@ class Generator:
         if self.task.continues_prompt:
             return float("inf")
         return max(1, self.model.config.block_size - len(ids))
+
+    def states(self, ids: Sequence[int]) -> np.ndarray | None:
+        """(T, state size): the token state after each of `ids` (a whole sequence, from its
+        start), for a model that reads one; else None."""
+        if self.state is None:
+            return None
+        return self.state.sequence(np.asarray(ids, dtype=np.int64))
 
     def _decode(self, ids: list[int], stop: Sequence[str]) -> Any:
         output = self.task.decode(ids, self.tokenizer)

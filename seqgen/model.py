@@ -267,6 +267,8 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
+        if config.state_size:  # the task's token state (seqgen/state.py), embedded
+            self.transformer["wse"] = nn.Linear(config.state_size, config.n_embd, bias=False)
         if config.pos_embedding == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         elif config.pos_embedding == "sinusoidal":
@@ -304,6 +306,7 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         padding_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token logits (B, T, V) for token ids idx (B, T).
 
@@ -313,16 +316,20 @@ class GPT(nn.Module):
             padding_mask: (B, S) over all S = cache.length + T positions, False at padding
                 (left-padded batches), which no token attends to.
             last_only: return logits for the last position only, (B, 1, V).
+            state: (B, T, state_size) the token state after each token, for a model with
+                `config.state_size` (and only then).
         """
-        logits, _ = self._run(idx, input_pos, cache, padding_mask, last_only, need_weights=False)
+        logits, _ = self._run(idx, input_pos, cache, padding_mask, last_only, state,
+                              need_weights=False)  # fmt: skip
         return logits
 
-    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+    def attention_maps(self, idx: torch.Tensor, state: torch.Tensor | None = None
+                       ) -> list[torch.Tensor]:  # fmt: skip
         """Attention weights of every layer, each (B, nh, T, T), through the manual path."""
-        _, maps = self._run(idx, None, None, None, True, need_weights=True)
+        _, maps = self._run(idx, None, None, None, True, state, need_weights=True)
         return maps
 
-    def _run(self, idx, input_pos, cache, padding_mask, last_only, need_weights):
+    def _run(self, idx, input_pos, cache, padding_mask, last_only, state, need_weights):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         offset = cache.offset if cache is not None else 0  # a shared prefix's positions
@@ -332,6 +339,8 @@ class GPT(nn.Module):
         if input_pos is None:
             input_pos = torch.arange(offset + start, offset + start + T, device=idx.device)
         x = self.transformer.wte(idx)  # (B, T, C)
+        if self._checked_state(state, B, T):
+            x = x + self.transformer.wse(state.to(x.dtype))
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(input_pos)  # positions (T,) or (B, T) broadcast
         elif hasattr(self, "sinusoids"):
@@ -353,6 +362,18 @@ class GPT(nn.Module):
             cache.length = start + T
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         return self.lm_head(x), maps
+
+    def _checked_state(self, state: torch.Tensor | None, B: int, T: int) -> bool:
+        """Whether there is a token state to add; a missing or misshapen one is an error."""
+        size = self.config.state_size
+        if not size and state is None:
+            return False
+        expected = (B, T, size)
+        if not size or state is None or tuple(state.shape) != expected:
+            found = "none" if state is None else tuple(state.shape)
+            needs = f"a token state {expected}" if size else "no token state (state_size 0)"
+            raise ValueError(f"this model takes {needs}, got {found}")
+        return True
 
     def set_dropout(self, p: float) -> None:
         """Change every dropout probability (e.g. for fine-tuning a checkpoint)."""

@@ -92,14 +92,14 @@ class LMModule(pl.LightningModule):
         self._fit_started, self._fit_start_tokens = 0.0, 0
         self._val_sums: torch.Tensor | None = None
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(idx)
+    def forward(self, idx: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(idx, state=state)
 
     # ------------------------------------------------------------ training
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int
                       ) -> torch.Tensor | None:  # fmt: skip
-        logits = self.model(batch["input_ids"])
+        logits = self.model(batch["input_ids"], state=batch.get("state"))
         loss, _ = sequence_loss(logits, batch, self.lm_weight, self.train_config.label_smoothing)
         self.train_tokens += batch["input_ids"].numel() * self.trainer.world_size  # all ranks
         if not torch.isfinite(loss):
@@ -159,7 +159,7 @@ class LMModule(pl.LightningModule):
     # ------------------------------------------------------------ validation
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        _, nll = sequence_loss(self.model(batch["input_ids"]), batch)
+        _, nll = sequence_loss(self.model(batch["input_ids"], state=batch.get("state")), batch)
         targets = batch["targets"]
         scored = targets != IGNORE_INDEX
         if "loss_mask" in batch:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the registry is read by `seqgen --help`, which must not loa
     from torch.utils.data import Dataset
 
     from seqgen.examples import Example
+    from seqgen.state import TokenState
     from seqgen.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger("seqgen")
@@ -144,6 +145,13 @@ class Task(ABC):
         if not text or "\ufffd" in text:  # part of a UTF-8 character
             return f"#{token}"
         return text.replace(" ", "·").replace("\n", "\\n").replace("\t", "\\t")
+
+    def token_state(self) -> TokenState | None:
+        """What the model reads beside each token, computed from the ids so far (music: the
+        notes sounding), or None. Its size becomes `model.state_size` when training from
+        scratch; training data carry it as "state" (`seqgen.data.padded_window`), and
+        generation advances it as ids arrive."""
+        return None
 
     def segment_starts(self, ids: list[int], tokenizer: Tokenizer) -> list[int]:
         """Positions where a new part of a sequence starts (e.g. a translation's target after

@@ -113,7 +113,7 @@ def check_model_settings(cfg: RunConfig, meta: dict[str, Any], start: Path,
     stored, given = ModelConfig.from_dict(meta["model"]), cfg.model
     if given == RunConfig().model:  # no model settings given
         return
-    skip = {"vocab_size"} | ({"dropout"} if cfg.dropout is not None else set())
+    skip = {"vocab_size", "state_size"} | ({"dropout"} if cfg.dropout is not None else set())
     names = [f.name for f in fields(ModelConfig) if f.name not in skip]
     differs = [f"model.{name} {getattr(given, name)!r} given, {getattr(stored, name)!r} in the "
                "checkpoint" for name in names if getattr(given, name) != getattr(stored, name)]
@@ -151,6 +151,8 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     if resume_from is not None and meta["task"] != task.name:
         raise CheckpointError(f"{resume_from} was trained for task {meta['task']!r}, "
                               f"not {task.name!r}")  # fmt: skip
+    if meta is not None:
+        check_state_size(task, meta, start)
     splits = task.load()
     model, tokenizer, started_from = starting_model(cfg, task, splits, resume_from, init_from,
                                                     meta)  # fmt: skip
@@ -227,8 +229,25 @@ def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
         tokenizer = load_tokenizer(cfg.tokenizer.path)
     else:
         tokenizer = task.build_tokenizer(splits, cfg.tokenizer)
-    model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size})
+    model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size,
+                                  "state_size": state_size(task)})  # fmt: skip
     return GPT(model_config), tokenizer, FROM_SCRATCH
+
+
+def state_size(task: Task) -> int:
+    """The size of the token state the task computes (0: none)."""
+    state = task.token_state()
+    return state.size if state is not None else 0
+
+
+def check_state_size(task: Task, meta: dict[str, Any], start: Path) -> None:
+    """A checkpoint's model reads the token state its task computed when it was trained."""
+    stored = meta["model"].get("state_size", 0)
+    if stored != state_size(task):
+        raise ConfigError(f"{start}: its model reads a token state of size {stored}, the "
+                          f"{task.name} task as configured computes one of size "
+                          f"{state_size(task)}; set the task's data options as the checkpoint "
+                          f"was trained ({meta.get('task_options', {})})")  # fmt: skip
 
 
 def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int

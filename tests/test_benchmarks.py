@@ -152,6 +152,9 @@ def test_music(tmp_path, capsys):
                                      "duration", "polyphony", "mean"}  # fmt: skip
     assert 0 <= found["long_notes_fraction"] <= 1
     assert report["reference"]["long_notes_fraction"] == 0  # the song's notes last < 2 s
+    assert report["nll_per_event_without_note_state"] > 0
+    assert report["training"]["without_note_state"]["steps"] > 0
+    assert report["continuation_without_note_state"]["performances"] == 1
     assert "(d) continuations of 1 held-out performances" in capsys.readouterr().out
 
 

@@ -378,7 +378,7 @@ def test_attention_maps_are_causal_distributions(model):
         assert weights.triu(diagonal=1).abs().max() == 0
     # the manual path computes what SDPA computes
     with torch.no_grad():
-        manual, _ = model._run(x, None, None, None, False, need_weights=True)
+        manual, _ = model._run(x, None, None, None, False, None, need_weights=True)
         assert (manual - model(x)).abs().max() < 1e-5
 
 

@@ -119,6 +119,9 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     """GPT2Config keyword arguments for a GPT-2-shaped ModelConfig."""
     if not config.bias or config.pos_embedding != "learned":
         raise ValueError("only GPT-2-shaped models (biases, learned positions) export to HF")
+    if config.state_size:
+        raise ValueError(f"this model reads a token state (state_size {config.state_size}) "
+                         "beside its tokens, which GPT-2 cannot: it does not export to HF")
     return dict(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
         n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.layer_norm_eps,

@@ -56,9 +56,11 @@ def events_after(events: np.ndarray, start: int, end: int) -> list[int]:
     return out + time_shifts(end - now)
 
 
-def strided_nll(model, ids: list[int], first: int) -> tuple[float, int]:
+def strided_nll(model, ids: list[int], first: int, states: np.ndarray | None = None
+                ) -> tuple[float, int]:  # fmt: skip
     """Summed NLL (nats) of ids[first:], each predicted with at least half the context of
-    the model before it (windows of block_size moving by half of it), and the count."""
+    the model before it (windows of block_size moving by half of it), and the count.
+    `states`: the token state after each id, for a model that reads one."""
     block = model.config.block_size
     stride = max(1, block // 2)
     total, count = 0.0, 0
@@ -67,7 +69,10 @@ def strided_nll(model, ids: list[int], first: int) -> tuple[float, int]:
             end = min(begin + stride, len(ids))  # targets ids[begin:end]
             start = max(0, end - 1 - block + 1)
             inputs = torch.tensor([ids[start : end - 1]])
-            logits = model(inputs)[0, begin - 1 - start :].float()
+            state = None
+            if states is not None:
+                state = torch.from_numpy(states[start : end - 1]).float()[None]
+            logits = model(inputs, state=state)[0, begin - 1 - start :].float()
             targets = torch.tensor(ids[begin:end])
             total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
             count += end - begin
@@ -115,8 +120,8 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
     real = [window(p, begin, end) for p in usable]
     nats, scored = 0.0, 0
     for prompt, encoded in zip(prompts, events, strict=True):
-        total, count = strided_nll(generator.model, prompt + events_after(encoded, begin, end),
-                                   len(prompt))  # fmt: skip
+        truth = prompt + events_after(encoded, begin, end)
+        total, count = strided_nll(generator.model, truth, len(prompt), generator.states(truth))
         nats, scored = nats + total, scored + count
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(usable), len(usable)) for _ in range(bootstrap_samples)]

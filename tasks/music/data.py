@@ -26,6 +26,7 @@ from seqgen.data import is_saved_dataset, missing_local_path, padded_window, win
 from seqgen.errors import DataError
 from seqgen.files import atomic_directory
 from seqgen.progress import dataset_bars
+from seqgen.state import TokenState
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
 
 log = logging.getLogger("seqgen")
@@ -160,16 +161,20 @@ class PerformanceWindows(Dataset):
     window starts at the same relative place among the performance's possible starts; with
     augmentation the performance is first transposed and stretched, afresh on every draw
     (item (i, seed) draws the augmentation from the seed that the sampler gives each draw).
+    With a token `state`, each window carries the state after each input, computed from the
+    performance's start (notes struck before the window are still sounding in it).
     """
 
     def __init__(self, performances: list[Notes], block_size: int, bos_id: int, eos_id: int,
                  pad_id: int, augment: bool = True, transpose: int = 3,
-                 stretch: tuple[float, float] = (0.95, 1.05)) -> None:  # fmt: skip
+                 stretch: tuple[float, float] = (0.95, 1.05),
+                 state: TokenState | None = None) -> None:  # fmt: skip
         if not performances:
             raise DataError("no performances to train on")
         self.performances, self.block_size = performances, block_size
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.augment, self.transpose, self.stretch = augment, transpose, stretch
+        self.state = state
         lengths = np.array([len(encode_notes(p)) + 2 for p in performances])
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
 
@@ -189,7 +194,11 @@ class PerformanceWindows(Dataset):
         ids = np.concatenate([[self.bos_id], encode_notes(notes), [self.eos_id]])
         n = self.block_size + 1
         offset = int(place * max(1, len(ids) - n + 1))
-        return padded_window(ids[offset : offset + n], self.block_size, self.pad_id)
+        window = ids[offset : offset + n]
+        states = None
+        if self.state is not None:  # after each input: ids up to the window's last input
+            states = self.state.window(ids[: offset + len(window) - 1], offset)
+        return padded_window(window, self.block_size, self.pad_id, states)
 
 
 def event_stream(performances: list[Notes], bos_id: int, eos_id: int) -> np.ndarray:

@@ -1,0 +1,195 @@
+"""The token state (seqgen/state.py) and music's sounding notes: computed whole or step by
+step it is the same, training windows carry it from the performance's start, the model
+needs it exactly when configured for it, and generation with it is what a full forward
+pass over each whole sequence predicts, past the context window too."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_song
+
+from seqgen.cli import main
+from seqgen.config import ModelConfig
+from seqgen.engine import Settings, _Rows, generate
+from seqgen.interop.hf import hf_config
+from seqgen.model import GPT
+from seqgen_tasks.music.data import PerformanceWindows
+from seqgen_tasks.music.events import NOTE_OFF, Notes, decode_events, encode_notes
+from seqgen_tasks.music.state import SoundingPitches, counts_after, sounding_counts
+from seqgen_tasks.music.task import MusicData, MusicTask
+
+STATE = SoundingPitches()
+
+
+def random_events(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Onsets and releases of a few pitches (so releases often find nothing open), time
+    shifts and velocities."""
+    pitches = rng.integers(58, 62, n)
+    kind = rng.integers(0, 4, n)
+    shifts, velocities = 256 + rng.integers(1, 101, n), 356 + rng.integers(1, 33, n)
+    return np.choose(kind, [pitches, NOTE_OFF + pitches, shifts, velocities])
+
+
+def stepwise(ids: np.ndarray) -> np.ndarray:
+    state, out = torch.zeros(1, 128), []
+    for token in ids.tolist():
+        state = STATE.advance(state, torch.tensor([token]))
+        out.append(state[0].clone())
+    return torch.stack(out).numpy()
+
+
+def test_counts_whole_equal_counts_step_by_step_and_follow_decoding():
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 300):
+        ids = random_events(rng, n)
+        whole = sounding_counts(ids)
+        assert whole.shape == (n, 128) and whole.min() >= 0
+        assert np.array_equal(whole, stepwise(ids))
+        # what decoding leaves open at the end: the notes that end at the last step
+        decoded = decode_events(ids)
+        end = int(decode_events(ids).end.max()) if len(decoded) else 0
+        open_at_end = np.bincount(decoded.pitch[decoded.end == end], minlength=128)
+        assert (whole[-1] <= open_at_end).all()
+    assert sounding_counts(np.zeros(0, np.int64)).shape == (0, 128)
+
+
+def test_a_window_starts_from_the_counts_of_everything_before_it():
+    rng = np.random.default_rng(3)
+    ids = random_events(rng, 400)
+    ids[:50] = rng.integers(30, 90, 50)  # onsets of many pitches, then releases of few
+    whole = sounding_counts(ids)
+    for start in (0, 1, 37, 50, 200, 399, 400):
+        assert np.array_equal(STATE.window(ids, start), whole[start:])
+        assert np.array_equal(counts_after(ids[:start]), whole[start - 1] if start else [0] * 128)
+
+
+def test_releases_of_silent_pitches_are_ignored_and_overlaps_counted():
+    on, off = 60, NOTE_OFF + 60
+    ids = np.array([off, on, on, off, off, off, on])
+    assert sounding_counts(ids)[:, 60].tolist() == [0, 1, 2, 1, 0, 0, 1]
+    advanced = STATE.advance(torch.tensor([[0.0] * 128, [1.0] * 128]), torch.tensor([off, 300]))
+    assert advanced[0, 60] == 0 and advanced[1].tolist() == [1.0] * 128
+
+
+def test_training_windows_carry_the_state_from_the_performance_start():
+    notes = Notes(np.array([60, 64, 67]), np.array([0, 10, 500]), np.array([900, 30, 520]),
+                  np.array([80, 80, 80]))  # fmt: skip
+    performance = encode_notes(notes).astype(np.int64)
+    windows = PerformanceWindows([notes], 8, 388, 389, 390, augment=False, state=STATE)
+    full = sounding_counts(np.concatenate([[388], performance, [389]]))
+    for i in range(len(windows)):
+        item = windows[i]
+        offset = i * max(1, len(performance) + 2 - 9 + 1) // len(windows)
+        assert item["state"].shape == (8, 128)
+        assert np.array_equal(item["state"].numpy(), full[offset : offset + 8])
+    assert windows[len(windows) - 1]["state"][0, 60] == 1  # struck before the window
+
+
+def test_the_model_reads_a_state_only_when_configured_for_it():
+    config = ModelConfig(vocab_size=391, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    plain = GPT(config)
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="no token state"):
+        plain(ids, state=torch.zeros(2, 5, 128))
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**{**config.to_dict(), "state_size": 128}))
+    with pytest.raises(ValueError, match=r"a token state \(2, 5, 128\), got none"):
+        model(ids)
+    with pytest.raises(ValueError, match=r"got \(2, 5, 64\)"):
+        model(ids, state=torch.zeros(2, 5, 64))
+    state = torch.zeros(2, 5, 128)
+    state[1, :, 60] = 1
+    logits = model(ids, state=state)
+    assert not torch.allclose(logits[0], logits[1])  # the state reaches the output
+    with pytest.raises(ValueError, match="does not export to HF"):
+        hf_config(model.config)
+
+
+def state_model(block_size: int = 24) -> GPT:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=391, block_size=block_size, n_layer=2, n_head=2, n_embd=32,
+                         state_size=128)  # fmt: skip
+    model = GPT(config).eval()
+    with torch.no_grad():  # a strong state: predictions hinge on it
+        model.transformer.wse.weight.normal_(0.0, 1.0)
+    return model
+
+
+def next_logits(model: GPT, sequence: list[int]) -> torch.Tensor:
+    """The next-id logits of a full forward pass over the last block of `sequence`, its
+    state from the whole sequence."""
+    block = model.config.block_size
+    window = sequence[-block:]
+    states = torch.from_numpy(sounding_counts(np.array(sequence))[-len(window) :]).float()
+    with torch.no_grad():
+        return model(torch.tensor([window]), state=states[None])[0, -1]
+
+
+def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_window():
+    model = state_model()
+    rng = np.random.default_rng(1)
+    prompts = [[388, *random_events(rng, n).tolist()] for n in (3, 11, 30)]  # 30 > block
+    new = generate(model, prompts, 40, temperature=0.0, state=STATE)  # slides past 24
+    for prompt, out in zip(prompts, new, strict=True):
+        sequence = list(prompt)
+        for token in out:
+            assert token == int(next_logits(model, sequence).argmax())
+            sequence.append(token)
+        assert len(out) == 40
+
+
+def test_rows_keep_their_state_when_beams_reorder_and_rows_leave():
+    model = state_model(block_size=64)
+    rng = np.random.default_rng(2)
+    sequences = [[388, *random_events(rng, n).tolist()] for n in (6, 9)]
+    rows = _Rows(model, 10, Settings(max_new_tokens=8, state=STATE))
+    rows.prefill(sequences)
+    index = torch.tensor([1, 0, 1])  # rows repeated and reordered, as beams are
+    rows.select(index)
+    sequences = [list(sequences[i]) for i in index.tolist()]
+    tokens = [60, NOTE_OFF + 59, 61]
+    for sequence, token in zip(sequences, tokens, strict=True):
+        sequence.append(token)
+    logits = rows.step(torch.tensor(tokens), sequences)
+    for row, sequence in enumerate(sequences):
+        assert torch.allclose(logits[row], next_logits(model, sequence), atol=1e-4)
+    order = rows.drop([0])  # the first row leaves
+    sequences = [sequences[i] for i in order.tolist()]
+    for sequence in sequences:
+        sequence.append(62)
+    logits = rows.step(torch.tensor([62, 62]), sequences)
+    for row, sequence in enumerate(sequences):
+        assert torch.allclose(logits[row], next_logits(model, sequence), atol=1e-4)
+
+
+def test_generation_refuses_a_state_the_model_does_not_read():
+    with pytest.raises(ValueError, match="size 128, the settings give one of size 0"):
+        generate(state_model(), [388], 2)
+
+
+def test_music_checkpoints_without_the_option_read_no_state():
+    assert MusicTask.from_options({}, 64).token_state() is None  # trained before it existed
+    assert MusicTask(MusicData(note_state=True)).token_state().size == 128
+    assert MusicTask(MusicData(note_state=False)).token_state() is None
+
+
+def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, capsys):
+    songs = tmp_path / "songs"
+    for k in range(3):
+        write_song(songs / f"{k}.mid", shift=k, notes=32)
+    common = ["--task", "music", "--data.train", str(songs), "--data.cache_dir",
+              str(tmp_path / "cache"), "--train.batch_size", "2", "--train.max_steps", "2",
+              "--train.progress_bar", "false"]  # fmt: skip
+    tiny = ["--model.n_layer", "1", "--model.n_head", "1", "--model.n_embd", "16",
+            "--model.block_size", "32"]  # fmt: skip
+    report = tmp_path / "report.json"
+    code = main(["pretrain", *common, *tiny, "--data.note_state", "false", "--out_dir",
+                 str(tmp_path / "plain"), "--report", str(report)])  # fmt: skip
+    assert code == 0 and json.loads(report.read_text())["model"]["state_size"] == 0
+    code = main(["finetune", *common, "--init_from", str(tmp_path / "plain"), "--out_dir",
+                 str(tmp_path / "ft")])  # fmt: skip
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "token state of size 0" in err and "'note_state': False" in err
