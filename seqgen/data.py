@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seqgen.errors import DataError
+from seqgen.state import TokenState
 
 IGNORE_INDEX = -100  # targets with this value carry no loss
 
@@ -152,15 +153,12 @@ class RandomWindows(Dataset):
 
 class SequentialWindows(Dataset):
     """Non-overlapping windows; the last one is padded, its padding ignored by the loss.
-    `states`: (N, size) the token state after each id of the stream (`seqgen.state`), if
-    the model reads one."""
+    With a token `state` (`seqgen.state`), each window carries it, from the stream's start."""
 
     def __init__(self, ids: np.ndarray, block_size: int, pad_id: int,
-                 states: np.ndarray | None = None) -> None:  # fmt: skip
-        if states is not None and len(states) != len(ids):
-            raise ValueError(f"{len(states)} token states for {len(ids)} ids")
+                 state: TokenState | None = None) -> None:  # fmt: skip
         self.ids, self.block_size, self.pad_id = ids, block_size, pad_id
-        self.states = states
+        self.state = state
 
     def __len__(self) -> int:
         return -(-(len(self.ids) - 1) // self.block_size)
@@ -168,7 +166,9 @@ class SequentialWindows(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = i * self.block_size
         end = start + self.block_size + 1
-        states = self.states[start : end - 1] if self.states is not None else None
+        states = None
+        if self.state is not None:  # after each input
+            states = self.state.window(self.ids[: min(end, len(self.ids)) - 1], start)
         return padded_window(self.ids[start:end], self.block_size, self.pad_id, states)
 
 

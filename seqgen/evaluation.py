@@ -14,6 +14,7 @@ import torch
 from seqgen.engine import GenerationOptions
 from seqgen.files import atomic_file, check_writable
 from seqgen.progress import Progress
+from seqgen.state import TokenState
 
 
 @dataclass(kw_only=True)
@@ -88,14 +89,14 @@ def write_json(path: str | Path | None, data: Any) -> None:
 
 
 def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8,
-               states: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               state: TokenState | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Every token of a stream after the first scored once, in non-overlapping windows of the
     model's context (as training validates): (targets, their NLL in nats), both (N,).
-    `states`: the token state after each id, for a model that reads one."""
+    `state`: the task's token state, for a model that reads one."""
     from seqgen.data import IGNORE_INDEX, SequentialWindows
     from seqgen.module import masked_nll
 
-    windows = SequentialWindows(ids, model.config.block_size, pad_id, states)
+    windows = SequentialWindows(ids, model.config.block_size, pad_id, state)
     progress = Progress("scored", len(windows), "windows")
     targets, nll = [], []
     with torch.inference_mode():
@@ -103,9 +104,9 @@ def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8,
             batch = [windows[i] for i in range(start, min(start + batch_size, len(windows)))]
             inputs = torch.stack([b["input_ids"] for b in batch])
             wanted = torch.stack([b["targets"] for b in batch])
-            state = torch.stack([b["state"] for b in batch]) if states is not None else None
+            states = torch.stack([b["state"] for b in batch]) if state is not None else None
             scored = wanted != IGNORE_INDEX
             targets.append(wanted[scored])
-            nll.append(masked_nll(model(inputs, state=state), wanted)[scored].double())
+            nll.append(masked_nll(model(inputs, state=states), wanted)[scored].double())
             progress(len(batch))
     return torch.cat(targets), torch.cat(nll)

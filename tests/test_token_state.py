@@ -12,6 +12,7 @@ from helpers import write_song
 
 from seqgen.cli import main
 from seqgen.config import ModelConfig
+from seqgen.data import SequentialWindows
 from seqgen.engine import Settings, _Rows, generate
 from seqgen.interop.hf import hf_config
 from seqgen.model import GPT
@@ -61,7 +62,7 @@ def test_a_window_starts_from_the_counts_of_everything_before_it():
     ids[:50] = rng.integers(30, 90, 50)  # onsets of many pitches, then releases of few
     whole = sounding_counts(ids)
     for start in (0, 1, 37, 50, 200, 399, 400):
-        assert np.array_equal(STATE.window(ids, start), whole[start:])
+        assert np.array_equal(STATE.window(ids, start), STATE.sequence(ids)[start:])
         assert np.array_equal(counts_after(ids[:start]), whole[start - 1] if start else [0] * 128)
 
 
@@ -69,7 +70,7 @@ def test_releases_of_silent_pitches_are_ignored_and_overlaps_counted():
     on, off = 60, NOTE_OFF + 60
     ids = np.array([off, on, on, off, off, off, on])
     assert sounding_counts(ids)[:, 60].tolist() == [0, 1, 2, 1, 0, 0, 1]
-    advanced = STATE.advance(torch.tensor([[0.0] * 128, [1.0] * 128]), torch.tensor([off, 300]))
+    advanced = STATE.advance(torch.tensor([[0.0] * 128, [1.0] * 128]), torch.tensor([off, 400]))
     assert advanced[0, 60] == 0 and advanced[1].tolist() == [1.0] * 128
 
 
@@ -78,13 +79,25 @@ def test_training_windows_carry_the_state_from_the_performance_start():
                   np.array([80, 80, 80]))  # fmt: skip
     performance = encode_notes(notes).astype(np.int64)
     windows = PerformanceWindows([notes], 8, 388, 389, 390, augment=False, state=STATE)
-    full = sounding_counts(np.concatenate([[388], performance, [389]]))
+    full = STATE.sequence(np.concatenate([[388], performance, [389]]))
     for i in range(len(windows)):
         item = windows[i]
         offset = i * max(1, len(performance) + 2 - 9 + 1) // len(windows)
         assert item["state"].shape == (8, 128)
         assert np.array_equal(item["state"].numpy(), full[offset : offset + 8])
     assert windows[len(windows) - 1]["state"][0, 60] == 1  # struck before the window
+
+
+def test_validation_windows_carry_the_state_from_the_stream_start():
+    rng = np.random.default_rng(4)
+    ids = random_events(rng, 50)
+    windows = SequentialWindows(ids, 8, 390, STATE)
+    whole = sounding_counts(ids)
+    for i in range(len(windows)):
+        state = windows[i]["state"].numpy()
+        inputs = whole[i * 8 : min(i * 8 + 8, len(ids) - 1)]
+        assert np.array_equal(state[: len(inputs)], inputs) and not state[len(inputs) :].any()
+    assert "state" not in SequentialWindows(ids, 8, 390)[0]
 
 
 def test_the_model_reads_a_state_only_when_configured_for_it():
@@ -117,27 +130,29 @@ def state_model(block_size: int = 24) -> GPT:
     return model
 
 
-def next_logits(model: GPT, sequence: list[int]) -> torch.Tensor:
-    """The next-id logits of a full forward pass over the last block of `sequence`, its
-    state from the whole sequence."""
-    block = model.config.block_size
-    window = sequence[-block:]
-    states = torch.from_numpy(sounding_counts(np.array(sequence))[-len(window) :]).float()
+def next_logits(model: GPT, sequence: list[int], start: int = 0) -> torch.Tensor:
+    """The next-id logits of a full forward pass over sequence[start:], its state from the
+    whole sequence."""
+    window = sequence[start:]
+    states = torch.from_numpy(STATE.sequence(np.array(sequence))[start:]).float()
     with torch.no_grad():
         return model(torch.tensor([window]), state=states[None])[0, -1]
 
 
 def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_window():
     model = state_model()
+    block, keep = 24, 18  # past the context the engine re-prefills the last 3/4 of it
     rng = np.random.default_rng(1)
-    prompts = [[388, *random_events(rng, n).tolist()] for n in (3, 11, 30)]  # 30 > block
-    new = generate(model, prompts, 40, temperature=0.0, state=STATE)  # slides past 24
+    prompts = [[388, *random_events(rng, n).tolist()] for n in (3, 11, 30)]  # 31 > block
+    new = generate(model, prompts, 40, temperature=0.0, state=STATE)
     for prompt, out in zip(prompts, new, strict=True):
-        sequence = list(prompt)
+        sequence, start = list(prompt), 0
         for token in out:
-            assert token == int(next_logits(model, sequence).argmax())
+            if len(sequence) - start > block:
+                start = len(sequence) - keep
+            assert token == int(next_logits(model, sequence, start).argmax())
             sequence.append(token)
-        assert len(out) == 40
+        assert len(out) == 40 and start > 0
 
 
 def test_rows_keep_their_state_when_beams_reorder_and_rows_leave():

@@ -90,7 +90,7 @@ def likelihood(args: MusicEval, generator, performances: list[Notes], found: dic
     stream = event_stream(performances, tokenizer.bos_id, tokenizer.eos_id)
     started = time.perf_counter()
     _, nll = stream_nll(generator.model, stream, tokenizer.pad_id, args.batch_size,
-                        generator.states(stream))  # fmt: skip
+                        generator.state)  # fmt: skip
     nats = nll.sum().item()
     seconds = total_seconds(performances)
     return {

@@ -157,9 +157,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
         stream = event_stream(splits.val, tokenizer.bos_id, tokenizer.eos_id)
         if len(stream) < 2:
             raise DataError("the validation performances have no events")
-        # every performance releases all its notes: the counts are zero again at the next
-        states = state.sequence(stream) if state is not None else None
-        held_out = SequentialWindows(stream, self.block_size, tokenizer.pad_id, states)
+        held_out = SequentialWindows(stream, self.block_size, tokenizer.pad_id, state)
         return Windows(windows, held_out, s.num_workers)
 
     # ------------------------------------------------------------ inference
