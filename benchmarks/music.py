@@ -243,9 +243,16 @@ def step_times(config: str) -> dict:
 
 
 def held_out_data(args: argparse.Namespace, work: Path) -> dict:
-    """The data options (c) trains with: the recipe's, on --data, with (c)'s cache."""
+    """The data options (c) trains with: the recipe's, on --data, with the overrides'
+    `--data.*` (e.g. --data.val), with (c)'s cache."""
     recipe = yaml.safe_load(Path(args.config).read_text()).get("data", {})
-    return {**recipe, "train": args.data, "cache_dir": str(work / "cache")}
+    given, rest = {}, list(args.overrides)
+    while rest:
+        flag = rest.pop(0)
+        if flag.startswith("--data."):
+            key, _, value = flag.removeprefix("--data.").partition("=")
+            given[key] = yaml.safe_load(value if value or not rest else rest.pop(0))
+    return {**recipe, **given, "train": args.data, "cache_dir": str(work / "cache")}
 
 
 def train_variant(data: str, config: str, variant: str, seconds: float, work: Path,

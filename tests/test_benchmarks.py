@@ -1,6 +1,7 @@
 """Every benchmark runs end to end in seconds on tiny data and a tiny model, through the real
 recipes (shrunk), so a renamed option or report field breaks here, not after an hour."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -156,6 +157,15 @@ def test_music(tmp_path, capsys):
     assert report["training"]["without_note_state"]["steps"] > 0
     assert report["continuation_without_note_state"]["performances"] == 1
     assert "(d) continuations of 1 held-out performances" in capsys.readouterr().out
+
+
+def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
+    recipe = str(music.RECIPES / "music" / "asap.yaml")  # its data.val is a relative path
+    parser_args = argparse.Namespace(config=recipe, data="train/", overrides=[
+        "--data.val", "held/out", "--data.max_transpose=2", "--train.batch_size", "3"])  # fmt: skip
+    data = music.held_out_data(parser_args, tmp_path)
+    assert data["val"] == "held/out" and data["max_transpose"] == 2 and data["train"] == "train/"
+    assert data["cache_dir"] == str(tmp_path / "cache") and "batch_size" not in data
 
 
 def test_generate(tmp_path, capsys):

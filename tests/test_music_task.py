@@ -3,6 +3,7 @@ into a MIDI file (and a piano roll), evaluate likelihood and statistics, fine-tu
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pretty_midi
@@ -156,6 +157,7 @@ def test_generation_errors(trained, tmp_path, capsys):
         (["--prompt", str(tmp_path / "missing.mid")], "missing.mid: no such MIDI file"),
         (["--prompt_seconds", "2"], "prompt_seconds needs a prompt"),
         (["--seconds", "0"], "seconds must be > 0"),
+        (["--soundfont", str(tmp_path / "gm.sf2")], "gm.sf2: no such file"),
     ]
     try:
         import fluidsynth  # noqa: F401
@@ -331,6 +333,13 @@ def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
     with wave.open(str(audio)) as rendered:
         assert rendered.getframerate() == 16000 and rendered.getsampwidth() == 2
         assert rendered.getnframes() / 16000 >= pretty_midi.PrettyMIDI(str(out)).get_end_time()
+    soundfont = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")  # Debian's fluid-soundfont-gm
+    if soundfont.is_file():
+        again = tmp_path / "gm.wav"
+        assert main([*argv[:-4], "--wav", str(again), "--sample_rate", "16000",
+                     "--soundfont", str(soundfont)]) == 0  # fmt: skip
+        with wave.open(str(again)) as rendered, wave.open(str(audio)) as plain:
+            assert rendered.readframes(-1) != plain.readframes(-1)  # another sound font
 
 
 def test_generate_help_for_music(capsys):

@@ -54,6 +54,10 @@ class MusicGenerate:
     """Render audio here with FluidSynth (needs pyfluidsynth and the FluidSynth library)."""
     sample_rate: int = 44100
     """Sample rate of the audio."""
+    soundfont: str | None = None
+    """General MIDI sound font (.sf2) the audio is rendered with, e.g. Debian's
+    fluid-soundfont-gm, /usr/share/sounds/sf2/FluidR3_GM.sf2 (default: pretty_midi's small
+    TimGM6mb)."""
 
     def __post_init__(self) -> None:
         for name in ("prompt_seconds", "seconds", "max_note_seconds"):
@@ -64,6 +68,8 @@ class MusicGenerate:
             raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
         check_writable(self.piano_roll, "piano_roll")
         check_writable(self.wav, "wav")
+        if self.soundfont is not None and not Path(self.soundfont).is_file():
+            raise ValueError(f"soundfont {self.soundfont}: no such file")
 
 
 class SoundingNotes:
@@ -161,16 +167,17 @@ def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGe
         piano_roll(midi, prompt_seconds, options.piano_roll)
         lines.append(f"wrote {options.piano_roll}")
     if options.wav:
-        write_wav(midi, options.wav, options.sample_rate)
+        write_wav(midi, options.wav, options.sample_rate, options.soundfont)
         lines.append(f"wrote {options.wav}")
     return lines
 
 
-def write_wav(midi, path: str, sample_rate: int) -> None:
-    """Render with FluidSynth (pretty_midi's default General MIDI sound font) to 16-bit PCM."""
+def write_wav(midi, path: str, sample_rate: int, soundfont: str | None = None) -> None:
+    """Render with FluidSynth (with `soundfont`, else pretty_midi's General MIDI sound font)
+    to 16-bit PCM."""
     import wave
 
-    audio = midi.fluidsynth(fs=sample_rate)
+    audio = midi.fluidsynth(fs=sample_rate, synthesizer=soundfont)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     pcm = (audio / peak * 0.9 * 32767 if peak else audio).astype("<i2")
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -66,10 +66,11 @@ class MusicData:
     """DataLoader processes preparing augmented windows."""
     note_state: bool = True
     """The model also reads, beside every event, how many notes of each pitch are sounding
-    (counted from the performance's start, so past its context window too). After 5 min
-    on POP909 this cut held-out NLL from 3.64 to 3.06 nats/event and the release
-    probability spent on silent pitches from 70% to 11% (a new model only: it sets the
-    model's state_size)."""
+    (counted from the performance's start, so past its context window too). After 10 min
+    on POP909: held-out NLL 2.79 nats/event against 3.38 without it, and continuations of
+    held-out songs hold 4.4% of their notes longer than 4 s against 29.4% (real: 0.8%).
+    It sets the model's state_size, so it is chosen when a model is made; false for a
+    model that must export to Hugging Face GPT-2."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
