@@ -230,6 +230,10 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
         if not isinstance(raw, dict):
             raise RequestError("options must be a JSON object", "options")
         own = {f.name for f in dataclasses.fields(task.generate_options)}
+        for name in task.local_files:
+            if name in raw:
+                raise RequestError(f"{name} names a file of the server: not a request option",
+                                   f"options.{name}")  # fmt: skip
         extras = {k: v for k, v in raw.items() if k in own}
         for name in task.extra_files:
             if not isinstance(extras.get(name, False), bool):

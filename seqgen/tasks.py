@@ -288,6 +288,9 @@ class GeneratesFiles(ABC):
     extra_files: ClassVar[dict[str, str]] = {}
     """Fields of `generate_options` that name extra files to write, with their suffix (music:
     `piano_roll` .png, `wav` .wav): `seqgen serve` fills them with paths of its own."""
+    local_files: ClassVar[tuple[str, ...]] = ()
+    """Fields of `generate_options` that read a file of the machine that generates (music:
+    `soundfont`): `seqgen serve` refuses them in requests, which must not name server files."""
 
     @abstractmethod
     def prepare(self, ids: list[int], options: Any, settings: dict[str, Any]

@@ -204,6 +204,8 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
              "options.seconds"),
             ({"file": ("s.mid", song.read_bytes()), "options": '{"piano_roll": "/etc/x"}'}, 422,
              "options.piano_roll"),
+            ({"file": ("s.mid", song.read_bytes()),  # a file the server has: still refused
+              "options": json.dumps({"soundfont": str(song)})}, 422, "options.soundfont"),
             ({"file": ("s.mid", song.read_bytes()), "options": '{"seconds": 60}'}, 422,
              "options"),  # 60 s may take 12,000 events: over this server's 3,000
             ({"options": "{nope"}, 400, "options"),

@@ -92,6 +92,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
     generate_options = generation.MusicGenerate
     output_suffix = ".mid"
     extra_files = {"piano_roll": ".png", "wav": ".wav"}
+    local_files = ("soundfont",)
     prepare = staticmethod(generation.prepare)
     write = staticmethod(generation.write)
 
