@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from seqgen.config import check_types
 from seqgen.model import GPT, KVCache, SharedPrefix
-from seqgen.state import TokenState
+from seqgen.state import TokenState, size_of
 
 NEG_INF = float("-inf")
 
@@ -187,10 +187,9 @@ def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options
     vocab = model.config.vocab_size
     if any(not isinstance(i, int) or not 0 <= i < vocab for p in prompts for i in p):
         raise ValueError(f"a prompt holds something other than an id below {vocab}")
-    size = settings.state.size if settings.state is not None else 0
-    if size != model.config.state_size:
+    if size_of(settings.state) != model.config.state_size:
         raise ValueError(f"the model reads a token state of size {model.config.state_size}, "
-                         f"the settings give one of size {size}")  # fmt: skip
+                         f"the settings give one of size {size_of(settings.state)}")  # fmt: skip
     block = model.config.block_size
     if settings.window_keep is not None and not 0 < settings.window_keep < block:
         raise ValueError(f"window_keep must be in (0, {block}), got {settings.window_keep}")
@@ -291,11 +290,9 @@ class _Rows:
         own = self.cache_len - width
         self.cache = KVCache(self.model.config, len(index), own, self.device, prompts.k.dtype,
                              prefix)  # fmt: skip
+        self._keep_rows(index)
         self.real = torch.ones(len(index), own, dtype=torch.bool, device=self.device)
         self.padded = False
-        self.next_pos = self.next_pos[index]
-        if self.last_state is not None:
-            self.last_state = self.last_state[index]
 
     def _prefill(self, windows: list[tuple[int, ...]], sequences: list[tuple[int, ...]]
                  ) -> torch.Tensor:  # fmt: skip

@@ -14,6 +14,7 @@ from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.engine import generate, stream
 from seqgen.errors import CheckpointError
+from seqgen.state import size_of
 from seqgen.tasks import Similarity, Task, pairwise, task_class
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
@@ -39,11 +40,10 @@ class Generator:
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
         self.task = checkpoint_task(self.meta)
         self.state = self.task.token_state()
-        size = self.state.size if self.state is not None else 0
-        if size != self.model.config.state_size:
+        if size_of(self.state) != self.model.config.state_size:
             raise CheckpointError(f"{self.path}: the model reads a token state of size "
                                   f"{self.model.config.state_size}, its {self.task.name} task "
-                                  f"as configured gives {size}")  # fmt: skip
+                                  f"as configured gives {size_of(self.state)}")  # fmt: skip
 
     def prompt_ids(self, prompt: Any) -> list[int]:
         return self.task.prompt(prompt, self.tokenizer)

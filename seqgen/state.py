@@ -21,6 +21,11 @@ import numpy as np
 import torch
 
 
+def size_of(state: TokenState | None) -> int:
+    """The width of a token state, 0 for none: what `ModelConfig.state_size` must be."""
+    return state.size if state is not None else 0
+
+
 class TokenState(ABC):
     """The state after each id of a sequence, `size` numbers (counts, flags, ...)."""
 

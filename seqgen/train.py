@@ -27,6 +27,7 @@ from seqgen.evaluation import write_json
 from seqgen.examples import ExampleDataModule
 from seqgen.model import GPT
 from seqgen.module import LMModule
+from seqgen.state import size_of
 from seqgen.tasks import Examples, Task, Windows, task_class
 from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
 from seqgen.trainer import BEST, build_trainer, finish_loggers
@@ -230,24 +231,18 @@ def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
     else:
         tokenizer = task.build_tokenizer(splits, cfg.tokenizer)
     model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size,
-                                  "state_size": state_size(task)})  # fmt: skip
+                                  "state_size": size_of(task.token_state())})  # fmt: skip
     return GPT(model_config), tokenizer, FROM_SCRATCH
-
-
-def state_size(task: Task) -> int:
-    """The size of the token state the task computes (0: none)."""
-    state = task.token_state()
-    return state.size if state is not None else 0
 
 
 def check_state_size(task: Task, meta: dict[str, Any], start: Path) -> None:
     """A checkpoint's model reads the token state its task computed when it was trained."""
-    stored = meta["model"].get("state_size", 0)
-    if stored != state_size(task):
+    stored, computed = meta["model"].get("state_size", 0), size_of(task.token_state())
+    if stored != computed:
         raise ConfigError(f"{start}: its model reads a token state of size {stored}, the "
-                          f"{task.name} task as configured computes one of size "
-                          f"{state_size(task)}; set the task's data options as the checkpoint "
-                          f"was trained ({meta.get('task_options', {})})")  # fmt: skip
+                          f"{task.name} task as configured computes one of size {computed}; "
+                          f"set the task's data options as the checkpoint was trained "
+                          f"({meta.get('task_options', {})})")  # fmt: skip
 
 
 def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int

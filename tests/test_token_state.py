@@ -144,6 +144,7 @@ def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_wind
     block, keep = 24, 18  # past the context the engine re-prefills the last 3/4 of it
     rng = np.random.default_rng(1)
     prompts = [[388, *random_events(rng, n).tolist()] for n in (3, 11, 30)]  # 31 > block
+    prompts.append(prompts[1])  # rows of one prompt read it from a shared prefix
     new = generate(model, prompts, 40, temperature=0.0, state=STATE)
     for prompt, out in zip(prompts, new, strict=True):
         sequence, start = list(prompt), 0

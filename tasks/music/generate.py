@@ -26,6 +26,7 @@ from seqgen_tasks.music.events import (
     event_steps,
 )
 from seqgen_tasks.music.midi import decode_midi
+from seqgen_tasks.music.state import counts_after
 
 log = logging.getLogger("seqgen")
 EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck without time
@@ -77,9 +78,7 @@ class SoundingNotes:
     of every other pitch banned."""
 
     def __init__(self, prompt: list[int]) -> None:
-        self.sounding = np.zeros(128, dtype=np.int64)
-        for token in prompt:
-            self.add(token)
+        self.sounding = counts_after(np.asarray(prompt, dtype=np.int64)).astype(np.int64)
 
     def add(self, token: int) -> None:
         if NOTE_ON <= token < NOTE_ON + 128:
