@@ -4,10 +4,12 @@ backward) with the skewing trick against the naive O(L^2 D) gather; (c) held-out
 event after training on POP909 for equal budgets with absolute and relative positions,
 and with absolute positions but without the note state (`data.note_state false`: the model
 is not told which notes are sounding); (d) continuations of the held-out performances by the
-better model of (c) (or `--continue_ckpt`), and by the model without the note state:
-prompted with each one's first `--prompt_seconds`, it plays `--continue_seconds` on,
+better model of (c) (or `--continue_ckpt`), as generation runs it (notes released at the
+checkpoint's hold limits) and without the hold limits, and by the model without the note
+state: prompted with each one's first `--prompt_seconds`, it plays `--continue_seconds` on,
 compared with what the performer played next (overlap of six statistics with bootstrap
-intervals, long notes, the NLL of the real continuation).
+intervals, long notes, the NLL of the real continuation; the performer's own next seconds
+as a yardstick).
 
     pip install -e .[bench]       # miditok, for (a)
     python -m benchmarks.music --data ../shared/data/pop909 --budget_seconds 600 \
@@ -188,8 +190,10 @@ def memory(length: int, width: int, heads: int, dtype: str) -> dict:
 # ---------------------------------------------------------------- (d) continuations
 
 
-def continuation(ckpt: str, data: dict, prompt_seconds: float, seconds: float) -> dict:
-    """(d) on the performances that training on `data` (a recipe's data options) holds out."""
+def continuation(ckpt: str, data: dict, prompt_seconds: float, seconds: float,
+                 release_long_notes: bool = True) -> dict:  # fmt: skip
+    """(d) on the performances that training on `data` (a recipe's data options) holds out;
+    with `release_long_notes` false, the model alone decides when notes end."""
     from seqgen.inference import load
     from seqgen_tasks.music.continuation import continuations
     from seqgen_tasks.music.task import MusicData
@@ -198,18 +202,33 @@ def continuation(ckpt: str, data: dict, prompt_seconds: float, seconds: float) -
     task = type(generator.task)(MusicData(**known_options(MusicData, data)),
                                 generator.model.config.block_size)  # fmt: skip
     held_out = task.load().val
-    found = continuations(generator, held_out, prompt_seconds, seconds)
+    found = continuations(generator, held_out, prompt_seconds, seconds,
+                          release_long_notes=release_long_notes)  # fmt: skip
+    limits = ("hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"]) + " s by octave"
+              if found["hold_limits"] else "no hold limits")  # fmt: skip
     print(f"\n(d) continuations of {found['performances']} held-out performances: "
-          f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({ckpt})")  # fmt: skip
-    rows = [(key, f"{value:.3f} [{low:.3f}, {high:.3f}]")
+          f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({ckpt}; {limits})")
+    later = found["performer_later"]["overlap"] or {}
+    rows = [(key, f"{value:.3f} [{low:.3f}, {high:.3f}]",
+             f"{later[key]:.3f}" if key in later else "-")
             for (key, value), (low, high) in zip(found["overlap"].items(),
                                                  found["overlap_interval"].values(), strict=True)]
-    print(markdown_table(["overlap with the real continuations", "value [95% CI]"], rows))
+    print(markdown_table(["overlap with the real continuations", "value [95% CI]",
+                          "the performer's next seconds"], rows))  # fmt: skip
     real, ours = found["failures"]["real"], found["failures"]["generated"]
     print(markdown_table(["", "generated", "real"],
                          [(key, f"{ours[key]:.3f}", f"{real[key]:.3f}") for key in ours]))
-    print(f"NLL per event of the real continuations: {found['nll_per_event_real']:.4f}")
+    print(f"NLL per event of the real continuations: {found['nll_per_event_real']:.4f}; notes "
+          f"released when held too long: {found['released_when_held_too_long']}")
     return found
+
+
+def both_continuations(ckpt: str, data: dict, args: argparse.Namespace) -> dict:
+    """(d) by `ckpt` as `seqgen generate` runs it (notes released at the hold limits), and
+    by the model alone."""
+    return {"continuation": continuation(ckpt, data, args.prompt_seconds, args.continue_seconds),
+            "continuation_without_hold_limits": continuation(
+                ckpt, data, args.prompt_seconds, args.continue_seconds, release_long_notes=False)}
 
 
 # ---------------------------------------------------------------- (c) training
@@ -343,9 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for variant in variants}  # fmt: skip
             best = min(("learned", "relative"), key=lambda p: runs[p]["val_loss"])
             if "continue" not in args.skip and not args.continue_ckpt:
-                report["continuation"] = continuation(
-                    str(work / best / "final"), held_out_data(args, work), args.prompt_seconds,
-                    args.continue_seconds)  # fmt: skip
+                report.update(both_continuations(str(work / best / "final"),
+                                                 held_out_data(args, work), args))  # fmt: skip
                 if "without_note_state" in runs:
                     report["continuation_without_note_state"] = continuation(
                         str(work / "without_note_state" / "final"), held_out_data(args, work),
@@ -369,10 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               for name, row in report["training"].items()]))  # fmt: skip
     if "continue" not in args.skip and args.continue_ckpt:
         with tempfile.TemporaryDirectory() as tmp:
-            report["continuation"] = continuation(
-                args.continue_ckpt, held_out_data(args, Path(args.out or tmp)),
-                args.prompt_seconds, args.continue_seconds)  # fmt: skip
-    for key in ("continuation", "continuation_without_note_state"):
+            report.update(both_continuations(args.continue_ckpt,
+                                             held_out_data(args, Path(args.out or tmp)), args))
+    for key in ("continuation", "continuation_without_hold_limits",
+                "continuation_without_note_state"):
         if key in report:
             found = report[key]
             found["long_notes_fraction"] = found["failures"]["generated"]["long_notes_fraction"]

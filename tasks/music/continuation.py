@@ -30,7 +30,7 @@ from seqgen_tasks.music.events import (
     event_steps,
     time_shifts,
 )
-from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock, SoundingNotes
+from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock, note_rules, released_notes
 from seqgen_tasks.music.statistics import failures, overlap
 
 
@@ -82,13 +82,16 @@ def strided_nll(model, ids: list[int], first: int, states: np.ndarray | None = N
 def continuations(generator, performances: list[Notes], prompt_seconds: float,
                   seconds: float, seed: int = 0, bootstrap_samples: int = 200,
                   failure_limits: tuple[float, float, int] = (4.0, 3.0, 10),
-                  release_sounding_only: bool = True, **options) -> dict[str, Any]:  # fmt: skip
+                  release_sounding_only: bool = True, release_long_notes: bool = True,
+                  **options) -> dict[str, Any]:  # fmt: skip
     """Continue each performance long enough for `prompt_seconds + seconds` and compare.
 
     Args:
         generator: a loaded music checkpoint.
         failure_limits: long note seconds, silence seconds and crowded notes of `failures`.
         release_sounding_only: sample NOTE_OFF only for sounding notes (`MusicGenerate`).
+        release_long_notes: release notes held past the checkpoint's hold limits
+            (`MusicGenerate`), as `seqgen generate` does.
         options: generation settings (temperature, top_p, ...).
     """
     begin = round(prompt_seconds * STEPS_PER_SECOND)
@@ -110,9 +113,10 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
         progress.set(played_steps / STEPS_PER_SECOND)
 
     clock = Clock(end - begin, on_time=moved_on)
+    limits = generator.task.hold_limits if release_long_notes else None
     new = generator.continue_ids(prompts, **{
         **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
-        "stop_fn": clock, "constraint": SoundingNotes if release_sounding_only else None,
+        "stop_fn": clock, "constraint": note_rules(release_sounding_only, limits),
     })  # fmt: skip
     progress.finish()  # a row that ran out of events stops short of its seconds
     played = [window(decode_events([*p[1:], *n]), begin, end)
@@ -127,6 +131,7 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
     draws = [rng.integers(0, len(usable), len(usable)) for _ in range(bootstrap_samples)]
     resampled = [overlap([played[i] for i in d], [real[i] for i in d]) for d in draws]
     found = overlap(played, real)
+    later = [p for p in usable if int(p.end.max()) >= 2 * end - begin]
     return {
         "performances": len(usable),
         "too_short": len(performances) - len(usable),
@@ -137,9 +142,17 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
                                  float(np.percentile([r[k] for r in resampled], 97.5))]
                              for k in found},  # fmt: skip
         "overlap_with_held_out": overlap(played, usable),
+        # a yardstick: what the performer played in the next `seconds`, against the same
+        # real continuation (the music of one piece moves on too)
+        "performer_later": {"performances": len(later), "overlap": overlap(
+            [window(p, end, 2 * end - begin) for p in later],
+            [window(p, begin, end) for p in later]) if later else None},
         "failures": {"generated": failures(played, *failure_limits),
                      "real": failures(real, *failure_limits)},  # fmt: skip
         "nll_per_event_real": nats / max(scored, 1),
         "events_generated": sum(map(len, new)),
         "release_sounding_only": release_sounding_only,
+        "hold_limits": limits,
+        "released_when_held_too_long": sum(
+            released_notes(p, n, limits) for p, n in zip(prompts, new, strict=True)),
     }

@@ -55,6 +55,9 @@ class MusicEval(DecodingEval):
     """Resamples of the performances for the continuations' 95% intervals."""
     release_sounding_only: bool = True
     """Continuations sample NOTE_OFF only for sounding notes, as `seqgen generate` does."""
+    release_long_notes: bool = True
+    """Continuations release notes held past the checkpoint's hold limits, as `seqgen
+    generate` does (false: the model alone decides)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,7 +154,8 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
                 generator, performances, args.prompt_seconds, args.continue_seconds, args.seed,
                 args.bootstrap_samples,
                 (args.long_note_seconds, args.silence_seconds, args.crowded_notes),
-                args.release_sounding_only, **args.generation_options())  # fmt: skip
+                args.release_sounding_only, args.release_long_notes,
+                **args.generation_options())  # fmt: skip
             report["continuation"] = found
             rows += [(f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
                      for (key, value), (low, high) in zip(found["overlap"].items(),
@@ -163,6 +167,13 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
                      for key in found["failures"]["generated"]]  # fmt: skip
             rows.append(("NLL per event of the real continuation",
                          f"{found['nll_per_event_real']:.4f}"))  # fmt: skip
+            rows.append(("notes released when held too long",
+                         str(found["released_when_held_too_long"])))  # fmt: skip
+            later = found["performer_later"]
+            if later["overlap"] is not None:
+                rows.append((f"yardstick: the performer's next {args.continue_seconds:g} s, "
+                             f"mean overlap ({later['performances']} performances)",
+                             f"{later['overlap']['mean']:.3f}"))  # fmt: skip
     if args.generated:
         report["statistics"] = compare(args)
         rows += [(f"overlap: {key}", f"{value:.3f}")

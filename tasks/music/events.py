@@ -167,10 +167,10 @@ def encode_notes(steps: Notes) -> np.ndarray:
     return out
 
 
-def decode_events(ids, max_note_steps: int | None = None) -> Notes:
+def decode_events(ids) -> Notes:
     """Event ids -> quantised notes. Never fails: ids outside the 388 events (specials) are
     skipped, a NOTE_OFF with no open note is ignored, notes left open end at the last step,
-    zero-length notes are dropped, and with max_note_steps longer notes are cut."""
+    and zero-length notes are dropped."""
     step, velocity = 0, DEFAULT_VELOCITY
     open_notes: dict[int, list[tuple[int, int]]] = {}
     out: list[tuple[int, int, int, int]] = []
@@ -190,8 +190,6 @@ def decode_events(ids, max_note_steps: int | None = None) -> Notes:
         out += [(pitch, start, step, v) for start, v in pending]
     notes = np.array(out, dtype=np.int64).reshape(-1, 4)
     pitch, start, end, vel = notes.T
-    if max_note_steps is not None:
-        end = np.minimum(end, start + max_note_steps)
     keep = end > start
     return Notes(pitch[keep], start[keep], end[keep], vel[keep]).sorted()
 

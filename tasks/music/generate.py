@@ -7,8 +7,10 @@ prompt and of output, note length, piano roll, audio) as the `GeneratesFiles` ca
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,21 @@ from seqgen_tasks.music.events import (
     MAX_SHIFT,
     NOTE_OFF,
     NOTE_ON,
+    NUM_EVENTS,
     STEPS_PER_SECOND,
     TIME_SHIFT,
+    Notes,
     cut_events,
     event_steps,
 )
 from seqgen_tasks.music.midi import decode_midi
 from seqgen_tasks.music.state import counts_after
+from seqgen_tasks.music.tokenizer import BUILTIN_SPECIALS
 
 log = logging.getLogger("seqgen")
 EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck without time
+OCTAVES = 11  # pitch // 12 of the 128 MIDI pitches
+VOCAB = NUM_EVENTS + len(BUILTIN_SPECIALS)
 
 
 @dataclass(kw_only=True)
@@ -42,8 +49,13 @@ class MusicGenerate:
     seconds: float | None = None
     """Seconds of music to add; generation runs until then, with up to 200 events per second
     asked or max_new_tokens, whichever is more (default: max_new_tokens events)."""
+    release_long_notes: bool = True
+    """Release a note once it has sounded longer than 96% of the training notes of its
+    octave did (the checkpoint stores these limits; the output says how many notes were
+    released so). After 10 min on POP909 it cut the continuations' notes over 4 s from 3.6%
+    to 0.5% (real: 0.8%); false lets the model alone decide."""
     max_note_seconds: float | None = None
-    """Cut notes longer than this, e.g. ones the model never ends (default: keep)."""
+    """Release every note that has sounded this long instead (seconds, any pitch)."""
     release_sounding_only: bool = True
     """Sample NOTE_OFF only for notes that are sounding. A release of a note that is not
     sounding is ignored when decoding, so the note meant stays held: after 10 min on
@@ -73,21 +85,105 @@ class MusicGenerate:
             raise ValueError(f"soundfont {self.soundfont}: no such file")
 
 
-class SoundingNotes:
-    """A `Constraint` for one row: the notes sounding after its ids so far, and the NOTE_OFFs
-    of every other pitch banned."""
+HOLD_QUANTILE = 0.96
+"""Generation releases a note once it has sounded longer than this share of the training
+notes of its octave did. Measured on POP909's held-out songs (10 min model, continuations
+of 30 s, two seeds): notes over 4 s 0.5% at 0.96 (real: 0.8%; 0.04% at 0.95, 1.1% at 0.97,
+4.5% without), note-duration overlap 0.86-0.87 (0.85 without). At 0.99 the limits are 5-31
+s: a few songs hold their pedal for minutes."""
+NEVER = np.iinfo(np.int64).max // 2  # the onset of a pitch with no note sounding
 
-    def __init__(self, prompt: list[int]) -> None:
-        self.sounding = counts_after(np.asarray(prompt, dtype=np.int64)).astype(np.int64)
+
+def hold_limits(performances: list[Notes]) -> list[float]:
+    """Seconds that generation lets a note of each octave (pitch // 12, 11 of them) sound:
+    the HOLD_QUANTILE of the note durations of that octave in `performances` (the training
+    data), or of all their notes for an octave with fewer than 50."""
+    durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
+    octave = np.concatenate([p.pitch for p in performances]) // 12
+    if len(durations) == 0:
+        raise ValueError("hold_limits needs notes")
+    overall = np.quantile(durations, HOLD_QUANTILE)
+    return [round(float(np.quantile(durations[octave == o], HOLD_QUANTILE)
+                        if (octave == o).sum() >= 50 else overall), 2)
+            for o in range(OCTAVES)]  # fmt: skip
+
+
+class NoteRules:
+    """A `Constraint` for one row that follows its notes as ids arrive. With
+    `sounding_only`, NOTE_OFFs of pitches with no note sounding are banned. With `limits`
+    (seconds per octave, `hold_limits`), a note that has sounded that long is released at
+    once: every other id is banned until it is (`released` counts them)."""
+
+    def __init__(self, prompt: list[int], sounding_only: bool = True,
+                 limits: list[float] | None = None) -> None:  # fmt: skip
+        self.sounding_only = sounding_only
+        self.limits = None
+        if limits is not None:
+            steps = np.round(np.asarray(limits, dtype=np.float64) * STEPS_PER_SECOND)
+            self.limits = np.repeat(steps.astype(np.int64), 12)[:128]
+        events = np.asarray(prompt, dtype=np.int64)
+        self.sounding = counts_after(events).astype(np.int64)
+        times = event_steps(events)
+        self.now = int(times[-1]) if len(times) else 0
+        # the notes open are each pitch's last NOTE_ONs (releases end the oldest first)
+        self.onsets = [deque() for _ in range(128)]
+        for pitch in np.flatnonzero(self.sounding).tolist():
+            struck = times[events == NOTE_ON + pitch]
+            self.onsets[pitch].extend(struck[len(struck) - self.sounding[pitch]:].tolist())
+        self.oldest = np.array([o[0] if o else NEVER for o in self.onsets], dtype=np.int64)
+        self.released = 0
+
+    def overdue(self) -> np.ndarray:
+        """The pitches whose oldest open note has sounded its limit."""
+        if self.limits is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.now - self.oldest >= self.limits)
 
     def add(self, token: int) -> None:
         if NOTE_ON <= token < NOTE_ON + 128:
-            self.sounding[token - NOTE_ON] += 1
+            pitch = token - NOTE_ON
+            self.sounding[pitch] += 1
+            self.onsets[pitch].append(self.now)
         elif NOTE_OFF <= token < NOTE_OFF + 128 and self.sounding[token - NOTE_OFF]:
-            self.sounding[token - NOTE_OFF] -= 1
+            pitch = token - NOTE_OFF
+            if self.limits is not None and self.now - self.oldest[pitch] >= self.limits[pitch]:
+                self.released += 1
+            self.sounding[pitch] -= 1
+            self.onsets[pitch].popleft()
+        elif TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT:
+            self.now += token - TIME_SHIFT
+            return
+        else:
+            return
+        self.oldest[pitch] = self.onsets[pitch][0] if self.onsets[pitch] else NEVER
 
     def banned(self) -> list[int]:
-        return (NOTE_OFF + np.flatnonzero(self.sounding == 0)).tolist()
+        overdue = self.overdue()
+        if len(overdue):
+            allowed = np.zeros(VOCAB, dtype=bool)
+            allowed[NOTE_OFF + overdue] = True
+            return np.flatnonzero(~allowed).tolist()
+        if self.sounding_only:
+            return (NOTE_OFF + np.flatnonzero(self.sounding == 0)).tolist()
+        return []
+
+
+def released_notes(ids: list[int], new: list[int], limits: list[float] | None) -> int:
+    """How many notes `NoteRules` with hold `limits` released in `new` (after `ids`)."""
+    if limits is None:
+        return 0
+    rules = NoteRules(ids, limits=limits)
+    for token in new:
+        rules.add(token)
+    return rules.released
+
+
+def note_rules(sounding_only: bool, limits: list[float] | None
+               ) -> Callable[[list[int]], NoteRules] | None:  # fmt: skip
+    """The engine's constraint for these rules (None when there are none)."""
+    if not sounding_only and limits is None:
+        return None
+    return partial(NoteRules, sounding_only=sounding_only, limits=limits)
 
 
 class Clock:
@@ -121,10 +217,18 @@ def check_fluidsynth() -> None:
         ) from None
 
 
-def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any]
-            ) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+def chosen_limits(options: MusicGenerate, stored: list[float] | None) -> list[float] | None:
+    """The hold limits (seconds per octave) that `options` ask for, given the checkpoint's."""
+    if options.max_note_seconds is not None:
+        return [options.max_note_seconds] * OCTAVES
+    return stored if options.release_long_notes else None
+
+
+def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any],
+            stored_limits: list[float] | None = None) -> tuple[list[int], dict[str, Any]]:
     """The prompt cut to `prompt_seconds`, and a length in seconds or events: the piece may
-    not end before the length asked for (end-of-sequence is never sampled)."""
+    not end before the length asked for (end-of-sequence is never sampled). The notes are
+    ruled by `NoteRules`, with the checkpoint's `stored_limits` unless options say else."""
     if options.wav:
         check_fluidsynth()  # before generating: never fail after the work is done
     events = np.asarray(ids[1:], dtype=np.int64)  # after <bos>
@@ -137,18 +241,18 @@ def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any]
     if options.seconds is not None:
         limit = max(limit, round(options.seconds * EVENTS_PER_SECOND_CAP))
         extra["stop_fn"] = Clock(round(options.seconds * STEPS_PER_SECOND))
-    if options.release_sounding_only:
-        extra["constraint"] = SoundingNotes
+    rules = note_rules(options.release_sounding_only, chosen_limits(options, stored_limits))
+    if rules is not None:
+        extra["constraint"] = rules
     return [ids[0], *events.tolist()], {**extra, "max_new_tokens": limit, "min_new_tokens": limit}
 
 
 def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGenerate,
-          path: Path) -> list[str]:  # fmt: skip
+          path: Path, stored_limits: list[float] | None = None) -> list[str]:  # fmt: skip
     """The prompt and its continuation as one MIDI file (and a piano roll, audio)."""
     events = ids[1:]
     new = [t for t in new if t < tokenizer.pad_id]  # events only
-    midi = decode_midi(np.asarray(events + new, dtype=np.int64),
-                       max_note_seconds=options.max_note_seconds)  # fmt: skip
+    midi = decode_midi(np.asarray(events + new, dtype=np.int64))
     path.parent.mkdir(parents=True, exist_ok=True)
     midi.write(str(path))
     prompt_seconds = (int(event_steps(events)[-1]) if events else 0) / STEPS_PER_SECOND
@@ -156,10 +260,8 @@ def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGe
     if options.seconds is not None and added < options.seconds:
         log.warning("warning: stopped at %d events with %.1f s of music (the model rarely "
                     "moves time on)", len(new), added)  # fmt: skip
-    released = ("; releases only of sounding notes (--release_sounding_only false: any)"
-                if options.release_sounding_only else "")  # fmt: skip
     lines = [f"wrote {path}: {prompt_seconds:.1f} s of prompt + {added:.1f} s generated "
-             f"({len(new)} events{released})"]  # fmt: skip
+             f"({len(new)} events{rules_said(ids, new, options, stored_limits)})"]  # fmt: skip
     if options.piano_roll:
         from seqgen_tasks.music.plot import piano_roll
 
@@ -169,6 +271,24 @@ def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGe
         write_wav(midi, options.wav, options.sample_rate, options.soundfont)
         lines.append(f"wrote {options.wav}")
     return lines
+
+
+def rules_said(ids: list[int], new: list[int], options: MusicGenerate,
+               stored_limits: list[float] | None) -> str:  # fmt: skip
+    """What the note rules did to `new`, for the output line."""
+    said = ""
+    if options.release_sounding_only:
+        said += "; releases only of sounding notes (--release_sounding_only false: any)"
+    limits = chosen_limits(options, stored_limits)
+    if limits is not None:
+        source = ("--max_note_seconds" if options.max_note_seconds is not None
+                  else "the training data's limits; --release_long_notes false: none")
+        count = released_notes(ids, new, limits)
+        said += f"; {count} note{'' if count == 1 else 's'} released when held too long ({source})"
+    elif options.release_long_notes:
+        said += ("; no hold limits in this checkpoint (trained before they were stored): "
+                 "--max_note_seconds sets one")
+    return said
 
 
 def write_wav(midi, path: str, sample_rate: int, soundfont: str | None = None) -> None:

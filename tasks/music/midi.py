@@ -95,11 +95,9 @@ def encode_midi(source: str | Path | pretty_midi.PrettyMIDI) -> np.ndarray:
     return encode_notes(quantize(notes_from_symusic(symusic.Score(str(source)))))
 
 
-def decode_midi(ids, program: int = 0, max_note_seconds: float | None = None
-                ) -> pretty_midi.PrettyMIDI:  # fmt: skip
+def decode_midi(ids, program: int = 0) -> pretty_midi.PrettyMIDI:
     """A one-instrument PrettyMIDI (acoustic grand piano by default) from event ids."""
-    max_steps = None if max_note_seconds is None else max(1, round(max_note_seconds * 100))
-    notes = decode_events(ids, max_steps)
+    notes = decode_events(ids)
     midi = pretty_midi.PrettyMIDI()
     piano = pretty_midi.Instrument(program=program, name="piano")
     piano.notes = [

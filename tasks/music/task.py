@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,8 +68,9 @@ class MusicData:
     note_state: bool = True
     """The model also reads, beside every event, how many notes of each pitch are sounding
     (counted from the performance's start, so past its context window too). After 10 min
-    on POP909: held-out NLL 2.79 nats/event against 3.38 without it, and continuations of
-    held-out songs hold 4.4% of their notes longer than 4 s against 29.4% (real: 0.8%).
+    on POP909: held-out NLL 2.61 nats/event against 2.90 without it, and continuations of
+    held-out songs overlap the real ones 0.85 against 0.73 in note duration, 0.86 against
+    0.56 in polyphony.
     It sets the model's state_size, so it is chosen when a model is made; false for a
     model that must export to Hugging Face GPT-2."""
 
@@ -93,8 +95,38 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
     output_suffix = ".mid"
     extra_files = {"piano_roll": ".png", "wav": ".wav"}
     local_files = ("soundfont",)
-    prepare = staticmethod(generation.prepare)
-    write = staticmethod(generation.write)
+
+    def __init__(self, data: MusicData | None = None, block_size: int = 1024) -> None:
+        super().__init__(data, block_size)
+        self.hold_limits: list[float] | None = None
+        """Seconds generation lets a note of each octave sound (`generation.hold_limits`):
+        set from the training data, stored in the checkpoint; None for older ones."""
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], block_size: int) -> MusicTask:
+        task = super().from_options(options, block_size)
+        limits = options.get("hold_limits")
+        octaves = generation.OCTAVES
+        if limits is not None and not (isinstance(limits, list) and len(limits) == octaves and
+                                       all(type(x) in (int, float) and x > 0 for x in limits)):
+            raise ConfigError(f"the checkpoint's task_options.hold_limits must be {octaves} "
+                              f"seconds > 0, got {limits!r}")  # fmt: skip
+        task.hold_limits = limits
+        return task
+
+    def options(self) -> dict[str, Any]:
+        stored = super().options()
+        if self.hold_limits is not None:
+            stored["hold_limits"] = self.hold_limits
+        return stored
+
+    def prepare(self, ids: list[int], options: generation.MusicGenerate,
+                settings: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+        return generation.prepare(ids, options, settings, self.hold_limits)
+
+    def write(self, ids: list[int], new: list[int], tokenizer: Tokenizer,
+              options: generation.MusicGenerate, path: Path) -> list[str]:  # fmt: skip
+        return generation.write(ids, new, tokenizer, options, path, self.hold_limits)
 
     def token_state(self) -> SoundingPitches | None:
         return SoundingPitches() if self.data.note_state else None
@@ -143,8 +175,10 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
         return PerformanceTokenizer()
 
     def training_data(self, splits: Splits, tokenizer: Tokenizer) -> Windows:
-        """Augmented windows drawn from whole performances; validation never augmented."""
+        """Augmented windows drawn from whole performances; validation never augmented.
+        Sets `hold_limits` from the training performances."""
         s, state = self.data, self.token_state()
+        self.hold_limits = generation.hold_limits(splits.train)
         windows = PerformanceWindows(
             splits.train,
             self.block_size,

@@ -1,0 +1,114 @@
+"""The rules music generation follows as ids arrive (`NoteRules`): releases only of notes
+that are sounding, and a note released once it has sounded its hold limit, derived from the
+training data per octave, stored in the checkpoint and reported in the output."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from seqgen.cli import main
+from seqgen.errors import ConfigError
+from seqgen.inference import load
+from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, TIME_SHIFT, Notes, decode_events
+from seqgen_tasks.music.generate import (
+    OCTAVES,
+    NoteRules,
+    hold_limits,
+    note_rules,
+    released_notes,
+)
+from seqgen_tasks.music.task import MusicTask
+
+OLD_MUSIC = Path(__file__).parent / "fixtures" / "checkpoints_v1" / "music"
+
+
+def test_hold_limits_are_each_octaves_quantile_of_the_training_notes():
+    rng = np.random.default_rng(0)
+    pitch = np.r_[np.full(400, 60), np.full(400, 36), np.full(10, 100)]  # octaves 5, 3, 8
+    duration = np.r_[rng.integers(10, 50, 400), rng.integers(100, 500, 400), [900] * 10]
+    start = np.arange(len(pitch)) * 10
+    songs = [Notes(pitch[:500], start[:500], start[:500] + duration[:500], np.full(500, 64)),
+             Notes(pitch[500:], start[500:], start[500:] + duration[500:], np.full(310, 64))]
+    limits = hold_limits(songs)
+    assert len(limits) == OCTAVES
+    assert limits[5] == round(np.quantile(duration[:400], 0.96) / 100, 2)
+    assert limits[3] == round(np.quantile(duration[400:800], 0.96) / 100, 2)
+    overall = round(np.quantile(duration, 0.96) / 100, 2)  # too few notes: all notes' quantile
+    assert limits[8] == limits[0] == overall != limits[5]
+    with pytest.raises(ValueError, match="needs notes"):
+        hold_limits([Notes.empty()])
+
+
+def test_rules_follow_the_prompt_and_release_a_note_at_its_limit():
+    limits = [1.0] * OCTAVES  # 100 steps for every pitch
+    # 60 struck at 0 and at 50, one release (of the first): the open one dates from 50
+    prompt = [389, 60, TIME_SHIFT + 50, 60, NOTE_OFF + 60, 64, NOTE_OFF + 64]
+    rules = NoteRules(prompt, limits=limits)
+    assert rules.sounding[60] == 1 and rules.sounding[64] == 0 and rules.now == 50
+    assert NOTE_OFF + 64 in rules.banned() and NOTE_OFF + 60 not in rules.banned()
+    rules.add(TIME_SHIFT + 99)  # 99 steps since 50: not yet
+    assert len(rules.banned()) < 200
+    rules.add(62)  # struck at 149
+    rules.add(TIME_SHIFT + 1)  # 60 has sounded 100 steps: only its release is allowed
+    assert set(range(391)) - set(rules.banned()) == {NOTE_OFF + 60}
+    rules.add(NOTE_OFF + 60)
+    assert rules.released == 1 and NOTE_OFF + 62 not in rules.banned()
+    rules.add(TIME_SHIFT + 100)
+    assert set(range(391)) - set(rules.banned()) == {NOTE_OFF + 62}
+    # the same ids without a limit: nothing is forced, nothing counted
+    free = NoteRules(prompt)
+    for token in (TIME_SHIFT + 100, 62, TIME_SHIFT + 100):
+        free.add(token)
+    assert NOTE_ON + 1 not in free.banned() and free.released == 0
+    assert note_rules(sounding_only=False, limits=None) is None
+
+
+def releases_of_silent_notes(prompt: list[int], new: list[int]) -> int:
+    sounding = NoteRules(prompt)
+    orphans = 0
+    for token in new:
+        orphans += NOTE_OFF <= token < NOTE_OFF + 128 and token in sounding.banned()
+        sounding.add(token)
+    return orphans
+
+
+def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
+    generator = load(OLD_MUSIC)
+    prompt = [generator.tokenizer.bos_id, 60, 64, 67, TIME_SHIFT + 50]
+    options = dict(temperature=2.0, max_new_tokens=400, min_new_tokens=400, seed=1)
+    free = generator.continue_ids(prompt, **options)
+    sounding_only = generator.continue_ids(prompt, constraint=note_rules(True, None), **options)
+    assert releases_of_silent_notes(prompt, free) > 0  # a tiny model releases at random
+    assert releases_of_silent_notes(prompt, sounding_only) == 0
+    limits = [0.3] * OCTAVES
+    held = generator.continue_ids(prompt, constraint=note_rules(True, limits), **options)
+    assert releases_of_silent_notes(prompt, held) == 0
+
+    def longest(new: list[int]) -> int:
+        notes = decode_events(prompt[1:] + new)
+        return int((notes.end - notes.start).max())
+
+    # released at the first event after 30 steps: a time shift moves up to 100 past it
+    assert longest(free) > 130 >= longest(held)
+    assert released_notes(prompt, held, limits) > 0 == released_notes(prompt, held, None)
+
+
+def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, capsys):
+    task = MusicTask.from_options({"hold_limits": [2.5] * OCTAVES}, 64)
+    assert task.hold_limits == [2.5] * OCTAVES and task.options()["hold_limits"] == task.hold_limits
+    for bad in ([2.5] * 3, [0.0] * OCTAVES, "2.5", [True] * OCTAVES):
+        with pytest.raises(ConfigError, match="hold_limits must be 11 seconds > 0"):
+            MusicTask.from_options({"hold_limits": bad}, 64)
+    assert load(OLD_MUSIC).task.hold_limits is None
+    argv = ["generate", "--ckpt", str(OLD_MUSIC), "--seed", "0", "--max_new_tokens", "60",
+            "--out", str(tmp_path / "out.mid")]  # fmt: skip
+    assert main(argv) == 0
+    assert "no hold limits in this checkpoint" in capsys.readouterr().out
+    assert main([*argv, "--max_note_seconds", "0.2"]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"\d+ notes? released when held too long \(--max_note_seconds\)", said)
+    written = pretty_midi.PrettyMIDI(str(tmp_path / "out.mid")).instruments[0].notes
+    assert max(note.end - note.start for note in written) < 0.2 + 1.0
