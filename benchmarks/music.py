@@ -190,24 +190,26 @@ def memory(length: int, width: int, heads: int, dtype: str) -> dict:
 # ---------------------------------------------------------------- (d) continuations
 
 
-def continuation(ckpt: str, data: dict, prompt_seconds: float, seconds: float,
-                 release_long_notes: bool = True) -> dict:  # fmt: skip
-    """(d) on the performances that training on `data` (a recipe's data options) holds out;
-    with `release_long_notes` false, the model alone decides when notes end."""
-    from seqgen.inference import load
-    from seqgen_tasks.music.continuation import continuations
-    from seqgen_tasks.music.task import MusicData
+def held_out_performances(data: dict) -> list:
+    """The performances that training on `data` (a recipe's data options) holds out."""
+    from seqgen_tasks.music.task import MusicData, MusicTask
 
-    generator = load(ckpt)
-    task = type(generator.task)(MusicData(**known_options(MusicData, data)),
-                                generator.model.config.block_size)  # fmt: skip
-    held_out = task.load().val
+    return MusicTask(MusicData(**known_options(MusicData, data))).load().val
+
+
+def continuation(generator, held_out: list, prompt_seconds: float, seconds: float,
+                 release_long_notes: bool = True) -> dict:  # fmt: skip
+    """(d) by a loaded checkpoint on the `held_out` performances; with `release_long_notes`
+    false, the model alone decides when notes end."""
+    from seqgen_tasks.music.continuation import continuations
+
     found = continuations(generator, held_out, prompt_seconds, seconds,
                           release_long_notes=release_long_notes)  # fmt: skip
     limits = ("hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"]) + " s by octave"
               if found["hold_limits"] else "no hold limits")  # fmt: skip
     print(f"\n(d) continuations of {found['performances']} held-out performances: "
-          f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({ckpt}; {limits})")
+          f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({generator.path}; "
+          f"{limits})")
     later = found["performer_later"]["overlap"] or {}
     rows = [(key, f"{value:.3f} [{low:.3f}, {high:.3f}]",
              f"{later[key]:.3f}" if key in later else "-")
@@ -223,12 +225,17 @@ def continuation(ckpt: str, data: dict, prompt_seconds: float, seconds: float,
     return found
 
 
-def both_continuations(ckpt: str, data: dict, args: argparse.Namespace) -> dict:
+def both_continuations(ckpt: str, held_out: list, args: argparse.Namespace) -> dict:
     """(d) by `ckpt` as `seqgen generate` runs it (notes released at the hold limits), and
     by the model alone."""
-    return {"continuation": continuation(ckpt, data, args.prompt_seconds, args.continue_seconds),
+    from seqgen.inference import load
+
+    generator = load(ckpt)
+    return {"continuation": continuation(generator, held_out, args.prompt_seconds,
+                                         args.continue_seconds),
             "continuation_without_hold_limits": continuation(
-                ckpt, data, args.prompt_seconds, args.continue_seconds, release_long_notes=False)}
+                generator, held_out, args.prompt_seconds, args.continue_seconds,
+                release_long_notes=False)}  # fmt: skip
 
 
 # ---------------------------------------------------------------- (c) training
@@ -362,11 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for variant in variants}  # fmt: skip
             best = min(("learned", "relative"), key=lambda p: runs[p]["val_loss"])
             if "continue" not in args.skip and not args.continue_ckpt:
-                report.update(both_continuations(str(work / best / "final"),
-                                                 held_out_data(args, work), args))  # fmt: skip
+                from seqgen.inference import load
+
+                held_out = held_out_performances(held_out_data(args, work))
+                report.update(both_continuations(str(work / best / "final"), held_out, args))
                 if "without_note_state" in runs:
                     report["continuation_without_note_state"] = continuation(
-                        str(work / "without_note_state" / "final"), held_out_data(args, work),
+                        load(work / "without_note_state" / "final"), held_out,
                         args.prompt_seconds, args.continue_seconds)  # fmt: skip
             if args.out:
                 final = work / "final"
@@ -387,8 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               for name, row in report["training"].items()]))  # fmt: skip
     if "continue" not in args.skip and args.continue_ckpt:
         with tempfile.TemporaryDirectory() as tmp:
-            report.update(both_continuations(args.continue_ckpt,
-                                             held_out_data(args, Path(args.out or tmp)), args))
+            held_out = held_out_performances(held_out_data(args, Path(args.out or tmp)))
+            report.update(both_continuations(args.continue_ckpt, held_out, args))
     for key in ("continuation", "continuation_without_hold_limits",
                 "continuation_without_note_state"):
         if key in report:

@@ -122,33 +122,36 @@ class NoteRules:
             steps = np.round(np.asarray(limits, dtype=np.float64) * STEPS_PER_SECOND)
             self.limits = np.repeat(steps.astype(np.int64), 12)[:128]
         events = np.asarray(prompt, dtype=np.int64)
-        self.sounding = counts_after(events).astype(np.int64)
         times = event_steps(events)
         self.now = int(times[-1]) if len(times) else 0
-        # the notes open are each pitch's last NOTE_ONs (releases end the oldest first)
+        # the onsets of the notes open, by pitch: each pitch's last NOTE_ONs (a release ends
+        # the oldest first)
         self.onsets = [deque() for _ in range(128)]
-        for pitch in np.flatnonzero(self.sounding).tolist():
+        counts = counts_after(events)
+        for pitch in np.flatnonzero(counts).tolist():
             struck = times[events == NOTE_ON + pitch]
-            self.onsets[pitch].extend(struck[len(struck) - self.sounding[pitch]:].tolist())
+            self.onsets[pitch].extend(struck[len(struck) - counts[pitch]:].tolist())
         self.oldest = np.array([o[0] if o else NEVER for o in self.onsets], dtype=np.int64)
         self.released = 0
 
-    def overdue(self) -> np.ndarray:
-        """The pitches whose oldest open note has sounded its limit."""
+    @property
+    def sounding(self) -> np.ndarray:
+        """(128,) the notes open of each pitch."""
+        return np.array([len(o) for o in self.onsets])
+
+    def _overdue(self) -> np.ndarray:
+        """(128,) whether each pitch's oldest open note has sounded its limit."""
         if self.limits is None:
-            return np.zeros(0, dtype=np.int64)
-        return np.flatnonzero(self.now - self.oldest >= self.limits)
+            return np.zeros(128, dtype=bool)
+        return self.now - self.oldest >= self.limits
 
     def add(self, token: int) -> None:
         if NOTE_ON <= token < NOTE_ON + 128:
             pitch = token - NOTE_ON
-            self.sounding[pitch] += 1
             self.onsets[pitch].append(self.now)
-        elif NOTE_OFF <= token < NOTE_OFF + 128 and self.sounding[token - NOTE_OFF]:
+        elif NOTE_OFF <= token < NOTE_OFF + 128 and self.onsets[token - NOTE_OFF]:
             pitch = token - NOTE_OFF
-            if self.limits is not None and self.now - self.oldest[pitch] >= self.limits[pitch]:
-                self.released += 1
-            self.sounding[pitch] -= 1
+            self.released += int(self._overdue()[pitch])
             self.onsets[pitch].popleft()
         elif TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT:
             self.now += token - TIME_SHIFT
@@ -158,13 +161,13 @@ class NoteRules:
         self.oldest[pitch] = self.onsets[pitch][0] if self.onsets[pitch] else NEVER
 
     def banned(self) -> list[int]:
-        overdue = self.overdue()
+        overdue = np.flatnonzero(self._overdue())
         if len(overdue):
             allowed = np.zeros(VOCAB, dtype=bool)
             allowed[NOTE_OFF + overdue] = True
             return np.flatnonzero(~allowed).tolist()
         if self.sounding_only:
-            return (NOTE_OFF + np.flatnonzero(self.sounding == 0)).tolist()
+            return (NOTE_OFF + np.flatnonzero(self.oldest == NEVER)).tolist()
         return []
 
 
