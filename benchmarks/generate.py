@@ -12,6 +12,11 @@ one warm-up run. The no-cache loop at 512 new tokens would take many minutes, so
 at `--no_cache_samples` context lengths spread over the run and integrated (trapezoid rule);
 `--exact_no_cache` times the whole loop instead. `--model` picks another preset's shape.
 
+The many-prompts rows decode `--many_prompts` prompts of mixed lengths (8-48 ids), each with its
+own budget of 4-64 new ids, greedy, fp32, `--batch` prompts at a time: batches one after another
+(each as long as its longest row; finished rows leave it) against continuous batching (a row
+that ends makes room for the next prompt at once); both must give the same outputs.
+
 The MBR rows decode as the WikiSum benchmark does: a randomly initialised model of its recipe's
 shape, `--mbr_prompts` prompts of 384 ids, 16 samples each at temperature 0.7 and top-p 0.9,
 4-gram ban, 256 new ids (its `--min_new_tokens`), the consensus by ROUGE-2 + ROUGE-Lsum over
@@ -124,11 +129,8 @@ def mbr_timings(prompts: list[list[int]], samples: int, batch: int, new_tokens: 
         with clocked(times, "consensus_pairs"):
             chosen_one.append(texts[consensus(texts, pair_by_pair)])
     rows = [prompts[i // samples] for i in range(len(prompts) * samples)]
-    outputs = []
-    for start in range(0, len(rows), batch):
-        chunk = range(start, min(start + batch, len(rows)))
-        with clocked(times, "generate_batched"):
-            outputs += generate(model, [rows[i] for i in chunk], sample_ids=chunk, **sampling)
+    with clocked(times, "generate_batched"):  # as Generator.generate_mbr does
+        outputs = generate(model, rows, batch_size=batch, **sampling)
     chosen = []
     for start in range(0, len(outputs), samples):
         texts = [as_text(o) for o in outputs[start : start + samples]]
@@ -136,6 +138,31 @@ def mbr_timings(prompts: list[list[int]], samples: int, batch: int, new_tokens: 
             chosen.append(texts[consensus(texts, similarity)])
     if chosen != chosen_one:
         raise SystemExit("batched MBR chose other samples than one prompt at a time")
+    return times
+
+
+def many_prompts_timings(model: GPT, count: int, batch: int) -> dict[str, float]:
+    """Seconds for `count` prompts of mixed lengths and budgets decoded `batch` at a time,
+    batches one after another vs continuous batching; raises if their outputs differ."""
+    order = sorted(range(count), key=lambda i: (13 * i) % 41)  # by length, as generate_many
+    prompts = [torch.randint(0, model.config.vocab_size, (8 + (13 * i) % 41,)).tolist()
+               for i in order]  # fmt: skip
+    limits = [4 + (29 * i) % 61 for i in order]
+    found: dict[str, list] = {"batches": []}
+
+    def batches() -> None:
+        found["batches"] = []
+        for start in range(0, count, batch):
+            found["batches"] += generate(model, prompts[start : start + batch],
+                                         limits[start : start + batch], temperature=0)
+
+    def continuous() -> None:
+        found["continuous"] = generate(model, prompts, limits, batch_size=batch, temperature=0)
+
+    times = {"batches": timed(batches, 1), "continuous": timed(continuous, 1)}
+    if found["batches"] != found["continuous"]:
+        raise SystemExit("continuous batching gave other outputs than batches one by one")
+    times["new_tokens"] = sum(map(len, found["continuous"]))
     return times
 
 
@@ -151,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--beam_prompts", type=int, default=48,
                         help="prompts of mixed lengths for the beam-4 rows")
     parser.add_argument("--beam_new_tokens", type=int, default=24)
+    parser.add_argument("--many_prompts", type=int, default=96,
+                        help="prompts of mixed lengths and budgets for the continuous rows")
     parser.add_argument("--mbr_prompts", type=int, default=4,
                         help="prompts for the MBR rows (16 samples each, batched 32)")
     parser.add_argument("--mbr_prompt_tokens", type=int, default=384)
@@ -200,6 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             eos_token_id=None, pad_token_id=0, use_cache=True)  # fmt: skip
 
         rows["transformers fp32, generate()"] = n / timed(theirs, args.repeats)
+        hf_batch = torch.tensor([prompt, *others[: args.batch - 1]])
+
+        def theirs_batched():
+            with torch.inference_mode():
+                hf.generate(hf_batch, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            eos_token_id=None, pad_token_id=0, use_cache=True)  # fmt: skip
+
+        rows[f"transformers fp32, generate(), batch {args.batch}"] = (
+            args.batch * n / timed(theirs_batched, args.repeats))
     except ImportError:
         print("transformers is not installed: skipping the Hugging Face row", file=sys.stderr)
     m = args.no_cache_tokens
@@ -229,21 +267,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.beam_prompts * args.beam_new_tokens / batched_seconds)
     mbr_prompts = [torch.randint(0, MBR_SHAPE["vocab_size"], (args.mbr_prompt_tokens,)).tolist()
                    for _ in range(args.mbr_prompts)]  # fmt: skip
+    many = many_prompts_timings(model, args.many_prompts, args.batch)
+    rows[f"seqgen, {args.many_prompts} prompts, batches of {args.batch} one by one"] = (
+        many["new_tokens"] / many["batches"])
+    rows[f"seqgen, {args.many_prompts} prompts, continuous batching of {args.batch}"] = (
+        many["new_tokens"] / many["continuous"])
     mbr = mbr_timings(mbr_prompts, 16, 32, args.mbr_new_tokens)
     mbr_one = mbr["generate_one"] + mbr["consensus_pairs"]
     mbr_new = mbr["generate_batched"] + mbr["consensus_matrix"]
     # the higher reading makes the reported fraction of the bound the conservative one
     bandwidth = max(bandwidth_before, read_bandwidth())
     weight_bytes = plain.num_params() * 4
+    hf_row = "transformers fp32, generate()"
+    hf_batch_row = f"{hf_row}, batch {args.batch}"
+    batch_row = f"seqgen fp32, KV cache, batch {args.batch}"
     report = {
         "tokens_per_second": rows["seqgen fp32, KV cache"],
-        "speedup_vs_hf": rows["seqgen fp32, KV cache"] / rows["transformers fp32, generate()"]
-        if "transformers fp32, generate()" in rows else None,
+        "speedup_vs_hf": rows["seqgen fp32, KV cache"] / rows[hf_row] if hf_row in rows else None,
+        "speedup_vs_hf_batch8": rows[batch_row] / rows[hf_batch_row]
+        if hf_batch_row in rows else None,
         "speedup_vs_no_cache": rows[f"seqgen fp32, KV cache, {m} new"]
         / rows[f"no-cache loop fp32, {m} new"],
         "speedup_bf16_vs_fp32": rows["seqgen bf16, KV cache"] / rows["seqgen fp32, KV cache"],
         "bandwidth_fraction": weight_bytes * rows["seqgen fp32, KV cache"] / bandwidth,
-        "batch_tokens_per_second": rows[f"seqgen fp32, KV cache, batch {args.batch}"],
+        "bandwidth_fraction_bf16": weight_bytes / 2 * rows["seqgen bf16, KV cache"] / bandwidth,
+        "continuous_batching_speedup": many["batches"] / many["continuous"],
+        "batch_tokens_per_second": rows[batch_row],
         "packed": chosen,
         "beam_batched_speedup": one_seconds / batched_seconds,
         "beam_sentences_per_second": args.beam_prompts / batched_seconds,
@@ -262,13 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:<44}{value:>10.1f}{value / base:>10.2f}x")
     print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; fp32 weights {weight_bytes / 1e6:.0f} MB; "
           f"bandwidth bound {bandwidth / weight_bytes:.1f} tokens/s; "
-          f"seqgen reaches {report['bandwidth_fraction']:.0%} of it")  # fmt: skip
+          f"seqgen reaches {report['bandwidth_fraction']:.0%} of it; bf16: "
+          f"{report['bandwidth_fraction_bf16']:.0%} of its own (half the bytes)")  # fmt: skip
     print(f"MBR, {args.mbr_prompts} prompts x 16 samples: one prompt at a time "
           f"{mbr['generate_one']:.1f} s generating + {mbr['consensus_pairs']:.1f} s consensus "
           f"(rouge-score pair by pair); batched {mbr['generate_batched']:.1f} s + "
           f"{mbr['consensus_matrix']:.2f} s (RougeSimilarity.matrix); same choices")
-    for key in ("speedup_vs_hf", "speedup_vs_no_cache", "speedup_bf16_vs_fp32",
-                "beam_batched_speedup", "mbr_speedup", "mbr_consensus_speedup"):  # fmt: skip
+    for key in ("speedup_vs_hf", "speedup_vs_hf_batch8", "speedup_vs_no_cache",
+                "speedup_bf16_vs_fp32", "beam_batched_speedup", "continuous_batching_speedup",
+                "mbr_speedup", "mbr_consensus_speedup"):  # fmt: skip
         if report[key] is not None:
             print(f"{key}: {report[key]:.2f}")
     write_report(args.report, report)

@@ -6,6 +6,7 @@ Shapes: B rows (prompts, samples or beams), V vocabulary size.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from seqgen.config import check_types
-from seqgen.model import GPT, KVCache, SharedPrefix
+from seqgen.model import GPT
+from seqgen.rows import Rows
 from seqgen.state import TokenState, size_of
 
 NEG_INF = float("-inf")
@@ -120,14 +122,16 @@ def generate(
     *,
     seed: int | None = None,
     sample_ids: Sequence[int] | None = None,
+    batch_size: int | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    on_done: Callable[[int], None] | None = None,
     **options,
 ) -> list[int] | list[list[int]]:
     """Continue one prompt (a list of ids) or a batch of prompts (a list of lists).
 
     Returns the new ids only (a list, or one list per prompt), without eos or a matched stop
-    sequence. Each row of a batch stops on its own; a batch returns what separate calls would
-    (past the context, sampled rows slide their windows together, when the longest fills it).
+    sequence. Each row of a batch stops on its own and has its own window past the context,
+    so a batch returns what separate calls would.
 
     Args:
         max_new_tokens: most new ids, for every prompt or one number per prompt.
@@ -136,7 +140,10 @@ def generate(
             does not depend on which rows share its batch.
         sample_ids: each row's sample id (default 0, 1, ...): `generate_many` passes each
             prompt's index, so a prompt samples the same whatever batch it lands in.
+        batch_size: most prompts decoded at once (default: all). When sampling, a waiting
+            prompt takes the place of each row that ends; beam searches run in batches.
         on_token: called as (row, id) for each new id as it is produced.
+        on_done: called with a row's index once its output is complete.
         **options: see `Settings` (temperature, top_k, top_p, num_beams, eos_id, stop, ...).
     """
     if hasattr(prompt_ids, "tolist"):  # a torch tensor or numpy array, (T,) or (B, T)
@@ -148,9 +155,14 @@ def generate(
     streams = _streams(seed, range(len(prompts)) if sample_ids is None else sample_ids)
     if len(streams) != len(prompts):
         raise ValueError(f"sample_ids: give {len(prompts)} ids, one per prompt")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     outputs: list[list[int]] = [[] for _ in prompts]
-    for row, token in _events(model, prompts, settings, streams, outputs, limits):
-        if on_token is not None:
+    for row, token in _events(model, prompts, settings, streams, outputs, limits, batch_size):
+        if token is None:
+            if on_done is not None:
+                on_done(row)
+        elif on_token is not None:
             on_token(row, token)
     return outputs if batched else outputs[0]
 
@@ -166,8 +178,8 @@ def stream(
     prompts = [list(prompt_ids)]
     settings = _settings(model, prompts, max_new_tokens, options)  # raises before the first id
     limits = [settings.max_new_tokens]
-    events = _events(model, prompts, settings, _streams(seed, [0]), [[]], limits)
-    return (token for _, token in events)
+    events = _events(model, prompts, settings, _streams(seed, [0]), [[]], limits, None)
+    return (token for _, token in events if token is not None)
 
 
 def _limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
@@ -196,26 +208,18 @@ def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options
     return settings
 
 
-def _events(model, prompts, settings, streams, outputs, limits) -> Iterator[tuple[int, int]]:
+def _events(model, prompts, settings, streams, outputs, limits,
+            batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
     """(row, id) for each new id, appending each row's ids to outputs[row] (at most
-    limits[row] of them).
+    limits[row] of them), and (row, None) once a row is complete.
 
     Inference mode is entered for each step only, never held across a yield, so the code that
     consumes the ids (a streaming loop) runs in the caller's own grad mode.
     """
     if settings.num_beams > 1:
-        found: list[list[int]] = [[] for _ in prompts]
-        with torch.inference_mode():
-            for group in _window_groups(prompts, limits, model.config.block_size):
-                best = _beam_search(model, [prompts[i] for i in group], settings,
-                                    [limits[i] for i in group])  # fmt: skip
-                for i, hypothesis in zip(group, best, strict=True):
-                    found[i] = hypothesis
-        for row, best in enumerate(found):
-            outputs[row].extend(best)
-            yield from ((row, token) for token in best)
-        return
-    steps = _sample(model, prompts, settings, streams, outputs, limits)
+        steps = _beam_search(model, prompts, settings, outputs, limits, batch_size)
+    else:
+        steps = _sample(model, prompts, settings, streams, outputs, limits, batch_size)
     while True:
         with torch.inference_mode():
             event = next(steps, None)
@@ -224,158 +228,17 @@ def _events(model, prompts, settings, streams, outputs, limits) -> Iterator[tupl
         yield event
 
 
-def _window_groups(prompts: list[list[int]], limits: list[int], block: int) -> list[list[int]]:
-    """Prompts (by index) whose beams can share one cache without its window sliding: rows
-    are left-padded to the longest prompt, and a slide moves every row's window at once,
-    so a search would not be what it is alone. A prompt whose own window slides runs alone."""
-    remaining = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    groups = []
-    while remaining:
-        most = max(limits[i] for i in remaining)
-        group = [i for i in remaining if len(prompts[i]) + most <= block]
-        if not group:  # the longest need runs alone, and the rest may then fit
-            group = [max(remaining, key=lambda i: len(prompts[i]) + limits[i])]
-        groups.append(group)
-        taken = set(group)
-        remaining = [i for i in remaining if i not in taken]
-    return groups
-
-
 def _streams(seed: int | None, sample_ids: Sequence[int]) -> list[np.random.Generator]:
     """One random stream per row, from the seed (a fresh one if None) and the row's id."""
     base = seed % 2**64 if seed is not None else int(np.random.SeedSequence().entropy)
     return [np.random.default_rng([base, int(i)]) for i in sample_ids]
 
 
-class _Rows:
-    """Left-padded rows sharing one KV cache, each with its own positions."""
-
-    def __init__(self, model: GPT, longest_prompt: int, settings: Settings,
-                 share_prompts: bool = False) -> None:  # fmt: skip
-        """share_prompts: rows of one prompt read it from a `SharedPrefix` (for sampling;
-        beams reorder rows every step, so each holds its own copy)."""
-        self.model = model
-        self.share = share_prompts and model.config.pos_embedding != "relative"
-        block = model.config.block_size
-        self.keep = settings.window_keep or max(1, block - block // 4)
-        self.cache_len = min(block, longest_prompt + settings.max_new_tokens)
-        self.device = next(model.parameters()).device
-        self.state = settings.state
-        self.last_state: torch.Tensor | None = None  # (B, state size) after each row's last id
-
-    def prefill(self, sequences: list[list[int]]) -> torch.Tensor:
-        """A fresh cache from the last tokens of each sequence; returns (B, V) next logits.
-        Repeated windows (the samples of one prompt) are computed once, then shared or
-        copied. A token state comes from the whole sequence, so it outlives the window."""
-        limit = self.cache_len if max(map(len, sequences)) <= self.cache_len else self.keep
-        # with a state, equal windows of different histories differ
-        keys = [tuple(s) if self.state is not None else tuple(s[-limit:]) for s in sequences]
-        unique = {key: i for i, key in enumerate(dict.fromkeys(keys))}
-        logits = self._prefill([key[-limit:] for key in unique], list(unique))
-        if len(unique) < len(keys):
-            index = torch.tensor([unique[key] for key in keys], device=self.device)
-            if self.share:
-                self._share(index)
-            else:
-                self.select(index)
-            logits = logits[index]
-        return logits
-
-    def _share(self, index: torch.Tensor) -> None:
-        """The prefilled prompts become a shared prefix of rows `index` (each row's prompt);
-        the rows' own cache holds what follows, unpadded."""
-        width, prompts = self.cache.length, self.cache
-        mask = self.real[:, :width] if self.padded else None
-        prefix = SharedPrefix(prompts.k[:, :, :, :width], prompts.v[:, :, :, :width], index, mask)
-        own = self.cache_len - width
-        self.cache = KVCache(self.model.config, len(index), own, self.device, prompts.k.dtype,
-                             prefix)  # fmt: skip
-        self._keep_rows(index)
-        self.real = torch.ones(len(index), own, dtype=torch.bool, device=self.device)
-        self.padded = False
-
-    def _prefill(self, windows: list[tuple[int, ...]], sequences: list[tuple[int, ...]]
-                 ) -> torch.Tensor:  # fmt: skip
-        """A fresh cache of `windows`, each the end of its row's whole sequence."""
-        width = max(map(len, windows))
-        ids = torch.zeros(len(windows), width, dtype=torch.long)
-        self.real = torch.zeros(len(windows), self.cache_len, dtype=torch.bool)  # not padding
-        states = None
-        if self.state is not None:
-            states = torch.zeros(len(windows), width, self.state.size)
-        for row, window in enumerate(windows):
-            ids[row, width - len(window) :] = torch.tensor(window)
-            self.real[row, width - len(window) : width] = True
-            if states is not None:
-                sequence = np.asarray(sequences[row], dtype=np.int64)
-                after = self.state.window(sequence, len(sequence) - len(window))
-                states[row, width - len(window) :] = torch.from_numpy(after)
-        self.real = self.real.to(self.device)
-        self.padded = not bool(self.real[:, :width].all())
-        positions = (self.real[:, :width].long().cumsum(1) - 1).clamp(min=0)  # (B, width)
-        self.next_pos = positions[:, -1:] + 1  # (B, 1)
-        dtype = next(self.model.parameters()).dtype
-        self.cache = KVCache(self.model.config, len(windows), self.cache_len, self.device, dtype)
-        self.shared = width  # rows repeated by `select` share these first positions
-        if states is not None:
-            states = states.to(self.device)
-            self.last_state = states[:, -1]
-        return self._forward(ids.to(self.device), positions, states)
-
-    def step(self, tokens: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
-        """Feed one id per row, (B,); re-prefill the window when the cache is full."""
-        if self.cache.length == self.cache.max_len:
-            logits = self.prefill(sequences)
-            self.shared = 0  # every row's window is its own now
-            return logits
-        self.real[:, self.cache.length] = True
-        tokens = tokens.to(self.device)
-        state = None
-        if self.state is not None:
-            self.last_state = self.state.advance(self.last_state, tokens)
-            state = self.last_state[:, None]
-        logits = self._forward(tokens[:, None], self.next_pos, state)
-        self.next_pos = self.next_pos + 1
-        return logits
-
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor,
-                 state: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-        mask = self.real[:, : self.cache.length + ids.shape[1]] if self.padded else None
-        return self.model(ids, positions, self.cache, mask, last_only=True,
-                          state=state)[:, -1].float()  # fmt: skip
-
-    def select(self, index: torch.Tensor, holds_prefix: torch.Tensor | None = None) -> None:
-        """Keep (and repeat) the rows in `index`: the surviving beams. `holds_prefix` marks
-        the rows whose new source shares their prompt (a beam of the same prompt)."""
-        self.cache.select(index, self.shared, holds_prefix)
-        self._keep_rows(index)
-
-    def _keep_rows(self, index: torch.Tensor) -> None:
-        self.real, self.next_pos = self.real[index], self.next_pos[index]
-        if self.last_state is not None:
-            self.last_state = self.last_state[index]
-
-    def drop(self, finished: list[int]) -> torch.Tensor:
-        """Remove the rows (slots) in `finished`: the last running rows move into their slots,
-        one row's cache each, rather than every row shifting. Returns the new order, the old
-        slot of each remaining row, to index the caller's per-row state with."""
-        count = self.real.shape[0] - len(finished)
-        gone = set(finished)
-        order = list(range(count))
-        movers = [slot for slot in range(count, self.real.shape[0]) if slot not in gone]
-        for hole, mover in zip(sorted(s for s in gone if s < count), movers, strict=True):
-            order[hole] = mover
-        index = torch.tensor(order, device=self.device)
-        stays = index == torch.arange(count, device=self.device)
-        self.cache.select(index, self.cache.length, stays)  # moves whole rows of `index` only
-        self._keep_rows(index)
-        return index
-
-
-def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings, n_new: int,
-            banned: list[list[int]] | None):  # fmt: skip
+def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings,
+            n_new: int | list[int], banned: list[list[int]] | None):  # fmt: skip
     """Repetition penalty, banned ids (repeated n-grams, constraints) and min_new_tokens, on
-    (B, V) logits; banned[b] are the ids row b may not take."""
+    (B, V) logits; banned[b] are the ids row b may not take; n_new: the new ids so far, of
+    every row or of each."""
     if seen is not None:
         p = settings.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
@@ -384,9 +247,20 @@ def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings,
         for row, ids in enumerate(banned):
             if ids:
                 logits[row, ids] = NEG_INF
-    if n_new < settings.min_new_tokens and settings.eos_ids:
-        logits[:, list(settings.eos_ids)] = NEG_INF
+    if settings.min_new_tokens and settings.eos_ids:
+        early = [n < settings.min_new_tokens for n in
+                 (n_new if isinstance(n_new, list) else [n_new] * len(logits))]  # fmt: skip
+        if any(early):
+            logits = logits.clone()
+            logits[torch.tensor(early)[:, None] & _ids_mask(settings.eos_ids, logits)] = NEG_INF
     return logits
+
+
+def _ids_mask(ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+    """(1, V) True at `ids`."""
+    mask = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
+    mask[0, list(ids)] = True
+    return mask
 
 
 class NgramBan:
@@ -471,25 +345,39 @@ def _ends_row(new: list[int], settings: Settings) -> bool:
     return settings.stop_fn is not None and settings.stop_fn(new)
 
 
-def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tuple[int, int]]:
-    """Sampled or greedy rows; a row that ends leaves the batch, so the rest run faster."""
-    rows = _Rows(model, max(map(len, prompts)), settings, share_prompts=True)
+def _sample(model, prompts, settings, streams, outputs, limits,
+            batch_size: int | None) -> Iterator[tuple[int, int]]:  # fmt: skip
+    """Sampled or greedy rows, at most `batch_size` at once: a row that ends leaves the batch
+    and a waiting prompt takes its place (continuous batching), so a batch runs full rather
+    than as long as its longest row."""
+    most = min(batch_size or len(prompts), len(prompts))
+    rows = _rows(model, prompts, limits, settings, most, share_prompts=True)
     sequences = [list(p) for p in prompts]
-    live = list(range(len(prompts)))  # the row of each cache slot
-    seen = None
-    if settings.repetition_penalty != 1.0:
-        seen = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.bool)
-        for row, prompt in enumerate(prompts):
-            seen[row, prompt] = True
-        seen = seen.to(rows.device)
+    waiting = _Waiting(limits, most)
+    yield from ((i, None) for i in waiting.empty)
+    live: list[int] = []  # the prompt of each cache row
     makers = _constraints(settings)
-    rules = [[make(prompt) for make in makers] for prompt in prompts]
-    logits = rows.prefill(sequences) if settings.max_new_tokens else None
-    for step in range(settings.max_new_tokens):
+    rules: dict[int, list[Constraint]] = {}
+    penalised = settings.repetition_penalty != 1.0
+    seen = torch.zeros(0, model.config.vocab_size, dtype=torch.bool, device=rows.device)
+    logits = None
+    while waiting or live:
+        new = waiting.admitted(len(live))
+        if new:
+            logits = _joined(logits, rows.admit([sequences[i] for i in new]))
+            live += new
+            for i in new:
+                rules[i] = [make(prompts[i]) for make in makers]
+            if penalised:
+                marks = torch.zeros(len(new), model.config.vocab_size, dtype=torch.bool)
+                for slot, i in enumerate(new):
+                    marks[slot, prompts[i]] = True
+                seen = torch.cat([seen, marks.to(rows.device)])
         banned = None
         if makers:
             banned = [[i for rule in rules[row] for i in rule.banned()] for row in live]
-        logits = _adjust(logits, seen, settings, step, banned)
+        logits = _adjust(logits, seen if penalised else None, settings,
+                         [len(outputs[row]) for row in live], banned)  # fmt: skip
         if settings.temperature == 0:
             tokens = logits.argmax(dim=-1)
         else:
@@ -497,58 +385,128 @@ def _sample(model, prompts, settings, streams, outputs, limits) -> Iterator[tupl
             tokens = _draw(torch.softmax(logits, -1), [streams[row] for row in live])
         finished = []
         for slot, (row, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
-            if token in settings.eos_ids or not limits[row]:
+            if token in settings.eos_ids:
                 finished.append(slot)
                 continue
             outputs[row].append(token)
             sequences[row].append(token)
             for rule in rules[row]:
                 rule.add(token)
-            if seen is not None:
+            if penalised:
                 seen[slot, token] = True
             yield row, token
             if _ends_row(outputs[row], settings) or len(outputs[row]) >= limits[row]:
                 finished.append(slot)
-        if len(finished) == len(live) or step == settings.max_new_tokens - 1:
-            break
+        for slot in finished:
+            del rules[live[slot]]
+            yield live[slot], None
+        logits = None
         if finished:
             order = rows.drop(finished)
             live, tokens = [live[i] for i in order.tolist()], tokens[order]
-            seen = seen[order] if seen is not None else None
-        logits = rows.step(tokens, [sequences[row] for row in live])
+            seen = seen[order] if penalised else seen
+        if live:
+            logits = rows.step(tokens, [sequences[row] for row in live])
 
 
-def _beam_search(model: GPT, prompts: list[list[int]], settings: Settings,
-                 limits: list[int]) -> list[list[int]]:  # fmt: skip
-    """The best hypothesis of a beam search over each prompt, all prompts' beams decoded
-    together as rows of one KV cache; each search is what it would be alone."""
-    rows = _Rows(model, max(map(len, prompts)), settings)
-    logits = rows.prefill(prompts)
-    searches = [_Search(prompt, limit, settings.length_penalty, logits.device)
-                for prompt, limit in zip(prompts, limits, strict=True)]  # fmt: skip
-    live = list(range(len(prompts)))  # the searches whose beams are the cache's rows, in order
-    owners = live  # the search of each cache row
-    for step in range(settings.max_new_tokens):
-        keep, still, first = [], [], 0  # cache rows that continue; searches still running
+class _Waiting:
+    """Prompts waiting for a place among at most `most` running: a few are admitted at once
+    (one prefill for several), all when none runs. Prompts with no new ids are `empty`."""
+
+    def __init__(self, limits: list[int], most: int) -> None:
+        self.queue = deque(i for i, n in enumerate(limits) if n > 0)
+        self.empty = [i for i, n in enumerate(limits) if n == 0]
+        self.most, self.refill_at = most, max(1, most // 8)
+
+    def __bool__(self) -> bool:
+        return bool(self.queue)
+
+    def admitted(self, running: int) -> list[int]:
+        """The prompts to start now, beside `running` others."""
+        free = min(self.most - running, len(self.queue))
+        if free < 1 or running and free < min(self.refill_at, len(self.queue)):
+            return []
+        return [self.queue.popleft() for _ in range(free)]
+
+
+def _joined(logits: torch.Tensor | None, admitted: torch.Tensor) -> torch.Tensor:
+    """The running rows' next logits, then the admitted rows'."""
+    return admitted if logits is None else torch.cat([logits, admitted])
+
+
+def _rows(model: GPT, prompts: list[list[int]], limits: list[int], settings: Settings,
+          most: int, share_prompts: bool = False) -> Rows:  # fmt: skip
+    """Rows for these prompts and limits, with as many cache slots as one row may need.
+    share_prompts: samples of one prompt read it from a shared prefix, where windows never
+    slide (beams reorder rows every step, so each holds its own copy)."""
+    block = model.config.block_size
+    keep = settings.window_keep or max(1, block - block // 4)
+    windows = [len(p) if len(p) <= block else keep for p in prompts]
+    spans = [w + n for w, n in zip(windows, limits, strict=True)]
+    keys = [tuple(p) for p in prompts]
+    share = (share_prompts and model.config.pos_embedding != "relative"
+             and len(set(keys)) < len(keys) and max(spans) <= block)  # fmt: skip
+    slots = min(block, max(limits) if share else max(spans))
+    return Rows(model, max(slots, 1), window_keep=settings.window_keep, state=settings.state,
+                share=share, most_rows=most)  # fmt: skip
+
+
+def _beam_search(model, prompts, settings, outputs, limits,
+                 batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
+    """A beam search over each prompt, at most `batch_size` prompts' beams decoded together
+    as rows of one KV cache; a waiting prompt's search starts as soon as one ends, and each
+    search is what it would be alone. Events as `_events`, a search's ids once it ends."""
+    most = min(batch_size or len(prompts), len(prompts))
+    rows = _rows(model, prompts, limits, settings, most * settings.num_beams)
+    waiting = _Waiting(limits, most)
+    yield from ((i, None) for i in waiting.empty)
+    searches: dict[int, _Search] = {}
+    live: list[int] = []  # the searches whose beams are the cache's rows, in order
+    owners: list[int] = []  # the search of each cache row
+    logits = None
+    while waiting or live:
+        new = waiting.admitted(len(live))
+        if new:
+            logits = _joined(logits, rows.admit([prompts[i] for i in new]))
+            for i in new:
+                searches[i] = _Search(prompts[i], limits[i], settings.length_penalty,
+                                      logits.device)  # fmt: skip
+            live, owners = live + new, owners + new
+        sources, first = {}, 0  # each running search's new rows, as rows of the cache now
         for i in live:
             width = len(searches[i].beams)
-            parents = []
-            if step < searches[i].limit:
-                parents = searches[i].advance(logits[first : first + width], step, settings)
-            keep += [first + parent for parent in parents]
-            still += [i] if parents else []
+            parents = searches[i].advance(logits[first : first + width], settings)
+            if parents:
+                sources[i] = [first + parent for parent in parents]
+            else:
+                best = searches.pop(i).best()
+                outputs[i].extend(best)
+                yield from ((i, token) for token in best)
+                yield i, None
             first += width
-        live = still
-        if not live:
-            break
+        live, logits = _refilled(live, sources), None
+        keep = [row for i in live for row in sources[i]]
         new_owners = [i for i in live for _ in searches[i].beams]
         same = [t < len(owners) and owners[t] == i for t, i in enumerate(new_owners)]
-        rows.select(torch.tensor(keep, device=logits.device), torch.tensor(same))
+        rows.select(torch.tensor(keep, dtype=torch.long, device=rows.device),
+                    torch.tensor(same, dtype=torch.bool))  # fmt: skip
         owners = new_owners
-        beams = [(searches[i].prompt, beam) for i in live for beam in searches[i].beams]
-        tokens = torch.tensor([beam[-1] for _, beam in beams], device=logits.device)
-        logits = rows.step(tokens, [prompt + beam for prompt, beam in beams])
-    return [search.best() for search in searches]
+        if live:
+            beams = [(searches[i].prompt, beam) for i in live for beam in searches[i].beams]
+            tokens = torch.tensor([beam[-1] for _, beam in beams], device=rows.device)
+            logits = rows.step(tokens, [prompt + beam for prompt, beam in beams])
+
+
+def _refilled(order: list[int], running: dict[int, list[int]]) -> list[int]:
+    """The searches of `order` still `running`, the last ones taking the places of those that
+    ended, so that the others keep their cache rows (reordering rows copies them)."""
+    places = [i if i in running else None for i in order]
+    count = len(running)
+    movers = [i for i in places[count:] if i is not None]
+    kept = places[:count]
+    for hole in [place for place, i in enumerate(kept) if i is None]:
+        kept[hole] = movers.pop()
+    return kept
 
 
 class _Search:
@@ -561,11 +519,13 @@ class _Search:
         self.beams: list[list[int]] = [[]]
         self.scores = torch.zeros(1, device=device)
         self.finished: list[tuple[float, list[int]]] = []
+        self.step = 0  # the beams' length
 
-    def advance(self, logits: torch.Tensor, step: int, settings: Settings) -> list[int]:
+    def advance(self, logits: torch.Tensor, settings: Settings) -> list[int]:
         """Choose the next beams from `logits` (one row per live beam, (n, V)); returns each
         new beam's parent row, or nothing once the search is over."""
-        k = settings.num_beams
+        k, step = settings.num_beams, self.step
+        self.step += 1
         seen = None
         if settings.repetition_penalty != 1.0:
             seen = torch.zeros_like(logits, dtype=torch.bool)

@@ -27,7 +27,8 @@ class EvalConfig:
     precision: Literal["32", "bf16"] = "32"
     """Precision of the weights: bf16 is faster where the CPU multiplies bf16 in hardware."""
     batch_size: int = 8
-    """Sequences scored (or outputs decoded without beams) together."""
+    """Sequences scored together, or prompts decoded at once (each with its beams under beam
+    search); a prompt that finishes makes room for the next at once."""
     report: str | None = None
     """Write the scores as JSON here."""
 

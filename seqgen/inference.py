@@ -86,11 +86,12 @@ class Generator:
         on_done: Callable[[int], None] | None = None,
         **options,
     ) -> list[Any]:
-        """Decoded outputs for many inputs, in order: batches of `batch_size` prompts of
-        similar length (under beam search, each prompt's beams join its batch); each output
-        is what a call for its prompt alone gives, and a seeded call samples prompt i from
-        the same stream whatever the batch size (`generate`'s sample ids are the prompts'
-        indices). `on_done(n)` reports progress.
+        """Decoded outputs for many inputs, in order, each what a call for its prompt alone
+        gives. Prompts are decoded by length, `batch_size` at a time: a sampled row that ends
+        makes room for the next prompt at once (continuous batching), and under beam search
+        each prompt's beams join its batch. A seeded call samples prompt i from the same
+        stream whatever the batch size (`generate`'s sample ids are the prompts' indices).
+        `on_done(n)` reports progress.
 
         `max_new_tokens` may be a function of a prompt's ids (e.g. proportional to its length).
         """
@@ -98,16 +99,15 @@ class Generator:
         options = self._options((), options)
         budget = options.pop("max_new_tokens", 100)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        if not order:
+            return []
+        batch = [ids[i] for i in order]
+        done = (lambda _: on_done(1)) if on_done is not None else None
+        new = generate(self.model, batch, self._limits(batch, budget), sample_ids=order,
+                       batch_size=batch_size, on_done=done, **options)  # fmt: skip
         outputs: list[Any] = [None] * len(ids)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = [ids[i] for i in rows]
-            new = generate(self.model, batch, self._limits(batch, budget), sample_ids=rows,
-                           **options)  # fmt: skip
-            for i, out in zip(rows, new, strict=True):
-                outputs[i] = self.task.decode(out, self.tokenizer)
-            if on_done is not None:
-                on_done(len(rows))
+        for i, out in zip(order, new, strict=True):
+            outputs[i] = self.task.decode(out, self.tokenizer)
         return outputs
 
     def generate_mbr(

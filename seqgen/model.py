@@ -25,8 +25,9 @@ class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device,
                  dtype: torch.dtype, prefix: SharedPrefix | None = None) -> None:  # fmt: skip
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # the buffers hold most_rows; k and v are views of the rows in use
+        self._k = self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self._v = self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.prefix = prefix
 
@@ -39,33 +40,76 @@ class KVCache:
         """Positions before the rows' own: the shared prefix's."""
         return self.prefix.length if self.prefix is not None else 0
 
-    def select(self, batch_index: torch.Tensor, prefix: int = 0,
-               holds_prefix: torch.Tensor | None = None) -> None:  # fmt: skip
+    def select(self, batch_index: torch.Tensor, held: torch.Tensor | None = None) -> None:
         """Keep (and repeat) the batch rows in `batch_index`, e.g. surviving beams.
 
-        Rows marked in `holds_prefix` already hold their new source's first `prefix`
-        positions (beams of one prompt share it), so only the rest moves. A beam search
-        selects every step: only filled positions move, in place when the batch does not
-        grow, since copying whole caches dominated its time.
+        held[t]: how many first positions row t already holds of its new source (all of
+        them for a row that stays, a prompt's for another beam of that prompt), which need
+        not move. A beam search selects every step, so only what differs moves, in place
+        within the buffers' rows; copying whole caches dominated its time.
         """
         rows, n = batch_index.numel(), self.length
         if self.prefix is not None:
             self.prefix.regroup(self.prefix.group[batch_index])
-        if rows > self.k.shape[1]:  # growing (a prompt's row becoming its beams): new buffers
-            self.k, self.v = (self._grown(t, batch_index) for t in (self.k, self.v))
+        if rows > self._k.shape[1]:  # more rows than the buffers hold: new buffers
+            self._k = self.k = self._grown(self.k, batch_index)
+            self._v = self.v = self._grown(self.v, batch_index)
             return
-        if holds_prefix is None:
-            prefix, holds_prefix = 0, torch.zeros(rows, dtype=torch.bool)
-        moved = (~holds_prefix).nonzero()[:, 0].to(batch_index.device)
+        starts: dict[int, list[int]] = {}  # rows by the first position that moves
+        for row, start in enumerate(held.tolist() if held is not None else [0] * rows):
+            if start < n:
+                starts.setdefault(start, []).append(row)
         for name in ("k", "v"):
             cache = getattr(self, name)
-            rest = cache[:, batch_index, :, prefix:n]  # a copy: read before anything is written
-            start = cache[:, batch_index[moved], :, :prefix] if len(moved) and prefix else None
-            cache = cache[:, :rows]
-            cache[:, :, :, prefix:n] = rest
-            if start is not None:
-                cache[:, moved, :, :prefix] = start
-            setattr(self, name, cache)
+            moving = [(start, torch.tensor(group, device=cache.device)) for start, group
+                      in starts.items()]  # fmt: skip
+            # read everything that moves before anything is written (the rows overlap)
+            parts = [cache[:, batch_index[group], :, start:n] for start, group in moving]
+            target = getattr(self, "_" + name)[:, :rows]
+            for (start, group), part in zip(moving, parts, strict=True):
+                target[:, group, :, start:n] = part
+            setattr(self, name, target)
+
+    def resize(self, rows: int) -> None:
+        """Use the buffers' first `rows` rows (at most as many as they hold)."""
+        self.k, self.v = self._k[:, :rows], self._v[:, :rows]
+
+    def add_rows(self, k: torch.Tensor | None, v: torch.Tensor | None, start: int,
+                 count: int = 0) -> None:  # fmt: skip
+        """Append rows whose keys and values (n_layer, n, nh, W, hs) fill positions
+        [start, start + W) of the filled ones (zeros before them); with k and v None,
+        `count` rows of zeros (rows that read all they have so far from a shared prefix)."""
+        rows, n = self.k.shape[1], count if k is None else k.shape[1]
+        if rows + n > self._k.shape[1]:
+            shape = (self._k.shape[0], rows + n, *self._k.shape[2:])
+            for name in ("_k", "_v"):
+                grown = torch.zeros(shape, device=self._k.device, dtype=self._k.dtype)
+                grown[:, :rows, :, : self.length] = getattr(self, name[1:])[:, :, :, : self.length]
+                setattr(self, name, grown)
+        self.resize(rows + n)
+        for cache, new in ((self.k, k), (self.v, v)):
+            cache[:, rows:, :, : self.length] = 0  # padding must be finite: masked, not read
+            if new is not None:
+                cache[:, rows:, :, start : start + new.shape[3]] = new
+
+    def write_rows(self, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   start: int) -> None:  # fmt: skip
+        """Overwrite rows `rows` at positions [start, start + W) with k and v (n_layer, n,
+        nh, W, hs): re-prefilled windows."""
+        width = k.shape[3]
+        self.k[:, rows, :, start : start + width] = k
+        self.v[:, rows, :, start : start + width] = v
+
+    def move(self, shift: int) -> None:
+        """Move the filled positions of every row `shift` places right (left if negative),
+        making room on the left for a wider row, or at the end by dropping padding."""
+        n = self.length
+        for cache in (self.k, self.v):
+            if shift > 0:
+                cache[:, :, :, shift : n + shift] = cache[:, :, :, :n].clone()
+            else:
+                cache[:, :, :, : n + shift] = cache[:, :, :, -shift:n].clone()
+        self.length = n + shift
 
     def _grown(self, cache: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         shape = (cache.shape[0], batch_index.numel(), *cache.shape[2:])
@@ -333,11 +377,16 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         offset = cache.offset if cache is not None else 0  # a shared prefix's positions
-        if offset + start + T > self.config.block_size:
-            raise ValueError(f"sequence length {offset + start + T} exceeds block_size "
-                             f"{self.config.block_size}")  # fmt: skip
+        block = self.config.block_size
+        # with explicit positions, rows of a batch may hold more slots than any one reads
+        # (a shared prefix and rows admitted at different times); only positions must fit
+        relative = self.config.pos_embedding == "relative"
+        if offset + start + T > block and (input_pos is None or relative):
+            raise ValueError(f"sequence length {offset + start + T} exceeds block_size {block}")
         if input_pos is None:
             input_pos = torch.arange(offset + start, offset + start + T, device=idx.device)
+        elif int(input_pos.max()) >= block:
+            raise ValueError(f"position {int(input_pos.max())} exceeds block_size {block}")
         x = self.transformer.wte(idx)  # (B, T, C)
         if self._checked_state(state, B, T):
             x = x + self.transformer.wse(state.to(x.dtype))

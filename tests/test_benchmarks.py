@@ -177,10 +177,11 @@ def test_generate(tmp_path, capsys):
                           "--no_cache_tokens", "4", "--no_cache_samples", "2", "--repeats", "1",
                           "--batch", "2", "--beam_prompts", "6", "--beam_new_tokens", "4",
                           "--mbr_prompts", "3", "--mbr_prompt_tokens", "8",
-                          "--mbr_new_tokens", "12",
+                          "--mbr_new_tokens", "12", "--many_prompts", "5",
                           "--report", str(out)]) == 0  # fmt: skip
     report = report_of(out)
     assert report["tokens_per_second"] > 0 and report["bandwidth_fraction"] > 0
+    assert report["bandwidth_fraction_bf16"] > 0 and report["continuous_batching_speedup"] > 0
     assert report["beam_batched_speedup"] > 0
     assert report["mbr_speedup"] > 0 and report["mbr_consensus_speedup"] > 0
     assert "seqgen fp32, KV cache" in capsys.readouterr().out

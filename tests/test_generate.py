@@ -288,7 +288,10 @@ def test_beam_one_equals_greedy(model):
     from seqgen.engine import Settings, _beam_search
 
     def beam(settings):
-        return _beam_search(model, [[2, 9]], settings, [settings.max_new_tokens])[0]
+        outputs = [[]]
+        with torch.no_grad():
+            list(_beam_search(model, [[2, 9]], settings, outputs, [settings.max_new_tokens], 1))
+        return outputs[0]
 
     assert beam(Settings(max_new_tokens=15, num_beams=1)) == greedy
     eos, _ = first_new_at(greedy, 4)
@@ -412,9 +415,10 @@ def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
     for options in (dict(num_beams=3), dict(num_beams=4, eos_id=7, length_penalty=0.0),
                     dict(num_beams=2, eos_id=[3, 5], repetition_penalty=1.3,
                          no_repeat_ngram_size=2, early_stopping=True)):  # fmt: skip
-        batched = generate(small, prompts, limits, **options)
         alone = [generate(small, p, n, **options) for p, n in zip(prompts, limits, strict=True)]
-        assert batched == alone, options
+        for batch_size in (None, 5):  # 5: waiting prompts start as searches end
+            batched = generate(small, prompts, limits, batch_size=batch_size, **options)
+            assert batched == alone, (options, batch_size)
         assert all(len(out) <= n for out, n in zip(batched, limits, strict=True))
         assert sum(map(len, batched)) > 100
 
@@ -444,7 +448,7 @@ def test_a_shared_prefix_gives_what_each_row_holding_its_prompt_gives():
         for start, width in ((0, 2), (2, 1), (3, 1), (4, 2)):
             if start == 3:
                 keep = torch.tensor([0, 4, 2])
-                shared.select(keep, shared.length, torch.tensor([True, False, True]))
+                shared.select(keep, torch.tensor([1, 0, 1]) * shared.length)  # 0 and 2 stay
                 rows.select(keep)
                 new, after, row_real = new[keep], after[keep], row_real[keep]
             step = new[:, start : start + width]
@@ -480,11 +484,15 @@ def test_cache_select_moves_only_what_a_row_does_not_hold():
     index = torch.tensor([1, 1, 0, 3, 5])  # a repeat, a swap, a drop, shifts
     expected_k, expected_v = cache.k[:, index, :, :10].clone(), cache.v[:, index, :, :10].clone()
     cache.k[:, 1:, :, 10:] = float("nan")  # never read: past the filled positions
-    cache.select(index, 4, torch.tensor([False, True, False, True, True]))
+    cache.select(index, torch.tensor([0, 10, 0, 10, 4]))  # rows 1 and 3 stay; 4 holds 4
     assert cache.k.shape[1] == 5
     assert torch.equal(cache.k[:, :, :, :10], expected_k)
     assert torch.equal(cache.v[:, :, :, :10], expected_v)
-    cache.select(torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4]))  # growing: new buffers
+    buffer = cache._k
+    cache.select(torch.tensor([4, 0, 1, 2, 3, 0]))  # growing within the buffers' 6 rows
+    assert cache._k is buffer and torch.equal(cache.k[:, 0, :, :10], expected_k[:, 4])
+    assert torch.equal(cache.k[:, 5, :, :10], expected_k[:, 0])
+    cache.select(torch.tensor([1, 1, 2, 2, 3, 3, 4, 4, 0, 0]))  # growing past them: new ones
     assert torch.equal(cache.k[:, 1, :, :10], expected_k[:, 0])
     assert torch.equal(cache.k[:, 9, :, :10], expected_k[:, 4])
 
@@ -509,3 +517,119 @@ def test_weights_are_packed_only_where_it_pays(model, monkeypatch):
             with torch.no_grad():
                 assert (candidate(x) - model(x)).abs().max() < 1e-4
                 assert (candidate(x[:1, -1:]) - model(x[:1, -1:])).abs().max() < 1e-4
+
+
+def _forward_widths(model):
+    """The batch width of each forward pass of `model`, as a list that fills while decoding."""
+    widths = []
+    handle = model.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape))
+    return widths, handle
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0, eos_id=[4, 15]),
+                                     dict(temperature=1.5, seed=7, eos_id=5,
+                                          repetition_penalty=1.2, no_repeat_ngram_size=2,
+                                          min_new_tokens=2)])  # fmt: skip
+def test_waiting_prompts_take_the_places_of_finished_rows(options):
+    import random
+
+    torch.manual_seed(8)
+    model = GPT(ModelConfig(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        model.transformer.wpe.weight.mul_(30)  # outputs that depend on positions
+    rng = random.Random(1)
+    prompts = [[rng.randrange(40) for _ in range(rng.randint(1, 15))] for _ in range(14)]
+    prompts[3] = prompts[9] = prompts[0]  # repeats are prefilled once and copied
+    limits = [rng.choice([0, 3, 8, 30]) for _ in prompts]  # 30: past the context, windows slide
+    alone = [generate(model, p, n, sample_ids=[i], **options) if n else []
+             for i, (p, n) in enumerate(zip(prompts, limits, strict=True))]  # fmt: skip
+    if options["temperature"] == 0:  # and each row is what a full recompute gives
+        for prompt, out in zip(prompts, alone, strict=True):
+            assert out == reference_greedy(model, prompt, len(out))
+    done = []
+    for batch_size in (1, 3, 5, None):
+        together = generate(model, prompts, limits, batch_size=batch_size, on_done=done.append,
+                            **options)  # fmt: skip
+        assert together == alone, batch_size
+    assert sorted(done) == sorted(list(range(len(prompts))) * 4)  # every row, once per call
+    assert len({len(row) for row in alone}) > 3 and max(map(len, alone)) > 12
+    widths, handle = _forward_widths(model)
+    generate(model, prompts, limits, batch_size=3, **options)
+    handle.remove()
+    steps = [shape for shape in widths if shape[1] == 1]  # one id per row: decoding steps
+    waiting = len([n for n in limits if n]) - 3
+    assert all(rows == 3 for rows, _ in steps[: waiting // 2])  # full while prompts wait
+
+
+def test_samples_of_prompts_admitted_later_read_the_shared_prefix(model):
+    prompts = [[1, 2, 3]] * 4 + [[5, 6, 7, 8, 9]] * 3 + [[30, 31]] * 3  # within the context
+    sampled = dict(temperature=1.5, eos_id=5, seed=11)
+    alone = [generate(model, p, 7, sample_ids=[i], **sampled) for i, p in enumerate(prompts)]
+    for batch_size in (2, 4, None):
+        assert generate(model, prompts, 7, batch_size=batch_size, **sampled) == alone
+    assert len({len(row) for row in alone}) > 2
+
+
+def test_a_wider_prompt_admitted_later_moves_the_rows_right():
+    from seqgen.rows import Rows
+
+    torch.manual_seed(3)
+    small = GPT(ModelConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)).eval()
+    short, wide = [[1, 2], [3]], [list(range(5, 20))]
+    with torch.no_grad():
+        rows = Rows(small, 24, most_rows=3)
+        rows.admit(short)
+        rows.step(torch.tensor([7, 8]), [short[0] + [7], short[1] + [8]])
+        assert rows.cache.length == 3
+        admitted = rows.admit(wide)
+        assert rows.cache.length == 15 and rows.real.sum(1).tolist() == [3, 2, 15]
+        sequences = [short[0] + [7, 9], short[1] + [8, 9], wide[0] + [9]]
+        logits = rows.step(torch.tensor([9, 9, 9]), sequences)
+    assert torch.allclose(admitted[0], next_logits(small, wide[0]), atol=1e-5)
+    for row, sequence in enumerate(sequences):
+        assert torch.allclose(logits[row], next_logits(small, sequence), atol=1e-5)
+
+
+def test_rows_joining_leaving_and_reordering_compute_what_each_sequence_gives():
+    """Beams reordered within their prompt, prompts admitted and dropped at random, the
+    cache trimmed as it fills: every row's logits equal a full recompute of its sequence."""
+    import random
+
+    from seqgen.rows import Rows
+
+    torch.manual_seed(9)
+    small = GPT(ModelConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    rng = random.Random(2)
+    rows = Rows(small, 20, most_rows=12)  # 20 slots: rows admitted late make it fill and trim
+    owners, sequences = [], []  # each row's prompt (search) and ids
+    moved = trimmed = 0
+    with torch.no_grad():
+        for step in range(40):
+            if len(set(owners)) < 3 and len(owners) <= 8:
+                prompt = [rng.randrange(40) for _ in range(rng.randint(1, 9))]
+                length = rows.cache.length
+                logits = rows.admit([prompt])
+                moved += rows.cache.length > length
+                owners, sequences = owners + [step], sequences + [prompt]
+                assert torch.allclose(logits[0], next_logits(small, prompt), atol=1e-5)
+            # each prompt keeps 1-3 rows, each a copy of one of its rows (beams); one may end
+            ending = {rng.choice(owners)} if step % 7 == 6 else set()
+            ending |= {o for o, s in zip(owners, sequences, strict=True) if len(s) >= 16}
+            index, new_owners = [], []
+            for owner in dict.fromkeys(owners):
+                if owner not in ending:  # (a row never holds more than the 20 slots)
+                    mine = [r for r, o in enumerate(owners) if o == owner]
+                    picks = [rng.choice(mine) for _ in range(rng.randint(1, 3))]
+                    index, new_owners = index + picks, new_owners + [owner] * len(picks)
+            same = [t < len(owners) and owners[t] == o for t, o in enumerate(new_owners)]
+            rows.select(torch.tensor(index, dtype=torch.long), torch.tensor(same))
+            owners, sequences = new_owners, [list(sequences[i]) for i in index]
+            tokens = [rng.randrange(40) for _ in owners]
+            for sequence, token in zip(sequences, tokens, strict=True):
+                sequence.append(token)
+            length = rows.cache.length
+            logits = rows.step(torch.tensor(tokens), sequences)
+            trimmed += rows.cache.length <= length
+            for row, sequence in enumerate(sequences):
+                assert torch.allclose(logits[row], next_logits(small, sequence), atol=1e-4), step
+    assert moved and trimmed  # both ways a cache makes room were taken

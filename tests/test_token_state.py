@@ -13,9 +13,10 @@ from helpers import write_song
 from seqgen.cli import main
 from seqgen.config import ModelConfig
 from seqgen.data import SequentialWindows
-from seqgen.engine import Settings, _Rows, generate
+from seqgen.engine import generate
 from seqgen.interop.hf import hf_config
 from seqgen.model import GPT
+from seqgen.rows import Rows
 from seqgen_tasks.music.data import PerformanceWindows
 from seqgen_tasks.music.events import NOTE_OFF, Notes, decode_events, encode_notes
 from seqgen_tasks.music.state import SoundingPitches, counts_after, sounding_counts
@@ -160,8 +161,8 @@ def test_rows_keep_their_state_when_beams_reorder_and_rows_leave():
     model = state_model(block_size=64)
     rng = np.random.default_rng(2)
     sequences = [[388, *random_events(rng, n).tolist()] for n in (6, 9)]
-    rows = _Rows(model, 10, Settings(max_new_tokens=8, state=STATE))
-    rows.prefill(sequences)
+    rows = Rows(model, 20, state=STATE)
+    rows.admit(sequences)
     index = torch.tensor([1, 0, 1])  # rows repeated and reordered, as beams are
     rows.select(index)
     sequences = [list(sequences[i]) for i in index.tolist()]

@@ -94,7 +94,8 @@ class TranslationEval(DecodingEval):
     bootstrap_samples: int = 1000
     """Resamples of the sentences for the 95% intervals."""
     batch_size: int = 64
-    """Sentences (or MBR samples) decoded together without beams."""
+    """Sentences (or MBR samples) decoded at once, each with its beams under beam search; one
+    that finishes makes room for the next at once."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
