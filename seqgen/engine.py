@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from seqgen.config import check_types
 from seqgen.model import GPT
-from seqgen.rows import Rows
+from seqgen.rows import Rows, holes_filled
 from seqgen.state import TokenState, size_of
 
 NEG_INF = float("-inf")
@@ -248,19 +248,12 @@ def _adjust(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings,
             if ids:
                 logits[row, ids] = NEG_INF
     if settings.min_new_tokens and settings.eos_ids:
-        early = [n < settings.min_new_tokens for n in
-                 (n_new if isinstance(n_new, list) else [n_new] * len(logits))]  # fmt: skip
-        if any(early):
+        counts = n_new if isinstance(n_new, list) else [n_new] * len(logits)
+        early = [row for row, n in enumerate(counts) if n < settings.min_new_tokens]
+        if early:
             logits = logits.clone()
-            logits[torch.tensor(early)[:, None] & _ids_mask(settings.eos_ids, logits)] = NEG_INF
+            logits[torch.tensor(early)[:, None], list(settings.eos_ids)] = NEG_INF
     return logits
-
-
-def _ids_mask(ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
-    """(1, V) True at `ids`."""
-    mask = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
-    mask[0, list(ids)] = True
-    return mask
 
 
 class NgramBan:
@@ -436,19 +429,10 @@ def _joined(logits: torch.Tensor | None, admitted: torch.Tensor) -> torch.Tensor
 
 def _rows(model: GPT, prompts: list[list[int]], limits: list[int], settings: Settings,
           most: int, share_prompts: bool = False) -> Rows:  # fmt: skip
-    """Rows for these prompts and limits, with as many cache slots as one row may need.
-    share_prompts: samples of one prompt read it from a shared prefix, where windows never
-    slide (beams reorder rows every step, so each holds its own copy)."""
-    block = model.config.block_size
-    keep = settings.window_keep or max(1, block - block // 4)
-    windows = [len(p) if len(p) <= block else keep for p in prompts]
-    spans = [w + n for w, n in zip(windows, limits, strict=True)]
-    keys = [tuple(p) for p in prompts]
-    share = (share_prompts and model.config.pos_embedding != "relative"
-             and len(set(keys)) < len(keys) and max(spans) <= block)  # fmt: skip
-    slots = min(block, max(limits) if share else max(spans))
-    return Rows(model, max(slots, 1), window_keep=settings.window_keep, state=settings.state,
-                share=share, most_rows=most)  # fmt: skip
+    """Rows for these prompts and limits (see `Rows.fitting`); beams reorder rows every step,
+    so only sampled rows share their prompts."""
+    return Rows.fitting(model, prompts, limits, window_keep=settings.window_keep,
+                        state=settings.state, most_rows=most, share_prompts=share_prompts)
 
 
 def _beam_search(model, prompts, settings, outputs, limits,
@@ -500,13 +484,7 @@ def _beam_search(model, prompts, settings, outputs, limits,
 def _refilled(order: list[int], running: dict[int, list[int]]) -> list[int]:
     """The searches of `order` still `running`, the last ones taking the places of those that
     ended, so that the others keep their cache rows (reordering rows copies them)."""
-    places = [i if i in running else None for i in order]
-    count = len(running)
-    movers = [i for i in places[count:] if i is not None]
-    kept = places[:count]
-    for hole in [place for place, i in enumerate(kept) if i is None]:
-        kept[hole] = movers.pop()
-    return kept
+    return [order[place] for place in holes_filled([i in running for i in order])]
 
 
 class _Search:

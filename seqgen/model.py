@@ -25,7 +25,7 @@ class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device,
                  dtype: torch.dtype, prefix: SharedPrefix | None = None) -> None:  # fmt: skip
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        # the buffers hold most_rows; k and v are views of the rows in use
+        # the buffers hold batch_size rows; k and v are views of the rows in use
         self._k = self.k = torch.zeros(shape, device=device, dtype=dtype)
         self._v = self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
@@ -81,11 +81,8 @@ class KVCache:
         `count` rows of zeros (rows that read all they have so far from a shared prefix)."""
         rows, n = self.k.shape[1], count if k is None else k.shape[1]
         if rows + n > self._k.shape[1]:
-            shape = (self._k.shape[0], rows + n, *self._k.shape[2:])
-            for name in ("_k", "_v"):
-                grown = torch.zeros(shape, device=self._k.device, dtype=self._k.dtype)
-                grown[:, :rows, :, : self.length] = getattr(self, name[1:])[:, :, :, : self.length]
-                setattr(self, name, grown)
+            kept = torch.arange(rows, device=self.k.device)
+            self._k, self._v = (self._grown(t, kept, rows + n) for t in (self.k, self.v))
         self.resize(rows + n)
         for cache, new in ((self.k, k), (self.v, v)):
             cache[:, rows:, :, : self.length] = 0  # padding must be finite: masked, not read
@@ -111,10 +108,13 @@ class KVCache:
                 cache[:, :, :, : n + shift] = cache[:, :, :, -shift:n].clone()
         self.length = n + shift
 
-    def _grown(self, cache: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        shape = (cache.shape[0], batch_index.numel(), *cache.shape[2:])
+    def _grown(self, cache: torch.Tensor, batch_index: torch.Tensor,
+               rows: int | None = None) -> torch.Tensor:  # fmt: skip
+        """A new buffer of `rows` rows (default: one per index) starting with the filled
+        positions of the rows in `batch_index`."""
+        shape = (cache.shape[0], rows or batch_index.numel(), *cache.shape[2:])
         grown = torch.empty(shape, device=cache.device, dtype=cache.dtype)
-        grown[:, :, :, : self.length] = cache[:, batch_index, :, : self.length]
+        grown[:, : batch_index.numel(), :, : self.length] = cache[:, batch_index, :, : self.length]
         return grown
 
 

@@ -29,7 +29,7 @@ class Rows:
                  state=None, share: bool = False, most_rows: int = 1) -> None:  # fmt: skip
         self.model = model
         self.block = model.config.block_size
-        self.keep = window_keep or max(1, self.block - self.block // 4)
+        self.keep = _kept(self.block, window_keep)
         self.state = state
         self.share = share
         parameter = next(model.parameters())
@@ -47,10 +47,28 @@ class Rows:
         self.groups: dict[tuple[int, ...], int] = {}  # share: each prompt's prefix group
         self.group_logits = self.group_states = None
 
+    @classmethod
+    def fitting(cls, model: GPT, prompts: list[list[int]], limits: list[int], *,
+                window_keep: int | None, state, most_rows: int,
+                share_prompts: bool = False) -> Rows:  # fmt: skip
+        """Rows with as many cache slots as one of these prompts may need with its limit of
+        new ids. share_prompts: the samples of one prompt read it from a shared prefix, where
+        that works (repeated prompts, absolute positions, no window that slides)."""
+        block = model.config.block_size
+        keep = _kept(block, window_keep)
+        spans = [_window_length(len(p), block, keep) + n for p, n in zip(prompts, limits,
+                                                                          strict=True)]  # fmt: skip
+        keys = [tuple(p) for p in prompts]
+        share = (share_prompts and model.config.pos_embedding != "relative"
+                 and len(set(keys)) < len(keys) and max(spans) <= block)  # fmt: skip
+        slots = min(block, max(limits) if share else max(spans))
+        return cls(model, max(slots, 1), window_keep=window_keep, state=state, share=share,
+                   most_rows=most_rows)  # fmt: skip
+
     def window(self, sequence: Sequence[int]) -> Sequence[int]:
         """What a row holds of `sequence` when it is (re-)prefilled: all of it within the
         context, else its last `keep` ids."""
-        return sequence if len(sequence) <= self.block else sequence[-self.keep :]
+        return sequence[len(sequence) - _window_length(len(sequence), self.block, self.keep) :]
 
     def admit(self, sequences: list[list[int]]) -> torch.Tensor:
         """New rows after the current ones, one per sequence; returns their next logits (n, V).
@@ -62,7 +80,8 @@ class Rows:
         unique = {key: i for i, key in enumerate(dict.fromkeys(keys))}
         k, v, real, logits, states = self._prefill(list(unique))
         index = torch.tensor([unique[key] for key in keys], device=self.device)
-        self._place(k[:, index], v[:, index], real[index], states, index)
+        self._place(k[:, index], v[:, index], real[index],
+                    states[index] if states is not None else None)  # fmt: skip
         return logits[index]
 
     def step(self, tokens: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
@@ -108,14 +127,10 @@ class Rows:
         """Remove the rows in `finished`: the last rows move into their places, one row's cache
         each, rather than every row shifting. Returns the old place of each remaining row,
         to index the caller's per-row state with."""
-        count = self.real.shape[0] - len(finished)
         gone = set(finished)
-        order = list(range(count))
-        movers = [row for row in range(count, self.real.shape[0]) if row not in gone]
-        for hole, mover in zip(sorted(r for r in gone if r < count), movers, strict=True):
-            order[hole] = mover
+        order = holes_filled([row not in gone for row in range(self.real.shape[0])])
         index = torch.tensor(order, dtype=torch.long, device=self.device)
-        stays = index == torch.arange(count, device=self.device)
+        stays = index == torch.arange(len(order), device=self.device)
         self.cache.select(index, stays.long() * self.cache.length)  # only movers move
         self._keep_rows(index)
         return index
@@ -155,9 +170,10 @@ class Rows:
         return cache.k, cache.v, real, logits, last
 
     def _place(self, k: torch.Tensor, v: torch.Tensor, real: torch.Tensor,
-               states: torch.Tensor | None, index: torch.Tensor) -> None:  # fmt: skip
-        """Append rows whose windows (k, v (n_layer, n, nh, W, hs), real (n, W)) end at the
-        cache's last filled slot; the cache moves right first where it is narrower."""
+               states: torch.Tensor | None) -> None:  # fmt: skip
+        """Append rows whose windows (k, v (n_layer, n, nh, W, hs), real (n, W), last states
+        (n, state size)) end at the cache's last filled slot; the cache moves right first
+        where it is narrower."""
         width = real.shape[1]
         if self.cache.length < width:  # width <= slots: the rows' padding grows on the left
             self._move(width - self.cache.length)
@@ -169,7 +185,7 @@ class Rows:
         self.next_pos = torch.cat([self.next_pos, real.long().sum(1, keepdim=True)])
         self.prompt_end = torch.cat([self.prompt_end, self.prompt_end.new_full((len(real),), end)])
         if self.last_state is not None:
-            self.last_state = torch.cat([self.last_state, states[index]])
+            self.last_state = torch.cat([self.last_state, states])
 
     def _slide(self, sliding: list[int], sequences: list[list[int]]) -> torch.Tensor:
         """Re-prefill the windows of rows `sliding` in their places (ending at the last filled
@@ -270,6 +286,24 @@ class Rows:
         mask = None if bool(held.all()) else held
         return self.model(ids, positions, self.cache, mask, last_only=True,
                           state=state)[:, -1].float()  # fmt: skip
+
+
+def holes_filled(kept: Sequence[bool]) -> list[int]:
+    """The old places of the items `kept`, in a new order where the last of them take the
+    places of those that go: the others stay where they are (moving one costs a copy)."""
+    count = sum(kept)
+    movers = iter([place for place in range(count, len(kept)) if kept[place]])
+    return [place if kept[place] else next(movers) for place in range(count)]
+
+
+def _kept(block: int, window_keep: int | None) -> int:
+    """How many ids a window keeps when it slides: `window_keep`, or 3/4 of the context."""
+    return window_keep or max(1, block - block // 4)
+
+
+def _window_length(length: int, block: int, keep: int) -> int:
+    """How much of a sequence of `length` ids a row holds when it is (re-)prefilled."""
+    return length if length <= block else keep
 
 
 def _left_padded(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -577,7 +577,7 @@ def test_a_wider_prompt_admitted_later_moves_the_rows_right():
     small = GPT(ModelConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)).eval()
     short, wide = [[1, 2], [3]], [list(range(5, 20))]
     with torch.no_grad():
-        rows = Rows(small, 24, most_rows=3)
+        rows = Rows(small, 24, most_rows=2)  # the third row grows the buffers
         rows.admit(short)
         rows.step(torch.tensor([7, 8]), [short[0] + [7], short[1] + [8]])
         assert rows.cache.length == 3
