@@ -296,21 +296,27 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-def _nucleus(logits: torch.Tensor, top_p: float, first: int = 256) -> torch.Tensor:
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches top_p (the best
-    always stays); -inf elsewhere. Each row's nucleus is searched among its `first` most
-    likely tokens, where it nearly always lies (sorting the whole vocabulary of every row
-    cost more than the rest of sampling); a row whose nucleus goes further is sorted."""
-    probs = torch.softmax(logits, dim=-1)
-    top = probs.topk(min(first, probs.shape[-1]), dim=-1)  # sorted, descending
-    drop = _outside(top.values, top_p)
-    dropped = torch.ones_like(logits, dtype=torch.bool).scatter(-1, top.indices, drop)
-    wide = (~drop[:, -1]).nonzero()[:, 0] if top.values.shape[-1] < probs.shape[-1] else []
-    if len(wide):
-        ordered = probs[wide].sort(dim=-1, descending=True)
-        dropped[wide] = dropped[wide].scatter(-1, ordered.indices,
-                                              _outside(ordered.values, top_p))  # fmt: skip
-    return logits.masked_fill(dropped, NEG_INF)
+    always stays); -inf elsewhere. The set is every token above the least likely one kept and
+    as many of the tokens tied with it as a full sort would keep, the first in id order."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    ordered = _descending(probs)
+    kept = (~_outside(ordered, top_p)).sum(dim=-1, keepdim=True)  # (B, 1), at least 1
+    least = ordered.gather(-1, kept - 1)
+    above = probs > least
+    tied = probs == least
+    tied_kept = tied & (tied.cumsum(dim=-1) <= kept - above.sum(dim=-1, keepdim=True))
+    return logits.masked_fill(~(above | tied_kept), NEG_INF)
+
+
+def _descending(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's values in descending order. On CPU numpy's vectorised sort of the values
+    alone is ~10x torch.sort, which orders the indices too (this cost more than the rest of
+    sampling on a flat distribution)."""
+    if probs.device.type != "cpu":
+        return probs.sort(dim=-1, descending=True).values
+    return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
 
 
 def _outside(ordered: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -181,7 +181,7 @@ def test_draws_follow_the_distribution_and_skip_impossible_tokens():
     assert torch.allclose(counts.double() / 4000, probs[0].double(), atol=0.03)
 
 
-def test_nucleus_past_the_first_candidates_equals_a_full_sort():
+def test_nucleus_equals_a_full_sort():
     from seqgen.engine import _nucleus
 
     generator = torch.Generator().manual_seed(0)
@@ -192,7 +192,19 @@ def test_nucleus_past_the_first_candidates_equals_a_full_sort():
             probs = torch.softmax(ordered, dim=-1)
             drop = (probs.cumsum(-1) - probs >= top_p).scatter(-1, order, probs.cumsum(-1) -
                                                               probs >= top_p)  # fmt: skip
-            assert torch.equal(torch.isinf(_nucleus(logits, top_p, first=16)), drop)
+            assert torch.equal(torch.isinf(_nucleus(logits, top_p)), drop)
+
+
+def test_nucleus_keeps_tied_tokens_in_id_order():
+    from seqgen.engine import _nucleus
+
+    logits = torch.tensor([[1.0, 2.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    # row 0: .447 for id 1, then three ties of .164: the nucleus of 0.6 needs one of them
+    # row 1: five ties of .2, of which 0.5 needs three
+    assert (~torch.isinf(_nucleus(logits, 0.6))).tolist()[0] == [True, True, False, False, False]
+    assert (~torch.isinf(_nucleus(logits, 0.5))).tolist() == [
+        [True, True, False, False, False], [True, True, True, False, False]]
+    assert (~torch.isinf(_nucleus(logits, 0.65))).tolist()[0] == [True, True, True, False, False]
 
 
 def rescanned_ngram_ends(ids: list[int], n: int) -> list[int]:
