@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -230,51 +229,3 @@ def load(path: str | Path, task: str | None = None, map_location: str = "cpu") -
     load_weights_into(model, read_weights(directory), directory / WEIGHTS_FILE)
     model.to(map_location).eval()
     return Checkpoint(model, load_tokenizer(directory), meta, directory)
-
-
-class SeqgenCheckpointIO(CheckpointIO):
-    """Lightning checkpoints in seqgen's directory format, so `trainer.fit(ckpt_path=...)` and
-    ModelCheckpoint read and write self-contained, unpickle-free checkpoints."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
-    ) -> None:
-        rest = dict(checkpoint)
-        state = rest.pop("state_dict")
-        meta = rest.pop(META_KEY)
-        weights = {
-            k[len(MODULE_PREFIX) :]: v for k, v in state.items() if k.startswith(MODULE_PREFIX)
-        }
-        write_checkpoint(
-            path, weights, self.tokenizer, {**meta, "step": rest.get("global_step", 0)}, rest
-        )
-
-    def load_checkpoint(
-        self, path: Any, map_location: Any = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        directory = Path(path)
-        meta = read_meta(directory)
-        state_path = directory / STATE_FILE
-        if not state_path.is_file():
-            raise CheckpointError(
-                f"{directory}: no {STATE_FILE}; it can be fine-tuned but not resumed"
-            )
-        try:
-            checkpoint = torch.load(state_path, map_location=map_location, weights_only=True)
-        except Exception as err:  # torch raises several types for damaged or unsafe files
-            first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
-            raise CheckpointError(
-                f"{state_path}: corrupt or unsafe training state ({first_line})"
-            ) from None
-        weights = read_weights(directory)
-        if "lm_head.weight" not in weights and "transformer.wte.weight" in weights:
-            weights["lm_head.weight"] = weights["transformer.wte.weight"]
-        checkpoint["state_dict"] = {MODULE_PREFIX + k: v for k, v in weights.items()}
-        checkpoint[META_KEY] = meta
-        return checkpoint
-
-    def remove_checkpoint(self, path: Any) -> None:
-        shutil.rmtree(path, ignore_errors=True)

@@ -1,5 +1,5 @@
 """What every task's data shares: readers of local files and Hugging Face datasets, and the
-windows and data module of long token streams (text, music).
+windows of long token streams (text, music); seqgen.datamodules batches them for training.
 
 Training samples windows of block_size + 1 tokens at random offsets; validation walks a stream
 in non-overlapping windows, so every validation token is scored exactly once.
@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from seqgen.errors import DataError
 from seqgen.state import TokenState
@@ -121,16 +120,6 @@ class EpochSampler(Sampler):
         yield from zip(order[start:], seeds[start:], strict=True)
 
 
-def resume_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
-    """(epoch, batches of it already trained on) where `fit` starts: (0, 0) for a new run,
-    where the checkpoint stopped for a resumed one."""
-    if trainer is None:
-        return 0, 0
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-    epoch = trainer.current_epoch
-    return (epoch + 1, 0) if done >= batches_per_epoch else (epoch, done)
-
-
 def window_offset(key: int | tuple[int, int]) -> int:
     """The offset of a window dataset's key: an offset, or (offset, seed of the draw)."""
     return key[0] if isinstance(key, tuple) else key
@@ -188,44 +177,3 @@ def padded_window(ids: np.ndarray, block_size: int, pad_id: int,
         state[: len(window) - 1] = torch.from_numpy(np.asarray(states[: len(window) - 1]))
         out["state"] = state
     return out
-
-
-class WindowDataModule(pl.LightningDataModule):
-    """Training windows drawn at random start offsets, and fixed validation windows.
-
-    `train_set[i]` is the window starting at offset i (it has `block_size`, and one item per
-    offset); an epoch draws as many windows as fit in the stream side by side. Lightning
-    shards the draws across distributed ranks.
-    """
-
-    def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int,
-                 num_workers: int = 0, seed: int = 0) -> None:  # fmt: skip
-        super().__init__()
-        self.train_set, self.val_set = train_set, val_set
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-
-    @property
-    def draws_per_epoch(self) -> int:
-        """As many windows as fit in the stream side by side (drawn without replacement)."""
-        return max(1, len(self.train_set) // self.train_set.block_size)
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.draws_per_epoch, self.seed)
-        batches = -(-self.draws_per_epoch // self.batch_size)
-        sampler.epoch, done = resume_position(self.trainer, batches)
-        sampler.skip = done * self.batch_size
-        return DataLoader(
-            self.train_set,
-            self.batch_size,
-            sampler=sampler,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator(),  # worker seeds never draw from the global RNG
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, generator=torch.Generator())  # fmt: skip
-
-

@@ -11,12 +11,10 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from seqgen.data import IGNORE_INDEX, resume_position
-from seqgen.errors import DataError
+from seqgen.data import IGNORE_INDEX
 
 
 @dataclass
@@ -98,50 +96,3 @@ class LengthGroupedBatches(Sampler[list[int]]):
         rng.shuffle(batches)
         # every rank draws the same permutation (same seed) and takes its own share of it
         yield from batches[self.rank :: self.world_size][: len(self)][done:]
-
-
-class ExampleDataModule(pl.LightningDataModule):
-    """Train and validation examples for fine-tuning; validation in a fixed order.
-
-    With rank_aware, each distributed rank trains on its own share of the batches (the
-    Trainer must then not add a distributed sampler: use_distributed_sampler=False).
-    """
-
-    def __init__(self, train: Sequence[Example], val: Sequence[Example], batch_size: int,
-                 pad_id: int, seed: int = 0, num_workers: int = 0,
-                 rank_aware: bool = False) -> None:  # fmt: skip
-        super().__init__()
-        if not train:
-            raise DataError("no training examples")
-        if not val:
-            raise DataError("no validation examples")
-        self.train_set, self.val_set = ExampleDataset(train), ExampleDataset(val)
-        self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
-        self.num_workers, self.rank_aware = num_workers, rank_aware
-
-    def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        return pad_batch(examples, self.pad_id)
-
-    def train_dataloader(self) -> DataLoader:
-        lengths = [len(e.ids) for e in self.train_set.examples]
-        shard = {}
-        if self.rank_aware and self.trainer is not None:
-            shard = {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
-        batches = LengthGroupedBatches(lengths, self.batch_size, self.seed, **shard)
-        batches.epoch, batches.skip = resume_position(self.trainer, len(batches))
-        return DataLoader(
-            self.train_set,
-            batch_sampler=batches,
-            collate_fn=self._collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator(),  # worker seeds never draw from the global RNG
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        # sorted by length: the same examples and loss, with far less padding
-        ordered = sorted(self.val_set.examples, key=lambda e: len(e.ids))
-        return DataLoader(
-            ExampleDataset(ordered), self.batch_size, shuffle=False, collate_fn=self._collate,
-            num_workers=self.num_workers, generator=torch.Generator(),
-        )  # fmt: skip

@@ -21,10 +21,9 @@ from pytorch_lightning.loggers import CSVLogger
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig, TrainConfig
-from seqgen.data import WindowDataModule
+from seqgen.datamodules import ExampleDataModule, WindowDataModule
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.evaluation import write_json
-from seqgen.examples import ExampleDataModule
 from seqgen.model import GPT
 from seqgen.module import LMModule
 from seqgen.state import size_of

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import sys
 import time
 import warnings
@@ -15,13 +16,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, Timer
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import TrainConfig, parse_duration
 from seqgen.cpu import native_bf16, training_step_seconds
-from seqgen.errors import ConfigError
+from seqgen.errors import CheckpointError, ConfigError
 from seqgen.progress import clock
 from seqgen.tokenizer import Tokenizer
 
@@ -50,8 +52,8 @@ def quiet_lightning() -> None:
         if not any(isinstance(f, _DropChatter) for f in logger.filters):
             logger.addFilter(_DropChatter())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # The samplers restart a resumed epoch where it stopped (seqgen.data.resume_position), which
-    # Lightning cannot see: its warning does not apply.
+    # The samplers restart a resumed epoch where it stopped
+    # (seqgen.datamodules.resume_position), which Lightning cannot see: its warning does not apply.
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # A run directory holds more than checkpoints (logs/, final/, best/ with train.keep_best).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -148,7 +150,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=build_loggers(cfg.logger, out_dir) or False,
         callbacks=callbacks,
-        plugins=[ckpt.SeqgenCheckpointIO(tokenizer)],
+        plugins=[SeqgenCheckpointIO(tokenizer)],
         enable_progress_bar=live_bar,
         enable_model_summary=False,
         accelerator=cfg.accelerator,
@@ -245,3 +247,50 @@ class ProgressLines(Callback):
         if remaining and not final:
             parts.append(f"ETA {clock(min(remaining))}")
         return "  ".join(parts)
+
+
+class SeqgenCheckpointIO(CheckpointIO):
+    """Lightning checkpoints in seqgen's directory format, so `trainer.fit(ckpt_path=...)` and
+    ModelCheckpoint read and write self-contained, unpickle-free checkpoints."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        rest = dict(checkpoint)
+        state = rest.pop("state_dict")
+        meta = rest.pop(ckpt.META_KEY)
+        prefix = ckpt.MODULE_PREFIX
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        ckpt.write_checkpoint(
+            path, weights, self.tokenizer, {**meta, "step": rest.get("global_step", 0)}, rest
+        )
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        directory = Path(path)
+        meta = ckpt.read_meta(directory)
+        state_path = directory / ckpt.STATE_FILE
+        if not state_path.is_file():
+            raise CheckpointError(
+                f"{directory}: no {ckpt.STATE_FILE}; it can be fine-tuned but not resumed"
+            )
+        try:
+            checkpoint = torch.load(state_path, map_location=map_location, weights_only=True)
+        except Exception as err:  # torch raises several types for damaged or unsafe files
+            first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise CheckpointError(
+                f"{state_path}: corrupt or unsafe training state ({first_line})"
+            ) from None
+        weights = ckpt.read_weights(directory)
+        if "lm_head.weight" not in weights and "transformer.wte.weight" in weights:
+            weights["lm_head.weight"] = weights["transformer.wte.weight"]
+        checkpoint["state_dict"] = {ckpt.MODULE_PREFIX + k: v for k, v in weights.items()}
+        checkpoint[ckpt.META_KEY] = meta
+        return checkpoint
+
+    def remove_checkpoint(self, path: Any) -> None:
+        shutil.rmtree(path, ignore_errors=True)

@@ -136,6 +136,18 @@ def test_tasks_install_as_seqgen_tasks_and_no_top_level_tasks(tmp_path):
     assert set(available_tasks()) >= {"text", "translation", "summarization", "music"}
 
 
+def test_inference_does_not_import_lightning(tmp_path):
+    """Loading, generating and every task's adapter work without Lightning, whose import
+    costs seconds at each `seqgen generate` / `evaluate` / `serve`."""
+    probe = ("import sys, seqgen, seqgen.inference, seqgen.cli, seqgen.sample, seqgen.evaluation; "
+             "from seqgen.tasks import task_class; "
+             "[task_class(name) for name in ('text', 'translation', 'summarization', 'music')]; "
+             "print(sorted(m for m in sys.modules if 'lightning' in m))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert out.strip() == "[]"
+
+
 def test_version():
     version = subprocess.run([sys.executable, "-m", "seqgen.cli", "--version"], check=True,
                              capture_output=True, text=True).stdout  # fmt: skip

@@ -9,6 +9,7 @@ from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig
 from seqgen.errors import CheckpointError
 from seqgen.model import GPT
+from seqgen.trainer import SeqgenCheckpointIO
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_training_state_never_unpickles_objects(saved, capsys):
     with open(path / "training_state.pt", "wb") as f:
         torch.save({"global_step": 1, "payload": Exploit()}, f, pickle_module=pickle)
     with pytest.raises(CheckpointError, match="corrupt or unsafe"):
-        ckpt.SeqgenCheckpointIO(None).load_checkpoint(path)
+        SeqgenCheckpointIO(None).load_checkpoint(path)
     assert "unpickled arbitrary code" not in capsys.readouterr().out
 
 

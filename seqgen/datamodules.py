@@ -1,0 +1,111 @@
+"""The LightningDataModules of the training workflow: windows of a token stream
+(pretraining) and per-example batches (fine-tuning). Kept apart from the datasets, which
+tasks and inference use, so that those never import Lightning (seconds at start-up)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seqgen.data import EpochSampler
+from seqgen.errors import DataError
+from seqgen.examples import Example, ExampleDataset, LengthGroupedBatches, pad_batch
+
+
+def resume_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained on) where `fit` starts: (0, 0) for a new run,
+    where the checkpoint stopped for a resumed one."""
+    if trainer is None:
+        return 0, 0
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    epoch = trainer.current_epoch
+    return (epoch + 1, 0) if done >= batches_per_epoch else (epoch, done)
+
+
+class WindowDataModule(pl.LightningDataModule):
+    """Training windows drawn at random start offsets, and fixed validation windows.
+
+    `train_set[i]` is the window starting at offset i (it has `block_size`, and one item per
+    offset); an epoch draws as many windows as fit in the stream side by side. Lightning
+    shards the draws across distributed ranks.
+    """
+
+    def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int,
+                 num_workers: int = 0, seed: int = 0) -> None:  # fmt: skip
+        super().__init__()
+        self.train_set, self.val_set = train_set, val_set
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    @property
+    def draws_per_epoch(self) -> int:
+        """As many windows as fit in the stream side by side (drawn without replacement)."""
+        return max(1, len(self.train_set) // self.train_set.block_size)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.train_set), self.draws_per_epoch, self.seed)
+        batches = -(-self.draws_per_epoch // self.batch_size)
+        sampler.epoch, done = resume_position(self.trainer, batches)
+        sampler.skip = done * self.batch_size
+        return DataLoader(
+            self.train_set,
+            self.batch_size,
+            sampler=sampler,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # worker seeds never draw from the global RNG
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, generator=torch.Generator())  # fmt: skip
+
+
+class ExampleDataModule(pl.LightningDataModule):
+    """Train and validation examples for fine-tuning; validation in a fixed order.
+
+    With rank_aware, each distributed rank trains on its own share of the batches (the
+    Trainer must then not add a distributed sampler: use_distributed_sampler=False).
+    """
+
+    def __init__(self, train: Sequence[Example], val: Sequence[Example], batch_size: int,
+                 pad_id: int, seed: int = 0, num_workers: int = 0,
+                 rank_aware: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        if not train:
+            raise DataError("no training examples")
+        if not val:
+            raise DataError("no validation examples")
+        self.train_set, self.val_set = ExampleDataset(train), ExampleDataset(val)
+        self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
+        self.num_workers, self.rank_aware = num_workers, rank_aware
+
+    def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        return pad_batch(examples, self.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        lengths = [len(e.ids) for e in self.train_set.examples]
+        shard = {}
+        if self.rank_aware and self.trainer is not None:
+            shard = {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
+        batches = LengthGroupedBatches(lengths, self.batch_size, self.seed, **shard)
+        batches.epoch, batches.skip = resume_position(self.trainer, len(batches))
+        return DataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # worker seeds never draw from the global RNG
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        # sorted by length: the same examples and loss, with far less padding
+        ordered = sorted(self.val_set.examples, key=lambda e: len(e.ids))
+        return DataLoader(
+            ExampleDataset(ordered), self.batch_size, shuffle=False, collate_fn=self._collate,
+            num_workers=self.num_workers, generator=torch.Generator(),
+        )  # fmt: skip
