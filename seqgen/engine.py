@@ -467,7 +467,7 @@ def _beam_search(model, prompts, settings, outputs, limits,
             width = len(searches[i].beams)
             parents = searches[i].advance(logits[first : first + width], settings)
             if parents:
-                sources[i] = [first + parent for parent in parents]
+                sources[i] = [first + row for row in parents]
             else:
                 best = searches.pop(i).best()
                 outputs[i].extend(best)
@@ -482,7 +482,7 @@ def _beam_search(model, prompts, settings, outputs, limits,
                     torch.tensor(same, dtype=torch.bool))  # fmt: skip
         owners = new_owners
         if live:
-            beams = [(searches[i].prompt, beam) for i in live for beam in searches[i].beams]
+            beams = [(searches[i].prompt, beam) for i in live for beam in searches[i].in_rows()]
             tokens = torch.tensor([beam[-1] for _, beam in beams], device=rows.device)
             logits = rows.step(tokens, [prompt + beam for prompt, beam in beams])
 
@@ -501,15 +501,18 @@ class _Search:
                  device: torch.device) -> None:  # fmt: skip
         self.prompt, self.limit, self.length_penalty = prompt, limit, length_penalty
         self.beams: list[list[int]] = [[]]
+        self.places = [0]  # the row of the search's block that holds each beam
         self.scores = torch.zeros(1, device=device)
         self.finished: list[tuple[float, list[int]]] = []
         self.step = 0  # the beams' length
 
     def advance(self, logits: torch.Tensor, settings: Settings) -> list[int]:
-        """Choose the next beams from `logits` (one row per live beam, (n, V)); returns each
-        new beam's parent row, or nothing once the search is over."""
+        """Choose the next beams from `logits` (one per row of the search's block, (n, V));
+        returns, for each row of the new block, the row whose beam it continues, or nothing
+        once the search is over."""
         k, step = settings.num_beams, self.step
         self.step += 1
+        logits = logits[self.places]  # in the beams' order
         seen = None
         if settings.repetition_penalty != 1.0:
             seen = torch.zeros_like(logits, dtype=torch.bool)
@@ -547,7 +550,32 @@ class _Search:
         if _beams_done(self.finished, self.scores.max().item(), step + 1, settings, self.limit):
             self.beams, self.scores = [], self.scores[:0]  # no running beam can win any more
             return []
-        return [parent for _, parent, _ in chosen]
+        return self._placed([self.places[parent] for _, parent, _ in chosen])
+
+    def _placed(self, parent_rows: list[int]) -> list[int]:
+        """Give each new beam a row: its parent's if no earlier beam took it (the row holds
+        the beam's keys and values already), else a free one (a copy). Returns the parent
+        row of each row. Rows in score order would copy most beams every step."""
+        width = len(parent_rows)
+        self.places = [-1] * width
+        taken = set()
+        for beam, row in enumerate(parent_rows):
+            if row < width and row not in taken:
+                self.places[beam] = row
+                taken.add(row)
+        free = iter(sorted(set(range(width)) - taken))
+        self.places = [row if row >= 0 else next(free) for row in self.places]
+        parents = [0] * width
+        for beam, row in enumerate(self.places):
+            parents[row] = parent_rows[beam]
+        return parents
+
+    def in_rows(self) -> list[list[int]]:
+        """The beams in the order of their rows."""
+        beams = [[]] * len(self.beams)
+        for beam, row in enumerate(self.places):
+            beams[row] = self.beams[beam]
+        return beams
 
     def best(self) -> list[int]:
         """The best finished or still running hypothesis (empty if there is none)."""

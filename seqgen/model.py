@@ -59,15 +59,18 @@ class KVCache:
         for row, start in enumerate(held.tolist() if held is not None else [0] * rows):
             if start < n:
                 starts.setdefault(start, []).append(row)
+        moving = [(start, torch.tensor(group, device=self.k.device)) for start, group
+                  in starts.items()]  # fmt: skip
+        sources = [(start, group, batch_index[group]) for start, group in moving]
         for name in ("k", "v"):
-            cache = getattr(self, name)
-            moving = [(start, torch.tensor(group, device=cache.device)) for start, group
-                      in starts.items()]  # fmt: skip
-            # read everything that moves before anything is written (the rows overlap)
-            parts = [cache[:, batch_index[group], :, start:n] for start, group in moving]
-            target = getattr(self, "_" + name)[:, :rows]
-            for (start, group), part in zip(moving, parts, strict=True):
-                target[:, group, :, start:n] = part
+            cache, target = getattr(self, name), getattr(self, "_" + name)[:, :rows]
+            # a layer at a time: smaller copies reuse freed memory; larger ones get fresh
+            # pages from the system, whose faults cost as much as the copy
+            for layer in range(cache.shape[0]):
+                # read everything that moves before anything is written (the rows overlap)
+                parts = [cache[layer, source, :, start:n] for start, _, source in sources]
+                for (start, group, _), part in zip(sources, parts, strict=True):
+                    target[layer, group, :, start:n] = part
             setattr(self, name, target)
 
     def resize(self, rows: int) -> None:

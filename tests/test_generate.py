@@ -331,6 +331,39 @@ def test_wide_beam_search_is_exact_on_a_tiny_problem():
     assert sequence_logprob(small, [0], narrow) >= sequence_logprob(small, [0], greedy) - 1e-6
 
 
+def plain_beam_search(model, prompt, new_tokens, num_beams):
+    """Beam search without eos by full forward passes: what the cached rows must compute."""
+    beams = [(0.0, [])]
+    for _ in range(new_tokens):
+        candidates = []
+        for score, beam in beams:
+            logprobs = torch.log_softmax(next_logits(model, prompt + beam), -1).tolist()
+            candidates += [(score + lp, beam + [t]) for t, lp in enumerate(logprobs)]
+        beams = sorted(candidates, key=lambda c: -c[0])[:num_beams]
+    return beams[0][1]
+
+
+def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
+    from seqgen.engine import _Search
+
+    torch.manual_seed(7)
+    small = GPT(ModelConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    prompts = [[1], [4, 5, 6, 7], [9, 2, 9], [3, 3]]
+    advance, moved = _Search.advance, []
+
+    def checked(search, logits, settings):  # each row's logits are its own beam's
+        for beam, row in zip(search.beams, logits[search.places], strict=True):
+            assert (row - next_logits(small, search.prompt + beam)).abs().max() < 1e-4
+        moved.append(search.places != sorted(search.places))
+        return advance(search, logits, settings)
+
+    monkeypatch.setattr(_Search, "advance", checked)
+    for num_beams in (3, 4):
+        expected = [plain_beam_search(small, p, 8, num_beams) for p in prompts]
+        assert generate(small, prompts, 8, num_beams=num_beams) == expected
+    assert sum(moved) > 10  # beams in other rows than their rank
+
+
 def test_beam_search_handles_eos_and_batches(model):
     eos, _ = first_new_at(generate(model, [1], 12, temperature=0), 2)
     out = generate(model, [[1], [4, 5]], 12, num_beams=3, eos_id=eos)
@@ -433,6 +466,19 @@ def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
             assert batched == alone, (options, batch_size)
         assert all(len(out) <= n for out, n in zip(batched, limits, strict=True))
         assert sum(map(len, batched)) > 100
+
+
+def test_new_beams_keep_their_parents_rows_where_they_can():
+    from seqgen.engine import _Search
+
+    search = _Search([1, 2], limit=9, length_penalty=1.0, device="cpu")
+    search.beams, search.places = [[5], [6], [7], [8]], [2, 0, 3, 1]  # beam 0 in row 2, ...
+    # new beams continue beams 0, 0, 3, 1: rows 2, 2, 1, 0; the second child of beam 0 copies
+    assert search._placed([2, 2, 1, 0]) == [0, 1, 2, 2]  # the parent row of each row
+    assert search.places == [2, 3, 1, 0]
+    search.beams = [[5, 1], [5, 2], [8, 3], [6, 4]]
+    assert search.in_rows() == [[6, 4], [8, 3], [5, 1], [5, 2]]
+    assert search._placed([3, 3, 0]) == [0, 3, 3]  # a narrower block: row 3 moves to 1, 2
 
 
 def test_a_shared_prefix_gives_what_each_row_holding_its_prompt_gives():
