@@ -524,7 +524,7 @@ class _Search:
             banned = [[i for make in makers for i in _replayed(make, self.prompt, beam)]
                       for beam in self.beams]  # fmt: skip
         logprobs = F.log_softmax(_adjust(logits, seen, settings, step, banned), dim=-1)
-        candidates = (self.scores[:, None] + logprobs).flatten()
+        candidates = self.scores[:, None] + logprobs  # (n, V)
         vocab = logprobs.shape[1]
         chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)
         for rank, (score, index) in enumerate(_ranked(candidates, 2 * k)):
@@ -597,12 +597,18 @@ def _replayed(constraint: Callable[[list[int]], Constraint], prompt: list[int],
 
 
 def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]:
-    """(score, index) from best to worst: the top `first` cheaply, the rest only if needed."""
-    top = candidates.topk(min(first, candidates.numel()))
-    yield from zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    """(score, index into the flattened candidates (n, V)) from best to worst: the top
+    `first` cheaply (the best of each row's best: a topk over rows runs on every core), the
+    rest only if needed."""
+    width = candidates.shape[-1]
+    top = candidates.topk(min(first, width), dim=-1)
+    rows = torch.arange(len(candidates), device=candidates.device)[:, None]
+    indices = (top.indices + width * rows).flatten()
+    best = top.values.flatten().topk(min(first, candidates.numel()))
+    yield from zip(best.values.tolist(), indices[best.indices].tolist(), strict=True)
     if candidates.numel() > first:
-        done = set(top.indices.tolist())  # ties may order differently in the full sort
-        ordered = candidates.sort(descending=True)
+        done = set(indices[best.indices].tolist())  # ties may order differently in the sort
+        ordered = candidates.flatten().sort(descending=True)
         for score, index in zip(ordered.values.tolist(), ordered.indices.tolist(), strict=True):
             if index not in done:
                 yield score, index

@@ -364,6 +364,17 @@ def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
     assert sum(moved) > 10  # beams in other rows than their rank
 
 
+def test_ranked_candidates_go_from_best_to_worst_past_the_first():
+    from seqgen.engine import _ranked
+
+    candidates = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
+    ranked = list(_ranked(candidates, 4))  # the first 4 from each row's best, then the rest
+    flat = candidates.flatten()
+    assert sorted(index for _, index in ranked) == list(range(21))
+    assert [score for score, _ in ranked] == sorted(flat.tolist(), reverse=True)
+    assert all(flat[index].item() == score for score, index in ranked)
+
+
 def test_beam_search_handles_eos_and_batches(model):
     eos, _ = first_new_at(generate(model, [1], 12, temperature=0), 2)
     out = generate(model, [[1], [4, 5]], 12, num_beams=3, eos_id=eos)
