@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -166,6 +167,33 @@ def many_prompts_timings(model: GPT, count: int, batch: int) -> dict[str, float]
     return times
 
 
+def transformers_rows(plain: GPT, prompts: list[list[int]], n: int, repeats: int
+                      ) -> dict[str, float]:  # fmt: skip
+    """Tokens/s of transformers' generate() on the same weights, batch 1 (the first prompt)
+    and all prompts. Its model is freed on return: gigabytes held while the later rows run
+    slowed their large allocations (batched beam search by up to a third)."""
+    try:
+        import transformers
+    except ImportError:
+        print("transformers is not installed: skipping the Hugging Face rows", file=sys.stderr)
+        return {}
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(plain.config)))
+    hf.load_state_dict(to_hf_state_dict(plain), strict=False)
+    hf.eval()
+
+    def theirs(ids: torch.Tensor) -> None:
+        with torch.inference_mode():
+            hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                        eos_token_id=None, pad_token_id=0, use_cache=True)  # fmt: skip
+
+    return {
+        "transformers fp32, generate()": n / timed(lambda: theirs(torch.tensor(prompts[:1])),
+                                                   repeats),  # fmt: skip
+        f"transformers fp32, generate(), batch {len(prompts)}":
+            len(prompts) * n / timed(lambda: theirs(torch.tensor(prompts)), repeats),
+    }  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2", choices=sorted(PRESETS), help="model shape")
@@ -214,32 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = {}
     rows["seqgen fp32, KV cache"] = n / timed(ours, args.repeats)
     rows["seqgen fp32, KV cache, plain nn.Linear"] = n / timed(lambda: ours(m=plain), args.repeats)
-    rows["seqgen fp32, KV cache, oneDNN-packed"] = n / timed(lambda: ours(m=packed), args.repeats)
-    try:
-        import transformers
-
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(model.config)))
-        hf.load_state_dict(to_hf_state_dict(plain), strict=False)
-        hf.eval()
-        hf_ids = torch.tensor([prompt])
-
-        def theirs():
-            with torch.inference_mode():
-                hf.generate(hf_ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                            eos_token_id=None, pad_token_id=0, use_cache=True)  # fmt: skip
-
-        rows["transformers fp32, generate()"] = n / timed(theirs, args.repeats)
-        hf_batch = torch.tensor([prompt, *others[: args.batch - 1]])
-
-        def theirs_batched():
-            with torch.inference_mode():
-                hf.generate(hf_batch, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                            eos_token_id=None, pad_token_id=0, use_cache=True)  # fmt: skip
-
-        rows[f"transformers fp32, generate(), batch {args.batch}"] = (
-            args.batch * n / timed(theirs_batched, args.repeats))
-    except ImportError:
-        print("transformers is not installed: skipping the Hugging Face row", file=sys.stderr)
+    rows["seqgen fp32, KV cache, oneDNN-packed"] = n / timed(partial(ours, m=packed), args.repeats)
+    del packed  # models no later row uses are freed, as transformers_rows says why
+    rows |= transformers_rows(plain, [prompt, *others[: args.batch - 1]], n, args.repeats)
     m = args.no_cache_tokens
     rows[f"seqgen fp32, KV cache, {m} new"] = m / timed(lambda: ours(new=m), 1)
     rows[f"no-cache loop fp32, {m} new"] = m / no_cache_seconds(
@@ -247,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bf16 = copy.deepcopy(plain).to(torch.bfloat16)
     pack_linears(bf16)
-    rows["seqgen bf16, KV cache"] = n / timed(lambda: ours(m=bf16), args.repeats)
+    rows["seqgen bf16, KV cache"] = n / timed(partial(ours, m=bf16), args.repeats)
+    del bf16
     rows[f"seqgen fp32, KV cache, batch {args.batch}"] = (
         args.batch * n / timed(lambda: ours(batch=args.batch), args.repeats)
     )

@@ -142,9 +142,16 @@ class SharedPrefix:
         return self.k.shape[3]
 
     def regroup(self, group: torch.Tensor) -> None:
-        """Set each row's prompt (rows left or moved)."""
+        """Set each row's prompt (rows left or moved). `members`: (prompt, its rows, their
+        count); the rows as a slice where they are contiguous (as admitted), whose views
+        spare attention an indexed copy of them."""
         self.group = group
-        self.members = [(g, (group == g).nonzero()[:, 0]) for g in group.unique().tolist()]
+        self.members = []
+        for g in group.unique().tolist():
+            rows = (group == g).nonzero()[:, 0]
+            first, count = int(rows[0]), len(rows)
+            contiguous = int(rows[-1]) - first + 1 == count
+            self.members.append((g, slice(first, first + count) if contiguous else rows, count))
 
 
 def attend_with_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -163,16 +170,16 @@ def attend_with_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     keys, values = prefix.k[layer], prefix.v[layer]  # (G, nh, P, hs)
     P = keys.shape[2]
     shared = own.new_empty(B, nh, T, P)
-    for g, rows in prefix.members:  # (nh, R * T, hs) @ (nh, hs, P) per prompt
+    for g, rows, count in prefix.members:  # (nh, R * T, hs) @ (nh, hs, P) per prompt
         scores = q[rows].transpose(0, 1).reshape(nh, -1, hs) @ keys[g].transpose(-2, -1)
-        shared[rows] = scores.float().view(nh, len(rows), T, P).transpose(0, 1) * scale
+        shared[rows] = scores.float().view(nh, count, T, P).transpose(0, 1) * scale
     if prefix.mask is not None:
         shared = shared.masked_fill(~prefix.mask[prefix.group][:, None, None, :], float("-inf"))
     weights = torch.softmax(torch.cat([shared, own], dim=-1), dim=-1).to(q.dtype)
     y = weights[..., P:] @ v  # (B, nh, T, hs)
-    for g, rows in prefix.members:
+    for g, rows, count in prefix.members:
         attended = weights[rows, :, :, :P].transpose(0, 1).reshape(nh, -1, P) @ values[g]
-        y[rows] += attended.view(nh, len(rows), T, hs).transpose(0, 1)
+        y[rows] += attended.view(nh, count, T, hs).transpose(0, 1)
     return y
 
 

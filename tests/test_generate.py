@@ -527,7 +527,9 @@ def test_a_shared_prefix_gives_what_each_row_holding_its_prompt_gives():
             assert (got - expected).abs().max() < 1e-5
             after = after + width
     assert shared.prefix.group.tolist() == [0, 1, 0]
-    assert [(g, r.tolist()) for g, r in shared.prefix.members] == [(0, [0, 2]), (1, [1])]
+    members = [(g, r if isinstance(r, slice) else r.tolist(), n)
+               for g, r, n in shared.prefix.members]  # fmt: skip
+    assert members == [(0, [0, 2], 2), (1, slice(1, 2), 1)]  # contiguous rows as a slice
 
 
 def test_relative_attention_copies_repeated_prompts_instead_of_sharing():
