@@ -602,12 +602,12 @@ def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]
     rest only if needed."""
     width = candidates.shape[-1]
     top = candidates.topk(min(first, width), dim=-1)
-    rows = torch.arange(len(candidates), device=candidates.device)[:, None]
-    indices = (top.indices + width * rows).flatten()
+    indices = [row * width + i for row, ids in enumerate(top.indices.tolist()) for i in ids]
     best = top.values.flatten().topk(min(first, candidates.numel()))
-    yield from zip(best.values.tolist(), indices[best.indices].tolist(), strict=True)
+    chosen = [indices[i] for i in best.indices.tolist()]
+    yield from zip(best.values.tolist(), chosen, strict=True)
     if candidates.numel() > first:
-        done = set(indices[best.indices].tolist())  # ties may order differently in the sort
+        done = set(chosen)  # ties may order differently in the full sort
         ordered = candidates.flatten().sort(descending=True)
         for score, index in zip(ordered.values.tolist(), ordered.indices.tolist(), strict=True):
             if index not in done:

@@ -15,6 +15,8 @@ from torch import nn
 from seqgen.config import ModelConfig
 from seqgen.relative import RelativeAttention, relative_logits
 
+COPY_BYTES = 1 << 24  # below glibc's largest mmap threshold (32 MiB): freed memory is reused
+
 
 class KVCache:
     """Keys and values of every layer, preallocated for `max_len` positions: (B, nh, L, hs) each.
@@ -55,22 +57,27 @@ class KVCache:
             self._k = self.k = self._grown(self.k, batch_index)
             self._v = self.v = self._grown(self.v, batch_index)
             return
+        layers, _, nh, _, hs = self.k.shape
         starts: dict[int, list[int]] = {}  # rows by the first position that moves
         for row, start in enumerate(held.tolist() if held is not None else [0] * rows):
             if start < n:
                 starts.setdefault(start, []).append(row)
-        moving = [(start, torch.tensor(group, device=self.k.device)) for start, group
-                  in starts.items()]  # fmt: skip
-        sources = [(start, group, batch_index[group]) for start, group in moving]
+        sources = [(start, torch.tensor(group, device=self.k.device)) for start, group
+                   in starts.items()]  # fmt: skip
+        sources = [(start, group, batch_index[group]) for start, group in sources]
+        # some layers at a time, in copies small enough to reuse freed memory (a larger one
+        # gets fresh pages from the system, whose faults cost as much as the copy)
+        layer_bytes = sum(len(group) * (n - start) for start, group, _ in sources) * nh * hs
+        layer_bytes *= self.k.element_size()
+        chunk = max(1, COPY_BYTES // max(layer_bytes, 1))
         for name in ("k", "v"):
             cache, target = getattr(self, name), getattr(self, "_" + name)[:, :rows]
-            # a layer at a time: smaller copies reuse freed memory; larger ones get fresh
-            # pages from the system, whose faults cost as much as the copy
-            for layer in range(cache.shape[0]):
+            for first in range(0, layers, chunk):
+                some = slice(first, first + chunk)
                 # read everything that moves before anything is written (the rows overlap)
-                parts = [cache[layer, source, :, start:n] for start, _, source in sources]
+                parts = [cache[some, source, :, start:n] for start, _, source in sources]
                 for (start, group, _), part in zip(sources, parts, strict=True):
-                    target[layer, group, :, start:n] = part
+                    target[some, group, :, start:n] = part
             setattr(self, name, target)
 
     def resize(self, rows: int) -> None:
