@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "finetune_seconds": {name: r["train_seconds"] for name, r in runs.items()},
         "best_step": {name: r["best_step"] for name, r in runs.items()},
         "summary_words": {n: s["system"]["lengths"]["mean_words"] for n, s in scores.items()},
+        "decode_seconds": {name: s["decode_seconds"] for name, s in scores.items()},
         "pretrain": pre, "finetune": runs, "wall_seconds": time.perf_counter() - started,
         "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,
         "decoding": {key: getattr(args, key) for key in (*DECODING, "seed")},
@@ -191,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  *(f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
                    for v in report["pretrained_minus_scratch"].values())))  # fmt: skip
     print(markdown_table(["system", *REPORTED], rows))
+    print("decoding: " + ", ".join(f"{name} {seconds:.1f} s"
+                                   for name, seconds in report["decode_seconds"].items()))
     write_report(args.report, report)
     return 0
 

@@ -119,6 +119,7 @@ def test_summarization_wikisum(tmp_path, capsys):
     for system in ("pretrained", "scratch", "baseline"):
         assert 0 <= report[system]["rougeLsum"]["mid"] <= 100
     assert report["decoding"]["mbr_samples"] == 2
+    assert all(report["decode_seconds"][name] > 0 for name in ("pretrained", "scratch"))
     assert "rougeLsum" in report["pretrained_minus_scratch"]
     # a kept run scored again with other decoding, without training
     again = tmp_path / "again.json"
