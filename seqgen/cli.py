@@ -1,5 +1,5 @@
 """`seqgen` command line: the commands, each built from its typed config dataclasses in the
-one grammar of `seqgen.arguments`. Generation options are `seqgen.engine.GenerationOptions`,
+one grammar of `seqgen.arguments`. Generation options are `seqgen.decoding.GenerationOptions`,
 shared by `generate` and every evaluation, with the task's own defaults.
 """
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from seqgen.engine import GenerationOptions
+from seqgen.decoding import GenerationOptions
 from seqgen.files import atomic_file, check_writable
 from seqgen.progress import Progress
 from seqgen.state import TokenState

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from seqgen.engine import GenerationOptions
+from seqgen.decoding import GenerationOptions
 from seqgen.errors import SeqgenError
 from seqgen.files import check_writable
 from seqgen.progress import Progress

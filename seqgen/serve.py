@@ -29,7 +29,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from seqgen.engine import GenerationOptions
+from seqgen.decoding import GenerationOptions
 from seqgen.errors import SeqgenError
 
 log = logging.getLogger("seqgen")

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from seqgen.engine import GenerationOptions
+from seqgen.decoding import GenerationOptions
 from seqgen.errors import SeqgenError
 from seqgen.serve import (
     RequestError,

@@ -13,7 +13,7 @@ import pytest
 import tomllib
 
 import seqgen
-from seqgen.engine import GenerationOptions
+from seqgen.decoding import GenerationOptions
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.sample import GenerateConfig
 from seqgen.tasks import (

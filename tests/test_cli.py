@@ -425,7 +425,7 @@ def test_old_spellings_give_the_same_output(random_ckpt, capsys):
 def test_generation_options_are_declared_once_with_the_tasks_defaults(capsys):
     import dataclasses
 
-    from seqgen.engine import GenerationOptions
+    from seqgen.decoding import GenerationOptions
 
     helps = {}
     commands = ("generate translation", "evaluate translation", "evaluate summarization",

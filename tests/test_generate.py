@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from seqgen.config import ModelConfig
-from seqgen.engine import NgramBan, filter_logits, generate, stream
+from seqgen.decoding import NgramBan
+from seqgen.engine import filter_logits, generate, stream
 from seqgen.model import GPT, KVCache
 
 SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
@@ -297,12 +298,13 @@ def test_beam_one_equals_greedy(model):
     greedy = generate(model, [2, 9], 15, temperature=0)
     assert generate(model, [2, 9], 15, num_beams=1, temperature=0) == greedy
     # the beam-search code path itself, with a beam that can hold only one hypothesis
-    from seqgen.engine import Settings, _beam_search
+    from seqgen.beam import beam_search
+    from seqgen.decoding import Settings
 
     def beam(settings):
         outputs = [[]]
         with torch.no_grad():
-            list(_beam_search(model, [[2, 9]], settings, outputs, [settings.max_new_tokens], 1))
+            list(beam_search(model, [[2, 9]], settings, outputs, [settings.max_new_tokens], 1))
         return outputs[0]
 
     assert beam(Settings(max_new_tokens=15, num_beams=1)) == greedy
@@ -331,7 +333,7 @@ def test_wide_beam_search_is_exact_on_a_tiny_problem():
     assert sequence_logprob(small, [0], narrow) >= sequence_logprob(small, [0], greedy) - 1e-6
 
 
-def plain_beam_search(model, prompt, new_tokens, num_beams):
+def plainbeam_search(model, prompt, new_tokens, num_beams):
     """Beam search without eos by full forward passes: what the cached rows must compute."""
     beams = [(0.0, [])]
     for _ in range(new_tokens):
@@ -344,7 +346,7 @@ def plain_beam_search(model, prompt, new_tokens, num_beams):
 
 
 def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
-    from seqgen.engine import _Search
+    from seqgen.beam import _Search
 
     torch.manual_seed(7)
     small = GPT(ModelConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
@@ -359,13 +361,13 @@ def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
 
     monkeypatch.setattr(_Search, "advance", checked)
     for num_beams in (3, 4):
-        expected = [plain_beam_search(small, p, 8, num_beams) for p in prompts]
+        expected = [plainbeam_search(small, p, 8, num_beams) for p in prompts]
         assert generate(small, prompts, 8, num_beams=num_beams) == expected
     assert sum(moved) > 10  # beams in other rows than their rank
 
 
 def test_ranked_candidates_go_from_best_to_worst_past_the_first():
-    from seqgen.engine import _ranked
+    from seqgen.beam import _ranked
 
     candidates = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
     ranked = list(_ranked(candidates, 4))  # the first 4 from each row's best, then the rest
@@ -480,7 +482,7 @@ def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
 
 
 def test_new_beams_keep_their_parents_rows_where_they_can():
-    from seqgen.engine import _Search
+    from seqgen.beam import _Search
 
     search = _Search([1, 2], limit=9, length_penalty=1.0, device="cpu")
     search.beams, search.places = [[5], [6], [7], [8]], [2, 0, 3, 1]  # beam 0 in row 2, ...

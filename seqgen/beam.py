@@ -1,0 +1,213 @@
+"""Beam search over many prompts at once: each prompt's beams are rows of one KV cache,
+each search exactly what it would be alone (finished hypotheses, length penalty and early
+stopping per prompt), and a waiting prompt's search starts as soon as one ends.
+
+Shapes: B rows (the beams of every running search), V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from seqgen.decoding import (
+    NEG_INF,
+    Constraint,
+    Settings,
+    Waiting,
+    adjust_logits,
+    constraint_makers,
+    ends_row,
+    joined,
+    rows_for,
+)
+from seqgen.rows import holes_filled
+
+
+def beam_search(model, prompts, settings, outputs, limits,
+                batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
+    """A beam search over each prompt, at most `batch_size` prompts' beams decoded together
+    as rows of one KV cache; a waiting prompt's search starts as soon as one ends, and each
+    search is what it would be alone. Events as `_events`, a search's ids once it ends."""
+    most = min(batch_size or len(prompts), len(prompts))
+    rows = rows_for(model, prompts, limits, settings, most * settings.num_beams)
+    waiting = Waiting(limits, most)
+    yield from ((i, None) for i in waiting.empty)
+    searches: dict[int, _Search] = {}
+    live: list[int] = []  # the searches whose beams are the cache's rows, in order
+    owners: list[int] = []  # the search of each cache row
+    logits = None
+    while waiting or live:
+        new = waiting.admitted(len(live))
+        if new:
+            logits = joined(logits, rows.admit([prompts[i] for i in new]))
+            for i in new:
+                searches[i] = _Search(prompts[i], limits[i], settings.length_penalty,
+                                      logits.device)  # fmt: skip
+            live, owners = live + new, owners + new
+        sources, first = {}, 0  # each running search's new rows, as rows of the cache now
+        for i in live:
+            width = len(searches[i].beams)
+            parents = searches[i].advance(logits[first : first + width], settings)
+            if parents:
+                sources[i] = [first + row for row in parents]
+            else:
+                best = searches.pop(i).best()
+                outputs[i].extend(best)
+                yield from ((i, token) for token in best)
+                yield i, None
+            first += width
+        live, logits = _refilled(live, sources), None
+        keep = [row for i in live for row in sources[i]]
+        new_owners = [i for i in live for _ in searches[i].beams]
+        same = [t < len(owners) and owners[t] == i for t, i in enumerate(new_owners)]
+        rows.select(torch.tensor(keep, dtype=torch.long, device=rows.device),
+                    torch.tensor(same, dtype=torch.bool))  # fmt: skip
+        owners = new_owners
+        if live:
+            beams = [(searches[i].prompt, beam) for i in live for beam in searches[i].in_rows()]
+            tokens = torch.tensor([beam[-1] for _, beam in beams], device=rows.device)
+            logits = rows.step(tokens, [prompt + beam for prompt, beam in beams])
+
+
+def _refilled(order: list[int], running: dict[int, list[int]]) -> list[int]:
+    """The searches of `order` still `running`, the last ones taking the places of those that
+    ended, so that the others keep their cache rows (reordering rows copies them)."""
+    return [order[place] for place in holes_filled([i in running for i in order])]
+
+
+class _Search:
+    """One prompt's beam search: its live beams (new ids; one cache row each), their
+    log-probability sums, and the finished hypotheses with their normalised scores."""
+
+    def __init__(self, prompt: list[int], limit: int, length_penalty: float,
+                 device: torch.device) -> None:  # fmt: skip
+        self.prompt, self.limit, self.length_penalty = prompt, limit, length_penalty
+        self.beams: list[list[int]] = [[]]
+        self.places = [0]  # the row of the search's block that holds each beam
+        self.scores = torch.zeros(1, device=device)
+        self.finished: list[tuple[float, list[int]]] = []
+        self.step = 0  # the beams' length
+
+    def advance(self, logits: torch.Tensor, settings: Settings) -> list[int]:
+        """Choose the next beams from `logits` (one per row of the search's block, (n, V));
+        returns, for each row of the new block, the row whose beam it continues, or nothing
+        once the search is over."""
+        k, step = settings.num_beams, self.step
+        self.step += 1
+        logits = logits[self.places]  # in the beams' order
+        seen = None
+        if settings.repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            for b, beam in enumerate(self.beams):
+                seen[b, self.prompt + beam] = True
+        makers = constraint_makers(settings)
+        banned = None
+        if makers:
+            banned = [[i for make in makers for i in _replayed(make, self.prompt, beam)]
+                      for beam in self.beams]  # fmt: skip
+        logprobs = F.log_softmax(adjust_logits(logits, seen, settings, step, banned), dim=-1)
+        candidates = self.scores[:, None] + logprobs  # (n, V)
+        vocab = logprobs.shape[1]
+        chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)
+        for rank, (score, index) in enumerate(_ranked(candidates, 2 * k)):
+            if score == NEG_INF:
+                break
+            parent, token = divmod(index, vocab)
+            if token in settings.eos_ids:
+                if rank < k:  # an eos outside the top k would not have been chosen
+                    length = len(self.beams[parent]) + 1
+                    self.finished.append((self.normalised(score, length), self.beams[parent]))
+                continue
+            hypothesis = self.beams[parent] + [token]
+            if ends_row(hypothesis, settings):
+                self.finished.append((self.normalised(score, len(hypothesis)), hypothesis))
+                continue
+            chosen.append((score, parent, hypothesis))
+            if len(chosen) == k:
+                break
+        self.beams = [hypothesis for _, _, hypothesis in chosen]
+        self.scores = torch.tensor([score for score, _, _ in chosen], device=logits.device)
+        if not chosen or step == self.limit - 1:
+            return []
+        if _beams_done(self.finished, self.scores.max().item(), step + 1, settings, self.limit):
+            self.beams, self.scores = [], self.scores[:0]  # no running beam can win any more
+            return []
+        return self._placed([self.places[parent] for _, parent, _ in chosen])
+
+    def _placed(self, parent_rows: list[int]) -> list[int]:
+        """Give each new beam a row: its parent's if no earlier beam took it (the row holds
+        the beam's keys and values already), else a free one (a copy). Returns the parent
+        row of each row. Rows in score order would copy most beams every step."""
+        width = len(parent_rows)
+        self.places = [-1] * width
+        taken = set()
+        for beam, row in enumerate(parent_rows):
+            if row < width and row not in taken:
+                self.places[beam] = row
+                taken.add(row)
+        free = iter(sorted(set(range(width)) - taken))
+        self.places = [row if row >= 0 else next(free) for row in self.places]
+        parents = [0] * width
+        for beam, row in enumerate(self.places):
+            parents[row] = parent_rows[beam]
+        return parents
+
+    def in_rows(self) -> list[list[int]]:
+        """The beams in the order of their rows."""
+        beams = [[]] * len(self.beams)
+        for beam, row in enumerate(self.places):
+            beams[row] = self.beams[beam]
+        return beams
+
+    def best(self) -> list[int]:
+        """The best finished or still running hypothesis (empty if there is none)."""
+        running = zip(self.scores.tolist(), self.beams, strict=True)
+        found = self.finished + [(self.normalised(s, len(b)), b) for s, b in running]
+        return max(found, key=lambda item: item[0])[1] if found else []
+
+    def normalised(self, total: float, length: int) -> float:
+        return total / max(length, 1) ** self.length_penalty
+
+
+def _replayed(constraint: Callable[[list[int]], Constraint], prompt: list[int],
+              beam: list[int]) -> list[int]:  # fmt: skip
+    """A beam's banned ids: beams branch every step, so the constraint replays the beam."""
+    rule = constraint(prompt)
+    for token in beam:
+        rule.add(token)
+    return rule.banned()
+
+
+def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]:
+    """(score, index into the flattened candidates (n, V)) from best to worst: the top
+    `first` cheaply (the best of each row's best: a topk over rows runs on every core), the
+    rest only if needed."""
+    width = candidates.shape[-1]
+    top = candidates.topk(min(first, width), dim=-1)
+    indices = [row * width + i for row, ids in enumerate(top.indices.tolist()) for i in ids]
+    best = top.values.flatten().topk(min(first, candidates.numel()))
+    chosen = [indices[i] for i in best.indices.tolist()]
+    yield from zip(best.values.tolist(), chosen, strict=True)
+    if candidates.numel() > first:
+        done = set(chosen)  # ties may order differently in the full sort
+        ordered = candidates.flatten().sort(descending=True)
+        for score, index in zip(ordered.values.tolist(), ordered.indices.tolist(), strict=True):
+            if index not in done:
+                yield score, index
+
+
+def _beams_done(finished, best_running: float, length: int, settings: Settings,
+                limit: int) -> bool:  # fmt: skip
+    """Whether no running beam can still beat the worst of the best num_beams finished."""
+    if len(finished) < settings.num_beams:
+        return False
+    if settings.early_stopping:
+        return True
+    worst = sorted(score for score, _ in finished)[-settings.num_beams]
+    # log-probability sums only fall; with a positive length penalty the longest possible
+    # hypothesis divides by the most, so that bounds what a running beam can still reach
+    reach = limit if settings.length_penalty > 0 else length
+    return best_running / max(reach, 1) ** settings.length_penalty <= worst
