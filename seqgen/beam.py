@@ -47,10 +47,13 @@ def beam_search(model, prompts, settings, outputs, limits,
                 searches[i] = _Search(prompts[i], limits[i], settings.length_penalty,
                                       logits.device)  # fmt: skip
             live, owners = live + new, owners + new
+        candidates, top = _candidates(logits, [searches[i] for i in live], settings)
         sources, first = {}, 0  # each running search's new rows, as rows of the cache now
         for i in live:
             width = len(searches[i].beams)
-            parents = searches[i].advance(logits[first : first + width], settings)
+            rows_of_search = slice(first, first + width)
+            parents = searches[i].advance(candidates[rows_of_search], top[rows_of_search],
+                                          settings)  # fmt: skip
             if parents:
                 sources[i] = [first + row for row in parents]
             else:
@@ -72,6 +75,32 @@ def beam_search(model, prompts, settings, outputs, limits,
             logits = rows.step(tokens, [prompt + beam for prompt, beam in beams])
 
 
+def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Settings
+                ) -> tuple[torch.Tensor, list[list[tuple[float, int]]]]:  # fmt: skip
+    """Every running beam's candidates (its score plus each next id's log-probability, after
+    the penalties and bans), for all searches' rows at once, and each row's best 2k as
+    (score, id), best first. One log-softmax and one top-k a step: per search they cost more
+    than the rest of a step on a small model."""
+    beams = [(search, beam) for search in searches for beam in search.in_rows()]
+    seen = None
+    if settings.repetition_penalty != 1.0:
+        seen = torch.zeros_like(logits, dtype=torch.bool)
+        for row, (search, beam) in enumerate(beams):
+            seen[row, search.prompt + beam] = True
+    makers = constraint_makers(settings)
+    banned = None
+    if makers:
+        banned = [[i for make in makers for i in _replayed(make, search.prompt, beam)]
+                  for search, beam in beams]  # fmt: skip
+    steps = [search.step for search, _ in beams]
+    logprobs = F.log_softmax(adjust_logits(logits, seen, settings, steps, banned), dim=-1)
+    scores = torch.cat([search.scores[search.rows_order()] for search in searches])
+    candidates = scores[:, None] + logprobs  # (B, V)
+    top = candidates.topk(min(2 * settings.num_beams, candidates.shape[-1]), dim=-1)
+    return candidates, [list(zip(values, ids, strict=True)) for values, ids
+                        in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+
 def _refilled(order: list[int], running: dict[int, list[int]]) -> list[int]:
     """The searches of `order` still `running`, the last ones taking the places of those that
     ended, so that the others keep their cache rows (reordering rows copies them)."""
@@ -91,28 +120,18 @@ class _Search:
         self.finished: list[tuple[float, list[int]]] = []
         self.step = 0  # the beams' length
 
-    def advance(self, logits: torch.Tensor, settings: Settings) -> list[int]:
-        """Choose the next beams from `logits` (one per row of the search's block, (n, V));
-        returns, for each row of the new block, the row whose beam it continues, or nothing
-        once the search is over."""
+    def advance(self, candidates: torch.Tensor, top: list[list[tuple[float, int]]],
+                settings: Settings) -> list[int]:  # fmt: skip
+        """Choose the next beams from `candidates` (n, V), one row per row of the search's
+        block, and each row's best as `_candidates` gives them; returns, for each row of the
+        new block, the row whose beam it continues, or nothing once the search is over."""
         k, step = settings.num_beams, self.step
         self.step += 1
-        logits = logits[self.places]  # in the beams' order
-        seen = None
-        if settings.repetition_penalty != 1.0:
-            seen = torch.zeros_like(logits, dtype=torch.bool)
-            for b, beam in enumerate(self.beams):
-                seen[b, self.prompt + beam] = True
-        makers = constraint_makers(settings)
-        banned = None
-        if makers:
-            banned = [[i for make in makers for i in _replayed(make, self.prompt, beam)]
-                      for beam in self.beams]  # fmt: skip
-        logprobs = F.log_softmax(adjust_logits(logits, seen, settings, step, banned), dim=-1)
-        candidates = self.scores[:, None] + logprobs  # (n, V)
-        vocab = logprobs.shape[1]
+        vocab = candidates.shape[1]
+        ranked = _ranked([top[row] for row in self.places], vocab, 2 * k,
+                         lambda: candidates[self.places])  # fmt: skip
         chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)
-        for rank, (score, index) in enumerate(_ranked(candidates, 2 * k)):
+        for rank, (score, index) in enumerate(ranked):
             if score == NEG_INF:
                 break
             parent, token = divmod(index, vocab)
@@ -129,7 +148,7 @@ class _Search:
             if len(chosen) == k:
                 break
         self.beams = [hypothesis for _, _, hypothesis in chosen]
-        self.scores = torch.tensor([score for score, _, _ in chosen], device=logits.device)
+        self.scores = torch.tensor([score for score, _, _ in chosen], device=candidates.device)
         if not chosen or step == self.limit - 1:
             return []
         if _beams_done(self.finished, self.scores.max().item(), step + 1, settings, self.limit):
@@ -155,12 +174,16 @@ class _Search:
             parents[row] = parent_rows[beam]
         return parents
 
+    def rows_order(self) -> list[int]:
+        """The beam in each row of the search's block."""
+        beams = [0] * len(self.places)
+        for beam, row in enumerate(self.places):
+            beams[row] = beam
+        return beams
+
     def in_rows(self) -> list[list[int]]:
         """The beams in the order of their rows."""
-        beams = [[]] * len(self.beams)
-        for beam, row in enumerate(self.places):
-            beams[row] = self.beams[beam]
-        return beams
+        return [self.beams[beam] for beam in self.rows_order()]
 
     def best(self) -> list[int]:
         """The best finished or still running hypothesis (empty if there is none)."""
@@ -181,19 +204,18 @@ def _replayed(constraint: Callable[[list[int]], Constraint], prompt: list[int],
     return rule.banned()
 
 
-def _ranked(candidates: torch.Tensor, first: int) -> Iterator[tuple[float, int]]:
-    """(score, index into the flattened candidates (n, V)) from best to worst: the top
-    `first` cheaply (the best of each row's best: a topk over rows runs on every core), the
-    rest only if needed."""
-    width = candidates.shape[-1]
-    top = candidates.topk(min(first, width), dim=-1)
-    indices = [row * width + i for row, ids in enumerate(top.indices.tolist()) for i in ids]
-    best = top.values.flatten().topk(min(first, candidates.numel()))
-    chosen = [indices[i] for i in best.indices.tolist()]
-    yield from zip(best.values.tolist(), chosen, strict=True)
-    if candidates.numel() > first:
-        done = set(chosen)  # ties may order differently in the full sort
-        ordered = candidates.flatten().sort(descending=True)
+def _ranked(top: list[list[tuple[float, int]]], vocab: int, first: int,
+            everything: Callable[[], torch.Tensor]) -> Iterator[tuple[float, int]]:
+    """(score, index into the flattened candidates (n, V)) from best to worst: the first
+    `first` from each beam's best (`top`, in the beams' order; ties go to the earlier
+    beam), the rest, only if needed, from a sort of `everything`, the candidates."""
+    merged = [(score, beam * vocab + token) for beam, row in enumerate(top)
+              for score, token in row]  # fmt: skip
+    best = sorted(merged, key=lambda item: -item[0])[:first]
+    yield from best
+    if len(top) * vocab > first:
+        done = {index for _, index in best}  # ties may order differently in the full sort
+        ordered = everything().flatten().sort(descending=True)
         for score, index in zip(ordered.values.tolist(), ordered.indices.tolist(), strict=True):
             if index not in done:
                 yield score, index

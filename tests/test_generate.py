@@ -353,11 +353,13 @@ def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
     prompts = [[1], [4, 5, 6, 7], [9, 2, 9], [3, 3]]
     advance, moved = _Search.advance, []
 
-    def checked(search, logits, settings):  # each row's logits are its own beam's
-        for beam, row in zip(search.beams, logits[search.places], strict=True):
-            assert (row - next_logits(small, search.prompt + beam)).abs().max() < 1e-4
+    def checked(search, candidates, top, settings):  # each row's scores are its own beam's
+        rows = candidates[search.places]
+        for beam, score, row in zip(search.beams, search.scores, rows, strict=True):
+            expected = score + torch.log_softmax(next_logits(small, search.prompt + beam), -1)
+            assert (row - expected).abs().max() < 1e-4
         moved.append(search.places != sorted(search.places))
-        return advance(search, logits, settings)
+        return advance(search, candidates, top, settings)
 
     monkeypatch.setattr(_Search, "advance", checked)
     for num_beams in (3, 4):
@@ -370,7 +372,10 @@ def test_ranked_candidates_go_from_best_to_worst_past_the_first():
     from seqgen.beam import _ranked
 
     candidates = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
-    ranked = list(_ranked(candidates, 4))  # the first 4 from each row's best, then the rest
+    best = candidates.topk(4, dim=-1)  # each beam's best four, as _candidates gives them
+    top = [list(zip(v, i, strict=True)) for v, i in zip(best.values.tolist(),
+                                                         best.indices.tolist(), strict=True)]
+    ranked = list(_ranked(top, 7, 4, lambda: candidates))
     flat = candidates.flatten()
     assert sorted(index for _, index in ranked) == list(range(21))
     assert [score for score, _ in ranked] == sorted(flat.tolist(), reverse=True)
