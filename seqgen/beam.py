@@ -23,6 +23,7 @@ from seqgen.decoding import (
     joined,
     rows_for,
 )
+from seqgen.model import COPY_BYTES
 from seqgen.rows import holes_filled
 
 
@@ -47,12 +48,12 @@ def beam_search(model, prompts, settings, outputs, limits,
                 searches[i] = _Search(prompts[i], limits[i], settings.length_penalty,
                                       logits.device)  # fmt: skip
             live, owners = live + new, owners + new
-        candidates, top = _candidates(logits, [searches[i] for i in live], settings)
+        logits, top = _candidates(logits, [searches[i] for i in live], settings)
         sources, first = {}, 0  # each running search's new rows, as rows of the cache now
         for i in live:
             width = len(searches[i].beams)
             rows_of_search = slice(first, first + width)
-            parents = searches[i].advance(candidates[rows_of_search], top[rows_of_search],
+            parents = searches[i].advance(logits[rows_of_search], top[rows_of_search],
                                           settings)  # fmt: skip
             if parents:
                 sources[i] = [first + row for row in parents]
@@ -77,10 +78,11 @@ def beam_search(model, prompts, settings, outputs, limits,
 
 def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Settings
                 ) -> tuple[torch.Tensor, list[list[tuple[float, int]]]]:  # fmt: skip
-    """Every running beam's candidates (its score plus each next id's log-probability, after
-    the penalties and bans), for all searches' rows at once, and each row's best 2k as
-    (score, id), best first. One log-softmax and one top-k a step: per search they cost more
-    than the rest of a step on a small model."""
+    """Every running beam's next-id logits after the penalties and bans (B, V), and each
+    row's best 2k candidates as (score, id), best first: the beam's score plus the id's
+    log-probability. All searches' rows at once (per search these small ops cost more than
+    the rest of a step on a small model), in chunks of rows whose temporaries reuse freed
+    memory (see model.COPY_BYTES)."""
     beams = [(search, beam) for search in searches for beam in search.in_rows()]
     seen = None
     if settings.repetition_penalty != 1.0:
@@ -93,12 +95,17 @@ def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Setting
         banned = [[i for make in makers for i in _replayed(make, search.prompt, beam)]
                   for search, beam in beams]  # fmt: skip
     steps = [search.step for search, _ in beams]
-    logprobs = F.log_softmax(adjust_logits(logits, seen, settings, steps, banned), dim=-1)
+    logits = adjust_logits(logits, seen, settings, steps, banned)
     scores = torch.cat([search.scores[search.rows_order()] for search in searches])
-    candidates = scores[:, None] + logprobs  # (B, V)
-    top = candidates.topk(min(2 * settings.num_beams, candidates.shape[-1]), dim=-1)
-    return candidates, [list(zip(values, ids, strict=True)) for values, ids
-                        in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+    chunk = max(1, COPY_BYTES // (logits.shape[-1] * logits.element_size()))
+    top = []
+    for start in range(0, len(logits), chunk):
+        rows = slice(start, start + chunk)
+        candidates = F.log_softmax(logits[rows], dim=-1).add_(scores[rows, None])
+        best = candidates.topk(min(2 * settings.num_beams, logits.shape[-1]), dim=-1)
+        top += [list(zip(values, ids, strict=True)) for values, ids
+                in zip(best.values.tolist(), best.indices.tolist(), strict=True)]  # fmt: skip
+    return logits, top
 
 
 def _refilled(order: list[int], running: dict[int, list[int]]) -> list[int]:
@@ -120,16 +127,16 @@ class _Search:
         self.finished: list[tuple[float, list[int]]] = []
         self.step = 0  # the beams' length
 
-    def advance(self, candidates: torch.Tensor, top: list[list[tuple[float, int]]],
+    def advance(self, logits: torch.Tensor, top: list[list[tuple[float, int]]],
                 settings: Settings) -> list[int]:  # fmt: skip
-        """Choose the next beams from `candidates` (n, V), one row per row of the search's
-        block, and each row's best as `_candidates` gives them; returns, for each row of the
-        new block, the row whose beam it continues, or nothing once the search is over."""
+        """Choose the next beams from `logits` (n, V) and `top`, one row per row of the
+        search's block, as `_candidates` gives them; returns, for each row of the new block,
+        the row whose beam it continues, or nothing once the search is over."""
         k, step = settings.num_beams, self.step
         self.step += 1
-        vocab = candidates.shape[1]
-        ranked = _ranked([top[row] for row in self.places], vocab, 2 * k,
-                         lambda: candidates[self.places])  # fmt: skip
+        vocab, scores = logits.shape[1], self.scores
+        ranked = _ranked([top[row] for row in self.places], vocab, 2 * k, lambda: scores[:, None]
+                         + F.log_softmax(logits[self.places], dim=-1))  # fmt: skip
         chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)
         for rank, (score, index) in enumerate(ranked):
             if score == NEG_INF:
@@ -148,7 +155,7 @@ class _Search:
             if len(chosen) == k:
                 break
         self.beams = [hypothesis for _, _, hypothesis in chosen]
-        self.scores = torch.tensor([score for score, _, _ in chosen], device=candidates.device)
+        self.scores = torch.tensor([score for score, _, _ in chosen], device=logits.device)
         if not chosen or step == self.limit - 1:
             return []
         if _beams_done(self.finished, self.scores.max().item(), step + 1, settings, self.limit):

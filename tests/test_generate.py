@@ -353,13 +353,11 @@ def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
     prompts = [[1], [4, 5, 6, 7], [9, 2, 9], [3, 3]]
     advance, moved = _Search.advance, []
 
-    def checked(search, candidates, top, settings):  # each row's scores are its own beam's
-        rows = candidates[search.places]
-        for beam, score, row in zip(search.beams, search.scores, rows, strict=True):
-            expected = score + torch.log_softmax(next_logits(small, search.prompt + beam), -1)
-            assert (row - expected).abs().max() < 1e-4
+    def checked(search, logits, top, settings):  # each row's logits are its own beam's
+        for beam, row in zip(search.beams, logits[search.places], strict=True):
+            assert (row - next_logits(small, search.prompt + beam)).abs().max() < 1e-4
         moved.append(search.places != sorted(search.places))
-        return advance(search, candidates, top, settings)
+        return advance(search, logits, top, settings)
 
     monkeypatch.setattr(_Search, "advance", checked)
     for num_beams in (3, 4):
@@ -380,6 +378,27 @@ def test_ranked_candidates_go_from_best_to_worst_past_the_first():
     assert sorted(index for _, index in ranked) == list(range(21))
     assert [score for score, _ in ranked] == sorted(flat.tolist(), reverse=True)
     assert all(flat[index].item() == score for score, index in ranked)
+
+
+def test_a_search_past_its_best_candidates_ranks_the_rest_alike():
+    from seqgen.beam import _candidates, _Search
+    from seqgen.decoding import Settings
+
+    logits = torch.randn(3, 12, generator=torch.Generator().manual_seed(2))
+    settings = Settings(num_beams=2, eos_id=list(range(9)))  # most ids end a beam
+    search = _Search([1], limit=5, length_penalty=1.0, device="cpu")
+    search.beams, search.places, search.step = [[3], [4], [5]], [2, 0, 1], 1
+    search.scores = torch.tensor([-1.0, -1.5, -2.0])
+    # every candidate in the beams' order, ranked: the two best that do not end a beam win
+    logprobs = torch.log_softmax(logits[search.places], -1)
+    ranked = sorted(((search.scores[b] + logprobs[b, t]).item(), b, t)
+                    for b in range(3) for t in range(12))[::-1]  # fmt: skip
+    expected = [(score, search.beams[b] + [t]) for score, b, t in ranked if t >= 9][:2]
+    _, top = _candidates(logits, [search], settings)  # each row's best 4
+    merged = sorted(c for row in top for c in row)[::-1][:4]
+    assert all(token < 9 for _, token in merged)  # the best 4 all end a beam: more are needed
+    search.advance(logits, top, settings)
+    assert list(zip(search.scores.tolist(), search.beams, strict=True)) == expected
 
 
 def test_beam_search_handles_eos_and_batches(model):
