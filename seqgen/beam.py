@@ -31,7 +31,8 @@ def beam_search(model, prompts, settings, outputs, limits,
                 batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
     """A beam search over each prompt, at most `batch_size` prompts' beams decoded together
     as rows of one KV cache; a waiting prompt's search starts as soon as one ends, and each
-    search is what it would be alone. Events as `_events`, a search's ids once it ends."""
+    search is what it would be alone. Events as `seqgen.engine` yields them: a search's ids
+    once it ends."""
     most = min(batch_size or len(prompts), len(prompts))
     rows = rows_for(model, prompts, limits, settings, most * settings.num_beams)
     waiting = Waiting(limits, most)
