@@ -169,18 +169,14 @@ class _Search:
         the beam's keys and values already), else a free one (a copy). Returns the parent
         row of each row. Rows in score order would copy most beams every step."""
         width = len(parent_rows)
-        self.places = [-1] * width
-        taken = set()
+        places, taken = [-1] * width, set()
         for beam, row in enumerate(parent_rows):
             if row < width and row not in taken:
-                self.places[beam] = row
+                places[beam] = row
                 taken.add(row)
         free = iter(sorted(set(range(width)) - taken))
-        self.places = [row if row >= 0 else next(free) for row in self.places]
-        parents = [0] * width
-        for beam, row in enumerate(self.places):
-            parents[row] = parent_rows[beam]
-        return parents
+        self.places = [row if row >= 0 else next(free) for row in places]
+        return [parent_rows[beam] for beam in self.rows_order()]
 
     def rows_order(self) -> list[int]:
         """The beam in each row of the search's block."""

@@ -62,9 +62,10 @@ class KVCache:
         for row, start in enumerate(held.tolist() if held is not None else [0] * rows):
             if start < n:
                 starts.setdefault(start, []).append(row)
-        sources = [(start, torch.tensor(group, device=self.k.device)) for start, group
-                   in starts.items()]  # fmt: skip
-        sources = [(start, group, batch_index[group]) for start, group in sources]
+        sources = []  # (first position that moves, target rows, their source rows)
+        for start, group in starts.items():
+            rows_moving = torch.tensor(group, device=self.k.device)
+            sources.append((start, rows_moving, batch_index[rows_moving]))
         # some layers at a time, in copies small enough to reuse freed memory (a larger one
         # gets fresh pages from the system, whose faults cost as much as the copy)
         layer_bytes = sum(len(group) * (n - start) for start, group, _ in sources) * nh * hs
