@@ -142,10 +142,12 @@ def test_inference_does_not_import_lightning(tmp_path):
     probe = ("import sys, seqgen, seqgen.inference, seqgen.cli, seqgen.sample, seqgen.evaluation; "
              "from seqgen.tasks import task_class; "
              "[task_class(name) for name in ('text', 'translation', 'summarization', 'music')]; "
-             "print(sorted(m for m in sys.modules if 'lightning' in m))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    assert out.strip() == "[]"
+             "found = sorted(m for m in sys.modules if 'lightning' in m); "
+             "open('modules.txt', 'w').write(repr(found))")  # fmt: skip
+    # The result goes to a file: pyfluidsynth, which pretty_midi imports, prints where it found
+    # its library on stdout whenever the CI variable is set.
+    subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, check=True)
+    assert (tmp_path / "modules.txt").read_text() == "[]"
 
 
 def test_version():
