@@ -238,10 +238,11 @@ def check_state_size(task: Task, meta: dict[str, Any], start: Path) -> None:
     """A checkpoint's model reads the token state its task computed when it was trained."""
     stored, computed = meta["model"].get("state_size", 0), size_of(task.token_state())
     if stored != computed:
+        trained = {**task.option_defaults, **meta.get("task_options", {})}
         raise ConfigError(f"{start}: its model reads a token state of size {stored}, the "
                           f"{task.name} task as configured computes one of size {computed}; "
                           f"set the task's data options as the checkpoint was trained "
-                          f"({meta.get('task_options', {})})")  # fmt: skip
+                          f"({trained})")  # fmt: skip
 
 
 def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int

@@ -210,3 +210,12 @@ def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, 
     assert code != 0
     err = capsys.readouterr().err
     assert "token state of size 0" in err and "'note_state': False" in err
+    # a checkpoint from before the option: the error gives the value it was trained with
+    config = tmp_path / "plain" / "final" / "config.json"
+    meta = json.loads(config.read_text())
+    del meta["task_options"]["note_state"]
+    config.write_text(json.dumps(meta))
+    code = main(["finetune", *common, "--init_from", str(tmp_path / "plain"), "--out_dir",
+                 str(tmp_path / "ft2")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "token state of size 0" in err and "'note_state': False" in err
