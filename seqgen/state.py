@@ -32,9 +32,11 @@ class TokenState(ABC):
     size: int
 
     @abstractmethod
-    def sequence(self, ids: np.ndarray) -> np.ndarray:
+    def sequence(self, ids: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
         """(T, size) numbers: the state after each of the T ids, vectorised (training
-        data; any numeric dtype, the model reads them as floats)."""
+        data; any numeric dtype, the model reads them as floats). `before`: the state after
+        the ids that came before these (a row of what this returns), so that a long stream
+        is computed piece by piece; None: the sequence starts here."""
 
     @abstractmethod
     def advance(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,8 @@ def test_a_window_starts_from_the_counts_of_everything_before_it():
     whole = sounding_counts(ids)
     for start in (0, 1, 37, 50, 200, 399, 400):
         assert np.array_equal(STATE.window(ids, start), STATE.sequence(ids)[start:])
+        before = whole[start - 1] if start else None  # continued piece by piece
+        assert np.array_equal(STATE.sequence(ids[start:], before), whole[start:])
         assert np.array_equal(counts_after(ids[:start]), whole[start - 1] if start else [0] * 128)
 
 
@@ -98,6 +100,29 @@ def test_validation_windows_carry_the_state_from_the_stream_start():
         state = windows[i]["state"].numpy()
         inputs = whole[i * 8 : min(i * 8 + 8, len(ids) - 1)]
         assert np.array_equal(state[: len(inputs)], inputs) and not state[len(inputs) :].any()
+
+
+class CountedState(SoundingPitches):
+    """The sounding notes, keeping the lengths of the pieces computed."""
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
+
+    def sequence(self, ids: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+        self.lengths.append(len(ids))
+        return super().sequence(ids, before)
+
+
+def test_validation_windows_find_the_state_in_one_pass():
+    """Each window's state continues the last one's: a window never recomputes the stream
+    before it (which made validation quadratic in the stream's length)."""
+    ids = random_events(np.random.default_rng(5), 1000)
+    counted = CountedState()
+    windows = SequentialWindows(ids, 16, 390, counted)
+    items = [windows[i]["state"] for i in range(len(windows))]
+    assert max(counted.lengths) <= 16 and sum(counted.lengths) <= 2 * len(ids)
+    last = (len(ids) - 1) % 16  # the inputs of the last window
+    assert np.array_equal(items[-1][:last].numpy(), sounding_counts(ids)[-last - 1 : -1])
     assert "state" not in SequentialWindows(ids, 8, 390)[0]
 
 

@@ -70,8 +70,8 @@ class SoundingPitches(TokenState):
 
     size = 128
 
-    def sequence(self, ids: np.ndarray) -> np.ndarray:
-        return sounding_counts(ids)
+    def sequence(self, ids: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+        return sounding_counts(ids, before)
 
     def window(self, ids: np.ndarray, start: int) -> np.ndarray:
         return sounding_counts(ids[start:], counts_after(ids[:start]))
