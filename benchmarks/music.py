@@ -5,8 +5,9 @@ event after training on POP909 for equal budgets with absolute and relative posi
 and with absolute positions but without the note state (`data.note_state false`: the model
 is not told which notes are sounding); (d) continuations of the held-out performances by the
 better model of (c) (or `--continue_ckpt`), as generation runs it (notes released at the
-checkpoint's hold limits) and without the hold limits, and by the model without the note
-state: prompted with each one's first `--prompt_seconds`, it plays `--continue_seconds` on,
+checkpoint's hold limits and held at least its shortest holds) and without these rules
+(report key `continuation_without_hold_limits`), and by the model without the note state:
+prompted with each one's first `--prompt_seconds`, it plays `--continue_seconds` on,
 compared with what the performer played next (overlap of six statistics with bootstrap
 intervals, long notes, the NLL of the real continuation; the performer's own next seconds
 as a yardstick).
@@ -198,15 +199,20 @@ def held_out_performances(data: dict) -> list:
 
 
 def continuation(generator, held_out: list, prompt_seconds: float, seconds: float,
-                 release_long_notes: bool = True) -> dict:  # fmt: skip
-    """(d) by a loaded checkpoint on the `held_out` performances; with `release_long_notes`
-    false, the model alone decides when notes end."""
+                 length_rules: bool = True) -> dict:  # fmt: skip
+    """(d) by a loaded checkpoint on the `held_out` performances; with `length_rules` false
+    (no hold limits, no shortest holds), the model alone decides when notes end."""
     from seqgen_tasks.music.continuation import continuations
 
     found = continuations(generator, held_out, prompt_seconds, seconds,
-                          release_long_notes=release_long_notes)  # fmt: skip
-    limits = ("hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"]) + " s by octave"
-              if found["hold_limits"] else "no hold limits")  # fmt: skip
+                          release_long_notes=length_rules, hold_short_notes=length_rules)
+    limits = "no note-length rules"
+    if found["hold_limits"]:
+        limits = ("hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"])
+                  + " s by octave")  # fmt: skip
+    if found["shortest_holds"]:
+        limits += (", shortest holds " + ", ".join(f"{x:g}" for x in found["shortest_holds"])
+                   + " s")  # fmt: skip
     print(f"\n(d) continuations of {found['performances']} held-out performances: "
           f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({generator.path}; "
           f"{limits})")
@@ -226,8 +232,8 @@ def continuation(generator, held_out: list, prompt_seconds: float, seconds: floa
 
 
 def both_continuations(ckpt: str, held_out: list, args: argparse.Namespace) -> dict:
-    """(d) by `ckpt` as `seqgen generate` runs it (notes released at the hold limits), and
-    by the model alone."""
+    """(d) by `ckpt` as `seqgen generate` runs it (notes released at the hold limits, held
+    at least the shortest holds), and by the model alone."""
     from seqgen.inference import load
 
     generator = load(ckpt)
@@ -235,7 +241,7 @@ def both_continuations(ckpt: str, held_out: list, args: argparse.Namespace) -> d
                                          args.continue_seconds),
             "continuation_without_hold_limits": continuation(
                 generator, held_out, args.prompt_seconds, args.continue_seconds,
-                release_long_notes=False)}  # fmt: skip
+                length_rules=False)}  # fmt: skip
 
 
 # ---------------------------------------------------------------- (c) training

@@ -1,6 +1,7 @@
 """The rules music generation follows as ids arrive (`NoteRules`): releases only of notes
-that are sounding, and a note released once it has sounded its hold limit, derived from the
-training data per octave, stored in the checkpoint and reported in the output."""
+that are sounding, a note released once it has sounded its hold limit and held at least its
+shortest hold, both derived from the training data per octave, stored in the checkpoint and
+reported in the output."""
 
 import re
 from pathlib import Path
@@ -15,10 +16,13 @@ from seqgen.inference import load
 from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, TIME_SHIFT, Notes, decode_events
 from seqgen_tasks.music.generate import (
     OCTAVES,
+    MusicGenerate,
     NoteRules,
     hold_limits,
     note_rules,
+    prepare,
     released_notes,
+    shortest_holds,
 )
 from seqgen_tasks.music.task import MusicTask
 
@@ -32,14 +36,19 @@ def test_hold_limits_are_each_octaves_quantile_of_the_training_notes():
     start = np.arange(len(pitch)) * 10
     songs = [Notes(pitch[:500], start[:500], start[:500] + duration[:500], np.full(500, 64)),
              Notes(pitch[500:], start[500:], start[500:] + duration[500:], np.full(310, 64))]
-    limits = hold_limits(songs)
-    assert len(limits) == OCTAVES
-    assert limits[5] == round(np.quantile(duration[:400], 0.96) / 100, 2)
-    assert limits[3] == round(np.quantile(duration[400:800], 0.96) / 100, 2)
+    limits, floors = hold_limits(songs), shortest_holds(songs)
+    assert len(limits) == len(floors) == OCTAVES
+    for octave, notes in ((5, duration[:400]), (3, duration[400:800])):
+        assert limits[octave] == round(np.quantile(notes, 0.96) / 100, 2)
+        assert floors[octave] == round(np.quantile(notes, 0.01) / 100, 2) < limits[octave]
     overall = round(np.quantile(duration, 0.96) / 100, 2)  # too few notes: all notes' quantile
     assert limits[8] == limits[0] == overall != limits[5]
-    with pytest.raises(ValueError, match="needs notes"):
-        hold_limits([Notes.empty()])
+    assert floors[8] == floors[0] == round(np.quantile(duration, 0.01) / 100, 2)
+    one_step = [Notes(np.full(60, 60), np.arange(60), np.arange(60) + 1, np.full(60, 64))]
+    assert shortest_holds(one_step)[5] == 0.01  # never rounded down to nothing
+    for find in (hold_limits, shortest_holds):
+        with pytest.raises(ValueError, match="need notes"):
+            find([Notes.empty()])
 
 
 def test_rules_follow_the_prompt_and_release_a_note_at_its_limit():
@@ -64,6 +73,25 @@ def test_rules_follow_the_prompt_and_release_a_note_at_its_limit():
         free.add(token)
     assert NOTE_ON + 1 not in free.banned() and free.released == 0
     assert note_rules(sounding_only=False, limits=None) is None
+
+
+def test_rules_hold_a_note_until_its_shortest_hold():
+    floors = [0.1] * OCTAVES  # 10 steps for every pitch
+    rules = NoteRules([389, 60, TIME_SHIFT + 4], floors=floors)  # 60 has sounded 4 steps
+    assert NOTE_OFF + 60 in rules.banned() and NOTE_OFF + 64 in rules.banned()  # not sounding
+    rules.add(TIME_SHIFT + 5)
+    assert NOTE_OFF + 60 in rules.banned()
+    rules.add(TIME_SHIFT + 1)  # 10 steps
+    assert NOTE_OFF + 60 not in rules.banned()
+    rules.add(60)  # struck again: a release ends the oldest note, old enough
+    assert NOTE_OFF + 60 not in rules.banned()
+    rules.add(NOTE_OFF + 60)  # the first note ends; the second has sounded 0 steps
+    assert NOTE_OFF + 60 in rules.banned()
+    anything = NoteRules([389, 60, TIME_SHIFT + 4], sounding_only=False, floors=floors)
+    assert anything.banned() == [NOTE_OFF + 60]  # only the young note's release
+    # a hold limit below the floor forces the release all the same
+    both = NoteRules([389, 60, TIME_SHIFT + 5], limits=[0.05] * OCTAVES, floors=floors)
+    assert set(range(391)) - set(both.banned()) == {NOTE_OFF + 60}
 
 
 def releases_of_silent_notes(prompt: list[int], new: list[int]) -> int:
@@ -95,6 +123,21 @@ def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
     assert longest(free) > 130 >= longest(held)
     assert released_notes(prompt, held, limits) > 0 == released_notes(prompt, held, None)
 
+    def young_releases(new: list[int], floors: list[float]) -> int:
+        rules, young = NoteRules(prompt, sounding_only=False, floors=floors), 0
+        for token in new:
+            young += NOTE_OFF <= token < NOTE_OFF + 128 and token in rules.banned()
+            rules.add(token)
+        return young
+
+    floors = [0.2] * OCTAVES
+    kept = generator.continue_ids(prompt, constraint=note_rules(True, limits, floors), **options)
+    assert young_releases(held, floors) > 0 == young_releases(kept, floors)
+    assert releases_of_silent_notes(prompt, kept) == 0 and longest(kept) <= 130
+    notes = decode_events(prompt[1:] + kept)
+    ended = notes.end < notes.end.max()  # released, not cut off where the continuation stops
+    assert (notes.end - notes.start)[ended].min() >= 20
+
 
 def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, capsys):
     task = MusicTask.from_options({"hold_limits": [2.5] * OCTAVES}, 64)
@@ -102,13 +145,34 @@ def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, cap
     for bad in ([2.5] * 3, [0.0] * OCTAVES, "2.5", [True] * OCTAVES):
         with pytest.raises(ConfigError, match="hold_limits must be 11 seconds > 0"):
             MusicTask.from_options({"hold_limits": bad}, 64)
-    assert load(OLD_MUSIC).task.hold_limits is None
+    floors = MusicTask.from_options({"shortest_holds": [0.05] * OCTAVES}, 64)
+    assert floors.shortest_holds == floors.options()["shortest_holds"] == [0.05] * OCTAVES
+    with pytest.raises(ConfigError, match="shortest_holds must be 11 seconds > 0"):
+        MusicTask.from_options({"shortest_holds": [-0.05] * OCTAVES}, 64)
+    assert load(OLD_MUSIC).task.hold_limits is None and load(OLD_MUSIC).task.shortest_holds is None
     argv = ["generate", "--ckpt", str(OLD_MUSIC), "--seed", "0", "--max_new_tokens", "60",
             "--out", str(tmp_path / "out.mid")]  # fmt: skip
     assert main(argv) == 0
-    assert "no hold limits in this checkpoint" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "no hold limits in this checkpoint" in said and "no shortest holds in this" in said
+    assert main([*argv, "--min_note_seconds", "0.05"]) == 0
+    assert "notes held at least 0.05 s (--min_note_seconds)" in capsys.readouterr().out
+    assert main([*argv, "--min_note_seconds", "0.3", "--max_note_seconds", "0.2"]) == 2
+    assert "min_note_seconds (0.3) must not exceed max_note_seconds" in capsys.readouterr().err
     assert main([*argv, "--max_note_seconds", "0.2"]) == 0
     said = capsys.readouterr().out
     assert re.search(r"\d+ notes? released when held too long \(--max_note_seconds\)", said)
     written = pretty_midi.PrettyMIDI(str(tmp_path / "out.mid")).instruments[0].notes
     assert max(note.end - note.start for note in written) < 0.2 + 1.0
+
+
+def test_a_floor_at_or_above_a_stored_hold_limit_is_refused():
+    limits = [3.0] * OCTAVES
+    limits[4] = 0.5
+    options = MusicGenerate(min_note_seconds=0.6)
+    with pytest.raises(ValueError, match="octave 4's notes would be held at least 0.6 s"):
+        prepare([389, 60], options, {"max_new_tokens": 10}, limits, None)
+    # a floor equal to the limit is consistent: such notes last exactly that long
+    _, settings = prepare([389, 60], MusicGenerate(min_note_seconds=0.5), {"max_new_tokens": 10},
+                          limits, None)  # fmt: skip
+    assert settings["constraint"]([389, 60]).floors[60] == 50

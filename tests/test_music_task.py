@@ -21,7 +21,7 @@ from seqgen_tasks.music.events import (
     encode_notes,
     event_steps,
 )
-from seqgen_tasks.music.generate import hold_limits
+from seqgen_tasks.music.generate import hold_limits, shortest_holds
 from seqgen_tasks.music.midi import notes_from_pretty_midi
 from seqgen_tasks.music.task import MusicTask
 
@@ -83,6 +83,7 @@ def test_pretrain_on_midi_files(trained):
     # the hold limits of generation, from the training performances (the first four songs)
     songs, _ = load_corpus(str(root / "songs"), str(root / "cache"))
     assert meta["task_options"]["hold_limits"] == hold_limits(songs[:4]) != hold_limits(songs)
+    assert meta["task_options"]["shortest_holds"] == shortest_holds(songs[:4])
 
 
 def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):
@@ -228,21 +229,40 @@ def test_durations_polyphony_and_failures_are_counted_in_time():
     chord = [(60 + k, 10.0, 11.0) for k in range(12)]  # 12 notes for 1 s: crowded
     piece = steps((40, 0.0, 5.0), (50, 1.0, 2.0), *chord)  # silent from 5 s to 10 s
     assert sounding(piece).tolist() == [1] * 100 + [2] * 100 + [1] * 300 + [0] * 500 + [12] * 100
+    click = steps((40, 0.0, 5.0), (52, 1.0, 1.04))
     found = features([piece])
     assert found["polyphony"][[0, 1, 2, 12]] == pytest.approx([5 / 11, 4 / 11, 1 / 11, 1 / 11])
     assert found["duration"].sum() == pytest.approx(1.0)
     assert failures([piece]) == pytest.approx({
         "long_notes_fraction": 1 / 14,  # the 5 s note
+        "short_notes_fraction": 0.0,
         "silences_per_minute": 1 / (11 / 60),  # 5 s of silence in 11 s
         "crowded_fraction": 1 / 11,
     })  # fmt: skip
     assert failures([piece], long_note_seconds=6, silence_seconds=5, crowded_notes=12) == {
-        "long_notes_fraction": 0.0, "silences_per_minute": 0.0, "crowded_fraction": 0.0}
+        "long_notes_fraction": 0.0, "short_notes_fraction": 0.0, "silences_per_minute": 0.0,
+        "crowded_fraction": 0.0}  # fmt: skip
+    assert failures([piece, click])["short_notes_fraction"] == 1 / 16  # the 40 ms note
+    assert failures([click], short_note_seconds=0.04)["short_notes_fraction"] == 0.0
     silent = Notes.empty()  # a window in which nothing was played adds nothing
     assert failures([piece, silent]) == failures([piece])
     with_silent = features([silent, piece])
     assert all(np.array_equal(with_silent[k], found[k]) for k in found)
     assert failures([silent])["long_notes_fraction"] == 0.0
+
+
+def test_evaluation_options_are_checked():
+    from seqgen_tasks.music.evaluate import MusicEval
+
+    with pytest.raises(ValueError, match="give ckpt with data"):
+        MusicEval(ckpt="run")
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        MusicEval()
+    with pytest.raises(ValueError, match="short_note_seconds and silence_seconds must be > 0"):
+        MusicEval(generated="ours", reference="theirs", short_note_seconds=0)
+    limits = MusicEval(generated="ours", reference="theirs", long_note_seconds=6).failure_limits()
+    assert limits == {"long_note_seconds": 6, "short_note_seconds": 0.05, "silence_seconds": 3.0,
+                      "crowded_notes": 10}  # fmt: skip
 
 
 def test_notes_held_open_show_in_the_duration_overlap():
@@ -412,12 +432,13 @@ def test_continuations_of_held_out_performances(trained, tmp_path):
     assert set(found["overlap"]) == keys and set(found["overlap_interval"]) == keys
     assert all(0.0 <= v <= 1.0 for v in found["overlap"].values())
     assert found["nll_per_event_real"] > 0 and found["events_generated"] > 0
-    assert set(found["failures"]["real"]) == {"long_notes_fraction", "silences_per_minute",
-                                              "crowded_fraction"}  # fmt: skip
+    assert set(found["failures"]["real"]) == {"long_notes_fraction", "short_notes_fraction",
+                                              "silences_per_minute", "crowded_fraction"}
     # the song repeats every 2 s: the performer's next 4 s are nearly the real continuation
     assert found["performer_later"]["performances"] == 1
     assert 0.95 < found["performer_later"]["overlap"]["mean"] <= 1.0
     assert len(found["hold_limits"]) == 11 and found["released_when_held_too_long"] >= 0
+    assert len(found["shortest_holds"]) == 11
     assert main([*argv[:-2], "--continue_seconds", "60"]) == 2  # longer than the song
 
 

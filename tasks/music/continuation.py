@@ -81,16 +81,18 @@ def strided_nll(model, ids: list[int], first: int, states: np.ndarray | None = N
 
 def continuations(generator, performances: list[Notes], prompt_seconds: float,
                   seconds: float, seed: int = 0, bootstrap_samples: int = 200,
-                  failure_limits: tuple[float, float, int] = (4.0, 3.0, 10),
+                  failure_limits: dict[str, float] | None = None,
                   release_sounding_only: bool = True, release_long_notes: bool = True,
-                  **options) -> dict[str, Any]:  # fmt: skip
+                  hold_short_notes: bool = True, **options) -> dict[str, Any]:  # fmt: skip
     """Continue each performance long enough for `prompt_seconds + seconds` and compare.
 
     Args:
         generator: a loaded music checkpoint.
-        failure_limits: long note seconds, silence seconds and crowded notes of `failures`.
+        failure_limits: the thresholds of `failures` (default: its own).
         release_sounding_only: sample NOTE_OFF only for sounding notes (`MusicGenerate`).
         release_long_notes: release notes held past the checkpoint's hold limits
+            (`MusicGenerate`), as `seqgen generate` does.
+        hold_short_notes: keep notes sounding at least the checkpoint's shortest holds
             (`MusicGenerate`), as `seqgen generate` does.
         options: generation settings (temperature, top_p, ...).
     """
@@ -114,9 +116,10 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
 
     clock = Clock(end - begin, on_time=moved_on)
     limits = generator.task.hold_limits if release_long_notes else None
+    floors = generator.task.shortest_holds if hold_short_notes else None
     new = generator.continue_ids(prompts, **{
         **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
-        "stop_fn": clock, "constraint": note_rules(release_sounding_only, limits),
+        "stop_fn": clock, "constraint": note_rules(release_sounding_only, limits, floors),
     })  # fmt: skip
     progress.finish()  # a row that ran out of events stops short of its seconds
     played = [window(decode_events([*p[1:], *n]), begin, end)
@@ -147,12 +150,13 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
         "performer_later": {"performances": len(later), "overlap": overlap(
             [window(p, end, 2 * end - begin) for p in later],
             [window(p, begin, end) for p in later]) if later else None},
-        "failures": {"generated": failures(played, *failure_limits),
-                     "real": failures(real, *failure_limits)},  # fmt: skip
+        "failures": {"generated": failures(played, **(failure_limits or {})),
+                     "real": failures(real, **(failure_limits or {}))},  # fmt: skip
         "nll_per_event_real": nats / max(scored, 1),
         "events_generated": sum(map(len, new)),
         "release_sounding_only": release_sounding_only,
         "hold_limits": limits,
+        "shortest_holds": floors,
         "released_when_held_too_long": sum(
             released_notes(p, n, limits) for p, n in zip(prompts, new, strict=True)),
     }

@@ -41,6 +41,8 @@ class MusicEval(DecodingEval):
     """Encoded-MIDI cache (default: ~/.cache/seqgen/midi)."""
     long_note_seconds: float = 4.0
     """Failure count: notes sounding longer than this (sustain pedal applied)."""
+    short_note_seconds: float = 0.05
+    """Failure count: notes sounding shorter than this (clicks rather than notes)."""
     silence_seconds: float = 3.0
     """Failure count: silences longer than this, between the first onset and last release."""
     crowded_notes: int = 10
@@ -58,6 +60,9 @@ class MusicEval(DecodingEval):
     release_long_notes: bool = True
     """Continuations release notes held past the checkpoint's hold limits, as `seqgen
     generate` does (false: the model alone decides)."""
+    hold_short_notes: bool = True
+    """Continuations keep notes sounding at least the checkpoint's shortest holds, as
+    `seqgen generate` does (false: the model alone decides)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,15 +72,22 @@ class MusicEval(DecodingEval):
                              "prompt_seconds > 0")  # fmt: skip
         if self.bootstrap_samples < 1:
             raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
-        if self.long_note_seconds <= 0 or self.silence_seconds <= 0 or self.crowded_notes < 1:
-            raise ValueError("long_note_seconds and silence_seconds must be > 0, crowded_notes "
-                             ">= 1")  # fmt: skip
+        if min(self.long_note_seconds, self.short_note_seconds, self.silence_seconds) <= 0 or (
+                self.crowded_notes < 1):  # fmt: skip
+            raise ValueError("long_note_seconds, short_note_seconds and silence_seconds must "
+                             "be > 0, crowded_notes >= 1")  # fmt: skip
         if bool(self.ckpt) != bool(self.data) or bool(self.generated) != bool(self.reference):
             raise ValueError("give ckpt with data (likelihood), and/or generated with reference "
                              "(statistics)")  # fmt: skip
         if not (self.ckpt or self.generated):
             raise ValueError("nothing to evaluate: give ckpt and data, or generated and "
                              "reference")  # fmt: skip
+
+    def failure_limits(self) -> dict[str, float]:
+        """The thresholds of the failure counts, as `statistics.failures` takes them."""
+        return {"long_note_seconds": self.long_note_seconds,
+                "short_note_seconds": self.short_note_seconds,
+                "silence_seconds": self.silence_seconds, "crowded_notes": self.crowded_notes}
 
 
 def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Notes], dict]:
@@ -126,12 +138,12 @@ def compare(args: MusicEval) -> dict[str, Any]:
     reference, _ = corpus(args.reference, args)
     found = overlap(generated, reference)
     mean = found.pop("mean")
-    limits = (args.long_note_seconds, args.silence_seconds, args.crowded_notes)
+    limits = args.failure_limits()
     return {
         "overlap": found,
         "mean_overlap": mean,
-        "failures": {"generated": failures(generated, *limits),
-                     "reference": failures(reference, *limits)},  # fmt: skip
+        "failures": {"generated": failures(generated, **limits),
+                     "reference": failures(reference, **limits)},  # fmt: skip
         "generated": summary(generated),
         "reference": summary(reference),
     }
@@ -153,8 +165,8 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
             found = continuations(
                 generator, performances, args.prompt_seconds, args.continue_seconds, args.seed,
                 args.bootstrap_samples,
-                (args.long_note_seconds, args.silence_seconds, args.crowded_notes),
-                args.release_sounding_only, args.release_long_notes,
+                args.failure_limits(),
+                args.release_sounding_only, args.release_long_notes, args.hold_short_notes,
                 **args.generation_options())  # fmt: skip
             report["continuation"] = found
             rows += [(f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
@@ -169,6 +181,10 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
                          f"{found['nll_per_event_real']:.4f}"))  # fmt: skip
             rows.append(("notes released when held too long",
                          str(found["released_when_held_too_long"])))  # fmt: skip
+            if found["shortest_holds"]:
+                floors = found["shortest_holds"]
+                rows.append(("notes held at least (s, by octave)",
+                             f"{min(floors):g}-{max(floors):g}"))  # fmt: skip
             later = found["performer_later"]
             if later["overlap"] is not None:
                 rows.append((f"yardstick: the performer's next {args.continue_seconds:g} s, "
@@ -182,6 +198,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
         found = report["statistics"]["failures"]
         labels = {
             "long_notes_fraction": f"notes longer than {args.long_note_seconds:g} s",
+            "short_notes_fraction": f"notes shorter than {args.short_note_seconds:g} s",
             "silences_per_minute": f"silences over {args.silence_seconds:g} s per minute",
             "crowded_fraction": f"time with over {args.crowded_notes} notes sounding",
         }

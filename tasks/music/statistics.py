@@ -1,7 +1,8 @@
 """Statistics of piano performances that a listener hears: normalised histograms of
 pitch class, velocity, note density, inter-onset interval, note duration and polyphony, the
 overlap of two sets' histograms (1 = identical, 0 = disjoint), and plain failure counts
-(notes held too long, long silences, crowded chords). Notes are in 10 ms steps."""
+(notes held too long, notes too short to sound, long silences, crowded chords). Notes are in
+10 ms steps."""
 
 from __future__ import annotations
 
@@ -56,11 +57,12 @@ def features(performances: list[Notes]) -> dict[str, np.ndarray]:
 
 
 def failures(performances: list[Notes], long_note_seconds: float = 4.0,
-             silence_seconds: float = 3.0, crowded_notes: int = 10
-             ) -> dict[str, float]:  # fmt: skip
-    """What a listener hears first: the fraction of notes longer than long_note_seconds,
-    silences longer than silence_seconds per minute of music, and the fraction of time with
-    more than crowded_notes sounding."""
+             silence_seconds: float = 3.0, crowded_notes: int = 10,
+             short_note_seconds: float = 0.05) -> dict[str, float]:  # fmt: skip
+    """What a listener hears first: the fraction of notes longer than long_note_seconds and
+    of notes shorter than short_note_seconds (clicks rather than notes), silences longer
+    than silence_seconds per minute of music, and the fraction of time with more than
+    crowded_notes sounding."""
     durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
     silences, crowded, steps = 0, 0, 0
     for p in (p for p in performances if len(p)):
@@ -74,6 +76,8 @@ def failures(performances: list[Notes], long_note_seconds: float = 4.0,
     minutes = steps / STEPS_PER_SECOND / 60
     return {
         "long_notes_fraction": int((durations > long_note_seconds).sum()) / max(len(durations), 1),
+        "short_notes_fraction": int((durations < short_note_seconds).sum())
+        / max(len(durations), 1),
         "silences_per_minute": silences / max(minutes, 1e-9),
         "crowded_fraction": crowded / max(steps, 1),
     }

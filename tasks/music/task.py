@@ -101,32 +101,39 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
         self.hold_limits: list[float] | None = None
         """Seconds generation lets a note of each octave sound (`generation.hold_limits`):
         set from the training data, stored in the checkpoint; None for older ones."""
+        self.shortest_holds: list[float] | None = None
+        """Seconds generation keeps a note of each octave sounding at least
+        (`generation.shortest_holds`): likewise."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any], block_size: int) -> MusicTask:
         task = super().from_options(options, block_size)
-        limits = options.get("hold_limits")
         octaves = generation.OCTAVES
-        if limits is not None and not (isinstance(limits, list) and len(limits) == octaves and
-                                       all(type(x) in (int, float) and x > 0 for x in limits)):
-            raise ConfigError(f"the checkpoint's task_options.hold_limits must be {octaves} "
-                              f"seconds > 0, got {limits!r}")  # fmt: skip
-        task.hold_limits = limits
+        for name in ("hold_limits", "shortest_holds"):
+            seconds = options.get(name)
+            if seconds is not None and not (
+                    isinstance(seconds, list) and len(seconds) == octaves
+                    and all(type(x) in (int, float) and x > 0 for x in seconds)):  # fmt: skip
+                raise ConfigError(f"the checkpoint's task_options.{name} must be {octaves} "
+                                  f"seconds > 0, got {seconds!r}")  # fmt: skip
+            setattr(task, name, seconds)
         return task
 
     def options(self) -> dict[str, Any]:
         stored = super().options()
-        if self.hold_limits is not None:
-            stored["hold_limits"] = self.hold_limits
+        for name in ("hold_limits", "shortest_holds"):
+            if getattr(self, name) is not None:
+                stored[name] = getattr(self, name)
         return stored
 
     def prepare(self, ids: list[int], options: generation.MusicGenerate,
                 settings: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
-        return generation.prepare(ids, options, settings, self.hold_limits)
+        return generation.prepare(ids, options, settings, self.hold_limits, self.shortest_holds)
 
     def write(self, ids: list[int], new: list[int], tokenizer: Tokenizer,
               options: generation.MusicGenerate, path: Path) -> list[str]:  # fmt: skip
-        return generation.write(ids, new, tokenizer, options, path, self.hold_limits)
+        return generation.write(ids, new, tokenizer, options, path, self.hold_limits,
+                                self.shortest_holds)  # fmt: skip
 
     def token_state(self) -> SoundingPitches | None:
         return SoundingPitches() if self.data.note_state else None
@@ -176,9 +183,10 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
 
     def training_data(self, splits: Splits, tokenizer: Tokenizer) -> Windows:
         """Augmented windows drawn from whole performances; validation never augmented.
-        Sets `hold_limits` from the training performances."""
+        Sets `hold_limits` and `shortest_holds` from the training performances."""
         s, state = self.data, self.token_state()
         self.hold_limits = generation.hold_limits(splits.train)
+        self.shortest_holds = generation.shortest_holds(splits.train)
         windows = PerformanceWindows(
             splits.train,
             self.block_size,
