@@ -18,6 +18,7 @@ from seqgen.tables import markdown_table
 from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import Notes
+from seqgen_tasks.music.generate import seconds_span
 from seqgen_tasks.music.statistics import failures, overlap
 
 
@@ -182,9 +183,8 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
             rows.append(("notes released when held too long",
                          str(found["released_when_held_too_long"])))  # fmt: skip
             if found["shortest_holds"]:
-                floors = found["shortest_holds"]
                 rows.append(("notes held at least (s, by octave)",
-                             f"{min(floors):g}-{max(floors):g}"))  # fmt: skip
+                             seconds_span(found["shortest_holds"])))  # fmt: skip
             later = found["performer_later"]
             if later["overlap"] is not None:
                 rows.append((f"yardstick: the performer's next {args.continue_seconds:g} s, "

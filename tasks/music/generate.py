@@ -357,14 +357,15 @@ def rules_said(ids: list[int], new: list[int], options: MusicGenerate,
     if floors is not None:
         source = ("--min_note_seconds" if options.min_note_seconds is not None
                   else "the training data's; --hold_short_notes false: none")
-        said += f"; notes held at least {_span(floors)} s ({source})"
+        said += f"; notes held at least {seconds_span(floors)} s ({source})"
     elif options.hold_short_notes:
         said += ("; no shortest holds in this checkpoint (trained before they were stored): "
                  "--min_note_seconds sets one")
     return said
 
 
-def _span(seconds: list[float]) -> str:
+def seconds_span(seconds: list[float]) -> str:
+    """Per-octave seconds as their range, e.g. "0.02-0.03"."""
     low, high = min(seconds), max(seconds)
     return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
