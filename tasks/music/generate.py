@@ -301,8 +301,9 @@ def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any],
     if clash:
         o = clash[0]
         raise ValueError(f"octave {o}'s notes would be held at least {floors[o]:g} s but "
-                         f"released at {limits[o]:g} s: min_note_seconds must not exceed "
-                         "the hold limits")  # fmt: skip
+                         f"released at {limits[o]:g} s: a shortest hold may not exceed the "
+                         "hold limit (set min_note_seconds lower, max_note_seconds higher, "
+                         "or hold_short_notes false)")  # fmt: skip
     rules = note_rules(options.release_sounding_only, limits, floors)
     if rules is not None:
         extra["constraint"] = rules
