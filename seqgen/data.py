@@ -144,7 +144,8 @@ class SequentialWindows(Dataset):
     """Non-overlapping windows; the last one is padded, its padding ignored by the loss.
     With a token `state` (`seqgen.state`), each window carries it, from the stream's start:
     the state at each window's start is found once, in one pass over the stream (computing
-    it from the start for every window cost ASAP's 8 hours of validation music minutes)."""
+    it from the stream's start for every window took minutes per pass over ASAP's 8 hours of
+    validation music)."""
 
     def __init__(self, ids: np.ndarray, block_size: int, pad_id: int,
                  state: TokenState | None = None) -> None:  # fmt: skip

@@ -297,7 +297,7 @@ def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any],
         limit = max(limit, round(options.seconds * EVENTS_PER_SECOND_CAP))
         extra["stop_fn"] = Clock(round(options.seconds * STEPS_PER_SECOND))
     limits, floors = chosen_limits(options, stored_limits), chosen_floors(options, stored_floors)
-    clash = [o for o in range(OCTAVES) if limits and floors and floors[o] > limits[o]]
+    clash = [o for o in range(OCTAVES) if floors[o] > limits[o]] if limits and floors else []
     if clash:
         o = clash[0]
         raise ValueError(f"octave {o}'s notes would be held at least {floors[o]:g} s but "

@@ -83,6 +83,9 @@ class MusicData:
             raise ConfigError(f"data.max_stretch must be in [0, 0.5), got {self.max_stretch}")
 
 
+LENGTH_RULES = ("hold_limits", "shortest_holds")  # seconds per octave, in task_options
+
+
 class MusicTask(Task, Evaluates, GeneratesFiles):
     name = "music"
     data_config = MusicData
@@ -109,7 +112,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
     def from_options(cls, options: dict[str, Any], block_size: int) -> MusicTask:
         task = super().from_options(options, block_size)
         octaves = generation.OCTAVES
-        for name in ("hold_limits", "shortest_holds"):
+        for name in LENGTH_RULES:
             seconds = options.get(name)
             if seconds is not None and not (
                     isinstance(seconds, list) and len(seconds) == octaves
@@ -121,7 +124,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
 
     def options(self) -> dict[str, Any]:
         stored = super().options()
-        for name in ("hold_limits", "shortest_holds"):
+        for name in LENGTH_RULES:
             if getattr(self, name) is not None:
                 stored[name] = getattr(self, name)
         return stored
