@@ -346,7 +346,7 @@ def _tokenizer():
 
 
 def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
-    pytest.importorskip("fluidsynth")
+    pytest.importorskip("fluidsynth", exc_type=ImportError)  # no libfluidsynth: ImportError
     import wave
 
     root, _ = trained
