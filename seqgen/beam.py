@@ -21,6 +21,7 @@ from seqgen.decoding import (
     constraint_makers,
     ends_row,
     joined,
+    row_bans,
     rows_for,
 )
 from seqgen.model import COPY_BYTES
@@ -91,12 +92,13 @@ def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Setting
         for row, (search, beam) in enumerate(beams):
             seen[row, search.prompt + beam] = True
     makers = constraint_makers(settings)
-    banned = None
+    banned = shared = None
     if makers:
-        banned = [[i for make in makers for i in _replayed(make, search.prompt, beam)]
-                  for search, beam in beams]  # fmt: skip
+        banned, shared = map(list, zip(*(
+            row_bans([_replayed(make, search.prompt, beam) for make in makers])
+            for search, beam in beams), strict=True))  # fmt: skip
     steps = [search.step for search, _ in beams]
-    logits = adjust_logits(logits, seen, settings, steps, banned)
+    logits = adjust_logits(logits, seen, settings, steps, banned, shared)
     scores = torch.cat([search.scores[search.rows_order()] for search in searches])
     chunk = max(1, COPY_BYTES // (logits.shape[-1] * logits.element_size()))
     top = []
@@ -200,12 +202,12 @@ class _Search:
 
 
 def _replayed(constraint: Callable[[list[int]], Constraint], prompt: list[int],
-              beam: list[int]) -> list[int]:  # fmt: skip
-    """A beam's banned ids: beams branch every step, so the constraint replays the beam."""
+              beam: list[int]) -> Constraint:  # fmt: skip
+    """A beam's constraint: beams branch every step, so the constraint replays the beam."""
     rule = constraint(prompt)
     for token in beam:
         rule.add(token)
-    return rule.banned()
+    return rule
 
 
 def _ranked(top: list[list[tuple[float, int]]], vocab: int, first: int,

@@ -87,6 +87,10 @@ class Constraint(Protocol):
     def banned(self) -> list[int]:
         """The ids the row may not take next."""
 
+    # A constraint may also define `shared() -> list[int]`: ids among which the model's
+    # probability stays. What it puts on the banned ones among them goes to the allowed ones,
+    # in proportion, rather than to the whole vocabulary (`row_bans`).
+
 
 @dataclass(kw_only=True)
 class Settings(GenerationOptions):
@@ -116,10 +120,12 @@ class Settings(GenerationOptions):
 
 
 def adjust_logits(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings,
-                  n_new: int | list[int], banned: list[list[int]] | None):  # fmt: skip
+                  n_new: int | list[int], banned: list[list[int]] | None,
+                  shared: list[list[int]] | None = None):  # fmt: skip
     """Repetition penalty, banned ids (repeated n-grams, constraints) and min_new_tokens, on
-    (B, V) logits; banned[b] are the ids row b may not take; n_new: the new ids so far, of
-    every row or of each."""
+    (B, V) logits; banned[b] are the ids row b may not take, shared[b] the ids among which
+    row b keeps the model's probability (`row_bans`); n_new: the new ids so far, of every
+    row or of each."""
     if seen is not None:
         p = settings.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
@@ -127,6 +133,8 @@ def adjust_logits(logits: torch.Tensor, seen: torch.Tensor | None, settings: Set
         logits = logits.clone()
         for row, ids in enumerate(banned):
             if ids:
+                if shared and shared[row]:
+                    _pass_on(logits[row], ids, shared[row])
                 logits[row, ids] = NEG_INF
     if settings.min_new_tokens and settings.eos_ids:
         counts = n_new if isinstance(n_new, list) else [n_new] * len(logits)
@@ -135,6 +143,29 @@ def adjust_logits(logits: torch.Tensor, seen: torch.Tensor | None, settings: Set
             logits = logits.clone()
             logits[torch.tensor(early)[:, None], list(settings.eos_ids)] = NEG_INF
     return logits
+
+
+def row_bans(rules: Sequence[Constraint]) -> tuple[list[int], list[int]]:
+    """A row's banned ids from its constraints, and the ids among which they keep the
+    model's probability (the constraints' optional `shared`)."""
+    banned = [i for rule in rules for i in rule.banned()]
+    shared = [i for rule in rules if hasattr(rule, "shared") for i in rule.shared()]
+    return banned, shared
+
+
+def _pass_on(logits: torch.Tensor, banned: list[int], shared: list[int]) -> None:
+    """Raise the (V,) logits of the allowed ids of `shared` so that, once `banned` is
+    removed, they hold all the probability the model gave to `shared`, in their own
+    proportions; every other id keeps its probability."""
+    group = torch.tensor(shared, device=logits.device)
+    lost = torch.isin(group, torch.tensor(banned, device=logits.device))
+    heirs, gone = group[~lost], group[lost]
+    if len(heirs) and len(gone):
+        kept = torch.logsumexp(logits[heirs].float(), 0)
+        if not torch.isfinite(kept):  # nothing allowed had any probability to scale
+            return
+        total = torch.logaddexp(kept, torch.logsumexp(logits[gone].float(), 0))
+        logits[heirs] += (total - kept).to(logits.dtype)
 
 
 class NgramBan:

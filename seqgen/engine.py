@@ -21,6 +21,7 @@ from seqgen.decoding import (
     constraint_makers,
     ends_row,
     joined,
+    row_bans,
     rows_for,
 )
 from seqgen.model import GPT
@@ -223,11 +224,11 @@ def _sample(model, prompts, settings, streams, outputs, limits,
                 for slot, i in enumerate(new):
                     marks[slot, prompts[i]] = True
                 seen = torch.cat([seen, marks.to(rows.device)])
-        banned = None
+        banned = shared = None
         if makers:
-            banned = [[i for rule in rules[row] for i in rule.banned()] for row in live]
+            banned, shared = map(list, zip(*(row_bans(rules[row]) for row in live), strict=True))
         logits = adjust_logits(logits, seen if penalised else None, settings,
-                               [len(outputs[row]) for row in live], banned)  # fmt: skip
+                               [len(outputs[row]) for row in live], banned, shared)  # fmt: skip
         if settings.temperature == 0:
             tokens = logits.argmax(dim=-1)
         else:

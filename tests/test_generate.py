@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from seqgen.config import ModelConfig
-from seqgen.decoding import NgramBan
+from seqgen.decoding import NgramBan, Settings, adjust_logits
 from seqgen.engine import filter_logits, generate, stream
 from seqgen.model import GPT, KVCache
 
@@ -730,3 +730,45 @@ def test_rows_joining_leaving_and_reordering_compute_what_each_sequence_gives():
             for row, sequence in enumerate(sequences):
                 assert torch.allclose(logits[row], next_logits(small, sequence), atol=1e-4), step
     assert moved and trimmed  # both ways a cache makes room were taken
+
+
+def test_shared_ids_keep_the_probability_of_their_banned_members():
+    logits = torch.randn(2, 12, generator=torch.Generator().manual_seed(0))
+    before = torch.softmax(logits, -1)
+    settings = Settings(max_new_tokens=1)
+    after = torch.softmax(adjust_logits(logits, None, settings, 0, [[1, 2, 9], [1, 2]],
+                                        [[0, 1, 2, 3], []]), -1)  # fmt: skip
+    assert after[0, [1, 2, 9]].eq(0).all()
+    group = before[0, :4].sum() / (1 - before[0, 9])  # 9, outside the group, renormalises
+    assert after[0, [0, 3]].sum().item() == pytest.approx(group.item(), rel=1e-5)
+    ratio = after[0, 0] / after[0, 3]  # the heirs keep their own proportions
+    assert ratio.item() == pytest.approx((before[0, 0] / before[0, 3]).item(), rel=1e-5)
+    others = [4, 5, 6, 7, 8, 10, 11]  # outside the group: only 9's ban moves them
+    assert torch.allclose(after[0, others], before[0, others] / (1 - before[0, 9]), rtol=1e-5)
+    plain = torch.softmax(adjust_logits(logits, None, settings, 0, [[1, 2, 9], [1, 2]]), -1)
+    assert torch.allclose(after[1], plain[1])  # a row without a group: a plain ban
+    assert not torch.allclose(after[0], plain[0])
+
+
+class LowBanned(OddAfterEven):
+    """A constraint: ids below 20 banned."""
+
+    def banned(self):
+        return list(range(20))
+
+
+class LowBannedSharedUpTo30(LowBanned):
+    """The same, the probability of ids below 20 going to ids 20-29."""
+
+    def shared(self):
+        return list(range(30))
+
+
+@pytest.mark.parametrize("options", [dict(temperature=1.0, seed=3), dict(num_beams=2)])
+def test_generation_passes_a_constraints_shared_probability_on(model, options):
+    prompts = [[1], [2, 3, 4], [12], [7, 7]]
+    shared = generate(model, prompts, 24, constraint=LowBannedSharedUpTo30, **options)
+    plain = generate(model, prompts, 24, constraint=LowBanned, **options)
+    assert all(t >= 20 for row in shared + plain for t in row)
+    heirs = lambda rows: sum(20 <= t < 30 for row in rows for t in row)  # noqa: E731
+    assert heirs(shared) > heirs(plain)

@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 import pytest
+import torch
 
 from seqgen.cli import main
+from seqgen.decoding import Settings, adjust_logits, row_bans
 from seqgen.errors import ConfigError
 from seqgen.inference import load
 from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, TIME_SHIFT, Notes, decode_events
 from seqgen_tasks.music.generate import (
     OCTAVES,
+    VOCAB,
     MusicGenerate,
     NoteRules,
     hold_limits,
@@ -155,6 +158,9 @@ def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, cap
     assert main(argv) == 0
     said = capsys.readouterr().out
     assert "no hold limits in this checkpoint" in said and "no shortest holds in this" in said
+    assert "a banned release's probability goes to the allowed ones" in said
+    assert main([*argv, "--keep_release_rate", "false"]) == 0
+    assert "a banned release's probability" not in capsys.readouterr().out
     assert main([*argv, "--min_note_seconds", "0.05"]) == 0
     assert "notes held at least 0.05 s (--min_note_seconds)" in capsys.readouterr().out
     assert main([*argv, "--min_note_seconds", "0.3", "--max_note_seconds", "0.2"]) == 2
@@ -176,3 +182,24 @@ def test_a_floor_at_or_above_a_stored_hold_limit_is_refused():
     _, settings = prepare([389, 60], MusicGenerate(min_note_seconds=0.5), {"max_new_tokens": 10},
                           limits, None)  # fmt: skip
     assert settings["constraint"]([389, 60]).floors[60] == 50
+
+
+def test_a_banned_releases_probability_goes_to_the_releases_allowed():
+    # 60 and 64 sound (64 only 2 steps): the floors ban releasing 64, and every pitch not sounding
+    prompt = [389, NOTE_ON + 60, TIME_SHIFT + 50, NOTE_ON + 64, TIME_SHIFT + 2]
+    rules = NoteRules(prompt, floors=[0.05] * OCTAVES)
+    assert rules.shared() == list(range(NOTE_OFF, NOTE_OFF + 128))
+    assert NoteRules(prompt, keep_release_rate=False).shared() == []
+    logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(0))
+    before = torch.softmax(logits, -1)[0]
+    banned, shared = row_bans([rules])
+    after = torch.softmax(adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned],
+                                        [shared]), -1)[0]  # fmt: skip
+    releases = slice(NOTE_OFF, NOTE_OFF + 128)
+    assert after[releases].nonzero().flatten().tolist() == [60]
+    # the model's rate of releases is kept, and every other event keeps its probability
+    assert after[releases].sum().item() == pytest.approx(before[releases].sum().item(), rel=1e-5)
+    assert torch.allclose(after[:NOTE_OFF], before[:NOTE_OFF], rtol=1e-5)
+    plain = torch.softmax(adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned]),
+                          -1)[0]  # fmt: skip
+    assert plain[NOTE_OFF + 60] < after[NOTE_OFF + 60]

@@ -83,7 +83,8 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
                   seconds: float, seed: int = 0, bootstrap_samples: int = 200,
                   failure_limits: dict[str, float] | None = None,
                   release_sounding_only: bool = True, release_long_notes: bool = True,
-                  hold_short_notes: bool = True, **options) -> dict[str, Any]:  # fmt: skip
+                  hold_short_notes: bool = True, keep_release_rate: bool = True,
+                  **options) -> dict[str, Any]:  # fmt: skip
     """Continue each performance long enough for `prompt_seconds + seconds` and compare.
 
     Args:
@@ -93,6 +94,8 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
         release_long_notes: release notes held past the checkpoint's hold limits
             (`MusicGenerate`), as `seqgen generate` does.
         hold_short_notes: keep notes sounding at least the checkpoint's shortest holds
+            (`MusicGenerate`), as `seqgen generate` does.
+        keep_release_rate: a banned release's probability goes to the allowed ones
             (`MusicGenerate`), as `seqgen generate` does.
         options: generation settings (temperature, top_p, ...).
     """
@@ -119,7 +122,8 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
     floors = generator.task.shortest_holds if hold_short_notes else None
     new = generator.continue_ids(prompts, **{
         **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
-        "stop_fn": clock, "constraint": note_rules(release_sounding_only, limits, floors),
+        "stop_fn": clock, "constraint": note_rules(release_sounding_only, limits, floors,
+                                                keep_release_rate),
     })  # fmt: skip
     progress.finish()  # a row that ran out of events stops short of its seconds
     played = [window(decode_events([*p[1:], *n]), begin, end)
@@ -157,6 +161,7 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
         "release_sounding_only": release_sounding_only,
         "hold_limits": limits,
         "shortest_holds": floors,
+        "keep_release_rate": keep_release_rate,
         "released_when_held_too_long": sum(
             released_notes(p, n, limits) for p, n in zip(prompts, new, strict=True)),
     }

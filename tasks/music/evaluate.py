@@ -64,6 +64,9 @@ class MusicEval(DecodingEval):
     hold_short_notes: bool = True
     """Continuations keep notes sounding at least the checkpoint's shortest holds, as
     `seqgen generate` does (false: the model alone decides)."""
+    keep_release_rate: bool = True
+    """Continuations give a banned release's probability to the allowed releases, as
+    `seqgen generate` does (false: to every event)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -168,6 +171,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
                 args.bootstrap_samples,
                 args.failure_limits(),
                 args.release_sounding_only, args.release_long_notes, args.hold_short_notes,
+                args.keep_release_rate,
                 **args.generation_options())  # fmt: skip
             report["continuation"] = found
             rows += [(f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
