@@ -19,10 +19,17 @@ from seqgen.model import GPT
 from seqgen.rows import Rows
 from seqgen_tasks.music.data import PerformanceWindows
 from seqgen_tasks.music.events import NOTE_OFF, Notes, decode_events, encode_notes
-from seqgen_tasks.music.state import SoundingPitches, counts_after, sounding_counts
+from seqgen_tasks.music.state import (
+    AGE_LIMIT,
+    SoundingAges,
+    SoundingPitches,
+    counts_after,
+    sounding_counts,
+)
 from seqgen_tasks.music.task import MusicData, MusicTask
 
 STATE = SoundingPitches()
+STATES = [STATE, SoundingAges()]
 
 
 def random_events(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -34,10 +41,10 @@ def random_events(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.choose(kind, [pitches, NOTE_OFF + pitches, shifts, velocities])
 
 
-def stepwise(ids: np.ndarray) -> np.ndarray:
-    state, out = torch.zeros(1, 128), []
+def stepwise(ids: np.ndarray, token_state: SoundingPitches = STATE) -> np.ndarray:
+    state, out = torch.zeros(1, token_state.size), []
     for token in ids.tolist():
-        state = STATE.advance(state, torch.tensor([token]))
+        state = token_state.advance(state, torch.tensor([token]))
         out.append(state[0].clone())
     return torch.stack(out).numpy()
 
@@ -57,16 +64,45 @@ def test_counts_whole_equal_counts_step_by_step_and_follow_decoding():
     assert sounding_counts(np.zeros(0, np.int64)).shape == (0, 128)
 
 
-def test_a_window_starts_from_the_counts_of_everything_before_it():
+@pytest.mark.parametrize("state", STATES, ids=type)
+def test_a_window_starts_from_the_state_of_everything_before_it(state):
     rng = np.random.default_rng(3)
     ids = random_events(rng, 400)
     ids[:50] = rng.integers(30, 90, 50)  # onsets of many pitches, then releases of few
-    whole = sounding_counts(ids)
+    whole = state.sequence(ids)
+    assert np.array_equal(whole[:, :128], sounding_counts(ids))
     for start in (0, 1, 37, 50, 200, 399, 400):
-        assert np.array_equal(STATE.window(ids, start), STATE.sequence(ids)[start:])
+        assert np.array_equal(state.window(ids, start), whole[start:])
         before = whole[start - 1] if start else None  # continued piece by piece
-        assert np.array_equal(STATE.sequence(ids[start:], before), whole[start:])
-        assert np.array_equal(counts_after(ids[:start]), whole[start - 1] if start else [0] * 128)
+        assert np.array_equal(state.sequence(ids[start:], before), whole[start:])
+        counts = whole[start - 1, :128] if start else [0] * 128
+        assert np.array_equal(counts_after(ids[:start]), counts)
+
+
+def test_ages_whole_equal_ages_step_by_step():
+    rng = np.random.default_rng(6)
+    ages = SoundingAges()
+    for n in (1, 5, 300, 2000):  # 2,000 events: notes older than AGE_LIMIT
+        ids = np.concatenate([[388], random_events(rng, n), [389]])
+        whole = ages.sequence(ids)
+        assert whole.shape == (n + 2, ages.size) and whole.dtype == np.float32
+        assert np.array_equal(whole, stepwise(ids, ages))
+    assert (whole[:, 128:256] == 1).any()  # some reached the limit
+
+
+def test_ages_count_time_since_the_last_onset_of_a_sounding_pitch():
+    shift = 255  # + steps of 10 ms
+    ids = np.array([60, shift + 30, shift + 20, 64, 60, shift + 5, NOTE_OFF + 60,
+                    NOTE_OFF + 60, shift + 100, 64, *[shift + 100] * 6])  # fmt: skip
+    state = SoundingAges().sequence(ids)
+    ages = np.rint(state[:, 128:256] * AGE_LIMIT)
+    assert ages[:, 60].tolist() == [0, 30, 50, 50, 0, 5, 5, 0, 0, 0, *[0] * 6]
+    assert ages[:, 64].tolist() == [0, 0, 0, 0, 0, 5, 5, 5, 105, 0, 100, 200, 300, 400, 500, 500]
+    fades = state[:, 256:].reshape(len(ids), 3, 128)
+    assert np.allclose(fades[2, :, 60], np.exp(-50 / np.array([5, 20, 80])))
+    assert (fades[:4, :, 60] > 0).all() and fades[4, :, 60].tolist() == [1, 1, 1]  # struck again
+    assert not fades[7:9, :, 60].any()  # released: silent, no age
+    assert not fades[:3, :, 64].any()  # not yet struck
 
 
 def test_releases_of_silent_pitches_are_ignored_and_overlaps_counted():
@@ -77,29 +113,31 @@ def test_releases_of_silent_pitches_are_ignored_and_overlaps_counted():
     assert advanced[0, 60] == 0 and advanced[1].tolist() == [1.0] * 128
 
 
-def test_training_windows_carry_the_state_from_the_performance_start():
+@pytest.mark.parametrize("state", STATES, ids=type)
+def test_training_windows_carry_the_state_from_the_performance_start(state):
     notes = Notes(np.array([60, 64, 67]), np.array([0, 10, 500]), np.array([900, 30, 520]),
                   np.array([80, 80, 80]))  # fmt: skip
     performance = encode_notes(notes).astype(np.int64)
-    windows = PerformanceWindows([notes], 8, 388, 389, 390, augment=False, state=STATE)
-    full = STATE.sequence(np.concatenate([[388], performance, [389]]))
+    windows = PerformanceWindows([notes], 8, 388, 389, 390, augment=False, state=state)
+    full = state.sequence(np.concatenate([[388], performance, [389]]))
     for i in range(len(windows)):
         item = windows[i]
         offset = i * max(1, len(performance) + 2 - 9 + 1) // len(windows)
-        assert item["state"].shape == (8, 128)
+        assert item["state"].shape == (8, state.size)
         assert np.array_equal(item["state"].numpy(), full[offset : offset + 8])
     assert windows[len(windows) - 1]["state"][0, 60] == 1  # struck before the window
 
 
-def test_validation_windows_carry_the_state_from_the_stream_start():
+@pytest.mark.parametrize("state", STATES, ids=type)
+def test_validation_windows_carry_the_state_from_the_stream_start(state):
     rng = np.random.default_rng(4)
     ids = random_events(rng, 50)
-    windows = SequentialWindows(ids, 8, 390, STATE)
-    whole = sounding_counts(ids)
+    windows = SequentialWindows(ids, 8, 390, state)
+    whole = state.sequence(ids)
     for i in range(len(windows)):
-        state = windows[i]["state"].numpy()
+        got = windows[i]["state"].numpy()
         inputs = whole[i * 8 : min(i * 8 + 8, len(ids) - 1)]
-        assert np.array_equal(state[: len(inputs)], inputs) and not state[len(inputs) :].any()
+        assert np.array_equal(got[: len(inputs)], inputs) and not got[len(inputs) :].any()
 
 
 class CountedState(SoundingPitches):
@@ -146,47 +184,50 @@ def test_the_model_reads_a_state_only_when_configured_for_it():
         hf_config(model.config)
 
 
-def state_model(block_size: int = 24) -> GPT:
+def state_model(block_size: int = 24, size: int = 128) -> GPT:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=391, block_size=block_size, n_layer=2, n_head=2, n_embd=32,
-                         state_size=128)  # fmt: skip
+                         state_size=size)  # fmt: skip
     model = GPT(config).eval()
     with torch.no_grad():  # a strong state: predictions hinge on it
         model.transformer.wse.weight.normal_(0.0, 1.0)
     return model
 
 
-def next_logits(model: GPT, sequence: list[int], start: int = 0) -> torch.Tensor:
+def next_logits(model: GPT, sequence: list[int], state: SoundingPitches,
+                start: int = 0) -> torch.Tensor:  # fmt: skip
     """The next-id logits of a full forward pass over sequence[start:], its state from the
     whole sequence."""
     window = sequence[start:]
-    states = torch.from_numpy(STATE.sequence(np.array(sequence))[start:]).float()
+    states = torch.from_numpy(state.sequence(np.array(sequence))[start:]).float()
     with torch.no_grad():
         return model(torch.tensor([window]), state=states[None])[0, -1]
 
 
-def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_window():
-    model = state_model()
+@pytest.mark.parametrize("state", STATES, ids=type)
+def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_window(state):
+    model = state_model(size=state.size)
     block, keep = 24, 18  # past the context the engine re-prefills the last 3/4 of it
     rng = np.random.default_rng(1)
     prompts = [[388, *random_events(rng, n).tolist()] for n in (3, 11, 30)]  # 31 > block
     prompts.append(prompts[1])  # rows of one prompt read it from a shared prefix
-    new = generate(model, prompts, 40, temperature=0.0, state=STATE)
+    new = generate(model, prompts, 40, temperature=0.0, state=state)
     for prompt, out in zip(prompts, new, strict=True):
         sequence, start = list(prompt), 0
         for token in out:
             if len(sequence) - start > block:
                 start = len(sequence) - keep
-            assert token == int(next_logits(model, sequence, start).argmax())
+            assert token == int(next_logits(model, sequence, state, start).argmax())
             sequence.append(token)
         assert len(out) == 40 and start > 0
 
 
-def test_rows_keep_their_state_when_beams_reorder_and_rows_leave():
-    model = state_model(block_size=64)
+@pytest.mark.parametrize("state", STATES, ids=type)
+def test_rows_keep_their_state_when_beams_reorder_and_rows_leave(state):
+    model = state_model(block_size=64, size=state.size)
     rng = np.random.default_rng(2)
     sequences = [[388, *random_events(rng, n).tolist()] for n in (6, 9)]
-    rows = Rows(model, 20, state=STATE)
+    rows = Rows(model, 20, state=state)
     rows.admit(sequences)
     index = torch.tensor([1, 0, 1])  # rows repeated and reordered, as beams are
     rows.select(index)
@@ -196,14 +237,14 @@ def test_rows_keep_their_state_when_beams_reorder_and_rows_leave():
         sequence.append(token)
     logits = rows.step(torch.tensor(tokens), sequences)
     for row, sequence in enumerate(sequences):
-        assert torch.allclose(logits[row], next_logits(model, sequence), atol=1e-4)
+        assert torch.allclose(logits[row], next_logits(model, sequence, state), atol=1e-4)
     order = rows.drop([0])  # the first row leaves
     sequences = [sequences[i] for i in order.tolist()]
     for sequence in sequences:
         sequence.append(62)
     logits = rows.step(torch.tensor([62, 62]), sequences)
     for row, sequence in enumerate(sequences):
-        assert torch.allclose(logits[row], next_logits(model, sequence), atol=1e-4)
+        assert torch.allclose(logits[row], next_logits(model, sequence, state), atol=1e-4)
 
 
 def test_generation_refuses_a_state_the_model_does_not_read():
@@ -215,6 +256,13 @@ def test_music_checkpoints_without_the_option_read_no_state():
     assert MusicTask.from_options({}, 64).token_state() is None  # trained before it existed
     assert MusicTask(MusicData(note_state=True)).token_state().size == 128
     assert MusicTask(MusicData(note_state=False)).token_state() is None
+    assert MusicTask.from_options({"note_state": True}, 64).token_state().size == 128
+    ages = MusicTask(MusicData(note_ages=True)).token_state()
+    assert isinstance(ages, SoundingAges) and ages.size == 640
+    stored = MusicTask(MusicData(note_ages=True)).options()  # a checkpoint reads its own
+    assert MusicTask.from_options(stored, 64).token_state().size == 640
+    without = MusicTask(MusicData(note_state=False, note_ages=True))  # ages add to the counts
+    assert without.token_state() is None and without.options()["note_ages"] is False
 
 
 def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, capsys):

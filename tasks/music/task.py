@@ -29,7 +29,7 @@ from seqgen_tasks.music import generate as generation
 from seqgen_tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
 from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi, read_midi
-from seqgen_tasks.music.state import SoundingPitches
+from seqgen_tasks.music.state import SoundingAges, SoundingPitches
 from seqgen_tasks.music.tokenizer import PerformanceTokenizer, readable_event
 
 log = logging.getLogger("seqgen")
@@ -73,6 +73,12 @@ class MusicData:
     0.56 in polyphony.
     It sets the model's state_size, so it is chosen when a model is made; false for a
     model that must export to Hugging Face GPT-2."""
+    note_ages: bool = False
+    """With note_state (no effect without it), the model also reads how long ago each
+    sounding pitch was struck (up to 5 s), so it can tell a note just begun from one due to
+    end. After 10 min: held-out NLL on ASAP 2.69 against 2.76 without, on POP909 2.51
+    against 2.60-2.61 (two models each); ASAP continuations' note duration overlap 0.85
+    against 0.82. Both recipes read them."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -81,6 +87,7 @@ class MusicData:
             raise ConfigError(f"data.max_transpose must be in 0-12, got {self.max_transpose}")
         if not 0.0 <= self.max_stretch < 0.5:
             raise ConfigError(f"data.max_stretch must be in [0, 0.5), got {self.max_stretch}")
+        self.note_ages = self.note_ages and self.note_state  # what the checkpoint records
 
 
 LENGTH_RULES = ("hold_limits", "shortest_holds")  # seconds per octave, in task_options
@@ -89,8 +96,9 @@ LENGTH_RULES = ("hold_limits", "shortest_holds")  # seconds per octave, in task_
 class MusicTask(Task, Evaluates, GeneratesFiles):
     name = "music"
     data_config = MusicData
-    stored_options = ("augment", "max_transpose", "max_stretch", "num_workers", "note_state")
-    option_defaults = {"note_state": False}  # checkpoints from before it existed
+    stored_options = ("augment", "max_transpose", "max_stretch", "num_workers", "note_state",
+                      "note_ages")  # fmt: skip
+    option_defaults = {"note_state": False, "note_ages": False}  # checkpoints from before them
     continues_prompt = True
     eval_config = evaluation.MusicEval
     evaluate = staticmethod(evaluation.evaluate)
@@ -139,7 +147,9 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
                                 self.shortest_holds)  # fmt: skip
 
     def token_state(self) -> SoundingPitches | None:
-        return SoundingPitches() if self.data.note_state else None
+        if not self.data.note_state:
+            return None
+        return SoundingAges() if self.data.note_ages else SoundingPitches()
 
     def generation_defaults(self) -> dict[str, Any]:
         return {"temperature": 1.0, "max_new_tokens": 2000}
