@@ -76,9 +76,9 @@ class MusicData:
     note_ages: bool = False
     """With note_state (no effect without it), the model also reads how long ago each
     sounding pitch was struck (up to 5 s), so it can tell a note just begun from one due to
-    end. After 10 min: held-out NLL on ASAP 2.69 against 2.76 without, on POP909 2.51
-    against 2.60-2.61 (two models each); ASAP continuations' note duration overlap 0.85
-    against 0.82. Both recipes read them."""
+    end. After 10 min (two models each): held-out NLL on ASAP 2.69 against 2.74-2.76
+    without, on POP909 2.51 against 2.60-2.61; what the models sample varies as much
+    between models as with the ages (README). Both recipes read them."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
