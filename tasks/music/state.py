@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from seqgen.state import TokenState
-from seqgen_tasks.music.events import MAX_SHIFT, NOTE_OFF, NOTE_ON, TIME_SHIFT
+from seqgen_tasks.music.events import MAX_SHIFT, NOTE_OFF, NOTE_ON, TIME_SHIFT, event_steps
 
 
 def sounding_counts(ids: np.ndarray, initial: np.ndarray | None = None) -> np.ndarray:
@@ -120,10 +120,10 @@ class SoundingAges(SoundingPitches):
             start_counts, start_ages = before[:128], np.rint(before[128:256] * AGE_LIMIT)
         counts = sounding_counts(ids, start_counts)
         # each id's time and each pitch's last onset, the start's notes struck before 0
-        time = np.cumsum(_shift_steps(ids))
+        time = event_steps(ids)
         struck = np.broadcast_to(-start_ages.astype(np.int64), (len(ids), 128)).copy()
-        onsets = np.flatnonzero((ids >= NOTE_ON) & (ids < NOTE_ON + 128))
-        struck[onsets, ids[onsets] - NOTE_ON] = time[onsets]
+        onsets, pitch = _onsets(ids)
+        struck[onsets, pitch] = time[onsets]
         last = np.maximum.accumulate(struck, axis=0)
         ages = np.minimum(time[:, None] - last, AGE_LIMIT)
         return _with_ages(counts, ages)
@@ -132,10 +132,10 @@ class SoundingAges(SoundingPitches):
         if start == 0:
             return self.sequence(ids)
         before = np.asarray(ids[:start], dtype=np.int64)
-        time = np.cumsum(_shift_steps(before))
-        onsets = np.flatnonzero((before >= NOTE_ON) & (before < NOTE_ON + 128))
+        time = event_steps(before)
+        onsets, pitch = _onsets(before)
         last = np.full(128, -AGE_LIMIT, dtype=np.int64)  # never struck: silent anyway
-        last[before[onsets] - NOTE_ON] = time[onsets]  # in time order: the last onset wins
+        last[pitch] = time[onsets]  # in time order: the last onset wins
         ages = np.minimum(time[-1] - last, AGE_LIMIT)
         state = _with_ages(counts_after(before)[None], ages[None])[0]
         return self.sequence(ids[start:], state)
@@ -155,10 +155,11 @@ class SoundingAges(SoundingPitches):
         return torch.cat([counts, linear, *fades.unbind(-1)], dim=1).to(state.dtype)
 
 
-def _shift_steps(ids: np.ndarray) -> np.ndarray:
-    """Each id's time shift in steps (0 for every other id)."""
-    shift = (ids > TIME_SHIFT) & (ids <= TIME_SHIFT + MAX_SHIFT)
-    return np.where(shift, ids - TIME_SHIFT, 0)
+def _onsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the NOTE_ONs among the ids and their pitches."""
+    pitch, change = _changes(ids)
+    onsets = np.flatnonzero(change > 0)
+    return onsets, pitch[onsets]
 
 
 def _with_ages(counts: np.ndarray, ages: np.ndarray) -> np.ndarray:
