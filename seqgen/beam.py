@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from seqgen.cache import COPY_BYTES
 from seqgen.decoding import (
     NEG_INF,
     Constraint,
@@ -24,7 +25,6 @@ from seqgen.decoding import (
     row_bans,
     rows_for,
 )
-from seqgen.model import COPY_BYTES
 from seqgen.rows import holes_filled
 
 
@@ -84,7 +84,7 @@ def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Setting
     row's best 2k candidates as (score, id), best first: the beam's score plus the id's
     log-probability. All searches' rows at once (per search these small ops cost more than
     the rest of a step on a small model), in chunks of rows whose temporaries reuse freed
-    memory (see model.COPY_BYTES)."""
+    memory (see cache.COPY_BYTES)."""
     beams = [(search, beam) for search in searches for beam in search.in_rows()]
     seen = None
     if settings.repetition_penalty != 1.0:

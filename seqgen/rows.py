@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from seqgen.model import GPT, KVCache, SharedPrefix
+from seqgen.cache import KVCache, SharedPrefix
+from seqgen.model import GPT
 
 
 class Rows:

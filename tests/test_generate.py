@@ -3,10 +3,11 @@ import itertools
 import pytest
 import torch
 
+from seqgen.cache import KVCache
 from seqgen.config import ModelConfig
 from seqgen.decoding import NgramBan, Settings, adjust_logits
 from seqgen.engine import filter_logits, generate, stream
-from seqgen.model import GPT, KVCache
+from seqgen.model import GPT
 
 SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
 SUCCESSOR |= {t: t + 1 for t in range(10, 24)} | {24: 10}  # cycle 10..24
@@ -519,7 +520,7 @@ def test_new_beams_keep_their_parents_rows_where_they_can():
 
 
 def test_a_shared_prefix_gives_what_each_row_holding_its_prompt_gives():
-    from seqgen.model import SharedPrefix
+    from seqgen.cache import SharedPrefix
 
     torch.manual_seed(5)
     config = ModelConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)
@@ -570,7 +571,6 @@ def test_relative_attention_copies_repeated_prompts_instead_of_sharing():
 
 
 def test_cache_select_moves_only_what_a_row_does_not_hold():
-    from seqgen.model import KVCache
 
     config = ModelConfig(vocab_size=8, block_size=16, n_layer=2, n_head=2, n_embd=8)
     cache = KVCache(config, 6, 16, torch.device("cpu"), torch.float32)
