@@ -173,7 +173,9 @@ class TrainConfig:
     val_every_n_steps: int = 250
     """Validate every N optimizer steps (and always at the end)."""
     val_batches: int | None = None
-    """Cap on validation batches per check (None: the whole validation set)."""
+    """Validation batches per check during training, spread evenly across the validation set
+    (None: all of it). The validation after training always covers the whole set, so the
+    reported val_loss does not depend on it."""
     checkpoint_every_n_steps: int = 500
     """Save a resumable checkpoint every N optimizer steps (and always at the end)."""
     keep_checkpoints: int = 2

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from seqgen.data import EpochSampler
 from seqgen.errors import DataError
@@ -25,19 +27,34 @@ def resume_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple
     return (epoch + 1, 0) if done >= batches_per_epoch else (epoch, done)
 
 
+def checked_during_fit(val_set: Dataset, trainer: pl.Trainer | None, batches: int | None,
+                       batch_size: int) -> Dataset:  # fmt: skip
+    """What the checks during training validate on: `batches` batches of the validation set,
+    spread evenly across it (all of it when None or more), so each check costs a fraction of
+    a full pass yet samples every part; the validation after training gets the whole set."""
+    fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+    items = len(val_set) if batches is None else batches * batch_size
+    if not fitting or items >= len(val_set):
+        return val_set
+    return Subset(val_set, np.linspace(0, len(val_set) - 1, items).round().astype(int).tolist())
+
+
 class WindowDataModule(pl.LightningDataModule):
     """Training windows drawn at random start offsets, and fixed validation windows.
 
     `train_set[i]` is the window starting at offset i (it has `block_size`, and one item per
     offset); an epoch draws as many windows as fit in the stream side by side. Lightning
-    shards the draws across distributed ranks.
+    shards the draws across distributed ranks. `val_batches` caps the validation batches of
+    each check during training (see `checked_during_fit`).
     """
 
     def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int,
-                 num_workers: int = 0, seed: int = 0) -> None:  # fmt: skip
+                 num_workers: int = 0, seed: int = 0, val_batches: int | None = None
+                 ) -> None:  # fmt: skip
         super().__init__()
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.val_batches = val_batches
 
     @property
     def draws_per_epoch(self) -> int:
@@ -60,8 +77,10 @@ class WindowDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, generator=torch.Generator())  # fmt: skip
+        val_set = checked_during_fit(self.val_set, self.trainer, self.val_batches,
+                                     self.batch_size)
+        return DataLoader(val_set, self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          generator=torch.Generator())  # fmt: skip
 
 
 class ExampleDataModule(pl.LightningDataModule):
@@ -69,11 +88,13 @@ class ExampleDataModule(pl.LightningDataModule):
 
     With rank_aware, each distributed rank trains on its own share of the batches (the
     Trainer must then not add a distributed sampler: use_distributed_sampler=False).
+    `val_batches` caps the validation batches of each check during training (see
+    `checked_during_fit`).
     """
 
     def __init__(self, train: Sequence[Example], val: Sequence[Example], batch_size: int,
                  pad_id: int, seed: int = 0, num_workers: int = 0,
-                 rank_aware: bool = False) -> None:  # fmt: skip
+                 rank_aware: bool = False, val_batches: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if not train:
             raise DataError("no training examples")
@@ -82,6 +103,7 @@ class ExampleDataModule(pl.LightningDataModule):
         self.train_set, self.val_set = ExampleDataset(train), ExampleDataset(val)
         self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
         self.num_workers, self.rank_aware = num_workers, rank_aware
+        self.val_batches = val_batches
 
     def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         return pad_batch(examples, self.pad_id)
@@ -104,8 +126,9 @@ class ExampleDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         # sorted by length: the same examples and loss, with far less padding
-        ordered = sorted(self.val_set.examples, key=lambda e: len(e.ids))
+        ordered = ExampleDataset(sorted(self.val_set.examples, key=lambda e: len(e.ids)))
+        val_set = checked_during_fit(ordered, self.trainer, self.val_batches, self.batch_size)
         return DataLoader(
-            ExampleDataset(ordered), self.batch_size, shuffle=False, collate_fn=self._collate,
+            val_set, self.batch_size, shuffle=False, collate_fn=self._collate,
             num_workers=self.num_workers, generator=torch.Generator(),
         )  # fmt: skip

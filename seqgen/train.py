@@ -250,10 +250,11 @@ def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int
     """Batches of the task's training data: examples of similar length, or drawn windows."""
     if isinstance(data, Examples):
         return ExampleDataModule(data.train, data.val, cfg.train.batch_size, pad_id, cfg.seed,
-                                 data.num_workers, rank_aware=True)  # fmt: skip
+                                 data.num_workers, rank_aware=True,
+                                 val_batches=cfg.train.val_batches)  # fmt: skip
     if isinstance(data, Windows):
         return WindowDataModule(data.train, data.val, cfg.train.batch_size, data.num_workers,
-                                cfg.seed)  # fmt: skip
+                                cfg.seed, cfg.train.val_batches)  # fmt: skip
     raise TypeError(f"training_data must return Examples or Windows, not {type(data).__name__}")
 
 

@@ -145,7 +145,6 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         gradient_clip_val=None,  # LMModule.on_before_optimizer_step clips, from its own norm
         val_check_interval=cfg.val_every_n_steps * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None,
-        limit_val_batches=cfg.val_batches if cfg.val_batches is not None else 1.0,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=build_loggers(cfg.logger, out_dir) or False,

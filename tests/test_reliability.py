@@ -299,3 +299,47 @@ def test_a_failed_resume_is_one_line_and_leaves_no_trace(corpus_file, tmp_path, 
     assert err[-1].startswith("error: ") and [p.name for p in (run / "logs").iterdir()] == [
         "version_0"
     ]
+
+
+def test_checks_during_training_validate_on_a_spread_subset(corpus_file, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    """train.val_batches caps each check during training, drawn across the whole validation
+    set; the validation after training covers all of it, so val_loss does not change."""
+    from seqgen.module import LMModule
+
+    seen = []  # (fitting, windows) per validation batch
+    validation_step = LMModule.validation_step
+
+    def counted(self, batch, batch_idx):
+        seen.append((self.trainer.state.fn == "fit", len(batch["input_ids"])))
+        return validation_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LMModule, "validation_step", counted)
+    checks = ["--train.val_every_n_steps", "5", "--train.max_steps", "10"]
+    code, whole = pretrain(corpus_file, tmp_path / "whole", *checks)
+    assert code == 0
+    everything = sum(n for fitting, n in seen if not fitting)
+    assert sum(n for fitting, n in seen if fitting) == 2 * everything  # two full checks
+    seen.clear()
+    code, capped = pretrain(corpus_file, tmp_path / "capped", *checks, "--train.val_batches", "1")
+    assert code == 0
+    assert [n for fitting, n in seen if fitting] == [8, 8]  # one batch of 8 per check
+    assert sum(n for fitting, n in seen if not fitting) == everything > 8
+    assert capped["val_loss"] == whole["val_loss"]
+
+
+def test_the_subset_checked_spans_the_validation_set():
+    from types import SimpleNamespace
+
+    from seqgen.datamodules import checked_during_fit
+
+    fitting = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    subset = checked_during_fit(list(range(100)), fitting, batches=2, batch_size=4)
+    picked = list(subset.indices)
+    assert len(picked) == 8 and len(set(picked)) == 8
+    assert picked[0] == 0 and picked[-1] == 99 and picked == sorted(picked)
+    assert checked_during_fit(list(range(5)), fitting, batches=2, batch_size=4) == list(range(5))
+    assert checked_during_fit(list(range(100)), fitting, None, 4) == list(range(100))
+    validating = SimpleNamespace(state=SimpleNamespace(fn="validate"))
+    assert checked_during_fit(list(range(100)), validating, 2, 4) == list(range(100))
+    assert checked_during_fit(list(range(100)), None, 2, 4) == list(range(100))

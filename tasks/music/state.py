@@ -90,6 +90,11 @@ class SoundingPitches(TokenState):
 AGE_LIMIT = 500  # steps of 10 ms: a note sounding longer reads as 5 s old
 AGE_SCALES = (5, 20, 80)  # steps: how fast each age feature fades (50, 200, 800 ms)
 _FADES = np.exp(-np.arange(AGE_LIMIT + 1)[:, None] / np.array(AGE_SCALES)).astype(np.float32)
+SILENT = AGE_LIMIT + 1  # the age index of a pitch not sounding: every age feature 0
+# the age features by age index, one row per feature: the linear age, then each fade
+_AGE_FEATURES = np.zeros((1 + len(AGE_SCALES), SILENT + 1), np.float32)
+_AGE_FEATURES[0, :SILENT] = np.arange(SILENT).astype(np.float32) / np.float32(AGE_LIMIT)
+_AGE_FEATURES[1:, :SILENT] = _FADES.T
 
 
 class SoundingAges(SoundingPitches):
@@ -120,8 +125,9 @@ class SoundingAges(SoundingPitches):
             start_counts, start_ages = before[:128], np.rint(before[128:256] * AGE_LIMIT)
         counts = sounding_counts(ids, start_counts)
         # each id's time and each pitch's last onset, the start's notes struck before 0
-        time = event_steps(ids)
-        struck = np.broadcast_to(-start_ages.astype(np.int64), (len(ids), 128)).copy()
+        time = event_steps(ids).astype(np.int32)
+        struck = np.empty((len(ids), 128), np.int32)
+        struck[:] = -start_ages.astype(np.int32)
         onsets, pitch = _onsets(ids)
         struck[onsets, pitch] = time[onsets]
         last = np.maximum.accumulate(struck, axis=0)
@@ -163,9 +169,12 @@ def _onsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _with_ages(counts: np.ndarray, ages: np.ndarray) -> np.ndarray:
-    """(T, 128) counts and ages in steps -> the (T, size) float32 states."""
-    sounding = counts > 0
-    ages = np.where(sounding, ages, 0)
-    fades = _FADES[ages] * sounding[..., None]  # (T, 128, scales)
-    linear = ages.astype(np.float32) / np.float32(AGE_LIMIT)
-    return np.concatenate([counts.astype(np.float32), linear, *np.moveaxis(fades, -1, 0)], 1)
+    """(T, 128) counts and ages in steps -> the (T, size) float32 states. Each age feature
+    is looked up by age in a table (a gather per feature: the data loader computes this
+    for every training window)."""
+    out = np.empty((len(counts), SoundingAges.size), np.float32)
+    out[:, :128] = counts
+    index = np.where(counts > 0, ages, SILENT)
+    for k, feature in enumerate(_AGE_FEATURES, start=1):
+        out[:, 128 * k : 128 * (k + 1)] = np.take(feature, index)
+    return out
