@@ -89,12 +89,12 @@ class SoundingPitches(TokenState):
 
 AGE_LIMIT = 500  # steps of 10 ms: a note sounding longer reads as 5 s old
 AGE_SCALES = (5, 20, 80)  # steps: how fast each age feature fades (50, 200, 800 ms)
-_FADES = np.exp(-np.arange(AGE_LIMIT + 1)[:, None] / np.array(AGE_SCALES)).astype(np.float32)
 SILENT = AGE_LIMIT + 1  # the age index of a pitch not sounding: every age feature 0
-# the age features by age index, one row per feature: the linear age, then each fade
+# the age features by age index, one row per feature: the linear age, then each fade; the
+# one table both the data (numpy) and generation (torch) read, so they agree to the bit
 _AGE_FEATURES = np.zeros((1 + len(AGE_SCALES), SILENT + 1), np.float32)
 _AGE_FEATURES[0, :SILENT] = np.arange(SILENT).astype(np.float32) / np.float32(AGE_LIMIT)
-_AGE_FEATURES[1:, :SILENT] = _FADES.T
+_AGE_FEATURES[1:, :SILENT] = np.exp(-np.arange(SILENT) / np.array(AGE_SCALES)[:, None])
 
 
 class SoundingAges(SoundingPitches):
@@ -115,14 +115,18 @@ class SoundingAges(SoundingPitches):
     size = 128 * (2 + len(AGE_SCALES))
 
     def __init__(self) -> None:
-        self._fades: dict[torch.device, torch.Tensor] = {}
+        self._features: dict[torch.device, torch.Tensor] = {}
 
     def sequence(self, ids: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+        if before is None:
+            return self._sequence(ids, None, np.zeros(128, np.int64))
+        before = np.asarray(before, np.float32)
+        return self._sequence(ids, before[:128], np.rint(before[128:256] * AGE_LIMIT))
+
+    def _sequence(self, ids: np.ndarray, start_counts: np.ndarray | None,
+                  start_ages: np.ndarray) -> np.ndarray:  # fmt: skip
+        """The states after each id, from the counts and ages (in steps) before the first."""
         ids = np.asarray(ids, dtype=np.int64)
-        start_counts, start_ages = None, np.zeros(128, np.int64)
-        if before is not None:
-            before = np.asarray(before, np.float32)
-            start_counts, start_ages = before[:128], np.rint(before[128:256] * AGE_LIMIT)
         counts = sounding_counts(ids, start_counts)
         # each id's time and each pitch's last onset, the start's notes struck before 0
         time = event_steps(ids).astype(np.int32)
@@ -143,8 +147,7 @@ class SoundingAges(SoundingPitches):
         last = np.full(128, -AGE_LIMIT, dtype=np.int64)  # never struck: silent anyway
         last[pitch] = time[onsets]  # in time order: the last onset wins
         ages = np.minimum(time[-1] - last, AGE_LIMIT)
-        state = _with_ages(counts_after(before)[None], ages[None])[0]
-        return self.sequence(ids[start:], state)
+        return self._sequence(ids[start:], counts_after(before), ages)
 
     def advance(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         counts = super().advance(state[:, :128], tokens)
@@ -153,12 +156,11 @@ class SoundingAges(SoundingPitches):
         ages = (ages + torch.where(shift, tokens - TIME_SHIFT, 0)[:, None]).clamp(max=AGE_LIMIT)
         on = (tokens >= NOTE_ON) & (tokens < NOTE_ON + 128)
         ages[torch.arange(len(tokens), device=tokens.device)[on], tokens[on] - NOTE_ON] = 0
-        if state.device not in self._fades:
-            self._fades[state.device] = torch.from_numpy(_FADES).to(state.device)
-        sounding = counts > 0
-        fades = self._fades[state.device][ages] * sounding[..., None]  # (B, 128, scales)
-        linear = torch.where(sounding, ages, 0).to(torch.float32) / AGE_LIMIT
-        return torch.cat([counts, linear, *fades.unbind(-1)], dim=1).to(state.dtype)
+        if state.device not in self._features:
+            self._features[state.device] = torch.from_numpy(_AGE_FEATURES).to(state.device)
+        index = torch.where(counts > 0, ages, SILENT)
+        features = self._features[state.device][:, index]  # (features, B, 128)
+        return torch.cat([counts, *features], dim=1).to(state.dtype)
 
 
 def _onsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
