@@ -323,6 +323,10 @@ def parameter_tally(model) -> list[tuple[str, int]]:
         rows.append((f"block {i} MLP (c_fc, c_proj)", count(block.mlp)))
         rows.append((f"block {i} LayerNorms (ln_1, ln_2)", count(block.ln_1) + count(block.ln_2)))
     rows.append(("final LayerNorm (ln_f)", count(t.ln_f)))
+    if "wse" in t:
+        rows.append(("token state embedding (wse)", count(t.wse)))
+    if model.config.state_logits:
+        rows.append(("token state to logits (wso)", count(model.wso)))
     rows.append(("total", model.num_params()))
     return rows
 

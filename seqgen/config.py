@@ -79,6 +79,11 @@ class ModelConfig:
     """Width of the token state the task computes from the ids so far (`seqgen.state`;
     music: how many notes of each pitch are sounding), embedded and added to each token's
     embedding. Set by the task; 0: none (GPT-2)."""
+    state_logits: bool = False
+    """Also map the token state straight onto the next-token logits (`wso`, a linear map
+    that starts at zero): each token's score reads the state directly rather than through
+    the residual stream. Music: the release of a pitch reads that pitch's own count and
+    age. Only for a task with a token state."""
 
     def __post_init__(self) -> None:
         check_types(self, "model")

@@ -186,6 +186,10 @@ class GPT(nn.Module):
         )
         if config.state_size:  # the task's token state (seqgen/state.py), embedded
             self.transformer["wse"] = nn.Linear(config.state_size, config.n_embd, bias=False)
+        if config.state_logits:  # and read by the output directly
+            if not config.state_size:
+                raise ValueError("state_logits needs a token state (state_size > 0)")
+            self.wso = nn.Linear(config.state_size, config.vocab_size, bias=False)
         if config.pos_embedding == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         elif config.pos_embedding == "sinusoidal":
@@ -198,6 +202,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as GPT-2
         self.apply(self._init_weights)
+        if config.state_logits:  # a model that starts as it would without it
+            nn.init.zeros_(self.wso.weight)
         # GPT-2: residual projections scaled by 1/sqrt(number of residual additions)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
@@ -283,7 +289,10 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length = start + T
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
-        return self.lm_head(x), maps
+        logits = self.lm_head(x)  # (B, T, V), or (B, 1, V) with last_only
+        if self.config.state_logits:
+            logits = logits + self.wso(state[:, -1:] if last_only else state).to(logits.dtype)
+        return logits, maps
 
     def _checked_state(self, state: torch.Tensor | None, B: int, T: int) -> bool:
         """Whether there is a token state to add; a missing or misshapen one is an error."""

@@ -229,8 +229,12 @@ def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
         tokenizer = load_tokenizer(cfg.tokenizer.path)
     else:
         tokenizer = task.build_tokenizer(splits, cfg.tokenizer)
+    state_size = size_of(task.token_state())
+    if cfg.model.state_logits and not state_size:
+        raise ConfigError(f"model.state_logits: the {task.name} task as configured computes no "
+                          "token state for it to read (set model.state_logits false)")  # fmt: skip
     model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size,
-                                  "state_size": size_of(task.token_state())})  # fmt: skip
+                                  "state_size": state_size})  # fmt: skip
     return GPT(model_config), tokenizer, FROM_SCRATCH
 
 

@@ -14,6 +14,7 @@ from seqgen.cli import main
 from seqgen.config import ModelConfig
 from seqgen.data import SequentialWindows
 from seqgen.engine import generate
+from seqgen.inference import load
 from seqgen.interop.hf import hf_config
 from seqgen.model import GPT
 from seqgen.rows import Rows
@@ -184,14 +185,39 @@ def test_the_model_reads_a_state_only_when_configured_for_it():
         hf_config(model.config)
 
 
-def state_model(block_size: int = 24, size: int = 128) -> GPT:
+def state_model(block_size: int = 24, size: int = 128, direct: bool = False) -> GPT:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=391, block_size=block_size, n_layer=2, n_head=2, n_embd=32,
-                         state_size=size)  # fmt: skip
+                         state_size=size, state_logits=direct)  # fmt: skip
     model = GPT(config).eval()
     with torch.no_grad():  # a strong state: predictions hinge on it
         model.transformer.wse.weight.normal_(0.0, 1.0)
+        if direct:
+            model.wso.weight.normal_(0.0, 1.0)
     return model
+
+
+def test_state_logits_start_at_zero_and_add_the_state_to_the_scores():
+    plain, direct = state_model(), state_model(direct=True)
+    direct.load_state_dict({**plain.state_dict(), "wso.weight": direct.wso.weight})
+    ids = torch.tensor([[388, 60, 188, 62]])
+    state = torch.from_numpy(STATE.sequence(ids[0].numpy())).float()[None]
+    fresh = GPT(direct.config)
+    assert torch.count_nonzero(fresh.wso.weight) == 0  # starts as the model without it
+    missing, unexpected = fresh.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["wso.weight"] and not unexpected
+    with torch.no_grad():
+        assert torch.equal(fresh(ids, state=state), plain(ids, state=state))
+    with torch.no_grad():
+        weight = torch.randn_like(direct.wso.weight)
+        direct.wso.weight.copy_(weight)
+        moved = direct(ids, state=state) - plain(ids, state=state)
+        last = direct(ids, state=state, last_only=True) - plain(ids, state=state, last_only=True)
+    assert torch.allclose(moved, state @ weight.T, atol=1e-5)  # (1, T, V): the state's scores
+    assert torch.allclose(last, moved[:, -1:], atol=1e-5)
+    with pytest.raises(ValueError, match="needs a token state"):
+        GPT(ModelConfig(vocab_size=391, block_size=8, n_layer=1, n_head=1, n_embd=8,
+                        state_logits=True))  # fmt: skip
 
 
 def next_logits(model: GPT, sequence: list[int], state: SoundingPitches,
@@ -204,9 +230,10 @@ def next_logits(model: GPT, sequence: list[int], state: SoundingPitches,
         return model(torch.tensor([window]), state=states[None])[0, -1]
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["embedded", "state_logits"])
 @pytest.mark.parametrize("state", STATES, ids=type)
-def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_window(state):
-    model = state_model(size=state.size)
+def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_window(state, direct):
+    model = state_model(size=state.size, direct=direct)
     block, keep = 24, 18  # past the context the engine re-prefills the last 3/4 of it
     rng = np.random.default_rng(1)
     prompts = [[388, *random_events(rng, n).tolist()] for n in (3, 11, 30)]  # 31 > block
@@ -222,9 +249,10 @@ def test_greedy_generation_with_a_state_equals_full_forward_passes_past_the_wind
         assert len(out) == 40 and start > 0
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["embedded", "state_logits"])
 @pytest.mark.parametrize("state", STATES, ids=type)
-def test_rows_keep_their_state_when_beams_reorder_and_rows_leave(state):
-    model = state_model(block_size=64, size=state.size)
+def test_rows_keep_their_state_when_beams_reorder_and_rows_leave(state, direct):
+    model = state_model(block_size=64, size=state.size, direct=direct)
     rng = np.random.default_rng(2)
     sequences = [[388, *random_events(rng, n).tolist()] for n in (6, 9)]
     rows = Rows(model, 20, state=state)
@@ -265,7 +293,8 @@ def test_music_checkpoints_without_the_option_read_no_state():
     assert without.token_state() is None and without.options()["note_ages"] is False
 
 
-def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, capsys):
+def tiny_music_run(tmp_path) -> tuple[list[str], list[str]]:
+    """Arguments of a 2-step music run on three small songs, and of a tiny model."""
     songs = tmp_path / "songs"
     for k in range(3):
         write_song(songs / f"{k}.mid", shift=k, notes=32)
@@ -274,6 +303,11 @@ def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, 
               "--train.progress_bar", "false"]  # fmt: skip
     tiny = ["--model.n_layer", "1", "--model.n_head", "1", "--model.n_embd", "16",
             "--model.block_size", "32"]  # fmt: skip
+    return common, tiny
+
+
+def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, capsys):
+    common, tiny = tiny_music_run(tmp_path)
     report = tmp_path / "report.json"
     code = main(["pretrain", *common, *tiny, "--data.note_state", "false", "--out_dir",
                  str(tmp_path / "plain"), "--report", str(report)])  # fmt: skip
@@ -292,3 +326,21 @@ def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, 
                  str(tmp_path / "ft2")])  # fmt: skip
     err = capsys.readouterr().err
     assert code != 0 and "token state of size 0" in err and "'note_state': False" in err
+
+
+def test_a_music_model_with_state_logits_trains_saves_and_loads(tmp_path, capsys):
+    common, tiny = tiny_music_run(tmp_path)
+    common = [*common, *tiny, "--model.state_logits", "true"]
+    out = tmp_path / "run"
+    assert main(["pretrain", *common, "--data.note_ages", "true", "--out_dir", str(out)]) == 0
+    loaded = load(str(out / "final"), task="music")
+    assert loaded.model.config.state_logits and loaded.model.config.state_size == 640
+    assert torch.count_nonzero(loaded.model.wso.weight) > 0  # trained away from zero
+    ids = torch.tensor([[388, 60, 188, 62, 300]])
+    state = torch.from_numpy(loaded.states(ids[0].tolist())).float()[None]
+    with torch.no_grad():
+        assert torch.isfinite(loaded.model(ids, state=state)).all()
+    code = main(["pretrain", *common, "--data.note_state", "false", "--out_dir",
+                 str(tmp_path / "none")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "model.state_logits" in err and "no token state" in err
