@@ -268,7 +268,8 @@ class GPT(nn.Module):
             raise ValueError(f"position {int(input_pos.max())} exceeds block_size {block}")
         x = self.transformer.wte(idx)  # (B, T, C)
         if self._checked_state(state, B, T):
-            x = x + self.transformer.wse(state.to(x.dtype))
+            state = state.to(x.dtype)  # a task's counts may come as integers
+            x = x + self.transformer.wse(state)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(input_pos)  # positions (T,) or (B, T) broadcast
         elif hasattr(self, "sinusoids"):

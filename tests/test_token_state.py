@@ -215,6 +215,8 @@ def test_state_logits_start_at_zero_and_add_the_state_to_the_scores():
         last = direct(ids, state=state, last_only=True) - plain(ids, state=state, last_only=True)
     assert torch.allclose(moved, state @ weight.T, atol=1e-5)  # (1, T, V): the state's scores
     assert torch.allclose(last, moved[:, -1:], atol=1e-5)
+    with torch.no_grad():  # counts as the task computes them (int16) read as floats
+        assert torch.equal(direct(ids, state=state.to(torch.int16)), direct(ids, state=state))
     with pytest.raises(ValueError, match="needs a token state"):
         GPT(ModelConfig(vocab_size=391, block_size=8, n_layer=1, n_head=1, n_embd=8,
                         state_logits=True))  # fmt: skip
