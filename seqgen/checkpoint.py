@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from seqgen.config import ModelConfig
 from seqgen.errors import CheckpointError, ConfigError
-from seqgen.files import atomic_directory, read_json
+from seqgen.files import atomic_directory, complete_swaps, read_json
 from seqgen.model import GPT
 from seqgen.tokenizer import Tokenizer, load_tokenizer
 
@@ -171,6 +171,39 @@ def load_weights_into(model: GPT, weights: dict[str, torch.Tensor], source: Path
         )
 
 
+def check_weights_fit(config: ModelConfig, directory: Path) -> None:
+    """The weights file holds exactly the tensors `config` makes, with their shapes: checked
+    from the file's header and a model on the meta device (no memory) before the model is
+    built, so a config.json that declares a huge vocabulary or depth fails here, naming the
+    first tensor that differs, instead of exhausting memory."""
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
+    try:
+        with safe_open(str(path), "pt") as weights:
+            stored = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: corrupt weights ({err})") from None
+    layers = 1 + max((int(name.split(".")[2]) for name in stored
+                      if name.startswith("transformer.h.") and name.split(".")[2].isdigit()),
+                     default=-1)  # fmt: skip
+    if layers != config.n_layer:  # before the meta model: a million layers take long to make
+        raise CheckpointError(f"{directory}: the weights do not fit the model config of "
+                              f"{CONFIG_FILE} (n_layer {config.n_layer} by the config, {layers} "
+                              f"blocks in {WEIGHTS_FILE})")  # fmt: skip
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in GPT(config).state_dict().items()}
+    if "lm_head.weight" not in stored:  # tied: stored once, as wte
+        expected.pop("lm_head.weight", None)
+    for name in sorted(set(expected) | set(stored)):
+        if expected.get(name) != stored.get(name):
+            raise CheckpointError(
+                f"{directory}: the weights do not fit the model config of {CONFIG_FILE} "
+                f"({name}: {expected.get(name, 'absent')} by the config, "
+                f"{stored.get(name, 'absent')} in {WEIGHTS_FILE})"
+            )
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint directory, given it, a run directory (its `final`) or a run's checkpoints."""
     path = Path(path).expanduser()
@@ -188,9 +221,11 @@ def resolve(path: str | Path) -> Path:
 
 def prune_checkpoints(directory: Path, keep: int) -> None:
     """Keep the `keep` newest checkpoints in `directory`, and no torn `.partial` or `.old`
-    copies: a run resumed after a crash prunes what the crashed process left."""
+    copies: a run resumed after a crash prunes what the crashed process left (a swap cut
+    between its two renames is finished first, so the newest checkpoint is never lost)."""
     if not directory.is_dir():
         return
+    complete_swaps(directory)
     for torn in [*directory.glob("*.partial"), *directory.glob("*.old")]:
         shutil.rmtree(torn, ignore_errors=True)
     found = sorted((read_meta(c).get("step", -1), c.name, c) for c in directory.iterdir()
@@ -203,6 +238,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
     """The checkpoint with the highest training step in `directory`, if any."""
     if not directory.is_dir():
         return None
+    complete_swaps(directory)
     found = []
     for candidate in directory.iterdir():
         if (candidate / CONFIG_FILE).is_file() and not candidate.name.endswith(
@@ -225,6 +261,7 @@ def load(path: str | Path, task: str | None = None, map_location: str = "cpu") -
         config = ModelConfig.from_dict(meta["model"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from None
+    check_weights_fit(config, directory)
     model = GPT(config)
     load_weights_into(model, read_weights(directory), directory / WEIGHTS_FILE)
     model.to(map_location).eval()

@@ -1,5 +1,7 @@
-"""Files and directories written whole or not at all: a crash or kill -9 leaves the previous
-version (or nothing), never half of one. Checkpoints, caches and reports all write this way."""
+"""Files and directories written whole or not at all: a crash, a kill -9 or a power cut
+leaves the previous version (or nothing), never half of one. Contents are flushed to the disk
+(fsync) before the rename that publishes them, and the rename itself before the call returns.
+Checkpoints, caches, token shards and reports all write this way."""
 
 from __future__ import annotations
 
@@ -28,12 +30,79 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    sync_tree(partial)
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         directory.rename(old)
     partial.rename(directory)
+    sync_directory(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def complete_swaps(folder: Path) -> None:
+    """Finish what `atomic_directory` left between its two renames in `folder` (a crash
+    there leaves `NAME.old`, the previous version, and `NAME.partial`, the new one, written
+    and synced before the first rename, but no `NAME`): the new version takes its name. A
+    `NAME.old` alone gets its name back."""
+    if not folder.is_dir():
+        return
+    for old in folder.glob("*.old"):
+        target = old.with_name(old.name[: -len(".old")])
+        if target.exists():
+            continue
+        partial = target.with_name(target.name + ".partial")
+        if partial.is_dir():
+            partial.rename(target)
+            sync_directory(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(target)
+            sync_directory(folder)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the renames and new names in `directory` durable."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def sync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def sync_tree(directory: Path) -> None:
+    """fsync every file under `directory`, then the folders themselves."""
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            sync_file(Path(folder) / name)
+        sync_directory(Path(folder))
+
+
+@contextmanager
+def exclusive(lock: Path, waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (created if needed) for the block: processes
+    that build the same thing at once (distributed ranks filling one cache) take turns, and
+    the later ones find it built. `waiting` is logged if another process holds it."""
+    import fcntl
+    import logging
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                logging.getLogger("seqgen").info("%s", waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_json(path: Path, holds: str = "") -> Any:
@@ -53,9 +122,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # as open() would make it, not mkstemp's owner-only
     try:
         yield Path(name)
+        sync_file(Path(name))
         os.replace(name, path)
+        sync_directory(path.parent)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise

@@ -114,3 +114,38 @@ def test_latest_checkpoint_by_step(saved, sp_tokenizer):
     for step in (5, 20, 10):
         ckpt.save_model(root / f"step-{step}", model, sp_tokenizer, "text", step=step)
     assert ckpt.latest_checkpoint(root).name == "step-20"
+
+
+@pytest.mark.parametrize("change", [{"vocab_size": 10**12}, {"n_layer": 100_000},
+                                    {"n_embd": 2**20, "n_head": 1}])  # fmt: skip
+def test_a_config_declaring_a_huge_model_fails_before_building_it(saved, change):
+    """Compared with the weights file's header on the meta device: no memory is allocated
+    (built, any of these would need terabytes)."""
+    path, _ = saved
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"].update(change)
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"do not fit the model config .* by the config"):
+        ckpt.load(path)
+    with pytest.raises(CheckpointError, match=r"do not fit"):
+        ckpt.check_weights_fit(ckpt.ModelConfig.from_dict(meta["model"]), path)
+
+
+@pytest.mark.parametrize("partial_written", [True, False])
+def test_a_crash_between_the_two_renames_loses_no_checkpoint(saved, sp_tokenizer,
+                                                            partial_written):  # fmt: skip
+    """atomic_directory renames NAME to NAME.old, then NAME.partial to NAME: a crash between
+    the two leaves no NAME. The newest checkpoint is found (and pruning keeps it)."""
+    path, model = saved
+    root = path.parent / "checkpoints"
+    for step in (5, 10):
+        ckpt.save_model(root / f"step-{step}", model, sp_tokenizer, "text", step=step)
+    newest = root / "step-10"
+    if partial_written:  # a new version of step-10 had been written whole before the crash
+        ckpt.save_model(root / "new", model, sp_tokenizer, "text", step=10, marker="new")
+        (root / "new").rename(root / "step-10.partial")
+    newest.rename(root / "step-10.old")
+    assert ckpt.latest_checkpoint(root) == newest
+    assert ckpt.read_meta(newest).get("marker") == ("new" if partial_written else None)
+    ckpt.prune_checkpoints(root, keep=1)
+    assert sorted(p.name for p in root.iterdir()) == ["step-10"]

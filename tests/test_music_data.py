@@ -48,7 +48,35 @@ def test_unreadable_and_empty_files_are_skipped_with_reasons(corpus, tmp_path):
     assert report["notes"] == 40 + 30 and report["seconds"] == pytest.approx(10.0 + 7.5)
     again, _ = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))  # from the cache
     assert [p.pitch.tolist() for p in again] == [p.pitch.tolist() for p in performances]
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    encodings = [p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"]
+    assert len(encodings) == 1
+
+
+def test_a_damaged_cache_is_rebuilt_not_raised(corpus, tmp_path):
+    performances, _ = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))
+    cached = next(p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock")
+    for file in cached.glob("*.arrow"):
+        file.write_bytes(b"torn")
+    again, _ = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))
+    assert [p.pitch.tolist() for p in again] == [p.pitch.tolist() for p in performances]
+
+
+def test_ranks_encoding_one_corpus_at_once_take_turns(corpus, tmp_path):
+    """Two processes (as two distributed ranks) load an uncached corpus at the same time:
+    one encodes while the other waits, and both get it (they shared one fixed .partial
+    folder and deleted each other's copy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from seqgen_tasks.music.data import load_corpus; "
+            "p, r = load_corpus(sys.argv[1], cache_dir=sys.argv[2], num_proc=1); "
+            "print(r['encoded'], sum(len(x) for x in p))")  # fmt: skip
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(corpus), str(tmp_path / "cache")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert [out for out, _ in outputs] == ["2 70\n", "2 70\n"]
 
 
 def test_finding_files(corpus, tmp_path):

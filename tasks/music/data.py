@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from seqgen.data import is_saved_dataset, missing_local_path, padded_window, window_offset
 from seqgen.errors import DataError
-from seqgen.files import atomic_directory
+from seqgen.files import atomic_directory, exclusive
 from seqgen.progress import dataset_bars
 from seqgen.state import TokenState
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
@@ -112,8 +113,10 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
     digest = hashlib.sha256(json.dumps([ENCODING_VERSION, key]).encode()).hexdigest()[:24]
     directory = Path(cache_dir or Path.home() / ".cache" / "seqgen" / "midi").expanduser()
     cached = directory / digest
-    with dataset_bars():
-        if not is_saved_dataset(cached):
+    waiting = f"waiting for another process encoding {source} into {cached}"
+    with dataset_bars(), exclusive(cached.with_name(cached.name + ".lock"), waiting):
+        encoded = _cached_encoding(cached)
+        if encoded is None:
             procs = min(num_proc, max(1, len(table) // 8))  # a process pays off from ~8 files
             started = time.monotonic()
             log.info("encoding %s MIDI files of %s (%d process%s; cached for next time)",
@@ -124,7 +127,10 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
             with atomic_directory(cached) as partial:
                 encoded.save_to_disk(str(partial))
             log.info("encoded %s files in %.1f s", f"{len(table):,}", time.monotonic() - started)
-        encoded = datasets.load_from_disk(str(cached))
+            encoded = datasets.load_from_disk(str(cached))
+    if len(encoded) != len(names):
+        raise DataError(f"{cached}: the cached encoding has {len(encoded)} rows for "
+                        f"{len(names)} files; delete it to rebuild")  # fmt: skip
     performances, skipped = [], []
     for name, row in zip(names, encoded.with_format("numpy"), strict=True):
         if row["error"]:
@@ -137,6 +143,22 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
               "notes": int(sum(len(p) for p in performances)),
               "seconds": total_seconds(performances)}  # fmt: skip
     return performances, report
+
+
+def _cached_encoding(cached: Path):
+    """The encoded corpus cached in `cached`, or None if there is none or it is damaged (then
+    it is removed, to be rebuilt)."""
+    import datasets
+
+    if not cached.exists():
+        return None
+    try:
+        return datasets.load_from_disk(str(cached))
+    except Exception as err:  # datasets raises many types for a damaged folder
+        log.warning("%s: damaged cache (%s: %s); encoding again", cached, type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "")  # fmt: skip
+        shutil.rmtree(cached, ignore_errors=True)
+        return None
 
 
 def total_seconds(performances: list[Notes]) -> float:
