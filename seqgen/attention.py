@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from seqgen.devices import DeviceOptions
 from seqgen.files import check_writable
 
 PANEL_INCHES_PER_TOKEN = 0.22
@@ -21,7 +22,7 @@ LABELLED_PANELS = 4  # with more panels, only the outer ones name the tokens
 
 
 @dataclass(kw_only=True)
-class AttentionConfig:
+class AttentionConfig(DeviceOptions):
     """Attention heat maps of a checkpoint on a prompt: one panel per head, layers as rows."""
 
     ckpt: str
@@ -42,6 +43,7 @@ class AttentionConfig:
     """Draw the last this many positions (a longer sequence is cut from the left)."""
 
     def __post_init__(self) -> None:
+        DeviceOptions.__post_init__(self)
         for name in ("layer", "head", "max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -83,7 +85,8 @@ def draw(config: AttentionConfig) -> list[tuple[int, int]]:
 
     from seqgen.inference import load
 
-    generator = load(config.ckpt, pack=False)
+    generator = load(config.ckpt, pack=False, precision=config.precision,
+                     device=config.device)  # fmt: skip
     model, task, tokenizer = generator.model, generator.task, generator.tokenizer
     chosen = panels(config, model.config.n_layer, model.config.n_head)
     ids = sequence(config, generator)
@@ -91,8 +94,9 @@ def draw(config: AttentionConfig) -> list[tuple[int, int]]:
     with torch.no_grad():
         states = generator.states(ids)
         if states is not None:
-            states = torch.from_numpy(states[-len(window) :]).float()[None]
-        maps = model.attention_maps(torch.tensor([window]), states)  # n_layer x (1, nh, T, T)
+            states = torch.from_numpy(states[-len(window) :]).float()[None].to(generator.device)
+        inputs = torch.tensor([window], device=generator.device)
+        maps = [m.float().cpu() for m in model.attention_maps(inputs, states)]  # (1, nh, T, T)
     first = max(0, len(window) - config.max_tokens)
     shown = window[first:]
     offset = len(ids) - len(shown)  # position in `ids` of the first one shown

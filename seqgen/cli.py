@@ -344,7 +344,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
                  "fine-tune a checkpoint on a task, or train one from scratch"),
     "evaluate": (cmd_evaluate, "score a checkpoint or a system's outputs on a task"),
     "generate": (cmd_generate, "sample from a checkpoint"),
-    "data": (cmd_data, "build a task's dataset (e.g. seqgen data wikisum)"),
+    "data": (cmd_data, "tokenize a corpus into shards, or build a dataset (seqgen data prepare)"),
     "info": (cmd_info, "what a checkpoint is: task, step, tokenizer, model, parameters"),
     "plot": (cmd_plot, "loss curves of one or several runs (seqgen plot --run A --run B)"),
     "attention": (cmd_attention, "attention heat maps of a checkpoint on a prompt"),

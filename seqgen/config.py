@@ -204,6 +204,12 @@ class TrainConfig:
     """Machines for multi-node training."""
     num_threads: int | None = None
     """torch CPU threads (None: torch's default)."""
+    compile: bool = False
+    """torch.compile the model for training: faster steps on a GPU once it has compiled (a
+    minute or more at start-up); needs a C++ compiler on a CPU."""
+    peak_flops: float | None = None
+    """One device's peak FLOP/s, for the model FLOPs utilisation (`mfu`) that training logs
+    and reports (None: built in for A100, H100 and H200, dense bf16; no mfu elsewhere)."""
     progress_bar: bool = True
     """Show progress: a live bar in a terminal, plain lines (step, loss, tokens/s, elapsed,
     ETA) when the output is a file or a pipe."""
@@ -251,6 +257,8 @@ class TrainConfig:
         if not self.progress_every_seconds > 0:
             raise ConfigError(f"train.progress_every_seconds must be > 0, got "
                               f"{self.progress_every_seconds}")  # fmt: skip
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise ConfigError(f"train.peak_flops must be > 0 or None, got {self.peak_flops}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or None, got {self.num_threads}")
         for name in ("beta1", "beta2"):

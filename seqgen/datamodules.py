@@ -27,6 +27,13 @@ def resume_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple
     return (epoch + 1, 0) if done >= batches_per_epoch else (epoch, done)
 
 
+def rank_of(trainer: pl.Trainer | None) -> dict[str, int]:
+    """This process's rank and the number of ranks, for a sampler that shards itself."""
+    if trainer is None:
+        return {"rank": 0, "world_size": 1}
+    return {"rank": trainer.global_rank, "world_size": trainer.world_size}
+
+
 def checked_during_fit(val_set: Dataset, trainer: pl.Trainer | None, batches: int | None,
                        batch_size: int) -> Dataset:  # fmt: skip
     """What the checks during training validate on: `batches` batches of the validation set,
@@ -43,9 +50,10 @@ class WindowDataModule(pl.LightningDataModule):
     """Training windows drawn at random start offsets, and fixed validation windows.
 
     `train_set[i]` is the window starting at offset i (it has `block_size`, and one item per
-    offset); an epoch draws as many windows as fit in the stream side by side. Lightning
-    shards the draws across distributed ranks. `val_batches` caps the validation batches of
-    each check during training (see `checked_during_fit`).
+    offset); an epoch draws as many windows as fit in the stream side by side, each
+    distributed rank its own share (`EpochSampler`; the Trainer must then not add a
+    distributed sampler: use_distributed_sampler=False). `val_batches` caps the validation
+    batches of each check during training (see `checked_during_fit`).
     """
 
     def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int,
@@ -62,8 +70,9 @@ class WindowDataModule(pl.LightningDataModule):
         return max(1, len(self.train_set) // self.train_set.block_size)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.draws_per_epoch, self.seed)
-        batches = -(-self.draws_per_epoch // self.batch_size)
+        sampler = EpochSampler(len(self.train_set), self.draws_per_epoch, self.seed,
+                               **rank_of(self.trainer))  # fmt: skip
+        batches = -(-len(sampler) // self.batch_size)
         sampler.epoch, done = resume_position(self.trainer, batches)
         sampler.skip = done * self.batch_size
         return DataLoader(
@@ -86,15 +95,15 @@ class WindowDataModule(pl.LightningDataModule):
 class ExampleDataModule(pl.LightningDataModule):
     """Train and validation examples for fine-tuning; validation in a fixed order.
 
-    With rank_aware, each distributed rank trains on its own share of the batches (the
-    Trainer must then not add a distributed sampler: use_distributed_sampler=False).
+    Each distributed rank trains on its own share of the batches (the Trainer must then not
+    add a distributed sampler: use_distributed_sampler=False).
     `val_batches` caps the validation batches of each check during training (see
     `checked_during_fit`).
     """
 
     def __init__(self, train: Sequence[Example], val: Sequence[Example], batch_size: int,
                  pad_id: int, seed: int = 0, num_workers: int = 0,
-                 rank_aware: bool = False, val_batches: int | None = None) -> None:  # fmt: skip
+                 val_batches: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if not train:
             raise DataError("no training examples")
@@ -102,7 +111,7 @@ class ExampleDataModule(pl.LightningDataModule):
             raise DataError("no validation examples")
         self.train_set, self.val_set = ExampleDataset(train), ExampleDataset(val)
         self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
-        self.num_workers, self.rank_aware = num_workers, rank_aware
+        self.num_workers = num_workers
         self.val_batches = val_batches
 
     def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -110,10 +119,8 @@ class ExampleDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         lengths = [len(e.ids) for e in self.train_set.examples]
-        shard = {}
-        if self.rank_aware and self.trainer is not None:
-            shard = {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
-        batches = LengthGroupedBatches(lengths, self.batch_size, self.seed, **shard)
+        batches = LengthGroupedBatches(lengths, self.batch_size, self.seed,
+                                       **rank_of(self.trainer))  # fmt: skip
         batches.epoch, batches.skip = resume_position(self.trainer, len(batches))
         return DataLoader(
             self.train_set,

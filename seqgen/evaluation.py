@@ -6,26 +6,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from seqgen.decoding import GenerationOptions
+from seqgen.devices import DeviceOptions
 from seqgen.files import atomic_file, check_writable
 from seqgen.progress import Progress
 from seqgen.state import TokenState
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(DeviceOptions):
     """What every `seqgen evaluate --task T` takes; a task's config adds its data and
     metric options."""
 
     ckpt: str | None = None
     """Checkpoint or run directory to score or generate with."""
-    precision: Literal["32", "bf16"] = "32"
-    """Precision of the weights: bf16 is faster where the CPU multiplies bf16 in hardware."""
     batch_size: int = 8
     """Sequences scored together, or prompts decoded at once (each with its beams under beam
     search); a prompt that finishes makes room for the next at once."""
@@ -33,6 +32,7 @@ class EvalConfig:
     """Write the scores as JSON here."""
 
     def __post_init__(self) -> None:
+        DeviceOptions.__post_init__(self)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         check_writable(self.report, "report")
@@ -98,16 +98,18 @@ def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8,
     from seqgen.module import masked_nll
 
     windows = SequentialWindows(ids, model.config.block_size, pad_id, state)
+    device = next(model.parameters()).device
     progress = Progress("scored", len(windows), "windows")
     targets, nll = [], []
     with torch.inference_mode():
         for start in range(0, len(windows), batch_size):
             batch = [windows[i] for i in range(start, min(start + batch_size, len(windows)))]
-            inputs = torch.stack([b["input_ids"] for b in batch])
-            wanted = torch.stack([b["targets"] for b in batch])
-            states = torch.stack([b["state"] for b in batch]) if state is not None else None
+            inputs = torch.stack([b["input_ids"] for b in batch]).to(device)
+            wanted = torch.stack([b["targets"] for b in batch]).to(device)
+            states = (torch.stack([b["state"] for b in batch]).to(device)
+                      if state is not None else None)  # fmt: skip
             scored = wanted != IGNORE_INDEX
-            targets.append(wanted[scored])
-            nll.append(masked_nll(model(inputs, state=states), wanted)[scored].double())
+            targets.append(wanted[scored].cpu())
+            nll.append(masked_nll(model(inputs, state=states), wanted)[scored].double().cpu())
             progress(len(batch))
     return torch.cat(targets), torch.cat(nll)

@@ -12,6 +12,7 @@ import torch
 from seqgen import checkpoint
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
+from seqgen.devices import Precision, resolve_device, resolve_precision
 from seqgen.engine import generate, stream
 from seqgen.errors import CheckpointError
 from seqgen.state import size_of
@@ -36,6 +37,7 @@ class Generator:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = loaded.model.to(PRECISIONS[precision])
+        self.device = next(self.model.parameters()).device
         self.packed = pack and pack_linears(self.model)
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
         self.task = checkpoint_task(self.meta)
@@ -237,7 +239,11 @@ def task_of(path: str | Path) -> Task:
     return checkpoint_task(checkpoint.read_meta(checkpoint.resolve(path)))
 
 
-def load(path: str | Path, task: str | None = None, precision: Literal["32", "bf16"] = "32",
-         device: str = "cpu", pack: bool = True) -> Generator:  # fmt: skip
-    """Load a checkpoint (or a run directory's final/) for generation."""
-    return Generator(checkpoint.load(path, task=task, map_location=device), precision, pack)
+def load(path: str | Path, task: str | None = None, precision: Precision = "auto",
+         device: str = "auto", pack: bool = True) -> Generator:  # fmt: skip
+    """Load a checkpoint (or a run directory's final/) for generation on `device` (auto: the
+    GPU where there is one; see `seqgen.devices`), in `precision` (auto: bf16 on a GPU that
+    has it, else 32)."""
+    placed = resolve_device(device)
+    loaded = checkpoint.load(path, task=task, map_location=str(placed))
+    return Generator(loaded, resolve_precision(precision, placed), pack)

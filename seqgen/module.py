@@ -17,6 +17,7 @@ from seqgen.checkpoint import META_KEY, latest_checkpoint
 from seqgen.config import ModelConfig, TrainConfig, parse_duration
 from seqgen.data import IGNORE_INDEX
 from seqgen.errors import TrainingDiverged
+from seqgen.mfu import peak_flops, training_flops_per_token
 from seqgen.model import GPT
 
 log = logging.getLogger("seqgen")
@@ -90,6 +91,8 @@ class LMModule(pl.LightningModule):
         self.train_tokens = 0
         self.bad_steps = 0  # steps skipped for a non-finite loss or gradient
         self._fit_started, self._fit_start_tokens = 0.0, 0
+        self._flops_per_second: float | None = None
+        self._compiled = False
         self._val_sums: torch.Tensor | None = None
 
     def forward(self, idx: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
@@ -145,6 +148,18 @@ class LMModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_started, self._fit_start_tokens = time.perf_counter(), self.train_tokens
+        peak = peak_flops(self.device, self.train_config.peak_flops)
+        self._flops_per_second = None if peak is None else peak * self.trainer.world_size
+        if self.train_config.compile and not self._compiled:
+            self.model.compile()  # in place: the state dict keeps its names
+            self._compiled = True
+
+    def mfu(self, tokens_per_second: float) -> float | None:
+        """Model FLOPs utilisation at `tokens_per_second` (all ranks), if the peak is known."""
+        if self._flops_per_second is None:
+            return None
+        flops = training_flops_per_token(self.model, self.model.config.block_size)
+        return tokens_per_second * flops / self._flops_per_second
 
     @property
     def tokens_this_fit(self) -> int:
@@ -155,6 +170,9 @@ class LMModule(pl.LightningModule):
         elapsed = time.perf_counter() - self._fit_started
         if elapsed > 0:
             self.log("tokens_per_second", self.tokens_this_fit / elapsed)
+            mfu = self.mfu(self.tokens_this_fit / elapsed)
+            if mfu is not None:
+                self.log("mfu", mfu)
 
     # ------------------------------------------------------------ validation
 

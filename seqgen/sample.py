@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from seqgen.decoding import GenerationOptions
+from seqgen.devices import DeviceOptions
 from seqgen.errors import SeqgenError
 from seqgen.files import check_writable
 from seqgen.progress import Progress
@@ -23,7 +24,7 @@ log = logging.getLogger("seqgen")
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(GenerationOptions):
+class GenerateConfig(GenerationOptions, DeviceOptions):
     """Sample from a checkpoint: continue a text, translate, summarize, or continue a MIDI
     file. Options default to the checkpoint's task (e.g. beam search for translation); a
     task's own options show with `--task NAME --help` (music: --seconds, --piano_roll)."""
@@ -50,11 +51,10 @@ class GenerateConfig(GenerationOptions):
     """Print text as it is produced (default: on for one printed sample)."""
     seed: int | None = None
     """Seed of the sampling (default: a random one)."""
-    precision: Literal["32", "bf16"] = "32"
-    """Precision of the weights: bf16 is faster where the CPU multiplies bf16 in hardware."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        GenerationOptions.__post_init__(self)
+        DeviceOptions.__post_init__(self)
         check_writable(self.out, "out")
         if self.prompt and self.prompt_file:
             raise ValueError("give prompt or prompt_file, not both")
@@ -76,7 +76,8 @@ def run(config: GenerateConfig, file_options: Any = None) -> None:
     from seqgen.inference import load
     from seqgen.tasks import GeneratesFiles, HasMBR
 
-    generator = load(config.ckpt, task=config.task, precision=config.precision)
+    generator = load(config.ckpt, task=config.task, precision=config.precision,
+                     device=config.device)  # fmt: skip
     task = generator.task
     prompt: Any = config.prompt
     if config.prompt_file:

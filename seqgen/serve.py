@@ -27,9 +27,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from seqgen.decoding import GenerationOptions
+from seqgen.devices import DeviceOptions
 from seqgen.errors import SeqgenError
 
 log = logging.getLogger("seqgen")
@@ -37,7 +38,7 @@ REQUEST_OPTIONS = ("seed", "stream", "stop")  # besides the GenerationOptions fi
 
 
 @dataclass(kw_only=True)
-class ServeConfig:
+class ServeConfig(DeviceOptions):
     """Serve a checkpoint over HTTP: POST /generate, GET /info and /health, a page at /."""
 
     ckpt: str
@@ -46,8 +47,6 @@ class ServeConfig:
     """Address to listen on (0.0.0.0 exposes the server to the network)."""
     port: int = 8000
     """Port to listen on."""
-    precision: Literal["32", "bf16"] = "32"
-    """Precision of the weights: bf16 is faster where the CPU multiplies bf16 in hardware."""
     max_new_tokens: int = 8192
     """Most tokens one output may take, whatever the request asks (its max_new_tokens, or
     e.g. 30 s of music, which may take up to 200 events per second)."""
@@ -61,6 +60,7 @@ class ServeConfig:
     """Most requests decoded together (1: one at a time)."""
 
     def __post_init__(self) -> None:
+        DeviceOptions.__post_init__(self)
         for name in ("port", "max_new_tokens", "max_prompt_chars", "max_upload_bytes",
                      "max_queue", "batch_size"):  # fmt: skip
             if getattr(self, name) < (0 if name == "port" else 1):

@@ -315,7 +315,7 @@ def serve(config: ServeConfig) -> None:
 
     from seqgen.inference import load
 
-    generator = load(config.ckpt, precision=config.precision)
+    generator = load(config.ckpt, precision=config.precision, device=config.device)
     app = create_app(generator, config)
     log.info("serving %s (%s task) at http://%s:%d", generator.path, generator.task.name,
              config.host, config.port)  # fmt: skip

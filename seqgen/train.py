@@ -24,6 +24,7 @@ from seqgen.config import ModelConfig, TrainConfig
 from seqgen.datamodules import ExampleDataModule, WindowDataModule
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.evaluation import write_json
+from seqgen.files import complete_swaps
 from seqgen.model import GPT
 from seqgen.module import LMModule
 from seqgen.state import size_of
@@ -71,6 +72,7 @@ def resume_point(resume: str | None, out_dir: Path) -> Path | None:
     if resume is None:
         return None
     if resume == "last":
+        complete_swaps(out_dir)  # final/ is swapped in as checkpoints are
         latest = ckpt.latest_checkpoint(out_dir / "checkpoints")
         final = out_dir / "final"
         candidates = [
@@ -182,17 +184,14 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     for path in previous:  # --overwrite: removed only now that everything else is ready
         log.warning("--overwrite: removing %s", path)
         shutil.rmtree(path)
-    # an ExampleDataModule shards its batches across ranks itself
-    rank_aware = isinstance(training_data, Examples)
-    trainer = build_trainer(cfg.train, out_dir, tokenizer, use_distributed_sampler=not rank_aware,
-                            model=model)  # fmt: skip
+    trainer = build_trainer(cfg.train, out_dir, tokenizer, model=model)
     try:
         report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
     finally:
         finish_loggers(trainer)
     draws = (trainer.global_step * cfg.train.batch_size
              * cfg.train.accumulate_grad_batches * trainer.world_size)  # fmt: skip
-    epoch_size = (len(training_data.train) if rank_aware
+    epoch_size = (len(training_data.train) if isinstance(training_data, Examples)
                   else datamodule.draws_per_epoch)  # fmt: skip
     report.update(
         epochs=draws / epoch_size,
@@ -217,6 +216,7 @@ def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
     config.json of the checkpoint to resume or start from."""
     if resume_from is not None:
         model_config = ModelConfig.from_dict(meta["model"])
+        ckpt.check_weights_fit(model_config, resume_from)
         log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
         return (GPT(model_config), load_tokenizer(resume_from),
                 meta.get("init_from", str(resume_from)))  # fmt: skip
@@ -254,8 +254,7 @@ def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int
     """Batches of the task's training data: examples of similar length, or drawn windows."""
     if isinstance(data, Examples):
         return ExampleDataModule(data.train, data.val, cfg.train.batch_size, pad_id, cfg.seed,
-                                 data.num_workers, rank_aware=True,
-                                 val_batches=cfg.train.val_batches)  # fmt: skip
+                                 data.num_workers, val_batches=cfg.train.val_batches)  # fmt: skip
     if isinstance(data, Windows):
         return WindowDataModule(data.train, data.val, cfg.train.batch_size, data.num_workers,
                                 cfg.seed, cfg.train.val_batches)  # fmt: skip
@@ -298,6 +297,7 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
         **report,
         "train_tokens": module.train_tokens,
         "tokens_per_second": module.tokens_this_fit / fit_seconds,
+        "mfu": module.mfu(module.tokens_this_fit / fit_seconds),
         "steps": trainer.global_step,
         "skipped_steps": module.bad_steps,
         "train_seconds": fit_seconds,

@@ -105,12 +105,12 @@ def faster_precision(cfg: TrainConfig, model: torch.nn.Module) -> str:
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
-                  use_distributed_sampler: bool = True, model: torch.nn.Module | None = None
-                  ) -> pl.Trainer:  # fmt: skip
+                  model: torch.nn.Module | None = None) -> pl.Trainer:  # fmt: skip
     """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget.
 
-    Pass use_distributed_sampler=False when the train loader shards itself across ranks, and
-    the model to train so that `precision: auto` can time it.
+    Pass the model to train so that `precision: auto` can time it. The data modules shard
+    their training batches across distributed ranks themselves (so that a resumed epoch
+    goes on where it stopped on every rank), and every rank validates on the whole set.
     """
     quiet_lightning()
     if cfg.num_threads:
@@ -157,7 +157,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
         default_root_dir=out_dir,
-        use_distributed_sampler=use_distributed_sampler,
+        use_distributed_sampler=False,
     )
 
 
@@ -234,6 +234,8 @@ class ProgressLines(Callback):
             parts.append(f"train_loss {float(metrics['train_loss']):.4f}")
         if "tokens_per_second" in metrics:
             parts.append(f"{float(metrics['tokens_per_second']):,.0f} tokens/s")
+        if "mfu" in metrics:
+            parts.append(f"mfu {float(metrics['mfu']):.1%}")
         elapsed = now - self.started
         parts.append(f"elapsed {clock(elapsed)}")
         remaining = []

@@ -206,3 +206,27 @@ def test_serve(tmp_path, capsys):
     assert report["modes"]["one at a time"]["mean_batch"] == 1.0
     assert report["modes"]["batched"]["requests"] == 12
     assert "| batched " in capsys.readouterr().out
+
+
+def test_data_prepare(tmp_path, capsys):
+    from benchmarks import data_prepare
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"text{i}.txt").write_text(make_corpus(400, seed=i))
+    out = tmp_path / "prepare.json"
+    tiny = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2",
+            "--model.block_size", "32", "--train.batch_size", "4"]  # fmt: skip
+    argv = ["--data", str(data), "--size_mb", "0.4", "--num_proc", "2", "--train_steps", "3",
+            "--vocab_size", "400", "--work_dir", str(tmp_path / "work"), "--report", str(out)]
+    assert data_prepare.main([*argv, "--", *tiny]) == 0
+    report = report_of(out)
+    for key in ("tokens_per_second_one_process", "tokens_per_second", "bytes_per_second",
+                "parallel_speedup", "encode_ceiling_tokens_per_second", "peak_rss_bytes",
+                "peak_rss_growth", "seconds_to_first_step_from_shards",
+                "old_path_seconds_to_first_step", "old_path_peak_rss_bytes",
+                "training_speed_ratio"):  # fmt: skip
+        assert report[key] > 0, key
+    assert report["corpus_bytes"] >= 400_000
+    assert "parallel_speedup" in capsys.readouterr().out

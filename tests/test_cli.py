@@ -560,3 +560,34 @@ def test_plot_overlays_the_curves_of_several_runs(corpus_file, tmp_path, capsys)
     (tmp_path / "empty").mkdir()
     assert main(["plot", "--run", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert "no logs/version_*/metrics.csv" in capsys.readouterr().err
+
+
+def test_mfu_is_logged_and_reported_against_the_peak(corpus_file, tmp_path):
+    from seqgen.config import ModelConfig
+    from seqgen.mfu import training_flops_per_token
+    from seqgen.model import GPT
+
+    report = pretrain(corpus_file, tmp_path / "run", "--train.max_steps", "3",
+                      "--train.peak_flops", "1e9", "--train.log_every_n_steps", "1")  # fmt: skip
+    model = GPT(ModelConfig(**report["model"]))
+    flops = training_flops_per_token(model, model.config.block_size)
+    # 6 per weight (position embeddings left out) + 12 x layers x width x context
+    weights = model.num_params() - model.transformer.wpe.weight.numel()
+    assert flops == 6 * weights + 12 * 1 * 32 * 32
+    assert report["mfu"] == pytest.approx(report["tokens_per_second"] * flops / 1e9)
+    logged = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "mfu" in logged.splitlines()[0]
+    assert pretrain(corpus_file, tmp_path / "plain", "--train.max_steps", "1")["mfu"] is None
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_the_checkpoint_names(corpus_file, tmp_path):
+    """torch.compile on a CPU (about 30 s of compiling for the tiny model)."""
+    compiled = pretrain(corpus_file, tmp_path / "compiled", "--train.max_steps", "2",
+                        "--train.compile", "true")  # fmt: skip
+    plain = pretrain(corpus_file, tmp_path / "plain", "--train.max_steps", "2")
+    assert compiled["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-3)
+    from seqgen.checkpoint import read_weights
+
+    assert read_weights(tmp_path / "compiled" / "final").keys() == (
+        read_weights(tmp_path / "plain" / "final").keys())  # fmt: skip

@@ -19,6 +19,7 @@ SHRINK = flags(
         "train.batch_size": 4,
         "train.progress_bar": "false",
         "train.max_time": "00:01:00",
+        "train.compile": "false",  # compiling takes ~30 s on a CPU: tests/test_cli.py, slow tier
     }
 )
 

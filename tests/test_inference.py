@@ -111,3 +111,39 @@ def test_stream_holds_back_a_possible_stop_string_start():
     assert pieces("xacy", ["ab"]) == ["x", "ac", "y"]  # "a" is released once it cannot match
     # "ab" is held (it may start "abd"); then "bc" completes a stop: the text is "xa"
     assert pieces("xabc", ["abd", "bc"]) == ["x", "a"]
+
+
+def test_device_selection_and_its_errors(ckpt, monkeypatch, capsys, tmp_path):
+    from seqgen.cli import main
+    from seqgen.devices import resolve_device, resolve_precision
+    from seqgen.errors import ConfigError
+
+    generator = seqgen.load(ckpt, device="auto")  # no GPU here: the CPU, in fp32
+    assert generator.device.type == "cpu" and generator.model.lm_head.weight.dtype == torch.float32
+    assert seqgen.load(ckpt, device="cpu", precision="bf16").model.lm_head.weight.dtype == (
+        torch.bfloat16)  # fmt: skip
+    assert resolve_precision("auto", torch.device("cpu")) == "32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name, message in [("cuda", "device cuda: this machine has no CUDA device"),
+                          ("cuda:3", "device cuda:3: this machine has no CUDA device"),
+                          ("tpu", "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+                          ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            resolve_device(name)
+        with pytest.raises(ConfigError, match=message):
+            seqgen.load(ckpt, device=name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="cuda:2: this machine has 2 CUDA devices"):
+        resolve_device("cuda:2")
+    monkeypatch.undo()
+    base = ["--ckpt", str(ckpt), "--max_new_tokens", "4"]
+    for command in (["generate", "--prompt", "the"],
+                    ["attention", "--prompt", "the king", "--out", str(tmp_path / "a.png")]):
+        assert main([*command, *base, "--device", "cuda:1"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: device cuda:1: this machine has no CUDA device")
+        assert len(error.splitlines()) == 1  # one line, no traceback
+    assert main(["generate", "--prompt", "the", *base, "--device", "cpu", "--seed", "1"]) == 0

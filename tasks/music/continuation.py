@@ -62,18 +62,19 @@ def strided_nll(model, ids: list[int], first: int, states: np.ndarray | None = N
     the model before it (windows of block_size moving by half of it), and the count.
     `states`: the token state after each id, for a model that reads one."""
     block = model.config.block_size
+    device = next(model.parameters()).device
     stride = max(1, block // 2)
     total, count = 0.0, 0
     with torch.inference_mode():
         for begin in range(first, len(ids), stride):
             end = min(begin + stride, len(ids))  # targets ids[begin:end]
             start = max(0, end - 1 - block + 1)
-            inputs = torch.tensor([ids[start : end - 1]])
+            inputs = torch.tensor([ids[start : end - 1]], device=device)
             state = None
             if states is not None:
-                state = torch.from_numpy(states[start : end - 1]).float()[None]
+                state = torch.from_numpy(states[start : end - 1]).float()[None].to(device)
             logits = model(inputs, state=state)[0, begin - 1 - start :].float()
-            targets = torch.tensor(ids[begin:end])
+            targets = torch.tensor(ids[begin:end], device=device)
             total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
             count += end - begin
     return total, count

@@ -159,7 +159,8 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
     if args.ckpt:
         from seqgen.inference import load
 
-        generator = load(args.ckpt, task="music", precision=args.precision)
+        generator = load(args.ckpt, task="music", precision=args.precision,
+                         device=args.device)  # fmt: skip
         performances, found = corpus(args.data, args, args.split)
         performances = performances[: args.limit]
         report["likelihood"] = likelihood(args, generator, performances, found)

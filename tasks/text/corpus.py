@@ -29,6 +29,8 @@ from seqgen.tokenizer import Tokenizer
 TEXT_SUFFIXES = {".txt", ".text", ".tokens", ".md", ".raw"}
 JSONL_SUFFIXES = {".jsonl"}
 CHUNK_CHARS = 1 << 20  # tokenize long documents in ~1 MB pieces cut at newlines
+# Part of every token cache key: raise it when the same text would tokenize into other ids.
+TOKENS_VERSION = 2
 
 
 @dataclass
@@ -41,7 +43,9 @@ class TextData:
     val_source: str | None = None
     """Separate validation text (same forms as `source`); if unset, `val_fraction` is held out."""
     val_fraction: float = 0.1
-    """Fraction of the text held out for validation (the end of the corpus, cut at a line)."""
+    """Fraction of the text held out for validation: the end of the corpus, cut at a line
+    (`seqgen data prepare`: that fraction of the documents, chosen by a hash of where they
+    are)."""
     text_field: str = "text"
     """Field holding the text in .jsonl rows and Hugging Face datasets."""
     hf_config: str | None = None
@@ -116,9 +120,11 @@ def load_text_splits(config: TextData) -> tuple[list[str], list[str], str]:
         )
         if not any(d.strip() for d in val_docs):
             raise DataError(f"{config.val_source or config.source}: the validation text is empty")
-        return docs, val_docs, _hash([fingerprint, val_fingerprint])
+        return docs, val_docs, _hash([TOKENS_VERSION, config.text_field, fingerprint,
+                                      val_fingerprint])  # fmt: skip
     train_docs, val_docs = split_tail(docs, config.val_fraction)
-    return train_docs, val_docs, _hash([fingerprint, config.val_fraction])
+    return train_docs, val_docs, _hash([TOKENS_VERSION, config.text_field, fingerprint,
+                                        config.val_fraction])  # fmt: skip
 
 
 def split_tail(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -150,23 +156,23 @@ def tokenize_documents(docs: list[str], tokenizer: Tokenizer) -> np.ndarray:
 def _encode_stream(docs: list[str], tokenizer: Tokenizer, progress: Progress
                    ) -> Iterator[list[int]]:  # fmt: skip
     for doc in docs:
-        if not doc.strip():
-            progress(len(doc))
-            continue
-        start = 0
-        while start < len(doc):
-            # cut after a newline: no piece spans one, so chunking leaves the ids unchanged
-            end = (
-                len(doc)
-                if len(doc) - start <= CHUNK_CHARS
-                else doc.rfind("\n", start, start + CHUNK_CHARS) + 1
-            )
-            if end <= start:
-                end = start + CHUNK_CHARS
-            yield tokenizer.encode(doc[start:end])
-            progress(end - start)
-            start = end
-        yield [tokenizer.eos_id]
+        if doc.strip():
+            yield from encode_document(doc, tokenizer)
+            yield [tokenizer.eos_id]
+        progress(len(doc))
+
+
+def encode_document(text: str, tokenizer: Tokenizer) -> Iterator[list[int]]:
+    """The ids of `text`, encoded in pieces of about CHUNK_CHARS cut after a newline: no
+    piece spans a newline, so the ids are those of the whole text."""
+    start = 0
+    while start < len(text):
+        end = (len(text) if len(text) - start <= CHUNK_CHARS
+               else text.rfind("\n", start, start + CHUNK_CHARS) + 1)  # fmt: skip
+        if end <= start:
+            end = start + CHUNK_CHARS
+        yield tokenizer.encode(text[start:end])
+        start = end
 
 
 def cached_tokens(

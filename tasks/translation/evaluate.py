@@ -111,7 +111,8 @@ class TranslationEval(DecodingEval):
 def translate(config: TranslationEval, sources: list[str]) -> list[str]:
     from seqgen.inference import load
 
-    generator = load(config.ckpt, task="translation", precision=config.precision)
+    generator = load(config.ckpt, task="translation", precision=config.precision,
+                     device=config.device)  # fmt: skip
     options = config.generation_options()
     longest = options.pop("max_new_tokens")
 

@@ -1,0 +1,368 @@
+"""Token shards: a corpus tokenized once into fixed-size files of ids, trained on through
+memory maps, so that no process ever holds the corpus.
+
+    DIR/index.json              what was prepared (the source and options that made it), the
+                                tokenizer's fingerprint, the ids' dtype and eos id, and each
+                                split's shards with their token and document counts
+    DIR/tokenizer/              the tokenizer the ids come from
+    DIR/train/shard-000000.bin  raw ids, `shard_tokens` each (the last one of a split shorter):
+    DIR/val/shard-000000.bin    uint16 where the vocabulary fits, else uint32; documents end
+                                with the eos id
+    DIR/progress.json           while preparing only: where a killed run goes on
+
+`write_shards` runs a task's encoder over a list of work units (byte ranges of files, row
+ranges of a dataset) in a pool of processes and writes their ids in unit order, so the shards
+are byte-identical for any number of processes. A shard file appears whole or not at all
+(written aside, flushed, renamed), and progress is recorded only after the shards it counts:
+killed at any point, the same command goes on from the last recorded unit, keeping every
+shard recorded, and ends byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqgen.errors import DataError
+from seqgen.files import atomic_file, exclusive, read_json, sync_directory
+from seqgen.progress import Progress
+
+log = logging.getLogger("seqgen")
+FORMAT = "seqgen-shards"
+VERSION = 1
+INDEX_FILE = "index.json"
+PROGRESS_FILE = "progress.json"
+TOKENIZER_DIR = "tokenizer"
+SPLITS = ("train", "val")
+SHARD_TOKENS = 1 << 24  # 32 MiB of uint16 ids a shard
+CHECKPOINT_SECONDS = 30.0  # the longest stretch of work a kill loses, besides whole shards
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether `path` is a folder of token shards (finished or not)."""
+    path = Path(path).expanduser()
+    return (path / INDEX_FILE).is_file() or (path / PROGRESS_FILE).is_file()
+
+
+def read_index(directory: str | Path) -> dict[str, Any]:
+    """The index of a finished folder of shards, checked against its files."""
+    directory = Path(directory).expanduser()
+    path = directory / INDEX_FILE
+    if not path.is_file():
+        if (directory / PROGRESS_FILE).is_file():
+            raise DataError(f"{directory}: preparing it did not finish; run the same "
+                            "`seqgen data prepare` command again to complete it")  # fmt: skip
+        raise DataError(f"{directory}: not a folder of token shards (no {INDEX_FILE})")
+    index = read_json(path, "shard index")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DataError(f"{path}: not a seqgen shard index")
+    if index.get("version", 0) > VERSION:
+        raise DataError(f"{path}: shard format {index['version']} is newer than this seqgen "
+                        f"reads ({VERSION}); upgrade seqgen")  # fmt: skip
+    return index
+
+
+class ShardedTokens:
+    """The ids of one split, read through memory maps: `len()` and slices `[a:b]` (which may
+    span shards) like a 1-D array. It pickles as its file names, so DataLoader workers map the
+    files themselves instead of receiving a copy."""
+
+    def __init__(self, files: Sequence[Path], sizes: Sequence[int], dtype: str) -> None:
+        self.files, self.sizes, self.dtype = [Path(f) for f in files], list(sizes), np.dtype(dtype)
+        for file, size in zip(self.files, self.sizes, strict=True):
+            found = file.stat().st_size if file.is_file() else None
+            if found != size * self.dtype.itemsize:
+                raise DataError(f"{file}: {'missing' if found is None else f'{found:,} bytes'}, "
+                                f"the index says {size * self.dtype.itemsize:,}; prepare the "
+                                "folder again")  # fmt: skip
+        self.ends = np.cumsum([0, *self.sizes])
+        self._maps: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": None}
+
+    def _map(self, i: int) -> np.ndarray:
+        if self._maps is None:
+            self._maps = [np.memmap(f, dtype=self.dtype, mode="r") for f in self.files]
+        return self._maps[i]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("ShardedTokens takes slices, e.g. tokens[i : i + n]")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("ShardedTokens slices are contiguous (step 1)")
+        if stop <= start:
+            return np.zeros(0, dtype=self.dtype)
+        first = int(np.searchsorted(self.ends, start, side="right")) - 1
+        parts = []
+        while start < stop:
+            shard_start, shard_end = int(self.ends[first]), int(self.ends[first + 1])
+            end = min(stop, shard_end)
+            parts.append(self._map(first)[start - shard_start : end - shard_start])
+            start, first = end, first + 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def split_tokens(directory: str | Path, split: str, index: dict[str, Any] | None = None
+                 ) -> ShardedTokens:  # fmt: skip
+    """The ids of `split` ("train" or "val") of a finished folder of shards."""
+    directory = Path(directory).expanduser()
+    index = index or read_index(directory)
+    shards = index["splits"][split]["shards"]
+    return ShardedTokens([directory / s["file"] for s in shards], [s["tokens"] for s in shards],
+                         index["dtype"])  # fmt: skip
+
+
+# ---------------------------------------------------------------- writing
+
+
+Encoder = Callable[[Any], tuple[dict[str, np.ndarray], dict[str, int]]]
+"""A work unit to ({split: its ids}, counts to add up such as documents or skipped rows)."""
+
+
+def write_shards(out: Path, units: Sequence[Any], encode: Encoder, *, identity: dict[str, Any],
+                 eos_id: int, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS,
+                 num_proc: int = 1, initializer: Callable[..., None] | None = None,
+                 initargs: tuple = (), size_of: Callable[[Any], int] | None = None
+                 ) -> dict[str, Any]:  # fmt: skip
+    """Encode `units` (in `num_proc` processes, each set up by `initializer(*initargs)`) and
+    write their ids in order into shards of `shard_tokens` under `out`; returns the index.
+
+    `identity` (JSON) is what the folder is made from: a folder, finished or not, made from
+    another is refused, never mixed or reused. `size_of(unit)` (bytes, say) drives progress.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out / ".lock", f"waiting for another process preparing {out}"):
+        index = finished(out, identity)
+        if index is not None:
+            log.info("%s is prepared already (%s training tokens)", out,
+                     f"{index['splits']['train']['tokens']:,}")  # fmt: skip
+            return index
+        writer = _ShardWriter(out, identity, dtype, eos_id, shard_tokens)
+        progress = Progress("tokenized", sum(map(size_of, units)) if size_of else len(units),
+                            "bytes" if size_of else "units")  # fmt: skip
+        progress.set(sum(map(size_of, units[: writer.units_done])) if size_of
+                     else writer.units_done)  # fmt: skip
+        if writer.units_done:
+            log.info("going on from unit %s of %s (%s shards kept)", f"{writer.units_done:,}",
+                     f"{len(units):,}", f"{writer.shard_count():,}")  # fmt: skip
+        todo = units[writer.units_done :]
+        encoded = _encoded(todo, encode, num_proc, initializer, initargs)
+        for unit in todo:
+            try:
+                ids, counts = next(encoded)
+            except BaseException:  # a bad unit, Ctrl-C: keep what the units before it made
+                writer.record()
+                raise
+            writer.add(ids, counts)
+            progress(size_of(unit) if size_of else 1)
+        progress.finish()
+        return writer.finish()
+
+
+def _made_from(out: Path) -> tuple[Path, Any]:
+    """The index or progress file of `out` (finished or not) and the identity it records."""
+    found = out / INDEX_FILE if (out / INDEX_FILE).is_file() else out / PROGRESS_FILE
+    if not found.is_file():
+        return found, None
+    recorded = read_json(found, "shard index")
+    return found, recorded.get("identity") if isinstance(recorded, dict) else None
+
+
+def remove_if_stale(out: Path, identity: dict[str, Any]) -> None:
+    """Delete `out` if it holds shards prepared from anything but `identity` (--overwrite)."""
+    found, made_from = _made_from(out)
+    if found.is_file() and made_from != identity:
+        log.warning("--overwrite: removing %s, prepared from other data or settings", out)
+        shutil.rmtree(out)
+
+
+def finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The index of `out` if it was prepared from `identity`; None if nothing is finished; a
+    DataError if `out` holds shards (finished or not) made from anything else."""
+    found, made_from = _made_from(out)
+    if not found.is_file():
+        return None
+    if made_from != identity:
+        changed = sorted(k for k in {*identity, *(made_from or {})}
+                         if (made_from or {}).get(k) != identity.get(k))  # fmt: skip
+        raise DataError(f"{out} was prepared from other data or settings ({', '.join(changed)} "
+                        "differ): choose another --out, or give --overwrite true to prepare "
+                        "it anew")  # fmt: skip
+    return read_index(out) if found.name == INDEX_FILE else None
+
+
+def _encoded(units: Sequence[Any], encode: Encoder, num_proc: int,
+             initializer: Callable[..., None] | None, initargs: tuple
+             ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, int]]]:  # fmt: skip
+    """`encode(unit)` for each unit, in order, with at most 2 units a process in flight (a
+    slow unit holds back the writer, never memory)."""
+    if num_proc <= 1 or len(units) <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(encode, units)
+        return
+    # fork: the workers start at once and share the parent's imports; the encoders use no
+    # threads, which is what makes fork unsafe
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with context.Pool(num_proc, initializer, initargs) as pool:
+        pending: deque = deque()
+        queued = iter(units)
+        for unit in queued:
+            pending.append(pool.apply_async(encode, (unit,)))
+            if len(pending) >= 2 * num_proc:
+                break
+        while pending:
+            result = pending.popleft().get()
+            unit = next(queued, None)
+            if unit is not None:
+                pending.append(pool.apply_async(encode, (unit,)))
+            yield result
+
+
+class _ShardWriter:
+    """Fills each split's shard buffer from the units' ids, writes full shards, and records
+    progress (with the unfilled buffers) once a shard is written or every
+    CHECKPOINT_SECONDS, always between two units."""
+
+    def __init__(self, out: Path, identity: dict[str, Any], dtype: np.dtype, eos_id: int,
+                 shard_tokens: int) -> None:  # fmt: skip
+        self.out, self.identity, self.dtype = out, identity, np.dtype(dtype)
+        self.eos_id, self.shard_tokens = eos_id, shard_tokens
+        self.buffers = {s: np.empty(shard_tokens, dtype=self.dtype) for s in SPLITS}
+        self.filled = dict.fromkeys(SPLITS, 0)
+        self.shards: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        self.counts: dict[str, int] = {}
+        self.units_done = 0
+        self.dirty, self.saved_at = False, time.monotonic()
+        state = read_json(out / PROGRESS_FILE) if (out / PROGRESS_FILE).is_file() else None
+        if state is not None:
+            if state.get("shard_tokens") != shard_tokens or state.get("dtype") != self.dtype.name:
+                raise DataError(f"{out / PROGRESS_FILE}: made with other shard settings; "
+                                "prepare anew with --overwrite true")  # fmt: skip
+            self.shards, self.counts = state["shards"], state["counts"]
+            self.units_done = state["units_done"]
+            for split in SPLITS:
+                tail = np.fromfile(out / self._tail(split), dtype=self.dtype)
+                if len(tail) != state["tails"][split]:
+                    raise DataError(f"{out / self._tail(split)}: damaged; prepare anew with "
+                                    "--overwrite true")  # fmt: skip
+                self.buffers[split][: len(tail)] = tail
+                self.filled[split] = len(tail)
+        self._remove_unrecorded()
+
+    def _tail(self, split: str) -> str:
+        """The file of a split's unfilled buffer, named by the record that counts it."""
+        return f"{split}/tail-{self.units_done:09d}.bin"
+
+    def _remove_unrecorded(self, tails: bool = True) -> None:
+        """Remove what the last record does not count: shards written after it (they are
+        written again) and older tails (every tail, once the index is written)."""
+        for split in SPLITS:
+            folder = self.out / split
+            folder.mkdir(exist_ok=True)
+            kept = {shard["file"] for shard in self.shards[split]}
+            kept |= {self._tail(split)} if tails else set()
+            for file in folder.iterdir():
+                if f"{split}/{file.name}" not in kept:
+                    file.unlink()
+
+    def shard_count(self) -> int:
+        return sum(len(shards) for shards in self.shards.values())
+
+    def add(self, ids: dict[str, np.ndarray], counts: dict[str, int]) -> None:
+        for split, values in ids.items():
+            values = np.asarray(values)
+            while len(values):
+                room = self.shard_tokens - self.filled[split]
+                taken = values[:room]
+                self.buffers[split][self.filled[split] : self.filled[split] + len(taken)] = taken
+                self.filled[split] += len(taken)
+                values = values[len(taken) :]
+                if self.filled[split] == self.shard_tokens:
+                    self._write_shard(split)
+        for key, value in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+        self.units_done += 1
+        if self.dirty or time.monotonic() - self.saved_at >= CHECKPOINT_SECONDS:
+            self.record()
+
+    def _write_shard(self, split: str) -> None:
+        ids = self.buffers[split][: self.filled[split]]
+        name = f"{split}/shard-{len(self.shards[split]):06d}.bin"
+        self._write(self.out / name, ids)
+        documents = int(np.count_nonzero(ids == self.eos_id))
+        self.shards[split].append({"file": name, "tokens": len(ids), "documents": documents})
+        self.filled[split] = 0
+        self.dirty = True
+
+    def _write(self, path: Path, ids: np.ndarray) -> None:
+        """Write `path` whole or not at all; a full disk is one clear error."""
+        try:
+            with atomic_file(path) as partial:
+                ids.tofile(partial)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise DataError(f"{path}: cannot write ({err.strerror})") from None
+            free = shutil.disk_usage(path.parent).free
+            raise DataError(f"{path}: the disk is full ({free:,} bytes free); free space and "
+                            "run the same command again: the "
+                            f"{self.shard_count():,} shards recorded are kept") from None
+
+    def record(self) -> None:
+        """Save the unfilled buffers, then the progress that counts them and the shards."""
+        for split in SPLITS:
+            self._write(self.out / self._tail(split), self.buffers[split][: self.filled[split]])
+        state = {"identity": self.identity, "shard_tokens": self.shard_tokens,
+                 "dtype": self.dtype.name, "units_done": self.units_done, "counts": self.counts,
+                 "shards": self.shards, "tails": dict(self.filled)}  # fmt: skip
+        with atomic_file(self.out / PROGRESS_FILE) as partial:
+            partial.write_text(json.dumps(state) + "\n")
+        self._remove_unrecorded()
+        self.dirty, self.saved_at = False, time.monotonic()
+
+    def finish(self) -> dict[str, Any]:
+        for split in SPLITS:
+            if self.filled[split]:
+                self._write_shard(split)
+        index = {"format": FORMAT, "version": VERSION, "identity": self.identity,
+                 "dtype": self.dtype.name, "eos_id": self.eos_id,
+                 "shard_tokens": self.shard_tokens, "counts": self.counts,
+                 "splits": {split: {"tokens": sum(s["tokens"] for s in shards),
+                                    "documents": sum(s["documents"] for s in shards),
+                                    "shards": shards}
+                            for split, shards in self.shards.items()}}  # fmt: skip
+        with atomic_file(self.out / INDEX_FILE) as partial:
+            partial.write_text(json.dumps(index, indent=1) + "\n")
+        (self.out / PROGRESS_FILE).unlink(missing_ok=True)
+        self._remove_unrecorded(tails=False)
+        sync_directory(self.out)
+        return index
+
+
+def default_num_proc() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
