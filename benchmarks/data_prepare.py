@@ -29,6 +29,7 @@ from benchmarks.common import parse_args, write_report
 from seqgen.tables import markdown_table
 
 FILE_BYTES = 12 << 20
+VAL_FRACTION = 0.01  # the validation after each training run reads all of it
 TEXT_SUFFIXES = (".txt", ".tokens", ".en", ".de", ".jsonl")
 TRAIN_MODEL = ["--model.n_layer", "4", "--model.n_head", "4", "--model.n_embd", "256",
                "--model.block_size", "256", "--train.batch_size", "16",
@@ -111,7 +112,7 @@ def run(argv: Sequence[str], until: str | None = None) -> dict[str, float]:
         nonlocal peak
         while not done.is_set():
             peak = max(peak, tree_pss(child.pid))
-            done.wait(0.1)
+            done.wait(0.25)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -120,13 +121,13 @@ def run(argv: Sequence[str], until: str | None = None) -> dict[str, float]:
         tail = (tail + [line])[-20:]
         if until and until in line and seconds is None:
             seconds = time.perf_counter() - started
-            child.terminate()
+            child.kill()  # SIGTERM would end training gracefully: validation, a checkpoint
     child.wait()
-    seconds = seconds if seconds is not None else time.perf_counter() - started
     done.set()
     watcher.join()
-    if child.returncode not in (0, -15) or (until and child.returncode == 0 and not tail):
+    if (until and seconds is None) or child.returncode not in (0, -9):
         raise SystemExit(f"seqgen {' '.join(argv)} failed:\n{''.join(tail)}")
+    seconds = seconds if seconds is not None else time.perf_counter() - started
     return {"seconds": seconds, "peak_pss_bytes": peak}
 
 
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def prepare(source: Path, out: str, num_proc: int) -> dict[str, float]:
         return run(["data", "prepare", "--data.source", str(source), "--tokenizer.path",
                     str(tokenizer), "--out", str(work / out), "--num_proc", str(num_proc),
-                    "--overwrite", "true"])  # fmt: skip
+                    "--data.val_fraction", str(VAL_FRACTION), "--overwrite", "true"])  # fmt: skip
 
     one = prepare(small, "shards_one", 1)
     many = prepare(small, "shards_S", args.num_proc)
@@ -193,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              *args.overrides, "--overwrite", "true"]  # fmt: skip
     sources = {"shards": ["--data.source", str(work / "shards_S")],
                "in_memory": ["--data.source", str(small), "--tokenizer.path", str(tokenizer),
-                             "--data.cache_dir", str(work / "cache")]}  # fmt: skip
+                             "--data.cache_dir", str(work / "cache"),
+                             "--data.val_fraction", str(VAL_FRACTION)]}  # fmt: skip
     first_step, speed = {}, {}
     for name, source in sources.items():  # the in-memory path tokenizes into its cache here
         first_step[name] = run([*train, *source, "--out_dir", str(work / f"run_{name}")],

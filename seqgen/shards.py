@@ -26,9 +26,12 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -222,22 +225,41 @@ def _encoded(units: Sequence[Any], encode: Encoder, num_proc: int,
         yield from map(encode, units)
         return
     # fork: the workers start at once and share the parent's imports; the encoders use no
-    # threads, which is what makes fork unsafe
+    # threads, which is what makes fork unsafe. A worker that dies (killed for memory) is an
+    # error here, where multiprocessing.Pool would wait for it forever.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with context.Pool(num_proc, initializer, initargs) as pool:
+    with ProcessPoolExecutor(num_proc, context, _start_worker, (initializer, initargs)) as pool:
         pending: deque = deque()
         queued = iter(units)
         for unit in queued:
-            pending.append(pool.apply_async(encode, (unit,)))
+            pending.append(pool.submit(encode, unit))
             if len(pending) >= 2 * num_proc:
                 break
         while pending:
-            result = pending.popleft().get()
+            try:
+                result = pending.popleft().result()
+            except BrokenProcessPool:
+                raise DataError("a process tokenizing the corpus died (out of memory?); run "
+                                "the same command again to go on") from None  # fmt: skip
             unit = next(queued, None)
             if unit is not None:
-                pending.append(pool.apply_async(encode, (unit,)))
+                pending.append(pool.submit(encode, unit))
             yield result
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """Set a worker up; on Linux it is also killed with its parent, so that a prepare killed
+    with SIGKILL leaves no workers waiting for work (and holding its output pipes) forever."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(1)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 class _ShardWriter:

@@ -12,15 +12,15 @@ A task object is configured once, when it is made: from its data options and the
 context (`Task(data, block_size)`) to train, or from what a checkpoint stored
 (`Task.from_options`) to generate. Nothing needs calling in a particular order.
 Optional capabilities are small base classes (`Evaluates`, `HasMBR`, `BuildsDatasets`,
-`GeneratesFiles`) that the core checks with isinstance; `Similarity` is an MBR utility
-that scores a group of samples at once.
+`SamplesText`, `GeneratesFiles`) that the core checks with isinstance; `Similarity` is an MBR
+utility that scores a group of samples at once.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -272,6 +272,15 @@ class BuildsDatasets(ABC):
     """A task with dataset builders, run as `seqgen data NAME ...`."""
 
     data_builders: ClassVar[dict[str, DatasetBuilder]]
+
+
+class SamplesText(ABC):
+    """A task whose training text can be sampled for a tokenizer without loading it all
+    (`seqgen tokenizer train` on a corpus larger than memory)."""
+
+    @abstractmethod
+    def tokenizer_sample(self, max_lines: int) -> Iterable[str]:
+        """About `max_lines` lines of training text, spread over the corpus, streamed."""
 
 
 class GeneratesFiles(ABC):

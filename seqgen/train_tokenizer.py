@@ -9,8 +9,8 @@ from typing import Any
 
 from seqgen.checkpoint import CONFIG_FILE
 from seqgen.errors import ConfigError
-from seqgen.tasks import ExampleTask, Splits, task_class
-from seqgen.tokenizer import Tokenizer, TokenizerConfig
+from seqgen.tasks import ExampleTask, SamplesText, Splits, task_class
+from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
 
 
 @dataclass
@@ -32,6 +32,11 @@ def run(cfg: TokenizerTrainConfig) -> Tokenizer:
         raise ConfigError(f"{cfg.out} is a checkpoint: a new tokenizer there would not match "
                           "its model; write it to another --out")  # fmt: skip
     task = task_class(cfg.task)(cfg.data)
+    if isinstance(task, SamplesText):  # a bounded sample, streamed: never the whole corpus
+        tokenizer = SentencePieceTokenizer.train(task.tokenizer_sample(cfg.tokenizer.max_sentences),
+                                                 cfg.tokenizer)  # fmt: skip
+        tokenizer.save(Path(cfg.out))
+        return tokenizer
     # the training split only: a task of examples need not name validation data for this
     splits = Splits(task.load_split("train"), []) if isinstance(task, ExampleTask) else task.load()
     tokenizer = task.build_tokenizer(splits, cfg.tokenizer)

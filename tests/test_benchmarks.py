@@ -230,3 +230,28 @@ def test_data_prepare(tmp_path, capsys):
         assert report[key] > 0, key
     assert report["corpus_bytes"] >= 400_000
     assert "parallel_speedup" in capsys.readouterr().out
+
+
+def test_shard_storage(tmp_path):
+    from benchmarks import shard_storage
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(2):
+        (corpus / f"part{i}.txt").write_text(make_corpus(300, seed=i))
+    from seqgen.tokenizer import SentencePieceTokenizer, TokenizerConfig
+
+    SentencePieceTokenizer.train([make_corpus()], TokenizerConfig(vocab_size=320)).save(
+        tmp_path / "tok")  # fmt: skip
+    argv = ["--corpus", str(corpus), "--tokenizer", str(tmp_path / "tok"), "--block_size", "16",
+            "--windows", "50", "--work_dir", str(tmp_path / "work"),
+            "--report", str(tmp_path / "storage.json")]  # fmt: skip
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="needs litdata"):
+            shard_storage.main(argv)
+        return
+    assert shard_storage.main(argv) == 0
+    report = report_of(tmp_path / "storage.json")
+    assert report["seqgen_windows_per_second"] > 0 and report["litdata_windows_per_second"] > 0

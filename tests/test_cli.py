@@ -216,7 +216,7 @@ EVERY_COMMAND = [
     "pretrain --task music", "evaluate --task text", "evaluate --task translation",
     "evaluate --task summarization", "evaluate --task music", "generate",
     f"generate --ckpt {FIXTURES / 'music'}", "info", "plot", "attention", "export", "import",
-    "data wikisum", "tokenizer train",
+    "data wikisum", "data prepare", "tokenizer train",
 ]  # fmt: skip
 
 

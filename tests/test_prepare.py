@@ -276,6 +276,7 @@ def test_a_tokenizer_trained_for_prepare_reads_a_bounded_sample(small_units, tmp
     index = prepare(corpus, tmp_path / "out")  # no tokenizer.path: one is trained and kept
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.model").is_file()
     assert index["splits"]["train"]["tokens"] > 0
+    assert prepare(corpus, tmp_path / "out") == index  # the same command again: its tokenizer
 
 
 def test_the_text_cache_key_holds_the_field(tmp_path, sp_tokenizer):
@@ -292,3 +293,58 @@ def test_the_text_cache_key_holds_the_field(tmp_path, sp_tokenizer):
     text, body = stream("text"), stream("body")
     assert not np.array_equal(text, body)
     assert sp_tokenizer.decode(body[:8].tolist()).startswith("the queen")
+
+
+def test_tokenizer_train_reads_a_bounded_sample_of_a_text_corpus(small_units, tmp_path, caplog):
+    import logging
+
+    corpus = write_corpus(tmp_path / "corpus", files=8, jsonl=False)
+    with caplog.at_level(logging.INFO, logger="seqgen"):
+        assert main(["tokenizer", "train", "--data.source", str(corpus), "--out",
+                     str(tmp_path / "tok"), "--tokenizer.vocab_size", "330",
+                     "--tokenizer.max_sentences", "400"]) == 0  # fmt: skip
+    messages = [record.getMessage() for record in caplog.records]
+    trained = next(m for m in messages if "trained the tokenizer" in m)
+    lines = int(trained.split(" on ")[1].split()[0].replace(",", ""))
+    assert 400 <= lines < 600  # of the corpus's 3,000 and more
+
+
+def test_a_saved_dataset_prepares_row_by_row(small_units, tmp_path, tokenizer_dir, sp_tokenizer):
+    import datasets
+
+    rows = [make_corpus(2 + i % 4, seed=i) for i in range(50)]
+    datasets.Dataset.from_dict({"text": rows, "n": list(range(50))}).save_to_disk(
+        str(tmp_path / "saved"))  # fmt: skip
+    one = prepare(tmp_path / "saved", tmp_path / "one", tokenizer_dir, num_proc=1,
+                  shard_tokens=2000)  # fmt: skip
+    two = prepare(tmp_path / "saved", tmp_path / "two", tokenizer_dir, num_proc=2,
+                  shard_tokens=2000)  # fmt: skip
+    assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "two") and one == two
+    assert one["counts"]["documents"] == 50
+    train, val = (split_tokens(tmp_path / "one", s) for s in ("train", "val"))
+    found = np.concatenate([train[0 : len(train)], val[0 : len(val)]])
+    assert sorted(found.tolist()) == sorted(tokenize_documents(rows, sp_tokenizer).tolist())
+    with pytest.raises(DataError, match=r"no column 'body' \(has: text, n\); set data.text_field"):
+        prepare(tmp_path / "saved", tmp_path / "three", tokenizer_dir,
+                **{"data.text_field": "body"})  # fmt: skip
+
+
+def dying_encoder(unit):
+    if unit.source == 1 and unit.k == 2:
+        os._exit(1)  # as the kernel's out-of-memory killer would end it
+    return encode_unit(unit)
+
+
+encode_unit = prep._encode_unit
+
+
+def test_a_dead_worker_is_an_error_and_the_rerun_goes_on(small_units, tmp_path, tokenizer_dir,
+                                                        monkeypatch):  # fmt: skip
+    corpus = write_corpus(tmp_path / "corpus", files=2, jsonl=False)
+    prepare(corpus, tmp_path / "whole", tokenizer_dir, num_proc=2, shard_tokens=2000)
+    monkeypatch.setattr(prep, "_encode_unit", dying_encoder)
+    with pytest.raises(DataError, match="a process tokenizing the corpus died"):
+        prepare(corpus, tmp_path / "out", tokenizer_dir, num_proc=2, shard_tokens=2000)
+    monkeypatch.setattr(prep, "_encode_unit", encode_unit)
+    prepare(corpus, tmp_path / "out", tokenizer_dir, num_proc=2, shard_tokens=2000)
+    assert folder_bytes(tmp_path / "out") == folder_bytes(tmp_path / "whole")

@@ -100,7 +100,7 @@ class Unit:
 class Corpus:
     """The sources of a corpus and its settings, everything a worker needs to read a unit."""
 
-    sources: list[dict[str, Any]]  # {"file", "name", "kind"} or {"dataset", "config", "split"}
+    sources: list[dict[str, Any]]  # {"file", "name", "jsonl"} or {"dataset", "config", ...}
     text_field: str
     val_fraction: float
     skip_errors: bool
@@ -110,7 +110,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Write the shards of `config.data` into `config.out`; returns the index."""
     out = Path(config.out).expanduser()
     corpus, units, identity = plan(config.data, config.skip_errors)
-    tokenizer = _tokenizer(config, corpus, units)
+    tokenizer = _tokenizer(config, corpus, units, out)
     identity.update(tokenizer=tokenizer_fingerprint(tokenizer), shard_tokens=config.shard_tokens)
     if config.overwrite:
         remove_if_stale(out, identity)
@@ -134,10 +134,15 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     return index
 
 
-def _tokenizer(config: PrepareConfig, corpus: Corpus, units: list[Unit]) -> Tokenizer:
-    """The tokenizer of tokenizer.path, or one trained on a sample of the training units."""
+def _tokenizer(config: PrepareConfig, corpus: Corpus, units: list[Unit], out: Path
+               ) -> Tokenizer:  # fmt: skip
+    """The tokenizer of tokenizer.path; else the one `out` was started with (a killed run goes
+    on with it), unless --overwrite; else one trained on a sample of the training units."""
     if config.tokenizer.path:
         return load_tokenizer(config.tokenizer.path)
+    if not config.overwrite and is_prepared(out) and (out / TOKENIZER_DIR).is_dir():
+        log.info("using the tokenizer %s was started with", out)
+        return load_tokenizer(out / TOKENIZER_DIR)
     from seqgen.tokenizer import SentencePieceTokenizer
 
     return SentencePieceTokenizer.train(sample_texts(corpus, units, config.tokenizer.max_sentences),
@@ -155,7 +160,7 @@ def sample_texts(corpus: Corpus, units: list[Unit], max_lines: int) -> Iterator[
         for split, text, _ in unit_documents(corpus, units[i]):
             if split == "train":
                 yield text
-                lines += text.count("\n") + 1
+                lines += text.count("\n") + (not text.endswith("\n"))
             if lines >= max_lines:
                 return
 

@@ -3,6 +3,7 @@ id, trained on windows of the context; sampled from a text prompt."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ import numpy as np
 from seqgen.data import RandomWindows, SequentialWindows
 from seqgen.errors import DataError
 from seqgen.shards import TOKENIZER_DIR, ShardedTokens, is_prepared, read_index, split_tokens
-from seqgen.tasks import BuildsDatasets, DatasetBuilder, Evaluates, Splits, Task, Windows
+from seqgen.tasks import (
+    BuildsDatasets,
+    DatasetBuilder,
+    Evaluates,
+    SamplesText,
+    Splits,
+    Task,
+    Windows,
+)
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig, load_tokenizer
 from seqgen_tasks.text import evaluate as evaluation
 from seqgen_tasks.text.corpus import (
@@ -22,10 +31,10 @@ from seqgen_tasks.text.corpus import (
     tokenize_documents,
     tokenizer_fingerprint,
 )
-from seqgen_tasks.text.prepare import PrepareConfig, prepare
+from seqgen_tasks.text.prepare import PrepareConfig, plan, prepare, sample_texts
 
 
-class TextTask(Task, Evaluates, BuildsDatasets):
+class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
     """Trains on a corpus read into memory (tokenized once, cached), or on a folder of
     token shards that `seqgen data prepare` made, through memory maps."""
 
@@ -56,6 +65,13 @@ class TextTask(Task, Evaluates, BuildsDatasets):
         train, val, fingerprint = load_text_splits(self.data)
         self.stats.update(train_documents=len(train), val_documents=len(val))
         return Splits(train, val, fingerprint)
+
+    def tokenizer_sample(self, max_lines: int) -> Iterable[str]:
+        if self.prepared:
+            raise DataError(f"{self.data.source} is prepared already: its tokenizer is in "
+                            f"{Path(self.data.source) / TOKENIZER_DIR}")  # fmt: skip
+        corpus, units, _ = plan(self.data)
+        return sample_texts(corpus, units, max_lines)
 
     def build_tokenizer(self, splits: Splits, config: TokenizerConfig) -> Tokenizer:
         if isinstance(splits.train, PreparedSplit):
