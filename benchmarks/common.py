@@ -65,6 +65,17 @@ def write_report(path: str | Path | None, report: dict[str, Any]) -> dict[str, A
     return report
 
 
+def print_figures(report: dict[str, Any]) -> None:
+    """A report's numbers as a two-column Markdown table, then the machine they came from."""
+    from seqgen.tables import markdown_table
+
+    rows = [[key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"]
+            for key, value in report.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)]  # fmt: skip
+    print(markdown_table(["figure", "value"], rows))
+    print(f"\n{report['cpu']}")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse as seqgen's commands do: flags with underscores; the old dashed spellings
     still work for one release, with a warning."""

@@ -25,8 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import parse_args, write_report
-from seqgen.tables import markdown_table
+from benchmarks.common import parse_args, print_figures, write_report
 
 FILE_BYTES = 12 << 20
 VAL_FRACTION = 0.01  # the validation after each training run reads all of it
@@ -227,10 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "training_speed_ratio": speed["shards"] / speed["in_memory"],
     }
     report = write_report(args.report, report)
-    rows = [[key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"]
-            for key, value in report.items() if isinstance(value, int | float)]  # fmt: skip
-    print(markdown_table(["figure", "value"], rows))
-    print(f"\n{report['cpu']}")
+    print_figures(report)
     return 0
 
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import parse_args, write_report
-from seqgen.tables import markdown_table
+from benchmarks.common import parse_args, print_figures, write_report
 
 _tokenizer = None  # each litdata worker's
 
@@ -112,10 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "litdata_windows_per_second": their_reads,
         "litdata_version": litdata.__version__,
     })  # fmt: skip
-    rows = [[key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"]
-            for key, value in report.items() if isinstance(value, int | float)]  # fmt: skip
-    print(markdown_table(["figure", "value"], rows))
-    print(f"\n{report['cpu']}")
+    print_figures(report)
     return 0
 
 
