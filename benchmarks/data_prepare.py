@@ -136,7 +136,7 @@ def encode_ceiling(corpus: Path, tokenizer: Path) -> dict[str, float]:
     import sentencepiece as spm
 
     from seqgen_tasks.text.corpus import TextData
-    from seqgen_tasks.text.prepare import plan, unit_documents
+    from seqgen_tasks.text.units import plan, unit_documents
 
     processor = spm.SentencePieceProcessor(model_file=str(tokenizer / "tokenizer.model"))
     config, units, _ = plan(TextData(source=str(corpus)))

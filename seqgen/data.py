@@ -70,16 +70,18 @@ def missing_local_path(source: str, suffixes: Collection[str] = ()) -> bool:
     return looks_local and not path.exists()
 
 
-def load_hf_dataset(source: str, hf_config: str | None, split: str):
+def load_hf_dataset(source: str, hf_config: str | None, split: str, streaming: bool = False):
     """One split of a `save_to_disk` directory or a Hugging Face dataset (offline: from the
-    local cache), with errors that say which and why."""
+    local cache), with errors that say which and why; with `streaming`, an iterable dataset
+    that reads rows as they are asked for (a hub dataset is then not downloaded whole)."""
     import datasets
 
     try:
         if Path(source).expanduser().is_dir():
             loaded = datasets.load_from_disk(str(Path(source).expanduser()))
-            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset(source, hf_config, split=split)
+            loaded = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            return loaded.to_iterable_dataset() if streaming else loaded
+        return datasets.load_dataset(source, hf_config, split=split, streaming=streaming)
     except KeyError:
         raise DataError(f"{source}: no split {split!r}") from None
     except Exception as err:  # datasets raises many types; all mean "could not load"

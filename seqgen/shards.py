@@ -21,6 +21,7 @@ shard recorded, and ends byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import multiprocessing
@@ -29,7 +30,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -142,16 +143,17 @@ Encoder = Callable[[Any], tuple[dict[str, np.ndarray], dict[str, int]]]
 """A work unit to ({split: its ids}, counts to add up such as documents or skipped rows)."""
 
 
-def write_shards(out: Path, units: Sequence[Any], encode: Encoder, *, identity: dict[str, Any],
+def write_shards(out: Path, units: Iterable[Any], encode: Encoder, *, identity: dict[str, Any],
                  eos_id: int, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS,
                  num_proc: int = 1, initializer: Callable[..., None] | None = None,
-                 initargs: tuple = (), size_of: Callable[[Any], int] | None = None
-                 ) -> dict[str, Any]:  # fmt: skip
+                 initargs: tuple = (), size_of: Callable[[Any], int] = lambda unit: 1,
+                 total: int | None = None, measure: str = "units") -> dict[str, Any]:  # fmt: skip
     """Encode `units` (in `num_proc` processes, each set up by `initializer(*initargs)`) and
     write their ids in order into shards of `shard_tokens` under `out`; returns the index.
 
-    `identity` (JSON) is what the folder is made from: a folder, finished or not, made from
-    another is refused, never mixed or reused. `size_of(unit)` (bytes, say) drives progress.
+    `units` may be a stream (read once, in order). `identity` (JSON) is what the folder is
+    made from: a folder, finished or not, made from another is refused, never mixed or
+    reused. Progress counts `size_of(unit)` `measure` (bytes, say) out of `total`, if known.
     """
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out / ".lock", f"waiting for another process preparing {out}"):
@@ -161,23 +163,24 @@ def write_shards(out: Path, units: Sequence[Any], encode: Encoder, *, identity: 
                      f"{index['splits']['train']['tokens']:,}")  # fmt: skip
             return index
         writer = _ShardWriter(out, identity, dtype, eos_id, shard_tokens)
-        progress = Progress("tokenized", sum(map(size_of, units)) if size_of else len(units),
-                            "bytes" if size_of else "units")  # fmt: skip
-        progress.set(sum(map(size_of, units[: writer.units_done])) if size_of
-                     else writer.units_done)  # fmt: skip
+        progress = Progress("tokenized", total, measure)
+        units = iter(units)
+        for unit in itertools.islice(units, writer.units_done):  # done before a kill
+            progress(size_of(unit))
         if writer.units_done:
-            log.info("going on from unit %s of %s (%s shards kept)", f"{writer.units_done:,}",
-                     f"{len(units):,}", f"{writer.shard_count():,}")  # fmt: skip
-        todo = units[writer.units_done :]
-        encoded = _encoded(todo, encode, num_proc, initializer, initargs)
-        for unit in todo:
+            log.info("going on from unit %s (%s shards kept)", f"{writer.units_done:,}",
+                     f"{writer.shard_count():,}")  # fmt: skip
+        encoded = _encoded(units, encode, num_proc, initializer, initargs)
+        while True:
             try:
-                ids, counts = next(encoded)
+                unit, (ids, counts) = next(encoded)
+            except StopIteration:
+                break
             except BaseException:  # a bad unit, Ctrl-C: keep what the units before it made
                 writer.record()
                 raise
             writer.add(ids, counts)
-            progress(size_of(unit) if size_of else 1)
+            progress(size_of(unit))
         progress.finish()
         return writer.finish()
 
@@ -214,38 +217,36 @@ def finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     return read_index(out) if found.name == INDEX_FILE else None
 
 
-def _encoded(units: Sequence[Any], encode: Encoder, num_proc: int,
+def _encoded(units: Iterator[Any], encode: Encoder, num_proc: int,
              initializer: Callable[..., None] | None, initargs: tuple
-             ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, int]]]:  # fmt: skip
-    """`encode(unit)` for each unit, in order, with at most 2 units a process in flight (a
-    slow unit holds back the writer, never memory)."""
-    if num_proc <= 1 or len(units) <= 1:
+             ) -> Iterator[tuple[Any, tuple[dict[str, np.ndarray], dict[str, int]]]]:  # fmt: skip
+    """(unit, `encode(unit)`) for each unit, in order, with at most 2 units a process in
+    flight (a slow unit holds back the writer, never memory)."""
+    if num_proc <= 1:
         if initializer is not None:
             initializer(*initargs)
-        yield from map(encode, units)
+        yield from ((unit, encode(unit)) for unit in units)
         return
     # fork: the workers start at once and share the parent's imports; the encoders use no
     # threads, which is what makes fork unsafe. A worker that dies (killed for memory) is an
     # error here, where multiprocessing.Pool would wait for it forever.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(num_proc, context, _start_worker, (initializer, initargs)) as pool:
-        pending: deque = deque()
-        queued = iter(units)
-        for unit in queued:
-            pending.append(pool.submit(encode, unit))
-            if len(pending) >= 2 * num_proc:
-                break
-        while pending:
-            try:
-                result = pending.popleft().result()
-            except BrokenProcessPool:
-                raise DataError("a process tokenizing the corpus died (out of memory?); run "
-                                "the same command again to go on") from None  # fmt: skip
-            unit = next(queued, None)
-            if unit is not None:
-                pending.append(pool.submit(encode, unit))
-            yield result
+    try:
+        with ProcessPoolExecutor(num_proc, context, _start_worker,
+                                 (initializer, initargs)) as pool:  # fmt: skip
+            pending: deque = deque((unit, pool.submit(encode, unit))
+                                   for unit in itertools.islice(units, 2 * num_proc))  # fmt: skip
+            while pending:
+                unit, future = pending.popleft()
+                result = future.result()
+                following = next(units, None)
+                if following is not None:
+                    pending.append((following, pool.submit(encode, following)))
+                yield unit, result
+    except BrokenProcessPool:  # from a result or a submission, whichever sees it first
+        raise DataError("a process tokenizing the corpus died (out of memory?); run the same "
+                        "command again to go on") from None
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:

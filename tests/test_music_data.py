@@ -76,7 +76,8 @@ def test_ranks_encoding_one_corpus_at_once_take_turns(corpus, tmp_path):
             for _ in range(2)]  # fmt: skip
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    assert [out for out, _ in outputs] == ["2 70\n", "2 70\n"]
+    # the last line: pyfluidsynth, imported by pretty_midi, prints its library's path when CI is set
+    assert [out.splitlines()[-1] for out, _ in outputs] == ["2 70", "2 70"]
 
 
 def test_finding_files(corpus, tmp_path):

@@ -16,6 +16,7 @@ from conftest import make_corpus
 from helpers import TINY_MODEL, flags
 
 import seqgen_tasks.text.prepare as prep
+import seqgen_tasks.text.units as units_module
 from seqgen.cli import main
 from seqgen.errors import DataError
 from seqgen.shards import ShardedTokens, read_index, split_tokens
@@ -30,7 +31,7 @@ def small_units(monkeypatch):
     """Units of 4 KiB: a few hundred KB of text makes dozens of units and shards (workers are
     forked, so they see the same constants)."""
     for name, value in SMALL.items():
-        monkeypatch.setattr(prep, name, value)
+        monkeypatch.setattr(units_module, name, value)
 
 
 @pytest.fixture
@@ -111,11 +112,11 @@ def test_sharded_tokens_slice_across_shards(tmp_path):
 
 KILLER = """
 import os, signal, sys
-import seqgen_tasks.text.prepare as prep
+import seqgen_tasks.text.units as units
 from seqgen import shards
 
 for name, value in {small}.items():
-    setattr(prep, name, value)
+    setattr(units, name, value)
 kill_after, torn = int(sys.argv[1]), sys.argv[2] == "torn"
 write, written = shards._ShardWriter._write_shard, []
 
@@ -269,7 +270,7 @@ def test_pretrain_from_a_prepared_folder(tmp_path, tokenizer_dir, capsys):
 def test_a_tokenizer_trained_for_prepare_reads_a_bounded_sample(small_units, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", files=8, jsonl=False)
     config = TextData(source=str(corpus))
-    plan, units, _ = prep.plan(config)
+    plan, units, _ = units_module.plan(config)
     lines = sum(text.count("\n") + 1 for text in prep.sample_texts(plan, units, 500))
     total = sum(p.read_text().count("\n") for p in corpus.glob("*.txt"))
     assert 500 <= lines < 500 + 200 and total > 3000  # stops at the bound, units of ~4 KiB
@@ -335,16 +336,39 @@ def dying_encoder(unit):
     return encode_unit(unit)
 
 
-encode_unit = prep._encode_unit
+encode_unit = units_module.encode_unit
 
 
 def test_a_dead_worker_is_an_error_and_the_rerun_goes_on(small_units, tmp_path, tokenizer_dir,
                                                         monkeypatch):  # fmt: skip
     corpus = write_corpus(tmp_path / "corpus", files=2, jsonl=False)
     prepare(corpus, tmp_path / "whole", tokenizer_dir, num_proc=2, shard_tokens=2000)
-    monkeypatch.setattr(prep, "_encode_unit", dying_encoder)
+    monkeypatch.setattr(prep, "encode_unit", dying_encoder)
     with pytest.raises(DataError, match="a process tokenizing the corpus died"):
         prepare(corpus, tmp_path / "out", tokenizer_dir, num_proc=2, shard_tokens=2000)
-    monkeypatch.setattr(prep, "_encode_unit", encode_unit)
+    monkeypatch.setattr(prep, "encode_unit", encode_unit)
     prepare(corpus, tmp_path / "out", tokenizer_dir, num_proc=2, shard_tokens=2000)
     assert folder_bytes(tmp_path / "out") == folder_bytes(tmp_path / "whole")
+
+
+def test_a_streamed_dataset_prepares_as_the_whole_one(small_units, tmp_path, tokenizer_dir,
+                                                      capsys):  # fmt: skip
+    """data.streaming reads rows as they arrive (a hub dataset is not downloaded whole); a
+    save_to_disk folder streams the same way offline. The shards equal the row-range ones."""
+    import datasets
+
+    rows = [make_corpus(2 + i % 4, seed=i) for i in range(50)]
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "saved"))
+    whole = prepare(tmp_path / "saved", tmp_path / "whole", tokenizer_dir, shard_tokens=2000)
+    streamed = prepare(tmp_path / "saved", tmp_path / "stream", tokenizer_dir, num_proc=2,
+                       shard_tokens=2000, **{"data.streaming": True})  # fmt: skip
+    whole_files = {k: v for k, v in folder_bytes(tmp_path / "whole").items() if "index" not in k}
+    stream_files = {k: v for k, v in folder_bytes(tmp_path / "stream").items()
+                    if "index" not in k}  # fmt: skip
+    assert whole_files == stream_files and whole["splits"] == streamed["splits"]
+    assert streamed["identity"]["sources"][0][3] == "stream"
+    assert prepare(tmp_path / "saved", tmp_path / "stream", tokenizer_dir, shard_tokens=2000,
+                   **{"data.streaming": True}) == streamed  # done: the same command again
+    assert main(["pretrain", "--data.source", str(tmp_path / "saved"), "--data.streaming",
+                 "true", "--out_dir", str(tmp_path / "run")]) == 2  # fmt: skip
+    assert "a stream is tokenized into shards first" in capsys.readouterr().err

@@ -54,6 +54,9 @@ class TextData:
     """Hugging Face split to train on."""
     val_split: str | None = None
     """Hugging Face split to validate on (e.g. validation); if unset, `val_fraction` is used."""
+    streaming: bool = False
+    """Read a Hugging Face dataset as a stream, rows tokenized as they arrive, instead of
+    downloading it whole first (`seqgen data prepare` only)."""
     cache_dir: str | None = None
     """Where tokenized corpora are cached (default: ~/.cache/seqgen/data)."""
     num_workers: int = 0
@@ -111,6 +114,10 @@ def load_text_splits(config: TextData) -> tuple[list[str], list[str], str]:
     """Train documents, validation documents, and a fingerprint of both."""
     if not config.source:
         raise DataError("no training data: set data.source (a file, directory or dataset name)")
+    if config.streaming:
+        raise DataError("data.streaming: a stream is tokenized into shards first, with `seqgen "
+                        "data prepare --data.streaming true ... --out DIR`; then train with "
+                        "--data.source DIR")  # fmt: skip
     docs, fingerprint = read_documents(config.source, config, config.train_split)
     if not any(d.strip() for d in docs):
         raise DataError(f"{config.source}: the corpus is empty")

@@ -31,7 +31,8 @@ from seqgen_tasks.text.corpus import (
     tokenize_documents,
     tokenizer_fingerprint,
 )
-from seqgen_tasks.text.prepare import PrepareConfig, plan, prepare, sample_texts
+from seqgen_tasks.text.prepare import PrepareConfig, prepare, sample_texts
+from seqgen_tasks.text.units import plan
 
 
 class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
