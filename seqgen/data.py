@@ -72,15 +72,15 @@ def missing_local_path(source: str, suffixes: Collection[str] = ()) -> bool:
 
 def load_hf_dataset(source: str, hf_config: str | None, split: str, streaming: bool = False):
     """One split of a `save_to_disk` directory or a Hugging Face dataset (offline: from the
-    local cache), with errors that say which and why; with `streaming`, an iterable dataset
-    that reads rows as they are asked for (a hub dataset is then not downloaded whole)."""
+    local cache), with errors that say which and why; with `streaming`, a hub dataset is an
+    iterable dataset that reads rows as they are asked for, not downloaded whole (a local
+    folder is memory-mapped either way: `.to_iterable_dataset()` streams it)."""
     import datasets
 
     try:
         if Path(source).expanduser().is_dir():
             loaded = datasets.load_from_disk(str(Path(source).expanduser()))
-            loaded = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-            return loaded.to_iterable_dataset() if streaming else loaded
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return datasets.load_dataset(source, hf_config, split=split, streaming=streaming)
     except KeyError:
         raise DataError(f"{source}: no split {split!r}") from None

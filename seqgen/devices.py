@@ -59,7 +59,7 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: "torch.device") -> Literal["32", "bf16"]:
+def inference_precision(precision: str, device: "torch.device") -> Literal["32", "bf16"]:
     """"32" or "bf16" for `precision` on `device`: auto is bf16 on a GPU with bf16."""
     import torch
 

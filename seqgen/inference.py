@@ -12,7 +12,7 @@ import torch
 from seqgen import checkpoint
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
-from seqgen.devices import Precision, resolve_device, resolve_precision
+from seqgen.devices import Precision, inference_precision, resolve_device
 from seqgen.engine import generate, stream
 from seqgen.errors import CheckpointError
 from seqgen.state import size_of
@@ -246,4 +246,4 @@ def load(path: str | Path, task: str | None = None, precision: Precision = "auto
     has it, else 32)."""
     placed = resolve_device(device)
     loaded = checkpoint.load(path, task=task, map_location=str(placed))
-    return Generator(loaded, resolve_precision(precision, placed), pack)
+    return Generator(loaded, inference_precision(precision, placed), pack)

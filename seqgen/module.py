@@ -92,6 +92,7 @@ class LMModule(pl.LightningModule):
         self.bad_steps = 0  # steps skipped for a non-finite loss or gradient
         self._fit_started, self._fit_start_tokens = 0.0, 0
         self._flops_per_second: float | None = None
+        self._flops_per_token = 0.0
         self._compiled = False
         self._val_sums: torch.Tensor | None = None
 
@@ -150,6 +151,7 @@ class LMModule(pl.LightningModule):
         self._fit_started, self._fit_start_tokens = time.perf_counter(), self.train_tokens
         peak = peak_flops(self.device, self.train_config.peak_flops)
         self._flops_per_second = None if peak is None else peak * self.trainer.world_size
+        self._flops_per_token = training_flops_per_token(self.model, self.model.config.block_size)
         if self.train_config.compile and not self._compiled:
             self.model.compile()  # in place: the state dict keeps its names
             self._compiled = True
@@ -158,8 +160,7 @@ class LMModule(pl.LightningModule):
         """Model FLOPs utilisation at `tokens_per_second` (all ranks), if the peak is known."""
         if self._flops_per_second is None:
             return None
-        flops = training_flops_per_token(self.model, self.model.config.block_size)
-        return tokens_per_second * flops / self._flops_per_second
+        return tokens_per_second * self._flops_per_token / self._flops_per_second
 
     @property
     def tokens_this_fit(self) -> int:

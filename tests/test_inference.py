@@ -115,14 +115,14 @@ def test_stream_holds_back_a_possible_stop_string_start():
 
 def test_device_selection_and_its_errors(ckpt, monkeypatch, capsys, tmp_path):
     from seqgen.cli import main
-    from seqgen.devices import resolve_device, resolve_precision
+    from seqgen.devices import inference_precision, resolve_device
     from seqgen.errors import ConfigError
 
     generator = seqgen.load(ckpt, device="auto")  # no GPU here: the CPU, in fp32
     assert generator.device.type == "cpu" and generator.model.lm_head.weight.dtype == torch.float32
     assert seqgen.load(ckpt, device="cpu", precision="bf16").model.lm_head.weight.dtype == (
         torch.bfloat16)  # fmt: skip
-    assert resolve_precision("auto", torch.device("cpu")) == "32"
+    assert inference_precision("auto", torch.device("cpu")) == "32"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name, message in [("cuda", "device cuda: this machine has no CUDA device"),
                           ("cuda:3", "device cuda:3: this machine has no CUDA device"),

@@ -97,7 +97,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
                          initargs=(corpus, str(out / TOKENIZER_DIR)),
                          size_of=lambda unit: unit.size,
                          total=sum(u.size for u in units) if counted else None,
-                         measure="bytes" if counted and corpus.by_bytes else "rows")  # fmt: skip
+                         measure=corpus.measure)  # fmt: skip
     if not index["splits"]["train"]["tokens"]:
         raise DataError(f"{config.data.source}: the corpus is empty")
     if not index["splits"]["val"]["tokens"]:
@@ -107,7 +107,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     return index
 
 
-def _tokenizer(config: PrepareConfig, corpus: Corpus, units: list[Unit], out: Path
+def _tokenizer(config: PrepareConfig, corpus: Corpus, units: Iterable[Unit], out: Path
                ) -> Tokenizer:  # fmt: skip
     """The tokenizer of tokenizer.path; else the one `out` was started with (a killed run goes
     on with it), unless --overwrite; else one trained on a sample of the training units."""

@@ -63,7 +63,11 @@ class Corpus:
     text_field: str
     val_fraction: float
     skip_errors: bool
-    by_bytes: bool = False  # units of files (progress in bytes), not of rows
+
+    @property
+    def measure(self) -> str:
+        """What a unit's size counts: bytes where every source is a file, else rows."""
+        return "bytes" if all("file" in source for source in self.sources) else "rows"
 
 
 
@@ -111,7 +115,6 @@ def _units(corpus: Corpus, source: str, data: TextData, hf_split: str,
         return _stream_units(corpus, source, data, hf_split, split)
     else:
         return _dataset_units(corpus, source, data, hf_split, split)
-    corpus.by_bytes = True
     units = []
     for file in files:
         corpus.sources.append({"file": str(file.resolve()), "name": str(file.relative_to(root)),
@@ -143,11 +146,12 @@ def _stream_units(corpus: Corpus, source: str, data: TextData, hf_split: str,
     parent reads the stream and hands each unit its texts."""
     from seqgen.data import load_hf_dataset
 
-    stream = load_hf_dataset(source, data.hf_config, hf_split, streaming=True)
-    version = str(getattr(getattr(stream, "info", None), "version", None))
-    local = _local_fingerprint(source, data.hf_config, hf_split)
+    local = Path(source).expanduser().is_dir()  # a save_to_disk folder, known by content
+    dataset = load_hf_dataset(source, data.hf_config, hf_split, streaming=not local)
+    stream = dataset.to_iterable_dataset() if local else dataset
     corpus.sources.append({"stream": source, "config": data.hf_config, "split": hf_split,
-                           "version": version, "local": local})  # fmt: skip
+                           "version": str(getattr(getattr(stream, "info", None), "version", None)),
+                           "local": dataset._fingerprint if local else None})  # fmt: skip
     index = len(corpus.sources) - 1
 
     def units() -> Iterator[Unit]:
@@ -166,16 +170,6 @@ def _stream_units(corpus: Corpus, source: str, data: TextData, hf_split: str,
             yield Unit(index, number // ROWS_PER_UNIT, len(rows), split, tuple(rows))
 
     return units()
-
-
-def _local_fingerprint(source: str, hf_config: str | None, hf_split: str) -> str | None:
-    """The content fingerprint of a `save_to_disk` folder; None for a hub dataset, whose
-    stream is known by its version only."""
-    from seqgen.data import load_hf_dataset
-
-    if not Path(source).expanduser().is_dir():
-        return None
-    return load_hf_dataset(source, hf_config, hf_split)._fingerprint
 
 
 def _stamp(source: dict[str, Any]) -> list[Any]:
