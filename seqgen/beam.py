@@ -36,8 +36,8 @@ def beam_search(model, prompts, settings, outputs, limits,
     once it ends."""
     most = min(batch_size or len(prompts), len(prompts))
     rows = rows_for(model, prompts, limits, settings, most * settings.num_beams)
-    waiting = Waiting(limits, most)
-    yield from ((i, None) for i in waiting.empty)
+    waiting = Waiting(most, [i for i, limit in enumerate(limits) if limit > 0])
+    yield from ((i, None) for i, limit in enumerate(limits) if limit == 0)
     searches: dict[int, _Search] = {}
     live: list[int] = []  # the searches whose beams are the cache's rows, in order
     owners: list[int] = []  # the search of each cache row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -32,8 +33,9 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is float:  # NaN and infinity pass the range checks that follow: refused here
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and math.isfinite(value)
     if hint is str:
         return isinstance(value, str)
     return True  # containers and Any: checked where they are used
@@ -45,6 +47,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(arm) for arm in args)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
+    if hint is float:
+        return "a finite float"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 

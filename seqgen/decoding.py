@@ -123,25 +123,49 @@ def adjust_logits(logits: torch.Tensor, seen: torch.Tensor | None, settings: Set
                   n_new: int | list[int], banned: list[list[int]] | None,
                   shared: list[list[int]] | None = None):  # fmt: skip
     """Repetition penalty, banned ids (repeated n-grams, constraints) and min_new_tokens, on
-    (B, V) logits; banned[b] are the ids row b may not take, shared[b] the ids among which
-    row b keeps the model's probability (`row_bans`); n_new: the new ids so far, of every
-    row or of each."""
+    (B, V) logits, for rows that share `settings`; banned[b] are the ids row b may not take,
+    shared[b] the ids among which row b keeps the model's probability (`row_bans`); n_new:
+    the new ids so far, of every row or of each."""
     if seen is not None:
-        p = settings.repetition_penalty
-        logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        logits = penalise_repeats(logits, seen, settings.repetition_penalty)
     if banned is not None:
-        logits = logits.clone()
-        for row, ids in enumerate(banned):
-            if ids:
-                if shared and shared[row]:
-                    _pass_on(logits[row], ids, shared[row])
-                logits[row, ids] = NEG_INF
+        logits = ban_ids(logits, banned, shared)
     if settings.min_new_tokens and settings.eos_ids:
         counts = n_new if isinstance(n_new, list) else [n_new] * len(logits)
-        early = [row for row, n in enumerate(counts) if n < settings.min_new_tokens]
-        if early:
-            logits = logits.clone()
-            logits[torch.tensor(early)[:, None], list(settings.eos_ids)] = NEG_INF
+        early = {row: settings.eos_ids for row, n in enumerate(counts)
+                 if n < settings.min_new_tokens}  # fmt: skip
+        logits = ban_early_eos(logits, early)
+    return logits
+
+
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor,
+                     penalty: float | torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """CTRL's repetition penalty on the (B, V) logits of the ids `seen` (B, V) in each row;
+    `penalty`: one for every row, or (B, 1)."""
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def ban_ids(logits: torch.Tensor, banned: list[list[int]],
+            shared: list[list[int]] | None = None) -> torch.Tensor:  # fmt: skip
+    """-inf at each row's banned ids; shared[b]: the ids among which row b keeps the model's
+    probability (`row_bans`)."""
+    logits = logits.clone()
+    for row, ids in enumerate(banned):
+        if ids:
+            if shared and shared[row]:
+                _pass_on(logits[row], ids, shared[row])
+            logits[row, ids] = NEG_INF
+    return logits
+
+
+def ban_early_eos(logits: torch.Tensor, early: dict[int, Sequence[int]]) -> torch.Tensor:
+    """-inf at the end-of-sequence ids `early[row]` of each row that is still short of its
+    min_new_tokens."""
+    if not early:
+        return logits
+    logits = logits.clone()
+    for row, eos_ids in early.items():
+        logits[row, list(eos_ids)] = NEG_INF
     return logits
 
 
@@ -208,19 +232,27 @@ def ends_row(new: list[int], settings: Settings) -> bool:
 
 
 class Waiting:
-    """Prompts waiting for a place among at most `most` running: a few are admitted at once
-    (one prefill for several), all when none runs. Prompts with no new ids are `empty`."""
+    """Prompts (or requests) waiting for a place among at most `most` running: a few are
+    admitted at once (one prefill for several), all when none runs."""
 
-    def __init__(self, limits: list[int], most: int) -> None:
-        self.queue = deque(i for i, n in enumerate(limits) if n > 0)
-        self.empty = [i for i, n in enumerate(limits) if n == 0]
+    def __init__(self, most: int, waiting: Sequence[Any] = ()) -> None:
+        self.queue = deque(waiting)
         self.most, self.refill_at = most, max(1, most // 8)
 
     def __bool__(self) -> bool:
         return bool(self.queue)
 
-    def admitted(self, running: int) -> list[int]:
-        """The prompts to start now, beside `running` others."""
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def add(self, item: Any) -> None:
+        self.queue.append(item)
+
+    def remove(self, item: Any) -> None:
+        self.queue.remove(item)
+
+    def admitted(self, running: int) -> list[Any]:
+        """The waiting to start now, beside `running` others."""
         free = min(self.most - running, len(self.queue))
         if free < 1 or running and free < min(self.refill_at, len(self.queue)):
             return []

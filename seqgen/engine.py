@@ -8,22 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 
+from seqgen.batch import Batch, Request, random_streams
 from seqgen.beam import beam_search
-from seqgen.decoding import (
-    NEG_INF,
-    Constraint,
-    Settings,
-    Waiting,
-    adjust_logits,
-    constraint_makers,
-    ends_row,
-    joined,
-    row_bans,
-    rows_for,
-)
+from seqgen.decoding import Settings, rows_for
 from seqgen.model import GPT
 from seqgen.state import size_of
 
@@ -64,8 +53,8 @@ def generate(
     batched = len(prompt_ids) > 0 and not isinstance(prompt_ids[0], int)
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
     limits = _limits(max_new_tokens, len(prompts))
-    settings = _settings(model, prompts, max(limits, default=0), options)
-    streams = _streams(seed, range(len(prompts)) if sample_ids is None else sample_ids)
+    settings = checked_settings(model, prompts, max(limits, default=0), options)
+    streams = random_streams(seed, range(len(prompts)) if sample_ids is None else sample_ids)
     if len(streams) != len(prompts):
         raise ValueError(f"sample_ids: give {len(prompts)} ids, one per prompt")
     if batch_size is not None and batch_size < 1:
@@ -89,9 +78,9 @@ def stream(
     With beam search the ids come at the end, once the best hypothesis is known.
     """
     prompts = [list(prompt_ids)]
-    settings = _settings(model, prompts, max_new_tokens, options)  # raises before the first id
+    settings = checked_settings(model, prompts, max_new_tokens, options)  # raises first
     limits = [settings.max_new_tokens]
-    events = _events(model, prompts, settings, _streams(seed, [0]), [[]], limits, None)
+    events = _events(model, prompts, settings, random_streams(seed, [0]), [[]], limits, None)
     return (token for _, token in events if token is not None)
 
 
@@ -105,7 +94,9 @@ def _limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
     return limits
 
 
-def _settings(model: GPT, prompts: list[list[int]], max_new_tokens: int, options) -> Settings:
+def checked_settings(model: GPT, prompts: list[list[int]], max_new_tokens: int,
+                     options) -> Settings:  # fmt: skip
+    """Settings for decoding `prompts` on `model`; raises ValueError for what cannot work."""
     settings = Settings(max_new_tokens=max_new_tokens, **options)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("a prompt is empty: start it with at least one id (e.g. bos or eos)")
@@ -141,120 +132,19 @@ def _events(model, prompts, settings, streams, outputs, limits,
         yield event
 
 
-def _streams(seed: int | None, sample_ids: Sequence[int]) -> list[np.random.Generator]:
-    """One random stream per row, from the seed (a fresh one if None) and the row's id."""
-    base = seed % 2**64 if seed is not None else int(np.random.SeedSequence().entropy)
-    return [np.random.default_rng([base, int(i)]) for i in sample_ids]
-
-
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, V)."""
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, NEG_INF)
-    if top_p is not None and top_p < 1.0:
-        logits = _nucleus(logits, top_p)
-    return logits
-
-
-def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches top_p (the best
-    always stays); -inf elsewhere. The set is every token above the least likely one kept and
-    as many of the tokens tied with it as a full sort would keep, the first in id order."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    ordered = _descending(probs)
-    kept = (~_outside(ordered, top_p)).sum(dim=-1, keepdim=True)  # (B, 1), at least 1
-    least = ordered.gather(-1, kept - 1)
-    above = probs > least
-    tied = probs == least
-    tied_kept = tied & (tied.cumsum(dim=-1) <= kept - above.sum(dim=-1, keepdim=True))
-    return logits.masked_fill(~(above | tied_kept), NEG_INF)
-
-
-def _descending(probs: torch.Tensor) -> torch.Tensor:
-    """Each row's values in descending order. On CPU numpy's vectorised sort of the values
-    alone is ~10x torch.sort, which orders the indices too (this cost more than the rest of
-    sampling on a flat distribution)."""
-    if probs.device.type != "cpu":
-        return probs.sort(dim=-1, descending=True).values
-    return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
-
-
-def _outside(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
-    """For probabilities in descending order: whether the tokens ranked above each already
-    reach top_p."""
-    return ordered.cumsum(dim=-1) - ordered >= top_p
-
-
-def _draw(probs: torch.Tensor, streams: list[np.random.Generator]) -> torch.Tensor:
-    """One id per row of `probs` (B, V), by inverse transform sampling with row b's uniform
-    from streams[b] alone. Returns (B,)."""
-    uniforms = torch.tensor([1.0 - stream.random() for stream in streams],  # in (0, 1]
-                            dtype=torch.float64, device=probs.device)  # fmt: skip
-    cdf = probs.double().cumsum(dim=-1)
-    ids = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None])[:, 0]
-    return ids.clamp(max=probs.shape[-1] - 1)
-
-
 def _sample(model, prompts, settings, streams, outputs, limits,
-            batch_size: int | None) -> Iterator[tuple[int, int]]:  # fmt: skip
-    """Sampled or greedy rows, at most `batch_size` at once: a row that ends leaves the batch
-    and a waiting prompt takes its place (continuous batching), so a batch runs full rather
-    than as long as its longest row."""
+            batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
+    """Sampled or greedy rows, at most `batch_size` at once, as one `Batch`: a row that ends
+    leaves it and a waiting prompt takes its place (continuous batching), so a batch runs
+    full rather than as long as its longest row."""
     most = min(batch_size or len(prompts), len(prompts))
-    rows = rows_for(model, prompts, limits, settings, most, share_prompts=True)
-    sequences = [list(p) for p in prompts]
-    waiting = Waiting(limits, most)
-    yield from ((i, None) for i in waiting.empty)
-    live: list[int] = []  # the prompt of each cache row
-    makers = constraint_makers(settings)
-    rules: dict[int, list[Constraint]] = {}
-    penalised = settings.repetition_penalty != 1.0
-    seen = torch.zeros(0, model.config.vocab_size, dtype=torch.bool, device=rows.device)
-    logits = None
-    while waiting or live:
-        new = waiting.admitted(len(live))
-        if new:
-            logits = joined(logits, rows.admit([sequences[i] for i in new]))
-            live += new
-            for i in new:
-                rules[i] = [make(prompts[i]) for make in makers]
-            if penalised:
-                marks = torch.zeros(len(new), model.config.vocab_size, dtype=torch.bool)
-                for slot, i in enumerate(new):
-                    marks[slot, prompts[i]] = True
-                seen = torch.cat([seen, marks.to(rows.device)])
-        banned = shared = None
-        if makers:
-            banned, shared = map(list, zip(*(row_bans(rules[row]) for row in live), strict=True))
-        logits = adjust_logits(logits, seen if penalised else None, settings,
-                               [len(outputs[row]) for row in live], banned, shared)  # fmt: skip
-        if settings.temperature == 0:
-            tokens = logits.argmax(dim=-1)
-        else:
-            logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
-            tokens = _draw(torch.softmax(logits, -1), [streams[row] for row in live])
-        finished = []
-        for slot, (row, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
-            if token in settings.eos_ids:
-                finished.append(slot)
-                continue
-            outputs[row].append(token)
-            sequences[row].append(token)
-            for rule in rules[row]:
-                rule.add(token)
-            if penalised:
-                seen[slot, token] = True
-            yield row, token
-            if ends_row(outputs[row], settings) or len(outputs[row]) >= limits[row]:
-                finished.append(slot)
-        for slot in finished:
-            del rules[live[slot]]
-            yield live[slot], None
-        logits = None
-        if finished:
-            order = rows.drop(finished)
-            live, tokens = [live[i] for i in order.tolist()], tokens[order]
-            seen = seen[order] if penalised else seen
-        if live:
-            logits = rows.step(tokens, [sequences[row] for row in live])
+    batch = Batch(model, rows_for(model, prompts, limits, settings, most, share_prompts=True), most)
+    yield from ((i, None) for i, limit in enumerate(limits) if limit == 0)
+    index = {}
+    for i, prompt in enumerate(prompts):
+        if limits[i] > 0:
+            request = Request(prompt, settings, limits[i], streams[i], output=outputs[i])
+            index[request] = i
+            batch.add(request)
+    while batch:
+        yield from ((index[request], token) for request, token in batch.step())

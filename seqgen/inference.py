@@ -10,15 +10,17 @@ import numpy as np
 import torch
 
 from seqgen import checkpoint
+from seqgen.batch import Batch, Request, random_streams
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.devices import Precision, inference_precision, resolve_device
-from seqgen.engine import generate, stream
+from seqgen.engine import checked_settings, generate, stream
 from seqgen.errors import CheckpointError
 from seqgen.state import size_of
 from seqgen.tasks import Similarity, Task, pairwise, task_class
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
+MOST_CHARACTER_IDS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level ids
 
 
 class Generator:
@@ -65,9 +67,9 @@ class Generator:
         ids = self.prompt_ids(prompt)
         options = self._options(stop, options, ids)
         if num_samples == 1:
-            return self._decode(generate(self.model, ids, **options), stop)
+            return self.text(generate(self.model, ids, **options), stop)
         outputs = generate(self.model, [ids] * num_samples, **options)
-        return [self._decode(out, stop) for out in outputs]
+        return [self.text(out, stop) for out in outputs]
 
     def continue_ids(self, ids: list[int] | list[list[int]], **options
                      ) -> list[int] | list[list[int]]:  # fmt: skip
@@ -85,20 +87,22 @@ class Generator:
         prompts: Sequence[Any],
         *,
         batch_size: int = 32,
+        stop: Sequence[str] = (),
         on_done: Callable[[int], None] | None = None,
         **options,
     ) -> list[Any]:
         """Decoded outputs for many inputs, in order, each what a call for its prompt alone
-        gives. Prompts are decoded by length, `batch_size` at a time: a sampled row that ends
-        makes room for the next prompt at once (continuous batching), and under beam search
-        each prompt's beams join its batch. A seeded call samples prompt i from the same
+        gives (`stop`: strings that end an output, for text tasks). Prompts are decoded by
+        length, `batch_size` at a time: a sampled row that ends makes room for the next
+        prompt at once (continuous batching), and under beam search each prompt's beams join
+        its batch. A seeded call samples prompt i from the same
         stream whatever the batch size (`generate`'s sample ids are the prompts' indices).
         `on_done(n)` reports progress.
 
         `max_new_tokens` may be a function of a prompt's ids (e.g. proportional to its length).
         """
         ids = [self.prompt_ids(p) for p in prompts]
-        options = self._options((), options)
+        options = self._options(stop, options)
         budget = options.pop("max_new_tokens", 100)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         if not order:
@@ -109,7 +113,7 @@ class Generator:
                        batch_size=batch_size, on_done=done, **options)  # fmt: skip
         outputs: list[Any] = [None] * len(ids)
         for i, out in zip(order, new, strict=True):
-            outputs[i] = self.task.decode(out, self.tokenizer)
+            outputs[i] = self.text(out, stop)
         return outputs
 
     def generate_mbr(
@@ -145,11 +149,37 @@ class Generator:
         groups = [outputs[start : start + samples] for start in range(0, len(outputs), samples)]
         return [group[consensus(group, similarity)] for group in groups]
 
+    def request(self, prompt: Any = "", *, stop: Sequence[str] = (), seed: int | None = None,
+                sample: int = 0, logprobs: int | None = None, **options) -> Request:  # fmt: skip
+        """`prompt` as a `Request` for a `Batch` that decodes many at once (`seqgen serve`):
+        its output is what `generate(prompt, stop=stop, seed=seed, **options)` gives (one
+        beam), or with `sample` i what sample i of `num_samples` gives, whatever shares the
+        batch. Decode its new ids with `text(request.output, stop)`."""
+        ids = self.prompt_ids(prompt)
+        options = self._options(stop, options, ids)
+        settings = checked_settings(self.model, [ids], options.pop("max_new_tokens", 100), options)
+        if settings.num_beams > 1:
+            raise ValueError("a batched request decodes one beam: num_beams must be 1")
+        return Request(ids, settings, settings.max_new_tokens,
+                       random_streams(seed, [sample])[0], logprobs)  # fmt: skip
+
+    def batch(self, most: int) -> Batch:
+        """An open `Batch` of at most `most` rows for `request`s of this model."""
+        return Batch.open(self.model, most, self.state)
+
+    def text(self, ids: list[int], stop: Sequence[str] = ()) -> Any:
+        """The task's output for new ids, cut at the first stop string."""
+        output = self.task.decode(ids, self.tokenizer)
+        return _cut_at_stop(output, stop) if stop else output
+
     def stream(self, prompt: Any = "", *, stop: Sequence[str] = (), **options) -> Iterator[str]:
         """Text pieces as they are produced (for text tasks); joined they equal `generate`."""
         ids = self.prompt_ids(prompt)
         tokens = stream(self.model, ids, **self._options(stop, options, ids))
-        return _text_pieces(tokens, lambda ids: self.task.decode(ids, self.tokenizer), stop)
+        return _text_pieces(tokens, self._text, stop)
+
+    def _text(self, ids: list[int]) -> str:
+        return self.task.decode(ids, self.tokenizer)
 
     def _defaults(self, options: dict) -> dict:
         return {**self.task.generation_defaults(), **options}
@@ -162,8 +192,9 @@ class Generator:
         if stop:
             if any(not s for s in stop):
                 raise ValueError("stop strings must not be empty")
-            options["stop_fn"] = lambda ids: any(s in self.task.decode(ids, self.tokenizer)
-                                                 for s in stop)  # fmt: skip
+            stopped, given = stop_check(stop, self._text), options.get("stop_fn")
+            options["stop_fn"] = stopped if given is None else (
+                lambda ids: given(ids) or stopped(ids))  # fmt: skip
         return options
 
     def _limits(self, prompts: list[list[int]], budget: int | Callable[[list[int]], int]
@@ -187,10 +218,6 @@ class Generator:
             return None
         return self.state.sequence(np.asarray(ids, dtype=np.int64))
 
-    def _decode(self, ids: list[int], stop: Sequence[str]) -> Any:
-        output = self.task.decode(ids, self.tokenizer)
-        return _cut_at_stop(output, stop) if stop else output
-
 
 def consensus(candidates: Sequence[Any], similarity: Callable[[Any, Any], float]) -> int:
     """Index of the candidate with the highest total similarity to the others (the first
@@ -208,23 +235,94 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 def _text_pieces(tokens: Iterator[int], decode, stop: Sequence[str]) -> Iterator[str]:
-    """Yield decoded text as ids arrive, holding back an incomplete UTF-8 character and any
-    tail that could be the start of a stop string."""
-    ids: list[int] = []
-    shown = 0
-    text = ""
+    """The text of `tokens` in pieces as they arrive (see `TextPieces`)."""
+    pieces = TextPieces(decode, stop)
     for token in tokens:
-        ids.append(token)
-        text = _cut_at_stop(decode(ids), stop)
-        safe = len(text.rstrip("\ufffd"))
-        visible = text[:safe]
-        safe -= max((n for s in stop for n in range(1, len(s)) if visible.endswith(s[:n])),
-                    default=0)  # fmt: skip
-        if safe > shown:
-            yield text[shown:safe]
-            shown = safe
-    if len(text) > shown:
-        yield text[shown:]
+        if piece := pieces.add(token):
+            yield piece
+    if rest := pieces.finish():
+        yield rest
+
+
+class TextPieces:
+    """The text of ids as they arrive, cut at the first stop string, released in pieces: a
+    piece holds whole characters only (not the first bytes of one) and never a tail that
+    could be the start of a stop string. Each id decodes the few ids since the last whole
+    piece, not the whole output (incremental detokenization, as vLLM's)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()) -> None:
+        self.decode, self.stop = decode, tuple(stop)
+        self.ids: list[int] = []
+        self.start = self.read = 0  # ids[start:read] decode to the end of `text`
+        self.text = ""  # whole characters decoded so far
+        self.end: int | None = None  # where the first stop string starts, once there is one
+        self.shown = 0
+
+    def add(self, token: int) -> str:
+        """Take the next id; returns the text that can be shown now ('' if none)."""
+        self.ids.append(token)
+        if self.end is not None:
+            return ""
+        before = self.decode(self.ids[self.start : self.read])
+        read = len(self.ids)
+        after = self.decode(self.ids[self.start :])
+        if after.endswith("\ufffd"):  # the first bytes of a character, or bytes that are none
+            if read - self.read < MOST_CHARACTER_IDS:
+                return ""
+            read -= MOST_CHARACTER_IDS - 1  # a character still open began after these
+            after = self.decode(self.ids[self.start : read])
+        if not after.startswith(before):
+            return ""  # the new ids rewrite the last character: wait for more
+        searched_from = len(self.text)
+        self.text += after[len(before) :]
+        self.start, self.read = self.read, read
+        self.end = _stop_start(self.text, self.stop, searched_from)
+        if self.end is not None:
+            return ""  # finish() releases the text before it
+        held = max((n for s in self.stop for n in range(1, len(s))
+                    if self.text.endswith(s[:n])), default=0)  # fmt: skip
+        return self._release(len(self.text) - held)
+
+    def finish(self) -> str:
+        """The rest of the text, once no id will come (a last incomplete character as the
+        tokenizer decodes it)."""
+        if self.end is None and self.read < len(self.ids):
+            searched_from = len(self.text)
+            self.text += self.decode(self.ids[self.start :])[len(self.decode(
+                self.ids[self.start : self.read])) :]  # fmt: skip
+            self.end = _stop_start(self.text, self.stop, searched_from)
+        return self._release(len(self.text) if self.end is None else self.end)
+
+    def _release(self, upto: int) -> str:
+        piece = self.text[self.shown : upto] if upto > self.shown else ""
+        self.shown = max(self.shown, upto)
+        return piece
+
+
+def _stop_start(text: str, stop: Sequence[str], searched_from: int) -> int | None:
+    """Where the first stop string in `text` starts, looking only at what overlaps the text
+    after `searched_from` (the text before it held none)."""
+    found = [text.find(s, max(0, searched_from - len(s) + 1)) for s in stop]
+    found = [place for place in found if place >= 0]
+    return min(found) if found else None
+
+
+def stop_check(stop: Sequence[str], decode: Callable[[list[int]], str]
+               ) -> Callable[[list[int]], bool]:  # fmt: skip
+    """A `stop_fn`: whether the text of a row's new ids holds a stop string, decoding only
+    their tail (enough ids for the longest stop string), not the whole output at every id.
+    Checked after every id, a stop string can only have appeared at the end."""
+    longest = max(map(len, stop))
+
+    def stopped(ids: list[int]) -> bool:
+        take = longest + 8
+        while True:
+            text = decode(ids[-take:])
+            if take >= len(ids) or len(text) > longest:
+                return any(s in text for s in stop)
+            take *= 2
+
+    return stopped
 
 
 def checkpoint_task(meta: dict[str, Any]) -> Task:

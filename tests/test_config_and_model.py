@@ -30,6 +30,8 @@ def test_presets_are_valid(name):
         (dict(n_layer=0), "n_layer"),
         (dict(dropout=1.0), "dropout"),
         (dict(pos_embedding="rotary"), "pos_embedding"),
+        (dict(dropout=float("nan")), "dropout must be a finite float"),  # passes range checks
+        (dict(dropout=float("-inf")), "dropout must be a finite float"),
     ],
 )
 def test_invalid_model_config(kwargs, message):

@@ -3,10 +3,11 @@ import itertools
 import pytest
 import torch
 
+from seqgen.batch import filter_logits
 from seqgen.cache import KVCache
 from seqgen.config import ModelConfig
 from seqgen.decoding import NgramBan, Settings, adjust_logits
-from seqgen.engine import filter_logits, generate, stream
+from seqgen.engine import generate, stream
 from seqgen.model import GPT
 
 SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
@@ -175,16 +176,16 @@ def test_a_constraint_bans_ids_as_each_row_grows(model, options):
 
 
 def test_draws_follow_the_distribution_and_skip_impossible_tokens():
-    from seqgen.engine import _draw, _streams
+    from seqgen.batch import draw, random_streams
 
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(4000, 1)
-    counts = torch.bincount(_draw(probs, _streams(0, range(4000))), minlength=6)
+    counts = torch.bincount(draw(probs, random_streams(0, range(4000))), minlength=6)
     assert counts[[0, 2, 5]].sum() == 0
     assert torch.allclose(counts.double() / 4000, probs[0].double(), atol=0.03)
 
 
 def test_nucleus_equals_a_full_sort():
-    from seqgen.engine import _nucleus
+    from seqgen.batch import _nucleus
 
     generator = torch.Generator().manual_seed(0)
     for scale in (0.01, 1.0, 8.0):  # nearly flat (the nucleus holds most of 1,000 ids) to peaked
@@ -198,7 +199,7 @@ def test_nucleus_equals_a_full_sort():
 
 
 def test_nucleus_keeps_tied_tokens_in_id_order():
-    from seqgen.engine import _nucleus
+    from seqgen.batch import _nucleus
 
     logits = torch.tensor([[1.0, 2.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
     # row 0: .447 for id 1, then three ties of .164: the nucleus of 0.6 needs one of them

@@ -113,6 +113,39 @@ def test_stream_holds_back_a_possible_stop_string_start():
     assert pieces("xabc", ["abd", "bc"]) == ["x", "a"]
 
 
+def test_text_pieces_and_the_tail_stop_check_equal_decoding_the_whole_output(sp_tokenizer):
+    """Incremental detokenization joins to the whole decode (byte-level pieces of
+    multi-byte characters included), and the stop check that decodes a tail finds a stop
+    string at the id where a check of the whole text first would."""
+    import random
+
+    from seqgen.inference import TextPieces, stop_check
+
+    decode = sp_tokenizer.decode
+    rng = random.Random(0)
+    texts = ["the king speaks", "naïve café — ünïcödé 雪", " leading space", "a\nb\n\nc"]
+    for _ in range(40):
+        ids = sp_tokenizer.encode(rng.choice(texts)) + [rng.randrange(4, 320) for _ in range(30)]
+        pieces = TextPieces(decode)
+        whole = decode(ids)
+        assert "".join(pieces.add(i) for i in ids) + pieces.finish() == whole
+        for stop in ([whole[5:8]], [whole[-3:], "zzz"], [" " + whole.split()[-1]]):
+            stop = [s for s in stop if s.strip()]
+            if not stop:
+                continue
+            first = next((n for n in range(1, len(ids) + 1)
+                          if any(s in decode(ids[:n]) for s in stop)), None)  # fmt: skip
+            check = stop_check(stop, decode)
+            found = next((n for n in range(1, len(ids) + 1) if check(ids[:n])), None)
+            assert found == first, (stop, whole)
+    # bytes that are no character (a small random model makes runs of them) are released as
+    # they come, not held to the end
+    stray = sp_tokenizer.encode("the") + [sp_tokenizer.sp.piece_to_id("<0xB2>")] * 50
+    pieces = TextPieces(decode)
+    released = [pieces.add(i) for i in stray]
+    assert sum(map(bool, released)) >= 45 and "".join(released) + pieces.finish() == decode(stray)
+
+
 def test_device_selection_and_its_errors(ckpt, monkeypatch, capsys, tmp_path):
     from seqgen.cli import main
     from seqgen.devices import inference_precision, resolve_device

@@ -1,0 +1,280 @@
+"""Continuous batching: sampled and greedy rows decoded together on one KV cache, each with
+its own options, random stream and limit. A request joins at the next step and leaves when
+it ends (or is cancelled), and a waiting one takes its place at once.
+
+`seqgen.engine` runs a fixed set of prompts through a `Batch`; `seqgen serve` keeps one open
+and adds requests as they arrive. Each row computes what it would alone: its options apply
+to it only and it draws from its own stream, so a seeded request samples the same whatever
+shares its batch. Shapes: B rows, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from seqgen.decoding import (
+    NEG_INF,
+    Constraint,
+    Settings,
+    Waiting,
+    ban_early_eos,
+    ban_ids,
+    constraint_makers,
+    ends_row,
+    joined,
+    penalise_repeats,
+    row_bans,
+)
+from seqgen.model import GPT
+from seqgen.rows import Rows
+
+
+@dataclass(eq=False)  # requests are told apart by identity
+class Request:
+    """One prompt decoded in a `Batch`.
+
+    Attributes:
+        prompt: the prompt's ids (not empty).
+        settings: its options (temperature, top_k, top_p, stop, eos_id, ...).
+        limit: most new ids.
+        stream: the random stream it samples from (unused when greedy).
+        logprobs: record the log-probability of each new id and of the `logprobs` most
+            likely ids at its step, under the model's own distribution (None: not recorded).
+        output: the new ids, appended as they come (without eos or a stop sequence).
+        token_logprobs: per new id, when `logprobs` is set: (its log-probability,
+            {id: log-probability} of the most likely ids).
+        finish_reason: once it has ended: "stop" (eos, a stop sequence or stop_fn), "length"
+            (its limit) or "cancelled".
+    """
+
+    prompt: list[int]
+    settings: Settings
+    limit: int
+    stream: np.random.Generator
+    logprobs: int | None = None
+    output: list[int] = field(default_factory=list)
+    token_logprobs: list[tuple[float, dict[int, float]]] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False  # set from any thread; the batch drops the row at its next step
+    sequence: list[int] = field(init=False, repr=False)  # prompt + output: what a window reads
+    rules: list[Constraint] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sequence = list(self.prompt)
+        self.rules = [make(self.prompt) for make in constraint_makers(self.settings)]
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Batch:
+    """Requests decoded together, at most `most` at once on `rows`; `step()` runs one
+    decoding step and returns its events: (request, id) for each new id, (request, None) once
+    a request has ended (its `finish_reason` says why)."""
+
+    def __init__(self, model: GPT, rows: Rows, most: int) -> None:
+        self.model, self.rows = model, rows
+        self.waiting = Waiting(most)
+        self.live: list[Request] = []  # the request of each cache row
+        self.seen = torch.zeros(0, model.config.vocab_size, dtype=torch.bool, device=rows.device)
+        self.logits: torch.Tensor | None = None  # (B, V): the live rows' next-id logits
+
+    @classmethod
+    def open(cls, model: GPT, most: int, state=None) -> Batch:
+        """A batch for requests not known yet: every row may use the whole context."""
+        rows = Rows(model, model.config.block_size, state=state, most_rows=most)
+        return cls(model, rows, most)
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting) or bool(self.live)
+
+    def __len__(self) -> int:
+        """Requests running now (not those waiting)."""
+        return len(self.live)
+
+    def add(self, request: Request) -> None:
+        """Queue `request`; it starts at a step where a place is free."""
+        if not request.prompt or request.limit < 1:
+            raise ValueError("a request needs a prompt and a limit of at least one id")
+        self.waiting.add(request)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Request, int | None]]:
+        events: list[tuple[Request, int | None]] = []
+        for request in [r for r in self.waiting.queue if r.cancelled]:
+            self.waiting.remove(request)
+            request.finish_reason = "cancelled"
+            events.append((request, None))
+        events += self._drop([slot for slot, r in enumerate(self.live) if r.cancelled], "cancelled")
+        self._admit()
+        if not self.live:
+            return events
+        live = self.live
+        raw = self.logits
+        logits = self._adjusted(raw)
+        tokens = self._chosen(logits)
+        finished: list[int] = []
+        for slot, (request, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
+            settings = request.settings
+            if token in settings.eos_ids:
+                request.finish_reason = "stop"
+                finished.append(slot)
+                continue
+            if request.logprobs is not None:
+                request.token_logprobs.append(_logprobs(raw[slot], token, request.logprobs))
+            request.output.append(token)
+            request.sequence.append(token)
+            for rule in request.rules:
+                rule.add(token)
+            self.seen[slot, token] = True
+            events.append((request, token))
+            if ends_row(request.output, settings):
+                request.finish_reason = "stop"
+                finished.append(slot)
+            elif len(request.output) >= request.limit:
+                request.finish_reason = "length"
+                finished.append(slot)
+        self.logits = None
+        events += self._drop(finished, None, tokens)
+        return events
+
+    def _admit(self) -> None:
+        new = self.waiting.admitted(len(self.live))
+        if not new:
+            return
+        self.logits = joined(self.logits, self.rows.admit([r.sequence for r in new]))
+        marks = torch.zeros(len(new), self.model.config.vocab_size, dtype=torch.bool)
+        for slot, request in enumerate(new):
+            marks[slot, request.prompt] = True
+        self.seen = torch.cat([self.seen, marks.to(self.rows.device)])
+        self.live = self.live + new
+
+    def _drop(self, slots: list[int], reason: str | None,
+              tokens: torch.Tensor | None = None) -> list[tuple[Request, None]]:  # fmt: skip
+        """End the requests at `slots` (with `reason` unless they have one); the others move
+        into their places, and with `tokens` (their ids of this step) take their next step."""
+        events = []
+        for slot in slots:
+            request = self.live[slot]
+            request.finish_reason = request.finish_reason or reason
+            events.append((request, None))
+        if slots:
+            order = self.rows.drop(slots)
+            self.live = [self.live[i] for i in order.tolist()]
+            self.seen = self.seen[order]
+            if self.logits is not None:  # dropped before their step: the logits are pending
+                self.logits = self.logits[order]
+            if tokens is not None:
+                tokens = tokens[order]
+        if tokens is not None and self.live:
+            self.logits = self.rows.step(tokens, [r.sequence for r in self.live])
+        return events
+
+    def _adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's logits after its own repetition penalty, bans and min_new_tokens."""
+        live = self.live
+        penalties = [r.settings.repetition_penalty for r in live]
+        if any(p != 1.0 for p in penalties):
+            penalty = torch.tensor(penalties, device=logits.device)[:, None]
+            logits = penalise_repeats(logits, self.seen, penalty)
+        if any(r.rules for r in live):
+            banned, shared = map(list, zip(*(row_bans(r.rules) for r in live), strict=True))
+            logits = ban_ids(logits, banned, shared)
+        early = {slot: r.settings.eos_ids for slot, r in enumerate(live)
+                 if r.settings.eos_ids and len(r.output) < r.settings.min_new_tokens}  # fmt: skip
+        return ban_early_eos(logits, early) if early else logits
+
+    def _chosen(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next id (B,): the most likely where greedy, else a draw from its own
+        stream after its temperature, top_k and top_p."""
+        live = self.live
+        sampled = [slot for slot, r in enumerate(live) if r.settings.temperature > 0]
+        tokens = logits.argmax(dim=-1)
+        if not sampled:
+            return tokens
+        if len(sampled) < len(live):
+            logits = logits[sampled]
+        rows = [live[slot] for slot in sampled]
+        temperatures = torch.tensor([r.settings.temperature for r in rows], device=logits.device)
+        logits = logits / temperatures[:, None].to(logits.dtype)
+        by_filter: dict[tuple, list[int]] = {}
+        for place, r in enumerate(rows):
+            by_filter.setdefault((r.settings.top_k, r.settings.top_p), []).append(place)
+        for (top_k, top_p), places in by_filter.items():
+            if not top_k and (top_p is None or top_p >= 1.0):
+                continue
+            if len(places) == len(rows):
+                logits = filter_logits(logits, top_k, top_p)
+            else:
+                logits[places] = filter_logits(logits[places], top_k, top_p)
+        drawn = draw(torch.softmax(logits, -1), [r.stream for r in rows])
+        tokens[torch.tensor(sampled, device=tokens.device)] = drawn.to(tokens.device)
+        return tokens
+
+
+def random_streams(seed: int | None, sample_ids: Sequence[int]) -> list[np.random.Generator]:
+    """One random stream per row, from the seed (a fresh one if None) and the row's id."""
+    base = seed % 2**64 if seed is not None else int(np.random.SeedSequence().entropy)
+    return [np.random.default_rng([base, int(i)]) for i in sample_ids]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, V)."""
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p is not None and top_p < 1.0:
+        logits = _nucleus(logits, top_p)
+    return logits
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p (the best
+    always stays); -inf elsewhere. The set is every token above the least likely one kept and
+    as many of the tokens tied with it as a full sort would keep, the first in id order."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    ordered = _descending(probs)
+    kept = (~_outside(ordered, top_p)).sum(dim=-1, keepdim=True)  # (B, 1), at least 1
+    least = ordered.gather(-1, kept - 1)
+    above = probs > least
+    tied = probs == least
+    tied_kept = tied & (tied.cumsum(dim=-1) <= kept - above.sum(dim=-1, keepdim=True))
+    return logits.masked_fill(~(above | tied_kept), NEG_INF)
+
+
+def _descending(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's values in descending order. On CPU numpy's vectorised sort of the values
+    alone is ~10x torch.sort, which orders the indices too (this cost more than the rest of
+    sampling on a flat distribution)."""
+    if probs.device.type != "cpu":
+        return probs.sort(dim=-1, descending=True).values
+    return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
+
+
+def _outside(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
+    """For probabilities in descending order: whether the tokens ranked above each already
+    reach top_p."""
+    return ordered.cumsum(dim=-1) - ordered >= top_p
+
+
+def draw(probs: torch.Tensor, streams: list[np.random.Generator]) -> torch.Tensor:
+    """One id per row of `probs` (B, V), by inverse transform sampling with row b's uniform
+    from streams[b] alone. Returns (B,)."""
+    uniforms = torch.tensor([1.0 - stream.random() for stream in streams],  # in (0, 1]
+                            dtype=torch.float64, device=probs.device)  # fmt: skip
+    cdf = probs.double().cumsum(dim=-1)
+    ids = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None])[:, 0]
+    return ids.clamp(max=probs.shape[-1] - 1)
+
+
+def _logprobs(logits: torch.Tensor, token: int, most: int) -> tuple[float, dict[int, float]]:
+    """The log-probability of `token` under the (V,) logits, and the `most` likeliest ids'."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = logprobs.topk(most) if most else None
+    alternatives = {} if top is None else dict(zip(top.indices.tolist(), top.values.tolist(),
+                                                    strict=True))  # fmt: skip
+    return float(logprobs[token]), alternatives
