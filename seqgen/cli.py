@@ -275,8 +275,8 @@ def cmd_serve(argv: Sequence[str]) -> int:
     try:
         from seqgen.serve_app import serve
     except ImportError as err:
-        raise SeqgenError(f"seqgen serve needs FastAPI and uvicorn: pip install 'seqgen[serve]' "
-                          f"({err})") from None  # fmt: skip
+        raise SeqgenError("seqgen serve needs FastAPI, uvicorn and prometheus-client: pip "
+                          f"install 'seqgen[serve]' ({err})") from None  # fmt: skip
     serve(config)
     return 0
 

@@ -1,37 +1,30 @@
-"""`seqgen serve`: one checkpoint behind an HTTP API and a small web page.
+"""`seqgen serve`: one checkpoint behind an HTTP API (its own routes and OpenAI's
+`/v1/completions`), Prometheus metrics and a small web page.
 
 FastAPI + uvicorn: a well-kept, small stack whose request parsing, multipart uploads and
 streaming responses are standard, and that runs offline with no build step (LitServe, as
 litgpt uses, adds a process-per-worker layer that a CPU-bound single model does not need).
 
-One worker thread owns the model and runs requests in arrival order from a bounded queue (a
-full queue answers 503). Requests whose output does not depend on how they are grouped
-(greedy, or sampled without a seed; one beam, no stop strings) and that share their options
-are decoded together as one batch, as `Generator.generate_many` decodes a file: batches give
-the same outputs as separate calls. A request with a seed runs alone, so it gets exactly what
-`seqgen generate --seed` gives.
+Every request is checked and bounded here, before it is queued; `seqgen.serve_worker` runs
+them (continuous batching), `seqgen.serve_app` has the routes.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
-import mimetypes
+import os
 import tempfile
-import threading
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from seqgen.decoding import GenerationOptions
 from seqgen.devices import DeviceOptions
 from seqgen.errors import SeqgenError
+from seqgen.tasks import GeneratesFiles
 
 log = logging.getLogger("seqgen")
 REQUEST_OPTIONS = ("seed", "stream", "stop")  # besides the GenerationOptions fields
@@ -39,14 +32,19 @@ REQUEST_OPTIONS = ("seed", "stream", "stop")  # besides the GenerationOptions fi
 
 @dataclass(kw_only=True)
 class ServeConfig(DeviceOptions):
-    """Serve a checkpoint over HTTP: POST /generate, GET /info and /health, a page at /."""
+    """Serve a checkpoint over HTTP: POST /generate and /v1/completions, GET /v1/models,
+    /info, /health and /metrics, a page at /."""
 
     ckpt: str
     """Checkpoint or run directory."""
     host: str = "127.0.0.1"
-    """Address to listen on (0.0.0.0 exposes the server to the network)."""
+    """Address to listen on (0.0.0.0 exposes the server to the network: give api_key)."""
     port: int = 8000
     """Port to listen on."""
+    api_key: str | None = None
+    """Requests must send `Authorization: Bearer KEY` (default: the SEQGEN_API_KEY
+    environment variable; none: no key asked). /health and the page stay open (the page
+    sends no key: use the API)."""
     max_new_tokens: int = 8192
     """Most tokens one output may take, whatever the request asks (its max_new_tokens, or
     e.g. 30 s of music, which may take up to 200 events per second)."""
@@ -54,17 +52,40 @@ class ServeConfig(DeviceOptions):
     """Longest prompt text accepted."""
     max_upload_bytes: int = 2_000_000
     """Largest uploaded file (a MIDI prompt) accepted."""
+    max_beams: int = 16
+    """Most beams a request may ask for."""
+    max_outputs: int = 16
+    """Most outputs one request may ask for (prompts times n)."""
+    max_stop: int = 8
+    """Most stop strings a request may give."""
+    max_stop_chars: int = 200
+    """Longest stop string accepted."""
     max_queue: int = 32
     """Requests waiting at most; more are answered 503."""
     batch_size: int = 16
-    """Most requests decoded together (1: one at a time)."""
+    """Most outputs decoded together (1: one at a time)."""
+    batching: Literal["continuous", "static"] = "continuous"
+    """continuous: a request joins the running batch at its next step and leaves it when it
+    ends. static: the batch takes no request until all of it has ended (for comparison)."""
+    request_timeout: float = 600.0
+    """Seconds a request may take from its arrival; past them it is cancelled (504)."""
+    max_connections: int = 256
+    """Open connections at most; more are answered 503 by uvicorn."""
+    shutdown_seconds: float = 30.0
+    """On SIGTERM or Ctrl-C: stop taking requests, let the running ones finish for this long,
+    then cancel the rest and exit."""
 
     def __post_init__(self) -> None:
         DeviceOptions.__post_init__(self)
+        if self.api_key is None:
+            self.api_key = os.environ.get("SEQGEN_API_KEY") or None
         for name in ("port", "max_new_tokens", "max_prompt_chars", "max_upload_bytes",
-                     "max_queue", "batch_size"):  # fmt: skip
+                     "max_beams", "max_outputs", "max_stop", "max_stop_chars", "max_queue",
+                     "batch_size", "max_connections"):  # fmt: skip
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.request_timeout > 0 or self.shutdown_seconds < 0:
+            raise ValueError("request_timeout must be > 0 and shutdown_seconds >= 0")
 
 
 class RequestError(Exception):
@@ -91,17 +112,65 @@ def check_options(raw: Any, config: ServeConfig, task) -> dict[str, Any]:
         options = GenerationOptions(**{**defaults, **given}).generation_options()
     except (ValueError, SeqgenError) as err:
         raise RequestError(str(err), f"options.{field_named(str(err), known)}") from None
-    if options["max_new_tokens"] > config.max_new_tokens:
-        raise RequestError(f"max_new_tokens must be <= {config.max_new_tokens} on this server",
-                           "options.max_new_tokens")  # fmt: skip
+    for name, most in (("max_new_tokens", config.max_new_tokens),
+                       ("num_beams", config.max_beams)):  # fmt: skip
+        if options[name] > most:
+            raise RequestError(f"{name} must be <= {most} on this server", f"options.{name}")
     seed, stop = raw.get("seed"), raw.get("stop", [])
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise RequestError(f"seed must be an integer, got {seed!r}", "options.seed")
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError("stop must be a list of non-empty strings", "options.stop")
+    check_stop(stop, config, "options.stop")
     if not isinstance(raw.get("stream", False), bool):
         raise RequestError("stream must be true or false", "options.stream")
     return {**options, "seed": seed, "stop": stop, "stream": raw.get("stream", False)}
+
+
+def check_stop(stop: Any, config: ServeConfig, field: str) -> None:
+    """Stop strings: a list of at most `max_stop` non-empty strings of `max_stop_chars`."""
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError("stop must be a list of non-empty strings", field)
+    if len(stop) > config.max_stop:
+        raise RequestError(f"at most {config.max_stop} stop strings on this server", field)
+    if any(len(s) > config.max_stop_chars for s in stop):
+        raise RequestError(f"a stop string may have at most {config.max_stop_chars} "
+                           "characters on this server", field)  # fmt: skip
+
+
+def json_body(body: bytes, field: str = "body") -> Any:
+    """A request body (or a form's `field`) parsed as JSON, where NaN and Infinity are not
+    numbers."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not a JSON number")
+
+    try:
+        return json.loads(body or b"{}", parse_constant=refuse)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RequestError(f"{field} is not JSON ({err})", field, 400) from None
+
+
+def check_prompt(prompt: Any, config: ServeConfig, field: str) -> None:
+    if not isinstance(prompt, str):
+        raise RequestError("prompt must be a string", field)
+    if len(prompt) > config.max_prompt_chars:
+        raise RequestError(f"prompt of {len(prompt):,} characters; this server accepts "
+                           f"{config.max_prompt_chars:,}", field, 413)  # fmt: skip
+
+
+async def read_body(request, limit: int, field: str = "body") -> bytes:
+    """The request body, counted as it arrives and refused past `limit` bytes (with or
+    without a Content-Length); kept on the request for its form parser."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {int(declared):,} bytes; this server accepts "
+                           f"{limit:,}", field, 413)  # fmt: skip
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(f"request body over {limit:,} bytes", field, 413)
+    request._body = bytes(body)  # Starlette's form() reads a body already read from here
+    return request._body
 
 
 def field_named(message: str, known: set[str]) -> str:
@@ -112,142 +181,51 @@ def field_named(message: str, known: set[str]) -> str:
     return "options"
 
 
-@dataclass
-class Job:
-    """One request for the worker: `run(generator)` gives its result, set on `future`."""
+def info(generator, config: ServeConfig, extras: list[str]) -> dict[str, Any]:
+    meta, task = generator.meta, generator.task
+    return {
+        "task": task.name,
+        "checkpoint": Path(generator.path).name,  # not the server's paths
+        "step": meta.get("step"),
+        "tokens_trained": meta.get("train_tokens"),
+        "model": meta["model"],
+        "vocab_size": generator.tokenizer.vocab_size,
+        "tokenizer": generator.tokenizer.kind,
+        "generation_defaults": task.generation_defaults(),
+        "prompt": "file" if isinstance(task, GeneratesFiles) else "text",
+        "continues_prompt": task.continues_prompt,
+        "file_options": _file_options(task),
+        "extra_files": extras,
+        "limits": {k: getattr(config, k) for k in (
+            "max_new_tokens", "max_prompt_chars", "max_upload_bytes", "max_queue", "max_beams",
+            "max_outputs", "max_stop", "max_stop_chars", "request_timeout")},  # fmt: skip
+    }
 
-    run: Callable[[Any], Any]
-    batch_key: tuple | None = None  # requests with equal keys may be decoded together
-    prompt: Any = None
-    future: Future = dataclasses.field(default_factory=Future)
+
+def _file_options(task) -> dict[str, Any]:
+    """A file task's own options and their defaults (extra files as true/false)."""
+    if not isinstance(task, GeneratesFiles):
+        return {}
+    return {f.name: (False if f.name in task.extra_files else f.default)
+            for f in dataclasses.fields(task.generate_options)}  # fmt: skip
 
 
-class Worker:
-    """The thread that owns the model: jobs in arrival order, compatible ones in batches."""
-
-    def __init__(self, generator, config: ServeConfig) -> None:
-        self.generator, self.config = generator, config
-        self.pending: deque[Job] = deque()
-        self.ready = threading.Condition()
-        self.stopped = False
-        self.batches: list[int] = []  # sizes decoded, for the load benchmark
-        self.thread = threading.Thread(target=self._loop, name="seqgen-worker", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: Job) -> Future:
-        with self.ready:
-            if len(self.pending) >= self.config.max_queue:
-                raise RequestError(f"busy: {len(self.pending)} requests are waiting; retry "
-                                   "later", None, status=503)  # fmt: skip
-            self.pending.append(job)
-            self.ready.notify()
-        return job.future
-
-    def stop(self) -> None:
-        with self.ready:
-            self.stopped = True
-            self.ready.notify()
-
-    def _take(self) -> list[Job] | None:
-        with self.ready:
-            while not self.pending and not self.stopped:
-                self.ready.wait()
-            if self.stopped:
-                return None
-            first = self.pending.popleft()
-            batch = [first]
-            if first.batch_key is not None:
-                for job in list(self.pending):
-                    if len(batch) >= self.config.batch_size:
-                        break
-                    if job.batch_key == first.batch_key:
-                        self.pending.remove(job)
-                        batch.append(job)
-            return batch
-
-    def _loop(self) -> None:
-        while (batch := self._take()) is not None:
-            self.batches.append(len(batch))
+def available_extras(generator) -> list[str]:
+    """The extra files a file task can write here (music: audio only with FluidSynth)."""
+    task = generator.task
+    if not isinstance(task, GeneratesFiles):
+        return []
+    found = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, suffix in task.extra_files.items():
+            options = task.generate_options(**{name: str(Path(tmp) / f"{name}{suffix}")})
             try:
-                if len(batch) == 1:
-                    results = [batch[0].run(self.generator)]
-                else:  # same options: one generate_many over the prompts
-                    prompts = [job.prompt for job in batch]
-                    results = self.generator.generate_many(prompts, batch_size=len(batch),
-                                                           **dict(batch[0].batch_key))  # fmt: skip
-            except Exception as err:  # delivered to the requests, which answer for it
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(err)
+                task.prepare(generator.prompt_ids(None), options, {"max_new_tokens": 1})
+            except ValueError as err:
+                log.info("seqgen serve: no %s here (%s)", name, err)
                 continue
-            for job, result in zip(batch, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(result)
-
-
-def text_job(prompt: str, options: dict[str, Any]) -> Job:
-    """A text request's job; batchable when its output does not depend on its batch."""
-    settings = {k: v for k, v in options.items() if k not in REQUEST_OPTIONS}
-    seed, stop = options["seed"], options["stop"]
-    key = None
-    if settings["num_beams"] == 1 and not stop and (settings["temperature"] == 0 or seed is None):
-        key = tuple(sorted(settings.items()))
-    return Job(lambda generator: generator.generate(prompt, stop=stop, seed=seed, **settings),
-               key, prompt)  # fmt: skip
-
-
-def stream_job(prompt: str, options: dict[str, Any], pieces: Any) -> Job:
-    """A streamed request's job: each text piece goes to `pieces` (a queue) as it is made,
-    then None."""
-    settings = {k: v for k, v in options.items() if k not in REQUEST_OPTIONS}
-
-    def run(generator) -> None:
-        try:
-            for piece in generator.stream(prompt, stop=options["stop"], seed=options["seed"],
-                                          **settings):  # fmt: skip
-                pieces.put(piece)
-        finally:
-            pieces.put(None)
-
-    return Job(run)
-
-
-def file_job(ids: list[int], options: dict[str, Any], extras: dict[str, Any], task,
-             most: int) -> Job:  # fmt: skip
-    """A file task's job (music: the ids of a MIDI prompt in, a MIDI continuation out, with
-    its piano roll and audio when asked): the files come back base64-encoded."""
-    from seqgen.sample import generate_file
-
-    settings = {k: v for k, v in options.items() if k not in ("stop", "stream")}
-
-    def run(generator) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
-            folder = Path(tmp)
-            wanted = {name: str(folder / f"{name}{suffix}")
-                      for name, suffix in task.extra_files.items() if extras.get(name)}  # fmt: skip
-            own = {k: v for k, v in extras.items() if k not in task.extra_files}
-            file_options = task.generate_options(**own, **wanted)
-            out = folder / f"continuation{task.output_suffix}"
-            lines = generate_file(generator, ids, settings, file_options, out, most=most)
-            found = {"output": out, **{name: Path(path) for name, path in wanted.items()}}
-            shown = [line.replace(f"{folder}/", "") for line in lines]  # no server paths
-            return {"files": {name: _encoded(path) for name, path in found.items()},
-                    "lines": shown}  # fmt: skip
-
-    return Job(run)
-
-
-# the registered types, whatever this system's mime.types says (e.g. audio/sp-midi)
-MEDIA_TYPES = {".mid": "audio/midi", ".midi": "audio/midi", ".png": "image/png",
-               ".wav": "audio/wav"}  # fmt: skip
-
-
-def _encoded(path: Path) -> dict[str, str]:
-    media = MEDIA_TYPES.get(path.suffix.lower()) or (
-        mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    )
-    return {"name": path.name, "media_type": media,
-            "base64": base64.b64encode(path.read_bytes()).decode()}  # fmt: skip
+            found.append(name)
+    return found
 
 
 def page() -> str:

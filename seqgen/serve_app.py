@@ -1,164 +1,230 @@
-"""The FastAPI application of `seqgen serve` (needs `pip install 'seqgen[serve]'`): routes,
-request parsing within the server's bounds, and JSON errors that name the field at fault."""
+"""The FastAPI application of `seqgen serve` (needs `pip install 'seqgen[serve]'`): its own
+routes, request parsing within the server's bounds, JSON errors that name the field at
+fault, the guard before every route, and the server's start and stop."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import dataclasses
-import json
+import hmac
 import logging
-import queue
-import tempfile
+import threading
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from seqgen.decoding import GenerationOptions
 from seqgen.errors import SeqgenError
 from seqgen.serve import (
     RequestError,
     ServeConfig,
-    Worker,
+    available_extras,
     check_options,
+    check_prompt,
     field_named,
-    file_job,
+    info,
+    json_body,
     page,
+    read_body,
     sse,
-    stream_job,
-    text_job,
 )
+from seqgen.serve_openai import add_routes
+from seqgen.serve_worker import BusyError, Cancelled, Done, Metrics, Worker, file_job, text_job
 from seqgen.tasks import GeneratesFiles
 
 log = logging.getLogger("seqgen")
 REQUEST_KEYS = {"prompt", "options"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def info(generator, config: ServeConfig, extras: list[str]) -> dict[str, Any]:
-    meta, task = generator.meta, generator.task
-    return {
-        "task": task.name,
-        "checkpoint": str(generator.path),
-        "step": meta.get("step"),
-        "tokens_trained": meta.get("train_tokens"),
-        "model": meta["model"],
-        "vocab_size": generator.tokenizer.vocab_size,
-        "tokenizer": generator.tokenizer.kind,
-        "generation_defaults": task.generation_defaults(),
-        "prompt": "file" if isinstance(task, GeneratesFiles) else "text",
-        "continues_prompt": task.continues_prompt,
-        "file_options": _file_options(task),
-        "extra_files": extras,
-        "limits": {k: getattr(config, k) for k in ("max_new_tokens", "max_prompt_chars",
-                                                   "max_upload_bytes", "max_queue")},  # fmt: skip
-    }
+def answerable(err: BaseException, fields: set[str]) -> RequestError:
+    """What the client is told of an error in its job (counted by the worker, not again):
+    options that cannot work together are its to change (422); anything else is the
+    server's, told without its details."""
+    if isinstance(err, RequestError):
+        told = err
+    elif isinstance(err, ValueError | SeqgenError):
+        field = f"options.{field_named(str(err), fields)}".removesuffix(".options")
+        told = RequestError(str(err), field)
+    elif isinstance(err, TimeoutError):
+        told = RequestError(str(err), None, 504)
+    elif isinstance(err, Cancelled):
+        told = RequestError("cancelled (the server is stopping)", None, 503)
+    else:
+        log.error("seqgen serve: a request failed", exc_info=err)
+        told = RequestError(f"internal error ({type(err).__name__})", None, 500)
+    told.counted = True
+    return told
 
 
-def _file_options(task) -> dict[str, Any]:
-    """A file task's own options and their defaults (extra files as true/false)."""
-    if not isinstance(task, GeneratesFiles):
-        return {}
-    return {f.name: (False if f.name in task.extra_files else f.default)
-            for f in dataclasses.fields(task.generate_options)}  # fmt: skip
+class Served:
+    """What the routes serve, once the checkpoint is loaded: `ready` is set then."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.ready = threading.Event()
+        self.generator = self.worker = None
+        self.extras: list[str] = []
+        self.failed: str | None = None
+
+    def load(self, generator=None) -> None:
+        """Load the checkpoint (unless given) and start the worker."""
+        try:
+            if generator is None:
+                from seqgen.inference import load
+
+                config = self.config
+                generator = load(config.ckpt, precision=config.precision, device=config.device)
+            self.extras = available_extras(generator)
+            self.worker = Worker(generator, self.config.batch_size, self.config.max_queue,
+                                 self.metrics, self.config.batching)  # fmt: skip
+            self.generator = generator
+            self.ready.set()
+            log.info("serving %s (%s task)", generator.path, generator.task.name)
+        except Exception as err:
+            self.failed = f"{type(err).__name__}: {err}"
+            log.exception("seqgen serve: could not load %s", self.config.ckpt)
 
 
-def available_extras(generator) -> list[str]:
-    """The extra files a file task can write here (music: audio only with FluidSynth)."""
-    task = generator.task
-    if not isinstance(task, GeneratesFiles):
-        return []
-    found = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, suffix in task.extra_files.items():
-            options = task.generate_options(**{name: str(Path(tmp) / f"{name}{suffix}")})
-            try:
-                task.prepare(generator.prompt_ids(None), options, {"max_new_tokens": 1})
-            except ValueError as err:
-                log.info("seqgen serve: no %s here (%s)", name, err)
-                continue
-            found.append(name)
-    return found
+class Guard:
+    """Before every route: the API key (all but /health and the page), the Host header on a
+    loopback address (against DNS rebinding), and no requests from other sites' pages."""
+
+    def __init__(self, app, config: ServeConfig) -> None:
+        self.app, self.config = app, config
+        self.loopback = config.host in LOOPBACK
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope["headers"]}  # fmt: skip
+            refusal = self.refusal(scope["path"], scope["method"], headers)
+            if refusal is not None:
+                status, message = refusal
+                await error_response(scope["path"], RequestError(message, None, status))(
+                    scope, receive, send)  # fmt: skip
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, path: str, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
+        host = headers.get("host", "")
+        if self.loopback and _hostname(host) not in LOOPBACK:
+            return 403, f"Host {host!r} is not this server's (it listens on loopback only)"
+        if headers.get("sec-fetch-site") == "cross-site":
+            return 403, "requests from another site's page are refused"
+        origin = headers.get("origin")
+        if method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != host:
+            return 403, f"requests from {origin} are refused"
+        key = self.config.api_key
+        if key and path not in ("/health", "/"):
+            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                return 401, "a valid API key is needed: Authorization: Bearer KEY"
+        return None
 
 
-def _refuse_declared(request: Request, limit: int, field: str) -> None:
-    """A 413 before anything is read when the declared body is over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(f"request body of {int(declared):,} bytes; this server accepts "
-                           f"{limit:,}", field, 413)  # fmt: skip
+def _hostname(host: str) -> str:
+    """The name in a Host header, without its port ([::1]:8000 -> ::1)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused past `limit` bytes before it is all read."""
-    _refuse_declared(request, limit, "body")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(f"request body over {limit:,} bytes", "body", 413)
-    return bytes(body)
+def error_response(path: str, err: RequestError) -> JSONResponse:
+    """A JSON error: OpenAI's shape under /v1/, else {"error", "field"}."""
+    if path.startswith("/v1/"):
+        kind = "invalid_request_error" if err.status < 500 else "server_error"
+        body = {"error": {"message": str(err), "type": kind, "param": err.field,
+                          "code": err.status}}  # fmt: skip
+    else:
+        body = {"error": str(err), "field": err.field}
+    return JSONResponse(body, status_code=err.status)
 
 
-def create_app(generator, config: ServeConfig) -> FastAPI:
-    """The app serving `generator` (a loaded checkpoint); its worker thread starts now."""
-    worker = Worker(generator, config)
+def create_app(config: ServeConfig, generator=None) -> FastAPI:
+    """The app serving `config.ckpt`, or `generator` (a loaded checkpoint) where given: routes
+    answer 503 until the checkpoint is loaded, in the background."""
+    served = Served(config)
+    if generator is not None:
+        served.load(generator)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        if not served.ready.is_set():
+            threading.Thread(target=served.load, name="seqgen-load", daemon=True).start()
         yield
-        worker.stop()
+        if served.worker is not None:
+            served.worker.stop()
 
     # no /docs or /redoc: they load scripts from a CDN, and the page here must work offline
     app = FastAPI(title="seqgen", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)  # fmt: skip
-    app.state.worker = worker
-    task = generator.task
-    files_task = isinstance(task, GeneratesFiles)
-    extras = available_extras(generator)
-    option_names = {f.name for f in dataclasses.fields(GenerationOptions)}
-    if files_task:
-        option_names |= {f.name for f in dataclasses.fields(task.generate_options)}
-    text_limit = config.max_prompt_chars * 4 + 16_384  # UTF-8 and the options around it
+    app.state.served = served
+    app.add_middleware(Guard, config=config)
 
     @app.exception_handler(RequestError)
-    async def request_error(_: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status)
+    async def request_error(request: Request, err: RequestError) -> JSONResponse:
+        if not getattr(err, "counted", False):  # never queued: refused or busy
+            served.metrics.requests.labels("busy" if err.status == 503 else "rejected").inc()
+        return error_response(request.url.path, err)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, err: Exception) -> JSONResponse:
-        log.exception("seqgen serve: unexpected error")
-        return JSONResponse({"error": f"internal error ({type(err).__name__})", "field": None},
-                            status_code=500)  # fmt: skip
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        return error_response(request.url.path, answerable(err, set()))
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return page()
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "waiting": len(worker.pending)}
+    async def health() -> JSONResponse:
+        if not served.ready.is_set():
+            status = "failed" if served.failed else "loading"
+            return JSONResponse({"status": status}, status_code=503)
+        return JSONResponse({"status": "ready", "waiting": len(served.worker.pending)})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(served.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/info")
     async def get_info() -> dict[str, Any]:
-        return info(generator, config, extras)
+        return info(ready(), config, served.extras)
+
+    def ready():
+        """The generator, once loaded; until then every model route answers 503."""
+        if not served.ready.is_set():
+            raise RequestError("the model is still loading" if not served.failed
+                               else "the model could not be loaded", None, 503)  # fmt: skip
+        return served.generator
+
+    def submit(job) -> None:
+        try:
+            served.worker.submit(job)
+        except BusyError as err:
+            raise RequestError(str(err), None, 503) from None
 
     @app.post("/generate")
     async def generate(request: Request):
+        generator = ready()
+        task = generator.task
+        files_task = isinstance(task, GeneratesFiles)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             if not files_task:
                 raise RequestError(f"the {task.name} task takes a JSON prompt, not a file",
                                    "file", 415)  # fmt: skip
             prompt_bytes, raw = await _form(request)
+            prompt = ""
         elif kind == "application/json":
-            body = await _body(request, config.max_upload_bytes if files_task else text_limit)
-            try:
-                data = json.loads(body or b"{}")
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise RequestError(f"the body is not JSON ({err})", "body", 400) from None
+            limit = config.max_upload_bytes if files_task else config.max_prompt_chars * 4 + 16_384
+            data = json_body(await read_body(request, limit))
             if not isinstance(data, dict):
                 raise RequestError("the body must be a JSON object", "body")
             unknown = sorted(set(data) - REQUEST_KEYS)
@@ -167,48 +233,50 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
                                    unknown[0])  # fmt: skip
             prompt_bytes, raw = None, data.get("options", {})
             prompt = data.get("prompt", "")
-            if not isinstance(prompt, str):
-                raise RequestError("prompt must be a string", "prompt")
+            check_prompt(prompt, config, "prompt")
             if files_task and prompt:
                 raise RequestError(f"the {task.name} task takes its prompt as an uploaded "
                                    "file (multipart field `file`)", "prompt")  # fmt: skip
-            if len(prompt) > config.max_prompt_chars:
-                raise RequestError(f"prompt of {len(prompt):,} characters; this server accepts "
-                                   f"{config.max_prompt_chars:,}", "prompt", 413)  # fmt: skip
         else:
             raise RequestError("send application/json (or multipart/form-data with a file)",
                                "content-type", 415)  # fmt: skip
         if files_task:
-            result = await _file_request(prompt_bytes, raw)
+            result = await _file_request(request, generator, prompt_bytes, raw)
             output = result["files"]["output"]
             if output["media_type"] in request.headers.get("accept", ""):  # the file itself
                 return Response(base64.b64decode(output["base64"]),
                                 media_type=output["media_type"])  # fmt: skip
             return result
         options = check_options(raw, config, task)
+        if options["stream"] and options["num_beams"] > 1:
+            raise RequestError("stream needs num_beams 1", "options.stream")
+        job = text_job(generator, asyncio.get_running_loop(), [prompt], options)
+        submit(job)
+        names = option_names(task)
         if options["stream"]:
-            pieces: queue.Queue = queue.Queue()
-            _validate_stream(options)
-            future = worker.submit(stream_job(prompt, options, pieces))
-
-            async def events():
-                loop = asyncio.get_running_loop()
-                while (piece := await loop.run_in_executor(None, pieces.get)) is not None:
-                    yield sse({"text": piece})
-                if future.exception() is not None:  # the job has ended: None was its last put
-                    yield sse({"error": str(future.exception())}, "error")
-                yield sse({}, "done")
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        output = await _answer(worker.submit(text_job(prompt, options)))
+            return StreamingResponse(_events(job, names), media_type="text/event-stream")
+        done = [item async for item in _results(job, request, names) if isinstance(item, Done)]
+        output = done[0].output if job.requests else done[0].output[0]
         return {"output": output, "prompt": prompt, "task": task.name}
 
-    def _validate_stream(options: dict[str, Any]) -> None:
-        if options["num_beams"] > 1:
-            raise RequestError("stream needs num_beams 1", "options.stream")
+    async def _events(job, names: set[str]):
+        try:
+            async for item in job.results(config.request_timeout):
+                if isinstance(item, tuple):
+                    yield sse({"text": item[2]})
+        except Exception as err:  # noqa: BLE001 (told to the client in the stream)
+            yield sse({"error": str(answerable(err, names))}, "error")
+        yield sse({}, "done")
+
+    async def _results(job, request: Request, names: set[str]):
+        try:
+            async for item in job.results(config.request_timeout, request.is_disconnected):
+                yield item
+        except Exception as err:  # noqa: BLE001 (answered as JSON)
+            raise answerable(err, names) from None
 
     async def _form(request: Request) -> tuple[bytes | None, Any]:
-        _refuse_declared(request, config.max_upload_bytes + 65_536, "file")  # + the fields
+        await read_body(request, config.max_upload_bytes + 65_536, "file")  # + the fields
         try:
             form = await request.form(max_files=1, max_fields=4,
                                       max_part_size=config.max_upload_bytes)  # fmt: skip
@@ -220,13 +288,11 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
             prompt_bytes = await upload.read(config.max_upload_bytes + 1)
             if len(prompt_bytes) > config.max_upload_bytes:
                 raise RequestError(f"file over {config.max_upload_bytes:,} bytes", "file", 413)
-        try:
-            raw = json.loads(form.get("options") or "{}")
-        except json.JSONDecodeError as err:
-            raise RequestError(f"options is not JSON ({err})", "options", 400) from None
-        return prompt_bytes, raw
+        return prompt_bytes, json_body((form.get("options") or "{}").encode(), "options")
 
-    async def _file_request(prompt_bytes: bytes | None, raw: Any) -> dict[str, Any]:
+    async def _file_request(request: Request, generator, prompt_bytes: bytes | None,
+                            raw: Any) -> dict[str, Any]:  # fmt: skip
+        task = generator.task
         if not isinstance(raw, dict):
             raise RequestError("options must be a JSON object", "options")
         own = {f.name for f in dataclasses.fields(task.generate_options)}
@@ -245,33 +311,23 @@ def create_app(generator, config: ServeConfig) -> FastAPI:
         except (TypeError, ValueError) as err:
             raise RequestError(str(err), f"options.{field_named(str(err), own)}") from None
         options = check_options({k: v for k, v in raw.items() if k not in own}, config, task)
-        ids = await asyncio.get_running_loop().run_in_executor(None, _prompt_ids, prompt_bytes)
-        job = file_job(ids, options, extras, task, config.max_new_tokens)
-        return await _answer(worker.submit(job))
+        job = file_job(asyncio.get_running_loop(), prompt_bytes, options, extras, task,
+                       config.max_new_tokens)  # fmt: skip
+        submit(job)
+        names = option_names(task)
+        done = [item async for item in _results(job, request, names) if isinstance(item, Done)]
+        return done[0].output
 
-    def _prompt_ids(prompt_bytes: bytes | None) -> list[int]:
-        """The prompt ids of an uploaded file, parsed once, here (no file: from nothing)."""
-        if prompt_bytes is None:
-            return generator.prompt_ids(None)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"prompt{task.output_suffix}"
-            path.write_bytes(prompt_bytes)
-            try:
-                return generator.prompt_ids(str(path))
-            except Exception as err:  # a parser's own error type for a corrupt file
-                raise RequestError(f"not a readable {task.output_suffix or ''} file: {err}",
-                                   "file") from None  # fmt: skip
-
-    async def _answer(future) -> Any:
-        try:
-            return await asyncio.wrap_future(future)
-        except RequestError:
-            raise
-        except (ValueError, SeqgenError) as err:  # options that cannot work together
-            raise RequestError(str(err), f"options.{field_named(str(err), option_names)}"
-                               .removesuffix(".options")) from None  # fmt: skip
-
+    add_routes(app, config, ready, submit, _results)
     return app
+
+
+def option_names(task) -> set[str]:
+    """The names an error message may name as the option at fault."""
+    names = {f.name for f in dataclasses.fields(GenerationOptions)}
+    if isinstance(task, GeneratesFiles):
+        names |= {f.name for f in dataclasses.fields(task.generate_options)}
+    return names
 
 
 class BackgroundServer:
@@ -280,7 +336,6 @@ class BackgroundServer:
 
     def __init__(self, generator, config: ServeConfig, port: int | None = None) -> None:
         import socket
-        import threading
         import time
 
         import uvicorn
@@ -289,12 +344,11 @@ class BackgroundServer:
             with socket.socket() as probe:
                 probe.bind((config.host, 0))
                 port = probe.getsockname()[1]
-        self.app = create_app(generator, config)
-        self.worker = self.app.state.worker
+        self.app = create_app(config, generator)
+        self.worker = self.app.state.served.worker
         # log_config None: uvicorn leaves this process's logging as it is (its own setup binds
         # handlers to whatever sys.stderr is now, which a caller may close)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=port,
-                                                    log_config=None))  # fmt: skip
+        self.server = uvicorn.Server(uvicorn_config(self.app, config, port, log_config=None))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -309,14 +363,34 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
-def serve(config: ServeConfig) -> None:
-    """Load the checkpoint once and serve it until interrupted."""
+def uvicorn_config(app, config: ServeConfig, port: int, **settings):
+    """uvicorn's settings: bounded connections, idle ones closed, a graceful stop."""
     import uvicorn
 
-    from seqgen.inference import load
+    return uvicorn.Config(app, host=config.host, port=port,
+                          limit_concurrency=config.max_connections, timeout_keep_alive=5,
+                          timeout_graceful_shutdown=config.shutdown_seconds,
+                          **settings)  # fmt: skip
 
-    generator = load(config.ckpt, precision=config.precision, device=config.device)
-    app = create_app(generator, config)
-    log.info("serving %s (%s task) at http://%s:%d", generator.path, generator.task.name,
-             config.host, config.port)  # fmt: skip
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+
+def serve(config: ServeConfig) -> None:
+    """Serve `config.ckpt` until SIGTERM or Ctrl-C: /health says "loading" until the model is
+    loaded; on the signal no request is taken, the running ones have `shutdown_seconds` to
+    finish, the rest are cancelled, and the process exits 0."""
+    import uvicorn
+
+    if config.host not in LOOPBACK and not config.api_key:
+        log.warning("warning: seqgen serve listens on %s without an API key: anyone who "
+                    "can reach it can use it (give --api_key or SEQGEN_API_KEY)",
+                    config.host)  # fmt: skip
+    import signal
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:  # a stop asked for: exit 0 once stopped, rather than
+                self._captured_signals.remove(sig)  # by the signal uvicorn raises again
+
+    app = create_app(config)
+    log.info("seqgen serve: http://%s:%d (loading %s)", config.host, config.port, config.ckpt)
+    Server(uvicorn_config(app, config, config.port, log_level="warning")).run()

@@ -200,12 +200,14 @@ def test_serve(tmp_path, capsys):
     out = tmp_path / "serve.json"
     ckpt = str(Path(__file__).parent / "fixtures" / "checkpoints_v1" / "text")
     assert serve_benchmark.main(["--ckpt", ckpt, "--clients", "4", "--requests", "12",
-                                 "--new_tokens", "8", "--report", str(out)]) == 0  # fmt: skip
+                                 "--batch_size", "4", "--previous", "none", "--report",
+                                 str(out)]) == 0  # fmt: skip
     report = report_of(out)
-    assert report["errors"] == 0 and report["batched_speedup"] > 0
-    assert report["modes"]["one at a time"]["mean_batch"] == 1.0
-    assert report["modes"]["batched"]["requests"] == 12
-    assert "| batched " in capsys.readouterr().out
+    assert report["errors"] == 0 and report["continuous_vs_static"] > 0
+    assert report["checked_outputs"] == 12  # greedy or seeded: equal to one at a time
+    assert report["mismatched_outputs"] == {"continuous": 0, "static_any_options": 0}
+    assert report["continuous"]["requests"] == 12 and report["p99_ttft_seconds"] > 0
+    assert "| continuous " in capsys.readouterr().out
 
 
 def test_data_prepare(tmp_path, capsys):

@@ -55,7 +55,7 @@ def text_server(text_ckpt):
 
 
 def test_health_info_and_page(text_server):
-    assert request(text_server.url + "/health") == (200, {"status": "ok", "waiting": 0})
+    assert request(text_server.url + "/health") == (200, {"status": "ready", "waiting": 0})
     status, info = request(text_server.url + "/info")
     assert status == 200 and info["task"] == "text" and info["step"] == 7
     assert info["model"]["n_layer"] == 2 and info["generation_defaults"]["temperature"] == 0.8
@@ -81,20 +81,27 @@ def test_generate_and_stream_equal_the_python_api(text_server, text_ckpt):
     assert post(text_server, "the", max_new_tokens=15, seed=7)[1]["output"] == seeded
 
 
-def test_concurrent_greedy_requests_are_batched_with_equal_outputs(text_server, text_ckpt):
+def test_requests_join_a_running_batch_with_equal_outputs(text_server, text_ckpt):
     prompts = [f"the {word} speaks" for word in ("king", "queen", "fool", "lord", "duke",
                                                  "maid", "page", "knight")]  # fmt: skip
     generator = seqgen.load(text_ckpt)
     expected = [generator.generate(p, temperature=0, max_new_tokens=12) for p in prompts]
-    before = len(text_server.worker.batches)
+    finished = {}
+
+    def timed(name, prompt, **options):
+        answer = post(text_server, prompt, **options)
+        finished[name] = time.monotonic()
+        return answer
+
     with ThreadPoolExecutor(len(prompts) + 1) as pool:
-        slow = pool.submit(post, text_server, "x", temperature=0, max_new_tokens=400)
-        time.sleep(0.05)  # the worker is busy with it: the others queue up together
-        answers = list(pool.map(lambda p: post(text_server, p, temperature=0,
-                                               max_new_tokens=12), prompts))  # fmt: skip
+        slow = pool.submit(timed, "slow", "x", temperature=0, max_new_tokens=400,
+                           min_new_tokens=400)  # fmt: skip
+        time.sleep(0.05)  # the worker is decoding it: the others join its batch
+        answers = list(pool.map(lambda p: timed(p, p, temperature=0, max_new_tokens=12),
+                                prompts))  # fmt: skip
         assert slow.result()[0] == 200
     assert [a[1]["output"] for a in answers] == expected
-    assert max(text_server.worker.batches[before:]) > 1  # decoded together
+    assert max(finished[p] for p in prompts) < finished["slow"]  # none waited for it to end
 
 
 BAD_REQUESTS = [
@@ -114,6 +121,14 @@ BAD_REQUESTS = [
     (b'{"options": {"stop": "x"}}', "application/json", 422, "options.stop"),
     (b'{"options": {"stream": true, "num_beams": 2}}', "application/json", 422,
      "options.stream"),
+    (b'{"options": {"temperature": NaN}}', "application/json", 400, "body"),
+    (b'{"options": {"top_p": Infinity}}', "application/json", 400, "body"),
+    (b'{"options": {"num_beams": 5000, "max_new_tokens": 3}}', "application/json", 422,
+     "options.num_beams"),
+    (json.dumps({"options": {"stop": ["a"] * 9}}).encode(), "application/json", 422,
+     "options.stop"),
+    (json.dumps({"options": {"stop": ["a" * 201]}}).encode(), "application/json", 422,
+     "options.stop"),
     (b'{"options": []}', "application/json", 422, "options"),
     (b"prompt=a", "text/plain", 415, "content-type"),
     (b"--x\r\n\r\n--x--\r\n", "multipart/form-data; boundary=x", 415, "file"),
@@ -142,13 +157,28 @@ def test_a_full_queue_answers_503(text_ckpt):
         server.close()
 
 
-def test_translation(tmp_path):
+def test_translation_beam_searches_waiting_together_run_as_one(tmp_path):
     server = start_server(FIXTURES / "translation")
+    generator = server.app.state.served.generator
+    searched = []  # the prompts of each beam search the worker runs
+    many = generator.generate_many
+    generator.generate_many = lambda prompts, **options: searched.append(len(prompts)) or many(
+        prompts, **options)  # fmt: skip
+    sources = ["a man", "a dog runs", "two women", "a child", "the street", "a red car"]
     try:
-        expected = seqgen.load(FIXTURES / "translation").generate("a man", max_new_tokens=10)
-        status, answer = post(server, "a man", max_new_tokens=10)
-        assert status == 200 and answer["output"] == expected
+        alone = seqgen.load(FIXTURES / "translation")
+        expected = [alone.generate(s, max_new_tokens=10) for s in sources]
         assert request(server.url + "/info")[1]["generation_defaults"]["num_beams"] == 4
+        with ThreadPoolExecutor(len(sources) + 1) as pool:
+            pool.submit(post, server, "a very long sentence " * 3, max_new_tokens=40)
+            time.sleep(0.05)  # the worker is busy with it: the others wait together
+            answers = list(pool.map(lambda s: post(server, s, max_new_tokens=10), sources))
+        assert answers == [(200, {"output": e, "prompt": s, "task": "translation"})
+                           for e, s in zip(expected, sources, strict=True)]  # fmt: skip
+        assert max(searched) > 1  # beam searches with equal settings batched
+        body = json.dumps({"prompt": "a man", "max_tokens": 10}).encode()  # the source text
+        status, answer = request(server.url + "/v1/completions", body)
+        assert status == 200 and answer["choices"][0]["text"] == expected[0]
     finally:
         server.close()
 
@@ -167,6 +197,53 @@ def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, str]:
         out.write(b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def far_apart_notes() -> bytes:
+    """A MIDI file of ~100 bytes whose last note ends at tick 9,999,999 at the slowest tempo:
+    about 1.7e8 time-shift events."""
+    import mido
+
+    midi = mido.MidiFile(ticks_per_beat=1)
+    midi.tracks.append(mido.MidiTrack([
+        mido.MetaMessage("set_tempo", tempo=16_777_215, time=0),
+        mido.Message("note_on", note=60, velocity=64, time=0),
+        mido.Message("note_off", note=60, velocity=0, time=9_999_999)]))  # fmt: skip
+    out = io.BytesIO()
+    midi.save(file=out)
+    return out.getvalue()
+
+
+def chunked_until_answered(url: str, content_type: str, chunk: bytes, most: int = 10_000_000):
+    """POST /generate a body without Content-Length, a chunk at a time, until the server
+    answers: (status, JSON answer, bytes sent by then)."""
+    import select
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /generate HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
+                     f"{content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())  # fmt: skip
+        sent = 0
+        while sent < most and not select.select([sock], [], [], 0.002)[0]:
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            sent += len(chunk)
+        head, _, body = sock.recv(1 << 16).partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return status, json.loads(body.split(b"\r\n")[1] if b"chunked" in head else body), sent
+
+
+def test_chunked_uploads_are_counted_as_they_arrive(text_ckpt):
+    """A body without Content-Length is refused (413) once it passes the limit, not once it
+    has all been read; the server answers the next request as before."""
+    server = start_server(text_ckpt, max_prompt_chars=100)
+    try:
+        status, answer, sent = chunked_until_answered(server.url, "application/json",
+                                                      b"x" * 1000)  # fmt: skip
+        assert (status, answer["field"]) == (413, "body") and sent < 1_000_000
+        assert post(server, "the", temperature=0, max_new_tokens=3)[0] == 200
+    finally:
+        server.close()
 
 
 def test_music_upload_returns_midi_and_piano_roll(tmp_path):

@@ -137,8 +137,9 @@ def _fifo_ends(starts: np.ndarray, velocities: np.ndarray, ends: np.ndarray) -> 
 # ---------------------------------------------------------------- events
 
 
-def encode_notes(steps: Notes) -> np.ndarray:
-    """Quantised notes -> event ids (int16), vectorised."""
+def encode_notes(steps: Notes, most: int | None = None) -> np.ndarray:
+    """Quantised notes -> event ids (int16), vectorised; more than `most` events raise
+    ValueError before they are made (a few notes hours apart take millions of time shifts)."""
     n = len(steps)
     if n == 0:
         return np.zeros(0, dtype=np.int16)
@@ -154,6 +155,9 @@ def encode_notes(steps: Notes) -> np.ndarray:
     delta = np.diff(step, prepend=0)
     shifts = -(-delta // MAX_SHIFT)  # TIME_SHIFT events before each event
     counts = shifts + new_bin + 1
+    if most is not None and int(counts.sum()) > most:
+        raise ValueError(f"{int(counts.sum()):,} events ({int(step.max()) / STEPS_PER_SECOND:,.0f}"
+                         f" s), over the {most:,} a prompt may have")  # fmt: skip
     out = np.empty(int(counts.sum()), dtype=np.int16)
     first = np.cumsum(counts) - counts  # where each event's group starts
     in_group = np.arange(int(shifts.sum())) - np.repeat(np.cumsum(shifts) - shifts, shifts)

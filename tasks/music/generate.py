@@ -83,7 +83,7 @@ class MusicGenerate:
     wav: str | None = None
     """Render audio here with FluidSynth (needs pyfluidsynth and the FluidSynth library)."""
     sample_rate: int = 44100
-    """Sample rate of the audio."""
+    """Sample rate of the audio (8000-96000 Hz)."""
     soundfont: str | None = None
     """General MIDI sound font (.sf2) the audio is rendered with, e.g. Debian's
     fluid-soundfont-gm, /usr/share/sounds/sf2/FluidR3_GM.sf2 (default: pretty_midi's small
@@ -98,8 +98,8 @@ class MusicGenerate:
                 self.min_note_seconds > self.max_note_seconds):  # fmt: skip
             raise ValueError(f"min_note_seconds ({self.min_note_seconds}) must not exceed "
                              f"max_note_seconds ({self.max_note_seconds})")  # fmt: skip
-        if self.sample_rate <= 0:
-            raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+        if not 8000 <= self.sample_rate <= 96_000:  # what FluidSynth renders
+            raise ValueError(f"sample_rate must be 8000-96000 Hz, got {self.sample_rate}")
         check_writable(self.piano_roll, "piano_roll")
         check_writable(self.wav, "wav")
         if self.soundfont is not None and not Path(self.soundfont).is_file():

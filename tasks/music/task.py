@@ -91,6 +91,7 @@ class MusicData:
 
 
 LENGTH_RULES = ("hold_limits", "shortest_holds")  # seconds per octave, in task_options
+MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask for 1e8
 
 
 class MusicTask(Task, Evaluates, GeneratesFiles):
@@ -232,7 +233,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
                 raise ValueError(f"a prompt of event ids must hold ids 0-{NUM_EVENTS - 1}")
         else:
             midi = source if isinstance(source, pretty_midi.PrettyMIDI) else read_midi(source)
-            events = encode_notes(quantize(notes_from_pretty_midi(midi)))
+            events = encode_notes(quantize(notes_from_pretty_midi(midi)), most=MOST_PROMPT_EVENTS)
             if len(events) == 0:
                 log.warning("warning: %s has no notes (drums only?): starting from nothing",
                             source if isinstance(source, str) else "the prompt")  # fmt: skip
