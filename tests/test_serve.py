@@ -59,6 +59,7 @@ def test_health_info_and_page(text_server):
     status, info = request(text_server.url + "/info")
     assert status == 200 and info["task"] == "text" and info["step"] == 7
     assert info["model"]["n_layer"] == 2 and info["generation_defaults"]["temperature"] == 0.8
+    assert info["checkpoint"] == "text"  # its name, not where the server keeps it
     status, html = request(text_server.url + "/")
     assert status == 200 and "<form" in html
     assert "http://" not in html and "https://" not in html  # nothing loaded from elsewhere

@@ -184,7 +184,8 @@ def get(url: str, headers: dict | None = None):
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        raw = err.read()
+        return err.code, json.loads(raw) if raw.startswith(b"{") else raw.decode()
 
 
 def post(url: str, body: dict, headers: dict | None = None):
@@ -311,3 +312,66 @@ def test_sigterm_finishes_the_running_stream_and_exits_0(text_ckpt):
             process.kill()
         log = process.stderr.read()
     assert "without an API key" in log
+
+
+def test_a_failing_model_answers_without_details_and_the_server_recovers(text_ckpt):
+    server = BackgroundServer(seqgen.load(text_ckpt), ServeConfig(ckpt=str(text_ckpt)))
+    generator = server.app.state.served.generator
+    forward, calls = generator.model.forward, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("out of memory at /srv/secret/path")
+        return forward(*args, **kwargs)
+
+    generator.model.forward = failing
+    try:
+        body = {"prompt": "the", "options": {"stream": True, "max_new_tokens": 50}}
+        request = urllib.request.Request(server.url + "/generate", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as response:
+            events = response.read().decode()
+        assert "event: error" in events and "internal error (RuntimeError)" in events
+        assert "/srv/secret" not in events and events.rstrip().endswith("event: done\ndata: {}")
+        assert post(server.url + "/generate", {"prompt": "the"})[0] == 200  # a fresh batch
+        assert metrics(server)["seqgen_requests_total{outcome=error}"] == 1
+    finally:
+        server.close()
+
+
+def test_responsive_under_bad_requests_and_connections_bounded(text_ckpt):
+    """Bad requests in a flood are each a quick 4xx while /health and a good request are
+    answered; past --max_connections, uvicorn answers 503."""
+    server = BackgroundServer(seqgen.load(text_ckpt), ServeConfig(ckpt=str(text_ckpt),
+                                                                  max_connections=12))  # fmt: skip
+    bad = [{"prompt": "a", "options": {"num_beams": 5000, "max_new_tokens": 3}},
+           {"prompt": "a", "options": {"stop": ["x"] * 9}},
+           {"prompt": "a", "options": {"max_new_tokens": 10**9}}]  # fmt: skip
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            flood = [pool.submit(post, server.url + "/generate", bad[n % 3]) for n in range(200)]
+            started = time.monotonic()
+            assert get(server.url + "/health")[0] == 200
+            assert post(server.url + "/generate", {"prompt": "the"})[0] == 200
+            assert time.monotonic() - started < 10
+            assert {f.result()[0] for f in flood} == {422}
+        host, port = server.url.removeprefix("http://").split(":")
+        streams, body = [], json.dumps({"prompt": "the", "options": {
+            "stream": True, "max_new_tokens": 8000, "min_new_tokens": 8000}})  # fmt: skip
+        for _ in range(20):  # hold connections open until the server refuses one
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connection.request("POST", "/generate", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            streams.append(connection)
+            if response.status != 200:
+                break
+        assert response.status == 503 and len(streams) <= 12
+        for connection in streams:
+            connection.close()
+        deadline = time.monotonic() + 20
+        while get(server.url + "/health")[0] != 200:  # the left streams are cancelled
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.close()
