@@ -149,13 +149,15 @@ class Generator:
         groups = [outputs[start : start + samples] for start in range(0, len(outputs), samples)]
         return [group[consensus(group, similarity)] for group in groups]
 
-    def request(self, prompt: Any = "", *, stop: Sequence[str] = (), seed: int | None = None,
-                sample: int = 0, logprobs: int | None = None, **options) -> Request:  # fmt: skip
-        """`prompt` as a `Request` for a `Batch` that decodes many at once (`seqgen serve`):
-        its output is what `generate(prompt, stop=stop, seed=seed, **options)` gives (one
-        beam), or with `sample` i what sample i of `num_samples` gives, whatever shares the
-        batch. Decode its new ids with `text(request.output, stop)`."""
-        ids = self.prompt_ids(prompt)
+    def request(self, prompt: Any = "", *, ids: list[int] | None = None, stop: Sequence[str] = (),
+                seed: int | None = None, sample: int = 0, logprobs: int | None = None,
+                **options) -> Request:  # fmt: skip
+        """`prompt` (or its `ids`) as a `Request` for a `Batch` that decodes many at once
+        (`seqgen serve`): its output is what `generate(prompt, stop=stop, seed=seed,
+        **options)` (or `continue_ids(ids, ...)`) gives with one beam, or with `sample` i what
+        sample i of `num_samples` gives, whatever shares the batch. Decode its new ids with
+        `text(request.output, stop)`."""
+        ids = self.prompt_ids(prompt) if ids is None else list(ids)
         options = self._options(stop, options, ids)
         settings = checked_settings(self.model, [ids], options.pop("max_new_tokens", 100), options)
         if settings.num_beams > 1:

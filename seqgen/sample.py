@@ -154,18 +154,27 @@ def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[st
         print(line)
 
 
-def generate_file(generator, ids: list[int], options: dict[str, Any], file_options: Any,
-                  path: Path, most: int | None = None) -> list[str]:  # fmt: skip
-    """A task's file output (and what `file_options` add) for the prompt `ids`: the task
-    prepares the prompt and settings, the shared Generator continues it, the task writes;
-    returns a line per file written. Raises ValueError for options that cannot work (or
-    would take more than `most` tokens), before generating."""
-    task = generator.task
-    ids, changed = task.prepare(ids, file_options, options)  # every generation option is set
+def file_settings(generator, ids: list[int], options: dict[str, Any], file_options: Any,
+                  most: int | None = None) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+    """The prompt ids and generation settings of a task's file output: the task prepares
+    them from `options` and its `file_options`. Raises ValueError for options that cannot
+    work, or that would take more than `most` tokens."""
+    ids, changed = generator.task.prepare(ids, file_options, options)  # sets every option
     settings = {**options, **changed}
     if most is not None and settings["max_new_tokens"] > most:
         raise ValueError(f"this output may take up to {settings['max_new_tokens']:,} tokens; "
                          f"this server allows {most:,} (ask for less)")  # fmt: skip
+    return ids, settings
+
+
+def generate_file(generator, ids: list[int], options: dict[str, Any], file_options: Any,
+                  path: Path) -> list[str]:  # fmt: skip
+    """A task's file output (and what `file_options` add) for the prompt `ids`: the task
+    prepares the prompt and settings, the shared Generator continues it, the task writes;
+    returns a line per file written. Raises ValueError for options that cannot work, before
+    generating."""
+    task = generator.task
+    ids, settings = file_settings(generator, ids, options, file_options)
     settings["stop_fn"] = _Reporting(settings.get("stop_fn"), settings["max_new_tokens"])
     started = time.perf_counter()
     new = generator.continue_ids(ids, **settings)

@@ -4,9 +4,10 @@ Continuous batching: one `Batch` stays open, and every request decoded with one 
 it at the next step and leaves when it ends, streamed or not, seeded or not, with its own
 options and stop strings; a finished row's place goes to the next request at once. A seeded
 request draws from its own stream, so it gets what `seqgen generate --seed` gives whatever
-shares its batch. Beam searches and file outputs (music) run between two steps of the batch:
-a beam search reorders its rows every step (the beam searches waiting with the same settings
-run as one batched search), and a file task prepares, decodes and writes in its own way.
+shares its batch. A file output (music) is prepared by the worker (its prompt parsed, its
+settings and rules set by the task), decoded in the batch, and written between two steps.
+Beam searches run between two steps: a search reorders its rows every step, so those waiting
+with the same settings run as one batched search instead.
 
 Each job reports back to its route through an asyncio queue, so a waiting client holds no
 thread. A cancelled job (the client left, or its time ran out) leaves the batch at the next
@@ -77,20 +78,23 @@ class Done:
 
 class Job:
     """One HTTP request's work: the `Request`s it decodes in the batch (one per sample), the
-    prompts and settings of a beam search, or a function run on its own (`run(generator,
-    check)`, where `check()` raises Cancelled). A beam search or a function gives its
-    outputs whole, as one Done: a list of texts, one per prompt, or the function's result.
+    prompts and settings of a beam search, or a file output to prepare (`prepare(generator)`
+    gives its Request and the function that writes its files). A beam search gives its
+    outputs whole, as one Done with a list of texts, one per prompt.
     The worker puts ("text", index, piece), Done, ("error", exception) and ("end", None)
     items on `items`, from its own thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, requests: list[Request] = (),
                  stop: tuple[str, ...] = (), stream: bool = False,
-                 run: Callable[[Any, Callable[[], None]], Any] | None = None,
-                 beams: tuple[list[Any], dict[str, Any]] | None = None) -> None:  # fmt: skip
+                 beams: tuple[list[Any], dict[str, Any]] | None = None,
+                 prepare: Callable[[Any], tuple[Request, Callable]] | None = None,
+                 ) -> None:  # fmt: skip
         self.loop, self.items = loop, asyncio.Queue()
-        self.requests, self.stop, self.stream, self.run = list(requests), tuple(stop), stream, run
+        self.requests, self.stop, self.stream = list(requests), tuple(stop), stream
         self.beams = beams  # (prompts, settings) of a beam search
-        self.remaining = len(self.requests)
+        self.prepare = prepare  # a file output's: its Request, and what writes its files
+        self.finish: Callable[[Request], Any] | None = None
+        self.remaining = len(self.requests) or 1
         self.admitted = 0  # requests moved into the batch
         self.pieces: list[TextPieces] = []
         self.arrived = time.monotonic()
@@ -104,10 +108,6 @@ class Job:
         self.cancelled = True
         for request in self.requests:
             request.cancel()
-
-    def check(self) -> None:
-        if self.cancelled:
-            raise Cancelled()
 
     async def results(self, timeout: float, disconnected: Callable[[], Any] | None = None):
         """The job's items as they come (text pieces and Done), until it has ended. An error
@@ -191,28 +191,30 @@ class Worker:
                 alone = self._admit()  # (drops the cancelled)
                 if self.stopping and not self.batch and not alone:
                     return
-            if alone:
-                self._run_alone(alone)
+            if alone and alone[0].prepare is not None:
+                self._prepare(alone[0])
+            elif alone:
+                self._beam_search(alone)
             elif self.batch:
                 self._step()
 
     def _admit(self) -> list[Job]:
         """Move the outputs of waiting jobs into the batch while it has room (a job with
-        more than it has stays first in line, part admitted); returns the job at the head
-        of the queue if it runs on its own, with the waiting beam searches that can join it
-        (same settings: one batched beam search; see `benchmarks.generate`)."""
+        more than it has stays first in line, part admitted). Returns, taken out of the
+        queue, a file job at its head to prepare, or the beam search at its head with those
+        waiting that can join it (same settings: one batched beam search)."""
         empty = not self.batch
         while self.pending:
             job = self.pending[0]
             if job.cancelled:
                 self.pending.popleft()
-                job.remaining -= len(job.requests) - job.admitted  # those never to finish
+                job.remaining -= (len(job.requests) or 1) - job.admitted  # never to finish
                 if job.remaining == 0:
                     _end(job, self.metrics, "cancelled")
                 continue
             if job.beams is not None:
                 return self._beam_group()
-            if job.run is not None:
+            if job.prepare is not None and not job.requests:
                 return [self.pending.popleft()]
             if self.batching == "static" and not empty:
                 return []
@@ -269,49 +271,38 @@ class Worker:
             self._finished(job, index, request)
 
     def _finished(self, job: Job, index: int, request: Request) -> None:
-        if job.stream and request.finish_reason != "cancelled":
-            if rest := job.pieces[index].finish():
-                job.put(("text", index, rest))
-            output = job.pieces[index].text[: job.pieces[index].shown]
-        else:
-            output = self.generator.text(request.output, job.stop)
+        try:
+            if job.stream and request.finish_reason != "cancelled":
+                if rest := job.pieces[index].finish():
+                    job.put(("text", index, rest))
+                output = job.pieces[index].text[: job.pieces[index].shown]
+            elif job.finish is not None and request.finish_reason != "cancelled":
+                output = job.finish(request)  # writes its files, between two steps
+            else:
+                output = self.generator.text(request.output, job.stop)
+        except Exception as err:  # a file that could not be written: the request's error
+            job.put(("error", err))
+            output = None
         job.put(Done(index, output, request.finish_reason, request))
         job.remaining -= 1
         if job.remaining == 0:
             _end(job, self.metrics, "cancelled" if job.cancelled else "ok")
 
-    def _run_alone(self, group: list[Job]) -> None:
-        """Run a job on its own, or a group of beam searches as one."""
-        self.metrics.running.set_function(lambda: sum(len(job.beams[0]) if job.beams else 1
-                                                      for job in group))  # fmt: skip
+    def _prepare(self, job: Job) -> None:
+        """Prepare a file job (outside the queue's lock) and put it back first in line."""
         try:
-            if group[0].beams is None:
-                group[0].check()
-                results = [group[0].run(self.generator, group[0].check)]
-            else:
-                results = self._beam_search(group)
-        except Cancelled:
-            for job in group:
-                _end(job, self.metrics, "cancelled")
+            request, job.finish = job.prepare(self.generator)
         except Exception as err:  # answered by the route (a 4xx for options that clash)
-            for job in group:
-                job.put(("error", err))
-                _end(job, self.metrics, "error")
-        else:
-            now = time.monotonic()
-            for job, result in zip(group, results, strict=True):
-                if job.cancelled:
-                    _end(job, self.metrics, "cancelled")
-                    continue
-                self.metrics.first_token.observe(now - job.arrived)
-                job.put(Done(0, result, "stop"))
-                _end(job, self.metrics, "ok")
-        finally:
-            self.metrics.running.set_function(lambda: len(self.batch))
+            job.put(("error", err))
+            _end(job, self.metrics, "error")
+            return
+        job.requests = [request]
+        with self.ready:
+            self.pending.appendleft(job)
 
-    def _beam_search(self, group: list[Job]) -> list[list[str]]:
-        """One batched beam search over the prompts of `group` (equal settings); each job's
-        outputs. It stops early only once every job in it is cancelled."""
+    def _beam_search(self, group: list[Job]) -> None:
+        """One batched beam search over the prompts of `group` (equal settings), between two
+        steps of the batch; it stops early only once every job in it is cancelled."""
         prompts = [prompt for job in group for prompt in job.beams[0]]
         settings = group[0].beams[1]
 
@@ -320,14 +311,32 @@ class Worker:
                 raise Cancelled()
             return False
 
-        outputs = self.generator.generate_many(prompts, batch_size=len(prompts),
-                                               stop=group[0].stop, stop_fn=check,
-                                               **settings)  # fmt: skip
-        results, start = [], 0
+        self.metrics.running.set_function(lambda: len(prompts))
+        try:
+            outputs = self.generator.generate_many(prompts, batch_size=len(prompts),
+                                                   stop=group[0].stop, stop_fn=check,
+                                                   **settings)  # fmt: skip
+        except Cancelled:
+            for job in group:
+                _end(job, self.metrics, "cancelled")
+            return
+        except Exception as err:  # answered by the route (a 4xx for options that clash)
+            for job in group:
+                job.put(("error", err))
+                _end(job, self.metrics, "error")
+            return
+        finally:
+            self.metrics.running.set_function(lambda: len(self.batch))
+        now, start = time.monotonic(), 0
         for job in group:
-            results.append(outputs[start : start + len(job.beams[0])])
+            texts = outputs[start : start + len(job.beams[0])]
             start += len(job.beams[0])
-        return results
+            if job.cancelled:
+                _end(job, self.metrics, "cancelled")
+                continue
+            self.metrics.first_token.observe(now - job.arrived)
+            job.put(Done(0, texts, "stop"))
+            _end(job, self.metrics, "ok")
 
 
 def _end(job: Job, metrics: Metrics, outcome: str) -> None:
@@ -368,30 +377,44 @@ def text_job(generator, loop, prompts: list[Any], options: dict[str, Any], sampl
 def file_job(loop, prompt_bytes: bytes | None, options: dict[str, Any], extras: dict[str, Any],
              task, most: int) -> Job:  # fmt: skip
     """A file task's job (music: a MIDI prompt in, a MIDI continuation out, with its piano
-    roll and audio when asked): the prompt is parsed in the worker, within the queue's bound,
-    and the files come back base64-encoded."""
-    from seqgen.sample import generate_file
+    roll and audio when asked). The worker prepares it (parses the prompt, within the
+    queue's bound; the task sets the options), decodes it in the batch like any request,
+    and writes its files: they come back base64-encoded."""
+    from seqgen.sample import file_settings
 
-    settings = {k: v for k, v in options.items() if k not in ("stop", "stream")}
+    settings = {k: v for k, v in options.items() if k not in ("stop", "stream", "seed")}
 
-    def run(generator, check) -> dict[str, Any]:
+    def prepare(generator) -> tuple[Request, Callable[[Request], dict[str, Any]]]:
         with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
-            folder = Path(tmp)
-            ids = _prompt_ids(generator, prompt_bytes, folder)
-            wanted = {name: str(folder / f"{name}{suffix}")
-                      for name, suffix in task.extra_files.items() if extras.get(name)}  # fmt: skip
-            own = {k: v for k, v in extras.items() if k not in task.extra_files}
-            file_options = task.generate_options(**own, **wanted)
-            out = folder / f"continuation{task.output_suffix}"
-            stop_fn = lambda ids: check() or False  # noqa: E731 (raises once cancelled)
-            lines = generate_file(generator, ids, {**settings, "stop_fn": stop_fn}, file_options,
-                                  out, most=most)  # fmt: skip
-            found = {"output": out, **{name: Path(path) for name, path in wanted.items()}}
-            shown = [line.replace(f"{folder}/", "") for line in lines]  # no server paths
-            return {"files": {name: _encoded(path) for name, path in found.items()},
-                    "lines": shown}  # fmt: skip
+            ids = _prompt_ids(generator, prompt_bytes, Path(tmp))
+            ids, prepared = file_settings(generator, ids, settings,
+                                          _file_options(task, extras, Path(tmp)), most)  # fmt: skip
+        request = generator.request(ids=ids, seed=options["seed"], **prepared)
 
-    return Job(loop, run=run)
+        def finish(request: Request) -> dict[str, Any]:
+            with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
+                folder = Path(tmp)
+                file_options = _file_options(task, extras, folder)
+                out = folder / f"continuation{task.output_suffix}"
+                lines = task.write(ids, request.output, generator.tokenizer, file_options, out)
+                found = {"output": out, **{name: folder / f"{name}{suffix}"
+                                           for name, suffix in task.extra_files.items()
+                                           if extras.get(name)}}  # fmt: skip
+                shown = [line.replace(f"{folder}/", "") for line in lines]  # no server paths
+                return {"files": {name: _encoded(path) for name, path in found.items()},
+                        "lines": shown}  # fmt: skip
+
+        return request, finish
+
+    return Job(loop, prepare=prepare)
+
+
+def _file_options(task, extras: dict[str, Any], folder: Path):
+    """A file task's own options from a request's: the extra files it asked for in `folder`."""
+    wanted = {name: str(folder / f"{name}{suffix}")
+              for name, suffix in task.extra_files.items() if extras.get(name)}  # fmt: skip
+    own = {k: v for k, v in extras.items() if k not in task.extra_files}
+    return task.generate_options(**own, **wanted)
 
 
 def _prompt_ids(generator, prompt_bytes: bytes | None, folder: Path) -> list[int]:
