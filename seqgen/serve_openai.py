@@ -172,7 +172,7 @@ class _Reply:
                     if not self.job.requests:  # a beam search's output comes whole
                         yield self._chunk(0, item.output[0], None)
                         item = Done(0, item.output[0], "stop")
-                    yield self._chunk(item.index, "", _reason(item))
+                    yield self._chunk(item.index, "", _reason(item), self._logprobs(item))
                 elif item[0] == "text":
                     yield self._chunk(item[1], item[2], None)
         except RequestError as err:
@@ -185,10 +185,13 @@ class _Reply:
                              "usage": self._usage(done)})  # fmt: skip
         yield "data: [DONE]\n\n"
 
-    def _chunk(self, index: int, text: str, reason: str | None) -> str:
+    def _chunk(self, index: int, text: str, reason: str | None,
+               logprobs: dict[str, Any] | None = None) -> str:  # fmt: skip
+        """One chunk of choice `index`; a choice's last (with its finish_reason) carries the
+        log-probabilities of all its tokens, when asked for."""
         return _data({"id": self.id, "object": "text_completion", "created": self.created,
                       "model": self.model, "choices": [{"index": index, "text": text,
-                      "logprobs": None, "finish_reason": reason}]})  # fmt: skip
+                      "logprobs": logprobs, "finish_reason": reason}]})  # fmt: skip
 
     def _usage(self, done: list[Done]) -> dict[str, int]:
         prompt = sum(len(self.generator.prompt_ids(p)) for p in self.prompts)

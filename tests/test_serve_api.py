@@ -98,6 +98,9 @@ def test_openai_client_streams_and_gives_logprobs(server, generator):
     assert len(logprobs.token_logprobs) == 6 and all(lp <= 0 for lp in logprobs.token_logprobs)
     for lp, top in zip(logprobs.token_logprobs, logprobs.top_logprobs, strict=True):
         assert len(top) == 3 and abs(max(top.values()) - lp) < 1e-5  # greedy: the likeliest
+    streamed = [c.choices[0] for c in api.completions.create(
+        model="text", prompt="the lord", max_tokens=6, temperature=0, logprobs=3, stream=True)]
+    assert streamed[-1].logprobs.token_logprobs == logprobs.token_logprobs
     with pytest.raises(openai.UnprocessableEntityError, match="max_tokens"):
         api.completions.create(model="text", prompt="x", max_tokens=10**6)
     with pytest.raises(openai.UnprocessableEntityError, match="frequency_penalty"):
