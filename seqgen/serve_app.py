@@ -10,6 +10,7 @@ import dataclasses
 import hmac
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,8 +66,8 @@ def answerable(err: BaseException, fields: set[str]) -> RequestError:
 class Served:
     """What the routes serve, once the checkpoint is loaded: `ready` is set then."""
 
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
+    def __init__(self, config: ServeConfig, on_failure: Callable[[], None] | None) -> None:
+        self.config, self.on_failure = config, on_failure
         self.metrics = Metrics()
         self.ready = threading.Event()
         self.generator = self.worker = None
@@ -88,8 +89,11 @@ class Served:
             self.ready.set()
             log.info("serving %s (%s task)", generator.path, generator.task.name)
         except Exception as err:
-            self.failed = f"{type(err).__name__}: {err}"
-            log.exception("seqgen serve: could not load %s", self.config.ckpt)
+            self.failed = str(err) if isinstance(err, SeqgenError) else repr(err)
+            if self.on_failure is None:
+                log.exception("seqgen serve: could not load %s", self.config.ckpt)
+            else:
+                self.on_failure()
 
 
 class Guard:
@@ -147,10 +151,12 @@ def error_response(path: str, err: RequestError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status)
 
 
-def create_app(config: ServeConfig, generator=None) -> FastAPI:
+def create_app(config: ServeConfig, generator=None,
+               on_failure: Callable[[], None] | None = None) -> FastAPI:  # fmt: skip
     """The app serving `config.ckpt`, or `generator` (a loaded checkpoint) where given: routes
-    answer 503 until the checkpoint is loaded, in the background."""
-    served = Served(config)
+    answer 503 until the checkpoint is loaded, in the background; `on_failure()` is called if
+    it cannot be (else /health says "failed")."""
+    served = Served(config, on_failure)
     if generator is not None:
         served.load(generator)
 
@@ -375,8 +381,9 @@ def uvicorn_config(app, config: ServeConfig, port: int, **settings):
 
 def serve(config: ServeConfig) -> None:
     """Serve `config.ckpt` until SIGTERM or Ctrl-C: /health says "loading" until the model is
-    loaded; on the signal no request is taken, the running ones have `shutdown_seconds` to
-    finish, the rest are cancelled, and the process exits 0."""
+    loaded (a checkpoint that cannot be loaded stops the server with its error); on the
+    signal no request is taken, the running ones have `shutdown_seconds` to finish, the rest
+    are cancelled, and the process exits 0."""
     import uvicorn
 
     if config.host not in LOOPBACK and not config.api_key:
@@ -391,6 +398,9 @@ def serve(config: ServeConfig) -> None:
             if sig == signal.SIGTERM:  # a stop asked for: exit 0 once stopped, rather than
                 self._captured_signals.remove(sig)  # by the signal uvicorn raises again
 
-    app = create_app(config)
+    app = create_app(config, on_failure=lambda: setattr(server, "should_exit", True))
+    server = Server(uvicorn_config(app, config, config.port, log_level="warning"))
     log.info("seqgen serve: http://%s:%d (loading %s)", config.host, config.port, config.ckpt)
-    Server(uvicorn_config(app, config, config.port, log_level="warning")).run()
+    server.run()
+    if app.state.served.failed:
+        raise SeqgenError(f"seqgen serve: {app.state.served.failed}")

@@ -270,6 +270,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def test_a_checkpoint_that_cannot_load_stops_seqgen_serve_with_its_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "seqgen.cli", "serve", "--ckpt",
+                             str(tmp_path / "nothing"), "--port", str(free_port())],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    last = result.stderr.splitlines()[-1]
+    assert result.returncode == 2 and "nothing: no such checkpoint" in last
+    assert "Traceback" not in result.stderr
+
+
 def test_sigterm_finishes_the_running_stream_and_exits_0(text_ckpt):
     """`seqgen serve` on all interfaces without a key warns; on SIGTERM it takes no new
     request, lets the running stream finish and exits 0."""
