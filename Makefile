@@ -34,6 +34,7 @@ demo: $(STAMP)
 	done
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check seqgen tasks tests benchmarks
 	$(VENV)/bin/ruff check seqgen tasks tests benchmarks
 
 test: $(STAMP) lint

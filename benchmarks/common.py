@@ -69,9 +69,11 @@ def print_figures(report: dict[str, Any]) -> None:
     """A report's numbers as a two-column Markdown table, then the machine they came from."""
     from seqgen.tables import markdown_table
 
-    rows = [[key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"]
-            for key, value in report.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)]  # fmt: skip
+    rows = [
+        [key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"]
+        for key, value in report.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
     print(markdown_table(["figure", "value"], rows))
     print(f"\n{report['cpu']}")
 
@@ -135,8 +137,12 @@ def seqgen_training_step(model_config, batch_size: int) -> Callable[[], None]:
     return step
 
 
-def seconds_in_turns(contenders: dict[str, Callable[[], None]], precision: str = "fp32",
-                     steps: int = 15, warmup: int = 3) -> dict[str, float]:  # fmt: skip
+def seconds_in_turns(
+    contenders: dict[str, Callable[[], None]],
+    precision: str = "fp32",
+    steps: int = 15,
+    warmup: int = 3,
+) -> dict[str, float]:
     """Median seconds per call of each contender in `precision` (fp32, or bf16 autocast),
     taken in turns (`seqgen.cpu.seconds_in_turns`)."""
     from seqgen.cpu import autocast

@@ -30,11 +30,28 @@ from benchmarks.common import parse_args, print_figures, write_report
 FILE_BYTES = 12 << 20
 VAL_FRACTION = 0.01  # the validation after each training run reads all of it
 TEXT_SUFFIXES = (".txt", ".tokens", ".en", ".de", ".jsonl")
-TRAIN_MODEL = ["--model.n_layer", "4", "--model.n_head", "4", "--model.n_embd", "256",
-               "--model.block_size", "256", "--train.batch_size", "16",
-               "--train.precision", "32-true", "--train.val_batches", "2",
-               "--train.val_every_n_steps", "1000", "--train.checkpoint_every_n_steps", "1000",
-               "--train.progress_every_seconds", "1000"]  # fmt: skip
+TRAIN_MODEL = [
+    "--model.n_layer",
+    "4",
+    "--model.n_head",
+    "4",
+    "--model.n_embd",
+    "256",
+    "--model.block_size",
+    "256",
+    "--train.batch_size",
+    "16",
+    "--train.precision",
+    "32-true",
+    "--train.val_batches",
+    "2",
+    "--train.val_every_n_steps",
+    "1000",
+    "--train.checkpoint_every_n_steps",
+    "1000",
+    "--train.progress_every_seconds",
+    "1000",
+]
 
 
 def corpus_lines(data: Path) -> list[str]:
@@ -103,8 +120,13 @@ def run(argv: Sequence[str], until: str | None = None) -> dict[str, float]:
     then it is stopped, or to its end) and the peak PSS of its process tree."""
     env = {**os.environ, "SEQGEN_LOG": "INFO", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "seqgen.cli", *argv], env=env, text=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "seqgen.cli", *argv],
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     peak, done = 0, threading.Event()
 
     def watch() -> None:
@@ -153,10 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data", help="Folder of text to sample.")
     parser.add_argument("--size_mb", type=float, default=300, help="Corpus size S in MB.")
-    parser.add_argument("--num_proc", type=int, default=os.cpu_count(),
-                        help="Processes of the parallel runs.")  # fmt: skip
-    parser.add_argument("--train_steps", type=int, default=40,
-                        help="Steps of the two training runs compared.")  # fmt: skip
+    parser.add_argument(
+        "--num_proc", type=int, default=os.cpu_count(), help="Processes of the parallel runs."
+    )
+    parser.add_argument(
+        "--train_steps", type=int, default=40, help="Steps of the two training runs compared."
+    )
     parser.add_argument("--vocab_size", type=int, default=8192, help="Tokenizer vocabulary.")
     parser.add_argument("--work_dir", default=None, help="Where the corpora go (a temp dir).")
     parser.add_argument("--report", default=None, help="Write the JSON report here.")
@@ -175,13 +199,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_corpus(lines, large, size, first=files)
     corpus_bytes = sum(f.stat().st_size for f in small.iterdir())
     tokenizer = work / "tokenizer"
-    run(["tokenizer", "train", "--data.source", str(small), "--out", str(tokenizer),
-         "--tokenizer.vocab_size", str(args.vocab_size), "--tokenizer.max_sentences", "200000"])
+    run(
+        [
+            "tokenizer",
+            "train",
+            "--data.source",
+            str(small),
+            "--out",
+            str(tokenizer),
+            "--tokenizer.vocab_size",
+            str(args.vocab_size),
+            "--tokenizer.max_sentences",
+            "200000",
+        ]
+    )
 
     def prepare(source: Path, out: str, num_proc: int) -> dict[str, float]:
-        return run(["data", "prepare", "--data.source", str(source), "--tokenizer.path",
-                    str(tokenizer), "--out", str(work / out), "--num_proc", str(num_proc),
-                    "--data.val_fraction", str(VAL_FRACTION), "--overwrite", "true"])  # fmt: skip
+        return run(
+            [
+                "data",
+                "prepare",
+                "--data.source",
+                str(source),
+                "--tokenizer.path",
+                str(tokenizer),
+                "--out",
+                str(work / out),
+                "--num_proc",
+                str(num_proc),
+                "--data.val_fraction",
+                str(VAL_FRACTION),
+                "--overwrite",
+                "true",
+            ]
+        )
 
     one = prepare(small, "shards_one", 1)
     many = prepare(small, "shards_S", args.num_proc)
@@ -189,16 +240,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     index = json.loads((work / "shards_S" / "index.json").read_text())
     tokens = sum(index["splits"][s]["tokens"] for s in ("train", "val"))
     ceiling = encode_ceiling(small, tokenizer)
-    train = ["pretrain", *TRAIN_MODEL, "--train.max_steps", str(args.train_steps),
-             *args.overrides, "--overwrite", "true"]  # fmt: skip
-    sources = {"shards": ["--data.source", str(work / "shards_S")],
-               "in_memory": ["--data.source", str(small), "--tokenizer.path", str(tokenizer),
-                             "--data.cache_dir", str(work / "cache"),
-                             "--data.val_fraction", str(VAL_FRACTION)]}  # fmt: skip
+    train = [
+        "pretrain",
+        *TRAIN_MODEL,
+        "--train.max_steps",
+        str(args.train_steps),
+        *args.overrides,
+        "--overwrite",
+        "true",
+    ]
+    sources = {
+        "shards": ["--data.source", str(work / "shards_S")],
+        "in_memory": [
+            "--data.source",
+            str(small),
+            "--tokenizer.path",
+            str(tokenizer),
+            "--data.cache_dir",
+            str(work / "cache"),
+            "--data.val_fraction",
+            str(VAL_FRACTION),
+        ],
+    }
     first_step, speed = {}, {}
     for name, source in sources.items():  # the in-memory path tokenizes into its cache here
-        first_step[name] = run([*train, *source, "--out_dir", str(work / f"run_{name}")],
-                               until="step 1")  # fmt: skip
+        first_step[name] = run(
+            [*train, *source, "--out_dir", str(work / f"run_{name}")], until="step 1"
+        )
     for name, source in sources.items():
         out = work / f"report_{name}.json"
         run([*train, *source, "--out_dir", str(work / f"run_{name}"), "--report", str(out)])

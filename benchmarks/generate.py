@@ -109,8 +109,9 @@ def clocked(times: dict[str, float], key: str) -> Iterator[None]:
     times[key] += time.perf_counter() - started
 
 
-def mbr_timings(prompts: list[list[int]], samples: int, batch: int, new_tokens: int
-                ) -> dict[str, float]:  # fmt: skip
+def mbr_timings(
+    prompts: list[list[int]], samples: int, batch: int, new_tokens: int
+) -> dict[str, float]:
     """Seconds of the straightforward and the batched MBR path (generation and consensus
     apart); raises if they choose differently."""
     torch.manual_seed(0)
@@ -119,13 +120,18 @@ def mbr_timings(prompts: list[list[int]], samples: int, batch: int, new_tokens: 
     sampling = dict(MBR_SAMPLING, max_new_tokens=new_tokens)
     similarity = RougeSimilarity()
     pair_by_pair = lambda a, b: similarity(a, b)  # noqa: E731  (a plain callable)
-    times = dict.fromkeys(("generate_one", "consensus_pairs", "generate_batched",
-                           "consensus_matrix"), 0.0)  # fmt: skip
+    times = dict.fromkeys(
+        ("generate_one", "consensus_pairs", "generate_batched", "consensus_matrix"), 0.0
+    )
     chosen_one = []
     for p, prompt in enumerate(prompts):
         with clocked(times, "generate_one"):
-            outputs = generate(model, [prompt] * samples,
-                               sample_ids=range(p * samples, (p + 1) * samples), **sampling)
+            outputs = generate(
+                model,
+                [prompt] * samples,
+                sample_ids=range(p * samples, (p + 1) * samples),
+                **sampling,
+            )
         texts = [as_text(o) for o in outputs]
         with clocked(times, "consensus_pairs"):
             chosen_one.append(texts[consensus(texts, pair_by_pair)])
@@ -146,16 +152,18 @@ def many_prompts_timings(model: GPT, count: int, batch: int) -> dict[str, float]
     """Seconds for `count` prompts of mixed lengths and budgets decoded `batch` at a time,
     batches one after another vs continuous batching; raises if their outputs differ."""
     order = sorted(range(count), key=lambda i: (13 * i) % 41)  # by length, as generate_many
-    prompts = [torch.randint(0, model.config.vocab_size, (8 + (13 * i) % 41,)).tolist()
-               for i in order]  # fmt: skip
+    prompts = [
+        torch.randint(0, model.config.vocab_size, (8 + (13 * i) % 41,)).tolist() for i in order
+    ]
     limits = [4 + (29 * i) % 61 for i in order]
     found: dict[str, list] = {"batches": []}
 
     def batches() -> None:
         found["batches"] = []
         for start in range(0, count, batch):
-            found["batches"] += generate(model, prompts[start : start + batch],
-                                         limits[start : start + batch], temperature=0)
+            found["batches"] += generate(
+                model, prompts[start : start + batch], limits[start : start + batch], temperature=0
+            )
 
     def continuous() -> None:
         found["continuous"] = generate(model, prompts, limits, batch_size=batch, temperature=0)
@@ -167,8 +175,9 @@ def many_prompts_timings(model: GPT, count: int, batch: int) -> dict[str, float]
     return times
 
 
-def transformers_rows(plain: GPT, prompts: list[list[int]], n: int, repeats: int
-                      ) -> dict[str, float]:  # fmt: skip
+def transformers_rows(
+    plain: GPT, prompts: list[list[int]], n: int, repeats: int
+) -> dict[str, float]:
     """Tokens/s of transformers' generate() on the same weights, batch 1 (the first prompt)
     and all prompts. Its model is freed on return: gigabytes held while the later rows run
     slowed their large allocations (batched beam search by up to a third)."""
@@ -183,15 +192,23 @@ def transformers_rows(plain: GPT, prompts: list[list[int]], n: int, repeats: int
 
     def theirs(ids: torch.Tensor) -> None:
         with torch.inference_mode():
-            hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                        eos_token_id=None, pad_token_id=0, use_cache=True)  # fmt: skip
+            hf.generate(
+                ids,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+                use_cache=True,
+            )
 
     first, every = torch.tensor(prompts[:1]), torch.tensor(prompts)
     return {
         "transformers fp32, generate()": n / timed(lambda: theirs(first), repeats),
-        f"transformers fp32, generate(), batch {len(prompts)}":
-            len(prompts) * n / timed(lambda: theirs(every), repeats),
-    }  # fmt: skip
+        f"transformers fp32, generate(), batch {len(prompts)}": len(prompts)
+        * n
+        / timed(lambda: theirs(every), repeats),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,13 +220,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no_cache_samples", type=int, default=5)
     parser.add_argument("--exact_no_cache", action="store_true")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--beam_prompts", type=int, default=48,
-                        help="prompts of mixed lengths for the beam-4 rows")
+    parser.add_argument(
+        "--beam_prompts", type=int, default=48, help="prompts of mixed lengths for the beam-4 rows"
+    )
     parser.add_argument("--beam_new_tokens", type=int, default=24)
-    parser.add_argument("--many_prompts", type=int, default=96,
-                        help="prompts of mixed lengths and budgets for the continuous rows")
-    parser.add_argument("--mbr_prompts", type=int, default=4,
-                        help="prompts for the MBR rows (16 samples each, batched 32)")
+    parser.add_argument(
+        "--many_prompts",
+        type=int,
+        default=96,
+        help="prompts of mixed lengths and budgets for the continuous rows",
+    )
+    parser.add_argument(
+        "--mbr_prompts",
+        type=int,
+        default=4,
+        help="prompts for the MBR rows (16 samples each, batched 32)",
+    )
     parser.add_argument("--mbr_prompt_tokens", type=int, default=384)
     parser.add_argument("--mbr_new_tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -230,8 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pack_linears(packed, measure=False):
         print("oneDNN packed linear unavailable: seqgen rows use plain nn.Linear", file=sys.stderr)
 
-    others = [torch.randint(0, model.config.vocab_size, (args.prompt_tokens,)).tolist()
-              for _ in range(args.batch - 1)]  # fmt: skip
+    others = [
+        torch.randint(0, model.config.vocab_size, (args.prompt_tokens,)).tolist()
+        for _ in range(args.batch - 1)
+    ]
 
     def ours(m=model, batch=1, new=n):
         # a batch of different prompts: copies of one would share its keys and values
@@ -257,27 +285,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows[f"seqgen fp32, KV cache, batch {args.batch}"] = (
         args.batch * n / timed(lambda: ours(batch=args.batch), args.repeats)
     )
-    beam_prompts = [torch.randint(0, model.config.vocab_size, (4 + (7 * i) % 37,)).tolist()
-                    for i in range(args.beam_prompts)]  # fmt: skip
+    beam_prompts = [
+        torch.randint(0, model.config.vocab_size, (4 + (7 * i) % 37,)).tolist()
+        for i in range(args.beam_prompts)
+    ]
     beams = dict(num_beams=4, max_new_tokens=args.beam_new_tokens)
     found: dict[str, list] = {}
-    one_seconds = timed(lambda: found.__setitem__(
-        "one", [generate(model, p, **beams) for p in beam_prompts]), 1)  # fmt: skip
-    batched_seconds = timed(lambda: found.__setitem__(
-        "batched", generate(model, beam_prompts, **beams)), 1)  # fmt: skip
+    one_seconds = timed(
+        lambda: found.__setitem__("one", [generate(model, p, **beams) for p in beam_prompts]), 1
+    )
+    batched_seconds = timed(
+        lambda: found.__setitem__("batched", generate(model, beam_prompts, **beams)), 1
+    )
     if found["one"] != found["batched"]:
         raise SystemExit("batched beam search differs from one prompt at a time")
     rows[f"seqgen beam 4, {args.beam_prompts} prompts one at a time"] = (
-        args.beam_prompts * args.beam_new_tokens / one_seconds)
+        args.beam_prompts * args.beam_new_tokens / one_seconds
+    )
     rows[f"seqgen beam 4, {args.beam_prompts} prompts batched"] = (
-        args.beam_prompts * args.beam_new_tokens / batched_seconds)
-    mbr_prompts = [torch.randint(0, MBR_SHAPE["vocab_size"], (args.mbr_prompt_tokens,)).tolist()
-                   for _ in range(args.mbr_prompts)]  # fmt: skip
+        args.beam_prompts * args.beam_new_tokens / batched_seconds
+    )
+    mbr_prompts = [
+        torch.randint(0, MBR_SHAPE["vocab_size"], (args.mbr_prompt_tokens,)).tolist()
+        for _ in range(args.mbr_prompts)
+    ]
     many = many_prompts_timings(model, args.many_prompts, args.batch)
     rows[f"seqgen, {args.many_prompts} prompts, batches of {args.batch} one by one"] = (
-        many["new_tokens"] / many["batches"])
+        many["new_tokens"] / many["batches"]
+    )
     rows[f"seqgen, {args.many_prompts} prompts, continuous batching of {args.batch}"] = (
-        many["new_tokens"] / many["continuous"])
+        many["new_tokens"] / many["continuous"]
+    )
     mbr = mbr_timings(mbr_prompts, 16, 32, args.mbr_new_tokens)
     mbr_one = mbr["generate_one"] + mbr["consensus_pairs"]
     mbr_new = mbr["generate_batched"] + mbr["consensus_matrix"]
@@ -291,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tokens_per_second": rows["seqgen fp32, KV cache"],
         "speedup_vs_hf": rows["seqgen fp32, KV cache"] / rows[hf_row] if hf_row in rows else None,
         "speedup_vs_hf_batch8": rows[batch_row] / rows[hf_batch_row]
-        if hf_batch_row in rows else None,
+        if hf_batch_row in rows
+        else None,
         "speedup_vs_no_cache": rows[f"seqgen fp32, KV cache, {m} new"]
         / rows[f"no-cache loop fp32, {m} new"],
         "speedup_bf16_vs_fp32": rows["seqgen bf16, KV cache"] / rows["seqgen fp32, KV cache"],
@@ -310,22 +349,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "no_cache_estimated": not args.exact_no_cache,
         "rows_tokens_per_second": rows,
         "settings": vars(args) | {"torch_threads": torch.get_num_threads()},
-    }  # fmt: skip
+    }
     base = rows["seqgen fp32, KV cache"]
     print(f"\n{'decoder (batch 1 greedy unless noted)':<44}{'tokens/s':>10}{'vs seqgen':>11}")
     for name, value in rows.items():
         print(f"{name:<44}{value:>10.1f}{value / base:>10.2f}x")
-    print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; fp32 weights {weight_bytes / 1e6:.0f} MB; "
-          f"bandwidth bound {bandwidth / weight_bytes:.1f} tokens/s; "
-          f"seqgen reaches {report['bandwidth_fraction']:.0%} of it; bf16: "
-          f"{report['bandwidth_fraction_bf16']:.0%} of its own (half the bytes)")  # fmt: skip
-    print(f"MBR, {args.mbr_prompts} prompts x 16 samples: one prompt at a time "
-          f"{mbr['generate_one']:.1f} s generating + {mbr['consensus_pairs']:.1f} s consensus "
-          f"(rouge-score pair by pair); batched {mbr['generate_batched']:.1f} s + "
-          f"{mbr['consensus_matrix']:.2f} s (RougeSimilarity.matrix); same choices")
-    for key in ("speedup_vs_hf", "speedup_vs_hf_batch8", "speedup_vs_no_cache",
-                "speedup_bf16_vs_fp32", "beam_batched_speedup", "continuous_batching_speedup",
-                "mbr_speedup", "mbr_consensus_speedup"):  # fmt: skip
+    print(
+        f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; fp32 weights {weight_bytes / 1e6:.0f} MB; "
+        f"bandwidth bound {bandwidth / weight_bytes:.1f} tokens/s; "
+        f"seqgen reaches {report['bandwidth_fraction']:.0%} of it; bf16: "
+        f"{report['bandwidth_fraction_bf16']:.0%} of its own (half the bytes)"
+    )
+    print(
+        f"MBR, {args.mbr_prompts} prompts x 16 samples: one prompt at a time "
+        f"{mbr['generate_one']:.1f} s generating + {mbr['consensus_pairs']:.1f} s consensus "
+        f"(rouge-score pair by pair); batched {mbr['generate_batched']:.1f} s + "
+        f"{mbr['consensus_matrix']:.2f} s (RougeSimilarity.matrix); same choices"
+    )
+    for key in (
+        "speedup_vs_hf",
+        "speedup_vs_hf_batch8",
+        "speedup_vs_no_cache",
+        "speedup_bf16_vs_fp32",
+        "beam_batched_speedup",
+        "continuous_batching_speedup",
+        "mbr_speedup",
+        "mbr_consensus_speedup",
+    ):
         if report[key] is not None:
             print(f"{key}: {report[key]:.2f}")
     write_report(args.report, report)

@@ -47,51 +47,113 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="keep the run (checkpoint in OUT/final) here")
     parser.add_argument("--config", default=str(RECIPE), help="recipe (default: %(default)s)")
     parser.add_argument(
-        "--dropout", default="auto",
+        "--dropout",
+        default="auto",
         help="model.dropout: a number, or auto (0 under 5 minutes, else the recipe's)",
-    )  # fmt: skip
-    parser.add_argument("--nanogpt", default=str(nanogpt.ANCHOR),
-                        help="nanoGPT's files (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--nanogpt_eval_iters", type=int, default=200,
-                        help="batches of nanoGPT's validation estimate")  # fmt: skip
-    parser.add_argument("--skip", action="append", default=[], choices=["nanogpt", "raw_step"],
-                        help="leave out a part: nanoGPT's training, the raw-step timings")
+    )
+    parser.add_argument(
+        "--nanogpt", default=str(nanogpt.ANCHOR), help="nanoGPT's files (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--nanogpt_eval_iters",
+        type=int,
+        default=200,
+        help="batches of nanoGPT's validation estimate",
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["nanogpt", "raw_step"],
+        help="leave out a part: nanoGPT's training, the raw-step timings",
+    )
     parser.add_argument("overrides", nargs="*", help="recipe overrides, after --")
     args = parse_args(parser, argv)
     if not Path(args.data).is_file():
         parser.error(f"{args.data}: no such file")
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["--config", args.config, "--data.source", args.data, "--data.val_fraction", "0.1",
-                "--data.cache_dir", str(Path(tmp) / "cache"), "--train.max_steps", "-1",
-                "--train.max_time", str(args.budget_seconds),
-                "--train.val_every_n_steps", "1000000",  # validate once, after the budget
-                "--train.progress_bar", "false", "--out_dir", args.out or tmp,
-                *dropout_override(args.dropout, args.budget_seconds), *args.overrides]  # fmt: skip
+        argv = [
+            "--config",
+            args.config,
+            "--data.source",
+            args.data,
+            "--data.val_fraction",
+            "0.1",
+            "--data.cache_dir",
+            str(Path(tmp) / "cache"),
+            "--train.max_steps",
+            "-1",
+            "--train.max_time",
+            str(args.budget_seconds),
+            "--train.val_every_n_steps",
+            "1000000",  # validate once, after the budget
+            "--train.progress_bar",
+            "false",
+            "--out_dir",
+            args.out or tmp,
+            *dropout_override(args.dropout, args.budget_seconds),
+            *args.overrides,
+        ]
         result = train("pretrain", argv)
     report = {
         key: result[key]
-        for key in ("val_bpb", "val_loss", "train_loss", "tokens_per_second", "wall_seconds",
-                    "train_seconds", "params", "steps", "train_tokens", "vocab_size",
-                    "precision", "model")  # fmt: skip
+        for key in (
+            "val_bpb",
+            "val_loss",
+            "train_loss",
+            "tokens_per_second",
+            "wall_seconds",
+            "train_seconds",
+            "params",
+            "steps",
+            "train_tokens",
+            "vocab_size",
+            "precision",
+            "model",
+        )
     }
-    report.update(budget_seconds=args.budget_seconds,
-                  target_val_bpb=TARGETS.get(int(args.budget_seconds)),
-                  dropout=result["model"]["dropout"], overrides=args.overrides)  # fmt: skip
-    shown = ["val_bpb", "target_val_bpb", "val_loss", "train_loss", "tokens_per_second",
-             "train_seconds", "wall_seconds", "steps", "params", "vocab_size", "precision"]
+    report.update(
+        budget_seconds=args.budget_seconds,
+        target_val_bpb=TARGETS.get(int(args.budget_seconds)),
+        dropout=result["model"]["dropout"],
+        overrides=args.overrides,
+    )
+    shown = [
+        "val_bpb",
+        "target_val_bpb",
+        "val_loss",
+        "train_loss",
+        "tokens_per_second",
+        "train_seconds",
+        "wall_seconds",
+        "steps",
+        "params",
+        "vocab_size",
+        "precision",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        copy = None if {"nanogpt", "raw_step"} <= set(args.skip) else (
-            nanogpt.prepare(Path(args.nanogpt), Path(args.data), Path(tmp)))  # fmt: skip
+        copy = (
+            None
+            if {"nanogpt", "raw_step"} <= set(args.skip)
+            else (nanogpt.prepare(Path(args.nanogpt), Path(args.data), Path(tmp)))
+        )
         if "nanogpt" not in args.skip:
             theirs = nanogpt.train_for(copy, args.budget_seconds, args.nanogpt_eval_iters)
-            report.update(nanogpt=theirs, nanogpt_val_bpb=theirs["val_bpb"],
-                          nanogpt_tokens_per_second=theirs["tokens_per_second"],
-                          bpb_margin_vs_nanogpt=theirs["val_bpb"] - report["val_bpb"])  # fmt: skip
+            report.update(
+                nanogpt=theirs,
+                nanogpt_val_bpb=theirs["val_bpb"],
+                nanogpt_tokens_per_second=theirs["tokens_per_second"],
+                bpb_margin_vs_nanogpt=theirs["val_bpb"] - report["val_bpb"],
+            )
             shown += ["nanogpt_val_bpb", "bpb_margin_vs_nanogpt", "nanogpt_tokens_per_second"]
         if "raw_step" not in args.skip:
             report.update(raw_step_report(nanogpt.load_model_module(copy), result))
-            shown += ["raw_step_tokens_per_second", "raw_step_ratio_vs_nanogpt",
-                      "raw_step_ratio_vs_nanogpt_10m", "raw_step_ratio_vs_nanogpt_10m_bf16"]
+            shown += [
+                "raw_step_tokens_per_second",
+                "raw_step_ratio_vs_nanogpt",
+                "raw_step_ratio_vs_nanogpt_10m",
+                "raw_step_ratio_vs_nanogpt_10m_bf16",
+            ]
     print()
     print(markdown_table(["metric", "value"], [(key, report.get(key)) for key in shown]))
     write_report(args.report, report)
@@ -103,16 +165,19 @@ def raw_step_report(module, result: dict) -> dict:
     recipe trained in (beside the loop's tokens/s), and at the 10M shape in fp32 and, where the
     CPU multiplies bf16 in hardware, in bf16 (elsewhere bf16 is emulated: minutes per step)."""
     recipe = nanogpt.Shape.of(result["model"], result["train"]["batch_size"])
-    at_recipe = nanogpt.raw_steps(module, recipe, "bf16" if "bf16" in result["precision"]
-                                  else "fp32")  # fmt: skip
+    at_recipe = nanogpt.raw_steps(
+        module, recipe, "bf16" if "bf16" in result["precision"] else "fp32"
+    )
     runs = {"recipe": at_recipe, "10m_fp32": nanogpt.raw_steps(module, nanogpt.SHAPE_10M, "fp32")}
     if native_bf16():
         runs["10m_bf16"] = nanogpt.raw_steps(module, nanogpt.SHAPE_10M, "bf16")
-    return {"raw_steps": runs,
-            "raw_step_tokens_per_second": at_recipe["seqgen_tokens_per_second"],
-            "raw_step_ratio_vs_nanogpt": at_recipe["ratio"],
-            "raw_step_ratio_vs_nanogpt_10m": runs["10m_fp32"]["ratio"],
-            "raw_step_ratio_vs_nanogpt_10m_bf16": runs.get("10m_bf16", {}).get("ratio")}
+    return {
+        "raw_steps": runs,
+        "raw_step_tokens_per_second": at_recipe["seqgen_tokens_per_second"],
+        "raw_step_ratio_vs_nanogpt": at_recipe["ratio"],
+        "raw_step_ratio_vs_nanogpt_10m": runs["10m_fp32"]["ratio"],
+        "raw_step_ratio_vs_nanogpt_10m_bf16": runs.get("10m_bf16", {}).get("ratio"),
+    }
 
 
 if __name__ == "__main__":

@@ -65,8 +65,11 @@ RECIPE = RECIPES / "music" / "pop909.yaml"
 VARIANTS = {
     "learned": ["--model.pos_embedding=learned"],
     "relative": ["--model.pos_embedding=relative"],
-    "without_note_state": ["--model.pos_embedding=learned", "--data.note_state=false",
-                           "--model.state_logits=false"],
+    "without_note_state": [
+        "--model.pos_embedding=learned",
+        "--data.note_state=false",
+        "--model.state_logits=false",
+    ],
 }
 
 
@@ -76,8 +79,13 @@ VARIANTS = {
 def naive_events(notes) -> list[int]:
     """The same events as `encode_notes`, one Python loop over sorted note on/off events."""
     items = []
-    for p, s, e, v in zip(notes.pitch.tolist(), notes.start.tolist(), notes.end.tolist(),
-                          notes.velocity.tolist(), strict=True):  # fmt: skip
+    for p, s, e, v in zip(
+        notes.pitch.tolist(),
+        notes.start.tolist(),
+        notes.end.tolist(),
+        notes.velocity.tolist(),
+        strict=True,
+    ):
         items.append((e, 0, p, 0))
         items.append((s, 1, p, (v - 1) // 4 + 1))
     items.sort()
@@ -100,8 +108,12 @@ def timed(encode, inputs: list) -> dict:
     started = time.perf_counter()
     events = sum(len(encode(x)) for x in inputs)
     seconds = time.perf_counter() - started
-    return {"files_per_second": len(inputs) / seconds, "events_per_second": events / seconds,
-            "seconds": seconds, "events": events}  # fmt: skip
+    return {
+        "files_per_second": len(inputs) / seconds,
+        "events_per_second": events / seconds,
+        "seconds": seconds,
+        "events": events,
+    }
 
 
 def encoding(files: list[Path]) -> dict:
@@ -123,8 +135,11 @@ def encoding(files: list[Path]) -> dict:
 
         def with_miditok(path):
             sequences = midilike.encode(path)
-            return [i for s in (sequences if isinstance(sequences, list) else [sequences])
-                    for i in s.ids]  # fmt: skip
+            return [
+                i
+                for s in (sequences if isinstance(sequences, list) else [sequences])
+                for i in s.ids
+            ]
 
         encoders["miditok MIDILike"] = with_miditok
     except ImportError:
@@ -161,8 +176,14 @@ def naive_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
 def memory_probe(variant: str, length: int, width: int, heads: int, dtype: str) -> dict:
     """Peak resident memory growth (bytes) of one forward + backward, in this process."""
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=8, block_size=length, n_layer=1, n_head=heads,
-                         n_embd=width, pos_embedding="relative")  # fmt: skip
+    config = ModelConfig(
+        vocab_size=8,
+        block_size=length,
+        n_layer=1,
+        n_head=heads,
+        n_embd=width,
+        pos_embedding="relative",
+    )
     attn = CausalSelfAttention(config).to(getattr(torch, dtype))
     x = torch.randn(1, length, width, dtype=getattr(torch, dtype), requires_grad=True)
     forward = (lambda: attn(x)[0]) if variant == "skewing" else (lambda: naive_attention(attn, x))
@@ -178,11 +199,25 @@ def memory(length: int, width: int, heads: int, dtype: str) -> dict:
     results = {}
     for variant in ("skewing", "naive"):
         done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.music", "--memory_probe", variant,
-             "--length", str(length), "--width", str(width), "--heads", str(heads),
-             "--dtype", dtype],
-            capture_output=True, text=True, cwd=ROOT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.music",
+                "--memory_probe",
+                variant,
+                "--length",
+                str(length),
+                "--width",
+                str(width),
+                "--heads",
+                str(heads),
+                "--dtype",
+                dtype,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if done.returncode != 0:
             raise SystemExit(f"memory probe {variant} failed:\n{done.stderr[-2000:]}")
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -199,36 +234,59 @@ def held_out_performances(data: dict) -> list:
     return MusicTask(MusicData(**known_options(MusicData, data))).load().val
 
 
-def continuation(generator, held_out: list, prompt_seconds: float, seconds: float,
-                 length_rules: bool = True) -> dict:  # fmt: skip
+def continuation(
+    generator, held_out: list, prompt_seconds: float, seconds: float, length_rules: bool = True
+) -> dict:
     """(d) by a loaded checkpoint on the `held_out` performances; with `length_rules` false
     (no hold limits, no shortest holds), the model alone decides when notes end."""
     from seqgen_tasks.music.continuation import continuations
 
-    found = continuations(generator, held_out, prompt_seconds, seconds,
-                          release_long_notes=length_rules, hold_short_notes=length_rules)
+    found = continuations(
+        generator,
+        held_out,
+        prompt_seconds,
+        seconds,
+        release_long_notes=length_rules,
+        hold_short_notes=length_rules,
+    )
     limits = "no note-length rules"
     if found["hold_limits"]:
-        limits = ("hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"])
-                  + " s by octave")  # fmt: skip
+        limits = "hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"]) + " s by octave"
     if found["shortest_holds"]:
-        limits += (", shortest holds " + ", ".join(f"{x:g}" for x in found["shortest_holds"])
-                   + " s")  # fmt: skip
-    print(f"\n(d) continuations of {found['performances']} held-out performances: "
-          f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({generator.path}; "
-          f"{limits})")
+        limits += ", shortest holds " + ", ".join(f"{x:g}" for x in found["shortest_holds"]) + " s"
+    print(
+        f"\n(d) continuations of {found['performances']} held-out performances: "
+        f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({generator.path}; "
+        f"{limits})"
+    )
     later = found["performer_later"]["overlap"] or {}
-    rows = [(key, f"{value:.3f} [{low:.3f}, {high:.3f}]",
-             f"{later[key]:.3f}" if key in later else "-")
-            for (key, value), (low, high) in zip(found["overlap"].items(),
-                                                 found["overlap_interval"].values(), strict=True)]
-    print(markdown_table(["overlap with the real continuations", "value [95% CI]",
-                          "the performer's next seconds"], rows))  # fmt: skip
+    rows = [
+        (key, f"{value:.3f} [{low:.3f}, {high:.3f}]", f"{later[key]:.3f}" if key in later else "-")
+        for (key, value), (low, high) in zip(
+            found["overlap"].items(), found["overlap_interval"].values(), strict=True
+        )
+    ]
+    print(
+        markdown_table(
+            [
+                "overlap with the real continuations",
+                "value [95% CI]",
+                "the performer's next seconds",
+            ],
+            rows,
+        )
+    )
     real, ours = found["failures"]["real"], found["failures"]["generated"]
-    print(markdown_table(["", "generated", "real"],
-                         [(key, f"{ours[key]:.3f}", f"{real[key]:.3f}") for key in ours]))
-    print(f"NLL per event of the real continuations: {found['nll_per_event_real']:.4f}; notes "
-          f"released when held too long: {found['released_when_held_too_long']}")
+    print(
+        markdown_table(
+            ["", "generated", "real"],
+            [(key, f"{ours[key]:.3f}", f"{real[key]:.3f}") for key in ours],
+        )
+    )
+    print(
+        f"NLL per event of the real continuations: {found['nll_per_event_real']:.4f}; notes "
+        f"released when held too long: {found['released_when_held_too_long']}"
+    )
     return found
 
 
@@ -238,11 +296,14 @@ def both_continuations(ckpt: str, held_out: list, args: argparse.Namespace) -> d
     from seqgen.inference import load
 
     generator = load(ckpt)
-    return {"continuation": continuation(generator, held_out, args.prompt_seconds,
-                                         args.continue_seconds),
-            "continuation_without_hold_limits": continuation(
-                generator, held_out, args.prompt_seconds, args.continue_seconds,
-                length_rules=False)}  # fmt: skip
+    return {
+        "continuation": continuation(
+            generator, held_out, args.prompt_seconds, args.continue_seconds
+        ),
+        "continuation_without_hold_limits": continuation(
+            generator, held_out, args.prompt_seconds, args.continue_seconds, length_rules=False
+        ),
+    }
 
 
 # ---------------------------------------------------------------- (c) training
@@ -259,12 +320,16 @@ def step_times(config: str) -> dict:
 
     recipe = yaml.safe_load(Path(config).read_text())
     # positions compared on the bare model: the token state's maps cost both alike
-    model = {**recipe["model"], "vocab_size": PerformanceTokenizer().vocab_size,
-             "state_logits": False}  # fmt: skip
+    model = {
+        **recipe["model"],
+        "vocab_size": PerformanceTokenizer().vocab_size,
+        "state_logits": False,
+    }
     batch = recipe["train"]["batch_size"]
     configs = {p: ModelConfig(**{**model, "pos_embedding": p}) for p in ("learned", "relative")}
-    train_config = TrainConfig(precision=recipe["train"].get("precision", "32-true"),
-                               batch_size=batch, accelerator="cpu")  # fmt: skip
+    train_config = TrainConfig(
+        precision=recipe["train"].get("precision", "32-true"), batch_size=batch, accelerator="cpu"
+    )
     chosen = resolve_precision(train_config, GPT(configs["learned"]))
     precisions = ["bf16", "fp32"] if "bf16" in chosen else ["fp32"]
     times = {}
@@ -273,8 +338,12 @@ def step_times(config: str) -> dict:
         steps = {p: seqgen_training_step(c, batch) for p, c in configs.items()}
         times[precision] = seconds_in_turns(steps, precision, steps=5, warmup=2)
         times[precision]["ratio"] = times[precision]["relative"] / times[precision]["learned"]
-    return {"precision": precisions[0], "batch_size": batch, "seconds": times,
-            "relative_step_time_ratio": times[precisions[0]]["ratio"]}
+    return {
+        "precision": precisions[0],
+        "batch_size": batch,
+        "seconds": times,
+        "relative_step_time_ratio": times[precisions[0]]["ratio"],
+    }
 
 
 def held_out_data(args: argparse.Namespace, work: Path) -> dict:
@@ -290,13 +359,26 @@ def held_out_data(args: argparse.Namespace, work: Path) -> dict:
     return {**recipe, **given, "train": args.data, "cache_dir": str(work / "cache")}
 
 
-def train_variant(data: str, config: str, variant: str, seconds: float, work: Path,
-                  extra: list[str]) -> dict:  # fmt: skip
-    return train("pretrain", [
-        "--config", config, "--data.train", data, "--data.cache_dir", str(work / "cache"),
-        *VARIANTS[variant], f"--train.max_time={seconds}", "--train.progress_bar=false",
-        "--out_dir", str(work / variant), *extra,
-    ])  # fmt: skip
+def train_variant(
+    data: str, config: str, variant: str, seconds: float, work: Path, extra: list[str]
+) -> dict:
+    return train(
+        "pretrain",
+        [
+            "--config",
+            config,
+            "--data.train",
+            data,
+            "--data.cache_dir",
+            str(work / "cache"),
+            *VARIANTS[variant],
+            f"--train.max_time={seconds}",
+            "--train.progress_bar=false",
+            "--out_dir",
+            str(work / variant),
+            *extra,
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,20 +393,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default=str(RECIPE), help="recipe of (c): %(default)s")
     parser.add_argument("--prompt_seconds", type=float, default=10.0, help="(d)")
     parser.add_argument("--continue_seconds", type=float, default=30.0, help="(d)")
-    parser.add_argument("--continue_ckpt",
-                        help="(d) with this checkpoint (default: the better model of (c))")
-    parser.add_argument("--skip", action="append", default=[],
-                        choices=["encode", "memory", "steps", "train", "baseline", "continue"],
-                        help="leave out a part (baseline: (c) and (d) without the note "
-                             "state)")  # fmt: skip
+    parser.add_argument(
+        "--continue_ckpt", help="(d) with this checkpoint (default: the better model of (c))"
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["encode", "memory", "steps", "train", "baseline", "continue"],
+        help="leave out a part (baseline: (c) and (d) without the note state)",
+    )
     parser.add_argument("--report")
     parser.add_argument("--out", help="keep the runs here, the better model as OUT/final")
     parser.add_argument("--memory_probe", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="recipe overrides for (c), after --")
     args = parse_args(parser, argv)
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe, args.length, args.width, args.heads,
-                                      args.dtype)))  # fmt: skip
+        print(
+            json.dumps(
+                memory_probe(args.memory_probe, args.length, args.width, args.heads, args.dtype)
+            )
+        )
         return 0
     if not args.data and (not set(args.skip) >= {"encode", "train"} or args.continue_ckpt):
         parser.error("--data is needed for encoding (a), training (c) and continuations (d)")
@@ -334,8 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         speed = encoding(files)
         report["encoding"] = speed
         print(f"\n(a) encoding {len(files)} files of {args.data}")
-        rows = [(name, f"{row['files_per_second']:.1f}", round(row["events_per_second"]))
-                for name, row in speed.items()]  # fmt: skip
+        rows = [
+            (name, f"{row['files_per_second']:.1f}", round(row["events_per_second"]))
+            for name, row in speed.items()
+        ]
         print(markdown_table(["encoder", "files/s", "events/s"], rows))
         ours = speed["seqgen (symusic + numpy)"]["files_per_second"]
         if "miditok MIDILike" in speed:
@@ -350,32 +441,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if "memory" not in args.skip:
         peaks = memory(args.length, args.width, args.heads, args.dtype)
-        report["memory"] = {**peaks, "length": args.length, "width": args.width,
-                            "heads": args.heads, "dtype": args.dtype}  # fmt: skip
+        report["memory"] = {
+            **peaks,
+            "length": args.length,
+            "width": args.width,
+            "heads": args.heads,
+            "dtype": args.dtype,
+        }
         ratio = peaks["skewing"]["peak_bytes"] / peaks["naive"]["peak_bytes"]
         report["relative_memory_ratio"] = ratio
-        print(f"\n(b) one relative-attention layer, forward + backward, L={args.length} "
-              f"D={args.width} {args.heads} heads, {args.dtype}")  # fmt: skip
-        print(markdown_table(["variant", "peak MiB", "seconds"],
-                             [(name, round(row["peak_bytes"] / 2**20), f"{row['seconds']:.2f}")
-                              for name, row in peaks.items()]))  # fmt: skip
+        print(
+            f"\n(b) one relative-attention layer, forward + backward, L={args.length} "
+            f"D={args.width} {args.heads} heads, {args.dtype}"
+        )
+        print(
+            markdown_table(
+                ["variant", "peak MiB", "seconds"],
+                [
+                    (name, round(row["peak_bytes"] / 2**20), f"{row['seconds']:.2f}")
+                    for name, row in peaks.items()
+                ],
+            )
+        )
         print(f"ratio (skewing / naive): {report['relative_memory_ratio']:.4f}")
     if "steps" not in args.skip:
         found = step_times(args.config)
         report.update(step_times=found, relative_step_time_ratio=found["relative_step_time_ratio"])
         print(f"\n(c) a training step of {args.config}, batch {found['batch_size']}")
-        print(markdown_table(["precision", "learned s", "relative s", "relative / learned"],
-                             [(name, f"{row['learned']:.3f}", f"{row['relative']:.3f}",
-                               f"{row['ratio']:.2f}") for name, row in found["seconds"].items()]))
+        print(
+            markdown_table(
+                ["precision", "learned s", "relative s", "relative / learned"],
+                [
+                    (name, f"{row['learned']:.3f}", f"{row['relative']:.3f}", f"{row['ratio']:.2f}")
+                    for name, row in found["seconds"].items()
+                ],
+            )
+        )
     if "train" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.out or tmp)
             work.mkdir(parents=True, exist_ok=True)
-            variants = [v for v in VARIANTS if v != "without_note_state"
-                        or "baseline" not in args.skip]  # fmt: skip
-            runs = {variant: train_variant(args.data, args.config, variant,
-                                           args.budget_seconds, work, args.overrides)
-                    for variant in variants}  # fmt: skip
+            variants = [
+                v for v in VARIANTS if v != "without_note_state" or "baseline" not in args.skip
+            ]
+            runs = {
+                variant: train_variant(
+                    args.data, args.config, variant, args.budget_seconds, work, args.overrides
+                )
+                for variant in variants
+            }
             best = min(("learned", "relative"), key=lambda p: runs[p]["val_loss"])
             if "continue" not in args.skip and not args.continue_ckpt:
                 from seqgen.inference import load
@@ -384,8 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report.update(both_continuations(str(work / best / "final"), held_out, args))
                 if "without_note_state" in runs:
                     report["continuation_without_note_state"] = continuation(
-                        load(work / "without_note_state" / "final"), held_out,
-                        args.prompt_seconds, args.continue_seconds)  # fmt: skip
+                        load(work / "without_note_state" / "final"),
+                        held_out,
+                        args.prompt_seconds,
+                        args.continue_seconds,
+                    )
             if args.out:
                 final = work / "final"
                 if final.exists():
@@ -393,27 +510,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                 (work / best / "final").rename(final)
         if "without_note_state" in runs:
             report["nll_per_event_without_note_state"] = runs["without_note_state"]["val_loss"]
-        report.update(nll_per_event_absolute=runs["learned"]["val_loss"],
-                      nll_per_event_relative=runs["relative"]["val_loss"], better=best,
-                      training={p: {k: r[k] for k in ("val_loss", "steps", "train_tokens",
-                                                      "tokens_per_second", "train_seconds",
-                                                      "params", "epochs")}
-                                for p, r in runs.items()})  # fmt: skip
+        report.update(
+            nll_per_event_absolute=runs["learned"]["val_loss"],
+            nll_per_event_relative=runs["relative"]["val_loss"],
+            better=best,
+            training={
+                p: {
+                    k: r[k]
+                    for k in (
+                        "val_loss",
+                        "steps",
+                        "train_tokens",
+                        "tokens_per_second",
+                        "train_seconds",
+                        "params",
+                        "epochs",
+                    )
+                }
+                for p, r in runs.items()
+            },
+        )
         print(f"\n(c) held-out NLL per event after {args.budget_seconds:.0f} s of training each")
-        print(markdown_table(["model", "NLL/event", "steps", "tokens/s"],
-                             [(name, row["val_loss"], row["steps"], round(row["tokens_per_second"]))
-                              for name, row in report["training"].items()]))  # fmt: skip
+        print(
+            markdown_table(
+                ["model", "NLL/event", "steps", "tokens/s"],
+                [
+                    (name, row["val_loss"], row["steps"], round(row["tokens_per_second"]))
+                    for name, row in report["training"].items()
+                ],
+            )
+        )
     if "continue" not in args.skip and args.continue_ckpt:
         with tempfile.TemporaryDirectory() as tmp:
             held_out = held_out_performances(held_out_data(args, Path(args.out or tmp)))
             report.update(both_continuations(args.continue_ckpt, held_out, args))
-    for key in ("continuation", "continuation_without_hold_limits",
-                "continuation_without_note_state"):
+    for key in (
+        "continuation",
+        "continuation_without_hold_limits",
+        "continuation_without_note_state",
+    ):
         if key in report:
             found = report[key]
             found["long_notes_fraction"] = found["failures"]["generated"]["long_notes_fraction"]
             report["reference"] = {
-                "long_notes_fraction": found["failures"]["real"]["long_notes_fraction"]}
+                "long_notes_fraction": found["failures"]["real"]["long_notes_fraction"]
+            }
     write_report(args.report, report)
     return 0
 

@@ -29,9 +29,18 @@ from benchmarks.common import ROOT, seconds_in_turns, seqgen_training_step
 ANCHOR = ROOT.parent / "shared" / "anchors" / "nanoGPT"
 # nanoGPT's README recipe for a CPU (Tiny Shakespeare, characters), all but the length
 BATCH_SIZE, BLOCK_SIZE = 12, 64
-CPU_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
-              "--log_interval=1", f"--block_size={BLOCK_SIZE}", f"--batch_size={BATCH_SIZE}",
-              "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]  # fmt: skip
+CPU_RECIPE = [
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--log_interval=1",
+    f"--block_size={BLOCK_SIZE}",
+    f"--batch_size={BATCH_SIZE}",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--dropout=0.0",
+]
 CALIBRATION_ITERS = 60
 ITER_LINE = re.compile(r"^iter (\d+): loss [-\d.naif]+, time ([\d.]+)ms", re.MULTILINE)
 EVAL_LINE = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", re.MULTILINE)
@@ -46,8 +55,7 @@ def prepare(anchor: Path, text: Path, workdir: Path) -> Path:
     shutil.copytree(anchor, copy)
     data = copy / "data" / "shakespeare_char"
     shutil.copyfile(text, data / "input.txt")
-    done = subprocess.run([sys.executable, "prepare.py"], cwd=data, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "prepare.py"], cwd=data, capture_output=True, text=True)
     if done.returncode:
         hint = " (pip install -e .[bench])" if "requests" in done.stderr else ""
         raise RuntimeError(f"nanoGPT's prepare.py failed{hint}:\n{done.stderr[-2000:]}")
@@ -55,11 +63,17 @@ def prepare(anchor: Path, text: Path, workdir: Path) -> Path:
 
 
 def _train(copy: Path, iters: int, eval_iters: int) -> str:
-    args = [*CPU_RECIPE, f"--max_iters={iters}", f"--lr_decay_iters={iters}",
-            f"--eval_interval={iters}", f"--eval_iters={eval_iters}",
-            f"--out_dir={copy / 'out'}"]  # fmt: skip
-    done = subprocess.run([sys.executable, "train.py", *args], cwd=copy, capture_output=True,
-                          text=True)  # fmt: skip
+    args = [
+        *CPU_RECIPE,
+        f"--max_iters={iters}",
+        f"--lr_decay_iters={iters}",
+        f"--eval_interval={iters}",
+        f"--eval_iters={eval_iters}",
+        f"--out_dir={copy / 'out'}",
+    ]
+    done = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=copy, capture_output=True, text=True
+    )
     if done.returncode:
         raise RuntimeError(f"nanoGPT train.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return done.stdout
@@ -70,8 +84,9 @@ def train_for(copy: Path, seconds: float, eval_iters: int = 200) -> dict[str, An
     (its own estimate over `eval_iters` random batches) in bits per byte (its text is
     ASCII, so a character is a byte) and its training tokens/s."""
     calibration = _train(copy, CALIBRATION_ITERS, eval_iters=1)
-    step_ms = statistics.median(float(ms) for it, ms in ITER_LINE.findall(calibration)
-                                if 10 <= int(it) < CALIBRATION_ITERS)  # fmt: skip
+    step_ms = statistics.median(
+        float(ms) for it, ms in ITER_LINE.findall(calibration) if 10 <= int(it) < CALIBRATION_ITERS
+    )
     iters = max(2, round(seconds * 1000 / step_ms))
     log = _train(copy, iters, eval_iters)
     # iteration 0 and the last also ran an evaluation: the others are training alone
@@ -81,9 +96,15 @@ def train_for(copy: Path, seconds: float, eval_iters: int = 200) -> dict[str, An
         raise RuntimeError(f"nanoGPT printed no evaluation at step {iters}:\n{log[-2000:]}")
     train_seconds = sum(times) * (iters + 1) / max(len(times), 1)  # iters + 1 steps ran
     tokens = (iters + 1) * BATCH_SIZE * BLOCK_SIZE
-    return {"val_loss": evals[iters], "val_bpb": evals[iters] / math.log(2), "iters": iters,
-            "train_seconds": train_seconds, "tokens_per_second": tokens / train_seconds,
-            "calibrated_step_ms": step_ms, "eval_iters": eval_iters}  # fmt: skip
+    return {
+        "val_loss": evals[iters],
+        "val_bpb": evals[iters] / math.log(2),
+        "iters": iters,
+        "train_seconds": train_seconds,
+        "tokens_per_second": tokens / train_seconds,
+        "calibrated_step_ms": step_ms,
+        "eval_iters": eval_iters,
+    }
 
 
 # ------------------------------------------------------------------ raw training steps
@@ -125,15 +146,20 @@ def load_model_module(copy: Path) -> ModuleType:
 def _nanogpt_step(nanogpt: ModuleType, shape: Shape):
     """A training step of nanoGPT's model as its train.py takes it on a CPU, on a fixed random
     batch."""
-    config = nanogpt.GPTConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-                               vocab_size=shape.vocab_size, block_size=shape.block_size,
-                               dropout=0.0, bias=shape.bias)  # fmt: skip
+    config = nanogpt.GPTConfig(
+        n_layer=shape.n_layer,
+        n_head=shape.n_head,
+        n_embd=shape.n_embd,
+        vocab_size=shape.vocab_size,
+        block_size=shape.block_size,
+        dropout=0.0,
+        bias=shape.bias,
+    )
     with contextlib.redirect_stdout(None):  # it prints its parameter count
         model = nanogpt.GPT(config)
         optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
 
-    x, y = (torch.randint(shape.vocab_size, (shape.batch_size, shape.block_size))
-            for _ in range(2))  # fmt: skip
+    x, y = (torch.randint(shape.vocab_size, (shape.batch_size, shape.block_size)) for _ in range(2))
 
     def step() -> None:
         _, loss = model(x, y)
@@ -145,19 +171,31 @@ def _nanogpt_step(nanogpt: ModuleType, shape: Shape):
     return step
 
 
-def raw_steps(nanogpt: ModuleType, shape: Shape, precision: str, steps: int = 15,
-              warmup: int = 3) -> dict[str, float]:  # fmt: skip
+def raw_steps(
+    nanogpt: ModuleType, shape: Shape, precision: str, steps: int = 15, warmup: int = 3
+) -> dict[str, float]:
     """Seconds per training step (forward, backward, clipping, AdamW) of seqgen's GPT and
     nanoGPT's at one shape, fp32 or under bf16 autocast, taken in turns."""
     from seqgen.config import ModelConfig
 
     torch.manual_seed(0)
-    config = ModelConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-                         vocab_size=shape.vocab_size, block_size=shape.block_size,
-                         bias=shape.bias, activation=shape.activation)  # fmt: skip
-    contenders = {"seqgen": seqgen_training_step(config, shape.batch_size),
-                  "nanogpt": _nanogpt_step(nanogpt, shape)}  # fmt: skip
+    config = ModelConfig(
+        n_layer=shape.n_layer,
+        n_head=shape.n_head,
+        n_embd=shape.n_embd,
+        vocab_size=shape.vocab_size,
+        block_size=shape.block_size,
+        bias=shape.bias,
+        activation=shape.activation,
+    )
+    contenders = {
+        "seqgen": seqgen_training_step(config, shape.batch_size),
+        "nanogpt": _nanogpt_step(nanogpt, shape),
+    }
     seconds = seconds_in_turns(contenders, precision, steps, warmup)
-    return {"seqgen_seconds": seconds["seqgen"], "nanogpt_seconds": seconds["nanogpt"],
-            "ratio": seconds["nanogpt"] / seconds["seqgen"],  # > 1: seqgen's step is faster
-            "seqgen_tokens_per_second": shape.tokens / seconds["seqgen"]}  # fmt: skip
+    return {
+        "seqgen_seconds": seconds["seqgen"],
+        "nanogpt_seconds": seconds["nanogpt"],
+        "ratio": seconds["nanogpt"] / seconds["seqgen"],  # > 1: seqgen's step is faster
+        "seqgen_tokens_per_second": shape.tokens / seconds["seqgen"],
+    }

@@ -42,8 +42,12 @@ from benchmarks.common import machine, parse_args, write_report
 from seqgen.inference import load
 from seqgen.tables import markdown_table
 
-MODES = {"continuous": [], "static": [], "static_any_options": ["--batching", "static"],
-         "one_at_a_time": []}  # fmt: skip
+MODES = {
+    "continuous": [],
+    "static": [],
+    "static_any_options": ["--batching", "static"],
+    "one_at_a_time": [],
+}
 PREVIOUS = "62ce79a"  # the last commit whose server batched statically
 
 
@@ -55,8 +59,11 @@ def workload(tokenizer, count: int, seed: int) -> list[dict[str, Any]]:
     for n in range(count):
         length = rng.randint(8, 256)
         start = rng.randrange(0, len(ids) - length)
-        body = {"prompt": tokenizer.decode(ids[start : start + length]),
-                "max_tokens": rng.randint(8, 256), "temperature": 0}  # fmt: skip
+        body = {
+            "prompt": tokenizer.decode(ids[start : start + length]),
+            "max_tokens": rng.randint(8, 256),
+            "temperature": 0,
+        }
         if n % 3 == 1:
             body.update(temperature=0.8, top_k=50, seed=rng.randrange(2**31))
         if n % 4 == 2:
@@ -74,8 +81,7 @@ def complete(port: int, body: dict[str, Any], native: bool = False) -> dict[str,
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     try:
         path, payload = ("/generate", _native(body)) if native else ("/v1/completions", body)
-        connection.request("POST", path, json.dumps(payload),
-                           {"Content-Type": "application/json"})  # fmt: skip
+        connection.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
         response = connection.getresponse()
         if response.status != 200:
             return {"error": f"{response.status} {response.read()[:200]!r}"}
@@ -84,8 +90,11 @@ def complete(port: int, body: dict[str, Any], native: bool = False) -> dict[str,
         if not body.get("stream"):
             answer = json.loads(response.read())
             latency = time.perf_counter() - started
-            return {"text": answer["choices"][0]["text"], "latency": latency,
-                    "tokens": answer["usage"]["completion_tokens"]}  # fmt: skip
+            return {
+                "text": answer["choices"][0]["text"],
+                "latency": latency,
+                "tokens": answer["usage"]["completion_tokens"],
+            }
         text, first, pieces = [], None, 0
         for line in response:
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
@@ -100,8 +109,12 @@ def complete(port: int, body: dict[str, Any], native: bool = False) -> dict[str,
                     pieces += 1
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-        return {"text": "".join(text), "ttft": first, "latency": time.perf_counter() - started,
-                "tokens": tokens}  # fmt: skip
+        return {
+            "text": "".join(text),
+            "ttft": first,
+            "latency": time.perf_counter() - started,
+            "tokens": tokens,
+        }
     except (OSError, ValueError, KeyError) as err:
         return {"error": repr(err)}
     finally:
@@ -129,17 +142,30 @@ def _native_answer(response, body: dict[str, Any], started: float) -> dict[str, 
     return {"text": "".join(pieces), "ttft": first, "latency": time.perf_counter() - started}
 
 
-def run_mode(args: argparse.Namespace, mode: str, requests: list[dict],
-             source: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def run_mode(
+    args: argparse.Namespace, mode: str, requests: list[dict], source: Path | None = None
+) -> dict[str, Any]:
     """Start `seqgen serve` for `mode` (from the code in `source`, where given), send the
     workload from `--clients` threads, stop it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     batch = "1" if mode == "one_at_a_time" else str(args.batch_size)
-    command = [sys.executable, "-m", "seqgen.cli", "serve", "--ckpt",
-               str(Path(args.ckpt).resolve()), "--port", str(port), "--batch_size", batch,
-               "--max_queue", str(args.clients), *MODES[mode]]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "seqgen.cli",
+        "serve",
+        "--ckpt",
+        str(Path(args.ckpt).resolve()),
+        "--port",
+        str(port),
+        "--batch_size",
+        batch,
+        "--max_queue",
+        str(args.clients),
+        *MODES[mode],
+    ]
     env = {**os.environ, "SEQGEN_API_KEY": ""}
     if source is not None:  # its seqgen and seqgen_tasks before the installed ones
         env["PYTHONPATH"] = str(source)
@@ -179,8 +205,9 @@ def previous_source(commit: str, folder: Path) -> Path:
     """The code of `commit` (this repository's), unpacked into `folder`, with `tasks/` also
     importable as `seqgen_tasks` as its installed package is."""
     repo = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(["git", "archive", commit], cwd=repo, capture_output=True,
-                             check=True).stdout  # fmt: skip
+    archive = subprocess.run(
+        ["git", "archive", commit], cwd=repo, capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     (folder / "seqgen_tasks").symlink_to("tasks")
     return folder
@@ -215,8 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=128, help="Requests in all.")
     parser.add_argument("--batch_size", type=int, default=16, help="Rows of a batch.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the workload.")
-    parser.add_argument("--previous", default=PREVIOUS,
-                        help="Commit whose server is the static baseline (none: skip it).")
+    parser.add_argument(
+        "--previous",
+        default=PREVIOUS,
+        help="Commit whose server is the static baseline (none: skip it).",
+    )
     parser.add_argument("--report", help="Write the JSON report here.")
     args = parse_args(parser, argv)
     requests = workload(load(args.ckpt).tokenizer, args.requests, args.seed)
@@ -231,45 +261,71 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 modes[mode] = run_mode(args, mode, [dict(r) for r in requests])
     reference = modes["one_at_a_time"]
-    checked = [n for n, body in enumerate(requests)
-               if body["temperature"] == 0 or "seed" in body]  # fmt: skip
-    mismatched = {mode: sum(modes[mode]["outputs"][n] != reference["outputs"][n]
-                            for n in checked)
-                  for mode in modes if mode != "one_at_a_time"}  # fmt: skip
+    checked = [n for n, body in enumerate(requests) if body["temperature"] == 0 or "seed" in body]
+    mismatched = {
+        mode: sum(modes[mode]["outputs"][n] != reference["outputs"][n] for n in checked)
+        for mode in modes
+        if mode != "one_at_a_time"
+    }
     for mode in modes.values():  # every output is the reference's: so are its tokens
-        tokens = sum(t or 0 for t, text in zip(reference["tokens"], mode["outputs"], strict=True)
-                     if text is not None)  # fmt: skip
+        tokens = sum(
+            t or 0
+            for t, text in zip(reference["tokens"], mode["outputs"], strict=True)
+            if text is not None
+        )
         mode["tokens_per_second"] = tokens / mode["wall_seconds"]
         del mode["outputs"], mode["tokens"]
     baseline = "static" if "static" in modes else "static_any_options"
     report = {
-        "machine": machine(), "checkpoint": args.ckpt, "clients": args.clients,
-        "requests": args.requests, "batch_size": args.batch_size, "seed": args.seed,
-        "previous": args.previous, **modes,
-        "continuous_vs_static": (modes["continuous"]["tokens_per_second"]
-                                 / modes[baseline]["tokens_per_second"]),
-        "continuous_vs_static_any_options": (modes["continuous"]["tokens_per_second"]
-                                             / modes["static_any_options"]["tokens_per_second"]),
-        "continuous_vs_one_at_a_time": (modes["continuous"]["tokens_per_second"]
-                                        / modes["one_at_a_time"]["tokens_per_second"]),
+        "machine": machine(),
+        "checkpoint": args.ckpt,
+        "clients": args.clients,
+        "requests": args.requests,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "previous": args.previous,
+        **modes,
+        "continuous_vs_static": (
+            modes["continuous"]["tokens_per_second"] / modes[baseline]["tokens_per_second"]
+        ),
+        "continuous_vs_static_any_options": (
+            modes["continuous"]["tokens_per_second"]
+            / modes["static_any_options"]["tokens_per_second"]
+        ),
+        "continuous_vs_one_at_a_time": (
+            modes["continuous"]["tokens_per_second"] / modes["one_at_a_time"]["tokens_per_second"]
+        ),
         "p99_ttft_seconds": modes["continuous"]["p99_ttft_seconds"],
         "errors": sum(mode["errors"] for mode in modes.values()),
         "checked_outputs": len(checked),
         "mismatched_outputs": mismatched,
-    }  # fmt: skip
-    print(f"\nseqgen serve, {args.requests} mixed completions from {args.clients} concurrent "
-          f"clients over the loopback (batch of {args.batch_size})")  # fmt: skip
-    print(markdown_table(
-        ["mode", "requests/s", "tokens/s", "p50 / p99 TTFT s", "p50 / p99 latency s", "errors"],
-        [(name, f"{m['requests_per_second']:.2f}", f"{m['tokens_per_second']:.0f}",
-          f"{_shown(m['p50_ttft_seconds'])} / {_shown(m['p99_ttft_seconds'])}",
-          f"{m['p50_latency_seconds']:.2f} / {m['p99_latency_seconds']:.2f}", m["errors"])
-         for name, m in modes.items()],
-    ))  # fmt: skip
-    print(f"continuous batching: {report['continuous_vs_static']:.2f}x the tokens/s of "
-          f"{baseline}, {report['continuous_vs_static_any_options']:.2f}x static_any_options, "
-          f"{report['continuous_vs_one_at_a_time']:.2f}x one at a time; {len(checked)} greedy "
-          f"or seeded outputs checked against one at a time, mismatched: {mismatched}")  # fmt: skip
+    }
+    print(
+        f"\nseqgen serve, {args.requests} mixed completions from {args.clients} concurrent "
+        f"clients over the loopback (batch of {args.batch_size})"
+    )
+    print(
+        markdown_table(
+            ["mode", "requests/s", "tokens/s", "p50 / p99 TTFT s", "p50 / p99 latency s", "errors"],
+            [
+                (
+                    name,
+                    f"{m['requests_per_second']:.2f}",
+                    f"{m['tokens_per_second']:.0f}",
+                    f"{_shown(m['p50_ttft_seconds'])} / {_shown(m['p99_ttft_seconds'])}",
+                    f"{m['p50_latency_seconds']:.2f} / {m['p99_latency_seconds']:.2f}",
+                    m["errors"],
+                )
+                for name, m in modes.items()
+            ],
+        )
+    )
+    print(
+        f"continuous batching: {report['continuous_vs_static']:.2f}x the tokens/s of "
+        f"{baseline}, {report['continuous_vs_static_any_options']:.2f}x static_any_options, "
+        f"{report['continuous_vs_one_at_a_time']:.2f}x one at a time; {len(checked)} greedy "
+        f"or seeded outputs checked against one at a time, mismatched: {mismatched}"
+    )
     write_report(args.report, report)
     return 1 if report["errors"] or any(mismatched.values()) else 0
 

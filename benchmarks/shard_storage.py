@@ -78,39 +78,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(ours, ignore_errors=True)
     shutil.rmtree(theirs, ignore_errors=True)
     started = time.perf_counter()
-    prepare(PrepareConfig(out=str(ours), num_proc=args.num_proc,
-                          data=TextData(source=args.corpus, val_fraction=0.01),
-                          tokenizer=TokenizerConfig(path=args.tokenizer)))  # fmt: skip
+    prepare(
+        PrepareConfig(
+            out=str(ours),
+            num_proc=args.num_proc,
+            data=TextData(source=args.corpus, val_fraction=0.01),
+            tokenizer=TokenizerConfig(path=args.tokenizer),
+        )
+    )
     our_seconds = time.perf_counter() - started
     from functools import partial
 
     started = time.perf_counter()
-    litdata.optimize(fn=partial(litdata_tokens, tokenizer_dir=args.tokenizer), inputs=files,
-                     output_dir=str(theirs), chunk_bytes="64MB", num_workers=args.num_proc,
-                     item_loader=litdata.TokensLoader())  # fmt: skip
+    litdata.optimize(
+        fn=partial(litdata_tokens, tokenizer_dir=args.tokenizer),
+        inputs=files,
+        output_dir=str(theirs),
+        chunk_bytes="64MB",
+        num_workers=args.num_proc,
+        item_loader=litdata.TokensLoader(),
+    )
     their_seconds = time.perf_counter() - started
     tokens = split_tokens(ours, "train")
     size = len(tokens)
     block = args.block_size
     our_reads = window_reads(lambda i: tokens[i : i + block + 1], args.windows, size, block)
     dataset = litdata.StreamingDataset(str(theirs), item_loader=litdata.TokensLoader(block + 1))
-    their_reads = window_reads(lambda i: dataset[i % len(dataset)], args.windows,
-                               len(dataset) * (block + 1), block)  # fmt: skip
+    their_reads = window_reads(
+        lambda i: dataset[i % len(dataset)], args.windows, len(dataset) * (block + 1), block
+    )
 
     def folder_bytes(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
-    report = write_report(args.report, {
-        "corpus_bytes": sum(os.path.getsize(f) for f in files),
-        "num_proc": args.num_proc,
-        "seqgen_prepare_seconds": our_seconds,
-        "litdata_optimize_seconds": their_seconds,
-        "seqgen_bytes": folder_bytes(ours),
-        "litdata_bytes": folder_bytes(theirs),
-        "seqgen_windows_per_second": our_reads,
-        "litdata_windows_per_second": their_reads,
-        "litdata_version": litdata.__version__,
-    })  # fmt: skip
+    report = write_report(
+        args.report,
+        {
+            "corpus_bytes": sum(os.path.getsize(f) for f in files),
+            "num_proc": args.num_proc,
+            "seqgen_prepare_seconds": our_seconds,
+            "litdata_optimize_seconds": their_seconds,
+            "seqgen_bytes": folder_bytes(ours),
+            "litdata_bytes": folder_bytes(theirs),
+            "seqgen_windows_per_second": our_reads,
+            "litdata_windows_per_second": their_reads,
+            "litdata_version": litdata.__version__,
+        },
+    )
     print_figures(report)
     return 0
 

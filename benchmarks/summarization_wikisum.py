@@ -43,8 +43,16 @@ from seqgen.tables import markdown_table
 
 BASELINE_WORDS = 100
 REPORTED = ("rouge1", "rouge2", "rougeLsum")
-DECODING = ("num_beams", "min_new_tokens", "length_penalty", "no_repeat_ngram_size",
-            "temperature", "top_p", "mbr_samples", "batch_size")  # flags passed to evaluation
+DECODING = (
+    "num_beams",
+    "min_new_tokens",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "temperature",
+    "top_p",
+    "mbr_samples",
+    "batch_size",
+)  # flags passed to evaluation
 # WikiText writes every rare word as <unk>: a placeholder, not a word, so it never scores
 IGNORED = ("<unk>",)
 
@@ -67,8 +75,11 @@ def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, 
     train = [line for i, line in enumerate(lines) if i not in chosen]
     paths = work / "articles.jsonl", work / "train.jsonl", work / "dev.jsonl"
     rows = [json.loads(line) for line in train]
-    paths[0].write_text("".join(json.dumps({"text": f"{r['title']}\n{r['lead']}\n{r['body']}"})
-                                + "\n" for r in rows))  # fmt: skip
+    paths[0].write_text(
+        "".join(
+            json.dumps({"text": f"{r['title']}\n{r['lead']}\n{r['body']}"}) + "\n" for r in rows
+        )
+    )
     paths[1].write_text("\n".join(train) + "\n")
     paths[2].write_text("\n".join(lines[i] for i in sorted(chosen)) + "\n")
     return paths
@@ -77,29 +88,56 @@ def split_train(data: Path, work: Path, dev_articles: int) -> tuple[Path, Path, 
 def train_all(args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
     """Pretrain, then fine-tune from the pretrained model and from scratch; the reports."""
     articles, train, dev = split_train(Path(args.data), work, args.dev_articles)
-    pre = run("pretrain", ["--config", args.pretrain_config,
-               "--data.source", str(articles), "--data.val_fraction", "0.05",
-               "--train.max_steps=-1",
-               f"--train.max_time={args.budget_seconds * args.pretrain_fraction}",
-               "--train.progress_bar=false", "--out_dir", str(work / "pretrain")],
-              work / "pretrain.json")  # fmt: skip
+    pre = run(
+        "pretrain",
+        [
+            "--config",
+            args.pretrain_config,
+            "--data.source",
+            str(articles),
+            "--data.val_fraction",
+            "0.05",
+            "--train.max_steps=-1",
+            f"--train.max_time={args.budget_seconds * args.pretrain_fraction}",
+            "--train.progress_bar=false",
+            "--out_dir",
+            str(work / "pretrain"),
+        ],
+        work / "pretrain.json",
+    )
     finetune_seconds = args.budget_seconds - pre["train_seconds"]
-    common = ["--config", args.config, "--data.train", str(train),
-              "--data.val", str(dev), "--train.max_steps=-1", "--train.keep_best=true",
-              "--train.val_every_n_steps=50", f"--train.max_time={finetune_seconds}",
-              "--train.progress_bar=false"]  # fmt: skip
+    common = [
+        "--config",
+        args.config,
+        "--data.train",
+        str(train),
+        "--data.val",
+        str(dev),
+        "--train.max_steps=-1",
+        "--train.keep_best=true",
+        "--train.val_every_n_steps=50",
+        f"--train.max_time={finetune_seconds}",
+        "--train.progress_bar=false",
+    ]
     starts = {"pretrained": pre["checkpoint"], "scratch": "none"}
-    runs = {name: run("finetune", [*common, "--init_from", start, "--out_dir", str(work / name),
-                                   *args.overrides], work / f"{name}.json")
-            for name, start in starts.items()}  # fmt: skip
+    runs = {
+        name: run(
+            "finetune",
+            [*common, "--init_from", start, "--out_dir", str(work / name), *args.overrides],
+            work / f"{name}.json",
+        )
+        for name, start in starts.items()
+    }
     (work / "pretrained" / "final").rename(work / "final")
     return pre, runs
 
 
 def kept_runs(work: Path) -> tuple[dict, dict]:
     """The training reports of a run kept with --out, checked to have both final models."""
-    needed = [work / n for n in ("pretrain.json", "pretrained.json", "scratch.json",
-                                 "final", "scratch/final")]  # fmt: skip
+    needed = [
+        work / n
+        for n in ("pretrain.json", "pretrained.json", "scratch.json", "final", "scratch/final")
+    ]
     missing = [str(path) for path in needed if not path.exists()]
     if missing:
         raise SystemExit(f"--rescore {work}: not a kept run, missing {', '.join(missing)}")
@@ -115,28 +153,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder with train.jsonl and valid.jsonl")
     parser.add_argument("--budget_seconds", type=float, default=3600.0)
-    parser.add_argument("--pretrain_fraction", type=float, default=0.95,
-                        help="share of the budget spent pretraining")  # fmt: skip
-    parser.add_argument("--dev_articles", type=int, default=30,
-                        help="training articles held out as the fine-tunings' dev set")  # fmt: skip
+    parser.add_argument(
+        "--pretrain_fraction",
+        type=float,
+        default=0.95,
+        help="share of the budget spent pretraining",
+    )
+    parser.add_argument(
+        "--dev_articles",
+        type=int,
+        default=30,
+        help="training articles held out as the fine-tunings' dev set",
+    )
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--min_new_tokens", type=int, default=256)
     parser.add_argument("--length_penalty", type=float, default=1.0)
     parser.add_argument("--no_repeat_ngram_size", type=int, default=4)
-    parser.add_argument("--temperature", type=float, default=0.7,
-                        help="> 0 samples (--num_beams 1); 0: greedy or beam search")  # fmt: skip
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="> 0 samples (--num_beams 1); 0: greedy or beam search",
+    )
     parser.add_argument("--top_p", type=float, default=0.9)
-    parser.add_argument("--mbr_samples", type=int, default=16,
-                        help="minimum Bayes risk over this many samples per document "
-                             "(1: a single sample, or beam search at temperature 0)")  # fmt: skip
-    parser.add_argument("--batch_size", type=int, default=128,
-                        help="documents or samples decoded together")  # fmt: skip
+    parser.add_argument(
+        "--mbr_samples",
+        type=int,
+        default=16,
+        help="minimum Bayes risk over this many samples per document "
+        "(1: a single sample, or beam search at temperature 0)",
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=128, help="documents or samples decoded together"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
-    parser.add_argument("--rescore", metavar="DIR",
-                        help="score the runs kept in DIR (an earlier --out) without training; "
-                             "the new predictions go to --out (default DIR)")  # fmt: skip
-    parser.add_argument("--pretrain_config",
-                        default=str(RECIPES / "summarization" / "wikitext_pretrain.yaml"))
+    parser.add_argument(
+        "--rescore",
+        metavar="DIR",
+        help="score the runs kept in DIR (an earlier --out) without training; "
+        "the new predictions go to --out (default DIR)",
+    )
+    parser.add_argument(
+        "--pretrain_config", default=str(RECIPES / "summarization" / "wikitext_pretrain.yaml")
+    )
     parser.add_argument("--config", default=str(RECIPES / "summarization" / "wikisum.yaml"))
     parser.add_argument("--report", help="write the results as JSON here")
     parser.add_argument("--out", help="keep the runs here (the pretrained model in OUT/final)")
@@ -161,11 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # scratch first: the pretrained evaluation then compares itself with scratch's output
         for name, ckpt in (("scratch", work / "scratch" / "final"), ("pretrained", work / "final")):
             scores[name] = evaluate(
-                "summarization", ckpt=str(ckpt), data=str(data / "valid.jsonl"),
-                baseline_words=BASELINE_WORDS, ignore=list(IGNORED), seed=args.seed,
-                output=str(out / f"{name}.pred.jsonl"), report=str(out / f"{name}.rouge.json"),
-                compare=compare, **{key: getattr(args, key) for key in DECODING},
-            )  # fmt: skip
+                "summarization",
+                ckpt=str(ckpt),
+                data=str(data / "valid.jsonl"),
+                baseline_words=BASELINE_WORDS,
+                ignore=list(IGNORED),
+                seed=args.seed,
+                output=str(out / f"{name}.pred.jsonl"),
+                report=str(out / f"{name}.rouge.json"),
+                compare=compare,
+                **{key: getattr(args, key) for key in DECODING},
+            )
             compare = str(out / f"{name}.pred.jsonl")
     difference = scores["pretrained"]["compared"]["difference"]
     report = {
@@ -173,27 +238,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scratch": f1(scores["scratch"]["system"]["scores"]),
         "baseline": f1(scores["pretrained"]["baseline"]["scores"]),
         "pretrained_minus_scratch": {t: difference[t] for t in REPORTED},
-        "baseline_words": BASELINE_WORDS, "rouge_ignores": IGNORED,
+        "baseline_words": BASELINE_WORDS,
+        "rouge_ignores": IGNORED,
         "pretrain_seconds": pre["train_seconds"],
         "finetune_seconds": {name: r["train_seconds"] for name, r in runs.items()},
         "best_step": {name: r["best_step"] for name, r in runs.items()},
         "summary_words": {n: s["system"]["lengths"]["mean_words"] for n, s in scores.items()},
         "decode_seconds": {name: s["decode_seconds"] for name, s in scores.items()},
-        "pretrain": pre, "finetune": runs, "wall_seconds": time.perf_counter() - started,
-        "recipes": [args.pretrain_config, args.config], "overrides": args.overrides,
+        "pretrain": pre,
+        "finetune": runs,
+        "wall_seconds": time.perf_counter() - started,
+        "recipes": [args.pretrain_config, args.config],
+        "overrides": args.overrides,
         "decoding": {key: getattr(args, key) for key in (*DECODING, "seed")},
         "rescored": args.rescore,
-    }  # fmt: skip
+    }
     print(f"\nWikiSum (WikiText-2) valid, {len(scores)} systems + baseline, F1 % [95% CI]")
-    rows = [(name, *(f"{v['mid']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
-                     for v in report[name].values()))
-            for name in ("pretrained", "scratch", "baseline")]  # fmt: skip
-    rows.append(("pretrained - scratch (paired)",
-                 *(f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
-                   for v in report["pretrained_minus_scratch"].values())))  # fmt: skip
+    rows = [
+        (
+            name,
+            *(f"{v['mid']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for v in report[name].values()),
+        )
+        for name in ("pretrained", "scratch", "baseline")
+    ]
+    rows.append(
+        (
+            "pretrained - scratch (paired)",
+            *(
+                f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
+                for v in report["pretrained_minus_scratch"].values()
+            ),
+        )
+    )
     print(markdown_table(["system", *REPORTED], rows))
-    print("decoding: " + ", ".join(f"{name} {seconds:.1f} s"
-                                   for name, seconds in report["decode_seconds"].items()))
+    print(
+        "decoding: "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["decode_seconds"].items())
+    )
     write_report(args.report, report)
     return 0
 

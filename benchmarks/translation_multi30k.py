@@ -37,38 +37,72 @@ def pretrain(data: Path, recipe: dict, seconds: float, work: Path) -> dict:
     text.write_text((data / "train.en").read_text() + (data / "train.de").read_text())
     settings = recipe.get("train", {})
     model = [f"--model.{key}={value}" for key, value in recipe.get("model", {}).items()]
-    argv = ["--data.source", str(text), "--data.val_fraction", "0.02", *model,
-            f"--tokenizer.vocab_size={recipe['tokenizer']['vocab_size']}",
-            "--train.max_steps=-1", f"--train.max_time={seconds}", "--train.batch_size=16",
-            f"--train.learning_rate={settings.get('learning_rate', 1e-3)}",
-            f"--train.precision={settings.get('precision', '32-true')}",
-            "--train.val_every_n_steps=1000000", "--train.progress_bar=false",
-            "--out_dir", str(work / "pretrain")]  # fmt: skip
+    argv = [
+        "--data.source",
+        str(text),
+        "--data.val_fraction",
+        "0.02",
+        *model,
+        f"--tokenizer.vocab_size={recipe['tokenizer']['vocab_size']}",
+        "--train.max_steps=-1",
+        f"--train.max_time={seconds}",
+        "--train.batch_size=16",
+        f"--train.learning_rate={settings.get('learning_rate', 1e-3)}",
+        f"--train.precision={settings.get('precision', '32-true')}",
+        "--train.val_every_n_steps=1000000",
+        "--train.progress_bar=false",
+        "--out_dir",
+        str(work / "pretrain"),
+    ]
     return train("pretrain", argv)
 
 
 def finetune(data: Path, config: str, init: str, seconds: float, out: Path, extra: list[str]):
-    argv = ["--config", config, "--init_from", init,
-            "--data.train", str(data / "train"), "--data.val", str(data / "val"),
-            "--train.max_steps=-1", f"--train.max_time={seconds}",
-            "--train.progress_bar=false", "--out_dir", str(out), *extra]  # fmt: skip
+    argv = [
+        "--config",
+        config,
+        "--init_from",
+        init,
+        "--data.train",
+        str(data / "train"),
+        "--data.val",
+        str(data / "val"),
+        "--train.max_steps=-1",
+        f"--train.max_time={seconds}",
+        "--train.progress_bar=false",
+        "--out_dir",
+        str(out),
+        *extra,
+    ]
     return train("finetune", argv)
 
 
 def score(data: Path, split: str, ckpt: Path, beams: int, work: Path) -> dict:
-    return evaluate("translation", ckpt=str(ckpt), source=str(data / f"{split}.en"),
-                    reference=str(data / f"{split}.de"), num_beams=beams,
-                    output=str(work / f"{ckpt.name}-{split}.de"))  # fmt: skip
+    return evaluate(
+        "translation",
+        ckpt=str(ckpt),
+        source=str(data / f"{split}.en"),
+        reference=str(data / f"{split}.de"),
+        num_beams=beams,
+        output=str(work / f"{ckpt.name}-{split}.de"),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="multi30k folder (train/val/test .en/.de)")
     parser.add_argument("--budget_seconds", type=float, default=1800.0)
-    parser.add_argument("--pretrain_fraction", type=float, default=PRETRAIN_FRACTION,
-                        help="budget share spent pretraining an LM first (0: none)")  # fmt: skip
-    parser.add_argument("--compare_scratch", action="store_true",
-                        help="also train from scratch for the budget (bleu_scratch)")  # fmt: skip
+    parser.add_argument(
+        "--pretrain_fraction",
+        type=float,
+        default=PRETRAIN_FRACTION,
+        help="budget share spent pretraining an LM first (0: none)",
+    )
+    parser.add_argument(
+        "--compare_scratch",
+        action="store_true",
+        help="also train from scratch for the budget (bleu_scratch)",
+    )
     parser.add_argument("--split", default="test_2016_flickr", help="evaluation split")
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--config", default=str(RECIPE), help="recipe (default: %(default)s)")
@@ -87,9 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        report: dict = {"budget_seconds": args.budget_seconds, "beams": args.num_beams,
-                        "split": args.split, "config": args.config,
-                        "overrides": args.overrides}  # fmt: skip
+        report: dict = {
+            "budget_seconds": args.budget_seconds,
+            "beams": args.num_beams,
+            "split": args.split,
+            "config": args.config,
+            "overrides": args.overrides,
+        }
         init, pretrain_seconds = "none", 0.0
         if args.pretrain_fraction > 0:
             pre = pretrain(data, recipe, args.budget_seconds * args.pretrain_fraction, work)
@@ -100,32 +138,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         (work / "recipe" / "final").rename(work / "final")  # the model: OUT/final
         scores = score(data, args.split, work / "final", args.num_beams, work)
         report.update(
-            bleu=scores["bleu"], chrf=scores["chrf"], bleu_ci=scores["bleu_ci"],
-            chrf_ci=scores["chrf_ci"], bleu_signature=scores["bleu_signature"],
+            bleu=scores["bleu"],
+            chrf=scores["chrf"],
+            bleu_ci=scores["bleu_ci"],
+            chrf_ci=scores["chrf_ci"],
+            bleu_signature=scores["bleu_signature"],
             chrf_signature=scores["chrf_signature"],
             train_seconds=pretrain_seconds + tuned["train_seconds"],
-            pretrain_seconds=pretrain_seconds, finetune_seconds=tuned["train_seconds"],
-            finetune=tuned, decode_seconds=scores["decode_seconds"],
-        )  # fmt: skip
+            pretrain_seconds=pretrain_seconds,
+            finetune_seconds=tuned["train_seconds"],
+            finetune=tuned,
+            decode_seconds=scores["decode_seconds"],
+        )
         rows = [("recipe" + (" (pretrained)" if init != "none" else ""), scores, tuned)]
         if init == "none":
             report.update(bleu_scratch=scores["bleu"], chrf_scratch=scores["chrf"])
         if args.compare_scratch and init != "none":
-            scratch = finetune(data, args.config, "none", args.budget_seconds,
-                               work / "scratch", args.overrides)  # fmt: skip
+            scratch = finetune(
+                data, args.config, "none", args.budget_seconds, work / "scratch", args.overrides
+            )
             scratch_scores = score(data, args.split, work / "scratch", args.num_beams, work)
-            report.update(bleu_scratch=scratch_scores["bleu"], chrf_scratch=scratch_scores["chrf"],
-                          scratch=scratch)  # fmt: skip
+            report.update(
+                bleu_scratch=scratch_scores["bleu"],
+                chrf_scratch=scratch_scores["chrf"],
+                scratch=scratch,
+            )
             rows.append(("from scratch", scratch_scores, scratch))
     report["wall_seconds"] = time.perf_counter() - started
-    print(f"\nMulti30k en->de, {args.split}, beam {args.num_beams}, "
-          f"{args.budget_seconds:.0f} s of training (target: BLEU >= {TARGET_BLEU})")  # fmt: skip
-    print(markdown_table(
-        ["run", "BLEU", "chrF", "train s", "tokens/s", "epochs"],
-        [(name, f"{s['bleu']:.2f}", f"{s['chrf']:.2f}",
-          round(t["train_seconds"] + (pretrain_seconds if "pretrained" in name else 0)),
-          round(t["tokens_per_second"]), f"{t['epochs']:.1f}") for name, s, t in rows],
-    ))  # fmt: skip
+    print(
+        f"\nMulti30k en->de, {args.split}, beam {args.num_beams}, "
+        f"{args.budget_seconds:.0f} s of training (target: BLEU >= {TARGET_BLEU})"
+    )
+    print(
+        markdown_table(
+            ["run", "BLEU", "chrF", "train s", "tokens/s", "epochs"],
+            [
+                (
+                    name,
+                    f"{s['bleu']:.2f}",
+                    f"{s['chrf']:.2f}",
+                    round(t["train_seconds"] + (pretrain_seconds if "pretrained" in name else 0)),
+                    round(t["tokens_per_second"]),
+                    f"{t['epochs']:.1f}",
+                )
+                for name, s, t in rows
+            ],
+        )
+    )
     print(report["bleu_signature"])
     write_report(args.report, report)
     return 0

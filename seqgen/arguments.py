@@ -23,8 +23,9 @@ from seqgen.errors import SeqgenError
 RENAMED = {"beams": "num_beams", "from": "init_from"}  # old flag -> field, for one release
 
 
-def config_parser(prog: str, description: str | None, *config_classes: type,
-                  skip: set[str] = frozenset()):  # fmt: skip
+def config_parser(
+    prog: str, description: str | None, *config_classes: type, skip: set[str] = frozenset()
+):
     """A parser whose flags are the fields of `config_classes` (flat), and --config."""
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
@@ -37,11 +38,11 @@ def config_parser(prog: str, description: str | None, *config_classes: type,
     for config_class in config_classes:
         names = {f.name for f in fields(config_class)} - set(skip)
         if names & seen:
-            raise SeqgenError(f"{prog}: {config_class.__name__} repeats options "
-                              f"{', '.join(sorted(names & seen))}")  # fmt: skip
+            raise SeqgenError(
+                f"{prog}: {config_class.__name__} repeats options {', '.join(sorted(names & seen))}"
+            )
         seen |= names
-        parser.add_class_arguments(config_class, as_group=False,
-                                   skip=set(skip) | (seen - names))  # fmt: skip
+        parser.add_class_arguments(config_class, as_group=False, skip=set(skip) | (seen - names))
     return parser
 
 
@@ -55,7 +56,7 @@ def flags_of(*config_classes: type) -> dict[str, Any]:
 
 
 def _kind(hint: Any) -> str | None:
-    """"bool" or "list" for flags that take no value or repeat, else None."""
+    """ "bool" or "list" for flags that take no value or repeat, else None."""
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
     if args == [bool]:
@@ -89,8 +90,10 @@ def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
             new = new[3:]
         if new != name and new in flags:
             shown = f"--{new} false" if negated else f"--{new}"
-            print(f"warning: --{name} is deprecated and goes in the next release; use {shown}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: --{name} is deprecated and goes in the next release; use {shown}",
+                file=sys.stderr,
+            )
         else:
             new = name
         kind = _kind(flags.get(new))
@@ -137,19 +140,24 @@ def check_sections(file: str, sections: set[str]) -> None:
     if values is None:
         raise SeqgenError(f"{file}: the config is empty")
     if not isinstance(values, dict):
-        raise SeqgenError(f"{file}: a config maps keys to values (key: value lines), not a "
-                          f"{type(values).__name__}")  # fmt: skip
+        raise SeqgenError(
+            f"{file}: a config maps keys to values (key: value lines), not a "
+            f"{type(values).__name__}"
+        )
     for key in sorted(sections & set(values)):
         if not isinstance(values[key], dict):
-            raise SeqgenError(f"{file}: `{key}:` is a section of settings (indented key: value "
-                              f"lines), got {values[key]!r}")  # fmt: skip
+            raise SeqgenError(
+                f"{file}: `{key}:` is a section of settings (indented key: value "
+                f"lines), got {values[key]!r}"
+            )
 
 
 def build(config_class: type, values: Any):
     """`config_class` from the parsed values of its fields; its checks become errors."""
     try:
-        return config_class(**{f.name: values[f.name] for f in fields(config_class)
-                               if f.name in values})  # fmt: skip
+        return config_class(
+            **{f.name: values[f.name] for f in fields(config_class) if f.name in values}
+        )
     except (TypeError, ValueError) as err:
         raise SeqgenError(str(err)) from None
 

@@ -68,8 +68,9 @@ def panels(config: AttentionConfig, n_layer: int, n_head: int) -> list[tuple[int
     for name, value, count in (("layer", config.layer, n_layer), ("head", config.head, n_head)):
         if value is not None and value >= count:
             plural, valid = ("", "0") if count == 1 else ("s", f"0-{count - 1}")
-            raise ValueError(f"--{name} {value}: the model has {count} {name}{plural} "
-                             f"(give {valid})")  # fmt: skip
+            raise ValueError(
+                f"--{name} {value}: the model has {count} {name}{plural} (give {valid})"
+            )
     layers = range(n_layer) if config.layer is None else [config.layer]
     heads = range(n_head) if config.head is None else [config.head]
     return [(layer, head) for layer in layers for head in heads]
@@ -85,8 +86,7 @@ def draw(config: AttentionConfig) -> list[tuple[int, int]]:
 
     from seqgen.inference import load
 
-    generator = load(config.ckpt, pack=False, precision=config.precision,
-                     device=config.device)  # fmt: skip
+    generator = load(config.ckpt, pack=False, precision=config.precision, device=config.device)
     model, task, tokenizer = generator.model, generator.task, generator.tokenizer
     chosen = panels(config, model.config.n_layer, model.config.n_head)
     ids = sequence(config, generator)
@@ -106,8 +106,9 @@ def draw(config: AttentionConfig) -> list[tuple[int, int]]:
     cols = sorted({head for _, head in chosen})
     side = min(8.0, max(2.5, PANEL_INCHES_PER_TOKEN * len(shown)))
     size = (side * len(cols) + 1.2, side * len(rows) + 0.8)
-    figure, axes = plt.subplots(len(rows), len(cols), squeeze=False, figsize=size, dpi=110,
-                                layout="constrained")  # fmt: skip
+    figure, axes = plt.subplots(
+        len(rows), len(cols), squeeze=False, figsize=size, dpi=110, layout="constrained"
+    )
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)  # small weights stay visible
     labelled = len(chosen) <= LABELLED_PANELS
     for layer, head in chosen:

@@ -153,8 +153,9 @@ class Batch:
         self.seen = torch.cat([self.seen, marks.to(self.rows.device)])
         self.live = self.live + new
 
-    def _drop(self, slots: list[int], reason: str | None,
-              tokens: torch.Tensor | None = None) -> list[tuple[Request, None]]:  # fmt: skip
+    def _drop(
+        self, slots: list[int], reason: str | None, tokens: torch.Tensor | None = None
+    ) -> list[tuple[Request, None]]:
         """End the requests at `slots` (with `reason` unless they have one); the others move
         into their places, and with `tokens` (their ids of this step) take their next step."""
         events = []
@@ -184,8 +185,11 @@ class Batch:
         if any(r.rules for r in live):
             banned, shared = map(list, zip(*(row_bans(r.rules) for r in live), strict=True))
             logits = ban_ids(logits, banned, shared)
-        early = {slot: r.settings.eos_ids for slot, r in enumerate(live)
-                 if r.settings.eos_ids and len(r.output) < r.settings.min_new_tokens}  # fmt: skip
+        early = {
+            slot: r.settings.eos_ids
+            for slot, r in enumerate(live)
+            if r.settings.eos_ids and len(r.output) < r.settings.min_new_tokens
+        }
         return ban_early_eos(logits, early) if early else logits
 
     def _chosen(self, logits: torch.Tensor) -> torch.Tensor:
@@ -264,8 +268,11 @@ def _outside(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
 def draw(probs: torch.Tensor, streams: list[np.random.Generator]) -> torch.Tensor:
     """One id per row of `probs` (B, V), by inverse transform sampling with row b's uniform
     from streams[b] alone. Returns (B,)."""
-    uniforms = torch.tensor([1.0 - stream.random() for stream in streams],  # in (0, 1]
-                            dtype=torch.float64, device=probs.device)  # fmt: skip
+    uniforms = torch.tensor(
+        [1.0 - stream.random() for stream in streams],  # in (0, 1]
+        dtype=torch.float64,
+        device=probs.device,
+    )
     cdf = probs.double().cumsum(dim=-1)
     ids = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None])[:, 0]
     return ids.clamp(max=probs.shape[-1] - 1)
@@ -275,6 +282,7 @@ def _logprobs(logits: torch.Tensor, token: int, most: int) -> tuple[float, dict[
     """The log-probability of `token` under the (V,) logits, and the `most` likeliest ids'."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     top = logprobs.topk(most) if most else None
-    alternatives = {} if top is None else dict(zip(top.indices.tolist(), top.values.tolist(),
-                                                    strict=True))  # fmt: skip
+    alternatives = (
+        {} if top is None else dict(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    )
     return float(logprobs[token]), alternatives

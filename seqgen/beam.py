@@ -28,8 +28,9 @@ from seqgen.decoding import (
 from seqgen.rows import holes_filled
 
 
-def beam_search(model, prompts, settings, outputs, limits,
-                batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
+def beam_search(
+    model, prompts, settings, outputs, limits, batch_size: int | None
+) -> Iterator[tuple[int, int | None]]:
     """A beam search over each prompt, at most `batch_size` prompts' beams decoded together
     as rows of one KV cache; a waiting prompt's search starts as soon as one ends, and each
     search is what it would be alone. Events as `seqgen.engine` yields them: a search's ids
@@ -47,16 +48,14 @@ def beam_search(model, prompts, settings, outputs, limits,
         if new:
             logits = joined(logits, rows.admit([prompts[i] for i in new]))
             for i in new:
-                searches[i] = _Search(prompts[i], limits[i], settings.length_penalty,
-                                      logits.device)  # fmt: skip
+                searches[i] = _Search(prompts[i], limits[i], settings.length_penalty, logits.device)
             live, owners = live + new, owners + new
         logits, top = _candidates(logits, [searches[i] for i in live], settings)
         sources, first = {}, 0  # each running search's new rows, as rows of the cache now
         for i in live:
             width = len(searches[i].beams)
             rows_of_search = slice(first, first + width)
-            parents = searches[i].advance(logits[rows_of_search], top[rows_of_search],
-                                          settings)  # fmt: skip
+            parents = searches[i].advance(logits[rows_of_search], top[rows_of_search], settings)
             if parents:
                 sources[i] = [first + row for row in parents]
             else:
@@ -69,8 +68,10 @@ def beam_search(model, prompts, settings, outputs, limits,
         keep = [row for i in live for row in sources[i]]
         new_owners = [i for i in live for _ in searches[i].beams]
         same = [t < len(owners) and owners[t] == i for t, i in enumerate(new_owners)]
-        rows.select(torch.tensor(keep, dtype=torch.long, device=rows.device),
-                    torch.tensor(same, dtype=torch.bool))  # fmt: skip
+        rows.select(
+            torch.tensor(keep, dtype=torch.long, device=rows.device),
+            torch.tensor(same, dtype=torch.bool),
+        )
         owners = new_owners
         if live:
             beams = [(searches[i].prompt, beam) for i in live for beam in searches[i].in_rows()]
@@ -78,8 +79,9 @@ def beam_search(model, prompts, settings, outputs, limits,
             logits = rows.step(tokens, [prompt + beam for prompt, beam in beams])
 
 
-def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Settings
-                ) -> tuple[torch.Tensor, list[list[tuple[float, int]]]]:  # fmt: skip
+def _candidates(
+    logits: torch.Tensor, searches: list[_Search], settings: Settings
+) -> tuple[torch.Tensor, list[list[tuple[float, int]]]]:
     """Every running beam's next-id logits after the penalties and bans (B, V), and each
     row's best 2k candidates as (score, id), best first: the beam's score plus the id's
     log-probability. All searches' rows at once (per search these small ops cost more than
@@ -94,9 +96,16 @@ def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Setting
     makers = constraint_makers(settings)
     banned = shared = None
     if makers:
-        banned, shared = map(list, zip(*(
-            row_bans([_replayed(make, search.prompt, beam) for make in makers])
-            for search, beam in beams), strict=True))  # fmt: skip
+        banned, shared = map(
+            list,
+            zip(
+                *(
+                    row_bans([_replayed(make, search.prompt, beam) for make in makers])
+                    for search, beam in beams
+                ),
+                strict=True,
+            ),
+        )
     steps = [search.step for search, _ in beams]
     logits = adjust_logits(logits, seen, settings, steps, banned, shared)
     scores = torch.cat([search.scores[search.rows_order()] for search in searches])
@@ -106,8 +115,10 @@ def _candidates(logits: torch.Tensor, searches: list[_Search], settings: Setting
         rows = slice(start, start + chunk)
         candidates = F.log_softmax(logits[rows], dim=-1).add_(scores[rows, None])
         best = candidates.topk(min(2 * settings.num_beams, logits.shape[-1]), dim=-1)
-        top += [list(zip(values, ids, strict=True)) for values, ids
-                in zip(best.values.tolist(), best.indices.tolist(), strict=True)]  # fmt: skip
+        top += [
+            list(zip(values, ids, strict=True))
+            for values, ids in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+        ]
     return logits, top
 
 
@@ -121,8 +132,9 @@ class _Search:
     """One prompt's beam search: its live beams (new ids; one cache row each), their
     log-probability sums, and the finished hypotheses with their normalised scores."""
 
-    def __init__(self, prompt: list[int], limit: int, length_penalty: float,
-                 device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self, prompt: list[int], limit: int, length_penalty: float, device: torch.device
+    ) -> None:
         self.prompt, self.limit, self.length_penalty = prompt, limit, length_penalty
         self.beams: list[list[int]] = [[]]
         self.places = [0]  # the row of the search's block that holds each beam
@@ -130,16 +142,21 @@ class _Search:
         self.finished: list[tuple[float, list[int]]] = []
         self.step = 0  # the beams' length
 
-    def advance(self, logits: torch.Tensor, top: list[list[tuple[float, int]]],
-                settings: Settings) -> list[int]:  # fmt: skip
+    def advance(
+        self, logits: torch.Tensor, top: list[list[tuple[float, int]]], settings: Settings
+    ) -> list[int]:
         """Choose the next beams from `logits` (n, V) and `top`, one row per row of the
         search's block, as `_candidates` gives them; returns, for each row of the new block,
         the row whose beam it continues, or nothing once the search is over."""
         k, step = settings.num_beams, self.step
         self.step += 1
         vocab, scores = logits.shape[1], self.scores
-        ranked = _ranked([top[row] for row in self.places], vocab, 2 * k, lambda: scores[:, None]
-                         + F.log_softmax(logits[self.places], dim=-1))  # fmt: skip
+        ranked = _ranked(
+            [top[row] for row in self.places],
+            vocab,
+            2 * k,
+            lambda: scores[:, None] + F.log_softmax(logits[self.places], dim=-1),
+        )
         chosen: list[tuple[float, int, list[int]]] = []  # (score, parent row, hypothesis)
         for rank, (score, index) in enumerate(ranked):
             if score == NEG_INF:
@@ -201,8 +218,9 @@ class _Search:
         return total / max(length, 1) ** self.length_penalty
 
 
-def _replayed(constraint: Callable[[list[int]], Constraint], prompt: list[int],
-              beam: list[int]) -> Constraint:  # fmt: skip
+def _replayed(
+    constraint: Callable[[list[int]], Constraint], prompt: list[int], beam: list[int]
+) -> Constraint:
     """A beam's constraint: beams branch every step, so the constraint replays the beam."""
     rule = constraint(prompt)
     for token in beam:
@@ -210,13 +228,16 @@ def _replayed(constraint: Callable[[list[int]], Constraint], prompt: list[int],
     return rule
 
 
-def _ranked(top: list[list[tuple[float, int]]], vocab: int, first: int,
-            everything: Callable[[], torch.Tensor]) -> Iterator[tuple[float, int]]:
+def _ranked(
+    top: list[list[tuple[float, int]]],
+    vocab: int,
+    first: int,
+    everything: Callable[[], torch.Tensor],
+) -> Iterator[tuple[float, int]]:
     """(score, index into the flattened candidates (n, V)) from best to worst: the first
     `first` from each beam's best (`top`, in the beams' order; ties go to the earlier
     beam), the rest, only if needed, from a sort of `everything`, the candidates."""
-    merged = [(score, beam * vocab + token) for beam, row in enumerate(top)
-              for score, token in row]  # fmt: skip
+    merged = [(score, beam * vocab + token) for beam, row in enumerate(top) for score, token in row]
     best = sorted(merged, key=lambda item: -item[0])[:first]
     yield from best
     if len(top) * vocab > first:
@@ -227,8 +248,7 @@ def _ranked(top: list[list[tuple[float, int]]], vocab: int, first: int,
                 yield score, index
 
 
-def _beams_done(finished, best_running: float, length: int, settings: Settings,
-                limit: int) -> bool:  # fmt: skip
+def _beams_done(finished, best_running: float, length: int, settings: Settings, limit: int) -> bool:
     """Whether no running beam can still beat the worst of the best num_beams finished."""
     if len(finished) < settings.num_beams:
         return False

@@ -16,8 +16,15 @@ class KVCache:
     `length` positions are filled. Beam search reorders the batch with `select`.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device,
-                 dtype: torch.dtype, prefix: SharedPrefix | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        prefix: SharedPrefix | None = None,
+    ) -> None:
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
         # the buffers hold batch_size rows; k and v are views of the rows in use
         self._k = self.k = torch.zeros(shape, device=device, dtype=dtype)
@@ -77,8 +84,9 @@ class KVCache:
         """Use the buffers' first `rows` rows (at most as many as they hold)."""
         self.k, self.v = self._k[:, :rows], self._v[:, :rows]
 
-    def add_rows(self, k: torch.Tensor | None, v: torch.Tensor | None, start: int,
-                 count: int = 0) -> None:  # fmt: skip
+    def add_rows(
+        self, k: torch.Tensor | None, v: torch.Tensor | None, start: int, count: int = 0
+    ) -> None:
         """Append rows whose keys and values (n_layer, n, nh, W, hs) fill positions
         [start, start + W) of the filled ones (zeros before them); with k and v None,
         `count` rows of zeros (rows that read all they have so far from a shared prefix)."""
@@ -92,8 +100,7 @@ class KVCache:
             if new is not None:
                 cache[:, rows:, :, start : start + new.shape[3]] = new
 
-    def write_rows(self, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   start: int) -> None:  # fmt: skip
+    def write_rows(self, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         """Overwrite rows `rows` at positions [start, start + W) with k and v (n_layer, n,
         nh, W, hs): re-prefilled windows."""
         width = k.shape[3]
@@ -111,8 +118,9 @@ class KVCache:
                 cache[:, :, :, : n + shift] = cache[:, :, :, -shift:n].clone()
         self.length = n + shift
 
-    def _grown(self, cache: torch.Tensor, batch_index: torch.Tensor,
-               rows: int | None = None) -> torch.Tensor:  # fmt: skip
+    def _grown(
+        self, cache: torch.Tensor, batch_index: torch.Tensor, rows: int | None = None
+    ) -> torch.Tensor:
         """A new buffer of `rows` rows (default: one per index) starting with the filled
         positions of the rows in `batch_index`."""
         shape = (cache.shape[0], rows or batch_index.numel(), *cache.shape[2:])
@@ -132,8 +140,9 @@ class SharedPrefix:
         mask: (G, P) False at padding, or None.
     """
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
-                 mask: torch.Tensor | None) -> None:  # fmt: skip
+    def __init__(
+        self, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor, mask: torch.Tensor | None
+    ) -> None:
         self.k, self.v, self.mask = k, v, mask
         self.regroup(group)
 

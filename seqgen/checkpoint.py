@@ -72,8 +72,10 @@ def write_checkpoint(
         raise ValueError("checkpoint metadata needs 'task' and 'model'")
     bad = non_finite(weights)
     if bad:
-        raise CheckpointError(f"refusing to write {directory}: {bad} hold NaN or infinite "
-                              "values (a diverged model is never saved)")  # fmt: skip
+        raise CheckpointError(
+            f"refusing to write {directory}: {bad} hold NaN or infinite "
+            "values (a diverged model is never saved)"
+        )
     with atomic_directory(directory) as partial:
         save_weights(weights, partial / WEIGHTS_FILE)
         tokenizer.save(partial)
@@ -135,8 +137,11 @@ META_FIELDS = (
 
 def non_finite(weights: dict[str, torch.Tensor]) -> str | None:
     """The names of the tensors holding NaN or infinite values, if any (None if none)."""
-    bad = [name for name, tensor in weights.items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]  # fmt: skip
+    bad = [
+        name
+        for name, tensor in weights.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if not bad:
         return None
     return bad[0] + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
@@ -152,8 +157,10 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt weights ({err})") from None
     bad = non_finite(weights)
     if bad:
-        raise CheckpointError(f"{path}: {bad} hold NaN or infinite values (saved from a "
-                              "diverged run?); this checkpoint cannot be used")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: {bad} hold NaN or infinite values (saved from a "
+            "diverged run?); this checkpoint cannot be used"
+        )
     return weights
 
 
@@ -184,13 +191,20 @@ def check_weights_fit(config: ModelConfig, directory: Path) -> None:
             stored = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt weights ({err})") from None
-    layers = 1 + max((int(name.split(".")[2]) for name in stored
-                      if name.startswith("transformer.h.") and name.split(".")[2].isdigit()),
-                     default=-1)  # fmt: skip
+    layers = 1 + max(
+        (
+            int(name.split(".")[2])
+            for name in stored
+            if name.startswith("transformer.h.") and name.split(".")[2].isdigit()
+        ),
+        default=-1,
+    )
     if layers != config.n_layer:  # before the meta model: a million layers take long to make
-        raise CheckpointError(f"{directory}: the weights do not fit the model config of "
-                              f"{CONFIG_FILE} (n_layer {config.n_layer} by the config, {layers} "
-                              f"blocks in {WEIGHTS_FILE})")  # fmt: skip
+        raise CheckpointError(
+            f"{directory}: the weights do not fit the model config of "
+            f"{CONFIG_FILE} (n_layer {config.n_layer} by the config, {layers} "
+            f"blocks in {WEIGHTS_FILE})"
+        )
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in GPT(config).state_dict().items()}
     if "lm_head.weight" not in stored:  # tied: stored once, as wte
@@ -228,8 +242,11 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
     complete_swaps(directory)
     for torn in [*directory.glob("*.partial"), *directory.glob("*.old")]:
         shutil.rmtree(torn, ignore_errors=True)
-    found = sorted((read_meta(c).get("step", -1), c.name, c) for c in directory.iterdir()
-                   if (c / CONFIG_FILE).is_file())  # fmt: skip
+    found = sorted(
+        (read_meta(c).get("step", -1), c.name, c)
+        for c in directory.iterdir()
+        if (c / CONFIG_FILE).is_file()
+    )
     for _, _, old in found[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

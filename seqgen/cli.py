@@ -48,13 +48,18 @@ def parse_run(command: str, argv: Sequence[str]):
         if _wants_help(argv):
             print(_tasks_help(command))
             return None
-        raise SeqgenError("set the task: --task NAME (or `task:` in the config)\n"
-                          + _tasks_help(command))  # fmt: skip
+        raise SeqgenError(
+            "set the task: --task NAME (or `task:` in the config)\n" + _tasks_help(command)
+        )
     task = task_class(name)
     parser = config_parser(f"seqgen {command}", RunConfig.__doc__, RunConfig, skip={"data"})
     parser.add_class_arguments(task.data_config, nested_key="data")
-    parser.add_argument("--report", type=str | None, default=None,
-                        help="Write a JSON report (val_loss, tokens_per_second, ...).")  # fmt: skip
+    parser.add_argument(
+        "--report",
+        type=str | None,
+        default=None,
+        help="Write a JSON report (val_loss, tokens_per_second, ...).",
+    )
     parser.set_defaults({**defaults, "task": name})
     values = parse(parser, argv)
     cfg = build(RunConfig, values)
@@ -117,16 +122,17 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         if _wants_help(argv):
             print(_tasks_help("evaluate"))
             return 0
-        raise SeqgenError("set the task: --task NAME (or --ckpt CKPT)\n"
-                          + _tasks_help("evaluate"))  # fmt: skip
+        raise SeqgenError("set the task: --task NAME (or --ckpt CKPT)\n" + _tasks_help("evaluate"))
     if not isinstance(task, Evaluates):
         raise SeqgenError(f"the {task.name} task has no evaluation")
     config_class = task.eval_config
     argv = normalize(argv, flags_of(config_class))
-    parser = config_parser(f"seqgen evaluate --task {task.name}", config_class.__doc__,
-                            config_class)  # fmt: skip
-    parser.add_argument("--task", type=str | None, default=None,
-                        help="The task (default: the checkpoint's).")  # fmt: skip
+    parser = config_parser(
+        f"seqgen evaluate --task {task.name}", config_class.__doc__, config_class
+    )
+    parser.add_argument(
+        "--task", type=str | None, default=None, help="The task (default: the checkpoint's)."
+    )
     _generation_defaults(parser, task, config_class)
     task.evaluate(build(config_class, parse(parser, argv)))
     return 0
@@ -179,8 +185,9 @@ def cmd_tokenizer(argv: Sequence[str]) -> int:
         return 0
     argv = normalize(argv[1:], flags_of(TokenizerTrainConfig))
     name = given(argv, "task") or TokenizerTrainConfig.task
-    parser = config_parser("seqgen tokenizer train", TokenizerTrainConfig.__doc__,
-                            TokenizerTrainConfig, skip={"data"})  # fmt: skip
+    parser = config_parser(
+        "seqgen tokenizer train", TokenizerTrainConfig.__doc__, TokenizerTrainConfig, skip={"data"}
+    )
     parser.add_class_arguments(task_class(name).data_config, nested_key="data")
     cfg = build(TokenizerTrainConfig, parse(parser, argv))
     tokenizer = run(cfg)
@@ -215,19 +222,24 @@ def cmd_info(argv: Sequence[str]) -> int:
         meta = checkpoint.read_meta(path)
         config = ModelConfig.from_dict(meta["model"])
         tokenizer = load_tokenizer(path)
-        _print_table(str(path), {
-            "task": meta["task"], "task options": meta.get("task_options", {}),
-            "step": meta.get("step", "unknown"),
-            "tokens trained": meta.get("train_tokens", "unknown"),
-            "started from": meta.get("init_from", "unknown"),
-            "tokenizer": f"{tokenizer.kind}, {tokenizer.vocab_size:,} tokens",
-            "format version": meta["format_version"],
-        })  # fmt: skip
+        _print_table(
+            str(path),
+            {
+                "task": meta["task"],
+                "task options": meta.get("task_options", {}),
+                "step": meta.get("step", "unknown"),
+                "tokens trained": meta.get("train_tokens", "unknown"),
+                "started from": meta.get("init_from", "unknown"),
+                "tokenizer": f"{tokenizer.kind}, {tokenizer.vocab_size:,} tokens",
+                "format version": meta["format_version"],
+            },
+        )
     elif args.model in PRESETS:
         config = ModelConfig.from_preset(args.model)
     else:
-        raise SeqgenError(f"unknown model preset {args.model!r}; presets: "
-                          f"{', '.join(sorted(PRESETS))}")  # fmt: skip
+        raise SeqgenError(
+            f"unknown model preset {args.model!r}; presets: {', '.join(sorted(PRESETS))}"
+        )
     _print_table("model", config.to_dict())
     rows = parameter_tally(GPT(config))
     width = max(len(name) for name, _ in rows)
@@ -275,8 +287,10 @@ def cmd_serve(argv: Sequence[str]) -> int:
     try:
         from seqgen.serve_app import serve
     except ImportError as err:
-        raise SeqgenError("seqgen serve needs FastAPI, uvicorn and prometheus-client: pip "
-                          f"install 'seqgen[serve]' ({err})") from None  # fmt: skip
+        raise SeqgenError(
+            "seqgen serve needs FastAPI, uvicorn and prometheus-client: pip "
+            f"install 'seqgen[serve]' ({err})"
+        ) from None
     serve(config)
     return 0
 
@@ -338,10 +352,14 @@ def _print_table(title: str, values: dict) -> None:
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "pretrain": (partial(cmd_train, "pretrain"),
-                 "train from scratch: a text LM, or a task's corpus (--task music)"),
-    "finetune": (partial(cmd_train, "finetune"),
-                 "fine-tune a checkpoint on a task, or train one from scratch"),
+    "pretrain": (
+        partial(cmd_train, "pretrain"),
+        "train from scratch: a text LM, or a task's corpus (--task music)",
+    ),
+    "finetune": (
+        partial(cmd_train, "finetune"),
+        "fine-tune a checkpoint on a task, or train one from scratch",
+    ),
     "evaluate": (cmd_evaluate, "score a checkpoint or a system's outputs on a task"),
     "generate": (cmd_generate, "sample from a checkpoint"),
     "data": (cmd_data, "tokenize a corpus into shards, or build a dataset (seqgen data prepare)"),

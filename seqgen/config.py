@@ -250,17 +250,21 @@ class TrainConfig:
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"train.max_epochs must be >= 1 or None, got {self.max_epochs}")
         if self.val_batches is not None and self.val_batches < 1:
-            raise ConfigError(f"train.val_batches must be >= 1 or None (all), got "
-                              f"{self.val_batches}")  # fmt: skip
+            raise ConfigError(
+                f"train.val_batches must be >= 1 or None (all), got {self.val_batches}"
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"train.grad_clip must be > 0 or None (off), got {self.grad_clip}")
         unknown = [name for name in self.logger if name not in LOGGERS]
         if unknown or len(set(self.logger)) != len(self.logger):
-            raise ConfigError(f"train.logger must list each of {', '.join(LOGGERS)} at most "
-                              f"once, got {self.logger}")  # fmt: skip
+            raise ConfigError(
+                f"train.logger must list each of {', '.join(LOGGERS)} at most "
+                f"once, got {self.logger}"
+            )
         if not self.progress_every_seconds > 0:
-            raise ConfigError(f"train.progress_every_seconds must be > 0, got "
-                              f"{self.progress_every_seconds}")  # fmt: skip
+            raise ConfigError(
+                f"train.progress_every_seconds must be > 0, got {self.progress_every_seconds}"
+            )
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"train.peak_flops must be > 0 or None, got {self.peak_flops}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -268,16 +272,24 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
-        for name, least in (("weight_decay", 0), ("max_bad_steps", 0), ("keep_checkpoints", 1),
-                            ("num_nodes", 1)):  # fmt: skip
+        for name, least in (
+            ("weight_decay", 0),
+            ("max_bad_steps", 0),
+            ("keep_checkpoints", 1),
+            ("num_nodes", 1),
+        ):
             if getattr(self, name) < least:
                 raise ConfigError(f"train.{name} must be >= {least}, got {getattr(self, name)}")
         if self.accelerator not in ACCELERATORS:
-            raise ConfigError(f"train.accelerator must be one of {', '.join(ACCELERATORS)}, "
-                              f"got {self.accelerator!r}")  # fmt: skip
+            raise ConfigError(
+                f"train.accelerator must be one of {', '.join(ACCELERATORS)}, "
+                f"got {self.accelerator!r}"
+            )
         if not _valid_devices(self.devices):
-            raise ConfigError("train.devices must be auto, a count (-1: all) or a list like "
-                              f"'0,1', got {self.devices!r}")  # fmt: skip
+            raise ConfigError(
+                "train.devices must be auto, a count (-1: all) or a list like "
+                f"'0,1', got {self.devices!r}"
+            )
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")

@@ -83,8 +83,10 @@ class PackingTimer:
 
     def pays(self, rows: int = 1) -> bool:
         """Whether a step of `rows` rows runs faster with packed weights than plain."""
-        inputs = [torch.randn(rows, 1, layer.in_features, dtype=layer.weight.dtype)
-                  for layer in self.plain]  # fmt: skip
+        inputs = [
+            torch.randn(rows, 1, layer.in_features, dtype=layer.weight.dtype)
+            for layer in self.plain
+        ]
 
         def step(layers: list[nn.Module]) -> Callable[[], None]:
             def run() -> None:
@@ -94,13 +96,15 @@ class PackingTimer:
             return run
 
         with torch.inference_mode():
-            times = seconds_in_turns({"packed": step(self.packed), "plain": step(self.plain)},
-                                     TIMED_CALLS)  # fmt: skip
+            times = seconds_in_turns(
+                {"packed": step(self.packed), "plain": step(self.plain)}, TIMED_CALLS
+            )
         return statistics.median(times["packed"]) < statistics.median(times["plain"])
 
 
-def seconds_in_turns(calls: dict[str, Callable[[], object]], times: int,
-                     warmup: int = 1) -> dict[str, list[float]]:  # fmt: skip
+def seconds_in_turns(
+    calls: dict[str, Callable[[], object]], times: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Seconds of each of `times` calls of every entry, after `warmup` calls of each, taken in
     turns (one call of every entry, then the next round) so that a busy moment of the machine
     slows all alike."""
@@ -148,8 +152,9 @@ def training_step_seconds(model: nn.Module, batch_size: int, length: int) -> dic
     The model is left as it was: no weight changes, its gradients are dropped and the random
     state (dropout) is restored."""
     rows = max(1, min(batch_size, PROBE_TOKENS // length))
-    ids = torch.randint(model.config.vocab_size, (rows, length),
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ids = torch.randint(
+        model.config.vocab_size, (rows, length), generator=torch.Generator().manual_seed(0)
+    )
     size = model.config.state_size
     state = torch.zeros(rows, length, size) if size else None  # its values cost nothing
 

@@ -109,8 +109,9 @@ class EpochSampler(Sampler):
     collectives would wait forever): disjoint, and together the one-process epoch (less its
     last `num_samples % world_size` draws). Yields (offset, seed) keys."""
 
-    def __init__(self, size: int, num_samples: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, size: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not one of {world_size} ranks")
         self.size, self.num_samples, self.seed = size, num_samples, seed
@@ -172,8 +173,9 @@ class SequentialWindows(Dataset):
     it from the stream's start for every window took minutes per pass over ASAP's 8 hours of
     validation music)."""
 
-    def __init__(self, ids: np.ndarray, block_size: int, pad_id: int,
-                 state: TokenState | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, ids: np.ndarray, block_size: int, pad_id: int, state: TokenState | None = None
+    ) -> None:
         self.ids, self.block_size, self.pad_id = ids, block_size, pad_id
         self.state = state
         self.before: list[np.ndarray | None] = []  # the state before each window's inputs
@@ -196,8 +198,9 @@ class SequentialWindows(Dataset):
         return padded_window(self.ids[start:end], self.block_size, self.pad_id, states)
 
 
-def padded_window(ids: np.ndarray, block_size: int, pad_id: int,
-                  states: np.ndarray | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def padded_window(
+    ids: np.ndarray, block_size: int, pad_id: int, states: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
     """Inputs and targets of up to block_size + 1 ids, padded to block_size; the padding is
     ignored by the loss. With `states` (the token state after each input), also "state"
     (block_size, size), zeros at the padding."""

@@ -34,8 +34,9 @@ def rank_of(trainer: pl.Trainer | None) -> dict[str, int]:
     return {"rank": trainer.global_rank, "world_size": trainer.world_size}
 
 
-def checked_during_fit(val_set: Dataset, trainer: pl.Trainer | None, batches: int | None,
-                       batch_size: int) -> Dataset:  # fmt: skip
+def checked_during_fit(
+    val_set: Dataset, trainer: pl.Trainer | None, batches: int | None, batch_size: int
+) -> Dataset:
     """What the checks during training validate on: `batches` batches of the validation set,
     spread evenly across it (all of it when None or more), so each check costs a fraction of
     a full pass yet samples every part; the validation after training gets the whole set."""
@@ -56,9 +57,15 @@ class WindowDataModule(pl.LightningDataModule):
     batches of each check during training (see `checked_during_fit`).
     """
 
-    def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int,
-                 num_workers: int = 0, seed: int = 0, val_batches: int | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        train_set: Dataset,
+        val_set: Dataset,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_batches: int | None = None,
+    ) -> None:
         super().__init__()
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -70,8 +77,9 @@ class WindowDataModule(pl.LightningDataModule):
         return max(1, len(self.train_set) // self.train_set.block_size)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.draws_per_epoch, self.seed,
-                               **rank_of(self.trainer))  # fmt: skip
+        sampler = EpochSampler(
+            len(self.train_set), self.draws_per_epoch, self.seed, **rank_of(self.trainer)
+        )
         batches = -(-len(sampler) // self.batch_size)
         sampler.epoch, done = resume_position(self.trainer, batches)
         sampler.skip = done * self.batch_size
@@ -86,10 +94,14 @@ class WindowDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        val_set = checked_during_fit(self.val_set, self.trainer, self.val_batches,
-                                     self.batch_size)
-        return DataLoader(val_set, self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          generator=torch.Generator())  # fmt: skip
+        val_set = checked_during_fit(self.val_set, self.trainer, self.val_batches, self.batch_size)
+        return DataLoader(
+            val_set,
+            self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            generator=torch.Generator(),
+        )
 
 
 class ExampleDataModule(pl.LightningDataModule):
@@ -101,9 +113,16 @@ class ExampleDataModule(pl.LightningDataModule):
     `checked_during_fit`).
     """
 
-    def __init__(self, train: Sequence[Example], val: Sequence[Example], batch_size: int,
-                 pad_id: int, seed: int = 0, num_workers: int = 0,
-                 val_batches: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        train: Sequence[Example],
+        val: Sequence[Example],
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        num_workers: int = 0,
+        val_batches: int | None = None,
+    ) -> None:
         super().__init__()
         if not train:
             raise DataError("no training examples")
@@ -119,8 +138,7 @@ class ExampleDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         lengths = [len(e.ids) for e in self.train_set.examples]
-        batches = LengthGroupedBatches(lengths, self.batch_size, self.seed,
-                                       **rank_of(self.trainer))  # fmt: skip
+        batches = LengthGroupedBatches(lengths, self.batch_size, self.seed, **rank_of(self.trainer))
         batches.epoch, batches.skip = resume_position(self.trainer, len(batches))
         return DataLoader(
             self.train_set,
@@ -136,6 +154,10 @@ class ExampleDataModule(pl.LightningDataModule):
         ordered = ExampleDataset(sorted(self.val_set.examples, key=lambda e: len(e.ids)))
         val_set = checked_during_fit(ordered, self.trainer, self.val_batches, self.batch_size)
         return DataLoader(
-            val_set, self.batch_size, shuffle=False, collate_fn=self._collate,
-            num_workers=self.num_workers, generator=torch.Generator(),
-        )  # fmt: skip
+            val_set,
+            self.batch_size,
+            shuffle=False,
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+            generator=torch.Generator(),
+        )

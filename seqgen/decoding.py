@@ -119,9 +119,14 @@ class Settings(GenerationOptions):
         self.eos_ids = (self.eos_id,) if isinstance(self.eos_id, int) else tuple(self.eos_id or ())
 
 
-def adjust_logits(logits: torch.Tensor, seen: torch.Tensor | None, settings: Settings,
-                  n_new: int | list[int], banned: list[list[int]] | None,
-                  shared: list[list[int]] | None = None):  # fmt: skip
+def adjust_logits(
+    logits: torch.Tensor,
+    seen: torch.Tensor | None,
+    settings: Settings,
+    n_new: int | list[int],
+    banned: list[list[int]] | None,
+    shared: list[list[int]] | None = None,
+):
     """Repetition penalty, banned ids (repeated n-grams, constraints) and min_new_tokens, on
     (B, V) logits, for rows that share `settings`; banned[b] are the ids row b may not take,
     shared[b] the ids among which row b keeps the model's probability (`row_bans`); n_new:
@@ -132,21 +137,24 @@ def adjust_logits(logits: torch.Tensor, seen: torch.Tensor | None, settings: Set
         logits = ban_ids(logits, banned, shared)
     if settings.min_new_tokens and settings.eos_ids:
         counts = n_new if isinstance(n_new, list) else [n_new] * len(logits)
-        early = {row: settings.eos_ids for row, n in enumerate(counts)
-                 if n < settings.min_new_tokens}  # fmt: skip
+        early = {
+            row: settings.eos_ids for row, n in enumerate(counts) if n < settings.min_new_tokens
+        }
         logits = ban_early_eos(logits, early)
     return logits
 
 
-def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor,
-                     penalty: float | torch.Tensor) -> torch.Tensor:  # fmt: skip
+def penalise_repeats(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float | torch.Tensor
+) -> torch.Tensor:
     """CTRL's repetition penalty on the (B, V) logits of the ids `seen` (B, V) in each row;
     `penalty`: one for every row, or (B, 1)."""
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def ban_ids(logits: torch.Tensor, banned: list[list[int]],
-            shared: list[list[int]] | None = None) -> torch.Tensor:  # fmt: skip
+def ban_ids(
+    logits: torch.Tensor, banned: list[list[int]], shared: list[list[int]] | None = None
+) -> torch.Tensor:
     """-inf at each row's banned ids; shared[b]: the ids among which row b keeps the model's
     probability (`row_bans`)."""
     logits = logits.clone()
@@ -264,9 +272,22 @@ def joined(logits: torch.Tensor | None, admitted: torch.Tensor) -> torch.Tensor:
     return admitted if logits is None else torch.cat([logits, admitted])
 
 
-def rows_for(model: GPT, prompts: list[list[int]], limits: list[int], settings: Settings,
-             most: int, share_prompts: bool = False) -> Rows:  # fmt: skip
+def rows_for(
+    model: GPT,
+    prompts: list[list[int]],
+    limits: list[int],
+    settings: Settings,
+    most: int,
+    share_prompts: bool = False,
+) -> Rows:
     """Rows for these prompts and limits (see `Rows.fitting`); beams reorder rows every step,
     so only sampled rows share their prompts."""
-    return Rows.fitting(model, prompts, limits, window_keep=settings.window_keep,
-                        state=settings.state, most_rows=most, share_prompts=share_prompts)
+    return Rows.fitting(
+        model,
+        prompts,
+        limits,
+        window_keep=settings.window_keep,
+        state=settings.state,
+        most_rows=most,
+        share_prompts=share_prompts,
+    )

@@ -51,16 +51,18 @@ def resolve_device(name: str = "auto") -> "torch.device":
         if index >= count:
             found = f"{count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA device"
             built = "" if torch.version.cuda else " (this torch is a CPU build)"
-            raise ConfigError(f"device {name}: this machine has {found}{built}; use --device "
-                              "auto or cpu")  # fmt: skip
+            raise ConfigError(
+                f"device {name}: this machine has {found}{built}; use --device auto or cpu"
+            )
     if name == "mps" and not _mps_available():
-        raise ConfigError("device mps: Apple's Metal is not available here; use --device auto "
-                          "or cpu")  # fmt: skip
+        raise ConfigError(
+            "device mps: Apple's Metal is not available here; use --device auto or cpu"
+        )
     return torch.device(name)
 
 
 def inference_precision(precision: str, device: "torch.device") -> Literal["32", "bf16"]:
-    """"32" or "bf16" for `precision` on `device`: auto is bf16 on a GPU with bf16."""
+    """ "32" or "bf16" for `precision` on `device`: auto is bf16 on a GPU with bf16."""
     import torch
 
     if precision != "auto":

@@ -70,9 +70,13 @@ def generate(
 
 
 def stream(
-    model: GPT, prompt_ids: Sequence[int], max_new_tokens: int = 100, *,
-    seed: int | None = None, **options,
-) -> Iterator[int]:  # fmt: skip
+    model: GPT,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int = 100,
+    *,
+    seed: int | None = None,
+    **options,
+) -> Iterator[int]:
     """Yield the new ids of one prompt as they are produced; options as for `generate`.
 
     With beam search the ids come at the end, once the best hypothesis is known.
@@ -94,8 +98,9 @@ def _limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
     return limits
 
 
-def checked_settings(model: GPT, prompts: list[list[int]], max_new_tokens: int,
-                     options) -> Settings:  # fmt: skip
+def checked_settings(
+    model: GPT, prompts: list[list[int]], max_new_tokens: int, options
+) -> Settings:
     """Settings for decoding `prompts` on `model`; raises ValueError for what cannot work."""
     settings = Settings(max_new_tokens=max_new_tokens, **options)
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -104,16 +109,19 @@ def checked_settings(model: GPT, prompts: list[list[int]], max_new_tokens: int,
     if any(not isinstance(i, int) or not 0 <= i < vocab for p in prompts for i in p):
         raise ValueError(f"a prompt holds something other than an id below {vocab}")
     if size_of(settings.state) != model.config.state_size:
-        raise ValueError(f"the model reads a token state of size {model.config.state_size}, "
-                         f"the settings give one of size {size_of(settings.state)}")  # fmt: skip
+        raise ValueError(
+            f"the model reads a token state of size {model.config.state_size}, "
+            f"the settings give one of size {size_of(settings.state)}"
+        )
     block = model.config.block_size
     if settings.window_keep is not None and not 0 < settings.window_keep < block:
         raise ValueError(f"window_keep must be in (0, {block}), got {settings.window_keep}")
     return settings
 
 
-def _events(model, prompts, settings, streams, outputs, limits,
-            batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
+def _events(
+    model, prompts, settings, streams, outputs, limits, batch_size: int | None
+) -> Iterator[tuple[int, int | None]]:
     """(row, id) for each new id, appending each row's ids to outputs[row] (at most
     limits[row] of them), and (row, None) once a row is complete.
 
@@ -132,8 +140,9 @@ def _events(model, prompts, settings, streams, outputs, limits,
         yield event
 
 
-def _sample(model, prompts, settings, streams, outputs, limits,
-            batch_size: int | None) -> Iterator[tuple[int, int | None]]:  # fmt: skip
+def _sample(
+    model, prompts, settings, streams, outputs, limits, batch_size: int | None
+) -> Iterator[tuple[int, int | None]]:
     """Sampled or greedy rows, at most `batch_size` at once, as one `Batch`: a row that ends
     leaves it and a waiting prompt takes its place (continuous batching), so a batch runs
     full rather than as long as its longest row."""

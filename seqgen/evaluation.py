@@ -57,10 +57,10 @@ class DecodingEval(EvalConfig, GenerationOptions):
         GenerationOptions.__post_init__(self)
         if self.mbr_samples < 1:
             raise ValueError(f"mbr_samples must be >= 1, got {self.mbr_samples}")
-        if self.mbr_samples > 1 and (not self.ckpt or self.temperature <= 0
-                                     or self.num_beams != 1):  # fmt: skip
-            raise ValueError("mbr_samples > 1 draws samples from ckpt: give temperature > 0 "
-                             "and num_beams 1")  # fmt: skip
+        if self.mbr_samples > 1 and (not self.ckpt or self.temperature <= 0 or self.num_beams != 1):
+            raise ValueError(
+                "mbr_samples > 1 draws samples from ckpt: give temperature > 0 and num_beams 1"
+            )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
@@ -89,8 +89,9 @@ def write_json(path: str | Path | None, data: Any) -> None:
             partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8,
-               state: TokenState | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def stream_nll(
+    model, ids: np.ndarray, pad_id: int, batch_size: int = 8, state: TokenState | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every token of a stream after the first scored once, in non-overlapping windows of the
     model's context (as training validates): (targets, their NLL in nats), both (N,).
     `state`: the task's token state, for a model that reads one."""
@@ -106,8 +107,9 @@ def stream_nll(model, ids: np.ndarray, pad_id: int, batch_size: int = 8,
             batch = [windows[i] for i in range(start, min(start + batch_size, len(windows)))]
             inputs = torch.stack([b["input_ids"] for b in batch]).to(device)
             wanted = torch.stack([b["targets"] for b in batch]).to(device)
-            states = (torch.stack([b["state"] for b in batch]).to(device)
-                      if state is not None else None)  # fmt: skip
+            states = (
+                torch.stack([b["state"] for b in batch]).to(device) if state is not None else None
+            )
             scored = wanted != IGNORE_INDEX
             targets.append(wanted[scored].cpu())
             nll.append(masked_nll(model(inputs, state=states), wanted)[scored].double().cpu())

@@ -68,8 +68,15 @@ class LengthGroupedBatches(Sampler[list[int]]):
     similar lengths. `seed + epoch` makes it reproducible.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
-                 group_batches: int = 50, rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        group_batches: int = 50,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.lengths, self.batch_size = list(lengths), batch_size
         self.seed, self.group_batches, self.epoch = seed, group_batches, 0
         self.rank, self.world_size = rank, world_size

@@ -34,8 +34,12 @@ class Generator:
         meta: the checkpoint's config.json.
     """
 
-    def __init__(self, loaded: checkpoint.Checkpoint, precision: Literal["32", "bf16"] = "32",
-                 pack: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loaded: checkpoint.Checkpoint,
+        precision: Literal["32", "bf16"] = "32",
+        pack: bool = True,
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = loaded.model.to(PRECISIONS[precision])
@@ -45,15 +49,18 @@ class Generator:
         self.task = checkpoint_task(self.meta)
         self.state = self.task.token_state()
         if size_of(self.state) != self.model.config.state_size:
-            raise CheckpointError(f"{self.path}: the model reads a token state of size "
-                                  f"{self.model.config.state_size}, its {self.task.name} task "
-                                  f"as configured gives {size_of(self.state)}")  # fmt: skip
+            raise CheckpointError(
+                f"{self.path}: the model reads a token state of size "
+                f"{self.model.config.state_size}, its {self.task.name} task "
+                f"as configured gives {size_of(self.state)}"
+            )
 
     def prompt_ids(self, prompt: Any) -> list[int]:
         return self.task.prompt(prompt, self.tokenizer)
 
-    def generate(self, prompt: Any = "", *, num_samples: int = 1, stop: Sequence[str] = (),
-                 **options) -> Any:  # fmt: skip
+    def generate(
+        self, prompt: Any = "", *, num_samples: int = 1, stop: Sequence[str] = (), **options
+    ) -> Any:
         """Decoded continuation(s) of `prompt`: one output, or a list when num_samples > 1.
 
         Args:
@@ -71,8 +78,9 @@ class Generator:
         outputs = generate(self.model, [ids] * num_samples, **options)
         return [self.text(out, stop) for out in outputs]
 
-    def continue_ids(self, ids: list[int] | list[list[int]], **options
-                     ) -> list[int] | list[list[int]]:  # fmt: skip
+    def continue_ids(
+        self, ids: list[int] | list[list[int]], **options
+    ) -> list[int] | list[list[int]]:
         """The new ids after prompt `ids` (or after each of a batch of prompts), not decoded,
         for outputs that are more than the new ids, such as a MIDI file of prompt and
         continuation; options as for `generate`."""
@@ -109,8 +117,15 @@ class Generator:
             return []
         batch = [ids[i] for i in order]
         done = (lambda _: on_done(1)) if on_done is not None else None
-        new = generate(self.model, batch, self._limits(batch, budget), sample_ids=order,
-                       batch_size=batch_size, on_done=done, **options)  # fmt: skip
+        new = generate(
+            self.model,
+            batch,
+            self._limits(batch, budget),
+            sample_ids=order,
+            batch_size=batch_size,
+            on_done=done,
+            **options,
+        )
         outputs: list[Any] = [None] * len(ids)
         for i, out in zip(order, new, strict=True):
             outputs[i] = self.text(out, stop)
@@ -149,9 +164,17 @@ class Generator:
         groups = [outputs[start : start + samples] for start in range(0, len(outputs), samples)]
         return [group[consensus(group, similarity)] for group in groups]
 
-    def request(self, prompt: Any = "", *, ids: list[int] | None = None, stop: Sequence[str] = (),
-                seed: int | None = None, sample: int = 0, logprobs: int | None = None,
-                **options) -> Request:  # fmt: skip
+    def request(
+        self,
+        prompt: Any = "",
+        *,
+        ids: list[int] | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        sample: int = 0,
+        logprobs: int | None = None,
+        **options,
+    ) -> Request:
         """`prompt` (or its `ids`) as a `Request` for a `Batch` that decodes many at once
         (`seqgen serve`): its output is what `generate(prompt, stop=stop, seed=seed,
         **options)` (or `continue_ids(ids, ...)`) gives with one beam, or with `sample` i what
@@ -162,8 +185,9 @@ class Generator:
         settings = checked_settings(self.model, [ids], options.pop("max_new_tokens", 100), options)
         if settings.num_beams > 1:
             raise ValueError("a batched request decodes one beam: num_beams must be 1")
-        return Request(ids, settings, settings.max_new_tokens,
-                       random_streams(seed, [sample])[0], logprobs)  # fmt: skip
+        return Request(
+            ids, settings, settings.max_new_tokens, random_streams(seed, [sample])[0], logprobs
+        )
 
     def batch(self, most: int) -> Batch:
         """An open `Batch` of at most `most` rows for `request`s of this model."""
@@ -187,20 +211,21 @@ class Generator:
         return {**self.task.generation_defaults(), **options}
 
     def _options(self, stop: Sequence[str], options: dict, ids: list[int] | None = None) -> dict:
-        options = {"eos_id": self.tokenizer.eos_id, "state": self.state,
-                   **self._defaults(options)}  # fmt: skip
+        options = {"eos_id": self.tokenizer.eos_id, "state": self.state, **self._defaults(options)}
         if ids is not None:
             options["max_new_tokens"] = min(options.get("max_new_tokens", 100), self._room(ids))
         if stop:
             if any(not s for s in stop):
                 raise ValueError("stop strings must not be empty")
             stopped, given = stop_check(stop, self._text), options.get("stop_fn")
-            options["stop_fn"] = stopped if given is None else (
-                lambda ids: given(ids) or stopped(ids))  # fmt: skip
+            options["stop_fn"] = (
+                stopped if given is None else (lambda ids: given(ids) or stopped(ids))
+            )
         return options
 
-    def _limits(self, prompts: list[list[int]], budget: int | Callable[[list[int]], int]
-                ) -> list[int]:  # fmt: skip
+    def _limits(
+        self, prompts: list[list[int]], budget: int | Callable[[list[int]], int]
+    ) -> list[int]:
         """max_new_tokens of each prompt: `budget` (or `budget(prompt ids)`), within its room."""
         wanted = budget if callable(budget) else (lambda _: budget)
         return [min(wanted(prompt), self._room(prompt)) for prompt in prompts]
@@ -225,8 +250,11 @@ def consensus(candidates: Sequence[Any], similarity: Callable[[Any, Any], float]
     """Index of the candidate with the highest total similarity to the others (the first
     on ties): the minimum Bayes risk choice when the candidates are samples. A `Similarity`
     scores the whole group at once."""
-    scores = (similarity.matrix(candidates) if isinstance(similarity, Similarity)
-              else pairwise(similarity, candidates))  # fmt: skip
+    scores = (
+        similarity.matrix(candidates)
+        if isinstance(similarity, Similarity)
+        else pairwise(similarity, candidates)
+    )
     totals = [sum(row[j] for j in range(len(row)) if j != i) for i, row in enumerate(scores)]
     return max(range(len(candidates)), key=lambda i: (totals[i], -i))
 
@@ -281,8 +309,9 @@ class TextPieces:
         self.end = _stop_start(self.text, self.stop, searched_from)
         if self.end is not None:
             return ""  # finish() releases the text before it
-        held = max((n for s in self.stop for n in range(1, len(s))
-                    if self.text.endswith(s[:n])), default=0)  # fmt: skip
+        held = max(
+            (n for s in self.stop for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0
+        )
         return self._release(len(self.text) - held)
 
     def finish(self) -> str:
@@ -290,8 +319,9 @@ class TextPieces:
         tokenizer decodes it)."""
         if self.end is None and self.read < len(self.ids):
             searched_from = len(self.text)
-            self.text += self.decode(self.ids[self.start :])[len(self.decode(
-                self.ids[self.start : self.read])) :]  # fmt: skip
+            self.text += self.decode(self.ids[self.start :])[
+                len(self.decode(self.ids[self.start : self.read])) :
+            ]
             self.end = _stop_start(self.text, self.stop, searched_from)
         return self._release(len(self.text) if self.end is None else self.end)
 
@@ -309,8 +339,9 @@ def _stop_start(text: str, stop: Sequence[str], searched_from: int) -> int | Non
     return min(found) if found else None
 
 
-def stop_check(stop: Sequence[str], decode: Callable[[list[int]], str]
-               ) -> Callable[[list[int]], bool]:  # fmt: skip
+def stop_check(
+    stop: Sequence[str], decode: Callable[[list[int]], str]
+) -> Callable[[list[int]], bool]:
     """A `stop_fn`: whether the text of a row's new ids holds a stop string, decoding only
     their tail (enough ids for the longest stop string), not the whole output at every id.
     Checked after every id, a stop string can only have appeared at the end."""
@@ -339,8 +370,13 @@ def task_of(path: str | Path) -> Task:
     return checkpoint_task(checkpoint.read_meta(checkpoint.resolve(path)))
 
 
-def load(path: str | Path, task: str | None = None, precision: Precision = "auto",
-         device: str = "auto", pack: bool = True) -> Generator:  # fmt: skip
+def load(
+    path: str | Path,
+    task: str | None = None,
+    precision: Precision = "auto",
+    device: str = "auto",
+    pack: bool = True,
+) -> Generator:
     """Load a checkpoint (or a run directory's final/) for generation on `device` (auto: the
     GPU where there is one; see `seqgen.devices`), in `precision` (auto: bf16 on a GPU that
     has it, else 32)."""

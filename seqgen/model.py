@@ -17,9 +17,14 @@ from seqgen.config import ModelConfig
 from seqgen.relative import RelativeAttention, relative_logits
 
 
-def attend_with_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       prefix: SharedPrefix, layer: int, mask: torch.Tensor | None
-                       ) -> torch.Tensor:  # fmt: skip
+def attend_with_prefix(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix: SharedPrefix,
+    layer: int,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
     """Attention of each row's queries (B, nh, T, hs) over its prompt in `prefix` and its own
     keys and values (B, nh, S, hs), `mask` (B, 1, T, S) or None over its own. One softmax
     over both; each prompt's keys and values are read once for all its rows."""
@@ -83,8 +88,13 @@ class CausalSelfAttention(nn.Module):
         weights = None
         shared = cache.prefix if cache is not None else None
         relative = hasattr(self, "rel")
-        if relative and cache is None and mask is None and not need_weights and x.is_cpu and (
-            not self.training or not self.dropout
+        if (
+            relative
+            and cache is None
+            and mask is None
+            and not need_weights
+            and x.is_cpu
+            and (not self.training or not self.dropout)
         ):  # training's case, blockwise (seqgen/relative.py): 4x faster than the mask below
             allowed = causal_mask(T, T, x.device)
             y = RelativeAttention.apply(q, k, v, self.rel[:, self.rel.size(1) - T :], allowed)
@@ -152,9 +162,13 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
-        layer: int = 0, need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attn(self.ln_1(x), mask, cache, layer, need_weights)
         x = x + attended
         return x + self.mlp(self.ln_2(x)), weights
@@ -242,12 +256,14 @@ class GPT(nn.Module):
             state: (B, T, state_size) the token state after each token, for a model with
                 `config.state_size` (and only then).
         """
-        logits, _ = self._run(idx, input_pos, cache, padding_mask, last_only, state,
-                              need_weights=False)  # fmt: skip
+        logits, _ = self._run(
+            idx, input_pos, cache, padding_mask, last_only, state, need_weights=False
+        )
         return logits
 
-    def attention_maps(self, idx: torch.Tensor, state: torch.Tensor | None = None
-                       ) -> list[torch.Tensor]:  # fmt: skip
+    def attention_maps(
+        self, idx: torch.Tensor, state: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Attention weights of every layer, each (B, nh, T, T), through the manual path."""
         _, maps = self._run(idx, None, None, None, True, state, need_weights=True)
         return maps

@@ -101,8 +101,7 @@ class LMModule(pl.LightningModule):
 
     # ------------------------------------------------------------ training
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int
-                      ) -> torch.Tensor | None:  # fmt: skip
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         logits = self.model(batch["input_ids"], state=batch.get("state"))
         loss, _ = sequence_loss(logits, batch, self.lm_weight, self.train_config.label_smoothing)
         self.train_tokens += batch["input_ids"].numel() * self.trainer.world_size  # all ranks
@@ -118,8 +117,9 @@ class LMModule(pl.LightningModule):
         """Clip the gradient norm to train.grad_clip, from the one norm that also guards the
         step: a NaN or infinite gradient is never applied (without gradients AdamW leaves every
         weight, and its moments, as they were)."""
-        params = [p for group in optimizer.param_groups for p in group["params"]
-                  if p.grad is not None]  # fmt: skip
+        params = [
+            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
         if not params:
             return
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -144,8 +144,13 @@ class LMModule(pl.LightningModule):
                 f"{lr:.3g}), lengthen train.warmup_steps, or use train.precision 32-true; "
                 "train.max_bad_steps N skips up to N such steps instead of stopping"
             )
-        log.warning("step %d: %s; the step is skipped (%d of train.max_bad_steps %d)", step,
-                    reason, self.bad_steps, cfg.max_bad_steps)  # fmt: skip
+        log.warning(
+            "step %d: %s; the step is skipped (%d of train.max_bad_steps %d)",
+            step,
+            reason,
+            self.bad_steps,
+            cfg.max_bad_steps,
+        )
 
     def on_fit_start(self) -> None:
         self._fit_started, self._fit_start_tokens = time.perf_counter(), self.train_tokens
@@ -216,10 +221,10 @@ class LMModule(pl.LightningModule):
         ]
         # the fused kernel: one pass over all weights instead of a dozen ops per tensor, 3x
         # faster steps of the optimizer itself on CPU (2-3% of a small model's training step)
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
-                    for p in params)  # fmt: skip
-        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                                      fused=fused or None)  # fmt: skip
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        optimizer = torch.optim.AdamW(
+            groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused or None
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {
             "optimizer": optimizer,

@@ -37,8 +37,9 @@ class PlotConfig:
 def read_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
     """Every logged metric of a run as sorted (step, value) points; later logs (a resume)
     replace earlier ones at the same step."""
-    files = sorted((run / "logs").glob("version_*/metrics.csv"),
-                   key=lambda f: int(f.parent.name.split("_")[1]))  # fmt: skip
+    files = sorted(
+        (run / "logs").glob("version_*/metrics.csv"), key=lambda f: int(f.parent.name.split("_")[1])
+    )
     if not files:
         raise DataError(f"{run}: no logs/version_*/metrics.csv (train.logger without csv?)")
     curves: dict[str, dict[int, float]] = {}
@@ -60,27 +61,33 @@ def plot(config: PlotConfig) -> list[str]:
     import matplotlib.pyplot as plt
 
     runs = {Path(run): read_curves(Path(run)) for run in config.run}
-    panels = [m for m in ("train_loss", "val_loss", "val_bpb")
-              if any(m in curves for curves in runs.values())]  # fmt: skip
+    panels = [
+        m
+        for m in ("train_loss", "val_loss", "val_bpb")
+        if any(m in curves for curves in runs.values())
+    ]
     if not panels:
         raise DataError(f"{', '.join(config.run)}: no train_loss, val_loss or val_bpb logged")
     loss_panel = [m for m in panels if m != "val_bpb"]
     wide = "val_bpb" in panels
-    figure, axes = plt.subplots(1, 2 if wide else 1, squeeze=False,
-                                figsize=(11 if wide else 6.5, 4.2), dpi=120)  # fmt: skip
+    figure, axes = plt.subplots(
+        1, 2 if wide else 1, squeeze=False, figsize=(11 if wide else 6.5, 4.2), dpi=120
+    )
     for index, (run, curves) in enumerate(runs.items()):
         colour = f"C{index}"
         if "train_loss" in curves:
             steps, values = zip(*curves["train_loss"], strict=True)
             windows = [values[max(0, i - config.smooth + 1) : i + 1] for i in range(len(values))]
             smoothed = [sum(window) / len(window) for window in windows]
-            axes[0][0].plot(steps, smoothed, color=colour, alpha=0.6, lw=1,
-                            label=f"{run.name} train")  # fmt: skip
+            axes[0][0].plot(
+                steps, smoothed, color=colour, alpha=0.6, lw=1, label=f"{run.name} train"
+            )
         for metric, ax in (("val_loss", axes[0][0]), ("val_bpb", axes[0][-1])):
             if metric in curves and (metric != "val_bpb" or wide):
                 steps, values = zip(*curves[metric], strict=True)
-                ax.plot(steps, values, color=colour, marker="o", ms=3, lw=1.5,
-                        label=f"{run.name} val")  # fmt: skip
+                ax.plot(
+                    steps, values, color=colour, marker="o", ms=3, lw=1.5, label=f"{run.name} val"
+                )
     axes[0][0].set(xlabel="step", ylabel="loss (nats per token)", title="loss")
     if wide:
         axes[0][1].set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")

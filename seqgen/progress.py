@@ -44,8 +44,15 @@ class Progress:
     bound that work may stop short of (no percentage or ETA then).
     """
 
-    def __init__(self, verb: str, total: float | None = None, unit: str = "", *,
-                 at_most: bool = False, every_seconds: float = EVERY_SECONDS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        verb: str,
+        total: float | None = None,
+        unit: str = "",
+        *,
+        at_most: bool = False,
+        every_seconds: float = EVERY_SECONDS,
+    ) -> None:
         self.verb, self.total, self.unit, self.at_most = verb, total, unit, at_most
         self.every_seconds = every_seconds
         self.live = sys.stderr.isatty()

@@ -41,8 +41,9 @@ def unskewed(grad: torch.Tensor) -> torch.Tensor:
     B, nh, T, S = grad.shape
     padded = F.pad(grad, (T, 0))  # (B, nh, T, S + T)
     batch, head = padded.stride()[:2]
-    return padded.as_strided((B, nh, T, S), (batch, head, S + T + 1, 1),
-                             padded.storage_offset() + 1)  # fmt: skip
+    return padded.as_strided(
+        (B, nh, T, S), (batch, head, S + T + 1, 1), padded.storage_offset() + 1
+    )
 
 
 def relative_logits(q: torch.Tensor, rel: torch.Tensor, S: int) -> torch.Tensor:
@@ -54,8 +55,9 @@ def relative_logits(q: torch.Tensor, rel: torch.Tensor, S: int) -> torch.Tensor:
     return skewed(q @ e.transpose(-2, -1).to(q.dtype))
 
 
-def _block_bias(q: torch.Tensor, e: torch.Tensor, allowed: torch.Tensor,
-                scale: float) -> torch.Tensor:  # fmt: skip
+def _block_bias(
+    q: torch.Tensor, e: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Scaled relative logits of a block of queries (B, nh, c, hs) over keys (nh, b, hs)
     before its end, -inf where `allowed` (c, b) forbids."""
     bias = skewed(q @ e.transpose(-2, -1)) * scale
@@ -77,8 +79,9 @@ class RelativeAttention(torch.autograd.Function):
         lse = q.new_empty(q.shape[:3], dtype=_accumulator(q.dtype))
         for a, b in _blocks(T):
             bias = _block_bias(q[:, :, a:b], e[:, T - b :], allowed[a:b, :b], scale)
-            out[:, :, a:b], lse[:, :, a:b] = _FLASH(q[:, :, a:b], k[:, :, :b], v[:, :, :b],
-                                                    attn_mask=bias, scale=scale)  # fmt: skip
+            out[:, :, a:b], lse[:, :, a:b] = _FLASH(
+                q[:, :, a:b], k[:, :, :b], v[:, :, :b], attn_mask=bias, scale=scale
+            )
         ctx.save_for_backward(q, k, v, e, allowed, out, lse)
         ctx.e_dtype = e_dtype
         return out

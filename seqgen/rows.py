@@ -26,8 +26,16 @@ class Rows:
     caller shares only where every prompt and its new ids fit the context.
     """
 
-    def __init__(self, model: GPT, slots: int, *, window_keep: int | None = None,
-                 state=None, share: bool = False, most_rows: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: GPT,
+        slots: int,
+        *,
+        window_keep: int | None = None,
+        state=None,
+        share: bool = False,
+        most_rows: int = 1,
+    ) -> None:
         self.model = model
         self.block = model.config.block_size
         self.keep = _kept(self.block, window_keep)
@@ -49,22 +57,41 @@ class Rows:
         self.group_logits = self.group_states = None
 
     @classmethod
-    def fitting(cls, model: GPT, prompts: list[list[int]], limits: list[int], *,
-                window_keep: int | None, state, most_rows: int,
-                share_prompts: bool = False) -> Rows:  # fmt: skip
+    def fitting(
+        cls,
+        model: GPT,
+        prompts: list[list[int]],
+        limits: list[int],
+        *,
+        window_keep: int | None,
+        state,
+        most_rows: int,
+        share_prompts: bool = False,
+    ) -> Rows:
         """Rows with as many cache slots as one of these prompts may need with its limit of
         new ids. share_prompts: the samples of one prompt read it from a shared prefix, where
         that works (repeated prompts, absolute positions, no window that slides)."""
         block = model.config.block_size
         keep = _kept(block, window_keep)
-        spans = [_window_length(len(p), block, keep) + n for p, n in zip(prompts, limits,
-                                                                          strict=True)]  # fmt: skip
+        spans = [
+            _window_length(len(p), block, keep) + n for p, n in zip(prompts, limits, strict=True)
+        ]
         keys = [tuple(p) for p in prompts]
-        share = (share_prompts and model.config.pos_embedding != "relative"
-                 and len(set(keys)) < len(keys) and max(spans) <= block)  # fmt: skip
+        share = (
+            share_prompts
+            and model.config.pos_embedding != "relative"
+            and len(set(keys)) < len(keys)
+            and max(spans) <= block
+        )
         slots = min(block, max(limits) if share else max(spans))
-        return cls(model, max(slots, 1), window_keep=window_keep, state=state, share=share,
-                   most_rows=most_rows)  # fmt: skip
+        return cls(
+            model,
+            max(slots, 1),
+            window_keep=window_keep,
+            state=state,
+            share=share,
+            most_rows=most_rows,
+        )
 
     def window(self, sequence: Sequence[int]) -> Sequence[int]:
         """What a row holds of `sequence` when it is (re-)prefilled: all of it within the
@@ -81,8 +108,9 @@ class Rows:
         unique = {key: i for i, key in enumerate(dict.fromkeys(keys))}
         k, v, real, logits, states = self._prefill(list(unique))
         index = torch.tensor([unique[key] for key in keys], device=self.device)
-        self._place(k[:, index], v[:, index], real[index],
-                    states[index] if states is not None else None)  # fmt: skip
+        self._place(
+            k[:, index], v[:, index], real[index], states[index] if states is not None else None
+        )
         return logits[index]
 
     def step(self, tokens: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
@@ -165,13 +193,15 @@ class Rows:
         mask = real if not bool(real.all()) else None
         if states is not None:
             states = states.to(self.device)
-        logits = self.model(ids.to(self.device), positions, cache, mask, last_only=True,
-                            state=states)[:, -1].float()  # fmt: skip
+        logits = self.model(
+            ids.to(self.device), positions, cache, mask, last_only=True, state=states
+        )[:, -1].float()
         last = states[:, -1] if states is not None else None
         return cache.k, cache.v, real, logits, last
 
-    def _place(self, k: torch.Tensor, v: torch.Tensor, real: torch.Tensor,
-               states: torch.Tensor | None) -> None:  # fmt: skip
+    def _place(
+        self, k: torch.Tensor, v: torch.Tensor, real: torch.Tensor, states: torch.Tensor | None
+    ) -> None:
         """Append rows whose windows (k, v (n_layer, n, nh, W, hs), real (n, W), last states
         (n, state size)) end at the cache's last filled slot; the cache moves right first
         where it is narrower."""
@@ -258,8 +288,9 @@ class Rows:
         prefix = self.cache.prefix
         kept = sorted(reused | set(prefix.group.tolist() if prefix is not None else ()))
         renumber = {old: i for i, old in enumerate(kept)}
-        keys = [key for key, g in sorted(self.groups.items(), key=lambda item: item[1])
-                if g in renumber]  # fmt: skip
+        keys = [
+            key for key, g in sorted(self.groups.items(), key=lambda item: item[1]) if g in renumber
+        ]
         width = max(real.shape[1], prefix.length if prefix is not None else 0)
         parts_k, parts_v, parts_real = [], [], []
         if kept:
@@ -272,8 +303,9 @@ class Rows:
         parts_real.append(_left_padded(real, width))
         rows = [renumber[g] for g in prefix.group.tolist()] if prefix is not None else []
         group = torch.tensor(rows, dtype=torch.long, device=self.device)
-        self.cache.prefix = SharedPrefix(torch.cat(parts_k, 1), torch.cat(parts_v, 1), group,
-                                         torch.cat(parts_real))  # fmt: skip
+        self.cache.prefix = SharedPrefix(
+            torch.cat(parts_k, 1), torch.cat(parts_v, 1), group, torch.cat(parts_real)
+        )
         self.groups = {key: i for i, key in enumerate(keys + new)}
         old_logits = self.group_logits[kept] if kept else logits[:0]
         self.group_logits = torch.cat([old_logits, logits])
@@ -281,12 +313,14 @@ class Rows:
             old_states = self.group_states[kept] if kept else states[:0]
             self.group_states = torch.cat([old_states, states])
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor,
-                 state: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, state: torch.Tensor | None
+    ) -> torch.Tensor:
         held = self.real[:, : self.cache.length + ids.shape[1]]
         mask = None if bool(held.all()) else held
-        return self.model(ids, positions, self.cache, mask, last_only=True,
-                          state=state)[:, -1].float()  # fmt: skip
+        return self.model(ids, positions, self.cache, mask, last_only=True, state=state)[
+            :, -1
+        ].float()
 
 
 def holes_filled(kept: Sequence[bool]) -> list[int]:

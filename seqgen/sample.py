@@ -66,8 +66,9 @@ class GenerateConfig(GenerationOptions, DeviceOptions):
             if self.num_samples > 1 or self.stream or self.stop:
                 raise ValueError("mbr_samples N keeps one consensus: no num_samples, stream, stop")
             if self.num_beams > 1 or not self.temperature > 0:
-                raise ValueError("mbr_samples > 1 draws samples: give temperature > 0 and "
-                                 "num_beams 1")
+                raise ValueError(
+                    "mbr_samples > 1 draws samples: give temperature > 0 and num_beams 1"
+                )
 
 
 def run(config: GenerateConfig, file_options: Any = None) -> None:
@@ -76,8 +77,9 @@ def run(config: GenerateConfig, file_options: Any = None) -> None:
     from seqgen.inference import load
     from seqgen.tasks import GeneratesFiles, HasMBR
 
-    generator = load(config.ckpt, task=config.task, precision=config.precision,
-                     device=config.device)  # fmt: skip
+    generator = load(
+        config.ckpt, task=config.task, precision=config.precision, device=config.device
+    )
     task = generator.task
     prompt: Any = config.prompt
     if config.prompt_file:
@@ -92,15 +94,18 @@ def run(config: GenerateConfig, file_options: Any = None) -> None:
             return _write_file(generator, config, prompt, options, file_options)
         if config.mbr_samples > 1:
             if not isinstance(task, HasMBR):
-                raise SeqgenError(f"mbr_samples: the {task.name} task has no similarity to "
-                                  "choose by")  # fmt: skip
-            outputs = generator.generate_mbr([prompt], samples=config.mbr_samples,
-                                             similarity=task.mbr_similarity(), **options)[0]
+                raise SeqgenError(
+                    f"mbr_samples: the {task.name} task has no similarity to choose by"
+                )
+            outputs = generator.generate_mbr(
+                [prompt], samples=config.mbr_samples, similarity=task.mbr_similarity(), **options
+            )[0]
         elif config.stream is not False and config.num_samples == 1 and not config.out:
             return _stream(generator, prompt, config.stop, options)
         else:
-            outputs = generator.generate(prompt, num_samples=config.num_samples,
-                                         stop=config.stop, **options)  # fmt: skip
+            outputs = generator.generate(
+                prompt, num_samples=config.num_samples, stop=config.stop, **options
+            )
     except ValueError as err:
         raise SeqgenError(str(err)) from None
     echo = prompt if task.continues_prompt else ""
@@ -139,14 +144,16 @@ def _stream(generator, prompt: str, stop: list[str], options: dict[str, Any]) ->
     sys.stdout.write("\n")
 
 
-def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[str, Any],
-                file_options: Any) -> None:  # fmt: skip
+def _write_file(
+    generator, config: GenerateConfig, prompt: Any, options: dict[str, Any], file_options: Any
+) -> None:
     task = generator.task
     if not config.out:
         raise SeqgenError(f"the {task.name} task writes a file: give --out FILE")
     if config.num_samples > 1 or config.mbr_samples > 1 or config.stop or config.stream:
-        raise SeqgenError(f"the {task.name} task writes one file: no num_samples, "
-                          "mbr_samples, stop or stream")  # fmt: skip
+        raise SeqgenError(
+            f"the {task.name} task writes one file: no num_samples, mbr_samples, stop or stream"
+        )
     if file_options is None:
         file_options = task.generate_options()
     ids = generator.prompt_ids(prompt or None)
@@ -154,21 +161,25 @@ def _write_file(generator, config: GenerateConfig, prompt: Any, options: dict[st
         print(line)
 
 
-def file_settings(generator, ids: list[int], options: dict[str, Any], file_options: Any,
-                  most: int | None = None) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+def file_settings(
+    generator, ids: list[int], options: dict[str, Any], file_options: Any, most: int | None = None
+) -> tuple[list[int], dict[str, Any]]:
     """The prompt ids and generation settings of a task's file output: the task prepares
     them from `options` and its `file_options`. Raises ValueError for options that cannot
     work, or that would take more than `most` tokens."""
     ids, changed = generator.task.prepare(ids, file_options, options)  # sets every option
     settings = {**options, **changed}
     if most is not None and settings["max_new_tokens"] > most:
-        raise ValueError(f"this output may take up to {settings['max_new_tokens']:,} tokens; "
-                         f"this server allows {most:,} (ask for less)")  # fmt: skip
+        raise ValueError(
+            f"this output may take up to {settings['max_new_tokens']:,} tokens; "
+            f"this server allows {most:,} (ask for less)"
+        )
     return ids, settings
 
 
-def generate_file(generator, ids: list[int], options: dict[str, Any], file_options: Any,
-                  path: Path) -> list[str]:  # fmt: skip
+def generate_file(
+    generator, ids: list[int], options: dict[str, Any], file_options: Any, path: Path
+) -> list[str]:
     """A task's file output (and what `file_options` add) for the prompt `ids`: the task
     prepares the prompt and settings, the shared Generator continues it, the task writes;
     returns a line per file written. Raises ValueError for options that cannot work, before
@@ -180,6 +191,5 @@ def generate_file(generator, ids: list[int], options: dict[str, Any], file_optio
     new = generator.continue_ids(ids, **settings)
     settings["stop_fn"].progress.finish()
     took = time.perf_counter() - started
-    log.info("generated %d tokens in %.1f s (%.0f/s)", len(new), took,
-             len(new) / max(took, 1e-9))  # fmt: skip
+    log.info("generated %d tokens in %.1f s (%.0f/s)", len(new), took, len(new) / max(took, 1e-9))
     return task.write(ids, new, generator.tokenizer, file_options, path)

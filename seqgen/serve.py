@@ -79,9 +79,19 @@ class ServeConfig(DeviceOptions):
         DeviceOptions.__post_init__(self)
         if self.api_key is None:
             self.api_key = os.environ.get("SEQGEN_API_KEY") or None
-        for name in ("port", "max_new_tokens", "max_prompt_chars", "max_upload_bytes",
-                     "max_beams", "max_outputs", "max_stop", "max_stop_chars", "max_queue",
-                     "batch_size", "max_connections"):  # fmt: skip
+        for name in (
+            "port",
+            "max_new_tokens",
+            "max_prompt_chars",
+            "max_upload_bytes",
+            "max_beams",
+            "max_outputs",
+            "max_stop",
+            "max_stop_chars",
+            "max_queue",
+            "batch_size",
+            "max_connections",
+        ):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.request_timeout > 0 or self.shutdown_seconds < 0:
@@ -104,16 +114,16 @@ def check_options(raw: Any, config: ServeConfig, task) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(GenerationOptions)} | set(REQUEST_OPTIONS)
     for key in raw:
         if key not in known:
-            raise RequestError(f"unknown option {key!r}; options: {', '.join(sorted(known))}",
-                               f"options.{key}")  # fmt: skip
+            raise RequestError(
+                f"unknown option {key!r}; options: {', '.join(sorted(known))}", f"options.{key}"
+            )
     given = {k: v for k, v in raw.items() if k not in REQUEST_OPTIONS}
     defaults = {k: v for k, v in task.generation_defaults().items() if k in known}
     try:
         options = GenerationOptions(**{**defaults, **given}).generation_options()
     except (ValueError, SeqgenError) as err:
         raise RequestError(str(err), f"options.{field_named(str(err), known)}") from None
-    for name, most in (("max_new_tokens", config.max_new_tokens),
-                       ("num_beams", config.max_beams)):  # fmt: skip
+    for name, most in (("max_new_tokens", config.max_new_tokens), ("num_beams", config.max_beams)):
         if options[name] > most:
             raise RequestError(f"{name} must be <= {most} on this server", f"options.{name}")
     seed, stop = raw.get("seed"), raw.get("stop", [])
@@ -132,8 +142,10 @@ def check_stop(stop: Any, config: ServeConfig, field: str) -> None:
     if len(stop) > config.max_stop:
         raise RequestError(f"at most {config.max_stop} stop strings on this server", field)
     if any(len(s) > config.max_stop_chars for s in stop):
-        raise RequestError(f"a stop string may have at most {config.max_stop_chars} "
-                           "characters on this server", field)  # fmt: skip
+        raise RequestError(
+            f"a stop string may have at most {config.max_stop_chars} characters on this server",
+            field,
+        )
 
 
 def json_body(body: bytes, field: str = "body") -> Any:
@@ -153,8 +165,12 @@ def check_prompt(prompt: Any, config: ServeConfig, field: str) -> None:
     if not isinstance(prompt, str):
         raise RequestError("prompt must be a string", field)
     if len(prompt) > config.max_prompt_chars:
-        raise RequestError(f"prompt of {len(prompt):,} characters; this server accepts "
-                           f"{config.max_prompt_chars:,}", field, 413)  # fmt: skip
+        raise RequestError(
+            f"prompt of {len(prompt):,} characters; this server accepts "
+            f"{config.max_prompt_chars:,}",
+            field,
+            413,
+        )
 
 
 async def read_body(request, limit: int, field: str = "body") -> bytes:
@@ -162,8 +178,9 @@ async def read_body(request, limit: int, field: str = "body") -> bytes:
     without a Content-Length); kept on the request for its form parser."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(f"request body of {int(declared):,} bytes; this server accepts "
-                           f"{limit:,}", field, 413)  # fmt: skip
+        raise RequestError(
+            f"request body of {int(declared):,} bytes; this server accepts {limit:,}", field, 413
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -196,9 +213,20 @@ def info(generator, config: ServeConfig, extras: list[str]) -> dict[str, Any]:
         "continues_prompt": task.continues_prompt,
         "file_options": _file_options(task),
         "extra_files": extras,
-        "limits": {k: getattr(config, k) for k in (
-            "max_new_tokens", "max_prompt_chars", "max_upload_bytes", "max_queue", "max_beams",
-            "max_outputs", "max_stop", "max_stop_chars", "request_timeout")},  # fmt: skip
+        "limits": {
+            k: getattr(config, k)
+            for k in (
+                "max_new_tokens",
+                "max_prompt_chars",
+                "max_upload_bytes",
+                "max_queue",
+                "max_beams",
+                "max_outputs",
+                "max_stop",
+                "max_stop_chars",
+                "request_timeout",
+            )
+        },
     }
 
 
@@ -206,8 +234,10 @@ def _file_options(task) -> dict[str, Any]:
     """A file task's own options and their defaults (extra files as true/false)."""
     if not isinstance(task, GeneratesFiles):
         return {}
-    return {f.name: (False if f.name in task.extra_files else f.default)
-            for f in dataclasses.fields(task.generate_options)}  # fmt: skip
+    return {
+        f.name: (False if f.name in task.extra_files else f.default)
+        for f in dataclasses.fields(task.generate_options)
+    }
 
 
 def available_extras(generator) -> list[str]:

@@ -83,8 +83,13 @@ class Served:
                 config = self.config
                 generator = load(config.ckpt, precision=config.precision, device=config.device)
             self.extras = available_extras(generator)
-            self.worker = Worker(generator, self.config.batch_size, self.config.max_queue,
-                                 self.metrics, self.config.batching)  # fmt: skip
+            self.worker = Worker(
+                generator,
+                self.config.batch_size,
+                self.config.max_queue,
+                self.metrics,
+                self.config.batching,
+            )
             self.generator = generator
             self.ready.set()
             log.info("serving %s (%s task)", generator.path, generator.task.name)
@@ -106,13 +111,15 @@ class Guard:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                       for k, v in scope["headers"]}  # fmt: skip
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
             refusal = self.refusal(scope["path"], scope["method"], headers)
             if refusal is not None:
                 status, message = refusal
                 await error_response(scope["path"], RequestError(message, None, status))(
-                    scope, receive, send)  # fmt: skip
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -144,15 +151,17 @@ def error_response(path: str, err: RequestError) -> JSONResponse:
     """A JSON error: OpenAI's shape under /v1/, else {"error", "field"}."""
     if path.startswith("/v1/"):
         kind = "invalid_request_error" if err.status < 500 else "server_error"
-        body = {"error": {"message": str(err), "type": kind, "param": err.field,
-                          "code": err.status}}  # fmt: skip
+        body = {
+            "error": {"message": str(err), "type": kind, "param": err.field, "code": err.status}
+        }
     else:
         body = {"error": str(err), "field": err.field}
     return JSONResponse(body, status_code=err.status)
 
 
-def create_app(config: ServeConfig, generator=None,
-               on_failure: Callable[[], None] | None = None) -> FastAPI:  # fmt: skip
+def create_app(
+    config: ServeConfig, generator=None, on_failure: Callable[[], None] | None = None
+) -> FastAPI:
     """The app serving `config.ckpt`, or `generator` (a loaded checkpoint) where given: routes
     answer 503 until the checkpoint is loaded, in the background; `on_failure()` is called if
     it cannot be (else /health says "failed")."""
@@ -169,8 +178,9 @@ def create_app(config: ServeConfig, generator=None,
             served.worker.stop()
 
     # no /docs or /redoc: they load scripts from a CDN, and the page here must work offline
-    app = FastAPI(title="seqgen", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)  # fmt: skip
+    app = FastAPI(
+        title="seqgen", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.served = served
     app.add_middleware(Guard, config=config)
 
@@ -206,8 +216,13 @@ def create_app(config: ServeConfig, generator=None,
     def ready():
         """The generator, once loaded; until then every model route answers 503."""
         if not served.ready.is_set():
-            raise RequestError("the model is still loading" if not served.failed
-                               else "the model could not be loaded", None, 503)  # fmt: skip
+            raise RequestError(
+                "the model is still loading"
+                if not served.failed
+                else "the model could not be loaded",
+                None,
+                503,
+            )
         return served.generator
 
     def submit(job) -> None:
@@ -224,8 +239,9 @@ def create_app(config: ServeConfig, generator=None,
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             if not files_task:
-                raise RequestError(f"the {task.name} task takes a JSON prompt, not a file",
-                                   "file", 415)  # fmt: skip
+                raise RequestError(
+                    f"the {task.name} task takes a JSON prompt, not a file", "file", 415
+                )
             prompt_bytes, raw = await _form(request)
             prompt = ""
         elif kind == "application/json":
@@ -235,23 +251,25 @@ def create_app(config: ServeConfig, generator=None,
                 raise RequestError("the body must be a JSON object", "body")
             unknown = sorted(set(data) - REQUEST_KEYS)
             if unknown:
-                raise RequestError(f"unknown key {unknown[0]!r}; keys: prompt, options",
-                                   unknown[0])  # fmt: skip
+                raise RequestError(f"unknown key {unknown[0]!r}; keys: prompt, options", unknown[0])
             prompt_bytes, raw = None, data.get("options", {})
             prompt = data.get("prompt", "")
             check_prompt(prompt, config, "prompt")
             if files_task and prompt:
-                raise RequestError(f"the {task.name} task takes its prompt as an uploaded "
-                                   "file (multipart field `file`)", "prompt")  # fmt: skip
+                raise RequestError(
+                    f"the {task.name} task takes its prompt as an uploaded "
+                    "file (multipart field `file`)",
+                    "prompt",
+                )
         else:
-            raise RequestError("send application/json (or multipart/form-data with a file)",
-                               "content-type", 415)  # fmt: skip
+            raise RequestError(
+                "send application/json (or multipart/form-data with a file)", "content-type", 415
+            )
         if files_task:
             result = await _file_request(request, generator, prompt_bytes, raw)
             output = result["files"]["output"]
             if output["media_type"] in request.headers.get("accept", ""):  # the file itself
-                return Response(base64.b64decode(output["base64"]),
-                                media_type=output["media_type"])  # fmt: skip
+                return Response(base64.b64decode(output["base64"]), media_type=output["media_type"])
             return result
         options = check_options(raw, config, task)
         if options["stream"] and options["num_beams"] > 1:
@@ -284,8 +302,9 @@ def create_app(config: ServeConfig, generator=None,
     async def _form(request: Request) -> tuple[bytes | None, Any]:
         await read_body(request, config.max_upload_bytes + 65_536, "file")  # + the fields
         try:
-            form = await request.form(max_files=1, max_fields=4,
-                                      max_part_size=config.max_upload_bytes)  # fmt: skip
+            form = await request.form(
+                max_files=1, max_fields=4, max_part_size=config.max_upload_bytes
+            )
         except Exception as err:  # the multipart parser's own errors
             raise RequestError(f"a malformed form ({err})", "body", 400) from None
         upload = form.get("file")
@@ -296,29 +315,32 @@ def create_app(config: ServeConfig, generator=None,
                 raise RequestError(f"file over {config.max_upload_bytes:,} bytes", "file", 413)
         return prompt_bytes, json_body((form.get("options") or "{}").encode(), "options")
 
-    async def _file_request(request: Request, generator, prompt_bytes: bytes | None,
-                            raw: Any) -> dict[str, Any]:  # fmt: skip
+    async def _file_request(
+        request: Request, generator, prompt_bytes: bytes | None, raw: Any
+    ) -> dict[str, Any]:
         task = generator.task
         if not isinstance(raw, dict):
             raise RequestError("options must be a JSON object", "options")
         own = {f.name for f in dataclasses.fields(task.generate_options)}
         for name in task.local_files:
             if name in raw:
-                raise RequestError(f"{name} names a file of the server: not a request option",
-                                   f"options.{name}")  # fmt: skip
+                raise RequestError(
+                    f"{name} names a file of the server: not a request option", f"options.{name}"
+                )
         extras = {k: v for k, v in raw.items() if k in own}
         for name in task.extra_files:
             if not isinstance(extras.get(name, False), bool):
-                raise RequestError(f"{name} must be true or false (the server names the file)",
-                                   f"options.{name}")  # fmt: skip
+                raise RequestError(
+                    f"{name} must be true or false (the server names the file)", f"options.{name}"
+                )
         try:
-            task.generate_options(**{k: v for k, v in extras.items()
-                                     if k not in task.extra_files})  # fmt: skip
+            task.generate_options(**{k: v for k, v in extras.items() if k not in task.extra_files})
         except (TypeError, ValueError) as err:
             raise RequestError(str(err), f"options.{field_named(str(err), own)}") from None
         options = check_options({k: v for k, v in raw.items() if k not in own}, config, task)
-        job = file_job(asyncio.get_running_loop(), prompt_bytes, options, extras, task,
-                       config.max_new_tokens)  # fmt: skip
+        job = file_job(
+            asyncio.get_running_loop(), prompt_bytes, options, extras, task, config.max_new_tokens
+        )
         submit(job)
         names = option_names(task)
         done = [item async for item in _results(job, request, names) if isinstance(item, Done)]
@@ -373,10 +395,15 @@ def uvicorn_config(app, config: ServeConfig, port: int, **settings):
     """uvicorn's settings: bounded connections, idle ones closed, a graceful stop."""
     import uvicorn
 
-    return uvicorn.Config(app, host=config.host, port=port,
-                          limit_concurrency=config.max_connections, timeout_keep_alive=5,
-                          timeout_graceful_shutdown=config.shutdown_seconds,
-                          **settings)  # fmt: skip
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=port,
+        limit_concurrency=config.max_connections,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=config.shutdown_seconds,
+        **settings,
+    )
 
 
 def serve(config: ServeConfig) -> None:
@@ -387,9 +414,11 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     if config.host not in LOOPBACK and not config.api_key:
-        log.warning("warning: seqgen serve listens on %s without an API key: anyone who "
-                    "can reach it can use it (give --api_key or SEQGEN_API_KEY)",
-                    config.host)  # fmt: skip
+        log.warning(
+            "warning: seqgen serve listens on %s without an API key: anyone who "
+            "can reach it can use it (give --api_key or SEQGEN_API_KEY)",
+            config.host,
+        )
     import signal
 
     class Server(uvicorn.Server):

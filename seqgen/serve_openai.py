@@ -34,13 +34,39 @@ from seqgen.tasks import GeneratesFiles
 
 # OpenAI's name -> seqgen's option
 RENAMED = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
-OWN = {"top_k", "repetition_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty",
-       "early_stopping"}  # fmt: skip
+OWN = {
+    "top_k",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+}
 # accepted at the values that change nothing
-INERT = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "echo": False,
-         "suffix": None, "logit_bias": None, "user": None, "stream_options": None}  # fmt: skip
-KEYS = {"model", "prompt", "n", "stop", "seed", "stream", "logprobs", "temperature", "top_p",
-        *RENAMED, *OWN, *INERT}  # fmt: skip
+INERT = {
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "best_of": 1,
+    "echo": False,
+    "suffix": None,
+    "logit_bias": None,
+    "user": None,
+    "stream_options": None,
+}
+KEYS = {
+    "model",
+    "prompt",
+    "n",
+    "stop",
+    "seed",
+    "stream",
+    "logprobs",
+    "temperature",
+    "top_p",
+    *RENAMED,
+    *OWN,
+    *INERT,
+}
 MOST_LOGPROBS = 5  # as OpenAI's
 
 
@@ -57,21 +83,26 @@ def add_routes(app: FastAPI, config: ServeConfig, ready, submit, results) -> Non
     async def completions(request: Request):
         generator = ready()
         if isinstance(generator.task, GeneratesFiles):
-            raise RequestError(f"the {generator.task.name} task takes a file: use POST "
-                               "/generate", "prompt", 415)  # fmt: skip
+            raise RequestError(
+                f"the {generator.task.name} task takes a file: use POST /generate", "prompt", 415
+            )
         data = json_body(await _read(request, config))
         model = data.get("model", _model_id(generator)) if isinstance(data, dict) else None
         if model != _model_id(generator):
-            raise RequestError(f"the model {model!r} is not served here; GET /v1/models lists "
-                               "the one that is", "model", 404)  # fmt: skip
+            raise RequestError(
+                f"the model {model!r} is not served here; GET /v1/models lists the one that is",
+                "model",
+                404,
+            )
         prompts, samples, options, logprobs, usage = _parsed(data, config, generator)
         job = text_job(generator, asyncio.get_running_loop(), prompts, options, samples, logprobs)
         submit(job)
         names = {*RENAMED.values(), *OWN, "temperature", "top_p", "stop", "seed"}
         reply = _Reply(generator, prompts, samples, job)
         if options["stream"]:
-            return StreamingResponse(reply.chunks(results(job, request, names), usage),
-                                     media_type="text/event-stream")  # fmt: skip
+            return StreamingResponse(
+                reply.chunks(results(job, request, names), usage), media_type="text/event-stream"
+            )
         done = [item async for item in results(job, request, names) if isinstance(item, Done)]
         return reply.whole(done)
 
@@ -102,11 +133,16 @@ def _parsed(data: Any, config: ServeConfig, generator):
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise RequestError(f"n must be an integer >= 1, got {samples!r}", "n")
     if len(prompts) * samples > config.max_outputs:
-        raise RequestError(f"at most {config.max_outputs} outputs (prompts times n) per "
-                           "request on this server", "n")  # fmt: skip
+        raise RequestError(
+            f"at most {config.max_outputs} outputs (prompts times n) per request on this server",
+            "n",
+        )
     logprobs = data.get("logprobs")
-    if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool)
-                                 or not 0 <= logprobs <= MOST_LOGPROBS):  # fmt: skip
+    if logprobs is not None and (
+        not isinstance(logprobs, int)
+        or isinstance(logprobs, bool)
+        or not 0 <= logprobs <= MOST_LOGPROBS
+    ):
         raise RequestError(f"logprobs must be an integer from 0 to {MOST_LOGPROBS}", "logprobs")
     stop = data.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
@@ -119,8 +155,9 @@ def _parsed(data: Any, config: ServeConfig, generator):
     except RequestError as err:  # name the field as the request did
         field = (err.field or "").removeprefix("options.")
         field = {v: k for k, v in RENAMED.items()}.get(field, field)
-        raise RequestError(str(err).replace("max_new_tokens", "max_tokens"), field,
-                           err.status) from None  # fmt: skip
+        raise RequestError(
+            str(err).replace("max_new_tokens", "max_tokens"), field, err.status
+        ) from None
     if options["stream"] and options["num_beams"] > 1 and len(prompts) * samples > 1:
         raise RequestError("a streamed beam search gives one output", "num_beams")
     stream_options = data.get("stream_options") or {}
@@ -130,8 +167,12 @@ def _parsed(data: Any, config: ServeConfig, generator):
 
 
 def _model_card(generator) -> dict[str, Any]:
-    return {"id": _model_id(generator), "object": "model", "owned_by": "seqgen",
-            "created": int(generator.meta.get("created", 0) or 0)}  # fmt: skip
+    return {
+        "id": _model_id(generator),
+        "object": "model",
+        "owned_by": "seqgen",
+        "created": int(generator.meta.get("created", 0) or 0),
+    }
 
 
 def _model_id(generator) -> str:
@@ -156,10 +197,23 @@ class _Reply:
         return self._body(sorted(done, key=lambda d: d.index))
 
     def _body(self, done: list[Done]) -> dict[str, Any]:
-        choices = [{"index": d.index, "text": d.output, "finish_reason": _reason(d),
-                    "logprobs": self._logprobs(d)} for d in done]  # fmt: skip
-        return {"id": self.id, "object": "text_completion", "created": self.created,
-                "model": self.model, "choices": choices, "usage": self._usage(done)}  # fmt: skip
+        choices = [
+            {
+                "index": d.index,
+                "text": d.output,
+                "finish_reason": _reason(d),
+                "logprobs": self._logprobs(d),
+            }
+            for d in done
+        ]
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self._usage(done),
+        }
 
     async def chunks(self, items, usage: bool):
         """`data: {chunk}` per text piece, a last chunk per choice with its finish_reason,
@@ -180,18 +234,34 @@ class _Reply:
             yield f"data: {json.dumps(body)}\n\n"
         else:
             if usage:
-                yield _data({"id": self.id, "object": "text_completion",
-                             "created": self.created, "model": self.model, "choices": [],
-                             "usage": self._usage(done)})  # fmt: skip
+                yield _data(
+                    {
+                        "id": self.id,
+                        "object": "text_completion",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": self._usage(done),
+                    }
+                )
         yield "data: [DONE]\n\n"
 
-    def _chunk(self, index: int, text: str, reason: str | None,
-               logprobs: dict[str, Any] | None = None) -> str:  # fmt: skip
+    def _chunk(
+        self, index: int, text: str, reason: str | None, logprobs: dict[str, Any] | None = None
+    ) -> str:
         """One chunk of choice `index`; a choice's last (with its finish_reason) carries the
         log-probabilities of all its tokens, when asked for."""
-        return _data({"id": self.id, "object": "text_completion", "created": self.created,
-                      "model": self.model, "choices": [{"index": index, "text": text,
-                      "logprobs": logprobs, "finish_reason": reason}]})  # fmt: skip
+        return _data(
+            {
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [
+                    {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+                ],
+            }
+        )
 
     def _usage(self, done: list[Done]) -> dict[str, int]:
         prompt = sum(len(self.generator.prompt_ids(p)) for p in self.prompts)
@@ -199,8 +269,11 @@ class _Reply:
             completion = sum(len(self.generator.tokenizer.encode(d.output)) for d in done)
         else:
             completion = sum(len(d.request.output) for d in done)
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}  # fmt: skip
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
 
     def _logprobs(self, done: Done) -> dict[str, Any] | None:
         """OpenAI's legacy logprobs: each new token's text, its log-probability, the most
@@ -214,10 +287,14 @@ class _Reply:
             offsets.append(at)
             at += len(text)
         label = lambda token: self.generator.tokenizer.decode([token])  # noqa: E731
-        return {"tokens": texts, "token_logprobs": [lp for lp, _ in request.token_logprobs],
-                "top_logprobs": [{label(t): v for t, v in top.items()}
-                                 for _, top in request.token_logprobs],
-                "text_offset": offsets}  # fmt: skip
+        return {
+            "tokens": texts,
+            "token_logprobs": [lp for lp, _ in request.token_logprobs],
+            "top_logprobs": [
+                {label(t): v for t, v in top.items()} for _, top in request.token_logprobs
+            ],
+            "text_offset": offsets,
+        }
 
 
 def _token_texts(generator, ids: list[int]) -> list[str]:

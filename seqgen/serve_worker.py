@@ -51,18 +51,26 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = Counter("seqgen_requests", "Requests answered, by outcome.",
-                                ["outcome"], registry=registry)  # fmt: skip
+        self.requests = Counter(
+            "seqgen_requests", "Requests answered, by outcome.", ["outcome"], registry=registry
+        )
         self.tokens = Counter("seqgen_generated_tokens", "Tokens generated.", registry=registry)
-        self.queue = Gauge("seqgen_queue_depth", "Requests waiting for the model.",
-                           registry=registry)  # fmt: skip
+        self.queue = Gauge(
+            "seqgen_queue_depth", "Requests waiting for the model.", registry=registry
+        )
         self.running = Gauge("seqgen_running_rows", "Rows being decoded now.", registry=registry)
-        self.first_token = Histogram("seqgen_time_to_first_token_seconds",
-                                     "From a request's arrival to its first token.",
-                                     buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
-        self.latency = Histogram("seqgen_request_latency_seconds",
-                                 "From a request's arrival to its last token.",
-                                 buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+        self.first_token = Histogram(
+            "seqgen_time_to_first_token_seconds",
+            "From a request's arrival to its first token.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "seqgen_request_latency_seconds",
+            "From a request's arrival to its last token.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
 
 
 @dataclass
@@ -84,11 +92,16 @@ class Job:
     The worker puts ("text", index, piece), Done, ("error", exception) and ("end", None)
     items on `items`, from its own thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, requests: list[Request] = (),
-                 stop: tuple[str, ...] = (), stream: bool = False,
-                 beams: tuple[list[Any], dict[str, Any]] | None = None,
-                 prepare: Callable[[Any], tuple[Request, Callable]] | None = None,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        requests: list[Request] = (),
+        stop: tuple[str, ...] = (),
+        stream: bool = False,
+        beams: tuple[list[Any], dict[str, Any]] | None = None,
+        prepare: Callable[[Any], tuple[Request, Callable]] | None = None,
+    ) -> None:
         self.loop, self.items = loop, asyncio.Queue()
         self.requests, self.stop, self.stream = list(requests), tuple(stop), stream
         self.beams = beams  # (prompts, settings) of a beam search
@@ -146,8 +159,14 @@ class Worker:
     their own, in arrival order. `batching` "static" admits nothing while the batch runs
     (the baseline of the load benchmark)."""
 
-    def __init__(self, generator, batch_size: int, max_queue: int, metrics: Metrics,
-                 batching: Literal["continuous", "static"] = "continuous") -> None:  # fmt: skip
+    def __init__(
+        self,
+        generator,
+        batch_size: int,
+        max_queue: int,
+        metrics: Metrics,
+        batching: Literal["continuous", "static"] = "continuous",
+    ) -> None:
         self.generator, self.metrics = generator, metrics
         self.batch_size, self.max_queue, self.batching = batch_size, max_queue, batching
         self.batch = generator.batch(batch_size)
@@ -238,8 +257,12 @@ class Worker:
         key = (first.beams[1], first.stop)
         group, prompts = [first], len(first.beams[0])
         for job in list(self.pending):
-            if (job.beams is not None and not job.cancelled and (job.beams[1], job.stop) == key
-                    and prompts + len(job.beams[0]) <= self.batch_size):  # fmt: skip
+            if (
+                job.beams is not None
+                and not job.cancelled
+                and (job.beams[1], job.stop) == key
+                and prompts + len(job.beams[0]) <= self.batch_size
+            ):
                 self.pending.remove(job)
                 group.append(job)
                 prompts += len(job.beams[0])
@@ -313,9 +336,9 @@ class Worker:
 
         self.metrics.running.set_function(lambda: len(prompts))
         try:
-            outputs = self.generator.generate_many(prompts, batch_size=len(prompts),
-                                                   stop=group[0].stop, stop_fn=check,
-                                                   **settings)  # fmt: skip
+            outputs = self.generator.generate_many(
+                prompts, batch_size=len(prompts), stop=group[0].stop, stop_fn=check, **settings
+            )
         except Cancelled:
             for job in group:
                 _end(job, self.metrics, "cancelled")
@@ -351,8 +374,14 @@ class BusyError(Exception):
     """The queue is full or the server is stopping: answered 503."""
 
 
-def text_job(generator, loop, prompts: list[Any], options: dict[str, Any], samples: int = 1,
-             logprobs: int | None = None) -> Job:  # fmt: skip
+def text_job(
+    generator,
+    loop,
+    prompts: list[Any],
+    options: dict[str, Any],
+    samples: int = 1,
+    logprobs: int | None = None,
+) -> Job:
     """The job of text prompts, `samples` outputs each (sample i of a prompt is what
     `seqgen generate --num_samples` gives as sample i): with one beam their rows join the
     batch, else a beam search runs on its own. Raises RequestError for what cannot work."""
@@ -360,22 +389,35 @@ def text_job(generator, loop, prompts: list[Any], options: dict[str, Any], sampl
     seed, stop = options["seed"], tuple(options["stop"])
     try:
         if settings["num_beams"] == 1:
-            requests = [generator.request(prompt, stop=stop, seed=seed, sample=i,
-                                          logprobs=logprobs, **settings)
-                        for prompt in prompts for i in range(samples)]  # fmt: skip
+            requests = [
+                generator.request(
+                    prompt, stop=stop, seed=seed, sample=i, logprobs=logprobs, **settings
+                )
+                for prompt in prompts
+                for i in range(samples)
+            ]
             return Job(loop, requests=requests, stop=stop, stream=options["stream"])
         generator.request(prompts[0], stop=stop, **{**settings, "num_beams": 1})  # checks
     except (ValueError, SeqgenError) as err:
-        raise RequestError(str(err), f"options.{field_named(str(err), set(settings))}"
-                           .removesuffix(".options")) from None  # fmt: skip
+        raise RequestError(
+            str(err), f"options.{field_named(str(err), set(settings))}".removesuffix(".options")
+        ) from None
     if samples > 1 or logprobs is not None:
-        raise RequestError("beam search gives one output, without logprobs: ask for n 1 or "
-                           "num_beams 1", "options.num_beams")  # fmt: skip
+        raise RequestError(
+            "beam search gives one output, without logprobs: ask for n 1 or num_beams 1",
+            "options.num_beams",
+        )
     return Job(loop, beams=(list(prompts), settings), stop=stop)
 
 
-def file_job(loop, prompt_bytes: bytes | None, options: dict[str, Any], extras: dict[str, Any],
-             task, most: int) -> Job:  # fmt: skip
+def file_job(
+    loop,
+    prompt_bytes: bytes | None,
+    options: dict[str, Any],
+    extras: dict[str, Any],
+    task,
+    most: int,
+) -> Job:
     """A file task's job (music: a MIDI prompt in, a MIDI continuation out, with its piano
     roll and audio when asked). The worker prepares it (parses the prompt, within the
     queue's bound; the task sets the options), decodes it in the batch like any request,
@@ -387,8 +429,9 @@ def file_job(loop, prompt_bytes: bytes | None, options: dict[str, Any], extras: 
     def prepare(generator) -> tuple[Request, Callable[[Request], dict[str, Any]]]:
         with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
             ids = _prompt_ids(generator, prompt_bytes, Path(tmp))
-            ids, prepared = file_settings(generator, ids, settings,
-                                          _file_options(task, extras, Path(tmp)), most)  # fmt: skip
+            ids, prepared = file_settings(
+                generator, ids, settings, _file_options(task, extras, Path(tmp)), most
+            )
         request = generator.request(ids=ids, seed=options["seed"], **prepared)
 
         def finish(request: Request) -> dict[str, Any]:
@@ -397,12 +440,19 @@ def file_job(loop, prompt_bytes: bytes | None, options: dict[str, Any], extras: 
                 file_options = _file_options(task, extras, folder)
                 out = folder / f"continuation{task.output_suffix}"
                 lines = task.write(ids, request.output, generator.tokenizer, file_options, out)
-                found = {"output": out, **{name: folder / f"{name}{suffix}"
-                                           for name, suffix in task.extra_files.items()
-                                           if extras.get(name)}}  # fmt: skip
+                found = {
+                    "output": out,
+                    **{
+                        name: folder / f"{name}{suffix}"
+                        for name, suffix in task.extra_files.items()
+                        if extras.get(name)
+                    },
+                }
                 shown = [line.replace(f"{folder}/", "") for line in lines]  # no server paths
-                return {"files": {name: _encoded(path) for name, path in found.items()},
-                        "lines": shown}  # fmt: skip
+                return {
+                    "files": {name: _encoded(path) for name, path in found.items()},
+                    "lines": shown,
+                }
 
         return request, finish
 
@@ -411,8 +461,11 @@ def file_job(loop, prompt_bytes: bytes | None, options: dict[str, Any], extras: 
 
 def _file_options(task, extras: dict[str, Any], folder: Path):
     """A file task's own options from a request's: the extra files it asked for in `folder`."""
-    wanted = {name: str(folder / f"{name}{suffix}")
-              for name, suffix in task.extra_files.items() if extras.get(name)}  # fmt: skip
+    wanted = {
+        name: str(folder / f"{name}{suffix}")
+        for name, suffix in task.extra_files.items()
+        if extras.get(name)
+    }
     own = {k: v for k, v in extras.items() if k not in task.extra_files}
     return task.generate_options(**own, **wanted)
 
@@ -429,18 +482,26 @@ def _prompt_ids(generator, prompt_bytes: bytes | None, folder: Path) -> list[int
         raise RequestError(f"the file holds {err}", "file") from None
     except Exception as err:  # a parser's own error type for a corrupt file
         message = str(err).replace(str(path), "the file")  # no server paths
-        raise RequestError(f"not a readable {generator.task.output_suffix} file: {message}",
-                           "file") from None  # fmt: skip
+        raise RequestError(
+            f"not a readable {generator.task.output_suffix} file: {message}", "file"
+        ) from None
 
 
 # the registered types, whatever this system's mime.types says (e.g. audio/sp-midi)
-MEDIA_TYPES = {".mid": "audio/midi", ".midi": "audio/midi", ".png": "image/png",
-               ".wav": "audio/wav"}  # fmt: skip
+MEDIA_TYPES = {
+    ".mid": "audio/midi",
+    ".midi": "audio/midi",
+    ".png": "image/png",
+    ".wav": "audio/wav",
+}
 
 
 def _encoded(path: Path) -> dict[str, str]:
     media = MEDIA_TYPES.get(path.suffix.lower()) or (
         mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     )
-    return {"name": path.name, "media_type": media,
-            "base64": base64.b64encode(path.read_bytes()).decode()}  # fmt: skip
+    return {
+        "name": path.name,
+        "media_type": media,
+        "base64": base64.b64encode(path.read_bytes()).decode(),
+    }

@@ -69,15 +69,19 @@ def read_index(directory: str | Path) -> dict[str, Any]:
     path = directory / INDEX_FILE
     if not path.is_file():
         if (directory / PROGRESS_FILE).is_file():
-            raise DataError(f"{directory}: preparing it did not finish; run the same "
-                            "`seqgen data prepare` command again to complete it")  # fmt: skip
+            raise DataError(
+                f"{directory}: preparing it did not finish; run the same "
+                "`seqgen data prepare` command again to complete it"
+            )
         raise DataError(f"{directory}: not a folder of token shards (no {INDEX_FILE})")
     index = read_json(path, "shard index")
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataError(f"{path}: not a seqgen shard index")
     if index.get("version", 0) > VERSION:
-        raise DataError(f"{path}: shard format {index['version']} is newer than this seqgen "
-                        f"reads ({VERSION}); upgrade seqgen")  # fmt: skip
+        raise DataError(
+            f"{path}: shard format {index['version']} is newer than this seqgen "
+            f"reads ({VERSION}); upgrade seqgen"
+        )
     return index
 
 
@@ -91,9 +95,11 @@ class ShardedTokens:
         for file, size in zip(self.files, self.sizes, strict=True):
             found = file.stat().st_size if file.is_file() else None
             if found != size * self.dtype.itemsize:
-                raise DataError(f"{file}: {'missing' if found is None else f'{found:,} bytes'}, "
-                                f"the index says {size * self.dtype.itemsize:,}; prepare the "
-                                "folder again")  # fmt: skip
+                raise DataError(
+                    f"{file}: {'missing' if found is None else f'{found:,} bytes'}, "
+                    f"the index says {size * self.dtype.itemsize:,}; prepare the "
+                    "folder again"
+                )
         self.ends = np.cumsum([0, *self.sizes])
         self._maps: list[np.ndarray] | None = None
 
@@ -126,14 +132,16 @@ class ShardedTokens:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def split_tokens(directory: str | Path, split: str, index: dict[str, Any] | None = None
-                 ) -> ShardedTokens:  # fmt: skip
+def split_tokens(
+    directory: str | Path, split: str, index: dict[str, Any] | None = None
+) -> ShardedTokens:
     """The ids of `split` ("train" or "val") of a finished folder of shards."""
     directory = Path(directory).expanduser()
     index = index or read_index(directory)
     shards = index["splits"][split]["shards"]
-    return ShardedTokens([directory / s["file"] for s in shards], [s["tokens"] for s in shards],
-                         index["dtype"])  # fmt: skip
+    return ShardedTokens(
+        [directory / s["file"] for s in shards], [s["tokens"] for s in shards], index["dtype"]
+    )
 
 
 # ---------------------------------------------------------------- writing
@@ -143,11 +151,22 @@ Encoder = Callable[[Any], tuple[dict[str, np.ndarray], dict[str, int]]]
 """A work unit to ({split: its ids}, counts to add up such as documents or skipped rows)."""
 
 
-def write_shards(out: Path, units: Iterable[Any], encode: Encoder, *, identity: dict[str, Any],
-                 eos_id: int, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS,
-                 num_proc: int = 1, initializer: Callable[..., None] | None = None,
-                 initargs: tuple = (), size_of: Callable[[Any], int] = lambda unit: 1,
-                 total: int | None = None, measure: str = "units") -> dict[str, Any]:  # fmt: skip
+def write_shards(
+    out: Path,
+    units: Iterable[Any],
+    encode: Encoder,
+    *,
+    identity: dict[str, Any],
+    eos_id: int,
+    dtype: np.dtype,
+    shard_tokens: int = SHARD_TOKENS,
+    num_proc: int = 1,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+    size_of: Callable[[Any], int] = lambda unit: 1,
+    total: int | None = None,
+    measure: str = "units",
+) -> dict[str, Any]:
     """Encode `units` (in `num_proc` processes, each set up by `initializer(*initargs)`) and
     write their ids in order into shards of `shard_tokens` under `out`; returns the index.
 
@@ -159,8 +178,11 @@ def write_shards(out: Path, units: Iterable[Any], encode: Encoder, *, identity: 
     with exclusive(out / ".lock", f"waiting for another process preparing {out}"):
         index = finished(out, identity)
         if index is not None:
-            log.info("%s is prepared already (%s training tokens)", out,
-                     f"{index['splits']['train']['tokens']:,}")  # fmt: skip
+            log.info(
+                "%s is prepared already (%s training tokens)",
+                out,
+                f"{index['splits']['train']['tokens']:,}",
+            )
             return index
         writer = _ShardWriter(out, identity, dtype, eos_id, shard_tokens)
         progress = Progress("tokenized", total, measure)
@@ -168,8 +190,11 @@ def write_shards(out: Path, units: Iterable[Any], encode: Encoder, *, identity: 
         for unit in itertools.islice(units, writer.units_done):  # done before a kill
             progress(size_of(unit))
         if writer.units_done:
-            log.info("going on from unit %s (%s shards kept)", f"{writer.units_done:,}",
-                     f"{writer.shard_count():,}")  # fmt: skip
+            log.info(
+                "going on from unit %s (%s shards kept)",
+                f"{writer.units_done:,}",
+                f"{writer.shard_count():,}",
+            )
         encoded = _encoded(units, encode, num_proc, initializer, initargs)
         while True:
             try:
@@ -209,17 +234,26 @@ def finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     if not found.is_file():
         return None
     if made_from != identity:
-        changed = sorted(k for k in {*identity, *(made_from or {})}
-                         if (made_from or {}).get(k) != identity.get(k))  # fmt: skip
-        raise DataError(f"{out} was prepared from other data or settings ({', '.join(changed)} "
-                        "differ): choose another --out, or give --overwrite true to prepare "
-                        "it anew")  # fmt: skip
+        changed = sorted(
+            k
+            for k in {*identity, *(made_from or {})}
+            if (made_from or {}).get(k) != identity.get(k)
+        )
+        raise DataError(
+            f"{out} was prepared from other data or settings ({', '.join(changed)} "
+            "differ): choose another --out, or give --overwrite true to prepare "
+            "it anew"
+        )
     return read_index(out) if found.name == INDEX_FILE else None
 
 
-def _encoded(units: Iterator[Any], encode: Encoder, num_proc: int,
-             initializer: Callable[..., None] | None, initargs: tuple
-             ) -> Iterator[tuple[Any, tuple[dict[str, np.ndarray], dict[str, int]]]]:  # fmt: skip
+def _encoded(
+    units: Iterator[Any],
+    encode: Encoder,
+    num_proc: int,
+    initializer: Callable[..., None] | None,
+    initargs: tuple,
+) -> Iterator[tuple[Any, tuple[dict[str, np.ndarray], dict[str, int]]]]:
     """(unit, `encode(unit)`) for each unit, in order, with at most 2 units a process in
     flight (a slow unit holds back the writer, never memory)."""
     if num_proc <= 1:
@@ -233,10 +267,10 @@ def _encoded(units: Iterator[Any], encode: Encoder, num_proc: int,
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     try:
-        with ProcessPoolExecutor(num_proc, context, _start_worker,
-                                 (initializer, initargs)) as pool:  # fmt: skip
-            pending: deque = deque((unit, pool.submit(encode, unit))
-                                   for unit in itertools.islice(units, 2 * num_proc))  # fmt: skip
+        with ProcessPoolExecutor(num_proc, context, _start_worker, (initializer, initargs)) as pool:
+            pending: deque = deque(
+                (unit, pool.submit(encode, unit)) for unit in itertools.islice(units, 2 * num_proc)
+            )
             while pending:
                 unit, future = pending.popleft()
                 result = future.result()
@@ -245,8 +279,10 @@ def _encoded(units: Iterator[Any], encode: Encoder, num_proc: int,
                     pending.append((following, pool.submit(encode, following)))
                 yield unit, result
     except BrokenProcessPool:  # from a result or a submission, whichever sees it first
-        raise DataError("a process tokenizing the corpus died (out of memory?); run the same "
-                        "command again to go on") from None
+        raise DataError(
+            "a process tokenizing the corpus died (out of memory?); run the same "
+            "command again to go on"
+        ) from None
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
@@ -268,8 +304,9 @@ class _ShardWriter:
     progress (with the unfilled buffers) once a shard is written or every
     CHECKPOINT_SECONDS, always between two units."""
 
-    def __init__(self, out: Path, identity: dict[str, Any], dtype: np.dtype, eos_id: int,
-                 shard_tokens: int) -> None:  # fmt: skip
+    def __init__(
+        self, out: Path, identity: dict[str, Any], dtype: np.dtype, eos_id: int, shard_tokens: int
+    ) -> None:
         self.out, self.identity, self.dtype = out, identity, np.dtype(dtype)
         self.eos_id, self.shard_tokens = eos_id, shard_tokens
         self.buffers = {s: np.empty(shard_tokens, dtype=self.dtype) for s in SPLITS}
@@ -281,15 +318,18 @@ class _ShardWriter:
         state = read_json(out / PROGRESS_FILE) if (out / PROGRESS_FILE).is_file() else None
         if state is not None:
             if state.get("shard_tokens") != shard_tokens or state.get("dtype") != self.dtype.name:
-                raise DataError(f"{out / PROGRESS_FILE}: made with other shard settings; "
-                                "prepare anew with --overwrite true")  # fmt: skip
+                raise DataError(
+                    f"{out / PROGRESS_FILE}: made with other shard settings; "
+                    "prepare anew with --overwrite true"
+                )
             self.shards, self.counts = state["shards"], state["counts"]
             self.units_done = state["units_done"]
             for split in SPLITS:
                 tail = np.fromfile(out / self._tail(split), dtype=self.dtype)
                 if len(tail) != state["tails"][split]:
-                    raise DataError(f"{out / self._tail(split)}: damaged; prepare anew with "
-                                    "--overwrite true")  # fmt: skip
+                    raise DataError(
+                        f"{out / self._tail(split)}: damaged; prepare anew with --overwrite true"
+                    )
                 self.buffers[split][: len(tail)] = tail
                 self.filled[split] = len(tail)
         self._remove_unrecorded()
@@ -348,17 +388,25 @@ class _ShardWriter:
             if err.errno != errno.ENOSPC:
                 raise DataError(f"{path}: cannot write ({err.strerror})") from None
             free = shutil.disk_usage(path.parent).free
-            raise DataError(f"{path}: the disk is full ({free:,} bytes free); free space and "
-                            "run the same command again: the "
-                            f"{self.shard_count():,} shards recorded are kept") from None
+            raise DataError(
+                f"{path}: the disk is full ({free:,} bytes free); free space and "
+                "run the same command again: the "
+                f"{self.shard_count():,} shards recorded are kept"
+            ) from None
 
     def record(self) -> None:
         """Save the unfilled buffers, then the progress that counts them and the shards."""
         for split in SPLITS:
             self._write(self.out / self._tail(split), self.buffers[split][: self.filled[split]])
-        state = {"identity": self.identity, "shard_tokens": self.shard_tokens,
-                 "dtype": self.dtype.name, "units_done": self.units_done, "counts": self.counts,
-                 "shards": self.shards, "tails": dict(self.filled)}  # fmt: skip
+        state = {
+            "identity": self.identity,
+            "shard_tokens": self.shard_tokens,
+            "dtype": self.dtype.name,
+            "units_done": self.units_done,
+            "counts": self.counts,
+            "shards": self.shards,
+            "tails": dict(self.filled),
+        }
         with atomic_file(self.out / PROGRESS_FILE) as partial:
             partial.write_text(json.dumps(state) + "\n")
         self._remove_unrecorded()
@@ -368,13 +416,23 @@ class _ShardWriter:
         for split in SPLITS:
             if self.filled[split]:
                 self._write_shard(split)
-        index = {"format": FORMAT, "version": VERSION, "identity": self.identity,
-                 "dtype": self.dtype.name, "eos_id": self.eos_id,
-                 "shard_tokens": self.shard_tokens, "counts": self.counts,
-                 "splits": {split: {"tokens": sum(s["tokens"] for s in shards),
-                                    "documents": sum(s["documents"] for s in shards),
-                                    "shards": shards}
-                            for split, shards in self.shards.items()}}  # fmt: skip
+        index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "identity": self.identity,
+            "dtype": self.dtype.name,
+            "eos_id": self.eos_id,
+            "shard_tokens": self.shard_tokens,
+            "counts": self.counts,
+            "splits": {
+                split: {
+                    "tokens": sum(s["tokens"] for s in shards),
+                    "documents": sum(s["documents"] for s in shards),
+                    "shards": shards,
+                }
+                for split, shards in self.shards.items()
+            },
+        }
         with atomic_file(self.out / INDEX_FILE) as partial:
             partial.write_text(json.dumps(index, indent=1) + "\n")
         (self.out / PROGRESS_FILE).unlink(missing_ok=True)

@@ -29,16 +29,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     (formatted by `cell`) or strings already formatted."""
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
-    numeric = [bool(cells) and all(NUMBER.match(row[i]) for row in cells)
-               for i in range(len(header))]  # fmt: skip
+    numeric = [
+        bool(cells) and all(NUMBER.match(row[i]) for row in cells) for i in range(len(header))
+    ]
 
     def line(values: Sequence[str]) -> str:
-        padded = [v.rjust(w) if num else v.ljust(w)
-                  for v, w, num in zip(values, widths, numeric, strict=True)]  # fmt: skip
+        padded = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else "-" * (w + 2)
-                          for w, num in zip(widths, numeric, strict=True)) + "|"  # fmt: skip
+    rule = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if num else "-" * (w + 2)
+            for w, num in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
     return "\n".join([line(header), rule, *(line(row) for row in cells)])
 
 

@@ -107,8 +107,10 @@ class Task(ABC):
     def __init__(self, data: Any = None, block_size: int = 1024) -> None:
         self.data = self.data_config() if data is None else data
         if not isinstance(self.data, self.data_config):
-            raise ConfigError(f"task {self.name!r} takes data options of type "
-                              f"{self.data_config.__name__}, not {type(data).__name__}")
+            raise ConfigError(
+                f"task {self.name!r} takes data options of type "
+                f"{self.data_config.__name__}, not {type(data).__name__}"
+            )
         self.block_size = block_size
         self.stats: dict[str, Any] = {}
 
@@ -200,10 +202,16 @@ class ExampleTask(Task):
             examples = [self.encode(example, tokenizer, max_len) for example in raw]
             truncated = [e.truncated for e in examples if e.truncated]
             if truncated:
-                log.info("%s: %d of %d examples cut to fit the %d-token context", split,
-                         len(truncated), len(examples), self.block_size)  # fmt: skip
-            self.stats.update({f"{split}_truncated": len(truncated),
-                               f"{split}_truncated_tokens": sum(truncated)})  # fmt: skip
+                log.info(
+                    "%s: %d of %d examples cut to fit the %d-token context",
+                    split,
+                    len(truncated),
+                    len(examples),
+                    self.block_size,
+                )
+            self.stats.update(
+                {f"{split}_truncated": len(truncated), f"{split}_truncated_tokens": sum(truncated)}
+            )
             encoded[split] = examples
         return Examples(encoded["train"], encoded["val"])
 
@@ -251,12 +259,15 @@ class Similarity(ABC):
         return pairwise(self, candidates)
 
 
-def pairwise(similarity: Callable[[Any, Any], float], candidates: Sequence[Any]
-             ) -> list[list[float]]:  # fmt: skip
+def pairwise(
+    similarity: Callable[[Any, Any], float], candidates: Sequence[Any]
+) -> list[list[float]]:
     """`[i][j] = similarity(candidates[i], candidates[j])`, one pair at a time; 0 on the
     diagonal."""
-    return [[similarity(c, other) if i != j else 0.0 for j, other in enumerate(candidates)]
-            for i, c in enumerate(candidates)]  # fmt: skip
+    return [
+        [similarity(c, other) if i != j else 0.0 for j, other in enumerate(candidates)]
+        for i, c in enumerate(candidates)
+    ]
 
 
 @dataclass(frozen=True)
@@ -302,16 +313,18 @@ class GeneratesFiles(ABC):
     `soundfont`): `seqgen serve` refuses them in requests, which must not name server files."""
 
     @abstractmethod
-    def prepare(self, ids: list[int], options: Any, settings: dict[str, Any]
-                ) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+    def prepare(
+        self, ids: list[int], options: Any, settings: dict[str, Any]
+    ) -> tuple[list[int], dict[str, Any]]:
         """The prompt ids and the generation settings that `options` change (e.g. the
         prompt cut to its first seconds, a stop once enough music is generated), given the
         `settings` chosen so far; raises ValueError for options that cannot work, before
         anything is generated."""
 
     @abstractmethod
-    def write(self, ids: list[int], new: list[int], tokenizer: Tokenizer, options: Any,
-              path: Path) -> list[str]:  # fmt: skip
+    def write(
+        self, ids: list[int], new: list[int], tokenizer: Tokenizer, options: Any, path: Path
+    ) -> list[str]:
         """Write the output (the prompt `ids`, then the `new` ids) to `path`, and whatever
         else `options` ask for; return a line for each file written."""
 
@@ -333,8 +346,9 @@ def task_class(name: str) -> type[Task]:
     try:
         cls = tasks[name].load()
     except Exception as err:  # a third party's import error, whatever its type
-        raise ConfigError(f"task {name!r} ({tasks[name].value}) failed to load: "
-                          f"{type(err).__name__}: {err}") from err  # fmt: skip
+        raise ConfigError(
+            f"task {name!r} ({tasks[name].value}) failed to load: {type(err).__name__}: {err}"
+        ) from err
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise ConfigError(f"task {name!r} ({tasks[name].value}) is not a seqgen.tasks.Task")
     return cls
@@ -353,4 +367,3 @@ def data_builders() -> dict[str, DatasetBuilder]:
         if issubclass(cls, BuildsDatasets):
             found.update(cls.data_builders)
     return found
-

@@ -84,11 +84,13 @@ class TokenizerConfig:
             )
         for symbol in self.user_symbols:
             if not isinstance(symbol, str) or not symbol or SP_SPACE in symbol:
-                raise ConfigError(f"tokenizer.user_symbols: {symbol!r} must be a non-empty "
-                                  "string without U+2581")  # fmt: skip
+                raise ConfigError(
+                    f"tokenizer.user_symbols: {symbol!r} must be a non-empty string without U+2581"
+                )
             if symbol in RESERVED_PIECES:
-                raise ConfigError(f"tokenizer.user_symbols: {symbol!r} is reserved "
-                                  f"({', '.join(RESERVED_PIECES)})")  # fmt: skip
+                raise ConfigError(
+                    f"tokenizer.user_symbols: {symbol!r} is reserved ({', '.join(RESERVED_PIECES)})"
+                )
         if len(set(self.user_symbols)) != len(self.user_symbols):
             raise ConfigError("tokenizer.user_symbols has duplicates")
 
@@ -193,8 +195,11 @@ class SentencePieceTokenizer:
         model = io.BytesIO()
         counter = _CountingLines(texts)
         started = time.monotonic()
-        log.info("training a %s tokenizer of %s pieces (SentencePiece) on the training text",
-                 config.model_type, f"{config.vocab_size:,}")  # fmt: skip
+        log.info(
+            "training a %s tokenizer of %s pieces (SentencePiece) on the training text",
+            config.model_type,
+            f"{config.vocab_size:,}",
+        )
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(counter),
@@ -235,8 +240,11 @@ class SentencePieceTokenizer:
                 f"SentencePiece could not train a {config.vocab_size}-piece vocabulary on "
                 f"{counter.lines} lines: {hint} ({str(err).splitlines()[0]})"
             ) from None
-        log.info("trained the tokenizer on %s lines in %.1f s", f"{counter.lines:,}",
-                 time.monotonic() - started)  # fmt: skip
+        log.info(
+            "trained the tokenizer on %s lines in %.1f s",
+            f"{counter.lines:,}",
+            time.monotonic() - started,
+        )
         return cls(model.getvalue(), config.special_tokens)
 
 
@@ -258,8 +266,10 @@ def sentencepiece_to_hf(tokenizer: SentencePieceTokenizer):
         from tokenizers import AddedToken, Regex, decoders, models, normalizers
         from tokenizers import Tokenizer as HFTokenizerObject
     except ImportError as err:
-        raise ImportError(f"a Hugging Face tokenizer needs transformers and protobuf ({err}): "
-                          "pip install 'seqgen[hf]'") from None  # fmt: skip
+        raise ImportError(
+            f"a Hugging Face tokenizer needs transformers and protobuf ({err}): "
+            "pip install 'seqgen[hf]'"
+        ) from None
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(tokenizer.model_proto)
@@ -291,14 +301,22 @@ def sentencepiece_to_hf(tokenizer: SentencePieceTokenizer):
     )
     user = [p.piece for p in pieces if p.type == SP_USER_DEFINED]
     hf.add_tokens([AddedToken(s, special=False, normalized=False) for s in user])
-    builtin = [RESERVED_PIECES[0], *(tokenizer.sp.id_to_piece(i) for i in
-               (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id))]  # fmt: skip
-    hf.add_special_tokens([AddedToken(s, special=True, normalized=False)
-                           for s in builtin + tokenizer.special_tokens])  # fmt: skip
+    builtin = [
+        RESERVED_PIECES[0],
+        *(
+            tokenizer.sp.id_to_piece(i)
+            for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+        ),
+    ]
+    hf.add_special_tokens(
+        [AddedToken(s, special=True, normalized=False) for s in builtin + tokenizer.special_tokens]
+    )
     for token in tokenizer.special_tokens:  # appended after the pieces, as in seqgen
         if hf.token_to_id(token) != tokenizer.special_id(token):
-            raise AssertionError(f"{token}: id {hf.token_to_id(token)} in the HF tokenizer, "
-                                 f"{tokenizer.special_id(token)} in seqgen's")  # fmt: skip
+            raise AssertionError(
+                f"{token}: id {hf.token_to_id(token)} in the HF tokenizer, "
+                f"{tokenizer.special_id(token)} in seqgen's"
+            )
     return hf
 
 
@@ -344,13 +362,17 @@ def tokenizer_class(kind: str, where: Path) -> type:
     found = {ep.name: ep for ep in entry_points(group=TOKENIZER_GROUP)}
     if kind not in found:
         known = ", ".join(sorted({SentencePieceTokenizer.kind, *found}))
-        raise CheckpointError(f"{where}: unknown tokenizer kind {kind!r} (known: {known}); is "
-                              "the package that defines it installed?")  # fmt: skip
+        raise CheckpointError(
+            f"{where}: unknown tokenizer kind {kind!r} (known: {known}); is "
+            "the package that defines it installed?"
+        )
     try:
         return found[kind].load()
     except Exception as err:  # a third party's import error, whatever its type
-        raise CheckpointError(f"{where}: tokenizer kind {kind!r} ({found[kind].value}) failed "
-                              f"to load: {type(err).__name__}: {err}") from err  # fmt: skip
+        raise CheckpointError(
+            f"{where}: tokenizer kind {kind!r} ({found[kind].value}) failed "
+            f"to load: {type(err).__name__}: {err}"
+        ) from err
 
 
 def read_tokenizer_meta(directory: Path) -> dict:
@@ -360,12 +382,15 @@ def read_tokenizer_meta(directory: Path) -> dict:
     if not path.is_file():
         path = directory / LEGACY_META_FILE
     if not path.is_file():
-        raise CheckpointError(f"{directory / META_FILE}: missing (not a seqgen checkpoint or "
-                              "tokenizer directory)")  # fmt: skip
+        raise CheckpointError(
+            f"{directory / META_FILE}: missing (not a seqgen checkpoint or tokenizer directory)"
+        )
     meta = read_json(path, "tokenizer metadata")
     if isinstance(meta, dict) and "kind" not in meta and "model" in meta:
-        raise CheckpointError(f"{path} is a Hugging Face tokenizer, not seqgen's; convert the "
-                              "folder with `seqgen import --hf DIR --out CKPT`")  # fmt: skip
+        raise CheckpointError(
+            f"{path} is a Hugging Face tokenizer, not seqgen's; convert the "
+            "folder with `seqgen import --hf DIR --out CKPT`"
+        )
     if not isinstance(meta, dict) or "kind" not in meta:
         raise CheckpointError(f"{path}: corrupt tokenizer metadata (no 'kind')")
     return meta

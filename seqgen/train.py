@@ -87,28 +87,34 @@ def resume_point(resume: str | None, out_dir: Path) -> Path | None:
 RUN_PARTS = ("checkpoints", "final", BEST, "logs")  # what a run writes in its out_dir
 
 
-def previous_run(out_dir: Path, init_from: Path | None, resume_from: Path | None,
-                 overwrite: bool) -> list[Path]:  # fmt: skip
+def previous_run(
+    out_dir: Path, init_from: Path | None, resume_from: Path | None, overwrite: bool
+) -> list[Path]:
     """What an earlier run left in out_dir, to remove with --overwrite (checked before any
     work: a new run never mixes with an old one's checkpoints, nor replaces its source)."""
-    if init_from is not None and out_dir.resolve() in (init_from.resolve(),
-                                                        *init_from.resolve().parents):
-        raise ConfigError(f"--init_from {init_from} is inside --out_dir {out_dir}: the run "
-                          "would replace the model it starts from; choose another --out_dir")
+    if init_from is not None and out_dir.resolve() in (
+        init_from.resolve(),
+        *init_from.resolve().parents,
+    ):
+        raise ConfigError(
+            f"--init_from {init_from} is inside --out_dir {out_dir}: the run "
+            "would replace the model it starts from; choose another --out_dir"
+        )
     parts = [out_dir / name for name in RUN_PARTS]
     found = [p for p in parts if p.is_dir() and any(p.iterdir())]
     if resume_from is not None or not found:
         return []
     if not overwrite:
         names = ", ".join(f"{p.name}/" for p in found)
-        raise ConfigError(f"{out_dir} holds a previous run ({names}): resume it with --resume "
-                          "last, choose another --out_dir, or give --overwrite true to delete "
-                          "it first")  # fmt: skip
+        raise ConfigError(
+            f"{out_dir} holds a previous run ({names}): resume it with --resume "
+            "last, choose another --out_dir, or give --overwrite true to delete "
+            "it first"
+        )
     return [p for p in parts if p.exists()]
 
 
-def check_model_settings(cfg: RunConfig, meta: dict[str, Any], start: Path,
-                         resuming: bool) -> None:  # fmt: skip
+def check_model_settings(cfg: RunConfig, meta: dict[str, Any], start: Path, resuming: bool) -> None:
     """A checkpoint brings its own model: model settings given that differ from it are an
     error when resuming a run trained from scratch (they made its model), and named in a
     warning otherwise."""
@@ -117,15 +123,23 @@ def check_model_settings(cfg: RunConfig, meta: dict[str, Any], start: Path,
         return
     skip = {"vocab_size", "state_size"} | ({"dropout"} if cfg.dropout is not None else set())
     names = [f.name for f in fields(ModelConfig) if f.name not in skip]
-    differs = [f"model.{name} {getattr(given, name)!r} given, {getattr(stored, name)!r} in the "
-               "checkpoint" for name in names if getattr(given, name) != getattr(stored, name)]
+    differs = [
+        f"model.{name} {getattr(given, name)!r} given, {getattr(stored, name)!r} in the checkpoint"
+        for name in names
+        if getattr(given, name) != getattr(stored, name)
+    ]
     if not differs:
         return
     if resuming and cfg.init_from in (None, FROM_SCRATCH):  # the run's model came from cfg
-        raise ConfigError(f"resuming {start}: {'; '.join(differs)}; resume with the settings "
-                          "the run was started with")  # fmt: skip
-    log.warning("starting from %s, which brings its own model: %s (--dropout P sets its "
-                "dropout)", start, "; ".join(differs))  # fmt: skip
+        raise ConfigError(
+            f"resuming {start}: {'; '.join(differs)}; resume with the settings "
+            "the run was started with"
+        )
+    log.warning(
+        "starting from %s, which brings its own model: %s (--dropout P sets its dropout)",
+        start,
+        "; ".join(differs),
+    )
 
 
 def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
@@ -134,8 +148,10 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     if cfg.task is None:
         raise ConfigError("set the task: --task NAME (or `task:` in the config)")
     if cfg.init_from is None and cfg.resume is None:
-        raise ConfigError(f"set --init_from CKPT (a checkpoint or run directory), or "
-                          f"--init_from {FROM_SCRATCH} to train from scratch")  # fmt: skip
+        raise ConfigError(
+            f"set --init_from CKPT (a checkpoint or run directory), or "
+            f"--init_from {FROM_SCRATCH} to train from scratch"
+        )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
     resume_from = resume_point(cfg.resume, out_dir)
@@ -146,18 +162,22 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     if meta is not None:
         check_model_settings(cfg, meta, start, resuming=resume_from is not None)
     if 0 < cfg.train.max_steps <= cfg.train.warmup_steps:
-        log.warning("train.max_steps (%d) <= train.warmup_steps (%d): the learning rate never "
-                    "leaves its warm-up", cfg.train.max_steps, cfg.train.warmup_steps)  # fmt: skip
+        log.warning(
+            "train.max_steps (%d) <= train.warmup_steps (%d): the learning rate never "
+            "leaves its warm-up",
+            cfg.train.max_steps,
+            cfg.train.warmup_steps,
+        )
     block_size = meta["model"]["block_size"] if meta else cfg.model.block_size
     task = task_class(cfg.task)(cfg.data, block_size)
     if resume_from is not None and meta["task"] != task.name:
-        raise CheckpointError(f"{resume_from} was trained for task {meta['task']!r}, "
-                              f"not {task.name!r}")  # fmt: skip
+        raise CheckpointError(
+            f"{resume_from} was trained for task {meta['task']!r}, not {task.name!r}"
+        )
     if meta is not None:
         check_state_size(task, meta, start)
     splits = task.load()
-    model, tokenizer, started_from = starting_model(cfg, task, splits, resume_from, init_from,
-                                                    meta)  # fmt: skip
+    model, tokenizer, started_from = starting_model(cfg, task, splits, resume_from, init_from, meta)
     vocab_before = tokenizer.vocab_size
     tokenizer.add_special_tokens(task.special_tokens())
     model.resize_vocab(tokenizer.vocab_size)
@@ -177,8 +197,11 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         task=task.name,
         token_bytes=token_bytes if any(token_bytes) else None,  # no bits per byte for events
         lm_weight=task.lm_weight if cfg.lm_weight is None else cfg.lm_weight,
-        meta={"task_options": task.options(), "init_from": started_from,
-              "run_config": jsonable(replace(cfg, model=model.config))},  # fmt: skip
+        meta={
+            "task_options": task.options(),
+            "init_from": started_from,
+            "run_config": jsonable(replace(cfg, model=model.config)),
+        },
         model=model,
     )
     for path in previous:  # --overwrite: removed only now that everything else is ready
@@ -189,10 +212,17 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
     finally:
         finish_loggers(trainer)
-    draws = (trainer.global_step * cfg.train.batch_size
-             * cfg.train.accumulate_grad_batches * trainer.world_size)  # fmt: skip
-    epoch_size = (len(training_data.train) if isinstance(training_data, Examples)
-                  else datamodule.draws_per_epoch)  # fmt: skip
+    draws = (
+        trainer.global_step
+        * cfg.train.batch_size
+        * cfg.train.accumulate_grad_batches
+        * trainer.world_size
+    )
+    epoch_size = (
+        len(training_data.train)
+        if isinstance(training_data, Examples)
+        else datamodule.draws_per_epoch
+    )
     report.update(
         epochs=draws / epoch_size,
         wall_seconds=time.perf_counter() - started,
@@ -208,9 +238,14 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     return report
 
 
-def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
-                   init_from: Path | None, meta: dict[str, Any] | None
-                   ) -> tuple[GPT, Tokenizer, str]:  # fmt: skip
+def starting_model(
+    cfg: RunConfig,
+    task: Task,
+    splits,
+    resume_from: Path | None,
+    init_from: Path | None,
+    meta: dict[str, Any] | None,
+) -> tuple[GPT, Tokenizer, str]:
     """The model and tokenizer training starts from, and where they came from: a run to
     resume (Lightning restores its weights), a checkpoint, or new ones. `meta` is the
     config.json of the checkpoint to resume or start from."""
@@ -218,12 +253,16 @@ def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
         model_config = ModelConfig.from_dict(meta["model"])
         ckpt.check_weights_fit(model_config, resume_from)
         log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
-        return (GPT(model_config), load_tokenizer(resume_from),
-                meta.get("init_from", str(resume_from)))  # fmt: skip
+        return (
+            GPT(model_config),
+            load_tokenizer(resume_from),
+            meta.get("init_from", str(resume_from)),
+        )
     if init_from is not None:
         loaded = ckpt.load(init_from)
-        log.info("starting from %s (task %s, step %s)", loaded.path, loaded.task,
-                 loaded.meta.get("step"))  # fmt: skip
+        log.info(
+            "starting from %s (task %s, step %s)", loaded.path, loaded.task, loaded.meta.get("step")
+        )
         return loaded.model.train(), loaded.tokenizer, str(loaded.path)
     if cfg.tokenizer.path:
         tokenizer = load_tokenizer(cfg.tokenizer.path)
@@ -231,10 +270,13 @@ def starting_model(cfg: RunConfig, task: Task, splits, resume_from: Path | None,
         tokenizer = task.build_tokenizer(splits, cfg.tokenizer)
     state_size = size_of(task.token_state())
     if cfg.model.state_logits and not state_size:
-        raise ConfigError(f"model.state_logits: the {task.name} task as configured computes no "
-                          "token state for it to read (set model.state_logits false)")  # fmt: skip
-    model_config = ModelConfig(**{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size,
-                                  "state_size": state_size})  # fmt: skip
+        raise ConfigError(
+            f"model.state_logits: the {task.name} task as configured computes no "
+            "token state for it to read (set model.state_logits false)"
+        )
+    model_config = ModelConfig(
+        **{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size, "state_size": state_size}
+    )
     return GPT(model_config), tokenizer, FROM_SCRATCH
 
 
@@ -243,26 +285,47 @@ def check_state_size(task: Task, meta: dict[str, Any], start: Path) -> None:
     stored, computed = meta["model"].get("state_size", 0), size_of(task.token_state())
     if stored != computed:
         trained = {**task.option_defaults, **meta.get("task_options", {})}
-        raise ConfigError(f"{start}: its model reads a token state of size {stored}, the "
-                          f"{task.name} task as configured computes one of size {computed}; "
-                          f"set the task's data options as the checkpoint was trained "
-                          f"({trained})")  # fmt: skip
+        raise ConfigError(
+            f"{start}: its model reads a token state of size {stored}, the "
+            f"{task.name} task as configured computes one of size {computed}; "
+            f"set the task's data options as the checkpoint was trained "
+            f"({trained})"
+        )
 
 
-def build_datamodule(data: Examples | Windows, cfg: RunConfig, pad_id: int
-                     ) -> pl.LightningDataModule:  # fmt: skip
+def build_datamodule(
+    data: Examples | Windows, cfg: RunConfig, pad_id: int
+) -> pl.LightningDataModule:
     """Batches of the task's training data: examples of similar length, or drawn windows."""
     if isinstance(data, Examples):
-        return ExampleDataModule(data.train, data.val, cfg.train.batch_size, pad_id, cfg.seed,
-                                 data.num_workers, val_batches=cfg.train.val_batches)  # fmt: skip
+        return ExampleDataModule(
+            data.train,
+            data.val,
+            cfg.train.batch_size,
+            pad_id,
+            cfg.seed,
+            data.num_workers,
+            val_batches=cfg.train.val_batches,
+        )
     if isinstance(data, Windows):
-        return WindowDataModule(data.train, data.val, cfg.train.batch_size, data.num_workers,
-                                cfg.seed, cfg.train.val_batches)  # fmt: skip
+        return WindowDataModule(
+            data.train,
+            data.val,
+            cfg.train.batch_size,
+            data.num_workers,
+            cfg.seed,
+            cfg.train.val_batches,
+        )
     raise TypeError(f"training_data must return Examples or Windows, not {type(data).__name__}")
 
 
-def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.LightningDataModule,
-                     out_dir: Path, resume_from: Path | None) -> dict[str, Any]:  # fmt: skip
+def fit_and_validate(
+    trainer: pl.Trainer,
+    module: LMModule,
+    datamodule: pl.LightningDataModule,
+    out_dir: Path,
+    resume_from: Path | None,
+) -> dict[str, Any]:
     """Fit (resuming when asked), save `out_dir/final`, validate: the report fields that every
     training workflow shares."""
     fit_started = time.perf_counter()
@@ -281,18 +344,26 @@ def fit_and_validate(trainer: pl.Trainer, module: LMModule, datamodule: pl.Light
     trainer.save_checkpoint(out_dir / "final", weights_only=False)
     train_loss = trainer.callback_metrics.get("train_loss")  # validate() resets the metrics
     metrics = trainer.validate(module, datamodule, verbose=False)[0]
-    report = {"val_loss": metrics["val_loss"],
-              "train_loss": float(train_loss) if train_loss is not None else math.nan}  # fmt: skip
+    report = {
+        "val_loss": metrics["val_loss"],
+        "train_loss": float(train_loss) if train_loss is not None else math.nan,
+    }
     if "val_bpb" in metrics:
         report["val_bpb"] = metrics["val_bpb"]
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val_loss"), None)
     if best is not None and not best.best_model_path:
-        log.warning("train.keep_best: no validation ran during training (val_every_n_steps > "
-                    "steps), so there is no %s/%s", out_dir, BEST)  # fmt: skip
+        log.warning(
+            "train.keep_best: no validation ran during training (val_every_n_steps > "
+            "steps), so there is no %s/%s",
+            out_dir,
+            BEST,
+        )
     elif best is not None:
-        report.update(best_val_loss=float(best.best_model_score),
-                      best_step=ckpt.read_meta(out_dir / BEST).get("step"),
-                      best_checkpoint=str(out_dir / BEST))  # fmt: skip
+        report.update(
+            best_val_loss=float(best.best_model_score),
+            best_step=ckpt.read_meta(out_dir / BEST).get("step"),
+            best_checkpoint=str(out_dir / BEST),
+        )
     return {
         **report,
         "train_tokens": module.train_tokens,

@@ -29,12 +29,15 @@ class TokenizerTrainConfig:
 
 def run(cfg: TokenizerTrainConfig) -> Tokenizer:
     if (Path(cfg.out) / CONFIG_FILE).is_file():
-        raise ConfigError(f"{cfg.out} is a checkpoint: a new tokenizer there would not match "
-                          "its model; write it to another --out")  # fmt: skip
+        raise ConfigError(
+            f"{cfg.out} is a checkpoint: a new tokenizer there would not match "
+            "its model; write it to another --out"
+        )
     task = task_class(cfg.task)(cfg.data)
     if isinstance(task, SamplesText):  # a bounded sample, streamed: never the whole corpus
-        tokenizer = SentencePieceTokenizer.train(task.tokenizer_sample(cfg.tokenizer.max_sentences),
-                                                 cfg.tokenizer)  # fmt: skip
+        tokenizer = SentencePieceTokenizer.train(
+            task.tokenizer_sample(cfg.tokenizer.max_sentences), cfg.tokenizer
+        )
         tokenizer.save(Path(cfg.out))
         return tokenizer
     # the training split only: a task of examples need not name validation data for this

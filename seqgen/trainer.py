@@ -82,9 +82,11 @@ def resolve_precision(cfg: TrainConfig, model: torch.nn.Module | None = None) ->
             return "bf16-mixed"  # processes timing apart might choose apart
         return faster_precision(cfg, model)
     if cfg.precision == "bf16-mixed" and on_cpu and not fast_bf16:
-        log.warning("train.precision bf16-mixed: this CPU has no bf16 hardware (AMX or "
-                    "AVX512-BF16), so training runs many times slower than 32-true; "
-                    "train.precision auto picks the faster one")  # fmt: skip
+        log.warning(
+            "train.precision bf16-mixed: this CPU has no bf16 hardware (AMX or "
+            "AVX512-BF16), so training runs many times slower than 32-true; "
+            "train.precision auto picks the faster one"
+        )
     return cfg.precision
 
 
@@ -98,14 +100,21 @@ def faster_precision(cfg: TrainConfig, model: torch.nn.Module) -> str:
     seconds = training_step_seconds(model, cfg.batch_size, model.config.block_size)
     fp32, bf16 = seconds["32-true"], seconds["bf16-mixed"]
     chosen = "bf16-mixed" if fp32 >= BF16_MIN_SPEEDUP * bf16 else "32-true"
-    log.info("train.precision auto: %s (a training step in bf16 autocast takes %.3g s, in "
-             "fp32 %.3g s: %.2fx; timed in %.1f s)", chosen, bf16, fp32, fp32 / bf16,
-             time.perf_counter() - started)  # fmt: skip
+    log.info(
+        "train.precision auto: %s (a training step in bf16 autocast takes %.3g s, in "
+        "fp32 %.3g s: %.2fx; timed in %.1f s)",
+        chosen,
+        bf16,
+        fp32,
+        fp32 / bf16,
+        time.perf_counter() - started,
+    )
     return chosen
 
 
-def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
-                  model: torch.nn.Module | None = None) -> pl.Trainer:  # fmt: skip
+def build_trainer(
+    cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer, model: torch.nn.Module | None = None
+) -> pl.Trainer:
     """The Lightning Trainer for any task: seqgen checkpoints, CSV logs, the configured budget.
 
     Pass the model to train so that `precision: auto` can time it. The data modules shard
@@ -128,9 +137,15 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, tokenizer: Tokenizer,
     checkpoints.FILE_EXTENSION = ""  # a checkpoint is a directory
     callbacks = [checkpoints]
     if cfg.keep_best:
-        best = ModelCheckpoint(dirpath=out_dir, filename=BEST, monitor="val_loss", mode="min",
-                               save_top_k=1, save_on_train_epoch_end=False,
-                               enable_version_counter=False)  # fmt: skip
+        best = ModelCheckpoint(
+            dirpath=out_dir,
+            filename=BEST,
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
+            save_on_train_epoch_end=False,
+            enable_version_counter=False,
+        )
         best.FILE_EXTENSION = ""
         callbacks.append(best)
     live_bar = cfg.progress_bar and sys.stderr.isatty()
@@ -172,15 +187,23 @@ def build_loggers(names: list[str], out_dir: Path) -> list[Logger]:
             elif name == "tensorboard":
                 from pytorch_lightning.loggers import TensorBoardLogger
 
-                loggers.append(TensorBoardLogger(out_dir, name="logs", version="tensorboard",
-                                                 default_hp_metric=False))  # fmt: skip
+                loggers.append(
+                    TensorBoardLogger(
+                        out_dir, name="logs", version="tensorboard", default_hp_metric=False
+                    )
+                )
             else:
                 from pytorch_lightning.loggers import WandbLogger
 
-                loggers.append(WandbLogger(project="seqgen", name=out_dir.name,
-                                           save_dir=str(out_dir / "logs"), resume="allow",
-                                           id=hashlib.sha1(str(out_dir.resolve()).encode())
-                                           .hexdigest()[:16]))  # fmt: skip
+                loggers.append(
+                    WandbLogger(
+                        project="seqgen",
+                        name=out_dir.name,
+                        save_dir=str(out_dir / "logs"),
+                        resume="allow",
+                        id=hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16],
+                    )
+                )
         except ModuleNotFoundError as err:  # the package is named as the logger
             raise ConfigError(f"train.logger {name}: `pip install {name}` first ({err})") from None
     return loggers
@@ -208,8 +231,14 @@ class ProgressLines(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started, self.last, self.first_step = time.monotonic(), 0.0, trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         now = time.monotonic()
         first = self.last == 0.0 and trainer.global_step > self.first_step
         if first or (self.last and now - self.last >= self.every_seconds):
@@ -219,8 +248,11 @@ class ProgressLines(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        shown = [f"{key} {float(trainer.callback_metrics[key]):.4f}"
-                 for key in ("val_loss", "val_bpb") if key in trainer.callback_metrics]  # fmt: skip
+        shown = [
+            f"{key} {float(trainer.callback_metrics[key]):.4f}"
+            for key in ("val_loss", "val_bpb")
+            if key in trainer.callback_metrics
+        ]
         log.info("step %s  %s", f"{trainer.global_step:,}", "  ".join(shown))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -66,8 +66,11 @@ def text_ckpt(tmp_path_factory, sp_tokenizer):
     from seqgen.model import GPT
 
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=64, n_layer=2,
-                            n_head=2, n_embd=32))  # fmt: skip
+    model = GPT(
+        ModelConfig(
+            vocab_size=sp_tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32
+        )
+    )
     with torch.no_grad():
         model.transformer.wte.weight.mul_(20)
     path = tmp_path_factory.mktemp("ck") / "text"

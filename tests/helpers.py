@@ -32,10 +32,22 @@ TINY_MODEL = {
 
 # A toy language pair: word-for-word translation through a fixed dictionary.
 LEXICON = {
-    "the": "der", "king": "koenig", "queen": "koenigin", "rides": "reitet", "walks": "geht",
-    "sings": "singt", "old": "alte", "young": "junge", "brave": "tapfere", "quiet": "stille",
-    "castle": "burg", "river": "fluss", "garden": "garten", "to": "zum", "friend": "freund",
-}  # fmt: skip
+    "the": "der",
+    "king": "koenig",
+    "queen": "koenigin",
+    "rides": "reitet",
+    "walks": "geht",
+    "sings": "singt",
+    "old": "alte",
+    "young": "junge",
+    "brave": "tapfere",
+    "quiet": "stille",
+    "castle": "burg",
+    "river": "fluss",
+    "garden": "garten",
+    "to": "zum",
+    "friend": "freund",
+}
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:

@@ -30,10 +30,12 @@ def reverse_package(tmp_path, monkeypatch):
     info = tmp_path / "reverse_task-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: reverse-task\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in names.items())
-        for group, names in entry_points.items()
-    ))  # fmt: skip
+    (info / "entry_points.txt").write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in names.items())
+            for group, names in entry_points.items()
+        )
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     sys.modules.pop("reverse_task", None)
@@ -51,14 +53,48 @@ def test_the_readme_task_trains_generates_and_evaluates(reverse_package, tmp_pat
     write_lines(train, 2000, 0), write_lines(val, 40, 1)
     lines = write_lines(test, 40, 2)
     run, report = tmp_path / "run", tmp_path / "train.json"
-    assert main(["finetune", "--task", "reverse", "--init_from", "none",
-                 "--data.train", str(train), "--data.val", str(val), "--out_dir", str(run),
-                 "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "64",
-                 "--model.block_size", "32", "--tokenizer.vocab_size", "400",
-                 "--train.batch_size", "32", "--train.learning_rate", "3e-3",
-                 "--train.warmup_steps", "20", "--train.max_steps", "300",
-                 "--train.val_every_n_steps", "1000", "--train.progress_bar", "false",
-                 "--report", str(report)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "reverse",
+                "--init_from",
+                "none",
+                "--data.train",
+                str(train),
+                "--data.val",
+                str(val),
+                "--out_dir",
+                str(run),
+                "--model.n_layer",
+                "2",
+                "--model.n_head",
+                "2",
+                "--model.n_embd",
+                "64",
+                "--model.block_size",
+                "32",
+                "--tokenizer.vocab_size",
+                "400",
+                "--train.batch_size",
+                "32",
+                "--train.learning_rate",
+                "3e-3",
+                "--train.warmup_steps",
+                "20",
+                "--train.max_steps",
+                "300",
+                "--train.val_every_n_steps",
+                "1000",
+                "--train.progress_bar",
+                "false",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     trained = json.loads(report.read_text())
     assert trained["data_stats"]["train_truncated"] == 0 and trained["val_loss"] < 0.5
     capsys.readouterr()
@@ -67,8 +103,7 @@ def test_the_readme_task_trains_generates_and_evaluates(reverse_package, tmp_pat
     assert capsys.readouterr().out.split() == lines[0].split()[::-1]  # greedy: its default
 
     scores = tmp_path / "scores.json"
-    assert main(["evaluate", "--ckpt", str(run), "--data", str(test),
-                 "--report", str(scores)]) == 0  # fmt: skip
+    assert main(["evaluate", "--ckpt", str(run), "--data", str(test), "--report", str(scores)]) == 0
     result = json.loads(scores.read_text())
     assert result["lines"] == 40 and result["accuracy"] >= 0.9
     assert f"accuracy {result['accuracy']:.3f} on 40 lines" in capsys.readouterr().out

@@ -79,9 +79,12 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path) -> set[str]:
     """Modules of this repository that `path` imports anywhere (not under TYPE_CHECKING)."""
     tree = ast.parse(path.read_text())
-    skipped = {id(node) for stmt in ast.walk(tree) if isinstance(stmt, ast.If)
-               and ast.unparse(stmt.test) == "TYPE_CHECKING"
-               for node in ast.walk(stmt)}  # fmt: skip
+    skipped = {
+        id(node)
+        for stmt in ast.walk(tree)
+        if isinstance(stmt, ast.If) and ast.unparse(stmt.test) == "TYPE_CHECKING"
+        for node in ast.walk(stmt)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -97,8 +100,10 @@ def imports_of(path: Path) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     files = [p for folder in PACKAGES.values() for p in folder.rglob("*.py")]
     modules = {module_name(p): p for p in files}
-    return {name: {m for m in imports_of(path) if m in modules and m != name}
-            for name, path in modules.items()}  # fmt: skip
+    return {
+        name: {m for m in imports_of(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
 
 
 def test_no_import_cycles_and_the_core_never_imports_tasks():
@@ -128,10 +133,13 @@ def test_tasks_install_as_seqgen_tasks_and_no_top_level_tasks(tmp_path):
     folders |= {module_name(p.parent) for p in ROOT.glob("seqgen/**/__init__.py")}
     assert set(config["packages"]) == folders  # every package folder is installed
     assert config["package-dir"] == {"seqgen_tasks": "tasks"}
-    probe = ("import importlib.util, seqgen_tasks; "
-             "print(importlib.util.find_spec('tasks'), seqgen_tasks.__path__[0])")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                         text=True, check=True).stdout.split()  # fmt: skip
+    probe = (
+        "import importlib.util, seqgen_tasks; "
+        "print(importlib.util.find_spec('tasks'), seqgen_tasks.__path__[0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["None", str(ROOT / "tasks")]
     assert set(available_tasks()) >= {"text", "translation", "summarization", "music"}
 
@@ -139,11 +147,13 @@ def test_tasks_install_as_seqgen_tasks_and_no_top_level_tasks(tmp_path):
 def test_inference_does_not_import_lightning(tmp_path):
     """Loading, generating and every task's adapter work without Lightning, whose import
     costs seconds at each `seqgen generate` / `evaluate` / `serve`."""
-    probe = ("import sys, seqgen, seqgen.inference, seqgen.cli, seqgen.sample, seqgen.evaluation; "
-             "from seqgen.tasks import task_class; "
-             "[task_class(name) for name in ('text', 'translation', 'summarization', 'music')]; "
-             "found = sorted(m for m in sys.modules if 'lightning' in m); "
-             "open('modules.txt', 'w').write(repr(found))")  # fmt: skip
+    probe = (
+        "import sys, seqgen, seqgen.inference, seqgen.cli, seqgen.sample, seqgen.evaluation; "
+        "from seqgen.tasks import task_class; "
+        "[task_class(name) for name in ('text', 'translation', 'summarization', 'music')]; "
+        "found = sorted(m for m in sys.modules if 'lightning' in m); "
+        "open('modules.txt', 'w').write(repr(found))"
+    )
     # The result goes to a file: pyfluidsynth, which pretty_midi imports, prints where it found
     # its library on stdout whenever the CI variable is set.
     subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, check=True)
@@ -151,8 +161,12 @@ def test_inference_does_not_import_lightning(tmp_path):
 
 
 def test_version():
-    version = subprocess.run([sys.executable, "-m", "seqgen.cli", "--version"], check=True,
-                             capture_output=True, text=True).stdout  # fmt: skip
+    version = subprocess.run(
+        [sys.executable, "-m", "seqgen.cli", "--version"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert version.strip() == f"seqgen {seqgen.__version__}"
 
 

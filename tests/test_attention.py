@@ -16,8 +16,24 @@ FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v1"
 
 def test_one_layer_one_head_and_a_grid(tmp_path, capsys):
     one = tmp_path / "one.png"
-    assert main(["attention", "--ckpt", str(FIXTURES / "text"), "--prompt", "the king",
-                 "--layer", "0", "--head", "1", "--out", str(one)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "attention",
+                "--ckpt",
+                str(FIXTURES / "text"),
+                "--prompt",
+                "the king",
+                "--layer",
+                "0",
+                "--head",
+                "1",
+                "--out",
+                str(one),
+            ]
+        )
+        == 0
+    )
     assert f"wrote {one} (layer 0, head 1)" in capsys.readouterr().out
     config = AttentionConfig(ckpt=str(FIXTURES / "text"), prompt="the king", out=str(one))
     assert draw(config) == [(0, 0), (0, 1)]  # the fixture has 1 layer of 2 heads
@@ -28,8 +44,12 @@ def test_one_layer_one_head_and_a_grid(tmp_path, capsys):
 
 
 def test_translation_draws_source_and_target(tmp_path):
-    config = AttentionConfig(ckpt=str(FIXTURES / "translation"), prompt="a man",
-                             out=str(tmp_path / "t.png"), max_new_tokens=5)  # fmt: skip
+    config = AttentionConfig(
+        ckpt=str(FIXTURES / "translation"),
+        prompt="a man",
+        out=str(tmp_path / "t.png"),
+        max_new_tokens=5,
+    )
     generator = load(config.ckpt, pack=False)
     ids = sequence(config, generator)
     prompt = generator.prompt_ids("a man")
@@ -50,8 +70,13 @@ def test_music_events_are_named_readably(tmp_path):
     assert any(label.startswith("ON ") for label in labels)
     assert any(label.startswith("SHIFT ") and label.endswith("ms") for label in labels)
     assert generator.task.token_label(60, generator.tokenizer) == "ON C4"
-    config = AttentionConfig(ckpt=str(FIXTURES / "music"), prompt=str(song),
-                             out=str(tmp_path / "m.png"), head=0, max_tokens=12)  # fmt: skip
+    config = AttentionConfig(
+        ckpt=str(FIXTURES / "music"),
+        prompt=str(song),
+        out=str(tmp_path / "m.png"),
+        head=0,
+        max_tokens=12,
+    )
     assert draw(config) == [(0, 0)]
 
 

@@ -15,10 +15,17 @@ from benchmarks import serve as serve_benchmark
 from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
 
-TINY = {"model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0},
-        "tokenizer": {"vocab_size": 400}}  # fmt: skip
-TINY_TRAIN = {"batch_size": 4, "warmup_steps": 2, "precision": "32-true",
-              "val_every_n_steps": 1000, "checkpoint_every_n_steps": 1000}  # fmt: skip
+TINY = {
+    "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0},
+    "tokenizer": {"vocab_size": 400},
+}
+TINY_TRAIN = {
+    "batch_size": 4,
+    "warmup_steps": 2,
+    "precision": "32-true",
+    "val_every_n_steps": 1000,
+    "checkpoint_every_n_steps": 1000,
+}
 
 
 def shrunk(recipe: str, tmp_path, **changes) -> str:
@@ -42,13 +49,38 @@ def report_of(path):
 def test_lm_shakespeare(tmp_path, corpus_file, capsys):
     out = tmp_path / "lm.json"
     anchor = nanogpt.ANCHOR.is_dir()  # ../shared beside the repository (CI has it)
-    beside = ["--nanogpt_eval_iters", "2", "--skip", "raw_step"] if anchor else [
-        "--skip", "nanogpt", "--skip", "raw_step"]  # fmt: skip
-    assert lm_shakespeare.main(["--data", str(corpus_file), "--budget_seconds", "2", "--report",
-                                str(out), *beside, "--", "--model.n_layer", "1",
-                                "--model.n_head", "2", "--model.n_embd", "32",
-                                "--model.block_size", "32", "--tokenizer.vocab_size", "400",
-                                "--train.batch_size", "4"]) == 0  # fmt: skip
+    beside = (
+        ["--nanogpt_eval_iters", "2", "--skip", "raw_step"]
+        if anchor
+        else ["--skip", "nanogpt", "--skip", "raw_step"]
+    )
+    assert (
+        lm_shakespeare.main(
+            [
+                "--data",
+                str(corpus_file),
+                "--budget_seconds",
+                "2",
+                "--report",
+                str(out),
+                *beside,
+                "--",
+                "--model.n_layer",
+                "1",
+                "--model.n_head",
+                "2",
+                "--model.n_embd",
+                "32",
+                "--model.block_size",
+                "32",
+                "--tokenizer.vocab_size",
+                "400",
+                "--train.batch_size",
+                "4",
+            ]
+        )
+        == 0
+    )
     report = report_of(out)
     assert 0 < report["val_bpb"] < 10 and report["steps"] > 0
     assert report["model"]["n_layer"] == 1 and report["dropout"] == 0.0  # under 5 min: none
@@ -58,15 +90,17 @@ def test_lm_shakespeare(tmp_path, corpus_file, capsys):
         assert 0 < report["nanogpt_val_bpb"] == theirs["val_bpb"] < 10 and theirs["iters"] >= 2
         assert 0.5 < theirs["train_seconds"] < 8 and report["nanogpt_tokens_per_second"] > 0
         assert report["bpb_margin_vs_nanogpt"] == pytest.approx(
-            report["nanogpt_val_bpb"] - report["val_bpb"])
+            report["nanogpt_val_bpb"] - report["val_bpb"]
+        )
 
 
 @pytest.mark.skipif(not nanogpt.ANCHOR.is_dir(), reason="needs ../shared/anchors/nanoGPT")
 def test_raw_steps_of_seqgen_and_nanogpt_at_one_shape(tmp_path):
     copy = nanogpt.prepare(nanogpt.ANCHOR, Path(__file__).parent / "conftest.py", tmp_path)
     assert (copy / "data" / "shakespeare_char" / "train.bin").stat().st_size > 0
-    shape = nanogpt.Shape(n_layer=1, n_head=2, n_embd=32, vocab_size=64, batch_size=2,
-                          block_size=16)  # fmt: skip
+    shape = nanogpt.Shape(
+        n_layer=1, n_head=2, n_embd=32, vocab_size=64, batch_size=2, block_size=16
+    )
     timed = nanogpt.raw_steps(nanogpt.load_model_module(copy), shape, "fp32", steps=2, warmup=1)
     assert timed["seqgen_seconds"] > 0 and timed["nanogpt_seconds"] > 0
     assert timed["ratio"] == pytest.approx(timed["nanogpt_seconds"] / timed["seqgen_seconds"])
@@ -76,14 +110,34 @@ def test_raw_steps_of_seqgen_and_nanogpt_at_one_shape(tmp_path):
 def test_translation_multi30k(tmp_path, capsys):
     data = tmp_path / "multi30k"
     pairs = make_pairs(240)
-    for split, chosen in (("train", pairs[:200]), ("val", pairs[200:220]),
-                          ("test_2016_flickr", pairs[220:])):  # fmt: skip
+    for split, chosen in (
+        ("train", pairs[:200]),
+        ("val", pairs[200:220]),
+        ("test_2016_flickr", pairs[220:]),
+    ):
         write_parallel(data, split, chosen)
     recipe = shrunk("translation/multi30k.yaml", tmp_path)
     out = tmp_path / "mt.json"
-    assert translation.main(["--data", str(data), "--budget_seconds", "4", "--config", recipe,
-                             "--num_beams", "2", "--compare_scratch", "--report", str(out),
-                             "--out", str(tmp_path / "runs")]) == 0  # fmt: skip
+    assert (
+        translation.main(
+            [
+                "--data",
+                str(data),
+                "--budget_seconds",
+                "4",
+                "--config",
+                recipe,
+                "--num_beams",
+                "2",
+                "--compare_scratch",
+                "--report",
+                str(out),
+                "--out",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     report = report_of(out)
     assert 0 <= report["bleu"] <= 100 and 0 <= report["bleu_scratch"] <= 100
     assert report["bleu_ci"][0] <= report["bleu"] <= report["bleu_ci"][1]
@@ -95,9 +149,15 @@ def test_translation_multi30k(tmp_path, capsys):
 
 def articles(n: int, seed: int):
     words = make_corpus(n * 12, seed).split()
-    return [{"id": f"a{i}", "title": " ".join(words[i * 40 : i * 40 + 2]),
-             "lead": " ".join(words[i * 40 + 2 : i * 40 + 14]),
-             "body": " ".join(words[i * 40 + 14 : i * 40 + 40])} for i in range(n)]  # fmt: skip
+    return [
+        {
+            "id": f"a{i}",
+            "title": " ".join(words[i * 40 : i * 40 + 2]),
+            "lead": " ".join(words[i * 40 + 2 : i * 40 + 14]),
+            "body": " ".join(words[i * 40 + 14 : i * 40 + 40]),
+        }
+        for i in range(n)
+    ]
 
 
 def test_summarization_wikisum(tmp_path, capsys):
@@ -106,15 +166,43 @@ def test_summarization_wikisum(tmp_path, capsys):
     for split, rows in (("train", articles(12, 0)), ("valid", articles(3, 1))):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pretrain = shrunk("summarization/wikitext_pretrain.yaml", tmp_path)
-    finetune = shrunk("summarization/wikisum.yaml", tmp_path, data={"max_summary_tokens": 16},
-                      train={**TINY_TRAIN, "max_steps": 3})  # fmt: skip
+    finetune = shrunk(
+        "summarization/wikisum.yaml",
+        tmp_path,
+        data={"max_summary_tokens": 16},
+        train={**TINY_TRAIN, "max_steps": 3},
+    )
     out = tmp_path / "sum.json"
-    common = ["--data", str(data), "--dev_articles", "2", "--mbr_samples", "2",
-              "--min_new_tokens", "2", "--batch_size", "4"]  # fmt: skip
-    assert summarization_wikisum.main([
-        *common, "--budget_seconds", "4", "--pretrain_config", pretrain, "--config", finetune,
-        "--report", str(out), "--out", str(tmp_path / "runs"),
-    ]) == 0  # fmt: skip
+    common = [
+        "--data",
+        str(data),
+        "--dev_articles",
+        "2",
+        "--mbr_samples",
+        "2",
+        "--min_new_tokens",
+        "2",
+        "--batch_size",
+        "4",
+    ]
+    assert (
+        summarization_wikisum.main(
+            [
+                *common,
+                "--budget_seconds",
+                "4",
+                "--pretrain_config",
+                pretrain,
+                "--config",
+                finetune,
+                "--report",
+                str(out),
+                "--out",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     report = report_of(out)
     for system in ("pretrained", "scratch", "baseline"):
         assert 0 <= report[system]["rougeLsum"]["mid"] <= 100
@@ -123,11 +211,28 @@ def test_summarization_wikisum(tmp_path, capsys):
     assert "rougeLsum" in report["pretrained_minus_scratch"]
     # a kept run scored again with other decoding, without training
     again = tmp_path / "again.json"
-    assert summarization_wikisum.main([
-        *common[:2], "--rescore", str(tmp_path / "runs"), "--out", str(tmp_path / "beam"),
-        "--mbr_samples", "1", "--temperature", "0", "--num_beams", "2", "--min_new_tokens", "2",
-        "--report", str(again),
-    ]) == 0  # fmt: skip
+    assert (
+        summarization_wikisum.main(
+            [
+                *common[:2],
+                "--rescore",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "beam"),
+                "--mbr_samples",
+                "1",
+                "--temperature",
+                "0",
+                "--num_beams",
+                "2",
+                "--min_new_tokens",
+                "2",
+                "--report",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert report_of(again)["rescored"] == str(tmp_path / "runs")
     assert "| pretrained - scratch (paired) |" in capsys.readouterr().out
 
@@ -138,10 +243,35 @@ def test_music(tmp_path, capsys):
         write_song(songs / f"{i:02d}.mid", shift=i)
     recipe = shrunk("music/pop909.yaml", tmp_path, data={"num_proc": 1})
     out = tmp_path / "music.json"
-    assert music.main(["--data", str(songs), "--encode_files", "4", "--length", "32",
-                       "--width", "16", "--heads", "2", "--dtype", "float32",
-                       "--budget_seconds", "1.5", "--config", recipe, "--prompt_seconds", "3",
-                       "--continue_seconds", "4", "--report", str(out)]) == 0  # fmt: skip
+    assert (
+        music.main(
+            [
+                "--data",
+                str(songs),
+                "--encode_files",
+                "4",
+                "--length",
+                "32",
+                "--width",
+                "16",
+                "--heads",
+                "2",
+                "--dtype",
+                "float32",
+                "--budget_seconds",
+                "1.5",
+                "--config",
+                recipe,
+                "--prompt_seconds",
+                "3",
+                "--continue_seconds",
+                "4",
+                "--report",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = report_of(out)
     assert report["encode_speedup_vs_naive"] > 0
     assert report["memory"]["skewing"]["peak_bytes"] > 0
@@ -150,8 +280,15 @@ def test_music(tmp_path, capsys):
     assert report["relative_step_time_ratio"] == steps["relative"] / steps["learned"] > 0
     found = report["continuation"]  # the held-out song (the last of 4), continued
     assert found["performances"] == 1 and 0 <= found["overlap"]["mean"] <= 1
-    assert set(found["overlap"]) == {"pitch_class", "velocity", "note_density", "ioi",
-                                     "duration", "polyphony", "mean"}  # fmt: skip
+    assert set(found["overlap"]) == {
+        "pitch_class",
+        "velocity",
+        "note_density",
+        "ioi",
+        "duration",
+        "polyphony",
+        "mean",
+    }
     assert 0 <= found["long_notes_fraction"] <= 1
     assert report["reference"]["long_notes_fraction"] == 0  # the song's notes last < 2 s
     assert report["nll_per_event_without_note_state"] > 0
@@ -166,8 +303,11 @@ def test_music(tmp_path, capsys):
 
 def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
     recipe = str(music.RECIPES / "music" / "asap.yaml")  # its data.val is a relative path
-    parser_args = argparse.Namespace(config=recipe, data="train/", overrides=[
-        "--data.val", "held/out", "--data.max_transpose=2", "--train.batch_size", "3"])  # fmt: skip
+    parser_args = argparse.Namespace(
+        config=recipe,
+        data="train/",
+        overrides=["--data.val", "held/out", "--data.max_transpose=2", "--train.batch_size", "3"],
+    )
     data = music.held_out_data(parser_args, tmp_path)
     assert data["val"] == "held/out" and data["max_transpose"] == 2 and data["train"] == "train/"
     assert data["cache_dir"] == str(tmp_path / "cache") and "batch_size" not in data
@@ -175,12 +315,41 @@ def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
 
 def test_generate(tmp_path, capsys):
     out = tmp_path / "generate.json"
-    assert generate.main(["--model", "tiny", "--prompt_tokens", "4", "--new_tokens", "4",
-                          "--no_cache_tokens", "4", "--no_cache_samples", "2", "--repeats", "1",
-                          "--batch", "2", "--beam_prompts", "6", "--beam_new_tokens", "4",
-                          "--mbr_prompts", "3", "--mbr_prompt_tokens", "8",
-                          "--mbr_new_tokens", "12", "--many_prompts", "5",
-                          "--report", str(out)]) == 0  # fmt: skip
+    assert (
+        generate.main(
+            [
+                "--model",
+                "tiny",
+                "--prompt_tokens",
+                "4",
+                "--new_tokens",
+                "4",
+                "--no_cache_tokens",
+                "4",
+                "--no_cache_samples",
+                "2",
+                "--repeats",
+                "1",
+                "--batch",
+                "2",
+                "--beam_prompts",
+                "6",
+                "--beam_new_tokens",
+                "4",
+                "--mbr_prompts",
+                "3",
+                "--mbr_prompt_tokens",
+                "8",
+                "--mbr_new_tokens",
+                "12",
+                "--many_prompts",
+                "5",
+                "--report",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = report_of(out)
     assert report["tokens_per_second"] > 0 and report["bandwidth_fraction"] > 0
     assert report["bandwidth_fraction_bf16"] > 0 and report["continuous_batching_speedup"] > 0
@@ -199,9 +368,25 @@ def test_serve(tmp_path, capsys):
     pytest.importorskip("fastapi", reason="seqgen serve needs pip install 'seqgen[serve]'")
     out = tmp_path / "serve.json"
     ckpt = str(Path(__file__).parent / "fixtures" / "checkpoints_v1" / "text")
-    assert serve_benchmark.main(["--ckpt", ckpt, "--clients", "4", "--requests", "12",
-                                 "--batch_size", "4", "--previous", "none", "--report",
-                                 str(out)]) == 0  # fmt: skip
+    assert (
+        serve_benchmark.main(
+            [
+                "--ckpt",
+                ckpt,
+                "--clients",
+                "4",
+                "--requests",
+                "12",
+                "--batch_size",
+                "4",
+                "--previous",
+                "none",
+                "--report",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = report_of(out)
     assert report["errors"] == 0 and report["continuous_vs_static"] > 0
     assert report["checked_outputs"] == 12  # greedy or seeded: equal to one at a time
@@ -218,17 +403,49 @@ def test_data_prepare(tmp_path, capsys):
     for i in range(3):
         (data / f"text{i}.txt").write_text(make_corpus(400, seed=i))
     out = tmp_path / "prepare.json"
-    tiny = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2",
-            "--model.block_size", "32", "--train.batch_size", "4"]  # fmt: skip
-    argv = ["--data", str(data), "--size_mb", "0.4", "--num_proc", "2", "--train_steps", "3",
-            "--vocab_size", "400", "--work_dir", str(tmp_path / "work"), "--report", str(out)]
+    tiny = [
+        "--model.n_layer",
+        "1",
+        "--model.n_embd",
+        "32",
+        "--model.n_head",
+        "2",
+        "--model.block_size",
+        "32",
+        "--train.batch_size",
+        "4",
+    ]
+    argv = [
+        "--data",
+        str(data),
+        "--size_mb",
+        "0.4",
+        "--num_proc",
+        "2",
+        "--train_steps",
+        "3",
+        "--vocab_size",
+        "400",
+        "--work_dir",
+        str(tmp_path / "work"),
+        "--report",
+        str(out),
+    ]
     assert data_prepare.main([*argv, "--", *tiny]) == 0
     report = report_of(out)
-    for key in ("tokens_per_second_one_process", "tokens_per_second", "bytes_per_second",
-                "parallel_speedup", "encode_ceiling_tokens_per_second", "peak_rss_bytes",
-                "peak_rss_growth", "seconds_to_first_step_from_shards",
-                "old_path_seconds_to_first_step", "old_path_peak_rss_bytes",
-                "training_speed_ratio"):  # fmt: skip
+    for key in (
+        "tokens_per_second_one_process",
+        "tokens_per_second",
+        "bytes_per_second",
+        "parallel_speedup",
+        "encode_ceiling_tokens_per_second",
+        "peak_rss_bytes",
+        "peak_rss_growth",
+        "seconds_to_first_step_from_shards",
+        "old_path_seconds_to_first_step",
+        "old_path_peak_rss_bytes",
+        "training_speed_ratio",
+    ):
         assert report[key] > 0, key
     assert report["corpus_bytes"] >= 400_000
     assert "parallel_speedup" in capsys.readouterr().out
@@ -244,10 +461,22 @@ def test_shard_storage(tmp_path):
     from seqgen.tokenizer import SentencePieceTokenizer, TokenizerConfig
 
     SentencePieceTokenizer.train([make_corpus()], TokenizerConfig(vocab_size=320)).save(
-        tmp_path / "tok")  # fmt: skip
-    argv = ["--corpus", str(corpus), "--tokenizer", str(tmp_path / "tok"), "--block_size", "16",
-            "--windows", "50", "--work_dir", str(tmp_path / "work"),
-            "--report", str(tmp_path / "storage.json")]  # fmt: skip
+        tmp_path / "tok"
+    )
+    argv = [
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--block_size",
+        "16",
+        "--windows",
+        "50",
+        "--work_dir",
+        str(tmp_path / "work"),
+        "--report",
+        str(tmp_path / "storage.json"),
+    ]
     try:
         import litdata  # noqa: F401
     except ImportError:

@@ -116,8 +116,9 @@ def test_latest_checkpoint_by_step(saved, sp_tokenizer):
     assert ckpt.latest_checkpoint(root).name == "step-20"
 
 
-@pytest.mark.parametrize("change", [{"vocab_size": 10**12}, {"n_layer": 100_000},
-                                    {"n_embd": 2**20, "n_head": 1}])  # fmt: skip
+@pytest.mark.parametrize(
+    "change", [{"vocab_size": 10**12}, {"n_layer": 100_000}, {"n_embd": 2**20, "n_head": 1}]
+)
 def test_a_config_declaring_a_huge_model_fails_before_building_it(saved, change):
     """Compared with the weights file's header on the meta device: no memory is allocated
     (built, any of these would need terabytes)."""
@@ -132,8 +133,7 @@ def test_a_config_declaring_a_huge_model_fails_before_building_it(saved, change)
 
 
 @pytest.mark.parametrize("partial_written", [True, False])
-def test_a_crash_between_the_two_renames_loses_no_checkpoint(saved, sp_tokenizer,
-                                                            partial_written):  # fmt: skip
+def test_a_crash_between_the_two_renames_loses_no_checkpoint(saved, sp_tokenizer, partial_written):
     """atomic_directory renames NAME to NAME.old, then NAME.partial to NAME: a crash between
     the two leaves no NAME. The newest checkpoint is found (and pruning keeps it)."""
     path, model = saved

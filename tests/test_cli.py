@@ -84,8 +84,13 @@ def test_pretrain_resume_generate_info(corpus_file, tmp_path, capsys):
 
     assert main(["info", "--ckpt", str(out)]) == 0
     info = capsys.readouterr().out
-    for line in ("  task            text", "  step            60", "  tokens trained  15,360",
-                 "  tokenizer       sentencepiece, 320 tokens", "  n_layer         1"):  # fmt: skip
+    for line in (
+        "  task            text",
+        "  step            60",
+        "  tokens trained  15,360",
+        "  tokenizer       sentencepiece, 320 tokens",
+        "  n_layer         1",
+    ):
         assert line in info, info
     assert "total" in info
 
@@ -212,12 +217,25 @@ def test_help(argv, capsys):
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v1"
 EVERY_COMMAND = [
-    "pretrain", "finetune --task translation", "finetune --task summarization",
-    "pretrain --task music", "evaluate --task text", "evaluate --task translation",
-    "evaluate --task summarization", "evaluate --task music", "generate",
-    f"generate --ckpt {FIXTURES / 'music'}", "info", "plot", "attention", "export", "import",
-    "data wikisum", "data prepare", "tokenizer train",
-]  # fmt: skip
+    "pretrain",
+    "finetune --task translation",
+    "finetune --task summarization",
+    "pretrain --task music",
+    "evaluate --task text",
+    "evaluate --task translation",
+    "evaluate --task summarization",
+    "evaluate --task music",
+    "generate",
+    f"generate --ckpt {FIXTURES / 'music'}",
+    "info",
+    "plot",
+    "attention",
+    "export",
+    "import",
+    "data wikisum",
+    "data prepare",
+    "tokenizer train",
+]
 
 
 @pytest.mark.parametrize("command", EVERY_COMMAND)
@@ -254,8 +272,23 @@ def test_tokenizer_train_command(corpus_file, tmp_path, capsys):
     )
     assert (tmp_path / "tok" / "tokenizer.model").is_file()
     pairs = write_parallel(tmp_path / "pairs", "train", make_pairs(40))  # any task's training data
-    assert main(["tokenizer", "train", "--task", "translation", "--data.train", str(pairs),
-                 "--tokenizer.vocab_size", "320", "--out", str(tmp_path / "mt_tok")]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--task",
+                "translation",
+                "--data.train",
+                str(pairs),
+                "--tokenizer.vocab_size",
+                "320",
+                "--out",
+                str(tmp_path / "mt_tok"),
+            ]
+        )
+        == 0
+    )
     assert load_tokenizer(tmp_path / "mt_tok").encode("der koenig") != []
     assert main(["info", "--model", "gpt2"]) == 0
     assert "124,439,808" in capsys.readouterr().out
@@ -266,8 +299,9 @@ def test_bf16_mixed_and_gradient_accumulation(corpus_file, tmp_path):
     report = pretrain(corpus_file, tmp_path / "bf16", "--train.max_steps", "4", *extra)
     assert report["steps"] == 4 and report["precision"] == "bf16-mixed"
     assert report["train_tokens"] == 4 * 2 * 8 * 32  # two micro-batches per optimizer step
-    auto = pretrain(corpus_file, tmp_path / "auto", "--train.max_steps", "1",
-                    "--train.precision", "auto")  # fmt: skip
+    auto = pretrain(
+        corpus_file, tmp_path / "auto", "--train.max_steps", "1", "--train.precision", "auto"
+    )
     assert auto["precision"] in (("32-true", "bf16-mixed") if native_bf16() else ("32-true",))
 
 
@@ -286,10 +320,16 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch,
     # with the model to train, a bf16 CPU times it: bf16 only where clearly faster
     model = GPT(ModelConfig.from_preset("tiny"))
     monkeypatch.setattr(trainer_module, "native_bf16", lambda: True)
-    for fp32, bf16, expected in [(1.0, 0.5, "bf16-mixed"), (1.0, 0.95, "32-true"),
-                                 (1.0, 2.0, "32-true")]:  # fmt: skip
-        monkeypatch.setattr(trainer_module, "training_step_seconds",
-                            lambda *a, f=fp32, b=bf16: {"32-true": f, "bf16-mixed": b})
+    for fp32, bf16, expected in [
+        (1.0, 0.5, "bf16-mixed"),
+        (1.0, 0.95, "32-true"),
+        (1.0, 2.0, "32-true"),
+    ]:
+        monkeypatch.setattr(
+            trainer_module,
+            "training_step_seconds",
+            lambda *a, f=fp32, b=bf16: {"32-true": f, "bf16-mixed": b},
+        )
         with caplog.at_level("INFO", logger="seqgen"):
             assert resolve_precision(TrainConfig(precision="auto"), model) == expected
         assert f"train.precision auto: {expected}" in caplog.text
@@ -322,8 +362,9 @@ def random_ckpt(tmp_path, sp_tokenizer):
     import seqgen
 
     torch.manual_seed(0)
-    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=32, n_layer=1,
-                                n_head=2, n_embd=32)  # fmt: skip
+    config = seqgen.ModelConfig(
+        vocab_size=sp_tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32
+    )
     return seqgen.save_model(tmp_path / "ckpt", seqgen.GPT(config), sp_tokenizer, "text")
 
 
@@ -332,8 +373,10 @@ def test_generate_options(random_ckpt, capsys):
     assert main([*base, "--num_samples", "3", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("--- sample")] == [
-        "--- sample 1", "--- sample 2", "--- sample 3"
-    ]  # fmt: skip
+        "--- sample 1",
+        "--- sample 2",
+        "--- sample 3",
+    ]
     assert main([*base, "--num_beams", "3", "--stream", "false"]) == 0
     beam = capsys.readouterr().out
     assert main([*base, "--num_beams", "3"]) == 0
@@ -349,8 +392,19 @@ def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):
     """Lightning strategies pass straight through: two gloo processes, one checkpoint."""
     report = tmp_path / "ddp.json"
     ddp = flags({"train.accelerator": "cpu", "train.devices": 2, "train.strategy": "ddp"})
-    argv = ["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "ddp"),
-            "--report", str(report), *TINY, "--train.max_steps", "4", *ddp]  # fmt: skip
+    argv = [
+        "pretrain",
+        "--data.source",
+        str(corpus_file),
+        "--out_dir",
+        str(tmp_path / "ddp"),
+        "--report",
+        str(report),
+        *TINY,
+        "--train.max_steps",
+        "4",
+        *ddp,
+    ]
     result = run_cli(*argv)
     assert result.returncode == 0, result.stderr[-2000:]
     values = json.loads(report.read_text())
@@ -367,8 +421,10 @@ def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_te
     held_out = tmp_path / "val.txt"
     held_out.write_text("".join(val_docs))
     report = tmp_path / "eval.json"
-    assert main(["evaluate", "--ckpt", str(out), "--data", str(held_out), "--report",
-                 str(report)]) == 0  # fmt: skip
+    assert (
+        main(["evaluate", "--ckpt", str(out), "--data", str(held_out), "--report", str(report)])
+        == 0
+    )
     scores = json.loads(report.read_text())
     assert scores["bits_per_byte"] == pytest.approx(trained["val_bpb"], rel=1e-4)
     assert scores["nll_per_token"] == pytest.approx(trained["val_loss"], rel=1e-4)
@@ -384,15 +440,27 @@ def test_normalize_rewrites_conveniences_and_old_spellings(capsys):
 
     generate = flags_of(GenerateConfig)
     assert normalize(["--stream", "--stop", "a", "--stop=b", "--seed", "1"], generate) == [
-        "--stream=true", "--stop+", "a", "--stop+", "b", "--seed", "1"
-    ]  # fmt: skip
+        "--stream=true",
+        "--stop+",
+        "a",
+        "--stop+",
+        "b",
+        "--seed",
+        "1",
+    ]
     assert normalize(["--stream", "false", "--stop", "[a, b]"], generate) == [
-        "--stream", "false", "--stop", "[a, b]"
-    ]  # fmt: skip
+        "--stream",
+        "false",
+        "--stop",
+        "[a, b]",
+    ]
     assert capsys.readouterr().err == ""  # the grammar's own forms: no warning
     assert normalize(["--max-new-tokens=5", "--beams", "2", "--no-stream"], generate) == [
-        "--max_new_tokens=5", "--num_beams", "2", "--stream=false"
-    ]  # fmt: skip
+        "--max_new_tokens=5",
+        "--num_beams",
+        "2",
+        "--stream=false",
+    ]
     assert normalize(["--from", "none"], flags_of(RunConfig)) == ["--init_from", "none"]
     warnings = capsys.readouterr().err.splitlines()
     assert warnings == [
@@ -428,8 +496,12 @@ def test_generation_options_are_declared_once_with_the_tasks_defaults(capsys):
     from seqgen.decoding import GenerationOptions
 
     helps = {}
-    commands = ("generate translation", "evaluate translation", "evaluate summarization",
-                "generate music")  # fmt: skip
+    commands = (
+        "generate translation",
+        "evaluate translation",
+        "evaluate summarization",
+        "generate music",
+    )
     for command in commands:
         name, task = command.split()
         with pytest.raises(SystemExit):
@@ -457,8 +529,11 @@ def test_evaluate_config_in_python_takes_the_tasks_defaults(tmp_path):
 
 def test_a_reader_that_leaves_early_is_no_error():
     """`seqgen info ... | head`: the pipe closes before seqgen writes."""
-    process = subprocess.Popen([sys.executable, "-m", "seqgen.cli", "info", "--model", "tiny"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "seqgen.cli", "info", "--model", "tiny"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     process.stdout.close()  # the reader is gone before the first line
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
@@ -466,12 +541,30 @@ def test_a_reader_that_leaves_early_is_no_error():
 
 def test_progress_lines_in_a_pipe_continue_their_counts_after_a_resume(corpus_file, tmp_path):
     """Output to a file or a pipe gets plain progress lines, the first after step 1."""
-    base = ["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "run"),
-            *flags({**TINY_MODEL, "train.batch_size": 8, "train.val_every_n_steps": 20,
-                    "train.progress_every_seconds": 0.01})]  # fmt: skip
+    base = [
+        "pretrain",
+        "--data.source",
+        str(corpus_file),
+        "--out_dir",
+        str(tmp_path / "run"),
+        *flags(
+            {
+                **TINY_MODEL,
+                "train.batch_size": 8,
+                "train.val_every_n_steps": 20,
+                "train.progress_every_seconds": 0.01,
+            }
+        ),
+    ]
+
     def run_cli(*args):  # with progress shown (the tests' SEQGEN_LOG hides it)
-        return subprocess.run([sys.executable, "-m", "seqgen.cli", *args], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "SEQGEN_LOG": "INFO"})
+        return subprocess.run(
+            [sys.executable, "-m", "seqgen.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "SEQGEN_LOG": "INFO"},
+        )
 
     first = run_cli(*base, "--train.max_steps", "40")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -491,11 +584,19 @@ def test_tensorboard_curves_continue_across_a_resume(corpus_file, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    loggers = ["--train.logger", "[csv, tensorboard]", "--train.val_every_n_steps", "10",
-               "--train.log_every_n_steps", "5"]  # fmt: skip
+    loggers = [
+        "--train.logger",
+        "[csv, tensorboard]",
+        "--train.val_every_n_steps",
+        "10",
+        "--train.log_every_n_steps",
+        "5",
+    ]
     assert pretrain(corpus_file, run, "--train.max_steps", "20", *loggers)["steps"] == 20
-    assert pretrain(corpus_file, run, "--train.max_steps", "40", "--resume", "last",
-                    *loggers)["steps"] == 40  # fmt: skip
+    assert (
+        pretrain(corpus_file, run, "--train.max_steps", "40", "--resume", "last", *loggers)["steps"]
+        == 40
+    )
     events = EventAccumulator(str(run / "logs" / "tensorboard"))
     events.Reload()
     val_steps = {event.step for event in events.Scalars("val_loss")}
@@ -516,8 +617,18 @@ def test_a_logger_that_is_not_installed_is_named(corpus_file, tmp_path, capsys, 
             return "Requirement 'wandb>=0.12.10' not met. No module named 'wandb'"
 
     monkeypatch.setattr(lightning_wandb, "_WANDB_AVAILABLE", Missing())
-    code = main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(tmp_path / "r"),
-                 *TINY, "--train.logger", "[wandb]"])  # fmt: skip
+    code = main(
+        [
+            "pretrain",
+            "--data.source",
+            str(corpus_file),
+            "--out_dir",
+            str(tmp_path / "r"),
+            *TINY,
+            "--train.logger",
+            "[wandb]",
+        ]
+    )
     assert code == 2 and "train.logger wandb: `pip install wandb` first" in capsys.readouterr().err
 
 
@@ -526,11 +637,19 @@ def test_wandb_offline_logs_one_run_across_a_resume(corpus_file, tmp_path, monke
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
-    logger = ["--train.logger", "[wandb]", "--train.val_every_n_steps", "10",
-              "--train.log_every_n_steps", "5"]  # fmt: skip
+    logger = [
+        "--train.logger",
+        "[wandb]",
+        "--train.val_every_n_steps",
+        "10",
+        "--train.log_every_n_steps",
+        "5",
+    ]
     assert pretrain(corpus_file, run, "--train.max_steps", "20", *logger)["steps"] == 20
-    assert pretrain(corpus_file, run, "--train.max_steps", "30", "--resume", "last",
-                    *logger)["steps"] == 30  # fmt: skip
+    assert (
+        pretrain(corpus_file, run, "--train.max_steps", "30", "--resume", "last", *logger)["steps"]
+        == 30
+    )
     records = sorted((run / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(records) == 2 and len({r.name for r in records}) == 1  # one run id: resumed
     for record in records:  # the metrics' names are in the run's history records
@@ -544,16 +663,44 @@ def test_plot_overlays_the_curves_of_several_runs(corpus_file, tmp_path, capsys)
     from seqgen.plot import read_curves
 
     for name, steps in (("a", "20"), ("b", "30")):
-        pretrain(corpus_file, tmp_path / name, "--train.max_steps", steps,
-                 "--train.log_every_n_steps", "5")  # fmt: skip
-    pretrain(corpus_file, tmp_path / "a", "--train.max_steps", "40", "--resume", "last",
-             "--train.log_every_n_steps", "5")  # fmt: skip
+        pretrain(
+            corpus_file,
+            tmp_path / name,
+            "--train.max_steps",
+            steps,
+            "--train.log_every_n_steps",
+            "5",
+        )
+    pretrain(
+        corpus_file,
+        tmp_path / "a",
+        "--train.max_steps",
+        "40",
+        "--resume",
+        "last",
+        "--train.log_every_n_steps",
+        "5",
+    )
     curves = read_curves(tmp_path / "a")  # the resumed run is one curve
     assert [step for step, _ in curves["val_loss"]][-1] == 40  # the final validation
     assert min(s for s, _ in curves["train_loss"]) < 20 < max(s for s, _ in curves["train_loss"])
     out = tmp_path / "curves.png"
-    assert main(["plot", "--run", str(tmp_path / "a"), "--run", str(tmp_path / "b"),
-                 "--out", str(out), "--smooth", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plot",
+                "--run",
+                str(tmp_path / "a"),
+                "--run",
+                str(tmp_path / "b"),
+                "--out",
+                str(out),
+                "--smooth",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "train_loss, val_loss, val_bpb of 2 run(s)" in capsys.readouterr().out
     height, width, _ = matplotlib.image.imread(out).shape
     assert width > 2 * height  # two panels: loss, and bits per byte
@@ -567,8 +714,16 @@ def test_mfu_is_logged_and_reported_against_the_peak(corpus_file, tmp_path):
     from seqgen.mfu import training_flops_per_token
     from seqgen.model import GPT
 
-    report = pretrain(corpus_file, tmp_path / "run", "--train.max_steps", "3",
-                      "--train.peak_flops", "1e9", "--train.log_every_n_steps", "1")  # fmt: skip
+    report = pretrain(
+        corpus_file,
+        tmp_path / "run",
+        "--train.max_steps",
+        "3",
+        "--train.peak_flops",
+        "1e9",
+        "--train.log_every_n_steps",
+        "1",
+    )
     model = GPT(ModelConfig(**report["model"]))
     flops = training_flops_per_token(model, model.config.block_size)
     # 6 per weight (position embeddings left out) + 12 x layers x width x context
@@ -583,11 +738,13 @@ def test_mfu_is_logged_and_reported_against_the_peak(corpus_file, tmp_path):
 @pytest.mark.slow
 def test_compiled_training_keeps_the_checkpoint_names(corpus_file, tmp_path):
     """torch.compile on a CPU (about 30 s of compiling for the tiny model)."""
-    compiled = pretrain(corpus_file, tmp_path / "compiled", "--train.max_steps", "2",
-                        "--train.compile", "true")  # fmt: skip
+    compiled = pretrain(
+        corpus_file, tmp_path / "compiled", "--train.max_steps", "2", "--train.compile", "true"
+    )
     plain = pretrain(corpus_file, tmp_path / "plain", "--train.max_steps", "2")
     assert compiled["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-3)
     from seqgen.checkpoint import read_weights
 
     assert read_weights(tmp_path / "compiled" / "final").keys() == (
-        read_weights(tmp_path / "plain" / "final").keys())  # fmt: skip
+        read_weights(tmp_path / "plain" / "final").keys()
+    )

@@ -35,8 +35,15 @@ def translation_data(tmp_path, corpus_file):
 
 
 def summarization_data(tmp_path, corpus_file):
-    rows = [{"id": str(i), "title": "t", "body": f"the king rides {i}\nthe queen sings",
-             "lead": f"a king {i}"} for i in range(12)]  # fmt: skip
+    rows = [
+        {
+            "id": str(i),
+            "title": "t",
+            "body": f"the king rides {i}\nthe queen sings",
+            "lead": f"a king {i}",
+        }
+        for i in range(12)
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return ["--data.train", str(path), "--data.val", str(path)]
@@ -46,14 +53,24 @@ def music_data(tmp_path, corpus_file):
     for k in range(3):
         write_song(tmp_path / "midi" / f"{k}.mid", shift=k, notes=24)
     write_song(tmp_path / "held_out.mid", shift=5, notes=24)
-    return ["--data.train", str(tmp_path / "midi"), "--data.val", str(tmp_path / "held_out.mid"),
-            "--data.cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    return [
+        "--data.train",
+        str(tmp_path / "midi"),
+        "--data.val",
+        str(tmp_path / "held_out.mid"),
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+    ]
 
 
 # a recipe without `task:` pretrains a language model; a task's recipe with `init_from`
 # fine-tunes (the smoke test starts from scratch instead), one without pretrains the task
-DATA = {"text": text_data, "translation": translation_data, "summarization": summarization_data,
-        "music": music_data}  # fmt: skip
+DATA = {
+    "text": text_data,
+    "translation": translation_data,
+    "summarization": summarization_data,
+    "music": music_data,
+}
 
 
 def test_recipes_exist():
@@ -73,7 +90,16 @@ def test_recipe_parses_and_smoke_runs(recipe, corpus_file, tmp_path):
     assert full.task == task and full.init_from == "none"
     assert full.model.n_embd % full.model.n_head == 0
     report = tmp_path / "report.json"
-    argv = [command, "--config", str(recipe), *data, *SHRINK,
-            "--out_dir", str(tmp_path / "run"), "--report", str(report)]  # fmt: skip
+    argv = [
+        command,
+        "--config",
+        str(recipe),
+        *data,
+        *SHRINK,
+        "--out_dir",
+        str(tmp_path / "run"),
+        "--report",
+        str(report),
+    ]
     assert main(argv) == 0
     assert json.loads(report.read_text())["steps"] == 3

@@ -143,8 +143,9 @@ def test_text_task_rejects_corpus_smaller_than_a_block(sp_tokenizer, tmp_path):
     task = TextTask(TextData(cache_dir=str(tmp_path)), block_size=16)
     with pytest.raises(DataError, match="fewer than one block"):
         task.training_data(Splits(["the king"], ["the queen"]), sp_tokenizer)
-    data = task.training_data(Splits(["the king rides to the castle. " * 20], ["the queen"]),
-                              sp_tokenizer)  # fmt: skip
+    data = task.training_data(
+        Splits(["the king rides to the castle. " * 20], ["the queen"]), sp_tokenizer
+    )
     module = build_datamodule(data, RunConfig(train=TrainConfig(batch_size=2)), sp_tokenizer.pad_id)
     batch = next(iter(module.train_dataloader()))
     assert batch["input_ids"].shape == (2, 16)
@@ -154,9 +155,7 @@ def test_text_task_rejects_corpus_smaller_than_a_block(sp_tokenizer, tmp_path):
 def test_jsonl_round_trip_through_splits(tmp_path):
     rows = [{"text": f"document number {i}\nwith two lines"} for i in range(20)]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    train, val, _ = load_text_splits(
-        TextData(source=str(tmp_path / "c.jsonl"), val_fraction=0.25)
-    )
+    train, val, _ = load_text_splits(TextData(source=str(tmp_path / "c.jsonl"), val_fraction=0.25))
     assert "".join(train + val) == "".join(r["text"] for r in rows)
     assert 0.2 < sum(map(len, val)) / sum(map(len, train + val)) <= 0.3
 
@@ -207,8 +206,9 @@ def read_source(task: str, source: str):
 
 
 @pytest.mark.parametrize("task", ["text", "translation", "summarization", "music"])
-@pytest.mark.parametrize("name", ["./missing", "{tmp}/missing", "missing{suffix}",
-                                  "a/b/missing", "{here}/missing"])
+@pytest.mark.parametrize(
+    "name", ["./missing", "{tmp}/missing", "missing{suffix}", "a/b/missing", "{here}/missing"]
+)
 def test_a_missing_local_path_is_an_error_not_a_hub_lookup(task, name, tmp_path, monkeypatch):
     import seqgen.data
     from seqgen.data import missing_local_path

@@ -30,8 +30,10 @@ def test_an_epoch_draws_one_window_from_each_slot_of_the_stream():
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_draw_disjoint_shares_of_the_one_process_epoch(world_size):
     whole = list(EpochSampler(5_000, 60, seed=1))
-    shares = [list(EpochSampler(5_000, 60, seed=1, rank=r, world_size=world_size))
-              for r in range(world_size)]  # fmt: skip
+    shares = [
+        list(EpochSampler(5_000, 60, seed=1, rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
     assert all(len(share) == 60 // world_size for share in shares)
     drawn = [key for share in shares for key in share]
     assert len(set(drawn)) == len(drawn)  # disjoint
@@ -47,12 +49,17 @@ def test_the_window_loaders_of_two_ranks_read_the_one_process_epoch():
 
     def epoch(rank: int, world_size: int) -> list[int]:
         module = WindowDataModule(windows, windows, batch_size=4, seed=5)
-        module.trainer = SimpleNamespace(global_rank=rank, world_size=world_size,
-                                         current_epoch=0, fit_loop=None)  # fmt: skip
-        module.trainer.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(
-            batch_progress=SimpleNamespace(current=SimpleNamespace(ready=0))))  # fmt: skip
-        return [int(first) for batch in module.train_dataloader()
-                for first in batch["input_ids"][:, 0]]  # fmt: skip
+        module.trainer = SimpleNamespace(
+            global_rank=rank, world_size=world_size, current_epoch=0, fit_loop=None
+        )
+        module.trainer.fit_loop = SimpleNamespace(
+            epoch_loop=SimpleNamespace(
+                batch_progress=SimpleNamespace(current=SimpleNamespace(ready=0))
+            )
+        )
+        return [
+            int(first) for batch in module.train_dataloader() for first in batch["input_ids"][:, 0]
+        ]
 
     one, first, second = epoch(0, 1), epoch(0, 2), epoch(1, 2)
     assert len(first) == len(second) == len(one) // 2
@@ -78,24 +85,38 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(corpus_file,
-                                                                          tmp_path):  # fmt: skip
+def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(corpus_file, tmp_path):
     """Lightning starts the second rank by running the script again, so the child is a file."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    settings = flags({**TINY_MODEL, "model.dropout": 0.1, "train.batch_size": 4,
-                      "train.max_steps": 16, "train.warmup_steps": 2,
-                      "train.checkpoint_every_n_steps": 5, "train.val_every_n_steps": 8,
-                      "train.progress_bar": "false", "train.accelerator": "cpu",
-                      "train.devices": 2, "train.strategy": "ddp",
-                      "train.num_threads": 1})  # fmt: skip
+    settings = flags(
+        {
+            **TINY_MODEL,
+            "model.dropout": 0.1,
+            "train.batch_size": 4,
+            "train.max_steps": 16,
+            "train.warmup_steps": 2,
+            "train.checkpoint_every_n_steps": 5,
+            "train.val_every_n_steps": 8,
+            "train.progress_bar": "false",
+            "train.accelerator": "cpu",
+            "train.devices": 2,
+            "train.strategy": "ddp",
+            "train.num_threads": 1,
+        }
+    )
     argv = ["pretrain", "--data.source", str(corpus_file), *settings]
     env = {**os.environ, "OMP_DYNAMIC": "false", "MKL_DYNAMIC": "false"}
 
     def train(out, kill_at=-1, *extra):
-        return subprocess.run([sys.executable, str(script), str(kill_at), *argv, "--out_dir",
-                               str(out), *extra], capture_output=True, text=True, timeout=600,
-                              env=env, start_new_session=True)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(script), str(kill_at), *argv, "--out_dir", str(out), *extra],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            start_new_session=True,
+        )
 
     whole = train(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]

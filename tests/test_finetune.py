@@ -19,9 +19,14 @@ from seqgen.model import GPT
 from seqgen.train import RunConfig, run
 from seqgen_tasks.translation.data import TranslationData
 
-TRAIN = {"train.batch_size": 8, "train.warmup_steps": 2, "train.learning_rate": 3e-3,
-         "train.val_every_n_steps": 10, "train.checkpoint_every_n_steps": 10,
-         "train.progress_bar": "false"}  # fmt: skip
+TRAIN = {
+    "train.batch_size": 8,
+    "train.warmup_steps": 2,
+    "train.learning_rate": 3e-3,
+    "train.val_every_n_steps": 10,
+    "train.checkpoint_every_n_steps": 10,
+    "train.progress_bar": "false",
+}
 
 
 def test_length_grouped_batches_cover_every_example_once_per_epoch():
@@ -42,8 +47,9 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch():
 def test_tiny_model_memorises_pairs_and_translates_them_greedily(sp_tokenizer, tmp_path):
     pairs = make_pairs(6, seed=1)
     prefix = write_parallel(tmp_path / "data", "train", pairs)
-    config = ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2,
-                         n_embd=64)  # fmt: skip
+    config = ModelConfig(
+        vocab_size=sp_tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2, n_embd=64
+    )
     checkpoint.save_model(tmp_path / "pretrained", GPT(config), sp_tokenizer, task="text")
     cfg = RunConfig(
         task="translation",
@@ -55,7 +61,7 @@ def test_tiny_model_memorises_pairs_and_translates_them_greedily(sp_tokenizer, t
             warmup_steps=10,
             val_every_n_steps=250,
             progress_bar=False,
-        ),  # fmt: skip
+        ),
         data=TranslationData(train=str(prefix), val=str(prefix)),
         lm_weight=0.0,
         out_dir=str(tmp_path / "run"),
@@ -66,8 +72,9 @@ def test_tiny_model_memorises_pairs_and_translates_them_greedily(sp_tokenizer, t
     generator = load(tmp_path / "run")
     for source, target in pairs:
         assert generator.generate(source, temperature=0.0, max_new_tokens=80) == target
-    translated = generator.generate_many([s for s, _ in pairs], max_new_tokens=80,
-                                         num_beams=3, temperature=0.0)  # fmt: skip
+    translated = generator.generate_many(
+        [s for s, _ in pairs], max_new_tokens=80, num_beams=3, temperature=0.0
+    )
     assert translated == [t for _, t in pairs]
 
 
@@ -83,16 +90,42 @@ def finetune(*args):
     return main(["finetune", "--task", "translation", *flags(TRAIN), *args])
 
 
-def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path, capsys,
-                                                 caplog):  # fmt: skip
+def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path, capsys, caplog):
     caplog.set_level("INFO", logger="seqgen")
     pre = tmp_path / "pre"
-    assert main(["pretrain", "--data.source", str(corpus_file), "--out_dir", str(pre),
-                 "--train.max_steps", "5", *flags({**TRAIN, **TINY_MODEL})]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data.source",
+                str(corpus_file),
+                "--out_dir",
+                str(pre),
+                "--train.max_steps",
+                "5",
+                *flags({**TRAIN, **TINY_MODEL}),
+            ]
+        )
+        == 0
+    )
     run_dir, report = tmp_path / "mt", tmp_path / "ft.json"
-    assert finetune("--init_from", str(pre), "--data.train", str(parallel / "train"),
-                    "--data.val", str(parallel / "val"), "--train.max_steps", "12",
-                    "--out_dir", str(run_dir), "--report", str(report)) == 0  # fmt: skip
+    assert (
+        finetune(
+            "--init_from",
+            str(pre),
+            "--data.train",
+            str(parallel / "train"),
+            "--data.val",
+            str(parallel / "val"),
+            "--train.max_steps",
+            "12",
+            "--out_dir",
+            str(run_dir),
+            "--report",
+            str(report),
+        )
+        == 0
+    )
     ft = json.loads(report.read_text())
     assert ft["steps"] == 12 and ft["train_examples"] == 64
     assert "added 2 special tokens (ids 320-321)" in caplog.text  # <delim>, <2de>
@@ -102,23 +135,66 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
     capsys.readouterr()
 
     scores, output = tmp_path / "scores.json", tmp_path / "hyp.de"
-    assert main(["evaluate", "--task", "translation", "--ckpt", str(run_dir),
-                 "--source", str(parallel / "val.en"), "--reference", str(parallel / "val.de"),
-                 "--num_beams", "2", "--max_new_tokens", "12", "--output", str(output),
-                 "--report", str(scores)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "translation",
+                "--ckpt",
+                str(run_dir),
+                "--source",
+                str(parallel / "val.en"),
+                "--reference",
+                str(parallel / "val.de"),
+                "--num_beams",
+                "2",
+                "--max_new_tokens",
+                "12",
+                "--output",
+                str(output),
+                "--report",
+                str(scores),
+            ]
+        )
+        == 0
+    )
     result = json.loads(scores.read_text())
     assert result["sentences"] == 8 and 0 <= result["bleu"] <= 100
     assert re.search(r"\| system +\| +BLEU +\|", capsys.readouterr().out)
     assert len(output.read_text().splitlines()) == 8
     # scoring the written file without a model gives the same numbers
-    rescored = ["evaluate", "--task", "translation", "--hypotheses", str(output),
-                "--reference", str(parallel / "val.de"), "--report", str(scores)]  # fmt: skip
+    rescored = [
+        "evaluate",
+        "--task",
+        "translation",
+        "--hypotheses",
+        str(output),
+        "--reference",
+        str(parallel / "val.de"),
+        "--report",
+        str(scores),
+    ]
     assert main(rescored) == 0
     assert json.loads(scores.read_text())["bleu"] == pytest.approx(result["bleu"])
     # minimum Bayes risk decoding: the chrF consensus of sampled translations
-    mbr = ["evaluate", "--task", "translation", "--ckpt", str(run_dir), "--source",
-           str(parallel / "val.en"), "--reference", str(parallel / "val.de"),
-           "--max_new_tokens", "12", "--mbr_samples", "3", "--temperature", "1.0"]  # fmt: skip
+    mbr = [
+        "evaluate",
+        "--task",
+        "translation",
+        "--ckpt",
+        str(run_dir),
+        "--source",
+        str(parallel / "val.en"),
+        "--reference",
+        str(parallel / "val.de"),
+        "--max_new_tokens",
+        "12",
+        "--mbr_samples",
+        "3",
+        "--temperature",
+        "1.0",
+    ]
     assert main(mbr) == 2  # beam search (the default, 4 beams) draws no samples
     assert "give temperature > 0 and num_beams 1" in capsys.readouterr().err
     assert main([*mbr, "--num_beams", "1", "--output", str(output), "--report", str(scores)]) == 0
@@ -134,8 +210,19 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
     block = generator.model.config.block_size
     assert sorted(lengths) == sorted(block - len(generator.prompt_ids(s)) for s in sources)
 
-    translate = ["generate", "--task", "translation", "--ckpt", str(run_dir), "--prompt",
-                 "The king rides.", "--temperature", "0", "--max_new_tokens", "8"]  # fmt: skip
+    translate = [
+        "generate",
+        "--task",
+        "translation",
+        "--ckpt",
+        str(run_dir),
+        "--prompt",
+        "The king rides.",
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "8",
+    ]
     assert main(translate) == 0
     printed = capsys.readouterr().out.strip()
     assert printed and not printed.startswith("The king rides.")  # the answer, not an echo
@@ -143,12 +230,28 @@ def test_cli_pretrain_finetune_evaluate_generate(corpus_file, parallel, tmp_path
 
 def test_cli_from_scratch_with_a_config_file(parallel, tmp_path):
     config = tmp_path / "mt.yaml"
-    config.write_text(f"task: translation\ninit_from: none\ndata:\n  train: {parallel / 'train'}\n"
-                      f"  val: {parallel / 'val'}\n")  # fmt: skip
+    config.write_text(
+        f"task: translation\ninit_from: none\ndata:\n  train: {parallel / 'train'}\n"
+        f"  val: {parallel / 'val'}\n"
+    )
     report = tmp_path / "r.json"
-    assert main(["finetune", "--config", str(config), *flags({**TRAIN, **TINY_MODEL}),
-                 "--train.max_steps", "3", "--out_dir", str(tmp_path / "run"),
-                 "--report", str(report)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "--config",
+                str(config),
+                *flags({**TRAIN, **TINY_MODEL}),
+                "--train.max_steps",
+                "3",
+                "--out_dir",
+                str(tmp_path / "run"),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["init_from"] == "none"
 
 
@@ -157,13 +260,17 @@ def test_cli_from_scratch_with_a_config_file(parallel, tmp_path):
     [
         (["--data.train", "X"], "set --init_from CKPT"),
         (["--init_from", "none", "--data.train", "{data}/nope"], "no such file"),
-        (["--init_from", "none", "--data.train", "{data}/train", "--data.val", "{data}/bad"],
-         "bad.en has 2 lines, {data}/bad.de has 1"),
-        (["--init_from", "{data}", "--data.train", "{data}/train", "--data.val", "{data}/val"],
-         "not a seqgen checkpoint"),
+        (
+            ["--init_from", "none", "--data.train", "{data}/train", "--data.val", "{data}/bad"],
+            "bad.en has 2 lines, {data}/bad.de has 1",
+        ),
+        (
+            ["--init_from", "{data}", "--data.train", "{data}/train", "--data.val", "{data}/val"],
+            "not a seqgen checkpoint",
+        ),
         (["--init_from", "none", "--data.trian", "x"], "trian"),
     ],
-)  # fmt: skip
+)
 def test_cli_errors_name_the_problem(parallel, tmp_path, capsys, args, message):
     (parallel / "bad.en").write_text("a\nb\n")
     (parallel / "bad.de").write_text("x\n")
@@ -184,8 +291,17 @@ def test_cli_task_errors(capsys):
 
 def test_cli_resume_a_finetuning_run(parallel, tmp_path):
     run_dir, report = tmp_path / "run", tmp_path / "r.json"
-    common = ["--data.train", str(parallel / "train"), "--data.val", str(parallel / "val"),
-              *flags(TINY_MODEL), "--out_dir", str(run_dir), "--report", str(report)]  # fmt: skip
+    common = [
+        "--data.train",
+        str(parallel / "train"),
+        "--data.val",
+        str(parallel / "val"),
+        *flags(TINY_MODEL),
+        "--out_dir",
+        str(run_dir),
+        "--report",
+        str(report),
+    ]
     assert finetune("--init_from", "none", "--train.max_steps", "10", *common) == 0
     first = json.loads(report.read_text())
     assert finetune("--resume", "last", "--train.max_steps", "16", *common) == 0
@@ -197,13 +313,34 @@ def test_cli_resume_a_finetuning_run(parallel, tmp_path):
 
 def test_finetune_under_ddp_shards_batches_across_two_processes(parallel, tmp_path):
     report = tmp_path / "ddp.json"
-    argv = ["finetune", "--task", "translation", "--init_from", "none", "--data.train",
-            str(parallel / "train"), "--data.val", str(parallel / "val"),
-            *flags({**TRAIN, **TINY_MODEL, "train.max_steps": 4, "train.accelerator": "cpu",
-                    "train.devices": 2, "train.strategy": "ddp"}),
-            "--out_dir", str(tmp_path / "ddp"), "--report", str(report)]  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "seqgen.cli", *argv], capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    argv = [
+        "finetune",
+        "--task",
+        "translation",
+        "--init_from",
+        "none",
+        "--data.train",
+        str(parallel / "train"),
+        "--data.val",
+        str(parallel / "val"),
+        *flags(
+            {
+                **TRAIN,
+                **TINY_MODEL,
+                "train.max_steps": 4,
+                "train.accelerator": "cpu",
+                "train.devices": 2,
+                "train.strategy": "ddp",
+            }
+        ),
+        "--out_dir",
+        str(tmp_path / "ddp"),
+        "--report",
+        str(report),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "seqgen.cli", *argv], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     values = json.loads(report.read_text())
     assert values["steps"] == 4 and values["epochs"] == 4 * 8 * 2 / 64  # both ranks' batches
@@ -215,9 +352,21 @@ def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss_across_a_resume
 ):
     run_dir, report = tmp_path / "run", tmp_path / "r.json"
     # 8 training pairs: the model memorises them and its val loss soon turns up
-    common = ["--data.train", str(parallel / "val"), "--data.val", str(parallel / "train"),
-              *flags(TINY_MODEL), "--train.learning_rate", "3e-2", "--train.keep_best", "true",
-              "--out_dir", str(run_dir), "--report", str(report)]  # fmt: skip
+    common = [
+        "--data.train",
+        str(parallel / "val"),
+        "--data.val",
+        str(parallel / "train"),
+        *flags(TINY_MODEL),
+        "--train.learning_rate",
+        "3e-2",
+        "--train.keep_best",
+        "true",
+        "--out_dir",
+        str(run_dir),
+        "--report",
+        str(report),
+    ]
     assert finetune("--init_from", "none", "--train.max_steps", "30", *common) == 0
     assert finetune("--resume", "last", "--train.max_steps", "60", *common) == 0
     result = json.loads(report.read_text())
@@ -237,10 +386,26 @@ def test_keep_best_keeps_the_checkpoint_with_the_lowest_val_loss_across_a_resume
 
 def test_keep_best_without_a_validation_says_so(parallel, tmp_path, caplog):
     report = tmp_path / "r.json"
-    assert finetune("--init_from", "none", "--data.train", str(parallel / "train"),
-                    "--data.val", str(parallel / "val"), *flags(TINY_MODEL),
-                    "--train.max_steps", "4", "--train.keep_best", "true",
-                    "--out_dir", str(tmp_path / "run"), "--report", str(report)) == 0  # fmt: skip
+    assert (
+        finetune(
+            "--init_from",
+            "none",
+            "--data.train",
+            str(parallel / "train"),
+            "--data.val",
+            str(parallel / "val"),
+            *flags(TINY_MODEL),
+            "--train.max_steps",
+            "4",
+            "--train.keep_best",
+            "true",
+            "--out_dir",
+            str(tmp_path / "run"),
+            "--report",
+            str(report),
+        )
+        == 0
+    )
     assert "no validation ran during training" in caplog.text
     assert not (tmp_path / "run" / "best").exists()
     assert "best_step" not in json.loads(report.read_text())

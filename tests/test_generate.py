@@ -135,16 +135,17 @@ def test_a_row_samples_the_same_whatever_shares_its_batch(model):
     assert shuffled[::-1] == together
     limits = [3, 25, 9, 0, 14, 25, 2]  # rows also end at their own length limits
     cut = generate(model, prompts, limits, **sampled)
-    assert all(row == full[: len(row)] and len(row) <= n
-               for row, full, n in zip(cut, together, limits, strict=True))  # fmt: skip
+    assert all(
+        row == full[: len(row)] and len(row) <= n
+        for row, full, n in zip(cut, together, limits, strict=True)
+    )
     with pytest.raises(ValueError, match="sample_ids"):
         generate(model, prompts, 5, sample_ids=[0, 1], **sampled)
 
 
 def test_rows_leaving_the_batch_keep_greedy_outputs_and_their_penalties(model):
     prompts = [[1], [2, 3], [12, 13, 14], [26], [9, 1, 2]]
-    options = dict(temperature=0, eos_id=[4, 15], repetition_penalty=1.3,
-                   no_repeat_ngram_size=2)  # fmt: skip
+    options = dict(temperature=0, eos_id=[4, 15], repetition_penalty=1.3, no_repeat_ngram_size=2)
     together = generate(model, prompts, 20, **options)
     assert together == [generate(model, p, 20, **options) for p in prompts]
     assert len({len(row) for row in together}) > 1
@@ -163,8 +164,9 @@ class OddAfterEven:
         return list(range(self.last % 2, 40, 2))
 
 
-@pytest.mark.parametrize("options", [dict(temperature=2.0, seed=3, eos_id=5),
-                                     dict(num_beams=3), dict(temperature=0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "options", [dict(temperature=2.0, seed=3, eos_id=5), dict(num_beams=3), dict(temperature=0)]
+)
 def test_a_constraint_bans_ids_as_each_row_grows(model, options):
     prompts = [[1], [2, 3, 4], [12], [12]]
     plain = generate(model, prompts, 16, **options)
@@ -193,8 +195,9 @@ def test_nucleus_equals_a_full_sort():
         for top_p in (0.1, 0.5, 0.95):
             ordered, order = logits.sort(dim=-1, descending=True)
             probs = torch.softmax(ordered, dim=-1)
-            drop = (probs.cumsum(-1) - probs >= top_p).scatter(-1, order, probs.cumsum(-1) -
-                                                              probs >= top_p)  # fmt: skip
+            drop = (probs.cumsum(-1) - probs >= top_p).scatter(
+                -1, order, probs.cumsum(-1) - probs >= top_p
+            )
             assert torch.equal(torch.isinf(_nucleus(logits, top_p)), drop)
 
 
@@ -206,7 +209,9 @@ def test_nucleus_keeps_tied_tokens_in_id_order():
     # row 1: five ties of .2, of which 0.5 needs three
     assert (~torch.isinf(_nucleus(logits, 0.6))).tolist()[0] == [True, True, False, False, False]
     assert (~torch.isinf(_nucleus(logits, 0.5))).tolist() == [
-        [True, True, False, False, False], [True, True, True, False, False]]
+        [True, True, False, False, False],
+        [True, True, True, False, False],
+    ]
     assert (~torch.isinf(_nucleus(logits, 0.65))).tolist()[0] == [True, True, True, False, False]
 
 
@@ -250,8 +255,9 @@ def test_top_k_and_top_p_exclude_tokens():
 @pytest.mark.parametrize("kwargs", [dict(top_k=3), dict(top_p=0.3), dict(top_k=5, top_p=0.5)])
 def test_sampled_tokens_stay_inside_the_filter(model, kwargs):
     prompt = [3, 4]
-    allowed = ~torch.isinf(filter_logits(next_logits(model, prompt)[None], kwargs.get("top_k"),
-                                         kwargs.get("top_p"))[0])  # fmt: skip
+    allowed = ~torch.isinf(
+        filter_logits(next_logits(model, prompt)[None], kwargs.get("top_k"), kwargs.get("top_p"))[0]
+    )
     draws = {generate(model, prompt, 1, seed=s, **kwargs)[0] for s in range(40)}
     assert all(allowed[t] for t in draws)
 
@@ -283,8 +289,7 @@ def bigrams(ids):
 def test_no_repeat_ngram_size_blocks_repeated_ngrams_in_new_ids(model, num_beams):
     plain = generate(model, [1], 30, temperature=0, num_beams=num_beams)
     assert len(set(bigrams(plain))) < len(bigrams(plain))  # the cycle repeats bigrams
-    blocked = generate(model, [1], 30, temperature=0, num_beams=num_beams,
-                       no_repeat_ngram_size=2)  # fmt: skip
+    blocked = generate(model, [1], 30, temperature=0, num_beams=num_beams, no_repeat_ngram_size=2)
     assert len(blocked) == 30 and len(set(bigrams(blocked))) == len(bigrams(blocked))
     assert blocked[:5] == plain[:5]  # nothing changes before a repeat would happen
 
@@ -326,8 +331,9 @@ def sequence_logprob(model, prompt, new):
 def test_wide_beam_search_is_exact_on_a_tiny_problem():
     torch.manual_seed(1)
     small = GPT(ModelConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
-    best = max(itertools.product(range(5), repeat=3),
-               key=lambda seq: sequence_logprob(small, [0], seq))  # fmt: skip
+    best = max(
+        itertools.product(range(5), repeat=3), key=lambda seq: sequence_logprob(small, [0], seq)
+    )
     found = generate(small, [0], 3, num_beams=25, length_penalty=0.0)
     assert tuple(found) == best
     narrow = generate(small, [0], 3, num_beams=2, length_penalty=0.0)
@@ -373,8 +379,10 @@ def test_ranked_candidates_go_from_best_to_worst_past_the_first():
 
     candidates = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
     best = candidates.topk(4, dim=-1)  # each beam's best four, as _candidates gives them
-    top = [list(zip(v, i, strict=True)) for v, i in zip(best.values.tolist(),
-                                                         best.indices.tolist(), strict=True)]
+    top = [
+        list(zip(v, i, strict=True))
+        for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    ]
     ranked = list(_ranked(top, 7, 4, lambda: candidates))
     flat = candidates.flatten()
     assert sorted(index for _, index in ranked) == list(range(21))
@@ -393,8 +401,9 @@ def test_a_search_past_its_best_candidates_ranks_the_rest_alike():
     search.scores = torch.tensor([-1.0, -1.5, -2.0])
     # every candidate in the beams' order, ranked: the two best that do not end a beam win
     logprobs = torch.log_softmax(logits[search.places], -1)
-    ranked = sorted(((search.scores[b] + logprobs[b, t]).item(), b, t)
-                    for b in range(3) for t in range(12))[::-1]  # fmt: skip
+    ranked = sorted(
+        ((search.scores[b] + logprobs[b, t]).item(), b, t) for b in range(3) for t in range(12)
+    )[::-1]
     expected = [(score, search.beams[b] + [t]) for score, b, t in ranked if t >= 9][:2]
     _, top = _candidates(logits, [search], settings)  # each row's best 4
     merged = sorted(c for row in top for c in row)[::-1][:4]
@@ -496,9 +505,17 @@ def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
     rng = random.Random(0)
     prompts = [[rng.randrange(40) for _ in range(rng.randint(1, 14))] for _ in range(24)]
     limits = [rng.randint(0, 30) for _ in prompts]  # some past the context: windows slide
-    for options in (dict(num_beams=3), dict(num_beams=4, eos_id=7, length_penalty=0.0),
-                    dict(num_beams=2, eos_id=[3, 5], repetition_penalty=1.3,
-                         no_repeat_ngram_size=2, early_stopping=True)):  # fmt: skip
+    for options in (
+        dict(num_beams=3),
+        dict(num_beams=4, eos_id=7, length_penalty=0.0),
+        dict(
+            num_beams=2,
+            eos_id=[3, 5],
+            repetition_penalty=1.3,
+            no_repeat_ngram_size=2,
+            early_stopping=True,
+        ),
+    ):
         alone = [generate(small, p, n, **options) for p, n in zip(prompts, limits, strict=True)]
         for batch_size in (None, 5):  # 5: waiting prompts start as searches end
             batched = generate(small, prompts, limits, batch_size=batch_size, **options)
@@ -555,20 +572,24 @@ def test_a_shared_prefix_gives_what_each_row_holding_its_prompt_gives():
             assert (got - expected).abs().max() < 1e-5
             after = after + width
     assert shared.prefix.group.tolist() == [0, 1, 0]
-    members = [(g, r if isinstance(r, slice) else r.tolist(), n)
-               for g, r, n in shared.prefix.members]  # fmt: skip
+    members = [
+        (g, r if isinstance(r, slice) else r.tolist(), n) for g, r, n in shared.prefix.members
+    ]
     assert members == [(0, [0, 2], 2), (1, slice(1, 2), 1)]  # contiguous rows as a slice
 
 
 def test_relative_attention_copies_repeated_prompts_instead_of_sharing():
-    config = ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16,
-                         pos_embedding="relative")  # fmt: skip
+    config = ModelConfig(
+        vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16, pos_embedding="relative"
+    )
     torch.manual_seed(6)
     relative = GPT(config).eval()
     prompts = [[1, 2, 3], [1, 2, 3], [4]]
     together = generate(relative, prompts, 8, temperature=0.8, seed=2)
-    assert together == [generate(relative, p, 8, temperature=0.8, seed=2, sample_ids=[i])
-                        for i, p in enumerate(prompts)]  # fmt: skip
+    assert together == [
+        generate(relative, p, 8, temperature=0.8, seed=2, sample_ids=[i])
+        for i, p in enumerate(prompts)
+    ]
 
 
 def test_cache_select_moves_only_what_a_row_does_not_hold():
@@ -605,8 +626,9 @@ def test_weights_are_packed_only_where_it_pays(model, monkeypatch):
     assert cpu.PackingTimer(model).pays() in (True, False)  # timed on this machine
     x = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(3))
     for batched, single in ((False, False), (True, True), (True, False)):
-        monkeypatch.setattr(cpu.PackingTimer, "pays", lambda _, rows=1, b=batched, s=single:
-                            b if rows > 1 else s)  # fmt: skip
+        monkeypatch.setattr(
+            cpu.PackingTimer, "pays", lambda _, rows=1, b=batched, s=single: b if rows > 1 else s
+        )
         candidate = copy.deepcopy(model)
         assert cpu.pack_linears(candidate) is batched
         assert isinstance(candidate.lm_head, cpu.PackedLinear) is batched
@@ -624,10 +646,20 @@ def _forward_widths(model):
     return widths, handle
 
 
-@pytest.mark.parametrize("options", [dict(temperature=0, eos_id=[4, 15]),
-                                     dict(temperature=1.5, seed=7, eos_id=5,
-                                          repetition_penalty=1.2, no_repeat_ngram_size=2,
-                                          min_new_tokens=2)])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(temperature=0, eos_id=[4, 15]),
+        dict(
+            temperature=1.5,
+            seed=7,
+            eos_id=5,
+            repetition_penalty=1.2,
+            no_repeat_ngram_size=2,
+            min_new_tokens=2,
+        ),
+    ],
+)
 def test_waiting_prompts_take_the_places_of_finished_rows(options):
     import random
 
@@ -639,15 +671,18 @@ def test_waiting_prompts_take_the_places_of_finished_rows(options):
     prompts = [[rng.randrange(40) for _ in range(rng.randint(1, 15))] for _ in range(14)]
     prompts[3] = prompts[9] = prompts[0]  # repeats are prefilled once and copied
     limits = [rng.choice([0, 3, 8, 30]) for _ in prompts]  # 30: past the context, windows slide
-    alone = [generate(model, p, n, sample_ids=[i], **options) if n else []
-             for i, (p, n) in enumerate(zip(prompts, limits, strict=True))]  # fmt: skip
+    alone = [
+        generate(model, p, n, sample_ids=[i], **options) if n else []
+        for i, (p, n) in enumerate(zip(prompts, limits, strict=True))
+    ]
     if options["temperature"] == 0:  # and each row is what a full recompute gives
         for prompt, out in zip(prompts, alone, strict=True):
             assert out == reference_greedy(model, prompt, len(out))
     done = []
     for batch_size in (1, 3, 5, None):
-        together = generate(model, prompts, limits, batch_size=batch_size, on_done=done.append,
-                            **options)  # fmt: skip
+        together = generate(
+            model, prompts, limits, batch_size=batch_size, on_done=done.append, **options
+        )
         assert together == alone, batch_size
     assert sorted(done) == sorted(list(range(len(prompts))) * 4)  # every row, once per call
     assert len({len(row) for row in alone}) > 3 and max(map(len, alone)) > 12
@@ -737,8 +772,9 @@ def test_shared_ids_keep_the_probability_of_their_banned_members():
     logits = torch.randn(2, 12, generator=torch.Generator().manual_seed(0))
     before = torch.softmax(logits, -1)
     settings = Settings(max_new_tokens=1)
-    after = torch.softmax(adjust_logits(logits, None, settings, 0, [[1, 2, 9], [1, 2]],
-                                        [[0, 1, 2, 3], []]), -1)  # fmt: skip
+    after = torch.softmax(
+        adjust_logits(logits, None, settings, 0, [[1, 2, 9], [1, 2]], [[0, 1, 2, 3], []]), -1
+    )
     assert after[0, [1, 2, 9]].eq(0).all()
     group = before[0, :4].sum() / (1 - before[0, 9])  # 9, outside the group, renormalises
     assert after[0, [0, 3]].sum().item() == pytest.approx(group.item(), rel=1e-5)

@@ -34,12 +34,22 @@ def hf_greedy(folder, prompt: str, new: int) -> str:
 def test_export_generates_the_same_greedy_text_as_seqgen(text_ckpt, tmp_path, capsys):
     export(text_ckpt, tmp_path / "hf")
     files = sorted(p.name for p in (tmp_path / "hf").iterdir())
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json", "seqgen_tokenizer.json"} <= set(files)  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "seqgen_tokenizer.json",
+    } <= set(files)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     tok = seqgen.load_tokenizer(text_ckpt)
-    assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"],
-            config["pad_token_id"]) == (tok.vocab_size, 1, 2, 3)  # fmt: skip
+    assert (
+        config["vocab_size"],
+        config["bos_token_id"],
+        config["eos_token_id"],
+        config["pad_token_id"],
+    ) == (tok.vocab_size, 1, 2, 3)
     assert config["seqgen"]["task"] == "text" and config["seqgen"]["step"] == 7
     settings = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert settings["tokenizer_class"] == "PreTrainedTokenizerFast"  # transformers 4 and 5
@@ -47,8 +57,22 @@ def test_export_generates_the_same_greedy_text_as_seqgen(text_ckpt, tmp_path, ca
     generator = seqgen.load(text_ckpt)
     assert hf_tokenizer(PROMPT)["input_ids"] == generator.prompt_ids(PROMPT)  # eos first
     capsys.readouterr()
-    assert main(["generate", "--ckpt", str(text_ckpt), "--prompt", PROMPT,
-                 "--temperature", "0", "--max_new_tokens", "24"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(text_ckpt),
+                "--prompt",
+                PROMPT,
+                "--temperature",
+                "0",
+                "--max_new_tokens",
+                "24",
+            ]
+        )
+        == 0
+    )
     ours = capsys.readouterr().out.strip()
     theirs = PROMPT + hf_greedy(tmp_path / "hf", PROMPT, 24)
     assert len(ours) > len(PROMPT) + 10 and ours == theirs
@@ -88,8 +112,18 @@ def test_music_export_names_the_events(tmp_path):
 def test_export_then_import_is_the_same_checkpoint(tmp_path):
     for name in ("text", "translation", "music"):
         export(FIXTURES / name, tmp_path / name / "hf")
-        assert main(["import", "--hf", str(tmp_path / name / "hf"),
-                     "--out", str(tmp_path / name / "back")]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "import",
+                    "--hf",
+                    str(tmp_path / name / "hf"),
+                    "--out",
+                    str(tmp_path / name / "back"),
+                ]
+            )
+            == 0
+        )
         before, after = checkpoint.load(FIXTURES / name), checkpoint.load(tmp_path / name / "back")
         assert after.task == name and after.tokenizer.kind == before.tokenizer.kind
         assert after.meta.get("task_options") == before.meta.get("task_options")
@@ -138,14 +172,32 @@ def test_import_of_an_hf_gpt2_folder_generates_as_transformers(gpt2_folder, tmp_
         text.encode()
     )
     capsys.readouterr()
-    assert main(["generate", "--ckpt", str(tmp_path / "ck"), "--prompt", PROMPT,
-                 "--temperature", "0", "--max_new_tokens", "20"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(tmp_path / "ck"),
+                "--prompt",
+                PROMPT,
+                "--temperature",
+                "0",
+                "--max_new_tokens",
+                "20",
+            ]
+        )
+        == 0
+    )
     ours = capsys.readouterr().out.strip()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(gpt2_folder).eval()
     prompt = [hf_tokenizer.eos_token_id, *hf_tokenizer(PROMPT)["input_ids"]]  # text: eos first
-    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20,
-                         attention_mask=torch.ones(1, len(prompt), dtype=torch.long))  # fmt: skip
+    out = model.generate(
+        torch.tensor([prompt]),
+        do_sample=False,
+        max_new_tokens=20,
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+    )
     assert ours == PROMPT + hf_tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
     # a task that adds special tokens (translation's delimiter) extends the vocabulary
     assert tok.add_special_tokens(["<delim>"]) == [tok.vocab_size - 1]
@@ -158,9 +210,18 @@ def test_export_and_import_errors(text_ckpt, tmp_path, gpt2_folder):
     export(text_ckpt, tmp_path / "hf", "--overwrite")  # replaced whole
     relative = checkpoint.save_model(
         tmp_path / "rel",
-        GPT(ModelConfig(vocab_size=320, block_size=16, n_layer=1, n_head=2, n_embd=16,
-                        pos_embedding="relative")),  # fmt: skip
-        seqgen.load_tokenizer(text_ckpt), "text",
+        GPT(
+            ModelConfig(
+                vocab_size=320,
+                block_size=16,
+                n_layer=1,
+                n_head=2,
+                n_embd=16,
+                pos_embedding="relative",
+            )
+        ),
+        seqgen.load_tokenizer(text_ckpt),
+        "text",
     )
     with pytest.raises(seqgen.SeqgenError, match="only GPT-2-shaped models.*relative"):
         from seqgen.interop.hf_checkpoint import ExportConfig, export_hf
@@ -190,8 +251,12 @@ def test_sentencepiece_as_hf_tokenizer_is_the_same_tokenizer(model_type):
 
     corpus = make_corpus(400) + "\n<unk> marks @-@ a gap; 12,345 numbers ünïcode\n"
     specials = ["<delim>", "<2de>"]
-    config = TokenizerConfig(vocab_size=360, model_type=model_type, user_symbols=["<unk>", "@-@"],
-                             special_tokens=specials)  # fmt: skip
+    config = TokenizerConfig(
+        vocab_size=360,
+        model_type=model_type,
+        user_symbols=["<unk>", "@-@"],
+        special_tokens=specials,
+    )
     ours = SentencePieceTokenizer.train([corpus], config)
     hf = ours.to_hf()
     lines = [*make_corpus(80, seed=5).splitlines(), "x <unk> y @-@ z 2026", "ℵ 😀  \t end"]

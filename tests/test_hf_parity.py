@@ -77,8 +77,9 @@ def test_exact_gelu_models_import_and_export_as_such():
     from seqgen.model import GPT
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=101, n_positions=32, n_embd=48, n_layer=2,
-                                     n_head=4, activation_function="gelu")  # fmt: skip
+    config = transformers.GPT2Config(
+        vocab_size=101, n_positions=32, n_embd=48, n_layer=2, n_head=4, activation_function="gelu"
+    )
     hf_exact = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # GELU inputs of order 1, where the tanh approximation is off
         for block in hf_exact.transformer.h:
@@ -97,7 +98,8 @@ def test_exact_gelu_models_import_and_export_as_such():
 
 
 def test_an_unknown_activation_is_named():
-    config = transformers.GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=1,
-                                     n_head=2, activation_function="relu")  # fmt: skip
+    config = transformers.GPT2Config(
+        vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2, activation_function="relu"
+    )
     with pytest.raises(CheckpointError, match="activation_function 'relu' is not one of"):
         from_hf(transformers.GPT2LMHeadModel(config))

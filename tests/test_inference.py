@@ -12,8 +12,11 @@ from seqgen.model import GPT
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, sp_tokenizer):
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=32, n_layer=1,
-                            n_head=2, n_embd=32))  # fmt: skip
+    model = GPT(
+        ModelConfig(
+            vocab_size=sp_tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32
+        )
+    )
     with torch.no_grad():  # larger weights than a fresh init: more varied text
         model.transformer.wte.weight.normal_(0.0, 0.3)
     return seqgen.save_model(tmp_path_factory.mktemp("ckpt") / "final", model, sp_tokenizer, "text")
@@ -85,18 +88,21 @@ def test_mbr_keeps_each_prompts_best_sample(ckpt):
     generator = seqgen.load(ckpt)
     prompts, sampling = ["the king", "queen"], dict(max_new_tokens=12, temperature=1.5, seed=4)
     # similarity = the output's own length: the consensus is the group's longest sample
-    chosen = generator.generate_mbr(prompts, samples=3, similarity=lambda a, b: len(a),
-                                    **sampling)  # fmt: skip
+    chosen = generator.generate_mbr(prompts, samples=3, similarity=lambda a, b: len(a), **sampling)
     drawn = generator.generate_many([p for p in prompts for _ in range(3)], **sampling)
     groups = [drawn[:3], drawn[3:]]
     assert len(set(drawn)) > 2  # the samples differ, so the choice matters
     assert chosen == [max(group, key=len) for group in groups]
     done = []
-    generator.generate_mbr(prompts, samples=3, similarity=lambda a, b: 0.0, on_done=done.append,
-                           **sampling)  # fmt: skip
+    generator.generate_mbr(
+        prompts, samples=3, similarity=lambda a, b: 0.0, on_done=done.append, **sampling
+    )
     assert sum(done) == 6
-    for bad, message in [({"samples": 1}, "at least 2"), ({"temperature": 0.0}, "temperature"),
-                         ({"num_beams": 2}, "num_beams")]:  # fmt: skip
+    for bad, message in [
+        ({"samples": 1}, "at least 2"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"num_beams": 2}, "num_beams"),
+    ]:
         with pytest.raises(ValueError, match=message):
             generator.generate_mbr(prompts, **{"samples": 3, "similarity": len, **sampling, **bad})
 
@@ -133,8 +139,9 @@ def test_text_pieces_and_the_tail_stop_check_equal_decoding_the_whole_output(sp_
             stop = [s for s in stop if s.strip()]
             if not stop:
                 continue
-            first = next((n for n in range(1, len(ids) + 1)
-                          if any(s in decode(ids[:n]) for s in stop)), None)  # fmt: skip
+            first = next(
+                (n for n in range(1, len(ids) + 1) if any(s in decode(ids[:n]) for s in stop)), None
+            )
             check = stop_check(stop, decode)
             found = next((n for n in range(1, len(ids) + 1) if check(ids[:n])), None)
             assert found == first, (stop, whole)
@@ -154,13 +161,15 @@ def test_device_selection_and_its_errors(ckpt, monkeypatch, capsys, tmp_path):
     generator = seqgen.load(ckpt, device="auto")  # no GPU here: the CPU, in fp32
     assert generator.device.type == "cpu" and generator.model.lm_head.weight.dtype == torch.float32
     assert seqgen.load(ckpt, device="cpu", precision="bf16").model.lm_head.weight.dtype == (
-        torch.bfloat16)  # fmt: skip
+        torch.bfloat16
+    )
     assert inference_precision("auto", torch.device("cpu")) == "32"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for name, message in [("cuda", "device cuda: this machine has no CUDA device"),
-                          ("cuda:3", "device cuda:3: this machine has no CUDA device"),
-                          ("tpu", "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
-                          ]:  # fmt: skip
+    for name, message in [
+        ("cuda", "device cuda: this machine has no CUDA device"),
+        ("cuda:3", "device cuda:3: this machine has no CUDA device"),
+        ("tpu", "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             resolve_device(name)
         with pytest.raises(ConfigError, match=message):
@@ -173,8 +182,10 @@ def test_device_selection_and_its_errors(ckpt, monkeypatch, capsys, tmp_path):
         resolve_device("cuda:2")
     monkeypatch.undo()
     base = ["--ckpt", str(ckpt), "--max_new_tokens", "4"]
-    for command in (["generate", "--prompt", "the"],
-                    ["attention", "--prompt", "the king", "--out", str(tmp_path / "a.png")]):
+    for command in (
+        ["generate", "--prompt", "the"],
+        ["attention", "--prompt", "the king", "--out", str(tmp_path / "a.png")],
+    ):
         assert main([*command, *base, "--device", "cuda:1"]) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("error: device cuda:1: this machine has no CUDA device")

@@ -119,7 +119,8 @@ def test_timings_are_taken_in_turns_after_the_warm_up():
     from seqgen.cpu import seconds_in_turns
 
     order = []
-    times = seconds_in_turns({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
-                             times=3, warmup=2)  # fmt: skip
+    times = seconds_in_turns(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, times=3, warmup=2
+    )
     assert order == ["a", "b"] * 5  # one of each per turn, warm-up turns included
     assert [len(t) for t in times.values()] == [3, 3] and all(s >= 0 for s in times["a"])

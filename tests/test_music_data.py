@@ -68,12 +68,20 @@ def test_ranks_encoding_one_corpus_at_once_take_turns(corpus, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from seqgen_tasks.music.data import load_corpus; "
-            "p, r = load_corpus(sys.argv[1], cache_dir=sys.argv[2], num_proc=1); "
-            "print(r['encoded'], sum(len(x) for x in p))")  # fmt: skip
-    runs = [subprocess.Popen([sys.executable, "-c", code, str(corpus), str(tmp_path / "cache")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]  # fmt: skip
+    code = (
+        "import sys; from seqgen_tasks.music.data import load_corpus; "
+        "p, r = load_corpus(sys.argv[1], cache_dir=sys.argv[2], num_proc=1); "
+        "print(r['encoded'], sum(len(x) for x in p))"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(corpus), str(tmp_path / "cache")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     # the last line: pyfluidsynth, imported by pretty_midi, prints its library's path when CI is set
@@ -99,8 +107,12 @@ def test_finding_files(corpus, tmp_path):
 
 
 def test_augmentation_ranges():
-    notes = Notes(np.array([0, 2, 60, 126, 127]), np.array([0, 10, 20, 30, 40]),
-                  np.array([10, 20, 30, 40, 41]), np.array([80] * 5))  # fmt: skip
+    notes = Notes(
+        np.array([0, 2, 60, 126, 127]),
+        np.array([0, 10, 20, 30, 40]),
+        np.array([10, 20, 30, 40, 41]),
+        np.array([80] * 5),
+    )
     up = augment(notes, 3, 1.0)
     assert up.pitch.tolist() == [3, 5, 63]  # 126 and 127 leave the range and are dropped
     down = augment(notes, -3, 1.0)
@@ -114,8 +126,7 @@ def test_augmentation_ranges():
 
 def test_windows_are_augmented_draws_of_the_context_length():
     torch.manual_seed(0)
-    notes = Notes(np.arange(40, 80), np.arange(0, 400, 10), np.arange(5, 405, 10),
-                  np.full(40, 90))  # fmt: skip
+    notes = Notes(np.arange(40, 80), np.arange(0, 400, 10), np.arange(5, 405, 10), np.full(40, 90))
     windows = PerformanceWindows([notes], block_size=32, bos_id=389, eos_id=390, pad_id=388)
     plain = encode_notes(notes)
     assert len(windows) == len(plain) + 2  # one item per offset
@@ -128,8 +139,9 @@ def test_windows_are_augmented_draws_of_the_context_length():
         seen_pitches.update(decoded.pitch.tolist())
     assert min(seen_pitches) < 40 or max(seen_pitches) > 79  # transposed at least once
     assert min(seen_pitches) >= 37 and max(seen_pitches) <= 82
-    short = PerformanceWindows([notes], block_size=512, bos_id=389, eos_id=390, pad_id=388,
-                               augment=False)[0]  # fmt: skip
+    short = PerformanceWindows(
+        [notes], block_size=512, bos_id=389, eos_id=390, pad_id=388, augment=False
+    )[0]
     n = len(plain) + 1  # bos + events + eos, minus one for the shift
     assert short["input_ids"][0] == 389 and short["targets"][n - 1] == 390
     assert (short["targets"][n:] == IGNORE_INDEX).all() and (short["input_ids"][n:] == 388).all()

@@ -31,8 +31,7 @@ def vel(bin_):
 def notes(*rows):
     """(pitch, start s, end s, velocity) rows -> Notes."""
     pitch, start, end, velocity = zip(*rows, strict=True)
-    return Notes(np.array(pitch), np.array(start, float), np.array(end, float),
-                 np.array(velocity))  # fmt: skip
+    return Notes(np.array(pitch), np.array(start, float), np.array(end, float), np.array(velocity))
 
 
 def encode(*rows):
@@ -46,16 +45,37 @@ def test_a_chord():
 
 def test_long_gaps_repeat_the_longest_shift_then_the_remainder():
     events = encode((60, 0.0, 0.1, 80), (62, 2.57, 2.67, 80))
-    assert events == [vel(20), ON + 60, shift(10), OFF + 60, shift(100), shift(100), shift(47),
-                      ON + 62, shift(10), OFF + 62]  # fmt: skip
+    assert events == [
+        vel(20),
+        ON + 60,
+        shift(10),
+        OFF + 60,
+        shift(100),
+        shift(100),
+        shift(47),
+        ON + 62,
+        shift(10),
+        OFF + 62,
+    ]
     assert encode((60, 1.0, 2.0, 80))[:2] == [shift(100), vel(20)]  # time starts at 0
 
 
 def test_velocity_events_only_when_the_bin_changes():
     events = encode((60, 0.0, 0.1, 80), (62, 0.1, 0.2, 77), (64, 0.2, 0.3, 100))
     # 77 and 80 share bin 20 (77-80); 100 is bin 25
-    assert events == [vel(20), ON + 60, shift(10), OFF + 60, ON + 62, shift(10), OFF + 62,
-                      vel(25), ON + 64, shift(10), OFF + 64]  # fmt: skip
+    assert events == [
+        vel(20),
+        ON + 60,
+        shift(10),
+        OFF + 60,
+        ON + 62,
+        shift(10),
+        OFF + 62,
+        vel(25),
+        ON + 64,
+        shift(10),
+        OFF + 64,
+    ]
 
 
 def test_rounding_half_up_and_one_step_minimum():
@@ -70,15 +90,21 @@ def test_offs_come_before_ons_within_a_step():
 
 
 def test_sustain_pedal_holds_released_notes_until_lift_or_restrike():
-    played = notes((60, 0.0, 0.2, 80), (60, 0.5, 0.6, 80), (64, 0.0, 0.05, 80),
-                   (67, 0.0, 1.0, 80), (72, 0.3, 0.4, 80))  # fmt: skip
+    played = notes(
+        (60, 0.0, 0.2, 80),
+        (60, 0.5, 0.6, 80),
+        (64, 0.0, 0.05, 80),
+        (67, 0.0, 1.0, 80),
+        (72, 0.3, 0.4, 80),
+    )
     times, values = np.array([0.1, 0.3, 1.0, 1.2]), np.array([127, 100, 0, 64])
     held = sustain(played, times, values)
     # 60 is struck again at 0.5, ends there; the re-struck 60 and 72 hold until the lift at
     # 1.0; 64 was released before the pedal; 67 is released exactly at the lift: not held
     assert held.end.tolist() == [0.5, 1.0, 0.05, 1.0, 1.0]
-    never_lifted = sustain(notes((60, 0.0, 0.2, 80), (62, 0.0, 0.9, 80)), np.array([0.1]),
-                           np.array([127]))  # fmt: skip
+    never_lifted = sustain(
+        notes((60, 0.0, 0.2, 80), (62, 0.0, 0.9, 80)), np.array([0.1]), np.array([127])
+    )
     assert never_lifted.end.tolist() == [0.9, 0.9]
     never_pressed = sustain(played, np.array([0.1, 0.5]), np.array([0, 30]))  # e.g. POP909
     assert never_pressed.end.tolist() == played.end.tolist()
@@ -103,12 +129,28 @@ def test_instruments_merge_and_drums_are_skipped():
 
 
 def test_decoding_is_lenient():
-    notes_ = decode_events([ON + 60, OFF + 61, 400, shift(5), ON + 60, shift(5), OFF + 60,
-                            OFF + 60, OFF + 60, ON + 62, ON + 64, OFF + 64, shift(3)])  # fmt: skip
+    notes_ = decode_events(
+        [
+            ON + 60,
+            OFF + 61,
+            400,
+            shift(5),
+            ON + 60,
+            shift(5),
+            OFF + 60,
+            OFF + 60,
+            OFF + 60,
+            ON + 62,
+            ON + 64,
+            OFF + 64,
+            shift(3),
+        ]
+    )
     # the OFF 60s close the oldest 60 first; OFF 61 and the third OFF 60 close nothing; 400 is
     # not an event; 64 has zero length; 62 is never closed and ends at the last step
-    assert list(zip(notes_.pitch.tolist(), notes_.start.tolist(), notes_.end.tolist(),
-                    strict=True)) == [(60, 0, 10), (60, 5, 10), (62, 10, 13)]  # fmt: skip
+    assert list(
+        zip(notes_.pitch.tolist(), notes_.start.tolist(), notes_.end.tolist(), strict=True)
+    ) == [(60, 0, 10), (60, 5, 10), (62, 10, 13)]
     assert notes_.velocity.tolist() == [64, 64, 64]  # no VELOCITY event: the default
 
 

@@ -37,8 +37,10 @@ def test_hold_limits_are_each_octaves_quantile_of_the_training_notes():
     pitch = np.r_[np.full(400, 60), np.full(400, 36), np.full(10, 100)]  # octaves 5, 3, 8
     duration = np.r_[rng.integers(10, 50, 400), rng.integers(100, 500, 400), [900] * 10]
     start = np.arange(len(pitch)) * 10
-    songs = [Notes(pitch[:500], start[:500], start[:500] + duration[:500], np.full(500, 64)),
-             Notes(pitch[500:], start[500:], start[500:] + duration[500:], np.full(310, 64))]
+    songs = [
+        Notes(pitch[:500], start[:500], start[:500] + duration[:500], np.full(500, 64)),
+        Notes(pitch[500:], start[500:], start[500:] + duration[500:], np.full(310, 64)),
+    ]
     limits, floors = hold_limits(songs), shortest_holds(songs)
     assert len(limits) == len(floors) == OCTAVES
     for octave, notes in ((5, duration[:400]), (3, duration[400:800])):
@@ -153,8 +155,17 @@ def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, cap
     with pytest.raises(ConfigError, match="shortest_holds must be 11 seconds > 0"):
         MusicTask.from_options({"shortest_holds": [-0.05] * OCTAVES}, 64)
     assert load(OLD_MUSIC).task.hold_limits is None and load(OLD_MUSIC).task.shortest_holds is None
-    argv = ["generate", "--ckpt", str(OLD_MUSIC), "--seed", "0", "--max_new_tokens", "60",
-            "--out", str(tmp_path / "out.mid")]  # fmt: skip
+    argv = [
+        "generate",
+        "--ckpt",
+        str(OLD_MUSIC),
+        "--seed",
+        "0",
+        "--max_new_tokens",
+        "60",
+        "--out",
+        str(tmp_path / "out.mid"),
+    ]
     assert main(argv) == 0
     said = capsys.readouterr().out
     assert "no hold limits in this checkpoint" in said and "no shortest holds in this" in said
@@ -179,8 +190,9 @@ def test_a_floor_at_or_above_a_stored_hold_limit_is_refused():
     with pytest.raises(ValueError, match="octave 4's notes would be held at least 0.6 s"):
         prepare([389, 60], options, {"max_new_tokens": 10}, limits, None)
     # a floor equal to the limit is consistent: such notes last exactly that long
-    _, settings = prepare([389, 60], MusicGenerate(min_note_seconds=0.5), {"max_new_tokens": 10},
-                          limits, None)  # fmt: skip
+    _, settings = prepare(
+        [389, 60], MusicGenerate(min_note_seconds=0.5), {"max_new_tokens": 10}, limits, None
+    )
     assert settings["constraint"]([389, 60]).floors[60] == 50
 
 
@@ -193,13 +205,15 @@ def test_a_banned_releases_probability_goes_to_the_releases_allowed():
     logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(0))
     before = torch.softmax(logits, -1)[0]
     banned, shared = row_bans([rules])
-    after = torch.softmax(adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned],
-                                        [shared]), -1)[0]  # fmt: skip
+    after = torch.softmax(
+        adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned], [shared]), -1
+    )[0]
     releases = slice(NOTE_OFF, NOTE_OFF + 128)
     assert after[releases].nonzero().flatten().tolist() == [60]
     # the model's rate of releases is kept, and every other event keeps its probability
     assert after[releases].sum().item() == pytest.approx(before[releases].sum().item(), rel=1e-5)
     assert torch.allclose(after[:NOTE_OFF], before[:NOTE_OFF], rtol=1e-5)
-    plain = torch.softmax(adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned]),
-                          -1)[0]  # fmt: skip
+    plain = torch.softmax(adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned]), -1)[
+        0
+    ]
     assert plain[NOTE_OFF + 60] < after[NOTE_OFF + 60]

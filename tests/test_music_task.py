@@ -201,15 +201,33 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path):
 
     def overlap(generated, reference):
         out = tmp_path / "stats.json"
-        argv = ["evaluate", "--task", "music", "--generated", str(generated),
-                "--reference", str(reference), "--cache_dir", str(root / "cache"),
-                "--report", str(out)]  # fmt: skip
+        argv = [
+            "evaluate",
+            "--task",
+            "music",
+            "--generated",
+            str(generated),
+            "--reference",
+            str(reference),
+            "--cache_dir",
+            str(root / "cache"),
+            "--report",
+            str(out),
+        ]
         assert main(argv) == 0
         return json.loads(out.read_text())["statistics"]["overlap"]
 
     same = overlap(songs / "00.mid", songs / "00.mid")
-    assert same == pytest.approx({"pitch_class": 1, "velocity": 1, "note_density": 1, "ioi": 1,
-                                  "duration": 1, "polyphony": 1})  # fmt: skip
+    assert same == pytest.approx(
+        {
+            "pitch_class": 1,
+            "velocity": 1,
+            "note_density": 1,
+            "ioi": 1,
+            "duration": 1,
+            "polyphony": 1,
+        }
+    )
     moved = overlap(tmp_path / "high", songs / "00.mid")
     assert moved["pitch_class"] == pytest.approx(0.0)  # C E G vs C# F G#: nothing shared
     assert moved["ioi"] == pytest.approx(1.0) and moved["velocity"] == pytest.approx(1.0)
@@ -219,8 +237,12 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path):
 def steps(*notes: tuple[int, float, float]) -> Notes:
     """Notes from (pitch, start s, end s), in 10 ms steps."""
     pitch, start, end = (np.array([n[i] for n in notes]) for i in range(3))
-    return Notes(pitch, np.round(start * 100).astype(int), np.round(end * 100).astype(int),
-                 np.full(len(notes), 64))  # fmt: skip
+    return Notes(
+        pitch,
+        np.round(start * 100).astype(int),
+        np.round(end * 100).astype(int),
+        np.full(len(notes), 64),
+    )
 
 
 def test_durations_polyphony_and_failures_are_counted_in_time():
@@ -233,15 +255,20 @@ def test_durations_polyphony_and_failures_are_counted_in_time():
     found = features([piece])
     assert found["polyphony"][[0, 1, 2, 12]] == pytest.approx([5 / 11, 4 / 11, 1 / 11, 1 / 11])
     assert found["duration"].sum() == pytest.approx(1.0)
-    assert failures([piece]) == pytest.approx({
-        "long_notes_fraction": 1 / 14,  # the 5 s note
-        "short_notes_fraction": 0.0,
-        "silences_per_minute": 1 / (11 / 60),  # 5 s of silence in 11 s
-        "crowded_fraction": 1 / 11,
-    })  # fmt: skip
+    assert failures([piece]) == pytest.approx(
+        {
+            "long_notes_fraction": 1 / 14,  # the 5 s note
+            "short_notes_fraction": 0.0,
+            "silences_per_minute": 1 / (11 / 60),  # 5 s of silence in 11 s
+            "crowded_fraction": 1 / 11,
+        }
+    )
     assert failures([piece], long_note_seconds=6, silence_seconds=5, crowded_notes=12) == {
-        "long_notes_fraction": 0.0, "short_notes_fraction": 0.0, "silences_per_minute": 0.0,
-        "crowded_fraction": 0.0}  # fmt: skip
+        "long_notes_fraction": 0.0,
+        "short_notes_fraction": 0.0,
+        "silences_per_minute": 0.0,
+        "crowded_fraction": 0.0,
+    }
     assert failures([piece, click])["short_notes_fraction"] == 1 / 16  # the 40 ms note
     assert failures([click], short_note_seconds=0.04)["short_notes_fraction"] == 0.0
     silent = Notes.empty()  # a window in which nothing was played adds nothing
@@ -261,8 +288,12 @@ def test_evaluation_options_are_checked():
     with pytest.raises(ValueError, match="short_note_seconds and silence_seconds must be > 0"):
         MusicEval(generated="ours", reference="theirs", short_note_seconds=0)
     limits = MusicEval(generated="ours", reference="theirs", long_note_seconds=6).failure_limits()
-    assert limits == {"long_note_seconds": 6, "short_note_seconds": 0.05, "silence_seconds": 3.0,
-                      "crowded_notes": 10}  # fmt: skip
+    assert limits == {
+        "long_note_seconds": 6,
+        "short_note_seconds": 0.05,
+        "silence_seconds": 3.0,
+        "crowded_notes": 10,
+    }
 
 
 def test_notes_held_open_show_in_the_duration_overlap():
@@ -351,9 +382,25 @@ def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
 
     root, _ = trained
     out, audio = tmp_path / "w.mid", tmp_path / "w.wav"
-    argv = ["generate", "--ckpt", str(root / "run"), "--prompt", str(root / "songs" / "00.mid"),
-            "--prompt_seconds", "2", "--seconds", "2", "--seed", "0", "--out", str(out),
-            "--wav", str(audio), "--sample_rate", "16000"]  # fmt: skip
+    argv = [
+        "generate",
+        "--ckpt",
+        str(root / "run"),
+        "--prompt",
+        str(root / "songs" / "00.mid"),
+        "--prompt_seconds",
+        "2",
+        "--seconds",
+        "2",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--wav",
+        str(audio),
+        "--sample_rate",
+        "16000",
+    ]
     assert main(argv) == 0
     with wave.open(str(audio)) as rendered:
         assert rendered.getframerate() == 16000 and rendered.getsampwidth() == 2
@@ -361,8 +408,20 @@ def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
     soundfont = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")  # Debian's fluid-soundfont-gm
     if soundfont.is_file():
         again = tmp_path / "gm.wav"
-        assert main([*argv[:-4], "--wav", str(again), "--sample_rate", "16000",
-                     "--soundfont", str(soundfont)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    *argv[:-4],
+                    "--wav",
+                    str(again),
+                    "--sample_rate",
+                    "16000",
+                    "--soundfont",
+                    str(soundfont),
+                ]
+            )
+            == 0
+        )
         with wave.open(str(again)) as rendered, wave.open(str(audio)) as plain:
             assert rendered.readframes(-1) != plain.readframes(-1)  # another sound font
 
@@ -421,10 +480,25 @@ def test_strided_nll_gives_each_event_half_a_context_at_least():
 def test_continuations_of_held_out_performances(trained, tmp_path):
     root, _ = trained
     out = tmp_path / "continuation.json"
-    argv = ["evaluate", "--task", "music", "--ckpt", str(root / "run"), "--data",
-            str(root / "songs" / "04.mid"), "--cache_dir", str(root / "cache"),
-            "--continue_seconds", "4", "--prompt_seconds", "3", "--bootstrap_samples", "20",
-            "--report", str(out)]  # fmt: skip
+    argv = [
+        "evaluate",
+        "--task",
+        "music",
+        "--ckpt",
+        str(root / "run"),
+        "--data",
+        str(root / "songs" / "04.mid"),
+        "--cache_dir",
+        str(root / "cache"),
+        "--continue_seconds",
+        "4",
+        "--prompt_seconds",
+        "3",
+        "--bootstrap_samples",
+        "20",
+        "--report",
+        str(out),
+    ]
     assert main(argv) == 0
     found = json.loads(out.read_text())["continuation"]
     assert found["performances"] == 1 and found["too_short"] == 0
@@ -432,8 +506,12 @@ def test_continuations_of_held_out_performances(trained, tmp_path):
     assert set(found["overlap"]) == keys and set(found["overlap_interval"]) == keys
     assert all(0.0 <= v <= 1.0 for v in found["overlap"].values())
     assert found["nll_per_event_real"] > 0 and found["events_generated"] > 0
-    assert set(found["failures"]["real"]) == {"long_notes_fraction", "short_notes_fraction",
-                                              "silences_per_minute", "crowded_fraction"}
+    assert set(found["failures"]["real"]) == {
+        "long_notes_fraction",
+        "short_notes_fraction",
+        "silences_per_minute",
+        "crowded_fraction",
+    }
     # the song repeats every 2 s: the performer's next 4 s are nearly the real continuation
     assert found["performer_later"]["performances"] == 1
     assert 0.95 < found["performer_later"]["overlap"]["mean"] <= 1.0

@@ -54,14 +54,18 @@ def write_corpus(folder: Path, files: int = 6, jsonl: bool = True) -> Path:
 def prepare(source, out, tokenizer_dir=None, **options):
     data = {key[5:]: options.pop(key) for key in list(options) if key.startswith("data.")}
     tokenizer = TokenizerConfig(vocab_size=320, path=str(tokenizer_dir) if tokenizer_dir else None)
-    config = prep.PrepareConfig(data=TextData(source=str(source), **data), tokenizer=tokenizer,
-                                out=str(out), **options)  # fmt: skip
+    config = prep.PrepareConfig(
+        data=TextData(source=str(source), **data), tokenizer=tokenizer, out=str(out), **options
+    )
     return prep.prepare(config)
 
 
 def folder_bytes(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != ".lock"}  # fmt: skip
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_the_same_bytes_for_any_number_of_processes(small_units, tmp_path, tokenizer_dir):
@@ -78,19 +82,27 @@ def test_the_same_bytes_for_any_number_of_processes(small_units, tmp_path, token
     assert 0.03 < one["splits"]["val"]["tokens"] / train["tokens"] < 0.25  # val_fraction 0.1
 
 
-def test_shards_hold_the_ids_of_the_in_memory_path(small_units, tmp_path, tokenizer_dir,
-                                                   sp_tokenizer):  # fmt: skip
+def test_shards_hold_the_ids_of_the_in_memory_path(
+    small_units, tmp_path, tokenizer_dir, sp_tokenizer
+):
     corpus = write_corpus(tmp_path / "corpus", files=3, jsonl=False)
     held_out = tmp_path / "held.txt"
     held_out.write_text(make_corpus(50, seed=9))
-    prepare(corpus, tmp_path / "out", tokenizer_dir, shard_tokens=3000,
-            **{"data.val_source": str(held_out)})  # fmt: skip
+    prepare(
+        corpus,
+        tmp_path / "out",
+        tokenizer_dir,
+        shard_tokens=3000,
+        **{"data.val_source": str(held_out)},
+    )
     texts = [p.read_text() for p in sorted(corpus.glob("*.txt"))]
     expected = tokenize_documents(texts, sp_tokenizer)
     found = split_tokens(tmp_path / "out", "train")
     assert np.array_equal(found[0 : len(found)], expected)
-    assert np.array_equal(split_tokens(tmp_path / "out", "val")[0:10_000],
-                          tokenize_documents([held_out.read_text()], sp_tokenizer))  # fmt: skip
+    assert np.array_equal(
+        split_tokens(tmp_path / "out", "val")[0:10_000],
+        tokenize_documents([held_out.read_text()], sp_tokenizer),
+    )
 
 
 def test_sharded_tokens_slice_across_shards(tmp_path):
@@ -136,38 +148,59 @@ sys.exit(main(sys.argv[3:]))
 
 
 @pytest.mark.parametrize(("kill_after", "torn"), [(3, False), (7, True)])
-def test_a_killed_prepare_goes_on_to_the_same_bytes(small_units, tmp_path, tokenizer_dir,
-                                                    kill_after, torn):  # fmt: skip
+def test_a_killed_prepare_goes_on_to_the_same_bytes(
+    small_units, tmp_path, tokenizer_dir, kill_after, torn
+):
     corpus = write_corpus(tmp_path / "corpus")
     prepare(corpus, tmp_path / "whole", tokenizer_dir, num_proc=2, shard_tokens=4000)
-    argv = ["data", "prepare", "--data.source", str(corpus), "--tokenizer.path",
-            str(tokenizer_dir), "--out", str(tmp_path / "killed"), "--shard_tokens", "4000",
-            "--num_proc", "2"]  # fmt: skip
+    argv = [
+        "data",
+        "prepare",
+        "--data.source",
+        str(corpus),
+        "--tokenizer.path",
+        str(tokenizer_dir),
+        "--out",
+        str(tmp_path / "killed"),
+        "--shard_tokens",
+        "4000",
+        "--num_proc",
+        "2",
+    ]
     script = tmp_path / "killer.py"
     script.write_text(KILLER.format(small=SMALL))
-    child = subprocess.run([sys.executable, str(script), str(kill_after),
-                            "torn" if torn else "clean", *argv], capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, str(script), str(kill_after), "torn" if torn else "clean", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == -9, child.stderr[-2000:]
     killed = tmp_path / "killed"
     assert not (killed / "index.json").exists()
     with pytest.raises(DataError, match="did not finish; run the same"):
         read_index(killed)
     recorded = json.loads((killed / "progress.json").read_text())["shards"]
-    kept = {s["file"]: os.stat(killed / s["file"]).st_ino for split in recorded.values()
-            for s in split}  # fmt: skip
+    kept = {
+        s["file"]: os.stat(killed / s["file"]).st_ino for split in recorded.values() for s in split
+    }
     assert kept  # some shards were recorded before the kill
-    again = subprocess.run([sys.executable, str(script), "-1", "clean", *argv],
-                           capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "SEQGEN_LOG": "INFO"})  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, str(script), "-1", "clean", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SEQGEN_LOG": "INFO"},
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "going on from unit" in again.stderr
     assert folder_bytes(killed) == folder_bytes(tmp_path / "whole")
     assert {f: os.stat(killed / f).st_ino for f in kept} == kept  # never written again
 
 
-def test_a_full_disk_is_one_error_and_loses_nothing(small_units, tmp_path, tokenizer_dir,
-                                                   monkeypatch):  # fmt: skip
+def test_a_full_disk_is_one_error_and_loses_nothing(
+    small_units, tmp_path, tokenizer_dir, monkeypatch
+):
     import errno
     from contextlib import contextmanager
 
@@ -194,8 +227,9 @@ def test_a_full_disk_is_one_error_and_loses_nothing(small_units, tmp_path, token
     assert folder_bytes(tmp_path / "full") == folder_bytes(tmp_path / "whole")
 
 
-def test_a_stale_folder_is_refused_and_overwrite_prepares_it_anew(tmp_path, tokenizer_dir,
-                                                                  sp_tokenizer):  # fmt: skip
+def test_a_stale_folder_is_refused_and_overwrite_prepares_it_anew(
+    tmp_path, tokenizer_dir, sp_tokenizer
+):
     from seqgen.tokenizer import SentencePieceTokenizer
 
     corpus = write_corpus(tmp_path / "corpus", files=2)
@@ -205,8 +239,11 @@ def test_a_stale_folder_is_refused_and_overwrite_prepares_it_anew(tmp_path, toke
     assert prepare(corpus, out, tokenizer_dir)["splits"]  # the same again: nothing to do
     other = tmp_path / "other_tok"
     SentencePieceTokenizer.train([make_corpus(seed=5)], TokenizerConfig(vocab_size=330)).save(other)
-    changes = [({"tokenizer_dir": other}, "tokenizer"), ({"data.text_field": "body"}, "text_field"),
-               ({"data.val_fraction": 0.2}, "val_fraction")]  # fmt: skip
+    changes = [
+        ({"tokenizer_dir": other}, "tokenizer"),
+        ({"data.text_field": "body"}, "text_field"),
+        ({"data.val_fraction": 0.2}, "val_fraction"),
+    ]
     for change, named in changes:
         options = {"tokenizer_dir": tokenizer_dir, **change}
         with pytest.raises(DataError, match=f"prepared from other data or settings \\({named}"):
@@ -232,8 +269,9 @@ def test_bad_rows_are_named_or_counted(tmp_path, tokenizer_dir):
     (folder / "latin1.txt").write_bytes(b"the king\n" * 30 + "caf\xe9\n".encode("latin1"))
     with pytest.raises(DataError, match=r"latin1.txt: not UTF-8 text \(byte offset 273"):
         prepare(folder, tmp_path / "out3", tokenizer_dir)
-    index = prepare(folder, tmp_path / "out4", tokenizer_dir, skip_errors=True,
-                    **{"data.val_fraction": 0.5})  # fmt: skip
+    index = prepare(
+        folder, tmp_path / "out4", tokenizer_dir, skip_errors=True, **{"data.val_fraction": 0.5}
+    )
     assert index["counts"]["skipped_rows"] == 1 and index["counts"]["skipped_bytes"] == 275
     assert index["counts"]["documents"] == 40
 
@@ -241,12 +279,37 @@ def test_bad_rows_are_named_or_counted(tmp_path, tokenizer_dir):
 def test_pretrain_from_a_prepared_folder(tmp_path, tokenizer_dir, capsys):
     corpus = write_corpus(tmp_path / "corpus", files=2)
     out = tmp_path / "prepared"
-    assert main(["data", "prepare", "--data.source", str(corpus), "--tokenizer.path",
-                 str(tokenizer_dir), "--out", str(out), "--num_proc", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--data.source",
+                str(corpus),
+                "--tokenizer.path",
+                str(tokenizer_dir),
+                "--out",
+                str(out),
+                "--num_proc",
+                "1",
+            ]
+        )
+        == 0
+    )
     index = read_index(out)
     report = tmp_path / "report.json"
-    run = ["pretrain", "--data.source", str(out), *flags(TINY_MODEL), "--train.max_steps", "4",
-           "--train.batch_size", "4", "--train.progress_bar", "false"]  # fmt: skip
+    run = [
+        "pretrain",
+        "--data.source",
+        str(out),
+        *flags(TINY_MODEL),
+        "--train.max_steps",
+        "4",
+        "--train.batch_size",
+        "4",
+        "--train.progress_bar",
+        "false",
+    ]
     assert main([*run, "--out_dir", str(tmp_path / "run"), "--report", str(report)]) == 0
     values = json.loads(report.read_text())
     assert values["data_stats"]["train_corpus_tokens"] == index["splits"]["train"]["tokens"]
@@ -262,8 +325,18 @@ def test_pretrain_from_a_prepared_folder(tmp_path, tokenizer_dir, capsys):
     assert main([*run, "--out_dir", str(tmp_path / "run2"), "--tokenizer.path", str(other)]) == 2
     error = capsys.readouterr().err
     assert "was prepared with tokenizer" in error and "this run's is" in error
-    assert main([*run, "--out_dir", str(tmp_path / "run3"), "--data.val_source",
-                 str(corpus / "book0.txt")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                *run,
+                "--out_dir",
+                str(tmp_path / "run3"),
+                "--data.val_source",
+                str(corpus / "book0.txt"),
+            ]
+        )
+        == 2
+    )
     assert "holds its own validation split" in capsys.readouterr().err
 
 
@@ -301,9 +374,23 @@ def test_tokenizer_train_reads_a_bounded_sample_of_a_text_corpus(small_units, tm
 
     corpus = write_corpus(tmp_path / "corpus", files=8, jsonl=False)
     with caplog.at_level(logging.INFO, logger="seqgen"):
-        assert main(["tokenizer", "train", "--data.source", str(corpus), "--out",
-                     str(tmp_path / "tok"), "--tokenizer.vocab_size", "330",
-                     "--tokenizer.max_sentences", "400"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "tokenizer",
+                    "train",
+                    "--data.source",
+                    str(corpus),
+                    "--out",
+                    str(tmp_path / "tok"),
+                    "--tokenizer.vocab_size",
+                    "330",
+                    "--tokenizer.max_sentences",
+                    "400",
+                ]
+            )
+            == 0
+        )
     messages = [record.getMessage() for record in caplog.records]
     trained = next(m for m in messages if "trained the tokenizer" in m)
     lines = int(trained.split(" on ")[1].split()[0].replace(",", ""))
@@ -315,19 +402,23 @@ def test_a_saved_dataset_prepares_row_by_row(small_units, tmp_path, tokenizer_di
 
     rows = [make_corpus(2 + i % 4, seed=i) for i in range(50)]
     datasets.Dataset.from_dict({"text": rows, "n": list(range(50))}).save_to_disk(
-        str(tmp_path / "saved"))  # fmt: skip
-    one = prepare(tmp_path / "saved", tmp_path / "one", tokenizer_dir, num_proc=1,
-                  shard_tokens=2000)  # fmt: skip
-    two = prepare(tmp_path / "saved", tmp_path / "two", tokenizer_dir, num_proc=2,
-                  shard_tokens=2000)  # fmt: skip
+        str(tmp_path / "saved")
+    )
+    one = prepare(
+        tmp_path / "saved", tmp_path / "one", tokenizer_dir, num_proc=1, shard_tokens=2000
+    )
+    two = prepare(
+        tmp_path / "saved", tmp_path / "two", tokenizer_dir, num_proc=2, shard_tokens=2000
+    )
     assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "two") and one == two
     assert one["counts"]["documents"] == 50
     train, val = (split_tokens(tmp_path / "one", s) for s in ("train", "val"))
     found = np.concatenate([train[0 : len(train)], val[0 : len(val)]])
     assert sorted(found.tolist()) == sorted(tokenize_documents(rows, sp_tokenizer).tolist())
     with pytest.raises(DataError, match=r"no column 'body' \(has: text, n\); set data.text_field"):
-        prepare(tmp_path / "saved", tmp_path / "three", tokenizer_dir,
-                **{"data.text_field": "body"})  # fmt: skip
+        prepare(
+            tmp_path / "saved", tmp_path / "three", tokenizer_dir, **{"data.text_field": "body"}
+        )
 
 
 def dying_encoder(unit):
@@ -339,8 +430,9 @@ def dying_encoder(unit):
 encode_unit = units_module.encode_unit
 
 
-def test_a_dead_worker_is_an_error_and_the_rerun_goes_on(small_units, tmp_path, tokenizer_dir,
-                                                        monkeypatch):  # fmt: skip
+def test_a_dead_worker_is_an_error_and_the_rerun_goes_on(
+    small_units, tmp_path, tokenizer_dir, monkeypatch
+):
     corpus = write_corpus(tmp_path / "corpus", files=2, jsonl=False)
     prepare(corpus, tmp_path / "whole", tokenizer_dir, num_proc=2, shard_tokens=2000)
     monkeypatch.setattr(prep, "encode_unit", dying_encoder)
@@ -351,8 +443,7 @@ def test_a_dead_worker_is_an_error_and_the_rerun_goes_on(small_units, tmp_path, 
     assert folder_bytes(tmp_path / "out") == folder_bytes(tmp_path / "whole")
 
 
-def test_a_streamed_dataset_prepares_as_the_whole_one(small_units, tmp_path, tokenizer_dir,
-                                                      capsys):  # fmt: skip
+def test_a_streamed_dataset_prepares_as_the_whole_one(small_units, tmp_path, tokenizer_dir, capsys):
     """data.streaming reads rows as they arrive (a hub dataset is not downloaded whole); a
     save_to_disk folder streams the same way offline. The shards equal the row-range ones."""
     import datasets
@@ -360,15 +451,40 @@ def test_a_streamed_dataset_prepares_as_the_whole_one(small_units, tmp_path, tok
     rows = [make_corpus(2 + i % 4, seed=i) for i in range(50)]
     datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "saved"))
     whole = prepare(tmp_path / "saved", tmp_path / "whole", tokenizer_dir, shard_tokens=2000)
-    streamed = prepare(tmp_path / "saved", tmp_path / "stream", tokenizer_dir, num_proc=2,
-                       shard_tokens=2000, **{"data.streaming": True})  # fmt: skip
+    streamed = prepare(
+        tmp_path / "saved",
+        tmp_path / "stream",
+        tokenizer_dir,
+        num_proc=2,
+        shard_tokens=2000,
+        **{"data.streaming": True},
+    )
     whole_files = {k: v for k, v in folder_bytes(tmp_path / "whole").items() if "index" not in k}
-    stream_files = {k: v for k, v in folder_bytes(tmp_path / "stream").items()
-                    if "index" not in k}  # fmt: skip
+    stream_files = {k: v for k, v in folder_bytes(tmp_path / "stream").items() if "index" not in k}
     assert whole_files == stream_files and whole["splits"] == streamed["splits"]
     assert streamed["identity"]["sources"][0][3] == "stream"
-    assert prepare(tmp_path / "saved", tmp_path / "stream", tokenizer_dir, shard_tokens=2000,
-                   **{"data.streaming": True}) == streamed  # done: the same command again
-    assert main(["pretrain", "--data.source", str(tmp_path / "saved"), "--data.streaming",
-                 "true", "--out_dir", str(tmp_path / "run")]) == 2  # fmt: skip
+    assert (
+        prepare(
+            tmp_path / "saved",
+            tmp_path / "stream",
+            tokenizer_dir,
+            shard_tokens=2000,
+            **{"data.streaming": True},
+        )
+        == streamed
+    )  # done: the same command again
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data.source",
+                str(tmp_path / "saved"),
+                "--data.streaming",
+                "true",
+                "--out_dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     assert "a stream is tokenized into shards first" in capsys.readouterr().err

@@ -35,8 +35,9 @@ def test_lines_in_a_file_first_after_a_second_then_every_interval(clock, caplog)
     assert lines(caplog) == []
     clock.now += 1.0
     work(10)
-    assert lines(caplog) == ["translated 20/1,000 sentences (2%)  12.3/s  elapsed 0:00:02  "
-                             "ETA 0:01:20"]  # fmt: skip
+    assert lines(caplog) == [
+        "translated 20/1,000 sentences (2%)  12.3/s  elapsed 0:00:02  ETA 0:01:20"
+    ]
     for _ in range(29):  # 14.5 s more: no new line before 15 s have passed
         clock.now += 0.5
         work(10)
@@ -62,15 +63,17 @@ def test_quick_work_and_bounded_work(clock, caplog):
     bounded.set(900)  # within the interval: no line
     clock.now += 1
     bounded.finish()
-    assert lines(caplog) == ["generated 400 tokens (at most 3,000)  200/s  elapsed 0:00:02",
-                             "generated 900 tokens (at most 3,000)  300/s  elapsed 0:00:03 "
-                             "(done)"]  # fmt: skip
+    assert lines(caplog) == [
+        "generated 400 tokens (at most 3,000)  200/s  elapsed 0:00:02",
+        "generated 900 tokens (at most 3,000)  300/s  elapsed 0:00:03 (done)",
+    ]
     unknown = Progress("read", unit="lines for the tokenizer")
     clock.now += 2
     unknown(123_456)
     unknown.finish()
-    assert lines(caplog)[-1] == ("read 123k lines for the tokenizer  61,728/s  elapsed 0:00:02 "
-                                 "(done)")
+    assert lines(caplog)[-1] == (
+        "read 123k lines for the tokenizer  61,728/s  elapsed 0:00:02 (done)"
+    )
 
 
 def test_a_terminal_gets_one_live_line(clock, monkeypatch, capsys):
@@ -83,13 +86,20 @@ def test_a_terminal_gets_one_live_line(clock, monkeypatch, capsys):
     clock.now += 0.3
     work(2)
     err = capsys.readouterr().err
-    assert err.count("\r") == 2 and err.endswith("summarized 4/4 articles (100%)  1.7/s  "
-                                                 "elapsed 0:00:02\n")  # fmt: skip
+    assert err.count("\r") == 2 and err.endswith(
+        "summarized 4/4 articles (100%)  1.7/s  elapsed 0:00:02\n"
+    )
 
 
 def test_amounts_read_like_counts():
     assert [amount(v) for v in (7, 1234, 99_999, 123_456, 2_500_000, 12.5)] == [
-        "7", "1,234", "99,999", "123k", "2.5M", "12.5"]  # fmt: skip
+        "7",
+        "1,234",
+        "99,999",
+        "123k",
+        "2.5M",
+        "12.5",
+    ]
 
 
 def test_dataset_bars_only_in_a_terminal():

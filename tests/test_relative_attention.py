@@ -34,8 +34,9 @@ def test_skewing_equals_the_naive_computation(T, S):
 
 def test_a_relative_model_decodes_with_its_cache_exactly():
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32,
-                         pos_embedding="relative")  # fmt: skip
+    config = ModelConfig(
+        vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_embedding="relative"
+    )
     model = GPT(config).eval()
     assert "transformer.wpe.weight" not in model.state_dict()
     assert model.transformer.h[0].attn.rel.shape == (2, 16, 16)
@@ -51,8 +52,9 @@ def test_a_relative_model_decodes_with_its_cache_exactly():
 
 def test_relative_attention_learns_and_its_embeddings_get_gradients():
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=20, block_size=12, n_layer=1, n_head=2, n_embd=16,
-                         pos_embedding="relative")  # fmt: skip
+    config = ModelConfig(
+        vocab_size=20, block_size=12, n_layer=1, n_head=2, n_embd=16, pos_embedding="relative"
+    )
     model = GPT(config)
     # a pattern only positions can explain: repeat the token seen 3 steps back
     seq = torch.randint(0, 20, (64, 3)).repeat(1, 5)[:, :13]
@@ -96,13 +98,17 @@ def test_blockwise_relative_attention_equals_the_plain_computation(T, block, mon
 def test_a_relative_model_trains_through_the_blockwise_path_as_through_the_mask(monkeypatch):
     monkeypatch.setattr(relative, "BLOCK", 8)
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=16,
-                         pos_embedding="relative")  # fmt: skip
+    config = ModelConfig(
+        vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=16, pos_embedding="relative"
+    )
     model = GPT(config).double()
     ids = torch.randint(0, 30, (3, 27))
     calls = []
-    monkeypatch.setattr(RelativeAttention, "apply", lambda *a, f=RelativeAttention.apply: (
-        calls.append(1), f(*a))[1])  # fmt: skip
+    monkeypatch.setattr(
+        RelativeAttention,
+        "apply",
+        lambda *a, f=RelativeAttention.apply: (calls.append(1), f(*a))[1],
+    )
     fast = model(ids)
     assert len(calls) == config.n_layer  # the training path is the blockwise one
     fast_grads = torch.autograd.grad(fast.sum(), list(model.parameters()))
@@ -116,8 +122,9 @@ def test_a_relative_model_trains_through_the_blockwise_path_as_through_the_mask(
 
 def test_blockwise_relative_attention_under_bf16_autocast():
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=30, block_size=96, n_layer=1, n_head=2, n_embd=32,
-                         pos_embedding="relative")  # fmt: skip
+    config = ModelConfig(
+        vocab_size=30, block_size=96, n_layer=1, n_head=2, n_embd=32, pos_embedding="relative"
+    )
     model = GPT(config)
     ids = torch.randint(0, 30, (2, 96))
     reference = model(ids)

@@ -13,9 +13,17 @@ from seqgen.cli import main
 from seqgen.errors import CheckpointError
 from seqgen.model import GPT
 
-RUN = flags({**TINY_MODEL, "train.batch_size": 8, "train.max_steps": 20,
-             "train.warmup_steps": 2, "train.checkpoint_every_n_steps": 5,
-             "train.val_every_n_steps": 100, "train.progress_bar": "false"})  # fmt: skip
+RUN = flags(
+    {
+        **TINY_MODEL,
+        "train.batch_size": 8,
+        "train.max_steps": 20,
+        "train.warmup_steps": 2,
+        "train.checkpoint_every_n_steps": 5,
+        "train.val_every_n_steps": 100,
+        "train.progress_bar": "false",
+    }
+)
 
 
 def break_training(monkeypatch, from_step: int, until_step: int = 10**9, where: str = "loss"):
@@ -40,8 +48,19 @@ def break_training(monkeypatch, from_step: int, until_step: int = 10**9, where: 
 
 def pretrain(corpus, out, *extra):
     report = out.parent / f"{out.name}.json"
-    code = main(["pretrain", "--data.source", str(corpus), "--out_dir", str(out),
-                 "--report", str(report), *RUN, *extra])  # fmt: skip
+    code = main(
+        [
+            "pretrain",
+            "--data.source",
+            str(corpus),
+            "--out_dir",
+            str(out),
+            "--report",
+            str(report),
+            *RUN,
+            *extra,
+        ]
+    )
     return code, (json.loads(report.read_text()) if report.is_file() else None)
 
 
@@ -78,8 +97,9 @@ def test_only_the_newest_checkpoints_are_kept(corpus_file, tmp_path):
 
 
 def test_nan_weights_are_never_written_nor_loaded(tmp_path, sp_tokenizer):
-    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
-                                n_head=2, n_embd=16)  # fmt: skip
+    config = seqgen.ModelConfig(
+        vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16
+    )
     model = GPT(config)
     good = seqgen.save_model(tmp_path / "good", model, sp_tokenizer, "text")
     with torch.no_grad():
@@ -103,16 +123,19 @@ def test_a_new_run_never_mixes_with_an_old_one(corpus_file, tmp_path, capsys):
     weights = (run / "final" / "model.safetensors").read_bytes()
     code, _ = pretrain(corpus_file, run, "--train.max_steps", "10")
     assert code == 2
-    assert (f"{run} holds a previous run (checkpoints/, final/, logs/): resume it with "
-            "--resume last") in capsys.readouterr().err  # fmt: skip
+    assert (
+        f"{run} holds a previous run (checkpoints/, final/, logs/): resume it with --resume last"
+    ) in capsys.readouterr().err
     assert (run / "final" / "model.safetensors").read_bytes() == weights  # untouched
     # --overwrite removes the old run, but only once the new one is ready to train
     code, _ = pretrain(tmp_path / "missing.txt", run, "--overwrite", "true")
     assert code == 2 and (run / "final" / "model.safetensors").read_bytes() == weights
     code, report = pretrain(corpus_file, run, "--train.max_steps", "10", "--overwrite", "true")
     assert code == 0 and report["steps"] == 10
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000005",
-                                                                       "step-0000010"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-0000005",
+        "step-0000010",
+    ]
     assert len(list((run / "logs").iterdir())) == 1  # no stale step-20 to resume from
     code, report = pretrain(corpus_file, run, "--train.max_steps", "15", "--resume", "last")
     assert code == 0 and report["steps"] == 15
@@ -123,11 +146,29 @@ def test_a_run_never_replaces_its_source_model(corpus_file, tmp_path, capsys):
     assert pretrain(corpus_file, run)[0] == 0
     weights = (run / "final" / "model.safetensors").read_bytes()
     for out in (run, run / "final"):
-        assert main(["finetune", "--task", "text", "--init_from", str(run), "--out_dir", str(out),
-                     "--data.source", str(corpus_file), "--overwrite", "true"]) == 2  # fmt: skip
+        assert (
+            main(
+                [
+                    "finetune",
+                    "--task",
+                    "text",
+                    "--init_from",
+                    str(run),
+                    "--out_dir",
+                    str(out),
+                    "--data.source",
+                    str(corpus_file),
+                    "--overwrite",
+                    "true",
+                ]
+            )
+            == 2
+        )
         assert "is inside --out_dir" in capsys.readouterr().err
-    assert main(["tokenizer", "train", "--data.source", str(corpus_file),
-                 "--out", str(run / "final")]) == 2  # fmt: skip
+    assert (
+        main(["tokenizer", "train", "--data.source", str(corpus_file), "--out", str(run / "final")])
+        == 2
+    )
     assert "is a checkpoint" in capsys.readouterr().err
     assert (run / "final" / "model.safetensors").read_bytes() == weights
 
@@ -139,16 +180,34 @@ def test_model_settings_a_checkpoint_overrides_are_named(corpus_file, tmp_path, 
     code, _ = pretrain(corpus_file, run, "--train.max_steps", "15", "--resume", "last", *wider)
     assert code == 2
     assert "model.n_embd 64 given, 32 in the checkpoint; resume with the settings" in (
-        capsys.readouterr().err)  # fmt: skip
+        capsys.readouterr().err
+    )
     tuned = tmp_path / "tuned"
-    assert main(["finetune", "--task", "text", "--init_from", str(run), "--data.source",
-                 str(corpus_file), "--out_dir", str(tuned), *RUN, *wider]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "text",
+                "--init_from",
+                str(run),
+                "--data.source",
+                str(corpus_file),
+                "--out_dir",
+                str(tuned),
+                *RUN,
+                *wider,
+            ]
+        )
+        == 0
+    )
     assert "which brings its own model: model.n_embd 64 given, 32 in the checkpoint" in caplog.text
 
 
 def test_a_budget_inside_the_warmup_is_a_warning(corpus_file, tmp_path, caplog):
-    code, _ = pretrain(corpus_file, tmp_path / "run", "--train.max_steps", "5",
-                       "--train.warmup_steps", "8")  # fmt: skip
+    code, _ = pretrain(
+        corpus_file, tmp_path / "run", "--train.max_steps", "5", "--train.warmup_steps", "8"
+    )
     assert code == 0 and "the learning rate never leaves its warm-up" in caplog.text
 
 
@@ -174,10 +233,12 @@ def test_a_budget_inside_the_warmup_is_a_warning(corpus_file, tmp_path, caplog):
         ({"task_options": []}, "'task_options' must be an object, got []"),
     ],
 )
-def test_a_hand_edited_config_json_is_one_clear_error(change, message, tmp_path, sp_tokenizer,
-                                                      capsys):  # fmt: skip
-    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
-                                n_head=2, n_embd=16)  # fmt: skip
+def test_a_hand_edited_config_json_is_one_clear_error(
+    change, message, tmp_path, sp_tokenizer, capsys
+):
+    config = seqgen.ModelConfig(
+        vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16
+    )
     path = seqgen.save_model(tmp_path / "ckpt", GPT(config), sp_tokenizer, "text", step=3)
     meta = json.loads((path / "config.json").read_text())
     for key, value in change.items():
@@ -216,18 +277,26 @@ def test_hand_edited_task_options_are_one_clear_error(tmp_path, sp_tokenizer):
         ("", ["--train.val_batches", "-2"], "train.val_batches must be >= 1"),
         ("", ["--train.accelerator", "foo"], "train.accelerator must be one of auto, cpu"),
         ("", ["--train.num_threads", "-1"], "train.num_threads must be >= 1"),
-        ("", ["--train.max_time", "0", "--train.warmup_steps", "0"], "train.max_time must be "
-                                                                      "longer than 0"),
+        (
+            "",
+            ["--train.max_time", "0", "--train.warmup_steps", "0"],
+            "train.max_time must be longer than 0",
+        ),
         ("", ["--train.grad_clip", "-1"], "train.grad_clip must be > 0 or None"),
         ("", ["--train.devices", "two"], "train.devices must be auto, a count"),
     ],
 )
-def test_bad_settings_fail_before_any_work(yaml_text, flags_given, message, corpus_file,
-                                           tmp_path, capsys):  # fmt: skip
+def test_bad_settings_fail_before_any_work(
+    yaml_text, flags_given, message, corpus_file, tmp_path, capsys
+):
     config = tmp_path / "c.yaml"
     config.write_text(yaml_text or "# only a comment\n")
-    code, _ = pretrain(corpus_file, tmp_path / "run", *flags_given,
-                       *(["--config", str(config)] if yaml_text else []))  # fmt: skip
+    code, _ = pretrain(
+        corpus_file,
+        tmp_path / "run",
+        *flags_given,
+        *(["--config", str(config)] if yaml_text else []),
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and not (tmp_path / "run").exists(), err
     assert "Traceback" not in err
@@ -244,35 +313,79 @@ def test_an_empty_config_file_is_named(corpus_file, tmp_path, capsys):
 
 
 def test_outputs_are_checked_before_any_work(tmp_path, sp_tokenizer, capsys, monkeypatch):
-    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
-                                n_head=2, n_embd=16)  # fmt: skip
+    config = seqgen.ModelConfig(
+        vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16
+    )
     ckpt = seqgen.save_model(tmp_path / "ckpt", GPT(config), sp_tokenizer, "text")
     calls = []
     monkeypatch.setattr("seqgen.inference.load", lambda *a, **k: calls.append(a))
     (tmp_path / "a_file").write_text("x")
-    for out, message in ((tmp_path, "is a directory"), (tmp_path / "a_file" / "x.txt",
-                                                        "is a file, not a folder")):  # fmt: skip
+    for out, message in (
+        (tmp_path, "is a directory"),
+        (tmp_path / "a_file" / "x.txt", "is a file, not a folder"),
+    ):
         assert main(["generate", "--ckpt", str(ckpt), "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
-    assert main(["evaluate", "--task", "translation", "--hypotheses", "h", "--reference", "r",
-                 "--report", str(tmp_path)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "translation",
+                "--hypotheses",
+                "h",
+                "--reference",
+                "r",
+                "--report",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "report" in capsys.readouterr().err and not calls  # nothing loaded, nothing generated
 
 
 def test_empty_reference_files_are_named(tmp_path, capsys):
     (tmp_path / "hyp.de").write_text("")
     (tmp_path / "ref.de").write_text("")
-    assert main(["evaluate", "--task", "translation", "--hypotheses", str(tmp_path / "hyp.de"),
-                 "--reference", str(tmp_path / "ref.de")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "translation",
+                "--hypotheses",
+                str(tmp_path / "hyp.de"),
+                "--reference",
+                str(tmp_path / "ref.de"),
+            ]
+        )
+        == 2
+    )
     assert "ref.de: no lines to score against" in capsys.readouterr().err
 
 
 def test_a_bad_option_prints_nothing_before_its_error(tmp_path, sp_tokenizer, capsys):
-    config = seqgen.ModelConfig(vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1,
-                                n_head=2, n_embd=16)  # fmt: skip
+    config = seqgen.ModelConfig(
+        vocab_size=sp_tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16
+    )
     ckpt = seqgen.save_model(tmp_path / "ckpt", GPT(config), sp_tokenizer, "text")
-    assert main(["generate", "--ckpt", str(ckpt), "--prompt", "the king",
-                 "--stop", "x", "--window_keep_oops", "3"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(ckpt),
+                "--prompt",
+                "the king",
+                "--stop",
+                "x",
+                "--window_keep_oops",
+                "3",
+            ]
+        )
+        == 2
+    )
     assert main(["generate", "--ckpt", str(ckpt), "--prompt", "the king", "--stop", ""]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "stop strings must not be empty" in captured.err
@@ -301,8 +414,7 @@ def test_a_failed_resume_is_one_line_and_leaves_no_trace(corpus_file, tmp_path, 
     ]
 
 
-def test_checks_during_training_validate_on_a_spread_subset(corpus_file, tmp_path,
-                                                              monkeypatch):  # fmt: skip
+def test_checks_during_training_validate_on_a_spread_subset(corpus_file, tmp_path, monkeypatch):
     """train.val_batches caps each check during training, drawn across the whole validation
     set; the validation after training covers all of it, so val_loss does not change."""
     from seqgen.module import LMModule

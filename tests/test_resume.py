@@ -44,17 +44,29 @@ from seqgen.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 
-SETTINGS = flags({**TINY_MODEL, "model.dropout": 0.1, "train.batch_size": 4,
-                  "train.max_steps": 24, "train.warmup_steps": 2,
-                  "train.checkpoint_every_n_steps": 5, "train.val_every_n_steps": 10,
-                  "train.progress_bar": "false"})  # fmt: skip
+SETTINGS = flags(
+    {
+        **TINY_MODEL,
+        "model.dropout": 0.1,
+        "train.batch_size": 4,
+        "train.max_steps": 24,
+        "train.warmup_steps": 2,
+        "train.checkpoint_every_n_steps": 5,
+        "train.val_every_n_steps": 10,
+        "train.progress_bar": "false",
+    }
+)
 
 
 def train(argv, kill_at=0, where="none"):
     fixed_threads = {**os.environ, "OMP_DYNAMIC": "false", "MKL_DYNAMIC": "false"}
-    return subprocess.run([sys.executable, "-c", CHILD, str(kill_at), where, *argv],
-                          capture_output=True, text=True, timeout=300,
-                          env=fixed_threads)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(kill_at), where, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=fixed_threads,
+    )
 
 
 def task_argv(task, tmp_path, corpus_file):
@@ -64,19 +76,41 @@ def task_argv(task, tmp_path, corpus_file):
         pairs = make_pairs(60)  # 10 batches an epoch: the runs cross epoch boundaries
         write_parallel(tmp_path / "pairs", "train", pairs[:40])
         write_parallel(tmp_path / "pairs", "val", pairs[40:])
-        return ["finetune", "--task", "translation", "--init_from", "none",
-                "--data.train", str(tmp_path / "pairs" / "train"),
-                "--data.val", str(tmp_path / "pairs" / "val")]  # fmt: skip
+        return [
+            "finetune",
+            "--task",
+            "translation",
+            "--init_from",
+            "none",
+            "--data.train",
+            str(tmp_path / "pairs" / "train"),
+            "--data.val",
+            str(tmp_path / "pairs" / "val"),
+        ]
     for i in range(4):
         write_song(tmp_path / "songs" / f"{i:02d}.mid", shift=i)
-    return ["pretrain", "--task", "music", "--data.train", str(tmp_path / "songs"),
-            "--data.cache_dir", str(tmp_path / "cache"), "--data.num_proc", "1"]  # fmt: skip
+    return [
+        "pretrain",
+        "--task",
+        "music",
+        "--data.train",
+        str(tmp_path / "songs"),
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.num_proc",
+        "1",
+    ]
 
 
 @pytest.mark.parametrize(
     ("task", "kill_at", "where"),
-    [("text", 13, "step"), ("translation", 13, "step"), ("translation", 17, "step"),
-     ("music", 13, "step"), ("text", 15, "checkpoint")],  # fmt: skip
+    [
+        ("text", 13, "step"),
+        ("translation", 13, "step"),
+        ("translation", 17, "step"),
+        ("music", 13, "step"),
+        ("text", 15, "checkpoint"),
+    ],
 )
 def test_a_killed_run_resumes_to_the_same_weights(task, kill_at, where, tmp_path, corpus_file):
     argv = [*task_argv(task, tmp_path, corpus_file), *SETTINGS]

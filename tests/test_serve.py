@@ -32,8 +32,12 @@ def start_server(ckpt, **settings) -> BackgroundServer:
 
 def request(url: str, body: bytes | None = None, content_type: str = "application/json"):
     """(status, decoded JSON or text) of a GET (no body) or POST."""
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                 headers={"Content-Type": content_type})  # fmt: skip
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="POST" if body is not None else "GET",
+        headers={"Content-Type": content_type},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             status, raw, kind = response.status, response.read(), response.headers["content-type"]
@@ -74,8 +78,11 @@ def test_generate_and_stream_equal_the_python_api(text_server, text_ckpt):
     streamed = {"temperature": 0, "max_new_tokens": 20, "stream": True}
     body = json.dumps({"prompt": "the king", "options": streamed})
     status, events = request(text_server.url + "/generate", body.encode())
-    pieces = [json.loads(line[6:])["text"] for line in events.splitlines()
-              if line.startswith("data: ") and "text" in line]  # fmt: skip
+    pieces = [
+        json.loads(line[6:])["text"]
+        for line in events.splitlines()
+        if line.startswith("data: ") and "text" in line
+    ]
     assert status == 200 and len(pieces) > 3 and "".join(pieces) == expected
     assert events.rstrip().endswith("event: done\ndata: {}")
     seeded = seqgen.load(text_ckpt).generate("the", max_new_tokens=15, seed=7)
@@ -83,8 +90,10 @@ def test_generate_and_stream_equal_the_python_api(text_server, text_ckpt):
 
 
 def test_requests_join_a_running_batch_with_equal_outputs(text_server, text_ckpt):
-    prompts = [f"the {word} speaks" for word in ("king", "queen", "fool", "lord", "duke",
-                                                 "maid", "page", "knight")]  # fmt: skip
+    prompts = [
+        f"the {word} speaks"
+        for word in ("king", "queen", "fool", "lord", "duke", "maid", "page", "knight")
+    ]
     generator = seqgen.load(text_ckpt)
     expected = [generator.generate(p, temperature=0, max_new_tokens=12) for p in prompts]
     finished = {}
@@ -95,11 +104,11 @@ def test_requests_join_a_running_batch_with_equal_outputs(text_server, text_ckpt
         return answer
 
     with ThreadPoolExecutor(len(prompts) + 1) as pool:
-        slow = pool.submit(timed, "slow", "x", temperature=0, max_new_tokens=400,
-                           min_new_tokens=400)  # fmt: skip
+        slow = pool.submit(
+            timed, "slow", "x", temperature=0, max_new_tokens=400, min_new_tokens=400
+        )
         time.sleep(0.05)  # the worker is decoding it: the others join its batch
-        answers = list(pool.map(lambda p: timed(p, p, temperature=0, max_new_tokens=12),
-                                prompts))  # fmt: skip
+        answers = list(pool.map(lambda p: timed(p, p, temperature=0, max_new_tokens=12), prompts))
         assert slow.result()[0] == 200
     assert [a[1]["output"] for a in answers] == expected
     assert max(finished[p] for p in prompts) < finished["slow"]  # none waited for it to end
@@ -115,26 +124,36 @@ BAD_REQUESTS = [
     (b'{"options": {"temperature": "hot"}}', "application/json", 422, "options.temperature"),
     (b'{"options": {"temperature": -1}}', "application/json", 422, "options.temperature"),
     (b'{"options": {"top_p": 2}}', "application/json", 422, "options.top_p"),
-    (b'{"options": {"max_new_tokens": 401}}', "application/json", 422,
-     "options.max_new_tokens"),
+    (b'{"options": {"max_new_tokens": 401}}', "application/json", 422, "options.max_new_tokens"),
     (b'{"options": {"num_beams": 0}}', "application/json", 422, "options.num_beams"),
     (b'{"options": {"seed": "x"}}', "application/json", 422, "options.seed"),
     (b'{"options": {"stop": "x"}}', "application/json", 422, "options.stop"),
-    (b'{"options": {"stream": true, "num_beams": 2}}', "application/json", 422,
-     "options.stream"),
+    (b'{"options": {"stream": true, "num_beams": 2}}', "application/json", 422, "options.stream"),
     (b'{"options": {"temperature": NaN}}', "application/json", 400, "body"),
     (b'{"options": {"top_p": Infinity}}', "application/json", 400, "body"),
-    (b'{"options": {"num_beams": 5000, "max_new_tokens": 3}}', "application/json", 422,
-     "options.num_beams"),
-    (json.dumps({"options": {"stop": ["a"] * 9}}).encode(), "application/json", 422,
-     "options.stop"),
-    (json.dumps({"options": {"stop": ["a" * 201]}}).encode(), "application/json", 422,
-     "options.stop"),
+    (
+        b'{"options": {"num_beams": 5000, "max_new_tokens": 3}}',
+        "application/json",
+        422,
+        "options.num_beams",
+    ),
+    (
+        json.dumps({"options": {"stop": ["a"] * 9}}).encode(),
+        "application/json",
+        422,
+        "options.stop",
+    ),
+    (
+        json.dumps({"options": {"stop": ["a" * 201]}}).encode(),
+        "application/json",
+        422,
+        "options.stop",
+    ),
     (b'{"options": []}', "application/json", 422, "options"),
     (b"prompt=a", "text/plain", 415, "content-type"),
     (b"--x\r\n\r\n--x--\r\n", "multipart/form-data; boundary=x", 415, "file"),
     (b"x" * 20_000, "application/json", 413, "body"),  # over 4 bytes per prompt character
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "field"), BAD_REQUESTS)
@@ -148,8 +167,9 @@ def test_a_full_queue_answers_503(text_ckpt):
     server = start_server(text_ckpt, max_queue=1, batch_size=1)
     try:
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda n: post(server, "x", seed=n, max_new_tokens=300),
-                                    range(6)))  # fmt: skip
+            answers = list(
+                pool.map(lambda n: post(server, "x", seed=n, max_new_tokens=300), range(6))
+            )
         statuses = sorted(status for status, _ in answers)
         assert statuses[0] == 200 and statuses[-1] == 503
         busy = next(answer for status, answer in answers if status == 503)
@@ -163,8 +183,9 @@ def test_translation_beam_searches_waiting_together_run_as_one(tmp_path):
     generator = server.app.state.served.generator
     searched = []  # the prompts of each beam search the worker runs
     many = generator.generate_many
-    generator.generate_many = lambda prompts, **options: searched.append(len(prompts)) or many(
-        prompts, **options)  # fmt: skip
+    generator.generate_many = lambda prompts, **options: (
+        searched.append(len(prompts)) or many(prompts, **options)
+    )
     sources = ["a man", "a dog runs", "two women", "a child", "the street", "a red car"]
     try:
         alone = seqgen.load(FIXTURES / "translation")
@@ -174,8 +195,10 @@ def test_translation_beam_searches_waiting_together_run_as_one(tmp_path):
             pool.submit(post, server, "a very long sentence " * 3, max_new_tokens=40)
             time.sleep(0.05)  # the worker is busy with it: the others wait together
             answers = list(pool.map(lambda s: post(server, s, max_new_tokens=10), sources))
-        assert answers == [(200, {"output": e, "prompt": s, "task": "translation"})
-                           for e, s in zip(expected, sources, strict=True)]  # fmt: skip
+        assert answers == [
+            (200, {"output": e, "prompt": s, "task": "translation"})
+            for e, s in zip(expected, sources, strict=True)
+        ]
         assert max(searched) > 1  # beam searches with equal settings batched
         body = json.dumps({"prompt": "a man", "max_tokens": 10}).encode()  # the source text
         status, answer = request(server.url + "/v1/completions", body)
@@ -190,8 +213,10 @@ def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, str]:
     for name, value in fields.items():
         out.write(f"--{boundary}\r\n".encode())
         if isinstance(value, tuple):
-            out.write(f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n'
-                      "Content-Type: audio/midi\r\n\r\n".encode())  # fmt: skip
+            out.write(
+                f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n'
+                "Content-Type: audio/midi\r\n\r\n".encode()
+            )
             out.write(value[1])
         else:
             out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode())
@@ -206,10 +231,15 @@ def far_apart_notes() -> bytes:
     import mido
 
     midi = mido.MidiFile(ticks_per_beat=1)
-    midi.tracks.append(mido.MidiTrack([
-        mido.MetaMessage("set_tempo", tempo=16_777_215, time=0),
-        mido.Message("note_on", note=60, velocity=64, time=0),
-        mido.Message("note_off", note=60, velocity=0, time=9_999_999)]))  # fmt: skip
+    midi.tracks.append(
+        mido.MidiTrack(
+            [
+                mido.MetaMessage("set_tempo", tempo=16_777_215, time=0),
+                mido.Message("note_on", note=60, velocity=64, time=0),
+                mido.Message("note_off", note=60, velocity=0, time=9_999_999),
+            ]
+        )
+    )
     out = io.BytesIO()
     midi.save(file=out)
     return out.getvalue()
@@ -223,8 +253,10 @@ def chunked_until_answered(url: str, content_type: str, chunk: bytes, most: int 
 
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(f"POST /generate HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
-                     f"{content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())  # fmt: skip
+        sock.sendall(
+            f"POST /generate HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
+            f"{content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
         sent = 0
         while sent < most and not select.select([sock], [], [], 0.002)[0]:
             sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
@@ -239,8 +271,11 @@ def chunked_until_answered(url: str, content_type: str, chunk: bytes, most: int 
 def _whole(answer: bytes) -> bool:
     """Whether an HTTP answer with a Content-Length has all of its body."""
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))  # fmt: skip
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
     return len(body) >= length
 
 
@@ -249,8 +284,7 @@ def test_chunked_uploads_are_counted_as_they_arrive(text_ckpt):
     has all been read; the server answers the next request as before."""
     server = start_server(text_ckpt, max_prompt_chars=100)
     try:
-        status, answer, sent = chunked_until_answered(server.url, "application/json",
-                                                      b"x" * 1000)  # fmt: skip
+        status, answer, sent = chunked_until_answered(server.url, "application/json", b"x" * 1000)
         assert (status, answer["field"]) == (413, "body") and sent < 1_000_000
         assert post(server, "the", temperature=0, max_new_tokens=3)[0] == 200
     finally:
@@ -266,8 +300,15 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
     try:
         info = request(server.url + "/info")[1]
         assert info["prompt"] == "file" and "piano_roll" in info["extra_files"]
-        options = json.dumps({"prompt_seconds": 1.0, "seconds": 2.0, "piano_roll": True,
-                              "temperature": 0.9, "seed": 3})  # fmt: skip
+        options = json.dumps(
+            {
+                "prompt_seconds": 1.0,
+                "seconds": 2.0,
+                "piano_roll": True,
+                "temperature": 0.9,
+                "seed": 3,
+            }
+        )
         body, kind = multipart({"file": ("song.mid", song.read_bytes()), "options": options})
         status, answer = request(server.url + "/generate", body, kind)
         assert status == 200, answer
@@ -277,15 +318,25 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
         assert midi.get_end_time() >= 2.5  # 1 s of prompt + at least 2 s generated
         png = base64.b64decode(answer["files"]["piano_roll"]["base64"])
         assert png.startswith(b"\x89PNG") and answer["files"]["piano_roll"]["media_type"] == (
-            "image/png")
+            "image/png"
+        )
         again = request(server.url + "/generate", body, kind)[1]  # seeded: the same music
         assert again["files"]["output"]["base64"] == answer["files"]["output"]["base64"]
         # uploads at once are decoded together, each what it is alone
         worker, rows = server.app.state.served.worker, []
         step = worker.batch.step
         worker.batch.step = lambda: (step(), rows.append(len(worker.batch)))[0]
-        seeded = [multipart({"file": ("song.mid", song.read_bytes()), "options": json.dumps(
-            {**json.loads(options), "piano_roll": False, "seed": seed})}) for seed in (3, 4, 5)]
+        seeded = [
+            multipart(
+                {
+                    "file": ("song.mid", song.read_bytes()),
+                    "options": json.dumps(
+                        {**json.loads(options), "piano_roll": False, "seed": seed}
+                    ),
+                }
+            )
+            for seed in (3, 4, 5)
+        ]
         with ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda b: request(server.url + "/generate", *b)[1], seeded))
         assert answers[0]["files"]["output"] == answer["files"]["output"] and max(rows) > 1
@@ -298,23 +349,39 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
         bad = [
             ({"file": ("x.mid", b"not a midi file"), "options": "{}"}, 422, "file"),
             ({"file": ("x.mid", b"x" * 100_001)}, 413, "file"),
-            ({"file": ("s.mid", song.read_bytes()), "options": '{"seconds": -1}'}, 422,
-             "options.seconds"),
-            ({"file": ("s.mid", song.read_bytes()), "options": '{"piano_roll": "/etc/x"}'}, 422,
-             "options.piano_roll"),
-            ({"file": ("s.mid", song.read_bytes()),  # a file the server has: still refused
-              "options": json.dumps({"soundfont": str(song)})}, 422, "options.soundfont"),
-            ({"file": ("s.mid", song.read_bytes()), "options": '{"seconds": 60}'}, 422,
-             "options"),  # 60 s may take 12,000 events: over this server's 3,000
+            (
+                {"file": ("s.mid", song.read_bytes()), "options": '{"seconds": -1}'},
+                422,
+                "options.seconds",
+            ),
+            (
+                {"file": ("s.mid", song.read_bytes()), "options": '{"piano_roll": "/etc/x"}'},
+                422,
+                "options.piano_roll",
+            ),
+            (
+                {
+                    "file": ("s.mid", song.read_bytes()),  # a file the server has: still refused
+                    "options": json.dumps({"soundfont": str(song)}),
+                },
+                422,
+                "options.soundfont",
+            ),
+            (
+                {"file": ("s.mid", song.read_bytes()), "options": '{"seconds": 60}'},
+                422,
+                "options",
+            ),  # 60 s may take 12,000 events: over this server's 3,000
             ({"options": "{nope"}, 400, "options"),
-        ]  # fmt: skip
+        ]
         for fields, expected_status, field in bad:
             body, kind = multipart(fields)
             status, answer = request(server.url + "/generate", body, kind)
             assert (status, answer["field"]) == (expected_status, field), answer
         if "wav" not in info["extra_files"]:  # no FluidSynth here: audio cannot be asked for
-            body, kind = multipart({"file": ("s.mid", song.read_bytes()),
-                                    "options": '{"wav": true}'})  # fmt: skip
+            body, kind = multipart(
+                {"file": ("s.mid", song.read_bytes()), "options": '{"wav": true}'}
+            )
             status, answer = request(server.url + "/generate", body, kind)
             assert (status, answer["field"]) == (422, "options.wav")
             assert "FluidSynth" in answer["error"]
@@ -335,8 +402,12 @@ def chromium_driver():
         pytest.skip("no system chromium and chromedriver (apt install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1000,900"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1000,900",
+    ):
         options.add_argument(flag)
     from selenium.webdriver.chrome.service import Service
 
@@ -360,8 +431,11 @@ def test_the_page_in_a_real_browser(text_server, text_ckpt, tmp_path):
             box.clear()
             box.send_keys(value)
         driver.find_element(By.ID, "submit").click()  # streamed, as the page does by default
-        wait.until(lambda d: d.find_element(By.ID, "output").text.strip() == (
-            "the king" + expected).strip())
+        wait.until(
+            lambda d: (
+                d.find_element(By.ID, "output").text.strip() == ("the king" + expected).strip()
+            )
+        )
         assert driver.find_element(By.ID, "error").text == ""
         driver.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 5_000
@@ -388,8 +462,12 @@ def test_the_page_translates_with_beam_search(tmp_path):
         box.clear()
         box.send_keys("10")
         driver.find_element(By.ID, "submit").click()
-        wait.until(lambda d: d.find_element(By.ID, "submit").is_enabled()
-                   and d.find_element(By.ID, "output").text != "generating...")  # fmt: skip
+        wait.until(
+            lambda d: (
+                d.find_element(By.ID, "submit").is_enabled()
+                and d.find_element(By.ID, "output").text != "generating..."
+            )
+        )
         assert driver.find_element(By.ID, "error").text == ""
         assert driver.find_element(By.ID, "output").text == expected.strip()
     finally:

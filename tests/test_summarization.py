@@ -85,8 +85,18 @@ def test_wikisum_builder_splits_lead_and_body_and_counts_drops():
 def test_wikisum_cli_writes_split_files(tmp_path, capsys):
     source = tmp_path / "wiki.train.tokens"
     source.write_text(WIKITEXT)
-    args = ["data", "wikisum", "--input", str(source), "--out", str(tmp_path / "out"),
-            "--min_lead_words", "5", "--min_body_words", "3"]  # fmt: skip
+    args = [
+        "data",
+        "wikisum",
+        "--input",
+        str(source),
+        "--out",
+        str(tmp_path / "out"),
+        "--min_lead_words",
+        "5",
+        "--min_body_words",
+        "3",
+    ]
     assert main(args) == 0
     rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert [r["title"] for r in rows] == ["First Article"]
@@ -163,8 +173,9 @@ def test_checkpoints_without_the_heading_option_keep_their_layout(tokenizer):
 
 @pytest.mark.parametrize("selection", ["first", "tfidf"])
 def test_body_is_cut_to_the_room_the_summary_leaves(tokenizer, selection):
-    task = SummarizationTask(SummarizationData(body_selection=selection, max_summary_tokens=8,
-                                               title_heading=False))  # fmt: skip
+    task = SummarizationTask(
+        SummarizationData(body_selection=selection, max_summary_tokens=8, title_heading=False)
+    )
     summary = tokenizer.encode(ARTICLE["summary"])
     assert len(summary) > 8
     river = tokenizer.encode("\nthe river castle is old")
@@ -196,10 +207,10 @@ def test_rouge_equals_rouge_score_and_a_hand_count():
     reference = "The cat sat on the mat. It was happy."
     prediction = "The cat sat. The cats were happy!"
     ours = score_documents([prediction], [reference])[0]
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
-                                      use_stemmer=True)  # fmt: skip
-    theirs = scorer.score("The cat sat on the mat.\nIt was happy.",
-                          "The cat sat.\nThe cats were happy!")  # fmt: skip
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    theirs = scorer.score(
+        "The cat sat on the mat.\nIt was happy.", "The cat sat.\nThe cats were happy!"
+    )
     for rouge_type, score in theirs.items():
         assert ours[rouge_type]["fmeasure"] == pytest.approx(100 * score.fmeasure)
         assert ours[rouge_type]["precision"] == pytest.approx(100 * score.precision)
@@ -233,12 +244,30 @@ def test_mbr_similarity_is_rouge2_plus_lsum_f1_without_placeholders():
 def _sample_texts(rng: random.Random, count: int) -> list[str]:
     """Summaries as samples of one article look: a small shared vocabulary (so many tokens
     match, repeatedly), sentences of 0 to 25 words, punctuation-only sentences, <unk>."""
-    words = ["the", "cat", "sat", "on", "mat", "running", "runs", "<unk>", "1901", "a", "of",
-             "city", "cities", "was", "and", "in"]  # fmt: skip
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "mat",
+        "running",
+        "runs",
+        "<unk>",
+        "1901",
+        "a",
+        "of",
+        "city",
+        "cities",
+        "was",
+        "and",
+        "in",
+    ]
     texts = []
     for _ in range(count):
-        sentences = [" ".join(rng.choices(words, k=rng.randint(0, 25))).capitalize() + "."
-                     for _ in range(rng.randint(0, 6))]  # fmt: skip
+        sentences = [
+            " ".join(rng.choices(words, k=rng.randint(0, 25))).capitalize() + "."
+            for _ in range(rng.randint(0, 6))
+        ]
         texts.append(" ".join(sentences + rng.choice([[], ["!!"], ["Yes."]])))
     return texts
 
@@ -259,8 +288,10 @@ def test_union_lcs_reads_out_the_lcs_rouge_score_reads():
     rng = random.Random(1)
     for _ in range(40):
         reference = [rng.choices(range(5), k=rng.randint(0, 12)) for _ in range(rng.randint(1, 4))]
-        predictions = [[rng.choices(range(5), k=rng.randint(0, 12))
-                        for _ in range(rng.randint(0, 4))] for _ in range(3)]  # fmt: skip
+        predictions = [
+            [rng.choices(range(5), k=rng.randint(0, 12)) for _ in range(rng.randint(0, 4))]
+            for _ in range(3)
+        ]
         marks = union_lcs(reference, predictions)
         for k, prediction in enumerate(predictions):
             for s, sentence in enumerate(reference):
@@ -277,14 +308,21 @@ def test_rouge_matrix_on_real_summaries():
 
 def test_sentence_splitting_and_lead_words():
     text = 'Dr. Smith arrived at 3.5 pm. He left! "Why?" she asked.\nNew paragraph'
-    assert split_sentences(text) == ["Dr.", "Smith arrived at 3.5 pm.", "He left!",
-                                     "\"Why?\" she asked.", "New paragraph"]  # fmt: skip
+    assert split_sentences(text) == [
+        "Dr.",
+        "Smith arrived at 3.5 pm.",
+        "He left!",
+        '"Why?" she asked.',
+        "New paragraph",
+    ]
     assert lead_words("a b\nc d e\nf", 4) == "a b\nc d"
 
 
 def test_bootstrap_intervals_contain_the_mean_and_are_deterministic():
-    docs = score_documents(["the cat", "a dog ran", "birds sing", "the cat sat"],
-                           ["the cat sat", "the dog ran", "birds fly high", "a mat"])  # fmt: skip
+    docs = score_documents(
+        ["the cat", "a dog ran", "birds sing", "the cat sat"],
+        ["the cat sat", "the dog ran", "birds fly high", "a mat"],
+    )
     first, second = bootstrap(docs, 500, seed=1), bootstrap(docs, 500, seed=1)
     assert first == second
     for rouge_type in first.values():
@@ -304,8 +342,9 @@ def test_paired_difference_sees_a_small_uniform_gain_that_the_intervals_hide():
     diff = paired_difference(better, worse, 500, seed=1)
     for bound in ("low", "mid", "high", "mean"):
         assert diff["rouge2"][bound] == pytest.approx(2.0)  # every resample: the same gain
-    mixed = paired_difference(docs([v + (3.0 if i % 2 else -1.0) for i, v in enumerate(hardness)]),
-                              worse, 500, seed=1)  # fmt: skip
+    mixed = paired_difference(
+        docs([v + (3.0 if i % 2 else -1.0) for i, v in enumerate(hardness)]), worse, 500, seed=1
+    )
     assert mixed["rougeLsum"]["mean"] == pytest.approx(1.0)
     assert mixed["rougeLsum"]["low"] < 1.0 < mixed["rougeLsum"]["high"]
     assert paired_difference(worse, better)["rouge1"]["mean"] == pytest.approx(-2.0)
@@ -318,8 +357,15 @@ def test_paired_difference_sees_a_small_uniform_gain_that_the_intervals_hide():
 
 @pytest.fixture
 def dataset(tmp_path):
-    rows = [{"id": f"d{i}", "title": "t", "body": f"word{i} body text here\nmore body {i}",
-             "lead": f"word{i} body summary"} for i in range(6)]  # fmt: skip
+    rows = [
+        {
+            "id": f"d{i}",
+            "title": "t",
+            "body": f"word{i} body text here\nmore body {i}",
+            "lead": f"word{i} body summary",
+        }
+        for i in range(6)
+    ]
     path = tmp_path / "valid.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, rows
@@ -329,9 +375,22 @@ def evaluate_predictions(tmp_path, data, predictions, *extra):
     pred = tmp_path / "pred.jsonl"
     pred.write_text("".join(json.dumps(p) + "\n" for p in predictions))
     report = tmp_path / "r.json"
-    code = main(["evaluate", "--task", "summarization", "--predictions", str(pred),
-                 "--data", str(data), "--report", str(report), "--bootstrap_samples", "200",
-                 *extra])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--task",
+            "summarization",
+            "--predictions",
+            str(pred),
+            "--data",
+            str(data),
+            "--report",
+            str(report),
+            "--bootstrap_samples",
+            "200",
+            *extra,
+        ]
+    )
     return code, report
 
 
@@ -360,8 +419,11 @@ def test_evaluate_a_predictions_file(dataset, tmp_path, capsys):
 def test_compare_two_systems_with_a_paired_difference(dataset, tmp_path, capsys):
     data, rows = dataset
     other = tmp_path / "other.jsonl"
-    other.write_text("".join(json.dumps({"id": r["id"], "prediction": r["lead"].split()[0]}) + "\n"
-                             for r in rows))  # fmt: skip
+    other.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "prediction": r["lead"].split()[0]}) + "\n" for r in rows
+        )
+    )
     predictions = [{"id": r["id"], "prediction": r["lead"]} for r in rows]
     code, report = evaluate_predictions(tmp_path, data, predictions, "--compare", str(other))
     assert code == 0
@@ -370,8 +432,10 @@ def test_compare_two_systems_with_a_paired_difference(dataset, tmp_path, capsys)
     assert result["ignored"] == []
     gap = result["compared"]["difference"]["rouge1"]  # 100 vs "wordN": F1 of 1 word in 3 = 50
     assert gap["mean"] == pytest.approx(50) and gap["low"] == pytest.approx(50)
-    assert re.search(r"\| minus other.jsonl \(paired\) +\| +\+50.00 \[\+50.00, \+50.00\]",
-                     capsys.readouterr().out)
+    assert re.search(
+        r"\| minus other.jsonl \(paired\) +\| +\+50.00 \[\+50.00, \+50.00\]",
+        capsys.readouterr().out,
+    )
     other.write_text(json.dumps({"id": "d0", "prediction": "x"}) + "\n")
     code, _ = evaluate_predictions(tmp_path, data, predictions, "--compare", str(other))
     assert code == 2 and "other.jsonl: 1 predictions for 6 documents" in capsys.readouterr().err
@@ -405,44 +469,135 @@ def test_finetune_and_evaluate_a_tiny_model(dataset, tmp_path, capsys, caplog):
     caplog.set_level("INFO", logger="seqgen")
     data, _ = dataset
     run_dir = tmp_path / "run"
-    args = ["finetune", "--task", "summarization", "--init_from", "none", "--data.train", str(data),
-            "--data.val", str(data), "--data.body_selection", "tfidf",
-            "--data.max_summary_tokens", "12",
-            *flags({**TINY_MODEL, "tokenizer.vocab_size": 290, "train.max_steps": 4,
-                    "train.batch_size": 3, "train.progress_bar": "false"}),
-            "--out_dir", str(run_dir)]  # fmt: skip
+    args = [
+        "finetune",
+        "--task",
+        "summarization",
+        "--init_from",
+        "none",
+        "--data.train",
+        str(data),
+        "--data.val",
+        str(data),
+        "--data.body_selection",
+        "tfidf",
+        "--data.max_summary_tokens",
+        "12",
+        *flags(
+            {
+                **TINY_MODEL,
+                "tokenizer.vocab_size": 290,
+                "train.max_steps": 4,
+                "train.batch_size": 3,
+                "train.progress_bar": "false",
+            }
+        ),
+        "--out_dir",
+        str(run_dir),
+    ]
     assert main(args) == 0
     assert "added 1 special token (id 290)" in caplog.text  # <summarize>
     # the defaults of its evaluation: beam search, up to the summary length it trained on
     config = eval_options("summarization", ckpt=str(run_dir), data=str(data))
     assert (config.num_beams, config.no_repeat_ngram_size, config.max_new_tokens) == (4, 3, 12)
     report, output = tmp_path / "r.json", tmp_path / "p.jsonl"
-    assert main(["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--num_beams", "2",
-                 "--max_new_tokens", "6", "--bootstrap_samples", "50", "--report", str(report),
-                 "--output", str(output)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--ckpt",
+                str(run_dir),
+                "--data",
+                str(data),
+                "--num_beams",
+                "2",
+                "--max_new_tokens",
+                "6",
+                "--bootstrap_samples",
+                "50",
+                "--report",
+                str(report),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     result = json.loads(report.read_text())
     assert result["documents"] == 6 and result["beams"] == 2
     assert len(output.read_text().splitlines()) == 6
     assert "| model " in capsys.readouterr().out
-    mbr = ["evaluate", "--ckpt", str(run_dir), "--data", str(data), "--max_new_tokens", "6",
-           "--bootstrap_samples", "50", "--mbr_samples", "3", "--temperature", "1.0"]  # fmt: skip
+    mbr = [
+        "evaluate",
+        "--ckpt",
+        str(run_dir),
+        "--data",
+        str(data),
+        "--max_new_tokens",
+        "6",
+        "--bootstrap_samples",
+        "50",
+        "--mbr_samples",
+        "3",
+        "--temperature",
+        "1.0",
+    ]
     assert main(mbr) == 2  # beam search (the default, 4 beams) draws no samples
     assert "give temperature > 0 and num_beams 1" in capsys.readouterr().err
     assert main([*mbr, "--num_beams", "1", "--batch_size", "0"]) == 2
     assert "batch_size must be >= 1" in capsys.readouterr().err
-    assert main([*mbr, "--num_beams", "1", "--batch_size", "4", "--report", str(report),
-                 "--output", str(output)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *mbr,
+                "--num_beams",
+                "1",
+                "--batch_size",
+                "4",
+                "--report",
+                str(report),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["mbr_samples"] == 3
     assert len(output.read_text().splitlines()) == 6
     capsys.readouterr()
     article = tmp_path / "article.txt"
     article.write_text("the king rides to the river\nthe queen sings")
-    assert main(["generate", "--ckpt", str(run_dir), "--prompt_file", str(article),
-                 "--max_new_tokens", "5", "--no_repeat_ngram_size", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--ckpt",
+                str(run_dir),
+                "--prompt_file",
+                str(article),
+                "--max_new_tokens",
+                "5",
+                "--no_repeat_ngram_size",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "the queen sings" not in printed  # the summary alone, not the article
-    mbr = ["generate", "--ckpt", str(run_dir), "--prompt_file", str(article),
-           "--max_new_tokens", "5", "--mbr_samples", "3", "--seed", "0"]  # fmt: skip
+    mbr = [
+        "generate",
+        "--ckpt",
+        str(run_dir),
+        "--prompt_file",
+        str(article),
+        "--max_new_tokens",
+        "5",
+        "--mbr_samples",
+        "3",
+        "--seed",
+        "0",
+    ]
     assert main(mbr) == 2  # the task's defaults: beam search, temperature 0
     assert "give temperature > 0 and num_beams 1" in capsys.readouterr().err
     assert main([*mbr, "--num_beams", "1", "--temperature", "1.0"]) == 0

@@ -93,8 +93,21 @@ def test_ages_whole_equal_ages_step_by_step():
 
 def test_ages_count_time_since_the_last_onset_of_a_sounding_pitch():
     shift = 255  # + steps of 10 ms
-    ids = np.array([60, shift + 30, shift + 20, 64, 60, shift + 5, NOTE_OFF + 60,
-                    NOTE_OFF + 60, shift + 100, 64, *[shift + 100] * 6])  # fmt: skip
+    ids = np.array(
+        [
+            60,
+            shift + 30,
+            shift + 20,
+            64,
+            60,
+            shift + 5,
+            NOTE_OFF + 60,
+            NOTE_OFF + 60,
+            shift + 100,
+            64,
+            *[shift + 100] * 6,
+        ]
+    )
     state = SoundingAges().sequence(ids)
     ages = np.rint(state[:, 128:256] * AGE_LIMIT)
     assert ages[:, 60].tolist() == [0, 30, 50, 50, 0, 5, 5, 0, 0, 0, *[0] * 6]
@@ -116,8 +129,12 @@ def test_releases_of_silent_pitches_are_ignored_and_overlaps_counted():
 
 @pytest.mark.parametrize("state", STATES, ids=type)
 def test_training_windows_carry_the_state_from_the_performance_start(state):
-    notes = Notes(np.array([60, 64, 67]), np.array([0, 10, 500]), np.array([900, 30, 520]),
-                  np.array([80, 80, 80]))  # fmt: skip
+    notes = Notes(
+        np.array([60, 64, 67]),
+        np.array([0, 10, 500]),
+        np.array([900, 30, 520]),
+        np.array([80, 80, 80]),
+    )
     performance = encode_notes(notes).astype(np.int64)
     windows = PerformanceWindows([notes], 8, 388, 389, 390, augment=False, state=state)
     full = state.sequence(np.concatenate([[388], performance, [389]]))
@@ -187,8 +204,15 @@ def test_the_model_reads_a_state_only_when_configured_for_it():
 
 def state_model(block_size: int = 24, size: int = 128, direct: bool = False) -> GPT:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=391, block_size=block_size, n_layer=2, n_head=2, n_embd=32,
-                         state_size=size, state_logits=direct)  # fmt: skip
+    config = ModelConfig(
+        vocab_size=391,
+        block_size=block_size,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        state_size=size,
+        state_logits=direct,
+    )
     model = GPT(config).eval()
     with torch.no_grad():  # a strong state: predictions hinge on it
         model.transformer.wse.weight.normal_(0.0, 1.0)
@@ -218,12 +242,16 @@ def test_state_logits_start_at_zero_and_add_the_state_to_the_scores():
     with torch.no_grad():  # counts as the task computes them (int16) read as floats
         assert torch.equal(direct(ids, state=state.to(torch.int16)), direct(ids, state=state))
     with pytest.raises(ValueError, match="needs a token state"):
-        GPT(ModelConfig(vocab_size=391, block_size=8, n_layer=1, n_head=1, n_embd=8,
-                        state_logits=True))  # fmt: skip
+        GPT(
+            ModelConfig(
+                vocab_size=391, block_size=8, n_layer=1, n_head=1, n_embd=8, state_logits=True
+            )
+        )
 
 
-def next_logits(model: GPT, sequence: list[int], state: SoundingPitches,
-                start: int = 0) -> torch.Tensor:  # fmt: skip
+def next_logits(
+    model: GPT, sequence: list[int], state: SoundingPitches, start: int = 0
+) -> torch.Tensor:
     """The next-id logits of a full forward pass over sequence[start:], its state from the
     whole sequence."""
     window = sequence[start:]
@@ -300,22 +328,60 @@ def tiny_music_run(tmp_path) -> tuple[list[str], list[str]]:
     songs = tmp_path / "songs"
     for k in range(3):
         write_song(songs / f"{k}.mid", shift=k, notes=32)
-    common = ["--task", "music", "--data.train", str(songs), "--data.cache_dir",
-              str(tmp_path / "cache"), "--train.batch_size", "2", "--train.max_steps", "2",
-              "--train.progress_bar", "false"]  # fmt: skip
-    tiny = ["--model.n_layer", "1", "--model.n_head", "1", "--model.n_embd", "16",
-            "--model.block_size", "32"]  # fmt: skip
+    common = [
+        "--task",
+        "music",
+        "--data.train",
+        str(songs),
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--train.batch_size",
+        "2",
+        "--train.max_steps",
+        "2",
+        "--train.progress_bar",
+        "false",
+    ]
+    tiny = [
+        "--model.n_layer",
+        "1",
+        "--model.n_head",
+        "1",
+        "--model.n_embd",
+        "16",
+        "--model.block_size",
+        "32",
+    ]
     return common, tiny
 
 
 def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, capsys):
     common, tiny = tiny_music_run(tmp_path)
     report = tmp_path / "report.json"
-    code = main(["pretrain", *common, *tiny, "--data.note_state", "false", "--out_dir",
-                 str(tmp_path / "plain"), "--report", str(report)])  # fmt: skip
+    code = main(
+        [
+            "pretrain",
+            *common,
+            *tiny,
+            "--data.note_state",
+            "false",
+            "--out_dir",
+            str(tmp_path / "plain"),
+            "--report",
+            str(report),
+        ]
+    )
     assert code == 0 and json.loads(report.read_text())["model"]["state_size"] == 0
-    code = main(["finetune", *common, "--init_from", str(tmp_path / "plain"), "--out_dir",
-                 str(tmp_path / "ft")])  # fmt: skip
+    code = main(
+        [
+            "finetune",
+            *common,
+            "--init_from",
+            str(tmp_path / "plain"),
+            "--out_dir",
+            str(tmp_path / "ft"),
+        ]
+    )
     assert code != 0
     err = capsys.readouterr().err
     assert "token state of size 0" in err and "'note_state': False" in err
@@ -324,8 +390,16 @@ def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, 
     meta = json.loads(config.read_text())
     del meta["task_options"]["note_state"]
     config.write_text(json.dumps(meta))
-    code = main(["finetune", *common, "--init_from", str(tmp_path / "plain"), "--out_dir",
-                 str(tmp_path / "ft2")])  # fmt: skip
+    code = main(
+        [
+            "finetune",
+            *common,
+            "--init_from",
+            str(tmp_path / "plain"),
+            "--out_dir",
+            str(tmp_path / "ft2"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "token state of size 0" in err and "'note_state': False" in err
 
@@ -342,7 +416,8 @@ def test_a_music_model_with_state_logits_trains_saves_and_loads(tmp_path, capsys
     state = torch.from_numpy(loaded.states(ids[0].tolist())).float()[None]
     with torch.no_grad():
         assert torch.isfinite(loaded.model(ids, state=state)).all()
-    code = main(["pretrain", *common, "--data.note_state", "false", "--out_dir",
-                 str(tmp_path / "none")])  # fmt: skip
+    code = main(
+        ["pretrain", *common, "--data.note_state", "false", "--out_dir", str(tmp_path / "none")]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "model.state_logits" in err and "no token state" in err

@@ -3,11 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqgen.errors import CheckpointError, ConfigError, DataError
-from seqgen.tokenizer import (
-    SentencePieceTokenizer,
-    TokenizerConfig,
-    load_tokenizer,
-)
+from seqgen.tokenizer import SentencePieceTokenizer, TokenizerConfig, load_tokenizer
 
 HARD_TEXTS = [
     "",
@@ -109,9 +105,13 @@ def test_user_symbols_are_single_pieces_and_round_trip(corpus_text):
 
 @pytest.mark.parametrize(
     ("symbols", "message"),
-    [(["<s>"], "reserved"), (["x", "x"], "duplicates"), ([""], "non-empty"),
-     (["a\u2581b"], "U\\+2581")],
-)  # fmt: skip
+    [
+        (["<s>"], "reserved"),
+        (["x", "x"], "duplicates"),
+        ([""], "non-empty"),
+        (["a\u2581b"], "U\\+2581"),
+    ],
+)
 def test_user_symbol_errors(symbols, message):
     with pytest.raises(ConfigError, match=message):
         TokenizerConfig(vocab_size=400, user_symbols=symbols)

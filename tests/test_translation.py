@@ -29,8 +29,10 @@ def test_aligned_files_skip_empty_lines_with_a_count(tmp_path):
     (tmp_path / "train.de").write_text("Ein Mann.\nLeer.\nZwei Hunde.\r\n\n")
     task = TranslationTask(TranslationData(train=str(tmp_path / "train")))
     pairs = task.load_split("train")
-    assert [(p["source"], p["target"]) for p in pairs] == [("A man.", "Ein Mann."),
-                                                          ("Two dogs.", "Zwei Hunde.")]  # fmt: skip
+    assert [(p["source"], p["target"]) for p in pairs] == [
+        ("A man.", "Ein Mann."),
+        ("Two dogs.", "Zwei Hunde."),
+    ]
     assert task.stats["train_skipped_empty"] == 2 and task.stats["train_pairs"] == 2
 
 
@@ -179,8 +181,7 @@ def corpus(n: int = 120) -> tuple[list[str], list[str], list[str]]:
     references = [f"der mann {i} fährt rad nach hause ." for i in range(n)]
     wrong = [f"ein hund {i} spielt im garten ." for i in range(n)]
     good = [r if i % 5 else w for i, (r, w) in enumerate(zip(references, wrong, strict=True))]
-    worse = [r if i % 5 > 1 else w for i, (r, w) in enumerate(zip(references, wrong,
-                                                                  strict=True))]  # fmt: skip
+    worse = [r if i % 5 > 1 else w for i, (r, w) in enumerate(zip(references, wrong, strict=True))]
     return references, good, worse
 
 
@@ -209,8 +210,15 @@ def test_evaluate_compares_two_systems_from_the_command_line(tmp_path, capsys):
     for name, lines in (("ref.de", references), ("good.de", good), ("worse.de", worse)):
         (tmp_path / name).write_text("".join(line + "\n" for line in lines))
     report = tmp_path / "r.json"
-    base = ["evaluate", "--task", "translation", "--hypotheses", str(tmp_path / "good.de"),
-            "--reference", str(tmp_path / "ref.de")]  # fmt: skip
+    base = [
+        "evaluate",
+        "--task",
+        "translation",
+        "--hypotheses",
+        str(tmp_path / "good.de"),
+        "--reference",
+        str(tmp_path / "ref.de"),
+    ]
     assert main([*base, "--compare", str(tmp_path / "worse.de"), "--report", str(report)]) == 0
     result = json.loads(report.read_text())
     assert set(result["compare"]) == {"bleu", "chrf"} and len(result["bleu_ci"]) == 2

@@ -35,8 +35,7 @@ ACTIVATIONS = {"gelu_tanh": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"), "gel
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """A ModelConfig from a GPT2Config (as a dict, e.g. a config.json)."""
     hf_activation = hf.get("activation_function", "gelu_new")
-    activation = next((ours for ours, names in ACTIVATIONS.items() if hf_activation in names),
-                      None)  # fmt: skip
+    activation = next((ours for ours, names in ACTIVATIONS.items() if hf_activation in names), None)
     if activation is None:
         known = ", ".join(name for names in ACTIVATIONS.values() for name in names)
         raise CheckpointError(f"activation_function {hf_activation!r} is not one of {known}")
@@ -96,8 +95,10 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: corrupt (not a JSON object)")
     if config.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{config_path}: model_type {config['model_type']!r}; only "
-                              "GPT-2 models convert to seqgen")  # fmt: skip
+        raise CheckpointError(
+            f"{config_path}: model_type {config['model_type']!r}; only "
+            "GPT-2 models convert to seqgen"
+        )
     return config
 
 
@@ -120,14 +121,22 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     if not config.bias or config.pos_embedding != "learned":
         raise ValueError("only GPT-2-shaped models (biases, learned positions) export to HF")
     if config.state_size:
-        raise ValueError(f"this model reads a token state (state_size {config.state_size}) "
-                         "beside its tokens, which GPT-2 cannot: it does not export to HF")
+        raise ValueError(
+            f"this model reads a token state (state_size {config.state_size}) "
+            "beside its tokens, which GPT-2 cannot: it does not export to HF"
+        )
     return dict(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.layer_norm_eps,
-        activation_function=ACTIVATIONS[config.activation][0], resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        layer_norm_epsilon=config.layer_norm_eps,
+        activation_function=ACTIVATIONS[config.activation][0],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
 
 
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:

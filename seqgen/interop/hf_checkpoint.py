@@ -61,8 +61,10 @@ def require_transformers():
     try:
         import transformers
     except ImportError:
-        raise SeqgenError("exporting to and importing from Hugging Face needs transformers: "
-                          "pip install transformers") from None  # fmt: skip
+        raise SeqgenError(
+            "exporting to and importing from Hugging Face needs transformers: "
+            "pip install transformers"
+        ) from None
     return transformers
 
 
@@ -98,10 +100,15 @@ def export_hf(config: ExportConfig) -> list[str]:
     try:
         shape = hf_config(model.config)
     except ValueError as err:
-        raise SeqgenError(f"{loaded.path}: {err} (this model has pos_embedding "
-                          f"{model.config.pos_embedding!r}, bias {model.config.bias})") from None
-    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
-           "pad_token_id": tokenizer.pad_id}  # fmt: skip
+        raise SeqgenError(
+            f"{loaded.path}: {err} (this model has pos_embedding "
+            f"{model.config.pos_embedding!r}, bias {model.config.bias})"
+        ) from None
+    ids = {
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
     saved = {k: meta[k] for k in ("task", "task_options", "step", "train_tokens") if k in meta}
     hf_model = transformers.GPT2LMHeadModel(
         transformers.GPT2Config(**shape, **ids, **{SEQGEN_KEY: {**saved, "model": meta["model"]}})
@@ -109,25 +116,30 @@ def export_hf(config: ExportConfig) -> list[str]:
     result = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(".attn.bias")]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{loaded.path}: weights do not map onto GPT2LMHeadModel (missing "
-                              f"{missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        raise CheckpointError(
+            f"{loaded.path}: weights do not map onto GPT2LMHeadModel (missing "
+            f"{missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
     hf_model.generation_config = transformers.GenerationConfig(**ids)
     with atomic_directory(out) as folder:
         tokenizer.save(folder)  # seqgen's own files, for import
         hf_model.save_pretrained(folder)
         hf_tokenizer = tokenizer.to_hf() if hasattr(tokenizer, "to_hf") else None
         if hf_tokenizer is None:
-            log.warning("the %s tokenizer has no Hugging Face form: the export holds the "
-                        "model and seqgen's tokenizer only", tokenizer.kind)  # fmt: skip
+            log.warning(
+                "the %s tokenizer has no Hugging Face form: the export holds the "
+                "model and seqgen's tokenizer only",
+                tokenizer.kind,
+            )
         else:
-            _wrap(transformers, hf_tokenizer, tokenizer, meta, model.config.block_size
-                  ).save_pretrained(folder)  # fmt: skip
+            _wrap(
+                transformers, hf_tokenizer, tokenizer, meta, model.config.block_size
+            ).save_pretrained(folder)
             _portable_tokenizer_class(folder / "tokenizer_config.json")
     return sorted(p.name for p in out.iterdir())
 
 
-def _wrap(transformers, hf_tokenizer, tokenizer: Tokenizer, meta: dict[str, Any],
-          block_size: int):  # fmt: skip
+def _wrap(transformers, hf_tokenizer, tokenizer: Tokenizer, meta: dict[str, Any], block_size: int):
     """A PreTrainedTokenizerFast whose default special tokens build the task's prompt."""
     from tokenizers.processors import TemplateProcessing
 
@@ -174,18 +186,24 @@ def import_hf(config: ImportConfig) -> Path:
 
         tokenizer = HuggingFaceTokenizer.from_hf_folder(folder, hf)
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens, the "
-                              f"model's embedding {model.config.vocab_size}")  # fmt: skip
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens, the "
+            f"model's embedding {model.config.vocab_size}"
+        )
     task = config.task or saved.get("task", "text")
     task_class(task)  # an unknown task is an error before anything is written
     model_config = model.config
     if saved.get("model"):
         model_config = _saved_model_config(saved["model"], model.config, folder)
-    meta = {"task": task, "model": model_config.to_dict(), "init_from": str(folder),
-            **{k: saved[k] for k in ("step", "train_tokens") if isinstance(saved.get(k), int)}}
+    meta = {
+        "task": task,
+        "model": model_config.to_dict(),
+        "init_from": str(folder),
+        **{k: saved[k] for k in ("step", "train_tokens") if isinstance(saved.get(k), int)},
+    }
     if task == saved.get("task") and isinstance(saved.get("task_options"), dict):
         meta["task_options"] = saved["task_options"]
-    return checkpoint.write_checkpoint(out, model.state_dict(), tokenizer, meta)  # fmt: skip
+    return checkpoint.write_checkpoint(out, model.state_dict(), tokenizer, meta)
 
 
 def _saved_model_config(values: dict[str, Any], shape, folder: Path):
@@ -199,7 +217,9 @@ def _saved_model_config(values: dict[str, Any], shape, folder: Path):
         raise CheckpointError(f"{folder / 'config.json'}: {SEQGEN_KEY}.model: {err}") from None
     fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
     if any(getattr(saved, f) != getattr(shape, f) for f in fields):
-        log.warning("%s: the stored seqgen model config disagrees with the HF config; using the "
-                    "HF config", folder / "config.json")  # fmt: skip
+        log.warning(
+            "%s: the stored seqgen model config disagrees with the HF config; using the HF config",
+            folder / "config.json",
+        )
         return shape
     return saved

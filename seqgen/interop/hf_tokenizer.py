@@ -18,6 +18,7 @@ from seqgen.tokenizer import META_FILE, SP_SPACE, append_new, read_tokenizer_met
 
 HF_TOKENIZER_FILE = "tokenizer.json"
 
+
 class HuggingFaceTokenizer:
     """A seqgen tokenizer kind that wraps a Hugging Face `tokenizer.json`: what a checkpoint
     imported from an HF folder without a seqgen tokenizer (e.g. GPT-2's) uses.
@@ -28,8 +29,14 @@ class HuggingFaceTokenizer:
 
     kind = "huggingface"
 
-    def __init__(self, hf: HFTokenizerObject, bos: str, eos: str, pad: str | None = None,
-                 special_tokens: Sequence[str] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hf: HFTokenizerObject,
+        bos: str,
+        eos: str,
+        pad: str | None = None,
+        special_tokens: Sequence[str] = (),
+    ) -> None:
         self.hf = hf
         self.names = {"bos": bos, "eos": eos, "pad": pad or eos}  # GPT-2 has no pad token
         ids = {role: hf.token_to_id(token) for role, token in self.names.items()}
@@ -120,16 +127,19 @@ class HuggingFaceTokenizer:
 
         bos, eos = name("bos"), name("eos")
         if eos is None:
-            raise CheckpointError(f"{folder}: neither config.json nor tokenizer_config.json "
-                                  "names an eos token")  # fmt: skip
+            raise CheckpointError(
+                f"{folder}: neither config.json nor tokenizer_config.json names an eos token"
+            )
         return cls(hf, bos or eos, eos, name("pad"))
 
 
 def read_hf_tokenizer(directory: Path) -> HFTokenizerObject:
     path = directory / HF_TOKENIZER_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a Hugging Face fast tokenizer file; save the "
-                              "tokenizer with transformers to write it)")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: missing (a Hugging Face fast tokenizer file; save the "
+            "tokenizer with transformers to write it)"
+        )
     try:
         return HFTokenizerObject.from_file(str(path))
     except Exception as err:  # the Rust library raises its own exception type

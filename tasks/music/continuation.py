@@ -56,8 +56,9 @@ def events_after(events: np.ndarray, start: int, end: int) -> list[int]:
     return out + time_shifts(end - now)
 
 
-def strided_nll(model, ids: list[int], first: int, states: np.ndarray | None = None
-                ) -> tuple[float, int]:  # fmt: skip
+def strided_nll(
+    model, ids: list[int], first: int, states: np.ndarray | None = None
+) -> tuple[float, int]:
     """Summed NLL (nats) of ids[first:], each predicted with at least half the context of
     the model before it (windows of block_size moving by half of it), and the count.
     `states`: the token state after each id, for a model that reads one."""
@@ -80,12 +81,20 @@ def strided_nll(model, ids: list[int], first: int, states: np.ndarray | None = N
     return total, count
 
 
-def continuations(generator, performances: list[Notes], prompt_seconds: float,
-                  seconds: float, seed: int = 0, bootstrap_samples: int = 200,
-                  failure_limits: dict[str, float] | None = None,
-                  release_sounding_only: bool = True, release_long_notes: bool = True,
-                  hold_short_notes: bool = True, keep_release_rate: bool = True,
-                  **options) -> dict[str, Any]:  # fmt: skip
+def continuations(
+    generator,
+    performances: list[Notes],
+    prompt_seconds: float,
+    seconds: float,
+    seed: int = 0,
+    bootstrap_samples: int = 200,
+    failure_limits: dict[str, float] | None = None,
+    release_sounding_only: bool = True,
+    release_long_notes: bool = True,
+    hold_short_notes: bool = True,
+    keep_release_rate: bool = True,
+    **options,
+) -> dict[str, Any]:
     """Continue each performance long enough for `prompt_seconds + seconds` and compare.
 
     Args:
@@ -104,8 +113,10 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
     end = begin + round(seconds * STEPS_PER_SECOND)
     usable = [p for p in performances if len(p) and int(p.end.max()) >= end]
     if not usable:
-        raise DataError(f"no performance lasts {prompt_seconds + seconds:g} s (prompt_seconds + "
-                        "continue_seconds)")  # fmt: skip
+        raise DataError(
+            f"no performance lasts {prompt_seconds + seconds:g} s (prompt_seconds + "
+            "continue_seconds)"
+        )
     bos = generator.tokenizer.bos_id
     events = [encode_notes(p).astype(np.int64) for p in usable]
     prompts = [[bos, *cut_events(e, begin).tolist()] for e in events]
@@ -121,14 +132,21 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
     clock = Clock(end - begin, on_time=moved_on)
     limits = generator.task.hold_limits if release_long_notes else None
     floors = generator.task.shortest_holds if hold_short_notes else None
-    new = generator.continue_ids(prompts, **{
-        **options, "max_new_tokens": most, "min_new_tokens": most, "seed": seed,
-        "stop_fn": clock, "constraint": note_rules(release_sounding_only, limits, floors,
-                                                keep_release_rate),
-    })  # fmt: skip
+    new = generator.continue_ids(
+        prompts,
+        **{
+            **options,
+            "max_new_tokens": most,
+            "min_new_tokens": most,
+            "seed": seed,
+            "stop_fn": clock,
+            "constraint": note_rules(release_sounding_only, limits, floors, keep_release_rate),
+        },
+    )
     progress.finish()  # a row that ran out of events stops short of its seconds
-    played = [window(decode_events([*p[1:], *n]), begin, end)
-              for p, n in zip(prompts, new, strict=True)]  # fmt: skip
+    played = [
+        window(decode_events([*p[1:], *n]), begin, end) for p, n in zip(prompts, new, strict=True)
+    ]
     real = [window(p, begin, end) for p in usable]
     nats, scored = 0.0, 0
     for prompt, encoded in zip(prompts, events, strict=True):
@@ -146,17 +164,29 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
         "prompt_seconds": prompt_seconds,
         "seconds": seconds,
         "overlap": found,
-        "overlap_interval": {k: [float(np.percentile([r[k] for r in resampled], 2.5)),
-                                 float(np.percentile([r[k] for r in resampled], 97.5))]
-                             for k in found},  # fmt: skip
+        "overlap_interval": {
+            k: [
+                float(np.percentile([r[k] for r in resampled], 2.5)),
+                float(np.percentile([r[k] for r in resampled], 97.5)),
+            ]
+            for k in found
+        },
         "overlap_with_held_out": overlap(played, usable),
         # a yardstick: what the performer played in the next `seconds`, against the same
         # real continuation (the music of one piece moves on too)
-        "performer_later": {"performances": len(later), "overlap": overlap(
-            [window(p, end, 2 * end - begin) for p in later],
-            [window(p, begin, end) for p in later]) if later else None},
-        "failures": {"generated": failures(played, **(failure_limits or {})),
-                     "real": failures(real, **(failure_limits or {}))},  # fmt: skip
+        "performer_later": {
+            "performances": len(later),
+            "overlap": overlap(
+                [window(p, end, 2 * end - begin) for p in later],
+                [window(p, begin, end) for p in later],
+            )
+            if later
+            else None,
+        },
+        "failures": {
+            "generated": failures(played, **(failure_limits or {})),
+            "real": failures(real, **(failure_limits or {})),
+        },
         "nll_per_event_real": nats / max(scored, 1),
         "events_generated": sum(map(len, new)),
         "release_sounding_only": release_sounding_only,
@@ -164,5 +194,6 @@ def continuations(generator, performances: list[Notes], prompt_seconds: float,
         "shortest_holds": floors,
         "keep_release_rate": keep_release_rate,
         "released_when_held_too_long": sum(
-            released_notes(p, n, limits) for p, n in zip(prompts, new, strict=True)),
+            released_notes(p, n, limits) for p, n in zip(prompts, new, strict=True)
+        ),
     }

@@ -86,9 +86,13 @@ def _encode_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
-                midi_column: str = "midi", split: str = "train"
-                ) -> tuple[list[Notes], dict[str, Any]]:  # fmt: skip
+def load_corpus(
+    source: str,
+    cache_dir: str | None = None,
+    num_proc: int = 2,
+    midi_column: str = "midi",
+    split: str = "train",
+) -> tuple[list[Notes], dict[str, Any]]:
     """The performances of `source` as quantised notes, and a report of what was skipped."""
     import datasets
 
@@ -119,18 +123,30 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
         if encoded is None:
             procs = min(num_proc, max(1, len(table) // 8))  # a process pays off from ~8 files
             started = time.monotonic()
-            log.info("encoding %s MIDI files of %s (%d process%s; cached for next time)",
-                     f"{len(table):,}", source, procs, "es" if procs > 1 else "")  # fmt: skip
-            encoded = table.map(_encode_batch, batched=True, batch_size=8, desc="encoding MIDI",
-                                num_proc=procs if procs > 1 else None,
-                                remove_columns=table.column_names)  # fmt: skip
+            log.info(
+                "encoding %s MIDI files of %s (%d process%s; cached for next time)",
+                f"{len(table):,}",
+                source,
+                procs,
+                "es" if procs > 1 else "",
+            )
+            encoded = table.map(
+                _encode_batch,
+                batched=True,
+                batch_size=8,
+                desc="encoding MIDI",
+                num_proc=procs if procs > 1 else None,
+                remove_columns=table.column_names,
+            )
             with atomic_directory(cached) as partial:
                 encoded.save_to_disk(str(partial))
             log.info("encoded %s files in %.1f s", f"{len(table):,}", time.monotonic() - started)
             encoded = datasets.load_from_disk(str(cached))
     if len(encoded) != len(names):
-        raise DataError(f"{cached}: the cached encoding has {len(encoded)} rows for "
-                        f"{len(names)} files; delete it to rebuild")  # fmt: skip
+        raise DataError(
+            f"{cached}: the cached encoding has {len(encoded)} rows for "
+            f"{len(names)} files; delete it to rebuild"
+        )
     performances, skipped = [], []
     for name, row in zip(names, encoded.with_format("numpy"), strict=True):
         if row["error"]:
@@ -139,9 +155,13 @@ def load_corpus(source: str, cache_dir: str | None = None, num_proc: int = 2,
         performances.append(
             Notes(*(np.asarray(row[k], np.int64) for k in ("pitch", "start", "end", "velocity")))
         )
-    report = {"files": len(names), "encoded": len(performances), "skipped": skipped,
-              "notes": int(sum(len(p) for p in performances)),
-              "seconds": total_seconds(performances)}  # fmt: skip
+    report = {
+        "files": len(names),
+        "encoded": len(performances),
+        "skipped": skipped,
+        "notes": int(sum(len(p) for p in performances)),
+        "seconds": total_seconds(performances),
+    }
     return performances, report
 
 
@@ -155,8 +175,12 @@ def _cached_encoding(cached: Path):
     try:
         return datasets.load_from_disk(str(cached))
     except Exception as err:  # datasets raises many types for a damaged folder
-        log.warning("%s: damaged cache (%s: %s); encoding again", cached, type(err).__name__,
-                    str(err).splitlines()[0] if str(err) else "")  # fmt: skip
+        log.warning(
+            "%s: damaged cache (%s: %s); encoding again",
+            cached,
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+        )
         shutil.rmtree(cached, ignore_errors=True)
         return None
 
@@ -187,10 +211,18 @@ class PerformanceWindows(Dataset):
     performance's start (notes struck before the window are still sounding in it).
     """
 
-    def __init__(self, performances: list[Notes], block_size: int, bos_id: int, eos_id: int,
-                 pad_id: int, augment: bool = True, transpose: int = 3,
-                 stretch: tuple[float, float] = (0.95, 1.05),
-                 state: TokenState | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        performances: list[Notes],
+        block_size: int,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        augment: bool = True,
+        transpose: int = 3,
+        stretch: tuple[float, float] = (0.95, 1.05),
+        state: TokenState | None = None,
+    ) -> None:
         if not performances:
             raise DataError("no performances to train on")
         self.performances, self.block_size = performances, block_size

@@ -70,28 +70,36 @@ class MusicEval(DecodingEval):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.continue_seconds is not None and (not self.ckpt or self.continue_seconds <= 0
-                                                  or self.prompt_seconds <= 0):  # fmt: skip
-            raise ValueError("continue_seconds needs ckpt and data, and continue_seconds and "
-                             "prompt_seconds > 0")  # fmt: skip
+        if self.continue_seconds is not None and (
+            not self.ckpt or self.continue_seconds <= 0 or self.prompt_seconds <= 0
+        ):
+            raise ValueError(
+                "continue_seconds needs ckpt and data, and continue_seconds and prompt_seconds > 0"
+            )
         if self.bootstrap_samples < 1:
             raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
         if min(self.long_note_seconds, self.short_note_seconds, self.silence_seconds) <= 0 or (
-                self.crowded_notes < 1):  # fmt: skip
-            raise ValueError("long_note_seconds, short_note_seconds and silence_seconds must "
-                             "be > 0, crowded_notes >= 1")  # fmt: skip
+            self.crowded_notes < 1
+        ):
+            raise ValueError(
+                "long_note_seconds, short_note_seconds and silence_seconds must "
+                "be > 0, crowded_notes >= 1"
+            )
         if bool(self.ckpt) != bool(self.data) or bool(self.generated) != bool(self.reference):
-            raise ValueError("give ckpt with data (likelihood), and/or generated with reference "
-                             "(statistics)")  # fmt: skip
+            raise ValueError(
+                "give ckpt with data (likelihood), and/or generated with reference (statistics)"
+            )
         if not (self.ckpt or self.generated):
-            raise ValueError("nothing to evaluate: give ckpt and data, or generated and "
-                             "reference")  # fmt: skip
+            raise ValueError("nothing to evaluate: give ckpt and data, or generated and reference")
 
     def failure_limits(self) -> dict[str, float]:
         """The thresholds of the failure counts, as `statistics.failures` takes them."""
-        return {"long_note_seconds": self.long_note_seconds,
-                "short_note_seconds": self.short_note_seconds,
-                "silence_seconds": self.silence_seconds, "crowded_notes": self.crowded_notes}
+        return {
+            "long_note_seconds": self.long_note_seconds,
+            "short_note_seconds": self.short_note_seconds,
+            "silence_seconds": self.silence_seconds,
+            "crowded_notes": self.crowded_notes,
+        }
 
 
 def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Notes], dict]:
@@ -103,13 +111,13 @@ def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Not
     return performances, report
 
 
-def likelihood(args: MusicEval, generator, performances: list[Notes], found: dict
-               ) -> dict[str, Any]:  # fmt: skip
+def likelihood(
+    args: MusicEval, generator, performances: list[Notes], found: dict
+) -> dict[str, Any]:
     tokenizer = generator.tokenizer
     stream = event_stream(performances, tokenizer.bos_id, tokenizer.eos_id)
     started = time.perf_counter()
-    _, nll = stream_nll(generator.model, stream, tokenizer.pad_id, args.batch_size,
-                        generator.state)  # fmt: skip
+    _, nll = stream_nll(generator.model, stream, tokenizer.pad_id, args.batch_size, generator.state)
     nats = nll.sum().item()
     seconds = total_seconds(performances)
     return {
@@ -146,8 +154,10 @@ def compare(args: MusicEval) -> dict[str, Any]:
     return {
         "overlap": found,
         "mean_overlap": mean,
-        "failures": {"generated": failures(generated, **limits),
-                     "reference": failures(reference, **limits)},  # fmt: skip
+        "failures": {
+            "generated": failures(generated, **limits),
+            "reference": failures(reference, **limits),
+        },
         "generated": summary(generated),
         "reference": summary(reference),
     }
@@ -159,46 +169,69 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
     if args.ckpt:
         from seqgen.inference import load
 
-        generator = load(args.ckpt, task="music", precision=args.precision,
-                         device=args.device)  # fmt: skip
+        generator = load(args.ckpt, task="music", precision=args.precision, device=args.device)
         performances, found = corpus(args.data, args, args.split)
         performances = performances[: args.limit]
         report["likelihood"] = likelihood(args, generator, performances, found)
-        rows += [(key, f"{report['likelihood'][key]:.4f}")
-                 for key in ("nll_per_event", "perplexity", "nll_per_second")]  # fmt: skip
+        rows += [
+            (key, f"{report['likelihood'][key]:.4f}")
+            for key in ("nll_per_event", "perplexity", "nll_per_second")
+        ]
         if args.continue_seconds:
             found = continuations(
-                generator, performances, args.prompt_seconds, args.continue_seconds, args.seed,
+                generator,
+                performances,
+                args.prompt_seconds,
+                args.continue_seconds,
+                args.seed,
                 args.bootstrap_samples,
                 args.failure_limits(),
-                args.release_sounding_only, args.release_long_notes, args.hold_short_notes,
+                args.release_sounding_only,
+                args.release_long_notes,
+                args.hold_short_notes,
                 args.keep_release_rate,
-                **args.generation_options())  # fmt: skip
+                **args.generation_options(),
+            )
             report["continuation"] = found
-            rows += [(f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
-                     for (key, value), (low, high) in zip(found["overlap"].items(),
-                                                          found["overlap_interval"].values(),
-                                                          strict=True)]  # fmt: skip
-            rows += [(f"continuation {key} (generated / real)",
-                      f"{found['failures']['generated'][key]:.3f} / "
-                      f"{found['failures']['real'][key]:.3f}")
-                     for key in found["failures"]["generated"]]  # fmt: skip
-            rows.append(("NLL per event of the real continuation",
-                         f"{found['nll_per_event_real']:.4f}"))  # fmt: skip
-            rows.append(("notes released when held too long",
-                         str(found["released_when_held_too_long"])))  # fmt: skip
+            rows += [
+                (f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
+                for (key, value), (low, high) in zip(
+                    found["overlap"].items(), found["overlap_interval"].values(), strict=True
+                )
+            ]
+            rows += [
+                (
+                    f"continuation {key} (generated / real)",
+                    f"{found['failures']['generated'][key]:.3f} / "
+                    f"{found['failures']['real'][key]:.3f}",
+                )
+                for key in found["failures"]["generated"]
+            ]
+            rows.append(
+                ("NLL per event of the real continuation", f"{found['nll_per_event_real']:.4f}")
+            )
+            rows.append(
+                ("notes released when held too long", str(found["released_when_held_too_long"]))
+            )
             if found["shortest_holds"]:
-                rows.append(("notes held at least (s, by octave)",
-                             seconds_span(found["shortest_holds"])))  # fmt: skip
+                rows.append(
+                    ("notes held at least (s, by octave)", seconds_span(found["shortest_holds"]))
+                )
             later = found["performer_later"]
             if later["overlap"] is not None:
-                rows.append((f"yardstick: the performer's next {args.continue_seconds:g} s, "
-                             f"mean overlap ({later['performances']} performances)",
-                             f"{later['overlap']['mean']:.3f}"))  # fmt: skip
+                rows.append(
+                    (
+                        f"yardstick: the performer's next {args.continue_seconds:g} s, "
+                        f"mean overlap ({later['performances']} performances)",
+                        f"{later['overlap']['mean']:.3f}",
+                    )
+                )
     if args.generated:
         report["statistics"] = compare(args)
-        rows += [(f"overlap: {key}", f"{value:.3f}")
-                 for key, value in report["statistics"]["overlap"].items()]  # fmt: skip
+        rows += [
+            (f"overlap: {key}", f"{value:.3f}")
+            for key, value in report["statistics"]["overlap"].items()
+        ]
         rows.append(("overlap: mean", f"{report['statistics']['mean_overlap']:.3f}"))
         found = report["statistics"]["failures"]
         labels = {
@@ -207,9 +240,13 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
             "silences_per_minute": f"silences over {args.silence_seconds:g} s per minute",
             "crowded_fraction": f"time with over {args.crowded_notes} notes sounding",
         }
-        rows += [(f"{label} (generated / reference)",
-                  f"{found['generated'][key]:.3f} / {found['reference'][key]:.3f}")
-                 for key, label in labels.items()]  # fmt: skip
+        rows += [
+            (
+                f"{label} (generated / reference)",
+                f"{found['generated'][key]:.3f} / {found['reference'][key]:.3f}",
+            )
+            for key, label in labels.items()
+        ]
     print(markdown_table(["metric", "value"], rows))
     if args.ckpt:
         found = report["likelihood"]

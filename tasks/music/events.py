@@ -156,8 +156,10 @@ def encode_notes(steps: Notes, most: int | None = None) -> np.ndarray:
     shifts = -(-delta // MAX_SHIFT)  # TIME_SHIFT events before each event
     counts = shifts + new_bin + 1
     if most is not None and int(counts.sum()) > most:
-        raise ValueError(f"{int(counts.sum()):,} events ({int(step.max()) / STEPS_PER_SECOND:,.0f}"
-                         f" s), over the {most:,} a prompt may have")  # fmt: skip
+        raise ValueError(
+            f"{int(counts.sum()):,} events ({int(step.max()) / STEPS_PER_SECOND:,.0f}"
+            f" s), over the {most:,} a prompt may have"
+        )
     out = np.empty(int(counts.sum()), dtype=np.int16)
     first = np.cumsum(counts) - counts  # where each event's group starts
     in_group = np.arange(int(shifts.sum())) - np.repeat(np.cumsum(shifts) - shifts, shifts)

@@ -95,9 +95,12 @@ class MusicGenerate:
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if None not in (self.min_note_seconds, self.max_note_seconds) and (
-                self.min_note_seconds > self.max_note_seconds):  # fmt: skip
-            raise ValueError(f"min_note_seconds ({self.min_note_seconds}) must not exceed "
-                             f"max_note_seconds ({self.max_note_seconds})")  # fmt: skip
+            self.min_note_seconds > self.max_note_seconds
+        ):
+            raise ValueError(
+                f"min_note_seconds ({self.min_note_seconds}) must not exceed "
+                f"max_note_seconds ({self.max_note_seconds})"
+            )
         if not 8000 <= self.sample_rate <= 96_000:  # what FluidSynth renders
             raise ValueError(f"sample_rate must be 8000-96000 Hz, got {self.sample_rate}")
         check_writable(self.piano_roll, "piano_roll")
@@ -129,8 +132,10 @@ def _octave_quantiles(performances: list[Notes], quantile: float) -> list[float]
     if len(durations) == 0:
         raise ValueError("note length limits need notes")
     overall = np.quantile(durations, quantile)
-    found = [np.quantile(durations[octave == o], quantile) if (octave == o).sum() >= 50
-             else overall for o in range(OCTAVES)]  # fmt: skip
+    found = [
+        np.quantile(durations[octave == o], quantile) if (octave == o).sum() >= 50 else overall
+        for o in range(OCTAVES)
+    ]
     return [max(round(float(x), 2), 1 / STEPS_PER_SECOND) for x in found]
 
 
@@ -155,9 +160,14 @@ class NoteRules:
     note, the one a release would end, has sounded less than that. With `keep_release_rate`,
     the probability of banned releases goes to the allowed ones (`shared`)."""
 
-    def __init__(self, prompt: list[int], sounding_only: bool = True,
-                 limits: list[float] | None = None, floors: list[float] | None = None,
-                 keep_release_rate: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        prompt: list[int],
+        sounding_only: bool = True,
+        limits: list[float] | None = None,
+        floors: list[float] | None = None,
+        keep_release_rate: bool = True,
+    ) -> None:
         self.sounding_only = sounding_only
         self.keep_release_rate = keep_release_rate
         self.limits, self.floors = _per_pitch(limits), _per_pitch(floors)
@@ -170,7 +180,7 @@ class NoteRules:
         counts = counts_after(events)
         for pitch in np.flatnonzero(counts).tolist():
             struck = times[events == NOTE_ON + pitch]
-            self.onsets[pitch].extend(struck[len(struck) - counts[pitch]:].tolist())
+            self.onsets[pitch].extend(struck[len(struck) - counts[pitch] :].tolist())
         self.oldest = np.array([o[0] if o else NEVER for o in self.onsets], dtype=np.int64)
         self.released = 0
 
@@ -236,14 +246,22 @@ def released_notes(ids: list[int], new: list[int], limits: list[float] | None) -
     return rules.released
 
 
-def note_rules(sounding_only: bool, limits: list[float] | None,
-               floors: list[float] | None = None, keep_release_rate: bool = True
-               ) -> Callable[[list[int]], NoteRules] | None:  # fmt: skip
+def note_rules(
+    sounding_only: bool,
+    limits: list[float] | None,
+    floors: list[float] | None = None,
+    keep_release_rate: bool = True,
+) -> Callable[[list[int]], NoteRules] | None:
     """The engine's constraint for these rules (None when there are none)."""
     if not sounding_only and limits is None and floors is None:
         return None
-    return partial(NoteRules, sounding_only=sounding_only, limits=limits, floors=floors,
-                   keep_release_rate=keep_release_rate)  # fmt: skip
+    return partial(
+        NoteRules,
+        sounding_only=sounding_only,
+        limits=limits,
+        floors=floors,
+        keep_release_rate=keep_release_rate,
+    )
 
 
 class Clock:
@@ -258,8 +276,11 @@ class Clock:
 
     def __call__(self, new: list[int]) -> bool:
         before, seen = self.rows.get(id(new), (0, 0))
-        elapsed = before + sum(token - TIME_SHIFT for token in new[seen:]
-                               if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT)  # fmt: skip
+        elapsed = before + sum(
+            token - TIME_SHIFT
+            for token in new[seen:]
+            if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT
+        )
         self.rows[id(new)] = (elapsed, len(new))
         moved = min(elapsed, self.steps) - min(before, self.steps)
         if moved and self.on_time is not None:
@@ -292,9 +313,13 @@ def chosen_floors(options: MusicGenerate, stored: list[float] | None) -> list[fl
     return stored if options.hold_short_notes else None
 
 
-def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any],
-            stored_limits: list[float] | None = None, stored_floors: list[float] | None = None
-            ) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+def prepare(
+    ids: list[int],
+    options: MusicGenerate,
+    settings: dict[str, Any],
+    stored_limits: list[float] | None = None,
+    stored_floors: list[float] | None = None,
+) -> tuple[list[int], dict[str, Any]]:
     """The prompt cut to `prompt_seconds`, and a length in seconds or events: the piece may
     not end before the length asked for (end-of-sequence is never sampled). The notes are
     ruled by `NoteRules`, with the checkpoint's `stored_limits` and `stored_floors` unless
@@ -315,19 +340,27 @@ def prepare(ids: list[int], options: MusicGenerate, settings: dict[str, Any],
     clash = [o for o in range(OCTAVES) if floors[o] > limits[o]] if limits and floors else []
     if clash:
         o = clash[0]
-        raise ValueError(f"octave {o}'s notes would be held at least {floors[o]:g} s but "
-                         f"released at {limits[o]:g} s: a shortest hold may not exceed the "
-                         "hold limit (set min_note_seconds lower, max_note_seconds higher, "
-                         "or hold_short_notes false)")  # fmt: skip
+        raise ValueError(
+            f"octave {o}'s notes would be held at least {floors[o]:g} s but "
+            f"released at {limits[o]:g} s: a shortest hold may not exceed the "
+            "hold limit (set min_note_seconds lower, max_note_seconds higher, "
+            "or hold_short_notes false)"
+        )
     rules = note_rules(options.release_sounding_only, limits, floors, options.keep_release_rate)
     if rules is not None:
         extra["constraint"] = rules
     return [ids[0], *events.tolist()], {**extra, "max_new_tokens": limit, "min_new_tokens": limit}
 
 
-def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGenerate,
-          path: Path, stored_limits: list[float] | None = None,
-          stored_floors: list[float] | None = None) -> list[str]:  # fmt: skip
+def write(
+    ids: list[int],
+    new: list[int],
+    tokenizer: Tokenizer,
+    options: MusicGenerate,
+    path: Path,
+    stored_limits: list[float] | None = None,
+    stored_floors: list[float] | None = None,
+) -> list[str]:
     """The prompt and its continuation as one MIDI file (and a piano roll, audio)."""
     events = ids[1:]
     new = [t for t in new if t < tokenizer.pad_id]  # events only
@@ -337,11 +370,15 @@ def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGe
     prompt_seconds = (int(event_steps(events)[-1]) if events else 0) / STEPS_PER_SECOND
     added = (int(event_steps(new)[-1]) if new else 0) / STEPS_PER_SECOND
     if options.seconds is not None and added < options.seconds:
-        log.warning("warning: stopped at %d events with %.1f s of music (the model rarely "
-                    "moves time on)", len(new), added)  # fmt: skip
-    lines = [f"wrote {path}: {prompt_seconds:.1f} s of prompt + {added:.1f} s generated "
-             f"({len(new)} events{rules_said(ids, new, options, stored_limits, stored_floors)})"
-             ]  # fmt: skip
+        log.warning(
+            "warning: stopped at %d events with %.1f s of music (the model rarely moves time on)",
+            len(new),
+            added,
+        )
+    lines = [
+        f"wrote {path}: {prompt_seconds:.1f} s of prompt + {added:.1f} s generated "
+        f"({len(new)} events{rules_said(ids, new, options, stored_limits, stored_floors)})"
+    ]
     if options.piano_roll:
         from seqgen_tasks.music.plot import piano_roll
 
@@ -353,33 +390,49 @@ def write(ids: list[int], new: list[int], tokenizer: Tokenizer, options: MusicGe
     return lines
 
 
-def rules_said(ids: list[int], new: list[int], options: MusicGenerate,
-               stored_limits: list[float] | None, stored_floors: list[float] | None
-               ) -> str:  # fmt: skip
+def rules_said(
+    ids: list[int],
+    new: list[int],
+    options: MusicGenerate,
+    stored_limits: list[float] | None,
+    stored_floors: list[float] | None,
+) -> str:
     """What the note rules did to `new`, for the output line."""
     said = ""
     if options.release_sounding_only:
         said += "; releases only of sounding notes (--release_sounding_only false: any)"
     limits = chosen_limits(options, stored_limits)
     if limits is not None:
-        source = ("--max_note_seconds" if options.max_note_seconds is not None
-                  else "the training data's limits; --release_long_notes false: none")
+        source = (
+            "--max_note_seconds"
+            if options.max_note_seconds is not None
+            else "the training data's limits; --release_long_notes false: none"
+        )
         count = released_notes(ids, new, limits)
         said += f"; {count} note{'' if count == 1 else 's'} released when held too long ({source})"
     elif options.release_long_notes:
-        said += ("; no hold limits in this checkpoint (trained before they were stored): "
-                 "--max_note_seconds sets one")
+        said += (
+            "; no hold limits in this checkpoint (trained before they were stored): "
+            "--max_note_seconds sets one"
+        )
     floors = chosen_floors(options, stored_floors)
     if floors is not None:
-        source = ("--min_note_seconds" if options.min_note_seconds is not None
-                  else "the training data's; --hold_short_notes false: none")
+        source = (
+            "--min_note_seconds"
+            if options.min_note_seconds is not None
+            else "the training data's; --hold_short_notes false: none"
+        )
         said += f"; notes held at least {seconds_span(floors)} s ({source})"
     elif options.hold_short_notes:
-        said += ("; no shortest holds in this checkpoint (trained before they were stored): "
-                 "--min_note_seconds sets one")
+        said += (
+            "; no shortest holds in this checkpoint (trained before they were stored): "
+            "--min_note_seconds sets one"
+        )
     if said and options.keep_release_rate:
-        said += ("; a banned release's probability goes to the allowed ones "
-                 "(--keep_release_rate false: to every event)")
+        said += (
+            "; a banned release's probability goes to the allowed ones "
+            "(--keep_release_rate false: to every event)"
+        )
     return said
 
 

@@ -25,8 +25,12 @@ from seqgen_tasks.music.events import (
 def merge(parts: list[Notes]) -> Notes:
     if not parts:
         return Notes.empty()
-    return Notes(*(np.concatenate([getattr(p, f) for p in parts])
-                   for f in ("pitch", "start", "end", "velocity")))  # fmt: skip
+    return Notes(
+        *(
+            np.concatenate([getattr(p, f) for p in parts])
+            for f in ("pitch", "start", "end", "velocity")
+        )
+    )
 
 
 def notes_from_pretty_midi(midi: pretty_midi.PrettyMIDI) -> Notes:
@@ -48,8 +52,9 @@ def notes_from_pretty_midi(midi: pretty_midi.PrettyMIDI) -> Notes:
     return merge(parts)
 
 
-def tick_seconds(ticks: np.ndarray, tempo_ticks: np.ndarray, mspq: np.ndarray,
-                 resolution: int) -> np.ndarray:  # fmt: skip
+def tick_seconds(
+    ticks: np.ndarray, tempo_ticks: np.ndarray, mspq: np.ndarray, resolution: int
+) -> np.ndarray:
     """Ticks -> seconds under a tempo map, with pretty_midi's arithmetic (so both parsers
     round to the same 10 ms steps)."""
     if len(tempo_ticks) == 0 or tempo_ticks[0] != 0:
@@ -69,17 +74,27 @@ def tick_seconds(ticks: np.ndarray, tempo_ticks: np.ndarray, mspq: np.ndarray,
 def notes_from_symusic(score) -> Notes:
     """The same as `notes_from_pretty_midi`, from a symusic Score loaded in ticks."""
     tempos = score.tempos.numpy()
-    convert = lambda t: tick_seconds(np.asarray(t, np.int64), tempos["time"].astype(np.int64),  # noqa: E731
-                                     tempos["mspq"], score.ticks_per_quarter)  # fmt: skip
+
+    def convert(ticks) -> np.ndarray:
+        return tick_seconds(
+            np.asarray(ticks, np.int64),
+            tempos["time"].astype(np.int64),
+            tempos["mspq"],
+            score.ticks_per_quarter,
+        )
+
     parts = []
     for track in score.tracks:
         if track.is_drum or len(track.notes) == 0:
             continue
         n = track.notes.numpy()
         start = n["time"].astype(np.int64)
-        notes = Notes(n["pitch"].astype(np.int64), convert(start),
-                      convert(start + n["duration"].astype(np.int64)),
-                      n["velocity"].astype(np.int64))  # fmt: skip
+        notes = Notes(
+            n["pitch"].astype(np.int64),
+            convert(start),
+            convert(start + n["duration"].astype(np.int64)),
+            n["velocity"].astype(np.int64),
+        )
         c = track.controls.numpy()
         pedal = c["number"] == SUSTAIN_CC
         parts.append(sustain(notes, convert(c["time"][pedal]), c["value"][pedal].astype(np.int64)))

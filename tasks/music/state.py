@@ -123,8 +123,9 @@ class SoundingAges(SoundingPitches):
         before = np.asarray(before, np.float32)
         return self._sequence(ids, before[:128], np.rint(before[128:256] * AGE_LIMIT))
 
-    def _sequence(self, ids: np.ndarray, start_counts: np.ndarray | None,
-                  start_ages: np.ndarray) -> np.ndarray:  # fmt: skip
+    def _sequence(
+        self, ids: np.ndarray, start_counts: np.ndarray | None, start_ages: np.ndarray
+    ) -> np.ndarray:
         """The states after each id, from the counts and ages (in steps) before the first."""
         ids = np.asarray(ids, dtype=np.int64)
         counts = sounding_counts(ids, start_counts)

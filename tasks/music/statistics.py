@@ -56,9 +56,13 @@ def features(performances: list[Notes]) -> dict[str, np.ndarray]:
     return {k: v / max(1, v.sum()) for k, v in raw.items()}
 
 
-def failures(performances: list[Notes], long_note_seconds: float = 4.0,
-             silence_seconds: float = 3.0, crowded_notes: int = 10,
-             short_note_seconds: float = 0.05) -> dict[str, float]:  # fmt: skip
+def failures(
+    performances: list[Notes],
+    long_note_seconds: float = 4.0,
+    silence_seconds: float = 3.0,
+    crowded_notes: int = 10,
+    short_note_seconds: float = 0.05,
+) -> dict[str, float]:
     """What a listener hears first: the fraction of notes longer than long_note_seconds and
     of notes shorter than short_note_seconds (clicks rather than notes), silences longer
     than silence_seconds per minute of music, and the fraction of time with more than

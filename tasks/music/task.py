@@ -97,8 +97,14 @@ MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask 
 class MusicTask(Task, Evaluates, GeneratesFiles):
     name = "music"
     data_config = MusicData
-    stored_options = ("augment", "max_transpose", "max_stretch", "num_workers", "note_state",
-                      "note_ages")  # fmt: skip
+    stored_options = (
+        "augment",
+        "max_transpose",
+        "max_stretch",
+        "num_workers",
+        "note_state",
+        "note_ages",
+    )
     option_defaults = {"note_state": False, "note_ages": False}  # checkpoints from before them
     continues_prompt = True
     eval_config = evaluation.MusicEval
@@ -124,10 +130,14 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
         for name in LENGTH_RULES:
             seconds = options.get(name)
             if seconds is not None and not (
-                    isinstance(seconds, list) and len(seconds) == octaves
-                    and all(type(x) in (int, float) and x > 0 for x in seconds)):  # fmt: skip
-                raise ConfigError(f"the checkpoint's task_options.{name} must be {octaves} "
-                                  f"seconds > 0, got {seconds!r}")  # fmt: skip
+                isinstance(seconds, list)
+                and len(seconds) == octaves
+                and all(type(x) in (int, float) and x > 0 for x in seconds)
+            ):
+                raise ConfigError(
+                    f"the checkpoint's task_options.{name} must be {octaves} "
+                    f"seconds > 0, got {seconds!r}"
+                )
             setattr(task, name, seconds)
         return task
 
@@ -138,14 +148,22 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
                 stored[name] = getattr(self, name)
         return stored
 
-    def prepare(self, ids: list[int], options: generation.MusicGenerate,
-                settings: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
+    def prepare(
+        self, ids: list[int], options: generation.MusicGenerate, settings: dict[str, Any]
+    ) -> tuple[list[int], dict[str, Any]]:
         return generation.prepare(ids, options, settings, self.hold_limits, self.shortest_holds)
 
-    def write(self, ids: list[int], new: list[int], tokenizer: Tokenizer,
-              options: generation.MusicGenerate, path: Path) -> list[str]:  # fmt: skip
-        return generation.write(ids, new, tokenizer, options, path, self.hold_limits,
-                                self.shortest_holds)  # fmt: skip
+    def write(
+        self,
+        ids: list[int],
+        new: list[int],
+        tokenizer: Tokenizer,
+        options: generation.MusicGenerate,
+        path: Path,
+    ) -> list[str]:
+        return generation.write(
+            ids, new, tokenizer, options, path, self.hold_limits, self.shortest_holds
+        )
 
     def token_state(self) -> SoundingPitches | None:
         if not self.data.note_state:
@@ -173,13 +191,18 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
 
     def _corpus(self, source: str, split: str, prefix: str) -> list[Notes]:
         data = self.data
-        performances, report = load_corpus(source, data.cache_dir, data.num_proc,
-                                           data.midi_column, split)  # fmt: skip
+        performances, report = load_corpus(
+            source, data.cache_dir, data.num_proc, data.midi_column, split
+        )
         for skipped in report["skipped"]:
             log.warning("skipped %s: %s", skipped["file"], skipped["reason"])
-        self.stats.update({f"{prefix}files": report["files"],
-                           f"{prefix}skipped": len(report["skipped"]),
-                           f"{prefix}skipped_files": report["skipped"]})  # fmt: skip
+        self.stats.update(
+            {
+                f"{prefix}files": report["files"],
+                f"{prefix}skipped": len(report["skipped"]),
+                f"{prefix}skipped_files": report["skipped"],
+            }
+        )
         return performances
 
     def _hold_out(self, performances: list[Notes]) -> tuple[list[Notes], list[Notes]]:
@@ -235,8 +258,10 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
             midi = source if isinstance(source, pretty_midi.PrettyMIDI) else read_midi(source)
             events = encode_notes(quantize(notes_from_pretty_midi(midi)), most=MOST_PROMPT_EVENTS)
             if len(events) == 0:
-                log.warning("warning: %s has no notes (drums only?): starting from nothing",
-                            source if isinstance(source, str) else "the prompt")  # fmt: skip
+                log.warning(
+                    "warning: %s has no notes (drums only?): starting from nothing",
+                    source if isinstance(source, str) else "the prompt",
+                )
         return [tokenizer.bos_id, *events.tolist()]
 
     def decode(self, ids: list[int], tokenizer: Tokenizer) -> pretty_midi.PrettyMIDI:

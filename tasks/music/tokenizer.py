@@ -114,6 +114,8 @@ class PerformanceTokenizer:
     def load(cls, directory: Path) -> PerformanceTokenizer:
         meta = read_tokenizer_meta(directory)
         if meta.get("events") != NUM_EVENTS:
-            raise CheckpointError(f"{directory}: the tokenizer has {meta.get('events')} events; "
-                                  f"the performance vocabulary has {NUM_EVENTS}")  # fmt: skip
+            raise CheckpointError(
+                f"{directory}: the tokenizer has {meta.get('events')} events; "
+                f"the performance vocabulary has {NUM_EVENTS}"
+            )
         return cls(meta.get("special_tokens", []))

@@ -63,12 +63,18 @@ def _example(row: Any, data: SummarizationData, where: str, n: int) -> dict[str,
     fields = [data.document_field, data.summary_field]
     if not isinstance(row, dict) or any(f not in row for f in fields):
         keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-        raise DataError(f"{where}: needs fields {fields[0]!r} and {fields[1]!r} (has: {keys}); "
-                        "set data.document_field / data.summary_field")  # fmt: skip
+        raise DataError(
+            f"{where}: needs fields {fields[0]!r} and {fields[1]!r} (has: {keys}); "
+            "set data.document_field / data.summary_field"
+        )
     for f in fields:
         if not isinstance(row[f], str):
             raise DataError(f"{where}: field {f!r} is not a string")
     title = row.get(data.title_field, "") if data.title_field else ""
     ident = row.get(data.id_field) if data.id_field else None
-    return {"id": str(ident if ident is not None else n), "title": str(title or ""),
-            "document": row[fields[0]], "summary": row[fields[1]]}  # fmt: skip
+    return {
+        "id": str(ident if ident is not None else n),
+        "title": str(title or ""),
+        "document": row[fields[0]],
+        "summary": row[fields[1]],
+    }

@@ -93,24 +93,28 @@ def read_predictions(path: Path, field: str, ids: list[str]) -> list[str]:
     missing = [i for i in ids if i not in found]
     extra = [i for i in found if i not in set(ids)]
     if missing or extra:
-        raise DataError(f"{path}: {len(found)} predictions for {len(ids)} documents; "
-                        f"missing ids: {missing[:5]}, unknown ids: {extra[:5]}")  # fmt: skip
+        raise DataError(
+            f"{path}: {len(found)} predictions for {len(ids)} documents; "
+            f"missing ids: {missing[:5]}, unknown ids: {extra[:5]}"
+        )
     return [found[i] for i in ids]
 
 
 def summarize(args: SummarizationEval, examples: list[dict]) -> tuple[list[str], float]:
     from seqgen.inference import load
 
-    generator = load(args.ckpt, task="summarization", precision=args.precision,
-                     device=args.device)  # fmt: skip
+    generator = load(args.ckpt, task="summarization", precision=args.precision, device=args.device)
     documents = [{"document": e["document"], "title": e["title"]} for e in examples]
     settings = dict(args.generation_options(), seed=args.seed, batch_size=args.batch_size)
     started = time.perf_counter()
     if args.mbr_samples > 1:
         outputs = generator.generate_mbr(
-            documents, samples=args.mbr_samples, similarity=RougeSimilarity(args.ignore),
-            on_done=Progress("sampled", len(documents) * args.mbr_samples, "summaries"), **settings,
-        )  # fmt: skip
+            documents,
+            samples=args.mbr_samples,
+            similarity=RougeSimilarity(args.ignore),
+            on_done=Progress("sampled", len(documents) * args.mbr_samples, "summaries"),
+            **settings,
+        )
     else:
         outputs = generator.generate_many(
             documents, on_done=Progress("summarized", len(documents), "articles"), **settings
@@ -124,8 +128,11 @@ def data_fields(args: SummarizationEval) -> SummarizationData:
         from seqgen import checkpoint
 
         options = checkpoint.read_meta(checkpoint.resolve(args.ckpt)).get("task_options", {})
-    chosen = {"document_field": args.document_field, "summary_field": args.summary_field,
-              "id_field": args.id_field}  # fmt: skip
+    chosen = {
+        "document_field": args.document_field,
+        "summary_field": args.summary_field,
+        "id_field": args.id_field,
+    }
     for key, value in chosen.items():
         if value is not None:
             options[key] = value
@@ -157,39 +164,63 @@ def evaluate(args: SummarizationEval) -> dict[str, Any]:
     }
     texts = dict(zip(systems, (predictions, baseline), strict=True))
     results = {
-        name: {"scores": bootstrap(scores, args.bootstrap_samples, args.seed),
-               "lengths": length_stats(texts[name])}
+        name: {
+            "scores": bootstrap(scores, args.bootstrap_samples, args.seed),
+            "lengths": length_stats(texts[name]),
+        }
         for name, scores in systems.items()
-    }  # fmt: skip
+    }
     report = {
-        "documents": len(examples), "system": results[next(iter(systems))],
-        "baseline": results[f"first {n_words} words"], "baseline_words": n_words,
-        "reference_lengths": length_stats(references), "rouge": "rouge-score, Porter stemmer, "
+        "documents": len(examples),
+        "system": results[next(iter(systems))],
+        "baseline": results[f"first {n_words} words"],
+        "baseline_words": n_words,
+        "reference_lengths": length_stats(references),
+        "rouge": "rouge-score, Porter stemmer, "
         "Lsum over sentences split by seqgen_tasks.summarization.rouge.split_sentences; "
         "F1/precision/recall in %",
         "ignored": args.ignore,
-    }  # fmt: skip
+    }
     if compared is not None:
-        difference = paired_difference(per_doc, score_documents(compared, references, args.ignore),
-                                       args.bootstrap_samples, args.seed)  # fmt: skip
+        difference = paired_difference(
+            per_doc,
+            score_documents(compared, references, args.ignore),
+            args.bootstrap_samples,
+            args.seed,
+        )
         report["compared"] = {"predictions": args.compare, "difference": difference}
     if seconds is not None:
-        report.update(decode_seconds=seconds, beams=args.num_beams, checkpoint=args.ckpt,
-                      mbr_samples=args.mbr_samples)  # fmt: skip
+        report.update(
+            decode_seconds=seconds,
+            beams=args.num_beams,
+            checkpoint=args.ckpt,
+            mbr_samples=args.mbr_samples,
+        )
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"id": i, "prediction": p, "scores": s}
-                for i, p, s in zip(ids, predictions, per_doc, strict=True)]  # fmt: skip
+        rows = [
+            {"id": i, "prediction": p, "scores": s}
+            for i, p, s in zip(ids, predictions, per_doc, strict=True)
+        ]
         Path(args.output).write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         )
     write_json(args.report, report)
     rows = table_rows(results)
     if compared is not None:
-        rows.append((f"minus {Path(args.compare).name} (paired)",
-                     *(f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-                       for d in difference.values()), ""))  # fmt: skip
+        rows.append(
+            (
+                f"minus {Path(args.compare).name} (paired)",
+                *(
+                    f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                    for d in difference.values()
+                ),
+                "",
+            )
+        )
     print(markdown_table(TABLE_HEADER, rows))
-    print(f"\n{len(examples)} documents; references {report['reference_lengths']['mean_words']:.0f}"
-          " words on average; F1 in %, 95% bootstrap intervals in brackets")  # fmt: skip
+    print(
+        f"\n{len(examples)} documents; references {report['reference_lengths']['mean_words']:.0f}"
+        " words on average; F1 in %, 95% bootstrap intervals in brackets"
+    )
     return report

@@ -35,8 +35,9 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def score_documents(predictions: list[str], references: list[str], ignore: Sequence[str] = ()
-                    ) -> list[dict[str, Any]]:  # fmt: skip
+def score_documents(
+    predictions: list[str], references: list[str], ignore: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Per document: {rouge_type: {precision, recall, fmeasure}} in percent.
 
     `ignore`: strings removed from both sides first, such as WikiText's `<unk>`, which stands
@@ -50,8 +51,9 @@ def score_documents(predictions: list[str], references: list[str], ignore: Seque
         for text in ignore:
             prediction, reference = prediction.replace(text, " "), reference.replace(text, " ")
         # one sentence per line: rougeLsum takes the union LCS over those lines
-        result = scorer.score("\n".join(split_sentences(reference)),
-                              "\n".join(split_sentences(prediction)))  # fmt: skip
+        result = scorer.score(
+            "\n".join(split_sentences(reference)), "\n".join(split_sentences(prediction))
+        )
         scores.append({t: {p: 100 * getattr(result[t], p) for p in PARTS} for t in ROUGE_TYPES})
     return scores
 
@@ -99,8 +101,9 @@ class RougeSimilarity(Similarity):
         ids = lambda tokens: [vocabulary.setdefault(t, len(vocabulary)) for t in tokens]  # noqa: E731
         # rouge-score: rouge2 over the whole text's tokens, rougeLsum over its lines' tokens
         words = [ids(self.tokenize(text)) for text in texts]
-        sentences = [[ids(self.tokenize(line)) for line in text.split("\n") if line]
-                     for text in texts]  # fmt: skip
+        sentences = [
+            [ids(self.tokenize(line)) for line in text.split("\n") if line] for text in texts
+        ]
         counts = np.zeros((len(texts), len(vocabulary)), dtype=np.int64)
         for row, sentence_ids in enumerate(sentences):
             np.add.at(counts[row], [i for s in sentence_ids for i in s], 1)
@@ -110,8 +113,9 @@ class RougeSimilarity(Similarity):
         result = [[0.0] * len(texts) for _ in texts]
         for i, j in itertools.permutations(range(len(texts)), 2):  # prediction i, target j
             overlap = int(bigram_overlap[i, j])
-            rouge2 = scoring.fmeasure(overlap / max(bigram_totals[i], 1),
-                                      overlap / max(bigram_totals[j], 1))  # fmt: skip
+            rouge2 = scoring.fmeasure(
+                overlap / max(bigram_totals[i], 1), overlap / max(bigram_totals[j], 1)
+            )
             lsum = 0
             if sentences[i] and sentences[j] and lengths[i] and lengths[j]:
                 hits = int(lsum_hits[j, i])
@@ -190,8 +194,10 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
     for i in range(1, width + 1):
         above = table[i - 1]
         step[:, 0] = above[:, 0]
-        np.copyto(step[:, 1:], np.where(rows[:, i - 1, None] == tokens[1:], above[:, :-1] + 1,
-                                        above[:, 1:]))  # fmt: skip
+        np.copyto(
+            step[:, 1:],
+            np.where(rows[:, i - 1, None] == tokens[1:], above[:, :-1] + 1, above[:, 1:]),
+        )
         np.maximum.accumulate(step, axis=1, out=table[i])
     # read out every (reference sentence, prediction sentence) table at once
     ends = np.array(starts[1:] + [len(columns)]) - 1
@@ -202,8 +208,9 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
         alive = (i > 0) & (j > start)
         if not alive.any():
             return marks
-        sentence, which, i, j, start, owner = (a[alive] for a in (sentence, which, i, j, start,
-                                                                   owner))  # fmt: skip
+        sentence, which, i, j, start, owner = (
+            a[alive] for a in (sentence, which, i, j, start, owner)
+        )
         match = rows[sentence, i - 1] == tokens[j]
         marks[owner[match], sentence[match], i[match] - 1] = True
         left_wins = table[i, sentence, j - 1] > table[i - 1, sentence, j]
@@ -211,8 +218,9 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
         j = j - (match | left_wins)
 
 
-def bootstrap(per_document: list[dict[str, Any]], samples: int = 1000, seed: int = 0
-              ) -> dict[str, dict[str, dict[str, float]]]:  # fmt: skip
+def bootstrap(
+    per_document: list[dict[str, Any]], samples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, dict[str, float]]]:
     """Corpus scores (the mean over documents) as {type: {part: {low, mid, high}}}: the 2.5th,
     50th and 97.5th percentiles of the mean over `samples` resamplings of the documents."""
     values = np.array([[d[t][p] for t in ROUGE_TYPES for p in PARTS] for d in per_document])
@@ -223,9 +231,11 @@ def bootstrap(per_document: list[dict[str, Any]], samples: int = 1000, seed: int
     result: dict[str, dict[str, dict[str, float]]] = {}
     for k, (t, p) in enumerate((t, p) for t in ROUGE_TYPES for p in PARTS):
         result.setdefault(t, {})[p] = {
-            "low": float(low[k]), "mid": float(mid[k]), "high": float(high[k]),
+            "low": float(low[k]),
+            "mid": float(mid[k]),
+            "high": float(high[k]),
             "mean": float(values[:, k].mean()),
-        }  # fmt: skip
+        }
     return result
 
 
@@ -242,15 +252,21 @@ def paired_difference(
         raise ValueError(
             f"{len(first)} documents scored for one system, {len(second)} for the other"
         )
-    differences = [{t: {p: a[t][p] - b[t][p] for p in PARTS} for t in ROUGE_TYPES}
-                   for a, b in zip(first, second, strict=True)]  # fmt: skip
+    differences = [
+        {t: {p: a[t][p] - b[t][p] for p in PARTS} for t in ROUGE_TYPES}
+        for a, b in zip(first, second, strict=True)
+    ]
     return {t: s["fmeasure"] for t, s in bootstrap(differences, samples, seed).items()}
 
 
 def length_stats(texts: list[str]) -> dict[str, float]:
     words = [len(t.split()) for t in texts]
-    return {"mean_words": statistics.fmean(words), "median_words": statistics.median(words),
-            "min_words": min(words), "max_words": max(words)}  # fmt: skip
+    return {
+        "mean_words": statistics.fmean(words),
+        "median_words": statistics.median(words),
+        "min_words": min(words),
+        "max_words": max(words),
+    }
 
 
 def lead_words(document: str, n: int) -> str:
@@ -268,10 +284,17 @@ def lead_words(document: str, n: int) -> str:
 
 def table_rows(systems: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     """F1 with its 95% interval per ROUGE type, and mean words, one row per system."""
-    return [(name, *(f"{s['mid']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
-                     for s in (result["scores"][t]["fmeasure"] for t in ROUGE_TYPES)),
-             f"{result['lengths']['mean_words']:.0f}")
-            for name, result in systems.items()]  # fmt: skip
+    return [
+        (
+            name,
+            *(
+                f"{s['mid']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
+                for s in (result["scores"][t]["fmeasure"] for t in ROUGE_TYPES)
+            ),
+            f"{result['lengths']['mean_words']:.0f}",
+        )
+        for name, result in systems.items()
+    ]
 
 
 TABLE_HEADER = ("system", *(f"{t} F1" for t in ROUGE_TYPES), "words")

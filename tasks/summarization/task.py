@@ -30,8 +30,15 @@ WORD = re.compile(r"\w+")
 class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
     name = "summarization"
     data_config = SummarizationData
-    stored_options = ("document_field", "summary_field", "title_field", "id_field",
-                      "max_summary_tokens", "body_selection", "title_heading")  # fmt: skip
+    stored_options = (
+        "document_field",
+        "summary_field",
+        "title_field",
+        "id_field",
+        "max_summary_tokens",
+        "body_selection",
+        "title_heading",
+    )
     option_defaults: ClassVar[dict[str, Any]] = {"title_heading": False}  # older checkpoints
     data_builders: ClassVar[dict[str, DatasetBuilder]] = {
         "wikisum": DatasetBuilder(wikisum.WikisumConfig, wikisum.build_splits)
@@ -41,8 +48,12 @@ class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
 
     def generation_defaults(self) -> dict[str, Any]:
         """Beam search without repeated trigrams, up to the summary length trained on."""
-        return {"temperature": 0.0, "num_beams": 4, "no_repeat_ngram_size": 3,
-                "max_new_tokens": self.data.max_summary_tokens}  # fmt: skip
+        return {
+            "temperature": 0.0,
+            "num_beams": 4,
+            "no_repeat_ngram_size": 3,
+            "max_new_tokens": self.data.max_summary_tokens,
+        }
 
     # ------------------------------------------------------------ fine-tuning
 
@@ -55,8 +66,10 @@ class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
         if source is None and split == "val" and data.train and not Path(data.train).is_file():
             source = data.train  # a dataset's validation split
         if source is None:
-            raise DataError(f"set data.{'train' if split == 'train' else 'val'}: "
-                            "document/summary pairs (.jsonl or a dataset)")  # fmt: skip
+            raise DataError(
+                f"set data.{'train' if split == 'train' else 'val'}: "
+                "document/summary pairs (.jsonl or a dataset)"
+            )
         hf_split = data.train_split if split == "train" else data.val_split
         examples = read_examples(source, data, hf_split)
         if not examples:
@@ -146,5 +159,3 @@ def rank_paragraphs(title: str, paragraphs: list[str]) -> list[int]:
 
     scores = [similarity(bag) for bag in bags]
     return sorted(range(len(paragraphs)), key=lambda i: (-scores[i], i))
-
-

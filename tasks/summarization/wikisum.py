@@ -118,8 +118,7 @@ def build_splits(args: WikisumConfig) -> None:
         path = Path(file)
         if not path.is_file():
             raise DataError(f"{path}: no such file")
-        rows, dropped = build(read_text_file(path), split, args.min_lead_words,
-                              args.min_body_words)  # fmt: skip
+        rows, dropped = build(read_text_file(path), split, args.min_lead_words, args.min_body_words)
         if not rows and not dropped:
             raise DataError(f"{path}: no articles (no ` = Title = ` lines between blank lines)")
         out.mkdir(parents=True, exist_ok=True)

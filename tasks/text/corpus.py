@@ -89,6 +89,7 @@ def read_documents(source: str, config: TextData, split: str) -> tuple[list[str]
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     return docs, _hash(stats)
 
+
 def _read_jsonl(path: Path, field: str) -> list[str]:
     docs = []
     for where, row in read_jsonl(path):
@@ -99,6 +100,7 @@ def _read_jsonl(path: Path, field: str) -> list[str]:
             raise DataError(f"{where}: field {field!r} is not a string")
         docs.append(row[field])
     return docs
+
 
 def _read_hf(source: str, config: TextData, split: str) -> tuple[list[str], str]:
     dataset = load_hf_dataset(source, config.hf_config, split)
@@ -115,9 +117,11 @@ def load_text_splits(config: TextData) -> tuple[list[str], list[str], str]:
     if not config.source:
         raise DataError("no training data: set data.source (a file, directory or dataset name)")
     if config.streaming:
-        raise DataError("data.streaming: a stream is tokenized into shards first, with `seqgen "
-                        "data prepare --data.streaming true ... --out DIR`; then train with "
-                        "--data.source DIR")  # fmt: skip
+        raise DataError(
+            "data.streaming: a stream is tokenized into shards first, with `seqgen "
+            "data prepare --data.streaming true ... --out DIR`; then train with "
+            "--data.source DIR"
+        )
     docs, fingerprint = read_documents(config.source, config, config.train_split)
     if not any(d.strip() for d in docs):
         raise DataError(f"{config.source}: the corpus is empty")
@@ -127,11 +131,17 @@ def load_text_splits(config: TextData) -> tuple[list[str], list[str], str]:
         )
         if not any(d.strip() for d in val_docs):
             raise DataError(f"{config.val_source or config.source}: the validation text is empty")
-        return docs, val_docs, _hash([TOKENS_VERSION, config.text_field, fingerprint,
-                                      val_fingerprint])  # fmt: skip
+        return (
+            docs,
+            val_docs,
+            _hash([TOKENS_VERSION, config.text_field, fingerprint, val_fingerprint]),
+        )
     train_docs, val_docs = split_tail(docs, config.val_fraction)
-    return train_docs, val_docs, _hash([TOKENS_VERSION, config.text_field, fingerprint,
-                                        config.val_fraction])  # fmt: skip
+    return (
+        train_docs,
+        val_docs,
+        _hash([TOKENS_VERSION, config.text_field, fingerprint, config.val_fraction]),
+    )
 
 
 def split_tail(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -151,6 +161,7 @@ def split_tail(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
         seen += len(doc)
     return docs, []
 
+
 def tokenize_documents(docs: list[str], tokenizer: Tokenizer) -> np.ndarray:
     """One stream: each document's ids followed by eos."""
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
@@ -160,8 +171,9 @@ def tokenize_documents(docs: list[str], tokenizer: Tokenizer) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def _encode_stream(docs: list[str], tokenizer: Tokenizer, progress: Progress
-                   ) -> Iterator[list[int]]:  # fmt: skip
+def _encode_stream(
+    docs: list[str], tokenizer: Tokenizer, progress: Progress
+) -> Iterator[list[int]]:
     for doc in docs:
         if doc.strip():
             yield from encode_document(doc, tokenizer)
@@ -174,8 +186,11 @@ def encode_document(text: str, tokenizer: Tokenizer) -> Iterator[list[int]]:
     piece spans a newline, so the ids are those of the whole text."""
     start = 0
     while start < len(text):
-        end = (len(text) if len(text) - start <= CHUNK_CHARS
-               else text.rfind("\n", start, start + CHUNK_CHARS) + 1)  # fmt: skip
+        end = (
+            len(text)
+            if len(text) - start <= CHUNK_CHARS
+            else text.rfind("\n", start, start + CHUNK_CHARS) + 1
+        )
         if end <= start:
             end = start + CHUNK_CHARS
         yield tokenizer.encode(text[start:end])

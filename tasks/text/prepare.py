@@ -25,14 +25,7 @@ from seqgen.shards import (
 )
 from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
 from seqgen_tasks.text.corpus import TextData, tokenizer_fingerprint
-from seqgen_tasks.text.units import (
-    Corpus,
-    Unit,
-    encode_unit,
-    plan,
-    start_worker,
-    unit_documents,
-)
+from seqgen_tasks.text.units import Corpus, Unit, encode_unit, plan, start_worker, unit_documents
 
 log = logging.getLogger("seqgen")
 
@@ -70,7 +63,6 @@ class PrepareConfig:
             raise ConfigError("set data.source: a file, a folder or a dataset to prepare")
 
 
-
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Write the shards of `config.data` into `config.out`; returns the index."""
     out = Path(config.out).expanduser()
@@ -88,27 +80,42 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     tokenizer.save(out / TOKENIZER_DIR)
     num_proc = config.num_proc or default_num_proc()
     counted = isinstance(units, list)  # a stream's length is unknown
-    log.info("preparing %s: %s in %d process%s", config.data.source,
-             f"{len(units):,} units" if counted else "a stream", num_proc,
-             "es" if num_proc > 1 else "")  # fmt: skip
-    index = write_shards(out, units, encode_unit, identity=identity, eos_id=tokenizer.eos_id,
-                         dtype=ids_dtype(tokenizer.vocab_size), shard_tokens=config.shard_tokens,
-                         num_proc=num_proc, initializer=start_worker,
-                         initargs=(corpus, str(out / TOKENIZER_DIR)),
-                         size_of=lambda unit: unit.size,
-                         total=sum(u.size for u in units) if counted else None,
-                         measure=corpus.measure)  # fmt: skip
+    log.info(
+        "preparing %s: %s in %d process%s",
+        config.data.source,
+        f"{len(units):,} units" if counted else "a stream",
+        num_proc,
+        "es" if num_proc > 1 else "",
+    )
+    index = write_shards(
+        out,
+        units,
+        encode_unit,
+        identity=identity,
+        eos_id=tokenizer.eos_id,
+        dtype=ids_dtype(tokenizer.vocab_size),
+        shard_tokens=config.shard_tokens,
+        num_proc=num_proc,
+        initializer=start_worker,
+        initargs=(corpus, str(out / TOKENIZER_DIR)),
+        size_of=lambda unit: unit.size,
+        total=sum(u.size for u in units) if counted else None,
+        measure=corpus.measure,
+    )
     if not index["splits"]["train"]["tokens"]:
         raise DataError(f"{config.data.source}: the corpus is empty")
     if not index["splits"]["val"]["tokens"]:
-        raise DataError(f"{config.data.source}: no document fell in the validation split "
-                        f"(data.val_fraction {config.data.val_fraction}); raise it, or give "
-                        "data.val_source or data.val_split")  # fmt: skip
+        raise DataError(
+            f"{config.data.source}: no document fell in the validation split "
+            f"(data.val_fraction {config.data.val_fraction}); raise it, or give "
+            "data.val_source or data.val_split"
+        )
     return index
 
 
-def _tokenizer(config: PrepareConfig, corpus: Corpus, units: Iterable[Unit], out: Path
-               ) -> Tokenizer:  # fmt: skip
+def _tokenizer(
+    config: PrepareConfig, corpus: Corpus, units: Iterable[Unit], out: Path
+) -> Tokenizer:
     """The tokenizer of tokenizer.path; else the one `out` was started with (a killed run goes
     on with it), unless --overwrite; else one trained on a sample of the training units."""
     if config.tokenizer.path:
@@ -118,8 +125,9 @@ def _tokenizer(config: PrepareConfig, corpus: Corpus, units: Iterable[Unit], out
         return load_tokenizer(out / TOKENIZER_DIR)
     from seqgen.tokenizer import SentencePieceTokenizer
 
-    return SentencePieceTokenizer.train(sample_texts(corpus, units, config.tokenizer.max_sentences),
-                                        config.tokenizer)  # fmt: skip
+    return SentencePieceTokenizer.train(
+        sample_texts(corpus, units, config.tokenizer.max_sentences), config.tokenizer
+    )
 
 
 def sample_texts(corpus: Corpus, units: Iterable[Unit], max_lines: int) -> Iterator[str]:

@@ -57,9 +57,11 @@ class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
     def load(self) -> Splits:
         if self.prepared:
             if self.data.val_source or self.data.val_split:
-                raise DataError(f"{self.data.source} holds its own validation split (chosen "
-                                "when it was prepared): leave data.val_source and "
-                                "data.val_split unset")  # fmt: skip
+                raise DataError(
+                    f"{self.data.source} holds its own validation split (chosen "
+                    "when it was prepared): leave data.val_source and "
+                    "data.val_split unset"
+                )
             train, val = prepared_splits(self.data.source)
             self.stats.update(train_documents=len(train), val_documents=len(val))
             return Splits(train, val)
@@ -69,8 +71,10 @@ class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
 
     def tokenizer_sample(self, max_lines: int) -> Iterable[str]:
         if self.prepared:
-            raise DataError(f"{self.data.source} is prepared already: its tokenizer is in "
-                            f"{Path(self.data.source) / TOKENIZER_DIR}")  # fmt: skip
+            raise DataError(
+                f"{self.data.source} is prepared already: its tokenizer is in "
+                f"{Path(self.data.source) / TOKENIZER_DIR}"
+            )
         corpus, units, _ = plan(self.data)
         return sample_texts(corpus, units, max_lines)
 
@@ -95,12 +99,15 @@ class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
         if len(val) < 2:
             raise DataError(f"the validation text has {len(val)} tokens; it needs at least 2")
         self.stats.update(train_corpus_tokens=len(train), val_corpus_tokens=len(val))
-        return Windows(RandomWindows(train, self.block_size),
-                       SequentialWindows(val, self.block_size, tokenizer.pad_id),
-                       self.data.num_workers)  # fmt: skip
+        return Windows(
+            RandomWindows(train, self.block_size),
+            SequentialWindows(val, self.block_size, tokenizer.pad_id),
+            self.data.num_workers,
+        )
 
-    def _tokens(self, docs: list[str], split: str, tokenizer: Tokenizer,
-                fingerprint: str | None) -> np.ndarray:  # fmt: skip
+    def _tokens(
+        self, docs: list[str], split: str, tokenizer: Tokenizer, fingerprint: str | None
+    ) -> np.ndarray:
         """The documents' token stream, cached on disk when the corpus has a fingerprint."""
         if fingerprint is None:
             return tokenize_documents(docs, tokenizer)
@@ -133,10 +140,15 @@ def prepared_splits(directory: str) -> tuple[PreparedSplit, PreparedSplit]:
     """The train and val splits of a folder that `seqgen data prepare` finished."""
     path = Path(directory).expanduser()
     index = read_index(path)
-    train, val = (PreparedSplit(path, split_tokens(path, split, index),
-                                index["splits"][split]["documents"],
-                                index["identity"]["tokenizer"])
-                  for split in ("train", "val"))  # fmt: skip
+    train, val = (
+        PreparedSplit(
+            path,
+            split_tokens(path, split, index),
+            index["splits"][split]["documents"],
+            index["identity"]["tokenizer"],
+        )
+        for split in ("train", "val")
+    )
     return train, val
 
 
@@ -144,7 +156,9 @@ def check_tokenizer(split: PreparedSplit, tokenizer: Tokenizer) -> None:
     """The run's tokenizer is the one the folder's ids come from."""
     found = tokenizer_fingerprint(tokenizer)
     if found != split.tokenizer:
-        raise DataError(f"{split.directory} was prepared with tokenizer {split.tokenizer} (in "
-                        f"{split.directory / TOKENIZER_DIR}), this run's is {found}: train with "
-                        "the folder's (leave tokenizer.path unset) or prepare the corpus again "
-                        "with this one")  # fmt: skip
+        raise DataError(
+            f"{split.directory} was prepared with tokenizer {split.tokenizer} (in "
+            f"{split.directory / TOKENIZER_DIR}), this run's is {found}: train with "
+            "the folder's (leave tokenizer.path unset) or prepare the corpus again "
+            "with this one"
+        )

@@ -41,7 +41,6 @@ SECTION_BYTES = 1 << 14  # a text file's validation split is chosen 16 KiB at a 
 ROWS_PER_UNIT = 1024  # rows of a Hugging Face dataset per work unit
 
 
-
 @dataclass(frozen=True)
 class Unit:
     """A piece of the corpus: bytes [k * UNIT_BYTES, (k + 1) * UNIT_BYTES) of a file, cut
@@ -70,9 +69,9 @@ class Corpus:
         return "bytes" if all("file" in source for source in self.sources) else "rows"
 
 
-
-def plan(data: TextData, skip_errors: bool = False
-         ) -> tuple[Corpus, list[Unit] | Iterator[Unit], dict[str, Any]]:  # fmt: skip
+def plan(
+    data: TextData, skip_errors: bool = False
+) -> tuple[Corpus, list[Unit] | Iterator[Unit], dict[str, Any]]:
     """The corpus of `data` as work units (a list; an iterator, read once, where a dataset
     is streamed), and what identifies it (a changed file, field or split setting makes a
     folder prepared before stale)."""
@@ -82,25 +81,35 @@ def plan(data: TextData, skip_errors: bool = False
     fixed = data.val_source is not None or data.val_split is not None
     units = _units(corpus, data.source, data, data.train_split, "train" if fixed else None)
     if fixed:
-        val = _units(corpus, data.val_source or data.source, data,
-                     data.val_split or data.train_split, "val")  # fmt: skip
-        units = units + val if isinstance(units, list) and isinstance(val, list) else (
-            itertools.chain(units, val))  # fmt: skip
-    identity = {"format": TOKENS_VERSION, "units": [UNIT_BYTES, SECTION_BYTES, ROWS_PER_UNIT],
-                "sources": [_stamp(s) for s in corpus.sources],
-                "text_field": data.text_field, "hf_config": data.hf_config,
-                "val_fraction": None if fixed else data.val_fraction}  # fmt: skip
+        val = _units(
+            corpus, data.val_source or data.source, data, data.val_split or data.train_split, "val"
+        )
+        units = (
+            units + val
+            if isinstance(units, list) and isinstance(val, list)
+            else (itertools.chain(units, val))
+        )
+    identity = {
+        "format": TOKENS_VERSION,
+        "units": [UNIT_BYTES, SECTION_BYTES, ROWS_PER_UNIT],
+        "sources": [_stamp(s) for s in corpus.sources],
+        "text_field": data.text_field,
+        "hf_config": data.hf_config,
+        "val_fraction": None if fixed else data.val_fraction,
+    }
     return corpus, units, identity
 
 
-def _units(corpus: Corpus, source: str, data: TextData, hf_split: str,
-           split: str | None) -> list[Unit] | Iterator[Unit]:  # fmt: skip
+def _units(
+    corpus: Corpus, source: str, data: TextData, hf_split: str, split: str | None
+) -> list[Unit] | Iterator[Unit]:
     from seqgen.data import is_saved_dataset, missing_local_path
 
     path = Path(source).expanduser()
     if is_prepared(path):
-        raise DataError(f"{path} is a folder of token shards already: train on it with "
-                        "--data.source")  # fmt: skip
+        raise DataError(
+            f"{path} is a folder of token shards already: train on it with --data.source"
+        )
     if path.is_dir() and not is_saved_dataset(path):
         suffixes = TEXT_SUFFIXES | JSONL_SUFFIXES
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
@@ -117,31 +126,51 @@ def _units(corpus: Corpus, source: str, data: TextData, hf_split: str,
         return _dataset_units(corpus, source, data, hf_split, split)
     units = []
     for file in files:
-        corpus.sources.append({"file": str(file.resolve()), "name": str(file.relative_to(root)),
-                               "jsonl": file.suffix in JSONL_SUFFIXES})  # fmt: skip
+        corpus.sources.append(
+            {
+                "file": str(file.resolve()),
+                "name": str(file.relative_to(root)),
+                "jsonl": file.suffix in JSONL_SUFFIXES,
+            }
+        )
         size = file.stat().st_size
-        units += [Unit(len(corpus.sources) - 1, k, min(UNIT_BYTES, size - k * UNIT_BYTES), split)
-                  for k in range(-(-size // UNIT_BYTES))]  # fmt: skip
+        units += [
+            Unit(len(corpus.sources) - 1, k, min(UNIT_BYTES, size - k * UNIT_BYTES), split)
+            for k in range(-(-size // UNIT_BYTES))
+        ]
     return units
 
 
-def _dataset_units(corpus: Corpus, source: str, data: TextData, hf_split: str,
-                   split: str | None) -> list[Unit]:  # fmt: skip
+def _dataset_units(
+    corpus: Corpus, source: str, data: TextData, hf_split: str, split: str | None
+) -> list[Unit]:
     from seqgen.data import load_hf_dataset
 
     dataset = load_hf_dataset(source, data.hf_config, hf_split)
     if data.text_field not in dataset.column_names:
-        raise DataError(f"{source} [{hf_split}]: no column {data.text_field!r} (has: "
-                        f"{', '.join(dataset.column_names)}); set data.text_field")  # fmt: skip
-    corpus.sources.append({"dataset": source, "config": data.hf_config, "split": hf_split,
-                           "fingerprint": dataset._fingerprint, "rows": len(dataset)})  # fmt: skip
+        raise DataError(
+            f"{source} [{hf_split}]: no column {data.text_field!r} (has: "
+            f"{', '.join(dataset.column_names)}); set data.text_field"
+        )
+    corpus.sources.append(
+        {
+            "dataset": source,
+            "config": data.hf_config,
+            "split": hf_split,
+            "fingerprint": dataset._fingerprint,
+            "rows": len(dataset),
+        }
+    )
     rows = len(dataset)
-    return [Unit(len(corpus.sources) - 1, k, min(ROWS_PER_UNIT, rows - k * ROWS_PER_UNIT), split)
-            for k in range(-(-rows // ROWS_PER_UNIT))]  # fmt: skip
+    return [
+        Unit(len(corpus.sources) - 1, k, min(ROWS_PER_UNIT, rows - k * ROWS_PER_UNIT), split)
+        for k in range(-(-rows // ROWS_PER_UNIT))
+    ]
 
 
-def _stream_units(corpus: Corpus, source: str, data: TextData, hf_split: str,
-                  split: str | None) -> Iterator[Unit]:  # fmt: skip
+def _stream_units(
+    corpus: Corpus, source: str, data: TextData, hf_split: str, split: str | None
+) -> Iterator[Unit]:
     """Units of ROWS_PER_UNIT rows of a streamed dataset, read as they are asked for; the
     parent reads the stream and hands each unit its texts."""
     from seqgen.data import load_hf_dataset
@@ -149,9 +178,15 @@ def _stream_units(corpus: Corpus, source: str, data: TextData, hf_split: str,
     local = Path(source).expanduser().is_dir()  # a save_to_disk folder, known by content
     dataset = load_hf_dataset(source, data.hf_config, hf_split, streaming=not local)
     stream = dataset.to_iterable_dataset() if local else dataset
-    corpus.sources.append({"stream": source, "config": data.hf_config, "split": hf_split,
-                           "version": str(getattr(getattr(stream, "info", None), "version", None)),
-                           "local": dataset._fingerprint if local else None})  # fmt: skip
+    corpus.sources.append(
+        {
+            "stream": source,
+            "config": data.hf_config,
+            "split": hf_split,
+            "version": str(getattr(getattr(stream, "info", None), "version", None)),
+            "local": dataset._fingerprint if local else None,
+        }
+    )
     index = len(corpus.sources) - 1
 
     def units() -> Iterator[Unit]:
@@ -160,8 +195,10 @@ def _stream_units(corpus: Corpus, source: str, data: TextData, hf_split: str,
             text = row.get(data.text_field) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                raise DataError(f"{source} [{hf_split}] row {number}: no text field "
-                                f"{data.text_field!r} (has: {keys}); set data.text_field")
+                raise DataError(
+                    f"{source} [{hf_split}] row {number}: no text field "
+                    f"{data.text_field!r} (has: {keys}); set data.text_field"
+                )
             rows.append(text)
             if len(rows) == ROWS_PER_UNIT:
                 yield Unit(index, number // ROWS_PER_UNIT, len(rows), split, tuple(rows))
@@ -178,8 +215,14 @@ def _stamp(source: dict[str, Any]) -> list[Any]:
         stat = Path(source["file"]).stat()
         return [source["name"], stat.st_size, stat.st_mtime_ns]
     if "stream" in source:
-        return [source["stream"], source["config"], source["split"], "stream",
-                source["version"], source["local"]]  # fmt: skip
+        return [
+            source["stream"],
+            source["config"],
+            source["split"],
+            "stream",
+            source["version"],
+            source["local"],
+        ]
     return [source["dataset"], source["config"], source["split"], source["fingerprint"]]
 
 
@@ -206,8 +249,9 @@ def encode_unit(unit: Unit) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     return {split: np.asarray(values, dtype=dtype) for split, values in ids.items()}, counts
 
 
-def unit_documents(corpus: Corpus, unit: Unit, counts: dict[str, int] | None = None
-                   ) -> Iterator[tuple[str, str, bool]]:  # fmt: skip
+def unit_documents(
+    corpus: Corpus, unit: Unit, counts: dict[str, int] | None = None
+) -> Iterator[tuple[str, str, bool]]:
     """(split, text, whether a document ends there) for each document or section of `unit`."""
     counts = {} if counts is None else counts
     source = corpus.sources[unit.source]
@@ -274,8 +318,9 @@ def _cut(data: bytes, offset: int) -> int:
     return len(data) if newline < 0 else newline + 1
 
 
-def _decoded(data: bytes, source: dict[str, Any], offset: int, corpus: Corpus,
-             counts: dict[str, int]) -> str | None:  # fmt: skip
+def _decoded(
+    data: bytes, source: dict[str, Any], offset: int, corpus: Corpus, counts: dict[str, int]
+) -> str | None:
     """`data` as text; None (counted) for text that is not UTF-8 where errors are skipped."""
     try:
         return data.decode("utf-8")
@@ -284,13 +329,21 @@ def _decoded(data: bytes, source: dict[str, Any], offset: int, corpus: Corpus,
         if corpus.skip_errors:
             counts["skipped_bytes"] = counts.get("skipped_bytes", 0) + len(data)
             return None
-        raise DataError(f"{source['file']}: not UTF-8 text (byte offset {where}: "
-                        f"{data[err.start : err.start + 4]!r}); convert it (e.g. iconv -f "
-                        "latin1 -t utf-8) or give --skip_errors true") from None  # fmt: skip
+        raise DataError(
+            f"{source['file']}: not UTF-8 text (byte offset {where}: "
+            f"{data[err.start : err.start + 4]!r}); convert it (e.g. iconv -f "
+            "latin1 -t utf-8) or give --skip_errors true"
+        ) from None
 
 
-def _jsonl_rows(corpus: Corpus, source: dict[str, Any], unit: Unit, start: int, data: bytes,
-                counts: dict[str, int]) -> Iterator[tuple[str, str, bool]]:  # fmt: skip
+def _jsonl_rows(
+    corpus: Corpus,
+    source: dict[str, Any],
+    unit: Unit,
+    start: int,
+    data: bytes,
+    counts: dict[str, int],
+) -> Iterator[tuple[str, str, bool]]:
     offset = start
     for line in data.split(b"\n"):
         where, offset = offset, offset + len(line) + 1
@@ -312,16 +365,19 @@ def _jsonl_rows(corpus: Corpus, source: dict[str, Any], unit: Unit, start: int, 
                 problem = f"field {corpus.text_field!r} is not a string"
         if problem is not None:
             if not corpus.skip_errors:
-                raise DataError(f"{source['file']}: the row at byte offset {where}: {problem} "
-                                "(--skip_errors true skips such rows)")  # fmt: skip
+                raise DataError(
+                    f"{source['file']}: the row at byte offset {where}: {problem} "
+                    "(--skip_errors true skips such rows)"
+                )
             counts["skipped_rows"] = counts.get("skipped_rows", 0) + 1
             continue
         counts["documents"] = counts.get("documents", 0) + 1
         yield unit.split or _split_of(corpus, source["name"], where), row[corpus.text_field], True
 
 
-def _dataset_rows(corpus: Corpus, source: dict[str, Any], unit: Unit,
-                  counts: dict[str, int]) -> Iterator[tuple[str, str, bool]]:  # fmt: skip
+def _dataset_rows(
+    corpus: Corpus, source: dict[str, Any], unit: Unit, counts: dict[str, int]
+) -> Iterator[tuple[str, str, bool]]:
     from seqgen.data import load_hf_dataset
 
     opened = _worker.setdefault("datasets", {})
@@ -332,13 +388,15 @@ def _dataset_rows(corpus: Corpus, source: dict[str, Any], unit: Unit,
     rows = opened[key][first : first + unit.size][corpus.text_field]
     for row, text in enumerate(rows, start=first):
         if not isinstance(text, str):
-            raise DataError(f"{source['dataset']} [{source['split']}] row {row}: column "
-                            f"{corpus.text_field!r} is not text")  # fmt: skip
+            raise DataError(
+                f"{source['dataset']} [{source['split']}] row {row}: column "
+                f"{corpus.text_field!r} is not text"
+            )
         counts["documents"] = counts.get("documents", 0) + 1
         yield unit.split or _split_of(corpus, f"row {row}", 0), text, True
 
 
 def _split_of(corpus: Corpus, name: str, where: int) -> str:
-    """"val" for a val_fraction of documents, chosen by a hash of where they are."""
+    """ "val" for a val_fraction of documents, chosen by a hash of where they are."""
     digest = hashlib.blake2b(f"{name}\0{where}".encode(), digest_size=8).digest()
     return "val" if int.from_bytes(digest, "big") < corpus.val_fraction * 2**64 else "train"

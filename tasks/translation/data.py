@@ -58,8 +58,10 @@ def read_pairs(source: str, data: TranslationData, hf_split: str) -> tuple[list[
     if path.is_file() and path.suffix in PAIR_SUFFIXES - {".jsonl"}:
         return _tsv(path, data.source_lang, data.target_lang)
     if path.is_file():
-        raise DataError(f"{path}: unknown pair format (use .jsonl, .tsv, or aligned "
-                        f"{path}.{data.source_lang} / .{data.target_lang} files)")  # fmt: skip
+        raise DataError(
+            f"{path}: unknown pair format (use .jsonl, .tsv, or aligned "
+            f"{path}.{data.source_lang} / .{data.target_lang} files)"
+        )
     if missing_local_path(source, PAIR_SUFFIXES):
         raise DataError(f"{path}: no such file, and no {src_file.name} / {tgt_file.name} beside it")
     return _hf(source, data, hf_split)
@@ -86,8 +88,10 @@ def _aligned_files(src_file: Path, tgt_file: Path) -> tuple[list[Pair], int]:
             raise DataError(f"{missing}: no such file (the other side of {other})")
     sources, targets = read_lines(src_file), read_lines(tgt_file)
     if len(sources) != len(targets):
-        raise DataError(f"misaligned parallel files: {src_file} has {len(sources)} lines, "
-                        f"{tgt_file} has {len(targets)}")  # fmt: skip
+        raise DataError(
+            f"misaligned parallel files: {src_file} has {len(sources)} lines, "
+            f"{tgt_file} has {len(targets)}"
+        )
     return _keep(list(zip(sources, targets, strict=True)))
 
 
@@ -119,8 +123,10 @@ def _tsv(path: Path, src: str, tgt: str) -> tuple[list[Pair], int]:
             if not line.strip():
                 rows.append(("", ""))
                 continue
-            raise DataError(f"{path}:{number}: expected 2 tab-separated columns "
-                            f"({src}, {tgt}), found {len(columns)}")  # fmt: skip
+            raise DataError(
+                f"{path}:{number}: expected 2 tab-separated columns "
+                f"({src}, {tgt}), found {len(columns)}"
+            )
         rows.append((columns[0], columns[1]))
     return _keep(rows)
 

@@ -21,8 +21,13 @@ from seqgen.tables import markdown_table
 from seqgen_tasks.translation.data import read_lines
 
 
-def score(hypotheses: list[str], references: list[str], bootstrap_samples: int = 1000,
-          seed: int = 0, compared: list[str] | None = None) -> dict[str, Any]:
+def score(
+    hypotheses: list[str],
+    references: list[str],
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    compared: list[str] | None = None,
+) -> dict[str, Any]:
     """Corpus BLEU and chrF against one reference each, with 95% bootstrap intervals
     (`bleu_ci`, `chrf_ci`: [low, high]) and, for `compared` (another system's output for
     the same sentences), this system minus it with a paired bootstrap interval."""
@@ -59,8 +64,9 @@ def score(hypotheses: list[str], references: list[str], bootstrap_samples: int =
     return report
 
 
-def resampled(metric: Any, hypotheses: list[str], references: list[str],
-              rows: np.ndarray) -> np.ndarray:  # fmt: skip
+def resampled(
+    metric: Any, hypotheses: list[str], references: list[str], rows: np.ndarray
+) -> np.ndarray:
     """The corpus score of each resample of the sentences (rows of indices), from
     sacreBLEU's own sufficient statistics, as its --confidence and paired tests do."""
     stats = np.array(metric._extract_corpus_statistics(hypotheses, [references]), dtype=np.float64)
@@ -111,22 +117,24 @@ class TranslationEval(DecodingEval):
 def translate(config: TranslationEval, sources: list[str]) -> list[str]:
     from seqgen.inference import load
 
-    generator = load(config.ckpt, task="translation", precision=config.precision,
-                     device=config.device)  # fmt: skip
+    generator = load(
+        config.ckpt, task="translation", precision=config.precision, device=config.device
+    )
     options = config.generation_options()
     longest = options.pop("max_new_tokens")
 
     def budget(prompt_ids: list[int]) -> int:  # the generator caps it at the context's end
         return min(longest, 2 * len(prompt_ids) + 10)
 
-    settings = dict(options, max_new_tokens=budget, batch_size=config.batch_size,
-                    seed=config.seed)  # fmt: skip
+    settings = dict(options, max_new_tokens=budget, batch_size=config.batch_size, seed=config.seed)
     if config.mbr_samples > 1:
         return generator.generate_mbr(
-            sources, samples=config.mbr_samples, similarity=generator.task.mbr_similarity(),
+            sources,
+            samples=config.mbr_samples,
+            similarity=generator.task.mbr_similarity(),
             on_done=Progress("sampled", len(sources) * config.mbr_samples, "translations"),
             **settings,
-        )  # fmt: skip
+        )
     return generator.generate_many(
         sources, on_done=Progress("translated", len(sources), "sentences"), **settings
     )
@@ -140,14 +148,18 @@ def evaluate(config: TranslationEval) -> dict[str, Any]:
     if config.compare:
         compared = read_lines(Path(config.compare))
         if len(compared) != len(references):
-            raise DataError(f"{config.compare} has {len(compared)} lines, {config.reference} "
-                            f"has {len(references)}")  # fmt: skip
+            raise DataError(
+                f"{config.compare} has {len(compared)} lines, {config.reference} "
+                f"has {len(references)}"
+            )
         compared = compared[: config.limit]
     if config.ckpt:
         sources = read_lines(Path(config.source))
         if len(sources) != len(references):
-            raise DataError(f"{config.source} has {len(sources)} lines, {config.reference} "
-                            f"has {len(references)}")  # fmt: skip
+            raise DataError(
+                f"{config.source} has {len(sources)} lines, {config.reference} "
+                f"has {len(references)}"
+            )
         sources, references = sources[: config.limit], references[: config.limit]
         started = time.perf_counter()
         hypotheses = translate(config, sources)
@@ -157,28 +169,50 @@ def evaluate(config: TranslationEval) -> dict[str, Any]:
     else:
         hypotheses = read_lines(Path(config.hypotheses))
         if len(hypotheses) != len(references):
-            raise DataError(f"{config.hypotheses} has {len(hypotheses)} lines, "
-                            f"{config.reference} has {len(references)}")  # fmt: skip
+            raise DataError(
+                f"{config.hypotheses} has {len(hypotheses)} lines, "
+                f"{config.reference} has {len(references)}"
+            )
         hypotheses, references = hypotheses[: config.limit], references[: config.limit]
         seconds = None
     report = score(hypotheses, references, config.bootstrap_samples, config.seed, compared)
     if seconds is not None:
-        report.update(decode_seconds=seconds, sentences_per_second=len(sources) / seconds,
-                      beams=config.num_beams, checkpoint=config.ckpt,
-                      temperature=config.temperature, top_p=config.top_p,
-                      mbr_samples=config.mbr_samples, seed=config.seed)  # fmt: skip
+        report.update(
+            decode_seconds=seconds,
+            sentences_per_second=len(sources) / seconds,
+            beams=config.num_beams,
+            checkpoint=config.ckpt,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            mbr_samples=config.mbr_samples,
+            seed=config.seed,
+        )
     if config.output:
         Path(config.output).parent.mkdir(parents=True, exist_ok=True)
         Path(config.output).write_text("".join(h + "\n" for h in hypotheses))
     write_json(config.report, report)
-    rows = [("model" if config.ckpt else Path(config.hypotheses).name,
-             *(f"{report[m]:.2f} [{report[m + '_ci'][0]:.2f}, {report[m + '_ci'][1]:.2f}]"
-               for m in ("bleu", "chrf")))]  # fmt: skip
+    rows = [
+        (
+            "model" if config.ckpt else Path(config.hypotheses).name,
+            *(
+                f"{report[m]:.2f} [{report[m + '_ci'][0]:.2f}, {report[m + '_ci'][1]:.2f}]"
+                for m in ("bleu", "chrf")
+            ),
+        )
+    ]
     if "compare" in report:
-        rows.append((f"minus {Path(config.compare).name} (paired)",
-                     *(f"{d['mid']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-                       for d in report["compare"].values())))  # fmt: skip
+        rows.append(
+            (
+                f"minus {Path(config.compare).name} (paired)",
+                *(
+                    f"{d['mid']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                    for d in report["compare"].values()
+                ),
+            )
+        )
     print(markdown_table(["system", "BLEU", "chrF"], rows))
-    print(f"\n{len(hypotheses)} sentences; 95% bootstrap intervals in brackets\n"
-          f"{report['bleu_signature']}\n{report['chrf_signature']}")
+    print(
+        f"\n{len(hypotheses)} sentences; 95% bootstrap intervals in brackets\n"
+        f"{report['bleu_signature']}\n{report['chrf_signature']}"
+    )
     return report

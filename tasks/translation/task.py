@@ -107,5 +107,3 @@ class TranslationTask(ExampleTask, Evaluates, HasMBR):
 
         chrf = CHRF()
         return lambda translation, other: chrf.sentence_score(translation, [other]).score
-
-
