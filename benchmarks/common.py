@@ -79,8 +79,8 @@ def print_figures(report: dict[str, Any]) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse as seqgen's commands do: flags with underscores; the old dashed spellings
-    still work for one release, with a warning."""
+    """Parse as seqgen's commands do: flags with underscores (a dashed spelling is an error
+    that gives the flag's)."""
     import sys
 
     from seqgen.arguments import normalize

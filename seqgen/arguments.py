@@ -2,15 +2,12 @@
 
 A command's flags are the fields of typed dataclasses (jsonargparse), spelled with
 underscores as the fields are (`--max_new_tokens`), with the fields' docstrings as help,
-and `--config FILE` for YAML. A bool flag alone means true; a list flag repeats. Old
-spellings (dashes, `--beams`, `--from`, `--no-stream`) still work for one release, with a
-warning.
+and `--config FILE` for YAML. A bool flag alone means true; a list flag repeats.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -19,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from seqgen.errors import SeqgenError
-
-RENAMED = {"beams": "num_beams", "from": "init_from"}  # old flag -> field, for one release
 
 
 def config_parser(
@@ -67,12 +62,10 @@ def _kind(hint: Any) -> str | None:
 
 
 def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
-    """The grammar's conveniences and the old spellings, rewritten into jsonargparse's.
-
-    A bool flag alone means true (`--stream`); a list flag repeats (`--stop a --stop b`) or
-    takes several values (`--input a b`). An old spelling (`--max-new-tokens`, `--beams`,
-    `--from`, `--no-stream`) is rewritten with a warning on stderr.
-    """
+    """The grammar's conveniences, rewritten into jsonargparse's: a bool flag alone means
+    true (`--stream`); a list flag repeats (`--stop a --stop b`) or takes several values
+    (`--input a b`). A flag spelled with hyphens where the field has underscores is an error
+    that says so."""
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -83,23 +76,14 @@ def normalize(argv: Sequence[str], flags: dict[str, Any]) -> list[str]:
         if not arg.startswith("--"):
             out.append(arg)
             continue
-        name, eq, value = arg[2:].partition("=")
-        new = RENAMED.get(name, name.replace("-", "_"))
-        negated = new.startswith("no_") and _kind(flags.get(new[3:])) == "bool"
-        if negated:
-            new = new[3:]
-        if new != name and new in flags:
-            shown = f"--{new} false" if negated else f"--{new}"
-            print(
-                f"warning: --{name} is deprecated and goes in the next release; use {shown}",
-                file=sys.stderr,
+        new, eq, value = arg[2:].partition("=")
+        if new not in flags and new.replace("-", "_") in flags:
+            raise SeqgenError(
+                f"--{new}: flags are spelled as their fields, with underscores: "
+                f"--{new.replace('-', '_')}"
             )
-        else:
-            new = name
         kind = _kind(flags.get(new))
-        if negated:
-            out.append(f"--{new}=false")
-        elif kind == "bool" and not eq and (i == len(argv) or argv[i].startswith("--")):
+        if kind == "bool" and not eq and (i == len(argv) or argv[i].startswith("--")):
             out.append(f"--{new}=true")
         elif kind == "list" and not (eq and value.startswith("[")):
             values = [value] if eq else []

@@ -436,7 +436,6 @@ def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_te
 def test_normalize_rewrites_conveniences_and_old_spellings(capsys):
     from seqgen.arguments import flags_of, normalize
     from seqgen.sample import GenerateConfig
-    from seqgen.train import RunConfig
 
     generate = flags_of(GenerateConfig)
     assert normalize(["--stream", "--stop", "a", "--stop=b", "--seed", "1"], generate) == [
@@ -454,40 +453,20 @@ def test_normalize_rewrites_conveniences_and_old_spellings(capsys):
         "--stop",
         "[a, b]",
     ]
-    assert capsys.readouterr().err == ""  # the grammar's own forms: no warning
-    assert normalize(["--max-new-tokens=5", "--beams", "2", "--no-stream"], generate) == [
-        "--max_new_tokens=5",
-        "--num_beams",
-        "2",
-        "--stream=false",
-    ]
-    assert normalize(["--from", "none"], flags_of(RunConfig)) == ["--init_from", "none"]
-    warnings = capsys.readouterr().err.splitlines()
-    assert warnings == [
-        "warning: --max-new-tokens is deprecated and goes in the next release; use "
-        "--max_new_tokens",
-        "warning: --beams is deprecated and goes in the next release; use --num_beams",
-        "warning: --no-stream is deprecated and goes in the next release; use --stream false",
-        "warning: --from is deprecated and goes in the next release; use --init_from",
-    ]
+    assert capsys.readouterr().err == ""
     assert normalize(["--unknown-flag", "1"], generate) == ["--unknown-flag", "1"]  # left to fail
 
 
-def test_old_spellings_give_the_same_output(random_ckpt, capsys):
+def test_flags_are_spelled_as_their_fields(random_ckpt, capsys):
     base = ["generate", "--ckpt", str(random_ckpt), "--prompt", "the"]
-    new = ["--max_new_tokens", "8", "--top_k", "5", "--num_samples", "2", "--seed", "3"]
-    old = ["--max-new-tokens", "8", "--top-k", "5", "--num-samples", "2", "--seed", "3"]
-    assert main([*base, *new]) == 0
-    expected = capsys.readouterr()
-    assert main([*base, *old]) == 0
-    found = capsys.readouterr()
-    assert found.out == expected.out and expected.err == ""
-    assert found.err.count("is deprecated") == 3 and "use --top_k" in found.err
-    assert main([*base, "--beams", "2", "--no-stream", "--max-new-tokens", "6"]) == 0
-    old_beams = capsys.readouterr().out
-    assert main([*base, "--num_beams", "2", "--stream", "false", "--max_new_tokens", "6"]) == 0
-    assert capsys.readouterr().out == old_beams
-    expect_error(capsys, [*base, "--max-new-tokenz", "3"], "max-new-tokenz")  # still checked
+    expect_error(
+        capsys,
+        [*base, "--max-new-tokens", "3"],
+        "--max-new-tokens: flags are spelled as their fields, with underscores: --max_new_tokens",
+    )
+    expect_error(capsys, [*base, "--beams", "2"], "--beams")  # no other names
+    expect_error(capsys, [*base, "--no-stream"], "--no-stream")
+    expect_error(capsys, [*base, "--max-new-tokenz", "3"], "max-new-tokenz")
 
 
 def test_generation_options_are_declared_once_with_the_tasks_defaults(capsys):

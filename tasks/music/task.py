@@ -2,8 +2,8 @@
 language, continued from a user's MIDI prompt into a MIDI file.
 
     seqgen pretrain --config configs/music/pop909.yaml
-    seqgen generate --ckpt runs/pop909 --prompt in.mid --prompt-seconds 10 --seconds 30 \
-        --out out.mid --piano-roll out.png
+    seqgen generate --ckpt runs/pop909 --prompt in.mid --prompt_seconds 10 --seconds 30 \
+        --out out.mid --piano_roll out.png
     seqgen evaluate --ckpt runs/pop909 --data held_out_midi/
 
 Training draws augmented windows from whole performances (`seqgen_tasks.music.data`).
