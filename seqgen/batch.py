@@ -18,16 +18,15 @@ import torch
 
 from seqgen.decoding import (
     NEG_INF,
-    Constraint,
+    LogitsProcessor,
     Settings,
     Waiting,
+    apply_processors,
     ban_early_eos,
-    ban_ids,
-    constraint_makers,
     ends_row,
     joined,
     penalise_repeats,
-    row_bans,
+    processor_makers,
 )
 from seqgen.model import GPT
 from seqgen.rows import Rows
@@ -61,11 +60,11 @@ class Request:
     finish_reason: str | None = None
     cancelled: bool = False  # set from any thread; the batch drops the row at its next step
     sequence: list[int] = field(init=False, repr=False)  # prompt + output: what a window reads
-    rules: list[Constraint] = field(init=False, repr=False)
+    processors: list[LogitsProcessor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sequence = list(self.prompt)
-        self.rules = [make(self.prompt) for make in constraint_makers(self.settings)]
+        self.processors = [make(self.prompt) for make in processor_makers(self.settings)]
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -128,8 +127,6 @@ class Batch:
                 request.token_logprobs.append(_logprobs(raw[slot], token, request.logprobs))
             request.output.append(token)
             request.sequence.append(token)
-            for rule in request.rules:
-                rule.add(token)
             self.seen[slot, token] = True
             events.append((request, token))
             if ends_row(request.output, settings):
@@ -182,9 +179,7 @@ class Batch:
         if any(p != 1.0 for p in penalties):
             penalty = torch.tensor(penalties, device=logits.device)[:, None]
             logits = penalise_repeats(logits, self.seen, penalty)
-        if any(r.rules for r in live):
-            banned, shared = map(list, zip(*(row_bans(r.rules) for r in live), strict=True))
-            logits = ban_ids(logits, banned, shared)
+        logits = apply_processors(logits, [(r.output, r.processors) for r in live])
         early = {
             slot: r.settings.eos_ids
             for slot, r in enumerate(live)

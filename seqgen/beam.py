@@ -7,6 +7,7 @@ Shapes: B rows (the beams of every running search), V vocabulary size.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import torch
@@ -15,14 +16,13 @@ import torch.nn.functional as F
 from seqgen.cache import COPY_BYTES
 from seqgen.decoding import (
     NEG_INF,
-    Constraint,
+    LogitsProcessor,
     Settings,
     Waiting,
     adjust_logits,
-    constraint_makers,
     ends_row,
     joined,
-    row_bans,
+    processor_makers,
     rows_for,
 )
 from seqgen.rows import holes_filled
@@ -39,6 +39,7 @@ def beam_search(
     rows = rows_for(model, prompts, limits, settings, most * settings.num_beams)
     waiting = Waiting(most, [i for i, limit in enumerate(limits) if limit > 0])
     yield from ((i, None) for i, limit in enumerate(limits) if limit == 0)
+    makers = processor_makers(settings)
     searches: dict[int, _Search] = {}
     live: list[int] = []  # the searches whose beams are the cache's rows, in order
     owners: list[int] = []  # the search of each cache row
@@ -48,7 +49,10 @@ def beam_search(
         if new:
             logits = joined(logits, rows.admit([prompts[i] for i in new]))
             for i in new:
-                searches[i] = _Search(prompts[i], limits[i], settings.length_penalty, logits.device)
+                processors = [make(prompts[i]) for make in makers]
+                searches[i] = _Search(
+                    prompts[i], limits[i], settings.length_penalty, logits.device, processors
+                )
             live, owners = live + new, owners + new
         logits, top = _candidates(logits, [searches[i] for i in live], settings)
         sources, first = {}, 0  # each running search's new rows, as rows of the cache now
@@ -87,27 +91,15 @@ def _candidates(
     log-probability. All searches' rows at once (per search these small ops cost more than
     the rest of a step on a small model), in chunks of rows whose temporaries reuse freed
     memory (see cache.COPY_BYTES)."""
-    beams = [(search, beam) for search in searches for beam in search.in_rows()]
+    beams = [(search, *row) for search in searches for row in search.rows()]
     seen = None
     if settings.repetition_penalty != 1.0:
         seen = torch.zeros_like(logits, dtype=torch.bool)
-        for row, (search, beam) in enumerate(beams):
+        for row, (search, beam, _) in enumerate(beams):
             seen[row, search.prompt + beam] = True
-    makers = constraint_makers(settings)
-    banned = shared = None
-    if makers:
-        banned, shared = map(
-            list,
-            zip(
-                *(
-                    row_bans([_replayed(make, search.prompt, beam) for make in makers])
-                    for search, beam in beams
-                ),
-                strict=True,
-            ),
-        )
-    steps = [search.step for search, _ in beams]
-    logits = adjust_logits(logits, seen, settings, steps, banned, shared)
+    steps = [search.step for search, _, _ in beams]
+    rows = [(beam, processors) for _, beam, processors in beams]
+    logits = adjust_logits(logits, seen, settings, steps, rows)
     scores = torch.cat([search.scores[search.rows_order()] for search in searches])
     chunk = max(1, COPY_BYTES // (logits.shape[-1] * logits.element_size()))
     top = []
@@ -133,10 +125,16 @@ class _Search:
     log-probability sums, and the finished hypotheses with their normalised scores."""
 
     def __init__(
-        self, prompt: list[int], limit: int, length_penalty: float, device: torch.device
+        self,
+        prompt: list[int],
+        limit: int,
+        length_penalty: float,
+        device: torch.device,
+        processors: list[LogitsProcessor],
     ) -> None:
         self.prompt, self.limit, self.length_penalty = prompt, limit, length_penalty
         self.beams: list[list[int]] = [[]]
+        self.processors = [processors]  # each beam's, at its end
         self.places = [0]  # the row of the search's block that holds each beam
         self.scores = torch.zeros(1, device=device)
         self.finished: list[tuple[float, list[int]]] = []
@@ -175,6 +173,7 @@ class _Search:
             if len(chosen) == k:
                 break
         self.beams = [hypothesis for _, _, hypothesis in chosen]
+        self.processors = self._inherited([parent for _, parent, _ in chosen])
         self.scores = torch.tensor([score for score, _, _ in chosen], device=logits.device)
         if not chosen or step == self.limit - 1:
             return []
@@ -208,6 +207,21 @@ class _Search:
         """The beams in the order of their rows."""
         return [self.beams[beam] for beam in self.rows_order()]
 
+    def rows(self) -> list[tuple[list[int], list[LogitsProcessor]]]:
+        """Each beam and its processors, in the order of their rows."""
+        return [(self.beams[beam], self.processors[beam]) for beam in self.rows_order()]
+
+    def _inherited(self, parents: list[int]) -> list[list[LogitsProcessor]]:
+        """The processors of new beams from their parents': a parent's last child takes
+        them, the others copies."""
+        left = Counter(parents)
+        inherited = []
+        for parent in parents:
+            left[parent] -= 1
+            own = self.processors[parent]
+            inherited.append(own if left[parent] == 0 else [p.copy() for p in own])
+        return inherited
+
     def best(self) -> list[int]:
         """The best finished or still running hypothesis (empty if there is none)."""
         running = zip(self.scores.tolist(), self.beams, strict=True)
@@ -216,16 +230,6 @@ class _Search:
 
     def normalised(self, total: float, length: int) -> float:
         return total / max(length, 1) ** self.length_penalty
-
-
-def _replayed(
-    constraint: Callable[[list[int]], Constraint], prompt: list[int], beam: list[int]
-) -> Constraint:
-    """A beam's constraint: beams branch every step, so the constraint replays the beam."""
-    rule = constraint(prompt)
-    for token in beam:
-        rule.add(token)
-    return rule
 
 
 def _ranked(

@@ -78,18 +78,16 @@ class GenerationOptions:
         return {f.name: getattr(self, f.name) for f in fields(GenerationOptions)}
 
 
-class Constraint(Protocol):
-    """What a row may generate next, as its ids arrive (`Settings.constraint`)."""
+class LogitsProcessor(Protocol):
+    """A rule on one row's next-id logits; `Settings.processor` makes one per row from its
+    prompt. At each step it is called with the row's new ids so far (one more each time) and
+    the row's (V,) logits, and returns them adjusted (-inf: the row may not take that id). It
+    may keep state from the ids it has seen; `copy()` gives an independent one at the same
+    point, for a beam that branches."""
 
-    def add(self, token: int) -> None:
-        """The row has generated `token`."""
+    def __call__(self, ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor: ...
 
-    def banned(self) -> list[int]:
-        """The ids the row may not take next."""
-
-    # A constraint may also define `shared() -> list[int]`: ids among which the model's
-    # probability stays. What it puts on the banned ones among them goes to the allowed ones,
-    # in proportion, rather than to the whole vocabulary (`row_bans`).
+    def copy(self) -> LogitsProcessor: ...
 
 
 @dataclass(kw_only=True)
@@ -105,9 +103,9 @@ class Settings(GenerationOptions):
     """Called with a row's new ids after each token; True ends the row (e.g. a stop string)."""
     window_keep: int | None = None
     """Past the context, re-prefill the last window_keep tokens (default: 3/4 of block_size)."""
-    constraint: Callable[[list[int]], Constraint] | None = None
-    """Called with each row's prompt: the object it returns is told each new id and names
-    the ids the row may not take next (e.g. releasing a note that is not sounding)."""
+    processor: Callable[[list[int]], LogitsProcessor] | None = None
+    """Called with each row's prompt: the row's `LogitsProcessor` (e.g. the music task's
+    note rules, which ban releasing a note that is not sounding)."""
     state: TokenState | None = None
     """The task's token state, for a model that reads one (`ModelConfig.state_size`)."""
 
@@ -124,17 +122,14 @@ def adjust_logits(
     seen: torch.Tensor | None,
     settings: Settings,
     n_new: int | list[int],
-    banned: list[list[int]] | None,
-    shared: list[list[int]] | None = None,
+    rows: Sequence[tuple[Sequence[int], Sequence[LogitsProcessor]]] = (),
 ):
-    """Repetition penalty, banned ids (repeated n-grams, constraints) and min_new_tokens, on
-    (B, V) logits, for rows that share `settings`; banned[b] are the ids row b may not take,
-    shared[b] the ids among which row b keeps the model's probability (`row_bans`); n_new:
-    the new ids so far, of every row or of each."""
+    """Repetition penalty, each row's processors (the n-gram ban, the task's rules) and
+    min_new_tokens, on (B, V) logits, for rows that share `settings`; rows[b]: row b's new
+    ids and processors; n_new: the new ids so far, of every row or of each."""
     if seen is not None:
         logits = penalise_repeats(logits, seen, settings.repetition_penalty)
-    if banned is not None:
-        logits = ban_ids(logits, banned, shared)
+    logits = apply_processors(logits, rows)
     if settings.min_new_tokens and settings.eos_ids:
         counts = n_new if isinstance(n_new, list) else [n_new] * len(logits)
         early = {
@@ -152,17 +147,17 @@ def penalise_repeats(
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def ban_ids(
-    logits: torch.Tensor, banned: list[list[int]], shared: list[list[int]] | None = None
+def apply_processors(
+    logits: torch.Tensor, rows: Sequence[tuple[Sequence[int], Sequence[LogitsProcessor]]]
 ) -> torch.Tensor:
-    """-inf at each row's banned ids; shared[b]: the ids among which row b keeps the model's
-    probability (`row_bans`)."""
+    """Each row's processors, in order, on its (V,) logits; rows[b]: row b's new ids and
+    processors."""
+    if not any(processors for _, processors in rows):
+        return logits
     logits = logits.clone()
-    for row, ids in enumerate(banned):
-        if ids:
-            if shared and shared[row]:
-                _pass_on(logits[row], ids, shared[row])
-            logits[row, ids] = NEG_INF
+    for row, (ids, processors) in enumerate(rows):
+        for processor in processors:
+            logits[row] = processor(ids, logits[row])
     return logits
 
 
@@ -177,56 +172,60 @@ def ban_early_eos(logits: torch.Tensor, early: dict[int, Sequence[int]]) -> torc
     return logits
 
 
-def row_bans(rules: Sequence[Constraint]) -> tuple[list[int], list[int]]:
-    """A row's banned ids from its constraints, and the ids among which they keep the
-    model's probability (the constraints' optional `shared`)."""
-    banned = [i for rule in rules for i in rule.banned()]
-    shared = [i for rule in rules if hasattr(rule, "shared") for i in rule.shared()]
-    return banned, shared
-
-
-def _pass_on(logits: torch.Tensor, banned: list[int], shared: list[int]) -> None:
-    """Raise the (V,) logits of the allowed ids of `shared` so that, once `banned` is
-    removed, they hold all the probability the model gave to `shared`, in their own
-    proportions; every other id keeps its probability."""
-    group = torch.tensor(shared, device=logits.device)
-    lost = torch.isin(group, torch.tensor(banned, device=logits.device))
-    heirs, gone = group[~lost], group[lost]
-    if len(heirs) and len(gone):
-        kept = torch.logsumexp(logits[heirs].float(), 0)
-        if not torch.isfinite(kept):  # nothing allowed had any probability to scale
-            return
-        total = torch.logaddexp(kept, torch.logsumexp(logits[gone].float(), 0))
-        logits[heirs] += (total - kept).to(logits.dtype)
+def ban_within(logits: torch.Tensor, banned: list[int], group: list[int]) -> torch.Tensor:
+    """-inf at the `banned` ids of the (V,) logits, whose probability, where they are in
+    `group`, goes to the group's allowed ids in their own proportions (rather than to the
+    whole vocabulary): the group keeps all the probability the model gave it, and every
+    other id keeps its own."""
+    if banned and group:
+        members = torch.tensor(group, device=logits.device)
+        lost = torch.isin(members, torch.tensor(banned, device=logits.device))
+        heirs, gone = members[~lost], members[lost]
+        if len(heirs) and len(gone):
+            kept = torch.logsumexp(logits[heirs].float(), 0)
+            if torch.isfinite(kept):  # else nothing allowed had any probability to scale
+                total = torch.logaddexp(kept, torch.logsumexp(logits[gone].float(), 0))
+                logits[heirs] += (total - kept).to(logits.dtype)
+    if banned:
+        logits[banned] = NEG_INF
+    return logits
 
 
 class NgramBan:
-    """`no_repeat_ngram_size` as a `Constraint`: the ids that would complete an n-gram already
-    among the row's new ids (the prompt does not count). Each n-gram's last id is filed under
-    its first n - 1 as the row grows, so nothing is rescanned."""
+    """`no_repeat_ngram_size` as a `LogitsProcessor`: bans the ids that would complete an
+    n-gram already among the row's new ids (the prompt does not count). Each n-gram's last
+    id is filed under its first n - 1 as the row grows, so nothing is rescanned."""
 
     def __init__(self, n: int, prompt: list[int]) -> None:
         self.n = n
         self.ids: list[int] = []
         self.ends: dict[tuple[int, ...], list[int]] = {}
 
-    def add(self, token: int) -> None:
-        self.ids.append(token)
-        if len(self.ids) >= self.n:
-            self.ends.setdefault(tuple(self.ids[len(self.ids) - self.n : -1]), []).append(token)
-
-    def banned(self) -> list[int]:
+    def __call__(self, ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        for token in ids[len(self.ids) :]:
+            self.ids.append(token)
+            if len(self.ids) >= self.n:
+                key = tuple(self.ids[len(self.ids) - self.n : -1])
+                self.ends.setdefault(key, []).append(token)
         last = self.ids[len(self.ids) - self.n + 1 :] if self.n > 1 else []
-        return self.ends.get(tuple(last), [])
+        banned = self.ends.get(tuple(last), [])
+        if banned:
+            logits[banned] = NEG_INF
+        return logits
+
+    def copy(self) -> NgramBan:
+        twin = NgramBan(self.n, [])
+        twin.ids, twin.ends = list(self.ids), {k: list(v) for k, v in self.ends.items()}
+        return twin
 
 
-def constraint_makers(settings: Settings) -> list[Callable[[list[int]], Constraint]]:
-    """What bans ids as a row grows: the n-gram ban and the caller's constraint."""
-    makers: list[Callable[[list[int]], Constraint]] = []
+def processor_makers(settings: Settings) -> list[Callable[[list[int]], LogitsProcessor]]:
+    """What makes each row's processors from its prompt: the n-gram ban, the caller's."""
+    makers: list[Callable[[list[int]], LogitsProcessor]] = []
     if settings.no_repeat_ngram_size:
         makers.append(partial(NgramBan, settings.no_repeat_ngram_size))
-    if settings.constraint is not None:
-        makers.append(settings.constraint)
+    if settings.processor is not None:
+        makers.append(settings.processor)
     return makers
 
 

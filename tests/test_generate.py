@@ -6,7 +6,7 @@ import torch
 from seqgen.batch import filter_logits
 from seqgen.cache import KVCache
 from seqgen.config import ModelConfig
-from seqgen.decoding import NgramBan, Settings, adjust_logits
+from seqgen.decoding import NgramBan, Settings, ban_within
 from seqgen.engine import generate, stream
 from seqgen.model import GPT
 
@@ -152,25 +152,28 @@ def test_rows_leaving_the_batch_keep_greedy_outputs_and_their_penalties(model):
 
 
 class OddAfterEven:
-    """A constraint: after an even id, only odd ids (and the other way round)."""
+    """A processor: after an even id, only odd ids (and the other way round). It keeps no
+    state of its own: the last id is in what it is given."""
 
     def __init__(self, prompt):
-        self.last = prompt[-1]
+        self.prompt = prompt
 
-    def add(self, token):
-        self.last = token
+    def __call__(self, ids, logits):
+        last = (self.prompt + list(ids))[-1]
+        logits[list(range(last % 2, 40, 2))] = float("-inf")
+        return logits
 
-    def banned(self):
-        return list(range(self.last % 2, 40, 2))
+    def copy(self):
+        return self
 
 
 @pytest.mark.parametrize(
     "options", [dict(temperature=2.0, seed=3, eos_id=5), dict(num_beams=3), dict(temperature=0)]
 )
-def test_a_constraint_bans_ids_as_each_row_grows(model, options):
+def test_a_processor_bans_ids_as_each_row_grows(model, options):
     prompts = [[1], [2, 3, 4], [12], [12]]
     plain = generate(model, prompts, 16, **options)
-    ruled = generate(model, prompts, 16, constraint=OddAfterEven, **options)
+    ruled = generate(model, prompts, 16, processor=OddAfterEven, **options)
     for prompt, row in zip(prompts, ruled, strict=True):
         ids = prompt[-1:] + row
         assert all((a + b) % 2 == 1 for a, b in zip(ids, ids[1:], strict=False)), row
@@ -223,23 +226,24 @@ def rescanned_ngram_ends(ids: list[int], n: int) -> list[int]:
     return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix]
 
 
-def repeated_ngram_ends(ids: list[int], n: int) -> list[int]:
-    """What the engine's n-gram ban says after the new ids `ids`."""
-    ban = NgramBan(n, prompt=[99])  # the prompt does not count
-    for token in ids:
-        ban.add(token)
-    return ban.banned()
+def banned_by(processor, ids: list[int], vocab: int = 8) -> list[int]:
+    """The ids a processor bans after the new ids `ids`."""
+    logits = processor(ids, torch.zeros(vocab))
+    return torch.isinf(logits).nonzero().flatten().tolist()
 
 
-def test_ngram_ban_equals_a_rescan():
+def test_ngram_ban_equals_a_rescan_and_its_copies_branch_apart():
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 4, (60,), generator=generator).tolist()
     for n in (1, 2, 3, 4):
-        ban, row = NgramBan(n, prompt=[]), []
-        for token in ids:
-            assert sorted(ban.banned()) == sorted(rescanned_ngram_ends(row, n))
-            row.append(token)
-            ban.add(token)
+        ban = NgramBan(n, prompt=[99])  # the prompt does not count
+        for step in range(len(ids)):
+            expected = sorted(set(rescanned_ngram_ends(ids[:step], n)))
+            assert banned_by(ban, ids[:step]) == expected
+    ban = NgramBan(2, prompt=[])
+    banned_by(ban, [1, 2])
+    twin = ban.copy()  # two beams from one: what one sees is not the other's
+    assert banned_by(ban, [1, 2, 1]) == [2] and banned_by(twin, [1, 2, 3]) == []
 
 
 def test_top_k_and_top_p_exclude_tokens():
@@ -295,10 +299,10 @@ def test_no_repeat_ngram_size_blocks_repeated_ngrams_in_new_ids(model, num_beams
 
 
 def test_repeated_ngram_ends():
-    assert repeated_ngram_ends([5, 6, 7, 5, 6], 3) == [7]
-    assert repeated_ngram_ends([5, 6, 5], 2) == [6]
-    assert sorted(repeated_ngram_ends([4, 4, 5], 1)) == [4, 4, 5]
-    assert repeated_ngram_ends([5], 3) == []
+    assert banned_by(NgramBan(3, [99]), [5, 6, 7, 5, 6]) == [7]
+    assert banned_by(NgramBan(2, [99]), [5, 6, 5]) == [6]
+    assert banned_by(NgramBan(1, [99]), [4, 4, 5]) == [4, 5]
+    assert banned_by(NgramBan(3, [99]), [5]) == []
 
 
 def test_beam_one_equals_greedy(model):
@@ -306,7 +310,6 @@ def test_beam_one_equals_greedy(model):
     assert generate(model, [2, 9], 15, num_beams=1, temperature=0) == greedy
     # the beam-search code path itself, with a beam that can hold only one hypothesis
     from seqgen.beam import beam_search
-    from seqgen.decoding import Settings
 
     def beam(settings):
         outputs = [[]]
@@ -392,12 +395,12 @@ def test_ranked_candidates_go_from_best_to_worst_past_the_first():
 
 def test_a_search_past_its_best_candidates_ranks_the_rest_alike():
     from seqgen.beam import _candidates, _Search
-    from seqgen.decoding import Settings
 
     logits = torch.randn(3, 12, generator=torch.Generator().manual_seed(2))
     settings = Settings(num_beams=2, eos_id=list(range(9)))  # most ids end a beam
-    search = _Search([1], limit=5, length_penalty=1.0, device="cpu")
+    search = _Search([1], limit=5, length_penalty=1.0, device="cpu", processors=[])
     search.beams, search.places, search.step = [[3], [4], [5]], [2, 0, 1], 1
+    search.processors = [[], [], []]
     search.scores = torch.tensor([-1.0, -1.5, -2.0])
     # every candidate in the beams' order, ranked: the two best that do not end a beam win
     logprobs = torch.log_softmax(logits[search.places], -1)
@@ -527,7 +530,7 @@ def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
 def test_new_beams_keep_their_parents_rows_where_they_can():
     from seqgen.beam import _Search
 
-    search = _Search([1, 2], limit=9, length_penalty=1.0, device="cpu")
+    search = _Search([1, 2], limit=9, length_penalty=1.0, device="cpu", processors=[])
     search.beams, search.places = [[5], [6], [7], [8]], [2, 0, 3, 1]  # beam 0 in row 2, ...
     # new beams continue beams 0, 0, 3, 1: rows 2, 2, 1, 0; the second child of beam 0 copies
     assert search._placed([2, 2, 1, 0]) == [0, 1, 2, 2]  # the parent row of each row
@@ -768,44 +771,41 @@ def test_rows_joining_leaving_and_reordering_compute_what_each_sequence_gives():
     assert moved and trimmed  # both ways a cache makes room were taken
 
 
-def test_shared_ids_keep_the_probability_of_their_banned_members():
-    logits = torch.randn(2, 12, generator=torch.Generator().manual_seed(0))
+def test_ban_within_a_group_keeps_its_probability():
+    logits = torch.randn(12, generator=torch.Generator().manual_seed(0))
     before = torch.softmax(logits, -1)
-    settings = Settings(max_new_tokens=1)
-    after = torch.softmax(
-        adjust_logits(logits, None, settings, 0, [[1, 2, 9], [1, 2]], [[0, 1, 2, 3], []]), -1
-    )
-    assert after[0, [1, 2, 9]].eq(0).all()
-    group = before[0, :4].sum() / (1 - before[0, 9])  # 9, outside the group, renormalises
-    assert after[0, [0, 3]].sum().item() == pytest.approx(group.item(), rel=1e-5)
-    ratio = after[0, 0] / after[0, 3]  # the heirs keep their own proportions
-    assert ratio.item() == pytest.approx((before[0, 0] / before[0, 3]).item(), rel=1e-5)
+    after = torch.softmax(ban_within(logits.clone(), [1, 2, 9], [0, 1, 2, 3]), -1)
+    assert after[[1, 2, 9]].eq(0).all()
+    group = before[:4].sum() / (1 - before[9])  # 9, outside the group, renormalises
+    assert after[[0, 3]].sum().item() == pytest.approx(group.item(), rel=1e-5)
+    ratio = after[0] / after[3]  # the heirs keep their own proportions
+    assert ratio.item() == pytest.approx((before[0] / before[3]).item(), rel=1e-5)
     others = [4, 5, 6, 7, 8, 10, 11]  # outside the group: only 9's ban moves them
-    assert torch.allclose(after[0, others], before[0, others] / (1 - before[0, 9]), rtol=1e-5)
-    plain = torch.softmax(adjust_logits(logits, None, settings, 0, [[1, 2, 9], [1, 2]]), -1)
-    assert torch.allclose(after[1], plain[1])  # a row without a group: a plain ban
-    assert not torch.allclose(after[0], plain[0])
+    assert torch.allclose(after[others], before[others] / (1 - before[9]), rtol=1e-5)
+    plain = torch.softmax(ban_within(logits.clone(), [1, 2, 9], []), -1)  # a plain ban
+    assert plain[[1, 2, 9]].eq(0).all() and not torch.allclose(after, plain)
 
 
 class LowBanned(OddAfterEven):
-    """A constraint: ids below 20 banned."""
+    """A processor: ids below 20 banned."""
 
-    def banned(self):
-        return list(range(20))
+    group: list[int] = []
+
+    def __call__(self, ids, logits):
+        return ban_within(logits, list(range(20)), self.group)
 
 
 class LowBannedSharedUpTo30(LowBanned):
     """The same, the probability of ids below 20 going to ids 20-29."""
 
-    def shared(self):
-        return list(range(30))
+    group = list(range(30))
 
 
 @pytest.mark.parametrize("options", [dict(temperature=1.0, seed=3), dict(num_beams=2)])
-def test_generation_passes_a_constraints_shared_probability_on(model, options):
+def test_generation_passes_a_processors_banned_probability_on(model, options):
     prompts = [[1], [2, 3, 4], [12], [7, 7]]
-    shared = generate(model, prompts, 24, constraint=LowBannedSharedUpTo30, **options)
-    plain = generate(model, prompts, 24, constraint=LowBanned, **options)
+    shared = generate(model, prompts, 24, processor=LowBannedSharedUpTo30, **options)
+    plain = generate(model, prompts, 24, processor=LowBanned, **options)
     assert all(t >= 20 for row in shared + plain for t in row)
     heirs = lambda rows: sum(20 <= t < 30 for row in rows for t in row)  # noqa: E731
     assert heirs(shared) > heirs(plain)

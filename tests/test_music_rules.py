@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from seqgen.cli import main
-from seqgen.decoding import Settings, adjust_logits, row_bans
 from seqgen.errors import ConfigError
 from seqgen.inference import load
 from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, TIME_SHIFT, Notes, decode_events
@@ -113,11 +112,11 @@ def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
     prompt = [generator.tokenizer.bos_id, 60, 64, 67, TIME_SHIFT + 50]
     options = dict(temperature=2.0, max_new_tokens=400, min_new_tokens=400, seed=1)
     free = generator.continue_ids(prompt, **options)
-    sounding_only = generator.continue_ids(prompt, constraint=note_rules(True, None), **options)
+    sounding_only = generator.continue_ids(prompt, processor=note_rules(True, None), **options)
     assert releases_of_silent_notes(prompt, free) > 0  # a tiny model releases at random
     assert releases_of_silent_notes(prompt, sounding_only) == 0
     limits = [0.3] * OCTAVES
-    held = generator.continue_ids(prompt, constraint=note_rules(True, limits), **options)
+    held = generator.continue_ids(prompt, processor=note_rules(True, limits), **options)
     assert releases_of_silent_notes(prompt, held) == 0
 
     def longest(new: list[int]) -> int:
@@ -136,7 +135,7 @@ def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
         return young
 
     floors = [0.2] * OCTAVES
-    kept = generator.continue_ids(prompt, constraint=note_rules(True, limits, floors), **options)
+    kept = generator.continue_ids(prompt, processor=note_rules(True, limits, floors), **options)
     assert young_releases(held, floors) > 0 == young_releases(kept, floors)
     assert releases_of_silent_notes(prompt, kept) == 0 and longest(kept) <= 130
     notes = decode_events(prompt[1:] + kept)
@@ -193,27 +192,31 @@ def test_a_floor_at_or_above_a_stored_hold_limit_is_refused():
     _, settings = prepare(
         [389, 60], MusicGenerate(min_note_seconds=0.5), {"max_new_tokens": 10}, limits, None
     )
-    assert settings["constraint"]([389, 60]).floors[60] == 50
+    assert settings["processor"]([389, 60]).floors[60] == 50
 
 
 def test_a_banned_releases_probability_goes_to_the_releases_allowed():
     # 60 and 64 sound (64 only 2 steps): the floors ban releasing 64, and every pitch not sounding
     prompt = [389, NOTE_ON + 60, TIME_SHIFT + 50, NOTE_ON + 64, TIME_SHIFT + 2]
-    rules = NoteRules(prompt, floors=[0.05] * OCTAVES)
-    assert rules.shared() == list(range(NOTE_OFF, NOTE_OFF + 128))
-    assert NoteRules(prompt, keep_release_rate=False).shared() == []
-    logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(0))
-    before = torch.softmax(logits, -1)[0]
-    banned, shared = row_bans([rules])
-    after = torch.softmax(
-        adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned], [shared]), -1
-    )[0]
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(0))
+    before = torch.softmax(logits, -1)
+    after = torch.softmax(NoteRules(prompt, floors=[0.05] * OCTAVES)([], logits.clone()), -1)
     releases = slice(NOTE_OFF, NOTE_OFF + 128)
     assert after[releases].nonzero().flatten().tolist() == [60]
     # the model's rate of releases is kept, and every other event keeps its probability
     assert after[releases].sum().item() == pytest.approx(before[releases].sum().item(), rel=1e-5)
     assert torch.allclose(after[:NOTE_OFF], before[:NOTE_OFF], rtol=1e-5)
-    plain = torch.softmax(adjust_logits(logits, None, Settings(max_new_tokens=1), 0, [banned]), -1)[
-        0
-    ]
+    spread = NoteRules(prompt, floors=[0.05] * OCTAVES, keep_release_rate=False)
+    plain = torch.softmax(spread([], logits.clone()), -1)
     assert plain[NOTE_OFF + 60] < after[NOTE_OFF + 60]
+
+
+def test_note_rules_copies_follow_their_own_beams():
+    rules = NoteRules([389, NOTE_ON + 60, TIME_SHIFT + 10])
+    logits = torch.zeros(VOCAB)
+    rules([], logits.clone())
+    twin = rules.copy()
+    rules([NOTE_ON + 64], logits.clone())  # one beam strikes 64, the other releases 60
+    twin([NOTE_OFF + 60], logits.clone())
+    assert rules.sounding[[60, 64]].tolist() == [1, 1]
+    assert twin.sounding[[60, 64]].tolist() == [0, 0]

@@ -140,7 +140,7 @@ def continuations(
             "min_new_tokens": most,
             "seed": seed,
             "stop_fn": clock,
-            "constraint": note_rules(release_sounding_only, limits, floors, keep_release_rate),
+            "processor": note_rules(release_sounding_only, limits, floors, keep_release_rate),
         },
     )
     progress.finish()  # a row that ran out of events stops short of its seconds

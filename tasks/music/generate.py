@@ -6,16 +6,19 @@ prompt and of output, note length, piano roll, audio) as the `GeneratesFiles` ca
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from seqgen.decoding import ban_within
 from seqgen.files import check_writable
 from seqgen.tokenizer import Tokenizer
 from seqgen_tasks.music.events import (
@@ -152,13 +155,13 @@ def shortest_holds(performances: list[Notes]) -> list[float]:
 
 
 class NoteRules:
-    """A `Constraint` for one row that follows its notes as ids arrive. With
+    """A `LogitsProcessor` for one row that follows its notes as ids arrive. With
     `sounding_only`, NOTE_OFFs of pitches with no note sounding are banned. With `limits`
     (seconds per octave, `hold_limits`), a note that has sounded that long is released at
     once: every other id is banned until it is (`released` counts them). With `floors`
     (seconds per octave, `shortest_holds`), a pitch's NOTE_OFF is banned while its oldest
     note, the one a release would end, has sounded less than that. With `keep_release_rate`,
-    the probability of banned releases goes to the allowed ones (`shared`)."""
+    the probability of banned releases goes to the allowed ones (`ban_within`)."""
 
     def __init__(
         self,
@@ -183,6 +186,20 @@ class NoteRules:
             self.onsets[pitch].extend(struck[len(struck) - counts[pitch] :].tolist())
         self.oldest = np.array([o[0] if o else NEVER for o in self.onsets], dtype=np.int64)
         self.released = 0
+        self.seen = 0  # the row's new ids followed so far
+
+    def __call__(self, ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        for token in ids[self.seen :]:
+            self.add(token)
+        self.seen = len(ids)
+        group = RELEASES if self.keep_release_rate else []
+        return ban_within(logits, self.banned(), group)
+
+    def copy(self) -> NoteRules:
+        twin = copy.copy(self)
+        twin.onsets = [deque(o) for o in self.onsets]
+        twin.oldest = self.oldest.copy()
+        return twin
 
     @property
     def sounding(self) -> np.ndarray:
@@ -210,11 +227,8 @@ class NoteRules:
             return
         self.oldest[pitch] = self.onsets[pitch][0] if self.onsets[pitch] else NEVER
 
-    def shared(self) -> list[int]:
-        """The releases, among which the model's probability stays (`Constraint`)."""
-        return RELEASES if self.keep_release_rate else []
-
     def banned(self) -> list[int]:
+        """The ids the row may not take next."""
         overdue = np.flatnonzero(self._overdue())
         if len(overdue):
             allowed = np.zeros(VOCAB, dtype=bool)
@@ -252,7 +266,7 @@ def note_rules(
     floors: list[float] | None = None,
     keep_release_rate: bool = True,
 ) -> Callable[[list[int]], NoteRules] | None:
-    """The engine's constraint for these rules (None when there are none)."""
+    """The engine's processor for these rules (None when there are none)."""
     if not sounding_only and limits is None and floors is None:
         return None
     return partial(
@@ -348,7 +362,7 @@ def prepare(
         )
     rules = note_rules(options.release_sounding_only, limits, floors, options.keep_release_rate)
     if rules is not None:
-        extra["constraint"] = rules
+        extra["processor"] = rules
     return [ids[0], *events.tolist()], {**extra, "max_new_tokens": limit, "min_new_tokens": limit}
 
 
