@@ -5,8 +5,9 @@ The core never imports task adapters: a package (seqgen's own `seqgen_tasks`, or
 party's) declares `[project.entry-points."seqgen.tasks"] name = "module:Class"`.
 
 Data flows one way: `load` (raw splits) -> `build_tokenizer` (from scratch only) ->
-`training_data` (examples or windows; the core batches and trains) ... `prompt` (a user's
-input to ids) -> the generation engine -> `decode` (ids to text, MIDI, ...).
+`training_data` (examples or windows; the core batches and trains), with `learned_options`
+(what generation learns from the training data, stored in the checkpoint) ... `prompt` (a
+user's input to ids) -> the generation engine -> `decode` (ids to text, MIDI, ...).
 
 A task object is configured once, when it is made: from its data options and the model's
 context (`Task(data, block_size)`) to train, or from what a checkpoint stored
@@ -171,6 +172,13 @@ class Task(ABC):
     @abstractmethod
     def training_data(self, splits: Splits, tokenizer: Tokenizer) -> Examples | Windows:
         """The sequences the model trains and validates on (at most block_size + 1 ids)."""
+
+    def learned_options(self, splits: Splits) -> dict[str, Any]:
+        """What generation learns from the training data, stored with the checkpoint's
+        task options (music: how long the notes of each octave sound); none by default. A
+        task never writes these into itself while training: it reads them back when a
+        checkpoint is loaded (`from_options`)."""
+        return {}
 
     @abstractmethod
     def prompt(self, source: Any, tokenizer: Tokenizer) -> list[int]:

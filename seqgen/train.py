@@ -198,7 +198,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         token_bytes=token_bytes if any(token_bytes) else None,  # no bits per byte for events
         lm_weight=task.lm_weight if cfg.lm_weight is None else cfg.lm_weight,
         meta={
-            "task_options": task.options(),
+            "task_options": {**task.options(), **task.learned_options(splits)},
             "init_from": started_from,
             "run_config": jsonable(replace(cfg, model=model.config)),
         },

@@ -11,6 +11,7 @@ import pytest
 from helpers import flags, write_song
 
 from seqgen.cli import main
+from seqgen.tasks import Splits
 from seqgen_tasks.music.data import load_corpus
 from seqgen_tasks.music.events import (
     NOTE_OFF,
@@ -24,6 +25,7 @@ from seqgen_tasks.music.events import (
 from seqgen_tasks.music.generate import hold_limits, shortest_holds
 from seqgen_tasks.music.midi import notes_from_pretty_midi
 from seqgen_tasks.music.task import MusicTask
+from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
 TINY = flags(
     {
@@ -84,6 +86,15 @@ def test_pretrain_on_midi_files(trained):
     songs, _ = load_corpus(str(root / "songs"), str(root / "cache"))
     assert meta["task_options"]["hold_limits"] == hold_limits(songs[:4]) != hold_limits(songs)
     assert meta["task_options"]["shortest_holds"] == shortest_holds(songs[:4])
+    # what training learns is returned, not written into the task: the contract is order-free
+    task = MusicTask.from_options({}, 64)
+    before = task.options()
+    task.training_data(Splits(songs[:4], songs[4:]), PerformanceTokenizer())
+    assert task.options() == before and task.hold_limits is None
+    assert task.learned_options(Splits(songs[:4], [])) == {
+        "hold_limits": hold_limits(songs[:4]),
+        "shortest_holds": shortest_holds(songs[:4]),
+    }
 
 
 def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):

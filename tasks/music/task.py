@@ -141,6 +141,14 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
             setattr(task, name, seconds)
         return task
 
+    def learned_options(self, splits: Splits) -> dict[str, Any]:
+        """How long the training performances' notes of each octave sound: generation's
+        hold limits and shortest holds."""
+        return {
+            "hold_limits": generation.hold_limits(splits.train),
+            "shortest_holds": generation.shortest_holds(splits.train),
+        }
+
     def options(self) -> dict[str, Any]:
         stored = super().options()
         for name in LENGTH_RULES:
@@ -219,11 +227,8 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
         return PerformanceTokenizer()
 
     def training_data(self, splits: Splits, tokenizer: Tokenizer) -> Windows:
-        """Augmented windows drawn from whole performances; validation never augmented.
-        Sets `hold_limits` and `shortest_holds` from the training performances."""
+        """Augmented windows drawn from whole performances; validation never augmented."""
         s, state = self.data, self.token_state()
-        self.hold_limits = generation.hold_limits(splits.train)
-        self.shortest_holds = generation.shortest_holds(splits.train)
         windows = PerformanceWindows(
             splits.train,
             self.block_size,
