@@ -8,7 +8,7 @@ TORCH_INDEX_URL ?=
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-slow lint clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# benchmarks end to end, multi-process and killed runs, learning tests
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) runs

@@ -45,8 +45,9 @@ from benchmarks.common import (
     train,
     write_report,
 )
+from seqgen.cache import causal_mask
 from seqgen.config import ModelConfig
-from seqgen.model import CausalSelfAttention, causal_mask
+from seqgen.model import RelativeSelfAttention
 from seqgen.tables import markdown_table
 from seqgen.tasks import known_options
 from seqgen_tasks.music.data import find_midi
@@ -160,7 +161,7 @@ def encoding(files: list[Path]) -> dict:
 # ---------------------------------------------------------------- (b) memory
 
 
-def naive_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+def naive_attention(attn: RelativeSelfAttention, x: torch.Tensor) -> torch.Tensor:
     """Relative attention that gathers the embedding of every (query, key) pair."""
     B, T, C = x.shape
     q, k, v = attn.c_attn(x).split(C, dim=2)
@@ -184,9 +185,9 @@ def memory_probe(variant: str, length: int, width: int, heads: int, dtype: str) 
         n_embd=width,
         pos_embedding="relative",
     )
-    attn = CausalSelfAttention(config).to(getattr(torch, dtype))
+    attn = RelativeSelfAttention(config).to(getattr(torch, dtype))
     x = torch.randn(1, length, width, dtype=getattr(torch, dtype), requires_grad=True)
-    forward = (lambda: attn(x)[0]) if variant == "skewing" else (lambda: naive_attention(attn, x))
+    forward = (lambda: attn(x)) if variant == "skewing" else (lambda: naive_attention(attn, x))
     with open("/proc/self/statm") as statm:
         before = int(statm.read().split()[1]) * resource.getpagesize()
     started = time.perf_counter()

@@ -3,11 +3,18 @@ several rows continue, held once (`SharedPrefix`). Attention reads them in `seqg
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from seqgen.config import ModelConfig
 
 COPY_BYTES = 1 << 24  # below glibc's largest mmap threshold (32 MiB): freed memory is reused
+
+
+def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """(T, S) True where query i (at absolute position S - T + i) may see key j."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
 class KVCache:
@@ -40,6 +47,16 @@ class KVCache:
     def offset(self) -> int:
         """Positions before the rows' own: the shared prefix's."""
         return self.prefix.length if self.prefix is not None else 0
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write layer `layer`'s keys and values (B, nh, T, hs) of the T positions after the
+        filled ones; returns the layer's keys and values so far, (B, nh, length + T, hs)."""
+        start, T = self.length, k.size(2)
+        self.k[layer, :, :, start : start + T] = k
+        self.v[layer, :, :, start : start + T] = v
+        return self.k[layer, :, :, : start + T], self.v[layer, :, :, : start + T]
 
     def select(self, batch_index: torch.Tensor, held: torch.Tensor | None = None) -> None:
         """Keep (and repeat) the batch rows in `batch_index`, e.g. surviving beams.
@@ -161,3 +178,36 @@ class SharedPrefix:
             first, count = int(rows[0]), len(rows)
             contiguous = int(rows[-1]) - first + 1 == count
             self.members.append((g, slice(first, first + count) if contiguous else rows, count))
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Attention of each row's queries (B, nh, T, hs) over its prompt here and its own
+        keys and values (B, nh, S, hs), `mask` (B, 1, T, S) or None over its own. One softmax
+        over both; each prompt's keys and values are read once for all its rows."""
+        B, nh, T, hs = q.shape
+        scale = 1.0 / math.sqrt(hs)
+        if mask is None and T > 1:
+            mask = causal_mask(T, k.size(2), q.device)
+        own = (q @ k.transpose(-2, -1)).float() * scale  # (B, nh, T, S)
+        if mask is not None:
+            own = own.masked_fill(~mask, float("-inf"))
+        keys, values = self.k[layer], self.v[layer]  # (G, nh, P, hs)
+        P = keys.shape[2]
+        shared = own.new_empty(B, nh, T, P)
+        for g, rows, count in self.members:  # (nh, R * T, hs) @ (nh, hs, P) per prompt
+            scores = q[rows].transpose(0, 1).reshape(nh, -1, hs) @ keys[g].transpose(-2, -1)
+            shared[rows] = scores.float().view(nh, count, T, P).transpose(0, 1) * scale
+        if self.mask is not None:
+            shared = shared.masked_fill(~self.mask[self.group][:, None, None, :], float("-inf"))
+        weights = torch.softmax(torch.cat([shared, own], dim=-1), dim=-1).to(q.dtype)
+        y = weights[..., P:] @ v  # (B, nh, T, hs)
+        for g, rows, count in self.members:
+            attended = weights[rows, :, :, :P].transpose(0, 1).reshape(nh, -1, P) @ values[g]
+            y[rows] += attended.view(nh, count, T, hs).transpose(0, 1)
+        return y

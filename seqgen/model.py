@@ -12,43 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.cache import KVCache, SharedPrefix
+from seqgen.cache import KVCache, causal_mask
 from seqgen.config import ModelConfig
 from seqgen.relative import RelativeAttention, relative_logits
-
-
-def attend_with_prefix(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    prefix: SharedPrefix,
-    layer: int,
-    mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """Attention of each row's queries (B, nh, T, hs) over its prompt in `prefix` and its own
-    keys and values (B, nh, S, hs), `mask` (B, 1, T, S) or None over its own. One softmax
-    over both; each prompt's keys and values are read once for all its rows."""
-    B, nh, T, hs = q.shape
-    scale = 1.0 / math.sqrt(hs)
-    if mask is None and T > 1:
-        mask = causal_mask(T, k.size(2), q.device)
-    own = (q @ k.transpose(-2, -1)).float() * scale  # (B, nh, T, S)
-    if mask is not None:
-        own = own.masked_fill(~mask, float("-inf"))
-    keys, values = prefix.k[layer], prefix.v[layer]  # (G, nh, P, hs)
-    P = keys.shape[2]
-    shared = own.new_empty(B, nh, T, P)
-    for g, rows, count in prefix.members:  # (nh, R * T, hs) @ (nh, hs, P) per prompt
-        scores = q[rows].transpose(0, 1).reshape(nh, -1, hs) @ keys[g].transpose(-2, -1)
-        shared[rows] = scores.float().view(nh, count, T, P).transpose(0, 1) * scale
-    if prefix.mask is not None:
-        shared = shared.masked_fill(~prefix.mask[prefix.group][:, None, None, :], float("-inf"))
-    weights = torch.softmax(torch.cat([shared, own], dim=-1), dim=-1).to(q.dtype)
-    y = weights[..., P:] @ v  # (B, nh, T, hs)
-    for g, rows, count in prefix.members:
-        attended = weights[rows, :, :, :P].transpose(0, 1).reshape(nh, -1, P) @ values[g]
-        y[rows] += attended.view(nh, count, T, hs).transpose(0, 1)
-    return y
 
 
 class CausalSelfAttention(nn.Module):
@@ -60,10 +26,6 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        if config.pos_embedding == "relative":
-            # Music Transformer's E_r: row block_size - 1 - d embeds distance d, per head
-            head_size = config.n_embd // config.n_head
-            self.rel = nn.Parameter(0.02 * torch.randn(config.n_head, config.block_size, head_size))
 
     def forward(
         self,
@@ -71,71 +33,78 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """mask: (B, 1, T, S) True = may attend, or None for plain causal attention."""
+    ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). mask: (B, 1, T, S), True where a query may attend, or
+        None for causal attention; cache: the keys and values of the S - T positions before,
+        which these T join."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q, k, v = self.heads(x)  # 3 x (B, nh, T, hs)
         if cache is not None:
-            start = cache.length
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs), S = start + T
-            v = cache.v[layer, :, :, : start + T]
-        weights = None
-        shared = cache.prefix if cache is not None else None
-        relative = hasattr(self, "rel")
-        if (
-            relative
-            and cache is None
-            and mask is None
-            and not need_weights
-            and x.is_cpu
-            and (not self.training or not self.dropout)
-        ):  # training's case, blockwise (seqgen/relative.py): 4x faster than the mask below
-            allowed = causal_mask(T, T, x.device)
-            y = RelativeAttention.apply(q, k, v, self.rel[:, self.rel.size(1) - T :], allowed)
-            return self._merged(y), None
-        if relative:  # relative logits go in as an additive mask
-            if shared is not None:
-                raise ValueError("a shared prefix needs absolute positions")
-            allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
-            bias = relative_logits(q, self.rel, k.size(2)) / math.sqrt(k.size(-1))
-            mask = bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
-        if shared is not None:
-            y = attend_with_prefix(q, k, v, shared, layer, mask)
-        elif need_weights:  # the manual path, only to return the attention weights
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, S)
-            if mask is None or mask.dtype == torch.bool:
-                allowed = mask if mask is not None else causal_mask(T, k.size(2), x.device)
-                scores = scores.masked_fill(~allowed, float("-inf"))
-            else:
-                scores = scores + mask
-            weights = torch.softmax(scores, dim=-1)
-            y = weights @ v
-        else:
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=mask is None and T > 1 and k.size(2) == T,
-                dropout_p=self.dropout if self.training else 0.0,
-            )  # (B, nh, T, hs)
-        return self._merged(y), weights
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
+        y = self.attend(q, k, v, mask, cache, layer)  # (B, nh, T, hs)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
 
-    def _merged(self, y: torch.Tensor) -> torch.Tensor:
-        """The heads' outputs (B, nh, T, hs) side by side, projected: (B, T, C)."""
-        B, _, T, _ = y.shape
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, -1)))
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C), each (B, nh, T, hs)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def attend(self, q, k, v, mask, cache, layer) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs)) v; a cache's shared prefix (the prompt of several rows)
+        is read once for all its rows."""
+        if cache is not None and cache.prefix is not None:
+            return cache.prefix.attend(q, k, v, layer, mask)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and q.size(2) > 1 and k.size(2) == q.size(2),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+
+    def bias(self, q: torch.Tensor, S: int) -> torch.Tensor | None:
+        """What the attention logits (B, nh, T, S) add to q k^T: nothing here."""
+        return None
+
+    def weights(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights (B, nh, T, T) over x alone (no cache): what attention maps
+        show, computed apart (the forward pass never forms them)."""
+        q, k, _ = self.heads(x)
+        T = q.size(2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+        bias = self.bias(q, T)
+        if bias is not None:
+            scores = scores + bias
+        allowed = mask if mask is not None else causal_mask(T, T, x.device)
+        return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
-def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
-    """(T, S) True where query i (at absolute position S - T + i) may see key j."""
-    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+class RelativeSelfAttention(CausalSelfAttention):
+    """Music Transformer's relative attention: logits q_i . E(i - j) beside q_i . k_j, one
+    learned embedding E per distance and head (`rel`; the computation: seqgen/relative.py)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        # row block_size - 1 - d embeds distance d, per head
+        head_size = config.n_embd // config.n_head
+        self.rel = nn.Parameter(0.02 * torch.randn(config.n_head, config.block_size, head_size))
+
+    def attend(self, q, k, v, mask, cache, layer) -> torch.Tensor:
+        T, S = q.size(2), k.size(2)
+        if cache is None and mask is None and q.is_cpu and not (self.training and self.dropout):
+            # training's case, blockwise: 4x faster than the mask below
+            e = self.rel[:, self.rel.size(1) - T :]
+            return RelativeAttention.apply(q, k, v, e, causal_mask(T, T, q.device))
+        allowed = mask if mask is not None else causal_mask(T, S, q.device)
+        bias = self.bias(q, S).masked_fill(~allowed, float("-inf"))
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+
+    def bias(self, q: torch.Tensor, S: int) -> torch.Tensor:
+        """The relative logits, scaled as q k^T is: (B, nh, T, S)."""
+        return (relative_logits(q, self.rel, S) / math.sqrt(q.size(-1))).to(q.dtype)
 
 
 class MLP(nn.Module):
@@ -157,7 +126,8 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        relative = config.pos_embedding == "relative"
+        self.attn = (RelativeSelfAttention if relative else CausalSelfAttention)(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -167,11 +137,9 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attn(self.ln_1(x), mask, cache, layer, need_weights)
-        x = x + attended
-        return x + self.mlp(self.ln_2(x)), weights
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
 
 
 def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
@@ -256,19 +224,6 @@ class GPT(nn.Module):
             state: (B, T, state_size) the token state after each token, for a model with
                 `config.state_size` (and only then).
         """
-        logits, _ = self._run(
-            idx, input_pos, cache, padding_mask, last_only, state, need_weights=False
-        )
-        return logits
-
-    def attention_maps(
-        self, idx: torch.Tensor, state: torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
-        """Attention weights of every layer, each (B, nh, T, T), through the manual path."""
-        _, maps = self._run(idx, None, None, None, True, state, need_weights=True)
-        return maps
-
-    def _run(self, idx, input_pos, cache, padding_mask, last_only, state, need_weights):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         offset = cache.offset if cache is not None else 0  # a shared prefix's positions
@@ -299,17 +254,33 @@ class GPT(nn.Module):
             mask |= F.pad(torch.eye(T, dtype=torch.bool, device=idx.device), (start, 0))
         elif start > 0 and T > 1:
             mask = causal_mask(T, start + T, idx.device)
-        maps = []
         for layer, block in enumerate(self.transformer.h):
-            x, weights = block(x, mask, cache, layer, need_weights)
-            maps.append(weights)
+            x = block(x, mask, cache, layer)
         if cache is not None:
             cache.length = start + T
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         logits = self.lm_head(x)  # (B, T, V), or (B, 1, V) with last_only
         if self.config.state_logits:
             logits = logits + self.wso(state[:, -1:] if last_only else state).to(logits.dtype)
-        return logits, maps
+        return logits
+
+    def attention_maps(
+        self, idx: torch.Tensor, state: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Attention weights of every layer, each (B, nh, T, T), recorded by forward hooks
+        on the attention layers (the forward pass itself never forms them)."""
+        maps: list[torch.Tensor] = []
+
+        def record(attn: CausalSelfAttention, args: tuple, _output) -> None:
+            maps.append(attn.weights(*args[:2]))
+
+        hooks = [block.attn.register_forward_hook(record) for block in self.transformer.h]
+        try:
+            self(idx, last_only=True, state=state)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return maps
 
     def _checked_state(self, state: torch.Tensor | None, B: int, T: int) -> bool:
         """Whether there is a token state to add; a missing or misshapen one is an error."""

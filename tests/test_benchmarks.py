@@ -46,6 +46,7 @@ def report_of(path):
     return report
 
 
+@pytest.mark.slow
 def test_lm_shakespeare(tmp_path, corpus_file, capsys):
     out = tmp_path / "lm.json"
     anchor = nanogpt.ANCHOR.is_dir()  # ../shared beside the repository (CI has it)
@@ -107,6 +108,7 @@ def test_raw_steps_of_seqgen_and_nanogpt_at_one_shape(tmp_path):
     assert timed["seqgen_tokens_per_second"] == pytest.approx(32 / timed["seqgen_seconds"])
 
 
+@pytest.mark.slow
 def test_translation_multi30k(tmp_path, capsys):
     data = tmp_path / "multi30k"
     pairs = make_pairs(240)
@@ -160,6 +162,7 @@ def articles(n: int, seed: int):
     ]
 
 
+@pytest.mark.slow
 def test_summarization_wikisum(tmp_path, capsys):
     data = tmp_path / "wikisum"
     data.mkdir()
@@ -237,6 +240,7 @@ def test_summarization_wikisum(tmp_path, capsys):
     assert "| pretrained - scratch (paired) |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_music(tmp_path, capsys):
     songs = tmp_path / "songs"
     for i in range(4):
@@ -313,6 +317,7 @@ def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
     assert data["cache_dir"] == str(tmp_path / "cache") and "batch_size" not in data
 
 
+@pytest.mark.slow
 def test_generate(tmp_path, capsys):
     out = tmp_path / "generate.json"
     assert (
@@ -365,6 +370,7 @@ def test_flags_are_spelled_as_seqgen_spells_them():
         generate.main(["--new-tokens", "4", "--help"])
 
 
+@pytest.mark.slow
 def test_serve(tmp_path, capsys):
     pytest.importorskip("fastapi", reason="seqgen serve needs pip install 'seqgen[serve]'")
     out = tmp_path / "serve.json"
@@ -396,6 +402,7 @@ def test_serve(tmp_path, capsys):
     assert "| continuous " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_data_prepare(tmp_path, capsys):
     from benchmarks import data_prepare
 

@@ -388,6 +388,7 @@ def test_generate_options(random_ckpt, capsys):
     expect_error(capsys, [*base, "--mbr_samples", "2"], "text task has no similarity")
 
 
+@pytest.mark.slow
 def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):
     """Lightning strategies pass straight through: two gloo processes, one checkpoint."""
     report = tmp_path / "ddp.json"
@@ -518,6 +519,7 @@ def test_a_reader_that_leaves_early_is_no_error():
     assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
 
 
+@pytest.mark.slow
 def test_progress_lines_in_a_pipe_continue_their_counts_after_a_resume(corpus_file, tmp_path):
     """Output to a file or a pipe gets plain progress lines, the first after step 1."""
     base = [

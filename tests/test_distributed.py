@@ -85,6 +85,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(corpus_file, tmp_path):
     """Lightning starts the second rank by running the script again, so the child is a file."""
     script = tmp_path / "child.py"

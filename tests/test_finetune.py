@@ -44,6 +44,7 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch():
     assert len(seen) == len(set(seen))  # ranks never share an example
 
 
+@pytest.mark.slow
 def test_tiny_model_memorises_pairs_and_translates_them_greedily(sp_tokenizer, tmp_path):
     pairs = make_pairs(6, seed=1)
     prefix = write_parallel(tmp_path / "data", "train", pairs)
@@ -311,6 +312,7 @@ def test_cli_resume_a_finetuning_run(parallel, tmp_path):
     assert resumed["init_from"] == "none"  # provenance survives the resume
 
 
+@pytest.mark.slow
 def test_finetune_under_ddp_shards_batches_across_two_processes(parallel, tmp_path):
     report = tmp_path / "ddp.json"
     argv = [

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pretty_midi
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,6 +123,7 @@ yaml_configs = st.one_of(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(yaml_configs)
 def test_config_loader(text):

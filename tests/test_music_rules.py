@@ -107,6 +107,7 @@ def releases_of_silent_notes(prompt: list[int], new: list[int]) -> int:
     return orphans
 
 
+@pytest.mark.slow
 def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
     generator = load(OLD_MUSIC)
     prompt = [generator.tokenizer.bos_id, 60, 64, 67, TIME_SHIFT + 50]

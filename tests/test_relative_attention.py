@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from seqgen import relative
+from seqgen.cache import causal_mask
 from seqgen.config import ModelConfig
 from seqgen.engine import generate
-from seqgen.model import GPT, causal_mask
+from seqgen.model import GPT
 from seqgen.relative import RelativeAttention, relative_logits
 
 
@@ -50,6 +51,7 @@ def test_a_relative_model_decodes_with_its_cache_exactly():
     assert generate(model, [prompt, [7, *prompt]], 6, temperature=0)[0] == new[:6]
 
 
+@pytest.mark.slow
 def test_relative_attention_learns_and_its_embeddings_get_gradients():
     torch.manual_seed(0)
     config = ModelConfig(

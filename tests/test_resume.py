@@ -112,6 +112,7 @@ def task_argv(task, tmp_path, corpus_file):
         ("text", 15, "checkpoint"),
     ],
 )
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(task, kill_at, where, tmp_path, corpus_file):
     argv = [*task_argv(task, tmp_path, corpus_file), *SETTINGS]
     whole = train([*argv, "--out_dir", str(tmp_path / "whole")])

@@ -342,6 +342,7 @@ def test_a_checkpoint_that_cannot_load_stops_seqgen_serve_with_its_error(tmp_pat
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_running_stream_and_exits_0(text_ckpt):
     """`seqgen serve` on all interfaces without a key warns; on SIGTERM it takes no new
     request, lets the running stream finish and exits 0."""
