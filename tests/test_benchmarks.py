@@ -89,7 +89,7 @@ def test_lm_shakespeare(tmp_path, corpus_file, capsys):
     if anchor:  # nanoGPT's CPU recipe trained for the same 2 s on the same text
         theirs = report["nanogpt"]
         assert 0 < report["nanogpt_val_bpb"] == theirs["val_bpb"] < 10 and theirs["iters"] >= 2
-        assert 0.5 < theirs["train_seconds"] < 8 and report["nanogpt_tokens_per_second"] > 0
+        assert theirs["train_seconds"] > 0 and report["nanogpt_tokens_per_second"] > 0
         assert report["bpb_margin_vs_nanogpt"] == pytest.approx(
             report["nanogpt_val_bpb"] - report["val_bpb"]
         )
@@ -279,7 +279,11 @@ def test_music(tmp_path, capsys):
     report = report_of(out)
     assert report["encode_speedup_vs_naive"] > 0
     assert report["memory"]["skewing"]["peak_bytes"] > 0
-    assert report["better"] in ("learned", "relative") and report["nll_per_event_relative"] > 0
+    losses = {
+        "learned": report["nll_per_event_absolute"],
+        "relative": report["nll_per_event_relative"],
+    }
+    assert report["better"] == min(losses, key=losses.get)  # the one with the lower NLL
     steps = report["step_times"]["seconds"][report["step_times"]["precision"]]
     assert report["relative_step_time_ratio"] == steps["relative"] / steps["learned"] > 0
     found = report["continuation"]  # the held-out song (the last of 4), continued
