@@ -280,12 +280,12 @@ def _spans(name: str, values: list[int]) -> str:
 
 
 def cmd_serve(argv: Sequence[str]) -> int:
-    from seqgen.serve import ServeConfig
+    from seqgen.serve.config import ServeConfig
 
     parser = config_parser("seqgen serve", ServeConfig.__doc__, ServeConfig)
     config = build(ServeConfig, parse(parser, normalize(argv, flags_of(ServeConfig))))
     try:
-        from seqgen.serve_app import serve
+        from seqgen.serve.server import serve
     except ImportError as err:
         raise SeqgenError(
             "seqgen serve needs FastAPI, uvicorn and prometheus-client: pip "

@@ -20,8 +20,8 @@ from tests.helpers import write_song
 pytest.importorskip("fastapi", reason="seqgen serve needs pip install 'seqgen[serve]'")
 uvicorn = pytest.importorskip("uvicorn")
 
-from seqgen.serve import ServeConfig  # noqa: E402
-from seqgen.serve_app import BackgroundServer  # noqa: E402
+from seqgen.serve.config import ServeConfig  # noqa: E402
+from seqgen.serve.server import BackgroundServer  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_v1"
 

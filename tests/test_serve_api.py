@@ -23,8 +23,8 @@ pytest.importorskip("fastapi", reason="seqgen serve needs pip install 'seqgen[se
 openai = pytest.importorskip("openai", reason="the OpenAI API tests use the official client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from seqgen.serve import ServeConfig  # noqa: E402
-from seqgen.serve_app import BackgroundServer  # noqa: E402
+from seqgen.serve.config import ServeConfig  # noqa: E402
+from seqgen.serve.server import BackgroundServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

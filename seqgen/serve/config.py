@@ -1,13 +1,6 @@
-"""`seqgen serve`: one checkpoint behind an HTTP API (its own routes and OpenAI's
-`/v1/completions`), Prometheus metrics and a small web page.
-
-FastAPI + uvicorn: a well-kept, small stack whose request parsing, multipart uploads and
-streaming responses are standard, and that runs offline with no build step (LitServe, as
-litgpt uses, adds a process-per-worker layer that a CPU-bound single model does not need).
-
-Every request is checked and bounded here, before it is queued; `seqgen.serve_worker` runs
-them (continuous batching), `seqgen.serve_app` has the routes.
-"""
+"""What `seqgen serve` accepts and offers: its options (`ServeConfig`), the checks that bound
+every request before it is queued, and what `/info` says. Importable without the serve
+extra (`seqgen serve --help`)."""
 
 from __future__ import annotations
 
@@ -17,7 +10,6 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -256,14 +248,3 @@ def available_extras(generator) -> list[str]:
                 continue
             found.append(name)
     return found
-
-
-def page() -> str:
-    """The page at `/`, shipped with the package (no external scripts or fonts)."""
-    return files("seqgen").joinpath("assets/serve.html").read_text()
-
-
-def sse(payload: dict[str, Any], event: str | None = None) -> str:
-    """One server-sent event: `data: {"text": ...}` for a piece of text, named events
-    (`done`, `error`) around it."""
-    return (f"event: {event}\n" if event else "") + f"data: {json.dumps(payload)}\n\n"

@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from seqgen.serve import (
+from seqgen.serve.config import (
     RequestError,
     ServeConfig,
     check_options,
@@ -29,7 +29,7 @@ from seqgen.serve import (
     json_body,
     read_body,
 )
-from seqgen.serve_worker import Done, text_job
+from seqgen.serve.jobs import Done, text_job
 from seqgen.tasks import GeneratesFiles
 
 # OpenAI's name -> seqgen's option
