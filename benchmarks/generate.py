@@ -41,7 +41,7 @@ import torch
 from benchmarks.common import parse_args, write_report
 from seqgen.config import PRESETS, ModelConfig
 from seqgen.cpu import pack_linears
-from seqgen.engine import generate
+from seqgen.generation.engine import generate
 from seqgen.inference import consensus
 from seqgen.interop.hf import hf_config, to_hf_state_dict
 from seqgen.model import GPT

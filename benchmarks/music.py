@@ -45,8 +45,8 @@ from benchmarks.common import (
     train,
     write_report,
 )
-from seqgen.cache import causal_mask
 from seqgen.config import ModelConfig
+from seqgen.generation.cache import causal_mask
 from seqgen.model import RelativeSelfAttention
 from seqgen.tables import markdown_table
 from seqgen.tasks import known_options

@@ -1,6 +1,7 @@
 """`seqgen` command line: the commands, each built from its typed config dataclasses in the
-one grammar of `seqgen.arguments`. Generation options are `seqgen.decoding.GenerationOptions`,
-shared by `generate` and every evaluation, with the task's own defaults.
+one grammar of `seqgen.arguments`. Generation options are
+`seqgen.generation.decoding.GenerationOptions`, shared by `generate` and every evaluation,
+with the task's own defaults.
 """
 
 from __future__ import annotations

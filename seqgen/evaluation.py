@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqgen.decoding import GenerationOptions
 from seqgen.devices import DeviceOptions
 from seqgen.files import atomic_file, check_writable
+from seqgen.generation.decoding import GenerationOptions
 from seqgen.progress import Progress
 from seqgen.state import TokenState
 

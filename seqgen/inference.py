@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from seqgen import checkpoint
-from seqgen.batch import Batch, Request, random_streams
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
 from seqgen.devices import Precision, inference_precision, resolve_device
-from seqgen.engine import checked_settings, generate, stream
 from seqgen.errors import CheckpointError
+from seqgen.generation.batch import Batch, Request, random_streams
+from seqgen.generation.engine import checked_settings, generate, stream
 from seqgen.state import size_of
 from seqgen.tasks import Similarity, Task, pairwise, task_class
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.cache import KVCache, causal_mask
 from seqgen.config import ModelConfig
+from seqgen.generation.cache import KVCache, causal_mask
 from seqgen.relative import RelativeAttention, relative_logits
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seqgen.decoding import GenerationOptions
 from seqgen.devices import DeviceOptions
 from seqgen.errors import SeqgenError
 from seqgen.files import check_writable
+from seqgen.generation.decoding import GenerationOptions
 from seqgen.progress import Progress
 
 log = logging.getLogger("seqgen")

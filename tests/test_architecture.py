@@ -13,8 +13,8 @@ import pytest
 import tomllib
 
 import seqgen
-from seqgen.decoding import GenerationOptions
 from seqgen.errors import CheckpointError, ConfigError
+from seqgen.generation.decoding import GenerationOptions
 from seqgen.sample import GenerateConfig
 from seqgen.tasks import (
     BuildsDatasets,

@@ -473,7 +473,7 @@ def test_flags_are_spelled_as_their_fields(random_ckpt, capsys):
 def test_generation_options_are_declared_once_with_the_tasks_defaults(capsys):
     import dataclasses
 
-    from seqgen.decoding import GenerationOptions
+    from seqgen.generation.decoding import GenerationOptions
 
     helps = {}
     commands = (

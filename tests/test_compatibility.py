@@ -47,7 +47,7 @@ def readme_python_example() -> str:
 def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     shutil.copytree(FIXTURES / "text", tmp_path / "runs" / "shakespeare")
     monkeypatch.chdir(tmp_path)
-    import seqgen.engine  # noqa: F401  (the submodule must not shadow seqgen.generate)
+    import seqgen.generation.engine  # noqa: F401  (the submodule must not shadow seqgen.generate)
     import seqgen.inference  # noqa: F401
 
     namespace: dict = {}

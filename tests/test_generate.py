@@ -3,11 +3,11 @@ import itertools
 import pytest
 import torch
 
-from seqgen.batch import filter_logits
-from seqgen.cache import KVCache
 from seqgen.config import ModelConfig
-from seqgen.decoding import NgramBan, Settings, ban_within
-from seqgen.engine import generate, stream
+from seqgen.generation.batch import filter_logits
+from seqgen.generation.cache import KVCache
+from seqgen.generation.decoding import NgramBan, Settings, ban_within
+from seqgen.generation.engine import generate, stream
 from seqgen.model import GPT
 
 SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
@@ -181,7 +181,7 @@ def test_a_processor_bans_ids_as_each_row_grows(model, options):
 
 
 def test_draws_follow_the_distribution_and_skip_impossible_tokens():
-    from seqgen.batch import draw, random_streams
+    from seqgen.generation.batch import draw, random_streams
 
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(4000, 1)
     counts = torch.bincount(draw(probs, random_streams(0, range(4000))), minlength=6)
@@ -190,7 +190,7 @@ def test_draws_follow_the_distribution_and_skip_impossible_tokens():
 
 
 def test_nucleus_equals_a_full_sort():
-    from seqgen.batch import _nucleus
+    from seqgen.generation.batch import _nucleus
 
     generator = torch.Generator().manual_seed(0)
     for scale in (0.01, 1.0, 8.0):  # nearly flat (the nucleus holds most of 1,000 ids) to peaked
@@ -205,7 +205,7 @@ def test_nucleus_equals_a_full_sort():
 
 
 def test_nucleus_keeps_tied_tokens_in_id_order():
-    from seqgen.batch import _nucleus
+    from seqgen.generation.batch import _nucleus
 
     logits = torch.tensor([[1.0, 2.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
     # row 0: .447 for id 1, then three ties of .164: the nucleus of 0.6 needs one of them
@@ -309,7 +309,7 @@ def test_beam_one_equals_greedy(model):
     greedy = generate(model, [2, 9], 15, temperature=0)
     assert generate(model, [2, 9], 15, num_beams=1, temperature=0) == greedy
     # the beam-search code path itself, with a beam that can hold only one hypothesis
-    from seqgen.beam import beam_search
+    from seqgen.generation.beam import beam_search
 
     def beam(settings):
         outputs = [[]]
@@ -357,7 +357,7 @@ def plainbeam_search(model, prompt, new_tokens, num_beams):
 
 
 def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
-    from seqgen.beam import _Search
+    from seqgen.generation.beam import _Search
 
     torch.manual_seed(7)
     small = GPT(ModelConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
@@ -378,7 +378,7 @@ def test_beam_search_equals_a_plain_one_without_a_cache(monkeypatch):
 
 
 def test_ranked_candidates_go_from_best_to_worst_past_the_first():
-    from seqgen.beam import _ranked
+    from seqgen.generation.beam import _ranked
 
     candidates = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
     best = candidates.topk(4, dim=-1)  # each beam's best four, as _candidates gives them
@@ -394,7 +394,7 @@ def test_ranked_candidates_go_from_best_to_worst_past_the_first():
 
 
 def test_a_search_past_its_best_candidates_ranks_the_rest_alike():
-    from seqgen.beam import _candidates, _Search
+    from seqgen.generation.beam import _candidates, _Search
 
     logits = torch.randn(3, 12, generator=torch.Generator().manual_seed(2))
     settings = Settings(num_beams=2, eos_id=list(range(9)))  # most ids end a beam
@@ -533,7 +533,7 @@ def test_beam_search_batched_across_prompts_equals_one_prompt_at_a_time():
 
 
 def test_new_beams_keep_their_parents_rows_where_they_can():
-    from seqgen.beam import _Search
+    from seqgen.generation.beam import _Search
 
     search = _Search([1, 2], limit=9, length_penalty=1.0, device="cpu", processors=[])
     search.beams, search.places = [[5], [6], [7], [8]], [2, 0, 3, 1]  # beam 0 in row 2, ...
@@ -546,7 +546,7 @@ def test_new_beams_keep_their_parents_rows_where_they_can():
 
 
 def test_a_shared_prefix_gives_what_each_row_holding_its_prompt_gives():
-    from seqgen.cache import SharedPrefix
+    from seqgen.generation.cache import SharedPrefix
 
     torch.manual_seed(5)
     config = ModelConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)
@@ -712,7 +712,7 @@ def test_samples_of_prompts_admitted_later_read_the_shared_prefix(model):
 
 
 def test_a_wider_prompt_admitted_later_moves_the_rows_right():
-    from seqgen.rows import Rows
+    from seqgen.generation.rows import Rows
 
     torch.manual_seed(3)
     small = GPT(ModelConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)).eval()
@@ -736,7 +736,7 @@ def test_rows_joining_leaving_and_reordering_compute_what_each_sequence_gives():
     cache trimmed as it fills: every row's logits equal a full recompute of its sequence."""
     import random
 
-    from seqgen.rows import Rows
+    from seqgen.generation.rows import Rows
 
     torch.manual_seed(9)
     small = GPT(ModelConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()

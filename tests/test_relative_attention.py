@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from seqgen import relative
-from seqgen.cache import causal_mask
 from seqgen.config import ModelConfig
-from seqgen.engine import generate
+from seqgen.generation.cache import causal_mask
+from seqgen.generation.engine import generate
 from seqgen.model import GPT
 from seqgen.relative import RelativeAttention, relative_logits
 

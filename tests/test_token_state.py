@@ -13,11 +13,11 @@ from helpers import write_song
 from seqgen.cli import main
 from seqgen.config import ModelConfig
 from seqgen.data import SequentialWindows
-from seqgen.engine import generate
+from seqgen.generation.engine import generate
+from seqgen.generation.rows import Rows
 from seqgen.inference import load
 from seqgen.interop.hf import hf_config
 from seqgen.model import GPT
-from seqgen.rows import Rows
 from seqgen_tasks.music.data import PerformanceWindows
 from seqgen_tasks.music.events import NOTE_OFF, Notes, decode_events, encode_notes
 from seqgen_tasks.music.state import (

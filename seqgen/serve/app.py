@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from seqgen.decoding import GenerationOptions
 from seqgen.errors import SeqgenError
+from seqgen.generation.decoding import GenerationOptions
 from seqgen.serve.config import (
     RequestError,
     ServeConfig,

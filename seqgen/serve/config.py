@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from seqgen.decoding import GenerationOptions
 from seqgen.devices import DeviceOptions
 from seqgen.errors import SeqgenError
+from seqgen.generation.decoding import GenerationOptions
 from seqgen.tasks import GeneratesFiles
 
 log = logging.getLogger("seqgen")

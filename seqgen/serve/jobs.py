@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqgen.batch import Request
 from seqgen.errors import SeqgenError
+from seqgen.generation.batch import Request
 from seqgen.inference import TextPieces
 from seqgen.serve.config import REQUEST_OPTIONS, RequestError, field_named
 

@@ -24,7 +24,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from seqgen.batch import Request
+from seqgen.generation.batch import Request
 from seqgen.inference import TextPieces
 from seqgen.serve.jobs import BusyError, Cancelled, Done, Job
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqgen.decoding import ban_within
 from seqgen.files import check_writable
+from seqgen.generation.decoding import ban_within
 from seqgen.tokenizer import Tokenizer
 from seqgen_tasks.music.events import (
     MAX_SHIFT,

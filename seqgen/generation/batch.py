@@ -2,10 +2,10 @@
 its own options, random stream and limit. A request joins at the next step and leaves when
 it ends (or is cancelled), and a waiting one takes its place at once.
 
-`seqgen.engine` runs a fixed set of prompts through a `Batch`; `seqgen serve` keeps one open
-and adds requests as they arrive. Each row computes what it would alone: its options apply
-to it only and it draws from its own stream, so a seeded request samples the same whatever
-shares its batch. Shapes: B rows, V vocabulary size.
+`seqgen.generation.engine` runs a fixed set of prompts through a `Batch`; `seqgen serve`
+keeps one open and adds requests as they arrive. Each row computes what it would alone: its
+options apply to it only and it draws from its own stream, so a seeded request samples the
+same whatever shares its batch. Shapes: B rows, V vocabulary size.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from seqgen.decoding import (
+from seqgen.generation.decoding import (
     NEG_INF,
     LogitsProcessor,
     Settings,
@@ -28,8 +28,8 @@ from seqgen.decoding import (
     penalise_repeats,
     processor_makers,
 )
+from seqgen.generation.rows import Rows
 from seqgen.model import GPT
-from seqgen.rows import Rows
 
 
 @dataclass(eq=False)  # requests are told apart by identity

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from seqgen.cache import COPY_BYTES
-from seqgen.decoding import (
+from seqgen.generation.cache import COPY_BYTES
+from seqgen.generation.decoding import (
     NEG_INF,
     LogitsProcessor,
     Settings,
@@ -25,7 +25,7 @@ from seqgen.decoding import (
     processor_makers,
     rows_for,
 )
-from seqgen.rows import holes_filled
+from seqgen.generation.rows import holes_filled
 
 
 def beam_search(
@@ -33,8 +33,8 @@ def beam_search(
 ) -> Iterator[tuple[int, int | None]]:
     """A beam search over each prompt, at most `batch_size` prompts' beams decoded together
     as rows of one KV cache; a waiting prompt's search starts as soon as one ends, and each
-    search is what it would be alone. Events as `seqgen.engine` yields them: a search's ids
-    once it ends."""
+    search is what it would be alone. Events as `seqgen.generation.engine` yields them: a
+    search's ids once it ends."""
     most = min(batch_size or len(prompts), len(prompts))
     rows = rows_for(model, prompts, limits, settings, most * settings.num_beams)
     waiting = Waiting(most, [i for i, limit in enumerate(limits) if limit > 0])

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import torch
 
 from seqgen.config import check_types
+from seqgen.generation.rows import Rows
 from seqgen.model import GPT
-from seqgen.rows import Rows
 from seqgen.state import TokenState
 
 NEG_INF = float("-inf")

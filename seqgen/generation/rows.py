@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from seqgen.cache import KVCache, SharedPrefix
+from seqgen.generation.cache import KVCache, SharedPrefix
 from seqgen.model import GPT
 
 

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from seqgen.batch import Batch, Request, random_streams
-from seqgen.beam import beam_search
-from seqgen.decoding import Settings, rows_for
+from seqgen.generation.batch import Batch, Request, random_streams
+from seqgen.generation.beam import beam_search
+from seqgen.generation.decoding import Settings, rows_for
 from seqgen.model import GPT
 from seqgen.state import size_of
 
