@@ -94,7 +94,7 @@ def train(command: str, argv: Sequence[str]) -> dict[str, Any]:
     """`seqgen pretrain|finetune` with these arguments, parsed into the typed RunConfig by
     the CLI's own parser; the training report."""
     from seqgen.cli import parse_run
-    from seqgen.train import run
+    from seqgen.training.workflow import run
 
     config, _ = parse_run(command, argv)
     return run(config)
@@ -120,7 +120,7 @@ def seqgen_training_step(model_config, batch_size: int) -> Callable[[], None]:
     import torch
 
     from seqgen.config import TrainConfig
-    from seqgen.module import LMModule, sequence_loss
+    from seqgen.training.module import LMModule, sequence_loss
 
     module = LMModule(model_config, TrainConfig(learning_rate=1e-4))
     optimizer = module.configure_optimizers()["optimizer"]

@@ -316,7 +316,7 @@ def step_times(config: str) -> dict:
     one on this machine (and in fp32 too, where that is bf16), taken in turns."""
     from seqgen.config import TrainConfig
     from seqgen.model import GPT
-    from seqgen.trainer import resolve_precision
+    from seqgen.training.trainer import resolve_precision
     from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
     recipe = yaml.safe_load(Path(config).read_text())

@@ -40,7 +40,7 @@ def parse_run(command: str, argv: Sequence[str]):
     """(RunConfig, report path) from `seqgen pretrain|finetune` arguments: the run's keys,
     the task's `data.*` keys and --report; None when only the list of tasks was asked for."""
     from seqgen.tasks import task_class
-    from seqgen.train import FROM_SCRATCH, RunConfig
+    from seqgen.training.workflow import FROM_SCRATCH, RunConfig
 
     argv = normalize(argv, flags_of(RunConfig))
     defaults = RUN_DEFAULTS[command]
@@ -77,7 +77,7 @@ def parse_run(command: str, argv: Sequence[str]):
 
 
 def cmd_train(command: str, argv: Sequence[str]) -> int:
-    from seqgen.train import run
+    from seqgen.training.workflow import run
 
     parsed = parse_run(command, argv)
     if parsed is None:

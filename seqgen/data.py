@@ -1,5 +1,5 @@
 """What every task's data shares: readers of local files and Hugging Face datasets, and the
-windows of long token streams (text, music); seqgen.datamodules batches them for training.
+windows of long token streams (text, music); seqgen.training.datamodules batches them for training.
 
 Training samples windows of block_size + 1 tokens at random offsets; validation walks a stream
 in non-overlapping windows, so every validation token is scored exactly once.

@@ -96,7 +96,7 @@ def stream_nll(
     model's context (as training validates): (targets, their NLL in nats), both (N,).
     `state`: the task's token state, for a model that reads one."""
     from seqgen.data import IGNORE_INDEX, SequentialWindows
-    from seqgen.module import masked_nll
+    from seqgen.training.module import masked_nll
 
     windows = SequentialWindows(ids, model.config.block_size, pad_id, state)
     device = next(model.parameters()).device

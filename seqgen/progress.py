@@ -2,7 +2,7 @@
 Lightning's bar, for training), in a file or a pipe plain log lines, the first at once, then
 every few seconds, and at the end. `Progress` reports any work that counts items (documents
 tokenized, sentences translated, windows scored, tokens generated); training has its own,
-`seqgen.trainer.ProgressLines`.
+`seqgen.training.trainer.ProgressLines`.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ if TYPE_CHECKING:  # the registry is read by `seqgen --help`, which must not loa
 
     from torch.utils.data import Dataset
 
-    from seqgen.examples import Example
     from seqgen.state import TokenState
     from seqgen.tokenizer import Tokenizer, TokenizerConfig
+    from seqgen.training.examples import Example
 
 log = logging.getLogger("seqgen")
 ENTRY_POINT_GROUP = "seqgen.tasks"

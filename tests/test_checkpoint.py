@@ -9,7 +9,7 @@ from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig
 from seqgen.errors import CheckpointError
 from seqgen.model import GPT
-from seqgen.trainer import SeqgenCheckpointIO
+from seqgen.training.trainer import SeqgenCheckpointIO
 
 
 @pytest.fixture

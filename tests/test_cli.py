@@ -308,10 +308,10 @@ def test_bf16_mixed_and_gradient_accumulation(corpus_file, tmp_path):
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, caplog):
     import torch
 
-    from seqgen import trainer as trainer_module
     from seqgen.config import ModelConfig, TrainConfig
     from seqgen.model import GPT
-    from seqgen.trainer import resolve_precision
+    from seqgen.training import trainer as trainer_module
+    from seqgen.training.trainer import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native, expected in [(True, "bf16-mixed"), (False, "32-true")]:
@@ -692,8 +692,8 @@ def test_plot_overlays_the_curves_of_several_runs(corpus_file, tmp_path, capsys)
 
 def test_mfu_is_logged_and_reported_against_the_peak(corpus_file, tmp_path):
     from seqgen.config import ModelConfig
-    from seqgen.mfu import training_flops_per_token
     from seqgen.model import GPT
+    from seqgen.training.mfu import training_flops_per_token
 
     report = pretrain(
         corpus_file,

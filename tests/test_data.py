@@ -9,7 +9,7 @@ from seqgen.config import TrainConfig
 from seqgen.data import IGNORE_INDEX, RandomWindows, SequentialWindows
 from seqgen.errors import DataError
 from seqgen.tasks import Splits
-from seqgen.train import RunConfig, build_datamodule
+from seqgen.training.workflow import RunConfig, build_datamodule
 from seqgen_tasks.text.corpus import (
     TextData,
     cached_tokens,

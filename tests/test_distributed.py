@@ -15,7 +15,7 @@ from helpers import TINY_MODEL, flags
 
 from seqgen.checkpoint import read_weights
 from seqgen.data import EpochSampler, RandomWindows
-from seqgen.datamodules import WindowDataModule
+from seqgen.training.datamodules import WindowDataModule
 
 
 def test_an_epoch_draws_one_window_from_each_slot_of_the_stream():
@@ -68,7 +68,7 @@ def test_the_window_loaders_of_two_ranks_read_the_one_process_epoch():
 
 CHILD = """
 import os, signal, sys
-from seqgen.module import LMModule
+from seqgen.training.module import LMModule
 
 kill_at = int(sys.argv[1])
 after_step = LMModule.on_train_batch_end

@@ -13,10 +13,10 @@ from helpers import TINY_MODEL, flags, make_pairs, write_parallel
 from seqgen import checkpoint
 from seqgen.cli import main
 from seqgen.config import ModelConfig, TrainConfig
-from seqgen.examples import LengthGroupedBatches
 from seqgen.inference import load
 from seqgen.model import GPT
-from seqgen.train import RunConfig, run
+from seqgen.training.examples import LengthGroupedBatches
+from seqgen.training.workflow import RunConfig, run
 from seqgen_tasks.translation.data import TranslationData
 
 TRAIN = {

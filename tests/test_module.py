@@ -5,7 +5,7 @@ import torch
 
 from seqgen.config import ModelConfig, TrainConfig
 from seqgen.data import IGNORE_INDEX
-from seqgen.module import LMModule, masked_nll, sequence_loss
+from seqgen.training.module import LMModule, masked_nll, sequence_loss
 
 
 def make_batch():

@@ -417,7 +417,7 @@ def test_a_failed_resume_is_one_line_and_leaves_no_trace(corpus_file, tmp_path, 
 def test_checks_during_training_validate_on_a_spread_subset(corpus_file, tmp_path, monkeypatch):
     """train.val_batches caps each check during training, drawn across the whole validation
     set; the validation after training covers all of it, so val_loss does not change."""
-    from seqgen.module import LMModule
+    from seqgen.training.module import LMModule
 
     seen = []  # (fitting, windows) per validation batch
     validation_step = LMModule.validation_step
@@ -443,7 +443,7 @@ def test_checks_during_training_validate_on_a_spread_subset(corpus_file, tmp_pat
 def test_the_subset_checked_spans_the_validation_set():
     from types import SimpleNamespace
 
-    from seqgen.datamodules import checked_during_fit
+    from seqgen.training.datamodules import checked_during_fit
 
     fitting = SimpleNamespace(state=SimpleNamespace(fn="fit"))
     subset = checked_during_fit(list(range(100)), fitting, batches=2, batch_size=4)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 kill_at, where = int(sys.argv[1]), sys.argv[2]
 if where == "step":
-    from seqgen.module import LMModule
+    from seqgen.training.module import LMModule
 
     after_step = LMModule.on_train_batch_end
 

@@ -10,8 +10,8 @@ from helpers import make_pairs, write_parallel
 
 from seqgen import checkpoint
 from seqgen.errors import DataError
-from seqgen.examples import pad_batch
 from seqgen.model import GPT
+from seqgen.training.examples import pad_batch
 from seqgen_tasks.translation.data import TranslationData
 from seqgen_tasks.translation.evaluate import score
 from seqgen_tasks.translation.task import DELIMITER, TranslationTask, language_tag

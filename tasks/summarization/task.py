@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from seqgen.errors import DataError
-from seqgen.examples import Example
 from seqgen.tasks import BuildsDatasets, DatasetBuilder, Evaluates, ExampleTask, HasMBR, Splits
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
+from seqgen.training.examples import Example
 from seqgen_tasks.summarization import evaluate as evaluation
 from seqgen_tasks.summarization import wikisum
 from seqgen_tasks.summarization.data import SummarizationData, read_examples

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from seqgen.errors import DataError
-from seqgen.examples import Example
 from seqgen.tasks import Evaluates, ExampleTask, HasMBR, Splits
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
+from seqgen.training.examples import Example
 from seqgen_tasks.translation import evaluate as evaluation
 from seqgen_tasks.translation.data import Pair, TranslationData, file_like, read_pairs
 

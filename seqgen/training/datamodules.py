@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from seqgen.data import EpochSampler
 from seqgen.errors import DataError
-from seqgen.examples import Example, ExampleDataset, LengthGroupedBatches, pad_batch
+from seqgen.training.examples import Example, ExampleDataset, LengthGroupedBatches, pad_batch
 
 
 def resume_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:

@@ -17,8 +17,8 @@ from seqgen.checkpoint import META_KEY, latest_checkpoint
 from seqgen.config import ModelConfig, TrainConfig, parse_duration
 from seqgen.data import IGNORE_INDEX
 from seqgen.errors import TrainingDiverged
-from seqgen.mfu import peak_flops, training_flops_per_token
 from seqgen.model import GPT
+from seqgen.training.mfu import peak_flops, training_flops_per_token
 
 log = logging.getLogger("seqgen")
 RNG_KEY = "torch_rng_state"

@@ -21,16 +21,16 @@ from pytorch_lightning.loggers import CSVLogger
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig, TrainConfig
-from seqgen.datamodules import ExampleDataModule, WindowDataModule
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.evaluation import write_json
 from seqgen.files import complete_swaps
 from seqgen.model import GPT
-from seqgen.module import LMModule
 from seqgen.state import size_of
 from seqgen.tasks import Examples, Task, Windows, task_class
 from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
-from seqgen.trainer import BEST, build_trainer, finish_loggers
+from seqgen.training.datamodules import ExampleDataModule, WindowDataModule
+from seqgen.training.module import LMModule
+from seqgen.training.trainer import BEST, build_trainer, finish_loggers
 
 log = logging.getLogger("seqgen")
 FROM_SCRATCH = "none"

@@ -52,8 +52,8 @@ def quiet_lightning() -> None:
         if not any(isinstance(f, _DropChatter) for f in logger.filters):
             logger.addFilter(_DropChatter())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # The samplers restart a resumed epoch where it stopped
-    # (seqgen.datamodules.resume_position), which Lightning cannot see: its warning does not apply.
+    # The samplers restart a resumed epoch where it stopped (datamodules.resume_position),
+    # which Lightning cannot see: its warning does not apply.
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # A run directory holds more than checkpoints (logs/, final/, best/ with train.keep_best).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
