@@ -140,7 +140,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
-    from seqgen.sample import GenerateConfig, run
+    from seqgen.commands.generate import GenerateConfig, run
     from seqgen.tasks import GeneratesFiles
 
     task = _task_for(argv)
@@ -175,8 +175,8 @@ def cmd_data(argv: Sequence[str]) -> int:
 
 
 def cmd_tokenizer(argv: Sequence[str]) -> int:
+    from seqgen.commands.tokenizer import TokenizerTrainConfig, run
     from seqgen.tasks import task_class
-    from seqgen.train_tokenizer import TokenizerTrainConfig, run
 
     usage = "usage: seqgen tokenizer train [--help] [--task NAME] --data.source PATH --out DIR"
     if not argv or argv[0] not in ("train", "-h", "--help"):
@@ -251,7 +251,7 @@ def cmd_info(argv: Sequence[str]) -> int:
 
 
 def cmd_plot(argv: Sequence[str]) -> int:
-    from seqgen.plot import PlotConfig, plot
+    from seqgen.commands.plot import PlotConfig, plot
 
     parser = config_parser("seqgen plot", PlotConfig.__doc__, PlotConfig)
     config = build(PlotConfig, parse(parser, normalize(argv, flags_of(PlotConfig))))
@@ -260,7 +260,7 @@ def cmd_plot(argv: Sequence[str]) -> int:
 
 
 def cmd_attention(argv: Sequence[str]) -> int:
-    from seqgen.attention import AttentionConfig, draw
+    from seqgen.commands.attention_maps import AttentionConfig, draw
 
     parser = config_parser("seqgen attention", AttentionConfig.__doc__, AttentionConfig)
     config = build(AttentionConfig, parse(parser, normalize(argv, flags_of(AttentionConfig))))

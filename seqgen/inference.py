@@ -189,6 +189,21 @@ class Generator:
             ids, settings, settings.max_new_tokens, random_streams(seed, [sample])[0], logprobs
         )
 
+    def file_settings(
+        self, ids: list[int], options: dict[str, Any], file_options: Any, most: int | None = None
+    ) -> tuple[list[int], dict[str, Any]]:
+        """The prompt ids and generation settings of a task's file output (music): the task
+        prepares them from `options` and its `file_options`. Raises ValueError for options
+        that cannot work, or that would take more than `most` tokens."""
+        ids, changed = self.task.prepare(ids, file_options, options)  # sets every option
+        settings = {**options, **changed}
+        if most is not None and settings["max_new_tokens"] > most:
+            raise ValueError(
+                f"this output may take up to {settings['max_new_tokens']:,} tokens; "
+                f"this server allows {most:,} (ask for less)"
+            )
+        return ids, settings
+
     def batch(self, most: int) -> Batch:
         """An open `Batch` of at most `most` rows for `request`s of this model."""
         return Batch.open(self.model, most, self.state)

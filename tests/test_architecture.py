@@ -13,9 +13,9 @@ import pytest
 import tomllib
 
 import seqgen
+from seqgen.commands.generate import GenerateConfig
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.generation.decoding import GenerationOptions
-from seqgen.sample import GenerateConfig
 from seqgen.tasks import (
     BuildsDatasets,
     DatasetBuilder,
@@ -148,7 +148,8 @@ def test_inference_does_not_import_lightning(tmp_path):
     """Loading, generating and every task's adapter work without Lightning, whose import
     costs seconds at each `seqgen generate` / `evaluate` / `serve`."""
     probe = (
-        "import sys, seqgen, seqgen.inference, seqgen.cli, seqgen.sample, seqgen.evaluation; "
+        "import sys, seqgen, seqgen.inference, seqgen.cli, seqgen.commands.generate; "
+        "import seqgen.evaluation; "
         "from seqgen.tasks import task_class; "
         "[task_class(name) for name in ('text', 'translation', 'summarization', 'music')]; "
         "found = sorted(m for m in sys.modules if 'lightning' in m); "

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from seqgen.attention import AttentionConfig, draw, sequence
 from seqgen.cli import main
+from seqgen.commands.attention_maps import AttentionConfig, draw, sequence
 from seqgen.inference import load
 from tests.helpers import write_song
 

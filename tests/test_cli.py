@@ -436,7 +436,7 @@ def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_te
 
 def test_normalize_rewrites_conveniences_and_old_spellings(capsys):
     from seqgen.arguments import flags_of, normalize
-    from seqgen.sample import GenerateConfig
+    from seqgen.commands.generate import GenerateConfig
 
     generate = flags_of(GenerateConfig)
     assert normalize(["--stream", "--stop", "a", "--stop=b", "--seed", "1"], generate) == [
@@ -641,7 +641,7 @@ def test_wandb_offline_logs_one_run_across_a_resume(corpus_file, tmp_path, monke
 def test_plot_overlays_the_curves_of_several_runs(corpus_file, tmp_path, capsys):
     import matplotlib.image
 
-    from seqgen.plot import read_curves
+    from seqgen.commands.plot import read_curves
 
     for name, steps in (("a", "20"), ("b", "30")):
         pretrain(

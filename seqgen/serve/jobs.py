@@ -162,15 +162,13 @@ def file_job(
     roll and audio when asked). The worker prepares it (parses the prompt, within the
     queue's bound; the task sets the options), decodes it in the batch like any request,
     and writes its files: they come back base64-encoded."""
-    from seqgen.sample import file_settings
-
     settings = {k: v for k, v in options.items() if k not in ("stop", "stream", "seed")}
 
     def prepare(generator) -> tuple[Request, Callable[[Request], dict[str, Any]]]:
         with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
             ids = _prompt_ids(generator, prompt_bytes, Path(tmp))
-            ids, prepared = file_settings(
-                generator, ids, settings, _file_options(task, extras, Path(tmp)), most
+            ids, prepared = generator.file_settings(
+                ids, settings, _file_options(task, extras, Path(tmp)), most
             )
         request = generator.request(ids=ids, seed=options["seed"], **prepared)
 

@@ -161,22 +161,6 @@ def _write_file(
         print(line)
 
 
-def file_settings(
-    generator, ids: list[int], options: dict[str, Any], file_options: Any, most: int | None = None
-) -> tuple[list[int], dict[str, Any]]:
-    """The prompt ids and generation settings of a task's file output: the task prepares
-    them from `options` and its `file_options`. Raises ValueError for options that cannot
-    work, or that would take more than `most` tokens."""
-    ids, changed = generator.task.prepare(ids, file_options, options)  # sets every option
-    settings = {**options, **changed}
-    if most is not None and settings["max_new_tokens"] > most:
-        raise ValueError(
-            f"this output may take up to {settings['max_new_tokens']:,} tokens; "
-            f"this server allows {most:,} (ask for less)"
-        )
-    return ids, settings
-
-
 def generate_file(
     generator, ids: list[int], options: dict[str, Any], file_options: Any, path: Path
 ) -> list[str]:
@@ -185,7 +169,7 @@ def generate_file(
     returns a line per file written. Raises ValueError for options that cannot work, before
     generating."""
     task = generator.task
-    ids, settings = file_settings(generator, ids, options, file_options)
+    ids, settings = generator.file_settings(ids, options, file_options)
     settings["stop_fn"] = _Reporting(settings.get("stop_fn"), settings["max_new_tokens"])
     started = time.perf_counter()
     new = generator.continue_ids(ids, **settings)

@@ -1,0 +1,4 @@
+"""Commands that use a model or a run once it exists: `generate` (`seqgen generate`: print,
+stream or write outputs), `attention_maps` (`seqgen attention`: heat maps of every head),
+`plot` (`seqgen plot`: training curves of runs), `tokenizer` (`seqgen tokenizer train`).
+`seqgen.cli` builds each from its typed config."""
