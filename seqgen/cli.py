@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 
 from seqgen.arguments import build, config_parser, flags_of, given, normalize, parse
@@ -77,13 +76,14 @@ def parse_run(command: str, argv: Sequence[str]):
 
 
 def cmd_train(command: str, argv: Sequence[str]) -> int:
+    from seqgen.tables import key_value_table
     from seqgen.training.workflow import run
 
-    parsed = parse_run(command, argv)
-    if parsed is None:
+    run_config = parse_run(command, argv)
+    if run_config is None:
         return 0
-    cfg, report_path = parsed
-    _print_table(command, run(cfg, report_path))
+    cfg, report_path = run_config
+    print("\n" + key_value_table(command, run(cfg, report_path)))
     return 0
 
 
@@ -196,65 +196,23 @@ def cmd_tokenizer(argv: Sequence[str]) -> int:
     return 0
 
 
-@dataclass(kw_only=True)
-class InfoConfig:
-    """Parameter tally of a checkpoint or a model preset, by component."""
-
-    ckpt: str | None = None
-    """Checkpoint or run directory."""
-    model: str | None = None
-    """Model preset (e.g. gpt2, gpt2-medium, small)."""
-
-    def __post_init__(self) -> None:
-        if (self.ckpt is None) == (self.model is None):
-            raise ValueError("give ckpt or model, not both")
+def parsed(command: str, config_class: type, argv: Sequence[str]):
+    """The config of a command that takes one config class: `config_class` from `argv`."""
+    parser = config_parser(f"seqgen {command}", config_class.__doc__, config_class)
+    return build(config_class, parse(parser, normalize(argv, flags_of(config_class))))
 
 
 def cmd_info(argv: Sequence[str]) -> int:
-    from seqgen import checkpoint
-    from seqgen.config import PRESETS, ModelConfig
-    from seqgen.model import GPT
-    from seqgen.tokenizer import load_tokenizer
+    from seqgen.commands.info import InfoConfig, run
 
-    parser = config_parser("seqgen info", InfoConfig.__doc__, InfoConfig)
-    args = build(InfoConfig, parse(parser, normalize(argv, flags_of(InfoConfig))))
-    if args.ckpt:
-        path = checkpoint.resolve(args.ckpt)
-        meta = checkpoint.read_meta(path)
-        config = ModelConfig.from_dict(meta["model"])
-        tokenizer = load_tokenizer(path)
-        _print_table(
-            str(path),
-            {
-                "task": meta["task"],
-                "task options": meta.get("task_options", {}),
-                "step": meta.get("step", "unknown"),
-                "tokens trained": meta.get("train_tokens", "unknown"),
-                "started from": meta.get("init_from", "unknown"),
-                "tokenizer": f"{tokenizer.kind}, {tokenizer.vocab_size:,} tokens",
-                "format version": meta["format_version"],
-            },
-        )
-    elif args.model in PRESETS:
-        config = ModelConfig.from_preset(args.model)
-    else:
-        raise SeqgenError(
-            f"unknown model preset {args.model!r}; presets: {', '.join(sorted(PRESETS))}"
-        )
-    _print_table("model", config.to_dict())
-    rows = parameter_tally(GPT(config))
-    width = max(len(name) for name, _ in rows)
-    print("\nparameters")
-    for name, count in rows:
-        print(f"  {name:<{width}}  {count:>14,}")
+    run(parsed("info", InfoConfig, argv))
     return 0
 
 
 def cmd_plot(argv: Sequence[str]) -> int:
     from seqgen.commands.plot import PlotConfig, plot
 
-    parser = config_parser("seqgen plot", PlotConfig.__doc__, PlotConfig)
-    config = build(PlotConfig, parse(parser, normalize(argv, flags_of(PlotConfig))))
+    config = parsed("plot", PlotConfig, argv)
     print(f"wrote {config.out} ({', '.join(plot(config))} of {len(config.run)} run(s))")
     return 0
 
@@ -262,8 +220,7 @@ def cmd_plot(argv: Sequence[str]) -> int:
 def cmd_attention(argv: Sequence[str]) -> int:
     from seqgen.commands.attention_maps import AttentionConfig, draw
 
-    parser = config_parser("seqgen attention", AttentionConfig.__doc__, AttentionConfig)
-    config = build(AttentionConfig, parse(parser, normalize(argv, flags_of(AttentionConfig))))
+    config = parsed("attention", AttentionConfig, argv)
     try:
         drawn = draw(config)
     except ValueError as err:
@@ -283,8 +240,7 @@ def _spans(name: str, values: list[int]) -> str:
 def cmd_serve(argv: Sequence[str]) -> int:
     from seqgen.serve.config import ServeConfig
 
-    parser = config_parser("seqgen serve", ServeConfig.__doc__, ServeConfig)
-    config = build(ServeConfig, parse(parser, normalize(argv, flags_of(ServeConfig))))
+    config = parsed("serve", ServeConfig, argv)
     try:
         from seqgen.serve.server import serve
     except ImportError as err:
@@ -308,8 +264,7 @@ def _quiet_transformers() -> None:
 def cmd_export(argv: Sequence[str]) -> int:
     from seqgen.interop.hf_checkpoint import ExportConfig, export_hf
 
-    parser = config_parser("seqgen export", ExportConfig.__doc__, ExportConfig)
-    config = build(ExportConfig, parse(parser, normalize(argv, flags_of(ExportConfig))))
+    config = parsed("export", ExportConfig, argv)
     _quiet_transformers()
     files = export_hf(config)
     print(f"wrote {config.out} ({', '.join(files)})")
@@ -319,37 +274,10 @@ def cmd_export(argv: Sequence[str]) -> int:
 def cmd_import(argv: Sequence[str]) -> int:
     from seqgen.interop.hf_checkpoint import ImportConfig, import_hf
 
-    parser = config_parser("seqgen import", ImportConfig.__doc__, ImportConfig)
-    config = build(ImportConfig, parse(parser, normalize(argv, flags_of(ImportConfig))))
+    config = parsed("import", ImportConfig, argv)
     _quiet_transformers()
     print(f"wrote {import_hf(config)}")
     return 0
-
-
-def parameter_tally(model) -> list[tuple[str, int]]:
-    """Parameters by component, as the GPT-2 illustrations count them (tied head once)."""
-    t = model.transformer
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    rows = [("token embedding (wte, tied lm_head)", count(t.wte))]
-    if "wpe" in t:
-        rows.append(("position embedding (wpe)", count(t.wpe)))
-    for i, block in enumerate(t.h):
-        rows.append((f"block {i} attention (c_attn, c_proj)", count(block.attn)))
-        rows.append((f"block {i} MLP (c_fc, c_proj)", count(block.mlp)))
-        rows.append((f"block {i} LayerNorms (ln_1, ln_2)", count(block.ln_1) + count(block.ln_2)))
-    rows.append(("final LayerNorm (ln_f)", count(t.ln_f)))
-    if "wse" in t:
-        rows.append(("token state embedding (wse)", count(t.wse)))
-    if model.config.state_logits:
-        rows.append(("token state to logits (wso)", count(model.wso)))
-    rows.append(("total", model.num_params()))
-    return rows
-
-
-def _print_table(title: str, values: dict) -> None:
-    from seqgen.tables import key_value_table
-
-    print("\n" + key_value_table(title, values))
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seqgen.cli import parameter_tally
+from seqgen.commands.info import parameter_tally
 from seqgen.config import PRESETS, ModelConfig, TrainConfig, parse_duration
 from seqgen.errors import ConfigError
 from seqgen.model import GPT
