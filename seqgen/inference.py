@@ -16,11 +16,11 @@ from seqgen.devices import Precision, inference_precision, resolve_device
 from seqgen.errors import CheckpointError
 from seqgen.generation.batch import Batch, Request, random_streams
 from seqgen.generation.engine import checked_settings, generate, stream
+from seqgen.generation.text import cut_at_stop, stop_check, text_pieces
 from seqgen.state import size_of
 from seqgen.tasks import Similarity, Task, pairwise, task_class
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
-MOST_CHARACTER_IDS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level ids
 
 
 class Generator:
@@ -211,13 +211,13 @@ class Generator:
     def text(self, ids: list[int], stop: Sequence[str] = ()) -> Any:
         """The task's output for new ids, cut at the first stop string."""
         output = self.task.decode(ids, self.tokenizer)
-        return _cut_at_stop(output, stop) if stop else output
+        return cut_at_stop(output, stop) if stop else output
 
     def stream(self, prompt: Any = "", *, stop: Sequence[str] = (), **options) -> Iterator[str]:
         """Text pieces as they are produced (for text tasks); joined they equal `generate`."""
         ids = self.prompt_ids(prompt)
         tokens = stream(self.model, ids, **self._options(stop, options, ids))
-        return _text_pieces(tokens, self._text, stop)
+        return text_pieces(tokens, self._text, stop)
 
     def _text(self, ids: list[int]) -> str:
         return self.task.decode(ids, self.tokenizer)
@@ -272,105 +272,6 @@ def consensus(candidates: Sequence[Any], similarity: Callable[[Any, Any], float]
     )
     totals = [sum(row[j] for j in range(len(row)) if j != i) for i, row in enumerate(scores)]
     return max(range(len(candidates)), key=lambda i: (totals[i], -i))
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cuts = [text.find(s) for s in stop if s in text]
-    return text[: min(cuts)] if cuts else text
-
-
-def _text_pieces(tokens: Iterator[int], decode, stop: Sequence[str]) -> Iterator[str]:
-    """The text of `tokens` in pieces as they arrive (see `TextPieces`)."""
-    pieces = TextPieces(decode, stop)
-    for token in tokens:
-        if piece := pieces.add(token):
-            yield piece
-    if rest := pieces.finish():
-        yield rest
-
-
-class TextPieces:
-    """The text of ids as they arrive, cut at the first stop string, released in pieces: a
-    piece holds whole characters only (not the first bytes of one) and never a tail that
-    could be the start of a stop string. Each id decodes the few ids since the last whole
-    piece, not the whole output (incremental detokenization, as vLLM's)."""
-
-    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()) -> None:
-        self.decode, self.stop = decode, tuple(stop)
-        self.ids: list[int] = []
-        self.start = self.read = 0  # ids[start:read] decode to the end of `text`
-        self.text = ""  # whole characters decoded so far
-        self.end: int | None = None  # where the first stop string starts, once there is one
-        self.shown = 0
-
-    def add(self, token: int) -> str:
-        """Take the next id; returns the text that can be shown now ('' if none)."""
-        self.ids.append(token)
-        if self.end is not None:
-            return ""
-        before = self.decode(self.ids[self.start : self.read])
-        read = len(self.ids)
-        after = self.decode(self.ids[self.start :])
-        if after.endswith("\ufffd"):  # the first bytes of a character, or bytes that are none
-            if read - self.read < MOST_CHARACTER_IDS:
-                return ""
-            read -= MOST_CHARACTER_IDS - 1  # a character still open began after these
-            after = self.decode(self.ids[self.start : read])
-        if not after.startswith(before):
-            return ""  # the new ids rewrite the last character: wait for more
-        searched_from = len(self.text)
-        self.text += after[len(before) :]
-        self.start, self.read = self.read, read
-        self.end = _stop_start(self.text, self.stop, searched_from)
-        if self.end is not None:
-            return ""  # finish() releases the text before it
-        held = max(
-            (n for s in self.stop for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0
-        )
-        return self._release(len(self.text) - held)
-
-    def finish(self) -> str:
-        """The rest of the text, once no id will come (a last incomplete character as the
-        tokenizer decodes it)."""
-        if self.end is None and self.read < len(self.ids):
-            searched_from = len(self.text)
-            self.text += self.decode(self.ids[self.start :])[
-                len(self.decode(self.ids[self.start : self.read])) :
-            ]
-            self.end = _stop_start(self.text, self.stop, searched_from)
-        return self._release(len(self.text) if self.end is None else self.end)
-
-    def _release(self, upto: int) -> str:
-        piece = self.text[self.shown : upto] if upto > self.shown else ""
-        self.shown = max(self.shown, upto)
-        return piece
-
-
-def _stop_start(text: str, stop: Sequence[str], searched_from: int) -> int | None:
-    """Where the first stop string in `text` starts, looking only at what overlaps the text
-    after `searched_from` (the text before it held none)."""
-    found = [text.find(s, max(0, searched_from - len(s) + 1)) for s in stop]
-    found = [place for place in found if place >= 0]
-    return min(found) if found else None
-
-
-def stop_check(
-    stop: Sequence[str], decode: Callable[[list[int]], str]
-) -> Callable[[list[int]], bool]:
-    """A `stop_fn`: whether the text of a row's new ids holds a stop string, decoding only
-    their tail (enough ids for the longest stop string), not the whole output at every id.
-    Checked after every id, a stop string can only have appeared at the end."""
-    longest = max(map(len, stop))
-
-    def stopped(ids: list[int]) -> bool:
-        take = longest + 8
-        while True:
-            text = decode(ids[-take:])
-            if take >= len(ids) or len(text) > longest:
-                return any(s in text for s in stop)
-            take *= 2
-
-    return stopped
 
 
 def checkpoint_task(meta: dict[str, Any]) -> Task:

@@ -108,10 +108,10 @@ def test_mbr_keeps_each_prompts_best_sample(ckpt):
 
 
 def test_stream_holds_back_a_possible_stop_string_start():
-    from seqgen.inference import _text_pieces
+    from seqgen.generation.text import text_pieces
 
     def pieces(chars, stop):
-        return list(_text_pieces(iter(map(ord, chars)), lambda ids: "".join(map(chr, ids)), stop))
+        return list(text_pieces(iter(map(ord, chars)), lambda ids: "".join(map(chr, ids)), stop))
 
     assert pieces("xaby", ["ab"]) == ["x"]  # "a" is held, then "ab" stops the text
     assert pieces("xacy", ["ab"]) == ["x", "ac", "y"]  # "a" is released once it cannot match
@@ -125,7 +125,7 @@ def test_text_pieces_and_the_tail_stop_check_equal_decoding_the_whole_output(sp_
     string at the id where a check of the whole text first would."""
     import random
 
-    from seqgen.inference import TextPieces, stop_check
+    from seqgen.generation.text import TextPieces, stop_check
 
     decode = sp_tokenizer.decode
     rng = random.Random(0)

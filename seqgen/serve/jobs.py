@@ -19,7 +19,7 @@ from typing import Any
 
 from seqgen.errors import SeqgenError
 from seqgen.generation.batch import Request
-from seqgen.inference import TextPieces
+from seqgen.generation.text import TextPieces
 from seqgen.serve.config import REQUEST_OPTIONS, RequestError, field_named
 
 POLL_SECONDS = 0.25  # how often a waiting route looks for its client having left

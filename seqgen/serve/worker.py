@@ -25,7 +25,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from seqgen.generation.batch import Request
-from seqgen.inference import TextPieces
+from seqgen.generation.text import TextPieces
 from seqgen.serve.jobs import BusyError, Cancelled, Done, Job
 
 log = logging.getLogger("seqgen")
