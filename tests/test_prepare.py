@@ -125,12 +125,12 @@ def test_sharded_tokens_slice_across_shards(tmp_path):
 KILLER = """
 import os, signal, sys
 import seqgen_tasks.text.units as units
-from seqgen import shards
+from seqgen import shard_writer
 
 for name, value in {small}.items():
     setattr(units, name, value)
 kill_after, torn = int(sys.argv[1]), sys.argv[2] == "torn"
-write, written = shards._ShardWriter._write_shard, []
+write, written = shard_writer._ShardWriter._write_shard, []
 
 def dying(self, split):
     if torn and len(written) == kill_after:  # half a shard on disk, under its final name
@@ -141,7 +141,7 @@ def dying(self, split):
     if len(written) == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-shards._ShardWriter._write_shard = dying
+shard_writer._ShardWriter._write_shard = dying
 from seqgen.cli import main
 sys.exit(main(sys.argv[3:]))
 """
@@ -204,11 +204,11 @@ def test_a_full_disk_is_one_error_and_loses_nothing(
     import errno
     from contextlib import contextmanager
 
-    from seqgen import shards
+    from seqgen import shard_writer
 
     corpus = write_corpus(tmp_path / "corpus")
     prepare(corpus, tmp_path / "whole", tokenizer_dir, shard_tokens=4000)
-    real, shard_writes = shards.atomic_file, []
+    real, shard_writes = shard_writer.atomic_file, []
 
     @contextmanager
     def filling_up(path):
@@ -218,10 +218,10 @@ def test_a_full_disk_is_one_error_and_loses_nothing(
         with real(path) as partial:
             yield partial
 
-    monkeypatch.setattr(shards, "atomic_file", filling_up)
+    monkeypatch.setattr(shard_writer, "atomic_file", filling_up)
     with pytest.raises(DataError, match="the disk is full .* run the same command again"):
         prepare(corpus, tmp_path / "full", tokenizer_dir, shard_tokens=4000)
-    monkeypatch.setattr(shards, "atomic_file", real)
+    monkeypatch.setattr(shard_writer, "atomic_file", real)
     assert not (tmp_path / "full" / "index.json").exists()
     prepare(corpus, tmp_path / "full", tokenizer_dir, shard_tokens=4000)
     assert folder_bytes(tmp_path / "full") == folder_bytes(tmp_path / "whole")

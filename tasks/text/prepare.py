@@ -13,16 +13,14 @@ from typing import Any
 import numpy as np
 
 from seqgen.errors import ConfigError, DataError
-from seqgen.shards import (
+from seqgen.shard_writer import (
     SHARD_TOKENS,
-    TOKENIZER_DIR,
     default_num_proc,
     finished,
-    ids_dtype,
-    is_prepared,
     remove_if_stale,
     write_shards,
 )
+from seqgen.shards import TOKENIZER_DIR, ids_dtype, is_prepared
 from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
 from seqgen_tasks.text.corpus import TextData, tokenizer_fingerprint
 from seqgen_tasks.text.units import Corpus, Unit, encode_unit, plan, start_worker, unit_documents
