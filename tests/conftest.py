@@ -75,3 +75,38 @@ def text_ckpt(tmp_path_factory, sp_tokenizer):
         model.transformer.wte.weight.mul_(20)
     path = tmp_path_factory.mktemp("ck") / "text"
     return checkpoint.save_model(path, model, sp_tokenizer, "text", step=7, train_tokens=900)
+
+
+SUCCESSOR = {0: 1, **{t: t + 1 for t in range(1, 9)}, 9: 1}  # cycle 1..9
+SUCCESSOR |= {t: t + 1 for t in range(10, 24)} | {24: 10}  # cycle 10..24
+SUCCESSOR |= {t: t + 1 for t in range(25, 39)} | {39: 25}  # cycle 25..39
+
+
+@pytest.fixture(scope="session")
+def model():
+    """A tiny GPT trained to follow SUCCESSOR, so its greedy outputs are varied and known (the
+    generation tests' model)."""
+    import torch
+
+    from seqgen.config import ModelConfig
+    from seqgen.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=32))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        starts = torch.randint(0, 40, (32,)).tolist()
+        rows = []
+        for token in starts:
+            row = [token]
+            while len(row) < 13:
+                row.append(SUCCESSOR[row[-1]])
+            rows.append(row)
+        batch = torch.tensor(rows)
+        loss = torch.nn.functional.cross_entropy(
+            model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

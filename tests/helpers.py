@@ -86,3 +86,35 @@ def write_song(path, shift: int, notes: int = 48) -> None:
     midi.instruments.append(piano)
     path.parent.mkdir(parents=True, exist_ok=True)
     midi.write(str(path))
+
+
+def first_new_at(sequence, index):
+    """A token whose first occurrence in `sequence` is at `index` or later, and where."""
+    for i in range(index, len(sequence)):
+        if sequence[i] not in sequence[:i]:
+            return sequence[i], i
+    raise AssertionError(f"no new token from index {index} in {sequence}")
+
+
+def next_logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids[-model.config.block_size :]]))[0, -1]
+
+
+def reference_greedy(model, prompt, n, keep=None):
+    """Full recompute each step, with the same sliding-window policy as the engine."""
+    block = model.config.block_size
+    keep = keep or block - block // 4
+    ids, start = list(prompt), max(0, len(prompt) - block)
+    if len(prompt) > block:
+        start = len(prompt) - keep
+    out = []
+    for _ in range(n):
+        if len(ids) - start > block:
+            start = len(ids) - keep
+        token = next_logits(model, ids[start:]).argmax().item()
+        out.append(token)
+        ids.append(token)
+    return out

@@ -118,3 +118,21 @@ def test_public_api_exports_resolve():
     assert seqgen.load is seqgen.inference.load
     with pytest.raises(AttributeError):
         seqgen.nothing_here  # noqa: B018
+
+
+def test_attention_maps_are_causal_distributions(model):
+    x = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(2))
+    maps = model.attention_maps(x)
+    assert len(maps) == 2 and maps[0].shape == (2, 2, 10, 10)
+    for weights in maps:
+        assert torch.allclose(weights.sum(-1), torch.ones(2, 2, 10))
+        assert weights.triu(diagonal=1).abs().max() == 0
+    # the weights the maps show are the ones attention applies
+    with torch.no_grad():
+        positions = torch.arange(10)
+        hidden = model.transformer.wte(x) + model.transformer.wpe(positions)
+        attn = model.transformer.h[0].attn
+        h = model.transformer.h[0].ln_1(hidden)
+        q, k, v = attn.heads(h)
+        applied = attn.attend(q, k, v, None, None, 0)
+        assert (attn.weights(h) @ v - applied).abs().max() < 1e-5
