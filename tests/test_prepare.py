@@ -147,6 +147,7 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kill_after", "torn"), [(3, False), (7, True)])
 def test_a_killed_prepare_goes_on_to_the_same_bytes(
     small_units, tmp_path, tokenizer_dir, kill_after, torn

@@ -64,6 +64,7 @@ def pretrain(corpus, out, *extra):
     return code, (json.loads(report.read_text()) if report.is_file() else None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(
     where, corpus_file, tmp_path, monkeypatch, capsys
@@ -89,6 +90,7 @@ def test_bad_steps_can_be_skipped(corpus_file, tmp_path, monkeypatch, caplog):
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+@pytest.mark.slow
 def test_only_the_newest_checkpoints_are_kept(corpus_file, tmp_path):
     code, _ = pretrain(corpus_file, tmp_path / "run", "--train.keep_checkpoints", "2")
     assert code == 0
@@ -117,6 +119,7 @@ def test_nan_weights_are_never_written_nor_loaded(tmp_path, sp_tokenizer):
 # ---------------------------------------------------------------- run directories
 
 
+@pytest.mark.slow
 def test_a_new_run_never_mixes_with_an_old_one(corpus_file, tmp_path, capsys):
     run = tmp_path / "run"
     assert pretrain(corpus_file, run)[0] == 0
@@ -391,6 +394,7 @@ def test_a_bad_option_prints_nothing_before_its_error(tmp_path, sp_tokenizer, ca
     assert captured.out == "" and "stop strings must not be empty" in captured.err
 
 
+@pytest.mark.slow
 def test_a_resumed_run_prunes_what_the_crashed_one_left(corpus_file, tmp_path):
     run = tmp_path / "run"
     assert pretrain(corpus_file, run, "--train.max_steps", "10")[0] == 0
