@@ -108,7 +108,9 @@ class Batch:
             self.waiting.remove(request)
             request.finish_reason = "cancelled"
             events.append((request, None))
-        events += self._drop([slot for slot, r in enumerate(self.live) if r.cancelled], "cancelled")
+        events += self._drop(
+            [slot for slot, r in enumerate(self.live) if r.cancelled], "cancelled"
+        )[0]
         self._admit()
         if not self.live:
             return events
@@ -136,8 +138,12 @@ class Batch:
                 request.finish_reason = "length"
                 finished.append(slot)
         self.logits = None
-        events += self._drop(finished, None, tokens)
-        return events
+        ended, order = self._drop(finished, None)
+        if order is not None:
+            tokens = tokens[order]
+        if self.live:
+            self.logits = self.rows.step(tokens, [r.sequence for r in self.live])
+        return events + ended
 
     def _admit(self) -> None:
         new = self.waiting.admitted(len(self.live))
@@ -151,26 +157,24 @@ class Batch:
         self.live = self.live + new
 
     def _drop(
-        self, slots: list[int], reason: str | None, tokens: torch.Tensor | None = None
-    ) -> list[tuple[Request, None]]:
-        """End the requests at `slots` (with `reason` unless they have one); the others move
-        into their places, and with `tokens` (their ids of this step) take their next step."""
+        self, slots: list[int], reason: str | None
+    ) -> tuple[list[tuple[Request, None]], torch.Tensor | None]:
+        """End the requests at `slots` (with `reason` unless they have one): their events,
+        and the old place of each row left (the others move into their places), or None when
+        nothing moved."""
         events = []
         for slot in slots:
             request = self.live[slot]
             request.finish_reason = request.finish_reason or reason
             events.append((request, None))
-        if slots:
-            order = self.rows.drop(slots)
-            self.live = [self.live[i] for i in order.tolist()]
-            self.seen = self.seen[order]
-            if self.logits is not None:  # dropped before their step: the logits are pending
-                self.logits = self.logits[order]
-            if tokens is not None:
-                tokens = tokens[order]
-        if tokens is not None and self.live:
-            self.logits = self.rows.step(tokens, [r.sequence for r in self.live])
-        return events
+        if not slots:
+            return events, None
+        order = self.rows.drop(slots)
+        self.live = [self.live[i] for i in order.tolist()]
+        self.seen = self.seen[order]
+        if self.logits is not None:  # dropped before their step: the logits are pending
+            self.logits = self.logits[order]
+        return events, order
 
     def _adjusted(self, logits: torch.Tensor) -> torch.Tensor:
         """Each row's logits after its own repetition penalty, bans and min_new_tokens."""
@@ -185,18 +189,20 @@ class Batch:
             for slot, r in enumerate(live)
             if r.settings.eos_ids and len(r.output) < r.settings.min_new_tokens
         }
-        return ban_early_eos(logits, early) if early else logits
+        return ban_early_eos(logits, early)
 
     def _chosen(self, logits: torch.Tensor) -> torch.Tensor:
         """Each row's next id (B,): the most likely where greedy, else a draw from its own
         stream after its temperature, top_k and top_p."""
         live = self.live
         sampled = [slot for slot, r in enumerate(live) if r.settings.temperature > 0]
-        tokens = logits.argmax(dim=-1)
-        if not sampled:
-            return tokens
-        if len(sampled) < len(live):
+        if len(sampled) < len(live):  # greedy rows: the sampled ones are overwritten below
+            tokens = logits.argmax(dim=-1)
+            if not sampled:
+                return tokens
             logits = logits[sampled]
+        else:
+            tokens = torch.empty(len(live), dtype=torch.long, device=logits.device)
         rows = [live[slot] for slot in sampled]
         temperatures = torch.tensor([r.settings.temperature for r in rows], device=logits.device)
         logits = logits / temperatures[:, None].to(logits.dtype)
