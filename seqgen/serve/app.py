@@ -29,9 +29,9 @@ from seqgen.serve.config import (
     available_extras,
     check_options,
     check_prompt,
-    field_named,
     info,
     json_body,
+    option_field,
     read_body,
 )
 from seqgen.serve.jobs import BusyError, Cancelled, Done, file_job, text_job
@@ -62,8 +62,7 @@ def answerable(err: BaseException, fields: set[str]) -> RequestError:
     if isinstance(err, RequestError):
         told = err
     elif isinstance(err, ValueError | SeqgenError):
-        field = f"options.{field_named(str(err), fields)}".removesuffix(".options")
-        told = RequestError(str(err), field)
+        told = RequestError(str(err), option_field(str(err), fields))
     elif isinstance(err, TimeoutError):
         told = RequestError(str(err), None, 504)
     elif isinstance(err, Cancelled):
@@ -348,7 +347,7 @@ def create_app(
         try:
             task.generate_options(**{k: v for k, v in extras.items() if k not in task.extra_files})
         except (TypeError, ValueError) as err:
-            raise RequestError(str(err), f"options.{field_named(str(err), own)}") from None
+            raise RequestError(str(err), option_field(str(err), own)) from None
         options = check_options({k: v for k, v in raw.items() if k not in own}, config, task)
         job = file_job(
             asyncio.get_running_loop(), prompt_bytes, options, extras, task, config.max_new_tokens

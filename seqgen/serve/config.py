@@ -114,7 +114,7 @@ def check_options(raw: Any, config: ServeConfig, task) -> dict[str, Any]:
     try:
         options = GenerationOptions(**{**defaults, **given}).generation_options()
     except (ValueError, SeqgenError) as err:
-        raise RequestError(str(err), f"options.{field_named(str(err), known)}") from None
+        raise RequestError(str(err), option_field(str(err), known)) from None
     for name, most in (("max_new_tokens", config.max_new_tokens), ("num_beams", config.max_beams)):
         if options[name] > most:
             raise RequestError(f"{name} must be <= {most} on this server", f"options.{name}")
@@ -182,11 +182,12 @@ async def read_body(request, limit: int, field: str = "body") -> bytes:
     return request._body
 
 
-def field_named(message: str, known: set[str]) -> str:
-    """The option a validation message is about (its first word that names one)."""
+def option_field(message: str, known: set[str]) -> str:
+    """The field a validation message is about: `options.NAME` for the first word of it that
+    names an option in `known`, else `options`."""
     for word in message.replace(".", " ").replace("(", " ").split():
         if word in known:
-            return word
+            return f"options.{word}"
     return "options"
 
 
@@ -203,7 +204,7 @@ def info(generator, config: ServeConfig, extras: list[str]) -> dict[str, Any]:
         "generation_defaults": task.generation_defaults(),
         "prompt": "file" if isinstance(task, GeneratesFiles) else "text",
         "continues_prompt": task.continues_prompt,
-        "file_options": _file_options(task),
+        "file_options": _file_option_defaults(task),
         "extra_files": extras,
         "limits": {
             k: getattr(config, k)
@@ -222,7 +223,7 @@ def info(generator, config: ServeConfig, extras: list[str]) -> dict[str, Any]:
     }
 
 
-def _file_options(task) -> dict[str, Any]:
+def _file_option_defaults(task) -> dict[str, Any]:
     """A file task's own options and their defaults (extra files as true/false)."""
     if not isinstance(task, GeneratesFiles):
         return {}

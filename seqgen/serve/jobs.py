@@ -20,7 +20,7 @@ from typing import Any
 from seqgen.errors import SeqgenError
 from seqgen.generation.batch import Request
 from seqgen.generation.text import TextPieces
-from seqgen.serve.config import REQUEST_OPTIONS, RequestError, field_named
+from seqgen.serve.config import REQUEST_OPTIONS, RequestError, option_field
 
 POLL_SECONDS = 0.25  # how often a waiting route looks for its client having left
 
@@ -72,7 +72,7 @@ class Job:
         self.pieces: list[TextPieces] = []
         self.arrived = time.monotonic()
         self.first_token_at: float | None = None
-        self.cancelled = self.timed_out = False
+        self.cancelled = self.timed_out = self.failed = False
 
     def put(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.items.put_nowait, item)
@@ -139,9 +139,7 @@ def text_job(
             return Job(loop, requests=requests, stop=stop, stream=options["stream"])
         generator.request(prompts[0], stop=stop, **{**settings, "num_beams": 1})  # checks
     except (ValueError, SeqgenError) as err:
-        raise RequestError(
-            str(err), f"options.{field_named(str(err), set(settings))}".removesuffix(".options")
-        ) from None
+        raise RequestError(str(err), option_field(str(err), set(settings))) from None
     if samples > 1 or logprobs is not None:
         raise RequestError(
             "beam search gives one output, without logprobs: ask for n 1 or num_beams 1",
@@ -168,14 +166,14 @@ def file_job(
         with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
             ids = _prompt_ids(generator, prompt_bytes, Path(tmp))
             ids, prepared = generator.file_settings(
-                ids, settings, _file_options(task, extras, Path(tmp)), most
+                ids, settings, _requested_options(task, extras, Path(tmp)), most
             )
         request = generator.request(ids=ids, seed=options["seed"], **prepared)
 
         def finish(request: Request) -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="seqgen-serve-") as tmp:
                 folder = Path(tmp)
-                file_options = _file_options(task, extras, folder)
+                file_options = _requested_options(task, extras, folder)
                 out = folder / f"continuation{task.output_suffix}"
                 lines = task.write(ids, request.output, generator.tokenizer, file_options, out)
                 found = {
@@ -197,7 +195,7 @@ def file_job(
     return Job(loop, prepare=prepare)
 
 
-def _file_options(task, extras: dict[str, Any], folder: Path):
+def _requested_options(task, extras: dict[str, Any], folder: Path):
     """A file task's own options from a request's: the extra files it asked for in `folder`."""
     wanted = {
         name: str(folder / f"{name}{suffix}")

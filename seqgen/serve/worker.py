@@ -80,7 +80,6 @@ class Worker:
         self.owners: dict[Request, tuple[Job, int]] = {}
         self.ready = threading.Condition()
         self.stopping = False
-        self.loaded = threading.Event()
         metrics.queue.set_function(lambda: len(self.pending) + len(self.batch.waiting))
         metrics.running.set_function(lambda: len(self.batch))
         self.thread = threading.Thread(target=self._loop, name="seqgen-worker", daemon=True)
@@ -108,7 +107,6 @@ class Worker:
         self.thread.join(timeout)
 
     def _loop(self) -> None:
-        self.loaded.set()
         while True:
             with self.ready:
                 while not self.pending and not self.batch and not self.stopping:
@@ -182,6 +180,8 @@ class Worker:
             for job in {job for job, _ in self.owners.values()}:
                 job.put(("error", err))
                 _end(job, self.metrics, "error")
+                job.cancel()  # a part still waiting to be admitted is dropped, not ended again
+                job.remaining = 0
             self.owners.clear()
             self.batch = self.generator.batch(self.batch_size)
             return
@@ -211,11 +211,12 @@ class Worker:
                 output = self.generator.text(request.output, job.stop)
         except Exception as err:  # a file that could not be written: the request's error
             job.put(("error", err))
-            output = None
+            job.failed, output = True, None
         job.put(Done(index, output, request.finish_reason, request))
         job.remaining -= 1
         if job.remaining == 0:
-            _end(job, self.metrics, "cancelled" if job.cancelled else "ok")
+            outcome = "error" if job.failed else "cancelled" if job.cancelled else "ok"
+            _end(job, self.metrics, outcome)
 
     def _prepare(self, job: Job) -> None:
         """Prepare a file job (outside the queue's lock) and put it back first in line."""
