@@ -203,6 +203,20 @@ def test_translation_beam_searches_waiting_together_run_as_one(tmp_path):
         body = json.dumps({"prompt": "a man", "max_tokens": 10}).encode()  # the source text
         status, answer = request(server.url + "/v1/completions", body)
         assert status == 200 and answer["choices"][0]["text"] == expected[0]
+        usage = answer["usage"]
+        streamed = {
+            "prompt": "a man",
+            "max_tokens": 10,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        status, events = request(server.url + "/v1/completions", json.dumps(streamed).encode())
+        chunks = [
+            json.loads(line[6:]) for line in events.splitlines() if line.startswith("data: {")
+        ]
+        assert status == 200 and events.rstrip().endswith("data: [DONE]")
+        assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == expected[0]
+        assert chunks[-1]["usage"] == usage  # the beam search's output comes whole
     finally:
         server.close()
 

@@ -222,10 +222,10 @@ class _Reply:
         try:
             async for item in items:
                 if isinstance(item, Done):
-                    done.append(item)
                     if not self.job.requests:  # a beam search's output comes whole
                         yield self._chunk(0, item.output[0], None)
                         item = Done(0, item.output[0], "stop")
+                    done.append(item)
                     yield self._chunk(item.index, "", _reason(item), self._logprobs(item))
                 elif item[0] == "text":
                     yield self._chunk(item[1], item[2], None)
@@ -264,7 +264,10 @@ class _Reply:
         )
 
     def _usage(self, done: list[Done]) -> dict[str, int]:
-        prompt = sum(len(self.generator.prompt_ids(p)) for p in self.prompts)
+        if self.job.requests:  # each prompt's ids, from its first sample's request
+            prompt = sum(len(r.prompt) for r in self.job.requests[:: self.samples])
+        else:
+            prompt = sum(len(self.generator.prompt_ids(p)) for p in self.prompts)
         if not self.job.requests:
             completion = sum(len(self.generator.tokenizer.encode(d.output)) for d in done)
         else:
