@@ -42,22 +42,14 @@ class TextPieces:
         self.ids.append(token)
         if self.end is not None:
             return ""
-        before = self.decode(self.ids[self.start : self.read])
-        read = len(self.ids)
-        after = self.decode(self.ids[self.start :])
+        read, after = len(self.ids), self.decode(self.ids[self.start :])
         if after.endswith("\ufffd"):  # the first bytes of a character, or bytes that are none
             if read - self.read < MOST_CHARACTER_IDS:
                 return ""
             read -= MOST_CHARACTER_IDS - 1  # a character still open began after these
             after = self.decode(self.ids[self.start : read])
-        if not after.startswith(before):
-            return ""  # the new ids rewrite the last character: wait for more
-        searched_from = len(self.text)
-        self.text += after[len(before) :]
-        self.start, self.read = self.read, read
-        self.end = _stop_start(self.text, self.stop, searched_from)
-        if self.end is not None:
-            return ""  # finish() releases the text before it
+        if not self._extend(read, after) or self.end is not None:
+            return ""  # the new ids rewrite the last character, or a stop string began
         held = max(
             (n for s in self.stop for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0
         )
@@ -67,12 +59,21 @@ class TextPieces:
         """The rest of the text, once no id will come (a last incomplete character as the
         tokenizer decodes it)."""
         if self.end is None and self.read < len(self.ids):
-            searched_from = len(self.text)
-            self.text += self.decode(self.ids[self.start :])[
-                len(self.decode(self.ids[self.start : self.read])) :
-            ]
-            self.end = _stop_start(self.text, self.stop, searched_from)
+            self._extend(len(self.ids), self.decode(self.ids[self.start :]), force=True)
         return self._release(len(self.text) if self.end is None else self.end)
+
+    def _extend(self, read: int, after: str, force: bool = False) -> bool:
+        """Add the text of ids[self.read:read] to `text`, given `after`, the decoding of
+        ids[self.start:read]; False (and nothing added) where `after` does not continue what
+        ids[self.start:self.read] decode to, unless `force`."""
+        before = self.decode(self.ids[self.start : self.read])
+        if not (force or after.startswith(before)):
+            return False
+        searched_from = len(self.text)
+        self.text += after[len(before) :]
+        self.start, self.read = self.read, read
+        self.end = _stop_start(self.text, self.stop, searched_from)
+        return True
 
     def _release(self, upto: int) -> str:
         piece = self.text[self.shown : upto] if upto > self.shown else ""
