@@ -217,10 +217,7 @@ class Generator:
         """Text pieces as they are produced (for text tasks); joined they equal `generate`."""
         ids = self.prompt_ids(prompt)
         tokens = stream(self.model, ids, **self._options(stop, options, ids))
-        return text_pieces(tokens, self._text, stop)
-
-    def _text(self, ids: list[int]) -> str:
-        return self.task.decode(ids, self.tokenizer)
+        return text_pieces(tokens, self.text, stop)
 
     def _defaults(self, options: dict) -> dict:
         return {**self.task.generation_defaults(), **options}
@@ -232,7 +229,7 @@ class Generator:
         if stop:
             if any(not s for s in stop):
                 raise ValueError("stop strings must not be empty")
-            stopped, given = stop_check(stop, self._text), options.get("stop_fn")
+            stopped, given = stop_check(stop, self.text), options.get("stop_fn")
             options["stop_fn"] = (
                 stopped if given is None else (lambda ids: given(ids) or stopped(ids))
             )
