@@ -170,3 +170,10 @@ def test_new_beams_keep_their_parents_rows_where_they_can():
     search.beams = [[5, 1], [5, 2], [8, 3], [6, 4]]
     assert search.in_rows() == [[6, 4], [8, 3], [5, 1], [5, 2]]
     assert search._placed([3, 3, 0]) == [0, 3, 3]  # a narrower block: row 3 moves to 1, 2
+
+
+def test_beam_search_keeps_eos_out_until_min_new_tokens(model):
+    first = generate(model, [1], 1, num_beams=3)[0]  # made the end: the search stops at once
+    assert generate(model, [1], 12, num_beams=3, eos_id=first) == []
+    forced = generate(model, [1], 12, num_beams=3, eos_id=first, min_new_tokens=3)
+    assert len(forced) >= 3 and first not in forced[:3]

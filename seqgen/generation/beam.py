@@ -97,9 +97,8 @@ def _candidates(
         seen = torch.zeros_like(logits, dtype=torch.bool)
         for row, (search, beam, _) in enumerate(beams):
             seen[row, search.prompt + beam] = True
-    steps = [search.step for search, _, _ in beams]
     rows = [(beam, processors) for _, beam, processors in beams]
-    logits = adjust_logits(logits, seen, settings, steps, rows)
+    logits = adjust_logits(logits, seen, settings, rows)
     scores = torch.cat([search.scores[search.rows_order()] for search in searches])
     chunk = max(1, COPY_BYTES // (logits.shape[-1] * logits.element_size()))
     top = []

@@ -121,19 +121,19 @@ def adjust_logits(
     logits: torch.Tensor,
     seen: torch.Tensor | None,
     settings: Settings,
-    n_new: int | list[int],
-    rows: Sequence[tuple[Sequence[int], Sequence[LogitsProcessor]]] = (),
+    rows: Sequence[tuple[Sequence[int], Sequence[LogitsProcessor]]],
 ):
     """Repetition penalty, each row's processors (the n-gram ban, the task's rules) and
     min_new_tokens, on (B, V) logits, for rows that share `settings`; rows[b]: row b's new
-    ids and processors; n_new: the new ids so far, of every row or of each."""
+    ids and processors."""
     if seen is not None:
         logits = penalise_repeats(logits, seen, settings.repetition_penalty)
     logits = apply_processors(logits, rows)
     if settings.min_new_tokens and settings.eos_ids:
-        counts = n_new if isinstance(n_new, list) else [n_new] * len(logits)
         early = {
-            row: settings.eos_ids for row, n in enumerate(counts) if n < settings.min_new_tokens
+            row: settings.eos_ids
+            for row, (ids, _) in enumerate(rows)
+            if len(ids) < settings.min_new_tokens
         }
         logits = ban_early_eos(logits, early)
     return logits
