@@ -131,6 +131,7 @@ META_FIELDS = (
     ("step", int, "an integer"),
     ("train_tokens", int, "an integer"),
     ("task_options", dict, "an object"),
+    ("generation", dict, "an object of generation options"),
     ("init_from", str, "a path"),
 )
 

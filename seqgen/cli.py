@@ -112,7 +112,7 @@ def _generation_defaults(parser, task, config_class: type) -> None:
     """The task's generation defaults as the parser's, for the fields the command has."""
     from seqgen.tasks import known_options
 
-    parser.set_defaults(known_options(config_class, task.generation_defaults()))
+    parser.set_defaults(known_options(config_class, task.decoding_defaults()))
 
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
@@ -161,9 +161,12 @@ def cmd_generate(argv: Sequence[str]) -> int:
 def cmd_data(argv: Sequence[str]) -> int:
     from seqgen.tasks import data_builders
 
+    if argv and argv[0] == "get":
+        return _data_get(argv[1:])
     builders = data_builders()
     if not argv or argv[0] not in builders:
-        print(f"usage: seqgen data BUILDER [--help] ...\n\nbuilders: {', '.join(builders)}")
+        names = ", ".join(["get", *builders])
+        print(f"usage: seqgen data BUILDER [--help] ...\n\nbuilders: {names}")
         if argv and argv[0] not in ("-h", "--help"):
             raise SeqgenError(f"unknown data builder {argv[0]!r}")
         return 0
@@ -171,6 +174,21 @@ def cmd_data(argv: Sequence[str]) -> int:
     parser = config_parser(f"seqgen data {argv[0]}", builder.config.__doc__, builder.config)
     values = parse(parser, normalize(argv[1:], flags_of(builder.config)))
     builder.build(build(builder.config, values))
+    return 0
+
+
+def _data_get(argv: Sequence[str]) -> int:
+    from seqgen.download import GetConfig, describe, run
+    from seqgen.tasks import remote_datasets
+
+    catalog = remote_datasets()
+    if not argv:
+        print(f"usage: seqgen data get NAME [--out DIR] [--help]\n\n{describe(catalog)}")
+        return 0
+    if not argv[0].startswith("-"):  # the name as a positional: seqgen data get NAME
+        argv = ["--name", *argv]
+    parser = config_parser("seqgen data get", GetConfig.__doc__, GetConfig)
+    run(build(GetConfig, parse(parser, normalize(argv, flags_of(GetConfig)))), catalog)
     return 0
 
 

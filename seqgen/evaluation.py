@@ -78,7 +78,7 @@ def eval_options(task: str, **values: Any) -> Any:
         from seqgen.inference import task_of
 
         instance = task_of(values["ckpt"])
-    defaults = known_options(cls.eval_config, instance.generation_defaults())
+    defaults = known_options(cls.eval_config, instance.decoding_defaults())
     return cls.eval_config(**{**defaults, **values})
 
 

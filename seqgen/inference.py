@@ -67,7 +67,8 @@ class Generator:
             num_samples: independent samples of the same prompt, generated as one batch.
             stop: strings that end the output (cut from it), for text tasks.
             **options: generation settings of `seqgen.generate` (temperature, top_k, ...);
-                the task's `generation_defaults()` fill in what is not given.
+                the checkpoint's defaults (`Task.decoding_defaults()`) fill in what is not
+                given.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -220,7 +221,7 @@ class Generator:
         return text_pieces(tokens, self.text, stop)
 
     def _defaults(self, options: dict) -> dict:
-        return {**self.task.generation_defaults(), **options}
+        return {**self.task.decoding_defaults(), **options}
 
     def _options(self, stop: Sequence[str], options: dict, ids: list[int] | None = None) -> dict:
         options = {"eos_id": self.tokenizer.eos_id, "state": self.state, **self._defaults(options)}
@@ -275,7 +276,9 @@ def checkpoint_task(meta: dict[str, Any]) -> Task:
     """The task of a checkpoint's config.json, configured as it was trained (no weights
     are read)."""
     block_size = ModelConfig.from_dict(meta["model"]).block_size
-    return task_class(meta["task"]).from_options(meta.get("task_options", {}), block_size)
+    return task_class(meta["task"]).from_options(
+        meta.get("task_options", {}), block_size, meta.get("generation")
+    )
 
 
 def task_of(path: str | Path) -> Task:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the registry is read by `seqgen --help`, which must not loa
 
     from torch.utils.data import Dataset
 
+    from seqgen.download import RemoteDataset
     from seqgen.state import TokenState
     from seqgen.tokenizer import Tokenizer, TokenizerConfig
     from seqgen.training.examples import Example
@@ -114,10 +115,14 @@ class Task(ABC):
             )
         self.block_size = block_size
         self.stats: dict[str, Any] = {}
+        self.recipe_generation: dict[str, Any] = {}
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], block_size: int) -> Task:
-        """The task as a checkpoint stored it (`options()`), for the model's context."""
+    def from_options(
+        cls, options: dict[str, Any], block_size: int, decoding: dict[str, Any] | None = None
+    ) -> Task:
+        """The task as a checkpoint stored it (`options()`), for the model's context, with
+        the generation defaults its training recipe set (`RunConfig.generation`)."""
         values = {**cls.option_defaults, **options}
         stored = {key: values[key] for key in cls.stored_options if key in values}
         data = cls.data_config(**stored)
@@ -125,7 +130,9 @@ class Task(ABC):
             check_types(data, "task_options")
         except ConfigError as err:
             raise ConfigError(f"the checkpoint's {err}") from None
-        return cls(data, block_size)
+        task = cls(data, block_size)
+        task.recipe_generation = dict(decoding or {})
+        return task
 
     def options(self) -> dict[str, Any]:
         """JSON-able settings stored in the checkpoint, given back to `from_options`."""
@@ -136,6 +143,11 @@ class Task(ABC):
         for translation): the defaults of `seqgen generate`, of evaluation and of
         `Generator`."""
         return {}
+
+    def decoding_defaults(self) -> dict[str, Any]:
+        """What generation uses where a call does not say: the task's defaults, under those
+        of the recipe that trained the checkpoint."""
+        return {**self.generation_defaults(), **self.recipe_generation}
 
     def special_tokens(self) -> list[str]:
         """Tokens the task adds to the vocabulary (appended; existing ids never change)."""
@@ -287,10 +299,12 @@ class DatasetBuilder:
     build: Callable[[Any], None]
 
 
-class BuildsDatasets(ABC):
-    """A task with dataset builders, run as `seqgen data NAME ...`."""
+class BuildsDatasets:
+    """A task with dataset builders, run as `seqgen data NAME ...`, and the datasets its
+    recipes use, fetched by `seqgen data get NAME`."""
 
-    data_builders: ClassVar[dict[str, DatasetBuilder]]
+    data_builders: ClassVar[dict[str, DatasetBuilder]] = {}
+    datasets: ClassVar[dict[str, RemoteDataset]] = {}
 
 
 class SamplesText(ABC):
@@ -363,9 +377,19 @@ def task_class(name: str) -> type[Task]:
 
 
 def data_builders() -> dict[str, DatasetBuilder]:
-    """Every installed task's dataset builders, by name (a task that fails to load is
+    """Every installed task's dataset builders, by name."""
+    return {k: v for cls in _dataset_tasks() for k, v in cls.data_builders.items()}
+
+
+def remote_datasets() -> dict[str, RemoteDataset]:
+    """Every installed task's datasets for `seqgen data get`, by name."""
+    return {k: v for cls in _dataset_tasks() for k, v in cls.datasets.items()}
+
+
+def _dataset_tasks() -> list[type[BuildsDatasets]]:
+    """The installed tasks that build or fetch datasets (a task that fails to load is
     skipped with a warning: it must not hide the others)."""
-    found: dict[str, DatasetBuilder] = {}
+    found = []
     for name in sorted(available_tasks()):
         try:
             cls = task_class(name)
@@ -373,5 +397,5 @@ def data_builders() -> dict[str, DatasetBuilder]:
             log.warning("%s", err)
             continue
         if issubclass(cls, BuildsDatasets):
-            found.update(cls.data_builders)
+            found.append(cls)
     return found

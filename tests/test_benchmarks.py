@@ -119,6 +119,7 @@ def test_translation_multi30k(tmp_path, capsys):
     ):
         write_parallel(data, split, chosen)
     recipe = shrunk("translation/multi30k.yaml", tmp_path)
+    pretrain_recipe = shrunk("translation/multi30k_pretrain.yaml", tmp_path)
     out = tmp_path / "mt.json"
     assert (
         translation.main(
@@ -129,6 +130,8 @@ def test_translation_multi30k(tmp_path, capsys):
                 "4",
                 "--config",
                 recipe,
+                "--pretrain_config",
+                pretrain_recipe,
                 "--num_beams",
                 "2",
                 "--compare_scratch",

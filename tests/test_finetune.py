@@ -411,3 +411,40 @@ def test_keep_best_without_a_validation_says_so(parallel, tmp_path, caplog):
     assert "no validation ran during training" in caplog.text
     assert not (tmp_path / "run" / "best").exists()
     assert "best_step" not in json.loads(report.read_text())
+
+
+def test_a_recipes_generation_defaults_travel_with_its_checkpoint(parallel, tmp_path, capsys):
+    """`generation:` in a recipe: checked before training, stored in the checkpoint, and
+    the default of generate, evaluate and seqgen.load wherever a call does not set it."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("generation:\n  max_new_tokens: 3\n  num_beams: 2\n")
+    common = ["--init_from", "none", "--data.train", str(parallel / "train")]
+    common += ["--data.val", str(parallel / "val"), "--config", str(recipe), *flags(TINY_MODEL)]
+    run_dir = tmp_path / "mt"
+    assert finetune(*common, "--train.max_steps", "3", "--out_dir", str(run_dir)) == 0
+    generator = load(run_dir)
+    assert checkpoint.read_meta(run_dir / "final")["generation"] == {
+        "max_new_tokens": 3,
+        "num_beams": 2,
+    }
+    defaults = generator.task.decoding_defaults()
+    assert defaults["max_new_tokens"] == 3 and defaults["num_beams"] == 2
+    assert defaults["temperature"] == 0.0  # the task's own default stays under it
+    ids = generator.prompt_ids("the king rides")
+    assert len(generator.continue_ids(ids)) == 3  # beams never end early here: 3 new ids
+    assert generator.continue_ids(ids) == generator.continue_ids(ids, max_new_tokens=3)
+    assert len(generator.continue_ids(ids, max_new_tokens=5)) == 5  # a call still decides
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["generate", "--ckpt", str(run_dir), "--help"])
+    beams = capsys.readouterr().out.split("--num_beams NUM_BEAMS\n")[1].split("--length_penalty")[0]
+    assert "default: 2)" in beams
+    for bad, says in (
+        ("generation:\n  beams: 2\n", "generation.beams: not a generation option"),
+        ("generation:\n  mbr_samples: 4\n", "mbr_samples > 1 draws samples"),
+        ("generation:\n  top_p: 2.0\n", r"generation: top_p must be in \(0, 1\]"),
+    ):
+        recipe.write_text(bad)
+        assert finetune(*common, "--out_dir", str(tmp_path / "bad")) == 2
+        assert re.search(says, capsys.readouterr().err)
+        assert not (tmp_path / "bad").exists()  # refused before anything is written

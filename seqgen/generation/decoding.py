@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from seqgen.config import check_types
+from seqgen.errors import ConfigError
 from seqgen.generation.rows import Rows
 from seqgen.model import GPT
 from seqgen.state import TokenState
@@ -76,6 +77,29 @@ class GenerationOptions:
     def generation_options(self) -> dict[str, Any]:
         """The `GenerationOptions` fields of this object (a subclass adds its own)."""
         return {f.name: getattr(self, f.name) for f in fields(GenerationOptions)}
+
+
+def recipe_defaults(options: dict[str, Any], task_defaults: dict[str, Any]) -> dict[str, Any]:
+    """`options` checked as a training recipe's generation defaults (`RunConfig.generation`):
+    `GenerationOptions` fields, and `mbr_samples` (which `generate` and `evaluate` take)."""
+    known = {f.name for f in fields(GenerationOptions)}
+    for key in options:
+        if key not in known | {"mbr_samples"}:
+            names = ", ".join(sorted(known | {"mbr_samples"}))
+            raise ConfigError(f"generation.{key}: not a generation option ({names})")
+    samples = options.get("mbr_samples", 1)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ConfigError(f"generation.mbr_samples must be an integer >= 1, got {samples!r}")
+    chosen = {k: v for k, v in {**task_defaults, **options}.items() if k in known}
+    try:
+        merged = GenerationOptions(**chosen)
+    except (ValueError, ConfigError) as err:
+        raise ConfigError(f"generation: {err}") from None
+    if samples > 1 and (merged.temperature <= 0 or merged.num_beams != 1):
+        raise ConfigError(
+            "generation.mbr_samples > 1 draws samples: set temperature > 0 and num_beams 1"
+        )
+    return dict(options)
 
 
 class LogitsProcessor(Protocol):

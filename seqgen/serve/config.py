@@ -110,7 +110,7 @@ def check_options(raw: Any, config: ServeConfig, task) -> dict[str, Any]:
                 f"unknown option {key!r}; options: {', '.join(sorted(known))}", f"options.{key}"
             )
     given = {k: v for k, v in raw.items() if k not in REQUEST_OPTIONS}
-    defaults = {k: v for k, v in task.generation_defaults().items() if k in known}
+    defaults = {k: v for k, v in task.decoding_defaults().items() if k in known}
     try:
         options = GenerationOptions(**{**defaults, **given}).generation_options()
     except (ValueError, SeqgenError) as err:
@@ -201,7 +201,7 @@ def info(generator, config: ServeConfig, extras: list[str]) -> dict[str, Any]:
         "model": meta["model"],
         "vocab_size": generator.tokenizer.vocab_size,
         "tokenizer": generator.tokenizer.kind,
-        "generation_defaults": task.generation_defaults(),
+        "generation_defaults": task.decoding_defaults(),
         "prompt": "file" if isinstance(task, GeneratesFiles) else "text",
         "continues_prompt": task.continues_prompt,
         "file_options": _file_option_defaults(task),

@@ -24,6 +24,7 @@ from seqgen.config import ModelConfig, TrainConfig
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.evaluation import write_json
 from seqgen.files import complete_swaps
+from seqgen.generation.decoding import recipe_defaults
 from seqgen.model import GPT
 from seqgen.state import size_of
 from seqgen.tasks import Examples, Task, Windows, task_class
@@ -62,6 +63,10 @@ class RunConfig:
     """Seed for initialisation and data order."""
     resume: str | None = None
     """Resume training: `last` (the newest checkpoint in out_dir) or a checkpoint directory."""
+    generation: dict[str, Any] = field(default_factory=dict)
+    """Generation options the trained checkpoint decodes with where a call does not set
+    them, over the task's own (e.g. minimum Bayes risk: `{mbr_samples: 16, num_beams: 1,
+    temperature: 0.7}`); `generate`, `evaluate`, `serve` and `seqgen.load` use them."""
     overwrite: bool = False
     """Delete the previous run in out_dir (its checkpoints/, final/, best/, logs/) before
     training; without it, a new run in the directory of an old one is an error."""
@@ -170,6 +175,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         )
     block_size = meta["model"]["block_size"] if meta else cfg.model.block_size
     task = task_class(cfg.task)(cfg.data, block_size)
+    generation = recipe_defaults(cfg.generation, task.generation_defaults())
     if resume_from is not None and meta["task"] != task.name:
         raise CheckpointError(
             f"{resume_from} was trained for task {meta['task']!r}, not {task.name!r}"
@@ -199,6 +205,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         lm_weight=task.lm_weight if cfg.lm_weight is None else cfg.lm_weight,
         meta={
             "task_options": {**task.options(), **task.learned_options(splits)},
+            "generation": generation,
             "init_from": started_from,
             "run_config": jsonable(replace(cfg, model=model.config)),
         },

@@ -66,7 +66,7 @@ class MusicGenerate:
     sooner is not allowed. After 10 min on POP909, 6.5% of the continuations' notes lasted
     under 50 ms (real: 0.4%), clicks rather than notes; the floors cut that to 0.24% and
     raised the note-duration overlap from 0.85 to 0.88 (at some cost in inter-onset
-    overlap: see the README). false lets the model alone decide."""
+    overlap: see docs/music.md). false lets the model alone decide."""
     min_note_seconds: float | None = None
     """Keep every note sounding at least this long instead (seconds, any pitch)."""
     release_sounding_only: bool = True
@@ -79,7 +79,7 @@ class MusicGenerate:
     releases allowed (of the sounding notes, in the model's proportions), so the model still
     decides how often notes end and the rules only decide which. After 10 min, mean of 3
     seeds: ASAP's note-duration overlap 0.72 -> 0.82, polyphony 0.80 -> 0.94, velocity
-    0.82 -> 0.77; POP909's polyphony 0.82 -> 0.89, duration 0.90 -> 0.89 (see the README).
+    0.82 -> 0.77; POP909's polyphony 0.82 -> 0.89, duration 0.90 -> 0.89 (see docs/music.md).
     false spreads it over every event, as renormalising does."""
     piano_roll: str | None = None
     """Write a piano roll of prompt and continuation here (.png)."""

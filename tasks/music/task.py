@@ -22,10 +22,11 @@ import pretty_midi
 
 from seqgen.data import SequentialWindows
 from seqgen.errors import ConfigError, DataError
-from seqgen.tasks import Evaluates, GeneratesFiles, Splits, Task, Windows
+from seqgen.tasks import BuildsDatasets, Evaluates, GeneratesFiles, Splits, Task, Windows
 from seqgen.tokenizer import Tokenizer, TokenizerConfig
 from seqgen_tasks.music import evaluate as evaluation
 from seqgen_tasks.music import generate as generation
+from seqgen_tasks.music import sources
 from seqgen_tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
 from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi, read_midi
@@ -78,7 +79,7 @@ class MusicData:
     sounding pitch was struck (up to 5 s), so it can tell a note just begun from one due to
     end. After 10 min (two models each): held-out NLL on ASAP 2.69 against 2.74-2.76
     without, on POP909 2.51 against 2.60-2.61; what the models sample varies as much
-    between models as with the ages (README). Both recipes read them."""
+    between models as with the ages (docs/music.md). Both recipes read them."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -94,7 +95,7 @@ LENGTH_RULES = ("hold_limits", "shortest_holds")  # seconds per octave, in task_
 MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask for 1e8
 
 
-class MusicTask(Task, Evaluates, GeneratesFiles):
+class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
     name = "music"
     data_config = MusicData
     stored_options = (
@@ -108,6 +109,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
     option_defaults = {"note_state": False, "note_ages": False}  # checkpoints from before them
     continues_prompt = True
     eval_config = evaluation.MusicEval
+    datasets = sources.DATASETS
     evaluate = staticmethod(evaluation.evaluate)
     generate_options = generation.MusicGenerate
     output_suffix = ".mid"
@@ -124,8 +126,10 @@ class MusicTask(Task, Evaluates, GeneratesFiles):
         (`generation.shortest_holds`): likewise."""
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], block_size: int) -> MusicTask:
-        task = super().from_options(options, block_size)
+    def from_options(
+        cls, options: dict[str, Any], block_size: int, decoding: dict[str, Any] | None = None
+    ) -> MusicTask:
+        task = super().from_options(options, block_size, decoding)
         octaves = generation.OCTAVES
         for name in LENGTH_RULES:
             seconds = options.get(name)

@@ -19,7 +19,7 @@ from seqgen.tasks import BuildsDatasets, DatasetBuilder, Evaluates, ExampleTask,
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
 from seqgen.training.examples import Example
 from seqgen_tasks.summarization import evaluate as evaluation
-from seqgen_tasks.summarization import wikisum
+from seqgen_tasks.summarization import sources, wikisum
 from seqgen_tasks.summarization.data import SummarizationData, read_examples
 
 SUMMARIZE = "<summarize>"
@@ -43,6 +43,7 @@ class SummarizationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
     data_builders: ClassVar[dict[str, DatasetBuilder]] = {
         "wikisum": DatasetBuilder(wikisum.WikisumConfig, wikisum.build_splits)
     }
+    datasets = sources.DATASETS
     eval_config = evaluation.SummarizationEval
     evaluate = staticmethod(evaluation.evaluate)
 

@@ -24,6 +24,7 @@ from seqgen.tasks import (
 )
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig, load_tokenizer
 from seqgen_tasks.text import evaluate as evaluation
+from seqgen_tasks.text import sources
 from seqgen_tasks.text.corpus import (
     TextData,
     cached_tokens,
@@ -45,6 +46,7 @@ class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
     eval_config = evaluation.TextEval
     evaluate = staticmethod(evaluation.evaluate)
     data_builders = {"prepare": DatasetBuilder(PrepareConfig, prepare)}
+    datasets = sources.DATASETS
 
     def generation_defaults(self) -> dict[str, Any]:
         return {"temperature": 0.8, "max_new_tokens": 200}

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from seqgen.errors import DataError
-from seqgen.tasks import Evaluates, ExampleTask, HasMBR, Splits
+from seqgen.tasks import BuildsDatasets, Evaluates, ExampleTask, HasMBR, Splits
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
 from seqgen.training.examples import Example
 from seqgen_tasks.translation import evaluate as evaluation
+from seqgen_tasks.translation import sources
 from seqgen_tasks.translation.data import Pair, TranslationData, file_like, read_pairs
 
 log = logging.getLogger("seqgen")
@@ -25,13 +26,14 @@ def language_tag(lang: str) -> str:
     return f"<2{lang}>"
 
 
-class TranslationTask(ExampleTask, Evaluates, HasMBR):
+class TranslationTask(ExampleTask, Evaluates, HasMBR, BuildsDatasets):
     name = "translation"
     data_config = TranslationData
     stored_options = ("source_lang", "target_lang")
     lm_weight = 0.5  # GPT-1's auxiliary LM weight
     eval_config = evaluation.TranslationEval
     evaluate = staticmethod(evaluation.evaluate)
+    datasets = sources.DATASETS
 
     def generation_defaults(self) -> dict[str, Any]:
         return {"temperature": 0.0, "num_beams": 4, "max_new_tokens": 100}
@@ -102,7 +104,7 @@ class TranslationTask(ExampleTask, Evaluates, HasMBR):
         """Sentence chrF (0 to 100) of a translation against another: unlike sentence BLEU,
         it is rarely 0 for short sentences that share words but no 4-gram, so the samples'
         consensus is well defined. It is the utility MBR decoding maximizes, so MBR gains on
-        chrF, not necessarily on BLEU (measured: the README's translation section)."""
+        chrF, not necessarily on BLEU (measured: docs/translation.md)."""
         from sacrebleu.metrics import CHRF
 
         chrf = CHRF()
