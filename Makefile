@@ -1,6 +1,8 @@
-# `make demo` and `make test` set up .venv/ on first use (CPU build of torch where there is no GPU).
+# `make demo` and `make test` set up .venv/ on first use (CPU build of torch where there is no GPU):
+# the demo the package alone, the tests the dev extra too (`make setup`).
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BASE   := $(VENV)/.base-stamp
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 # Where no local CPU wheel is configured for pip, e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -12,7 +14,8 @@ export HF_DATASETS_OFFLINE := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The package alone: what `make demo` needs.
+$(BASE): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 		echo "torch already installed"; \
@@ -22,14 +25,23 @@ $(STAMP): pyproject.toml
 		echo "no GPU: installing the CPU build of torch"; \
 		$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
 	fi
+	$(PY) -m pip install -e .
+	touch $(BASE)
+
+# With the dev extra: tests, lint and every optional feature.
+$(STAMP): $(BASE)
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/seqgen pretrain --config configs/text_lm/demo.yaml --overwrite true
+# DEMO_ARGS: more flags for the training (the tests shorten it); DEMO_DIR: where it trains.
+DEMO_DIR  ?= runs/demo
+DEMO_ARGS ?=
+demo: $(BASE)
+	$(VENV)/bin/seqgen pretrain --config configs/text_lm/demo.yaml --overwrite true \
+		--out_dir $(DEMO_DIR) $(DEMO_ARGS)
 	@seed=0; for prompt in "ROMEO:" "First Citizen:" "KING HENRY:"; do \
 		seed=$$((seed + 1)); echo "--- sample: $$prompt"; \
-		$(VENV)/bin/seqgen generate --ckpt runs/demo --prompt "$$prompt" \
+		$(VENV)/bin/seqgen generate --ckpt $(DEMO_DIR) --prompt "$$prompt" \
 			--max_new_tokens 80 --temperature 0.8 --top_k 50 --seed $$seed; \
 	done
 

@@ -1,4 +1,4 @@
-"""The README's "Add a task" example, installed as a third-party package by entry point and
+"""The "Add a task" page's example, installed as a third-party package by entry point and
 run through the CLI: finetune -> generate -> evaluate, learning what the task asks."""
 
 import json
@@ -13,17 +13,16 @@ from conftest import WORDS
 
 from seqgen.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "adding-a-task.md"
 
 
 def readme_blocks(language: str) -> list[str]:
-    section = README.read_text().split("## Add a task", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    return re.findall(rf"```{language}\n(.*?)```", PAGE.read_text(), re.DOTALL)
 
 
 @pytest.fixture
 def reverse_package(tmp_path, monkeypatch):
-    """The README's task module and entry point, installed as a package would be."""
+    """The page's task module and entry point, installed as a package would be."""
     (code,), (toml,) = readme_blocks("python"), readme_blocks("toml")
     (tmp_path / "reverse_task.py").write_text(code)
     entry_points = tomllib.loads(toml)["project"]["entry-points"]
