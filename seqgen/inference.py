@@ -221,7 +221,9 @@ class Generator:
         return text_pieces(tokens, self.text, stop)
 
     def _defaults(self, options: dict) -> dict:
-        return {**self.task.decoding_defaults(), **options}
+        # a recipe's mbr_samples is for `generate_mbr`'s callers (seqgen generate, evaluate)
+        defaults = {k: v for k, v in self.task.decoding_defaults().items() if k != "mbr_samples"}
+        return {**defaults, **options}
 
     def _options(self, stop: Sequence[str], options: dict, ids: list[int] | None = None) -> dict:
         options = {"eos_id": self.tokenizer.eos_id, "state": self.state, **self._defaults(options)}

@@ -177,6 +177,7 @@ def test_summarization_wikisum(tmp_path, capsys):
         tmp_path,
         data={"max_summary_tokens": 16},
         train={**TINY_TRAIN, "max_steps": 3},
+        generation={"min_new_tokens": 2},  # within the 16 tokens a summary may have here
     )
     out = tmp_path / "sum.json"
     common = [

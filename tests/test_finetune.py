@@ -434,6 +434,9 @@ def test_a_recipes_generation_defaults_travel_with_its_checkpoint(parallel, tmp_
     assert len(generator.continue_ids(ids)) == 3  # beams never end early here: 3 new ids
     assert generator.continue_ids(ids) == generator.continue_ids(ids, max_new_tokens=3)
     assert len(generator.continue_ids(ids, max_new_tokens=5)) == 5  # a call still decides
+    mbr = {"mbr_samples": 4, "temperature": 0.7, "num_beams": 1, "max_new_tokens": 3}
+    generator.task.recipe_generation = mbr
+    assert len(generator.continue_ids(ids, seed=0)) == 3  # one sample: mbr is generate_mbr's
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["generate", "--ckpt", str(run_dir), "--help"])
@@ -443,6 +446,10 @@ def test_a_recipes_generation_defaults_travel_with_its_checkpoint(parallel, tmp_
         ("generation:\n  beams: 2\n", "generation.beams: not a generation option"),
         ("generation:\n  mbr_samples: 4\n", "mbr_samples > 1 draws samples"),
         ("generation:\n  top_p: 2.0\n", r"generation: top_p must be in \(0, 1\]"),
+        (
+            "generation:\n  min_new_tokens: 200\n",
+            r"min_new_tokens \(200\) > max_new_tokens \(100\).*max_new_tokens=100",
+        ),
     ):
         recipe.write_text(bad)
         assert finetune(*common, "--out_dir", str(tmp_path / "bad")) == 2

@@ -94,7 +94,10 @@ def recipe_defaults(options: dict[str, Any], task_defaults: dict[str, Any]) -> d
     try:
         merged = GenerationOptions(**chosen)
     except (ValueError, ConfigError) as err:
-        raise ConfigError(f"generation: {err}") from None
+        raise ConfigError(
+            f"generation: {err}, with the task's defaults under the recipe's "
+            f"({', '.join(f'{k}={v}' for k, v in task_defaults.items())})"
+        ) from None
     if samples > 1 and (merged.temperature <= 0 or merged.num_beams != 1):
         raise ConfigError(
             "generation.mbr_samples > 1 draws samples: set temperature > 0 and num_beams 1"
