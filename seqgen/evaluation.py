@@ -57,10 +57,9 @@ class DecodingEval(EvalConfig, GenerationOptions):
         GenerationOptions.__post_init__(self)
         if self.mbr_samples < 1:
             raise ValueError(f"mbr_samples must be >= 1, got {self.mbr_samples}")
-        if self.mbr_samples > 1 and (not self.ckpt or self.temperature <= 0 or self.num_beams != 1):
-            raise ValueError(
-                "mbr_samples > 1 draws samples from ckpt: give temperature > 0 and num_beams 1"
-            )
+        if self.mbr_samples > 1 and not self.ckpt:
+            raise ValueError("mbr_samples > 1 draws samples from ckpt: give --ckpt")
+        self.check_mbr(self.mbr_samples)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 

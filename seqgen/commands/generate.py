@@ -65,10 +65,7 @@ class GenerateConfig(GenerationOptions, DeviceOptions):
         if self.mbr_samples > 1:
             if self.num_samples > 1 or self.stream or self.stop:
                 raise ValueError("mbr_samples N keeps one consensus: no num_samples, stream, stop")
-            if self.num_beams > 1 or not self.temperature > 0:
-                raise ValueError(
-                    "mbr_samples > 1 draws samples: give temperature > 0 and num_beams 1"
-                )
+            self.check_mbr(self.mbr_samples)
 
 
 def run(config: GenerateConfig, file_options: Any = None) -> None:

@@ -78,6 +78,11 @@ class GenerationOptions:
         """The `GenerationOptions` fields of this object (a subclass adds its own)."""
         return {f.name: getattr(self, f.name) for f in fields(GenerationOptions)}
 
+    def check_mbr(self, samples: int) -> None:
+        """Minimum Bayes risk over `samples` > 1 needs sampling: a ValueError otherwise."""
+        if samples > 1 and (self.temperature <= 0 or self.num_beams != 1):
+            raise ValueError("mbr_samples > 1 draws samples: give temperature > 0 and num_beams 1")
+
 
 def recipe_defaults(options: dict[str, Any], task_defaults: dict[str, Any]) -> dict[str, Any]:
     """`options` checked as a training recipe's generation defaults (`RunConfig.generation`):
@@ -98,10 +103,10 @@ def recipe_defaults(options: dict[str, Any], task_defaults: dict[str, Any]) -> d
             f"generation: {err}, with the task's defaults under the recipe's "
             f"({', '.join(f'{k}={v}' for k, v in task_defaults.items())})"
         ) from None
-    if samples > 1 and (merged.temperature <= 0 or merged.num_beams != 1):
-        raise ConfigError(
-            "generation.mbr_samples > 1 draws samples: set temperature > 0 and num_beams 1"
-        )
+    try:
+        merged.check_mbr(samples)
+    except ValueError as err:
+        raise ConfigError(f"generation.{err}") from None
     return dict(options)
 
 
