@@ -104,7 +104,7 @@ def evaluate(task: str, **values: Any) -> dict[str, Any]:
     """`seqgen evaluate --task TASK` with the task's typed config (its generation defaults
     under `values`); the evaluation report."""
     from seqgen.evaluation import eval_options
-    from seqgen.tasks import task_class
+    from seqgen.registry import task_class
 
     return task_class(task).evaluate(eval_options(task, **values))
 

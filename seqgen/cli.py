@@ -18,7 +18,7 @@ from seqgen.files import check_writable
 
 
 def _tasks_help(command: str) -> str:
-    from seqgen.tasks import available_tasks
+    from seqgen.registry import available_tasks
 
     names = ", ".join(sorted(available_tasks()))
     return f"usage: seqgen {command} --task NAME [--help] ...\n\ntasks: {names}"
@@ -38,8 +38,9 @@ RUN_DEFAULTS = {
 def parse_run(command: str, argv: Sequence[str]):
     """(RunConfig, report path) from `seqgen pretrain|finetune` arguments: the run's keys,
     the task's `data.*` keys and --report; None when only the list of tasks was asked for."""
-    from seqgen.tasks import task_class
-    from seqgen.training.workflow import FROM_SCRATCH, RunConfig
+    from seqgen.registry import task_class
+    from seqgen.training.start import FROM_SCRATCH
+    from seqgen.training.workflow import RunConfig
 
     argv = normalize(argv, flags_of(RunConfig))
     defaults = RUN_DEFAULTS[command]
@@ -91,7 +92,7 @@ def _task_for(argv: Sequence[str]):
     """The task that --task names, or else the task of --ckpt's checkpoint, as an object
     (configured as the checkpoint was), or None when neither is given. Help after a
     checkpoint that cannot be read is the general help."""
-    from seqgen.tasks import task_class
+    from seqgen.registry import task_class
 
     name, ckpt = given(argv, "task"), given(argv, "ckpt")
     if ckpt is not None:
@@ -159,7 +160,7 @@ def cmd_generate(argv: Sequence[str]) -> int:
 
 
 def cmd_data(argv: Sequence[str]) -> int:
-    from seqgen.tasks import data_builders
+    from seqgen.registry import data_builders
 
     if argv and argv[0] == "get":
         return _data_get(argv[1:])
@@ -171,15 +172,13 @@ def cmd_data(argv: Sequence[str]) -> int:
             raise SeqgenError(f"unknown data builder {argv[0]!r}")
         return 0
     builder = builders[argv[0]]
-    parser = config_parser(f"seqgen data {argv[0]}", builder.config.__doc__, builder.config)
-    values = parse(parser, normalize(argv[1:], flags_of(builder.config)))
-    builder.build(build(builder.config, values))
+    builder.build(parsed(f"data {argv[0]}", builder.config, argv[1:]))
     return 0
 
 
 def _data_get(argv: Sequence[str]) -> int:
     from seqgen.download import GetConfig, describe, run
-    from seqgen.tasks import remote_datasets
+    from seqgen.registry import remote_datasets
 
     catalog = remote_datasets()
     if not argv:
@@ -187,14 +186,13 @@ def _data_get(argv: Sequence[str]) -> int:
         return 0
     if not argv[0].startswith("-"):  # the name as a positional: seqgen data get NAME
         argv = ["--name", *argv]
-    parser = config_parser("seqgen data get", GetConfig.__doc__, GetConfig)
-    run(build(GetConfig, parse(parser, normalize(argv, flags_of(GetConfig)))), catalog)
+    run(parsed("data get", GetConfig, argv), catalog)
     return 0
 
 
 def cmd_tokenizer(argv: Sequence[str]) -> int:
     from seqgen.commands.tokenizer import TokenizerTrainConfig, run
-    from seqgen.tasks import task_class
+    from seqgen.registry import task_class
 
     usage = "usage: seqgen tokenizer train [--help] [--task NAME] --data.source PATH --out DIR"
     if not argv or argv[0] not in ("train", "-h", "--help"):

@@ -67,7 +67,8 @@ class DecodingEval(EvalConfig, GenerationOptions):
 def eval_options(task: str, **values: Any) -> Any:
     """The eval config of `task` as `seqgen evaluate` builds it: the task's generation
     defaults (as the checkpoint `ckpt` configures the task, if given) under `values`."""
-    from seqgen.tasks import Evaluates, known_options, task_class
+    from seqgen.registry import task_class
+    from seqgen.tasks import Evaluates, known_options
 
     cls = task_class(task)
     if not issubclass(cls, Evaluates):

@@ -17,8 +17,9 @@ from seqgen.errors import CheckpointError
 from seqgen.generation.batch import Batch, Request, random_streams
 from seqgen.generation.engine import checked_settings, generate, stream
 from seqgen.generation.text import cut_at_stop, stop_check, text_pieces
+from seqgen.registry import task_class
 from seqgen.state import size_of
-from seqgen.tasks import Similarity, Task, pairwise, task_class
+from seqgen.tasks import Similarity, Task, pairwise
 
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16}
 

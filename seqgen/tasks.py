@@ -1,8 +1,9 @@
-"""The task contract and its registry, found through the `seqgen.tasks` entry points.
+"""The task contract: what a task implements, and the optional capabilities it may add.
 
 A task turns a domain (text, sentence pairs, articles, MIDI) into token sequences and back.
 The core never imports task adapters: a package (seqgen's own `seqgen_tasks`, or a third
-party's) declares `[project.entry-points."seqgen.tasks"] name = "module:Class"`.
+party's) declares `[project.entry-points."seqgen.tasks"] name = "module:Class"`, and
+`seqgen.registry` finds it.
 
 Data flows one way: `load` (raw splits) -> `build_tokenizer` (from scratch only) ->
 `training_data` (examples or windows; the core batches and trains), with `learned_options`
@@ -23,7 +24,6 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from seqgen.config import check_types
@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # the registry is read by `seqgen --help`, which must not loa
     from seqgen.training.examples import Example
 
 log = logging.getLogger("seqgen")
-ENTRY_POINT_GROUP = "seqgen.tasks"
 
 
 @dataclass
@@ -349,53 +348,3 @@ class GeneratesFiles(ABC):
     ) -> list[str]:
         """Write the output (the prompt `ids`, then the `new` ids) to `path`, and whatever
         else `options` ask for; return a line for each file written."""
-
-
-# ---------------------------------------------------------------- registry
-
-
-def available_tasks() -> dict[str, EntryPoint]:
-    """The installed tasks by name (nothing is imported)."""
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def task_class(name: str) -> type[Task]:
-    """The installed task `name`; only its own module is imported."""
-    tasks = available_tasks()
-    if name not in tasks:
-        known = ", ".join(sorted(tasks)) or "none (is seqgen installed with `pip install -e .`?)"
-        raise ConfigError(f"unknown task {name!r}; installed tasks: {known}")
-    try:
-        cls = tasks[name].load()
-    except Exception as err:  # a third party's import error, whatever its type
-        raise ConfigError(
-            f"task {name!r} ({tasks[name].value}) failed to load: {type(err).__name__}: {err}"
-        ) from err
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ConfigError(f"task {name!r} ({tasks[name].value}) is not a seqgen.tasks.Task")
-    return cls
-
-
-def data_builders() -> dict[str, DatasetBuilder]:
-    """Every installed task's dataset builders, by name."""
-    return {k: v for cls in _dataset_tasks() for k, v in cls.data_builders.items()}
-
-
-def remote_datasets() -> dict[str, RemoteDataset]:
-    """Every installed task's datasets for `seqgen data get`, by name."""
-    return {k: v for cls in _dataset_tasks() for k, v in cls.datasets.items()}
-
-
-def _dataset_tasks() -> list[type[BuildsDatasets]]:
-    """The installed tasks that build or fetch datasets (a task that fails to load is
-    skipped with a warning: it must not hide the others)."""
-    found = []
-    for name in sorted(available_tasks()):
-        try:
-            cls = task_class(name)
-        except ConfigError as err:
-            log.warning("%s", err)
-            continue
-        if issubclass(cls, BuildsDatasets):
-            found.append(cls)
-    return found

@@ -170,7 +170,16 @@ class SentencePieceTokenizer:
 
     def to_hf(self):
         """The same tokenizer as a Hugging Face `tokenizers.Tokenizer` (needs `tokenizers`)."""
-        return sentencepiece_to_hf(self)
+        from seqgen.interop.sentencepiece_hf import sentencepiece_to_hf
+
+        builtin = [self.sp.id_to_piece(i) for i in (self.bos_id, self.eos_id, self.pad_id)]
+        return sentencepiece_to_hf(
+            self.model_proto,
+            space=SP_SPACE,
+            unk=RESERVED_PIECES[0],
+            builtin=[RESERVED_PIECES[0], *builtin],
+            appended={token: self.special_id(token) for token in self.special_tokens},
+        )
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -246,78 +255,6 @@ class SentencePieceTokenizer:
             time.monotonic() - started,
         )
         return cls(model.getvalue(), config.special_tokens)
-
-
-# SentencePiece's ModelProto piece types and model types
-SP_NORMAL, SP_USER_DEFINED = 1, 4
-SP_UNIGRAM, SP_BPE, SP_CHAR = 1, 2, 4
-
-
-def sentencepiece_to_hf(tokenizer: SentencePieceTokenizer):
-    """The HF equivalent of a seqgen SentencePiece tokenizer: same ids, same pieces.
-
-    SentencePiece's settings in seqgen (identity normalisation, no dummy prefix, byte
-    fallback) map to: spaces written as U+2581, the BPE or unigram model with byte fallback,
-    user symbols and special tokens as added tokens. One difference: a literal U+2581 in the
-    text reads as a space here, where seqgen spells it out in bytes.
-    """
-    try:
-        from sentencepiece import sentencepiece_model_pb2  # needs protobuf
-        from tokenizers import AddedToken, Regex, decoders, models, normalizers
-        from tokenizers import Tokenizer as HFTokenizerObject
-    except ImportError as err:
-        raise ImportError(
-            f"a Hugging Face tokenizer needs transformers and protobuf ({err}): "
-            "pip install 'seqgen[hf]'"
-        ) from None
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(tokenizer.model_proto)
-    pieces = list(proto.pieces)
-    model_type = proto.trainer_spec.model_type
-    if model_type == SP_UNIGRAM:
-        model = models.Unigram([(p.piece, p.score) for p in pieces], unk_id=0, byte_fallback=True)
-    elif model_type in (SP_BPE, SP_CHAR):
-        normal = {p.piece: (p.score, i) for i, p in enumerate(pieces) if p.type == SP_NORMAL}
-        ranked = sorted(
-            (-score, i, piece[:cut], piece[cut:])
-            for piece, (score, i) in normal.items()
-            for cut in range(1, len(piece))
-            if piece[:cut] in normal and piece[cut:] in normal
-        )  # SentencePiece merges the pair that makes the highest-scoring piece first
-        model = models.BPE(
-            vocab={p.piece: i for i, p in enumerate(pieces)},
-            merges=[(left, right) for *_, left, right in ranked],
-            unk_token=RESERVED_PIECES[0],
-            fuse_unk=True,
-            byte_fallback=True,
-        )
-    else:
-        raise ValueError(f"SentencePiece model type {model_type} has no HF equivalent")
-    hf = HFTokenizerObject(model)
-    hf.normalizer = normalizers.Replace(Regex(" "), SP_SPACE)
-    hf.decoder = decoders.Sequence(
-        [decoders.Replace(SP_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-    )
-    user = [p.piece for p in pieces if p.type == SP_USER_DEFINED]
-    hf.add_tokens([AddedToken(s, special=False, normalized=False) for s in user])
-    builtin = [
-        RESERVED_PIECES[0],
-        *(
-            tokenizer.sp.id_to_piece(i)
-            for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
-        ),
-    ]
-    hf.add_special_tokens(
-        [AddedToken(s, special=True, normalized=False) for s in builtin + tokenizer.special_tokens]
-    )
-    for token in tokenizer.special_tokens:  # appended after the pieces, as in seqgen
-        if hf.token_to_id(token) != tokenizer.special_id(token):
-            raise AssertionError(
-                f"{token}: id {hf.token_to_id(token)} in the HF tokenizer, "
-                f"{tokenizer.special_id(token)} in seqgen's"
-            )
-    return hf
 
 
 class _CountingLines:

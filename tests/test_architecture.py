@@ -16,6 +16,7 @@ import seqgen
 from seqgen.commands.generate import GenerateConfig
 from seqgen.errors import CheckpointError, ConfigError
 from seqgen.generation.decoding import GenerationOptions
+from seqgen.registry import available_tasks, data_builders, task_class
 from seqgen.tasks import (
     BuildsDatasets,
     DatasetBuilder,
@@ -23,10 +24,7 @@ from seqgen.tasks import (
     GeneratesFiles,
     HasMBR,
     Task,
-    available_tasks,
-    data_builders,
     known_options,
-    task_class,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +148,7 @@ def test_inference_does_not_import_lightning(tmp_path):
     probe = (
         "import sys, seqgen, seqgen.inference, seqgen.cli, seqgen.commands.generate; "
         "import seqgen.evaluation; "
-        "from seqgen.tasks import task_class; "
+        "from seqgen.registry import task_class; "
         "[task_class(name) for name in ('text', 'translation', 'summarization', 'music')]; "
         "found = sorted(m for m in sys.modules if 'lightning' in m); "
         "open('modules.txt', 'w').write(repr(found))"

@@ -388,31 +388,6 @@ def test_generate_options(random_ckpt, capsys):
     expect_error(capsys, [*base, "--mbr_samples", "2"], "text task has no similarity")
 
 
-@pytest.mark.slow
-def test_ddp_strategy_on_two_cpu_processes(corpus_file, tmp_path):
-    """Lightning strategies pass straight through: two gloo processes, one checkpoint."""
-    report = tmp_path / "ddp.json"
-    ddp = flags({"train.accelerator": "cpu", "train.devices": 2, "train.strategy": "ddp"})
-    argv = [
-        "pretrain",
-        "--data.source",
-        str(corpus_file),
-        "--out_dir",
-        str(tmp_path / "ddp"),
-        "--report",
-        str(report),
-        *TINY,
-        "--train.max_steps",
-        "4",
-        *ddp,
-    ]
-    result = run_cli(*argv)
-    assert result.returncode == 0, result.stderr[-2000:]
-    values = json.loads(report.read_text())
-    assert values["steps"] == 4 and values["train_tokens"] == 2 * 4 * 8 * 32  # both ranks
-    assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
-
-
 def test_evaluate_text_matches_the_validation_of_training(corpus_file, corpus_text, tmp_path):
     from seqgen_tasks.text.corpus import split_tail
 

@@ -1,9 +1,10 @@
 """Training on several processes: each rank reads its own windows (disjoint, together the
-one-process epoch), and a two-process DDP run killed with SIGKILL and resumed ends with the
-weights of an uninterrupted two-process run."""
+one-process epoch), a two-process DDP run counts both ranks' tokens, and one killed with
+SIGKILL and resumed ends with the weights of an uninterrupted two-process run."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,8 +120,11 @@ def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(corpus_
             start_new_session=True,
         )
 
-    whole = train(tmp_path / "whole")
+    report = tmp_path / "whole.json"
+    whole = train(tmp_path / "whole", -1, "--report", str(report))
     assert whole.returncode == 0, whole.stderr[-3000:]
+    values = json.loads(report.read_text())  # the strategy passes straight through to Lightning
+    assert values["steps"] == 16 and values["train_tokens"] == 2 * 16 * 4 * 32  # both ranks
     killed = train(tmp_path / "killed", 12)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (tmp_path / "killed" / "final").exists()

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import seqgen.tasks
+import seqgen.registry
 from seqgen.cli import main
 from seqgen.download import Remote, RemoteDataset, extract, fetch, get
 from seqgen.errors import DataError
-from seqgen.tasks import remote_datasets
+from seqgen.registry import remote_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,7 +299,7 @@ def fixture_catalog(server, monkeypatch):
         if name == "multi30k":
             pins = {"train.en": sha256(b"train en line\n" * 3)}
         catalog[name] = replace(dataset, remotes=tuple(remotes), pins=pins)
-    monkeypatch.setattr(seqgen.tasks, "remote_datasets", lambda: catalog)
+    monkeypatch.setattr(seqgen.registry, "remote_datasets", lambda: catalog)
     return catalog
 
 

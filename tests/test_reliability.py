@@ -259,7 +259,7 @@ def test_a_hand_edited_config_json_is_one_clear_error(
 
 
 def test_hand_edited_task_options_are_one_clear_error(tmp_path, sp_tokenizer):
-    from seqgen.tasks import task_class
+    from seqgen.registry import task_class
 
     with pytest.raises(seqgen.ConfigError, match="task_options.target_lang must be str, got 5"):
         task_class("translation").from_options({"target_lang": 5}, block_size=32)

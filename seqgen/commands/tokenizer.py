@@ -9,7 +9,8 @@ from typing import Any
 
 from seqgen.checkpoint import CONFIG_FILE
 from seqgen.errors import ConfigError
-from seqgen.tasks import ExampleTask, SamplesText, Splits, task_class
+from seqgen.registry import task_class
+from seqgen.tasks import ExampleTask, SamplesText, Splits
 from seqgen.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerConfig
 
 

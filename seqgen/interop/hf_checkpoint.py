@@ -171,7 +171,7 @@ def _portable_tokenizer_class(path: Path) -> None:
 
 def import_hf(config: ImportConfig) -> Path:
     """Write the checkpoint; returns its path."""
-    from seqgen.tasks import task_class
+    from seqgen.registry import task_class
 
     folder, out = Path(config.hf), Path(config.out)
     _check_out(out, config.overwrite)

@@ -8,8 +8,9 @@ import logging
 import threading
 
 from seqgen.errors import SeqgenError
-from seqgen.serve.app import LOOPBACK, create_app
+from seqgen.serve.app import create_app
 from seqgen.serve.config import ServeConfig
+from seqgen.serve.guard import LOOPBACK
 
 log = logging.getLogger("seqgen")
 

@@ -1,7 +1,8 @@
 """The one training workflow of every task: `seqgen pretrain` (from scratch) and `seqgen finetune`
 (from a checkpoint) are this code with different defaults.
 
-    task.load() -> tokenizer (the checkpoint's, or built by the task) -> task.training_data()
+    RunStart (the checkpoint to resume or start from, resolved once) -> task.load()
+    -> model and tokenizer (the checkpoint's, or new) -> task.training_data()
     -> data module -> LMModule + Lightning Trainer -> out_dir/final + a report
 """
 
@@ -12,7 +13,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,18 @@ from pytorch_lightning.loggers import CSVLogger
 
 from seqgen import checkpoint as ckpt
 from seqgen.config import ModelConfig, TrainConfig
-from seqgen.errors import CheckpointError, ConfigError
+from seqgen.errors import ConfigError
 from seqgen.evaluation import write_json
-from seqgen.files import complete_swaps
 from seqgen.generation.decoding import recipe_defaults
-from seqgen.model import GPT
-from seqgen.state import size_of
-from seqgen.tasks import Examples, Task, Windows, task_class
-from seqgen.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
+from seqgen.registry import task_class
+from seqgen.tasks import Examples, Windows
+from seqgen.tokenizer import TokenizerConfig
 from seqgen.training.datamodules import ExampleDataModule, WindowDataModule
 from seqgen.training.module import LMModule
+from seqgen.training.start import RunStart
 from seqgen.training.trainer import BEST, build_trainer, finish_loggers
 
 log = logging.getLogger("seqgen")
-FROM_SCRATCH = "none"
 
 
 @dataclass
@@ -72,100 +71,13 @@ class RunConfig:
     training; without it, a new run in the directory of an old one is an error."""
 
 
-def resume_point(resume: str | None, out_dir: Path) -> Path | None:
-    """The checkpoint that `resume` (None, `last` or a path) names for a run in out_dir."""
-    if resume is None:
-        return None
-    if resume == "last":
-        complete_swaps(out_dir)  # final/ is swapped in as checkpoints are
-        latest = ckpt.latest_checkpoint(out_dir / "checkpoints")
-        final = out_dir / "final"
-        candidates = [
-            p for p in (latest, final) if p is not None and (p / ckpt.CONFIG_FILE).is_file()
-        ]
-        if not candidates:
-            raise CheckpointError(f"nothing to resume in {out_dir} (no checkpoints/ or final/)")
-        return max(candidates, key=lambda p: ckpt.read_meta(p).get("step", -1))
-    return ckpt.resolve(resume)
-
-
-RUN_PARTS = ("checkpoints", "final", BEST, "logs")  # what a run writes in its out_dir
-
-
-def previous_run(
-    out_dir: Path, init_from: Path | None, resume_from: Path | None, overwrite: bool
-) -> list[Path]:
-    """What an earlier run left in out_dir, to remove with --overwrite (checked before any
-    work: a new run never mixes with an old one's checkpoints, nor replaces its source)."""
-    if init_from is not None and out_dir.resolve() in (
-        init_from.resolve(),
-        *init_from.resolve().parents,
-    ):
-        raise ConfigError(
-            f"--init_from {init_from} is inside --out_dir {out_dir}: the run "
-            "would replace the model it starts from; choose another --out_dir"
-        )
-    parts = [out_dir / name for name in RUN_PARTS]
-    found = [p for p in parts if p.is_dir() and any(p.iterdir())]
-    if resume_from is not None or not found:
-        return []
-    if not overwrite:
-        names = ", ".join(f"{p.name}/" for p in found)
-        raise ConfigError(
-            f"{out_dir} holds a previous run ({names}): resume it with --resume "
-            "last, choose another --out_dir, or give --overwrite true to delete "
-            "it first"
-        )
-    return [p for p in parts if p.exists()]
-
-
-def check_model_settings(cfg: RunConfig, meta: dict[str, Any], start: Path, resuming: bool) -> None:
-    """A checkpoint brings its own model: model settings given that differ from it are an
-    error when resuming a run trained from scratch (they made its model), and named in a
-    warning otherwise."""
-    stored, given = ModelConfig.from_dict(meta["model"]), cfg.model
-    if given == RunConfig().model:  # no model settings given
-        return
-    skip = {"vocab_size", "state_size"} | ({"dropout"} if cfg.dropout is not None else set())
-    names = [f.name for f in fields(ModelConfig) if f.name not in skip]
-    differs = [
-        f"model.{name} {getattr(given, name)!r} given, {getattr(stored, name)!r} in the checkpoint"
-        for name in names
-        if getattr(given, name) != getattr(stored, name)
-    ]
-    if not differs:
-        return
-    if resuming and cfg.init_from in (None, FROM_SCRATCH):  # the run's model came from cfg
-        raise ConfigError(
-            f"resuming {start}: {'; '.join(differs)}; resume with the settings "
-            "the run was started with"
-        )
-    log.warning(
-        "starting from %s, which brings its own model: %s (--dropout P sets its dropout)",
-        start,
-        "; ".join(differs),
-    )
-
-
 def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     """Train, save `out_dir/final`, validate; returns (and optionally writes) the report."""
     started = time.perf_counter()
     if cfg.task is None:
         raise ConfigError("set the task: --task NAME (or `task:` in the config)")
-    if cfg.init_from is None and cfg.resume is None:
-        raise ConfigError(
-            f"set --init_from CKPT (a checkpoint or run directory), or "
-            f"--init_from {FROM_SCRATCH} to train from scratch"
-        )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    out_dir = Path(cfg.out_dir)
-    resume_from = resume_point(cfg.resume, out_dir)
-    init_from = None if cfg.init_from in (None, FROM_SCRATCH) else ckpt.resolve(cfg.init_from)
-    previous = previous_run(out_dir, init_from, resume_from, cfg.overwrite)
-    start = resume_from or init_from
-    meta = ckpt.read_meta(start) if start is not None else None
-    if meta is not None:
-        check_model_settings(cfg, meta, start, resuming=resume_from is not None)
+    start = RunStart.resolve(cfg)
     if 0 < cfg.train.max_steps <= cfg.train.warmup_steps:
         log.warning(
             "train.max_steps (%d) <= train.warmup_steps (%d): the learning rate never "
@@ -173,17 +85,11 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
             cfg.train.max_steps,
             cfg.train.warmup_steps,
         )
-    block_size = meta["model"]["block_size"] if meta else cfg.model.block_size
-    task = task_class(cfg.task)(cfg.data, block_size)
+    task = task_class(cfg.task)(cfg.data, start.block_size)
     generation = recipe_defaults(cfg.generation, task.generation_defaults())
-    if resume_from is not None and meta["task"] != task.name:
-        raise CheckpointError(
-            f"{resume_from} was trained for task {meta['task']!r}, not {task.name!r}"
-        )
-    if meta is not None:
-        check_state_size(task, meta, start)
+    start.check_task(task)
     splits = task.load()
-    model, tokenizer, started_from = starting_model(cfg, task, splits, resume_from, init_from, meta)
+    model, tokenizer, started_from = start.model(task, splits)
     vocab_before = tokenizer.vocab_size
     tokenizer.add_special_tokens(task.special_tokens())
     model.resize_vocab(tokenizer.vocab_size)
@@ -211,12 +117,13 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         },
         model=model,
     )
-    for path in previous:  # --overwrite: removed only now that everything else is ready
+    for path in start.previous:  # --overwrite: removed only now that everything else is ready
         log.warning("--overwrite: removing %s", path)
         shutil.rmtree(path)
+    out_dir = Path(cfg.out_dir)
     trainer = build_trainer(cfg.train, out_dir, tokenizer, model=model)
     try:
-        report = fit_and_validate(trainer, module, datamodule, out_dir, resume_from)
+        report = fit_and_validate(trainer, module, datamodule, out_dir, start.resume_from)
     finally:
         finish_loggers(trainer)
     draws = (
@@ -241,63 +148,9 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         init_from=started_from,
         data_stats=dict(task.stats),
     )
-    write_report(report_path, report, trainer)
+    if trainer.is_global_zero:  # one report under distributed training
+        write_json(report_path, report)
     return report
-
-
-def starting_model(
-    cfg: RunConfig,
-    task: Task,
-    splits,
-    resume_from: Path | None,
-    init_from: Path | None,
-    meta: dict[str, Any] | None,
-) -> tuple[GPT, Tokenizer, str]:
-    """The model and tokenizer training starts from, and where they came from: a run to
-    resume (Lightning restores its weights), a checkpoint, or new ones. `meta` is the
-    config.json of the checkpoint to resume or start from."""
-    if resume_from is not None:
-        model_config = ModelConfig.from_dict(meta["model"])
-        ckpt.check_weights_fit(model_config, resume_from)
-        log.info("resuming from %s (step %s)", resume_from, meta.get("step"))
-        return (
-            GPT(model_config),
-            load_tokenizer(resume_from),
-            meta.get("init_from", str(resume_from)),
-        )
-    if init_from is not None:
-        loaded = ckpt.load(init_from)
-        log.info(
-            "starting from %s (task %s, step %s)", loaded.path, loaded.task, loaded.meta.get("step")
-        )
-        return loaded.model.train(), loaded.tokenizer, str(loaded.path)
-    if cfg.tokenizer.path:
-        tokenizer = load_tokenizer(cfg.tokenizer.path)
-    else:
-        tokenizer = task.build_tokenizer(splits, cfg.tokenizer)
-    state_size = size_of(task.token_state())
-    if cfg.model.state_logits and not state_size:
-        raise ConfigError(
-            f"model.state_logits: the {task.name} task as configured computes no "
-            "token state for it to read (set model.state_logits false)"
-        )
-    model_config = ModelConfig(
-        **{**asdict(cfg.model), "vocab_size": tokenizer.vocab_size, "state_size": state_size}
-    )
-    return GPT(model_config), tokenizer, FROM_SCRATCH
-
-
-def check_state_size(task: Task, meta: dict[str, Any], start: Path) -> None:
-    """A checkpoint's model reads the token state its task computed when it was trained."""
-    stored, computed = meta["model"].get("state_size", 0), size_of(task.token_state())
-    if stored != computed:
-        trained = {**task.option_defaults, **meta.get("task_options", {})}
-        raise ConfigError(
-            f"{start}: its model reads a token state of size {stored}, the "
-            f"{task.name} task as configured computes one of size {computed}; "
-            f"set the task's data options as the checkpoint was trained "
-            f"({trained})"
-        )
 
 
 def build_datamodule(
@@ -383,12 +236,6 @@ def fit_and_validate(
         "precision": trainer.precision,
         "checkpoint": str(out_dir / "final"),
     }
-
-
-def write_report(path: str | None, report: dict[str, Any], trainer: pl.Trainer) -> None:
-    """Write the JSON report (from the first process only under distributed training)."""
-    if trainer.is_global_zero:
-        write_json(path, report)
 
 
 def jsonable(cfg: Any) -> dict[str, Any]:
