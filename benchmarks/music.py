@@ -4,13 +4,13 @@ backward) with the skewing trick against the naive O(L^2 D) gather; (c) held-out
 event after training on POP909 for equal budgets with absolute and relative positions,
 and with absolute positions but without the note state (`data.note_state false`: the model
 is not told which notes are sounding); (d) continuations of the held-out performances by the
-better model of (c) (or `--continue_ckpt`), as generation runs it (notes released at the
-checkpoint's hold limits and held at least its shortest holds) and without these rules
-(report key `continuation_without_hold_limits`), and by the model without the note state:
-prompted with each one's first `--prompt_seconds`, it plays `--continue_seconds` on,
-compared with what the performer played next (overlap of six statistics with bootstrap
-intervals, long notes, the NLL of the real continuation; the performer's own next seconds
-as a yardstick).
+better model of (c) (or `--continue_ckpt`), as generation runs it (`--rules all`: notes
+released at the checkpoint's hold limits and held at least its shortest holds) and with
+`--rules valid` (report key `continuation_rules_valid`: the model alone), and by the
+model without the note state: prompted with each one's first `--prompt_seconds`, it plays
+`--continue_seconds` on, compared with what the performer played next (overlap of six
+statistics with bootstrap intervals, long notes, the NLL of the real continuation; the
+performer's own next seconds as a yardstick).
 
     pip install -e .[bench]       # miditok, for (a)
     python -m benchmarks.music --data ../shared/data/pop909 --budget_seconds 600 \
@@ -236,20 +236,13 @@ def held_out_performances(data: dict) -> list:
 
 
 def continuation(
-    generator, held_out: list, prompt_seconds: float, seconds: float, length_rules: bool = True
+    generator, held_out: list, prompt_seconds: float, seconds: float, rules: str = "all"
 ) -> dict:
-    """(d) by a loaded checkpoint on the `held_out` performances; with `length_rules` false
-    (no hold limits, no shortest holds), the model alone decides when notes end."""
+    """(d) by a loaded checkpoint on the `held_out` performances; with `rules` valid (no
+    hold limits, no shortest holds), the model alone decides when notes end."""
     from seqgen_tasks.music.continuation import continuations
 
-    found = continuations(
-        generator,
-        held_out,
-        prompt_seconds,
-        seconds,
-        release_long_notes=length_rules,
-        hold_short_notes=length_rules,
-    )
+    found = continuations(generator, held_out, prompt_seconds, seconds, rules=rules)
     limits = "no note-length rules"
     if found["hold_limits"]:
         limits = "hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"]) + " s by octave"
@@ -301,8 +294,8 @@ def both_continuations(ckpt: str, held_out: list, args: argparse.Namespace) -> d
         "continuation": continuation(
             generator, held_out, args.prompt_seconds, args.continue_seconds
         ),
-        "continuation_without_hold_limits": continuation(
-            generator, held_out, args.prompt_seconds, args.continue_seconds, length_rules=False
+        "continuation_rules_valid": continuation(
+            generator, held_out, args.prompt_seconds, args.continue_seconds, rules="valid"
         ),
     }
 
@@ -545,11 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             held_out = held_out_performances(held_out_data(args, Path(args.out or tmp)))
             report.update(both_continuations(args.continue_ckpt, held_out, args))
-    for key in (
-        "continuation",
-        "continuation_without_hold_limits",
-        "continuation_without_note_state",
-    ):
+    for key in ("continuation", "continuation_rules_valid", "continuation_without_note_state"):
         if key in report:
             found = report[key]
             found["long_notes_fraction"] = found["failures"]["generated"]["long_notes_fraction"]

@@ -307,9 +307,10 @@ def test_music(tmp_path, capsys):
     assert report["training"]["without_note_state"]["steps"] > 0
     assert report["continuation_without_note_state"]["performances"] == 1
     assert len(found["hold_limits"]) == 11 and len(found["shortest_holds"]) == 11
-    assert report["continuation_without_hold_limits"]["hold_limits"] is None
-    assert report["continuation_without_hold_limits"]["shortest_holds"] is None
-    assert report["continuation_without_hold_limits"]["released_when_held_too_long"] == 0
+    assert report["continuation_rules_valid"]["rules"] == "valid"
+    assert report["continuation_rules_valid"]["hold_limits"] is None
+    assert report["continuation_rules_valid"]["shortest_holds"] is None
+    assert report["continuation_rules_valid"]["released_when_held_too_long"] == 0
     assert "(d) continuations of 1 held-out performances" in capsys.readouterr().out
 
 

@@ -3,7 +3,9 @@ that are sounding, a note released once it has sounded its hold limit and held a
 shortest hold, both derived from the training data per octave, stored in the checkpoint and
 reported in the output."""
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,8 @@ from seqgen_tasks.music.generate import (
     MusicGenerate,
     NoteRules,
     hold_limits,
-    note_rules,
-    prepare,
     released_notes,
+    rule_processor,
     shortest_holds,
 )
 from seqgen_tasks.music.task import MusicTask
@@ -76,7 +77,20 @@ def test_rules_follow_the_prompt_and_release_a_note_at_its_limit():
     for token in (TIME_SHIFT + 100, 62, TIME_SHIFT + 100):
         free.add(token)
     assert NOTE_ON + 1 not in free.banned() and free.released == 0
-    assert note_rules(sounding_only=False, limits=None) is None
+
+
+def test_rules_valid_keeps_only_releases_of_sounding_notes_and_all_adds_the_stored_lengths():
+    limits, floors = [0.3] * OCTAVES, [0.05] * OCTAVES
+    valid = rule_processor("valid", limits, floors)([389, 60])
+    assert valid.sounding_only and valid.limits is None and valid.floors is None
+    assert not valid.keep_release_rate  # the model's probabilities, renormalised
+    every = rule_processor("all", limits, floors)([389, 60])
+    assert every.sounding_only and every.keep_release_rate
+    assert every.limits[60] == 30 and every.floors[60] == 5
+    with pytest.raises(ValueError, match="rules must be one of valid, all, got 'none'"):
+        rule_processor("none", limits, floors)
+    with pytest.raises(ValueError, match="rules must be one of"):
+        MusicGenerate(rules="some")
 
 
 def test_rules_hold_a_note_until_its_shortest_hold():
@@ -113,11 +127,13 @@ def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
     prompt = [generator.tokenizer.bos_id, 60, 64, 67, TIME_SHIFT + 50]
     options = dict(temperature=2.0, max_new_tokens=400, min_new_tokens=400, seed=1)
     free = generator.continue_ids(prompt, **options)
-    sounding_only = generator.continue_ids(prompt, processor=note_rules(True, None), **options)
+    sounding_only = generator.continue_ids(
+        prompt, processor=rule_processor("valid", None, None), **options
+    )
     assert releases_of_silent_notes(prompt, free) > 0  # a tiny model releases at random
     assert releases_of_silent_notes(prompt, sounding_only) == 0
     limits = [0.3] * OCTAVES
-    held = generator.continue_ids(prompt, processor=note_rules(True, limits), **options)
+    held = generator.continue_ids(prompt, processor=rule_processor("all", limits, None), **options)
     assert releases_of_silent_notes(prompt, held) == 0
 
     def longest(new: list[int]) -> int:
@@ -136,7 +152,9 @@ def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
         return young
 
     floors = [0.2] * OCTAVES
-    kept = generator.continue_ids(prompt, processor=note_rules(True, limits, floors), **options)
+    kept = generator.continue_ids(
+        prompt, processor=rule_processor("all", limits, floors), **options
+    )
     assert young_releases(held, floors) > 0 == young_releases(kept, floors)
     assert releases_of_silent_notes(prompt, kept) == 0 and longest(kept) <= 130
     notes = decode_events(prompt[1:] + kept)
@@ -168,32 +186,23 @@ def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, cap
     ]
     assert main(argv) == 0
     said = capsys.readouterr().out
-    assert "no hold limits in this checkpoint" in said and "no shortest holds in this" in said
-    assert "a banned release's probability goes to the allowed ones" in said
-    assert main([*argv, "--keep_release_rate", "false"]) == 0
-    assert "a banned release's probability" not in capsys.readouterr().out
-    assert main([*argv, "--min_note_seconds", "0.05"]) == 0
-    assert "notes held at least 0.05 s (--min_note_seconds)" in capsys.readouterr().out
-    assert main([*argv, "--min_note_seconds", "0.3", "--max_note_seconds", "0.2"]) == 2
-    assert "min_note_seconds (0.3) must not exceed max_note_seconds" in capsys.readouterr().err
-    assert main([*argv, "--max_note_seconds", "0.2"]) == 0
+    assert "rules all: releases only of sounding notes" in said
+    assert "no note-length limits stored in this checkpoint" in said
+    assert main([*argv, "--rules", "valid"]) == 0
+    assert "rules valid: releases only of sounding notes)" in capsys.readouterr().out
+    assert main([*argv, "--rules", "none"]) == 2
+    assert "rules" in capsys.readouterr().err
+    # a checkpoint that stores its training data's limits: generation keeps to them
+    stored = tmp_path / "stored"
+    shutil.copytree(OLD_MUSIC, stored)
+    config = json.loads((stored / "config.json").read_text())
+    config["task_options"].update(hold_limits=[0.2] * OCTAVES, shortest_holds=[0.05] * OCTAVES)
+    (stored / "config.json").write_text(json.dumps(config))
+    assert main([*argv[:2], str(stored), *argv[3:]]) == 0
     said = capsys.readouterr().out
-    assert re.search(r"\d+ notes? released when held too long \(--max_note_seconds\)", said)
+    assert re.search(r"\d+ notes? released when held too long, notes held at least 0.05 s", said)
     written = pretty_midi.PrettyMIDI(str(tmp_path / "out.mid")).instruments[0].notes
     assert max(note.end - note.start for note in written) < 0.2 + 1.0
-
-
-def test_a_floor_at_or_above_a_stored_hold_limit_is_refused():
-    limits = [3.0] * OCTAVES
-    limits[4] = 0.5
-    options = MusicGenerate(min_note_seconds=0.6)
-    with pytest.raises(ValueError, match="octave 4's notes would be held at least 0.6 s"):
-        prepare([389, 60], options, {"max_new_tokens": 10}, limits, None)
-    # a floor equal to the limit is consistent: such notes last exactly that long
-    _, settings = prepare(
-        [389, 60], MusicGenerate(min_note_seconds=0.5), {"max_new_tokens": 10}, limits, None
-    )
-    assert settings["processor"]([389, 60]).floors[60] == 50
 
 
 def test_a_banned_releases_probability_goes_to_the_releases_allowed():

@@ -123,7 +123,7 @@ def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):
     assert code == 0
     said = capsys.readouterr().out
     assert "3.0 s of prompt" in said
-    assert re.search(r"\d+ notes? released when held too long \(the training data's limits", said)
+    assert re.search(r"rules all: .*\d+ notes? released when held too long, notes held", said)
     assert float(re.search(r"\+ ([\d.]+) s generated", said).group(1)) >= 4.0
     given = notes_from_pretty_midi(pretty_midi.PrettyMIDI(str(prompt)))
     made = notes_from_pretty_midi(pretty_midi.PrettyMIDI(str(out)))

@@ -336,6 +336,10 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
         )
         again = request(server.url + "/generate", body, kind)[1]  # seeded: the same music
         assert again["files"]["output"]["base64"] == answer["files"]["output"]["base64"]
+        assert "rules all" in answer["lines"][0]
+        alone = {**json.loads(options), "rules": "valid"}  # the model alone on note lengths
+        valid = multipart({"file": ("song.mid", song.read_bytes()), "options": json.dumps(alone)})
+        assert "rules valid" in request(server.url + "/generate", *valid)[1]["lines"][0]
         # uploads at once are decoded together, each what it is alone
         worker, rows = server.app.state.served.worker, []
         step = worker.batch.step
@@ -367,6 +371,11 @@ def test_music_upload_returns_midi_and_piano_roll(tmp_path):
                 {"file": ("s.mid", song.read_bytes()), "options": '{"seconds": -1}'},
                 422,
                 "options.seconds",
+            ),
+            (
+                {"file": ("s.mid", song.read_bytes()), "options": '{"rules": "none"}'},
+                422,
+                "options.rules",
             ),
             (
                 {"file": ("s.mid", song.read_bytes()), "options": '{"piano_roll": "/etc/x"}'},

@@ -30,7 +30,7 @@ from seqgen_tasks.music.events import (
     event_steps,
     time_shifts,
 )
-from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock, note_rules, released_notes
+from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock, released_notes, rule_processor
 from seqgen_tasks.music.statistics import failures, overlap
 
 
@@ -89,10 +89,7 @@ def continuations(
     seed: int = 0,
     bootstrap_samples: int = 200,
     failure_limits: dict[str, float] | None = None,
-    release_sounding_only: bool = True,
-    release_long_notes: bool = True,
-    hold_short_notes: bool = True,
-    keep_release_rate: bool = True,
+    rules: str = "all",
     **options,
 ) -> dict[str, Any]:
     """Continue each performance long enough for `prompt_seconds + seconds` and compare.
@@ -100,13 +97,7 @@ def continuations(
     Args:
         generator: a loaded music checkpoint.
         failure_limits: the thresholds of `failures` (default: its own).
-        release_sounding_only: sample NOTE_OFF only for sounding notes (`MusicGenerate`).
-        release_long_notes: release notes held past the checkpoint's hold limits
-            (`MusicGenerate`), as `seqgen generate` does.
-        hold_short_notes: keep notes sounding at least the checkpoint's shortest holds
-            (`MusicGenerate`), as `seqgen generate` does.
-        keep_release_rate: a banned release's probability goes to the allowed ones
-            (`MusicGenerate`), as `seqgen generate` does.
+        rules: `valid` or `all`, as `seqgen generate --rules` (`MusicGenerate.rules`).
         options: generation settings (temperature, top_p, ...).
     """
     begin = round(prompt_seconds * STEPS_PER_SECOND)
@@ -130,8 +121,9 @@ def continuations(
         progress.set(played_steps / STEPS_PER_SECOND)
 
     clock = Clock(end - begin, on_time=moved_on)
-    limits = generator.task.hold_limits if release_long_notes else None
-    floors = generator.task.shortest_holds if hold_short_notes else None
+    limits, floors = (generator.task.hold_limits, generator.task.shortest_holds)
+    if rules == "valid":
+        limits = floors = None
     new = generator.continue_ids(
         prompts,
         **{
@@ -140,7 +132,7 @@ def continuations(
             "min_new_tokens": most,
             "seed": seed,
             "stop_fn": clock,
-            "processor": note_rules(release_sounding_only, limits, floors, keep_release_rate),
+            "processor": rule_processor(rules, limits, floors),
         },
     )
     progress.finish()  # a row that ran out of events stops short of its seconds
@@ -189,10 +181,9 @@ def continuations(
         },
         "nll_per_event_real": nats / max(scored, 1),
         "events_generated": sum(map(len, new)),
-        "release_sounding_only": release_sounding_only,
+        "rules": rules,
         "hold_limits": limits,
         "shortest_holds": floors,
-        "keep_release_rate": keep_release_rate,
         "released_when_held_too_long": sum(
             released_notes(p, n, limits) for p, n in zip(prompts, new, strict=True)
         ),

@@ -18,7 +18,7 @@ from seqgen.tables import markdown_table
 from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import Notes
-from seqgen_tasks.music.generate import seconds_span
+from seqgen_tasks.music.generate import Rules, check_rules, seconds_span
 from seqgen_tasks.music.statistics import failures, overlap
 
 
@@ -56,17 +56,9 @@ class MusicEval(DecodingEval):
     """Seconds of each performance given as the prompt (with continue_seconds)."""
     bootstrap_samples: int = 200
     """Resamples of the performances for the continuations' 95% intervals."""
-    release_sounding_only: bool = True
-    """Continuations sample NOTE_OFF only for sounding notes, as `seqgen generate` does."""
-    release_long_notes: bool = True
-    """Continuations release notes held past the checkpoint's hold limits, as `seqgen
-    generate` does (false: the model alone decides)."""
-    hold_short_notes: bool = True
-    """Continuations keep notes sounding at least the checkpoint's shortest holds, as
-    `seqgen generate` does (false: the model alone decides)."""
-    keep_release_rate: bool = True
-    """Continuations give a banned release's probability to the allowed releases, as
-    `seqgen generate` does (false: to every event)."""
+    rules: Rules = "all"
+    """How continuations keep the notes playable, as `seqgen generate --rules` does: `valid`
+    releases only sounding notes; `all` also applies the checkpoint's note-length limits."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,6 +70,7 @@ class MusicEval(DecodingEval):
             )
         if self.bootstrap_samples < 1:
             raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
+        check_rules(self.rules)
         if min(self.long_note_seconds, self.short_note_seconds, self.silence_seconds) <= 0 or (
             self.crowded_notes < 1
         ):
@@ -186,10 +179,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
                 args.seed,
                 args.bootstrap_samples,
                 args.failure_limits(),
-                args.release_sounding_only,
-                args.release_long_notes,
-                args.hold_short_notes,
-                args.keep_release_rate,
+                args.rules,
                 **args.generation_options(),
             )
             report["continuation"] = found

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -41,6 +41,13 @@ EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck 
 OCTAVES = 11  # pitch // 12 of the 128 MIDI pitches
 VOCAB = NUM_EVENTS + len(BUILTIN_SPECIALS)
 RELEASES = list(range(NOTE_OFF, NOTE_OFF + 128))
+Rules = Literal["valid", "all"]
+RULES: tuple[str, ...] = get_args(Rules)
+
+
+def check_rules(rules: str) -> None:
+    if rules not in RULES:
+        raise ValueError(f"rules must be one of {', '.join(RULES)}, got {rules!r}")
 
 
 @dataclass(kw_only=True)
@@ -53,34 +60,17 @@ class MusicGenerate:
     seconds: float | None = None
     """Seconds of music to add; generation runs until then, with up to 200 events per second
     asked or max_new_tokens, whichever is more (default: max_new_tokens events)."""
-    release_long_notes: bool = True
-    """Release a note once it has sounded longer than 96% of the training notes of its
-    octave did (the checkpoint stores these limits; the output says how many notes were
-    released so). After 10 min on POP909 it cut the continuations' notes over 4 s from 3.6%
-    to 0.5% (real: 0.8%); false lets the model alone decide."""
-    max_note_seconds: float | None = None
-    """Release every note that has sounded this long instead (seconds, any pitch)."""
-    hold_short_notes: bool = True
-    """Keep a note sounding until it has sounded as long as 99% of the training notes of its
-    octave did (the checkpoint stores these floors; POP909: 0.03-0.09 s): a release sampled
-    sooner is not allowed. After 10 min on POP909, 6.5% of the continuations' notes lasted
-    under 50 ms (real: 0.4%), clicks rather than notes; the floors cut that to 0.24% and
-    raised the note-duration overlap from 0.85 to 0.88 (at some cost in inter-onset
-    overlap: see docs/music.md). false lets the model alone decide."""
-    min_note_seconds: float | None = None
-    """Keep every note sounding at least this long instead (seconds, any pitch)."""
-    release_sounding_only: bool = True
-    """Sample NOTE_OFF only for notes that are sounding. A release of a note that is not
-    sounding is ignored when decoding, so the note meant stays held: after 10 min on
-    POP909, 40% of a model's releases were of pitches not sounding (most an octave or a
-    semitone from one that was). false samples every event freely."""
-    keep_release_rate: bool = True
-    """When a rule above bans a release, the probability the model gave it goes to the
-    releases allowed (of the sounding notes, in the model's proportions), so the model still
-    decides how often notes end and the rules only decide which. After 10 min, mean of 3
-    seeds: ASAP's note-duration overlap 0.72 -> 0.82, polyphony 0.80 -> 0.94, velocity
-    0.82 -> 0.77; POP909's polyphony 0.82 -> 0.89, duration 0.90 -> 0.89 (see docs/music.md).
-    false spreads it over every event, as renormalising does."""
+    rules: Rules = "all"
+    """How generation keeps the notes playable. `valid`: a note is released only while it
+    sounds (a release of a silent pitch would be ignored when decoding, leaving the note
+    meant held: after 10 min on POP909, 40% of a model's releases were such), the model's
+    probabilities renormalised over the rest. `all` (default) also releases a note once it
+    has sounded longer than 96% of the training notes of its octave did, holds one at least
+    as long as 99% of them did (the checkpoint stores both), and gives a banned release's
+    probability to the releases allowed, so the model still decides how often notes end.
+    On unseen ASAP pieces, all against none of the length rules: note-duration overlap
+    0.853 against 0.735, time with more than 10 notes sounding 21.5% against 57% (real:
+    7.2%); the ablation is in docs/music.md."""
     piano_roll: str | None = None
     """Write a piano roll of prompt and continuation here (.png)."""
     wav: str | None = None
@@ -93,17 +83,11 @@ class MusicGenerate:
     TimGM6mb)."""
 
     def __post_init__(self) -> None:
-        for name in ("prompt_seconds", "seconds", "max_note_seconds", "min_note_seconds"):
+        for name in ("prompt_seconds", "seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if None not in (self.min_note_seconds, self.max_note_seconds) and (
-            self.min_note_seconds > self.max_note_seconds
-        ):
-            raise ValueError(
-                f"min_note_seconds ({self.min_note_seconds}) must not exceed "
-                f"max_note_seconds ({self.max_note_seconds})"
-            )
+        check_rules(self.rules)
         if not 8000 <= self.sample_rate <= 96_000:  # what FluidSynth renders
             raise ValueError(f"sample_rate must be 8000-96000 Hz, got {self.sample_rate}")
         check_writable(self.piano_roll, "piano_roll")
@@ -260,22 +244,15 @@ def released_notes(ids: list[int], new: list[int], limits: list[float] | None) -
     return rules.released
 
 
-def note_rules(
-    sounding_only: bool,
-    limits: list[float] | None,
-    floors: list[float] | None = None,
-    keep_release_rate: bool = True,
-) -> Callable[[list[int]], NoteRules] | None:
-    """The engine's processor for these rules (None when there are none)."""
-    if not sounding_only and limits is None and floors is None:
-        return None
-    return partial(
-        NoteRules,
-        sounding_only=sounding_only,
-        limits=limits,
-        floors=floors,
-        keep_release_rate=keep_release_rate,
-    )
+def rule_processor(
+    rules: str, limits: list[float] | None, floors: list[float] | None
+) -> Callable[[list[int]], NoteRules]:
+    """The engine's processor for `rules` (`MusicGenerate.rules`), with the checkpoint's
+    hold `limits` and shortest holds (`floors`) for `all`."""
+    check_rules(rules)
+    if rules == "valid":
+        return partial(NoteRules, sounding_only=True, keep_release_rate=False)
+    return partial(NoteRules, limits=limits, floors=floors, keep_release_rate=True)
 
 
 class Clock:
@@ -312,21 +289,6 @@ def check_fluidsynth() -> None:
         ) from None
 
 
-def chosen_limits(options: MusicGenerate, stored: list[float] | None) -> list[float] | None:
-    """The hold limits (seconds per octave) that `options` ask for, given the checkpoint's."""
-    if options.max_note_seconds is not None:
-        return [options.max_note_seconds] * OCTAVES
-    return stored if options.release_long_notes else None
-
-
-def chosen_floors(options: MusicGenerate, stored: list[float] | None) -> list[float] | None:
-    """The shortest holds (seconds per octave) that `options` ask for, given the
-    checkpoint's."""
-    if options.min_note_seconds is not None:
-        return [options.min_note_seconds] * OCTAVES
-    return stored if options.hold_short_notes else None
-
-
 def prepare(
     ids: list[int],
     options: MusicGenerate,
@@ -336,8 +298,8 @@ def prepare(
 ) -> tuple[list[int], dict[str, Any]]:
     """The prompt cut to `prompt_seconds`, and a length in seconds or events: the piece may
     not end before the length asked for (end-of-sequence is never sampled). The notes are
-    ruled by `NoteRules`, with the checkpoint's `stored_limits` and `stored_floors` unless
-    options say else."""
+    ruled by `NoteRules` as `options.rules` say, with the checkpoint's `stored_limits` and
+    `stored_floors`."""
     if options.wav:
         check_fluidsynth()  # before generating: never fail after the work is done
     events = np.asarray(ids[1:], dtype=np.int64)  # after <bos>
@@ -350,19 +312,7 @@ def prepare(
     if options.seconds is not None:
         limit = max(limit, round(options.seconds * EVENTS_PER_SECOND_CAP))
         extra["stop_fn"] = Clock(round(options.seconds * STEPS_PER_SECOND))
-    limits, floors = chosen_limits(options, stored_limits), chosen_floors(options, stored_floors)
-    clash = [o for o in range(OCTAVES) if floors[o] > limits[o]] if limits and floors else []
-    if clash:
-        o = clash[0]
-        raise ValueError(
-            f"octave {o}'s notes would be held at least {floors[o]:g} s but "
-            f"released at {limits[o]:g} s: a shortest hold may not exceed the "
-            "hold limit (set min_note_seconds lower, max_note_seconds higher, "
-            "or hold_short_notes false)"
-        )
-    rules = note_rules(options.release_sounding_only, limits, floors, options.keep_release_rate)
-    if rules is not None:
-        extra["processor"] = rules
+    extra["processor"] = rule_processor(options.rules, stored_limits, stored_floors)
     return [ids[0], *events.tolist()], {**extra, "max_new_tokens": limit, "min_new_tokens": limit}
 
 
@@ -412,42 +362,17 @@ def rules_said(
     stored_floors: list[float] | None,
 ) -> str:
     """What the note rules did to `new`, for the output line."""
-    said = ""
-    if options.release_sounding_only:
-        said += "; releases only of sounding notes (--release_sounding_only false: any)"
-    limits = chosen_limits(options, stored_limits)
-    if limits is not None:
-        source = (
-            "--max_note_seconds"
-            if options.max_note_seconds is not None
-            else "the training data's limits; --release_long_notes false: none"
-        )
-        count = released_notes(ids, new, limits)
-        said += f"; {count} note{'' if count == 1 else 's'} released when held too long ({source})"
-    elif options.release_long_notes:
-        said += (
-            "; no hold limits in this checkpoint (trained before they were stored): "
-            "--max_note_seconds sets one"
-        )
-    floors = chosen_floors(options, stored_floors)
-    if floors is not None:
-        source = (
-            "--min_note_seconds"
-            if options.min_note_seconds is not None
-            else "the training data's; --hold_short_notes false: none"
-        )
-        said += f"; notes held at least {seconds_span(floors)} s ({source})"
-    elif options.hold_short_notes:
-        said += (
-            "; no shortest holds in this checkpoint (trained before they were stored): "
-            "--min_note_seconds sets one"
-        )
-    if said and options.keep_release_rate:
-        said += (
-            "; a banned release's probability goes to the allowed ones "
-            "(--keep_release_rate false: to every event)"
-        )
-    return said
+    if options.rules == "valid":
+        return "; rules valid: releases only of sounding notes"
+    said = "; rules all: releases only of sounding notes"
+    if stored_limits is not None:
+        count = released_notes(ids, new, stored_limits)
+        said += f", {count} note{'' if count == 1 else 's'} released when held too long"
+    if stored_floors is not None:
+        said += f", notes held at least {seconds_span(stored_floors)} s"
+    if stored_limits is None or stored_floors is None:
+        said += ", no note-length limits stored in this checkpoint (trained before them)"
+    return said + " (--rules valid: the model alone decides)"
 
 
 def seconds_span(seconds: list[float]) -> str:
