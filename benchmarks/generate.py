@@ -1,6 +1,7 @@
 """Decoding speed of a randomly initialised gpt2-shaped model (124M), side by side:
 seqgen (KV cache) vs Hugging Face `generate` on the same weights, vs a no-cache loop,
-bf16 vs fp32, batch 8 vs batch 1, and the fraction of the memory-bandwidth bound.
+bf16 vs fp32, int8 weights vs fp32, batch 8 vs batch 1, and the fraction of the
+memory-bandwidth bound.
 
     python -m benchmarks.generate --report runs/bench/generate.json
 
@@ -11,6 +12,13 @@ Each figure is the median of `--repeats` timed runs after
 one warm-up run. The no-cache loop at 512 new tokens would take many minutes, so it is timed
 at `--no_cache_samples` context lengths spread over the run and integrated (trapezoid rule);
 `--exact_no_cache` times the whole loop instead. `--model` picks another preset's shape.
+
+The int8 rows quantize the same weights as `--quantize int8` does (seqgen/quantize.py: the
+kernel timed fastest here at load), timed in turns with the fp32 model (batch 1 and batch
+`--batch`), which the speedups compare; their bandwidth fraction counts the bytes a token
+reads (int8 weights, their scales, the fp32 biases and norms). With `--bpb_ckpt CKPT --bpb_text
+FILE`, `int8_bpb_delta` is the relative change in bits per byte of that checkpoint on that
+held-out text (`seqgen evaluate --quantize int8` against fp32).
 
 The many-prompts rows decode `--many_prompts` prompts of mixed lengths (8-48 ids), each with its
 own budget of 4-64 new ids, greedy, fp32, `--batch` prompts at a time: batches one after another
@@ -29,22 +37,27 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from benchmarks.common import parse_args, write_report
+from seqgen.cli import main as seqgen_main
 from seqgen.config import PRESETS, ModelConfig
-from seqgen.cpu import pack_linears
+from seqgen.cpu import pack_linears, seconds_in_turns
 from seqgen.generation.engine import generate
 from seqgen.inference import consensus
 from seqgen.interop.hf import hf_config, to_hf_state_dict
 from seqgen.model import GPT
+from seqgen.quantize import quantize_int8
 from seqgen_tasks.summarization.rouge import RougeSimilarity
 
 MBR_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, block_size=768, vocab_size=4000)  # WikiSum's
@@ -211,6 +224,22 @@ def transformers_rows(
     }
 
 
+def int8_bpb_delta(ckpt: str | None, text: str | None) -> float | None:
+    """The relative change in bits per byte of the text checkpoint `ckpt` on `text` with int8
+    weights (None without them)."""
+    if not (ckpt and text):
+        return None
+    found = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for quantize in ("none", "int8"):
+            report = f"{tmp}/{quantize}.json"
+            argv = ["evaluate", "--ckpt", ckpt, "--data", text, "--quantize", quantize]
+            if seqgen_main([*argv, "--report", report]) != 0:
+                raise SystemExit(f"seqgen evaluate --ckpt {ckpt} --data {text} failed")
+            found[quantize] = json.loads(Path(report).read_text())["bits_per_byte"]
+    return (found["int8"] - found["none"]) / found["none"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2", choices=sorted(PRESETS), help="model shape")
@@ -238,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--mbr_prompt_tokens", type=int, default=384)
     parser.add_argument("--mbr_new_tokens", type=int, default=256)
+    parser.add_argument("--bpb_ckpt", help="a text checkpoint for int8_bpb_delta")
+    parser.add_argument("--bpb_text", help="held-out text for int8_bpb_delta")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--report", help="write the results as JSON here")
@@ -285,6 +316,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows[f"seqgen fp32, KV cache, batch {args.batch}"] = (
         args.batch * n / timed(lambda: ours(batch=args.batch), args.repeats)
     )
+    int8 = copy.deepcopy(plain)
+    int8_kernel = quantize_int8(int8)
+    int8_bytes = sum(
+        t.numel() * t.element_size()
+        for name, t in int8.state_dict().items()
+        if not name.startswith(("transformer.wte", "transformer.wpe"))  # a row per token
+    )
+    # int8 against fp32 in turns: this machine's speed drifts over a run by more than the gap
+    paired = {
+        f"{kind}, batch {batch}": partial(ours, m=weights, batch=batch)
+        for batch in (1, args.batch)
+        for kind, weights in (("fp32", model), ("int8", int8))
+    }
+    in_turns = seconds_in_turns(paired, args.repeats)
+    seconds = {name: statistics.median(times) for name, times in in_turns.items()}
+    rows["seqgen int8 weights, KV cache"] = n / seconds["int8, batch 1"]
+    rows[f"seqgen int8 weights, KV cache, batch {args.batch}"] = (
+        args.batch * n / seconds[f"int8, batch {args.batch}"]
+    )
+    del int8
     beam_prompts = [
         torch.randint(0, model.config.vocab_size, (4 + (7 * i) % 37,)).tolist()
         for i in range(args.beam_prompts)
@@ -336,6 +387,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speedup_bf16_vs_fp32": rows["seqgen bf16, KV cache"] / rows["seqgen fp32, KV cache"],
         "bandwidth_fraction": weight_bytes * rows["seqgen fp32, KV cache"] / bandwidth,
         "bandwidth_fraction_bf16": weight_bytes / 2 * rows["seqgen bf16, KV cache"] / bandwidth,
+        "int8_tokens_per_second": rows["seqgen int8 weights, KV cache"],
+        "int8_speedup_vs_fp32": seconds["fp32, batch 1"] / seconds["int8, batch 1"],
+        "int8_batch_speedup_vs_fp32": seconds[f"fp32, batch {args.batch}"]
+        / seconds[f"int8, batch {args.batch}"],
+        "int8_bandwidth_fraction": int8_bytes * rows["seqgen int8 weights, KV cache"] / bandwidth,
+        "int8_bpb_delta": int8_bpb_delta(args.bpb_ckpt, args.bpb_text),
+        "int8_kernel": int8_kernel,
+        "int8_weight_bytes": int8_bytes,
         "continuous_batching_speedup": many["batches"] / many["continuous"],
         "batch_tokens_per_second": rows[batch_row],
         "packed": chosen,
@@ -358,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; fp32 weights {weight_bytes / 1e6:.0f} MB; "
         f"bandwidth bound {bandwidth / weight_bytes:.1f} tokens/s; "
         f"seqgen reaches {report['bandwidth_fraction']:.0%} of it; bf16: "
-        f"{report['bandwidth_fraction_bf16']:.0%} of its own (half the bytes)"
+        f"{report['bandwidth_fraction_bf16']:.0%} of its own (half the bytes); int8 "
+        f"({int8_kernel} kernel, {int8_bytes / 1e6:.0f} MB a token): "
+        f"{report['int8_bandwidth_fraction']:.0%} of its own"
     )
     print(
         f"MBR, {args.mbr_prompts} prompts x 16 samples: one prompt at a time "
@@ -371,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speedup_vs_hf_batch8",
         "speedup_vs_no_cache",
         "speedup_bf16_vs_fp32",
+        "int8_speedup_vs_fp32",
+        "int8_batch_speedup_vs_fp32",
+        "int8_bpb_delta",
         "beam_batched_speedup",
         "continuous_batching_speedup",
         "mbr_speedup",

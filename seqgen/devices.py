@@ -1,5 +1,5 @@
-"""Where a command runs a model: `--device auto|cpu|cuda|cuda:N|mps` and `--precision`, the
-same for `generate`, `evaluate`, `serve`, `attention` and `seqgen.load`.
+"""How a command runs a model: `--device auto|cpu|cuda|cuda:N|mps`, `--precision` and
+`--quantize`, the same for `generate`, `evaluate`, `serve`, `attention` and `seqgen.load`.
 
 No `from __future__ import annotations` here: the options' types must be objects, not
 strings, for the parsers of the commands' configs in other modules that inherit them."""
@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # --help must not load torch
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 Precision = Literal["auto", "32", "bf16"]
+Quantize = Literal["none", "int8"]
 
 
 @dataclass(kw_only=True)
@@ -26,9 +27,18 @@ class DeviceOptions:
     precision: Precision = "auto"
     """Precision of the weights: auto is bf16 on a GPU that has it and 32 elsewhere; bf16 is
     also faster on a CPU that multiplies bf16 in hardware (AMX, AVX512-BF16)."""
+    quantize: Quantize = "none"
+    """int8: the Linear weights as int8, one scale per output channel (the activations stay
+    in `precision`): a quarter of fp32's bytes to read per token. Faster for a large model
+    decoding one row at a time (GPT-2 124M: 1.6x on an Intel Xeon); slower for batches and
+    small models (docs/generation.md)."""
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
+
+    def load_options(self) -> dict[str, str]:
+        """The keyword arguments of `seqgen.load` that these options set."""
+        return {"device": self.device, "precision": self.precision, "quantize": self.quantize}
 
 
 def check_device_name(name: str) -> None:

@@ -12,11 +12,12 @@ import torch
 from seqgen import checkpoint
 from seqgen.config import ModelConfig
 from seqgen.cpu import pack_linears
-from seqgen.devices import Precision, inference_precision, resolve_device
+from seqgen.devices import Precision, Quantize, inference_precision, resolve_device
 from seqgen.errors import CheckpointError
 from seqgen.generation.batch import Batch, Request, random_streams
 from seqgen.generation.engine import checked_settings, generate, stream
 from seqgen.generation.text import cut_at_stop, stop_check, text_pieces
+from seqgen.quantize import QUANTIZATIONS, quantize_int8
 from seqgen.registry import task_class
 from seqgen.state import size_of
 from seqgen.tasks import Similarity, Task, pairwise
@@ -40,11 +41,18 @@ class Generator:
         loaded: checkpoint.Checkpoint,
         precision: Literal["32", "bf16"] = "32",
         pack: bool = True,
+        quantize: Quantize = "none",
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if quantize not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}"
+            )
         self.model = loaded.model.to(PRECISIONS[precision])
         self.device = next(self.model.parameters()).device
+        # the int8 kernel this machine runs fastest (seqgen.quantize), or None
+        self.int8_kernel = quantize_int8(self.model) if quantize == "int8" else None
         self.packed = pack and pack_linears(self.model)
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
         self.task = checkpoint_task(self.meta)
@@ -295,10 +303,11 @@ def load(
     precision: Precision = "auto",
     device: str = "auto",
     pack: bool = True,
+    quantize: Quantize = "none",
 ) -> Generator:
     """Load a checkpoint (or a run directory's final/) for generation on `device` (auto: the
     GPU where there is one; see `seqgen.devices`), in `precision` (auto: bf16 on a GPU that
-    has it, else 32)."""
+    has it, else 32), with `quantize` int8 its Linear weights as int8 (`seqgen.quantize`)."""
     placed = resolve_device(device)
     loaded = checkpoint.load(path, task=task, map_location=str(placed))
-    return Generator(loaded, inference_precision(precision, placed), pack)
+    return Generator(loaded, inference_precision(precision, placed), pack, quantize)

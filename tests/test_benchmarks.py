@@ -327,7 +327,7 @@ def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
 
 
 @pytest.mark.slow
-def test_generate(tmp_path, capsys):
+def test_generate(tmp_path, capsys, text_ckpt, corpus_file):
     out = tmp_path / "generate.json"
     assert (
         generate.main(
@@ -358,6 +358,10 @@ def test_generate(tmp_path, capsys):
                 "12",
                 "--many_prompts",
                 "5",
+                "--bpb_ckpt",
+                str(text_ckpt),
+                "--bpb_text",
+                str(corpus_file),
                 "--report",
                 str(out),
             ]
@@ -369,7 +373,10 @@ def test_generate(tmp_path, capsys):
     assert report["bandwidth_fraction_bf16"] > 0 and report["continuous_batching_speedup"] > 0
     assert report["beam_batched_speedup"] > 0
     assert report["mbr_speedup"] > 0 and report["mbr_consensus_speedup"] > 0
-    assert "seqgen fp32, KV cache" in capsys.readouterr().out
+    assert report["int8_kernel"] in ("fused", "int8pack", "dequantized")
+    assert report["int8_speedup_vs_fp32"] > 0 and report["int8_bandwidth_fraction"] > 0
+    assert abs(report["int8_bpb_delta"]) < 0.01  # int8 weights barely move a model's loss
+    assert "seqgen int8 weights, KV cache" in capsys.readouterr().out
 
 
 def test_flags_are_spelled_as_seqgen_spells_them():

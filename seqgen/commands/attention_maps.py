@@ -86,7 +86,7 @@ def draw(config: AttentionConfig) -> list[tuple[int, int]]:
 
     from seqgen.inference import load
 
-    generator = load(config.ckpt, pack=False, precision=config.precision, device=config.device)
+    generator = load(config.ckpt, pack=False, **config.load_options())
     model, task, tokenizer = generator.model, generator.task, generator.tokenizer
     chosen = panels(config, model.config.n_layer, model.config.n_head)
     ids = sequence(config, generator)

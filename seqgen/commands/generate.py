@@ -74,9 +74,7 @@ def run(config: GenerateConfig, file_options: Any = None) -> None:
     from seqgen.inference import load
     from seqgen.tasks import GeneratesFiles, HasMBR
 
-    generator = load(
-        config.ckpt, task=config.task, precision=config.precision, device=config.device
-    )
+    generator = load(config.ckpt, task=config.task, **config.load_options())
     task = generator.task
     prompt: Any = config.prompt
     if config.prompt_file:

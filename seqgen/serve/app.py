@@ -90,7 +90,7 @@ class Served:
                 from seqgen.inference import load
 
                 config = self.config
-                generator = load(config.ckpt, precision=config.precision, device=config.device)
+                generator = load(config.ckpt, **config.load_options())
             self.extras = available_extras(generator)
             self.worker = Worker(
                 generator,

@@ -162,7 +162,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
     if args.ckpt:
         from seqgen.inference import load
 
-        generator = load(args.ckpt, task="music", precision=args.precision, device=args.device)
+        generator = load(args.ckpt, task="music", **args.load_options())
         performances, found = corpus(args.data, args, args.split)
         performances = performances[: args.limit]
         report["likelihood"] = likelihood(args, generator, performances, found)

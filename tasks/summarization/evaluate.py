@@ -103,7 +103,7 @@ def read_predictions(path: Path, field: str, ids: list[str]) -> list[str]:
 def summarize(args: SummarizationEval, examples: list[dict]) -> tuple[list[str], float]:
     from seqgen.inference import load
 
-    generator = load(args.ckpt, task="summarization", precision=args.precision, device=args.device)
+    generator = load(args.ckpt, task="summarization", **args.load_options())
     documents = [{"document": e["document"], "title": e["title"]} for e in examples]
     settings = dict(args.generation_options(), seed=args.seed, batch_size=args.batch_size)
     started = time.perf_counter()

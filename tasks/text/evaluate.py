@@ -36,7 +36,7 @@ class TextEval(EvalConfig):
 def evaluate(config: TextEval) -> dict[str, Any]:
     from seqgen.inference import load
 
-    generator = load(config.ckpt, task="text", precision=config.precision, device=config.device)
+    generator = load(config.ckpt, task="text", **config.load_options())
     model, tokenizer = generator.model, generator.tokenizer
     docs, _ = read_documents(config.data, TextData(text_field=config.text_field), config.split)
     ids = tokenize_documents(docs, tokenizer)

@@ -117,9 +117,7 @@ class TranslationEval(DecodingEval):
 def translate(config: TranslationEval, sources: list[str]) -> list[str]:
     from seqgen.inference import load
 
-    generator = load(
-        config.ckpt, task="translation", precision=config.precision, device=config.device
-    )
+    generator = load(config.ckpt, task="translation", **config.load_options())
     options = config.generation_options()
     longest = options.pop("max_new_tokens")
 

@@ -1,0 +1,161 @@
+"""Weight-only int8 for inference (`--quantize int8`): each Linear's weight, the tied output
+head's too, as int8 with one scale per output channel; the activations stay fp32 or bf16.
+
+Decoding one token reads every weight once, so a quarter of fp32's bytes could make it up to
+4x faster. PyTorch's own CPU kernel for this (`aten._weight_int8pack_mm`, which gpt-fast and
+torchao use) ran 3x *slower* than fp32 on an Intel Xeon with AMX; a product that converts the
+int8 weights inside the reduction, compiled by TorchInductor, ran faster. Which one wins
+depends on the CPU, so `quantize_int8` times the candidates on the model's own shapes when it
+loads and keeps the fastest. Inputs of many rows (a prompt's prefill, evaluation windows)
+are compute-bound: there the weights are converted back and multiplied by the usual kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqgen.cpu import TIMED_CALLS, seconds_in_turns
+
+log = logging.getLogger("seqgen")
+FEW_ROWS = 16  # inputs of at most this many rows take the timed int8 kernel
+QUANTIZATIONS = ("none", "int8")
+KERNELS = ("fused", "int8pack", "dequantized")  # the candidates, in the order they are tried
+
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N). Written as a product and
+    a sum, weights outermost, so that the compiler fuses the conversion into the reduction and
+    reads each weight row once for all R rows (the (N, R, K) product is never formed)."""
+    products = weight.float().unsqueeze(1) * x.float()  # (N, R, K)
+    return (products.sum(-1) * scale.float()[:, None]).t().to(x.dtype)
+
+
+def _int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scale.to(x.dtype))
+
+
+def _dequantized(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
+
+
+_compiled: dict[str, Kernel] = {}
+
+
+def fused_kernel() -> Kernel:
+    """`_fused` compiled by TorchInductor (once per process; each weight shape compiles at its
+    first call, cached on disk for the next process), with the row count left symbolic."""
+    if "fused" not in _compiled:
+        _compiled["fused"] = torch.compile(_fused, dynamic=True)
+    return _compiled["fused"]
+
+
+class Int8Linear(nn.Module):
+    """An nn.Linear for inference with its weight as int8, one scale per output channel
+    (symmetric: the channel's largest magnitude maps to 127). Inputs of up to FEW_ROWS rows
+    use `kernel`; larger ones convert the weight back and use the usual product."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: Kernel) -> None:
+        super().__init__()
+        weight = weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+        self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)  # (R, K)
+        if rows.size(0) <= FEW_ROWS:
+            y = self.kernel(rows, self.weight, self.scale)
+        else:
+            y = _dequantized(rows, self.weight, self.scale)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight as the product uses it: (N, K) float32."""
+        return self.weight.float() * self.scale[:, None]
+
+
+def candidate_kernels(device: torch.device, compiled: bool = True) -> dict[str, Kernel]:
+    """The int8 kernels that can run here: with `compiled`, the fused product where
+    TorchInductor can build it (on a CPU it needs a C++ compiler; the first build costs about
+    20 s, cached on disk for later processes); PyTorch's int8 kernel; and converting the
+    weight back, which always works."""
+    found: dict[str, Kernel] = {}
+    probe = (torch.randn(2, 64, device=device), torch.ones(32, 64, dtype=torch.int8, device=device))
+    try:
+        if compiled:
+            with torch.inference_mode():  # as decoding calls it: one compiled entry to check
+                fused_kernel()(*probe, torch.ones(32, device=device))
+            found["fused"] = fused_kernel()
+    except Exception as err:  # no compiler, or none for this device: the others still work
+        log.info("quantize int8: no compiled kernel here (%s: %s)", type(err).__name__, err)
+    try:
+        _int8pack(*probe, torch.ones(32, device=device))
+        found["int8pack"] = _int8pack
+    except (RuntimeError, NotImplementedError):
+        pass
+    found["dequantized"] = _dequantized
+    return found
+
+
+def fastest_kernel(layers: list[Int8Linear], dtype: torch.dtype) -> tuple[str, Kernel]:
+    """The kernel (its name, itself) that runs a decoding step's products (`layers`: one block's
+    Linears and the head) fastest on this machine at one row, timed in turns."""
+    device = layers[0].weight.device
+    kernels = candidate_kernels(device)
+    if len(kernels) == 1:
+        return next(iter(kernels.items()))
+    inputs = [torch.randn(1, layer.in_features, dtype=dtype, device=device) for layer in layers]
+
+    def step(kernel: Kernel) -> Callable[[], None]:
+        def run() -> None:
+            for layer, x in zip(layers, inputs, strict=True):
+                kernel(x, layer.weight, layer.scale)
+
+        return run
+
+    with torch.inference_mode():
+        times = seconds_in_turns({name: step(k) for name, k in kernels.items()}, TIMED_CALLS)
+    name = min(times, key=lambda name: statistics.median(times[name]))
+    return name, kernels[name]
+
+
+def quantize_int8(model: nn.Module, kernel: str | None = None) -> str:
+    """Replace every nn.Linear of `model` (in place; a tied head gets its own int8 copy, the
+    embedding stays as it was) by an Int8Linear using `kernel` (one of KERNELS), or by
+    default the one that `fastest_kernel` picks here; returns the kernel's name."""
+    parameter = next(model.parameters())
+    linears = [
+        (module, name, child)
+        for module in list(model.modules())
+        for name, child in list(module.named_children())
+        if isinstance(child, nn.Linear)
+    ]
+    if not linears:
+        raise ValueError("quantize int8: the model has no Linear layers")
+    layers = [Int8Linear(child.weight, child.bias, _dequantized) for _, _, child in linears]
+    if kernel is None:
+        sample = layers[:4] + layers[-1:]  # a block's c_attn, c_proj, c_fc, c_proj; the head
+        chosen, run = fastest_kernel(sample, parameter.dtype)
+    else:
+        found = candidate_kernels(parameter.device, compiled=kernel == "fused")
+        if kernel not in found:
+            raise ValueError(f"quantize int8: no {kernel} kernel here (found {', '.join(found)})")
+        chosen, run = kernel, found[kernel]
+    for (module, name, _), layer in zip(linears, layers, strict=True):
+        layer.kernel = run
+        setattr(module, name, layer)
+    log.info("quantize int8: %d Linear weights as int8 (%s kernel)", len(layers), chosen)
+    return chosen

@@ -1,0 +1,99 @@
+"""Weight-only int8 (`seqgen.quantize`, `--quantize int8`): the weights round-trip within half
+a quantization step, every kernel computes the product of the dequantized weight, a
+quantized model decodes with its KV cache as its full forward does and stays close to the
+fp32 model, and the commands take the option."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import reference_greedy
+
+import seqgen
+from seqgen.cli import main
+from seqgen.generation.engine import generate
+from seqgen.quantize import FEW_ROWS, KERNELS, Int8Linear, candidate_kernels, quantize_int8
+
+EAGER = candidate_kernels(torch.device("cpu"), compiled=False)
+# the compiled kernel costs its first use about 20 s: its tests are in the slow tier
+ALL_KERNELS = [pytest.param(n, marks=pytest.mark.slow) if n == "fused" else n for n in KERNELS]
+
+
+def linear(n_in: int = 48, n_out: int = 40) -> torch.nn.Linear:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        layer.weight[3] *= 50  # channels of very different ranges: each has its own scale
+        layer.weight[5] = 0  # and one with nothing in it
+    return layer
+
+
+def test_int8_weights_round_trip_within_half_a_step():
+    layer = linear()
+    quantized = Int8Linear(layer.weight, layer.bias, F.linear)
+    assert quantized.weight.dtype == torch.int8 and quantized.weight.abs().max() <= 127
+    error = (quantized.dequantized_weight() - layer.weight).abs()
+    assert (error <= quantized.scale[:, None] / 2 + 1e-7).all()
+    assert quantized.weight.abs().amax(dim=1)[3] == 127  # the channel's largest maps to 127
+    assert quantized.dequantized_weight()[5].abs().max() == 0
+
+
+@pytest.mark.parametrize("name", ALL_KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_kernel_is_the_product_of_the_dequantized_weight(name, dtype):
+    kernels = candidate_kernels(torch.device("cpu")) if name == "fused" else EAGER
+    if name not in kernels:
+        pytest.skip(f"no {name} kernel on this machine")
+    layer = linear()
+    quantized = Int8Linear(layer.weight, layer.bias, kernels[name]).to(dtype)
+    for shape in [(1, 48), (2, 3, 48), (FEW_ROWS + 1, 48)]:  # the last takes the many-row path
+        x = torch.randn(*shape).to(dtype)
+        expected = F.linear(x.float(), quantized.dequantized_weight(), layer.bias.detach())
+        found = quantized(x)
+        assert found.shape == (*shape[:-1], 40) and found.dtype == dtype
+        tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+        assert torch.allclose(found.float(), expected, rtol=tolerance, atol=tolerance), name
+
+
+@pytest.mark.parametrize("kernel", ["dequantized", "int8pack"])
+def test_a_quantized_model_decodes_as_its_full_forward_and_close_to_fp32(model, kernel):
+    if kernel not in EAGER:
+        pytest.skip(f"no {kernel} kernel in this torch")
+    quantized = copy.deepcopy(model)
+    assert quantize_int8(quantized, kernel) == kernel
+    linears = [m for m in quantized.modules() if isinstance(m, torch.nn.Linear)]
+    assert not linears and isinstance(quantized.lm_head, Int8Linear)
+    assert torch.equal(quantized.transformer.wte.weight, model.transformer.wte.weight)  # untied
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 1]])
+    with torch.no_grad():
+        before, after = model(ids), quantized(ids)
+    assert F.cosine_similarity(before.flatten(), after.flatten(), dim=0) > 0.999
+    prompt = [10, 11, 12]
+    assert generate(quantized, prompt, 20, temperature=0) == reference_greedy(quantized, prompt, 20)
+    assert generate(quantized, prompt, 20, temperature=0) == generate(
+        model, prompt, 20, temperature=0
+    )  # a model that has learned its sequences is not moved off them
+
+
+@pytest.mark.slow
+def test_the_commands_and_seqgen_load_take_quantize(text_ckpt, corpus_file, tmp_path, capsys):
+    with pytest.raises(ValueError, match="quantize must be one of none, int8, got 'int4'"):
+        seqgen.load(text_ckpt, quantize="int4")
+    generator = seqgen.load(text_ckpt, quantize="int8")
+    assert generator.int8_kernel in KERNELS
+    assert isinstance(generator.model.lm_head, Int8Linear)
+    assert seqgen.load(text_ckpt).int8_kernel is None
+    argv = ["generate", "--ckpt", str(text_ckpt), "--prompt", "the", "--max_new_tokens", "8"]
+    assert main([*argv, "--temperature", "0", "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main([*argv, "--quantize", "int4"]) == 2
+    assert "quantize" in capsys.readouterr().err
+    reports = {}
+    for quantize in ("none", "int8"):
+        report = tmp_path / f"{quantize}.json"
+        evaluate = ["evaluate", "--ckpt", str(text_ckpt), "--data", str(corpus_file)]
+        assert main([*evaluate, "--quantize", quantize, "--report", str(report)]) == 0
+        reports[quantize] = json.loads(report.read_text())["bits_per_byte"]
+    assert reports["int8"] == pytest.approx(reports["none"], rel=0.01)
