@@ -245,10 +245,12 @@ def upstream_fixtures() -> dict[str, dict[str, bytes]]:
         "asap-dataset-master/Unknown/Piece/X01.mid": midi("held out"),
     }
     csv = "canonical_composer,split,midi_filename\nA,train,2004/a.midi\nB,test,2006/b.midi\n"
+    csv += "C,validation,2008/c.midi\n"
     maestro = {
         "maestro-v3.0.0/maestro-v3.0.0.csv": csv.encode(),
         "maestro-v3.0.0/2004/a.midi": midi("a"),
         "maestro-v3.0.0/2006/b.midi": midi("b"),
+        "maestro-v3.0.0/2008/c.midi": midi("c"),
     }
     multi30k = {
         f"{split}.{lang}.gz": gzip.compress(f"{split} {lang} line\n".encode() * 3)
@@ -355,6 +357,7 @@ def test_asap_and_maestro_keep_their_splits(fixture_catalog, tmp_path):
     maestro = get("maestro", tmp_path, fixture_catalog)
     assert (maestro / "train" / "2004" / "a.midi").is_file()
     assert (maestro / "test" / "2006" / "b.midi").is_file()
+    assert (maestro / "validation" / "2008" / "c.midi").is_file()
     assert (maestro / "maestro-v3.0.0.csv").is_file()
 
 
