@@ -11,6 +11,7 @@ import pytest
 from helpers import flags, write_song
 
 from seqgen.cli import main
+from seqgen.errors import ConfigError
 from seqgen.tasks import Splits
 from seqgen_tasks.music.data import load_corpus
 from seqgen_tasks.music.events import (
@@ -296,15 +297,8 @@ def test_evaluation_options_are_checked():
         MusicEval(ckpt="run")
     with pytest.raises(ValueError, match="nothing to evaluate"):
         MusicEval()
-    with pytest.raises(ValueError, match="short_note_seconds and silence_seconds must be > 0"):
-        MusicEval(generated="ours", reference="theirs", short_note_seconds=0)
-    limits = MusicEval(generated="ours", reference="theirs", long_note_seconds=6).failure_limits()
-    assert limits == {
-        "long_note_seconds": 6,
-        "short_note_seconds": 0.05,
-        "silence_seconds": 3.0,
-        "crowded_notes": 10,
-    }
+    with pytest.raises(ConfigError, match="rules must be one of 'valid', 'all', got 'few'"):
+        MusicEval(generated="ours", reference="theirs", rules="few")
 
 
 def test_notes_held_open_show_in_the_duration_overlap():

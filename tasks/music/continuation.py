@@ -88,7 +88,6 @@ def continuations(
     seconds: float,
     seed: int = 0,
     bootstrap_samples: int = 200,
-    failure_limits: dict[str, float] | None = None,
     rules: str = "all",
     **options,
 ) -> dict[str, Any]:
@@ -96,7 +95,6 @@ def continuations(
 
     Args:
         generator: a loaded music checkpoint.
-        failure_limits: the thresholds of `failures` (default: its own).
         rules: `valid` or `all`, as `seqgen generate --rules` (`MusicGenerate.rules`).
         options: generation settings (temperature, top_p, ...).
     """
@@ -175,10 +173,7 @@ def continuations(
             if later
             else None,
         },
-        "failures": {
-            "generated": failures(played, **(failure_limits or {})),
-            "real": failures(real, **(failure_limits or {})),
-        },
+        "failures": {"generated": failures(played), "real": failures(real)},
         "nll_per_event_real": nats / max(scored, 1),
         "events_generated": sum(map(len, new)),
         "rules": rules,

@@ -19,7 +19,14 @@ from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import Notes
 from seqgen_tasks.music.generate import Rules, check_rules, seconds_span
-from seqgen_tasks.music.statistics import failures, overlap
+from seqgen_tasks.music.statistics import (
+    CROWDED_NOTES,
+    LONG_NOTE_SECONDS,
+    SHORT_NOTE_SECONDS,
+    SILENCE_SECONDS,
+    failures,
+    overlap,
+)
 
 
 @dataclass(kw_only=True)
@@ -40,14 +47,6 @@ class MusicEval(DecodingEval):
     """Column of MIDI bytes in datasets."""
     cache_dir: str | None = None
     """Encoded-MIDI cache (default: ~/.cache/seqgen/midi)."""
-    long_note_seconds: float = 4.0
-    """Failure count: notes sounding longer than this (sustain pedal applied)."""
-    short_note_seconds: float = 0.05
-    """Failure count: notes sounding shorter than this (clicks rather than notes)."""
-    silence_seconds: float = 3.0
-    """Failure count: silences longer than this, between the first onset and last release."""
-    crowded_notes: int = 10
-    """Failure count: the fraction of time with more notes than this sounding."""
     continue_seconds: float | None = None
     """Prompt ckpt with the first prompt_seconds of each performance of data, let it play
     this many seconds on, and compare with what was played next (statistics with bootstrap
@@ -71,28 +70,12 @@ class MusicEval(DecodingEval):
         if self.bootstrap_samples < 1:
             raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
         check_rules(self.rules)
-        if min(self.long_note_seconds, self.short_note_seconds, self.silence_seconds) <= 0 or (
-            self.crowded_notes < 1
-        ):
-            raise ValueError(
-                "long_note_seconds, short_note_seconds and silence_seconds must "
-                "be > 0, crowded_notes >= 1"
-            )
         if bool(self.ckpt) != bool(self.data) or bool(self.generated) != bool(self.reference):
             raise ValueError(
                 "give ckpt with data (likelihood), and/or generated with reference (statistics)"
             )
         if not (self.ckpt or self.generated):
             raise ValueError("nothing to evaluate: give ckpt and data, or generated and reference")
-
-    def failure_limits(self) -> dict[str, float]:
-        """The thresholds of the failure counts, as `statistics.failures` takes them."""
-        return {
-            "long_note_seconds": self.long_note_seconds,
-            "short_note_seconds": self.short_note_seconds,
-            "silence_seconds": self.silence_seconds,
-            "crowded_notes": self.crowded_notes,
-        }
 
 
 def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Notes], dict]:
@@ -143,14 +126,10 @@ def compare(args: MusicEval) -> dict[str, Any]:
     reference, _ = corpus(args.reference, args)
     found = overlap(generated, reference)
     mean = found.pop("mean")
-    limits = args.failure_limits()
     return {
         "overlap": found,
         "mean_overlap": mean,
-        "failures": {
-            "generated": failures(generated, **limits),
-            "reference": failures(reference, **limits),
-        },
+        "failures": {"generated": failures(generated), "reference": failures(reference)},
         "generated": summary(generated),
         "reference": summary(reference),
     }
@@ -178,8 +157,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
                 args.continue_seconds,
                 args.seed,
                 args.bootstrap_samples,
-                args.failure_limits(),
-                args.rules,
+                rules=args.rules,
                 **args.generation_options(),
             )
             report["continuation"] = found
@@ -225,10 +203,10 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
         rows.append(("overlap: mean", f"{report['statistics']['mean_overlap']:.3f}"))
         found = report["statistics"]["failures"]
         labels = {
-            "long_notes_fraction": f"notes longer than {args.long_note_seconds:g} s",
-            "short_notes_fraction": f"notes shorter than {args.short_note_seconds:g} s",
-            "silences_per_minute": f"silences over {args.silence_seconds:g} s per minute",
-            "crowded_fraction": f"time with over {args.crowded_notes} notes sounding",
+            "long_notes_fraction": f"notes longer than {LONG_NOTE_SECONDS:g} s",
+            "short_notes_fraction": f"notes shorter than {SHORT_NOTE_SECONDS:g} s",
+            "silences_per_minute": f"silences over {SILENCE_SECONDS:g} s per minute",
+            "crowded_fraction": f"time with over {CROWDED_NOTES} notes sounding",
         }
         rows += [
             (

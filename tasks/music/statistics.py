@@ -56,12 +56,19 @@ def features(performances: list[Notes]) -> dict[str, np.ndarray]:
     return {k: v / max(1, v.sum()) for k, v in raw.items()}
 
 
+# What `failures` counts, fixed so that every report counts the same things
+LONG_NOTE_SECONDS = 4.0  # a note held longer is heard as stuck
+SHORT_NOTE_SECONDS = 0.05  # a note shorter is heard as a click
+SILENCE_SECONDS = 3.0  # a longer silence inside a piece is heard as a gap
+CROWDED_NOTES = 10  # more notes sounding at once is heard as a pile-up
+
+
 def failures(
     performances: list[Notes],
-    long_note_seconds: float = 4.0,
-    silence_seconds: float = 3.0,
-    crowded_notes: int = 10,
-    short_note_seconds: float = 0.05,
+    long_note_seconds: float = LONG_NOTE_SECONDS,
+    silence_seconds: float = SILENCE_SECONDS,
+    crowded_notes: int = CROWDED_NOTES,
+    short_note_seconds: float = SHORT_NOTE_SECONDS,
 ) -> dict[str, float]:
     """What a listener hears first: the fraction of notes longer than long_note_seconds and
     of notes shorter than short_note_seconds (clicks rather than notes), silences longer
