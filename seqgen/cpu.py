@@ -72,13 +72,29 @@ def packing_available(model: nn.Module) -> bool:
     )
 
 
+def linear_slots(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Every nn.Linear of `model`, in `model.modules()` order (a block's c_attn, c_proj, c_fc,
+    c_proj, ..., the head), with the module and attribute name that hold it."""
+    holders = {
+        id(child): (module, name)
+        for module in model.modules()
+        for name, child in module.named_children()
+    }
+    return [(*holders[id(m)], m) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def step_sample(layers: list[nn.Module]) -> list[nn.Module]:
+    """The products that stand for a decoding step when it is timed: the first block's four
+    Linears (c_attn, c_proj, c_fc, c_proj) and the head, of `layers` in `linear_slots` order."""
+    return layers[:4] + layers[-1:]
+
+
 class PackingTimer:
     """Times a decoding step's products (the first block's Linears and the head) on this
     machine, plain and packed; the sample is packed once for every `pays` asked."""
 
     def __init__(self, model: nn.Module) -> None:
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        self.plain = linears[:4] + linears[-1:]  # a block's c_attn, c_proj, c_fc, c_proj; head
+        self.plain = step_sample([linear for *_, linear in linear_slots(model)])
         self.packed = [PackedLinear(layer) for layer in self.plain]
 
     def pays(self, rows: int = 1) -> bool:
@@ -138,10 +154,8 @@ def pack_linears(model: nn.Module, measure: bool = True) -> bool:
     if timer is not None and not timer.pays(BATCH_ROWS):
         return False
     plain_rows = 1 if timer is not None and not timer.pays(1) else 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, PackedLinear(child, plain_rows))
+    for module, name, linear in linear_slots(model):
+        setattr(module, name, PackedLinear(linear, plain_rows))
     return True
 
 

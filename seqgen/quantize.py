@@ -12,19 +12,22 @@ are compute-bound: there the weights are converted back and multiplied by the us
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 from collections.abc import Callable
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.cpu import TIMED_CALLS, seconds_in_turns
+from seqgen.cpu import TIMED_CALLS, linear_slots, seconds_in_turns, step_sample
+from seqgen.devices import Quantize
 
 log = logging.getLogger("seqgen")
 FEW_ROWS = 16  # inputs of at most this many rows take the timed int8 kernel
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantize)
 KERNELS = ("fused", "int8pack", "dequantized")  # the candidates, in the order they are tried
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,15 +49,11 @@ def _dequantized(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> 
     return F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
 
 
-_compiled: dict[str, Kernel] = {}
-
-
+@functools.cache
 def fused_kernel() -> Kernel:
     """`_fused` compiled by TorchInductor (once per process; each weight shape compiles at its
     first call, cached on disk for the next process), with the row count left symbolic."""
-    if "fused" not in _compiled:
-        _compiled["fused"] = torch.compile(_fused, dynamic=True)
-    return _compiled["fused"]
+    return torch.compile(_fused, dynamic=True)
 
 
 class Int8Linear(nn.Module):
@@ -137,18 +136,12 @@ def quantize_int8(model: nn.Module, kernel: str | None = None) -> str:
     embedding stays as it was) by an Int8Linear using `kernel` (one of KERNELS), or by
     default the one that `fastest_kernel` picks here; returns the kernel's name."""
     parameter = next(model.parameters())
-    linears = [
-        (module, name, child)
-        for module in list(model.modules())
-        for name, child in list(module.named_children())
-        if isinstance(child, nn.Linear)
-    ]
+    linears = linear_slots(model)
     if not linears:
         raise ValueError("quantize int8: the model has no Linear layers")
     layers = [Int8Linear(child.weight, child.bias, _dequantized) for _, _, child in linears]
     if kernel is None:
-        sample = layers[:4] + layers[-1:]  # a block's c_attn, c_proj, c_fc, c_proj; the head
-        chosen, run = fastest_kernel(sample, parameter.dtype)
+        chosen, run = fastest_kernel(step_sample(layers), parameter.dtype)
     else:
         found = candidate_kernels(parameter.device, compiled=kernel == "fused")
         if kernel not in found:

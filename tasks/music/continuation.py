@@ -30,7 +30,13 @@ from seqgen_tasks.music.events import (
     event_steps,
     time_shifts,
 )
-from seqgen_tasks.music.generate import EVENTS_PER_SECOND_CAP, Clock, released_notes, rule_processor
+from seqgen_tasks.music.generate import (
+    EVENTS_PER_SECOND_CAP,
+    Clock,
+    released_notes,
+    rule_processor,
+    ruled_lengths,
+)
 from seqgen_tasks.music.statistics import failures, overlap
 
 
@@ -119,9 +125,7 @@ def continuations(
         progress.set(played_steps / STEPS_PER_SECOND)
 
     clock = Clock(end - begin, on_time=moved_on)
-    limits, floors = (generator.task.hold_limits, generator.task.shortest_holds)
-    if rules == "valid":
-        limits = floors = None
+    limits, floors = ruled_lengths(rules, generator.task.hold_limits, generator.task.shortest_holds)
     new = generator.continue_ids(
         prompts,
         **{

@@ -18,7 +18,7 @@ from seqgen.tables import markdown_table
 from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import Notes
-from seqgen_tasks.music.generate import Rules, check_rules, seconds_span
+from seqgen_tasks.music.generate import Rules, seconds_span
 from seqgen_tasks.music.statistics import (
     CROWDED_NOTES,
     LONG_NOTE_SECONDS,
@@ -69,7 +69,6 @@ class MusicEval(DecodingEval):
             )
         if self.bootstrap_samples < 1:
             raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
-        check_rules(self.rules)
         if bool(self.ckpt) != bool(self.data) or bool(self.generated) != bool(self.reference):
             raise ValueError(
                 "give ckpt with data (likelihood), and/or generated with reference (statistics)"

@@ -244,15 +244,23 @@ def released_notes(ids: list[int], new: list[int], limits: list[float] | None) -
     return rules.released
 
 
+def ruled_lengths(
+    rules: str, limits: list[float] | None, floors: list[float] | None
+) -> tuple[list[float] | None, list[float] | None]:
+    """The hold limits and shortest holds that `rules` apply, given the checkpoint's: both
+    under `all`, none under `valid`."""
+    check_rules(rules)
+    return (None, None) if rules == "valid" else (limits, floors)
+
+
 def rule_processor(
     rules: str, limits: list[float] | None, floors: list[float] | None
 ) -> Callable[[list[int]], NoteRules]:
     """The engine's processor for `rules` (`MusicGenerate.rules`), with the checkpoint's
-    hold `limits` and shortest holds (`floors`) for `all`."""
-    check_rules(rules)
-    if rules == "valid":
-        return partial(NoteRules, sounding_only=True, keep_release_rate=False)
-    return partial(NoteRules, limits=limits, floors=floors, keep_release_rate=True)
+    hold `limits` and shortest holds (`floors`): releases only of sounding notes, and under
+    `all` the note lengths, a banned release's probability going to the releases allowed."""
+    limits, floors = ruled_lengths(rules, limits, floors)
+    return partial(NoteRules, limits=limits, floors=floors, keep_release_rate=rules == "all")
 
 
 class Clock:
