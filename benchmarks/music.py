@@ -229,7 +229,9 @@ def memory(length: int, width: int, heads: int, dtype: str) -> dict:
 
 
 def held_out_performances(data: dict) -> list:
-    """The performances that training on `data` (a recipe's data options) holds out."""
+    """The dev performances of training on `data` (a recipe's data options): (d) compares
+    arms, a choice, so it reads dev; the recipe's figures come from test
+    (benchmarks.music_recipe)."""
     from seqgen_tasks.music.task import MusicData, MusicTask
 
     return MusicTask(MusicData(**known_options(MusicData, data))).load().val

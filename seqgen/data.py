@@ -7,6 +7,7 @@ in non-overlapping windows, so every validation token is scored exactly once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -47,6 +48,13 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path}:{number}", json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+
+
+def hashed_share(key: str) -> float:
+    """Where `key` falls in [0, 1), fixed by a hash of it: the same on every machine and run,
+    so a held-out split chosen by it never moves when files are added or reordered."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def is_saved_dataset(path: Path) -> bool:

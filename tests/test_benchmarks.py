@@ -10,7 +10,7 @@ import yaml
 from conftest import make_corpus
 from helpers import make_pairs, write_parallel, write_song
 
-from benchmarks import generate, lm_shakespeare, music, nanogpt, summarization_wikisum
+from benchmarks import generate, lm_shakespeare, music, music_recipe, nanogpt, summarization_wikisum
 from benchmarks import serve as serve_benchmark
 from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
@@ -290,7 +290,7 @@ def test_music(tmp_path, capsys):
     assert report["better"] == min(losses, key=losses.get)  # the one with the lower NLL
     steps = report["step_times"]["seconds"][report["step_times"]["precision"]]
     assert report["relative_step_time_ratio"] == steps["relative"] / steps["learned"] > 0
-    found = report["continuation"]  # the held-out song (the last of 4), continued
+    found = report["continuation"]  # the dev song, continued
     assert found["performances"] == 1 and 0 <= found["overlap"]["mean"] <= 1
     assert set(found["overlap"]) == {
         "pitch_class",
@@ -314,8 +314,34 @@ def test_music(tmp_path, capsys):
     assert "(d) continuations of 1 held-out performances" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
+    songs = tmp_path / "songs"
+    for i in range(6):
+        write_song(songs / f"{i:02d}.mid", shift=i)
+    train = {**TINY_TRAIN, "max_steps": 4, "max_time": None}
+    recipe = shrunk("music/pop909.yaml", tmp_path, data={"num_proc": 1}, train=train)
+    out = tmp_path / "recipe.json"
+    argv = ["--config", recipe, "--models", "2", "--out", str(tmp_path / "runs")]
+    argv += ["--prompt_seconds", "3", "--continue_seconds", "4", "--report", str(out)]
+    assert music_recipe.main([*argv, "--", "--data.train", str(songs)]) == 0
+    report = report_of(out)
+    assert [m["seed"] for m in report["models"]] == [1, 2]
+    first, second = report["models"]
+    assert first["test_performances"] == 1 and first["steps"] == second["steps"] > 0
+    assert first["dev_nll_per_event"] != second["dev_nll_per_event"]  # two seeds, two models
+    for key in ("mean_overlap_all", "mean_overlap_valid", "duration_overlap_all"):
+        assert 0 <= first[key] <= 1
+        values = [m[key] for m in report["models"]]
+        assert report[key] == {"mean": sum(values) / 2, "min": min(values), "max": max(values)}
+    assert first["mean_overlap_ratio_all"] == (
+        first["mean_overlap_all"] / first["performer_later_mean_overlap"]
+    )
+    assert "| mean_overlap_valid " in capsys.readouterr().out
+
+
 def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
-    recipe = str(music.RECIPES / "music" / "asap.yaml")  # its data.val is a relative path
+    recipe = str(music.RECIPES / "music" / "asap.yaml")  # its data.test is a relative path
     parser_args = argparse.Namespace(
         config=recipe,
         data="train/",

@@ -1,6 +1,8 @@
 """Music corpora: unreadable and empty files are reported, not fatal; encoding is cached;
 augmentation stays in its ranges; training windows have the context's shape."""
 
+from collections import Counter
+
 import numpy as np
 import pretty_midi
 import pytest
@@ -147,3 +149,30 @@ def test_windows_are_augmented_draws_of_the_context_length():
     assert (short["targets"][n:] == IGNORE_INDEX).all() and (short["input_ids"][n:] == 388).all()
     stream = event_stream([notes, notes], 389, 390)
     assert len(stream) == 2 * (len(plain) + 2) and stream[0] == 389 and stream[-1] == 390
+
+
+def test_held_out_splits_are_by_piece_fixed_and_five_percent_each(tmp_path):
+    from seqgen_tasks.music.splits import assign, piece_of, split_of
+
+    root = tmp_path / "corpus"
+    assert piece_of(root / "Bach__Fugue__bwv_846" / "LeeN01M.mid", root) == "Bach__Fugue__bwv_846"
+    assert piece_of(root / "Chopin" / "Ballade" / "1" / "a.mid", root) == "Chopin/Ballade/1"
+    assert piece_of(root / "001.mid", root) == "001"  # a file at the top is its own piece
+    assert piece_of(tmp_path / "elsewhere" / "x.mid", root) == "x"  # listed from outside
+    songs = [f"{k:03d}" for k in range(1, 5001)]
+    shares = Counter(split_of(song) for song in songs)
+    assert abs(shares["dev"] / 5000 - 0.05) < 0.01 and abs(shares["test"] / 5000 - 0.05) < 0.01
+    # a piece's split depends on its name alone: more files never move it
+    assigned = assign(songs[:909], ["dev", "test"], "pop909")
+    assert assign(songs, ["dev", "test"], "more")[:909] == assigned
+    assert [split_of(song) for song in songs[:909]] == assigned
+    # every performance of a piece goes where its piece goes
+    pieces = ["a", "b", "a", "c", "b", "a"] + [f"p{k}" for k in range(40)]
+    found = assign(pieces, ["dev", "test"], "x")
+    assert found[0] == found[2] == found[5] and found[1] == found[4]
+    # only the splits asked for are carved; the rest train
+    assert set(assign(songs[:909], ["dev"], "pop909")) == {"train", "dev"}
+    # a few pieces: each held split takes one, the one of lowest hash; none left is an error
+    assert sorted(assign(["x", "y", "z"], ["dev", "test"], "few")) == ["dev", "test", "train"]
+    with pytest.raises(DataError, match="few: 2 piece.*none to train on"):
+        assign(["x", "y"], ["dev", "test"], "few")

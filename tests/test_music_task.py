@@ -25,6 +25,7 @@ from seqgen_tasks.music.events import (
 )
 from seqgen_tasks.music.generate import hold_limits, shortest_holds
 from seqgen_tasks.music.midi import notes_from_pretty_midi
+from seqgen_tasks.music.splits import assign
 from seqgen_tasks.music.task import MusicTask
 from seqgen_tasks.music.tokenizer import PerformanceTokenizer
 
@@ -80,13 +81,21 @@ def test_pretrain_on_midi_files(trained):
     assert stats["files"] == 6 and stats["skipped"] == 1
     assert stats["skipped_files"][0]["file"].endswith("broken.mid")
     assert stats["skipped_files"][0]["reason"].startswith("unreadable MIDI")
-    assert (stats["train_performances"], stats["val_performances"]) == (4, 1)  # last file held out
+    # five songs: the hash puts none in dev or test, so each takes the song of lowest hash
+    songs, found = load_corpus(str(root / "songs"), str(root / "cache"))
+    assert found["pieces"] == ["00", "01", "02", "03", "04"]
+    assigned = assign(found["pieces"], ["dev", "test"], "songs")
+    assert sorted(assigned) == ["dev", "test", "train", "train", "train"]
+    assert stats["carved_from_train"] == {
+        split: [f"{k:02d}" for k in range(5) if assigned[k] == split] for split in ("dev", "test")
+    }
+    assert (stats["train_performances"], stats["dev_performances"]) == (3, 1)
     meta = json.loads((root / "run" / "final" / "config.json").read_text())
     assert meta["task"] == "music" and meta["model"]["pos_embedding"] == "relative"
-    # the hold limits of generation, from the training performances (the first four songs)
-    songs, _ = load_corpus(str(root / "songs"), str(root / "cache"))
-    assert meta["task_options"]["hold_limits"] == hold_limits(songs[:4]) != hold_limits(songs)
-    assert meta["task_options"]["shortest_holds"] == shortest_holds(songs[:4])
+    # the hold limits of generation, from the training performances alone
+    train = [song for song, split in zip(songs, assigned, strict=True) if split == "train"]
+    assert meta["task_options"]["hold_limits"] == hold_limits(train) != hold_limits(songs)
+    assert meta["task_options"]["shortest_holds"] == shortest_holds(train)
     # what training learns is returned, not written into the task: the contract is order-free
     task = MusicTask.from_options({}, 64)
     before = task.options()
@@ -187,27 +196,29 @@ def test_generation_errors(trained, tmp_path, capsys):
         assert not (tmp_path / "x.mid").exists()  # failed before generating anything
 
 
-def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path):
+def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path, capsys):
     root, report = trained
-    held_out = root / "songs" / "04.mid"  # the held-out performance (last in name order)
-    code = main(
-        [
-            "evaluate",
-            "--ckpt",
-            str(root / "run"),
-            "--data",
-            str(held_out),
-            "--cache_dir",
-            str(root / "cache"),
-            "--report",
-            str(tmp_path / "nll.json"),
-        ]
-    )
-    assert code == 0
-    nll = json.loads((tmp_path / "nll.json").read_text())["likelihood"]
+
+    def likelihood(*where: str) -> dict:
+        out = tmp_path / "nll.json"
+        argv = ["evaluate", "--ckpt", str(root / "run"), *where, "--cache_dir", str(root / "cache")]
+        assert main([*argv, "--report", str(out)]) == 0
+        return json.loads(out.read_text())["likelihood"]
+
+    # without --data, the checkpoint's own splits, as its training config carved them
+    dev, test = report["data_stats"]["carved_from_train"]["dev"], likelihood("--split", "test")
+    nll = likelihood("--split", "dev")
     assert nll["nll_per_event"] == pytest.approx(report["val_loss"], rel=1e-4)
+    assert nll["data"] == "dev split of the checkpoint's training data" and nll["files"] == 1
+    same = likelihood("--data", str(root / "songs" / f"{dev[0]}.mid"))
+    assert {**same, "data": nll["data"], "seconds": 0} == {**nll, "seconds": 0}
+    test_song = str(root / "songs" / f"{report['data_stats']['carved_from_train']['test'][0]}.mid")
+    assert test["nll_per_event"] == likelihood("--data", test_song)["nll_per_event"]
+    assert test["nll_per_event"] != nll["nll_per_event"]
     assert nll["music_seconds"] == pytest.approx(11.95)  # the last release
     assert nll["nll_per_second"] == pytest.approx(nll["nll_per_event"] * nll["events"] / 11.95)
+    assert main(["evaluate", "--ckpt", str(root / "run"), "--split", "train"]) == 2
+    assert "split must be dev or test without data, got 'train'" in capsys.readouterr().err
     write_song(tmp_path / "high" / "a.mid", shift=1)  # other pitch classes than song 00
     songs = root / "songs"
 
@@ -293,8 +304,13 @@ def test_durations_polyphony_and_failures_are_counted_in_time():
 def test_evaluation_options_are_checked():
     from seqgen_tasks.music.evaluate import MusicEval
 
-    with pytest.raises(ValueError, match="give ckpt with data"):
-        MusicEval(ckpt="run")
+    with pytest.raises(ValueError, match="give ckpt"):
+        MusicEval(data="held_out/")
+    with pytest.raises(ValueError, match="give ckpt"):
+        MusicEval(generated="ours")
+    with pytest.raises(ValueError, match="split must be dev or test without data, got 'val'"):
+        MusicEval(ckpt="run", split="val")
+    assert MusicEval(ckpt="run").split == "test"
     with pytest.raises(ValueError, match="nothing to evaluate"):
         MusicEval()
     with pytest.raises(ConfigError, match="rules must be one of 'valid', 'all', got 'few'"):

@@ -29,6 +29,7 @@ from seqgen.files import atomic_directory, exclusive
 from seqgen.progress import dataset_bars
 from seqgen.state import TokenState
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
+from seqgen_tasks.music.splits import piece_of
 
 log = logging.getLogger("seqgen")
 
@@ -93,7 +94,8 @@ def load_corpus(
     midi_column: str = "midi",
     split: str = "train",
 ) -> tuple[list[Notes], dict[str, Any]]:
-    """The performances of `source` as quantised notes, and a report of what was skipped."""
+    """The performances of `source` as quantised notes, and a report of what was skipped and
+    of the piece of each performance."""
     import datasets
 
     path = Path(source).expanduser()
@@ -102,6 +104,8 @@ def load_corpus(
     if path.exists() and not is_saved_dataset(path):
         files = find_midi(source)
         names = [str(f) for f in files]
+        root = path if path.is_dir() else path.parent
+        pieces = [piece_of(f, root) for f in files]
         key = [(n, os.path.getsize(n), os.stat(n).st_mtime_ns) for n in names]
         table = datasets.Dataset.from_dict({"path": names})
     else:
@@ -113,6 +117,7 @@ def load_corpus(
             raise DataError(f"{source}: no column {midi_column!r} of MIDI bytes (has: {columns})")
         table = table.select_columns([midi_column]).rename_column(midi_column, "midi")
         names = [f"{source} [{split}] row {i}" for i in range(len(table))]
+        pieces = [f"row {i}" for i in range(len(table))]
         key = [source, split, table._fingerprint]
     digest = hashlib.sha256(json.dumps([ENCODING_VERSION, key]).encode()).hexdigest()[:24]
     directory = Path(cache_dir or Path.home() / ".cache" / "seqgen" / "midi").expanduser()
@@ -147,17 +152,19 @@ def load_corpus(
             f"{cached}: the cached encoding has {len(encoded)} rows for "
             f"{len(names)} files; delete it to rebuild"
         )
-    performances, skipped = [], []
-    for name, row in zip(names, encoded.with_format("numpy"), strict=True):
+    performances, kept_pieces, skipped = [], [], []
+    for name, piece, row in zip(names, pieces, encoded.with_format("numpy"), strict=True):
         if row["error"]:
             skipped.append({"file": name, "reason": str(row["error"])})
             continue
         performances.append(
             Notes(*(np.asarray(row[k], np.int64) for k in ("pitch", "start", "end", "velocity")))
         )
+        kept_pieces.append(piece)
     report = {
         "files": len(names),
         "encoded": len(performances),
+        "pieces": kept_pieces,  # of each performance (seqgen_tasks.music.splits)
         "skipped": skipped,
         "notes": int(sum(len(p) for p in performances)),
         "seconds": total_seconds(performances),

@@ -12,13 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from seqgen import checkpoint
 from seqgen.errors import DataError
 from seqgen.evaluation import DecodingEval, stream_nll, write_json
 from seqgen.tables import markdown_table
+from seqgen.tasks import known_options
 from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import Notes
 from seqgen_tasks.music.generate import Rules, seconds_span
+from seqgen_tasks.music.splits import HELD_OUT
 from seqgen_tasks.music.statistics import (
     CROWDED_NOTES,
     LONG_NOTE_SECONDS,
@@ -36,9 +39,12 @@ class MusicEval(DecodingEval):
     statistics of generated MIDI against a reference set (generated with reference)."""
 
     data: str | None = None
-    """Held-out MIDI to score ckpt on: a directory, a file, a .txt list or a dataset."""
+    """Held-out MIDI to score ckpt on: a directory, a file, a .txt list or a dataset
+    (default: the checkpoint's own `split`, as its training config defines it)."""
     split: str = "test"
-    """Dataset split of data (datasets only)."""
+    """Without data: the checkpoint's `test` (data.test, or the test pieces carved out of
+    data.train; never read by training) or `dev` (what it validated on). With a dataset:
+    its split."""
     generated: str | None = None
     """Generated MIDI to compare with reference."""
     reference: str | None = None
@@ -69,10 +75,13 @@ class MusicEval(DecodingEval):
             )
         if self.bootstrap_samples < 1:
             raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
-        if bool(self.ckpt) != bool(self.data) or bool(self.generated) != bool(self.reference):
+        if (self.data and not self.ckpt) or bool(self.generated) != bool(self.reference):
             raise ValueError(
-                "give ckpt with data (likelihood), and/or generated with reference (statistics)"
+                "give ckpt (likelihood, on data or its own split), and/or generated with "
+                "reference (statistics)"
             )
+        if self.ckpt and not self.data and self.split not in HELD_OUT:
+            raise ValueError(f"split must be dev or test without data, got {self.split!r}")
         if not (self.ckpt or self.generated):
             raise ValueError("nothing to evaluate: give ckpt and data, or generated and reference")
 
@@ -84,6 +93,25 @@ def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Not
     if not performances:
         raise DataError(f"{source}: no readable MIDI with notes ({len(report['skipped'])} skipped)")
     return performances, report
+
+
+def held_out(args: MusicEval, generator) -> tuple[list[Notes], dict]:
+    """The checkpoint's own dev or test performances, from the data config it trained with."""
+    meta = checkpoint.read_meta(checkpoint.resolve(args.ckpt))
+    recorded = (meta.get("run_config") or {}).get("data")
+    if not isinstance(recorded, dict):
+        raise DataError(f"{args.ckpt}: the checkpoint does not record its data; give --data")
+    config = generator.task.data_config
+    data = config(**known_options(config, recorded))
+    if args.cache_dir:
+        data.cache_dir = args.cache_dir
+    task = type(generator.task)(data)
+    try:
+        performances = task.performances([args.split])[args.split]
+    except DataError as err:
+        raise DataError(f"{args.ckpt}: its {args.split} split: {err}; give --data") from None
+    skipped = task.stats.get(f"{args.split}_skipped_files", [])
+    return performances, {"files": len(performances) + len(skipped), "skipped": skipped}
 
 
 def likelihood(
@@ -101,6 +129,7 @@ def likelihood(
         "nll_per_second": nats / seconds,
         "events": len(nll),
         "music_seconds": seconds,
+        "data": args.data or f"{args.split} split of the checkpoint's training data",
         "files": found["files"],
         "skipped": found["skipped"],
         "seconds": time.perf_counter() - started,
@@ -141,7 +170,10 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
         from seqgen.inference import load
 
         generator = load(args.ckpt, task="music", **args.load_options())
-        performances, found = corpus(args.data, args, args.split)
+        if args.data:
+            performances, found = corpus(args.data, args, args.split)
+        else:
+            performances, found = held_out(args, generator)
         performances = performances[: args.limit]
         report["likelihood"] = likelihood(args, generator, performances, found)
         rows += [
@@ -219,7 +251,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
         found = report["likelihood"]
         print(
             f"\n{found['events']:,} events, {found['music_seconds']:,.0f} s of music in "
-            f"{found['files'] - len(found['skipped'])} files of {args.data} (NLL in nats)"
+            f"{found['files'] - len(found['skipped'])} files of {found['data']} (NLL in nats)"
         )
     write_json(args.report, report)
     return report

@@ -12,7 +12,7 @@ Training draws augmented windows from whole performances (`seqgen_tasks.music.da
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from seqgen_tasks.music import sources
 from seqgen_tasks.music.data import PerformanceWindows, event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import NUM_EVENTS, Notes, encode_notes, quantize
 from seqgen_tasks.music.midi import decode_midi, notes_from_pretty_midi, read_midi
+from seqgen_tasks.music.splits import assign
 from seqgen_tasks.music.state import SoundingAges, SoundingPitches
 from seqgen_tasks.music.tokenizer import PerformanceTokenizer, readable_event
 
@@ -44,10 +45,12 @@ class MusicData:
     """Training MIDI: a directory (searched recursively), a .mid file, a .txt list of files, a
     `save_to_disk` folder or a Hugging Face dataset with a column of MIDI bytes."""
     val: str | None = None
-    """Held-out MIDI, in the same forms (default: the last val_fraction of the training
-    performances, in file-name order)."""
-    val_fraction: float = 0.05
-    """Share of the training performances held out when `val` is not given."""
+    """Dev MIDI, in the same forms, that training validates on (default: the dev pieces of
+    train: 5% of its pieces, by a hash of their names; see `seqgen_tasks.music.splits`)."""
+    test: str | None = None
+    """Test MIDI, in the same forms (a dataset's `test` split), which training never reads;
+    `seqgen evaluate --split test` scores it (default: the test pieces of train, another
+    5%, held out of training)."""
     midi_column: str = "midi"
     """Column of MIDI bytes in a dataset."""
     train_split: str = "train"
@@ -82,8 +85,6 @@ class MusicData:
     between models as with the ages (docs/music.md). Both recipes read them."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.max_transpose <= 12:
             raise ConfigError(f"data.max_transpose must be in 0-12, got {self.max_transpose}")
         if not 0.0 <= self.max_stretch < 0.5:
@@ -188,20 +189,38 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
     # ------------------------------------------------------------ training
 
     def load(self) -> Splits:
-        """The performances of data.train and data.val (or the last val_fraction of
-        data.train, in file-name order); each corpus is parsed once and cached."""
-        data = self.data
-        performances = self._corpus(data.train, data.train_split, "")
-        if data.val is None:
-            train, val = self._hold_out(performances)
-        else:
-            train, val = performances, self._corpus(data.val, data.val_split, "val_")
-        for split, chosen in (("train", train), ("val", val)):
+        """The training performances and the dev ones; test is never read here."""
+        found = self.performances(("train", "dev"))
+        for split, chosen in found.items():
             hours = round(total_seconds(chosen) / 3600, 3)
             self.stats.update({f"{split}_performances": len(chosen), f"{split}_hours": hours})
-        return Splits(train, val)
+        return Splits(found["train"], found["dev"])
 
-    def _corpus(self, source: str, split: str, prefix: str) -> list[Notes]:
+    def performances(self, wanted: Sequence[str]) -> dict[str, list[Notes]]:
+        """The performances of each split in `wanted` (train, dev, test): data.val and
+        data.test where given, else carved out of data.train by piece."""
+        data = self.data
+        given = {"dev": (data.val, data.val_split), "test": (data.test, "test")}
+        carved = [name for name, (source, _) in given.items() if source is None]
+        found: dict[str, list[Notes]] = {}
+        if any(name in wanted for name in ("train", *carved)):
+            performances, pieces = self._corpus(data.train, data.train_split, "")
+            assigned = assign(pieces, carved, data.train)
+            for name in ("train", *carved):
+                found[name] = [p for p, s in zip(performances, assigned, strict=True) if s == name]
+            self.stats["carved_from_train"] = {
+                name: sorted(
+                    {piece for piece, s in zip(pieces, assigned, strict=True) if s == name}
+                )
+                for name in carved
+            }
+        for name in wanted:
+            source, split = given.get(name, (None, ""))
+            if source is not None:
+                found[name] = self._corpus(source, split, f"{name}_")[0]
+        return {name: found[name] for name in wanted}
+
+    def _corpus(self, source: str, split: str, prefix: str) -> tuple[list[Notes], list[str]]:
         data = self.data
         performances, report = load_corpus(
             source, data.cache_dir, data.num_proc, data.midi_column, split
@@ -215,17 +234,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
                 f"{prefix}skipped_files": report["skipped"],
             }
         )
-        return performances
-
-    def _hold_out(self, performances: list[Notes]) -> tuple[list[Notes], list[Notes]]:
-        if len(performances) < 2:
-            raise DataError(
-                f"{self.data.train}: {len(performances)} usable performance(s); holding "
-                "some out for validation needs 2 or more (or set data.val)"
-            )
-        held = max(1, math.ceil(len(performances) * self.data.val_fraction))
-        held = min(held, len(performances) - 1)
-        return performances[:-held], performances[-held:]
+        return performances, report["pieces"]
 
     def build_tokenizer(self, splits: Splits, config: TokenizerConfig) -> Tokenizer:
         return PerformanceTokenizer()

@@ -15,7 +15,6 @@ in sections of SECTION_BYTES instead, so that a one-file corpus still has a vali
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from seqgen.data import hashed_share
 from seqgen.errors import DataError
 from seqgen.shards import ids_dtype, is_prepared
 from seqgen.tokenizer import load_tokenizer
@@ -398,5 +398,4 @@ def _dataset_rows(
 
 def _split_of(corpus: Corpus, name: str, where: int) -> str:
     """ "val" for a val_fraction of documents, chosen by a hash of where they are."""
-    digest = hashlib.blake2b(f"{name}\0{where}".encode(), digest_size=8).digest()
-    return "val" if int.from_bytes(digest, "big") < corpus.val_fraction * 2**64 else "train"
+    return "val" if hashed_share(f"{name}\0{where}") < corpus.val_fraction else "train"
