@@ -10,7 +10,15 @@ import yaml
 from conftest import make_corpus
 from helpers import make_pairs, write_parallel, write_song
 
-from benchmarks import generate, lm_shakespeare, music, music_recipe, nanogpt, summarization_wikisum
+from benchmarks import (
+    generate,
+    lm_shakespeare,
+    music,
+    music_recipe,
+    music_rules,
+    nanogpt,
+    summarization_wikisum,
+)
 from benchmarks import serve as serve_benchmark
 from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
@@ -338,6 +346,19 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
         first["mean_overlap_all"] / first["performer_later_mean_overlap"]
     )
     assert "| mean_overlap_valid " in capsys.readouterr().out
+    # the rules' paired comparison, on the two models' dev song
+    rules = tmp_path / "rules.json"
+    runs = [str(tmp_path / "runs" / f"seed{seed}") for seed in (1, 2)]
+    argv = ["--ckpt", runs[0], "--ckpt", runs[1], "--prompt_seconds", "3"]
+    argv += ["--continue_seconds", "4", "--samples", "20", "--report", str(rules)]
+    assert music_rules.main(argv) == 0
+    found = report_of(rules)
+    assert found["split"] == "dev" and [m["performances"] for m in found["models"]] == [1, 1]
+    gaps = [m["mean_overlap_valid"] - m["mean_overlap_all"] for m in found["models"]]
+    assert found["valid_minus_all"]["difference"] == pytest.approx(sum(gaps) / 2)
+    assert "mean overlap, valid - all, paired over 1 dev performances and 2 models" in (
+        capsys.readouterr().out
+    )
 
 
 def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
@@ -345,10 +366,10 @@ def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
     parser_args = argparse.Namespace(
         config=recipe,
         data="train/",
-        overrides=["--data.val", "held/out", "--data.max_transpose=2", "--train.batch_size", "3"],
+        overrides=["--data.val", "held/out", "--data.num_proc=1", "--train.batch_size", "3"],
     )
     data = music.held_out_data(parser_args, tmp_path)
-    assert data["val"] == "held/out" and data["max_transpose"] == 2 and data["train"] == "train/"
+    assert data["val"] == "held/out" and data["num_proc"] == 1 and data["train"] == "train/"
     assert data["cache_dir"] == str(tmp_path / "cache") and "batch_size" not in data
 
 

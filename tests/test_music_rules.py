@@ -230,3 +230,29 @@ def test_note_rules_copies_follow_their_own_beams():
     twin([NOTE_OFF + 60], logits.clone())
     assert rules.sounding[[60, 64]].tolist() == [1, 1]
     assert twin.sounding[[60, 64]].tolist() == [0, 0]
+
+
+def test_paired_difference_says_which_arm_plays_closer_to_the_performer():
+    from seqgen_tasks.music.continuation import Played, paired_difference
+
+    rng = np.random.default_rng(0)
+
+    def song(length: float, count: int = 30) -> Notes:
+        starts = np.sort(rng.integers(0, 2900, count))
+        ends = starts + round(length * 100)
+        return Notes(rng.integers(40, 90, count), starts, ends, rng.integers(40, 100, count))
+
+    real = [song(0.4) for _ in range(12)]
+
+    def arm(played: list[Notes]) -> Played:
+        return Played(real, played, real, [], [], None, None)
+
+    close, held = arm([song(0.4) for _ in real]), arm([song(6.0) for _ in real])
+    found = paired_difference([(held, close), (held, close)], samples=200)
+    assert found["difference"] > 0 and 0 < found["low"] <= found["high"]
+    assert found["share_above_zero"] == 1.0
+    assert paired_difference([(close, held)], samples=200)["difference"] == -found["difference"]
+    same = paired_difference([(close, close)], samples=50)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "share_above_zero": 0.0}
+    with pytest.raises(ValueError, match="the same performances"):
+        paired_difference([(close, arm(real[:5]))])

@@ -12,6 +12,7 @@ the performer did.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -87,17 +88,33 @@ def strided_nll(
     return total, count
 
 
-def continuations(
+@dataclass
+class Played:
+    """What a model played on from each usable performance's prompt, and what was played."""
+
+    usable: list[Notes]
+    """The performances long enough for the prompt and the continuation."""
+    played: list[Notes]
+    """The model's continuation of each, in the window compared."""
+    real: list[Notes]
+    """The performer's, in the same window."""
+    prompts: list[list[int]]
+    new: list[list[int]]
+    """The events generated after each prompt."""
+    limits: list[float] | None
+    floors: list[float] | None
+
+
+def play(
     generator,
     performances: list[Notes],
     prompt_seconds: float,
     seconds: float,
     seed: int = 0,
-    bootstrap_samples: int = 200,
     rules: str = "all",
     **options,
-) -> dict[str, Any]:
-    """Continue each performance long enough for `prompt_seconds + seconds` and compare.
+) -> Played:
+    """Continue each performance long enough for `prompt_seconds + seconds`.
 
     Args:
         generator: a loaded music checkpoint.
@@ -113,8 +130,7 @@ def continuations(
             "continue_seconds)"
         )
     bos = generator.tokenizer.bos_id
-    events = [encode_notes(p).astype(np.int64) for p in usable]
-    prompts = [[bos, *cut_events(e, begin).tolist()] for e in events]
+    prompts = [[bos, *cut_events(encode_notes(p).astype(np.int64), begin).tolist()] for p in usable]
     most = round(seconds * EVENTS_PER_SECOND_CAP)  # the clock stops each row in time
     progress = Progress("generated", round(len(usable) * seconds), "s of music")
     played_steps = 0  # counted whole, so the seconds shown add up exactly
@@ -142,28 +158,47 @@ def continuations(
         window(decode_events([*p[1:], *n]), begin, end) for p, n in zip(prompts, new, strict=True)
     ]
     real = [window(p, begin, end) for p in usable]
+    return Played(usable, played, real, prompts, new, limits, floors)
+
+
+def continuations(
+    generator,
+    performances: list[Notes],
+    prompt_seconds: float,
+    seconds: float,
+    seed: int = 0,
+    bootstrap_samples: int = 200,
+    rules: str = "all",
+    **options,
+) -> dict[str, Any]:
+    """Continue each performance (`play`) and compare: the report of
+    `seqgen evaluate --continue_seconds`."""
+    found = play(generator, performances, prompt_seconds, seconds, seed, rules, **options)
+    usable, played, real = found.usable, found.played, found.real
+    begin = round(prompt_seconds * STEPS_PER_SECOND)
+    end = begin + round(seconds * STEPS_PER_SECOND)
     nats, scored = 0.0, 0
-    for prompt, encoded in zip(prompts, events, strict=True):
-        truth = prompt + events_after(encoded, begin, end)
+    for prompt, performance in zip(found.prompts, usable, strict=True):
+        truth = prompt + events_after(encode_notes(performance).astype(np.int64), begin, end)
         total, count = strided_nll(generator.model, truth, len(prompt), generator.states(truth))
         nats, scored = nats + total, scored + count
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(usable), len(usable)) for _ in range(bootstrap_samples)]
     resampled = [overlap([played[i] for i in d], [real[i] for i in d]) for d in draws]
-    found = overlap(played, real)
+    compared = overlap(played, real)
     later = [p for p in usable if int(p.end.max()) >= 2 * end - begin]
     return {
         "performances": len(usable),
         "too_short": len(performances) - len(usable),
         "prompt_seconds": prompt_seconds,
         "seconds": seconds,
-        "overlap": found,
+        "overlap": compared,
         "overlap_interval": {
             k: [
                 float(np.percentile([r[k] for r in resampled], 2.5)),
                 float(np.percentile([r[k] for r in resampled], 97.5)),
             ]
-            for k in found
+            for k in compared
         },
         "overlap_with_held_out": overlap(played, usable),
         # a yardstick: what the performer played in the next `seconds`, against the same
@@ -179,11 +214,41 @@ def continuations(
         },
         "failures": {"generated": failures(played), "real": failures(real)},
         "nll_per_event_real": nats / max(scored, 1),
-        "events_generated": sum(map(len, new)),
+        "events_generated": sum(map(len, found.new)),
         "rules": rules,
-        "hold_limits": limits,
-        "shortest_holds": floors,
+        "hold_limits": found.limits,
+        "shortest_holds": found.floors,
         "released_when_held_too_long": sum(
-            released_notes(p, n, limits) for p, n in zip(prompts, new, strict=True)
+            released_notes(p, n, found.limits)
+            for p, n in zip(found.prompts, found.new, strict=True)
         ),
+    }
+
+
+def paired_difference(
+    arms: list[tuple[Played, Played]], samples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """How much the second arm's mean overlap with the real music exceeds the first's, with
+    a 95% interval from a paired bootstrap: each draw resamples the performances (the same
+    ones for both arms) and averages the difference over the pairs (one per model, each
+    pair both arms of one model on the same performances)."""
+    count = len(arms[0][0].real)
+    if any(len(arm.real) != count or len(arm.played) != count for pair in arms for arm in pair):
+        raise ValueError("every arm must continue the same performances")
+
+    def difference(index) -> float:
+        gaps = [
+            overlap([b.played[i] for i in index], [b.real[i] for i in index])["mean"]
+            - overlap([a.played[i] for i in index], [a.real[i] for i in index])["mean"]
+            for a, b in arms
+        ]
+        return float(np.mean(gaps))
+
+    rng = np.random.default_rng(seed)
+    draws = [difference(rng.integers(0, count, count)) for _ in range(samples)]
+    return {
+        "difference": difference(np.arange(count)),
+        "low": float(np.percentile(draws, 2.5)),
+        "high": float(np.percentile(draws, 97.5)),
+        "share_above_zero": float(np.mean(np.asarray(draws) > 0)),
     }

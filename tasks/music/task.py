@@ -62,11 +62,8 @@ class MusicData:
     num_proc: int = 2
     """Processes that parse MIDI files (once; the result is cached)."""
     augment: bool = True
-    """Transpose and stretch every training draw (never validation)."""
-    max_transpose: int = 3
-    """Draws are transposed by up to this many semitones either way."""
-    max_stretch: float = 0.05
-    """Draws are stretched in time by a factor in [1 - max_stretch, 1 + max_stretch]."""
+    """Transpose every training draw by up to 3 semitones either way and stretch its time by
+    up to 5%, as the Music Transformer did (never validation)."""
     num_workers: int = 0
     """DataLoader processes preparing augmented windows."""
     note_state: bool = True
@@ -85,10 +82,6 @@ class MusicData:
     between models as with the ages (docs/music.md). Both recipes read them."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_transpose <= 12:
-            raise ConfigError(f"data.max_transpose must be in 0-12, got {self.max_transpose}")
-        if not 0.0 <= self.max_stretch < 0.5:
-            raise ConfigError(f"data.max_stretch must be in [0, 0.5), got {self.max_stretch}")
         self.note_ages = self.note_ages and self.note_state  # what the checkpoint records
 
 
@@ -99,14 +92,7 @@ MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask 
 class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
     name = "music"
     data_config = MusicData
-    stored_options = (
-        "augment",
-        "max_transpose",
-        "max_stretch",
-        "num_workers",
-        "note_state",
-        "note_ages",
-    )
+    stored_options = ("augment", "num_workers", "note_state", "note_ages")
     option_defaults = {"note_state": False, "note_ages": False}  # checkpoints from before them
     continues_prompt = True
     eval_config = evaluation.MusicEval
@@ -249,8 +235,6 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
             tokenizer.eos_id,
             tokenizer.pad_id,
             augment=s.augment,
-            transpose=s.max_transpose,
-            stretch=(1 - s.max_stretch, 1 + s.max_stretch),
             state=state,
         )
         stream = event_stream(splits.val, tokenizer.bos_id, tokenizer.eos_id)
