@@ -1,8 +1,9 @@
 """Do the note-length rules help? Each checkpoint continues every performance of its own
-split (`dev`, where such choices are made) twice, with `--rules all` and `--rules valid`, from
-the same prompts and sampling seed; a paired bootstrap over the performances, averaged over
-the checkpoints (several independently trained models), gives how much `valid` (the model
-alone) exceeds `all` in mean overlap with what the performer played, with a 95% interval.
+split (`dev`, where such choices are made) with `--rules all`, with `--rules valid` (the
+model alone), and with `all` less one rule at a time (no hold limits, no shortest holds),
+from the same prompts and sampling seed; a paired bootstrap over the performances, averaged
+over the checkpoints (several independently trained models), gives how much each arm's mean
+overlap with what the performer played exceeds that of `all`, with a 95% interval.
 
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
@@ -21,7 +22,24 @@ from seqgen_tasks.music.continuation import paired_difference, play
 from seqgen_tasks.music.evaluate import MusicEval, held_out
 from seqgen_tasks.music.statistics import failures, overlap
 
-RULES = ("all", "valid")
+ARMS = ("all", "valid", "without_hold_limits", "without_shortest_holds")
+
+
+def play_arm(generator, performances: list, arm: str, args: argparse.Namespace):
+    """`play` as `arm` says: `all` less a rule is `all` with that rule's lengths unset."""
+    task = generator.task
+    stored = task.hold_limits, task.shortest_holds
+    if arm == "without_hold_limits":
+        task.hold_limits = None
+    if arm == "without_shortest_holds":
+        task.shortest_holds = None
+    try:
+        rules = "valid" if arm == "valid" else "all"
+        return play(
+            generator, performances, args.prompt_seconds, args.continue_seconds, args.seed, rules
+        )
+    finally:
+        task.hold_limits, task.shortest_holds = stored
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,39 +52,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap draws")
     parser.add_argument("--report", help="JSON report")
     args = parse_args(parser, argv)
-    pairs, models = [], []
+    pairs: dict[str, list] = {arm: [] for arm in ARMS[1:]}
+    models = []
     for ckpt in args.ckpt:
         generator = load(ckpt, task="music")
         performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
-        arms = {
-            rules: play(
-                generator,
-                performances,
-                args.prompt_seconds,
-                args.continue_seconds,
-                args.seed,
-                rules,
-            )
-            for rules in RULES
-        }
-        pairs.append((arms["all"], arms["valid"]))
+        arms = {arm: play_arm(generator, performances, arm, args) for arm in ARMS}
+        for arm in ARMS[1:]:
+            pairs[arm].append((arms["all"], arms[arm]))
         figures = {"ckpt": ckpt, "performances": len(arms["all"].real)}
-        for rules, found in arms.items():
-            figures[f"mean_overlap_{rules}"] = overlap(found.played, found.real)["mean"]
-            figures[f"crowded_fraction_{rules}"] = failures(found.played)["crowded_fraction"]
+        for arm, found in arms.items():
+            figures[f"mean_overlap_{arm}"] = overlap(found.played, found.real)["mean"]
+            figures[f"crowded_fraction_{arm}"] = failures(found.played)["crowded_fraction"]
         figures["crowded_fraction_real"] = failures(arms["all"].real)["crowded_fraction"]
         models.append(figures)
         print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
-    found = paired_difference(pairs, args.samples, args.seed)
+    found = {
+        f"{arm}_minus_all": paired_difference(pairs[arm], args.samples, args.seed) for arm in pairs
+    }
     report = write_report(
-        args.report,
-        {"split": args.split, "models": models, "valid_minus_all": found, "seed": args.seed},
+        args.report, {"split": args.split, "models": models, **found, "seed": args.seed}
     )
     print(
-        f"\nmean overlap, valid - all, paired over {models[0]['performances']} {args.split} "
-        f"performances and {len(models)} models: {found['difference']:+.4f} "
-        f"[{found['low']:+.4f}, {found['high']:+.4f}]\n{report['cpu']}"
+        f"\nmean overlap against all, paired over {models[0]['performances']} {args.split} "
+        f"performances and {len(models)} models:"
     )
+    for key, value in found.items():
+        print(f"{key}: {value['difference']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]")
+    print(report["cpu"])
     return 0
 
 

@@ -354,11 +354,12 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     assert music_rules.main(argv) == 0
     found = report_of(rules)
     assert found["split"] == "dev" and [m["performances"] for m in found["models"]] == [1, 1]
-    gaps = [m["mean_overlap_valid"] - m["mean_overlap_all"] for m in found["models"]]
-    assert found["valid_minus_all"]["difference"] == pytest.approx(sum(gaps) / 2)
-    assert "mean overlap, valid - all, paired over 1 dev performances and 2 models" in (
-        capsys.readouterr().out
-    )
+    for arm in ("valid", "without_hold_limits", "without_shortest_holds"):
+        gaps = [m[f"mean_overlap_{arm}"] - m["mean_overlap_all"] for m in found["models"]]
+        assert found[f"{arm}_minus_all"]["difference"] == pytest.approx(sum(gaps) / 2)
+    printed = capsys.readouterr().out
+    assert "mean overlap against all, paired over 1 dev performances and 2 models" in printed
+    assert "without_shortest_holds_minus_all: " in printed
 
 
 def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
