@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from seqgen import checkpoint
 from seqgen.errors import DataError
 from seqgen.evaluation import DecodingEval, stream_nll, write_json
 from seqgen.tables import markdown_table
@@ -97,8 +96,7 @@ def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Not
 
 def held_out(args: MusicEval, generator) -> tuple[list[Notes], dict]:
     """The checkpoint's own dev or test performances, from the data config it trained with."""
-    meta = checkpoint.read_meta(checkpoint.resolve(args.ckpt))
-    recorded = (meta.get("run_config") or {}).get("data")
+    recorded = (generator.meta.get("run_config") or {}).get("data")
     if not isinstance(recorded, dict):
         raise DataError(f"{args.ckpt}: the checkpoint does not record its data; give --data")
     config = generator.task.data_config
