@@ -5,7 +5,7 @@ event after training on POP909 for equal budgets with absolute and relative posi
 and with absolute positions but without the note state (`data.note_state false`: the model
 is not told which notes are sounding); (d) continuations of the held-out performances by the
 better model of (c) (or `--continue_ckpt`), as generation runs it (`--rules all`: notes
-released at the checkpoint's hold limits and held at least its shortest holds) and with
+released at the checkpoint's hold limits) and with
 `--rules valid` (report key `continuation_rules_valid`: the model alone), and by the
 model without the note state: prompted with each one's first `--prompt_seconds`, it plays
 `--continue_seconds` on, compared with what the performer played next (overlap of six
@@ -241,15 +241,13 @@ def continuation(
     generator, held_out: list, prompt_seconds: float, seconds: float, rules: str = "all"
 ) -> dict:
     """(d) by a loaded checkpoint on the `held_out` performances; with `rules` valid (no
-    hold limits, no shortest holds), the model alone decides when notes end."""
+    hold limits), the model alone decides when notes end."""
     from seqgen_tasks.music.continuation import continuations
 
     found = continuations(generator, held_out, prompt_seconds, seconds, rules=rules)
     limits = "no note-length rules"
     if found["hold_limits"]:
         limits = "hold limits " + ", ".join(f"{x:g}" for x in found["hold_limits"]) + " s by octave"
-    if found["shortest_holds"]:
-        limits += ", shortest holds " + ", ".join(f"{x:g}" for x in found["shortest_holds"]) + " s"
     print(
         f"\n(d) continuations of {found['performances']} held-out performances: "
         f"{prompt_seconds:g} s of prompt, {seconds:g} s played on ({generator.path}; "
@@ -287,8 +285,8 @@ def continuation(
 
 
 def both_continuations(ckpt: str, held_out: list, args: argparse.Namespace) -> dict:
-    """(d) by `ckpt` as `seqgen generate` runs it (notes released at the hold limits, held
-    at least the shortest holds), and by the model alone."""
+    """(d) by `ckpt` as `seqgen generate` runs it (notes released at the hold limits), and
+    by the model alone."""
     from seqgen.inference import load
 
     generator = load(ckpt)

@@ -1,9 +1,11 @@
-"""Do the note-length rules help? Each checkpoint continues every performance of its own
-split (`dev`, where such choices are made) with `--rules all`, with `--rules valid` (the
-model alone), and with `all` less one rule at a time (no hold limits, no shortest holds),
-from the same prompts and sampling seed; a paired bootstrap over the performances, averaged
-over the checkpoints (several independently trained models), gives how much each arm's mean
-overlap with what the performer played exceeds that of `all`, with a 95% interval.
+"""Do the note rules help? Each checkpoint continues every performance of its own split
+(`dev`, where such choices are made) with `--rules all`, with `--rules valid` (the model
+alone), and with `all` less one rule at a time (no hold limits; no kept release rate, i.e.
+a banned release's probability spread over every id allowed instead of the releases
+allowed), from the same prompts and sampling seed; a paired bootstrap over the
+performances, averaged over the checkpoints (several independently trained models), gives
+how much each arm's mean overlap with what the performer played exceeds that of `all`, with
+a 95% interval.
 
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
@@ -14,32 +16,37 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from functools import partial
 
 from benchmarks.common import parse_args, write_report
 from seqgen.inference import load
 from seqgen.tables import markdown_table
 from seqgen_tasks.music.continuation import paired_difference, play
 from seqgen_tasks.music.evaluate import MusicEval, held_out
+from seqgen_tasks.music.generate import NoteRules
 from seqgen_tasks.music.statistics import failures, overlap
 
-ARMS = ("all", "valid", "without_hold_limits", "without_shortest_holds")
+ARMS = ("valid", "without_hold_limits", "without_kept_release_rate")
+"""Compared with `all`."""
 
 
 def play_arm(generator, performances: list, arm: str, args: argparse.Namespace):
-    """`play` as `arm` says: `all` less a rule is `all` with that rule's lengths unset."""
-    task = generator.task
-    stored = task.hold_limits, task.shortest_holds
-    if arm == "without_hold_limits":
-        task.hold_limits = None
-    if arm == "without_shortest_holds":
-        task.shortest_holds = None
-    try:
-        rules = "valid" if arm == "valid" else "all"
-        return play(
-            generator, performances, args.prompt_seconds, args.continue_seconds, args.seed, rules
-        )
-    finally:
-        task.hold_limits, task.shortest_holds = stored
+    """`play` as `arm` says: `all` less a rule is `all`'s `NoteRules` without it."""
+    limits = generator.task.hold_limits
+    processor = {
+        "without_hold_limits": partial(NoteRules, limits=None),
+        "without_kept_release_rate": partial(NoteRules, limits=limits, keep_release_rate=False),
+    }.get(arm)
+    rules = "valid" if arm == "valid" else "all"
+    return play(
+        generator,
+        performances,
+        args.prompt_seconds,
+        args.continue_seconds,
+        args.seed,
+        rules,
+        processor,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,15 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--continue_seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1, help="the sampling seed of both arms")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap draws")
+    parser.add_argument(
+        "--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms against all"
+    )
     parser.add_argument("--report", help="JSON report")
     args = parse_args(parser, argv)
-    pairs: dict[str, list] = {arm: [] for arm in ARMS[1:]}
+    pairs: dict[str, list] = {arm: [] for arm in args.arms}
     models = []
     for ckpt in args.ckpt:
         generator = load(ckpt, task="music")
         performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
-        arms = {arm: play_arm(generator, performances, arm, args) for arm in ARMS}
-        for arm in ARMS[1:]:
+        arms = {arm: play_arm(generator, performances, arm, args) for arm in ("all", *args.arms)}
+        for arm in args.arms:
             pairs[arm].append((arms["all"], arms[arm]))
         figures = {"ckpt": ckpt, "performances": len(arms["all"].real)}
         for arm, found in arms.items():

@@ -314,10 +314,9 @@ def test_music(tmp_path, capsys):
     assert report["nll_per_event_without_note_state"] > 0
     assert report["training"]["without_note_state"]["steps"] > 0
     assert report["continuation_without_note_state"]["performances"] == 1
-    assert len(found["hold_limits"]) == 11 and len(found["shortest_holds"]) == 11
+    assert len(found["hold_limits"]) == 11
     assert report["continuation_rules_valid"]["rules"] == "valid"
     assert report["continuation_rules_valid"]["hold_limits"] is None
-    assert report["continuation_rules_valid"]["shortest_holds"] is None
     assert report["continuation_rules_valid"]["released_when_held_too_long"] == 0
     assert "(d) continuations of 1 held-out performances" in capsys.readouterr().out
 
@@ -354,12 +353,12 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     assert music_rules.main(argv) == 0
     found = report_of(rules)
     assert found["split"] == "dev" and [m["performances"] for m in found["models"]] == [1, 1]
-    for arm in ("valid", "without_hold_limits", "without_shortest_holds"):
+    for arm in ("valid", "without_hold_limits", "without_kept_release_rate"):
         gaps = [m[f"mean_overlap_{arm}"] - m["mean_overlap_all"] for m in found["models"]]
         assert found[f"{arm}_minus_all"]["difference"] == pytest.approx(sum(gaps) / 2)
     printed = capsys.readouterr().out
     assert "mean overlap against all, paired over 1 dev performances and 2 models" in printed
-    assert "without_shortest_holds_minus_all: " in printed
+    assert "without_kept_release_rate_minus_all: " in printed
 
 
 def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):

@@ -1,7 +1,6 @@
 """The rules music generation follows as ids arrive (`NoteRules`): releases only of notes
-that are sounding, a note released once it has sounded its hold limit and held at least its
-shortest hold, both derived from the training data per octave, stored in the checkpoint and
-reported in the output."""
+that are sounding, and a note released once it has sounded its hold limit, derived from the
+training data per octave, stored in the checkpoint and reported in the output."""
 
 import json
 import re
@@ -25,7 +24,6 @@ from seqgen_tasks.music.generate import (
     hold_limits,
     released_notes,
     rule_processor,
-    shortest_holds,
 )
 from seqgen_tasks.music.task import MusicTask
 
@@ -41,19 +39,16 @@ def test_hold_limits_are_each_octaves_quantile_of_the_training_notes():
         Notes(pitch[:500], start[:500], start[:500] + duration[:500], np.full(500, 64)),
         Notes(pitch[500:], start[500:], start[500:] + duration[500:], np.full(310, 64)),
     ]
-    limits, floors = hold_limits(songs), shortest_holds(songs)
-    assert len(limits) == len(floors) == OCTAVES
+    limits = hold_limits(songs)
+    assert len(limits) == OCTAVES
     for octave, notes in ((5, duration[:400]), (3, duration[400:800])):
         assert limits[octave] == round(np.quantile(notes, 0.96) / 100, 2)
-        assert floors[octave] == round(np.quantile(notes, 0.01) / 100, 2) < limits[octave]
     overall = round(np.quantile(duration, 0.96) / 100, 2)  # too few notes: all notes' quantile
     assert limits[8] == limits[0] == overall != limits[5]
-    assert floors[8] == floors[0] == round(np.quantile(duration, 0.01) / 100, 2)
     one_step = [Notes(np.full(60, 60), np.arange(60), np.arange(60) + 1, np.full(60, 64))]
-    assert shortest_holds(one_step)[5] == 0.01  # never rounded down to nothing
-    for find in (hold_limits, shortest_holds):
-        with pytest.raises(ValueError, match="need notes"):
-            find([Notes.empty()])
+    assert hold_limits(one_step)[5] == 0.01  # never rounded down to nothing
+    with pytest.raises(ValueError, match="need notes"):
+        hold_limits([Notes.empty()])
 
 
 def test_rules_follow_the_prompt_and_release_a_note_at_its_limit():
@@ -79,37 +74,33 @@ def test_rules_follow_the_prompt_and_release_a_note_at_its_limit():
     assert NOTE_ON + 1 not in free.banned() and free.released == 0
 
 
-def test_rules_valid_keeps_only_releases_of_sounding_notes_and_all_adds_the_stored_lengths():
-    limits, floors = [0.3] * OCTAVES, [0.05] * OCTAVES
-    valid = rule_processor("valid", limits, floors)([389, 60])
-    assert valid.sounding_only and valid.limits is None and valid.floors is None
+def test_rules_valid_keeps_only_releases_of_sounding_notes_and_all_adds_the_stored_limits():
+    limits = [0.3] * OCTAVES
+    valid = rule_processor("valid", limits)([389, 60])
+    assert valid.sounding_only and valid.limits is None
     assert not valid.keep_release_rate  # the model's probabilities, renormalised
-    every = rule_processor("all", limits, floors)([389, 60])
-    assert every.sounding_only and every.keep_release_rate
-    assert every.limits[60] == 30 and every.floors[60] == 5
+    every = rule_processor("all", limits)([389, 60])
+    assert every.sounding_only and every.keep_release_rate and every.limits[60] == 30
+    assert rule_processor("all", None)([389, 60]).limits is None  # a checkpoint without them
     with pytest.raises(ValueError, match="rules must be one of valid, all, got 'none'"):
-        rule_processor("none", limits, floors)
+        rule_processor("none", limits)
     with pytest.raises(ValueError, match="rules must be one of"):
         MusicGenerate(rules="some")
 
 
-def test_rules_hold_a_note_until_its_shortest_hold():
-    floors = [0.1] * OCTAVES  # 10 steps for every pitch
-    rules = NoteRules([389, 60, TIME_SHIFT + 4], floors=floors)  # 60 has sounded 4 steps
-    assert NOTE_OFF + 60 in rules.banned() and NOTE_OFF + 64 in rules.banned()  # not sounding
-    rules.add(TIME_SHIFT + 5)
-    assert NOTE_OFF + 60 in rules.banned()
-    rules.add(TIME_SHIFT + 1)  # 10 steps
-    assert NOTE_OFF + 60 not in rules.banned()
-    rules.add(60)  # struck again: a release ends the oldest note, old enough
-    assert NOTE_OFF + 60 not in rules.banned()
-    rules.add(NOTE_OFF + 60)  # the first note ends; the second has sounded 0 steps
-    assert NOTE_OFF + 60 in rules.banned()
-    anything = NoteRules([389, 60, TIME_SHIFT + 4], sounding_only=False, floors=floors)
-    assert anything.banned() == [NOTE_OFF + 60]  # only the young note's release
-    # a hold limit below the floor forces the release all the same
-    both = NoteRules([389, 60, TIME_SHIFT + 5], limits=[0.05] * OCTAVES, floors=floors)
-    assert set(range(391)) - set(both.banned()) == {NOTE_OFF + 60}
+def test_a_pitch_struck_twice_is_released_twice_and_its_limit_follows_the_newer_note():
+    rules = NoteRules([389, 60, TIME_SHIFT + 40, 60], limits=[0.5] * OCTAVES)
+    assert rules.sounding[60] == 2 and NOTE_OFF + 60 not in rules.banned()
+    rules.add(NOTE_OFF + 60)  # ends the older note, struck at 0 (not overdue: 40 steps)
+    assert rules.released == 0 and rules.sounding[60] == 1
+    rules.add(TIME_SHIFT + 49)  # the newer note, struck at 40, has sounded 49 steps
+    assert len(rules.banned()) < 200
+    rules.add(TIME_SHIFT + 1)
+    assert set(range(391)) - set(rules.banned()) == {NOTE_OFF + 60}
+    rules.add(NOTE_OFF + 60)
+    assert rules.released == 1 and NOTE_OFF + 60 in rules.banned()  # silent again
+    anything = NoteRules([389, 60], sounding_only=False)
+    assert anything.banned() == []  # nothing ruled at all
 
 
 def releases_of_silent_notes(prompt: list[int], new: list[int]) -> int:
@@ -128,12 +119,12 @@ def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
     options = dict(temperature=2.0, max_new_tokens=400, min_new_tokens=400, seed=1)
     free = generator.continue_ids(prompt, **options)
     sounding_only = generator.continue_ids(
-        prompt, processor=rule_processor("valid", None, None), **options
+        prompt, processor=rule_processor("valid", None), **options
     )
     assert releases_of_silent_notes(prompt, free) > 0  # a tiny model releases at random
     assert releases_of_silent_notes(prompt, sounding_only) == 0
     limits = [0.3] * OCTAVES
-    held = generator.continue_ids(prompt, processor=rule_processor("all", limits, None), **options)
+    held = generator.continue_ids(prompt, processor=rule_processor("all", limits), **options)
     assert releases_of_silent_notes(prompt, held) == 0
 
     def longest(new: list[int]) -> int:
@@ -144,23 +135,6 @@ def test_generation_releases_only_sounding_notes_and_none_held_past_the_limit():
     assert longest(free) > 130 >= longest(held)
     assert released_notes(prompt, held, limits) > 0 == released_notes(prompt, held, None)
 
-    def young_releases(new: list[int], floors: list[float]) -> int:
-        rules, young = NoteRules(prompt, sounding_only=False, floors=floors), 0
-        for token in new:
-            young += NOTE_OFF <= token < NOTE_OFF + 128 and token in rules.banned()
-            rules.add(token)
-        return young
-
-    floors = [0.2] * OCTAVES
-    kept = generator.continue_ids(
-        prompt, processor=rule_processor("all", limits, floors), **options
-    )
-    assert young_releases(held, floors) > 0 == young_releases(kept, floors)
-    assert releases_of_silent_notes(prompt, kept) == 0 and longest(kept) <= 130
-    notes = decode_events(prompt[1:] + kept)
-    ended = notes.end < notes.end.max()  # released, not cut off where the continuation stops
-    assert (notes.end - notes.start)[ended].min() >= 20
-
 
 def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, capsys):
     task = MusicTask.from_options({"hold_limits": [2.5] * OCTAVES}, 64)
@@ -168,11 +142,10 @@ def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, cap
     for bad in ([2.5] * 3, [0.0] * OCTAVES, "2.5", [True] * OCTAVES):
         with pytest.raises(ConfigError, match="hold_limits must be 11 seconds > 0"):
             MusicTask.from_options({"hold_limits": bad}, 64)
-    floors = MusicTask.from_options({"shortest_holds": [0.05] * OCTAVES}, 64)
-    assert floors.shortest_holds == floors.options()["shortest_holds"] == [0.05] * OCTAVES
-    with pytest.raises(ConfigError, match="shortest_holds must be 11 seconds > 0"):
-        MusicTask.from_options({"shortest_holds": [-0.05] * OCTAVES}, 64)
-    assert load(OLD_MUSIC).task.hold_limits is None and load(OLD_MUSIC).task.shortest_holds is None
+    # checkpoints from when generation also held notes a shortest time still load
+    older = MusicTask.from_options({"shortest_holds": [0.05] * OCTAVES}, 64)
+    assert older.hold_limits is None and "shortest_holds" not in older.options()
+    assert load(OLD_MUSIC).task.hold_limits is None
     argv = [
         "generate",
         "--ckpt",
@@ -200,23 +173,23 @@ def test_stored_limits_are_checked_and_older_checkpoints_have_none(tmp_path, cap
     (stored / "config.json").write_text(json.dumps(config))
     assert main([*argv[:2], str(stored), *argv[3:]]) == 0
     said = capsys.readouterr().out
-    assert re.search(r"\d+ notes? released when held too long, notes held at least 0.05 s", said)
+    assert re.search(r"\d+ notes? released when held too long \(--rules valid", said)
     written = pretty_midi.PrettyMIDI(str(tmp_path / "out.mid")).instruments[0].notes
     assert max(note.end - note.start for note in written) < 0.2 + 1.0
 
 
 def test_a_banned_releases_probability_goes_to_the_releases_allowed():
-    # 60 and 64 sound (64 only 2 steps): the floors ban releasing 64, and every pitch not sounding
+    # 60 and 64 sound: releasing any other pitch is banned
     prompt = [389, NOTE_ON + 60, TIME_SHIFT + 50, NOTE_ON + 64, TIME_SHIFT + 2]
     logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(0))
     before = torch.softmax(logits, -1)
-    after = torch.softmax(NoteRules(prompt, floors=[0.05] * OCTAVES)([], logits.clone()), -1)
+    after = torch.softmax(NoteRules(prompt)([], logits.clone()), -1)
     releases = slice(NOTE_OFF, NOTE_OFF + 128)
-    assert after[releases].nonzero().flatten().tolist() == [60]
+    assert after[releases].nonzero().flatten().tolist() == [60, 64]
     # the model's rate of releases is kept, and every other event keeps its probability
     assert after[releases].sum().item() == pytest.approx(before[releases].sum().item(), rel=1e-5)
     assert torch.allclose(after[:NOTE_OFF], before[:NOTE_OFF], rtol=1e-5)
-    spread = NoteRules(prompt, floors=[0.05] * OCTAVES, keep_release_rate=False)
+    spread = NoteRules(prompt, keep_release_rate=False)
     plain = torch.softmax(spread([], logits.clone()), -1)
     assert plain[NOTE_OFF + 60] < after[NOTE_OFF + 60]
 
@@ -245,7 +218,7 @@ def test_paired_difference_says_which_arm_plays_closer_to_the_performer():
     real = [song(0.4) for _ in range(12)]
 
     def arm(played: list[Notes]) -> Played:
-        return Played(real, played, real, [], [], None, None)
+        return Played(real, played, real, [], [], None)
 
     close, held = arm([song(0.4) for _ in real]), arm([song(6.0) for _ in real])
     found = paired_difference([(held, close), (held, close)], samples=200)

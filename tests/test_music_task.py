@@ -23,7 +23,7 @@ from seqgen_tasks.music.events import (
     encode_notes,
     event_steps,
 )
-from seqgen_tasks.music.generate import hold_limits, shortest_holds
+from seqgen_tasks.music.generate import hold_limits
 from seqgen_tasks.music.midi import notes_from_pretty_midi
 from seqgen_tasks.music.splits import assign
 from seqgen_tasks.music.task import MusicTask
@@ -95,16 +95,12 @@ def test_pretrain_on_midi_files(trained):
     # the hold limits of generation, from the training performances alone
     train = [song for song, split in zip(songs, assigned, strict=True) if split == "train"]
     assert meta["task_options"]["hold_limits"] == hold_limits(train) != hold_limits(songs)
-    assert meta["task_options"]["shortest_holds"] == shortest_holds(train)
     # what training learns is returned, not written into the task: the contract is order-free
     task = MusicTask.from_options({}, 64)
     before = task.options()
     task.training_data(Splits(songs[:4], songs[4:]), PerformanceTokenizer())
     assert task.options() == before and task.hold_limits is None
-    assert task.learned_options(Splits(songs[:4], [])) == {
-        "hold_limits": hold_limits(songs[:4]),
-        "shortest_holds": shortest_holds(songs[:4]),
-    }
+    assert task.learned_options(Splits(songs[:4], [])) == {"hold_limits": hold_limits(songs[:4])}
 
 
 def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):
@@ -133,7 +129,7 @@ def test_continuation_opens_with_the_prompt(trained, tmp_path, capsys):
     assert code == 0
     said = capsys.readouterr().out
     assert "3.0 s of prompt" in said
-    assert re.search(r"rules all: .*\d+ notes? released when held too long, notes held", said)
+    assert re.search(r"rules all: .*\d+ notes? released when held too long \(--rules valid", said)
     assert float(re.search(r"\+ ([\d.]+) s generated", said).group(1)) >= 4.0
     given = notes_from_pretty_midi(pretty_midi.PrettyMIDI(str(prompt)))
     made = notes_from_pretty_midi(pretty_midi.PrettyMIDI(str(out)))
@@ -537,7 +533,7 @@ def test_continuations_of_held_out_performances(trained, tmp_path):
     assert found["performer_later"]["performances"] == 1
     assert 0.95 < found["performer_later"]["overlap"]["mean"] <= 1.0
     assert len(found["hold_limits"]) == 11 and found["released_when_held_too_long"] >= 0
-    assert len(found["shortest_holds"]) == 11
+    assert "shortest_holds" not in found
     assert main([*argv[:-2], "--continue_seconds", "60"]) == 2  # longer than the song
 
 

@@ -12,6 +12,7 @@ the performer did.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,10 @@ from seqgen_tasks.music.events import (
 from seqgen_tasks.music.generate import (
     EVENTS_PER_SECOND_CAP,
     Clock,
+    NoteRules,
     released_notes,
     rule_processor,
-    ruled_lengths,
+    ruled_limits,
 )
 from seqgen_tasks.music.statistics import failures, overlap
 
@@ -102,7 +104,7 @@ class Played:
     new: list[list[int]]
     """The events generated after each prompt."""
     limits: list[float] | None
-    floors: list[float] | None
+    """The hold limits applied (None: none)."""
 
 
 def play(
@@ -112,6 +114,7 @@ def play(
     seconds: float,
     seed: int = 0,
     rules: str = "all",
+    processor: Callable[[list[int]], NoteRules] | None = None,
     **options,
 ) -> Played:
     """Continue each performance long enough for `prompt_seconds + seconds`.
@@ -119,6 +122,8 @@ def play(
     Args:
         generator: a loaded music checkpoint.
         rules: `valid` or `all`, as `seqgen generate --rules` (`MusicGenerate.rules`).
+        processor: `NoteRules` made otherwise than `rules` make them (an ablation); the
+            hold limits reported are still those of `rules`.
         options: generation settings (temperature, top_p, ...).
     """
     begin = round(prompt_seconds * STEPS_PER_SECOND)
@@ -141,7 +146,7 @@ def play(
         progress.set(played_steps / STEPS_PER_SECOND)
 
     clock = Clock(end - begin, on_time=moved_on)
-    limits, floors = ruled_lengths(rules, generator.task.hold_limits, generator.task.shortest_holds)
+    limits = ruled_limits(rules, generator.task.hold_limits)
     new = generator.continue_ids(
         prompts,
         **{
@@ -150,7 +155,7 @@ def play(
             "min_new_tokens": most,
             "seed": seed,
             "stop_fn": clock,
-            "processor": rule_processor(rules, limits, floors),
+            "processor": processor or rule_processor(rules, limits),
         },
     )
     progress.finish()  # a row that ran out of events stops short of its seconds
@@ -158,7 +163,7 @@ def play(
         window(decode_events([*p[1:], *n]), begin, end) for p, n in zip(prompts, new, strict=True)
     ]
     real = [window(p, begin, end) for p in usable]
-    return Played(usable, played, real, prompts, new, limits, floors)
+    return Played(usable, played, real, prompts, new, limits)
 
 
 def continuations(
@@ -217,7 +222,6 @@ def continuations(
         "events_generated": sum(map(len, found.new)),
         "rules": rules,
         "hold_limits": found.limits,
-        "shortest_holds": found.floors,
         "released_when_held_too_long": sum(
             released_notes(p, n, found.limits)
             for p, n in zip(found.prompts, found.new, strict=True)

@@ -19,7 +19,7 @@ from seqgen.tasks import known_options
 from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import Notes
-from seqgen_tasks.music.generate import Rules, seconds_span
+from seqgen_tasks.music.generate import Rules
 from seqgen_tasks.music.splits import HELD_OUT
 from seqgen_tasks.music.statistics import (
     CROWDED_NOTES,
@@ -210,10 +210,6 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
             rows.append(
                 ("notes released when held too long", str(found["released_when_held_too_long"]))
             )
-            if found["shortest_holds"]:
-                rows.append(
-                    ("notes held at least (s, by octave)", seconds_span(found["shortest_holds"]))
-                )
             later = found["performer_later"]
             if later["overlap"] is not None:
                 rows.append(

@@ -65,12 +65,11 @@ class MusicGenerate:
     sounds (a release of a silent pitch would be ignored when decoding, leaving the note
     meant held: after 10 min on POP909, 40% of a model's releases were such), the model's
     probabilities renormalised over the rest. `all` (default) also releases a note once it
-    has sounded longer than 96% of the training notes of its octave did, holds one at least
-    as long as 99% of them did (the checkpoint stores both), and gives a banned release's
-    probability to the releases allowed, so the model still decides how often notes end.
-    On unseen ASAP pieces, all against none of the length rules: note-duration overlap
-    0.853 against 0.735, time with more than 10 notes sounding 21.5% against 57% (real:
-    7.2%); the ablation is in docs/music.md."""
+    has sounded longer than 96% of the training notes of its octave did (the checkpoint
+    stores these limits), and gives a banned release's probability to the releases allowed,
+    so the model still decides how often notes end. On unseen ASAP pieces, all against none
+    of the length rules: note-duration overlap 0.853 against 0.735, time with more than 10
+    notes sounding 21.5% against 57% (real: 7.2%); the ablation is in docs/music.md."""
     piano_roll: str | None = None
     """Write a piano roll of prompt and continuation here (.png)."""
     wav: str | None = None
@@ -102,49 +101,31 @@ notes of its octave did. Measured on POP909's held-out songs (10 min model, cont
 of 30 s, two seeds): notes over 4 s 0.5% at 0.96 (real: 0.8%; 0.04% at 0.95, 1.1% at 0.97,
 4.5% without), note-duration overlap 0.86-0.87 (0.85 without). At 0.99 the limits are 5-31
 s: a few songs hold their pedal for minutes."""
-SHORT_QUANTILE = 0.01
-"""Generation keeps a note sounding until it has sounded longer than this share of the
-training notes of its octave did. POP909: 0.06-0.09 s in the middle octaves, where a model
-after 10 min played 6.5% of its notes for under 50 ms (real: 0.4%); ASAP: 0.02-0.03 s, as a
-classical pianist's staccato and trills are short."""
 NEVER = np.iinfo(np.int64).max // 2  # the onset of a pitch with no note sounding
 
 
-def _octave_quantiles(performances: list[Notes], quantile: float) -> list[float]:
-    """Seconds, per octave (pitch // 12, 11 of them): the `quantile` of the note durations
-    of that octave in `performances`, or of all their notes for an octave with fewer than
-    50; to the 10 ms step, and at least one step."""
+def hold_limits(performances: list[Notes]) -> list[float]:
+    """Seconds that generation lets a note of each octave (pitch // 12, 11 of them) sound:
+    the HOLD_QUANTILE of the durations of the training notes of that octave
+    (`performances`), or of all their notes for an octave with fewer than 50; to the 10 ms
+    step, and at least one step."""
     durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
     octave = np.concatenate([p.pitch for p in performances]) // 12
     if len(durations) == 0:
         raise ValueError("note length limits need notes")
-    overall = np.quantile(durations, quantile)
+    overall = np.quantile(durations, HOLD_QUANTILE)
     found = [
-        np.quantile(durations[octave == o], quantile) if (octave == o).sum() >= 50 else overall
+        np.quantile(durations[octave == o], HOLD_QUANTILE) if (octave == o).sum() >= 50 else overall
         for o in range(OCTAVES)
     ]
     return [max(round(float(x), 2), 1 / STEPS_PER_SECOND) for x in found]
-
-
-def hold_limits(performances: list[Notes]) -> list[float]:
-    """Seconds that generation lets a note of each octave sound: the HOLD_QUANTILE of the
-    durations of the training notes of that octave (`performances`)."""
-    return _octave_quantiles(performances, HOLD_QUANTILE)
-
-
-def shortest_holds(performances: list[Notes]) -> list[float]:
-    """Seconds that generation keeps a note of each octave sounding at least: the
-    SHORT_QUANTILE of the durations of the training notes of that octave."""
-    return _octave_quantiles(performances, SHORT_QUANTILE)
 
 
 class NoteRules:
     """A `LogitsProcessor` for one row that follows its notes as ids arrive. With
     `sounding_only`, NOTE_OFFs of pitches with no note sounding are banned. With `limits`
     (seconds per octave, `hold_limits`), a note that has sounded that long is released at
-    once: every other id is banned until it is (`released` counts them). With `floors`
-    (seconds per octave, `shortest_holds`), a pitch's NOTE_OFF is banned while its oldest
-    note, the one a release would end, has sounded less than that. With `keep_release_rate`,
+    once: every other id is banned until it is (`released` counts them). With `keep_release_rate`,
     the probability of banned releases goes to the allowed ones (`ban_within`)."""
 
     def __init__(
@@ -152,12 +133,11 @@ class NoteRules:
         prompt: list[int],
         sounding_only: bool = True,
         limits: list[float] | None = None,
-        floors: list[float] | None = None,
         keep_release_rate: bool = True,
     ) -> None:
         self.sounding_only = sounding_only
         self.keep_release_rate = keep_release_rate
-        self.limits, self.floors = _per_pitch(limits), _per_pitch(floors)
+        self.limits = _per_pitch(limits)
         events = np.asarray(prompt, dtype=np.int64)
         times = event_steps(events)
         self.now = int(times[-1]) if len(times) else 0
@@ -218,12 +198,9 @@ class NoteRules:
             allowed = np.zeros(VOCAB, dtype=bool)
             allowed[NOTE_OFF + overdue] = True
             return np.flatnonzero(~allowed).tolist()
-        kept = np.zeros(128, dtype=bool)  # pitches whose release is banned
-        if self.sounding_only:
-            kept |= self.oldest == NEVER
-        if self.floors is not None:
-            kept |= (self.oldest != NEVER) & (self.now - self.oldest < self.floors)
-        return (NOTE_OFF + np.flatnonzero(kept)).tolist()
+        if not self.sounding_only:
+            return []
+        return (NOTE_OFF + np.flatnonzero(self.oldest == NEVER)).tolist()
 
 
 def _per_pitch(seconds: list[float] | None) -> np.ndarray | None:
@@ -244,23 +221,18 @@ def released_notes(ids: list[int], new: list[int], limits: list[float] | None) -
     return rules.released
 
 
-def ruled_lengths(
-    rules: str, limits: list[float] | None, floors: list[float] | None
-) -> tuple[list[float] | None, list[float] | None]:
-    """The hold limits and shortest holds that `rules` apply, given the checkpoint's: both
-    under `all`, none under `valid`."""
+def ruled_limits(rules: str, limits: list[float] | None) -> list[float] | None:
+    """The hold limits that `rules` apply, given the checkpoint's: those under `all`, none
+    under `valid`."""
     check_rules(rules)
-    return (None, None) if rules == "valid" else (limits, floors)
+    return None if rules == "valid" else limits
 
 
-def rule_processor(
-    rules: str, limits: list[float] | None, floors: list[float] | None
-) -> Callable[[list[int]], NoteRules]:
+def rule_processor(rules: str, limits: list[float] | None) -> Callable[[list[int]], NoteRules]:
     """The engine's processor for `rules` (`MusicGenerate.rules`), with the checkpoint's
-    hold `limits` and shortest holds (`floors`): releases only of sounding notes, and under
-    `all` the note lengths, a banned release's probability going to the releases allowed."""
-    limits, floors = ruled_lengths(rules, limits, floors)
-    return partial(NoteRules, limits=limits, floors=floors, keep_release_rate=rules == "all")
+    hold `limits`: releases only of sounding notes, and under `all` the hold limits, a banned
+    release's probability going to the releases allowed."""
+    return partial(NoteRules, limits=ruled_limits(rules, limits), keep_release_rate=rules == "all")
 
 
 class Clock:
@@ -302,12 +274,10 @@ def prepare(
     options: MusicGenerate,
     settings: dict[str, Any],
     stored_limits: list[float] | None = None,
-    stored_floors: list[float] | None = None,
 ) -> tuple[list[int], dict[str, Any]]:
     """The prompt cut to `prompt_seconds`, and a length in seconds or events: the piece may
     not end before the length asked for (end-of-sequence is never sampled). The notes are
-    ruled by `NoteRules` as `options.rules` say, with the checkpoint's `stored_limits` and
-    `stored_floors`."""
+    ruled by `NoteRules` as `options.rules` say, with the checkpoint's `stored_limits`."""
     if options.wav:
         check_fluidsynth()  # before generating: never fail after the work is done
     events = np.asarray(ids[1:], dtype=np.int64)  # after <bos>
@@ -320,7 +290,7 @@ def prepare(
     if options.seconds is not None:
         limit = max(limit, round(options.seconds * EVENTS_PER_SECOND_CAP))
         extra["stop_fn"] = Clock(round(options.seconds * STEPS_PER_SECOND))
-    extra["processor"] = rule_processor(options.rules, stored_limits, stored_floors)
+    extra["processor"] = rule_processor(options.rules, stored_limits)
     return [ids[0], *events.tolist()], {**extra, "max_new_tokens": limit, "min_new_tokens": limit}
 
 
@@ -331,7 +301,6 @@ def write(
     options: MusicGenerate,
     path: Path,
     stored_limits: list[float] | None = None,
-    stored_floors: list[float] | None = None,
 ) -> list[str]:
     """The prompt and its continuation as one MIDI file (and a piano roll, audio)."""
     events = ids[1:]
@@ -349,7 +318,7 @@ def write(
         )
     lines = [
         f"wrote {path}: {prompt_seconds:.1f} s of prompt + {added:.1f} s generated "
-        f"({len(new)} events{rules_said(ids, new, options, stored_limits, stored_floors)})"
+        f"({len(new)} events{rules_said(ids, new, options, stored_limits)})"
     ]
     if options.piano_roll:
         from seqgen_tasks.music.plot import piano_roll
@@ -363,30 +332,18 @@ def write(
 
 
 def rules_said(
-    ids: list[int],
-    new: list[int],
-    options: MusicGenerate,
-    stored_limits: list[float] | None,
-    stored_floors: list[float] | None,
+    ids: list[int], new: list[int], options: MusicGenerate, stored_limits: list[float] | None
 ) -> str:
     """What the note rules did to `new`, for the output line."""
     if options.rules == "valid":
         return "; rules valid: releases only of sounding notes"
     said = "; rules all: releases only of sounding notes"
-    if stored_limits is not None:
+    if stored_limits is None:
+        said += ", no note-length limits stored in this checkpoint (trained before them)"
+    else:
         count = released_notes(ids, new, stored_limits)
         said += f", {count} note{'' if count == 1 else 's'} released when held too long"
-    if stored_floors is not None:
-        said += f", notes held at least {seconds_span(stored_floors)} s"
-    if stored_limits is None or stored_floors is None:
-        said += ", no note-length limits stored in this checkpoint (trained before them)"
     return said + " (--rules valid: the model alone decides)"
-
-
-def seconds_span(seconds: list[float]) -> str:
-    """Per-octave seconds as their range, e.g. "0.02-0.03"."""
-    low, high = min(seconds), max(seconds)
-    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
 def write_wav(midi, path: str, sample_rate: int, soundfont: str | None = None) -> None:

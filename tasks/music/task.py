@@ -85,7 +85,6 @@ class MusicData:
         self.note_ages = self.note_ages and self.note_state  # what the checkpoint records
 
 
-LENGTH_RULES = ("hold_limits", "shortest_holds")  # seconds per octave, in task_options
 MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask for 1e8
 
 
@@ -108,9 +107,6 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
         self.hold_limits: list[float] | None = None
         """Seconds generation lets a note of each octave sound (`generation.hold_limits`):
         set from the training data, stored in the checkpoint; None for older ones."""
-        self.shortest_holds: list[float] | None = None
-        """Seconds generation keeps a note of each octave sounding at least
-        (`generation.shortest_holds`): likewise."""
 
     @classmethod
     def from_options(
@@ -118,39 +114,34 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
     ) -> MusicTask:
         task = super().from_options(options, block_size, decoding)
         octaves = generation.OCTAVES
-        for name in LENGTH_RULES:
-            seconds = options.get(name)
-            if seconds is not None and not (
-                isinstance(seconds, list)
-                and len(seconds) == octaves
-                and all(type(x) in (int, float) and x > 0 for x in seconds)
-            ):
-                raise ConfigError(
-                    f"the checkpoint's task_options.{name} must be {octaves} "
-                    f"seconds > 0, got {seconds!r}"
-                )
-            setattr(task, name, seconds)
+        seconds = options.get("hold_limits")
+        if seconds is not None and not (
+            isinstance(seconds, list)
+            and len(seconds) == octaves
+            and all(type(x) in (int, float) and x > 0 for x in seconds)
+        ):
+            raise ConfigError(
+                f"the checkpoint's task_options.hold_limits must be {octaves} seconds > 0, "
+                f"got {seconds!r}"
+            )
+        task.hold_limits = seconds
         return task
 
     def learned_options(self, splits: Splits) -> dict[str, Any]:
         """How long the training performances' notes of each octave sound: generation's
-        hold limits and shortest holds."""
-        return {
-            "hold_limits": generation.hold_limits(splits.train),
-            "shortest_holds": generation.shortest_holds(splits.train),
-        }
+        hold limits."""
+        return {"hold_limits": generation.hold_limits(splits.train)}
 
     def options(self) -> dict[str, Any]:
         stored = super().options()
-        for name in LENGTH_RULES:
-            if getattr(self, name) is not None:
-                stored[name] = getattr(self, name)
+        if self.hold_limits is not None:
+            stored["hold_limits"] = self.hold_limits
         return stored
 
     def prepare(
         self, ids: list[int], options: generation.MusicGenerate, settings: dict[str, Any]
     ) -> tuple[list[int], dict[str, Any]]:
-        return generation.prepare(ids, options, settings, self.hold_limits, self.shortest_holds)
+        return generation.prepare(ids, options, settings, self.hold_limits)
 
     def write(
         self,
@@ -160,9 +151,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
         options: generation.MusicGenerate,
         path: Path,
     ) -> list[str]:
-        return generation.write(
-            ids, new, tokenizer, options, path, self.hold_limits, self.shortest_holds
-        )
+        return generation.write(ids, new, tokenizer, options, path, self.hold_limits)
 
     def token_state(self) -> SoundingPitches | None:
         if not self.data.note_state:
