@@ -79,8 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data,
             "--data.val_fraction",
             "0.1",
-            "--data.cache_dir",
-            str(Path(tmp) / "cache"),
             "--train.max_steps",
             "-1",
             "--train.max_time",

@@ -340,9 +340,9 @@ def step_times(config: str) -> dict:
     }
 
 
-def held_out_data(args: argparse.Namespace, work: Path) -> dict:
+def held_out_data(args: argparse.Namespace) -> dict:
     """The data options (c) trains with: the recipe's, on --data, with the overrides'
-    `--data.*` (e.g. --data.val), with (c)'s cache."""
+    `--data.*` (e.g. --data.val)."""
     recipe = yaml.safe_load(Path(args.config).read_text()).get("data", {})
     given, rest = {}, list(args.overrides)
     while rest:
@@ -350,7 +350,7 @@ def held_out_data(args: argparse.Namespace, work: Path) -> dict:
         if flag.startswith("--data."):
             key, _, value = flag.removeprefix("--data.").partition("=")
             given[key] = yaml.safe_load(value if value or not rest else rest.pop(0))
-    return {**recipe, **given, "train": args.data, "cache_dir": str(work / "cache")}
+    return {**recipe, **given, "train": args.data}
 
 
 def train_variant(
@@ -363,8 +363,6 @@ def train_variant(
             config,
             "--data.train",
             data,
-            "--data.cache_dir",
-            str(work / "cache"),
             *VARIANTS[variant],
             f"--train.max_time={seconds}",
             "--train.progress_bar=false",
@@ -488,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "continue" not in args.skip and not args.continue_ckpt:
                 from seqgen.inference import load
 
-                held_out = held_out_performances(held_out_data(args, work))
+                held_out = held_out_performances(held_out_data(args))
                 report.update(both_continuations(str(work / best / "final"), held_out, args))
                 if "without_note_state" in runs:
                     report["continuation_without_note_state"] = continuation(
@@ -536,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if "continue" not in args.skip and args.continue_ckpt:
         with tempfile.TemporaryDirectory() as tmp:
-            held_out = held_out_performances(held_out_data(args, Path(args.out or tmp)))
+            held_out = held_out_performances(held_out_data(args))
             report.update(both_continuations(args.continue_ckpt, held_out, args))
     for key in ("continuation", "continuation_rules_valid", "continuation_without_note_state"):
         if key in report:

@@ -17,6 +17,15 @@ from typing import Any
 
 from seqgen.errors import SeqgenError
 
+_CACHE = "caches live under $SEQGEN_CACHE (default ~/.cache/seqgen)"
+RETIRED = {
+    "data.cache_dir": _CACHE,
+    "cache_dir": _CACHE,
+    "data.num_workers": "set train.num_workers",
+    "data.num_proc": "parsing uses every core",
+}
+"""Settings that are gone, and what replaces them."""
+
 
 def config_parser(
     prog: str, description: str | None, *config_classes: type, skip: set[str] = frozenset()
@@ -105,6 +114,7 @@ def parse(parser, argv: Sequence[str]):
     sections = {action.dest.split(".")[0] for action in parser._actions if "." in action.dest}
     for file in files:
         check_sections(file, sections)
+    check_retired(argv, files)
     try:
         return parser.instantiate(parser.parse_args(list(argv)))
     except argparse.ArgumentError as err:
@@ -134,6 +144,23 @@ def check_sections(file: str, sections: set[str]) -> None:
                 f"{file}: `{key}:` is a section of settings (indented key: value "
                 f"lines), got {values[key]!r}"
             )
+
+
+def check_retired(argv: Sequence[str], files: list[str]) -> None:
+    """A setting that is gone is an error that says what replaced it, naming the file."""
+    import yaml
+
+    for arg in argv:
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if key in RETIRED:
+            raise SeqgenError(f"--{key} is gone: {RETIRED[key]}")
+    for file in files:
+        values = yaml.safe_load(Path(file).read_text())  # read by check_sections already
+        for key, instead in RETIRED.items():
+            section, _, name = key.rpartition(".")
+            found = values.get(section) if section else values
+            if isinstance(found, dict) and name in found:
+                raise SeqgenError(f"{file}: {key} is gone: {instead}")
 
 
 def build(config_class: type, values: Any):

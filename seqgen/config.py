@@ -208,6 +208,9 @@ class TrainConfig:
     """Machines for multi-node training."""
     num_threads: int | None = None
     """torch CPU threads (None: torch's default)."""
+    num_workers: int = 0
+    """DataLoader processes preparing training batches beside the model (0: in the training
+    process), e.g. for music's augmentation, drawn afresh for every window."""
     compile: bool = False
     """torch.compile the model for training: faster steps on a GPU once it has compiled (a
     minute or more at start-up); needs a C++ compiler on a CPU."""
@@ -269,6 +272,8 @@ class TrainConfig:
             raise ConfigError(f"train.peak_flops must be > 0 or None, got {self.peak_flops}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -135,6 +135,16 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise
 
 
+CACHE_VARIABLE = "SEQGEN_CACHE"
+
+
+def cache_dir(kind: str) -> Path:
+    """Where seqgen caches `kind` (tokenized text, encoded MIDI): under $SEQGEN_CACHE, by
+    default ~/.cache/seqgen, e.g. on a bigger disk."""
+    root = os.environ.get(CACHE_VARIABLE) or "~/.cache/seqgen"
+    return Path(root).expanduser() / kind
+
+
 def check_writable(path: str | None, what: str) -> None:
     """Raise ValueError, before any work, if `path` cannot become a file: it is a directory,
     or a file stands where its folder would be."""

@@ -58,8 +58,6 @@ class Examples:
 
     train: list[Example]
     val: list[Example]
-    num_workers: int = 0
-    """DataLoader worker processes."""
 
 
 @dataclass
@@ -72,8 +70,6 @@ class Windows:
 
     train: Dataset
     val: Dataset
-    num_workers: int = 0
-    """DataLoader worker processes (e.g. for augmentation drawn afresh on every window)."""
 
 
 def known_options(config_class: type, values: dict[str, Any]) -> dict[str, Any]:

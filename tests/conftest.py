@@ -43,8 +43,9 @@ def corpus_file(tmp_path, corpus_text):
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
-    """Token caches go to the test's own directory, never ~/.cache."""
+    """Caches go to the test's own directory (tmp_path / "cache"), never ~/.cache."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SEQGEN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
 
 

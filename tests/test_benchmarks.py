@@ -257,7 +257,7 @@ def test_music(tmp_path, capsys):
     songs = tmp_path / "songs"
     for i in range(4):
         write_song(songs / f"{i:02d}.mid", shift=i)
-    recipe = shrunk("music/pop909.yaml", tmp_path, data={"num_proc": 1})
+    recipe = shrunk("music/pop909.yaml", tmp_path)
     out = tmp_path / "music.json"
     assert (
         music.main(
@@ -327,7 +327,7 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     for i in range(6):
         write_song(songs / f"{i:02d}.mid", shift=i)
     train = {**TINY_TRAIN, "max_steps": 4, "max_time": None}
-    recipe = shrunk("music/pop909.yaml", tmp_path, data={"num_proc": 1}, train=train)
+    recipe = shrunk("music/pop909.yaml", tmp_path, train=train)
     out = tmp_path / "recipe.json"
     argv = ["--config", recipe, "--models", "2", "--out", str(tmp_path / "runs")]
     argv += ["--prompt_seconds", "3", "--continue_seconds", "4", "--report", str(out)]
@@ -366,11 +366,11 @@ def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
     parser_args = argparse.Namespace(
         config=recipe,
         data="train/",
-        overrides=["--data.val", "held/out", "--data.num_proc=1", "--train.batch_size", "3"],
+        overrides=["--data.val", "held/out", "--data.augment=false", "--train.batch_size", "3"],
     )
-    data = music.held_out_data(parser_args, tmp_path)
-    assert data["val"] == "held/out" and data["num_proc"] == 1 and data["train"] == "train/"
-    assert data["cache_dir"] == str(tmp_path / "cache") and "batch_size" not in data
+    data = music.held_out_data(parser_args)
+    assert data["val"] == "held/out" and data["augment"] is False and data["train"] == "train/"
+    assert "batch_size" not in data
 
 
 @pytest.mark.slow

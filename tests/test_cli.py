@@ -165,6 +165,27 @@ def test_bad_input_messages(tmp_path, capsys, sp_tokenizer, corpus_file):
     assert not out.exists()  # nothing written by any failed run
 
 
+def test_a_setting_that_is_gone_says_what_replaced_it(tmp_path, capsys, corpus_file):
+    base = ["pretrain", "--out_dir", str(tmp_path / "out"), "--data.source", str(corpus_file)]
+    for flag, instead in (
+        ("--data.cache_dir", "caches live under $SEQGEN_CACHE (default ~/.cache/seqgen)"),
+        ("--data.num_workers", "set train.num_workers"),
+    ):
+        expect_error(capsys, [*base, flag, "2"], f"{flag} is gone: {instead}")
+    expect_error(capsys, [*base, "--data.num_proc=2"], "--data.num_proc is gone")
+    config = tmp_path / "old.yaml"
+    config.write_text("data:\n  num_workers: 2\n")
+    expect_error(
+        capsys,
+        [*base, "--config", str(config)],
+        f"{config}: data.num_workers is gone: set train.num_workers",
+    )
+    expect_error(capsys, [*base, "--train.num_workers", "-1"], "train.num_workers must be >= 0")
+    evaluate = ["evaluate", "--task", "music", "--generated", "a", "--reference", "b"]
+    expect_error(capsys, [*evaluate, "--cache_dir", "c"], "--cache_dir is gone")
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_errors_through_cli(corpus_file, tmp_path, capsys):
     out = tmp_path / "run"
     pretrain(corpus_file, out, "--train.max_steps", "2")

@@ -53,14 +53,7 @@ def music_data(tmp_path, corpus_file):
     for k in range(3):
         write_song(tmp_path / "midi" / f"{k}.mid", shift=k, notes=24)
     write_song(tmp_path / "held_out.mid", shift=5, notes=24)
-    return [
-        "--data.train",
-        str(tmp_path / "midi"),
-        "--data.val",
-        str(tmp_path / "held_out.mid"),
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-    ]
+    return ["--data.train", str(tmp_path / "midi"), "--data.val", str(tmp_path / "held_out.mid")]
 
 
 # a recipe without `task:` pretrains a language model; a task's recipe with `init_from`

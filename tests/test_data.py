@@ -114,14 +114,17 @@ def test_long_documents_are_chunked_without_changing_ids(sp_tokenizer, monkeypat
     assert np.array_equal(tokenize_documents([corpus_text], sp_tokenizer), whole)
 
 
-def test_cache_is_reused_and_damaged_entries_rebuilt(sp_tokenizer, tmp_path):
-    first = cached_tokens(["the king"], sp_tokenizer, "k1", str(tmp_path))
+def test_cache_is_reused_and_damaged_entries_rebuilt(sp_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQGEN_CACHE", str(tmp_path / "elsewhere"))
+    first = cached_tokens(["the king"], sp_tokenizer, "k1")
+    cached = tmp_path / "elsewhere" / "data"
+    assert [p.name for p in cached.iterdir()] == ["k1.npy"]
     # a cache hit returns the stored ids even if the documents passed differ
-    assert cached_tokens(["other"], sp_tokenizer, "k1", str(tmp_path)).tolist() == first.tolist()
-    (tmp_path / "k1.npy").write_bytes(b"garbage")
-    rebuilt = cached_tokens(["queen"], sp_tokenizer, "k1", str(tmp_path))
+    assert cached_tokens(["other"], sp_tokenizer, "k1").tolist() == first.tolist()
+    (cached / "k1.npy").write_bytes(b"garbage")
+    rebuilt = cached_tokens(["queen"], sp_tokenizer, "k1")
     assert rebuilt.tolist() == [*sp_tokenizer.encode("queen"), 2]
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(cached.glob("*.tmp"))
 
 
 def test_windows_shift_targets_and_cover_validation_once():
@@ -140,7 +143,7 @@ def test_windows_shift_targets_and_cover_validation_once():
 
 
 def test_text_task_rejects_corpus_smaller_than_a_block(sp_tokenizer, tmp_path):
-    task = TextTask(TextData(cache_dir=str(tmp_path)), block_size=16)
+    task = TextTask(TextData(), block_size=16)
     with pytest.raises(DataError, match="fewer than one block"):
         task.training_data(Splits(["the king"], ["the queen"]), sp_tokenizer)
     data = task.training_data(
@@ -150,6 +153,10 @@ def test_text_task_rejects_corpus_smaller_than_a_block(sp_tokenizer, tmp_path):
     batch = next(iter(module.train_dataloader()))
     assert batch["input_ids"].shape == (2, 16)
     assert torch.equal(batch["targets"][:, :-1], batch["input_ids"][:, 1:])
+    assert module.train_dataloader().num_workers == 0
+    workers = RunConfig(train=TrainConfig(batch_size=2, num_workers=2))
+    loader = build_datamodule(data, workers, sp_tokenizer.pad_id).train_dataloader()
+    assert loader.num_workers == 2 and next(iter(loader))["input_ids"].shape == (2, 16)
 
 
 def test_jsonl_round_trip_through_splits(tmp_path):

@@ -42,24 +42,24 @@ def corpus(tmp_path):
 
 
 def test_unreadable_and_empty_files_are_skipped_with_reasons(corpus, tmp_path):
-    performances, report = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))
+    performances, report = load_corpus(str(corpus))
     assert report["files"] == 4 and report["encoded"] == 2 and len(performances) == 2
     reasons = {r["file"].rsplit("/", 1)[-1]: r["reason"] for r in report["skipped"]}
     assert reasons["empty.mid"].startswith("no notes")
     assert reasons["broken.mid"].startswith("unreadable MIDI")
     assert report["notes"] == 40 + 30 and report["seconds"] == pytest.approx(10.0 + 7.5)
-    again, _ = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))  # from the cache
+    again, _ = load_corpus(str(corpus))  # from the cache
     assert [p.pitch.tolist() for p in again] == [p.pitch.tolist() for p in performances]
-    encodings = [p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"]
+    encodings = [p for p in (tmp_path / "cache" / "midi").iterdir() if p.suffix != ".lock"]
     assert len(encodings) == 1
 
 
 def test_a_damaged_cache_is_rebuilt_not_raised(corpus, tmp_path):
-    performances, _ = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))
-    cached = next(p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock")
+    performances, _ = load_corpus(str(corpus))
+    cached = next(p for p in (tmp_path / "cache" / "midi").iterdir() if p.suffix != ".lock")
     for file in cached.glob("*.arrow"):
         file.write_bytes(b"torn")
-    again, _ = load_corpus(str(corpus), cache_dir=str(tmp_path / "cache"))
+    again, _ = load_corpus(str(corpus))
     assert [p.pitch.tolist() for p in again] == [p.pitch.tolist() for p in performances]
 
 
@@ -72,12 +72,12 @@ def test_ranks_encoding_one_corpus_at_once_take_turns(corpus, tmp_path):
 
     code = (
         "import sys; from seqgen_tasks.music.data import load_corpus; "
-        "p, r = load_corpus(sys.argv[1], cache_dir=sys.argv[2], num_proc=1); "
+        "p, r = load_corpus(sys.argv[1], num_proc=1); "
         "print(r['encoded'], sum(len(x) for x in p))"
     )
     runs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, str(corpus), str(tmp_path / "cache")],
+            [sys.executable, "-c", code, str(corpus)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

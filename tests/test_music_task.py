@@ -53,7 +53,6 @@ def trained(tmp_path_factory):
     for k in range(5):
         write_song(root / "songs" / f"{k:02d}.mid", shift=k)
     (root / "songs" / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
-    cache = root / "cache"
     code = main(
         [
             "pretrain",
@@ -61,8 +60,6 @@ def trained(tmp_path_factory):
             "music",
             "--data.train",
             str(root / "songs"),
-            "--data.cache_dir",
-            str(cache),
             *TINY,
             "--out_dir",
             str(root / "run"),
@@ -197,7 +194,7 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path, 
 
     def likelihood(*where: str) -> dict:
         out = tmp_path / "nll.json"
-        argv = ["evaluate", "--ckpt", str(root / "run"), *where, "--cache_dir", str(root / "cache")]
+        argv = ["evaluate", "--ckpt", str(root / "run"), *where]
         assert main([*argv, "--report", str(out)]) == 0
         return json.loads(out.read_text())["likelihood"]
 
@@ -228,8 +225,6 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path, 
             str(generated),
             "--reference",
             str(reference),
-            "--cache_dir",
-            str(root / "cache"),
             "--report",
             str(out),
         ]
@@ -340,8 +335,6 @@ def test_finetune_keeps_the_vocabulary(trained, tmp_path):
             str(root / "run"),
             "--data.train",
             str(tmp_path / "other"),
-            "--data.cache_dir",
-            str(tmp_path / "c"),
             "--train.max_steps",
             "4",
             "--train.batch_size",
@@ -505,8 +498,6 @@ def test_continuations_of_held_out_performances(trained, tmp_path):
         str(root / "run"),
         "--data",
         str(root / "songs" / "04.mid"),
-        "--cache_dir",
-        str(root / "cache"),
         "--continue_seconds",
         "4",
         "--prompt_seconds",

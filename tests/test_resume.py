@@ -89,17 +89,7 @@ def task_argv(task, tmp_path, corpus_file):
         ]
     for i in range(4):
         write_song(tmp_path / "songs" / f"{i:02d}.mid", shift=i)
-    return [
-        "pretrain",
-        "--task",
-        "music",
-        "--data.train",
-        str(tmp_path / "songs"),
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--data.num_proc",
-        "1",
-    ]
+    return ["pretrain", "--task", "music", "--data.train", str(tmp_path / "songs")]
 
 
 @pytest.mark.parametrize(

@@ -333,8 +333,6 @@ def tiny_music_run(tmp_path) -> tuple[list[str], list[str]]:
         "music",
         "--data.train",
         str(songs),
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
         "--train.batch_size",
         "2",
         "--train.max_steps",

@@ -164,7 +164,7 @@ def build_datamodule(
             cfg.train.batch_size,
             pad_id,
             cfg.seed,
-            data.num_workers,
+            cfg.train.num_workers,
             val_batches=cfg.train.val_batches,
         )
     if isinstance(data, Windows):
@@ -172,7 +172,7 @@ def build_datamodule(
             data.train,
             data.val,
             cfg.train.batch_size,
-            data.num_workers,
+            cfg.train.num_workers,
             cfg.seed,
             cfg.train.val_batches,
         )

@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 
 from seqgen.data import is_saved_dataset, missing_local_path, padded_window, window_offset
 from seqgen.errors import DataError
-from seqgen.files import atomic_directory, exclusive
+from seqgen.files import atomic_directory, cache_dir, exclusive
 from seqgen.progress import dataset_bars
+from seqgen.shard_writer import default_num_proc
 from seqgen.state import TokenState
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
 from seqgen_tasks.music.splits import piece_of
@@ -88,14 +89,11 @@ def _encode_batch(batch: dict[str, list]) -> dict[str, list]:
 
 
 def load_corpus(
-    source: str,
-    cache_dir: str | None = None,
-    num_proc: int = 2,
-    midi_column: str = "midi",
-    split: str = "train",
+    source: str, midi_column: str = "midi", split: str = "train", num_proc: int | None = None
 ) -> tuple[list[Notes], dict[str, Any]]:
     """The performances of `source` as quantised notes, and a report of what was skipped and
-    of the piece of each performance."""
+    of the piece of each performance. Parsed once, in `num_proc` processes (default: a
+    process per core), and cached (`seqgen.files.cache_dir`)."""
     import datasets
 
     path = Path(source).expanduser()
@@ -120,13 +118,13 @@ def load_corpus(
         pieces = [f"row {i}" for i in range(len(table))]
         key = [source, split, table._fingerprint]
     digest = hashlib.sha256(json.dumps([ENCODING_VERSION, key]).encode()).hexdigest()[:24]
-    directory = Path(cache_dir or Path.home() / ".cache" / "seqgen" / "midi").expanduser()
-    cached = directory / digest
+    cached = cache_dir("midi") / digest
     waiting = f"waiting for another process encoding {source} into {cached}"
     with dataset_bars(), exclusive(cached.with_name(cached.name + ".lock"), waiting):
         encoded = _cached_encoding(cached)
         if encoded is None:
-            procs = min(num_proc, max(1, len(table) // 8))  # a process pays off from ~8 files
+            cores = num_proc or default_num_proc()
+            procs = min(cores, max(1, len(table) // 8))  # a process pays off from ~8 files
             started = time.monotonic()
             log.info(
                 "encoding %s MIDI files of %s (%d process%s; cached for next time)",

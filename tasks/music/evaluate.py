@@ -50,8 +50,6 @@ class MusicEval(DecodingEval):
     """Reference MIDI (e.g. the held-out set)."""
     midi_column: str = "midi"
     """Column of MIDI bytes in datasets."""
-    cache_dir: str | None = None
-    """Encoded-MIDI cache (default: ~/.cache/seqgen/midi)."""
     continue_seconds: float | None = None
     """Prompt ckpt with the first prompt_seconds of each performance of data, let it play
     this many seconds on, and compare with what was played next (statistics with bootstrap
@@ -86,9 +84,7 @@ class MusicEval(DecodingEval):
 
 
 def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Notes], dict]:
-    performances, report = load_corpus(
-        source, args.cache_dir, midi_column=args.midi_column, split=split
-    )
+    performances, report = load_corpus(source, args.midi_column, split)
     if not performances:
         raise DataError(f"{source}: no readable MIDI with notes ({len(report['skipped'])} skipped)")
     return performances, report
@@ -101,8 +97,6 @@ def held_out(args: MusicEval, generator) -> tuple[list[Notes], dict]:
         raise DataError(f"{args.ckpt}: the checkpoint does not record its data; give --data")
     config = generator.task.data_config
     data = config(**known_options(config, recorded))
-    if args.cache_dir:
-        data.cache_dir = args.cache_dir
     task = type(generator.task)(data)
     try:
         performances = task.performances([args.split])[args.split]

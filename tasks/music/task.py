@@ -57,15 +57,9 @@ class MusicData:
     """Dataset split to train on (datasets only)."""
     val_split: str = "validation"
     """Dataset split of `val` (datasets only)."""
-    cache_dir: str | None = None
-    """Where encoded corpora are cached (default: ~/.cache/seqgen/midi)."""
-    num_proc: int = 2
-    """Processes that parse MIDI files (once; the result is cached)."""
     augment: bool = True
     """Transpose every training draw by up to 3 semitones either way and stretch its time by
     up to 5%, as the Music Transformer did (never validation)."""
-    num_workers: int = 0
-    """DataLoader processes preparing augmented windows."""
     note_state: bool = True
     """The model also reads, beside every event, how many notes of each pitch are sounding
     (counted from the performance's start, so past its context window too). After 10 min
@@ -91,7 +85,7 @@ MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask 
 class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
     name = "music"
     data_config = MusicData
-    stored_options = ("augment", "num_workers", "note_state", "note_ages")
+    stored_options = ("augment", "note_state", "note_ages")
     option_defaults = {"note_state": False, "note_ages": False}  # checkpoints from before them
     continues_prompt = True
     eval_config = evaluation.MusicEval
@@ -197,9 +191,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
 
     def _corpus(self, source: str, split: str, prefix: str) -> tuple[list[Notes], list[str]]:
         data = self.data
-        performances, report = load_corpus(
-            source, data.cache_dir, data.num_proc, data.midi_column, split
-        )
+        performances, report = load_corpus(source, data.midi_column, split)
         for skipped in report["skipped"]:
             log.warning("skipped %s: %s", skipped["file"], skipped["reason"])
         self.stats.update(
@@ -230,7 +222,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
         if len(stream) < 2:
             raise DataError("the validation performances have no events")
         held_out = SequentialWindows(stream, self.block_size, tokenizer.pad_id, state)
-        return Windows(windows, held_out, s.num_workers)
+        return Windows(windows, held_out)
 
     # ------------------------------------------------------------ inference
 

@@ -22,7 +22,7 @@ from seqgen.data import (
     read_text_file,
 )
 from seqgen.errors import DataError
-from seqgen.files import atomic_file
+from seqgen.files import atomic_file, cache_dir
 from seqgen.progress import Progress
 from seqgen.tokenizer import Tokenizer
 
@@ -57,10 +57,6 @@ class TextData:
     streaming: bool = False
     """Read a Hugging Face dataset as a stream, rows tokenized as they arrive, instead of
     downloading it whole first (`seqgen data prepare` only)."""
-    cache_dir: str | None = None
-    """Where tokenized corpora are cached (default: ~/.cache/seqgen/data)."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
 
 
 def read_documents(source: str, config: TextData, split: str) -> tuple[list[str], str]:
@@ -197,12 +193,10 @@ def encode_document(text: str, tokenizer: Tokenizer) -> Iterator[list[int]]:
         start = end
 
 
-def cached_tokens(
-    docs: list[str], tokenizer: Tokenizer, key: str, cache_dir: str | None
-) -> np.ndarray:
-    """`tokenize_documents`, memoised on disk under `key` (written atomically)."""
-    directory = Path(cache_dir or Path.home() / ".cache" / "seqgen" / "data").expanduser()
-    path = directory / f"{key}.npy"
+def cached_tokens(docs: list[str], tokenizer: Tokenizer, key: str) -> np.ndarray:
+    """`tokenize_documents`, memoised on disk under `key` (written atomically) in the cache
+    (`seqgen.files.cache_dir`)."""
+    path = cache_dir("data") / f"{key}.npy"
     if path.is_file():
         try:
             return np.load(path, mmap_mode="r")

@@ -104,7 +104,6 @@ class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
         return Windows(
             RandomWindows(train, self.block_size),
             SequentialWindows(val, self.block_size, tokenizer.pad_id),
-            self.data.num_workers,
         )
 
     def _tokens(
@@ -114,7 +113,7 @@ class TextTask(Task, Evaluates, BuildsDatasets, SamplesText):
         if fingerprint is None:
             return tokenize_documents(docs, tokenizer)
         key = f"{tokenizer_fingerprint(tokenizer)}{fingerprint}-{split}"
-        return cached_tokens(docs, tokenizer, key, self.data.cache_dir)
+        return cached_tokens(docs, tokenizer, key)
 
     def prompt(self, source: str, tokenizer: Tokenizer) -> list[int]:
         # The corpus separates documents with eos, so eos is "the start of a document".
