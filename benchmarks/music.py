@@ -2,13 +2,13 @@
 naive pure-Python event loop; (b) peak memory of one relative-attention layer (forward and
 backward) with the skewing trick against the naive O(L^2 D) gather; (c) held-out NLL per
 event after training on POP909 for equal budgets with absolute and relative positions,
-and with absolute positions but without the note state (`data.note_state false`: the model
+and with absolute positions but without the note state (`data.note_state none`: the model
 is not told which notes are sounding); (d) continuations of the held-out performances by the
 better model of (c) (or `--continue_ckpt`), as generation runs it (`--rules all`: notes
 released at the checkpoint's hold limits) and with
 `--rules valid` (report key `continuation_rules_valid`: the model alone), and by the
 model without the note state: prompted with each one's first `--prompt_seconds`, it plays
-`--continue_seconds` on, compared with what the performer played next (overlap of six
+`--seconds` on, compared with what the performer played next (overlap of six
 statistics with bootstrap intervals, long notes, the NLL of the real continuation; the
 performer's own next seconds as a yardstick).
 
@@ -68,7 +68,7 @@ VARIANTS = {
     "relative": ["--model.pos_embedding=relative"],
     "without_note_state": [
         "--model.pos_embedding=learned",
-        "--data.note_state=false",
+        "--data.note_state=none",
         "--model.state_logits=false",
     ],
 }
@@ -291,11 +291,9 @@ def both_continuations(ckpt: str, held_out: list, args: argparse.Namespace) -> d
 
     generator = load(ckpt)
     return {
-        "continuation": continuation(
-            generator, held_out, args.prompt_seconds, args.continue_seconds
-        ),
+        "continuation": continuation(generator, held_out, args.prompt_seconds, args.seconds),
         "continuation_rules_valid": continuation(
-            generator, held_out, args.prompt_seconds, args.continue_seconds, rules="valid"
+            generator, held_out, args.prompt_seconds, args.seconds, rules="valid"
         ),
     }
 
@@ -384,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget_seconds", type=float, default=600.0, help="per model in (c)")
     parser.add_argument("--config", default=str(RECIPE), help="recipe of (c): %(default)s")
     parser.add_argument("--prompt_seconds", type=float, default=10.0, help="(d)")
-    parser.add_argument("--continue_seconds", type=float, default=30.0, help="(d)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="(d)")
     parser.add_argument(
         "--continue_ckpt", help="(d) with this checkpoint (default: the better model of (c))"
     )
@@ -493,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         load(work / "without_note_state" / "final"),
                         held_out,
                         args.prompt_seconds,
-                        args.continue_seconds,
+                        args.seconds,
                     )
             if args.out:
                 final = work / "final"

@@ -1,7 +1,7 @@
 """A music recipe's figures on its test split, from several independently trained models:
 the README's commands, repeated. Each model trains as `seqgen pretrain --config RECIPE
 --seed K` does (the recipe's own budget; overrides after `--`, such as `--data.train DIR`),
-then `seqgen evaluate --ckpt RUN --split test --continue_seconds 30` scores it on the
+then `seqgen evaluate --ckpt RUN --split test --seconds 30` scores it on the
 recipe's test split (never read by training) with `--rules all` and with `--rules valid`.
 The models differ more than the sampling seeds do, so the figures are their mean, min and max.
 
@@ -38,7 +38,7 @@ def model_figures(run: Path, args: argparse.Namespace, trained: dict) -> dict[st
         "music",
         ckpt=str(run),
         split="test",
-        continue_seconds=args.continue_seconds,
+        seconds=args.seconds,
         prompt_seconds=args.prompt_seconds,
         seed=1,
     )
@@ -47,7 +47,7 @@ def model_figures(run: Path, args: argparse.Namespace, trained: dict) -> dict[st
     arms = {
         "all": found["continuation"],
         "valid": continuations(
-            generator, test, args.prompt_seconds, args.continue_seconds, seed=1, rules="valid"
+            generator, test, args.prompt_seconds, args.seconds, seed=1, rules="valid"
         ),
     }
     later = arms["all"]["performer_later"]["overlap"]["mean"]
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=3, help="models trained, seeds 1..N")
     parser.add_argument("--out", default="runs/bench/music_recipe", help="where the runs go")
     parser.add_argument("--prompt_seconds", type=float, default=10.0)
-    parser.add_argument("--continue_seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--report", help="JSON report")
     parser.add_argument("overrides", nargs="*", help="passed to seqgen pretrain, after --")
     args = parse_args(parser, argv)

@@ -39,13 +39,7 @@ def play_arm(generator, performances: list, arm: str, args: argparse.Namespace):
     }.get(arm)
     rules = "valid" if arm == "valid" else "all"
     return play(
-        generator,
-        performances,
-        args.prompt_seconds,
-        args.continue_seconds,
-        args.seed,
-        rules,
-        processor,
+        generator, performances, args.prompt_seconds, args.seconds, args.seed, rules, processor
     )
 
 
@@ -54,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ckpt", action="append", required=True, help="a music checkpoint")
     parser.add_argument("--split", default="dev", choices=("dev", "test"))
     parser.add_argument("--prompt_seconds", type=float, default=10.0)
-    parser.add_argument("--continue_seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1, help="the sampling seed of both arms")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap draws")
     parser.add_argument(

@@ -88,8 +88,12 @@ def load_hf_dataset(source: str, hf_config: str | None, split: str, streaming: b
     try:
         if Path(source).expanduser().is_dir():
             loaded = datasets.load_from_disk(str(Path(source).expanduser()))
+            if isinstance(loaded, datasets.DatasetDict) and split not in loaded:
+                raise DataError(f"{source}: no split {split!r} (has: {', '.join(loaded)})")
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return datasets.load_dataset(source, hf_config, split=split, streaming=streaming)
+    except DataError:
+        raise
     except KeyError:
         raise DataError(f"{source}: no split {split!r}") from None
     except Exception as err:  # datasets raises many types; all mean "could not load"

@@ -51,6 +51,9 @@ class DecodingEval(EvalConfig, GenerationOptions):
     costs N sampled generations per input."""
     limit: int | None = None
     """Only the first N examples."""
+    bootstrap_samples: int = 1000
+    """Resamples of the examples (sentences, documents, performances) for the 95% intervals
+    that the task reports."""
 
     def __post_init__(self) -> None:
         EvalConfig.__post_init__(self)
@@ -62,6 +65,8 @@ class DecodingEval(EvalConfig, GenerationOptions):
         self.check_mbr(self.mbr_samples)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.bootstrap_samples < 1:
+            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
 
 
 def eval_options(task: str, **values: Any) -> Any:

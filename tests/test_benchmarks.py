@@ -280,7 +280,7 @@ def test_music(tmp_path, capsys):
                 recipe,
                 "--prompt_seconds",
                 "3",
-                "--continue_seconds",
+                "--seconds",
                 "4",
                 "--report",
                 str(out),
@@ -330,7 +330,7 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     recipe = shrunk("music/pop909.yaml", tmp_path, train=train)
     out = tmp_path / "recipe.json"
     argv = ["--config", recipe, "--models", "2", "--out", str(tmp_path / "runs")]
-    argv += ["--prompt_seconds", "3", "--continue_seconds", "4", "--report", str(out)]
+    argv += ["--prompt_seconds", "3", "--seconds", "4", "--report", str(out)]
     assert music_recipe.main([*argv, "--", "--data.train", str(songs)]) == 0
     report = report_of(out)
     assert [m["seed"] for m in report["models"]] == [1, 2]
@@ -349,7 +349,7 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     rules = tmp_path / "rules.json"
     runs = [str(tmp_path / "runs" / f"seed{seed}") for seed in (1, 2)]
     argv = ["--ckpt", runs[0], "--ckpt", runs[1], "--prompt_seconds", "3"]
-    argv += ["--continue_seconds", "4", "--samples", "20", "--report", str(rules)]
+    argv += ["--seconds", "4", "--samples", "20", "--report", str(rules)]
     assert music_rules.main(argv) == 0
     found = report_of(rules)
     assert found["split"] == "dev" and [m["performances"] for m in found["models"]] == [1, 1]

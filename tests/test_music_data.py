@@ -54,6 +54,42 @@ def test_unreadable_and_empty_files_are_skipped_with_reasons(corpus, tmp_path):
     assert len(encodings) == 1
 
 
+def test_a_dataset_of_midi_bytes_is_read_by_its_splits_from_its_one_column_of_bytes(tmp_path):
+    import datasets
+
+    from seqgen_tasks.music.task import MusicData, MusicTask
+
+    files = tmp_path / "files"
+    splits = {}
+    for split, songs in (("train", 6), ("validation", 2), ("test", 1)):
+        rows = {"title": [], "midi": []}
+        for k in range(songs):
+            write_midi(files / f"{split}{k}.mid", [60 + k] * (4 + k))
+            rows["title"].append(f"{split} {k}")
+            rows["midi"].append((files / f"{split}{k}.mid").read_bytes())
+        splits[split] = datasets.Dataset.from_dict(rows)
+    folder = tmp_path / "midi_set"
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    performances, report = load_corpus(str(folder), "validation")
+    assert [len(p) for p in performances] == [4, 5] and report["pieces"] == ["row 0", "row 1"]
+    data = MusicData(train=str(folder), val=str(folder), test=str(folder))
+    found = MusicTask(data).performances(("train", "dev", "test"))
+    assert [len(found[s]) for s in ("train", "dev", "test")] == [6, 2, 1]
+    assert [len(p) for p in found["test"]] == [4]
+    with pytest.raises(DataError, match=r"no split 'dev' \(has: train, validation, test\)"):
+        load_corpus(str(folder), "dev")
+    renamed = splits["train"].rename_column("midi", "performance")
+    renamed.save_to_disk(str(tmp_path / "renamed"))
+    assert [len(p) for p in load_corpus(str(tmp_path / "renamed"))[0]] == list(range(4, 10))
+    two = splits["train"].add_column("cover", [b"png"] * 6)
+    two.save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(DataError, match=r"one column of bytes.*found 2 among title \(string\)"):
+        load_corpus(str(tmp_path / "two"))
+    splits["train"].remove_columns("midi").save_to_disk(str(tmp_path / "none"))
+    with pytest.raises(DataError, match="found 0 among title"):
+        load_corpus(str(tmp_path / "none"))
+
+
 def test_a_damaged_cache_is_rebuilt_not_raised(corpus, tmp_path):
     performances, _ = load_corpus(str(corpus))
     cached = next(p for p in (tmp_path / "cache" / "midi").iterdir() if p.suffix != ".lock")

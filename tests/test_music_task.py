@@ -215,20 +215,10 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path, 
     write_song(tmp_path / "high" / "a.mid", shift=1)  # other pitch classes than song 00
     songs = root / "songs"
 
-    def overlap(generated, reference):
+    def overlap(generated, real, *ckpt: str):
         out = tmp_path / "stats.json"
-        argv = [
-            "evaluate",
-            "--task",
-            "music",
-            "--generated",
-            str(generated),
-            "--reference",
-            str(reference),
-            "--report",
-            str(out),
-        ]
-        assert main(argv) == 0
+        argv = ["evaluate", "--task", "music", "--generated", str(generated), *ckpt]
+        assert main([*argv, *(["--data", str(real)] if real else []), "--report", str(out)]) == 0
         return json.loads(out.read_text())["statistics"]["overlap"]
 
     same = overlap(songs / "00.mid", songs / "00.mid")
@@ -246,6 +236,9 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path, 
     assert moved["pitch_class"] == pytest.approx(0.0)  # C E G vs C# F G#: nothing shared
     assert moved["ioi"] == pytest.approx(1.0) and moved["velocity"] == pytest.approx(1.0)
     assert moved["duration"] == pytest.approx(1.0) and moved["polyphony"] == pytest.approx(1.0)
+    # with a checkpoint and no data, the generated music is compared with its test split
+    ours = overlap(songs / "00.mid", None, "--ckpt", str(root / "run"))
+    assert ours == overlap(songs / "00.mid", test_song)
 
 
 def steps(*notes: tuple[int, float, float]) -> Notes:
@@ -295,17 +288,23 @@ def test_durations_polyphony_and_failures_are_counted_in_time():
 def test_evaluation_options_are_checked():
     from seqgen_tasks.music.evaluate import MusicEval
 
-    with pytest.raises(ValueError, match="give ckpt"):
+    with pytest.raises(ValueError, match="nothing to evaluate: give ckpt"):
         MusicEval(data="held_out/")
-    with pytest.raises(ValueError, match="give ckpt"):
+    with pytest.raises(ValueError, match="generated is compared with the real music: give data"):
         MusicEval(generated="ours")
+    with pytest.raises(ValueError, match="seconds continues the real music with a model"):
+        MusicEval(generated="ours", data="held_out/", seconds=30)
     with pytest.raises(ValueError, match="split must be dev or test without data, got 'val'"):
         MusicEval(ckpt="run", split="val")
     assert MusicEval(ckpt="run").split == "test"
     with pytest.raises(ValueError, match="nothing to evaluate"):
         MusicEval()
+    with pytest.raises(ValueError, match="seconds must be > 0, got 0"):
+        MusicEval(ckpt="run", seconds=0)
     with pytest.raises(ConfigError, match="rules must be one of 'valid', 'all', got 'few'"):
-        MusicEval(generated="ours", reference="theirs", rules="few")
+        MusicEval(generated="ours", data="theirs", rules="few")
+    with pytest.raises(ValueError, match="bootstrap_samples must be >= 1"):
+        MusicEval(ckpt="run", bootstrap_samples=0)
 
 
 def test_notes_held_open_show_in_the_duration_overlap():
@@ -498,7 +497,7 @@ def test_continuations_of_held_out_performances(trained, tmp_path):
         str(root / "run"),
         "--data",
         str(root / "songs" / "04.mid"),
-        "--continue_seconds",
+        "--seconds",
         "4",
         "--prompt_seconds",
         "3",
@@ -525,7 +524,7 @@ def test_continuations_of_held_out_performances(trained, tmp_path):
     assert 0.95 < found["performer_later"]["overlap"]["mean"] <= 1.0
     assert len(found["hold_limits"]) == 11 and found["released_when_held_too_long"] >= 0
     assert "shortest_holds" not in found
-    assert main([*argv[:-2], "--continue_seconds", "60"]) == 2  # longer than the song
+    assert main([*argv[:-2], "--seconds", "60"]) == 2  # longer than the song
 
 
 def test_a_clock_keeps_each_rows_time_and_reports_it():
@@ -538,3 +537,23 @@ def test_a_clock_keeps_each_rows_time_and_reports_it():
     first += [64, TIME_SHIFT + 70]  # past the end: only 40 more steps count
     assert clock(first) and not clock(second)
     assert told == [60, 30, 40]
+
+
+def test_music_has_at_most_15_options_of_its_own():
+    """The music task's own settings (data, generation, evaluation), each declared once;
+    the core's (decoding, devices, reports) are shared by every task."""
+    from dataclasses import fields
+
+    from seqgen.evaluation import DecodingEval
+    from seqgen_tasks.music.evaluate import MusicEval
+    from seqgen_tasks.music.generate import MusicGenerate
+    from seqgen_tasks.music.task import MusicData
+
+    core = {f.name for f in fields(DecodingEval)}
+    own = {f.name for c in (MusicData, MusicGenerate, MusicEval) for f in fields(c)} - core
+    assert sorted(own) == sorted(
+        ["train", "val", "test", "augment", "note_state"]
+        + ["prompt_seconds", "seconds", "rules"]
+        + ["piano_roll", "wav", "sample_rate", "soundfont"]
+        + ["data", "split", "generated"]
+    )

@@ -13,6 +13,7 @@ from helpers import write_song
 from seqgen.cli import main
 from seqgen.config import ModelConfig
 from seqgen.data import SequentialWindows
+from seqgen.errors import ConfigError
 from seqgen.generation.engine import generate
 from seqgen.generation.rows import Rows
 from seqgen.inference import load
@@ -312,15 +313,24 @@ def test_generation_refuses_a_state_the_model_does_not_read():
 
 def test_music_checkpoints_without_the_option_read_no_state():
     assert MusicTask.from_options({}, 64).token_state() is None  # trained before it existed
-    assert MusicTask(MusicData(note_state=True)).token_state().size == 128
-    assert MusicTask(MusicData(note_state=False)).token_state() is None
-    assert MusicTask.from_options({"note_state": True}, 64).token_state().size == 128
-    ages = MusicTask(MusicData(note_ages=True)).token_state()
+    assert MusicTask(MusicData(note_state="pitches")).token_state().size == 128
+    assert MusicTask(MusicData(note_state="none")).token_state() is None
+    ages = MusicTask(MusicData()).token_state()  # the default
     assert isinstance(ages, SoundingAges) and ages.size == 640
-    stored = MusicTask(MusicData(note_ages=True)).options()  # a checkpoint reads its own
+    stored = MusicTask(MusicData()).options()  # a checkpoint reads its own
+    assert stored["note_state"] == "ages" and "note_ages" not in stored
     assert MusicTask.from_options(stored, 64).token_state().size == 640
-    without = MusicTask(MusicData(note_state=False, note_ages=True))  # ages add to the counts
-    assert without.token_state() is None and without.options()["note_ages"] is False
+    # checkpoints from when the state was two switches
+    for older, size in (
+        ({"note_state": True}, 128),
+        ({"note_state": True, "note_ages": False}, 128),
+        ({"note_state": True, "note_ages": True}, 640),
+        ({"note_state": False, "note_ages": False}, 0),
+    ):
+        task = MusicTask.from_options(older, 64)
+        assert (task.token_state().size if task.token_state() else 0) == size
+    with pytest.raises(ConfigError, match="task_options.note_state must be one of"):
+        MusicTask.from_options({"note_state": "durations"}, 64)
 
 
 def tiny_music_run(tmp_path) -> tuple[list[str], list[str]]:
@@ -362,7 +372,7 @@ def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, 
             *common,
             *tiny,
             "--data.note_state",
-            "false",
+            "none",
             "--out_dir",
             str(tmp_path / "plain"),
             "--report",
@@ -382,7 +392,7 @@ def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, 
     )
     assert code != 0
     err = capsys.readouterr().err
-    assert "token state of size 0" in err and "'note_state': False" in err
+    assert "token state of size 0" in err and "'note_state': 'none'" in err
     # a checkpoint from before the option: the error gives the value it was trained with
     config = tmp_path / "plain" / "final" / "config.json"
     meta = json.loads(config.read_text())
@@ -399,14 +409,14 @@ def test_finetuning_names_a_state_the_checkpoint_was_not_trained_with(tmp_path, 
         ]
     )
     err = capsys.readouterr().err
-    assert code != 0 and "token state of size 0" in err and "'note_state': False" in err
+    assert code != 0 and "token state of size 0" in err and "'note_state': 'none'" in err
 
 
 def test_a_music_model_with_state_logits_trains_saves_and_loads(tmp_path, capsys):
     common, tiny = tiny_music_run(tmp_path)
     common = [*common, *tiny, "--model.state_logits", "true"]
     out = tmp_path / "run"
-    assert main(["pretrain", *common, "--data.note_ages", "true", "--out_dir", str(out)]) == 0
+    assert main(["pretrain", *common, "--out_dir", str(out)]) == 0
     loaded = load(str(out / "final"), task="music")
     assert loaded.model.config.state_logits and loaded.model.config.state_size == 640
     assert torch.count_nonzero(loaded.model.wso.weight) > 0  # trained away from zero
@@ -415,7 +425,7 @@ def test_a_music_model_with_state_logits_trains_saves_and_loads(tmp_path, capsys
     with torch.no_grad():
         assert torch.isfinite(loaded.model(ids, state=state)).all()
     code = main(
-        ["pretrain", *common, "--data.note_state", "false", "--out_dir", str(tmp_path / "none")]
+        ["pretrain", *common, "--data.note_state", "none", "--out_dir", str(tmp_path / "none")]
     )
     err = capsys.readouterr().err
     assert code != 0 and "model.state_logits" in err and "no token state" in err

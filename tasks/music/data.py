@@ -89,7 +89,7 @@ def _encode_batch(batch: dict[str, list]) -> dict[str, list]:
 
 
 def load_corpus(
-    source: str, midi_column: str = "midi", split: str = "train", num_proc: int | None = None
+    source: str, split: str = "train", num_proc: int | None = None
 ) -> tuple[list[Notes], dict[str, Any]]:
     """The performances of `source` as quantised notes, and a report of what was skipped and
     of the piece of each performance. Parsed once, in `num_proc` processes (default: a
@@ -110,10 +110,10 @@ def load_corpus(
         from seqgen.data import load_hf_dataset
 
         table = load_hf_dataset(source, None, split)
-        if midi_column not in table.column_names:
-            columns = ", ".join(table.column_names)
-            raise DataError(f"{source}: no column {midi_column!r} of MIDI bytes (has: {columns})")
-        table = table.select_columns([midi_column]).rename_column(midi_column, "midi")
+        column = midi_column(table, f"{source} [{split}]")
+        table = table.select_columns([column])
+        if column != "midi":
+            table = table.rename_column(column, "midi")
         names = [f"{source} [{split}] row {i}" for i in range(len(table))]
         pieces = [f"row {i}" for i in range(len(table))]
         key = [source, split, table._fingerprint]
@@ -168,6 +168,24 @@ def load_corpus(
         "seconds": total_seconds(performances),
     }
     return performances, report
+
+
+def midi_column(table, name: str) -> str:
+    """The one column of bytes in a dataset's `table`: its MIDI files."""
+    found = [
+        column
+        for column, feature in table.features.items()
+        if getattr(feature, "dtype", None) in ("binary", "large_binary")
+    ]
+    if len(found) != 1:
+        columns = ", ".join(
+            f"{c} ({getattr(f, 'dtype', type(f).__name__)})" for c, f in table.features.items()
+        )
+        raise DataError(
+            f"{name}: a MIDI dataset has one column of bytes, the MIDI files; found "
+            f"{len(found)} among {columns}"
+        )
+    return found[0]
 
 
 def _cached_encoding(cached: Path):

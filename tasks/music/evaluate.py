@@ -19,7 +19,7 @@ from seqgen.tasks import known_options
 from seqgen_tasks.music.continuation import continuations
 from seqgen_tasks.music.data import event_stream, load_corpus, total_seconds
 from seqgen_tasks.music.events import Notes
-from seqgen_tasks.music.generate import Rules
+from seqgen_tasks.music.generate import MusicPlay
 from seqgen_tasks.music.splits import HELD_OUT
 from seqgen_tasks.music.statistics import (
     CROWDED_NOTES,
@@ -30,61 +30,45 @@ from seqgen_tasks.music.statistics import (
     overlap,
 )
 
+DEFAULT_PROMPT_SECONDS = 10.0  # of each held-out performance continued
+
 
 @dataclass(kw_only=True)
-class MusicEval(DecodingEval):
-    """A checkpoint's negative log-likelihood on held-out MIDI (ckpt with data), its
-    continuations of that MIDI against what was played (with continue_seconds), and/or the
-    statistics of generated MIDI against a reference set (generated with reference)."""
+class MusicEval(DecodingEval, MusicPlay):
+    """A checkpoint's negative log-likelihood on held-out MIDI (the real music: data, or the
+    checkpoint's own split), its continuations of that music against what was played (with
+    seconds), and/or the statistics of generated MIDI against the real music."""
 
     data: str | None = None
-    """Held-out MIDI to score ckpt on: a directory, a file, a .txt list or a dataset
-    (default: the checkpoint's own `split`, as its training config defines it)."""
+    """The real music: held-out MIDI that ckpt is scored on and continues, and that
+    generated is compared with: a directory, a file, a .txt list or a dataset (default: the
+    checkpoint's own `split`, as its training config defines it)."""
     split: str = "test"
     """Without data: the checkpoint's `test` (data.test, or the test pieces carved out of
     data.train; never read by training) or `dev` (what it validated on). With a dataset:
     its split."""
     generated: str | None = None
-    """Generated MIDI to compare with reference."""
-    reference: str | None = None
-    """Reference MIDI (e.g. the held-out set)."""
-    midi_column: str = "midi"
-    """Column of MIDI bytes in datasets."""
-    continue_seconds: float | None = None
-    """Prompt ckpt with the first prompt_seconds of each performance of data, let it play
-    this many seconds on, and compare with what was played next (statistics with bootstrap
-    intervals, and the NLL of the real continuation)."""
-    prompt_seconds: float = 10.0
-    """Seconds of each performance given as the prompt (with continue_seconds)."""
-    bootstrap_samples: int = 200
-    """Resamples of the performances for the continuations' 95% intervals."""
-    rules: Rules = "all"
-    """How continuations keep the notes playable, as `seqgen generate --rules` does: `valid`
-    releases only sounding notes; `all` also applies the checkpoint's note-length limits."""
+    """Generated MIDI to compare with the real music (statistics of six histograms and
+    failure counts)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.continue_seconds is not None and (
-            not self.ckpt or self.continue_seconds <= 0 or self.prompt_seconds <= 0
-        ):
+        DecodingEval.__post_init__(self)
+        MusicPlay.__post_init__(self)
+        if not (self.ckpt or self.generated):
             raise ValueError(
-                "continue_seconds needs ckpt and data, and continue_seconds and prompt_seconds > 0"
+                "nothing to evaluate: give ckpt (scored on data or its own split) and/or "
+                "generated (compared with data or the checkpoint's split)"
             )
-        if self.bootstrap_samples < 1:
-            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
-        if (self.data and not self.ckpt) or bool(self.generated) != bool(self.reference):
-            raise ValueError(
-                "give ckpt (likelihood, on data or its own split), and/or generated with "
-                "reference (statistics)"
-            )
+        if not (self.ckpt or self.data):
+            raise ValueError("generated is compared with the real music: give data or ckpt")
+        if self.seconds is not None and not self.ckpt:
+            raise ValueError("seconds continues the real music with a model: give ckpt")
         if self.ckpt and not self.data and self.split not in HELD_OUT:
             raise ValueError(f"split must be dev or test without data, got {self.split!r}")
-        if not (self.ckpt or self.generated):
-            raise ValueError("nothing to evaluate: give ckpt and data, or generated and reference")
 
 
 def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Notes], dict]:
-    performances, report = load_corpus(source, args.midi_column, split)
+    performances, report = load_corpus(source, split)
     if not performances:
         raise DataError(f"{source}: no readable MIDI with notes ({len(report['skipped'])} skipped)")
     return performances, report
@@ -141,99 +125,101 @@ def summary(performances: list[Notes]) -> dict[str, float]:
     }
 
 
-def compare(args: MusicEval) -> dict[str, Any]:
+def compare(args: MusicEval, real: list[Notes]) -> dict[str, Any]:
+    """The statistics of the generated MIDI against the `real` music."""
     generated, _ = corpus(args.generated, args)
-    reference, _ = corpus(args.reference, args)
-    found = overlap(generated, reference)
+    found = overlap(generated, real)
     mean = found.pop("mean")
     return {
         "overlap": found,
         "mean_overlap": mean,
-        "failures": {"generated": failures(generated), "reference": failures(reference)},
+        "failures": {"generated": failures(generated), "reference": failures(real)},
         "generated": summary(generated),
-        "reference": summary(reference),
+        "reference": summary(real),
     }
+
+
+def continuation_rows(found: dict[str, Any], seconds: float) -> list[tuple[str, str]]:
+    rows = [
+        (f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
+        for (key, value), (low, high) in zip(
+            found["overlap"].items(), found["overlap_interval"].values(), strict=True
+        )
+    ]
+    rows += [
+        (
+            f"continuation {key} (generated / real)",
+            f"{found['failures']['generated'][key]:.3f} / {found['failures']['real'][key]:.3f}",
+        )
+        for key in found["failures"]["generated"]
+    ]
+    rows.append(("NLL per event of the real continuation", f"{found['nll_per_event_real']:.4f}"))
+    rows.append(("notes released when held too long", str(found["released_when_held_too_long"])))
+    later = found["performer_later"]
+    if later["overlap"] is not None:
+        rows.append(
+            (
+                f"yardstick: the performer's next {seconds:g} s, mean overlap "
+                f"({later['performances']} performances)",
+                f"{later['overlap']['mean']:.3f}",
+            )
+        )
+    return rows
+
+
+def statistics_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [(f"overlap: {key}", f"{value:.3f}") for key, value in found["overlap"].items()]
+    rows.append(("overlap: mean", f"{found['mean_overlap']:.3f}"))
+    labels = {
+        "long_notes_fraction": f"notes longer than {LONG_NOTE_SECONDS:g} s",
+        "short_notes_fraction": f"notes shorter than {SHORT_NOTE_SECONDS:g} s",
+        "silences_per_minute": f"silences over {SILENCE_SECONDS:g} s per minute",
+        "crowded_fraction": f"time with over {CROWDED_NOTES} notes sounding",
+    }
+    failed = found["failures"]
+    return rows + [
+        (
+            f"{label} (generated / real)",
+            f"{failed['generated'][key]:.3f} / {failed['reference'][key]:.3f}",
+        )
+        for key, label in labels.items()
+    ]
 
 
 def evaluate(args: MusicEval) -> dict[str, Any]:
     report: dict[str, Any] = {}
     rows: list[tuple[str, str]] = []  # printed once everything is computed
+    generator = None
     if args.ckpt:
         from seqgen.inference import load
 
         generator = load(args.ckpt, task="music", **args.load_options())
-        if args.data:
-            performances, found = corpus(args.data, args, args.split)
-        else:
-            performances, found = held_out(args, generator)
-        performances = performances[: args.limit]
-        report["likelihood"] = likelihood(args, generator, performances, found)
+    if args.data:
+        real, found = corpus(args.data, args, args.split)
+    else:
+        real, found = held_out(args, generator)
+    real = real[: args.limit]
+    if generator is not None:
+        report["likelihood"] = likelihood(args, generator, real, found)
         rows += [
             (key, f"{report['likelihood'][key]:.4f}")
             for key in ("nll_per_event", "perplexity", "nll_per_second")
         ]
-        if args.continue_seconds:
-            found = continuations(
-                generator,
-                performances,
-                args.prompt_seconds,
-                args.continue_seconds,
-                args.seed,
-                args.bootstrap_samples,
-                rules=args.rules,
-                **args.generation_options(),
-            )
-            report["continuation"] = found
-            rows += [
-                (f"continuation overlap: {key}", f"{value:.3f} [{low:.3f}, {high:.3f}]")
-                for (key, value), (low, high) in zip(
-                    found["overlap"].items(), found["overlap_interval"].values(), strict=True
-                )
-            ]
-            rows += [
-                (
-                    f"continuation {key} (generated / real)",
-                    f"{found['failures']['generated'][key]:.3f} / "
-                    f"{found['failures']['real'][key]:.3f}",
-                )
-                for key in found["failures"]["generated"]
-            ]
-            rows.append(
-                ("NLL per event of the real continuation", f"{found['nll_per_event_real']:.4f}")
-            )
-            rows.append(
-                ("notes released when held too long", str(found["released_when_held_too_long"]))
-            )
-            later = found["performer_later"]
-            if later["overlap"] is not None:
-                rows.append(
-                    (
-                        f"yardstick: the performer's next {args.continue_seconds:g} s, "
-                        f"mean overlap ({later['performances']} performances)",
-                        f"{later['overlap']['mean']:.3f}",
-                    )
-                )
+    if generator is not None and args.seconds:
+        report["continuation"] = continuations(
+            generator,
+            real,
+            args.prompt_seconds or DEFAULT_PROMPT_SECONDS,
+            args.seconds,
+            args.seed,
+            args.bootstrap_samples,
+            rules=args.rules,
+            **args.generation_options(),
+        )
+        rows += continuation_rows(report["continuation"], args.seconds)
     if args.generated:
-        report["statistics"] = compare(args)
-        rows += [
-            (f"overlap: {key}", f"{value:.3f}")
-            for key, value in report["statistics"]["overlap"].items()
-        ]
-        rows.append(("overlap: mean", f"{report['statistics']['mean_overlap']:.3f}"))
-        found = report["statistics"]["failures"]
-        labels = {
-            "long_notes_fraction": f"notes longer than {LONG_NOTE_SECONDS:g} s",
-            "short_notes_fraction": f"notes shorter than {SHORT_NOTE_SECONDS:g} s",
-            "silences_per_minute": f"silences over {SILENCE_SECONDS:g} s per minute",
-            "crowded_fraction": f"time with over {CROWDED_NOTES} notes sounding",
-        }
-        rows += [
-            (
-                f"{label} (generated / reference)",
-                f"{found['generated'][key]:.3f} / {found['reference'][key]:.3f}",
-            )
-            for key, label in labels.items()
-        ]
+        report["statistics"] = compare(args, real)
+        rows += statistics_rows(report["statistics"])
     print(markdown_table(["metric", "value"], rows))
     if args.ckpt:
         found = report["likelihood"]

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pretty_midi
@@ -35,6 +35,7 @@ from seqgen_tasks.music.state import SoundingAges, SoundingPitches
 from seqgen_tasks.music.tokenizer import PerformanceTokenizer, readable_event
 
 log = logging.getLogger("seqgen")
+NoteState = Literal["ages", "pitches", "none"]
 
 
 @dataclass
@@ -43,40 +44,38 @@ class MusicData:
 
     train: str = "data/pop909"
     """Training MIDI: a directory (searched recursively), a .mid file, a .txt list of files, a
-    `save_to_disk` folder or a Hugging Face dataset with a column of MIDI bytes."""
+    `save_to_disk` folder or a Hugging Face dataset (its `train` split) with one column of
+    bytes, the MIDI files."""
     val: str | None = None
-    """Dev MIDI, in the same forms, that training validates on (default: the dev pieces of
-    train: 5% of its pieces, by a hash of their names; see `seqgen_tasks.music.splits`)."""
+    """Dev MIDI, in the same forms (a dataset's `validation` split), that training validates
+    on (default: the dev pieces of train: 5% of its pieces, by a hash of their names; see
+    `seqgen_tasks.music.splits`)."""
     test: str | None = None
     """Test MIDI, in the same forms (a dataset's `test` split), which training never reads;
     `seqgen evaluate --split test` scores it (default: the test pieces of train, another
     5%, held out of training)."""
-    midi_column: str = "midi"
-    """Column of MIDI bytes in a dataset."""
-    train_split: str = "train"
-    """Dataset split to train on (datasets only)."""
-    val_split: str = "validation"
-    """Dataset split of `val` (datasets only)."""
     augment: bool = True
     """Transpose every training draw by up to 3 semitones either way and stretch its time by
     up to 5%, as the Music Transformer did (never validation)."""
-    note_state: bool = True
-    """The model also reads, beside every event, how many notes of each pitch are sounding
-    (counted from the performance's start, so past its context window too). After 10 min
-    on POP909: held-out NLL 2.61 nats/event against 2.90 without it, and continuations of
-    held-out songs overlap the real ones 0.85 against 0.73 in note duration, 0.86 against
-    0.56 in polyphony.
-    It sets the model's state_size, so it is chosen when a model is made; false for a
-    model that must export to Hugging Face GPT-2."""
-    note_ages: bool = False
-    """With note_state (no effect without it), the model also reads how long ago each
-    sounding pitch was struck (up to 5 s), so it can tell a note just begun from one due to
-    end. After 10 min (two models each): held-out NLL on ASAP 2.69 against 2.74-2.76
-    without, on POP909 2.51 against 2.60-2.61; what the models sample varies as much
-    between models as with the ages (docs/music.md). Both recipes read them."""
+    note_state: NoteState = "ages"
+    """What the model reads beside every event of the notes sounding, counted from the
+    performance's start, so past its context window too. `pitches`: how many notes of each
+    pitch sound (after 10 min on POP909: held-out NLL 2.61 nats/event against 2.90 without,
+    and continuations overlap the real ones 0.85 against 0.73 in note duration, 0.86
+    against 0.56 in polyphony). `ages` (default): also how long ago each was struck, up to
+    5 s, so a note just begun differs from one due to end (after 10 min, two models each:
+    NLL on ASAP 2.69 against 2.74-2.76 with the pitches alone, on POP909 2.51 against
+    2.60-2.61). `none`: nothing, for a model that must export to Hugging Face GPT-2. It
+    sets the model's state_size, so it is chosen when a model is made."""
 
-    def __post_init__(self) -> None:
-        self.note_ages = self.note_ages and self.note_state  # what the checkpoint records
+
+def stored_state(options: dict[str, Any]) -> Any:
+    """`note_state` as a checkpoint stored it: checkpoints from before it took three values
+    stored `note_state: true|false` and `note_ages: true|false`."""
+    state = options.get("note_state", "none")
+    if isinstance(state, bool):
+        return ("ages" if options.get("note_ages") else "pitches") if state else "none"
+    return state
 
 
 MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask for 1e8
@@ -85,8 +84,8 @@ MOST_PROMPT_EVENTS = 1_000_000  # hours of piano; a few notes far apart may ask 
 class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
     name = "music"
     data_config = MusicData
-    stored_options = ("augment", "note_state", "note_ages")
-    option_defaults = {"note_state": False, "note_ages": False}  # checkpoints from before them
+    stored_options = ("augment", "note_state")
+    option_defaults = {"note_state": "none"}  # checkpoints from before it
     continues_prompt = True
     eval_config = evaluation.MusicEval
     datasets = sources.DATASETS
@@ -106,7 +105,9 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
     def from_options(
         cls, options: dict[str, Any], block_size: int, decoding: dict[str, Any] | None = None
     ) -> MusicTask:
-        task = super().from_options(options, block_size, decoding)
+        task = super().from_options(
+            {**options, "note_state": stored_state(options)}, block_size, decoding
+        )
         octaves = generation.OCTAVES
         seconds = options.get("hold_limits")
         if seconds is not None and not (
@@ -148,9 +149,8 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
         return generation.write(ids, new, tokenizer, options, path, self.hold_limits)
 
     def token_state(self) -> SoundingPitches | None:
-        if not self.data.note_state:
-            return None
-        return SoundingAges() if self.data.note_ages else SoundingPitches()
+        state = self.data.note_state
+        return None if state == "none" else SoundingAges() if state == "ages" else SoundingPitches()
 
     def generation_defaults(self) -> dict[str, Any]:
         return {"temperature": 1.0, "max_new_tokens": 2000}
@@ -169,11 +169,11 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
         """The performances of each split in `wanted` (train, dev, test): data.val and
         data.test where given, else carved out of data.train by piece."""
         data = self.data
-        given = {"dev": (data.val, data.val_split), "test": (data.test, "test")}
+        given = {"dev": (data.val, "validation"), "test": (data.test, "test")}
         carved = [name for name, (source, _) in given.items() if source is None]
         found: dict[str, list[Notes]] = {}
         if any(name in wanted for name in ("train", *carved)):
-            performances, pieces = self._corpus(data.train, data.train_split, "")
+            performances, pieces = self._corpus(data.train, "train", "")
             assigned = assign(pieces, carved, data.train)
             for name in ("train", *carved):
                 found[name] = [p for p, s in zip(performances, assigned, strict=True) if s == name]
@@ -190,8 +190,7 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
         return {name: found[name] for name in wanted}
 
     def _corpus(self, source: str, split: str, prefix: str) -> tuple[list[Notes], list[str]]:
-        data = self.data
-        performances, report = load_corpus(source, data.midi_column, split)
+        performances, report = load_corpus(source, split)
         for skipped in report["skipped"]:
             log.warning("skipped %s: %s", skipped["file"], skipped["reason"])
         self.stats.update(

@@ -59,8 +59,6 @@ class SummarizationEval(DecodingEval):
     float rounding at near-ties): each is drawn from its own stream of the seed."""
     baseline_words: int | None = None
     """Baseline length (default: mean reference length in words)."""
-    bootstrap_samples: int = 1000
-    """Resamples of the documents for the 95% intervals."""
     output: str | None = None
     """Write predictions with per-document scores (JSONL) here."""
     ignore: list[str] = field(default_factory=list)
@@ -76,8 +74,6 @@ class SummarizationEval(DecodingEval):
         super().__post_init__()
         if (self.ckpt is None) == (self.predictions is None):
             raise ValueError("give ckpt or predictions, not both")
-        if self.bootstrap_samples < 1:
-            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
         check_writable(self.output, "output")
 
 

@@ -97,8 +97,6 @@ class TranslationEval(DecodingEval):
     compare: str | None = None
     """Another system's translations of the same sentences (one per line): report this
     system minus it with a paired bootstrap interval, tighter than comparing two intervals."""
-    bootstrap_samples: int = 1000
-    """Resamples of the sentences for the 95% intervals."""
     batch_size: int = 64
     """Sentences (or MBR samples) decoded at once, each with its beams under beam search; one
     that finishes makes room for the next at once."""
@@ -109,8 +107,6 @@ class TranslationEval(DecodingEval):
             raise ValueError("give ckpt (with source) or hypotheses, not both")
         if self.ckpt and not self.source:
             raise ValueError("ckpt needs source (the sentences to translate)")
-        if self.bootstrap_samples < 1:
-            raise ValueError(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
         check_writable(self.output, "output")
 
 
