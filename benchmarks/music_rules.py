@@ -2,7 +2,9 @@
 (`dev`, where such choices are made) with `--rules all`, with `--rules valid` (the model
 alone), and with `all` less one rule at a time (no hold limits; no kept release rate, i.e.
 a banned release's probability spread over every id allowed instead of the releases
-allowed), from the same prompts and sampling seed; a paired bootstrap over the
+allowed), and with `--quantiles`, `all` with the hold limits at other quantiles of the
+checkpoint's training notes (`hold_quantile_Q`; the checkpoint stores those of
+HOLD_QUANTILE), from the same prompts and sampling seed; a paired bootstrap over the
 performances, averaged over the checkpoints (several independently trained models), gives
 how much each arm's mean overlap with what the performer played exceeds that of `all`, with
 a 95% interval.
@@ -10,6 +12,7 @@ a 95% interval.
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
         --report runs/bench/music_rules_pop909.json
+    python -m benchmarks.music_rules --ckpt ... --arms --quantiles 0.9 0.93 0.98
 """
 
 from __future__ import annotations
@@ -22,21 +25,29 @@ from benchmarks.common import parse_args, write_report
 from seqgen.inference import load
 from seqgen.tables import markdown_table
 from seqgen_tasks.music.continuation import paired_difference, play
-from seqgen_tasks.music.evaluate import MusicEval, held_out
-from seqgen_tasks.music.generate import NoteRules
+from seqgen_tasks.music.evaluate import MusicEval, held_out, recorded_task
+from seqgen_tasks.music.generate import NoteRules, hold_limits
 from seqgen_tasks.music.statistics import failures, overlap
 
 ARMS = ("valid", "without_hold_limits", "without_kept_release_rate")
 """Compared with `all`."""
 
 
+QUANTILE_ARM = "hold_quantile_"
+
+
 def play_arm(generator, performances: list, arm: str, args: argparse.Namespace):
-    """`play` as `arm` says: `all` less a rule is `all`'s `NoteRules` without it."""
+    """`play` as `arm` says: `all` less a rule is `all`'s `NoteRules` without it, and
+    `hold_quantile_Q` is `all` with the hold limits at quantile Q of the training notes."""
     limits = generator.task.hold_limits
     processor = {
         "without_hold_limits": partial(NoteRules, limits=None),
         "without_kept_release_rate": partial(NoteRules, limits=limits, keep_release_rate=False),
     }.get(arm)
+    if arm.startswith(QUANTILE_ARM):
+        train = recorded_task(generator).performances(["train"])["train"]
+        quantile = float(arm.removeprefix(QUANTILE_ARM))
+        processor = partial(NoteRules, limits=hold_limits(train, quantile))
     rules = "valid" if arm == "valid" else "all"
     return play(
         generator, performances, args.prompt_seconds, args.seconds, args.seed, rules, processor
@@ -52,10 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="the sampling seed of both arms")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap draws")
     parser.add_argument(
-        "--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms against all"
+        "--arms", nargs="*", choices=ARMS, default=list(ARMS), help="the arms against all"
+    )
+    parser.add_argument(
+        "--quantiles", nargs="*", type=float, default=[], help="hold-limit quantiles against all"
     )
     parser.add_argument("--report", help="JSON report")
     args = parse_args(parser, argv)
+    if any(not 0 < q <= 1 for q in args.quantiles):
+        parser.error(f"quantiles must be in (0, 1], got {args.quantiles}")
+    args.arms = [*args.arms, *(f"{QUANTILE_ARM}{q:g}" for q in args.quantiles)]
+    if not args.arms:
+        parser.error("no arm to compare with all: give --arms or --quantiles")
     pairs: dict[str, list] = {arm: [] for arm in args.arms}
     models = []
     for ckpt in args.ckpt:

@@ -74,14 +74,18 @@ def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Not
     return performances, report
 
 
-def held_out(args: MusicEval, generator) -> tuple[list[Notes], dict]:
-    """The checkpoint's own dev or test performances, from the data config it trained with."""
+def recorded_task(generator):
+    """The music task as the checkpoint's training configured its data (its run config)."""
     recorded = (generator.meta.get("run_config") or {}).get("data")
     if not isinstance(recorded, dict):
-        raise DataError(f"{args.ckpt}: the checkpoint does not record its data; give --data")
+        raise DataError(f"{generator.path}: the checkpoint does not record its data; give --data")
     config = generator.task.data_config
-    data = config(**known_options(config, recorded))
-    task = type(generator.task)(data)
+    return type(generator.task)(config(**known_options(config, recorded)))
+
+
+def held_out(args: MusicEval, generator) -> tuple[list[Notes], dict]:
+    """The checkpoint's own dev or test performances, from the data config it trained with."""
+    task = recorded_task(generator)
     try:
         performances = task.performances([args.split])[args.split]
     except DataError as err:

@@ -117,18 +117,18 @@ s: a few songs hold their pedal for minutes."""
 NEVER = np.iinfo(np.int64).max // 2  # the onset of a pitch with no note sounding
 
 
-def hold_limits(performances: list[Notes]) -> list[float]:
+def hold_limits(performances: list[Notes], quantile: float = HOLD_QUANTILE) -> list[float]:
     """Seconds that generation lets a note of each octave (pitch // 12, 11 of them) sound:
-    the HOLD_QUANTILE of the durations of the training notes of that octave
-    (`performances`), or of all their notes for an octave with fewer than 50; to the 10 ms
-    step, and at least one step."""
+    the `quantile` of the durations of the training notes of that octave (`performances`),
+    or of all their notes for an octave with fewer than 50; to the 10 ms step, and at least
+    one step."""
     durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
     octave = np.concatenate([p.pitch for p in performances]) // 12
     if len(durations) == 0:
         raise ValueError("note length limits need notes")
-    overall = np.quantile(durations, HOLD_QUANTILE)
+    overall = np.quantile(durations, quantile)
     found = [
-        np.quantile(durations[octave == o], HOLD_QUANTILE) if (octave == o).sum() >= 50 else overall
+        np.quantile(durations[octave == o], quantile) if (octave == o).sum() >= 50 else overall
         for o in range(OCTAVES)
     ]
     return [max(round(float(x), 2), 1 / STEPS_PER_SECOND) for x in found]
