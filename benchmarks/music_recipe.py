@@ -19,6 +19,7 @@ and the time with more than 10 notes sounding (and in the real music).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,14 @@ def model_figures(run: Path, args: argparse.Namespace, trained: dict) -> dict[st
     return figures
 
 
+def trained_figures(run: Path) -> dict[str, float]:
+    """The steps and dev NLL (training's last validation, as `seqgen evaluate --split dev`
+    computes it) of a model trained before."""
+    meta = json.loads((run / "final" / "config.json").read_text())
+    dev = evaluate("music", ckpt=str(run), split="dev")
+    return {"steps": meta["step"], "val_loss": dev["likelihood"]["nll_per_event"]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the recipe (configs/music/*.yaml)")
@@ -76,12 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench/music_recipe", help="where the runs go")
     parser.add_argument("--prompt_seconds", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--trained",
+        action="store_true",
+        help="score the models already in --out (seed1..N), e.g. after the rules changed",
+    )
     parser.add_argument("--report", help="JSON report")
     parser.add_argument("overrides", nargs="*", help="passed to seqgen pretrain, after --")
     args = parse_args(parser, argv)
     models = []
     for seed in range(1, args.models + 1):
         run = Path(args.out) / f"seed{seed}"
+        if args.trained:
+            models.append({"seed": seed, **model_figures(run, args, trained_figures(run))})
+            continue
         trained = train(
             "pretrain",
             [

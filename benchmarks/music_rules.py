@@ -1,13 +1,11 @@
 """Do the note rules help? Each checkpoint continues every performance of its own split
 (`dev`, where such choices are made) with `--rules all`, with `--rules valid` (the model
-alone), and with `all` less one rule at a time (no hold limits; no kept release rate, i.e.
-a banned release's probability spread over every id allowed instead of the releases
-allowed), and with `--quantiles`, `all` with the hold limits at other quantiles of the
-checkpoint's training notes (`hold_quantile_Q`; the checkpoint stores those of
-HOLD_QUANTILE), from the same prompts and sampling seed; a paired bootstrap over the
-performances, averaged over the checkpoints (several independently trained models), gives
-how much each arm's mean overlap with what the performer played exceeds that of `all`, with
-a 95% interval.
+alone: `all` less its hold limits), and with `--quantiles`, `all` with the hold limits at
+other quantiles of the checkpoint's training notes (`hold_quantile_Q`; the checkpoint
+stores those of HOLD_QUANTILE), from the same prompts and sampling seed; a paired
+bootstrap over the performances, averaged over the checkpoints (several independently
+trained models), gives how much each arm's mean overlap with what the performer played
+exceeds that of `all`, with a 95% interval.
 
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
@@ -29,7 +27,7 @@ from seqgen_tasks.music.evaluate import MusicEval, held_out, recorded_task
 from seqgen_tasks.music.generate import NoteRules, hold_limits
 from seqgen_tasks.music.statistics import failures, overlap
 
-ARMS = ("valid", "without_hold_limits", "without_kept_release_rate")
+ARMS = ("valid",)
 """Compared with `all`."""
 
 
@@ -37,13 +35,9 @@ QUANTILE_ARM = "hold_quantile_"
 
 
 def play_arm(generator, performances: list, arm: str, args: argparse.Namespace):
-    """`play` as `arm` says: `all` less a rule is `all`'s `NoteRules` without it, and
-    `hold_quantile_Q` is `all` with the hold limits at quantile Q of the training notes."""
-    limits = generator.task.hold_limits
-    processor = {
-        "without_hold_limits": partial(NoteRules, limits=None),
-        "without_kept_release_rate": partial(NoteRules, limits=limits, keep_release_rate=False),
-    }.get(arm)
+    """`play` as `arm` says: `hold_quantile_Q` is `all` with the hold limits at quantile Q
+    of the training notes."""
+    processor = None
     if arm.startswith(QUANTILE_ARM):
         train = recorded_task(generator).performances(["train"])["train"]
         quantile = float(arm.removeprefix(QUANTILE_ARM))

@@ -4,7 +4,7 @@ they pass on."""
 import pytest
 import torch
 
-from seqgen.generation.decoding import NgramBan, ban_within
+from seqgen.generation.decoding import NgramBan
 from seqgen.generation.engine import generate
 
 
@@ -83,43 +83,3 @@ def test_repeated_ngram_ends():
     assert banned_by(NgramBan(2, [99]), [5, 6, 5]) == [6]
     assert banned_by(NgramBan(1, [99]), [4, 4, 5]) == [4, 5]
     assert banned_by(NgramBan(3, [99]), [5]) == []
-
-
-def test_ban_within_a_group_keeps_its_probability():
-    logits = torch.randn(12, generator=torch.Generator().manual_seed(0))
-    before = torch.softmax(logits, -1)
-    after = torch.softmax(ban_within(logits.clone(), [1, 2, 9], [0, 1, 2, 3]), -1)
-    assert after[[1, 2, 9]].eq(0).all()
-    group = before[:4].sum() / (1 - before[9])  # 9, outside the group, renormalises
-    assert after[[0, 3]].sum().item() == pytest.approx(group.item(), rel=1e-5)
-    ratio = after[0] / after[3]  # the heirs keep their own proportions
-    assert ratio.item() == pytest.approx((before[0] / before[3]).item(), rel=1e-5)
-    others = [4, 5, 6, 7, 8, 10, 11]  # outside the group: only 9's ban moves them
-    assert torch.allclose(after[others], before[others] / (1 - before[9]), rtol=1e-5)
-    plain = torch.softmax(ban_within(logits.clone(), [1, 2, 9], []), -1)  # a plain ban
-    assert plain[[1, 2, 9]].eq(0).all() and not torch.allclose(after, plain)
-
-
-class LowBanned(OddAfterEven):
-    """A processor: ids below 20 banned."""
-
-    group: list[int] = []
-
-    def __call__(self, ids, logits):
-        return ban_within(logits, list(range(20)), self.group)
-
-
-class LowBannedSharedUpTo30(LowBanned):
-    """The same, the probability of ids below 20 going to ids 20-29."""
-
-    group = list(range(30))
-
-
-@pytest.mark.parametrize("options", [dict(temperature=1.0, seed=3), dict(num_beams=2)])
-def test_generation_passes_a_processors_banned_probability_on(model, options):
-    prompts = [[1], [2, 3, 4], [12], [7, 7]]
-    shared = generate(model, prompts, 24, processor=LowBannedSharedUpTo30, **options)
-    plain = generate(model, prompts, 24, processor=LowBanned, **options)
-    assert all(t >= 20 for row in shared + plain for t in row)
-    heirs = lambda rows: sum(20 <= t < 30 for row in rows for t in row)  # noqa: E731
-    assert heirs(shared) > heirs(plain)

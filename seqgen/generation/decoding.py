@@ -204,25 +204,6 @@ def ban_early_eos(logits: torch.Tensor, early: dict[int, Sequence[int]]) -> torc
     return logits
 
 
-def ban_within(logits: torch.Tensor, banned: list[int], group: list[int]) -> torch.Tensor:
-    """-inf at the `banned` ids of the (V,) logits, whose probability, where they are in
-    `group`, goes to the group's allowed ids in their own proportions (rather than to the
-    whole vocabulary): the group keeps all the probability the model gave it, and every
-    other id keeps its own."""
-    if banned and group:
-        members = torch.tensor(group, device=logits.device)
-        lost = torch.isin(members, torch.tensor(banned, device=logits.device))
-        heirs, gone = members[~lost], members[lost]
-        if len(heirs) and len(gone):
-            kept = torch.logsumexp(logits[heirs].float(), 0)
-            if torch.isfinite(kept):  # else nothing allowed had any probability to scale
-                total = torch.logaddexp(kept, torch.logsumexp(logits[gone].float(), 0))
-                logits[heirs] += (total - kept).to(logits.dtype)
-    if banned:
-        logits[banned] = NEG_INF
-    return logits
-
-
 class NgramBan:
     """`no_repeat_ngram_size` as a `LogitsProcessor`: bans the ids that would complete an
     n-gram already among the row's new ids (the prompt does not count). Each n-gram's last
