@@ -115,10 +115,15 @@ def tree_pss(root: int) -> int:
     return total
 
 
-def run(argv: Sequence[str], until: str | None = None) -> dict[str, float]:
-    """Run `seqgen ARGV` as a child: its seconds (to the first stderr line holding `until`,
-    then it is stopped, or to its end) and the peak PSS of its process tree."""
+def run(
+    argv: Sequence[str], until: str | None = None, cache: Path | None = None
+) -> dict[str, float]:
+    """Run `seqgen ARGV` as a child (with its caches under `cache`, if given): its seconds
+    (to the first stderr line holding `until`, then it is stopped, or to its end) and the
+    peak PSS of its process tree."""
     env = {**os.environ, "SEQGEN_LOG": "INFO", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if cache is not None:
+        env["SEQGEN_CACHE"] = str(cache)
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "seqgen.cli", *argv],
@@ -256,8 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(small),
             "--tokenizer.path",
             str(tokenizer),
-            "--data.cache_dir",
-            str(work / "cache"),
             "--data.val_fraction",
             str(VAL_FRACTION),
         ],
@@ -265,11 +268,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     first_step, speed = {}, {}
     for name, source in sources.items():  # the in-memory path tokenizes into its cache here
         first_step[name] = run(
-            [*train, *source, "--out_dir", str(work / f"run_{name}")], until="step 1"
+            [*train, *source, "--out_dir", str(work / f"run_{name}")],
+            until="step 1",
+            cache=work / "cache",
         )
     for name, source in sources.items():
         out = work / f"report_{name}.json"
-        run([*train, *source, "--out_dir", str(work / f"run_{name}"), "--report", str(out)])
+        run(
+            [*train, *source, "--out_dir", str(work / f"run_{name}"), "--report", str(out)],
+            cache=work / "cache",
+        )
         speed[name] = json.loads(out.read_text())["tokens_per_second"]
     report = {
         "corpus_bytes": corpus_bytes,
