@@ -34,12 +34,11 @@ ARMS = ("valid",)
 QUANTILE_ARM = "hold_quantile_"
 
 
-def play_arm(generator, performances: list, arm: str, args: argparse.Namespace):
+def play_arm(generator, performances: list, arm: str, args: argparse.Namespace, train: list | None):
     """`play` as `arm` says: `hold_quantile_Q` is `all` with the hold limits at quantile Q
-    of the training notes."""
+    of the `train`ing performances' notes."""
     processor = None
     if arm.startswith(QUANTILE_ARM):
-        train = recorded_task(generator).performances(["train"])["train"]
         quantile = float(arm.removeprefix(QUANTILE_ARM))
         processor = partial(NoteRules, limits=hold_limits(train, quantile))
     rules = "valid" if arm == "valid" else "all"
@@ -74,7 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ckpt in args.ckpt:
         generator = load(ckpt, task="music")
         performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
-        arms = {arm: play_arm(generator, performances, arm, args) for arm in ("all", *args.arms)}
+        train = (
+            recorded_task(generator).performances(["train"])["train"] if args.quantiles else None
+        )
+        arms = {
+            arm: play_arm(generator, performances, arm, args, train) for arm in ("all", *args.arms)
+        }
         for arm in args.arms:
             pairs[arm].append((arms["all"], arms[arm]))
         figures = {"ckpt": ckpt, "performances": len(arms["all"].real)}

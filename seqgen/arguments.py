@@ -112,9 +112,8 @@ def parse(parser, argv: Sequence[str]):
     """Parse and instantiate; errors name the offending key (and the config file)."""
     files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
     sections = {action.dest.split(".")[0] for action in parser._actions if "." in action.dest}
-    for file in files:
-        check_sections(file, sections)
-    check_retired(argv, files)
+    configs = {file: check_sections(file, sections) for file in files}
+    check_retired(argv, configs)
     try:
         return parser.instantiate(parser.parse_args(list(argv)))
     except argparse.ArgumentError as err:
@@ -122,9 +121,10 @@ def parse(parser, argv: Sequence[str]):
         raise SeqgenError(f"{str(err).strip()}{where}") from None
 
 
-def check_sections(file: str, sections: set[str]) -> None:
+def check_sections(file: str, sections: set[str]) -> dict[str, Any]:
     """A config file is a mapping, and each of its sections (model:, train:, data:, ...)
-    a mapping of settings: anything else is an error naming the file and the key."""
+    a mapping of settings: anything else is an error naming the file and the key. Returns
+    the file's values."""
     import yaml
 
     try:
@@ -144,18 +144,17 @@ def check_sections(file: str, sections: set[str]) -> None:
                 f"{file}: `{key}:` is a section of settings (indented key: value "
                 f"lines), got {values[key]!r}"
             )
+    return values
 
 
-def check_retired(argv: Sequence[str], files: list[str]) -> None:
-    """A setting that is gone is an error that says what replaced it, naming the file."""
-    import yaml
-
+def check_retired(argv: Sequence[str], configs: dict[str, dict[str, Any]]) -> None:
+    """A setting that is gone, on the command line or in a config file (its values by
+    file name), is an error that says what replaced it, naming the file."""
     for arg in argv:
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
         if key in RETIRED:
             raise SeqgenError(f"--{key} is gone: {RETIRED[key]}")
-    for file in files:
-        values = yaml.safe_load(Path(file).read_text())  # read by check_sections already
+    for file, values in configs.items():
         for key, instead in RETIRED.items():
             section, _, name = key.rpartition(".")
             found = values.get(section) if section else values

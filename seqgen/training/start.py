@@ -79,7 +79,8 @@ class RunStart:
         stored, computed = self.meta["model"].get("state_size", 0), size_of(task.token_state())
         if stored != computed:
             stored_task = type(task).from_options(self.meta.get("task_options", {}), 1)
-            trained = {key: stored_task.options()[key] for key in task.stored_options}
+            stored_options = stored_task.options()
+            trained = {key: stored_options[key] for key in task.stored_options}
             raise ConfigError(
                 f"{self.path}: its model reads a token state of size {stored}, the "
                 f"{task.name} task as configured computes one of size {computed}; "

@@ -67,7 +67,7 @@ class MusicEval(DecodingEval, MusicPlay):
             raise ValueError(f"split must be dev or test without data, got {self.split!r}")
 
 
-def corpus(source: str, args: MusicEval, split: str = "train") -> tuple[list[Notes], dict]:
+def corpus(source: str, split: str = "train") -> tuple[list[Notes], dict]:
     performances, report = load_corpus(source, split)
     if not performances:
         raise DataError(f"{source}: no readable MIDI with notes ({len(report['skipped'])} skipped)")
@@ -131,7 +131,7 @@ def summary(performances: list[Notes]) -> dict[str, float]:
 
 def compare(args: MusicEval, real: list[Notes]) -> dict[str, Any]:
     """The statistics of the generated MIDI against the `real` music."""
-    generated, _ = corpus(args.generated, args)
+    generated, _ = corpus(args.generated)
     found = overlap(generated, real)
     mean = found.pop("mean")
     return {
@@ -199,7 +199,7 @@ def evaluate(args: MusicEval) -> dict[str, Any]:
 
         generator = load(args.ckpt, task="music", **args.load_options())
     if args.data:
-        real, found = corpus(args.data, args, args.split)
+        real, found = corpus(args.data, args.split)
     else:
         real, found = held_out(args, generator)
     real = real[: args.limit]
