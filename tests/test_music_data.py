@@ -187,7 +187,7 @@ def test_windows_are_augmented_draws_of_the_context_length():
     assert len(stream) == 2 * (len(plain) + 2) and stream[0] == 389 and stream[-1] == 390
 
 
-def test_held_out_splits_are_by_piece_fixed_and_five_percent_each(tmp_path):
+def test_held_out_splits_are_by_piece_fixed_and_ten_percent_in_all(tmp_path):
     from seqgen_tasks.music.splits import assign, piece_of, split_of
 
     root = tmp_path / "corpus"
@@ -198,6 +198,10 @@ def test_held_out_splits_are_by_piece_fixed_and_five_percent_each(tmp_path):
     songs = [f"{k:03d}" for k in range(1, 5001)]
     shares = Counter(split_of(song) for song in songs)
     assert abs(shares["dev"] / 5000 - 0.05) < 0.01 and abs(shares["test"] / 5000 - 0.05) < 0.01
+    # a corpus that brings its test gives dev the whole 10%: the pieces test would have taken
+    alone = [split_of(song, ["dev"]) for song in songs]
+    assert abs(alone.count("dev") / 5000 - 0.10) < 0.015 and "test" not in alone
+    assert all(a == "dev" for a, s in zip(alone, songs, strict=True) if split_of(s) != "train")
     # a piece's split depends on its name alone: more files never move it
     assigned = assign(songs[:909], ["dev", "test"], "pop909")
     assert assign(songs, ["dev", "test"], "more")[:909] == assigned
