@@ -7,10 +7,16 @@ bootstrap over the performances, averaged over the checkpoints (several independ
 trained models), gives how much each arm's mean overlap with what the performer played
 exceeds that of `all`, with a 95% interval.
 
+With `--baseline` (one per `--ckpt`: models trained another way, say for a shorter budget),
+each arm of the K-th `--ckpt` is also paired with the same arm of the K-th baseline on the
+same performances (`ARM_minus_baseline`): how much the change to the model moved the music,
+with the rules and without.
+
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
         --report runs/bench/music_rules_pop909.json
     python -m benchmarks.music_rules --ckpt ... --arms --quantiles 0.9 0.93 0.98
+    python -m benchmarks.music_rules --ckpt runs/long/seed1 --baseline runs/short/seed1 ...
 """
 
 from __future__ import annotations
@@ -47,6 +53,26 @@ def play_arm(generator, performances: list, arm: str, args: argparse.Namespace, 
     )
 
 
+def fingerprint(performances: list) -> list[bytes]:
+    """Which performances these are, to check that two models played the same ones."""
+    return [notes.pitch.tobytes() + notes.start.tobytes() for notes in performances]
+
+
+def model_arms(ckpt: str, arms: list[str], args: argparse.Namespace) -> tuple[dict, dict]:
+    """What the checkpoint played in each arm (`all` first) on its own split, and its figures."""
+    generator = load(ckpt, task="music")
+    performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
+    train = recorded_task(generator).performances(["train"])["train"] if args.quantiles else None
+    played = {arm: play_arm(generator, performances, arm, args, train) for arm in arms}
+    figures = {"ckpt": ckpt, "performances": len(played["all"].real)}
+    for arm, found in played.items():
+        figures[f"mean_overlap_{arm}"] = overlap(found.played, found.real)["mean"]
+        figures[f"crowded_fraction_{arm}"] = failures(found.played)["crowded_fraction"]
+    figures["crowded_fraction_real"] = failures(played["all"].real)["crowded_fraction"]
+    print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
+    return played, figures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", action="append", required=True, help="a music checkpoint")
@@ -61,41 +87,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quantiles", nargs="*", type=float, default=[], help="hold-limit quantiles against all"
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="a checkpoint each --ckpt is compared with, arm by arm, in order",
+    )
     parser.add_argument("--report", help="JSON report")
     args = parse_args(parser, argv)
     if any(not 0 < q <= 1 for q in args.quantiles):
         parser.error(f"quantiles must be in (0, 1], got {args.quantiles}")
     args.arms = [*args.arms, *(f"{QUANTILE_ARM}{q:g}" for q in args.quantiles)]
-    if not args.arms:
+    if args.baseline and len(args.baseline) != len(args.ckpt):
+        parser.error(f"{len(args.baseline)} --baseline for {len(args.ckpt)} --ckpt: give one each")
+    if not args.arms and not args.baseline:
         parser.error("no arm to compare with all: give --arms or --quantiles")
-    pairs: dict[str, list] = {arm: [] for arm in args.arms}
-    models = []
-    for ckpt in args.ckpt:
-        generator = load(ckpt, task="music")
-        performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
-        train = (
-            recorded_task(generator).performances(["train"])["train"] if args.quantiles else None
-        )
-        arms = {
-            arm: play_arm(generator, performances, arm, args, train) for arm in ("all", *args.arms)
-        }
-        for arm in args.arms:
-            pairs[arm].append((arms["all"], arms[arm]))
-        figures = {"ckpt": ckpt, "performances": len(arms["all"].real)}
-        for arm, found in arms.items():
-            figures[f"mean_overlap_{arm}"] = overlap(found.played, found.real)["mean"]
-            figures[f"crowded_fraction_{arm}"] = failures(found.played)["crowded_fraction"]
-        figures["crowded_fraction_real"] = failures(arms["all"].real)["crowded_fraction"]
+    arms = ["all", *args.arms]
+    pairs: dict[str, list] = {f"{arm}_minus_all": [] for arm in args.arms}
+    pairs.update({f"{arm}_minus_baseline": [] for arm in arms if args.baseline})
+    models, baselines = [], []
+    for k, ckpt in enumerate(args.ckpt):
+        played, figures = model_arms(ckpt, arms, args)
         models.append(figures)
-        print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
-    found = {
-        f"{arm}_minus_all": paired_difference(pairs[arm], args.samples, args.seed) for arm in pairs
-    }
+        for arm in args.arms:
+            pairs[f"{arm}_minus_all"].append((played["all"], played[arm]))
+        if args.baseline:
+            before, figures = model_arms(args.baseline[k], arms, args)
+            if fingerprint(before["all"].real) != fingerprint(played["all"].real):
+                raise SystemExit(
+                    f"{ckpt} and {args.baseline[k]} hold out different {args.split} "
+                    "performances: compare models trained on one split"
+                )
+            baselines.append(figures)
+            for arm in arms:
+                pairs[f"{arm}_minus_baseline"].append((before[arm], played[arm]))
+    found = {key: paired_difference(pair, args.samples, args.seed) for key, pair in pairs.items()}
     report = write_report(
-        args.report, {"split": args.split, "models": models, **found, "seed": args.seed}
+        args.report,
+        {"split": args.split, "models": models, "baselines": baselines, **found, "seed": args.seed},
     )
     print(
-        f"\nmean overlap against all, paired over {models[0]['performances']} {args.split} "
+        f"\nmean overlap, paired over {models[0]['performances']} {args.split} "
         f"performances and {len(models)} models:"
     )
     for key, value in found.items():

@@ -364,8 +364,20 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
         gaps = [m[f"mean_overlap_{arm}"] - m["mean_overlap_all"] for m in found["models"]]
         assert found[f"{arm}_minus_all"]["difference"] == pytest.approx(sum(gaps) / 2)
     printed = capsys.readouterr().out
-    assert "mean overlap against all, paired over 1 dev performances and 2 models" in printed
-    assert "valid_minus_all: " in printed
+    assert "mean overlap, paired over 1 dev performances and 2 models" in printed
+    assert "valid_minus_all: " in printed and "baseline" not in printed
+    # one model against another, arm by arm: against itself, no difference
+    argv[argv.index("--report") + 1] = str(against := tmp_path / "against.json")
+    assert music_rules.main([*argv, "--baseline", runs[1], "--baseline", runs[1]]) == 0
+    found = report_of(against)
+    assert [b["ckpt"] for b in found["baselines"]] == [runs[1], runs[1]]
+    for arm in ("all", "valid"):
+        gap = (
+            found["models"][0][f"mean_overlap_{arm}"] - found["baselines"][0][f"mean_overlap_{arm}"]
+        )
+        assert found[f"{arm}_minus_baseline"]["difference"] == pytest.approx(gap / 2)
+    with pytest.raises(SystemExit):
+        music_rules.main([*argv, "--baseline", runs[1]])  # one for each --ckpt
     # hold limits at other quantiles of the training notes; at the stored one, all itself
     argv[argv.index("--report") + 1] = str(quantiles := tmp_path / "quantiles.json")
     assert music_rules.main([*argv, "--arms", "--quantiles", "0.5", "0.85"]) == 0
