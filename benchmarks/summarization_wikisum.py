@@ -105,7 +105,12 @@ def train_all(args: argparse.Namespace, work: Path) -> tuple[dict, dict]:
         ],
         work / "pretrain.json",
     )
-    finetune_seconds = args.budget_seconds - pre["train_seconds"]
+    # What pretraining left; its planned share at least, where it ran over (a step or the
+    # last validation past its limit, or a loaded machine), so fine-tuning always runs.
+    finetune_seconds = max(
+        args.budget_seconds - pre["train_seconds"],
+        args.budget_seconds * (1 - args.pretrain_fraction),
+    )
     common = [
         "--config",
         args.config,
