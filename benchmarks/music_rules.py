@@ -58,10 +58,19 @@ def fingerprint(performances: list) -> list[bytes]:
     return [notes.pitch.tobytes() + notes.start.tobytes() for notes in performances]
 
 
-def model_arms(ckpt: str, arms: list[str], args: argparse.Namespace) -> tuple[dict, dict]:
-    """What the checkpoint played in each arm (`all` first) on its own split, and its figures."""
+def model_arms(
+    ckpt: str, arms: list[str], args: argparse.Namespace, compared_with: list | None = None
+) -> tuple[list, dict, dict]:
+    """The checkpoint's held-out performances, what it played in each arm (`all` first) and
+    its figures. With `compared_with` (another model's held-out performances) a different
+    split is refused before anything is played."""
     generator = load(ckpt, task="music")
     performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
+    if compared_with is not None and fingerprint(performances) != fingerprint(compared_with):
+        raise SystemExit(
+            f"{ckpt} holds out other {args.split} performances than the model it is compared "
+            "with: compare models trained on one split"
+        )
     train = recorded_task(generator).performances(["train"])["train"] if args.quantiles else None
     played = {arm: play_arm(generator, performances, arm, args, train) for arm in arms}
     figures = {"ckpt": ckpt, "performances": len(played["all"].real)}
@@ -70,7 +79,7 @@ def model_arms(ckpt: str, arms: list[str], args: argparse.Namespace) -> tuple[di
         figures[f"crowded_fraction_{arm}"] = failures(found.played)["crowded_fraction"]
     figures["crowded_fraction_real"] = failures(played["all"].real)["crowded_fraction"]
     print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
-    return played, figures
+    return performances, played, figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,17 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs.update({f"{arm}_minus_baseline": [] for arm in arms if args.baseline})
     models, baselines = [], []
     for k, ckpt in enumerate(args.ckpt):
-        played, figures = model_arms(ckpt, arms, args)
+        performances, played, figures = model_arms(ckpt, arms, args)
         models.append(figures)
         for arm in args.arms:
             pairs[f"{arm}_minus_all"].append((played["all"], played[arm]))
         if args.baseline:
-            before, figures = model_arms(args.baseline[k], arms, args)
-            if fingerprint(before["all"].real) != fingerprint(played["all"].real):
-                raise SystemExit(
-                    f"{ckpt} and {args.baseline[k]} hold out different {args.split} "
-                    "performances: compare models trained on one split"
-                )
+            _, before, figures = model_arms(args.baseline[k], arms, args, performances)
             baselines.append(figures)
             for arm in arms:
                 pairs[f"{arm}_minus_baseline"].append((before[arm], played[arm]))

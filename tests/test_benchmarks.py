@@ -378,6 +378,9 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
         assert found[f"{arm}_minus_baseline"]["difference"] == pytest.approx(gap / 2)
     with pytest.raises(SystemExit):
         music_rules.main([*argv, "--baseline", runs[1]])  # one for each --ckpt
+    options = argparse.Namespace(split="dev", quantiles=[])
+    with pytest.raises(SystemExit, match="holds out other dev performances"):
+        music_rules.model_arms(runs[0], ["all"], options, compared_with=[])  # another split
     # hold limits at other quantiles of the training notes; at the stored one, all itself
     argv[argv.index("--report") + 1] = str(quantiles := tmp_path / "quantiles.json")
     assert music_rules.main([*argv, "--arms", "--quantiles", "0.5", "0.85"]) == 0
