@@ -6,19 +6,22 @@ memory-bandwidth bound.
     python -m benchmarks.generate --report runs/bench/generate.json
 
 Batch-1 greedy decoding of `--new_tokens` tokens after a `--prompt_tokens` prompt, fp32,
-unless the row says otherwise. seqgen rows use the oneDNN-packed Linear weights that
-`seqgen.load` and `seqgen generate` use on CPU (seqgen/cpu.py); one row shows plain nn.Linear.
-Each figure is the median of `--repeats` timed runs after
-one warm-up run. The no-cache loop at 512 new tokens would take many minutes, so it is timed
-at `--no_cache_samples` context lengths spread over the run and integrated (trapezoid rule);
-`--exact_no_cache` times the whole loop instead. `--model` picks another preset's shape.
+unless the row says otherwise. seqgen rows use the Linear kernels that `seqgen.load` and
+`seqgen generate` time fastest on this CPU at load (seqgen/cpu.py); the kernel rows force one
+for single rows (plain nn.Linear, oneDNN-packed, the compiled product). Each figure is the
+median of `--repeats` timed runs after one warm-up run. The no-cache loop at 512 new tokens
+would take many minutes, so it is timed at `--no_cache_samples` context lengths spread over
+the run and integrated (trapezoid rule); `--exact_no_cache` times the whole loop instead.
+`--model` picks another preset's shape.
 
-The int8 rows quantize the same weights as `--quantize int8` does (seqgen/quantize.py: the
-kernel timed fastest here at load), timed in turns with the fp32 model (batch 1 and batch
-`--batch`), which the speedups compare; their bandwidth fraction counts the bytes a token
-reads (int8 weights, their scales, the fp32 biases and norms). With `--bpb_ckpt CKPT --bpb_text
-FILE`, `int8_bpb_delta` is the relative change in bits per byte of that checkpoint on that
-held-out text (`seqgen evaluate --quantize int8` against fp32).
+The fp32, bf16 and int8 rows (batch 1 and batch `--batch`) are timed in turns with one another
+and with a read of 1 GiB of memory (the fastest of three readers), so that the speedups and the
+fractions of the bandwidth bound (the bytes a token reads over its time, against the read
+bandwidth) compare moments alike: the machine's speed drifts within a run. int8 quantizes the
+same weights as `--quantize int8` does (seqgen/quantize.py); its bytes are the int8 weights,
+their scales, the fp32 biases and norms. With `--bpb_ckpt CKPT --bpb_text FILE`,
+`int8_bpb_delta` is the relative change in bits per byte of that checkpoint on that held-out
+text (`seqgen evaluate --quantize int8` against fp32).
 
 The many-prompts rows decode `--many_prompts` prompts of mixed lengths (8-48 ids), each with its
 own budget of 4-64 new ids, greedy, fp32, `--batch` prompts at a time: batches one after another
@@ -42,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -52,7 +55,7 @@ import torch
 from benchmarks.common import parse_args, write_report
 from seqgen.cli import main as seqgen_main
 from seqgen.config import PRESETS, ModelConfig
-from seqgen.cpu import pack_linears, seconds_in_turns
+from seqgen.cpu import compiled_available, fast_linears, packing_available, seconds_in_turns
 from seqgen.generation.engine import generate
 from seqgen.inference import consensus
 from seqgen.interop.hf import hf_config, to_hf_state_dict
@@ -75,11 +78,11 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def read_bandwidth(gigabytes: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second for summing a buffer far larger than the caches."""
-    buffer = torch.ones(int(gigabytes * 2**30 / 4), dtype=torch.float32)
-    seconds = min(timed(lambda: buffer.sum(), 1) for _ in range(repeats))
-    return buffer.numel() * 4 / seconds
+def fastest_reader(buffer: torch.Tensor) -> Callable[[], object]:
+    """The fastest of three ways to read `buffer` once (on an AMD Zen 4 with 2 threads `sum`
+    read at 30 GB/s while `amax` read at 48, minutes apart at 50 and 32)."""
+    readers = (torch.sum, torch.amax, lambda b: torch.dot(b, b))
+    return min((partial(reader, buffer) for reader in readers), key=lambda read: timed(read, 3))
 
 
 @torch.inference_mode()
@@ -129,7 +132,7 @@ def mbr_timings(
     apart); raises if they choose differently."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(**MBR_SHAPE)).eval()
-    pack_linears(model)
+    fast_linears(model)
     sampling = dict(MBR_SAMPLING, max_new_tokens=new_tokens)
     similarity = RougeSimilarity()
     pair_by_pair = lambda a, b: similarity(a, b)  # noqa: E731  (a plain callable)
@@ -282,10 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     plain = model
     model = copy.deepcopy(plain)
-    packed = copy.deepcopy(plain)
-    chosen = pack_linears(model)  # as seqgen.load decides: packed where that is faster here
-    if not pack_linears(packed, measure=False):
-        print("oneDNN packed linear unavailable: seqgen rows use plain nn.Linear", file=sys.stderr)
+    chosen = fast_linears(model)  # as seqgen.load decides: the kernels timed fastest here
+    by_kernel = {}
+    for kernel in ("packed", "compiled") if packing_available(plain) else ():
+        if kernel == "compiled" and not compiled_available("cpu"):
+            print("no C++ compiler for TorchInductor: no compiled row", file=sys.stderr)
+            continue
+        by_kernel[kernel] = copy.deepcopy(plain)
+        fast_linears(by_kernel[kernel], (kernel, "packed"))
 
     others = [
         torch.randint(0, model.config.vocab_size, (args.prompt_tokens,)).tolist()
@@ -297,12 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts = [prompt, *others[: batch - 1]] if batch > 1 else prompt
         generate(m, prompts, new, temperature=0)
 
-    bandwidth_before = read_bandwidth()  # measured before and after: the machine's varies
     rows = {}
-    rows["seqgen fp32, KV cache"] = n / timed(ours, args.repeats)
     rows["seqgen fp32, KV cache, plain nn.Linear"] = n / timed(lambda: ours(m=plain), args.repeats)
-    rows["seqgen fp32, KV cache, oneDNN-packed"] = n / timed(partial(ours, m=packed), args.repeats)
-    del packed  # freed once its row is done: see transformers_rows for why
+    for kernel, weights in by_kernel.items():
+        rows[f"seqgen fp32, KV cache, {kernel} (one row)"] = n / timed(
+            partial(ours, m=weights), args.repeats
+        )
+    by_kernel.clear()  # freed once their rows are done: see transformers_rows for why
     rows |= transformers_rows(plain, [prompt, *others[: args.batch - 1]], n, args.repeats)
     m = args.no_cache_tokens
     rows[f"seqgen fp32, KV cache, {m} new"] = m / timed(lambda: ours(new=m), 1)
@@ -310,12 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, prompt, m, args.no_cache_samples, args.exact_no_cache
     )
     bf16 = copy.deepcopy(plain).to(torch.bfloat16)
-    pack_linears(bf16)
-    rows["seqgen bf16, KV cache"] = n / timed(partial(ours, m=bf16), args.repeats)
-    del bf16
-    rows[f"seqgen fp32, KV cache, batch {args.batch}"] = (
-        args.batch * n / timed(lambda: ours(batch=args.batch), args.repeats)
-    )
+    chosen_bf16 = fast_linears(bf16)
     int8 = copy.deepcopy(plain)
     int8_kernel = quantize_int8(int8)
     int8_bytes = sum(
@@ -323,19 +326,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, t in int8.state_dict().items()
         if not name.startswith(("transformer.wte", "transformer.wpe"))  # a row per token
     )
-    # int8 against fp32 in turns: this machine's speed drifts over a run by more than the gap
+    # The decoders and a read of memory in turns: this machine's speed drifts over a run by
+    # more than the gaps between them (an AMD Zen 4 read 31-55 GB/s within minutes).
+    buffer = torch.ones(2**28)  # 1 GiB, far larger than the caches
+    buffer_bytes = buffer.numel() * buffer.element_size()
     paired = {
         f"{kind}, batch {batch}": partial(ours, m=weights, batch=batch)
         for batch in (1, args.batch)
-        for kind, weights in (("fp32", model), ("int8", int8))
-    }
+        for kind, weights in (("fp32", model), ("bf16", bf16), ("int8", int8))
+    } | {"read": fastest_reader(buffer)}
     in_turns = seconds_in_turns(paired, args.repeats)
+    del bf16, int8, buffer
     seconds = {name: statistics.median(times) for name, times in in_turns.items()}
-    rows["seqgen int8 weights, KV cache"] = n / seconds["int8, batch 1"]
-    rows[f"seqgen int8 weights, KV cache, batch {args.batch}"] = (
-        args.batch * n / seconds[f"int8, batch {args.batch}"]
-    )
-    del int8
+    bandwidth = buffer_bytes / seconds.pop("read")
+    for kind in ("fp32", "bf16", "int8"):
+        name = "int8 weights" if kind == "int8" else kind
+        rows[f"seqgen {name}, KV cache"] = n / seconds[f"{kind}, batch 1"]
+        rows[f"seqgen {name}, KV cache, batch {args.batch}"] = (
+            args.batch * n / seconds[f"{kind}, batch {args.batch}"]
+        )
     beam_prompts = [
         torch.randint(0, model.config.vocab_size, (4 + (7 * i) % 37,)).tolist()
         for i in range(args.beam_prompts)
@@ -370,8 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     mbr = mbr_timings(mbr_prompts, 16, 32, args.mbr_new_tokens)
     mbr_one = mbr["generate_one"] + mbr["consensus_pairs"]
     mbr_new = mbr["generate_batched"] + mbr["consensus_matrix"]
-    # the higher reading makes the reported fraction of the bound the conservative one
-    bandwidth = max(bandwidth_before, read_bandwidth())
     weight_bytes = plain.num_params() * 4
     hf_row = "transformers fp32, generate()"
     hf_batch_row = f"{hf_row}, batch {args.batch}"
@@ -388,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bandwidth_fraction": weight_bytes * rows["seqgen fp32, KV cache"] / bandwidth,
         "bandwidth_fraction_bf16": weight_bytes / 2 * rows["seqgen bf16, KV cache"] / bandwidth,
         "int8_tokens_per_second": rows["seqgen int8 weights, KV cache"],
+        "bf16_batch_speedup_vs_fp32": seconds[f"fp32, batch {args.batch}"]
+        / seconds[f"bf16, batch {args.batch}"],
         "int8_speedup_vs_fp32": seconds["fp32, batch 1"] / seconds["int8, batch 1"],
         "int8_batch_speedup_vs_fp32": seconds[f"fp32, batch {args.batch}"]
         / seconds[f"int8, batch {args.batch}"],
@@ -397,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "int8_weight_bytes": int8_bytes,
         "continuous_batching_speedup": many["batches"] / many["continuous"],
         "batch_tokens_per_second": rows[batch_row],
-        "packed": chosen,
+        "linear_kernels": chosen,
+        "linear_kernels_bf16": chosen_bf16,
         "beam_batched_speedup": one_seconds / batched_seconds,
         "beam_sentences_per_second": args.beam_prompts / batched_seconds,
         "mbr_speedup": mbr_one / mbr_new,

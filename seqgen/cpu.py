@@ -1,12 +1,13 @@
 """What this CPU computes fastest, decided by timing the model at hand, not by CPU flags alone.
 
-Decoding multiplies every weight matrix by one vector per token. On some CPUs PyTorch's
-default fp32 matrix-vector product reads weights at about a third of the memory bandwidth and
-oneDNN's packed layout about twice as fast; on others (an Intel Xeon with AMX) the default is
-faster for one row and slower for several (see benchmarks/generate.py). So `pack_linears`
-times the model's own shapes at 1 and at 8 rows and packs where that pays, keeping the plain
-weight for single rows where only batches gain. Packing is for inference only: a packed
-model has no trainable Linear weights and an untied lm_head.
+Decoding multiplies every weight matrix by one vector per token: its speed is how fast the
+weights are read, and which kernel reads them fastest depends on the CPU. On an AMD EPYC Zen 4
+(2 cores) PyTorch's default fp32 product read weights at 12 GB/s on one core or two, oneDNN's
+packed layout at 19-26 GB/s, and a compiled reduction (`weights_outermost`) at 22-31 GB/s; on an
+Intel Xeon with AMX the default beat packing for one row and lost for eight. So `fast_linears`
+times the model's own shapes at 1 and at 8 rows with each candidate and keeps the fastest for
+each (see benchmarks/generate.py). Inference only: the model's Linears are no longer
+trainable, and the tied lm_head gets its own copy.
 
 Training under bf16 autocast is 2x faster than fp32 for a 10M-parameter model on a CPU with
 AMX, yet slower for a 1M one on some CPUs with AVX512-BF16, and 36x slower without bf16
@@ -16,36 +17,95 @@ hardware; `training_step_seconds` times both on the model's own batch shape.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TIMED_CALLS = 15  # per layout, after one warm-up call
-BATCH_ROWS = 8  # the rows of a batched decoding step that packing is timed at
+log = logging.getLogger("seqgen")
+TIMED_CALLS = 15  # per kernel, after one warm-up call
+BATCH_ROWS = 8  # the rows of a batched decoding step that the kernels are timed at
+KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can run
+# Below this many bytes of Linear weights a decoding step reads them from the caches and the
+# compiled product's per-call cost (~25 us against ~2 us for nn.Linear) does not pay back.
+COMPILED_MIN_BYTES = 32 * 2**20
 TIMED_STEPS = 2  # training steps timed per precision, after one warm-up step each
 PROBE_TOKENS = 4096  # at most this many tokens per timed training step (the batch is cut)
 
 
-class PackedLinear(nn.Module):
-    """An nn.Linear for inference, its weight in oneDNN's packed layout; with `plain_rows`,
-    inputs of at most that many rows use the plain weight (kept as well) instead."""
+def weights_outermost(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """rows (R, K) times weight (N, K) -> (N, R) float32, written as a product and a sum with
+    the weights outermost, so that a compiler fuses any conversion of the weights into the
+    reduction and reads each weight row once for all R rows (the (N, R, K) product is never
+    formed). Eager, it would form it: use it compiled (`compile_product`)."""
+    return (weight.float().unsqueeze(1) * rows.float()).sum(-1)
 
-    def __init__(self, linear: nn.Linear, plain_rows: int = 0) -> None:
+
+def _linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (..., K) times weight (N, K) plus bias (N,) -> (..., N), in x's dtype."""
+    y = weights_outermost(x.reshape(-1, x.shape[-1]), weight).t() + bias.float()  # (R, N)
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+@functools.cache
+def compile_product(product: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`product` compiled by TorchInductor, once per process (each new shape compiles at its
+    first call, cached on disk for the next process), the row count left symbolic. Each
+    product is its own function: TorchDynamo keeps at most 8 compiled variants per function
+    (dtypes, one row or several, inference tensors or not), then falls back to eager."""
+    return torch.compile(product, dynamic=True)
+
+
+@functools.cache
+def compiled_available(device_type: str) -> bool:
+    """Whether TorchInductor can build a compiled product here (on a CPU it needs a C++
+    compiler; the first build costs about 20 s, cached on disk for later processes)."""
+    probe = torch.randn(1, 64, device=device_type), torch.ones(32, 64, device=device_type)
+    try:
+        with torch.inference_mode():  # as decoding calls it
+            compile_product(weights_outermost)(*probe)
+    except Exception as err:  # no compiler, or none for this device: the eager kernels still work
+        log.info("no compiled product here (%s: %s)", type(err).__name__, err)
+        return False
+    return True
+
+
+class InferenceLinear(nn.Module):
+    """An nn.Linear for inference on the CPU whose products run on the kernel timed fastest
+    here for their size: `one_row` for an input of one row (a decoding step), `many_rows` for
+    more. Kernels: `plain` (nn.Linear's), `packed` (the weight in oneDNN's packed layout) and
+    `compiled` (`weights_outermost` by `compile_product`). Only the weight layouts that the
+    two kernels read are kept."""
+
+    def __init__(self, linear: nn.Linear, one_row: str, many_rows: str) -> None:
         super().__init__()
+        if not {one_row, many_rows} <= set(KERNELS):
+            raise ValueError(f"kernels must be among {', '.join(KERNELS)}: {one_row}, {many_rows}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.one_row, self.many_rows = one_row, many_rows
+        weight = linear.weight.detach()
+        uses = {one_row, many_rows}
+        self.weight = weight if uses & {"plain", "compiled"} else None
+        self.packed = (
+            torch.ops.mkldnn._reorder_linear_weight(weight, 1) if "packed" in uses else None
+        )
         self.bias = None if linear.bias is None else linear.bias.detach()
-        self.plain_rows = plain_rows
-        self.weight = linear.weight.detach() if plain_rows else None
+        # the compiled product always adds a bias: one compiled variant, not two
+        self.compiled_bias = torch.zeros_like(weight[:, 0]) if self.bias is None else self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight is not None and x.numel() <= self.plain_rows * self.in_features:
-            return nn.functional.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        kernel = self.one_row if x.numel() == self.in_features else self.many_rows
+        if kernel == "packed":
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if kernel == "compiled":
+            # contiguous: another layout would be another compiled variant
+            return compile_product(_linear_product)(x.contiguous(), self.weight, self.compiled_bias)
+        return nn.functional.linear(x, self.weight, self.bias)
 
 
 def native_bf16() -> bool:
@@ -89,20 +149,23 @@ def step_sample(layers: list[nn.Module]) -> list[nn.Module]:
     return layers[:4] + layers[-1:]
 
 
-class PackingTimer:
-    """Times a decoding step's products (the first block's Linears and the head) on this
-    machine, plain and packed; the sample is packed once for every `pays` asked."""
+class KernelTimer:
+    """Times a decoding step's products (the first block's Linears and the head, `step_sample`)
+    on this machine with each candidate kernel; each candidate's layers are built once."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.plain = step_sample([linear for *_, linear in linear_slots(model)])
-        self.packed = [PackedLinear(layer) for layer in self.plain]
+    def __init__(self, model: nn.Module, kernels: Sequence[str]) -> None:
+        sample = step_sample([linear for *_, linear in linear_slots(model)])
+        self.dtype = sample[0].weight.dtype
+        self.layers = {k: [InferenceLinear(layer, k, k) for layer in sample] for k in kernels}
 
-    def pays(self, rows: int = 1) -> bool:
-        """Whether a step of `rows` rows runs faster with packed weights than plain."""
-        inputs = [
-            torch.randn(rows, 1, layer.in_features, dtype=layer.weight.dtype)
-            for layer in self.plain
-        ]
+    def fastest(self, rows: int, among: Sequence[str]) -> str:
+        """The kernel of `among` that runs a step of `rows` rows fastest (the median of
+        TIMED_CALLS calls, taken in turns)."""
+        with torch.inference_mode():  # inference tensors, as decoding's: no other compiled variant
+            inputs = [
+                torch.randn(rows, 1, layer.in_features, dtype=self.dtype)
+                for layer in next(iter(self.layers.values()))
+            ]
 
         def step(layers: list[nn.Module]) -> Callable[[], None]:
             def run() -> None:
@@ -113,9 +176,9 @@ class PackingTimer:
 
         with torch.inference_mode():
             times = seconds_in_turns(
-                {"packed": step(self.packed), "plain": step(self.plain)}, TIMED_CALLS
+                {kernel: step(self.layers[kernel]) for kernel in among}, TIMED_CALLS
             )
-        return statistics.median(times["packed"]) < statistics.median(times["plain"])
+        return min(times, key=lambda kernel: statistics.median(times[kernel]))
 
 
 def seconds_in_turns(
@@ -144,19 +207,28 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     raise ValueError(f"precision must be 32-true or bf16-mixed, got {precision!r}")
 
 
-def pack_linears(model: nn.Module, measure: bool = True) -> bool:
-    """Replace every nn.Linear of `model` (in place) by a PackedLinear where that is
-    available and, with `measure`, faster on this machine for batched steps (single rows
-    keep the plain weight where packing slows them); returns whether it did."""
-    if not packing_available(model):
-        return False
-    timer = PackingTimer(model) if measure else None
-    if timer is not None and not timer.pays(BATCH_ROWS):
-        return False
-    plain_rows = 1 if timer is not None and not timer.pays(1) else 0
+def fast_linears(
+    model: nn.Module, kernels: tuple[str, str] | None = None
+) -> tuple[str, str] | None:
+    """Replace every nn.Linear of `model` (in place) by an InferenceLinear running `kernels`
+    (for one row, for many), by default the ones that a decoding step of 1 and of BATCH_ROWS
+    rows runs fastest here. The compiled product is a candidate for one row where the weights
+    outgrow the caches (COMPILED_MIN_BYTES). Returns the two kernels, or None where nothing
+    beats nn.Linear (or packing is unavailable) and the model is left as it was."""
+    if not packing_available(model) or not linear_slots(model):
+        return None
+    if kernels is None:
+        one_row = ["plain", "packed"]
+        weight_bytes = sum(linear.weight.nbytes for *_, linear in linear_slots(model))
+        if weight_bytes >= COMPILED_MIN_BYTES and compiled_available("cpu"):
+            one_row.append("compiled")
+        timer = KernelTimer(model, one_row)
+        kernels = (timer.fastest(1, one_row), timer.fastest(BATCH_ROWS, ["plain", "packed"]))
+    if kernels == ("plain", "plain"):
+        return None
     for module, name, linear in linear_slots(model):
-        setattr(module, name, PackedLinear(linear, plain_rows))
-    return True
+        setattr(module, name, InferenceLinear(linear, *kernels))
+    return kernels
 
 
 def training_step_seconds(model: nn.Module, batch_size: int, length: int) -> dict[str, float]:

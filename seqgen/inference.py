@@ -11,7 +11,7 @@ import torch
 
 from seqgen import checkpoint
 from seqgen.config import ModelConfig
-from seqgen.cpu import pack_linears
+from seqgen.cpu import fast_linears
 from seqgen.devices import Precision, Quantize, inference_precision, resolve_device
 from seqgen.errors import CheckpointError
 from seqgen.generation.batch import Batch, Request, random_streams
@@ -29,8 +29,10 @@ class Generator:
     """A loaded model with its tokenizer and task: prompts in, decoded outputs out.
 
     Attributes:
-        model: the GPT, in eval mode, for inference only (on CPU its Linear weights are
-            packed for speed, see `seqgen.cpu`; pass pack=False to keep nn.Linear).
+        model: the GPT, in eval mode, for inference only (on CPU its Linears run on the
+            kernels timed fastest here at load, see `seqgen.cpu`; pass pack=False to keep
+            nn.Linear).
+        linear_kernels: those kernels for one row and for many, or None for nn.Linear.
         tokenizer: the checkpoint's tokenizer.
         task: the task adapter that builds prompt ids and decodes outputs.
         meta: the checkpoint's config.json.
@@ -53,7 +55,7 @@ class Generator:
         self.device = next(self.model.parameters()).device
         # the int8 kernel this machine runs fastest (seqgen.quantize), or None
         self.int8_kernel = quantize_int8(self.model) if quantize == "int8" else None
-        self.packed = pack and pack_linears(self.model)
+        self.linear_kernels = fast_linears(self.model) if pack else None
         self.tokenizer, self.meta, self.path = loaded.tokenizer, loaded.meta, loaded.path
         self.task = checkpoint_task(self.meta)
         self.state = self.task.token_state()

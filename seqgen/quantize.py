@@ -12,7 +12,6 @@ are compute-bound: there the weights are converted back and multiplied by the us
 
 from __future__ import annotations
 
-import functools
 import logging
 import statistics
 from collections.abc import Callable
@@ -22,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.cpu import TIMED_CALLS, linear_slots, seconds_in_turns, step_sample
+from seqgen.cpu import (
+    TIMED_CALLS,
+    compile_product,
+    compiled_available,
+    linear_slots,
+    seconds_in_turns,
+    step_sample,
+    weights_outermost,
+)
 from seqgen.devices import Quantize
 
 log = logging.getLogger("seqgen")
@@ -34,11 +41,9 @@ Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N). Written as a product and
-    a sum, weights outermost, so that the compiler fuses the conversion into the reduction and
-    reads each weight row once for all R rows (the (N, R, K) product is never formed)."""
-    products = weight.float().unsqueeze(1) * x.float()  # (N, R, K)
-    return (products.sum(-1) * scale.float()[:, None]).t().to(x.dtype)
+    """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N), the conversion of the
+    weights fused into the reduction (used compiled)."""
+    return (weights_outermost(x, weight) * scale.float()[:, None]).t().to(x.dtype)
 
 
 def _int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -47,13 +52,6 @@ def _int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> tor
 
 def _dequantized(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
-
-
-@functools.cache
-def fused_kernel() -> Kernel:
-    """`_fused` compiled by TorchInductor (once per process; each weight shape compiles at its
-    first call, cached on disk for the next process), with the row count left symbolic."""
-    return torch.compile(_fused, dynamic=True)
 
 
 class Int8Linear(nn.Module):
@@ -73,8 +71,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (R, K)
-        if rows.size(0) <= FEW_ROWS:
-            y = self.kernel(rows, self.weight, self.scale)
+        if rows.size(0) <= FEW_ROWS:  # contiguous: one compiled variant for every layout
+            y = self.kernel(rows.contiguous(), self.weight, self.scale)
         else:
             y = _dequantized(rows, self.weight, self.scale)
         if self.bias is not None:
@@ -92,14 +90,9 @@ def candidate_kernels(device: torch.device, compiled: bool = True) -> dict[str, 
     20 s, cached on disk for later processes); PyTorch's int8 kernel; and converting the
     weight back, which always works."""
     found: dict[str, Kernel] = {}
+    if compiled and compiled_available(device.type):
+        found["fused"] = compile_product(_fused)
     probe = (torch.randn(2, 64, device=device), torch.ones(32, 64, dtype=torch.int8, device=device))
-    try:
-        if compiled:
-            with torch.inference_mode():  # as decoding calls it: one compiled entry to check
-                fused_kernel()(*probe, torch.ones(32, device=device))
-            found["fused"] = fused_kernel()
-    except Exception as err:  # no compiler, or none for this device: the others still work
-        log.info("quantize int8: no compiled kernel here (%s: %s)", type(err).__name__, err)
     try:
         _int8pack(*probe, torch.ones(32, device=device))
         found["int8pack"] = _int8pack
@@ -116,7 +109,8 @@ def fastest_kernel(layers: list[Int8Linear], dtype: torch.dtype) -> tuple[str, K
     kernels = candidate_kernels(device)
     if len(kernels) == 1:
         return next(iter(kernels.items()))
-    inputs = [torch.randn(1, layer.in_features, dtype=dtype, device=device) for layer in layers]
+    with torch.inference_mode():  # inference tensors, as decoding's: no other compiled variant
+        inputs = [torch.randn(1, layer.in_features, dtype=dtype, device=device) for layer in layers]
 
     def step(kernel: Kernel) -> Callable[[], None]:
         def run() -> None:

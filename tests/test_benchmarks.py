@@ -22,6 +22,7 @@ from benchmarks import (
 from benchmarks import serve as serve_benchmark
 from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
+from seqgen.cpu import KERNELS
 
 TINY = {
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0},
@@ -453,7 +454,10 @@ def test_generate(tmp_path, capsys, text_ckpt, corpus_file):
     assert report["int8_kernel"] in ("fused", "int8pack", "dequantized")
     assert report["int8_speedup_vs_fp32"] > 0 and report["int8_bandwidth_fraction"] > 0
     assert abs(report["int8_bpb_delta"]) < 0.01  # int8 weights barely move a model's loss
-    assert "seqgen int8 weights, KV cache" in capsys.readouterr().out
+    assert report["linear_kernels"] is None or set(report["linear_kernels"]) <= set(KERNELS)
+    assert report["read_bandwidth_gb_s"] > 0
+    shown = capsys.readouterr().out
+    assert "seqgen int8 weights, KV cache" in shown and "packed (one row)" in shown
 
 
 def test_flags_are_spelled_as_seqgen_spells_them():

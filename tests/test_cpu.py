@@ -1,46 +1,118 @@
-"""seqgen.cpu: packed CPU weights."""
+"""seqgen.cpu: the Linear kernels timed fastest at load for inference."""
+
+import copy
 
 import pytest
 import torch
 
+from seqgen import cpu
 from seqgen.generation.engine import generate
 
+# the compiled product costs its first use about 20 s: its tests are in the slow tier
+KERNELS = [pytest.param(k, marks=pytest.mark.slow) if k == "compiled" else k for k in cpu.KERNELS]
 
-def test_packed_cpu_linears_give_the_same_outputs(model):
-    import copy
 
-    from seqgen.cpu import PackedLinear, pack_linears
-
-    packed = copy.deepcopy(model)
-    if not pack_linears(packed, measure=False):
+def needs_packing(model):
+    if not cpu.packing_available(model):
         pytest.skip("this torch build has no oneDNN packed linear")
-    assert isinstance(packed.lm_head, PackedLinear)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_kernel_computes_the_linear(kernel, dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 40).to(dtype)
+    if kernel == "packed":
+        needs_packing(linear)
+    if kernel == "compiled" and not cpu.compiled_available("cpu"):
+        pytest.skip("no C++ compiler for TorchInductor here")
+    for one_row, many_rows in ((kernel, "plain"), ("plain", kernel)):
+        fast = cpu.InferenceLinear(linear, one_row, many_rows)
+        for shape in [(1, 48), (1, 1, 48), (3, 48), (2, 5, 48)]:
+            x = torch.randn(*shape).to(dtype)
+            with torch.no_grad():
+                expected, found = linear(x), fast(x)
+            assert found.shape == expected.shape and found.dtype == dtype
+            tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+            assert torch.allclose(found.float(), expected.float(), rtol=tolerance, atol=tolerance)
+    plain = cpu.InferenceLinear(linear, "plain", "plain")
+    assert plain.packed is None  # only the layouts its kernels read are kept
+    with pytest.raises(ValueError, match="among plain, packed, compiled"):
+        cpu.InferenceLinear(linear, "mkl", "plain")
+
+
+def test_fast_linears_give_the_same_outputs(model):
+    needs_packing(model)
+    packed = copy.deepcopy(model)
+    assert cpu.fast_linears(packed, ("packed", "packed")) == ("packed", "packed")
+    assert isinstance(packed.lm_head, cpu.InferenceLinear)
     x = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (packed(x) - model(x)).abs().max() < 1e-4
     assert generate(packed, [[1], [12, 13]], 20, temperature=0) == generate(
         model, [[1], [12, 13]], 20, temperature=0
     )
+    timed = copy.deepcopy(model)  # timed on this machine: whatever it picks decodes alike
+    assert cpu.fast_linears(timed) in (None, *((a, b) for a in cpu.KERNELS for b in cpu.KERNELS))
+    assert generate(timed, [3, 4], 20, temperature=0) == generate(model, [3, 4], 20, temperature=0)
 
 
-def test_weights_are_packed_only_where_it_pays(model, monkeypatch):
-    import copy
+def test_each_row_count_gets_the_kernel_timed_fastest(model, monkeypatch):
+    needs_packing(model)
+    asked = []
 
-    from seqgen import cpu
+    def fastest(timer, rows, among, picks=None):
+        asked.append((rows, tuple(among)))
+        return picks[rows]
 
-    if not cpu.packing_available(model):
-        pytest.skip("this torch build has no oneDNN packed linear")
-    assert cpu.PackingTimer(model).pays() in (True, False)  # timed on this machine
     x = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(3))
-    for batched, single in ((False, False), (True, True), (True, False)):
+    for one, many in (("plain", "plain"), ("packed", "plain"), ("plain", "packed")):
         monkeypatch.setattr(
-            cpu.PackingTimer, "pays", lambda _, rows=1, b=batched, s=single: b if rows > 1 else s
+            cpu.KernelTimer, "fastest", lambda t, r, a, p={1: one, 8: many}: fastest(t, r, a, p)
         )
         candidate = copy.deepcopy(model)
-        assert cpu.pack_linears(candidate) is batched
-        assert isinstance(candidate.lm_head, cpu.PackedLinear) is batched
-        if batched:  # a single row keeps the plain weight where only batches gain
-            assert (candidate.lm_head.weight is not None) is (not single)
-            with torch.no_grad():
-                assert (candidate(x) - model(x)).abs().max() < 1e-4
-                assert (candidate(x[:1, -1:]) - model(x[:1, -1:])).abs().max() < 1e-4
+        chosen = cpu.fast_linears(candidate)
+        if (one, many) == ("plain", "plain"):  # nothing beats nn.Linear: the model is left as is
+            assert chosen is None and isinstance(candidate.lm_head, torch.nn.Linear)
+            continue
+        assert chosen == (one, many)
+        head = candidate.lm_head
+        assert (head.one_row, head.many_rows) == (one, many)
+        assert (head.weight is not None) is ("plain" in chosen)
+        with torch.no_grad():
+            assert (candidate(x) - model(x)).abs().max() < 1e-4
+            assert (candidate(x[:1, -1:]) - model(x[:1, -1:])).abs().max() < 1e-4
+    # a model this small reads its weights from the caches: the compiled product is no candidate
+    assert set(asked) == {(1, ("plain", "packed")), (8, ("plain", "packed"))}
+    asked.clear()
+    monkeypatch.setattr(cpu, "COMPILED_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "compiled_available", lambda device: True)
+    cpu.fast_linears(copy.deepcopy(model))
+    assert set(asked) == {(1, ("plain", "packed", "compiled")), (8, ("plain", "packed"))}
+
+
+def test_a_model_without_linears_is_left_alone():
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 8))
+    assert cpu.fast_linears(model) is None
+
+
+@pytest.mark.slow
+def test_compiled_products_compile_a_few_variants_not_one_per_call(model):
+    """TorchDynamo keeps 8 variants of a compiled function, then runs it eagerly, which for a
+    product written with the weights outermost forms the whole (N, R, K) product: decoding
+    fp32 and bf16 models, one row and beams, with compiled float and int8 products, must stay
+    within four variants per function (dtype x one row or several)."""
+    from seqgen.quantize import quantize_int8
+
+    needs_packing(model)
+    if not cpu.compiled_available("cpu"):
+        pytest.skip("no C++ compiler for TorchInductor here")
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=4, fail_on_recompile_limit_hit=True):
+        for dtype in (torch.float32, torch.bfloat16):
+            fast, int8 = copy.deepcopy(model).to(dtype), copy.deepcopy(model).to(dtype)
+            cpu.fast_linears(fast, ("compiled", "packed"))
+            quantize_int8(int8, "fused")
+            for decoder in (fast, int8):
+                generate(decoder, [5, 6, 7], 6, temperature=0)
+                generate(decoder, [[5, 6, 7], [8]], 6, num_beams=2)

@@ -5,7 +5,7 @@ import torch
 
 import seqgen
 from seqgen.config import ModelConfig
-from seqgen.cpu import PackedLinear
+from seqgen.cpu import InferenceLinear
 from seqgen.model import GPT
 
 
@@ -59,8 +59,9 @@ def test_precision_and_packing(ckpt):
     packed = seqgen.load(ckpt)
     plain = seqgen.load(ckpt, pack=False)
     assert isinstance(plain.model.lm_head, torch.nn.Linear)
-    if packed.packed:
-        assert isinstance(packed.model.lm_head, PackedLinear)
+    assert plain.linear_kernels is None
+    if packed.linear_kernels:
+        assert isinstance(packed.model.lm_head, InferenceLinear)
     greedy = dict(max_new_tokens=15, temperature=0)
     assert packed.generate("the", **greedy) == plain.generate("the", **greedy)
     bf16 = seqgen.load(ckpt, precision="bf16")
