@@ -117,6 +117,30 @@ def test_raw_steps_of_seqgen_and_nanogpt_at_one_shape(tmp_path):
     assert timed["seqgen_tokens_per_second"] == pytest.approx(32 / timed["seqgen_seconds"])
 
 
+def test_the_loop_is_compared_with_its_raw_step_at_the_recipes_shape(monkeypatch):
+    shapes = []
+
+    def raw_steps(module, shape, precision):
+        shapes.append((shape, precision))
+        return {"seqgen_tokens_per_second": 20_000.0, "ratio": 1.0}
+
+    monkeypatch.setattr(nanogpt, "raw_steps", raw_steps)
+    monkeypatch.setattr(lm_shakespeare, "native_bf16", lambda: False)
+    result = {
+        "model": TINY["model"] | {"vocab_size": 400, "bias": True, "activation": "gelu"},
+        "train": {"batch_size": 4},
+        "precision": "bf16-mixed",
+        "tokens_per_second": 18_000.0,
+    }
+    report = lm_shakespeare.raw_step_report(None, result)
+    assert report["loop_vs_raw_step"] == pytest.approx(0.9)
+    assert shapes[0][0].batch_size == 4 and shapes[0][1] == "bf16"  # as the loop trained
+    assert [precision for _, precision in shapes] == [
+        "bf16",
+        "fp32",
+    ]  # no bf16 hardware: no 10M bf16
+
+
 @pytest.mark.slow
 def test_translation_multi30k(tmp_path, capsys):
     data = tmp_path / "multi30k"
