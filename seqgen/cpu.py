@@ -68,9 +68,9 @@ def compiled_available(device_type: str) -> bool:
     about 5 s (GPT-2 124M on an AMD Zen 4)."""
     try:
         with torch.inference_mode():  # as decoding calls it: the variant decoding then reuses
-            x, weight = torch.randn(1, 1, 64, device=device_type), torch.ones(32, 64)
+            x, weight = torch.randn(1, 1, 64), torch.ones(32, 64)
             compile_product(_linear_product)(
-                x, weight.to(device_type), torch.zeros(32, device=device_type)
+                *(t.to(device_type) for t in (x, weight, weight[:, 0]))
             )
     except Exception as err:  # no compiler, or none for this device: the eager kernels still work
         log.info("no compiled product here (%s: %s)", type(err).__name__, err)
@@ -99,7 +99,9 @@ class InferenceLinear(nn.Module):
         )
         self.bias = None if linear.bias is None else linear.bias.detach()
         # the compiled product always adds a bias: one compiled variant, not two
-        self.compiled_bias = torch.zeros_like(weight[:, 0]) if self.bias is None else self.bias
+        self.compiled_bias = None
+        if "compiled" in uses:
+            self.compiled_bias = torch.zeros_like(weight[:, 0]) if self.bias is None else self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self.one_row if x.numel() == self.in_features else self.many_rows
@@ -218,18 +220,19 @@ def fast_linears(
     rows runs fastest here. The compiled product is a candidate for one row where the weights
     outgrow the caches (COMPILED_MIN_BYTES). Returns the two kernels, or None where nothing
     beats nn.Linear (or packing is unavailable) and the model is left as it was."""
-    if not packing_available(model) or not linear_slots(model):
+    slots = linear_slots(model)
+    if not packing_available(model) or not slots:
         return None
     if kernels is None:
         one_row = ["plain", "packed"]
-        weight_bytes = sum(linear.weight.nbytes for *_, linear in linear_slots(model))
+        weight_bytes = sum(linear.weight.nbytes for *_, linear in slots)
         if weight_bytes >= COMPILED_MIN_BYTES and compiled_available("cpu"):
             one_row.append("compiled")
         timer = KernelTimer(model, one_row)
         kernels = (timer.fastest(1, one_row), timer.fastest(BATCH_ROWS, ["plain", "packed"]))
     if kernels == ("plain", "plain"):
         return None
-    for module, name, linear in linear_slots(model):
+    for module, name, linear in slots:
         setattr(module, name, InferenceLinear(linear, *kernels))
     return kernels
 

@@ -135,10 +135,8 @@ def test_the_loop_is_compared_with_its_raw_step_at_the_recipes_shape(monkeypatch
     report = lm_shakespeare.raw_step_report(None, result)
     assert report["loop_vs_raw_step"] == pytest.approx(0.9)
     assert shapes[0][0].batch_size == 4 and shapes[0][1] == "bf16"  # as the loop trained
-    assert [precision for _, precision in shapes] == [
-        "bf16",
-        "fp32",
-    ]  # no bf16 hardware: no 10M bf16
+    # without bf16 hardware the 10M shape is timed in fp32 only
+    assert [precision for _, precision in shapes] == ["bf16", "fp32"]
 
 
 @pytest.mark.slow
