@@ -20,12 +20,14 @@ import contextlib
 import functools
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
 
 log = logging.getLogger("seqgen")
 TIMED_CALLS = 15  # per kernel, after one warm-up call
@@ -42,23 +44,52 @@ def weights_outermost(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """rows (R, K) times weight (N, K) -> (N, R) float32, written as a product and a sum with
     the weights outermost, so that a compiler fuses any conversion of the weights into the
     reduction and reads each weight row once for all R rows (the (N, R, K) product is never
-    formed). Eager, it would form it: use it compiled (`compile_product`)."""
+    formed). Eager, it would form it: use it compiled (`CompiledProduct`)."""
     return (weight.float().unsqueeze(1) * rows.float()).sum(-1)
 
 
-def _linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (..., K) times weight (N, K) plus bias (N,) -> (..., N), in x's dtype."""
-    y = weights_outermost(x.reshape(-1, x.shape[-1]), weight).t() + bias.float()  # (R, N)
-    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+def _linear_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """rows (R, K) times weight (N, K) plus bias (N,) -> (R, N), in the rows' dtype."""
+    return (weights_outermost(rows, weight).t() + bias.float()).to(rows.dtype)
 
 
-@functools.cache
-def compile_product(product: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """`product` compiled by TorchInductor, once per process (each new shape compiles at its
-    first call, cached on disk for the next process), the row count left symbolic. Each
-    product is its own function: TorchDynamo keeps at most 8 compiled variants per function
-    (dtypes, one row or several, inference tensors or not), then falls back to eager."""
-    return torch.compile(product, dynamic=True)
+class CompiledProduct:
+    """`product(rows (R, K), weight (N, K), per_channel (N,)) -> (R, N)` compiled by
+    TorchInductor, built once per kind of input (device, dtypes, one row or several) with K, N
+    and a batch's R symbolic, so that one build serves every layer. The builds are called
+    directly, not through TorchDynamo: its guard checks before each call made decoding GPT-2
+    (49 products a token) ~10% slower on an AMD Zen 4. Inputs must be contiguous, as the
+    build's were (a build checks the sizes and strides it is given)."""
+
+    def __init__(self, product: Callable[..., torch.Tensor]) -> None:
+        self.product = product
+        self._built: dict[tuple, Callable[..., torch.Tensor]] = {}
+        self._building = threading.Lock()
+
+    def __call__(
+        self, rows: torch.Tensor, weight: torch.Tensor, per_channel: torch.Tensor
+    ) -> torch.Tensor:
+        kind = (rows.device, rows.shape[0] == 1, rows.dtype, weight.dtype, per_channel.dtype)
+        compiled = self._built.get(kind) or self._build(kind)
+        return compiled(rows, weight, per_channel)
+
+    def _build(self, kind: tuple) -> Callable[..., torch.Tensor]:
+        device, one_row, *dtypes = kind
+        with self._building:
+            if kind not in self._built:
+                # sizes all different, so that tracing gives R, K and N a symbol each; a batch
+                # of several rows is traced at 3 (a symbol is assumed >= 2), one row stays 1
+                sizes = ((1 if one_row else 3, 64), (32, 64), (32,))
+                examples = [
+                    torch.ones(size, dtype=dtype, device=device)
+                    for size, dtype in zip(sizes, dtypes, strict=True)
+                ]
+                graph = make_fx(self.product, tracing_mode="symbolic")(*examples)
+                self._built[kind] = torch._inductor.standalone_compile(graph, examples)
+        return self._built[kind]
+
+
+LINEAR_PRODUCT = CompiledProduct(_linear_product)
 
 
 @functools.cache
@@ -67,11 +98,9 @@ def compiled_available(device_type: str) -> bool:
     compiler). The first build on a machine costs 17-20 s (cached on disk), later processes
     about 5 s (GPT-2 124M on an AMD Zen 4)."""
     try:
-        with torch.inference_mode():  # as decoding calls it: the variant decoding then reuses
-            x, weight = torch.randn(1, 1, 64), torch.ones(32, 64)
-            compile_product(_linear_product)(
-                *(t.to(device_type) for t in (x, weight, weight[:, 0]))
-            )
+        with torch.inference_mode():  # decoding's one-row fp32 build, which it then reuses
+            probe = (torch.randn(1, 64), torch.ones(32, 64), torch.ones(32))
+            LINEAR_PRODUCT(*(t.to(device_type) for t in probe))
     except Exception as err:  # no compiler, or none for this device: the eager kernels still work
         log.info("no compiled product here (%s: %s)", type(err).__name__, err)
         return False
@@ -82,7 +111,7 @@ class InferenceLinear(nn.Module):
     """An nn.Linear for inference on the CPU whose products run on the kernel timed fastest
     here for their size: `one_row` for an input of one row (a decoding step), `many_rows` for
     more. Kernels: `plain` (nn.Linear's), `packed` (the weight in oneDNN's packed layout) and
-    `compiled` (`weights_outermost` by `compile_product`). Only the weight layouts that the
+    `compiled` (`weights_outermost` by `CompiledProduct`). Only the weight layouts that the
     two kernels read are kept."""
 
     def __init__(self, linear: nn.Linear, one_row: str, many_rows: str) -> None:
@@ -93,7 +122,8 @@ class InferenceLinear(nn.Module):
         self.one_row, self.many_rows = one_row, many_rows
         weight = linear.weight.detach()
         uses = {one_row, many_rows}
-        self.weight = weight if uses & {"plain", "compiled"} else None
+        # contiguous: the compiled product's builds check the strides they were built with
+        self.weight = weight.contiguous() if uses & {"plain", "compiled"} else None
         self.packed = (
             torch.ops.mkldnn._reorder_linear_weight(weight, 1) if "packed" in uses else None
         )
@@ -101,15 +131,18 @@ class InferenceLinear(nn.Module):
         # the compiled product always adds a bias: one compiled variant, not two
         self.compiled_bias = None
         if "compiled" in uses:
-            self.compiled_bias = torch.zeros_like(weight[:, 0]) if self.bias is None else self.bias
+            self.compiled_bias = (
+                weight.new_zeros(weight.shape[0]) if self.bias is None else self.bias.contiguous()
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self.one_row if x.numel() == self.in_features else self.many_rows
         if kernel == "packed":
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if kernel == "compiled":
-            # contiguous: another layout would be another compiled variant
-            return compile_product(_linear_product)(x.contiguous(), self.weight, self.compiled_bias)
+            rows = x.reshape(-1, self.in_features).contiguous()
+            y = LINEAR_PRODUCT(rows, self.weight, self.compiled_bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
         return nn.functional.linear(x, self.weight, self.bias)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from seqgen.cpu import (
     TIMED_CALLS,
-    compile_product,
+    CompiledProduct,
     compiled_available,
     linear_slots,
     seconds_in_turns,
@@ -44,6 +44,9 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.
     """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N), the conversion of the
     weights fused into the reduction (used compiled)."""
     return (weights_outermost(x, weight) * scale.float()[:, None]).t().to(x.dtype)
+
+
+FUSED_PRODUCT = CompiledProduct(_fused)
 
 
 def _int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -71,7 +74,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (R, K)
-        if rows.size(0) <= FEW_ROWS:  # contiguous: one compiled variant for every layout
+        if rows.size(0) <= FEW_ROWS:  # contiguous, as the compiled kernel's builds were
             y = self.kernel(rows.contiguous(), self.weight, self.scale)
         else:
             y = _dequantized(rows, self.weight, self.scale)
@@ -91,7 +94,7 @@ def candidate_kernels(device: torch.device, compiled: bool = True) -> dict[str, 
     weight back, which always works."""
     found: dict[str, Kernel] = {}
     if compiled and compiled_available(device.type):
-        found["fused"] = compile_product(_fused)
+        found["fused"] = FUSED_PRODUCT
     probe = (torch.randn(2, 64, device=device), torch.ones(32, 64, dtype=torch.int8, device=device))
     try:
         _int8pack(*probe, torch.ones(32, device=device))
