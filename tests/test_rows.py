@@ -152,3 +152,32 @@ def test_rows_joining_leaving_and_reordering_compute_what_each_sequence_gives():
             for row, sequence in enumerate(sequences):
                 assert torch.allclose(logits[row], next_logits(small, sequence), atol=1e-4), step
     assert moved and trimmed  # both ways a cache makes room were taken
+
+
+def test_prompts_of_unlike_lengths_are_prefilled_in_groups_each_as_alone(monkeypatch):
+    """Admitted together, prompts of 1-17 ids are prefilled in groups of like lengths (no row
+    more than half padding), and each row's logits, then and a step later, are its own."""
+    from seqgen.generation.rows import Rows, length_groups
+
+    assert length_groups([4, 40, 21, 20, 11, 10, 5, 40]) == [[1, 2, 7], [3, 4], [5], [0, 6]]
+    assert length_groups([3, 3, 3]) == [[0, 1, 2]]  # one group, in the given order
+    torch.manual_seed(4)
+    small = GPT(ModelConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    prompts = [[(7 * i + j) % 40 for j in range(n)] for i, n in enumerate([1, 9, 3, 17, 2, 8])]
+    batches = []
+    prefill_alike = Rows._prefill_alike
+
+    def recorded(self, sequences, windows):
+        batches.append(sorted(map(len, windows)))
+        return prefill_alike(self, sequences, windows)
+
+    monkeypatch.setattr(Rows, "_prefill_alike", recorded)
+    rows = Rows(small, 24, most_rows=6)
+    with torch.no_grad():
+        logits = rows.admit(prompts)
+        sequences = [prompt + [5] for prompt in prompts]
+        after = rows.step(torch.tensor([5] * 6), sequences)
+    assert batches == [[9, 17], [8], [2, 3], [1]]  # each above half its longest
+    for row, prompt in enumerate(prompts):
+        assert torch.allclose(logits[row], next_logits(small, prompt), atol=1e-5)
+        assert torch.allclose(after[row], next_logits(small, sequences[row]), atol=1e-5)

@@ -173,9 +173,33 @@ class Rows:
     def _prefill(self, windows: list[tuple[int, ...]]):
         """Keys, values (n_layer, n, nh, W, hs), the real mask (n, W), next logits (n, V) and
         last states of windows computed alone, left-padded. A key that is a whole sequence
-        (with a token state) is cut to its window here."""
-        sequences = windows
-        windows = [tuple(self.window(w)) for w in sequences]
+        (with a token state) is cut to its window here. Windows of like lengths are computed
+        together (`length_groups`): one batch would pad each to the longest, and prompts of
+        4-40 ids spent 45% of such a prefill on padding."""
+        cut = [tuple(self.window(w)) for w in windows]
+        groups = length_groups([len(w) for w in cut])
+        parts = [self._prefill_alike([windows[i] for i in g], [cut[i] for i in g]) for g in groups]
+        if len(parts) == 1:
+            return parts[0]
+        width = max(part[2].shape[1] for part in parts)
+        k, v = (torch.cat([_left_padded(part[n], width) for part in parts], 1) for n in (0, 1))
+        real = torch.cat([_left_padded(part[2], width) for part in parts])
+        logits = torch.cat([part[3] for part in parts])
+        states = torch.cat([part[4] for part in parts]) if self.state is not None else None
+        place = [0] * len(windows)  # where each window landed among the groups' rows
+        for row, i in enumerate(i for group in groups for i in group):
+            place[i] = row
+        order = torch.tensor(place, device=self.device)
+        return (
+            k[:, order],
+            v[:, order],
+            real[order],
+            logits[order],
+            (states[order] if states is not None else None),
+        )
+
+    def _prefill_alike(self, sequences: list[tuple[int, ...]], windows: list[tuple[int, ...]]):
+        """`_prefill` of windows (cut from `sequences`) in one batch, left-padded."""
         width = max(map(len, windows))
         ids = torch.zeros(len(windows), width, dtype=torch.long)
         real = torch.zeros(len(windows), width, dtype=torch.bool)
@@ -339,6 +363,18 @@ def _kept(block: int, window_keep: int | None) -> int:
 def _window_length(length: int, block: int, keep: int) -> int:
     """How much of a sequence of `length` ids a row holds when it is (re-)prefilled."""
     return length if length <= block else keep
+
+
+def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """The indices of `lengths` in groups of like lengths, the longest group first: a group
+    takes every length above half its longest, so that no row of a batch is more than half
+    padding and a prefill makes at most log2(longest / shortest) + 1 passes over the weights."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if not groups or 2 * lengths[i] <= lengths[groups[-1][0]]:
+            groups.append([])
+        groups[-1].append(i)
+    return [sorted(group) for group in groups]  # each in the given order: one group is all
 
 
 def _left_padded(t: torch.Tensor, width: int) -> torch.Tensor:
