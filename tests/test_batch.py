@@ -26,19 +26,28 @@ def test_draws_follow_the_distribution_and_skip_impossible_tokens():
     assert torch.allclose(counts.double() / 4000, probs[0].double(), atol=0.03)
 
 
-def test_nucleus_equals_a_full_sort():
-    from seqgen.generation.batch import _nucleus
+def test_nucleus_equals_a_full_sort(monkeypatch):
+    from seqgen.generation import batch
 
+    sorted_whole = []
+    descending = batch._descending
+    monkeypatch.setattr(
+        batch, "_descending", lambda p: sorted_whole.append(len(p)) or descending(p)
+    )
     generator = torch.Generator().manual_seed(0)
-    for scale in (0.01, 1.0, 8.0):  # nearly flat (the nucleus holds most of 1,000 ids) to peaked
-        logits = scale * torch.randn(3, 1000, generator=generator)
+    # rows nearly flat (the nucleus holds most of 1,000 ids) to peaked, in one batch: the
+    # largest NUCLEUS_FIRST probabilities settle some rows, the others are sorted whole
+    scales = torch.tensor([0.01, 1.0, 8.0, 0.01, 8.0])[:, None]
+    for _ in range(3):
+        logits = scales * torch.randn(5, 1000, generator=generator)
         for top_p in (0.1, 0.5, 0.95):
             ordered, order = logits.sort(dim=-1, descending=True)
             probs = torch.softmax(ordered, dim=-1)
             drop = (probs.cumsum(-1) - probs >= top_p).scatter(
                 -1, order, probs.cumsum(-1) - probs >= top_p
             )
-            assert torch.equal(torch.isinf(_nucleus(logits, top_p)), drop)
+            assert torch.equal(torch.isinf(batch._nucleus(logits, top_p)), drop)
+    assert 0 < sum(sorted_whole) < 3 * 3 * 5  # both ways were taken
 
 
 def test_nucleus_keeps_tied_tokens_in_id_order():
