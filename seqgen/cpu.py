@@ -69,8 +69,12 @@ class CompiledProduct:
     def __call__(
         self, rows: torch.Tensor, weight: torch.Tensor, per_channel: torch.Tensor
     ) -> torch.Tensor:
+        if rows.shape[0] == 0:  # a build of several rows assumes two or more
+            return self.product(rows, weight, per_channel)
         kind = (rows.device, rows.shape[0] == 1, rows.dtype, weight.dtype, per_channel.dtype)
-        compiled = self._built.get(kind) or self._build(kind)
+        compiled = self._built.get(kind)
+        if compiled is None:
+            compiled = self._build(kind)
         return compiled(rows, weight, per_channel)
 
     def _build(self, kind: tuple) -> Callable[..., torch.Tensor]:

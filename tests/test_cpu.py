@@ -130,6 +130,8 @@ def test_compiled_products_build_once_per_kind_of_input(model):
                 found = generate(decoder, prompts, 6, **options)
                 if dtype == torch.float32:  # bf16 rounds the sums apart: near ties may differ
                     assert found == generate(reference, prompts, 6, **options)
+    empty = cpu.LINEAR_PRODUCT(torch.empty(0, 64), torch.ones(32, 64), torch.ones(32))
+    assert empty.shape == (0, 32)  # no rows: computed eagerly, no build assumes it
     # the float product runs one row only (fast_linears times it for no other), fp32 and bf16
     assert {(one_row, rows) for _, one_row, rows, *_ in cpu.LINEAR_PRODUCT._built} == {
         (True, torch.float32),
