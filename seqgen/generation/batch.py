@@ -249,7 +249,7 @@ def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     if bool((inside.sum(dim=-1, keepdim=True) > kept).any()):  # more tied with least than fit
         above = probs > least
         tied = probs == least
-        inside = above | tied & (tied.cumsum(dim=-1) <= kept - above.sum(dim=-1, keepdim=True))
+        inside = above | (tied & (tied.cumsum(dim=-1) <= kept - above.sum(dim=-1, keepdim=True)))
     return logits.masked_fill(~inside, NEG_INF)
 
 
