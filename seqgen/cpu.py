@@ -34,7 +34,7 @@ TIMED_CALLS = 15  # per kernel, after one warm-up call
 BATCH_ROWS = 8  # the rows of a batched decoding step that the kernels are timed at
 KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can run
 # Below this many bytes of Linear weights a decoding step reads them from the caches and the
-# compiled product's per-call cost (~25 us against ~2 us for nn.Linear) does not pay back.
+# compiled product's per-call cost (~11 us against ~2 us for nn.Linear) does not pay back.
 COMPILED_MIN_BYTES = 32 * 2**20
 TIMED_STEPS = 2  # training steps timed per precision, after one warm-up step each
 PROBE_TOKENS = 4096  # at most this many tokens per timed training step (the batch is cut)
@@ -201,13 +201,9 @@ class KernelTimer:
         self.layers = {k: [InferenceLinear(layer, k, k) for layer in sample] for k in kernels}
 
     def fastest(self, rows: int, among: Sequence[str]) -> str:
-        """The kernel of `among` that runs a step of `rows` rows fastest (the median of
-        TIMED_CALLS calls, taken in turns)."""
-        with torch.inference_mode():  # inference tensors, as decoding's: no other compiled variant
-            inputs = [
-                torch.randn(rows, 1, layer.in_features, dtype=self.dtype)
-                for layer in next(iter(self.layers.values()))
-            ]
+        """The kernel of `among` that runs a step of `rows` rows fastest (`fastest_call`)."""
+        sample = next(iter(self.layers.values()))
+        inputs = [torch.randn(rows, 1, layer.in_features, dtype=self.dtype) for layer in sample]
 
         def step(layers: list[nn.Module]) -> Callable[[], None]:
             def run() -> None:
@@ -216,11 +212,15 @@ class KernelTimer:
 
             return run
 
-        with torch.inference_mode():
-            times = seconds_in_turns(
-                {kernel: step(self.layers[kernel]) for kernel in among}, TIMED_CALLS
-            )
-        return min(times, key=lambda kernel: statistics.median(times[kernel]))
+        return fastest_call({kernel: step(self.layers[kernel]) for kernel in among})
+
+
+def fastest_call(calls: dict[str, Callable[[], object]]) -> str:
+    """The name of the call that runs fastest here: the median of TIMED_CALLS calls of each,
+    taken in turns (`seconds_in_turns`), under inference mode as decoding runs."""
+    with torch.inference_mode():
+        times = seconds_in_turns(calls, TIMED_CALLS)
+    return min(times, key=lambda name: statistics.median(times[name]))
 
 
 def seconds_in_turns(

@@ -13,7 +13,6 @@ are compute-bound: there the weights are converted back and multiplied by the us
 from __future__ import annotations
 
 import logging
-import statistics
 from collections.abc import Callable
 from typing import get_args
 
@@ -22,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqgen.cpu import (
-    TIMED_CALLS,
     CompiledProduct,
     compiled_available,
+    fastest_call,
     linear_slots,
-    seconds_in_turns,
     step_sample,
     weights_outermost,
 )
@@ -112,8 +110,7 @@ def fastest_kernel(layers: list[Int8Linear], dtype: torch.dtype) -> tuple[str, K
     kernels = candidate_kernels(device)
     if len(kernels) == 1:
         return next(iter(kernels.items()))
-    with torch.inference_mode():  # inference tensors, as decoding's: no other compiled variant
-        inputs = [torch.randn(1, layer.in_features, dtype=dtype, device=device) for layer in layers]
+    inputs = [torch.randn(1, layer.in_features, dtype=dtype, device=device) for layer in layers]
 
     def step(kernel: Kernel) -> Callable[[], None]:
         def run() -> None:
@@ -122,9 +119,7 @@ def fastest_kernel(layers: list[Int8Linear], dtype: torch.dtype) -> tuple[str, K
 
         return run
 
-    with torch.inference_mode():
-        times = seconds_in_turns({name: step(k) for name, k in kernels.items()}, TIMED_CALLS)
-    name = min(times, key=lambda name: statistics.median(times[name]))
+    name = fastest_call({name: step(k) for name, k in kernels.items()})
     return name, kernels[name]
 
 
