@@ -181,22 +181,23 @@ class Rows:
         parts = [self._prefill_alike([windows[i] for i in g], [cut[i] for i in g]) for g in groups]
         if len(parts) == 1:
             return parts[0]
-        width = max(part[2].shape[1] for part in parts)
-        k, v = (torch.cat([_left_padded(part[n], width) for part in parts], 1) for n in (0, 1))
-        real = torch.cat([_left_padded(part[2], width) for part in parts])
-        logits = torch.cat([part[3] for part in parts])
-        states = torch.cat([part[4] for part in parts]) if self.state is not None else None
-        place = [0] * len(windows)  # where each window landed among the groups' rows
-        for row, i in enumerate(i for group in groups for i in group):
-            place[i] = row
-        order = torch.tensor(place, device=self.device)
-        return (
-            k[:, order],
-            v[:, order],
-            real[order],
-            logits[order],
-            (states[order] if states is not None else None),
-        )
+        # each group's rows in their places, left-padded to the widest window
+        first_k, first_logits = parts[0][0], parts[0][3]
+        layers, _, heads, _, head_size = first_k.shape
+        n, width = len(windows), max(part[2].shape[1] for part in parts)
+        k, v = (first_k.new_zeros(layers, n, heads, width, head_size) for _ in range(2))
+        real = torch.zeros(n, width, dtype=torch.bool, device=self.device)
+        logits = first_logits.new_empty(n, first_logits.shape[1])
+        states = parts[0][4].new_empty(n, parts[0][4].shape[1]) if self.state is not None else None
+        for group, (group_k, group_v, group_real, group_logits, group_states) in zip(
+            groups, parts, strict=True
+        ):
+            rows, start = torch.tensor(group, device=self.device), width - group_real.shape[1]
+            k[:, rows, :, start:], v[:, rows, :, start:] = group_k, group_v
+            real[rows, start:], logits[rows] = group_real, group_logits
+            if states is not None:
+                states[rows] = group_states
+        return k, v, real, logits, states
 
     def _prefill_alike(self, sequences: list[tuple[int, ...]], windows: list[tuple[int, ...]]):
         """`_prefill` of windows (cut from `sequences`) in one batch, left-padded."""
