@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import make_corpus
 from helpers import make_pairs, write_parallel, write_song
@@ -15,6 +16,7 @@ from benchmarks import (
     lm_shakespeare,
     music,
     music_recipe,
+    music_releases,
     music_rules,
     nanogpt,
     summarization_wikisum,
@@ -415,6 +417,15 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     assert "hold_quantile_0.5_minus_all" in found and "valid_minus_all" not in found
     with pytest.raises(SystemExit):
         music_rules.main([*argv, "--arms"])  # nothing to compare
+    # how the models release their notes, teacher-forced and alone
+    argv = ["--ckpt", runs[0], "--prompt_seconds", "3", "--seconds", "4"]
+    assert music_releases.main([*argv, "--report", str(releases := tmp_path / "rel.json")]) == 0
+    (model,) = report_of(releases)["models"]
+    for side in ("performer", "model_alone"):
+        bins = model[side]
+        assert [b["sounding"] for b in bins] == list(music_releases.BUCKETS)
+        assert sum(b["events"] for b in bins) > 0
+        assert bins[0]["released"] in (0.0, None)  # nothing sounding, nothing to release
 
 
 def test_music_continues_the_performances_the_overrides_hold_out(tmp_path):
@@ -616,3 +627,33 @@ def test_shard_storage(tmp_path):
     assert shard_storage.main(argv) == 0
     report = report_of(tmp_path / "storage.json")
     assert report["seqgen_windows_per_second"] > 0 and report["litdata_windows_per_second"] > 0
+
+
+class UniformModel(torch.nn.Module):
+    """Every event equally likely, whatever came before."""
+
+    config = argparse.Namespace(block_size=8)
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab, self.weight = vocab, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids, state=None):
+        return torch.zeros(*ids.shape, self.vocab)
+
+
+def test_music_releases_counts_the_notes_sounding_and_the_mass_on_their_releases():
+    from seqgen_tasks.music.events import NOTE_OFF, TIME_SHIFT
+
+    vocab = 391
+    generator = argparse.Namespace(model=UniformModel(vocab), states=lambda ids: None)
+    # bos, strike 60 and 64, wait, release 60, strike 67, release 64 and 67
+    ids = [389, 60, 64, TIME_SHIFT + 10, NOTE_OFF + 60, 67, NOTE_OFF + 64, NOTE_OFF + 67]
+    rows = music_releases.predictions(generator, ids, 1)
+    assert rows[:, 0].tolist() == [0, 1, 2, 2, 1, 2, 1]  # notes sounding before each id
+    assert rows[:, 1] == pytest.approx(rows[:, 0] / vocab)  # one release per sounding pitch
+    assert rows[:, 2].tolist() == [0, 0, 0, 1, 0, 1, 1]
+    assert rows[:, 3] == pytest.approx(128 / vocab) and rows[:, 4].tolist() == [1, 1, 0, 0, 1, 0, 0]
+    bins = music_releases.by_sounding(rows)
+    assert [b["events"] for b in bins[:3]] == [1, 6, 0] and bins[1]["released"] == 0.5
+    assert bins[2]["p_release"] is None  # no event in it

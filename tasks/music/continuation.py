@@ -12,7 +12,7 @@ the performer did.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,16 +65,16 @@ def events_after(events: np.ndarray, start: int, end: int) -> list[int]:
     return out + time_shifts(end - now)
 
 
-def strided_nll(
+def strided_logits(
     model, ids: list[int], first: int, states: np.ndarray | None = None
-) -> tuple[float, int]:
-    """Summed NLL (nats) of ids[first:], each predicted with at least half the context of
-    the model before it (windows of block_size moving by half of it), and the count.
-    `states`: the token state after each id, for a model that reads one."""
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The logits (n, vocab) of ids[begin : begin + n] for each `begin` from `first` on,
+    each id predicted with at least half the context of the model before it (windows of
+    block_size moving by half of it). `states`: the token state after each id, for a model
+    that reads one."""
     block = model.config.block_size
     device = next(model.parameters()).device
     stride = max(1, block // 2)
-    total, count = 0.0, 0
     with torch.inference_mode():
         for begin in range(first, len(ids), stride):
             end = min(begin + stride, len(ids))  # targets ids[begin:end]
@@ -83,10 +83,18 @@ def strided_nll(
             state = None
             if states is not None:
                 state = torch.from_numpy(states[start : end - 1]).float()[None].to(device)
-            logits = model(inputs, state=state)[0, begin - 1 - start :].float()
-            targets = torch.tensor(ids[begin:end], device=device)
-            total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-            count += end - begin
+            yield begin, model(inputs, state=state)[0, begin - 1 - start :].float()
+
+
+def strided_nll(
+    model, ids: list[int], first: int, states: np.ndarray | None = None
+) -> tuple[float, int]:
+    """Summed NLL (nats) of ids[first:] as `strided_logits` predicts them, and the count."""
+    total, count = 0.0, 0
+    for begin, logits in strided_logits(model, ids, first, states):
+        targets = torch.tensor(ids[begin : begin + len(logits)], device=logits.device)
+        total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        count += len(logits)
     return total, count
 
 
