@@ -31,6 +31,21 @@ def test_loss_averages_over_the_mask_only():
     assert logits.grad[0, 2:].abs().sum() > 0
 
 
+def test_a_loss_mask_of_weights_counts_a_token_of_weight_2_twice():
+    logits, batch = make_batch()
+    weights = batch["loss_mask"].float()
+    weights[0, 2] = 2.0
+    weighted, _ = sequence_loss(logits, {**batch, "loss_mask": weights})
+    # the same batch with token (0, 2) repeated at a new last position, every weight 1
+    repeated = {
+        "targets": torch.cat([batch["targets"], batch["targets"][:, 2:3]], dim=1),
+        "loss_mask": torch.cat([batch["loss_mask"], torch.tensor([[1], [0]])], dim=1),
+    }
+    twice, _ = sequence_loss(torch.cat([logits, logits[:, 2:3]], dim=1), repeated)
+    assert torch.allclose(weighted, twice)
+    assert not torch.allclose(weighted, sequence_loss(logits, batch)[0])
+
+
 def test_auxiliary_lm_weight_adds_the_whole_sequence_loss():
     logits, batch = make_batch()
     target_only, _ = sequence_loss(logits, batch)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seqgen.data import IGNORE_INDEX
-from seqgen.errors import DataError
+from seqgen.errors import ConfigError, DataError
 from seqgen_tasks.music.data import (
     PerformanceWindows,
     augment,
@@ -185,6 +185,26 @@ def test_windows_are_augmented_draws_of_the_context_length():
     assert (short["targets"][n:] == IGNORE_INDEX).all() and (short["input_ids"][n:] == 388).all()
     stream = event_stream([notes, notes], 389, 390)
     assert len(stream) == 2 * (len(plain) + 2) and stream[0] == 389 and stream[-1] == 390
+
+
+def test_release_weight_weighs_the_releases_in_the_loss():
+    from seqgen_tasks.music.events import NOTE_OFF
+    from seqgen_tasks.music.task import MusicData
+
+    notes = Notes(np.arange(40, 60), np.arange(0, 200, 10), np.arange(25, 225, 10), np.full(20, 90))
+    ids = dict(block_size=64, bos_id=389, eos_id=390, pad_id=388, augment=False)
+    plain = PerformanceWindows([notes], **ids)[0]
+    assert "loss_mask" not in plain  # every target counts once: no weights to carry
+    item = PerformanceWindows([notes], **ids, release_weight=2.5)[0]
+    assert torch.equal(item["targets"], plain["targets"])
+    releases = (item["targets"] >= NOTE_OFF) & (item["targets"] < NOTE_OFF + 128)
+    assert releases.sum() > 0 and (~releases).sum() > 0
+    assert (item["loss_mask"][releases] == 2.5).all() and (item["loss_mask"][~releases] == 1).all()
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(
+            ConfigError, match=f"data.release_weight must be a number > 0, got {bad}"
+        ):
+            MusicData(release_weight=bad)
 
 
 def test_held_out_splits_are_by_piece_fixed_and_ten_percent_in_all(tmp_path):

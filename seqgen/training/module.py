@@ -46,8 +46,8 @@ def sequence_loss(
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, per-token nll). The loss averages the nll over `loss_mask` (1 = a target token;
-    every non-ignored token when absent), plus `lm_weight` x the nll over all tokens (GPT-1's
-    auxiliary language-modelling loss)."""
+    every non-ignored token when absent; other values weigh each token), plus `lm_weight` x
+    the nll over all tokens (GPT-1's auxiliary language-modelling loss)."""
     targets = batch["targets"]
     nll = masked_nll(logits, targets, label_smoothing)
     scored = (targets != IGNORE_INDEX).float()

@@ -29,7 +29,7 @@ from seqgen.files import atomic_directory, cache_dir, exclusive
 from seqgen.progress import dataset_bars
 from seqgen.shard_writer import default_num_proc
 from seqgen.state import TokenState
-from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, quantize
+from seqgen_tasks.music.events import NOTE_OFF, STEPS_PER_SECOND, Notes, encode_notes, quantize
 from seqgen_tasks.music.splits import piece_of
 
 log = logging.getLogger("seqgen")
@@ -231,7 +231,9 @@ class PerformanceWindows(Dataset):
     augmentation the performance is first transposed and stretched, afresh on every draw
     (item (i, seed) draws the augmentation from the seed that the sampler gives each draw).
     With a token `state`, each window carries the state after each input, computed from the
-    performance's start (notes struck before the window are still sounding in it).
+    performance's start (notes struck before the window are still sounding in it). With a
+    `release_weight` other than 1, each window carries the weight of each target in the
+    loss (`loss_mask`): a release (NOTE_OFF) counts that many times any other event.
     """
 
     def __init__(
@@ -245,13 +247,14 @@ class PerformanceWindows(Dataset):
         transpose: int = 3,
         stretch: tuple[float, float] = (0.95, 1.05),
         state: TokenState | None = None,
+        release_weight: float = 1.0,
     ) -> None:
         if not performances:
             raise DataError("no performances to train on")
         self.performances, self.block_size = performances, block_size
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.augment, self.transpose, self.stretch = augment, transpose, stretch
-        self.state = state
+        self.state, self.release_weight = state, release_weight
         lengths = np.array([len(encode_notes(p)) + 2 for p in performances])
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
 
@@ -275,7 +278,12 @@ class PerformanceWindows(Dataset):
         states = None
         if self.state is not None:  # after each input: ids up to the window's last input
             states = self.state.window(ids[: offset + len(window) - 1], offset)
-        return padded_window(window, self.block_size, self.pad_id, states)
+        out = padded_window(window, self.block_size, self.pad_id, states)
+        if self.release_weight != 1.0:  # the loss's weight of each target
+            targets = out["targets"]
+            releases = (targets >= NOTE_OFF) & (targets < NOTE_OFF + 128)
+            out["loss_mask"] = 1.0 + (self.release_weight - 1.0) * releases.float()
+        return out
 
 
 def event_stream(performances: list[Notes], bos_id: int, eos_id: int) -> np.ndarray:
