@@ -41,14 +41,15 @@ def predictions(generator, ids: list[int], first: int) -> np.ndarray:
     for begin, logits in strided_logits(generator.model, ids, first, generator.states(ids)):
         probs = torch.softmax(logits, dim=-1).cpu().numpy()
         n = len(probs)
-        sounding = counts[begin - 1 : begin - 1 + n] > 0  # (n, 128) before each id
+        before = counts[begin - 1 : begin - 1 + n]  # (n, 128) the notes sounding before each id
+        sounding = before > 0
         targets = np.asarray(ids[begin : begin + n])
         releases = (targets >= NOTE_OFF) & (targets < NOTE_OFF + 128)
         pitch = np.clip(targets - NOTE_OFF, 0, 127)
         rows.append(
             np.stack(
                 [
-                    counts[begin - 1 : begin - 1 + n].sum(axis=1),
+                    before.sum(axis=1),
                     (probs[:, NOTE_OFF : NOTE_OFF + 128] * sounding).sum(axis=1),
                     releases & sounding[np.arange(n), pitch],
                     probs[:, NOTE_ON : NOTE_ON + 128].sum(axis=1),
