@@ -24,7 +24,7 @@ from seqgen.inference import load
 from seqgen.tables import markdown_table
 from seqgen_tasks.music.continuation import play, strided_logits
 from seqgen_tasks.music.evaluate import MusicEval, held_out
-from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, encode_notes
+from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, encode_notes, is_note_off, is_note_on
 from seqgen_tasks.music.state import sounding_counts
 
 BUCKETS = (0, 1, 3, 5, 7, 9, 11, 14, 18)
@@ -44,16 +44,15 @@ def predictions(generator, ids: list[int], first: int) -> np.ndarray:
         before = counts[begin - 1 : begin - 1 + n]  # (n, 128) the notes sounding before each id
         sounding = before > 0
         targets = np.asarray(ids[begin : begin + n])
-        releases = (targets >= NOTE_OFF) & (targets < NOTE_OFF + 128)
         pitch = np.clip(targets - NOTE_OFF, 0, 127)
         rows.append(
             np.stack(
                 [
                     before.sum(axis=1),
                     (probs[:, NOTE_OFF : NOTE_OFF + 128] * sounding).sum(axis=1),
-                    releases & sounding[np.arange(n), pitch],
+                    is_note_off(targets) & sounding[np.arange(n), pitch],
                     probs[:, NOTE_ON : NOTE_ON + 128].sum(axis=1),
-                    (targets >= NOTE_ON) & (targets < NOTE_ON + 128),
+                    is_note_on(targets),
                 ],
                 axis=1,
             )

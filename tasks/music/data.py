@@ -29,7 +29,7 @@ from seqgen.files import atomic_directory, cache_dir, exclusive
 from seqgen.progress import dataset_bars
 from seqgen.shard_writer import default_num_proc
 from seqgen.state import TokenState
-from seqgen_tasks.music.events import NOTE_OFF, STEPS_PER_SECOND, Notes, encode_notes, quantize
+from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, is_note_off, quantize
 from seqgen_tasks.music.splits import piece_of
 
 log = logging.getLogger("seqgen")
@@ -280,9 +280,8 @@ class PerformanceWindows(Dataset):
             states = self.state.window(ids[: offset + len(window) - 1], offset)
         out = padded_window(window, self.block_size, self.pad_id, states)
         if self.release_weight != 1.0:  # the loss's weight of each target
-            targets = out["targets"]
-            releases = (targets >= NOTE_OFF) & (targets < NOTE_OFF + 128)
-            out["loss_mask"] = 1.0 + (self.release_weight - 1.0) * releases.float()
+            releases = is_note_off(out["targets"]).float()
+            out["loss_mask"] = 1.0 + (self.release_weight - 1.0) * releases
         return out
 
 

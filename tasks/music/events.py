@@ -18,8 +18,12 @@ onset, so decoding pairs them first in, first out, and so does `canonical_notes`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 NOTE_ON, NOTE_OFF, TIME_SHIFT, VELOCITY = 0, 128, 255, 355  # id = base + value
 NUM_EVENTS = 388
@@ -28,6 +32,16 @@ STEPS_PER_SECOND = 100
 VELOCITY_BINS = 32
 DEFAULT_VELOCITY = 64  # for notes decoded before any VELOCITY event
 SUSTAIN_CC, SUSTAIN_THRESHOLD = 64, 64
+
+
+def is_note_on(ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Where the ids (a numpy array or a torch tensor) are NOTE_ON events."""
+    return (ids >= NOTE_ON) & (ids < NOTE_ON + 128)
+
+
+def is_note_off(ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Where the ids (a numpy array or a torch tensor) are NOTE_OFF events."""
+    return (ids >= NOTE_OFF) & (ids < NOTE_OFF + 128)
 
 
 @dataclass
@@ -181,9 +195,9 @@ def decode_events(ids) -> Notes:
     open_notes: dict[int, list[tuple[int, int]]] = {}
     out: list[tuple[int, int, int, int]] = []
     for token in np.asarray(ids, dtype=np.int64).tolist():
-        if 0 <= token < NOTE_OFF:
+        if is_note_on(token):
             open_notes.setdefault(token, []).append((step, velocity))
-        elif NOTE_OFF <= token < NOTE_OFF + 128:
+        elif is_note_off(token):
             pitch = token - NOTE_OFF
             if open_notes.get(pitch):
                 start, v = open_notes[pitch].pop(0)

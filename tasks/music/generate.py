@@ -31,6 +31,8 @@ from seqgen_tasks.music.events import (
     Notes,
     cut_events,
     event_steps,
+    is_note_off,
+    is_note_on,
 )
 from seqgen_tasks.music.midi import decode_midi
 from seqgen_tasks.music.state import counts_after
@@ -189,10 +191,10 @@ class NoteRules:
         return self.now - self.oldest >= self.limits
 
     def add(self, token: int) -> None:
-        if NOTE_ON <= token < NOTE_ON + 128:
+        if is_note_on(token):
             pitch = token - NOTE_ON
             self.onsets[pitch].append(self.now)
-        elif NOTE_OFF <= token < NOTE_OFF + 128 and self.onsets[token - NOTE_OFF]:
+        elif is_note_off(token) and self.onsets[token - NOTE_OFF]:
             pitch = token - NOTE_OFF
             self.released += int(self._overdue()[pitch])
             self.onsets[pitch].popleft()

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from seqgen.state import TokenState
-from seqgen_tasks.music.events import MAX_SHIFT, NOTE_OFF, NOTE_ON, TIME_SHIFT, event_steps
+from seqgen_tasks.music.events import (
+    MAX_SHIFT,
+    NOTE_OFF,
+    NOTE_ON,
+    TIME_SHIFT,
+    event_steps,
+    is_note_off,
+    is_note_on,
+)
 
 
 def sounding_counts(ids: np.ndarray, initial: np.ndarray | None = None) -> np.ndarray:
@@ -59,8 +67,7 @@ def counts_after(ids: np.ndarray) -> np.ndarray:
 def _changes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each id's pitch and its change to the count: +1 onset, -1 release, 0 otherwise."""
     ids = np.asarray(ids, dtype=np.int64)
-    on = (ids >= NOTE_ON) & (ids < NOTE_ON + 128)
-    off = (ids >= NOTE_OFF) & (ids < NOTE_OFF + 128)
+    on, off = is_note_on(ids), is_note_off(ids)
     pitch = np.where(off, ids - NOTE_OFF, ids - NOTE_ON)
     return pitch, on.astype(np.int8) - off.astype(np.int8)
 
@@ -78,8 +85,7 @@ class SoundingPitches(TokenState):
 
     def advance(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(len(tokens), device=tokens.device)
-        on = (tokens >= NOTE_ON) & (tokens < NOTE_ON + 128)
-        off = (tokens >= NOTE_OFF) & (tokens < NOTE_OFF + 128)
+        on, off = is_note_on(tokens), is_note_off(tokens)
         pitch = torch.where(on, tokens - NOTE_ON, tokens - NOTE_OFF).clamp(0, 127)
         change = on.to(state.dtype) - off.to(state.dtype)
         new = state.clone()
@@ -155,7 +161,7 @@ class SoundingAges(SoundingPitches):
         ages = torch.round(state[:, 128:256] * AGE_LIMIT).long()
         shift = (tokens > TIME_SHIFT) & (tokens <= TIME_SHIFT + MAX_SHIFT)
         ages = (ages + torch.where(shift, tokens - TIME_SHIFT, 0)[:, None]).clamp(max=AGE_LIMIT)
-        on = (tokens >= NOTE_ON) & (tokens < NOTE_ON + 128)
+        on = is_note_on(tokens)
         ages[torch.arange(len(tokens), device=tokens.device)[on], tokens[on] - NOTE_ON] = 0
         if state.device not in self._features:
             self._features[state.device] = torch.from_numpy(_AGE_FEATURES).to(state.device)

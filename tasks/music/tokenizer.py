@@ -20,15 +20,17 @@ from seqgen_tasks.music.events import (
     TIME_SHIFT,
     VELOCITY,
     bin_velocity,
+    is_note_off,
+    is_note_on,
 )
 
 BUILTIN_SPECIALS = ("<pad>", "<s>", "</s>")
 
 
 def event_name(i: int) -> str:
-    if NOTE_ON <= i < NOTE_OFF:
+    if is_note_on(i):
         return f"NOTE_ON_{i}"
-    if NOTE_OFF <= i < NOTE_OFF + 128:
+    if is_note_off(i):
         return f"NOTE_OFF_{i - NOTE_OFF}"
     if TIME_SHIFT < i <= TIME_SHIFT + 100:
         return f"TIME_SHIFT_{i - TIME_SHIFT}"
