@@ -207,9 +207,15 @@ def test_likelihood_equals_validation_and_statistics_overlap(trained, tmp_path, 
     assert nll["nll_per_event"] == pytest.approx(report["val_loss"], rel=1e-4)
     assert nll["data"] == "dev split of the checkpoint's training data" and nll["files"] == 1
     same = likelihood("--data", str(root / "songs" / f"{dev[0]}.mid"))
-    assert {**same, "data": nll["data"], "seconds": 0} == {**nll, "seconds": 0}
+    assert same.keys() == nll.keys()
+    for key, value in nll.items():  # scored twice: under load other kernels can win the timing
+        if key not in ("data", "seconds"):
+            assert same[key] == (
+                pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+            )
     test_song = str(root / "songs" / f"{report['data_stats']['carved_from_train']['test'][0]}.mid")
-    assert test["nll_per_event"] == likelihood("--data", test_song)["nll_per_event"]
+    test_again = likelihood("--data", test_song)["nll_per_event"]
+    assert test["nll_per_event"] == pytest.approx(test_again, rel=1e-6)
     assert test["nll_per_event"] != nll["nll_per_event"]
     assert nll["music_seconds"] == pytest.approx(11.95)  # the last release
     assert nll["nll_per_second"] == pytest.approx(nll["nll_per_event"] * nll["events"] / 11.95)
