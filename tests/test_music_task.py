@@ -416,30 +416,15 @@ def test_wav_rendering_when_fluidsynth_is_installed(trained, tmp_path):
         str(out),
         "--wav",
         str(audio),
-        "--sample_rate",
-        "16000",
     ]
     assert main(argv) == 0
     with wave.open(str(audio)) as rendered:
-        assert rendered.getframerate() == 16000 and rendered.getsampwidth() == 2
-        assert rendered.getnframes() / 16000 >= pretty_midi.PrettyMIDI(str(out)).get_end_time()
+        assert rendered.getframerate() == 44_100 and rendered.getsampwidth() == 2
+        assert rendered.getnframes() / 44_100 >= pretty_midi.PrettyMIDI(str(out)).get_end_time()
     soundfont = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")  # Debian's fluid-soundfont-gm
     if soundfont.is_file():
         again = tmp_path / "gm.wav"
-        assert (
-            main(
-                [
-                    *argv[:-4],
-                    "--wav",
-                    str(again),
-                    "--sample_rate",
-                    "16000",
-                    "--soundfont",
-                    str(soundfont),
-                ]
-            )
-            == 0
-        )
+        assert main([*argv[:-2], "--wav", str(again), "--soundfont", str(soundfont)]) == 0
         with wave.open(str(again)) as rendered, wave.open(str(audio)) as plain:
             assert rendered.readframes(-1) != plain.readframes(-1)  # another sound font
 
@@ -548,7 +533,7 @@ def test_a_clock_keeps_each_rows_time_and_reports_it():
     assert told == [60, 30, 40]
 
 
-def test_music_has_16_options_of_its_own():
+def test_music_has_15_options_of_its_own():
     """The music task's own settings (data, generation, evaluation), each declared once;
     the core's (decoding, devices, reports) are shared by every task."""
     from dataclasses import fields
@@ -563,6 +548,6 @@ def test_music_has_16_options_of_its_own():
     assert sorted(own) == sorted(
         ["train", "val", "test", "augment", "note_state", "release_weight"]
         + ["prompt_seconds", "seconds", "rules"]
-        + ["piano_roll", "wav", "sample_rate", "soundfont"]
+        + ["piano_roll", "wav", "soundfont"]
         + ["data", "split", "generated"]
     )

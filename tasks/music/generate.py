@@ -39,6 +39,7 @@ from seqgen_tasks.music.state import counts_after
 from seqgen_tasks.music.tokenizer import BUILTIN_SPECIALS
 
 log = logging.getLogger("seqgen")
+SAMPLE_RATE = 44_100  # of the WAV written (CD audio; FluidSynth's default)
 EVENTS_PER_SECOND_CAP = 200  # far above real piano (ASAP ~43/s): a model stuck without time
 OCTAVES = 11  # pitch // 12 of the 128 MIDI pitches
 VOCAB = NUM_EVENTS + len(BUILTIN_SPECIALS)
@@ -92,9 +93,8 @@ class MusicGenerate(MusicPlay):
     piano_roll: str | None = None
     """Write a piano roll of prompt and continuation here (.png)."""
     wav: str | None = None
-    """Render audio here with FluidSynth (needs pyfluidsynth and the FluidSynth library)."""
-    sample_rate: int = 44100
-    """Sample rate of the audio (8000-96000 Hz)."""
+    """Render audio here with FluidSynth, 16-bit mono at 44.1 kHz (needs pyfluidsynth and the
+    FluidSynth library)."""
     soundfont: str | None = None
     """General MIDI sound font (.sf2) the audio is rendered with, e.g. Debian's
     fluid-soundfont-gm, /usr/share/sounds/sf2/FluidR3_GM.sf2 (default: pretty_midi's small
@@ -102,8 +102,6 @@ class MusicGenerate(MusicPlay):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 8000 <= self.sample_rate <= 96_000:  # what FluidSynth renders
-            raise ValueError(f"sample_rate must be 8000-96000 Hz, got {self.sample_rate}")
         check_writable(self.piano_roll, "piano_roll")
         check_writable(self.wav, "wav")
         if self.soundfont is not None and not Path(self.soundfont).is_file():
@@ -339,7 +337,7 @@ def write(
         piano_roll(midi, prompt_seconds, options.piano_roll)
         lines.append(f"wrote {options.piano_roll}")
     if options.wav:
-        write_wav(midi, options.wav, options.sample_rate, options.soundfont)
+        write_wav(midi, options.wav, options.soundfont)
         lines.append(f"wrote {options.wav}")
     return lines
 
@@ -359,17 +357,17 @@ def rules_said(
     return said + " (--rules valid: the model alone decides)"
 
 
-def write_wav(midi, path: str, sample_rate: int, soundfont: str | None = None) -> None:
+def write_wav(midi, path: str, soundfont: str | None = None) -> None:
     """Render with FluidSynth (with `soundfont`, else pretty_midi's General MIDI sound font)
-    to 16-bit PCM."""
+    to 16-bit PCM at SAMPLE_RATE."""
     import wave
 
-    audio = midi.fluidsynth(fs=sample_rate, synthesizer=soundfont)
+    audio = midi.fluidsynth(fs=SAMPLE_RATE, synthesizer=soundfont)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     pcm = (audio / peak * 0.9 * 32767 if peak else audio).astype("<i2")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with wave.open(path, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(sample_rate)
+        out.setframerate(SAMPLE_RATE)
         out.writeframes(pcm.tobytes())
