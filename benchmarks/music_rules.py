@@ -75,7 +75,9 @@ def model_arms(
     played = {arm: play_arm(generator, performances, arm, args, train) for arm in arms}
     figures = {"ckpt": ckpt, "performances": len(played["all"].real)}
     for arm, found in played.items():
-        figures[f"mean_overlap_{arm}"] = overlap(found.played, found.real)["mean"]
+        overlaps = overlap(found.played, found.real)
+        figures[f"mean_overlap_{arm}"] = overlaps["mean"]
+        figures[f"duration_overlap_{arm}"] = overlaps["duration"]
         figures[f"crowded_fraction_{arm}"] = failures(found.played)["crowded_fraction"]
     figures["crowded_fraction_real"] = failures(played["all"].real)["crowded_fraction"]
     print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
