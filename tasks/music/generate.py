@@ -72,11 +72,12 @@ class MusicPlay:
     meant held: after 10 min on POP909, 40% of a model's releases were such), the model's
     probabilities renormalised over the rest. `all` (default) also releases a note once it
     has sounded longer than 85% of the training notes of its octave did (the checkpoint
-    stores these limits). On ASAP's dev pieces (three 10 min models trained with
-    data.release_weight 1) all against valid: mean overlap with what the performer played
-    0.790 against 0.731, time with more than 10 notes sounding 2.6% against 24%; with
-    release_weight 2, as the ASAP recipe trains now, valid plays better than all (+0.019).
-    The ablations are in docs/benchmarks.md."""
+    stores these limits). On ASAP's dev pieces (three 10 min models) all against valid:
+    mean overlap with what the performer played 0.790 against 0.731, time with more than 10
+    notes sounding 2.6% against 24%; on POP909's dev songs all keeps the chords at the
+    songs' rate, where valid crowds them 1.5-3.5x. A model trained with
+    data.release_weight 2 ends its notes alone and plays better with valid. The ablations
+    are in docs/benchmarks.md."""
 
     def __post_init__(self) -> None:
         for name in ("prompt_seconds", "seconds"):

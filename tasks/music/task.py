@@ -73,9 +73,10 @@ class MusicData:
     event. A model trained at 1 releases too rarely once more notes sound than usual, so
     alone (`--rules valid`) it piles its chords up; at 2 it ends its notes by itself (ASAP
     dev, three models each: mean overlap with what the performer played 0.852 alone
-    against 0.700, 0.833 against 0.799 with the rules) at the cost of its likelihood (dev
-    NLL 0.07 nats per event higher: it expects releases twice as often as they come).
-    docs/music.md has the measurements."""
+    against 0.700) but expects releases twice as often as they come (dev NLL 0.07 nats per
+    event higher) and shortens its notes, so with the rules (`--rules all`, the default)
+    it played worse on POP909's dev songs (-0.036) and on ASAP's test. The recipes keep 1;
+    docs/benchmarks.md has the measurements."""
 
     def __post_init__(self) -> None:
         if not 0 < self.release_weight < math.inf:
