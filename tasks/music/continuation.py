@@ -22,14 +22,13 @@ import torch
 from seqgen.errors import DataError
 from seqgen.progress import Progress
 from seqgen_tasks.music.events import (
-    MAX_SHIFT,
     STEPS_PER_SECOND,
-    TIME_SHIFT,
     Notes,
     cut_events,
     decode_events,
     encode_notes,
     event_steps,
+    is_time_shift,
     time_shifts,
 )
 from seqgen_tasks.music.generate import (
@@ -55,8 +54,7 @@ def events_after(events: np.ndarray, start: int, end: int) -> list[int]:
     `cut_events` (which already moved time on to `start`), then time moved on to `end`
     (nothing happens before it), so notes still sounding there end there."""
     steps = event_steps(events)
-    shift = (events > TIME_SHIFT) & (events <= TIME_SHIFT + MAX_SHIFT)
-    kept = ~shift & (steps >= start) & (steps < end)
+    kept = ~is_time_shift(events) & (steps >= start) & (steps < end)
     out, now = [], start
     for step, event in zip(steps[kept].tolist(), events[kept].tolist(), strict=True):
         out += time_shifts(step - now)

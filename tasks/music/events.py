@@ -44,6 +44,11 @@ def is_note_off(ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     return (ids >= NOTE_OFF) & (ids < NOTE_OFF + 128)
 
 
+def is_time_shift(ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Where the ids (a numpy array or a torch tensor) are TIME_SHIFT events."""
+    return (ids > TIME_SHIFT) & (ids <= TIME_SHIFT + MAX_SHIFT)
+
+
 @dataclass
 class Notes:
     """Parallel arrays, one entry per note (times in seconds or steps)."""
@@ -202,7 +207,7 @@ def decode_events(ids) -> Notes:
             if open_notes.get(pitch):
                 start, v = open_notes[pitch].pop(0)
                 out.append((pitch, start, step, v))
-        elif TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT:
+        elif is_time_shift(token):
             step += token - TIME_SHIFT
         elif VELOCITY < token < NUM_EVENTS:
             velocity = int(bin_velocity(np.int64(token - VELOCITY)))
@@ -217,7 +222,7 @@ def decode_events(ids) -> Notes:
 def event_steps(ids) -> np.ndarray:
     """The time (in steps) of each event: the TIME_SHIFTs up to and including it."""
     ids = np.asarray(ids, dtype=np.int64)
-    shift = np.where((ids > TIME_SHIFT) & (ids <= TIME_SHIFT + MAX_SHIFT), ids - TIME_SHIFT, 0)
+    shift = np.where(is_time_shift(ids), ids - TIME_SHIFT, 0)
     return np.cumsum(shift)
 
 

@@ -22,7 +22,6 @@ from seqgen.files import check_writable
 from seqgen.generation.decoding import NEG_INF
 from seqgen.tokenizer import Tokenizer
 from seqgen_tasks.music.events import (
-    MAX_SHIFT,
     NOTE_OFF,
     NOTE_ON,
     NUM_EVENTS,
@@ -33,6 +32,7 @@ from seqgen_tasks.music.events import (
     event_steps,
     is_note_off,
     is_note_on,
+    is_time_shift,
 )
 from seqgen_tasks.music.midi import decode_midi
 from seqgen_tasks.music.state import counts_after
@@ -197,7 +197,7 @@ class NoteRules:
             pitch = token - NOTE_OFF
             self.released += int(self._overdue()[pitch])
             self.onsets[pitch].popleft()
-        elif TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT:
+        elif is_time_shift(token):
             self.now += token - TIME_SHIFT
             return
         else:
@@ -259,11 +259,7 @@ class Clock:
 
     def __call__(self, new: list[int]) -> bool:
         before, seen = self.rows.get(id(new), (0, 0))
-        elapsed = before + sum(
-            token - TIME_SHIFT
-            for token in new[seen:]
-            if TIME_SHIFT < token <= TIME_SHIFT + MAX_SHIFT
-        )
+        elapsed = before + sum(token - TIME_SHIFT for token in new[seen:] if is_time_shift(token))
         self.rows[id(new)] = (elapsed, len(new))
         moved = min(elapsed, self.steps) - min(before, self.steps)
         if moved and self.on_time is not None:

@@ -17,13 +17,13 @@ import torch
 
 from seqgen.state import TokenState
 from seqgen_tasks.music.events import (
-    MAX_SHIFT,
     NOTE_OFF,
     NOTE_ON,
     TIME_SHIFT,
     event_steps,
     is_note_off,
     is_note_on,
+    is_time_shift,
 )
 
 
@@ -159,7 +159,7 @@ class SoundingAges(SoundingPitches):
     def advance(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         counts = super().advance(state[:, :128], tokens)
         ages = torch.round(state[:, 128:256] * AGE_LIMIT).long()
-        shift = (tokens > TIME_SHIFT) & (tokens <= TIME_SHIFT + MAX_SHIFT)
+        shift = is_time_shift(tokens)
         ages = (ages + torch.where(shift, tokens - TIME_SHIFT, 0)[:, None]).clamp(max=AGE_LIMIT)
         on = is_note_on(tokens)
         ages[torch.arange(len(tokens), device=tokens.device)[on], tokens[on] - NOTE_ON] = 0

@@ -14,7 +14,6 @@ from seqgen.errors import CheckpointError
 from seqgen.tokenizer import META_FILE, append_new, read_tokenizer_meta
 from seqgen_tasks.music.events import (
     NOTE_OFF,
-    NOTE_ON,
     NUM_EVENTS,
     STEPS_PER_SECOND,
     TIME_SHIFT,
@@ -22,6 +21,7 @@ from seqgen_tasks.music.events import (
     bin_velocity,
     is_note_off,
     is_note_on,
+    is_time_shift,
 )
 
 BUILTIN_SPECIALS = ("<pad>", "<s>", "</s>")
@@ -32,17 +32,17 @@ def event_name(i: int) -> str:
         return f"NOTE_ON_{i}"
     if is_note_off(i):
         return f"NOTE_OFF_{i - NOTE_OFF}"
-    if TIME_SHIFT < i <= TIME_SHIFT + 100:
+    if is_time_shift(i):
         return f"TIME_SHIFT_{i - TIME_SHIFT}"
     return f"VELOCITY_{i - VELOCITY}"
 
 
 def readable_event(i: int) -> str:
     """An event as a person reads it: `ON C4`, `OFF C4`, `SHIFT 120ms`, `VEL 65`."""
-    if NOTE_ON <= i < NOTE_OFF + 128:
-        kind = "ON" if i < NOTE_OFF else "OFF"
+    if is_note_on(i) or is_note_off(i):
+        kind = "ON" if is_note_on(i) else "OFF"
         return f"{kind} {pretty_midi.note_number_to_name(i % 128)}"
-    if TIME_SHIFT < i <= TIME_SHIFT + 100:
+    if is_time_shift(i):
         return f"SHIFT {(i - TIME_SHIFT) * 1000 // STEPS_PER_SECOND}ms"
     return f"VEL {int(bin_velocity(i - VELOCITY))}"
 
