@@ -329,6 +329,31 @@ def test_notes_held_open_show_in_the_duration_overlap():
     assert failures([played])["long_notes_fraction"] == 0.0
 
 
+def test_resampled_overlap_equals_the_overlap_of_each_resampled_set():
+    from seqgen_tasks.music.statistics import bootstrap_weights, overlap, resampled_overlap
+
+    rng = np.random.default_rng(3)
+
+    def song(count: int) -> Notes:
+        start = np.sort(rng.integers(0, 2000, count))
+        end = start + rng.integers(1, 400, count)
+        return Notes(rng.integers(21, 109, count), start, end, rng.integers(1, 128, count))
+
+    ours = [song(int(n)) for n in (0, 5, 40, 90, 17, 1)]  # an empty one too
+    theirs = [song(int(n)) for n in (30, 8, 60, 12, 44, 3)]
+    weights = bootstrap_weights(len(ours), 20, seed=7)
+    assert weights.shape == (20, 6) and (weights.sum(axis=1) == 6).all()
+    draws = np.random.default_rng(7)
+    found = resampled_overlap(ours, theirs, weights)
+    for r in range(20):
+        drawn = draws.integers(0, 6, 6)  # the draws the weights count, in order
+        assert weights[r].tolist() == np.bincount(drawn, minlength=6).tolist()
+        expected = overlap([ours[i] for i in drawn], [theirs[i] for i in drawn])
+        assert {k: float(v[r]) for k, v in found.items()} == expected
+    with pytest.raises(ValueError, match="6 and 5 performances for weights of 6"):
+        resampled_overlap(ours, theirs[:5], weights)
+
+
 def test_finetune_keeps_the_vocabulary(trained, tmp_path):
     root, _ = trained
     for k in range(3):

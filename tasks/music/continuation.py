@@ -39,7 +39,7 @@ from seqgen_tasks.music.generate import (
     rule_processor,
     ruled_limits,
 )
-from seqgen_tasks.music.statistics import failures, overlap
+from seqgen_tasks.music.statistics import bootstrap_weights, failures, overlap, resampled_overlap
 
 
 def window(notes: Notes, start: int, end: int) -> Notes:
@@ -193,9 +193,8 @@ def continuations(
         truth = prompt + events_after(encode_notes(performance).astype(np.int64), begin, end)
         total, count = strided_nll(generator.model, truth, len(prompt), generator.states(truth))
         nats, scored = nats + total, scored + count
-    rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(usable), len(usable)) for _ in range(bootstrap_samples)]
-    resampled = [overlap([played[i] for i in d], [real[i] for i in d]) for d in draws]
+    weights = bootstrap_weights(len(usable), bootstrap_samples, seed)
+    resampled = resampled_overlap(played, real, weights)
     compared = overlap(played, real)
     later = [p for p in usable if int(p.end.max()) >= 2 * end - begin]
     return {
@@ -205,10 +204,7 @@ def continuations(
         "seconds": seconds,
         "overlap": compared,
         "overlap_interval": {
-            k: [
-                float(np.percentile([r[k] for r in resampled], 2.5)),
-                float(np.percentile([r[k] for r in resampled], 97.5)),
-            ]
+            k: [float(np.percentile(resampled[k], 2.5)), float(np.percentile(resampled[k], 97.5))]
             for k in compared
         },
         "overlap_with_held_out": overlap(played, usable),
@@ -246,19 +242,21 @@ def paired_difference(
     if any(len(arm.real) != count or len(arm.played) != count for pair in arms for arm in pair):
         raise ValueError("every arm must continue the same performances")
 
-    def difference(index) -> float:
-        gaps = [
-            overlap([b.played[i] for i in index], [b.real[i] for i in index])["mean"]
-            - overlap([a.played[i] for i in index], [a.real[i] for i in index])["mean"]
+    # row 0 takes every performance once (the difference itself), the others resample them
+    everyone = np.ones((1, count), np.int64)
+    weights = np.concatenate([everyone, bootstrap_weights(count, samples, seed)])
+    gaps = np.mean(
+        [
+            resampled_overlap(b.played, b.real, weights)["mean"]
+            - resampled_overlap(a.played, a.real, weights)["mean"]
             for a, b in arms
-        ]
-        return float(np.mean(gaps))
-
-    rng = np.random.default_rng(seed)
-    draws = [difference(rng.integers(0, count, count)) for _ in range(samples)]
+        ],
+        axis=0,
+    )
+    draws = gaps[1:]
     return {
-        "difference": difference(np.arange(count)),
+        "difference": float(gaps[0]),
         "low": float(np.percentile(draws, 2.5)),
         "high": float(np.percentile(draws, 97.5)),
-        "share_above_zero": float(np.mean(np.asarray(draws) > 0)),
+        "share_above_zero": float(np.mean(draws > 0)),
     }

@@ -28,32 +28,45 @@ def sounding(notes: Notes) -> np.ndarray:
     return np.cumsum(change)[:-1]
 
 
-def features(performances: list[Notes]) -> dict[str, np.ndarray]:
-    """Normalised histograms of a set of performances (notes in 10 ms steps); polyphony
-    (notes sounding at once, 0 = silence) is weighted by time. Empty performances add
-    nothing."""
-    pitch = np.concatenate([p.pitch for p in performances])
-    velocity = np.concatenate([p.velocity for p in performances])
-    durations = np.concatenate([p.end - p.start for p in performances]) / STEPS_PER_SECOND
-    density, ioi, polyphony = [], [], []
-    for p in performances:
-        if not len(p):  # e.g. a window of a continuation in which nothing was played
-            continue
-        onsets = np.unique(p.start)
-        ioi.append(np.diff(onsets) / STEPS_PER_SECOND)
-        windows = max(1, -(-int(p.end.max()) // DENSITY_WINDOW))
-        counts = np.bincount(p.start // DENSITY_WINDOW, minlength=windows)
-        density.append(counts / (DENSITY_WINDOW / STEPS_PER_SECOND))
-        polyphony.append(np.minimum(sounding(p), MAX_POLYPHONY))
-    raw = {
-        "pitch_class": np.bincount(pitch % 12, minlength=12),
-        "velocity": np.bincount(velocity_bin(velocity) - 1, minlength=32),
-        "note_density": np.histogram(np.concatenate(density), DENSITY_BINS)[0],
-        "ioi": np.histogram(np.concatenate(ioi), IOI_BINS)[0],
-        "duration": np.histogram(durations, DURATION_BINS)[0],
-        "polyphony": np.bincount(np.concatenate(polyphony), minlength=MAX_POLYPHONY + 1),
+def histograms(notes: Notes) -> dict[str, np.ndarray]:
+    """Each statistic's histogram of one performance (notes in 10 ms steps), in counts;
+    polyphony (notes sounding at once, 0 = silence) is weighted by time. A set's histogram
+    is the sum of its performances' (`features` normalises it)."""
+    counts = {
+        "pitch_class": np.bincount(notes.pitch % 12, minlength=12),
+        "velocity": np.bincount(velocity_bin(notes.velocity) - 1, minlength=32),
+        "note_density": np.zeros(len(DENSITY_BINS) - 1, np.int64),
+        "ioi": np.zeros(len(IOI_BINS) - 1, np.int64),
+        "duration": np.histogram((notes.end - notes.start) / STEPS_PER_SECOND, DURATION_BINS)[0],
+        "polyphony": np.zeros(MAX_POLYPHONY + 1, np.int64),
     }
-    return {k: v / max(1, v.sum()) for k, v in raw.items()}
+    if len(notes):  # e.g. a window of a continuation in which nothing was played
+        onsets = np.unique(notes.start)
+        counts["ioi"] = np.histogram(np.diff(onsets) / STEPS_PER_SECOND, IOI_BINS)[0]
+        windows = max(1, -(-int(notes.end.max()) // DENSITY_WINDOW))
+        onsets_per_window = np.bincount(notes.start // DENSITY_WINDOW, minlength=windows)
+        density = onsets_per_window / (DENSITY_WINDOW / STEPS_PER_SECOND)
+        counts["note_density"] = np.histogram(density, DENSITY_BINS)[0]
+        polyphony = np.minimum(sounding(notes), MAX_POLYPHONY)
+        counts["polyphony"] = np.bincount(polyphony, minlength=MAX_POLYPHONY + 1)
+    return counts
+
+
+def features(performances: list[Notes]) -> dict[str, np.ndarray]:
+    """Normalised histograms of a set of performances (`histograms`, summed)."""
+    found = histogram_table(performances)
+    return {k: _normalised(v.sum(axis=0)) for k, v in found.items()}
+
+
+def histogram_table(performances: list[Notes]) -> dict[str, np.ndarray]:
+    """Each statistic's histograms of the performances, one row each: (performances, bins)."""
+    rows = [histograms(p) for p in [Notes.empty(), *performances]]  # the empty set's shapes
+    return {k: np.stack([row[k] for row in rows[1:]] or [rows[0][k]]) for k in rows[0]}
+
+
+def _normalised(counts: np.ndarray) -> np.ndarray:
+    """Counts (..., bins) -> each histogram over its total (all zeros stays all zeros)."""
+    return counts / np.maximum(1, counts.sum(axis=-1, keepdims=True))
 
 
 # What `failures` counts, fixed so that every report counts the same things
@@ -99,3 +112,28 @@ def overlap(ours: list[Notes], theirs: list[Notes]) -> dict[str, float]:
     a, b = features(ours), features(theirs)
     found = {k: float(np.minimum(a[k], b[k]).sum()) for k in a}
     return {**found, "mean": float(np.mean(list(found.values())))}
+
+
+def resampled_overlap(
+    ours: list[Notes], theirs: list[Notes], weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """`overlap` of many resamplings of paired performances at once, for a bootstrap: row r
+    of `weights` (draws, performances) counts how often the r-th draw takes each pair."""
+    if len(ours) != len(theirs) or weights.shape[-1] != len(ours):
+        raise ValueError(
+            f"{len(ours)} and {len(theirs)} performances for weights of {weights.shape[-1]}"
+        )
+    a, b = histogram_table(ours), histogram_table(theirs)
+    found = {
+        k: np.minimum(_normalised(weights @ a[k]), _normalised(weights @ b[k])).sum(axis=1)
+        for k in a
+    }
+    return {**found, "mean": np.mean(list(found.values()), axis=0)}
+
+
+def bootstrap_weights(count: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, count): how often each of `count` items is drawn in each resampling with
+    replacement (the draws of `numpy.random.default_rng(seed)`, one resampling at a time)."""
+    rng = np.random.default_rng(seed)
+    draws = [np.bincount(rng.integers(0, count, count), minlength=count) for _ in range(samples)]
+    return np.stack(draws) if draws else np.zeros((0, count), np.int64)
