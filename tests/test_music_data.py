@@ -187,19 +187,43 @@ def test_windows_are_augmented_draws_of_the_context_length():
     assert len(stream) == 2 * (len(plain) + 2) and stream[0] == 389 and stream[-1] == 390
 
 
-def test_release_weight_weighs_the_releases_in_the_loss():
-    from seqgen_tasks.music.events import NOTE_OFF
+def test_release_weight_weighs_the_releases_made_while_three_or_more_notes_sound():
+    from seqgen_tasks.music.data import WEIGHTED_FROM_SOUNDING
+    from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, encode_notes
     from seqgen_tasks.music.task import MusicData
 
-    notes = Notes(np.arange(40, 60), np.arange(0, 200, 10), np.arange(25, 225, 10), np.full(20, 90))
-    ids = dict(block_size=64, bos_id=389, eos_id=390, pad_id=388, augment=False)
-    plain = PerformanceWindows([notes], **ids)[0]
-    assert "loss_mask" not in plain  # every target counts once: no weights to carry
-    item = PerformanceWindows([notes], **ids, release_weight=2.5)[0]
-    assert torch.equal(item["targets"], plain["targets"])
-    releases = (item["targets"] >= NOTE_OFF) & (item["targets"] < NOTE_OFF + 128)
-    assert releases.sum() > 0 and (~releases).sum() > 0
-    assert (item["loss_mask"][releases] == 2.5).all() and (item["loss_mask"][~releases] == 1).all()
+    # notes struck every 0.1 s, held 0.25 s or 0.45 s: two to five sound at once
+    held = np.where(np.arange(20) % 3 == 0, 45, 25)
+    notes = Notes(
+        np.arange(40, 60), np.arange(0, 200, 10), np.arange(0, 200, 10) + held, np.full(20, 90)
+    )
+    stream = [389, *encode_notes(notes).tolist(), 390]
+    open_notes, before = set(), []  # the notes sounding before each id, walked by hand
+    for event in stream:
+        before.append(len(open_notes))
+        if NOTE_ON <= event < NOTE_ON + 128:
+            open_notes.add(event - NOTE_ON)
+        elif NOTE_OFF <= event < NOTE_OFF + 128:
+            open_notes.discard(event - NOTE_OFF)
+    for block_size in (len(stream), 16):  # the whole performance; a window deep inside it
+        ids = dict(block_size=block_size, bos_id=389, eos_id=390, pad_id=388, augment=False)
+        windows = PerformanceWindows([notes], **ids)
+        last = len(windows) - 1
+        plain = windows[last]
+        assert "loss_mask" not in plain  # every target counts once: no weights to carry
+        item = PerformanceWindows([notes], **ids, release_weight=2.5)[last]
+        assert torch.equal(item["targets"], plain["targets"])
+        n = int((item["targets"] >= 0).sum())
+        offset = next(
+            k for k in range(len(stream)) if stream[k : k + n] == item["input_ids"][:n].tolist()
+        )
+        targets = item["targets"][:n]
+        releases = (targets >= NOTE_OFF) & (targets < NOTE_OFF + 128)
+        crowded = torch.tensor(before[offset + 1 : offset + 1 + n]) >= WEIGHTED_FROM_SOUNDING
+        assert (releases & crowded).sum() > 0 and (releases & ~crowded).sum() > 0
+        assert (item["loss_mask"][:n][releases & crowded] == 2.5).all()
+        assert (item["loss_mask"][:n][~(releases & crowded)] == 1).all()
+    assert offset > 0
     for bad in (0, -1, float("inf"), float("nan")):
         with pytest.raises(
             ConfigError, match=f"data.release_weight must be a number > 0, got {bad}"

@@ -31,11 +31,17 @@ from seqgen.shard_writer import default_num_proc
 from seqgen.state import TokenState
 from seqgen_tasks.music.events import STEPS_PER_SECOND, Notes, encode_notes, is_note_off, quantize
 from seqgen_tasks.music.splits import piece_of
+from seqgen_tasks.music.state import counts_after, sounding_counts
 
 log = logging.getLogger("seqgen")
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 ENCODING_VERSION = 1  # bump when the encoding changes: cached corpora are rebuilt
+# `release_weight` weighs a release only while at least this many notes sound: trained
+# plainly, a model gives releases the performers' probability where one or two notes sound
+# and too little from three on (benchmarks/music_releases.py on ASAP's dev), so weighing
+# every release over-predicts them in thin textures and shortens their notes
+WEIGHTED_FROM_SOUNDING = 3
 
 
 def find_midi(source: str) -> list[Path]:
@@ -233,7 +239,8 @@ class PerformanceWindows(Dataset):
     With a token `state`, each window carries the state after each input, computed from the
     performance's start (notes struck before the window are still sounding in it). With a
     `release_weight` other than 1, each window carries the weight of each target in the
-    loss (`loss_mask`): a release (NOTE_OFF) counts that many times any other event.
+    loss (`loss_mask`): a release (NOTE_OFF) made while WEIGHTED_FROM_SOUNDING or more
+    notes sound counts that many times any other event.
     """
 
     def __init__(
@@ -280,8 +287,12 @@ class PerformanceWindows(Dataset):
             states = self.state.window(ids[: offset + len(window) - 1], offset)
         out = padded_window(window, self.block_size, self.pad_id, states)
         if self.release_weight != 1.0:  # the loss's weight of each target
-            releases = is_note_off(out["targets"]).float()
-            out["loss_mask"] = 1.0 + (self.release_weight - 1.0) * releases
+            inputs = ids[offset : offset + len(window) - 1]
+            sounding = sounding_counts(inputs, counts_after(ids[:offset])).sum(axis=1)
+            weighed = np.zeros(self.block_size, bool)
+            weighed[: len(sounding)] = sounding >= WEIGHTED_FROM_SOUNDING
+            releases = is_note_off(out["targets"]) & torch.from_numpy(weighed)
+            out["loss_mask"] = 1.0 + (self.release_weight - 1.0) * releases.float()
         return out
 
 
