@@ -10,7 +10,9 @@ exceeds that of `all`, with a 95% interval.
 With `--baseline` (one per `--ckpt`: models trained another way, say for a shorter budget),
 each arm of the K-th `--ckpt` is also paired with the same arm of the K-th baseline on the
 same performances (`ARM_minus_baseline`): how much the change to the model moved the music,
-with the rules and without.
+with the rules and without; and each other arm with the baseline's `all`
+(`ARM_minus_baseline_all`): whether the changed model plays as well alone as the
+baseline does with the rules.
 
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
@@ -116,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arms = ["all", *args.arms]
     pairs: dict[str, list] = {f"{arm}_minus_all": [] for arm in args.arms}
     pairs.update({f"{arm}_minus_baseline": [] for arm in arms if args.baseline})
+    pairs.update({f"{arm}_minus_baseline_all": [] for arm in args.arms if args.baseline})
     models, baselines = [], []
     for k, ckpt in enumerate(args.ckpt):
         performances, played, figures = model_arms(ckpt, arms, args)
@@ -127,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             baselines.append(figures)
             for arm in arms:
                 pairs[f"{arm}_minus_baseline"].append((before[arm], played[arm]))
+            for arm in args.arms:
+                pairs[f"{arm}_minus_baseline_all"].append((before["all"], played[arm]))
     found = {key: paired_difference(pair, args.samples, args.seed) for key, pair in pairs.items()}
     report = write_report(
         args.report,

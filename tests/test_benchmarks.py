@@ -407,6 +407,10 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
             found["models"][0][f"mean_overlap_{arm}"] - found["baselines"][0][f"mean_overlap_{arm}"]
         )
         assert found[f"{arm}_minus_baseline"]["difference"] == pytest.approx(gap / 2)
+    # the model alone against the baseline with the rules
+    pair = (found["models"], found["baselines"])
+    gaps = [m["mean_overlap_valid"] - b["mean_overlap_all"] for m, b in zip(*pair, strict=True)]
+    assert found["valid_minus_baseline_all"]["difference"] == pytest.approx(sum(gaps) / 2)
     with pytest.raises(SystemExit):
         music_rules.main([*argv, "--baseline", runs[1]])  # one for each --ckpt
     options = argparse.Namespace(split="dev", quantiles=[])
