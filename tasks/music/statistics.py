@@ -60,8 +60,8 @@ def features(performances: list[Notes]) -> dict[str, np.ndarray]:
 
 def histogram_table(performances: list[Notes]) -> dict[str, np.ndarray]:
     """Each statistic's histograms of the performances, one row each: (performances, bins)."""
-    rows = [histograms(p) for p in [Notes.empty(), *performances]]  # the empty set's shapes
-    return {k: np.stack([row[k] for row in rows[1:]] or [rows[0][k]]) for k in rows[0]}
+    rows = [histograms(p) for p in performances or [Notes.empty()]]  # none: one empty row
+    return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
 
 def _normalised(counts: np.ndarray) -> np.ndarray:
