@@ -17,6 +17,7 @@ from seqgen.errors import ConfigError
 from seqgen.inference import load
 from seqgen_tasks.music.events import NOTE_OFF, NOTE_ON, TIME_SHIFT, Notes, decode_events
 from seqgen_tasks.music.generate import (
+    HOLD_QUANTILE,
     OCTAVES,
     VOCAB,
     MusicGenerate,
@@ -42,8 +43,9 @@ def test_hold_limits_are_each_octaves_quantile_of_the_training_notes():
     limits = hold_limits(songs)
     assert len(limits) == OCTAVES
     for octave, notes in ((5, duration[:400]), (3, duration[400:800])):
-        assert limits[octave] == round(np.quantile(notes, 0.85) / 100, 2)
-    overall = round(np.quantile(duration, 0.85) / 100, 2)  # too few notes: all notes' quantile
+        assert limits[octave] == round(np.quantile(notes, HOLD_QUANTILE) / 100, 2)
+    # an octave with too few notes gets the quantile of all the notes
+    overall = round(np.quantile(duration, HOLD_QUANTILE) / 100, 2)
     assert limits[8] == limits[0] == overall != limits[5]
     assert hold_limits(songs, 0.5)[5] == round(np.quantile(duration[:400], 0.5) / 100, 2)
     one_step = [Notes(np.full(60, 60), np.arange(60), np.arange(60) + 1, np.full(60, 64))]

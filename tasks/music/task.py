@@ -68,15 +68,16 @@ class MusicData:
     NLL on ASAP 2.69 against 2.74-2.76 with the pitches alone, on POP909 2.51 against
     2.60-2.61). `none`: nothing, for a model that must export to Hugging Face GPT-2. It
     sets the model's state_size, so it is chosen when a model is made."""
-    release_weight: float = 1.0
+    release_weight: float = 2.0
     """How many times a release (NOTE_OFF) made while three or more notes sound counts in
     the training loss against any other event. A model trained at 1 gives releases their
     share while one or two notes sound but too little as more do, so alone (`--rules
-    valid`) it piles its chords up; at 2 it ends its notes by itself (dev, three models
-    each: mean overlap alone on ASAP 0.855 against 0.700, on POP909 0.845 against 0.836)
-    at a cost in likelihood (dev NLL 0.04-0.05 nats per event higher), but with the rules
-    (`--rules all`, the default) it played worse on POP909's dev songs (-0.029). The
-    recipes keep 1; docs/benchmarks.md has the measurements."""
+    valid`) it piles its chords up and leans on the hold limits of `--rules all`. At 2 it
+    ends its notes by itself: on the dev splits (three models each, paired), alone it
+    played as the models at 1 did with the rules on POP909 (-0.002 [-0.021, +0.016] in
+    mean overlap) and better on ASAP (+0.057 [+0.039, +0.067]), at a cost in likelihood
+    (dev NLL 0.04-0.05 nats per event higher; 1 for a likelihood to compare with others').
+    docs/benchmarks.md has the measurements."""
 
     def __post_init__(self) -> None:
         if not 0 < self.release_weight < math.inf:
