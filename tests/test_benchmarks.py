@@ -25,6 +25,7 @@ from benchmarks import serve as serve_benchmark
 from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
 from seqgen.cpu import KERNELS
+from seqgen_tasks.music.generate import HOLD_QUANTILE
 
 TINY = {
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0},
@@ -418,9 +419,10 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
         music_rules.model_arms(runs[0], ["all"], options, compared_with=[])  # another split
     # hold limits at other quantiles of the training notes; at the stored one, all itself
     argv[argv.index("--report") + 1] = str(quantiles := tmp_path / "quantiles.json")
-    assert music_rules.main([*argv, "--arms", "--quantiles", "0.5", "0.85"]) == 0
+    stored = f"{HOLD_QUANTILE:g}"
+    assert music_rules.main([*argv, "--arms", "--quantiles", "0.5", stored]) == 0
     found = report_of(quantiles)
-    assert found["hold_quantile_0.85_minus_all"]["difference"] == 0.0
+    assert found[f"hold_quantile_{stored}_minus_all"]["difference"] == 0.0
     assert "hold_quantile_0.5_minus_all" in found and "valid_minus_all" not in found
     with pytest.raises(SystemExit):
         music_rules.main([*argv, "--arms"])  # nothing to compare
