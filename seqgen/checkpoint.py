@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +284,8 @@ def load(path: str | Path, task: str | None = None, map_location: str = "cpu") -
     load_weights_into(model, read_weights(directory), directory / WEIGHTS_FILE)
     model.to(map_location).eval()
     return Checkpoint(model, load_tokenizer(directory), meta, directory)
+
+
+def jsonable(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (stored in checkpoints)."""
+    return json.loads(json.dumps(asdict(cfg), default=str))

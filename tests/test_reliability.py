@@ -207,6 +207,26 @@ def test_model_settings_a_checkpoint_overrides_are_named(corpus_file, tmp_path, 
     assert "which brings its own model: model.n_embd 64 given, 32 in the checkpoint" in caplog.text
 
 
+def test_resuming_with_other_data_options_names_each_in_a_warning(corpus_file, tmp_path, caplog):
+    run = tmp_path / "run"
+    assert pretrain(corpus_file, run, "--train.max_steps", "10")[0] == 0
+    for saved in (run / "checkpoints").glob("*/config.json"):  # whichever `last` resumes
+        meta = json.loads(saved.read_text())
+        del meta["run_config"]["data"]["text_field"]  # as a run from before the option existed
+        saved.write_text(json.dumps(meta))
+    moved = ["--data.val_fraction", "0.2"]
+    code, _ = pretrain(corpus_file, run, "--train.max_steps", "15", "--resume", "last", *moved)
+    assert code == 0
+    assert "with other data options: data.val_fraction 0.2 given, 0.1 when the run started; " in (
+        caplog.text
+    )
+    assert "data.text_field 'text' given, not recorded" in caplog.text
+    assert "data.source" not in caplog.text  # the same as when the run started
+    caplog.clear()
+    assert pretrain(corpus_file, tmp_path / "again", "--train.max_steps", "5", *moved)[0] == 0
+    assert "other data options" not in caplog.text  # a new run has nothing to differ from
+
+
 def test_a_budget_inside_the_warmup_is_a_warning(corpus_file, tmp_path, caplog):
     code, _ = pretrain(
         corpus_file, tmp_path / "run", "--train.max_steps", "5", "--train.warmup_steps", "8"

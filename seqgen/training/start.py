@@ -87,6 +87,28 @@ class RunStart:
                 f"set the task's data options as the checkpoint was trained ({trained})"
             )
 
+    def check_data_settings(self, task: Task) -> None:
+        """A resumed run trains on with the task's data options as given now; each that
+        differs from what the run started with (a moved corpus, or a default that changed
+        since) is named in a warning, as is one the run did not record (it started before
+        the option existed)."""
+        if self.resume_from is None:
+            return
+        started = (self.meta.get("run_config") or {}).get("data")
+        if not isinstance(started, dict):
+            return
+        given = ckpt.jsonable(task.data)
+        differs = [
+            f"data.{key} {value!r} given, "
+            + (f"{started[key]!r} when the run started" if key in started else "not recorded")
+            for key, value in given.items()
+            if key not in started or started[key] != value
+        ]
+        if differs:
+            log.warning(
+                "resuming %s with other data options: %s", self.resume_from, "; ".join(differs)
+            )
+
     def check_model_settings(self) -> None:
         """A checkpoint brings its own model: model settings given that differ from it are an
         error when resuming a run trained from scratch (they made its model), and named in a

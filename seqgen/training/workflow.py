@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +87,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
     task = task_class(cfg.task)(cfg.data, start.block_size)
     generation = recipe_defaults(cfg.generation, task.generation_defaults())
     start.check_task(task)
+    start.check_data_settings(task)
     splits = task.load()
     model, tokenizer, started_from = start.model(task, splits)
     vocab_before = tokenizer.vocab_size
@@ -113,7 +113,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
             "task_options": {**task.options(), **task.learned_options(splits)},
             "generation": generation,
             "init_from": started_from,
-            "run_config": jsonable(replace(cfg, model=model.config)),
+            "run_config": ckpt.jsonable(replace(cfg, model=model.config)),
         },
         model=model,
     )
@@ -142,7 +142,7 @@ def run(cfg: RunConfig, report_path: str | None = None) -> dict[str, Any]:
         wall_seconds=time.perf_counter() - started,
         vocab_size=tokenizer.vocab_size,
         model=model.config.to_dict(),
-        train=jsonable(cfg.train),
+        train=ckpt.jsonable(cfg.train),
         train_examples=len(splits.train),
         val_examples=len(splits.val),
         init_from=started_from,
@@ -236,8 +236,3 @@ def fit_and_validate(
         "precision": trainer.precision,
         "checkpoint": str(out_dir / "final"),
     }
-
-
-def jsonable(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as plain JSON values (stored in checkpoints)."""
-    return json.loads(json.dumps(asdict(cfg), default=str))
