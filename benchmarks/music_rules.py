@@ -14,11 +14,17 @@ with the rules and without; and each other arm with the baseline's `all`
 (`ARM_minus_baseline_all`): whether the changed model plays as well alone as the
 baseline does with the rules.
 
+With `--performances_of C`, every model plays the `--split` performances of checkpoint C
+instead of its own: models trained on other data (say, two corpora together) scored on
+the same performances as the models of one corpus.
+
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
         --report runs/bench/music_rules_pop909.json
     python -m benchmarks.music_rules --ckpt ... --arms --quantiles 0.9 0.93 0.98
     python -m benchmarks.music_rules --ckpt runs/long/seed1 --baseline runs/short/seed1 ...
+    python -m benchmarks.music_rules --ckpt runs/both/seed1 --baseline runs/asap/seed1 \
+        --performances_of runs/asap/seed1 ...
 """
 
 from __future__ import annotations
@@ -60,18 +66,28 @@ def fingerprint(performances: list) -> list[bytes]:
     return [notes.pitch.tobytes() + notes.start.tobytes() for notes in performances]
 
 
+def split_performances(ckpt: str, split: str) -> list:
+    """The `split` performances of the data `ckpt` trained with."""
+    return held_out(MusicEval(ckpt=ckpt, split=split), load(ckpt, task="music"))[0]
+
+
 def model_arms(
-    ckpt: str, arms: list[str], args: argparse.Namespace, compared_with: list | None = None
+    ckpt: str,
+    arms: list[str],
+    args: argparse.Namespace,
+    compared_with: list | None = None,
+    performances: list | None = None,
 ) -> tuple[list, dict, dict]:
-    """The checkpoint's held-out performances, what it played in each arm (`all` first) and
-    its figures. With `compared_with` (another model's held-out performances) a different
-    split is refused before anything is played."""
+    """The performances played (`performances`, else the checkpoint's own held-out ones),
+    what it played in each arm (`all` first) and its figures. With `compared_with` (another
+    model's performances) a different split is refused before anything is played."""
     generator = load(ckpt, task="music")
-    performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
+    if performances is None:
+        performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
     if compared_with is not None and fingerprint(performances) != fingerprint(compared_with):
         raise SystemExit(
             f"{ckpt} holds out other {args.split} performances than the model it is compared "
-            "with: compare models trained on one split"
+            "with: compare models trained on one split, or give --performances_of"
         )
     train = recorded_task(generator).performances(["train"])["train"] if args.quantiles else None
     played = {arm: play_arm(generator, performances, arm, args, train) for arm in arms}
@@ -106,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="a checkpoint each --ckpt is compared with, arm by arm, in order",
     )
+    parser.add_argument(
+        "--performances_of",
+        help="a checkpoint whose --split performances every model plays (default: each its own)",
+    )
     parser.add_argument("--report", help="JSON report")
     args = parse_args(parser, argv)
     if any(not 0 < q <= 1 for q in args.quantiles):
@@ -120,13 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs.update({f"{arm}_minus_baseline": [] for arm in arms if args.baseline})
     pairs.update({f"{arm}_minus_baseline_all": [] for arm in args.arms if args.baseline})
     models, baselines = [], []
+    shared = split_performances(args.performances_of, args.split) if args.performances_of else None
     for k, ckpt in enumerate(args.ckpt):
-        performances, played, figures = model_arms(ckpt, arms, args)
+        performances, played, figures = model_arms(ckpt, arms, args, performances=shared)
         models.append(figures)
         for arm in args.arms:
             pairs[f"{arm}_minus_all"].append((played["all"], played[arm]))
         if args.baseline:
-            _, before, figures = model_arms(args.baseline[k], arms, args, performances)
+            _, before, figures = model_arms(
+                args.baseline[k], arms, args, performances, performances=shared
+            )
             baselines.append(figures)
             for arm in arms:
                 pairs[f"{arm}_minus_baseline"].append((before[arm], played[arm]))
@@ -135,7 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = {key: paired_difference(pair, args.samples, args.seed) for key, pair in pairs.items()}
     report = write_report(
         args.report,
-        {"split": args.split, "models": models, "baselines": baselines, **found, "seed": args.seed},
+        {
+            "split": args.split,
+            "performances_of": args.performances_of,
+            "models": models,
+            "baselines": baselines,
+            **found,
+            "seed": args.seed,
+        },
     )
     print(
         f"\nmean overlap, paired over {models[0]['performances']} {args.split} "

@@ -417,6 +417,27 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     options = argparse.Namespace(split="dev", quantiles=[])
     with pytest.raises(SystemExit, match="holds out other dev performances"):
         music_rules.model_arms(runs[0], ["all"], options, compared_with=[])  # another split
+    # a model trained on other songs, compared on the first models' dev performances
+    others = tmp_path / "others"
+    for i in range(6):
+        write_song(others / f"{i:02d}.mid", shift=10 + i)
+    other_argv = ["--config", recipe, "--models", "1", "--out", str(tmp_path / "other")]
+    other_argv += ["--prompt_seconds", "3", "--seconds", "4", "--report", str(tmp_path / "o.json")]
+    assert music_recipe.main([*other_argv, "--", "--data.train", str(others)]) == 0
+    other = str(tmp_path / "other" / "seed1")
+    assert music_rules.fingerprint(music_rules.split_performances(other, "dev")) != (
+        music_rules.fingerprint(music_rules.split_performances(runs[0], "dev"))
+    )
+    with pytest.raises(SystemExit, match="give --performances_of"):
+        music_rules.main([*argv[:2], *argv[4:], "--baseline", other])
+    argv[argv.index("--report") + 1] = str(shared := tmp_path / "shared.json")
+    assert (
+        music_rules.main([*argv[:2], *argv[4:], "--baseline", other, "--performances_of", runs[0]])
+        == 0
+    )
+    found = report_of(shared)
+    assert found["performances_of"] == runs[0] and found["baselines"][0]["ckpt"] == other
+    assert "all_minus_baseline" in found
     # hold limits at other quantiles of the training notes; at the stored one, all itself
     argv[argv.index("--report") + 1] = str(quantiles := tmp_path / "quantiles.json")
     stored = f"{HOLD_QUANTILE:g}"
