@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import pretty_midi
 import pytest
 import torch
 import yaml
@@ -18,6 +20,7 @@ from benchmarks import (
     music_recipe,
     music_releases,
     music_rules,
+    music_splits,
     nanogpt,
     summarization_wikisum,
 )
@@ -26,6 +29,7 @@ from benchmarks import translation_multi30k as translation
 from benchmarks.common import RECIPES
 from seqgen.cpu import KERNELS
 from seqgen_tasks.music.generate import HOLD_QUANTILE
+from seqgen_tasks.music.splits import HELD_OUT
 
 TINY = {
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0},
@@ -687,3 +691,55 @@ def test_music_releases_counts_the_notes_sounding_and_the_mass_on_their_releases
     bins = music_releases.by_sounding(rows)
     assert [b["events"] for b in bins[:3]] == [1, 6, 0] and bins[1]["released"] == 0.5
     assert bins[2]["p_release"] is None  # no event in it
+
+
+def write_lengths(path, seconds: float, notes: int = 20) -> None:
+    """A take whose notes all last `seconds`, one every half second (never more than two
+    sounding)."""
+    midi, piano = pretty_midi.PrettyMIDI(), pretty_midi.Instrument(0)
+    piano.notes += [pretty_midi.Note(80, 60 + n % 12, n / 2, n / 2 + seconds) for n in range(notes)]
+    midi.instruments.append(piano)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.write(str(path))
+
+
+def test_music_splits_compares_random_draws_of_pieces_and_reads_test_once(tmp_path, capsys):
+    from seqgen_tasks.music.splits import split_of
+
+    names = [f"piece{i}" for i in range(300)]
+    train = [n for n in names if split_of(n) == "train"][:9]
+    dev = next(n for n in names if split_of(n) == "dev")
+    test = next(n for n in names if split_of(n) == "test")
+    for k, piece in enumerate([*train, dev, test]):
+        write_lengths(tmp_path / "corpus" / piece / "take.mid", 0.1 * (k + 1))
+    assert music_splits.median_length(np.array([0, 3, 1, 5])) == 0.03  # 1 1 1 2 3 3 3 3 3
+    table, splits = music_splits.piece_table(str(tmp_path / "corpus"), HELD_OUT)
+    assert splits == {**dict.fromkeys(train, "train"), dev: "dev", test: "test"}
+    same = music_splits.compare(table, train[:2], train[:2])
+    assert same == {
+        "duration_overlap": 1.0,
+        "mean_overlap": 1.0,
+        "median_note_gap": 0.0,
+        "crowded_gap": 0.0,
+    }
+    apart = music_splits.compare(table, [train[0]], [train[3]])
+    assert apart["median_note_gap"] == pytest.approx(0.3) and apart["duration_overlap"] < 0.5
+    out = tmp_path / "splits.json"
+    argv = ["--data", str(tmp_path / "corpus"), "--sizes", "2", "4", "--against", "3"]
+    assert music_splits.main([*argv, "--draws", "20", "--report", str(out)]) == 0
+    report = report_of(out)
+    assert report["pieces"] == 10 and sorted(report["sizes"]) == ["2", "4"]  # never the test
+    gaps = report["sizes"]["2"]["median_note_gap"]
+    assert 0 < gaps["q50"] <= gaps["q95"] <= 0.9  # lengths 0.1-1.0 s
+    assert report["dev_vs_test"]["median_note_gap"] == pytest.approx(0.1)  # 1.0 s and 1.1 s
+    assert "| 4 vs 3 " in capsys.readouterr().out
+    # a corpus that brings its test: every piece of --data may be drawn, and the test's read
+    write_lengths(tmp_path / "valid" / "other" / "take.mid", 2.0)
+    argv += ["--test", str(tmp_path / "valid"), "--report", str(out)]
+    assert music_splits.main([*argv, "--draws", "5"]) == 0
+    report = report_of(out)
+    assert report["pieces"] == 11 and report["test_pieces"] == 1
+    assert report["dev_pieces"] == 2  # all 10% held out goes to dev: 1.0 s and 1.1 s notes
+    assert report["dev_vs_test"]["median_note_gap"] == pytest.approx(0.9)  # against 2.0 s
+    with pytest.raises(SystemExit, match="too few"):
+        music_splits.main([*argv, "--sizes", "9"])

@@ -55,7 +55,7 @@ def histograms(notes: Notes) -> dict[str, np.ndarray]:
 def features(performances: list[Notes]) -> dict[str, np.ndarray]:
     """Normalised histograms of a set of performances (`histograms`, summed)."""
     found = histogram_table(performances)
-    return {k: _normalised(v.sum(axis=0)) for k, v in found.items()}
+    return {k: normalised(v.sum(axis=0)) for k, v in found.items()}
 
 
 def histogram_table(performances: list[Notes]) -> dict[str, np.ndarray]:
@@ -64,7 +64,7 @@ def histogram_table(performances: list[Notes]) -> dict[str, np.ndarray]:
     return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
 
-def _normalised(counts: np.ndarray) -> np.ndarray:
+def normalised(counts: np.ndarray) -> np.ndarray:
     """Counts (..., bins) -> each histogram over its total (all zeros stays all zeros)."""
     return counts / np.maximum(1, counts.sum(axis=-1, keepdims=True))
 
@@ -125,8 +125,7 @@ def resampled_overlap(
         )
     a, b = histogram_table(ours), histogram_table(theirs)
     found = {
-        k: np.minimum(_normalised(weights @ a[k]), _normalised(weights @ b[k])).sum(axis=1)
-        for k in a
+        k: np.minimum(normalised(weights @ a[k]), normalised(weights @ b[k])).sum(axis=1) for k in a
     }
     return {**found, "mean": np.mean(list(found.values()), axis=0)}
 
