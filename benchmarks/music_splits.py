@@ -24,7 +24,7 @@ from benchmarks.common import parse_args, write_report
 from seqgen.tables import markdown_table
 from seqgen_tasks.music.data import load_corpus
 from seqgen_tasks.music.events import STEPS_PER_SECOND
-from seqgen_tasks.music.splits import HELD_OUT, split_of
+from seqgen_tasks.music.splits import HELD_OUT, assign
 from seqgen_tasks.music.statistics import CROWDED_NOTES, histogram_table, normalised, sounding
 
 LONGEST = 60 * STEPS_PER_SECOND  # note lengths counted in 10 ms steps up to a minute
@@ -54,7 +54,7 @@ def piece_table(source: str, held: Collection[str]) -> tuple[dict[str, dict], di
                 [sum(len(s) for s in steps), sum((s > CROWDED_NOTES).sum() for s in steps)]
             ),
         }
-    return table, {piece: split_of(piece, held) for piece in table}
+    return table, dict(zip(table, assign(list(table), held, source), strict=True))
 
 
 def median_length(counts: np.ndarray) -> float:
