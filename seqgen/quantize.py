@@ -2,18 +2,25 @@
 head's too, as int8 with one scale per output channel; the activations stay fp32 or bf16.
 
 Decoding one token reads every weight once, so a quarter of fp32's bytes could make it up to
-4x faster. PyTorch's own CPU kernel for this (`aten._weight_int8pack_mm`, which gpt-fast and
-torchao use) ran 3x *slower* than fp32 on an Intel Xeon with AMX; a product that converts the
-int8 weights inside the reduction, compiled by TorchInductor, ran faster. Which one wins
+4x faster, if the product takes the int8 weights as fast as memory brings them. PyTorch's own
+CPU kernel (`aten._weight_int8pack_mm`, which gpt-fast and torchao use) ran 3x *slower* than
+fp32 on an Intel Xeon with AMX; a product that converts the weights to float inside its sum,
+compiled by TorchInductor, ran faster there, but on an AMD Zen 4 a core converted them at
+11 GB/s, below what memory gives. seqgen's own product (`kernels/int8_product.cpp`) keeps the
+weights integers and turns each row of activations into integers instead, exactly enough to
+stand for fp32 (see the file), and multiplies them by 16-bit integer dot products: on the
+Zen 4 it read the weights at 27 GB/s against 20 for the compiled one. Which kernel wins
 depends on the CPU, so `quantize_int8` times the candidates on the model's own shapes when it
-loads and keeps the fastest. Inputs of many rows (a prompt's prefill, evaluation windows)
-are compute-bound: there the weights are converted back and multiplied by the usual kernel.
+loads and keeps the fastest. Inputs of many rows (a prompt's prefill, evaluation windows) are
+compute-bound: there the weights are converted back and multiplied by the usual kernel.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import get_args
 
 import torch
@@ -33,7 +40,8 @@ from seqgen.devices import Quantize
 log = logging.getLogger("seqgen")
 FEW_ROWS = 16  # inputs of at most this many rows take the timed int8 kernel
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantize)
-KERNELS = ("fused", "int8pack", "dequantized")  # the candidates, in the order they are tried
+# the candidates, in the order they are tried
+KERNELS = ("integer", "fused", "int8pack", "dequantized")
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,6 +53,34 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.
 
 
 FUSED_PRODUCT = CompiledProduct(_fused)
+
+
+def _integer(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N) by integer dot products."""
+    rows = x.float().contiguous()
+    y = torch.empty(rows.shape[0], weight.shape[0])
+    _integer_build()(y, weight, rows, scale.float(), rows.shape[0], *weight.shape)
+    return y.to(x.dtype)
+
+
+@functools.cache
+def _integer_build() -> Callable[..., None] | None:
+    """`kernels/int8_product.cpp` built for this CPU (cached on disk by TorchInductor: about
+    3 s the first time), or None where it cannot be built."""
+    try:
+        from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+        source = (Path(__file__).parent / "kernels" / "int8_product.cpp").read_text()
+        argtypes = ["float*", "const int8_t*", "const float*", "const float*"]
+        return CppPythonBindingsCodeCache.load_pybinding(argtypes + ["const int64_t"] * 3, source)
+    except Exception as err:  # no compiler, or a torch whose Inductor lacks this cache
+        log.info("no integer int8 product here (%s: %s)", type(err).__name__, err)
+        return None
+
+
+def integer_kernel(device: torch.device) -> Kernel | None:
+    """seqgen's C++ int8 product for `device` (CPUs only), or None where it cannot be built."""
+    return _integer if device.type == "cpu" and _integer_build() is not None else None
 
 
 def _int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -86,11 +122,13 @@ class Int8Linear(nn.Module):
 
 
 def candidate_kernels(device: torch.device, compiled: bool = True) -> dict[str, Kernel]:
-    """The int8 kernels that can run here: with `compiled`, the fused product where
-    TorchInductor can build it (on a CPU it needs a C++ compiler; the first build costs about
-    20 s, cached on disk for later processes); PyTorch's int8 kernel; and converting the
-    weight back, which always works."""
+    """The int8 kernels that can run here: with `compiled`, seqgen's C++ product and the fused
+    one where TorchInductor can build them on a CPU (they need a C++ compiler; the first
+    builds cost about 3 and 20 s, cached on disk for later processes); PyTorch's int8 kernel;
+    and converting the weight back, which always works."""
     found: dict[str, Kernel] = {}
+    if compiled and (integer := integer_kernel(device)) is not None:
+        found["integer"] = integer
     if compiled and compiled_available(device.type):
         found["fused"] = FUSED_PRODUCT
     probe = (torch.randn(2, 64, device=device), torch.ones(32, 64, dtype=torch.int8, device=device))
@@ -103,11 +141,35 @@ def candidate_kernels(device: torch.device, compiled: bool = True) -> dict[str, 
     return found
 
 
+def computes_the_product(kernel: Kernel, layers: list[Int8Linear], dtype: torch.dtype) -> bool:
+    """Whether `kernel` gives what converting the weights back gives, for one row of `dtype`
+    through each of `layers`: a kernel is checked on the model's own widths before it is used.
+    PyTorch's int8 kernel in bf16, at widths that are not a multiple of 16, read past the row
+    (NaN, infinities, wrong sums, once a crash; torch 2.13 on an AMD Zen 4): it is not run
+    there."""
+    unsafe_widths = any(layer.in_features % 16 for layer in layers)
+    if kernel is _int8pack and dtype != torch.float32 and unsafe_widths:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    for layer in layers:
+        x = torch.randn(1, layer.in_features, generator=generator).to(layer.weight.device, dtype)
+        expected = _dequantized(x.float(), layer.weight, layer.scale.float())
+        found = kernel(x, layer.weight, layer.scale).float()
+        tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+        if not (found - expected).abs().max() <= tolerance * expected.abs().max().clamp(min=1):
+            return False
+    return True
+
+
 def fastest_kernel(layers: list[Int8Linear], dtype: torch.dtype) -> tuple[str, Kernel]:
     """The kernel (its name, itself) that runs a decoding step's products (`layers`: one block's
-    Linears and the head) fastest on this machine at one row, timed in turns."""
+    Linears and the head) fastest on this machine at one row, timed in turns, among those
+    that compute the product right for these layers."""
     device = layers[0].weight.device
     kernels = candidate_kernels(device)
+    for name in [name for name, k in kernels.items() if not computes_the_product(k, layers, dtype)]:
+        log.warning("quantize int8: the %s kernel computes wrong products here: not used", name)
+        del kernels[name]
     if len(kernels) == 1:
         return next(iter(kernels.items()))
     inputs = [torch.randn(1, layer.in_features, dtype=dtype, device=device) for layer in layers]
@@ -135,9 +197,11 @@ def quantize_int8(model: nn.Module, kernel: str | None = None) -> str:
     if kernel is None:
         chosen, run = fastest_kernel(step_sample(layers), parameter.dtype)
     else:
-        found = candidate_kernels(parameter.device, compiled=kernel == "fused")
+        found = candidate_kernels(parameter.device, compiled=kernel in ("integer", "fused"))
         if kernel not in found:
             raise ValueError(f"quantize int8: no {kernel} kernel here (found {', '.join(found)})")
+        if not computes_the_product(found[kernel], step_sample(layers), parameter.dtype):
+            raise ValueError(f"quantize int8: the {kernel} kernel computes wrong products here")
         chosen, run = kernel, found[kernel]
     for (module, name, _), layer in zip(linears, layers, strict=True):
         layer.kernel = run

@@ -102,6 +102,7 @@ def test_the_package_builds_as_a_wheel_and_an_sdist(tmp_path):
         "seqgen/model.py",
         "seqgen/assets/serve.html",
         "seqgen/assets/shakespeare_sample.txt",
+        "seqgen/kernels/int8_product.cpp",  # built at load by --quantize int8
         "seqgen_tasks/music/pins/pop909.json",
         "seqgen_tasks/music/pins/asap.json",
         f"seqgen-{version}.dist-info/licenses/LICENSE",
@@ -114,7 +115,13 @@ def test_the_package_builds_as_a_wheel_and_an_sdist(tmp_path):
     (sdist,) = (tmp_path / "dist").glob(f"seqgen-{version}.tar.gz")
     with tarfile.open(sdist) as tar:
         members = {m.split("/", 1)[1] for m in tar.getnames() if "/" in m}
-    assert {"LICENSE", "README.md", "pyproject.toml", "tasks/music/pins/asap.json"} <= members
+    assert {
+        "LICENSE",
+        "README.md",
+        "pyproject.toml",
+        "tasks/music/pins/asap.json",
+        "seqgen/kernels/int8_product.cpp",
+    } <= members
 
 
 @pytest.mark.slow

@@ -14,9 +14,18 @@ from helpers import reference_greedy
 import seqgen
 from seqgen.cli import main
 from seqgen.generation.engine import generate
-from seqgen.quantize import FEW_ROWS, KERNELS, Int8Linear, candidate_kernels, quantize_int8
+from seqgen.quantize import (
+    FEW_ROWS,
+    KERNELS,
+    Int8Linear,
+    candidate_kernels,
+    integer_kernel,
+    quantize_int8,
+)
 
 EAGER = candidate_kernels(torch.device("cpu"), compiled=False)
+INTEGER = integer_kernel(torch.device("cpu"))  # built in seconds: tested in the fast tier
+CHEAP = EAGER if INTEGER is None else {**EAGER, "integer": INTEGER}
 # the compiled kernel costs its first use about 20 s: its tests are in the slow tier
 ALL_KERNELS = [pytest.param(n, marks=pytest.mark.slow) if n == "fused" else n for n in KERNELS]
 
@@ -43,23 +52,26 @@ def test_int8_weights_round_trip_within_half_a_step():
 @pytest.mark.parametrize("name", ALL_KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_kernel_is_the_product_of_the_dequantized_weight(name, dtype):
-    kernels = candidate_kernels(torch.device("cpu")) if name == "fused" else EAGER
+    kernels = candidate_kernels(torch.device("cpu")) if name == "fused" else CHEAP
     if name not in kernels:
         pytest.skip(f"no {name} kernel on this machine")
-    layer = linear()
-    quantized = Int8Linear(layer.weight, layer.bias, kernels[name]).to(dtype)
-    for shape in [(1, 48), (2, 3, 48), (FEW_ROWS + 1, 48)]:  # the last takes the many-row path
-        x = torch.randn(*shape).to(dtype)
-        expected = F.linear(x.float(), quantized.dequantized_weight(), layer.bias.detach())
-        found = quantized(x)
-        assert found.shape == (*shape[:-1], 40) and found.dtype == dtype
-        tolerance = 1e-4 if dtype == torch.float32 else 3e-2
-        assert torch.allclose(found.float(), expected, rtol=tolerance, atol=tolerance), name
+    for n_in in (48, 150):  # 150: whole blocks of vectors and a part of one
+        if name == "int8pack" and dtype == torch.bfloat16 and n_in % 16:
+            continue  # it reads past the row there (`computes_the_product` keeps it out)
+        layer = linear(n_in)
+        quantized = Int8Linear(layer.weight, layer.bias, kernels[name]).to(dtype)
+        for rows in [(1,), (2, 3), (FEW_ROWS + 1,)]:  # the last takes the many-row path
+            x = torch.randn(*rows, n_in).to(dtype)
+            expected = F.linear(x.float(), quantized.dequantized_weight(), layer.bias.detach())
+            found = quantized(x)
+            assert found.shape == (*rows, 40) and found.dtype == dtype
+            tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+            assert torch.allclose(found.float(), expected, rtol=tolerance, atol=tolerance), name
 
 
-@pytest.mark.parametrize("kernel", ["dequantized", "int8pack"])
+@pytest.mark.parametrize("kernel", ["dequantized", "int8pack", "integer"])
 def test_a_quantized_model_decodes_as_its_full_forward_and_close_to_fp32(model, kernel):
-    if kernel not in EAGER:
+    if kernel not in CHEAP:
         pytest.skip(f"no {kernel} kernel in this torch")
     quantized = copy.deepcopy(model)
     assert quantize_int8(quantized, kernel) == kernel
@@ -97,3 +109,54 @@ def test_the_commands_and_seqgen_load_take_quantize(text_ckpt, corpus_file, tmp_
         assert main([*evaluate, "--quantize", quantize, "--report", str(report)]) == 0
         reports[quantize] = json.loads(report.read_text())["bits_per_byte"]
     assert reports["int8"] == pytest.approx(reports["none"], rel=0.01)
+
+
+def test_a_kernel_that_computes_wrong_products_is_never_used(model, monkeypatch, caplog):
+    from seqgen import quantize
+
+    def broken(x, weight, scale):  # as PyTorch's int8 kernel did in bf16 at some widths
+        return torch.full((x.shape[0], weight.shape[0]), float("nan"), dtype=x.dtype)
+
+    found = {"broken": broken, "dequantized": EAGER["dequantized"]}
+    monkeypatch.setattr(quantize, "candidate_kernels", lambda *args, **kwargs: dict(found))
+    assert quantize_int8(copy.deepcopy(model)) == "dequantized"
+    assert "the broken kernel computes wrong products here: not used" in caplog.text
+    with pytest.raises(ValueError, match="the broken kernel computes wrong products here"):
+        quantize_int8(copy.deepcopy(model), "broken")
+
+
+def test_pytorch_int8_kernel_is_not_run_in_bf16_at_widths_it_reads_past():
+    if "int8pack" not in EAGER:
+        pytest.skip("no int8pack kernel in this torch")
+    from seqgen.quantize import computes_the_product
+
+    def layer(n_in):
+        return Int8Linear(linear(n_in).weight, None, EAGER["int8pack"])
+
+    for n_in in (24, 40, 150):  # wrong sums, NaN or a crash on an AMD Zen 4 (torch 2.13)
+        assert not computes_the_product(EAGER["int8pack"], [layer(n_in)], torch.bfloat16)
+    assert computes_the_product(EAGER["int8pack"], [layer(48), layer(64)], torch.bfloat16)
+    assert computes_the_product(EAGER["int8pack"], [layer(150)], torch.float32)
+
+
+def test_the_integer_kernel_is_as_exact_as_fp32_and_never_overflows():
+    """It turns activations into integers (29 bits of a row's largest value) and sums in
+    32-bit blocks: rows with outliers lose no more than an fp32 product does, and the largest
+    sums possible (every weight 127, every value alike, long rows) come out right."""
+    if INTEGER is None:
+        pytest.skip("no C++ compiler for the integer kernel")
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-127, 128, (5, 768), dtype=torch.int8, generator=generator)
+    outliers = torch.tensor([[300.0, 1e-3, -2e-3, 0.5] * 192])
+    exact = outliers.double() @ weight.double().t()
+    error = (INTEGER(outliers, weight, torch.ones(5)).double() - exact).abs().max()
+    assert error <= (outliers @ weight.float().t() - exact).abs().max() + 1e-6
+    for width in (511, 512, 513, 20000):
+        x = torch.stack([torch.full((width,), 0.99997), torch.full((width,), -0.7)])
+        x[1, 0] = -1.0  # the row's largest value is another
+        largest = torch.stack([torch.full((width,), 127), torch.full((width,), -127)]).to(
+            torch.int8
+        )
+        exact = x.double() @ largest.double().t()
+        found = INTEGER(x, largest, torch.ones(2)).double()
+        assert ((found - exact).abs() / exact.abs()).max() < 1e-6, width
