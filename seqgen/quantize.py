@@ -58,7 +58,7 @@ FUSED_PRODUCT = CompiledProduct(_fused)
 def _integer(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N) by integer dot products."""
     rows = x.float().contiguous()
-    y = torch.empty(rows.shape[0], weight.shape[0])
+    y = torch.empty(rows.shape[0], weight.shape[0], dtype=torch.float32)
     _integer_build()(y, weight, rows, scale.float(), rows.shape[0], *weight.shape)
     return y.to(x.dtype)
 

@@ -160,3 +160,9 @@ def test_the_integer_kernel_is_as_exact_as_fp32_and_never_overflows():
         exact = x.double() @ largest.double().t()
         found = INTEGER(x, largest, torch.ones(2)).double()
         assert ((found - exact).abs() / exact.abs()).max() < 1e-6, width
+    x = torch.randn(3, 100, generator=generator)
+    x[0, 7], x[1, 50] = float("nan"), float("inf")  # they spoil their rows, as in fp32
+    found = INTEGER(x, weight[:, :100].contiguous(), torch.ones(5))
+    assert found[:2].isnan().all() and torch.allclose(
+        found[2], x[2] @ weight[:, :100].float().t(), rtol=1e-5, atol=1e-4
+    )

@@ -88,7 +88,15 @@ extern "C" void kernel(float* y, const int8_t* w, const float* x, const float* s
     std::vector<double> step(R);
     for (int64_t r = 0; r < R; r++) {
         float largest = 0;
-        for (int64_t k = 0; k < K; k++) largest = std::max(largest, std::abs(x[r * K + k]));
+        bool finite = true;
+        for (int64_t k = 0; k < K; k++) {
+            largest = std::max(largest, std::abs(x[r * K + k]));
+            finite = finite && std::isfinite(x[r * K + k]);
+        }
+        if (!finite) {  // NaN for the whole row: a float product gives NaN or infinities
+            step[r] = std::nan("");
+            continue;  // its halves stay 0
+        }
         step[r] = largest > 0 ? double(largest) / double(1 << 29) : 1.0;
         for (int64_t k = 0; k < K; k++) {
             const int32_t whole = int32_t(std::nearbyint(double(x[r * K + k]) / step[r]));
