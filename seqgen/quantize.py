@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import get_args
 
@@ -121,23 +121,28 @@ class Int8Linear(nn.Module):
         return self.weight.float() * self.scale[:, None]
 
 
-def candidate_kernels(device: torch.device, compiled: bool = True) -> dict[str, Kernel]:
-    """The int8 kernels that can run here: with `compiled`, seqgen's C++ product and the fused
-    one where TorchInductor can build them on a CPU (they need a C++ compiler; the first
-    builds cost about 3 and 20 s, cached on disk for later processes); PyTorch's int8 kernel;
-    and converting the weight back, which always works."""
+def candidate_kernels(device: torch.device, names: Collection[str] = KERNELS) -> dict[str, Kernel]:
+    """Those of the int8 kernels `names` that can run here, only those built: seqgen's C++
+    product and the fused one where TorchInductor can build them on a CPU (they need a C++
+    compiler; the first builds cost about 3 and 20 s, cached on disk for later processes);
+    PyTorch's int8 kernel; and converting the weight back, which always works."""
     found: dict[str, Kernel] = {}
-    if compiled and (integer := integer_kernel(device)) is not None:
+    if "integer" in names and (integer := integer_kernel(device)) is not None:
         found["integer"] = integer
-    if compiled and compiled_available(device.type):
+    if "fused" in names and compiled_available(device.type):
         found["fused"] = FUSED_PRODUCT
-    probe = (torch.randn(2, 64, device=device), torch.ones(32, 64, dtype=torch.int8, device=device))
-    try:
-        _int8pack(*probe, torch.ones(32, device=device))
-        found["int8pack"] = _int8pack
-    except (RuntimeError, NotImplementedError):
-        pass
-    found["dequantized"] = _dequantized
+    if "int8pack" in names:
+        probe = (
+            torch.randn(2, 64, device=device),
+            torch.ones(32, 64, dtype=torch.int8, device=device),
+        )
+        try:
+            _int8pack(*probe, torch.ones(32, device=device))
+            found["int8pack"] = _int8pack
+        except (RuntimeError, NotImplementedError):
+            pass
+    if "dequantized" in names:
+        found["dequantized"] = _dequantized
     return found
 
 
@@ -197,9 +202,11 @@ def quantize_int8(model: nn.Module, kernel: str | None = None) -> str:
     if kernel is None:
         chosen, run = fastest_kernel(step_sample(layers), parameter.dtype)
     else:
-        found = candidate_kernels(parameter.device, compiled=kernel in ("integer", "fused"))
+        found = candidate_kernels(parameter.device, [kernel])  # builds that one only
         if kernel not in found:
-            raise ValueError(f"quantize int8: no {kernel} kernel here (found {', '.join(found)})")
+            raise ValueError(
+                f"quantize int8: no {kernel} kernel here (kernels: {', '.join(KERNELS)})"
+            )
         if not computes_the_product(found[kernel], step_sample(layers), parameter.dtype):
             raise ValueError(f"quantize int8: the {kernel} kernel computes wrong products here")
         chosen, run = kernel, found[kernel]

@@ -23,7 +23,7 @@ from seqgen.quantize import (
     quantize_int8,
 )
 
-EAGER = candidate_kernels(torch.device("cpu"), compiled=False)
+EAGER = candidate_kernels(torch.device("cpu"), ["int8pack", "dequantized"])
 INTEGER = integer_kernel(torch.device("cpu"))  # built in seconds: tested in the fast tier
 CHEAP = EAGER if INTEGER is None else {**EAGER, "integer": INTEGER}
 # the compiled kernel costs its first use about 20 s: its tests are in the slow tier
