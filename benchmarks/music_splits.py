@@ -25,7 +25,12 @@ from seqgen.tables import markdown_table
 from seqgen_tasks.music.data import load_corpus
 from seqgen_tasks.music.events import STEPS_PER_SECOND
 from seqgen_tasks.music.splits import HELD_OUT, assign
-from seqgen_tasks.music.statistics import CROWDED_NOTES, histogram_table, normalised, sounding
+from seqgen_tasks.music.statistics import (
+    CROWDED_NOTES,
+    histogram_overlap,
+    histogram_table,
+    sounding,
+)
 
 LONGEST = 60 * STEPS_PER_SECOND  # note lengths counted in 10 ms steps up to a minute
 QUANTILES = (0.05, 0.5, 0.95)  # overlaps read low, gaps high
@@ -66,7 +71,7 @@ def compare(table: dict, a: list[str], b: list[str]) -> dict[str, float]:
     """How two sets of pieces differ."""
     summed = [{k: sum(table[p][k] for p in side) for k in table[a[0]]} for side in (a, b)]
     overlaps = {
-        k: float(np.minimum(normalised(summed[0][k]), normalised(summed[1][k])).sum())
+        k: float(histogram_overlap(summed[0][k], summed[1][k]))
         for k in summed[0]
         if k not in ("steps", "length_steps")
     }

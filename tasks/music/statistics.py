@@ -55,7 +55,7 @@ def histograms(notes: Notes) -> dict[str, np.ndarray]:
 def features(performances: list[Notes]) -> dict[str, np.ndarray]:
     """Normalised histograms of a set of performances (`histograms`, summed)."""
     found = histogram_table(performances)
-    return {k: normalised(v.sum(axis=0)) for k, v in found.items()}
+    return {k: _normalised(v.sum(axis=0)) for k, v in found.items()}
 
 
 def histogram_table(performances: list[Notes]) -> dict[str, np.ndarray]:
@@ -64,9 +64,14 @@ def histogram_table(performances: list[Notes]) -> dict[str, np.ndarray]:
     return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
 
-def normalised(counts: np.ndarray) -> np.ndarray:
+def _normalised(counts: np.ndarray) -> np.ndarray:
     """Counts (..., bins) -> each histogram over its total (all zeros stays all zeros)."""
     return counts / np.maximum(1, counts.sum(axis=-1, keepdims=True))
+
+
+def histogram_overlap(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """The overlap of counts (..., bins) as histograms: 1 for the same shape, 0 for none."""
+    return np.minimum(_normalised(ours), _normalised(theirs)).sum(axis=-1)
 
 
 # What `failures` counts, fixed so that every report counts the same things
@@ -109,8 +114,8 @@ def failures(
 
 def overlap(ours: list[Notes], theirs: list[Notes]) -> dict[str, float]:
     """Overlap of each statistic's histogram (1 = identical), and their mean."""
-    a, b = features(ours), features(theirs)
-    found = {k: float(np.minimum(a[k], b[k]).sum()) for k in a}
+    a, b = histogram_table(ours), histogram_table(theirs)
+    found = {k: float(histogram_overlap(a[k].sum(axis=0), b[k].sum(axis=0))) for k in a}
     return {**found, "mean": float(np.mean(list(found.values())))}
 
 
@@ -124,9 +129,7 @@ def resampled_overlap(
             f"{len(ours)} and {len(theirs)} performances for weights of {weights.shape[-1]}"
         )
     a, b = histogram_table(ours), histogram_table(theirs)
-    found = {
-        k: np.minimum(normalised(weights @ a[k]), normalised(weights @ b[k])).sum(axis=1) for k in a
-    }
+    found = {k: histogram_overlap(weights @ a[k], weights @ b[k]) for k in a}
     return {**found, "mean": np.mean(list(found.values()), axis=0)}
 
 
