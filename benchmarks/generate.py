@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no C++ compiler for TorchInductor: no compiled row", file=sys.stderr)
             continue
         by_kernel[kernel] = copy.deepcopy(plain)
-        fast_linears(by_kernel[kernel], (kernel, "packed"))
+        fast_linears(by_kernel[kernel], (kernel, "packed", "packed"))
 
     others = [
         torch.randint(0, model.config.vocab_size, (args.prompt_tokens,)).tolist()

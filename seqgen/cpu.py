@@ -3,11 +3,12 @@
 Decoding multiplies every weight matrix by one vector per token: its speed is how fast the
 weights are read, and which kernel reads them fastest depends on the CPU. On an AMD EPYC Zen 4
 (2 cores) PyTorch's default fp32 product read weights at 12 GB/s on one core or two, oneDNN's
-packed layout at 19-26 GB/s, and a compiled reduction (`weights_outermost`) at 22-31 GB/s; on an
-Intel Xeon with AMX the default beat packing for one row and lost for eight. So `fast_linears`
-times the model's own shapes at 1 and at 8 rows with each candidate and keeps the fastest for
-each (see benchmarks/generate.py). Inference only: the model's Linears are no longer
-trainable, and the tied lm_head gets its own copy.
+packed layout at 19-26 GB/s, and a compiled reduction (`weights_outermost`) at 22-31 GB/s; at
+2-4 rows (a beam search of one prompt) the compiled reduction read GPT-2's weights at 25-30 GB/s
+and the packed layout at 18; on an Intel Xeon with AMX the default beat packing for one row and
+lost for eight. So `fast_linears` times the model's own shapes at 1, FEW_ROWS and BATCH_ROWS
+rows with each candidate and keeps the fastest for each (see benchmarks/generate.py). Inference
+only: the model's Linears are no longer trainable, and the tied lm_head gets its own copy.
 
 Training under bf16 autocast is 2x faster than fp32 for a 10M-parameter model on a CPU with
 AMX, yet slower for a 1M one on some CPUs with AVX512-BF16, and 36x slower without bf16
@@ -31,6 +32,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 log = logging.getLogger("seqgen")
 TIMED_CALLS = 15  # per kernel, after one warm-up call
+FEW_ROWS = 4  # inputs of 2 to this many rows (one prompt's beams) take a kernel of their own
 BATCH_ROWS = 8  # the rows of a batched decoding step that the kernels are timed at
 KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can run
 # Below this many bytes of Linear weights a decoding step reads them from the caches and the
@@ -113,19 +115,21 @@ def compiled_available(device_type: str) -> bool:
 
 class InferenceLinear(nn.Module):
     """An nn.Linear for inference on the CPU whose products run on the kernel timed fastest
-    here for their size: `one_row` for an input of one row (a decoding step), `many_rows` for
-    more. Kernels: `plain` (nn.Linear's), `packed` (the weight in oneDNN's packed layout) and
-    `compiled` (`weights_outermost` by `CompiledProduct`). Only the weight layouts that the
-    two kernels read are kept."""
+    here for their size: `one_row` for an input of one row (a decoding step), `few_rows` for
+    2 to FEW_ROWS rows (one prompt's beams or samples), `many_rows` for more. Kernels: `plain`
+    (nn.Linear's), `packed` (the weight in oneDNN's packed layout) and `compiled`
+    (`weights_outermost` by `CompiledProduct`). Only the weight layouts that its kernels read
+    are kept."""
 
-    def __init__(self, linear: nn.Linear, one_row: str, many_rows: str) -> None:
+    def __init__(self, linear: nn.Linear, one_row: str, few_rows: str, many_rows: str) -> None:
         super().__init__()
-        if not {one_row, many_rows} <= set(KERNELS):
-            raise ValueError(f"kernels must be among {', '.join(KERNELS)}: {one_row}, {many_rows}")
+        kernels = (one_row, few_rows, many_rows)
+        if not set(kernels) <= set(KERNELS):
+            raise ValueError(f"kernels must be among {', '.join(KERNELS)}: {', '.join(kernels)}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.one_row, self.many_rows = one_row, many_rows
+        self.one_row, self.few_rows, self.many_rows = kernels
         weight = linear.weight.detach()
-        uses = {one_row, many_rows}
+        uses = set(kernels)
         # contiguous: the compiled product's builds check the strides they were built with
         self.weight = weight.contiguous() if uses & {"plain", "compiled"} else None
         self.packed = (
@@ -140,7 +144,10 @@ class InferenceLinear(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = self.one_row if x.numel() == self.in_features else self.many_rows
+        count = x.numel() // self.in_features
+        kernel = (
+            self.one_row if count == 1 else self.few_rows if count <= FEW_ROWS else self.many_rows
+        )
         if kernel == "packed":
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if kernel == "compiled":
@@ -198,7 +205,7 @@ class KernelTimer:
     def __init__(self, model: nn.Module, kernels: Sequence[str]) -> None:
         sample = step_sample([linear for *_, linear in linear_slots(model)])
         self.dtype = sample[0].weight.dtype
-        self.layers = {k: [InferenceLinear(layer, k, k) for layer in sample] for k in kernels}
+        self.layers = {k: [InferenceLinear(layer, k, k, k) for layer in sample] for k in kernels}
 
     def fastest(self, rows: int, among: Sequence[str]) -> str:
         """The kernel of `among` that runs a step of `rows` rows fastest (`fastest_call`)."""
@@ -250,24 +257,30 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
 
 
 def fast_linears(
-    model: nn.Module, kernels: tuple[str, str] | None = None
-) -> tuple[str, str] | None:
+    model: nn.Module, kernels: tuple[str, str, str] | None = None
+) -> tuple[str, str, str] | None:
     """Replace every nn.Linear of `model` (in place) by an InferenceLinear running `kernels`
-    (for one row, for many), by default the ones that a decoding step of 1 and of BATCH_ROWS
-    rows runs fastest here. The compiled product is a candidate for one row where the weights
-    outgrow the caches (COMPILED_MIN_BYTES). Returns the two kernels, or None where nothing
-    beats nn.Linear (or packing is unavailable) and the model is left as it was."""
+    (for one row, for a few, for many), by default the ones that a decoding step of 1, of
+    FEW_ROWS and of BATCH_ROWS rows runs fastest here. The compiled product is a candidate up
+    to FEW_ROWS rows where the weights outgrow the caches (COMPILED_MIN_BYTES); beyond, the
+    products are computed, not read, and it lost to packing on every CPU measured. Returns the
+    three kernels, or None where nothing beats nn.Linear (or packing is unavailable) and the
+    model is left as it was."""
     slots = linear_slots(model)
     if not packing_available(model) or not slots:
         return None
     if kernels is None:
-        one_row = ["plain", "packed"]
+        few = ["plain", "packed"]
         weight_bytes = sum(linear.weight.nbytes for *_, linear in slots)
         if weight_bytes >= COMPILED_MIN_BYTES and compiled_available("cpu"):
-            one_row.append("compiled")
-        timer = KernelTimer(model, one_row)
-        kernels = (timer.fastest(1, one_row), timer.fastest(BATCH_ROWS, ["plain", "packed"]))
-    if kernels == ("plain", "plain"):
+            few.append("compiled")
+        timer = KernelTimer(model, few)
+        kernels = (
+            timer.fastest(1, few),
+            timer.fastest(FEW_ROWS, few),
+            timer.fastest(BATCH_ROWS, ["plain", "packed"]),
+        )
+    if kernels == ("plain", "plain", "plain"):
         return None
     for module, name, linear in slots:
         setattr(module, name, InferenceLinear(linear, *kernels))

@@ -32,7 +32,7 @@ class Generator:
         model: the GPT, in eval mode, for inference only (on CPU its Linears run on the
             kernels timed fastest here at load, see `seqgen.cpu`; pass pack=False to keep
             nn.Linear).
-        linear_kernels: those kernels for one row and for many, or None for nn.Linear.
+        linear_kernels: those kernels for one row, a few and many, or None for nn.Linear.
         tokenizer: the checkpoint's tokenizer.
         task: the task adapter that builds prompt ids and decodes outputs.
         meta: the checkpoint's config.json.

@@ -1,6 +1,7 @@
 """seqgen.cpu: the Linear kernels timed fastest at load for inference."""
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -28,29 +29,52 @@ def test_every_kernel_computes_the_linear(kernel, dtype):
         needs_packing(linear)
     if kernel == "compiled" and not cpu.compiled_available("cpu"):
         pytest.skip("no C++ compiler for TorchInductor here")
-    for layer, one_row, many_rows in (
-        (linear, kernel, "plain"),
-        (linear, "plain", kernel),
-        (square, kernel, kernel),
+    for layer, kernels in (
+        (linear, (kernel, "plain", "plain")),
+        (linear, ("plain", kernel, "plain")),
+        (linear, ("plain", "plain", kernel)),
+        (square, (kernel, kernel, kernel)),
     ):
-        fast = cpu.InferenceLinear(layer, one_row, many_rows)
-        for shape in [(1, 48), (1, 1, 48), (3, 48), (2, 5, 48)]:
+        fast = cpu.InferenceLinear(layer, *kernels)
+        # one row, a few (up to FEW_ROWS) and many
+        for shape in [(1, 48), (1, 1, 48), (3, 48), (2, 2, 48), (2, 5, 48)]:
             x = torch.randn(*shape).to(dtype)
             with torch.no_grad():
                 expected, found = layer(x), fast(x)
             assert found.shape == expected.shape and found.dtype == dtype
             tolerance = 1e-5 if dtype == torch.float32 else 2e-2
             assert torch.allclose(found.float(), expected.float(), rtol=tolerance, atol=tolerance)
-    plain = cpu.InferenceLinear(linear, "plain", "plain")
+    plain = cpu.InferenceLinear(linear, "plain", "plain", "plain")
     assert plain.packed is None  # only the layouts its kernels read are kept
-    with pytest.raises(ValueError, match="among plain, packed, compiled"):
-        cpu.InferenceLinear(linear, "mkl", "plain")
+    with pytest.raises(ValueError, match="among plain, packed, compiled: plain, mkl, plain"):
+        cpu.InferenceLinear(linear, "plain", "mkl", "plain")
+
+
+def test_each_row_count_runs_its_own_kernel(monkeypatch):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    needs_packing(linear)
+    fast = cpu.InferenceLinear(linear, "plain", "packed", "compiled")
+    ran = []
+    monkeypatch.setattr(
+        cpu, "LINEAR_PRODUCT", lambda rows, *_: ran.append(len(rows)) or rows[:, :8]
+    )
+    monkeypatch.setattr(
+        torch.ops.mkldnn, "_linear_pointwise", lambda x, *_: ran.append(("packed", len(x))) or x
+    )
+    monkeypatch.setattr(
+        torch.nn.functional, "linear", lambda x, *_: ran.append(("plain", len(x))) or x
+    )
+    for rows in (1, 2, cpu.FEW_ROWS, cpu.FEW_ROWS + 1):
+        fast(torch.zeros(rows, 16))
+    assert ran == [("plain", 1), ("packed", 2), ("packed", cpu.FEW_ROWS), cpu.FEW_ROWS + 1]
 
 
 def test_fast_linears_give_the_same_outputs(model):
     needs_packing(model)
     packed = copy.deepcopy(model)
-    assert cpu.fast_linears(packed, ("packed", "packed")) == ("packed", "packed")
+    kernels = ("packed", "packed", "packed")
+    assert cpu.fast_linears(packed, kernels) == kernels
     assert isinstance(packed.lm_head, cpu.InferenceLinear)
     x = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -59,7 +83,7 @@ def test_fast_linears_give_the_same_outputs(model):
         model, [[1], [12, 13]], 20, temperature=0
     )
     timed = copy.deepcopy(model)  # timed on this machine: whatever it picks decodes alike
-    assert cpu.fast_linears(timed) in (None, *((a, b) for a in cpu.KERNELS for b in cpu.KERNELS))
+    assert cpu.fast_linears(timed) in (None, *itertools.product(cpu.KERNELS, repeat=3))
     assert generate(timed, [3, 4], 20, temperature=0) == generate(model, [3, 4], 20, temperature=0)
 
 
@@ -72,29 +96,38 @@ def test_each_row_count_gets_the_kernel_timed_fastest(model, monkeypatch):
         return picks[rows]
 
     x = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(3))
-    for one, many in (("plain", "plain"), ("packed", "plain"), ("plain", "packed")):
+    for picks in (
+        ("plain", "plain", "plain"),
+        ("packed", "plain", "plain"),
+        ("plain", "packed", "plain"),
+        ("plain", "plain", "packed"),
+    ):
+        by_rows = dict(zip((1, cpu.FEW_ROWS, cpu.BATCH_ROWS), picks, strict=True))
         monkeypatch.setattr(
-            cpu.KernelTimer, "fastest", lambda t, r, a, p={1: one, 8: many}: fastest(t, r, a, p)
+            cpu.KernelTimer, "fastest", lambda t, r, a, p=by_rows: fastest(t, r, a, p)
         )
         candidate = copy.deepcopy(model)
         chosen = cpu.fast_linears(candidate)
-        if (one, many) == ("plain", "plain"):  # nothing beats nn.Linear: the model is left as is
+        if picks == ("plain", "plain", "plain"):  # nothing beats nn.Linear: left as it is
             assert chosen is None and isinstance(candidate.lm_head, torch.nn.Linear)
             continue
-        assert chosen == (one, many)
+        assert chosen == picks
         head = candidate.lm_head
-        assert (head.one_row, head.many_rows) == (one, many)
+        assert (head.one_row, head.few_rows, head.many_rows) == picks
         assert (head.weight is not None) is ("plain" in chosen)
         with torch.no_grad():
             assert (candidate(x) - model(x)).abs().max() < 1e-4
             assert (candidate(x[:1, -1:]) - model(x[:1, -1:])).abs().max() < 1e-4
+            assert (candidate(x[:2, -1:]) - model(x[:2, -1:])).abs().max() < 1e-4
     # a model this small reads its weights from the caches: the compiled product is no candidate
-    assert set(asked) == {(1, ("plain", "packed")), (8, ("plain", "packed"))}
+    eager = ("plain", "packed")
+    assert set(asked) == {(1, eager), (cpu.FEW_ROWS, eager), (cpu.BATCH_ROWS, eager)}
     asked.clear()
     monkeypatch.setattr(cpu, "COMPILED_MIN_BYTES", 0)
     monkeypatch.setattr(cpu, "compiled_available", lambda device: True)
     cpu.fast_linears(copy.deepcopy(model))
-    assert set(asked) == {(1, ("plain", "packed", "compiled")), (8, ("plain", "packed"))}
+    every = (*eager, "compiled")  # up to a few rows; computed, not read, beyond
+    assert set(asked) == {(1, every), (cpu.FEW_ROWS, every), (cpu.BATCH_ROWS, eager)}
 
 
 def test_a_model_without_linears_is_left_alone():
@@ -106,8 +139,8 @@ def test_a_model_without_linears_is_left_alone():
 def test_compiled_products_build_once_per_kind_of_input(model):
     """A compiled product is built once per kind of input (dtypes, one row or several) and
     serves every layer's shape after that: decoding fp32 and bf16 models, one row and beams,
-    with compiled float and int8 products, builds two kinds of the one and four of the other,
-    and decodes as the eager products do."""
+    with compiled float and int8 products, builds four kinds of each, and decodes as the eager
+    products do."""
     from seqgen import quantize
 
     needs_packing(model)
@@ -118,7 +151,7 @@ def test_compiled_products_build_once_per_kind_of_input(model):
     for dtype in (torch.float32, torch.bfloat16):
         plain = copy.deepcopy(model).to(dtype)
         fast, int8 = copy.deepcopy(plain), copy.deepcopy(plain)
-        cpu.fast_linears(fast, ("compiled", "packed"))
+        cpu.fast_linears(fast, ("compiled", "compiled", "packed"))
         quantize.quantize_int8(int8, "fused")
         eager_int8 = copy.deepcopy(plain)
         quantize.quantize_int8(eager_int8, "dequantized")
@@ -132,10 +165,9 @@ def test_compiled_products_build_once_per_kind_of_input(model):
                     assert found == generate(reference, prompts, 6, **options)
     empty = cpu.LINEAR_PRODUCT(torch.empty(0, 64), torch.ones(32, 64), torch.ones(32))
     assert empty.shape == (0, 32)  # no rows: computed eagerly, no build assumes it
-    # the float product runs one row only (fast_linears times it for no other), fp32 and bf16
+    # the float product: one row and a few (two beams), fp32 and bf16
     assert {(one_row, rows) for _, one_row, rows, *_ in cpu.LINEAR_PRODUCT._built} == {
-        (True, torch.float32),
-        (True, torch.bfloat16),
+        (one, dtype) for one in (True, False) for dtype in (torch.float32, torch.bfloat16)
     }
     # int8: one row and beams, fp32 and bf16 activations
     assert {(one_row, rows) for _, one_row, rows, *_ in quantize.FUSED_PRODUCT._built} == {
