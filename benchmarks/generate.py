@@ -21,7 +21,8 @@ bandwidth) compare moments alike: the machine's speed drifts within a run. int8 
 same weights as `--quantize int8` does (seqgen/quantize.py); its bytes are the int8 weights,
 their scales, the fp32 biases and norms. With `--bpb_ckpt CKPT --bpb_text FILE`,
 `int8_bpb_delta` is the relative change in bits per byte of that checkpoint on that held-out
-text (`seqgen evaluate --quantize int8` against fp32).
+text (`seqgen evaluate --quantize int8` against fp32). The bf16 model keeps its keys and values
+in float32 where that attends faster on this CPU, as decoding decides (`cache_dtype_bf16`).
 
 The many-prompts rows decode `--many_prompts` prompts of mixed lengths (8-48 ids), each with its
 own budget of 4-64 new ids, greedy, fp32, `--batch` prompts at a time: batches one after another
@@ -55,7 +56,13 @@ import torch
 from benchmarks.common import parse_args, write_report
 from seqgen.cli import main as seqgen_main
 from seqgen.config import PRESETS, ModelConfig
-from seqgen.cpu import compiled_available, fast_linears, packing_available, seconds_in_turns
+from seqgen.cpu import (
+    cache_dtype,
+    compiled_available,
+    fast_linears,
+    packing_available,
+    seconds_in_turns,
+)
 from seqgen.generation.engine import generate
 from seqgen.inference import consensus
 from seqgen.interop.hf import hf_config, to_hf_state_dict
@@ -380,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mbr_one = mbr["generate_one"] + mbr["consensus_pairs"]
     mbr_new = mbr["generate_batched"] + mbr["consensus_matrix"]
     weight_bytes = plain.num_params() * 4
+    heads, head_size = model.config.n_head, model.config.n_embd // model.config.n_head
     hf_row = "transformers fp32, generate()"
     hf_batch_row = f"{hf_row}, batch {args.batch}"
     batch_row = f"seqgen fp32, KV cache, batch {args.batch}"
@@ -408,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_tokens_per_second": rows[batch_row],
         "linear_kernels": chosen,
         "linear_kernels_bf16": chosen_bf16,
+        "cache_dtype_bf16": str(cache_dtype(torch.bfloat16, torch.device("cpu"), heads, head_size)),
         "beam_batched_speedup": one_seconds / batched_seconds,
         "beam_sentences_per_second": args.beam_prompts / batched_seconds,
         "mbr_speedup": mbr_one / mbr_new,

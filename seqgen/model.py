@@ -40,9 +40,9 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.heads(x)  # 3 x (B, nh, T, hs)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
-        y = self.attend(q, k, v, mask, cache, layer)  # (B, nh, T, hs)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs), in the cache's dtype
+        y = self.attend(q.to(k.dtype), k, v, mask, cache, layer)  # (B, nh, T, hs)
+        return self.resid_dropout(self.c_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, C)))
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of x (B, T, C), each (B, nh, T, hs)."""

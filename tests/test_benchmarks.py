@@ -527,6 +527,7 @@ def test_generate(tmp_path, capsys, text_ckpt, corpus_file):
     assert abs(report["int8_bpb_delta"]) < 0.01  # int8 weights barely move a model's loss
     assert report["linear_kernels"] is None or set(report["linear_kernels"]) <= set(KERNELS)
     assert report["read_bandwidth_gb_s"] > 0
+    assert report["cache_dtype_bf16"] in ("torch.float32", "torch.bfloat16")
     shown = capsys.readouterr().out
     assert "seqgen int8 weights, KV cache" in shown and "packed (one row)" in shown
 

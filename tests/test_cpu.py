@@ -173,3 +173,57 @@ def test_compiled_products_build_once_per_kind_of_input(model):
     assert {(one_row, rows) for _, one_row, rows, *_ in quantize.FUSED_PRODUCT._built} == {
         (one, dtype) for one in (True, False) for dtype in (torch.float32, torch.bfloat16)
     }
+
+
+def test_a_bf16_model_keeps_float32_keys_and_values_where_that_attends_faster(monkeypatch):
+    cpu.float_attention_faster.cache_clear()
+    assert isinstance(cpu.float_attention_faster(2, 8), bool)  # timed here
+    for faster in (True, False):
+        monkeypatch.setattr(cpu, "float_attention_faster", lambda heads, size, f=faster: f)
+        expected = torch.float32 if faster else torch.bfloat16
+        assert cpu.cache_dtype(torch.bfloat16, torch.device("cpu"), 2, 8) == expected
+        assert cpu.cache_dtype(torch.float32, torch.device("cpu"), 2, 8) == torch.float32
+        assert cpu.cache_dtype(torch.bfloat16, torch.device("meta"), 2, 8) == torch.bfloat16
+
+
+@pytest.mark.parametrize("positions", ["learned", "relative"])
+def test_a_bf16_model_attends_over_a_float32_cache(positions):
+    """Prefilled, then a token at a time over float32 keys and values, a bf16 model gives the
+    logits of its own full forward pass, with learned and relative positions."""
+    from seqgen.config import ModelConfig
+    from seqgen.generation.cache import KVCache
+    from seqgen.model import GPT
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16, pos_embedding=positions
+    )
+    model = GPT(config).eval().to(torch.bfloat16)
+    ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(1))
+    cache = KVCache(config, 2, 10, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        whole = model(ids).float()
+        steps = [model(ids[:, :6], cache=cache)[:, -1]]
+        steps += [model(ids[:, t : t + 1], cache=cache)[:, -1] for t in range(6, 10)]
+    assert cache.k.dtype == torch.float32 and steps[-1].dtype == torch.bfloat16
+    found = torch.stack([s.float() for s in steps], dim=1)
+    assert (found - whole[:, 5:]).abs().max() < 0.01  # a wrong input moves them by 0.4
+
+
+def test_a_float32_cache_decodes_a_bf16_model_as_its_own_dtype_does(model, monkeypatch):
+    """Greedy, beams and the shared prompt of several samples: a bf16 model decodes over
+    float32 keys and values to the same ids as over bf16 ones (this model's choices are far
+    from ties), and its cache holds float32 where that attends faster."""
+    from seqgen.generation import rows
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    found = {}
+    for faster in (True, False):
+        monkeypatch.setattr(cpu, "float_attention_faster", lambda heads, size, f=faster: f)
+        assert rows.Rows(bf16, 8).cache.k.dtype == (torch.float32 if faster else torch.bfloat16)
+        found[faster] = [
+            generate(bf16, [[3, 4, 5], [7]], 12, temperature=0),
+            generate(bf16, [[3, 4, 5], [7]], 8, num_beams=3),
+            generate(bf16, [[3, 4, 5]] * 3, 8, temperature=0.8, seed=1),
+        ]
+    assert found[True] == found[False]

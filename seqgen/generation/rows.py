@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from seqgen.cpu import cache_dtype
 from seqgen.generation.cache import KVCache, SharedPrefix
 from seqgen.model import GPT
 
@@ -42,8 +43,12 @@ class Rows:
         self.state = state
         self.share = share
         parameter = next(model.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
-        self.cache = KVCache(model.config, most_rows, slots, self.device, self.dtype)
+        self.device = parameter.device
+        config = model.config
+        self.dtype = cache_dtype(
+            parameter.dtype, self.device, config.n_head, config.n_embd // config.n_head
+        )  # the keys' and values'
+        self.cache = KVCache(config, most_rows, slots, self.device, self.dtype)
         self.cache.resize(0)
         self.real = torch.zeros(0, slots, dtype=torch.bool, device=self.device)  # not padding
         self.next_pos = torch.zeros(0, 1, dtype=torch.long, device=self.device)
