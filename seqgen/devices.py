@@ -26,7 +26,9 @@ class DeviceOptions:
     """auto (the GPU where there is one, else the CPU), cpu, cuda, cuda:N or mps."""
     precision: Precision = "auto"
     """Precision of the weights: auto is bf16 on a GPU that has it and 32 elsewhere; bf16 is
-    also faster on a CPU that multiplies bf16 in hardware (AMX, AVX512-BF16)."""
+    also faster on a CPU that multiplies bf16 in hardware (AMX, AVX512-BF16). On a CPU whose
+    float32 attention is the faster, a bf16 model decodes over float32 keys and values (twice
+    the cache's memory; docs/generation.md)."""
     quantize: Quantize = "none"
     """int8: the Linear weights as int8, one scale per output channel (the activations stay
     in `precision`): a quarter of fp32's bytes to read per token. Faster for a large model

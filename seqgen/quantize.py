@@ -38,7 +38,7 @@ from seqgen.cpu import (
 from seqgen.devices import Quantize
 
 log = logging.getLogger("seqgen")
-FEW_ROWS = 16  # inputs of at most this many rows take the timed int8 kernel
+KERNEL_ROWS = 16  # inputs of at most this many rows take the timed int8 kernel
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantize)
 # the candidates, in the order they are tried
 KERNELS = ("integer", "fused", "int8pack", "dequantized")
@@ -93,7 +93,7 @@ def _dequantized(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> 
 
 class Int8Linear(nn.Module):
     """An nn.Linear for inference with its weight as int8, one scale per output channel
-    (symmetric: the channel's largest magnitude maps to 127). Inputs of up to FEW_ROWS rows
+    (symmetric: the channel's largest magnitude maps to 127). Inputs of up to KERNEL_ROWS rows
     use `kernel`; larger ones convert the weight back and use the usual product."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: Kernel) -> None:
@@ -108,7 +108,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (R, K)
-        if rows.size(0) <= FEW_ROWS:  # contiguous, as the compiled kernel's builds were
+        if rows.size(0) <= KERNEL_ROWS:  # contiguous, as the compiled kernel's builds were
             y = self.kernel(rows.contiguous(), self.weight, self.scale)
         else:
             y = _dequantized(rows, self.weight, self.scale)

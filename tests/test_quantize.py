@@ -15,7 +15,7 @@ import seqgen
 from seqgen.cli import main
 from seqgen.generation.engine import generate
 from seqgen.quantize import (
-    FEW_ROWS,
+    KERNEL_ROWS,
     KERNELS,
     Int8Linear,
     candidate_kernels,
@@ -60,7 +60,7 @@ def test_every_kernel_is_the_product_of_the_dequantized_weight(name, dtype):
             continue  # it reads past the row there (`computes_the_product` keeps it out)
         layer = linear(n_in)
         quantized = Int8Linear(layer.weight, layer.bias, kernels[name]).to(dtype)
-        for rows in [(1,), (2, 3), (FEW_ROWS + 1,)]:  # the last takes the many-row path
+        for rows in [(1,), (2, 3), (KERNEL_ROWS + 1,)]:  # the last takes the many-row path
             x = torch.randn(*rows, n_in).to(dtype)
             expected = F.linear(x.float(), quantized.dequantized_weight(), layer.bias.detach())
             found = quantized(x)
