@@ -45,10 +45,10 @@ class Rows:
         parameter = next(model.parameters())
         self.device = parameter.device
         config = model.config
-        self.dtype = cache_dtype(
+        self.kv_dtype = cache_dtype(
             parameter.dtype, self.device, config.n_head, config.n_embd // config.n_head
-        )  # the keys' and values'
-        self.cache = KVCache(config, most_rows, slots, self.device, self.dtype)
+        )
+        self.cache = KVCache(config, most_rows, slots, self.device, self.kv_dtype)
         self.cache.resize(0)
         self.real = torch.zeros(0, slots, dtype=torch.bool, device=self.device)  # not padding
         self.next_pos = torch.zeros(0, 1, dtype=torch.long, device=self.device)
@@ -219,7 +219,7 @@ class Rows:
                 states[row, width - len(window) :] = torch.from_numpy(after)
         real = real.to(self.device)
         positions = (real.long().cumsum(1) - 1).clamp(min=0)  # (n, W)
-        cache = KVCache(self.model.config, len(windows), width, self.device, self.dtype)
+        cache = KVCache(self.model.config, len(windows), width, self.device, self.kv_dtype)
         mask = real if not bool(real.all()) else None
         if states is not None:
             states = states.to(self.device)
