@@ -31,7 +31,7 @@ def sounding(notes: Notes) -> np.ndarray:
 def histograms(notes: Notes) -> dict[str, np.ndarray]:
     """Each statistic's histogram of one performance (notes in 10 ms steps), in counts;
     polyphony (notes sounding at once, 0 = silence) is weighted by time. A set's histogram
-    is the sum of its performances' (`features` normalises it)."""
+    is the sum of its performances' (`histogram_overlap` normalises it)."""
     counts = {
         "pitch_class": np.bincount(notes.pitch % 12, minlength=12),
         "velocity": np.bincount(velocity_bin(notes.velocity) - 1, minlength=32),
@@ -50,12 +50,6 @@ def histograms(notes: Notes) -> dict[str, np.ndarray]:
         polyphony = np.minimum(sounding(notes), MAX_POLYPHONY)
         counts["polyphony"] = np.bincount(polyphony, minlength=MAX_POLYPHONY + 1)
     return counts
-
-
-def features(performances: list[Notes]) -> dict[str, np.ndarray]:
-    """Normalised histograms of a set of performances (`histograms`, summed)."""
-    found = histogram_table(performances)
-    return {k: _normalised(v.sum(axis=0)) for k, v in found.items()}
 
 
 def histogram_table(performances: list[Notes]) -> dict[str, np.ndarray]:
