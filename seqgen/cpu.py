@@ -304,14 +304,14 @@ def fast_linears(
     if not packing_available(model) or not slots:
         return None
     if kernels is None:
-        few = ["plain", "packed"]
+        read_bound = ["plain", "packed"]  # the candidates for one row and for a few
         weight_bytes = sum(linear.weight.nbytes for *_, linear in slots)
         if weight_bytes >= COMPILED_MIN_BYTES and compiled_available("cpu"):
-            few.append("compiled")
-        timer = KernelTimer(model, few)
+            read_bound.append("compiled")
+        timer = KernelTimer(model, read_bound)
         kernels = (
-            timer.fastest(1, few),
-            timer.fastest(FEW_ROWS, few),
+            timer.fastest(1, read_bound),
+            timer.fastest(FEW_ROWS, read_bound),
             timer.fastest(BATCH_ROWS, ["plain", "packed"]),
         )
     if kernels == ("plain", "plain", "plain"):
