@@ -144,9 +144,9 @@ def seconds_in_turns(
     warmup: int = 3,
 ) -> dict[str, float]:
     """Median seconds per call of each contender in `precision` (fp32, or bf16 autocast),
-    taken in turns (`seqgen.cpu.seconds_in_turns`)."""
+    taken in turns (`seqgen.timing.seconds_in_turns`)."""
     from seqgen.cpu import autocast
-    from seqgen.cpu import seconds_in_turns as timed
+    from seqgen.timing import seconds_in_turns as timed
 
     def within(call: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:

@@ -14,10 +14,12 @@ would take many minutes, so it is timed at `--no_cache_samples` context lengths 
 the run and integrated (trapezoid rule); `--exact_no_cache` times the whole loop instead.
 `--model` picks another preset's shape.
 
-The fp32, bf16 and int8 rows (batch 1 and batch `--batch`) are timed in turns with one another
-and with a read of 1 GiB of memory (the fastest of three readers), so that the speedups and the
-fractions of the bandwidth bound (the bytes a token reads over its time, against the read
-bandwidth) compare moments alike: the machine's speed drifts within a run. int8 quantizes the
+The fp32, bf16 and int8 rows (batch 1 and batch `--batch`) are timed in turns with one another,
+with fp32 and bf16 on the same kernels but every block run as written (`fused_speedup`: what
+seqgen/fused.py gains where one row runs the compiled product), and with a read of 1 GiB of
+memory (the fastest of three readers), so that the speedups and the fractions of the bandwidth
+bound (the bytes a token reads over its time, against the read bandwidth) compare moments
+alike: the machine's speed drifts within a run. int8 quantizes the
 same weights as `--quantize int8` does (seqgen/quantize.py); its bytes are the int8 weights,
 their scales, the fp32 biases and norms. With `--bpb_ckpt CKPT --bpb_text FILE`,
 `int8_bpb_delta` is the relative change in bits per byte of that checkpoint on that held-out
@@ -56,18 +58,13 @@ import torch
 from benchmarks.common import parse_args, write_report
 from seqgen.cli import main as seqgen_main
 from seqgen.config import PRESETS, ModelConfig
-from seqgen.cpu import (
-    cache_dtype,
-    compiled_available,
-    fast_linears,
-    packing_available,
-    seconds_in_turns,
-)
+from seqgen.cpu import cache_dtype, compiled_available, fast_linears, packing_available
 from seqgen.generation.engine import generate
 from seqgen.inference import consensus
 from seqgen.interop.hf import hf_config, to_hf_state_dict
 from seqgen.model import GPT
 from seqgen.quantize import quantize_int8
+from seqgen.timing import seconds_in_turns
 from seqgen_tasks.summarization.rouge import RougeSimilarity
 
 MBR_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, block_size=768, vocab_size=4000)  # WikiSum's
@@ -326,6 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bf16 = copy.deepcopy(plain).to(torch.bfloat16)
     chosen_bf16 = fast_linears(bf16)
+    # the same kernels with every block run as written (seqgen/fused.py fuses its one-row step)
+    unfused = {"fp32": copy.deepcopy(plain), "bf16": copy.deepcopy(plain).to(torch.bfloat16)}
+    for weights, kernels in zip(unfused.values(), (chosen, chosen_bf16), strict=True):
+        fast_linears(weights, kernels, fuse=False)
     int8 = copy.deepcopy(plain)
     int8_kernel = quantize_int8(int8)
     int8_bytes = sum(
@@ -341,9 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{kind}, batch {batch}": partial(ours, m=weights, batch=batch)
         for batch in (1, args.batch)
         for kind, weights in (("fp32", model), ("bf16", bf16), ("int8", int8))
-    } | {"read": fastest_reader(buffer)}
+    } | {f"{kind} unfused, batch 1": partial(ours, m=weights) for kind, weights in unfused.items()}
+    paired["read"] = fastest_reader(buffer)
     in_turns = seconds_in_turns(paired, args.repeats)
-    del bf16, int8, buffer
+    del bf16, int8, buffer, unfused
     seconds = {name: statistics.median(times) for name, times in in_turns.items()}
     bandwidth = buffer_bytes / seconds.pop("read")
     for kind in ("fp32", "bf16", "int8"):
@@ -352,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[f"seqgen {name}, KV cache, batch {args.batch}"] = (
             args.batch * n / seconds[f"{kind}, batch {args.batch}"]
         )
+    for kind in ("fp32", "bf16"):
+        rows[f"seqgen {kind}, KV cache, blocks unfused"] = n / seconds[f"{kind} unfused, batch 1"]
     beam_prompts = [
         torch.randint(0, model.config.vocab_size, (4 + (7 * i) % 37,)).tolist()
         for i in range(args.beam_prompts)
@@ -403,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bandwidth_fraction": weight_bytes * rows["seqgen fp32, KV cache"] / bandwidth,
         "bandwidth_fraction_bf16": weight_bytes / 2 * rows["seqgen bf16, KV cache"] / bandwidth,
         "int8_tokens_per_second": rows["seqgen int8 weights, KV cache"],
+        "fused_speedup": seconds["fp32 unfused, batch 1"] / seconds["fp32, batch 1"],
+        "fused_speedup_bf16": seconds["bf16 unfused, batch 1"] / seconds["bf16, batch 1"],
         "bf16_batch_speedup_vs_fp32": seconds[f"fp32, batch {args.batch}"]
         / seconds[f"bf16, batch {args.batch}"],
         "int8_speedup_vs_fp32": seconds["fp32, batch 1"] / seconds["int8, batch 1"],
@@ -451,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speedup_vs_hf_batch8",
         "speedup_vs_no_cache",
         "speedup_bf16_vs_fp32",
+        "fused_speedup",
+        "fused_speedup_bf16",
         "int8_speedup_vs_fp32",
         "int8_batch_speedup_vs_fp32",
         "int8_bpb_delta",

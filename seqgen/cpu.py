@@ -21,17 +21,17 @@ import contextlib
 import functools
 import logging
 import statistics
-import threading
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.experimental.proxy_tensor import make_fx
+
+from seqgen.compiled import CompiledFunction, product_examples, weights_outermost
+from seqgen.fused import fuse_blocks
+from seqgen.timing import TIMED_CALLS, fastest_call, seconds_in_turns
 
 log = logging.getLogger("seqgen")
-TIMED_CALLS = 15  # per kernel, after one warm-up call
 FEW_ROWS = 4  # inputs of 2 to this many rows (one prompt's beams) take a kernel of their own
 BATCH_ROWS = 8  # the rows of a batched decoding step that the kernels are timed at
 KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can run
@@ -42,60 +42,12 @@ TIMED_STEPS = 2  # training steps timed per precision, after one warm-up step ea
 PROBE_TOKENS = 4096  # at most this many tokens per timed training step (the batch is cut)
 
 
-def weights_outermost(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """rows (R, K) times weight (N, K) -> (N, R) float32, written as a product and a sum with
-    the weights outermost, so that a compiler fuses any conversion of the weights into the
-    reduction and reads each weight row once for all R rows (the (N, R, K) product is never
-    formed). Eager, it would form it: use it compiled (`CompiledProduct`)."""
-    return (weight.float().unsqueeze(1) * rows.float()).sum(-1)
-
-
 def _linear_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """rows (R, K) times weight (N, K) plus bias (N,) -> (R, N), in the rows' dtype."""
     return (weights_outermost(rows, weight).t() + bias.float()).to(rows.dtype)
 
 
-class CompiledProduct:
-    """`product(rows (R, K), weight (N, K), per_channel (N,)) -> (R, N)` compiled by
-    TorchInductor, built once per kind of input (device, dtypes, one row or several) with K, N
-    and a batch's R symbolic, so that one build serves every layer. The builds are called
-    directly, not through TorchDynamo: its guard checks before each call made decoding GPT-2
-    (49 products a token) ~10% slower on an AMD Zen 4. Inputs must be contiguous, as the
-    build's were (a build checks the sizes and strides it is given)."""
-
-    def __init__(self, product: Callable[..., torch.Tensor]) -> None:
-        self.product = product
-        self._built: dict[tuple, Callable[..., torch.Tensor]] = {}
-        self._building = threading.Lock()
-
-    def __call__(
-        self, rows: torch.Tensor, weight: torch.Tensor, per_channel: torch.Tensor
-    ) -> torch.Tensor:
-        if rows.shape[0] == 0:  # a build of several rows assumes two or more
-            return self.product(rows, weight, per_channel)
-        kind = (rows.device, rows.shape[0] == 1, rows.dtype, weight.dtype, per_channel.dtype)
-        compiled = self._built.get(kind)
-        if compiled is None:
-            compiled = self._build(kind)
-        return compiled(rows, weight, per_channel)
-
-    def _build(self, kind: tuple) -> Callable[..., torch.Tensor]:
-        device, one_row, *dtypes = kind
-        with self._building:
-            if kind not in self._built:
-                # sizes all different, so that tracing gives R, K and N a symbol each; a batch
-                # of several rows is traced at 3 (a symbol is assumed >= 2), one row stays 1
-                sizes = ((1 if one_row else 3, 64), (32, 64), (32,))
-                examples = [
-                    torch.ones(size, dtype=dtype, device=device)
-                    for size, dtype in zip(sizes, dtypes, strict=True)
-                ]
-                graph = make_fx(self.product, tracing_mode="symbolic")(*examples)
-                self._built[kind] = torch._inductor.standalone_compile(graph, examples)
-        return self._built[kind]
-
-
-LINEAR_PRODUCT = CompiledProduct(_linear_product)
+LINEAR_PRODUCT = CompiledFunction(_linear_product, product_examples)
 
 
 @functools.cache
@@ -118,8 +70,8 @@ class InferenceLinear(nn.Module):
     here for their size: `one_row` for an input of one row (a decoding step), `few_rows` for
     2 to FEW_ROWS rows (one prompt's beams or samples), `many_rows` for more. Kernels: `plain`
     (nn.Linear's), `packed` (the weight in oneDNN's packed layout) and `compiled`
-    (`weights_outermost` by `CompiledProduct`). Only the weight layouts that its kernels read
-    are kept."""
+    (`weights_outermost`, compiled by seqgen/compiled.py). Only the weight layouts that its
+    kernels read are kept."""
 
     def __init__(self, linear: nn.Linear, one_row: str, few_rows: str, many_rows: str) -> None:
         super().__init__()
@@ -256,30 +208,6 @@ class KernelTimer:
         return fastest_call({kernel: step(self.layers[kernel]) for kernel in among})
 
 
-def fastest_call(calls: dict[str, Callable[[], object]]) -> str:
-    """The name of the call that runs fastest here: the median of TIMED_CALLS calls of each,
-    taken in turns (`seconds_in_turns`), under inference mode as decoding runs."""
-    with torch.inference_mode():
-        times = seconds_in_turns(calls, TIMED_CALLS)
-    return min(times, key=lambda name: statistics.median(times[name]))
-
-
-def seconds_in_turns(
-    calls: dict[str, Callable[[], object]], times: int, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds of each of `times` calls of every entry, after `warmup` calls of each, taken in
-    turns (one call of every entry, then the next round) so that a busy moment of the machine
-    slows all alike."""
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
-    for turn in range(warmup + times):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            if turn >= warmup:
-                seconds[name].append(time.perf_counter() - started)
-    return seconds
-
-
 def autocast(precision: str) -> contextlib.AbstractContextManager:
     """The context a training step runs in for a Lightning precision of the CPU: nothing for
     32-true, bf16 autocast for bf16-mixed."""
@@ -291,19 +219,23 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
 
 
 def fast_linears(
-    model: nn.Module, kernels: tuple[str, str, str] | None = None
+    model: nn.Module, kernels: tuple[str, str, str] | None = None, fuse: bool = True
 ) -> tuple[str, str, str] | None:
     """Replace every nn.Linear of `model` (in place) by an InferenceLinear running `kernels`
     (for one row, for a few, for many), by default the ones that a decoding step of 1, of
     FEW_ROWS and of BATCH_ROWS rows runs fastest here. The compiled product is a candidate up
     to FEW_ROWS rows where the weights outgrow the caches (COMPILED_MIN_BYTES); beyond, the
-    products are computed, not read, and it lost to packing on every CPU measured. Returns the
-    three kernels, or None where nothing beats nn.Linear (or packing is unavailable) and the
-    model is left as it was."""
+    products are computed, not read, and it lost to packing on every CPU measured. Where one
+    row runs the compiled product, each block's one-row step also runs fused, its products
+    inside two compiled calls (seqgen/fused.py): where that is timed faster, or always with
+    `kernels` given; never with `fuse` False. Returns the three
+    kernels, or None where nothing beats nn.Linear (or packing is unavailable) and the model is
+    left as it was."""
     slots = linear_slots(model)
     if not packing_available(model) or not slots:
         return None
-    if kernels is None:
+    timed = kernels is None
+    if timed:
         read_bound = ["plain", "packed"]  # the candidates for one row and for a few
         weight_bytes = sum(linear.weight.nbytes for *_, linear in slots)
         if weight_bytes >= COMPILED_MIN_BYTES and compiled_available("cpu"):
@@ -318,6 +250,8 @@ def fast_linears(
         return None
     for module, name, linear in slots:
         setattr(module, name, InferenceLinear(linear, *kernels))
+    if fuse and kernels[0] == "compiled":
+        fuse_blocks(model, timed=timed)
     return kernels
 
 

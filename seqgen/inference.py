@@ -30,8 +30,9 @@ class Generator:
 
     Attributes:
         model: the GPT, in eval mode, for inference only (on CPU its Linears run on the
-            kernels timed fastest here at load, see `seqgen.cpu`; pass pack=False to keep
-            nn.Linear).
+            kernels timed fastest here at load, see `seqgen.cpu`, and its blocks' one-row
+            decoding steps may run fused, see `seqgen.fused`; pass pack=False to keep
+            nn.Linear and, unquantized, the blocks as written).
         linear_kernels: those kernels for one row, a few and many, or None for nn.Linear.
         tokenizer: the checkpoint's tokenizer.
         task: the task adapter that builds prompt ids and decodes outputs.

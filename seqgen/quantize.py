@@ -27,15 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.cpu import (
-    CompiledProduct,
-    compiled_available,
-    fastest_call,
-    linear_slots,
-    step_sample,
-    weights_outermost,
-)
+from seqgen.compiled import CompiledFunction, product_examples, weights_outermost
+from seqgen.cpu import compiled_available, linear_slots, step_sample
 from seqgen.devices import Quantize
+from seqgen.fused import fuse_blocks
+from seqgen.timing import fastest_call
 
 log = logging.getLogger("seqgen")
 KERNEL_ROWS = 16  # inputs of at most this many rows take the timed int8 kernel
@@ -52,7 +48,7 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.
     return (weights_outermost(x, weight) * scale.float()[:, None]).t().to(x.dtype)
 
 
-FUSED_PRODUCT = CompiledProduct(_fused)
+FUSED_PRODUCT = CompiledFunction(_fused, product_examples)
 
 
 def _integer(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -193,7 +189,9 @@ def fastest_kernel(layers: list[Int8Linear], dtype: torch.dtype) -> tuple[str, K
 def quantize_int8(model: nn.Module, kernel: str | None = None) -> str:
     """Replace every nn.Linear of `model` (in place; a tied head gets its own int8 copy, the
     embedding stays as it was) by an Int8Linear using `kernel` (one of KERNELS), or by
-    default the one that `fastest_kernel` picks here; returns the kernel's name."""
+    default the one that `fastest_kernel` picks here, and then fuse each block's one-row
+    decoding step (seqgen/fused.py, with the compiled product) where that is timed faster
+    here; returns the kernel's name."""
     parameter = next(model.parameters())
     linears = linear_slots(model)
     if not linears:
@@ -213,5 +211,12 @@ def quantize_int8(model: nn.Module, kernel: str | None = None) -> str:
     for (module, name, _), layer in zip(linears, layers, strict=True):
         layer.kernel = run
         setattr(module, name, layer)
-    log.info("quantize int8: %d Linear weights as int8 (%s kernel)", len(layers), chosen)
+    fused = kernel is None and compiled_available(parameter.device.type)
+    fused = fused and fuse_blocks(model, timed=True)
+    log.info(
+        "quantize int8: %d Linear weights as int8 (%s kernel%s)",
+        len(layers),
+        chosen,
+        ", one-row steps fused" if fused else "",
+    )
     return chosen

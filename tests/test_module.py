@@ -131,7 +131,7 @@ def test_the_optimizer_is_adamw_with_decay_on_matrices_only():
 
 
 def test_timings_are_taken_in_turns_after_the_warm_up():
-    from seqgen.cpu import seconds_in_turns
+    from seqgen.timing import seconds_in_turns
 
     order = []
     times = seconds_in_turns(
