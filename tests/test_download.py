@@ -75,10 +75,12 @@ def sha256(data: bytes) -> str:
 
 
 def zipped(members: dict[str, bytes]) -> bytes:
+    """The same bytes for the same members: a fixed time stamp, not the clock's (two archives
+    made across a two-second boundary had different checksums)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
 
@@ -253,7 +255,7 @@ def upstream_fixtures() -> dict[str, dict[str, bytes]]:
         "maestro-v3.0.0/2008/c.midi": midi("c"),
     }
     multi30k = {
-        f"{split}.{lang}.gz": gzip.compress(f"{split} {lang} line\n".encode() * 3)
+        f"{split}.{lang}.gz": gzip.compress(f"{split} {lang} line\n".encode() * 3, mtime=0)
         for split in ("train", "val", "test_2016_flickr")
         for lang in ("en", "de")
     }
