@@ -3,9 +3,12 @@ checks before each call made decoding GPT-2 (49 products a token) ~10% slower on
 
 A function is traced with symbolic sizes (`make_fx`) on example inputs and built once per kind
 of input (device, dtypes, constants, one row or several), so that one build serves every layer
-of a model and every length of its KV cache. Equal example sizes share a symbol, which the
-build then assumes equal: examples take sizes apart from each other (`sizes_apart`) wherever
-the real ones may differ.
+of a model and every length of its KV cache. A build checks its inputs' sizes against its
+symbols, not the assumptions its tracing made, so:
+- equal example sizes share a symbol, which the build then assumes equal: examples take sizes
+  apart from each other (`sizes_apart`) wherever the real ones may differ;
+- a traced size turned into a Python number (`math.sqrt` of it, a branch on it) is built in
+  for every later call: such values are constants of the kind, given by the caller.
 """
 
 from __future__ import annotations

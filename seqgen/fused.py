@@ -47,7 +47,12 @@ def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float)
 
 
 def attention_inputs(
-    x: torch.Tensor, *weights: torch.Tensor, heads: int, eps: float, cache_dtype: torch.dtype
+    x: torch.Tensor,
+    *weights: torch.Tensor,
+    heads: int,
+    head_size: int,
+    eps: float,
+    cache_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, ...]:
     """x (B, C) -> queries, keys and values (B, 3, nh, hs) in the cache's dtype, and ln_1(x)
     (B, C). weights: ln_1's (weight, bias), c_attn's (weight, scale, bias).
@@ -55,9 +60,8 @@ def attention_inputs(
     The norm is returned so that it is computed once: a value used only inside a product's
     sum is recomputed there for every output channel. No output is a view of another: the
     compiled call would rebuild such views in Python, which cost GPT-2 ~1.8 ms a token."""
-    B, C = x.shape
     h = _norm(x, *weights[:2], eps)
-    qkv = _product(h, *weights[2:]).view(B, 3, heads, C // heads).to(cache_dtype)
+    qkv = _product(h, *weights[2:]).view(x.shape[0], 3, heads, head_size).to(cache_dtype)
     return qkv.contiguous(), h  # a product of several rows comes transposed
 
 
@@ -67,6 +71,7 @@ def block_rest(
     keys: torch.Tensor,
     values: torch.Tensor,
     *weights: torch.Tensor,
+    head_size: int,
     eps: float,
     approximate: str,
 ) -> tuple[torch.Tensor, ...]:
@@ -77,7 +82,8 @@ def block_rest(
     proj, norm, fc, out = weights[:3], weights[3:5], weights[5:8], weights[8:]
     B, _, nh, hs = qkv.shape
     q = qkv[:, 0].float()
-    scores = (keys.float() * q[:, :, None, :]).sum(-1) / math.sqrt(hs)  # (B, nh, S)
+    scale = 1 / math.sqrt(head_size)  # a constant: of a traced size, it would be built in
+    scores = (keys.float() * q[:, :, None, :]).sum(-1) * scale  # (B, nh, S)
     attention = torch.softmax(scores, dim=-1)
     y = (attention[..., None] * values.float()).sum(2).reshape(B, nh * hs).to(x.dtype)
     x = x + _product(y, *proj)
@@ -123,6 +129,7 @@ class FusedBlock(Block):
         self.heads = attn.n_head
         self.eps = self.ln_1.eps
         self.approximate = mlp.gelu.approximate
+        self.head_size = attn.c_proj.in_features // self.heads
         self.first = self._tensors((self.ln_1, attn.c_attn))
         self.second = self._tensors((attn.c_proj, self.ln_2, mlp.c_fc, mlp.c_proj))
 
@@ -161,11 +168,23 @@ class FusedBlock(Block):
             return super().forward(x, mask, cache, layer)
         rows = x.reshape(B, C).contiguous()
         qkv, _ = ATTENTION_INPUTS(
-            rows, *self.first, heads=self.heads, eps=self.eps, cache_dtype=cache.k.dtype
+            rows,
+            *self.first,
+            heads=self.heads,
+            head_size=self.head_size,
+            eps=self.eps,
+            cache_dtype=cache.k.dtype,
         )
         keys, values = cache.update(layer, qkv[:, 1, :, None], qkv[:, 2, :, None])
         out, *_ = BLOCK_REST(
-            rows, qkv, keys, values, *self.second, eps=self.eps, approximate=self.approximate
+            rows,
+            qkv,
+            keys,
+            values,
+            *self.second,
+            head_size=self.head_size,
+            eps=self.eps,
+            approximate=self.approximate,
         )
         return out.view(B, T, C)
 

@@ -128,6 +128,30 @@ def test_a_fused_step_gives_the_blocks_logits(dtype, changes, monkeypatch):
 
 
 @pytest.mark.slow
+def test_one_build_serves_models_of_other_widths():
+    """The compiled functions are built once per kind of input (dtypes, heads, head size,
+    ...): models of other widths and head sizes decode right after another model built them
+    (the softmax's scale once came from the first model's traced head size)."""
+    if not cpu.packing_available(small_gpt()) or not cpu.compiled_available("cpu"):
+        pytest.skip("no packed linear or no C++ compiler for TorchInductor here")
+    ids = torch.randint(0, 40, (1, 12), generator=torch.Generator().manual_seed(3))
+    for changes in ({"n_embd": 64}, {}, {"n_embd": 64, "n_head": 4}, {"n_embd": 48}):
+        model = small_gpt(**changes)
+        fast = copy.deepcopy(model)
+        cpu.fast_linears(fast, COMPILED)
+        caches = [KVCache(model.config, 1, 12, torch.device("cpu"), torch.float32) for _ in "ab"]
+        with torch.inference_mode():
+            for m, cache in zip((model, fast), caches, strict=True):
+                m(ids[:, :4], cache=cache)
+            for t in range(4, 12):
+                expected, found = (
+                    m(ids[:, t : t + 1], cache=c)
+                    for m, c in zip((model, fast), caches, strict=True)
+                )
+                assert (found - expected).abs().max() < 1e-4 * expected.std(), (changes, t)
+
+
+@pytest.mark.slow
 def test_fused_blocks_decode_as_the_model_does(model):
     """The trained test model, fp32: greedy decoding, a beam search and samples give the ids
     of the model as written (the fused step runs for the single rows)."""
