@@ -122,7 +122,7 @@ class FusedBlock(Block):
     every other call runs Block.forward."""
 
     def __init__(self, block: Block) -> None:
-        nn.Module.__init__(self)
+        nn.Module.__init__(self)  # not Block's: the block's own modules, not new ones
         for name, module in block.named_children():
             self.add_module(name, module)
         self.train(block.training)
