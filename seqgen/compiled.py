@@ -31,6 +31,18 @@ def weights_outermost(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (weight.float().unsqueeze(1) * rows.float()).sum(-1)
 
 
+def channel_product(
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """rows (R, K) times weight (N, K), scaled per output channel (N,) where `scale` is given
+    (int8 weights), plus bias (N,) -> (R, N), rounded to the rows' dtype: a Linear's product,
+    written to be compiled (`weights_outermost`)."""
+    product = weights_outermost(rows, weight)
+    if scale is not None:
+        product = product * scale.float()[:, None]
+    return (product.t() + bias.float()).to(rows.dtype)
+
+
 def product_examples(inputs: Sequence[torch.Tensor], one_row: bool) -> list[torch.Tensor]:
     """Examples for a product of rows (R, K), weight (N, K) and per-channel values (N,): sizes
     all different, so that R, K and N get a symbol each; several rows are traced at 3."""

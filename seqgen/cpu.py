@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.compiled import CompiledFunction, product_examples, weights_outermost
+from seqgen.compiled import CompiledFunction, channel_product, product_examples
 from seqgen.fused import fuse_blocks
 from seqgen.timing import TIMED_CALLS, fastest_call, seconds_in_turns
 
@@ -42,12 +42,7 @@ TIMED_STEPS = 2  # training steps timed per precision, after one warm-up step ea
 PROBE_TOKENS = 4096  # at most this many tokens per timed training step (the batch is cut)
 
 
-def _linear_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """rows (R, K) times weight (N, K) plus bias (N,) -> (R, N), in the rows' dtype."""
-    return (weights_outermost(rows, weight).t() + bias.float()).to(rows.dtype)
-
-
-LINEAR_PRODUCT = CompiledFunction(_linear_product, product_examples)
+LINEAR_PRODUCT = CompiledFunction(channel_product, product_examples)
 
 
 @functools.cache

@@ -25,22 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.compiled import CompiledFunction, sizes_apart, weights_outermost
+from seqgen.compiled import CompiledFunction, channel_product, sizes_apart
 from seqgen.generation.cache import KVCache
 from seqgen.model import GPT, Block, CausalSelfAttention
 from seqgen.timing import fastest_call
 
 STEP_KEYS = 64  # the positions before the step that `fuse_blocks(timed=True)` times
-
-
-def _product(
-    rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """rows (R, K) times weight (N, K) scaled per output channel (N,), plus bias (N,) ->
-    (R, N), rounded to the rows' dtype. int8 weights come with their scales, float ones with
-    ones."""
-    product = weights_outermost(rows, weight) * scale.float()[:, None]
-    return (product.t() + bias.float()).to(rows.dtype)
 
 
 def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -56,13 +46,13 @@ def attention_inputs(
     cache_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, ...]:
     """x (B, C) -> queries, keys and values (B, 3, nh, hs) in the cache's dtype, and ln_1(x)
-    (B, C). weights: ln_1's (weight, bias), c_attn's (weight, scale, bias).
+    (B, C). weights: ln_1's (weight, bias), c_attn's (weight, bias, scale).
 
     The norm is returned so that it is computed once: a value used only inside a product's
     sum is recomputed there for every output channel. No output is a view of another: the
     compiled call would rebuild such views in Python, which cost GPT-2 ~1.8 ms a token."""
     h = _norm(x, *weights[:2], eps)
-    qkv = _product(h, *weights[2:]).view(x.shape[0], 3, heads, head_size).to(cache_dtype)
+    qkv = channel_product(h, *weights[2:]).view(x.shape[0], 3, heads, head_size).to(cache_dtype)
     return qkv.contiguous(), h  # a product of several rows comes transposed
 
 
@@ -78,8 +68,8 @@ def block_rest(
 ) -> tuple[torch.Tensor, ...]:
     """x (B, C), `attention_inputs`' qkv (B, 3, nh, hs) and the keys and values so far
     (B, nh, S, hs) -> the block's output (B, C); then ln_2's output and the GELU's, returned
-    to be computed once (see `attention_inputs`). weights: c_proj's (weight, scale, bias),
-    ln_2's (weight, bias), c_fc's and the MLP's c_proj's (weight, scale, bias)."""
+    to be computed once (see `attention_inputs`). weights: c_proj's (weight, bias, scale),
+    ln_2's (weight, bias), c_fc's and the MLP's c_proj's (weight, bias, scale)."""
     proj, norm, fc, out = weights[:3], weights[3:5], weights[5:8], weights[8:]
     B, _, nh, hs = qkv.shape
     q = qkv[:, 0].float()
@@ -87,10 +77,10 @@ def block_rest(
     scores = (keys.float() * q[:, :, None, :]).sum(-1) * scale  # (B, nh, S)
     attention = torch.softmax(scores, dim=-1)
     y = (attention[..., None] * values.float()).sum(2).reshape(B, nh * hs).to(x.dtype)
-    x = x + _product(y, *proj)
+    x = x + channel_product(y, *proj)
     h = _norm(x, *norm, eps)
-    gelu = F.gelu(_product(h, *fc), approximate=approximate)
-    return (x + _product(gelu, *out)).contiguous(), h, gelu
+    gelu = F.gelu(channel_product(h, *fc), approximate=approximate)
+    return (x + channel_product(gelu, *out)).contiguous(), h, gelu
 
 
 def _attention_examples(inputs: Sequence[torch.Tensor], one_row: bool) -> list[torch.Tensor]:
@@ -136,17 +126,18 @@ class FusedBlock(Block):
 
     @staticmethod
     def _tensors(modules: Sequence[nn.Module]) -> list[torch.Tensor]:
-        """Each module's weight, its scales per output channel if it is a product (an int8
-        weight's own, ones for a float one) and its bias (zeros where it has none)."""
+        """Each module's weight, its bias (zeros where it has none) and, for a product, its
+        scales per output channel (an int8 weight's own, ones for a float one)."""
         tensors = []
         for module in modules:
-            weight, bias = module.weight, module.bias
-            if isinstance(module, nn.LayerNorm):
-                tensors.append(weight)
-            else:
+            weight, bias, scale = module.weight, module.bias, None
+            if not isinstance(module, nn.LayerNorm):
                 scale = getattr(module, "scale", None)
-                tensors += [weight, weight.new_ones(weight.shape[0]) if scale is None else scale]
-            tensors.append(torch.zeros_like(tensors[-1]) if bias is None else bias)
+                scale = weight.new_ones(weight.shape[0]) if scale is None else scale
+            # a missing bias: zeros of the scales' dtype (float32 for int8 weights)
+            zeros = torch.zeros_like(weight if scale is None else scale)
+            tensors += [weight, zeros if bias is None else bias]
+            tensors += [] if scale is None else [scale]
         return [t.detach().contiguous() for t in tensors]
 
     def forward(
