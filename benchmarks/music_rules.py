@@ -18,10 +18,15 @@ With `--performances_of C`, every model plays the `--split` performances of chec
 instead of its own: models trained on other data (say, two corpora together) scored on
 the same performances as the models of one corpus.
 
+With `--temperatures` and `--top_ps`, `all` sampled otherwise than at the task's
+temperature from the whole distribution (`temperature_T`, `top_p_P`): where sampling is
+decided.
+
     python -m benchmarks.music_rules --ckpt runs/bench/pop909/seed1 \
         --ckpt runs/bench/pop909/seed2 --ckpt runs/bench/pop909/seed3 --split dev \
         --report runs/bench/music_rules_pop909.json
     python -m benchmarks.music_rules --ckpt ... --arms --quantiles 0.9 0.93 0.98
+    python -m benchmarks.music_rules --ckpt ... --arms --temperatures 0.9 0.95 --top_ps 0.98
     python -m benchmarks.music_rules --ckpt runs/long/seed1 --baseline runs/short/seed1 ...
     python -m benchmarks.music_rules --ckpt runs/both/seed1 --baseline runs/asap/seed1 \
         --performances_of runs/asap/seed1 ...
@@ -46,18 +51,32 @@ ARMS = ("valid",)
 
 
 QUANTILE_ARM = "hold_quantile_"
+TEMPERATURE_ARM = "temperature_"
+TOP_P_ARM = "top_p_"
 
 
 def play_arm(generator, performances: list, arm: str, args: argparse.Namespace, train: list | None):
     """`play` as `arm` says: `hold_quantile_Q` is `all` with the hold limits at quantile Q
-    of the `train`ing performances' notes."""
-    processor = None
+    of the `train`ing performances' notes; `temperature_T` and `top_p_P` are `all` sampled
+    at temperature T or from the nucleus of probability P."""
+    processor, options = None, {}
     if arm.startswith(QUANTILE_ARM):
         quantile = float(arm.removeprefix(QUANTILE_ARM))
         processor = partial(NoteRules, limits=hold_limits(train, quantile))
+    elif arm.startswith(TEMPERATURE_ARM):
+        options["temperature"] = float(arm.removeprefix(TEMPERATURE_ARM))
+    elif arm.startswith(TOP_P_ARM):
+        options["top_p"] = float(arm.removeprefix(TOP_P_ARM))
     rules = "valid" if arm == "valid" else "all"
     return play(
-        generator, performances, args.prompt_seconds, args.seconds, args.seed, rules, processor
+        generator,
+        performances,
+        args.prompt_seconds,
+        args.seconds,
+        args.seed,
+        rules,
+        processor,
+        **options,
     )
 
 
@@ -117,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quantiles", nargs="*", type=float, default=[], help="hold-limit quantiles against all"
     )
     parser.add_argument(
+        "--temperatures", nargs="*", type=float, default=[], help="temperatures against all's"
+    )
+    parser.add_argument(
+        "--top_ps", nargs="*", type=float, default=[], help="nucleus sampling against all"
+    )
+    parser.add_argument(
         "--baseline",
         action="append",
         default=[],
@@ -130,11 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(parser, argv)
     if any(not 0 < q <= 1 for q in args.quantiles):
         parser.error(f"quantiles must be in (0, 1], got {args.quantiles}")
-    args.arms = [*args.arms, *(f"{QUANTILE_ARM}{q:g}" for q in args.quantiles)]
+    if any(t <= 0 for t in args.temperatures):
+        parser.error(f"temperatures must be above 0, got {args.temperatures}")
+    if any(not 0 < p < 1 for p in args.top_ps):
+        parser.error(f"top_ps must be in (0, 1), got {args.top_ps}")
+    args.arms = [
+        *args.arms,
+        *(f"{QUANTILE_ARM}{q:g}" for q in args.quantiles),
+        *(f"{TEMPERATURE_ARM}{t:g}" for t in args.temperatures),
+        *(f"{TOP_P_ARM}{p:g}" for p in args.top_ps),
+    ]
     if args.baseline and len(args.baseline) != len(args.ckpt):
         parser.error(f"{len(args.baseline)} --baseline for {len(args.ckpt)} --ckpt: give one each")
     if not args.arms and not args.baseline:
-        parser.error("no arm to compare with all: give --arms or --quantiles")
+        parser.error(
+            "no arm to compare with all: give --arms, --quantiles, --temperatures or --top_ps"
+        )
     arms = ["all", *args.arms]
     pairs: dict[str, list] = {f"{arm}_minus_all": [] for arm in args.arms}
     pairs.update({f"{arm}_minus_baseline": [] for arm in arms if args.baseline})

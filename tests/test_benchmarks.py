@@ -452,6 +452,17 @@ def test_music_recipe_reports_on_test_from_several_models(tmp_path, capsys):
     assert "hold_quantile_0.5_minus_all" in found and "valid_minus_all" not in found
     with pytest.raises(SystemExit):
         music_rules.main([*argv, "--arms"])  # nothing to compare
+    # sampled otherwise: at the task's own temperature, all itself
+    argv[argv.index("--report") + 1] = str(sampled := tmp_path / "sampled.json")
+    sampling = ["--arms", "--temperatures", "1", "0.5", "--top_ps", "0.9"]
+    assert music_rules.main([*argv, *sampling]) == 0
+    found = report_of(sampled)
+    assert found["temperature_1_minus_all"]["difference"] == 0.0
+    assert {"temperature_0.5_minus_all", "top_p_0.9_minus_all"} <= found.keys()
+    assert all(0 <= m["mean_overlap_top_p_0.9"] <= 1 for m in found["models"])
+    for wrong in (["--temperatures", "0"], ["--top_ps", "1"]):
+        with pytest.raises(SystemExit):
+            music_rules.main([*argv, "--arms", *wrong])
     # how the models release their notes, teacher-forced and alone
     argv = ["--ckpt", runs[0], "--prompt_seconds", "3", "--seconds", "4"]
     assert music_releases.main([*argv, "--report", str(releases := tmp_path / "rel.json")]) == 0
