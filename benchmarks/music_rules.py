@@ -98,8 +98,9 @@ def model_arms(
     performances: list | None = None,
 ) -> tuple[list, dict, dict]:
     """The performances played (`performances`, else the checkpoint's own held-out ones),
-    what it played in each arm (`all` first) and its figures. With `compared_with` (another
-    model's performances) a different split is refused before anything is played."""
+    what it played in each arm (`all` first) and its figures (per arm, the mean overlap and
+    each statistic's). With `compared_with` (another model's performances) a different split
+    is refused before anything is played."""
     generator = load(ckpt, task="music")
     if performances is None:
         performances, _ = held_out(MusicEval(ckpt=ckpt, split=args.split), generator)
@@ -113,8 +114,8 @@ def model_arms(
     figures = {"ckpt": ckpt, "performances": len(played["all"].real)}
     for arm, found in played.items():
         overlaps = overlap(found.played, found.real)
-        figures[f"mean_overlap_{arm}"] = overlaps["mean"]
-        figures[f"duration_overlap_{arm}"] = overlaps["duration"]
+        figures[f"mean_overlap_{arm}"] = overlaps.pop("mean")
+        figures.update({f"{name}_overlap_{arm}": value for name, value in overlaps.items()})
         figures[f"crowded_fraction_{arm}"] = failures(found.played)["crowded_fraction"]
     figures["crowded_fraction_real"] = failures(played["all"].real)["crowded_fraction"]
     print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
