@@ -170,6 +170,8 @@ class MusicTask(Task, Evaluates, GeneratesFiles, BuildsDatasets):
         return None if state == "none" else SoundingAges() if state == "ages" else SoundingPitches()
 
     def generation_defaults(self) -> dict[str, Any]:
+        # temperature 1 from the whole distribution: the best on both recipes' dev splits
+        # (docs/benchmarks.md, sampling decided on dev)
         return {"temperature": 1.0, "max_new_tokens": 2000}
 
     # ------------------------------------------------------------ training
