@@ -190,7 +190,6 @@ def fuse_blocks(model: nn.Module, timed: bool = False) -> bool:
     if not isinstance(model, GPT):
         return False
     written = list(model.transformer.h)
-
     fused = [
         FusedBlock(block)
         if type(block) is Block and type(block.attn) is CausalSelfAttention

@@ -211,8 +211,8 @@ def quantize_int8(model: nn.Module, kernel: str | None = None) -> str:
     for (module, name, _), layer in zip(linears, layers, strict=True):
         layer.kernel = run
         setattr(module, name, layer)
-    fused = kernel is None and compiled_available(parameter.device.type)
-    fused = fused and fuse_blocks(model, timed=True)
+    timed = kernel is None and compiled_available(parameter.device.type)
+    fused = timed and fuse_blocks(model, timed=True)
     log.info(
         "quantize int8: %d Linear weights as int8 (%s kernel%s)",
         len(layers),
