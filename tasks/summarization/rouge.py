@@ -171,8 +171,13 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
     prediction sentences lie side by side as columns (each after a boundary column), row i
     of a table is the running maximum of `row[i-1][j-1] + 1` where the tokens match and
     `row[i-1][j]` elsewhere, and each table's values are offset so the running maximum
-    never crosses into the next. The read-outs then step all tables at once.
+    never crosses into the next. The read-outs then step all tables at once. The reference
+    sentences are taken longest first, so that row i is filled only for those that reach
+    position i (a read-out never looks past its sentence's end): a summary's sentences,
+    padded to its longest, were two thirds padding.
     """
+    longest_first = sorted(range(len(reference)), key=lambda s: -len(reference[s]))
+    reference = [reference[s] for s in longest_first]
     lengths = np.array([len(s) for s in reference])
     width = int(lengths.max())
     marks = np.zeros((len(predictions), len(reference), width), dtype=bool)
@@ -192,13 +197,14 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
     table[0] = offsets
     step = np.empty((len(reference), len(columns)), dtype=np.int32)
     for i in range(1, width + 1):
-        above = table[i - 1]
-        step[:, 0] = above[:, 0]
+        n = int((lengths >= i).sum())  # the sentences that reach position i
+        above = table[i - 1, :n]
+        step[:n, 0] = above[:, 0]
         np.copyto(
-            step[:, 1:],
-            np.where(rows[:, i - 1, None] == tokens[1:], above[:, :-1] + 1, above[:, 1:]),
+            step[:n, 1:],
+            np.where(rows[:n, i - 1, None] == tokens[1:], above[:, :-1] + 1, above[:, 1:]),
         )
-        np.maximum.accumulate(step, axis=1, out=table[i])
+        np.maximum.accumulate(step[:n], axis=1, out=table[i, :n])
     # read out every (reference sentence, prediction sentence) table at once
     ends = np.array(starts[1:] + [len(columns)]) - 1
     sentence, which = (a.ravel() for a in np.indices((len(reference), len(starts))))
@@ -207,7 +213,7 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
     while True:
         alive = (i > 0) & (j > start)
         if not alive.any():
-            return marks
+            return marks[:, np.argsort(longest_first)]
         sentence, which, i, j, start, owner = (
             a[alive] for a in (sentence, which, i, j, start, owner)
         )
