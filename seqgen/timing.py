@@ -13,11 +13,17 @@ TIMED_CALLS = 15  # per candidate, after one warm-up call
 
 
 def fastest_call(calls: dict[str, Callable[[], object]]) -> str:
-    """The name of the call that runs fastest here: the median of TIMED_CALLS calls of each,
-    taken in turns (`seconds_in_turns`), under inference mode as decoding runs."""
+    """The name of the call that runs fastest here (`median_seconds`)."""
+    times = median_seconds(calls)
+    return min(times, key=times.__getitem__)
+
+
+def median_seconds(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """The median seconds of TIMED_CALLS calls of each entry, taken in turns
+    (`seconds_in_turns`), under inference mode as decoding runs."""
     with torch.inference_mode():
         times = seconds_in_turns(calls, TIMED_CALLS)
-    return min(times, key=lambda name: statistics.median(times[name]))
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
 def seconds_in_turns(

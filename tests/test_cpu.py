@@ -91,9 +91,9 @@ def test_each_row_count_gets_the_kernel_timed_fastest(model, monkeypatch):
     needs_packing(model)
     asked = []
 
-    def fastest(timer, rows, among, picks=None):
-        asked.append((rows, tuple(among)))
-        return picks[rows]
+    def fastest(timer, counts, among, picks=None):
+        asked.append((tuple(counts), tuple(among)))
+        return picks[tuple(counts)]
 
     x = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(3))
     for picks in (
@@ -102,7 +102,7 @@ def test_each_row_count_gets_the_kernel_timed_fastest(model, monkeypatch):
         ("plain", "packed", "plain"),
         ("plain", "plain", "packed"),
     ):
-        by_rows = dict(zip((1, cpu.FEW_ROWS, cpu.BATCH_ROWS), picks, strict=True))
+        by_rows = dict(zip(((1,), (cpu.FEW_ROWS,), cpu.BATCH_ROWS), picks, strict=True))
         monkeypatch.setattr(
             cpu.KernelTimer, "fastest", lambda t, r, a, p=by_rows: fastest(t, r, a, p)
         )
@@ -121,13 +121,34 @@ def test_each_row_count_gets_the_kernel_timed_fastest(model, monkeypatch):
             assert (candidate(x[:2, -1:]) - model(x[:2, -1:])).abs().max() < 1e-4
     # a model this small reads its weights from the caches: the compiled product is no candidate
     eager = ("plain", "packed")
-    assert set(asked) == {(1, eager), (cpu.FEW_ROWS, eager), (cpu.BATCH_ROWS, eager)}
+    assert set(asked) == {((1,), eager), ((cpu.FEW_ROWS,), eager), (cpu.BATCH_ROWS, eager)}
     asked.clear()
     monkeypatch.setattr(cpu, "COMPILED_MIN_BYTES", 0)
     monkeypatch.setattr(cpu, "compiled_available", lambda device: True)
     cpu.fast_linears(copy.deepcopy(model))
     every = (*eager, "compiled")  # up to a few rows; computed, not read, beyond
-    assert set(asked) == {(1, every), (cpu.FEW_ROWS, every), (cpu.BATCH_ROWS, eager)}
+    assert set(asked) == {((1,), every), ((cpu.FEW_ROWS,), every), (cpu.BATCH_ROWS, eager)}
+
+
+def test_many_rows_take_the_kernel_least_slower_at_every_batch_size(model, monkeypatch):
+    needs_packing(model)
+    timer = cpu.KernelTimer(model, ["plain", "packed"])
+    # plain a little faster at 8 rows, packed much faster at 32: packed loses least
+    times = {8: {"plain": 1.0, "packed": 1.03}, 32: {"plain": 1.2, "packed": 1.0}}
+    rows_timed = []
+
+    def median_seconds(calls):
+        (rows,) = {rows for _, rows in calls.values()}
+        rows_timed.append(rows)
+        return times[rows]
+
+    monkeypatch.setattr(cpu.KernelTimer, "_step", lambda timer, kernel, rows: (kernel, rows))
+    monkeypatch.setattr(cpu, "median_seconds", median_seconds)
+    assert timer.fastest([8, 32], ["plain", "packed"]) == "packed"
+    assert rows_timed == [8, 32]
+    times[32] = {"plain": 1.02, "packed": 1.0}  # now plain's worst (1.02) is packed's (1.03)
+    assert timer.fastest([8, 32], ["plain", "packed"]) == "plain"
+    assert timer.fastest([32], ["plain", "packed"]) == "packed"  # one count: the fastest
 
 
 def test_a_model_without_linears_is_left_alone():
