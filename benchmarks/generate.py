@@ -118,8 +118,13 @@ def no_cache_seconds(
 
 def as_text(ids: list[int]) -> str:
     """Ids as words of a 300-word vocabulary, a sentence ending after every 20th id on
-    average, so that samples share words and sentences as summaries of one article do."""
-    return " ".join(f"w{i % 300}" + ("." if i % 20 == 0 else "") for i in ids)
+    average, so that samples share words and sentences as summaries of one article do (a
+    sentence starts with a capital: the splitter ends one at a full stop before a capital)."""
+    words = []
+    for position, i in enumerate(ids):
+        starts = position == 0 or ids[position - 1] % 20 == 0
+        words.append(("W" if starts else "w") + str(i % 300) + ("." if i % 20 == 0 else ""))
+    return " ".join(words)
 
 
 @contextmanager
