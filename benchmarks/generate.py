@@ -31,6 +31,11 @@ own budget of 4-64 new ids, greedy, fp32, `--batch` prompts at a time: batches o
 (each as long as its longest row; finished rows leave it) against continuous batching (a row
 that ends makes room for the next prompt at once); both must give the same outputs.
 
+The beam rows decode `--beam_prompts` prompts of 4-40 ids with 4 beams each, one prompt at a
+time against all batched; `beam_products_bound` is what the batched side would reach were it
+nothing but its products (every Linear over 4 rows a prompt, one pass a new id, on the model's
+kernels, `beam_products_gflops`): past that, its fp32 arithmetic holds it, not the code around.
+
 The MBR rows decode as the WikiSum benchmark does: a randomly initialised model of its recipe's
 shape, `--mbr_prompts` prompts of 384 ids, 16 samples each at temperature 0.7 and top-p 0.9,
 4-gram ban, 256 new ids (its `--min_new_tokens`), the consensus by ROUGE-2 + ROUGE-Lsum over
@@ -58,7 +63,13 @@ import torch
 from benchmarks.common import parse_args, write_report
 from seqgen.cli import main as seqgen_main
 from seqgen.config import PRESETS, ModelConfig
-from seqgen.cpu import cache_dtype, compiled_available, fast_linears, packing_available
+from seqgen.cpu import (
+    InferenceLinear,
+    cache_dtype,
+    compiled_available,
+    fast_linears,
+    packing_available,
+)
 from seqgen.generation.engine import generate
 from seqgen.inference import consensus
 from seqgen.interop.hf import hf_config, to_hf_state_dict
@@ -125,6 +136,21 @@ def as_text(ids: list[int]) -> str:
         starts = position == 0 or ids[position - 1] % 20 == 0
         words.append(("W" if starts else "w") + str(i % 300) + ("." if i % 20 == 0 else ""))
     return " ".join(words)
+
+
+def products_seconds(model: GPT, rows: int, repeats: int) -> tuple[float, int]:
+    """Median seconds of one pass of every Linear of `model` (on the kernels it runs) over
+    `rows` rows, and the multiply-adds a row of that pass does."""
+    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, InferenceLinear))]
+    inputs = [torch.randn(rows, 1, linear.in_features) for linear in linears]
+
+    def run() -> None:
+        for linear, x in zip(linears, inputs, strict=True):
+            linear(x)
+
+    with torch.inference_mode():
+        seconds = timed(run, repeats)
+    return seconds, sum(linear.in_features * linear.out_features for linear in linears)
 
 
 @contextmanager
@@ -381,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows[f"seqgen beam 4, {args.beam_prompts} prompts batched"] = (
         args.beam_prompts * args.beam_new_tokens / batched_seconds
     )
+    pass_seconds, row_macs = products_seconds(model, 4 * args.beam_prompts, args.repeats)
+    products_gflops = 2 * row_macs * 4 * args.beam_prompts / pass_seconds / 1e9
     mbr_prompts = [
         torch.randint(0, MBR_SHAPE["vocab_size"], (args.mbr_prompt_tokens,)).tolist()
         for _ in range(args.mbr_prompts)
@@ -430,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cache_dtype_bf16": str(cache_dtype(torch.bfloat16, torch.device("cpu"), heads, head_size)),
         "beam_batched_speedup": one_seconds / batched_seconds,
         "beam_sentences_per_second": args.beam_prompts / batched_seconds,
+        "beam_products_bound": one_seconds / (args.beam_new_tokens * pass_seconds),
+        "beam_products_gflops": products_gflops,
         "mbr_speedup": mbr_one / mbr_new,
         "mbr_consensus_speedup": mbr["consensus_pairs"] / mbr["consensus_matrix"],
         "mbr_seconds": mbr,
@@ -450,6 +480,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{report['bandwidth_fraction_bf16']:.0%} of its own (half the bytes); int8 "
         f"({int8_kernel} kernel, {int8_bytes / 1e6:.0f} MB a token): "
         f"{report['int8_bandwidth_fraction']:.0%} of its own"
+    )
+    print(
+        f"batched beam: its products over {4 * args.beam_prompts} rows run at "
+        f"{products_gflops:.0f} GFLOPS; were the batched side nothing but them, "
+        f"{report['beam_products_bound']:.2f}x one prompt at a time"
     )
     print(
         f"MBR, {args.mbr_prompts} prompts x 16 samples: one prompt at a time "

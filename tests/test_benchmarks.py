@@ -533,7 +533,8 @@ def test_generate(tmp_path, capsys, text_ckpt, corpus_file):
     report = report_of(out)
     assert report["tokens_per_second"] > 0 and report["bandwidth_fraction"] > 0
     assert report["bandwidth_fraction_bf16"] > 0 and report["continuous_batching_speedup"] > 0
-    assert report["beam_batched_speedup"] > 0
+    assert report["beam_batched_speedup"] > 0 and report["beam_products_bound"] > 0
+    assert report["beam_products_gflops"] > 0
     assert report["mbr_speedup"] > 0 and report["mbr_consensus_speedup"] > 0
     assert report["int8_kernel"] in INT8_KERNELS
     assert report["int8_speedup_vs_fp32"] > 0 and report["int8_bandwidth_fraction"] > 0
@@ -543,6 +544,20 @@ def test_generate(tmp_path, capsys, text_ckpt, corpus_file):
     assert report["cache_dtype_bf16"] in ("torch.float32", "torch.bfloat16")
     shown = capsys.readouterr().out
     assert "seqgen int8 weights, KV cache" in shown and "packed (one row)" in shown
+
+
+def test_products_pass_counts_every_linear_on_the_kernels_the_model_runs():
+    from seqgen.config import ModelConfig
+    from seqgen.cpu import fast_linears
+    from seqgen.model import GPT
+
+    config = ModelConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(config).eval()
+    per_row = 2 * 12 * 16 * 16 + 16 * 50  # c_attn, c_proj, c_fc, c_proj a block; the head
+    seconds, macs = generate.products_seconds(model, 3, 1)
+    assert seconds > 0 and macs == per_row
+    fast_linears(model, ("packed", "packed", "packed"))
+    assert generate.products_seconds(model, 3, 1)[1] == per_row
 
 
 def test_flags_are_spelled_as_seqgen_spells_them():
