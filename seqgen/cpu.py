@@ -39,8 +39,12 @@ FEW_ROWS = 4  # inputs of 2 to this many rows (one prompt's beams) take a kernel
 # than FEW_ROWS, and generate_many's default batch
 BATCH_ROWS = (8, 32)
 KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can run
-# Below this many bytes of Linear weights a decoding step reads them from the caches and the
-# compiled product's per-call cost (~11 us against ~2 us for nn.Linear) does not pay back.
+# Below this many bytes of Linear weights the compiled products are no candidate: building
+# them (and the fused blocks) adds ~4 s to a process's first generation (15-20 s the first
+# time on a machine), more than a short generation of a small model saves. Per token they are
+# faster there too: on an AMD Zen 4 a 16 MiB model decoded one row 2.05x faster fused than
+# packed, a 3.5 MiB one 1.67x; its weights were not read from the caches as the timing at load
+# reads them (packed: 87 us a product in decoding against 19-63 us timed alone).
 COMPILED_MIN_BYTES = 32 * 2**20
 TIMED_STEPS = 2  # training steps timed per precision, after one warm-up step each
 PROBE_TOKENS = 4096  # at most this many tokens per timed training step (the batch is cut)
@@ -231,7 +235,7 @@ def fast_linears(
     (for one row, for a few, for many), by default the ones that a decoding step of 1 and of
     FEW_ROWS rows runs fastest here, and the one that runs steps of each of BATCH_ROWS rows
     least slower than the fastest there. The compiled product is a candidate up
-    to FEW_ROWS rows where the weights outgrow the caches (COMPILED_MIN_BYTES); beyond, the
+    to FEW_ROWS rows for models of COMPILED_MIN_BYTES of Linear weights or more; beyond, the
     products are computed, not read, and it lost to packing on every CPU measured. Where one
     row runs the compiled product, each block's one-row step also runs fused, its products
     inside two compiled calls (seqgen/fused.py): where that is timed faster, or always with
