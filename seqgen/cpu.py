@@ -42,9 +42,9 @@ KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can
 # Below this many bytes of Linear weights the compiled products are no candidate: building
 # them (and the fused blocks) adds ~4 s to a process's first generation (15-20 s the first
 # time on a machine), more than a short generation of a small model saves. Per token they are
-# faster there too: on an AMD Zen 4 a 16 MiB model decoded one row 2.05x faster fused than
-# packed, a 3.5 MiB one 1.67x; its weights were not read from the caches as the timing at load
-# reads them (packed: 87 us a product in decoding against 19-63 us timed alone).
+# faster there too: on an AMD Zen 4 a 16 MiB model decoded one row 2.05x faster fused than on
+# the better of nn.Linear and packing, a 3.5 MiB one 1.67x; decoding did not read its weights
+# from the caches as the timing at load does (packed: 87 us a product against 19-63 us).
 COMPILED_MIN_BYTES = 32 * 2**20
 TIMED_STEPS = 2  # training steps timed per precision, after one warm-up step each
 PROBE_TOKENS = 4096  # at most this many tokens per timed training step (the batch is cut)
