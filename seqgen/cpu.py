@@ -35,8 +35,8 @@ from seqgen.timing import TIMED_CALLS, median_seconds, seconds_in_turns
 
 log = logging.getLogger("seqgen")
 FEW_ROWS = 4  # inputs of 2 to this many rows (one prompt's beams) take a kernel of their own
-# the rows of the batched decoding steps that the kernel for many rows is timed at: few more
-# than FEW_ROWS, and generate_many's default batch
+# the rows of the batched decoding steps that the kernel for many rows is timed at: a batch just
+# past FEW_ROWS, and generate_many's default batch
 BATCH_ROWS = (8, 32)
 KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can run
 # Below this many bytes of Linear weights the compiled products are no candidate: building

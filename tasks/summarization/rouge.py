@@ -173,8 +173,8 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
     `row[i-1][j]` elsewhere, and each table's values are offset so the running maximum
     never crosses into the next. The read-outs then step all tables at once. The reference
     sentences are taken longest first, so that row i is filled only for those that reach
-    position i (a read-out never looks past its sentence's end): a summary's sentences,
-    padded to its longest, were two thirds padding.
+    position i (a read-out never looks past its sentence's end): WikiSum's leads, their
+    sentences padded to each lead's longest, were half padding.
     """
     longest_first = sorted(range(len(reference)), key=lambda s: -len(reference[s]))
     reference = [reference[s] for s in longest_first]
