@@ -50,6 +50,50 @@ def test_nucleus_equals_a_full_sort(monkeypatch):
     assert 0 < sum(sorted_whole) < 3 * 3 * 5  # both ways were taken
 
 
+def test_bucketed_nucleus_equals_a_whole_sort():
+    from seqgen.generation import batch
+
+    generator = torch.Generator().manual_seed(0)
+    # uniform (every id tied), nearly uniform, flat, broad, peaked rows of a large vocabulary
+    scales = torch.tensor([0.0, 0.01, 1.0, 3.0, 6.0, 30.0])[:, None]
+    logits = scales * torch.randn(6, batch.BUCKETED_FROM + 123, generator=generator)
+    logits[3, :40] = logits[3].max()  # 40 ids tied for the largest
+    probs = torch.softmax(logits, dim=-1)
+    ordered = batch._descending(probs)
+    for top_p in (0.05, 0.5, 0.9, 0.95, 0.99995):
+        count = (~batch._outside(ordered, top_p)).sum(dim=-1, keepdim=True)
+        least = ordered.gather(-1, count - 1)
+        found, edge, exact = batch._bucketed_edge(probs, top_p)
+        assert torch.equal(found[exact], count[exact]) and torch.equal(edge[exact], least[exact])
+        kept, smallest = batch._nucleus_edge(probs, top_p)
+        assert torch.equal(kept, count) and torch.equal(smallest, least)
+        # past 0.9999 the mass never passes top_p by the margin: those rows are sorted whole
+        assert exact.all() if top_p < 0.9999 else not exact.any()
+
+
+def test_rows_take_buckets_where_they_are_timed_faster(monkeypatch):
+    from seqgen.generation import batch
+
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(3, batch.BUCKETED_FROM, generator=generator), dim=-1)
+    ordered = batch._descending(probs)
+    count = (~batch._outside(ordered, 0.9)).sum(dim=-1, keepdim=True)
+    expected = (count, ordered.gather(-1, count - 1))
+    bucketed, timed = batch._bucketed_edge, batch.buckets_faster
+    for faster in (True, False):
+        calls = []
+        monkeypatch.setattr(batch, "buckets_faster", lambda vocab, f=faster: f)
+        monkeypatch.setattr(
+            batch, "_bucketed_edge", lambda p, t, c=calls: c.append(p) or bucketed(p, t)
+        )
+        kept, least = batch._nucleus_edge(probs, 0.9)
+        assert torch.equal(kept, expected[0]) and torch.equal(least, expected[1])
+        assert bool(calls) is faster
+    monkeypatch.setattr(batch, "buckets_faster", lambda vocab: pytest.fail("timed below the floor"))
+    batch._nucleus_edge(probs[:, : batch.BUCKETED_FROM - 1].softmax(dim=-1), 0.9)
+    assert isinstance(timed.__wrapped__(batch.BUCKETED_FROM), bool)  # timed here, uncached
+
+
 def test_nucleus_keeps_tied_tokens_in_id_order():
     from seqgen.generation.batch import _nucleus
 
