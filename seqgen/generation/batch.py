@@ -305,8 +305,8 @@ def _nucleus_edge(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torc
 @functools.cache
 def buckets_faster(vocab: int) -> bool:
     """Whether `_bucketed_edge` settles rows of `vocab` ids faster than a whole sort on this
-    CPU, timed once per process and vocabulary size on flat rows (their nucleus most ids): a
-    sort's speed differs by CPU as much as its vectorised kernels do."""
+    CPU, timed once per process and vocabulary size on flat rows (whose nucleus holds most
+    ids): a sort's speed differs by CPU as much as its vectorised kernels do."""
     generator = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(8, vocab, generator=generator), dim=-1)
     calls = {
