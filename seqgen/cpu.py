@@ -38,6 +38,10 @@ FEW_ROWS = 4  # inputs of 2 to this many rows (one prompt's beams) take a kernel
 # the rows of the batched decoding steps that the kernel for many rows is timed at: a batch just
 # past FEW_ROWS, and generate_many's default batch
 BATCH_ROWS = (8, 32)
+# A kernel this many times slower than the fastest at a batch size is not timed at the next:
+# GPT-2's nn.Linear ran 8 rows 2.3x slower than packed (and 32 rows 1.9x), and timing it at 32
+# rows as well cost 1.1 s of a load
+CLOSE_CALL = 1.5
 KERNELS = ("plain", "packed", "compiled")  # the products an InferenceLinear can run
 # Below this many bytes of Linear weights the compiled products are no candidate: building
 # them (and the fused blocks) adds ~4 s to a process's first generation (15-20 s the first
@@ -199,13 +203,17 @@ class KernelTimer:
     def fastest(self, counts: Sequence[int], among: Sequence[str]) -> str:
         """The kernel of `among` that runs a step of each of `counts` rows least slower than
         the fastest kernel there: the smallest of its worst ratios to the fastest
-        (`median_seconds`); for one count, the fastest."""
+        (`median_seconds`); for one count, the fastest. A kernel CLOSE_CALL times slower
+        than the fastest at one count is not timed at the next."""
         worst = dict.fromkeys(among, 0.0)
         for rows in counts:
-            times = median_seconds({kernel: self._step(kernel, rows) for kernel in among})
+            times = median_seconds({kernel: self._step(kernel, rows) for kernel in worst})
             best = min(times.values())
-            worst = {kernel: max(worst[kernel], times[kernel] / best) for kernel in among}
-        return min(among, key=worst.__getitem__)
+            worst = {kernel: max(worst[kernel], times[kernel] / best) for kernel in worst}
+            worst = {kernel: ratio for kernel, ratio in worst.items() if ratio < CLOSE_CALL}
+            if len(worst) == 1:
+                break
+        return min(worst, key=worst.__getitem__)
 
     def _step(self, kernel: str, rows: int) -> Callable[[], None]:
         layers = self.layers[kernel]

@@ -140,15 +140,19 @@ def test_many_rows_take_the_kernel_least_slower_at_every_batch_size(model, monke
     def median_seconds(calls):
         (rows,) = {rows for _, rows in calls.values()}
         rows_timed.append(rows)
-        return times[rows]
+        return {kernel: times[rows][kernel] for kernel in calls}
 
     monkeypatch.setattr(cpu.KernelTimer, "_step", lambda timer, kernel, rows: (kernel, rows))
     monkeypatch.setattr(cpu, "median_seconds", median_seconds)
     assert timer.fastest([8, 32], ["plain", "packed"]) == "packed"
     assert rows_timed == [8, 32]
-    times[32] = {"plain": 1.02, "packed": 1.0}  # now plain's worst (1.02) is packed's (1.03)
+    times[32] = {"plain": 1.02, "packed": 1.0}  # now plain's worst (1.02) is below packed's (1.03)
     assert timer.fastest([8, 32], ["plain", "packed"]) == "plain"
     assert timer.fastest([32], ["plain", "packed"]) == "packed"  # one count: the fastest
+    # far slower at 8 rows: not timed at 32 (which would have made it the choice)
+    times[8], times[32] = {"plain": 2.0, "packed": 1.0}, {"plain": 1.0, "packed": 9.0}
+    rows_timed.clear()
+    assert timer.fastest([8, 32], ["plain", "packed"]) == "packed" and rows_timed == [8]
 
 
 def test_a_model_without_linears_is_left_alone():
