@@ -196,32 +196,43 @@ def union_lcs(reference: list[list[int]], predictions: list[list[list[int]]]) ->
     table = np.empty((width + 1, len(reference), len(columns)), dtype=np.int32)
     table[0] = offsets
     step = np.empty((len(reference), len(columns)), dtype=np.int32)
+    diagonal = np.empty((len(reference), len(columns) - 1), dtype=np.int32)
+    matches = np.empty((len(reference), len(columns) - 1), dtype=bool)
     for i in range(1, width + 1):
         n = int((lengths >= i).sum())  # the sentences that reach position i
         above = table[i - 1, :n]
         step[:n, 0] = above[:, 0]
-        np.copyto(
-            step[:n, 1:],
-            np.where(rows[:n, i - 1, None] == tokens[1:], above[:, :-1] + 1, above[:, 1:]),
-        )
+        # row[i-1][j-1] + 1 where the tokens match (never below row[i-1][j]: a table's row
+        # grows by at most one a column), else 0: the larger of it and row[i-1][j]
+        np.equal(rows[:n, i - 1, None], tokens[1:], out=matches[:n])
+        np.add(above[:, :-1], 1, out=diagonal[:n])
+        np.multiply(diagonal[:n], matches[:n], out=diagonal[:n])
+        np.maximum(diagonal[:n], above[:, 1:], out=step[:n, 1:])
         np.maximum.accumulate(step[:n], axis=1, out=table[i, :n])
-    # read out every (reference sentence, prediction sentence) table at once
+    # read out every (reference sentence, prediction sentence) table at once, by flat indices
+    # (into table, rows and marks) that a step moves as it moves i and j
     ends = np.array(starts[1:] + [len(columns)]) - 1
     sentence, which = (a.ravel() for a in np.indices((len(reference), len(starts))))
     i, j, start = lengths[sentence], ends[which], np.array(starts)[which]
-    owner = np.array(owners)[which]
+    plane = len(reference) * len(columns)  # table[i] to table[i - 1]
+    cell = (i * len(reference) + sentence) * len(columns) + j  # table[i, sentence, j]
+    token = sentence * width + i - 1  # rows[sentence, i - 1] and marks[owner, sentence, i - 1]
+    token_mark = token + np.array(owners)[which] * len(reference) * width
+    flat_table, flat_rows, flat_marks = table.ravel(), rows.ravel(), marks.reshape(-1)
     while True:
         alive = (i > 0) & (j > start)
         if not alive.any():
             return marks[:, np.argsort(longest_first)]
-        sentence, which, i, j, start, owner = (
-            a[alive] for a in (sentence, which, i, j, start, owner)
+        i, j, start, cell, token, token_mark = (
+            a[alive] for a in (i, j, start, cell, token, token_mark)
         )
-        match = rows[sentence, i - 1] == tokens[j]
-        marks[owner[match], sentence[match], i[match] - 1] = True
-        left_wins = table[i, sentence, j - 1] > table[i - 1, sentence, j]
-        i = i - (match | ~left_wins)
-        j = j - (match | left_wins)
+        match = flat_rows[token] == tokens[j]
+        flat_marks[token_mark[match]] = True
+        left_wins = flat_table[cell - 1] > flat_table[cell - plane]
+        up, left = match | ~left_wins, match | left_wins  # steps back in i, in j
+        i, j = i - up, j - left
+        cell = cell - up * plane - left
+        token, token_mark = token - up, token_mark - up
 
 
 def bootstrap(
