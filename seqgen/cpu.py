@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import statistics
 from collections.abc import Callable, Sequence
 
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 
 from seqgen.compiled import CompiledFunction, channel_product, product_examples
 from seqgen.fused import fuse_blocks
-from seqgen.timing import TIMED_CALLS, median_seconds, seconds_in_turns
+from seqgen.timing import fastest_call, median_seconds, seconds_in_turns
 
 log = logging.getLogger("seqgen")
 FEW_ROWS = 4  # inputs of 2 to this many rows (one prompt's beams) take a kernel of their own
@@ -126,13 +125,11 @@ def float_attention_faster(heads: int, head_size: int) -> bool:
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(rows, heads, n, head_size, generator=generator) for n in (1, keys, keys))
     half = [t.bfloat16() for t in (q, k, v)]
-    calls = {
-        "float32": lambda: F.scaled_dot_product_attention(q, k, v),
+    calls = {  # bf16 first: float32 only where strictly faster
         "bfloat16": lambda: F.scaled_dot_product_attention(*half),
+        "float32": lambda: F.scaled_dot_product_attention(q, k, v),
     }
-    with torch.inference_mode():
-        times = seconds_in_turns(calls, TIMED_CALLS)
-    return statistics.median(times["float32"]) < statistics.median(times["bfloat16"])
+    return fastest_call(calls) == "float32"
 
 
 def cache_dtype(

@@ -139,3 +139,17 @@ def test_timings_are_taken_in_turns_after_the_warm_up():
     )
     assert order == ["a", "b"] * 5  # one of each per turn, warm-up turns included
     assert [len(t) for t in times.values()] == [3, 3] and all(s >= 0 for s in times["a"])
+
+
+def test_fastest_call_takes_the_least_median_and_the_first_on_a_tie(monkeypatch):
+    from seqgen import timing
+
+    asked = []
+
+    def in_turns(calls, times, warmup=1):
+        asked.append(times)
+        return {"slow": [3.0, 1.0, 3.0], "quick": [2.0, 2.0, 9.0], "tied": [2.0, 9.0, 2.0]}
+
+    monkeypatch.setattr(timing, "seconds_in_turns", in_turns)
+    assert timing.fastest_call({}) == "quick" and asked == [timing.TIMED_CALLS]
+    assert timing.fastest_call({}, times=5) == "quick" and asked[-1] == 5

@@ -11,7 +11,6 @@ same whatever shares its batch. Shapes: B rows, V vocabulary size.
 from __future__ import annotations
 
 import functools
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,7 +31,7 @@ from seqgen.generation.decoding import (
 )
 from seqgen.generation.rows import Rows
 from seqgen.model import GPT
-from seqgen.timing import seconds_in_turns
+from seqgen.timing import fastest_call
 
 NUCLEUS_FIRST = 256  # the largest probabilities that top-p looks at before a whole sort
 # From this many ids, a row that its largest probabilities do not settle may find its nucleus
@@ -273,8 +272,8 @@ def _nucleus_edge(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torc
     NUCLEUS_FIRST probabilities settle it where its nucleus is smaller (a trained model's
     usually is); the other rows are settled by buckets from BUCKETED_FROM ids where those
     are faster here (`_bucketed_edge`), and sorted whole where they are not or do not settle
-    a row. Sorting GPT-2's
-    50,257 probabilities took 1.3 ms a row, longer than the rest of sampling (an AMD Zen 4)."""
+    a row. Sorting GPT-2's 50,257 probabilities took 1.3 ms a row, longer than the rest of
+    sampling (an AMD Zen 4)."""
     B, V = probs.shape
     kept = torch.empty(B, 1, dtype=torch.long, device=probs.device)
     least = torch.empty(B, 1, dtype=probs.dtype, device=probs.device)
@@ -296,10 +295,15 @@ def _nucleus_edge(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torc
         kept[rest[exact]], least[rest[exact]] = count[exact], edge[exact]
         rest = rest[~exact]
     if len(rest):
-        ordered = _descending(probs[rest] if len(rest) < B else probs)
-        count = (~_outside(ordered, top_p)).sum(dim=-1, keepdim=True)
-        kept[rest], least[rest] = count, ordered.gather(-1, count - 1)
+        kept[rest], least[rest] = _sorted_edge(probs[rest] if len(rest) < B else probs, top_p)
     return kept, least
+
+
+def _sorted_edge(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_nucleus_edge` of rows (R, V) by sorting them whole."""
+    ordered = _descending(probs)
+    count = (~_outside(ordered, top_p)).sum(dim=-1, keepdim=True)
+    return count, ordered.gather(-1, count - 1)
 
 
 @functools.cache
@@ -309,13 +313,11 @@ def buckets_faster(vocab: int) -> bool:
     ids): a sort's speed differs by CPU as much as its vectorised kernels do."""
     generator = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(8, vocab, generator=generator), dim=-1)
-    calls = {
+    calls = {  # the sort first: buckets only where strictly faster
+        "sort": lambda: _sorted_edge(probs, 0.9),
         "buckets": lambda: _bucketed_edge(probs, 0.9),
-        "sort": lambda: (~_outside(_descending(probs), 0.9)).sum(dim=-1),
     }
-    with torch.inference_mode():
-        times = seconds_in_turns(calls, TIMED_SORTS)
-    return statistics.median(times["buckets"]) < statistics.median(times["sort"])
+    return fastest_call(calls, TIMED_SORTS) == "buckets"
 
 
 def _bucketed_edge(
