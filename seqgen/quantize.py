@@ -51,22 +51,38 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.
 FUSED_PRODUCT = CompiledFunction(_fused, product_examples)
 
 
-def _integer(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N) by integer dot products."""
+# The instruction sets `kernels/int8_product.cpp` has a branch for, best first. Built without
+# the first i of them (their macros undefined), it compiles the branch after them, so that one
+# CPU can check every branch (tests/test_quantize.py): each CPU runs only its own.
+INSTRUCTION_SETS = ("__AVX512VNNI__", "__AVX512BW__", "__AVX2__")
+PREFIX_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>\n"
+
+
+def _integer(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, without: tuple[str, ...] = ()
+) -> torch.Tensor:
+    """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N) by integer dot products,
+    on the kernel built without the instruction sets `without` (of INSTRUCTION_SETS)."""
     rows = x.float().contiguous()
     y = torch.empty(rows.shape[0], weight.shape[0], dtype=torch.float32)
-    _integer_build()(y, weight, rows, scale.float(), rows.shape[0], *weight.shape)
+    _integer_build(without)(y, weight, rows, scale.float(), rows.shape[0], *weight.shape)
     return y.to(x.dtype)
 
 
 @functools.cache
-def _integer_build() -> Callable[..., None] | None:
-    """`kernels/int8_product.cpp` built for this CPU (cached on disk by TorchInductor: about
-    3 s the first time), or None where it cannot be built."""
+def _integer_build(without: tuple[str, ...] = ()) -> Callable[..., None] | None:
+    """`kernels/int8_product.cpp` built for this CPU, less the instruction sets `without`
+    (cached on disk by TorchInductor: about 3 s the first time), or None where it cannot be
+    built."""
+    unknown = set(without) - set(INSTRUCTION_SETS)
+    source = (Path(__file__).parent / "kernels" / "int8_product.cpp").read_text()
+    if unknown or PREFIX_INCLUDE not in source:
+        raise ValueError(f"cannot build the int8 product without {sorted(unknown or without)}")
+    undefined = "".join(f"#undef {macro}\n" for macro in without)
+    source = source.replace(PREFIX_INCLUDE, PREFIX_INCLUDE + undefined, 1)
     try:
         from torch._inductor.codecache import CppPythonBindingsCodeCache
 
-        source = (Path(__file__).parent / "kernels" / "int8_product.cpp").read_text()
         argtypes = ["float*", "const int8_t*", "const float*", "const float*"]
         return CppPythonBindingsCodeCache.load_pybinding(argtypes + ["const int64_t"] * 3, source)
     except Exception as err:  # no compiler, or a torch whose Inductor lacks this cache

@@ -166,3 +166,30 @@ def test_the_integer_kernel_is_as_exact_as_fp32_and_never_overflows():
     assert found[:2].isnan().all() and torch.allclose(
         found[2], x[2] @ weight[:, :100].float().t(), rtol=1e-5, atol=1e-4
     )
+
+
+@pytest.mark.slow
+def test_every_instruction_set_branch_of_the_integer_kernel_gives_the_same_products():
+    """Each CPU compiles one branch of kernels/int8_product.cpp (VNNI, AVX-512 without VNNI,
+    AVX2, plain C++), so a CI machine tests only its own: the others are built here with the
+    better instruction sets' macros undefined. Integer sums are exact, so every branch must
+    give the native build's products bit for bit, over widths that leave every kind of
+    remainder (vectors of 64 and 32, the 512-wide blocks)."""
+    if INTEGER is None:
+        pytest.skip("no C++ compiler for the integer kernel")
+    from seqgen.quantize import INSTRUCTION_SETS, _integer
+
+    generator = torch.Generator().manual_seed(0)
+    for width in (1, 31, 32, 63, 64, 100, 512, 513, 1100):
+        weight = torch.randint(-127, 128, (7, width), dtype=torch.int8, generator=generator)
+        weight[0] = 127  # the largest sums a block can hold
+        x = torch.randn(3, width, generator=generator)
+        x[1] *= 1e4
+        x[2, 0] = -50.0  # an outlier sets its row's step
+        scale = torch.rand(7, generator=generator) + 0.01
+        native = _integer(x, weight, scale)
+        for i in range(1, len(INSTRUCTION_SETS) + 1):
+            without = INSTRUCTION_SETS[:i]
+            assert torch.equal(_integer(x, weight, scale, without), native), (width, without)
+    with pytest.raises(ValueError, match="__SSE__"):
+        _integer(x, weight, scale, ("__SSE__",))
