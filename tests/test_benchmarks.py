@@ -534,7 +534,7 @@ def test_generate(tmp_path, capsys, text_ckpt, corpus_file):
     assert report["tokens_per_second"] > 0 and report["bandwidth_fraction"] > 0
     assert report["bandwidth_fraction_bf16"] > 0 and report["continuous_batching_speedup"] > 0
     assert report["beam_batched_speedup"] > 0 and report["beam_products_bound"] > 0
-    assert report["beam_products_gflops"] > 0
+    assert report["beam_products_gflops"] > 0 and report["beam_ratio_at_bounds"] > 0
     assert report["mbr_speedup"] > 0 and report["mbr_consensus_speedup"] > 0
     assert report["int8_kernel"] in INT8_KERNELS
     assert report["int8_speedup_vs_fp32"] > 0 and report["int8_bandwidth_fraction"] > 0
