@@ -45,7 +45,7 @@ Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N), the conversion of the
     weights fused into the reduction (used compiled)."""
-    return (weights_outermost(x, weight) * scale.float()[:, None]).t().to(x.dtype)
+    return (weights_outermost(x, weight) * scale.float()[:, None]).t().to(x.dtype).contiguous()
 
 
 FUSED_PRODUCT = CompiledFunction(_fused, product_examples)

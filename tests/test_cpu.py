@@ -42,6 +42,8 @@ def test_every_kernel_computes_the_linear(kernel, dtype):
             with torch.no_grad():
                 expected, found = layer(x), fast(x)
             assert found.shape == expected.shape and found.dtype == dtype
+            # row-major as nn.Linear's: a transposed output slowed attention and softmaxes
+            assert found.is_contiguous(), (kernels, shape)
             tolerance = 1e-5 if dtype == torch.float32 else 2e-2
             assert torch.allclose(found.float(), expected.float(), rtol=tolerance, atol=tolerance)
     plain = cpu.InferenceLinear(linear, "plain", "plain", "plain")

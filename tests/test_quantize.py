@@ -65,6 +65,7 @@ def test_every_kernel_is_the_product_of_the_dequantized_weight(name, dtype):
             expected = F.linear(x.float(), quantized.dequantized_weight(), layer.bias.detach())
             found = quantized(x)
             assert found.shape == (*rows, 40) and found.dtype == dtype
+            assert found.is_contiguous(), (name, rows)  # row-major, as nn.Linear's
             tolerance = 1e-4 if dtype == torch.float32 else 3e-2
             assert torch.allclose(found.float(), expected, rtol=tolerance, atol=tolerance), name
 
