@@ -32,18 +32,24 @@ def weights_outermost(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def channel_product(
-    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None = None
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """rows (R, K) times weight (N, K), scaled per output channel (N,) where `scale` is given
-    (int8 weights), plus bias (N,) -> (R, N), rounded to the rows' dtype: a Linear's product,
-    written to be compiled (`weights_outermost`)."""
+    (int8 weights), plus bias (N,) where given -> (R, N), rounded to the rows' dtype: a
+    Linear's product, written to be compiled (`weights_outermost`)."""
     product = weights_outermost(rows, weight)
     if scale is not None:
         product = product * scale.float()[:, None]
+    product = product.t()
+    if bias is not None:
+        product = product + bias.float()
     # row-major as nn.Linear's output: the sums come as (N, R), and several rows transposed
     # gave the queries of a beam's step a last stride of R, which sent attention down
     # PyTorch's slower math path (59-75 against 32-36 us a layer at four rows)
-    return (product.t() + bias.float()).to(rows.dtype).contiguous()
+    return product.to(rows.dtype).contiguous()
 
 
 def product_examples(inputs: Sequence[torch.Tensor], one_row: bool) -> list[torch.Tensor]:

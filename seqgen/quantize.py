@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqgen.compiled import CompiledFunction, product_examples, weights_outermost
+from seqgen.compiled import CompiledFunction, channel_product, product_examples
 from seqgen.cpu import compiled_available, linear_slots, step_sample
 from seqgen.devices import Quantize
 from seqgen.fused import fuse_blocks
@@ -44,8 +44,9 @@ Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def _fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (R, K) times int8 weight (N, K) with scales (N,) -> (R, N), the conversion of the
-    weights fused into the reduction (used compiled)."""
-    return (weights_outermost(x, weight) * scale.float()[:, None]).t().to(x.dtype).contiguous()
+    weights fused into the reduction (used compiled): `channel_product` without a bias, which
+    `Int8Linear` adds."""
+    return channel_product(x, weight, None, scale)
 
 
 FUSED_PRODUCT = CompiledFunction(_fused, product_examples)
